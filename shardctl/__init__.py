@@ -1,0 +1,5 @@
+"""shardctl: operate a sharded PostgreSQL cluster."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

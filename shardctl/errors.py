@@ -1,0 +1,64 @@
+"""The exception tree of shardctl.
+
+Every error a user can cause or meet carries the exit code the CLI returns for it::
+
+    ShardctlError                     (exit 1)
+    ├── CheckFailed                   (exit 1)  a health or data check did not pass
+    ├── UsageError                    (exit 2)  bad command-line input
+    │   └── TopologyError             (exit 2)  topology.yaml is missing or invalid
+    ├── InfrastructureError           (exit 3)  Docker or PostgreSQL cannot be reached
+    │   ├── DockerUnavailable
+    │   └── DatabaseUnavailable
+    ├── ProvisioningError             (exit 3)  a container or node could not be made ready
+    └── ReshardingError               (exit 1)  a reshard step was refused or failed
+
+The CLI catches ``ShardctlError`` in one place and prints its message; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class ShardctlError(Exception):
+    """Root of every error shardctl raises on purpose."""
+
+    exit_code = 1
+
+
+class CheckFailed(ShardctlError):
+    """A health, distribution or verification check did not pass."""
+
+    exit_code = 1
+
+
+class UsageError(ShardctlError):
+    """The command line asked for something that cannot be done."""
+
+    exit_code = 2
+
+
+class TopologyError(UsageError):
+    """The topology file is missing or invalid; the message names file, line and problem."""
+
+
+class InfrastructureError(ShardctlError):
+    """A piece of infrastructure (Docker engine, database) cannot be reached."""
+
+    exit_code = 3
+
+
+class DockerUnavailable(InfrastructureError):
+    """The Docker engine does not answer."""
+
+
+class DatabaseUnavailable(InfrastructureError):
+    """A PostgreSQL node does not answer."""
+
+
+class ProvisioningError(InfrastructureError):
+    """A node could not be created, started or made ready."""
+
+
+class ReshardingError(ShardctlError):
+    """A resharding step failed or was refused; the state stays resumable."""
+
+    exit_code = 1
