@@ -1,0 +1,64 @@
+"""The library object every command starts from: a topology, its engines and credentials."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shardctl import credentials as creds
+from shardctl import health, topology
+from shardctl.credentials import Credentials
+from shardctl.engine import Engines
+from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, _quiet
+from shardctl.topology import Topology
+
+
+@dataclass
+class Cluster:
+    """A declared cluster and the means to reach it."""
+
+    topology: Topology
+    engines: Engines = field(default_factory=Engines)
+    _credentials: Credentials | None = None
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> Cluster:
+        """Read and validate the topology; nothing is contacted yet."""
+        return cls(topology.load(path))
+
+    def credentials(self, *, create: bool = False) -> Credentials:
+        """The cluster's passwords (generated and stored on first ``up``)."""
+        if self._credentials is None:
+            self._credentials = creds.load(self.topology, create=create)
+        return self._credentials
+
+    def provisioner(self, reporter: Reporter = _quiet, *, create: bool = False) -> Provisioner:
+        """A provisioner for this cluster."""
+        return Provisioner(self.topology, self.engines, self.credentials(create=create), reporter)
+
+    def up(
+        self, *, wait: bool = True, timeout: float = 180.0, reporter: Reporter = _quiet
+    ) -> UpReport:
+        """Create or repair every declared node."""
+        return self.provisioner(reporter, create=True).up(wait=wait, timeout=timeout)
+
+    def down(self, *, volumes: bool = False) -> DownReport:
+        """Remove containers and network; volumes (and generated passwords) only when asked."""
+        report = Provisioner(self.topology, self.engines).down(volumes=volumes)
+        if volumes:
+            creds.forget(self.topology)
+        return report
+
+    def observe(self, *, timeout: float | None = None) -> health.ClusterFacts:
+        """Every node's replication facts, probed in parallel."""
+        return health.observe(self.topology, self.engines, self.credentials, timeout=timeout)
+
+    def close(self) -> None:
+        """Release Docker clients."""
+        self.engines.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

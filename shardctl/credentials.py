@@ -1,0 +1,118 @@
+"""Find the cluster's passwords: from the environment, a file, or generated on first ``up``.
+
+Nothing here ever prints a password. Generated passwords live in a JSON file readable only by
+its owner (mode 0600), by default ``$XDG_CONFIG_HOME/shardctl/<cluster>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from shardctl.errors import UsageError
+from shardctl.topology import Topology
+
+SECRETS_DIR_ENV = "SHARDCTL_SECRETS_DIR"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who connects to the nodes and with which passwords."""
+
+    superuser: str
+    superuser_password: str
+    replication_user: str
+    replication_password: str
+
+    def __repr__(self) -> str:
+        return (
+            f"Credentials(superuser={self.superuser!r}, replication_user={self.replication_user!r})"
+        )
+
+
+def secrets_path(topology: Topology) -> Path:
+    """Where generated passwords for this cluster are kept."""
+    declared = topology.spec.credentials.secrets_file
+    if declared:
+        return topology.path.parent / Path(declared).expanduser()
+    base = os.environ.get(SECRETS_DIR_ENV) or os.environ.get("XDG_CONFIG_HOME")
+    root = Path(base) if base else Path.home() / ".config"
+    folder = root if os.environ.get(SECRETS_DIR_ENV) else root / "shardctl"
+    return folder / f"{topology.cluster}.json"
+
+
+def load(topology: Topology, *, create: bool = False) -> Credentials:
+    """The cluster's credentials; with ``create``, generate and store any that are missing."""
+    spec = topology.spec.credentials
+    path = secrets_path(topology)
+    stored = _read(path)
+    generated = dict(stored)
+    for key in ("superuser", "replication"):
+        if key not in generated and create:
+            generated[key] = secrets.token_urlsafe(24)
+    if generated != stored:
+        _write(path, generated)
+
+    superuser_password = _declared_password(topology) or generated.get("superuser")
+    replication_password = generated.get("replication")
+    if superuser_password is None or replication_password is None:
+        raise UsageError(
+            f"no passwords for cluster {topology.cluster!r}: run `shardctl up` first, or set "
+            f"credentials.password_env in {topology.path} (looked in {path})"
+        )
+    return Credentials(
+        superuser=spec.superuser,
+        superuser_password=superuser_password,
+        replication_user=spec.replication_user,
+        replication_password=replication_password,
+    )
+
+
+def forget(topology: Topology) -> None:
+    """Remove generated passwords (after the data they protect is gone)."""
+    secrets_path(topology).unlink(missing_ok=True)
+
+
+def _declared_password(topology: Topology) -> str | None:
+    spec = topology.spec.credentials
+    if spec.password_env:
+        value = os.environ.get(spec.password_env)
+        if not value:
+            raise UsageError(
+                f"{topology.path}: credentials.password_env names ${spec.password_env}, "
+                "which is not set"
+            )
+        return value
+    if spec.password_file:
+        file = topology.path.parent / Path(spec.password_file).expanduser()
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(
+                f"{topology.path}: cannot read credentials.password_file {file}: {exc.strerror}"
+            ) from None
+    return None
+
+
+def _read(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the secrets file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"the secrets file {path} is not a JSON object")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def _write(path: Path, data: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(data, out)
+    os.replace(tmp, path)

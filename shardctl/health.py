@@ -1,0 +1,399 @@
+"""One health model: every replication fact of every node, read once, in parallel.
+
+:func:`observe` probes all declared nodes at the same time (one schema-qualified query per
+node, plus the container's state from Docker) and returns a :class:`ClusterFacts`.
+``status`` renders it as rows; ``verify-replication`` turns it into findings. Nothing is
+queried twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+
+from shardctl import pg
+from shardctl.credentials import Credentials
+from shardctl.engine import Engines
+from shardctl.errors import DatabaseUnavailable, ShardctlError
+from shardctl.topology import Node, Role, Topology
+
+T = TypeVar("T")
+
+
+class ContainerState(StrEnum):
+    """What Docker says about a node's container."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    RESTARTING = "restarting"
+    EXITED = "exited"
+    CREATED = "created"
+    DEAD = "dead"
+    MISSING = "missing"
+    UNKNOWN = "unknown"
+
+
+class ActualRole(StrEnum):
+    """What a node turned out to be when asked."""
+
+    PRIMARY = "primary"
+    REPLICA = "replica"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class ReplicationRow:
+    """One row of a primary's ``pg_stat_replication``."""
+
+    application_name: str
+    client_addr: str | None
+    state: str
+    sent_lsn: int | None
+    replay_lsn: int | None
+    replay_lag_seconds: float | None
+    sync_state: str
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One row of ``pg_replication_slots``."""
+
+    name: str
+    slot_type: str
+    active: bool
+    wal_status: str | None
+    safe_wal_size: int | None
+    restart_lsn: int | None
+
+
+@dataclass(frozen=True)
+class WalReceiver:
+    """A replica's ``pg_stat_wal_receiver`` row."""
+
+    status: str
+    sender_host: str | None
+    slot_name: str | None
+    received_tli: int | None
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """Everything one query learned about one node; ``error`` set when it could not be asked."""
+
+    in_recovery: bool
+    system_identifier: int
+    timeline: int | None
+    current_lsn: int | None
+    receive_lsn: int | None
+    replay_lsn: int | None
+    replay_timestamp: float | None
+    server_time: float
+    server_version: int
+    replication: tuple[ReplicationRow, ...]
+    receiver: WalReceiver | None
+    slots: tuple[Slot, ...]
+
+    @property
+    def role(self) -> ActualRole:
+        """Primary or replica, as the server itself says."""
+        return ActualRole.REPLICA if self.in_recovery else ActualRole.PRIMARY
+
+    @property
+    def lsn(self) -> int | None:
+        """The node's position: write LSN on a primary, replay LSN on a replica."""
+        return self.replay_lsn if self.in_recovery else self.current_lsn
+
+    @property
+    def lag_seconds(self) -> float:
+        """Replay delay; zero when everything received is replayed (an idle primary)."""
+        if not self.in_recovery or self.receive_lsn is None or self.replay_lsn is None:
+            return 0.0
+        if self.replay_lsn >= self.receive_lsn or self.replay_timestamp is None:
+            return 0.0
+        return max(0.0, self.server_time - self.replay_timestamp)
+
+    def slot(self, name: str) -> Slot | None:
+        """The slot called ``name``, if present."""
+        return next((s for s in self.slots if s.name == name), None)
+
+
+@dataclass(frozen=True)
+class NodeObservation:
+    """A declared node, its container's state and what its server said (or why it did not)."""
+
+    node: Node
+    container: ContainerState
+    facts: NodeFacts | None
+    error: str | None
+    probe_seconds: float
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """One observation per declared node, plus undeclared containers of the cluster."""
+
+    topology: Topology
+    nodes: tuple[NodeObservation, ...]
+    undeclared: tuple[str, ...] = field(default=())
+
+    def of(self, node_name: str) -> NodeObservation:
+        """The observation of the node called ``node_name``."""
+        return next(o for o in self.nodes if o.node.name == node_name)
+
+    def primary_of(self, node: Node) -> NodeObservation:
+        """The observation of ``node``'s declared shard primary."""
+        return self.of(node.primary_name)
+
+    def lag_bytes(self, observation: NodeObservation) -> int | None:
+        """Bytes the replica has yet to replay, against its primary's current LSN."""
+        facts = observation.facts
+        primary = self.primary_of(observation.node).facts
+        if facts is None or not facts.in_recovery or primary is None:
+            return None if facts is None or facts.in_recovery else 0
+        if primary.current_lsn is None or facts.replay_lsn is None:
+            return None
+        # Probes run at nearly the same moment; a replica may have replayed a few bytes more.
+        return max(0, primary.current_lsn - facts.replay_lsn)
+
+
+FACTS_QUERY = """
+SELECT
+    pg_catalog.pg_is_in_recovery() AS in_recovery,
+    (SELECT system_identifier FROM pg_catalog.pg_control_system())::text AS system_identifier,
+    (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()) AS checkpoint_timeline,
+    CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+         ELSE pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), '0/0')::bigint
+    END AS current_lsn,
+    pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), '0/0')::bigint AS receive_lsn,
+    pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_replay_lsn(), '0/0')::bigint AS replay_lsn,
+    extract(epoch FROM pg_catalog.pg_last_xact_replay_timestamp())::float8 AS replay_timestamp,
+    extract(epoch FROM pg_catalog.clock_timestamp())::float8 AS server_time,
+    pg_catalog.current_setting('server_version_num')::int AS server_version,
+    (SELECT coalesce(json_agg(json_build_object(
+            'application_name', r.application_name,
+            'client_addr', host(r.client_addr),
+            'state', r.state,
+            'sent_lsn', pg_catalog.pg_wal_lsn_diff(r.sent_lsn, '0/0')::bigint,
+            'replay_lsn', pg_catalog.pg_wal_lsn_diff(r.replay_lsn, '0/0')::bigint,
+            'replay_lag', extract(epoch FROM r.replay_lag)::float8,
+            'sync_state', r.sync_state)), '[]')
+       FROM pg_catalog.pg_stat_replication r) AS replication,
+    (SELECT json_build_object(
+            'status', w.status, 'sender_host', w.sender_host,
+            'slot_name', w.slot_name, 'received_tli', w.received_tli)
+       FROM pg_catalog.pg_stat_wal_receiver w) AS receiver,
+    (SELECT coalesce(json_agg(json_build_object(
+            'name', s.slot_name, 'slot_type', s.slot_type, 'active', s.active,
+            'wal_status', s.wal_status, 'safe_wal_size', s.safe_wal_size,
+            'restart_lsn', pg_catalog.pg_wal_lsn_diff(s.restart_lsn, '0/0')::bigint)), '[]')
+       FROM pg_catalog.pg_replication_slots s) AS slots
+"""
+
+
+def read_facts(conn: psycopg.Connection[Any]) -> NodeFacts:
+    """Run the one facts query on an open connection."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(FACTS_QUERY).fetchone()
+    assert row is not None
+    receiver = WalReceiver(**row["receiver"]) if row["receiver"] else None
+    timeline = row["checkpoint_timeline"]
+    if row["in_recovery"] and receiver is not None and receiver.received_tli:
+        timeline = receiver.received_tli
+    return NodeFacts(
+        in_recovery=row["in_recovery"],
+        system_identifier=int(row["system_identifier"]),
+        timeline=timeline,
+        current_lsn=row["current_lsn"],
+        receive_lsn=row["receive_lsn"],
+        replay_lsn=row["replay_lsn"],
+        replay_timestamp=row["replay_timestamp"],
+        server_time=row["server_time"],
+        server_version=row["server_version"],
+        replication=tuple(
+            ReplicationRow(
+                application_name=r["application_name"],
+                client_addr=r["client_addr"],
+                state=r["state"],
+                sent_lsn=r["sent_lsn"],
+                replay_lsn=r["replay_lsn"],
+                replay_lag_seconds=r["replay_lag"],
+                sync_state=r["sync_state"],
+            )
+            for r in row["replication"]
+        ),
+        receiver=receiver,
+        slots=tuple(Slot(**s) for s in row["slots"]),
+    )
+
+
+def run_parallel(tasks: dict[str, Callable[[], T]], timeout: float) -> dict[str, T | BaseException]:
+    """Run every task at once on daemon threads; a task still running after ``timeout`` seconds
+    yields a TimeoutError instead of stalling the others (a hung node cannot hold us up)."""
+    results: dict[str, T | BaseException] = {}
+    lock = threading.Lock()
+
+    def run(name: str, task: Callable[[], T]) -> None:
+        try:
+            value: T | BaseException = task()
+        except BaseException as exc:  # recorded, reported by the caller
+            value = exc
+        with lock:
+            results[name] = value
+
+    threads = [
+        threading.Thread(target=run, args=(name, task), daemon=True, name=f"probe-{name}")
+        for name, task in tasks.items()
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    with lock:
+        return {
+            name: results.get(name, TimeoutError(f"no answer within {timeout:g}s"))
+            for name in tasks
+        }
+
+
+def container_states(
+    topology: Topology, engines: Engines
+) -> tuple[dict[str, ContainerState], tuple[str, ...]]:
+    """Each declared node's container state, and the names of undeclared cluster containers."""
+    declared = {node.container: node.name for node in topology.nodes}
+    states = {node.name: ContainerState.MISSING for node in topology.nodes}
+    undeclared: list[str] = []
+    for container in engines.cluster_containers(topology):
+        name = str(container.name)
+        if name in declared:
+            try:
+                states[declared[name]] = ContainerState(container.status)
+            except ValueError:
+                states[declared[name]] = ContainerState.UNKNOWN
+        else:
+            undeclared.append(name)
+    return states, tuple(sorted(undeclared))
+
+
+def observe(
+    topology: Topology,
+    engines: Engines,
+    credentials: Callable[[], Credentials],
+    *,
+    timeout: float | None = None,
+) -> ClusterFacts:
+    """Probe every declared node in parallel; a node that does not answer is an observation too.
+
+    ``credentials`` is called only when some container runs, so a cluster that was never
+    brought up reports its nodes as missing instead of failing for want of passwords.
+    """
+    timeout = timeout if timeout is not None else topology.spec.health.probe_timeout
+    states, undeclared = container_states(topology, engines)
+
+    def probe(node: Node) -> Callable[[], tuple[NodeFacts, float]]:
+        def run() -> tuple[NodeFacts, float]:
+            started = time.monotonic()
+            assert login is not None
+            with pg.connect(node, login, "postgres", timeout=timeout) as conn:
+                return read_facts(conn), time.monotonic() - started
+
+        return run
+
+    reachable = [n for n in topology.nodes if states[n.name] is ContainerState.RUNNING]
+    login = credentials() if reachable else None
+    answers = run_parallel({n.name: probe(n) for n in reachable}, timeout + 1.0)
+    observations = []
+    for node in topology.nodes:
+        state = states[node.name]
+        answer = answers.get(node.name)
+        if answer is None:
+            observations.append(NodeObservation(node, state, None, f"container {state.value}", 0.0))
+        elif isinstance(answer, BaseException):
+            observations.append(NodeObservation(node, state, None, _reason(answer), timeout))
+        else:
+            facts, seconds = answer
+            observations.append(NodeObservation(node, state, facts, None, seconds))
+    return ClusterFacts(topology, tuple(observations), undeclared)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DatabaseUnavailable | ShardctlError):
+        text = str(exc)
+        return text.split(": ", 1)[1] if ": " in text else text
+    if isinstance(exc, TimeoutError):
+        return f"did not answer: {exc}"
+    if isinstance(exc, psycopg.Error):
+        return pg.first_line(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One line of ``shardctl status``."""
+
+    shard: str
+    name: str
+    role: Role
+    actual_role: ActualRole
+    state: ContainerState
+    address: str
+    port: int
+    in_recovery: bool | None
+    timeline: int | None
+    lsn: int | None
+    lag_bytes: int | None
+    lag_seconds: float | None
+    slot: str | None
+    healthy: bool
+    problem: str | None
+
+
+def status_rows(facts: ClusterFacts) -> list[StatusRow]:
+    """The status table: one row per declared node, healthy or with the first problem found."""
+    rows = []
+    for obs in facts.nodes:
+        node, node_facts = obs.node, obs.facts
+        host, port = pg.address(node)
+        problem = node_problem(facts, obs)
+        rows.append(
+            StatusRow(
+                shard=node.shard,
+                name=node.name,
+                role=node.role,
+                actual_role=node_facts.role if node_facts else ActualRole.UNKNOWN,
+                state=obs.container,
+                address=host,
+                port=port,
+                in_recovery=node_facts.in_recovery if node_facts else None,
+                timeline=node_facts.timeline if node_facts else None,
+                lsn=node_facts.lsn if node_facts else None,
+                lag_bytes=facts.lag_bytes(obs),
+                lag_seconds=node_facts.lag_seconds if node_facts else None,
+                slot=node.slot if node.role is Role.REPLICA else None,
+                healthy=problem is None,
+                problem=problem,
+            )
+        )
+    return rows
+
+
+def node_problem(facts: ClusterFacts, obs: NodeObservation) -> str | None:
+    """The most basic thing wrong with a node (down, wrong role, not streaming), or None."""
+    if obs.facts is None:
+        return obs.error or "no answer"
+    node, node_facts = obs.node, obs.facts
+    if node.role is Role.PRIMARY:
+        return "in recovery, but declared primary" if node_facts.in_recovery else None
+    if not node_facts.in_recovery:
+        return "not in recovery (promoted?), but declared replica"
+    receiver = node_facts.receiver
+    if receiver is None or receiver.status != "streaming":
+        return f"not streaming (wal receiver {receiver.status if receiver else 'stopped'})"
+    return None
