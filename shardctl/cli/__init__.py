@@ -1,0 +1,9 @@
+"""The ``shardctl`` command line: parse, call one library function, render. Nothing else.
+
+Each module registers the commands of one concern on the shared typer ``app``.
+"""
+
+from shardctl.cli import cluster  # noqa: F401  (registers its commands)
+from shardctl.cli.app import app, main
+
+__all__ = ["app", "main"]
