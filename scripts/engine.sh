@@ -19,8 +19,9 @@ apt_install() {
     for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
     [ ${#missing[@]} -eq 0 ] && return 0
     log "installing ${missing[*]}"
-    as_root apt-get update -qq >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+    as_root apt-get update -qq >/tmp/shardctl-apt.log 2>&1
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" \
+        >>/tmp/shardctl-apt.log 2>&1 || { log "apt-get failed; see /tmp/shardctl-apt.log"; exit 3; }
 }
 
 engine_answers() { docker info >/dev/null 2>&1; }
@@ -48,7 +49,8 @@ if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
         apt_install debootstrap
         rootfs="$(mktemp -d /tmp/shardctl-pg-rootfs.XXXXXX)"
         log "building $IMAGE from Debian packages (about a minute)"
-        as_root debootstrap --variant=minbase --include=postgresql-15 bookworm "$rootfs" >&2
+        as_root debootstrap --variant=minbase --include=postgresql-15 bookworm "$rootfs" \
+            >/tmp/shardctl-debootstrap.log 2>&1 || { log "debootstrap failed; see /tmp/shardctl-debootstrap.log"; exit 3; }
         as_root tar -C "$rootfs" -c . | docker import \
             -c 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
             - "$IMAGE" >&2

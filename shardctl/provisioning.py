@@ -51,8 +51,7 @@ OFFICIAL_IMAGE_MOUNT = "/var/lib/postgresql/data"
 
 # The container's whole life, as the postgres user. Values arrive as environment variables and
 # the server's settings as arguments ("$@"): nothing is ever spliced into this text.
-BOOTSTRAP = r"""
-set -eu
+BOOTSTRAP = r"""set -eu
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     rm -rf "$PGDATA"
     if [ "$SHARDCTL_ROLE" = primary ]; then

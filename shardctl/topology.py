@@ -25,6 +25,8 @@ from shardctl.errors import TopologyError
 
 DEFAULT_TOPOLOGY = "topology.yaml"
 TOPOLOGY_ENV = "SHARDCTL_TOPOLOGY"
+IMAGE_ENV = "SHARDCTL_IMAGE"
+"""Overrides the topology's image: how tests and offline machines use a locally built one."""
 MAX_REPLICAS = 9
 PORT_STRIDE = MAX_REPLICAS + 1
 """Ports per shard: the primary on the shard's port, replica i on port + i."""
@@ -263,6 +265,8 @@ def parse(text: str, path: Path) -> Topology:
         errors = _rank(exc.errors())
         where, message = _describe(errors[0])
         raise TopologyError(_located(path, lines, where, message, len(errors) - 1)) from None
+    if os.environ.get(IMAGE_ENV):
+        spec = spec.model_copy(update={"image": os.environ[IMAGE_ENV]})
     topology = Topology(spec=spec, path=path)
     problems = list(_check_semantics(topology))
     if problems:

@@ -11,6 +11,8 @@ import itertools
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,3 +107,14 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
             cluster.down(volumes=True)
         finally:
             cluster.close()
+
+
+def run_shardctl(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (exit codes, stderr and all), as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "shardctl", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )

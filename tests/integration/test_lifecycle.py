@@ -1,0 +1,130 @@
+"""The foundation scenario on a real engine: up, stream, converge, repair, report, down."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import docker
+import pytest
+
+from shardctl import pg
+from shardctl.cluster import Cluster
+from shardctl.engine import LABEL_CLUSTER
+from shardctl.waiting import NotYet, wait_for
+from tests.integration.conftest import ClusterFactory, run_shardctl
+
+
+def container_ids(cluster: Cluster) -> dict[str, str]:
+    return {str(c.name): str(c.id) for c in cluster.engines.cluster_containers(cluster.topology)}
+
+
+def status(cluster: Cluster) -> tuple[int, dict[str, dict[str, object]]]:
+    result = run_shardctl("status", "-f", cluster.topology.path, "-o", "json")
+    assert "Traceback" not in result.stderr
+    data = json.loads(result.stdout)
+    return result.returncode, {n["name"]: n for n in data["nodes"]}
+
+
+def wait_visible(cluster: Cluster, node_name: str, key: uuid.UUID) -> None:
+    node = cluster.topology.node(node_name)
+
+    def probe() -> None:
+        with pg.connect(node, cluster.credentials(), cluster.topology.spec.database) as conn:
+            if conn.execute("SELECT 1 FROM users WHERE id = %s", (key,)).fetchone() is None:
+                raise NotYet("row not there yet")
+
+    wait_for(probe, timeout=20, what=f"row on {node_name}", on_timeout=AssertionError)
+
+
+def insert_user(cluster: Cluster, node_name: str) -> uuid.UUID:
+    key = uuid.uuid4()
+    node = cluster.topology.node(node_name)
+    with pg.connect(node, cluster.credentials(), cluster.topology.spec.database) as conn:
+        conn.execute("INSERT INTO users (id, first_name) VALUES (%s, 'ada')", (key,))
+    return key
+
+
+def test_up_converges_repairs_reports_and_down_leaves_nothing(
+    cluster_factory: ClusterFactory,
+) -> None:
+    cluster = cluster_factory(up=False)
+    path = cluster.topology.path
+
+    first = run_shardctl("up", "-f", path)
+    assert first.returncode == 0, first.stderr
+    assert "4 created" in first.stderr
+
+    code, nodes = status(cluster)
+    assert code == 0
+    assert {n["role"] for n in nodes.values()} == {"primary", "replica"}
+    assert all(n["healthy"] and n["state"] == "running" for n in nodes.values())
+    assert nodes["shard-0-replica-1"]["in_recovery"] is True
+
+    key = insert_user(cluster, "shard-0-primary")
+    wait_visible(cluster, "shard-0-replica-1", key)
+
+    before = container_ids(cluster)
+    second = run_shardctl("up", "-f", path)
+    assert second.returncode == 0, second.stderr
+    assert "4 unchanged" in second.stderr
+    assert container_ids(cluster) == before
+
+    replica = cluster.engines.container(cluster.topology.node("shard-0-replica-1"))
+    assert replica is not None
+    replica.remove(force=True)
+    repaired = run_shardctl("up", "-f", path)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "1 created" in repaired.stderr
+    wait_visible(cluster, "shard-0-replica-1", key)  # re-cloned from its primary
+    assert status(cluster)[0] == 0
+
+    primary = cluster.engines.container(cluster.topology.node("shard-1-primary"))
+    assert primary is not None
+    primary.stop(timeout=10)
+    code, nodes = status(cluster)
+    assert code == 1
+    assert nodes["shard-1-primary"]["healthy"] is False
+    assert nodes["shard-1-primary"]["state"] == "exited"
+    assert nodes["shard-0-primary"]["healthy"] is True
+
+    kept = run_shardctl("down", "-f", path)  # keeps volumes: data survives a down/up cycle
+    assert kept.returncode == 0, kept.stderr
+    assert run_shardctl("up", "-f", path).returncode == 0
+    wait_visible(cluster, "shard-0-primary", key)
+
+    gone = run_shardctl("down", "-f", path, "--volumes", "--yes")
+    assert gone.returncode == 0, gone.stderr
+    client = docker.from_env()
+    label = {"label": f"{LABEL_CLUSTER}={cluster.topology.cluster}"}
+    assert client.containers.list(all=True, filters=label) == []
+    assert client.volumes.list(filters=label) == []
+    assert client.networks.list(filters=label) == []
+
+
+def test_down_volumes_refuses_without_confirmation(shared_cluster: Cluster) -> None:
+    result = run_shardctl("down", "-f", shared_cluster.topology.path, "--volumes")
+    assert result.returncode == 2
+    assert "--yes" in result.stderr
+    assert status(shared_cluster)[0] == 0  # nothing was removed
+
+
+def test_unpullable_image_is_one_clear_line(cluster_factory: ClusterFactory) -> None:
+    cluster = cluster_factory(up=False, image="shardctl-test/no-such-image:1")
+    result = run_shardctl("up", "-f", cluster.topology.path, "--timeout", "30")
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr
+    assert "no-such-image:1 is not present and could not be pulled" in result.stderr
+    assert "scripts/engine.sh" in result.stderr
+    assert cluster.engines.cluster_containers(cluster.topology) == []
+
+
+def test_status_exit_3_when_the_engine_is_unreachable(
+    shared_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    result = run_shardctl("status", "-f", shared_cluster.topology.path)
+    assert result.returncode == 3
+    assert result.stderr.startswith("error: ")
+    assert "Docker engine" in result.stderr
+    assert "Traceback" not in result.stderr
