@@ -51,9 +51,7 @@ def _port_free(port: int) -> bool:
 ClusterFactory = Callable[..., Cluster]
 
 
-def make_topology(
-    directory: Path, shards: int = 2, replicas: int = 1, **extra: object
-) -> Path:
+def make_topology(directory: Path, shards: int = 2, replicas: int = 1, **extra: object) -> Path:
     """Write a small test topology (users table, test image, unique name and ports)."""
     name = f"t{uuid.uuid4().hex[:8]}"
     shutil.copy(REPO / "schema.sql", directory / "schema.sql")

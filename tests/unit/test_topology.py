@@ -82,8 +82,11 @@ def test_image_can_be_overridden_from_the_environment(
             "port 6001 of b-primary clashes with a-replica-1",
         ),
         ("cluster: demo\nbase_port: 65530\nshards: [{name: a}, {name: b}]\n", 3, "above 65535"),
-        ("cluster: demo\ntables: [{name: users, key: 'id; drop'}]\nshards: [{name: a}]\n", 2,
-         "not a valid SQL identifier"),
+        (
+            "cluster: demo\ntables: [{name: users, key: 'id; drop'}]\nshards: [{name: a}]\n",
+            2,
+            "not a valid SQL identifier",
+        ),
     ],
 )
 def test_every_mistake_names_file_line_and_expectation(
