@@ -1,0 +1,1 @@
+"""Online resharding: plan, capture, copy, verify, fenced cut-over, clean-up."""

@@ -1,0 +1,267 @@
+"""Moving rows between two primaries: chunked COPY, key re-sync, and verification.
+
+Everything here makes the *target* converge towards the *source*, which stays authoritative
+until cut-over:
+
+- :func:`copy_range` streams the rows of one ring range with the COPY protocol into a staging
+  table on the target and merges them with ``ON CONFLICT DO NOTHING``; the chunk's progress
+  row commits in the same target transaction, so a resumed copy never redoes finished work;
+- :func:`drain` re-syncs every key named in the source's change log: it locks the key's row on
+  the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the key on the
+  target with the source's current state, or deletes it there when the source has none;
+- :func:`fingerprints` counts and checksums rows per range on one server (one scan, ranges
+  found by ``width_bucket`` over the range bounds), and :func:`differing_keys` names the keys
+  whose rows differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from shardctl.reshard.capture import trusted_writes
+from shardctl.ring import Move
+from shardctl.topology import TableSpec
+
+Conn = psycopg.Connection[Any]
+SESSION_SETTINGS = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1"
+"""Row text (hashed by verification) must not depend on a session's settings."""
+
+
+def prepare(conn: Conn) -> None:
+    """Settings every transfer connection needs, so row texts compare across servers."""
+    conn.execute(SESSION_SETTINGS)
+
+
+def position(key_column: str) -> sql.Composable:
+    """The ring position of a row on the server: ``md5(key::text)`` in byte order."""
+    return sql.SQL('md5({}::text) COLLATE "C"').format(sql.Identifier(key_column))
+
+
+def range_predicate(key_column: str, start_hex: str, end_hex: str | None) -> sql.Composable:
+    """``start <= position < end`` as SQL (no upper bound when ``end_hex`` is None)."""
+    pos = position(key_column)
+    lower = sql.SQL("{} >= {}").format(pos, sql.Literal(start_hex))
+    if end_hex is None:
+        return lower
+    return sql.SQL("{} AND {} < {}").format(lower, pos, sql.Literal(end_hex))
+
+
+def key_type(conn: Conn, table: TableSpec) -> str:
+    """The SQL type of a table's key column, as PostgreSQL spells it."""
+    row = conn.execute(
+        "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a "
+        "WHERE a.attrelid = %s::regclass AND a.attname = %s AND NOT a.attisdropped",
+        (table.name, table.key),
+    ).fetchone()
+    if row is None:
+        raise psycopg.ProgrammingError(f"table {table.name} has no column {table.key}")
+    return str(row[0])
+
+
+def keys_in(table: TableSpec, type_name: str, keys: Sequence[str]) -> sql.Composable:
+    """``key IN (keys)``, the keys given as text and cast to the key's type.
+
+    A literal rather than a parameter because COPY statements take no parameters.
+    """
+    return sql.SQL("{} IN (SELECT k::{} FROM pg_catalog.unnest({}::text[]) AS k)").format(
+        sql.Identifier(table.key), sql.SQL(type_name), sql.Literal(list(keys))
+    )
+
+
+@dataclass(frozen=True)
+class Copied:
+    """What one chunk copy moved."""
+
+    rows: int
+    bytes: int
+
+
+def copy_range(
+    source: Conn,
+    target: Conn,
+    table: TableSpec,
+    start_hex: str,
+    end_hex: str | None,
+    *,
+    reshard_id: int,
+    chunk: str,
+) -> Copied | None:
+    """Copy one range of a table; None when the chunk was already copied (resume)."""
+    done = target.execute(
+        "SELECT 1 FROM shardctl.copied WHERE reshard_id = %s AND chunk = %s", (reshard_id, chunk)
+    ).fetchone()
+    if done:
+        return None
+    name = sql.Identifier(table.name)
+    stage = sql.Identifier(f"shardctl_stage_{table.name}")
+    select = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
+        name, range_predicate(table.key, start_hex, end_hex)
+    )
+    nbytes = 0
+    with target.transaction():
+        trusted_writes(target)
+        target.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
+                "ON COMMIT DELETE ROWS"
+            ).format(stage, name)
+        )
+        with (
+            source.cursor().copy(select) as out,
+            target.cursor().copy(
+                sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(stage)
+            ) as into,
+        ):
+            for block in out:
+                nbytes += len(block)
+                into.write(block)
+        rows = target.execute(
+            sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(name, stage)
+        ).rowcount
+        target.execute(
+            "INSERT INTO shardctl.copied (reshard_id, chunk, rows, bytes) VALUES (%s, %s, %s, %s)",
+            (reshard_id, chunk, rows, nbytes),
+        )
+    return Copied(rows=rows, bytes=nbytes)
+
+
+def resync_keys(
+    source: Conn, target: Conn, table: TableSpec, type_name: str, keys: Sequence[str]
+) -> None:
+    """Make ``keys`` on the target equal to the source; call inside a source transaction."""
+    name = sql.Identifier(table.name)
+    match = keys_in(table, type_name, keys)
+    source.execute(sql.SQL("SELECT 1 FROM {} WHERE {} FOR SHARE").format(name, match))
+    with target.transaction():
+        trusted_writes(target)
+        target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, match))
+        with (
+            source.cursor().copy(
+                sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
+                    name, match
+                )
+            ) as out,
+            target.cursor().copy(
+                sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(name)
+            ) as into,
+        ):
+            for block in out:
+                into.write(block)
+
+
+def drain(
+    source: Conn,
+    target: Conn,
+    target_name: str,
+    tables: Sequence[TableSpec],
+    *,
+    batch: int = 2000,
+    key_types: dict[str, str] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Re-sync every key in the source's change log bound for ``target``; keys re-synced."""
+    by_name = {t.name: t for t in tables}
+    types = key_types if key_types is not None else {t.name: key_type(source, t) for t in tables}
+    total = 0
+    while True:
+        with source.transaction():
+            rows = source.execute(
+                "SELECT id, tbl, key FROM shardctl.changes WHERE target = %s ORDER BY id LIMIT %s",
+                (target_name, batch),
+            ).fetchall()
+            if not rows:
+                return total
+            grouped: dict[str, set[str]] = {}
+            for _, tbl, key in rows:
+                grouped.setdefault(tbl, set()).add(key)
+            for tbl, keys in grouped.items():
+                table = by_name.get(tbl)
+                if table is not None:
+                    resync_keys(source, target, table, types[tbl], sorted(keys))
+                    total += len(keys)
+            # Delete exactly what was processed: a change row invisible now (its writer had not
+            # committed) stays for the next pass. A "done up to id N" mark would skip it.
+            source.execute(
+                "DELETE FROM shardctl.changes WHERE id = ANY(%s)", ([r[0] for r in rows],)
+            )
+        if on_batch is not None:
+            on_batch(total)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Row count and an order-independent checksum of one range on one server."""
+
+    rows: int
+    checksum: int
+
+
+def _bounds(moves: Sequence[Move]) -> tuple[list[str], dict[int, int]]:
+    """``width_bucket`` thresholds covering ``moves`` and a bucket → move index map."""
+    thresholds: list[str] = []
+    bucket_of: dict[int, int] = {}
+    for index in sorted(range(len(moves)), key=lambda i: moves[i].start):
+        move = moves[index]
+        if not thresholds or thresholds[-1] != move.start_hex:
+            thresholds.append(move.start_hex)
+        bucket_of[len(thresholds)] = index  # width_bucket numbers [t[i-1], t[i]) as i
+        if move.end_hex is not None:
+            thresholds.append(move.end_hex)
+    return thresholds, bucket_of
+
+
+def fingerprints(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[Fingerprint]:
+    """Count and checksum the rows of each move's range on one server, in one scan."""
+    thresholds, bucket_of = _bounds(moves)
+    query = sql.SQL(
+        "SELECT pg_catalog.width_bucket({pos}, %s::text[]) AS b, count(*), "
+        "coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) "
+        "FROM {table} t GROUP BY b"
+    ).format(pos=position(table.key), table=sql.Identifier(table.name))
+    result = [Fingerprint(0, 0) for _ in moves]
+    for bucket, rows, checksum in conn.execute(query, (thresholds,)):
+        move = bucket_of.get(bucket)
+        if move is not None:
+            result[move] = Fingerprint(int(rows), int(checksum))
+    return result
+
+
+def row_hashes(conn: Conn, table: TableSpec, move: Move) -> dict[str, str]:
+    """Key → md5 of the row's text, for every row of one move's range."""
+    query = sql.SQL("SELECT {key}::text, md5(t::text) FROM {table} t WHERE {pred}").format(
+        key=sql.Identifier(table.key),
+        table=sql.Identifier(table.name),
+        pred=range_predicate(table.key, move.start_hex, move.end_hex),
+    )
+    return {str(k): str(h) for k, h in conn.execute(query)}
+
+
+def differing_keys(source: Conn, target: Conn, table: TableSpec, move: Move) -> list[str]:
+    """Keys of one range whose rows differ between source and target (or exist on one only)."""
+    theirs = row_hashes(target, table, move)
+    ours = row_hashes(source, table, move)
+    return sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+
+
+def delete_range(
+    conn: Conn, table: TableSpec, start_hex: str, end_hex: str | None, *, batch: int
+) -> int:
+    """Delete one batch of a range's rows (trusted: bypasses the fence); rows deleted."""
+    name = sql.Identifier(table.name)
+    with conn.transaction():
+        trusted_writes(conn)
+        return conn.execute(
+            sql.SQL(
+                "DELETE FROM {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {name} WHERE {pred} "
+                "LIMIT {n}))"
+            ).format(
+                name=name,
+                pred=range_predicate(table.key, start_hex, end_hex),
+                n=sql.Literal(batch),
+            )
+        ).rowcount
