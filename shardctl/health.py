@@ -59,6 +59,9 @@ class ReplicationRow:
     replay_lsn: int | None
     replay_lag_seconds: float | None
     sync_state: str
+    pid: int | None = None
+    slot_name: str | None = None
+    """The replication slot this walsender streams through (joined on ``active_pid``)."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,12 @@ SELECT
     pg_catalog.pg_is_in_recovery() AS in_recovery,
     (SELECT system_identifier FROM pg_catalog.pg_control_system())::text AS system_identifier,
     (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()) AS checkpoint_timeline,
+    -- A promoted server's last checkpoint may still name the old timeline for minutes; the
+    -- WAL segment it writes now says the current one.
+    CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
+         ELSE ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))
+              ::bit(32)::bigint
+    END AS current_timeline,
     CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
          ELSE pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), '0/0')::bigint
     END AS current_lsn,
@@ -183,7 +192,10 @@ SELECT
             'sent_lsn', pg_catalog.pg_wal_lsn_diff(r.sent_lsn, '0/0')::bigint,
             'replay_lsn', pg_catalog.pg_wal_lsn_diff(r.replay_lsn, '0/0')::bigint,
             'replay_lag', extract(epoch FROM r.replay_lag)::float8,
-            'sync_state', r.sync_state)), '[]')
+            'sync_state', r.sync_state,
+            'pid', r.pid,
+            'slot_name', (SELECT s.slot_name FROM pg_catalog.pg_replication_slots s
+                           WHERE s.active_pid = r.pid LIMIT 1))), '[]')
        FROM pg_catalog.pg_stat_replication r) AS replication,
     (SELECT json_build_object(
             'status', w.status, 'sender_host', w.sender_host,
@@ -203,7 +215,7 @@ def read_facts(conn: psycopg.Connection[Any]) -> NodeFacts:
         row = cur.execute(FACTS_QUERY).fetchone()
     assert row is not None
     receiver = WalReceiver(**row["receiver"]) if row["receiver"] else None
-    timeline = row["checkpoint_timeline"]
+    timeline = row["current_timeline"] or row["checkpoint_timeline"]
     if row["in_recovery"] and receiver is not None and receiver.received_tli:
         timeline = receiver.received_tli
     return NodeFacts(
@@ -225,6 +237,8 @@ def read_facts(conn: psycopg.Connection[Any]) -> NodeFacts:
                 replay_lsn=r["replay_lsn"],
                 replay_lag_seconds=r["replay_lag"],
                 sync_state=r["sync_state"],
+                pid=r["pid"],
+                slot_name=r["slot_name"],
             )
             for r in row["replication"]
         ),
