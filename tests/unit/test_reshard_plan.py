@@ -1,0 +1,81 @@
+"""Pure resharding logic: phases, chunking, plan round trip."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardctl.reshard.plan import (
+    FORWARD,
+    MoveSize,
+    Phase,
+    Plan,
+    can_abort,
+    finished,
+    make_plan,
+    next_phase,
+    split,
+)
+from shardctl.ring import SPACE, Move, Ring
+
+
+def test_phases_run_forward_to_done() -> None:
+    phase = Phase.PLANNED
+    seen = [phase]
+    while phase is not Phase.DONE:
+        phase = next_phase(phase)
+        seen.append(phase)
+    assert tuple(seen) == FORWARD
+    with pytest.raises(ValueError):
+        next_phase(Phase.DONE)
+    with pytest.raises(ValueError):
+        next_phase(Phase.ABORTED)
+
+
+def test_abort_is_possible_only_before_the_ring_flips() -> None:
+    assert can_abort(Phase.COPYING, flipped=False)
+    assert can_abort(Phase.CUTTING_OVER, flipped=False)
+    assert not can_abort(Phase.CUTTING_OVER, flipped=True)
+    assert not can_abort(Phase.CLEANING, flipped=True)
+    assert not can_abort(Phase.DONE, flipped=True)
+    assert finished(Phase.ABORTED) and finished(Phase.DONE) and not finished(Phase.COPYING)
+
+
+@given(
+    start=st.integers(0, SPACE - 2),
+    width=st.integers(1, SPACE),
+    rows=st.integers(0, 10**6),
+    per=st.integers(1, 10**5),
+)
+def test_chunks_tile_their_move_exactly(start: int, width: int, rows: int, per: int) -> None:
+    end = min(SPACE, start + width)
+    move = Move(start, end, "a", "b")
+    chunks = split(3, move, rows, per)
+    assert chunks[0].start == start and chunks[-1].end == end
+    assert all(a.end == b.start for a, b in itertools.pairwise(chunks))
+    assert all(c.move == 3 and c.start < c.end for c in chunks)
+    assert len({c.id for c in chunks}) == len(chunks)
+    assert len(chunks) <= max(1, -(-rows // per))
+
+
+def test_top_chunk_has_no_upper_bound() -> None:
+    (chunk,) = split(0, Move(SPACE // 2, SPACE, "a", "b"), 10, 100)
+    assert chunk.end_hex is None
+    assert chunk.start_hex == "8" + "0" * 31
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "balanced"])
+def test_plan_moves_only_to_the_new_node_and_round_trips(algorithm: str) -> None:
+    old = Ring(["shard-0", "shard-1"], vnodes=20, algorithm=algorithm)
+    new = old.with_node("shard-2")
+    n = len(old.moves_to(new))
+    plan = make_plan(7, 3, old, new, [MoveSize(100_000, 10**7)] * n, rows_per_chunk=30_000)
+    assert plan.targets() == ["shard-2"]
+    assert set(plan.sources()) <= {"shard-0", "shard-1"}
+    assert plan.rows == 100_000 * n
+    assert len(plan.chunks) == 4 * n
+    assert sorted(i for s in plan.sources() for i in plan.moves_from(s)) == list(range(n))
+    assert Plan.from_json(plan.to_json()) == plan
