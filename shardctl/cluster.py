@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shardctl import catalog, health, topology
 from shardctl import credentials as creds
-from shardctl import health, topology
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
 from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, _quiet
@@ -39,8 +40,14 @@ class Cluster:
     def up(
         self, *, wait: bool = True, timeout: float = 180.0, reporter: Reporter = _quiet
     ) -> UpReport:
-        """Create or repair every declared node."""
-        return self.provisioner(reporter, create=True).up(wait=wait, timeout=timeout)
+        """Create or repair every declared node, then the ring catalog on every primary."""
+        started = time.monotonic()
+        report = self.provisioner(reporter, create=True).up(wait=wait, timeout=timeout)
+        reporter("catalog", "ring catalog")
+        written = catalog.ensure(self.topology, self.credentials())
+        report.warnings += written.warnings
+        report.seconds = time.monotonic() - started
+        return report
 
     def down(self, *, volumes: bool = False) -> DownReport:
         """Remove containers and network; volumes (and generated passwords) only when asked."""

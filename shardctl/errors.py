@@ -10,6 +10,9 @@ Every error a user can cause or meet carries the exit code the CLI returns for i
     │   ├── DockerUnavailable
     │   └── DatabaseUnavailable
     ├── ProvisioningError             (exit 3)  a container or node could not be made ready
+    ├── CatalogError                  (exit 1)  the ring catalog is missing or inconsistent
+    ├── RoutingError                  (exit 1)  the Router could not place a query
+    │   └── KeyNotOwned               (exit 1)  a node refused a write: SQLSTATE SC001 (fencing)
     └── ReshardingError               (exit 1)  a reshard step was refused or failed
 
 The CLI catches ``ShardctlError`` in one place and prints its message; anything else is a bug.
@@ -56,6 +59,31 @@ class DatabaseUnavailable(InfrastructureError):
 
 class ProvisioningError(InfrastructureError):
     """A node could not be created, started or made ready."""
+
+
+class CatalogError(ShardctlError):
+    """The ring catalog in the cluster is missing, unreadable or disagrees with itself."""
+
+    exit_code = 1
+
+
+class RoutingError(ShardctlError):
+    """The Router could not place a query on the node that owns its key."""
+
+    exit_code = 1
+
+
+class KeyNotOwned(RoutingError):
+    """A node refused a write to a key it does not own (server-side fencing, SQLSTATE SC001).
+
+    The Router catches it, refreshes its ring and retries on the new owner; callers see it only
+    when the ring stays stale for longer than the Router's retry budget.
+    """
+
+    def __init__(self, message: str, *, node: str = "", key: object = None) -> None:
+        super().__init__(message)
+        self.node = node
+        self.key = key
 
 
 class ReshardingError(ShardctlError):

@@ -111,6 +111,8 @@ class UpReport:
 
     actions: dict[str, Action] = field(default_factory=dict)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    """Things found that ``up`` reports but does not change (e.g. topology vs ring catalog)."""
 
 
 @dataclass

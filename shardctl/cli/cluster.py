@@ -68,6 +68,8 @@ def up(
     with open_cluster(topology) as cluster, progress_reporter() as report:
         result = cluster.up(wait=wait, timeout=timeout, reporter=report)
     render.err_console.print(f"[green]up[/]: {render.up_summary(result)}")
+    for warning in result.warnings:
+        render.err_console.print(f"[yellow]warning[/]: {render.escape(warning)}")
 
 
 @app.command()

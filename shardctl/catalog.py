@@ -1,0 +1,407 @@
+"""The catalog: the live ring, stored in the cluster itself, on every primary.
+
+Once a cluster exists its ring is read from here, never from ``topology.yaml``: every router and
+every CLI run sees the same state, from any machine. Objects, in schema ``shardctl`` of the
+topology's database on every shard primary::
+
+    shardctl.ring                 one row per ring epoch (history); the current ring is the
+                                  row with the highest epoch
+    shardctl.ring_position(text)  md5($1): a key's position on the circle (see shardctl.ring)
+
+**Epochs.** ``up`` writes epoch 1 from the topology when no primary has a catalog, and copies
+the current record to a primary that has none (a new or re-created shard). It never bumps an
+epoch and never overwrites one: epochs change only through resharding, which writes the new
+record to every primary with :func:`publish`.
+
+**Reading.** :func:`read` asks every primary; the highest epoch wins. Primaries that disagree
+(missing catalog, older epoch — an interrupted cut-over — or, worst, different rings under one
+epoch) are reported in :attr:`CatalogView.problems`. A topology that disagrees with the catalog
+(algorithm, virtual nodes, shard list) is reported by :func:`drift`; the catalog is used.
+
+**Extension point for resharding.** The resharding state (``shardctl.reshard``,
+``shardctl.moving``, ...) lives in the same schema and is added by :mod:`shardctl.resharding`;
+:data:`DDL` here creates only what this module owns. The schema is shared with other features
+(the replication canary): it is created if missing and never dropped here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+
+from shardctl import pg
+from shardctl.credentials import Credentials
+from shardctl.errors import CatalogError, DatabaseUnavailable
+from shardctl.ring import Ring
+from shardctl.topology import Node, Topology
+
+T = TypeVar("T")
+
+SCHEMA = "shardctl"
+FENCE_SQLSTATE = "SC001"
+"""SQLSTATE a primary raises for a write to a key it does not (or no longer) own.
+
+Raised by resharding's fence trigger (``RAISE ... USING ERRCODE = 'SC001'``); the Router turns it
+into :class:`~shardctl.errors.KeyNotOwned`, refreshes its ring and retries on the new owner.
+"""
+
+_LOCK_KEY = 0x5C_A7A1_06  # pg_advisory_xact_lock: one installer at a time per database
+
+DDL: tuple[str, ...] = (
+    "CREATE SCHEMA IF NOT EXISTS shardctl",
+    """CREATE TABLE IF NOT EXISTS shardctl.ring (
+    epoch      bigint PRIMARY KEY CHECK (epoch > 0),
+    algorithm  text NOT NULL,
+    vnodes     integer NOT NULL CHECK (vnodes > 0),
+    nodes      jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    created_by text NOT NULL DEFAULT 'up'
+)""",
+    "COMMENT ON TABLE shardctl.ring IS "
+    "'shardctl ring catalog: one row per epoch, the highest is current; do not edit by hand'",
+    """CREATE OR REPLACE FUNCTION shardctl.ring_position(key text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN md5(key)""",
+    "COMMENT ON FUNCTION shardctl.ring_position(text) IS "
+    "'position of a key on the shardctl ring: md5(key::text), compare with COLLATE \"C\"'",
+)
+
+
+@dataclass(frozen=True)
+class RingRecord:
+    """One epoch of the ring as stored in ``shardctl.ring``."""
+
+    epoch: int
+    algorithm: str
+    vnodes: int
+    nodes: tuple[str, ...]
+    created_at: datetime | None = None
+    created_by: str = "up"
+
+    @classmethod
+    def from_ring(cls, ring: Ring, epoch: int, *, created_by: str = "up") -> RingRecord:
+        """The record of ``ring`` at ``epoch``."""
+        data = ring.to_dict()
+        return cls(
+            epoch, data["algorithm"], data["vnodes"], tuple(data["nodes"]), created_by=created_by
+        )
+
+    def ring(self) -> Ring:
+        """The :class:`~shardctl.ring.Ring` this record describes."""
+        try:
+            return Ring(self.nodes, self.vnodes, self.algorithm)
+        except ValueError as exc:
+            raise CatalogError(
+                f"the catalog's ring (epoch {self.epoch}) is invalid: {exc}"
+            ) from None
+
+    def same_ring(self, other: RingRecord) -> bool:
+        """Whether both records describe the same ring (epochs and timestamps aside)."""
+        return (self.algorithm, self.vnodes, self.nodes) == (
+            other.algorithm,
+            other.vnodes,
+            other.nodes,
+        )
+
+
+def initial_record(topology: Topology) -> RingRecord:
+    """Epoch 1 as the topology declares it: its shards in order, its algorithm and vnodes."""
+    ring = Ring(
+        [s.name for s in topology.spec.shards],
+        topology.spec.ring.vnodes,
+        topology.spec.ring.algorithm.value,
+    )
+    return RingRecord.from_ring(ring, 1)
+
+
+# ------------------------------------------------------------------ one connection
+
+
+def install(conn: psycopg.Connection[Any]) -> None:
+    """Create the schema, the ring table and ``ring_position`` if missing (idempotent)."""
+    for attempt in range(3):
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                for statement in DDL:
+                    conn.execute(statement)
+            return
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+            # Another feature creating the shared schema at this very moment: just try again.
+            if attempt == 2:
+                raise
+
+
+def read_current(conn: psycopg.Connection[Any]) -> RingRecord | None:
+    """The highest-epoch record on this primary, or None when it has no catalog."""
+    row = conn.execute("SELECT pg_catalog.to_regclass('shardctl.ring') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return None
+    found = conn.execute(
+        "SELECT epoch, algorithm, vnodes, nodes, created_at, created_by "
+        "FROM shardctl.ring ORDER BY epoch DESC LIMIT 1"
+    ).fetchone()
+    return None if found is None else _record(found)
+
+
+def read_epoch(conn: psycopg.Connection[Any], epoch: int) -> RingRecord | None:
+    """The record of one epoch on this primary, if it has it."""
+    found = conn.execute(
+        "SELECT epoch, algorithm, vnodes, nodes, created_at, created_by "
+        "FROM shardctl.ring WHERE epoch = %s",
+        (epoch,),
+    ).fetchone()
+    return None if found is None else _record(found)
+
+
+def write(conn: psycopg.Connection[Any], record: RingRecord) -> bool:
+    """Store ``record`` unless its epoch is already there; True when written now.
+
+    Idempotent, so an interrupted operation can re-run it; a *different* ring already stored
+    under the same epoch is a :class:`CatalogError` (two writers raced).
+    """
+    with conn.transaction():
+        cur = conn.execute(
+            "INSERT INTO shardctl.ring (epoch, algorithm, vnodes, nodes, created_by) "
+            "VALUES (%s, %s, %s, %s::jsonb, %s) ON CONFLICT (epoch) DO NOTHING",
+            (
+                record.epoch,
+                record.algorithm,
+                record.vnodes,
+                json.dumps(list(record.nodes)),
+                record.created_by,
+            ),
+        )
+        if cur.rowcount == 1:
+            return True
+        existing = read_epoch(conn, record.epoch)
+    if existing is None or not existing.same_ring(record):
+        raise CatalogError(
+            f"epoch {record.epoch} already holds a different ring "
+            f"({existing.nodes if existing else '?'}); refusing to overwrite it"
+        )
+    return False
+
+
+def _record(row: Sequence[Any]) -> RingRecord:
+    epoch, algorithm, vnodes, nodes, created_at, created_by = row
+    if isinstance(nodes, str):
+        nodes = json.loads(nodes)
+    return RingRecord(
+        int(epoch), str(algorithm), int(vnodes), tuple(str(n) for n in nodes), created_at,
+        str(created_by),
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ the whole cluster
+
+
+@dataclass(frozen=True)
+class CatalogView:
+    """The catalog as every primary holds it, and the record that wins (highest epoch)."""
+
+    current: RingRecord | None
+    by_primary: dict[str, RingRecord | None]
+    """Primary node name -> its current record (None: no catalog there)."""
+    problems: tuple[str, ...] = ()
+    """Disagreements among primaries, one line each."""
+    unreachable: tuple[str, ...] = ()
+    """Primaries that did not answer (only when read with ``require_all=False``)."""
+
+    def record(self) -> RingRecord:
+        """The winning record; CatalogError when no primary has a catalog."""
+        if self.current is None:
+            raise CatalogError(
+                "no ring catalog on any primary (a cluster made before the catalog existed?): "
+                "run `shardctl up` to write it from the topology"
+            )
+        return self.current
+
+    def ring(self) -> Ring:
+        """The current ring."""
+        return self.record().ring()
+
+    @property
+    def agrees(self) -> bool:
+        """True when every primary holds the winning record."""
+        return not self.problems
+
+
+def combine(
+    by_primary: dict[str, RingRecord | None], unreachable: Sequence[str] = ()
+) -> CatalogView:
+    """Pick the highest epoch among the primaries' records and describe every disagreement."""
+    present = {name: r for name, r in by_primary.items() if r is not None}
+    if not present:
+        return CatalogView(None, dict(by_primary), (), tuple(unreachable))
+    top = max(r.epoch for r in present.values())
+    winners = [(name, r) for name, r in present.items() if r.epoch == top]
+    current = winners[0][1]
+    problems: list[str] = []
+    for name, r in winners[1:]:
+        if not r.same_ring(current):
+            raise CatalogError(
+                f"epoch {top} differs between {winners[0][0]} {list(current.nodes)} and "
+                f"{name} {list(r.nodes)}: the catalog is corrupt; repair it by hand"
+            )
+    missing = sorted(name for name, r in by_primary.items() if r is None)
+    if missing:
+        problems.append(
+            f"no catalog on {', '.join(missing)} (run `shardctl up` to copy epoch {top} there)"
+        )
+    behind = sorted((name, r.epoch) for name, r in present.items() if r.epoch < top)
+    if behind:
+        listed = ", ".join(f"{name} (epoch {epoch})" for name, epoch in behind)
+        problems.append(
+            f"{listed} behind epoch {top}: an interrupted cut-over? "
+            "run `shardctl rebalance --resume`"
+        )
+    return CatalogView(current, dict(by_primary), tuple(problems), tuple(unreachable))
+
+
+def read(
+    topology: Topology,
+    credentials: Credentials,
+    *,
+    timeout: float = 5.0,
+    require_all: bool = True,
+) -> CatalogView:
+    """Read the catalog from every primary in parallel; the highest epoch wins.
+
+    With ``require_all`` (the CLI's choice) an unreachable primary is DatabaseUnavailable;
+    without it, the view is built from those that answered and names the others.
+    """
+    primaries = topology.primaries()
+    results = _on_primaries(
+        topology, credentials, primaries, read_current, timeout=timeout, strict=require_all
+    )
+    by_primary = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
+    unreachable = [n for n, r in results.items() if isinstance(r, BaseException)]
+    if not by_primary and unreachable:
+        raise DatabaseUnavailable(
+            f"no primary answered while reading the ring catalog ({', '.join(unreachable)})"
+        )
+    return combine(by_primary, unreachable)
+
+
+def drift(topology: Topology, record: RingRecord) -> list[str]:
+    """How the topology disagrees with the catalog's ring, one line each (empty: it agrees)."""
+    spec = topology.spec
+    notes: list[str] = []
+    where = f"{topology.path.name}"
+    if spec.ring.algorithm.value != record.algorithm:
+        notes.append(
+            f"{where} says ring algorithm {spec.ring.algorithm.value!r} but the cluster's ring "
+            f"(epoch {record.epoch}) is {record.algorithm!r}; the cluster's ring is used"
+        )
+    if record.algorithm == "md5" and spec.ring.vnodes != record.vnodes:
+        notes.append(
+            f"{where} says {spec.ring.vnodes} virtual nodes but the cluster's ring "
+            f"(epoch {record.epoch}) has {record.vnodes}; the cluster's ring is used"
+        )
+    declared = [s.name for s in spec.shards]
+    unknown = [n for n in record.nodes if n not in declared]
+    if unknown:
+        notes.append(
+            f"the cluster's ring (epoch {record.epoch}) includes {', '.join(unknown)}, which "
+            f"{where} does not declare; add the shard back to {where}"
+        )
+    joining = [n for n in declared if n not in record.nodes]
+    if joining:
+        notes.append(
+            f"{', '.join(joining)} declared in {where} but not in the ring (epoch "
+            f"{record.epoch}): owns no keys until `shardctl rebalance` moves data to it"
+        )
+    return notes
+
+
+@dataclass
+class EnsureReport:
+    """What :func:`ensure` did."""
+
+    epoch: int = 0
+    written: list[str] = field(default_factory=list)
+    """Primaries the current record was written to now."""
+    warnings: list[str] = field(default_factory=list)
+
+
+def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.0) -> EnsureReport:
+    """Install the catalog on every primary; write epoch 1 from the topology if none has one.
+
+    A primary without a catalog gets a copy of the current record. Primaries behind the
+    current epoch and a topology that disagrees are reported, not changed.
+    """
+    primaries = topology.primaries()
+
+    def prepare(conn: psycopg.Connection[Any]) -> RingRecord | None:
+        install(conn)
+        return read_current(conn)
+
+    found = _on_primaries(topology, credentials, primaries, prepare, timeout=timeout, strict=True)
+    view = combine({n: r for n, r in found.items() if not isinstance(r, BaseException)})
+    record = view.current if view.current is not None else initial_record(topology)
+    targets = [p for p in primaries if view.by_primary.get(p.name) is None]
+    written = _on_primaries(
+        topology, credentials, targets, lambda c: write(c, record), timeout=timeout, strict=True
+    )
+    report = EnsureReport(epoch=record.epoch, written=sorted(n for n, w in written.items() if w))
+    report.warnings = [p for p in view.problems if not p.startswith("no catalog on")]
+    report.warnings += drift(topology, record)
+    return report
+
+
+def publish(
+    topology: Topology,
+    credentials: Credentials,
+    record: RingRecord,
+    *,
+    primaries: Sequence[Node] | None = None,
+    timeout: float = 10.0,
+) -> list[str]:
+    """Write a new epoch to every primary (resharding's cut-over); idempotent. Names written."""
+    targets = list(primaries) if primaries is not None else list(topology.primaries())
+
+    def put(conn: psycopg.Connection[Any]) -> bool:
+        install(conn)
+        return write(conn, record)
+
+    done = _on_primaries(topology, credentials, targets, put, timeout=timeout, strict=True)
+    return sorted(n for n, w in done.items() if w)
+
+
+def _on_primaries(
+    topology: Topology,
+    credentials: Credentials,
+    primaries: Sequence[Node],
+    work: Callable[[psycopg.Connection[Any]], T],
+    *,
+    timeout: float,
+    strict: bool,
+) -> dict[str, T | BaseException]:
+    """Run ``work(conn)`` on each primary in parallel; errors raised (strict) or returned."""
+    if not primaries:
+        return {}
+    database = topology.spec.database
+
+    def one(node: Node) -> T:
+        try:
+            with pg.connect(node, credentials, database, timeout=timeout) as conn:
+                return work(conn)
+        except psycopg.Error as exc:
+            raise DatabaseUnavailable(f"{node.name}: ring catalog: {pg.first_line(exc)}") from None
+
+    with ThreadPoolExecutor(max_workers=len(primaries), thread_name_prefix="catalog") as pool:
+        futures = {node.name: pool.submit(one, node) for node in primaries}
+    out: dict[str, T | BaseException] = {}
+    for name, future in futures.items():
+        error = future.exception()
+        if error is not None and (strict or not isinstance(error, DatabaseUnavailable)):
+            raise error
+        out[name] = error if error is not None else future.result()
+    return out
