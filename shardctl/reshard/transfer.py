@@ -163,8 +163,12 @@ def drain(
     batch: int = 2000,
     key_types: dict[str, str] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    collect: dict[str, set[str]] | None = None,
 ) -> int:
-    """Re-sync every key in the source's change log bound for ``target``; keys re-synced."""
+    """Re-sync every key in the source's change log bound for ``target``; keys re-synced.
+
+    With ``collect``, the keys re-synced are added to it, per table name.
+    """
     by_name = {t.name: t for t in tables}
     types = key_types if key_types is not None else {t.name: key_type(source, t) for t in tables}
     total = 0
@@ -184,6 +188,8 @@ def drain(
                 if table is not None:
                     resync_keys(source, target, table, types[tbl], sorted(keys))
                     total += len(keys)
+                    if collect is not None:
+                        collect.setdefault(tbl, set()).update(keys)
             # Delete exactly what was processed: a change row invisible now (its writer had not
             # committed) stays for the next pass. A "done up to id N" mark would skip it.
             source.execute(
@@ -215,37 +221,78 @@ def _bounds(moves: Sequence[Move]) -> tuple[list[str], dict[int, int]]:
     return thresholds, bucket_of
 
 
-def fingerprints(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[Fingerprint]:
-    """Count and checksum the rows of each move's range on one server, in one scan."""
+def _per_move(
+    conn: Conn, table: TableSpec, moves: Sequence[Move], aggregates: sql.Composable
+) -> list[tuple[int, ...]]:
+    """Aggregates over each move's rows in one scan (ranges found by ``width_bucket``)."""
     thresholds, bucket_of = _bounds(moves)
     query = sql.SQL(
-        "SELECT pg_catalog.width_bucket({pos}, %s::text[]) AS b, count(*), "
-        "coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0) "
+        "SELECT pg_catalog.width_bucket({pos}, %s::text[]) AS b, {aggregates} "
         "FROM {table} t GROUP BY b"
-    ).format(pos=position(table.key), table=sql.Identifier(table.name))
-    result = [Fingerprint(0, 0) for _ in moves]
-    for bucket, rows, checksum in conn.execute(query, (thresholds,)):
+    ).format(pos=position(table.key), aggregates=aggregates, table=sql.Identifier(table.name))
+    result: list[tuple[int, ...]] = [(0, 0) for _ in moves]
+    for bucket, *values in conn.execute(query, (thresholds,)):
         move = bucket_of.get(bucket)
         if move is not None:
-            result[move] = Fingerprint(int(rows), int(checksum))
+            result[move] = tuple(int(v) for v in values)
     return result
 
 
-def row_hashes(conn: Conn, table: TableSpec, move: Move) -> dict[str, str]:
-    """Key → md5 of the row's text, for every row of one move's range."""
-    query = sql.SQL("SELECT {key}::text, md5(t::text) FROM {table} t WHERE {pred}").format(
-        key=sql.Identifier(table.key),
-        table=sql.Identifier(table.name),
-        pred=range_predicate(table.key, move.start_hex, move.end_hex),
+def fingerprints(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[Fingerprint]:
+    """Count and checksum the rows of each move's range on one server, in one scan."""
+    checksum = sql.SQL(
+        "count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)"
+    )
+    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, checksum)]
+
+
+def sizes(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[tuple[int, int]]:
+    """Exact rows and stored bytes of each move's range on one server, in one scan."""
+    size = sql.SQL("count(*), coalesce(sum(pg_catalog.pg_column_size(t.*)), 0)")
+    return [(r[0], r[1]) for r in _per_move(conn, table, moves, size)]
+
+
+def row_hashes(conn: Conn, table: TableSpec, where: sql.Composable) -> dict[str, str]:
+    """Key → md5 of the row's text, for every row matching ``where``."""
+    query = sql.SQL("SELECT {key}::text, md5(t::text) FROM {table} t WHERE {where}").format(
+        key=sql.Identifier(table.key), table=sql.Identifier(table.name), where=where
     )
     return {str(k): str(h) for k, h in conn.execute(query)}
 
 
+def _differ(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
+    return sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+
+
 def differing_keys(source: Conn, target: Conn, table: TableSpec, move: Move) -> list[str]:
     """Keys of one range whose rows differ between source and target (or exist on one only)."""
-    theirs = row_hashes(target, table, move)
-    ours = row_hashes(source, table, move)
-    return sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    where = range_predicate(table.key, move.start_hex, move.end_hex)
+    return _differ(row_hashes(source, table, where), row_hashes(target, table, where))
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A final catch-up: keys re-synced, and those still differing afterwards."""
+
+    resynced: int
+    mismatched: list[str]
+
+
+def drain_and_check(
+    source: Conn, target: Conn, target_name: str, tables: Sequence[TableSpec]
+) -> Drained:
+    """Drain the change log, then compare every key it named, row by row, on both sides."""
+    types = {t.name: key_type(source, t) for t in tables}
+    touched: dict[str, set[str]] = {}
+    resynced = drain(source, target, target_name, tables, key_types=types, collect=touched)
+    mismatched: list[str] = []
+    for table in tables:
+        keys = sorted(touched.get(table.name, ()))
+        if keys:
+            where = keys_in(table, types[table.name], keys)
+            differ = _differ(row_hashes(source, table, where), row_hashes(target, table, where))
+            mismatched += [f"{table.name}:{k}" for k in differ]
+    return Drained(resynced, mismatched)
 
 
 def delete_range(

@@ -1,0 +1,504 @@
+"""Drive a reshard through its phases; persist every step so any machine can resume it.
+
+The state of the operation (plan, phase, whether the ring flipped, the report so far) is a row
+of ``shardctl.reshard`` on *every* primary, written after each phase's work completes. When
+primaries disagree (a crash between two of those writes), the most advanced phase wins: the
+work of every earlier phase was finished before the later phase was recorded anywhere.
+See docs/resharding.md for the protocol and why each step is safe to repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import psycopg
+
+from shardctl import catalog, pg
+from shardctl.cluster import Cluster
+from shardctl.errors import ReshardingError, ShardctlError
+from shardctl.reshard import capture, transfer
+from shardctl.reshard.plan import (
+    FORWARD,
+    MoveSize,
+    Phase,
+    Plan,
+    can_abort,
+    finished,
+    make_plan,
+    next_phase,
+)
+from shardctl.topology import Node
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+
+STATE_SQL = """
+CREATE SCHEMA IF NOT EXISTS shardctl;
+CREATE TABLE IF NOT EXISTS shardctl.reshard (
+    id         bigint PRIMARY KEY,
+    phase      text NOT NULL,
+    flipped    boolean NOT NULL DEFAULT false,
+    plan       jsonb NOT NULL,
+    report     jsonb NOT NULL DEFAULT '{}',
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+Progress = Callable[[str, str, int, int], None]
+"""Called with (task, description, done, total) while a phase works."""
+
+
+def _no_progress(task: str, description: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class Report:
+    """What a reshard did, for the end-of-run table."""
+
+    rows_copied: int = 0
+    bytes_copied: int = 0
+    copy_seconds: float = 0.0
+    keys_resynced: int = 0
+    keys_repaired: list[str] = field(default_factory=list)
+    write_pause_ms: float = 0.0
+    rows_cleaned: int = 0
+    total_seconds: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Report:
+        """Rebuild a stored report."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class State:
+    """A reshard as recorded in the catalog."""
+
+    plan: Plan
+    phase: Phase
+    flipped: bool
+    report: Report
+
+
+class Rebalancer:
+    """Plans, runs, resumes and aborts the reshard that brings joining shards into the ring."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        progress: Progress = _no_progress,
+        rows_per_chunk: int = 50_000,
+        throttle_seconds: float = 0.0,
+        clean_batch: int = 5_000,
+        stop_after: Phase | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.topology = cluster.topology
+        self.progress = progress
+        self.rows_per_chunk = rows_per_chunk
+        self.throttle = throttle_seconds
+        self.clean_batch = clean_batch
+        self.stop_after = stop_after
+        """For tests and operators: stop (as if killed) once this phase's work is recorded."""
+
+    # ------------------------------------------------------------ connections
+
+    def node(self, shard: str) -> Node:
+        """The primary of ``shard``."""
+        return self.topology.shard_nodes(shard)[0]
+
+    @contextmanager
+    def connect(self, shard: str) -> Iterator[Conn]:
+        """An autocommit connection to a shard primary, set up for transfers."""
+        with pg.connect(
+            self.node(shard), self.cluster.credentials(), self.topology.spec.database
+        ) as conn:
+            transfer.prepare(conn)
+            yield conn
+
+    def _primaries(self) -> list[str]:
+        return [shard.name for shard in self.topology.spec.shards]
+
+    def _each(self, shards: list[str], work: Callable[[str], T]) -> dict[str, T]:
+        """Run ``work`` for every shard in parallel; the first failure is raised."""
+        with ThreadPoolExecutor(max_workers=max(1, len(shards))) as pool:
+            futures = {shard: pool.submit(work, shard) for shard in shards}
+        return {shard: future.result() for shard, future in futures.items()}
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> State | None:
+        """The latest reshard recorded on any primary, or None."""
+        found: list[tuple[int, int, dict[str, Any]]] = []
+
+        def read(shard: str) -> None:
+            with self.connect(shard) as conn:
+                conn.execute(STATE_SQL.encode())
+                row = conn.execute(
+                    "SELECT id, phase, flipped, plan, report FROM shardctl.reshard "
+                    "ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+            if row is not None:
+                rank = len(FORWARD) if row[1] == Phase.ABORTED else FORWARD.index(Phase(row[1]))
+                found.append(
+                    (
+                        int(row[0]),
+                        rank,
+                        {"phase": row[1], "flipped": row[2], "plan": row[3], "report": row[4]},
+                    )
+                )
+
+        self._each(self._primaries(), read)
+        if not found:
+            return None
+        _, _, best = max(found, key=lambda f: (f[0], f[1]))
+        return State(
+            plan=Plan.from_json(best["plan"]),
+            phase=Phase(best["phase"]),
+            flipped=bool(best["flipped"]),
+            report=Report.from_json(best["report"]),
+        )
+
+    def _record(self, plan: Plan, phase: Phase, flipped: bool, report: Report) -> None:
+        payload = (
+            plan.id,
+            phase.value,
+            flipped,
+            json.dumps(plan.to_json()),
+            json.dumps(report.__dict__),
+        )
+
+        def write(shard: str) -> None:
+            with self.connect(shard) as conn:
+                conn.execute(STATE_SQL.encode())
+                conn.execute(
+                    "INSERT INTO shardctl.reshard (id, phase, flipped, plan, report) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+                    "phase = EXCLUDED.phase, flipped = EXCLUDED.flipped, "
+                    "report = EXCLUDED.report, updated_at = now()",
+                    payload,
+                )
+
+        self._each(self._primaries(), write)
+
+    # -------------------------------------------------------------- planning
+
+    def plan(self) -> Plan:
+        """What a rebalance would move, with exact rows and bytes per move; changes nothing."""
+        record = catalog.read(self.topology, self.cluster.credentials()).record()
+        old = record.ring()
+        joining = [s.name for s in self.topology.spec.shards if s.name not in old.nodes]
+        if not joining:
+            raise ReshardingError(
+                "nothing to rebalance: no shard is joining the ring (run `shardctl add-shard`)"
+            )
+        new = old
+        for name in joining:
+            new = new.with_node(name)
+        moves = old.moves_to(new)
+        sizes = [MoveSize(0, 0) for _ in moves]
+        sources = sorted({m.source for m in moves})
+
+        def measure(source: str) -> list[tuple[int, MoveSize]]:
+            indexes = [i for i, m in enumerate(moves) if m.source == source]
+            subset = [moves[i] for i in indexes]
+            totals = [MoveSize(0, 0) for _ in subset]
+            with self.connect(source) as conn:
+                for table in self.topology.spec.tables:
+                    for j, size in enumerate(transfer.sizes(conn, table, subset)):
+                        totals[j] = MoveSize(totals[j].rows + size[0], totals[j].bytes + size[1])
+            return list(zip(indexes, totals, strict=True))
+
+        for measured in self._each(sources, measure).values():
+            for index, size in measured:
+                sizes[index] = size
+        previous = self.state()
+        plan_id = previous.plan.id + 1 if previous else 1
+        return make_plan(plan_id, record.epoch, old, new, sizes, rows_per_chunk=self.rows_per_chunk)
+
+    # ------------------------------------------------------------------- run
+
+    def start(self) -> State:
+        """Record a new plan (refusing while another reshard is unfinished)."""
+        current = self.state()
+        if current is not None and not finished(current.phase):
+            raise ReshardingError(
+                f"reshard {current.plan.id} is still {current.phase.value}: "
+                "run `shardctl rebalance --resume` or `--abort`"
+            )
+        plan = self.plan()
+        report = Report()
+        self._record(plan, Phase.PLANNED, False, report)
+        return State(plan, Phase.PLANNED, False, report)
+
+    def resume(self) -> State:
+        """The unfinished reshard to continue; ReshardingError when there is none."""
+        current = self.state()
+        if current is None or finished(current.phase):
+            raise ReshardingError("no reshard to resume")
+        return current
+
+    def run(self, state: State) -> State:
+        """Do each remaining phase's work, recording progress after each; returns the end state."""
+        started = time.monotonic()
+        plan, phase, flipped, report = state.plan, state.phase, state.flipped, state.report
+        steps: dict[Phase, Callable[[Plan, Report], bool]] = {
+            Phase.PLANNED: lambda p, r: False,
+            Phase.CAPTURING: self._capture,
+            Phase.COPYING: self._copy,
+            Phase.VERIFYING: self._verify,
+            Phase.CUTTING_OVER: self._cut_over,
+            Phase.CLEANING: self._clean,
+        }
+        while phase is not Phase.DONE:
+            flipped = steps[phase](plan, report) or flipped
+            done_phase = phase
+            phase = next_phase(phase)
+            report.total_seconds += time.monotonic() - started
+            started = time.monotonic()
+            self._record(plan, phase, flipped, report)
+            if self.stop_after is done_phase:
+                break
+        return State(plan, phase, flipped, report)
+
+    def abort(self) -> State:
+        """Undo an unfinished reshard that has not flipped the ring."""
+        state = self.resume()
+        if not can_abort(state.phase, state.flipped):
+            raise ReshardingError(
+                f"reshard {state.plan.id} has already cut over; run `shardctl rebalance --resume`"
+            )
+        plan = state.plan
+
+        def unfence(source: str) -> None:
+            with self.connect(source) as conn:
+                conn.execute(capture.SCHEMA_SQL.encode())
+                conn.execute("DELETE FROM shardctl.moving WHERE reshard_id = %s", (plan.id,))
+                conn.execute(
+                    "DELETE FROM shardctl.changes WHERE target = ANY(%s)", (plan.targets(),)
+                )
+
+        def empty(target: str) -> None:
+            with self.connect(target) as conn:
+                conn.execute(capture.SCHEMA_SQL.encode())
+                for index, move in enumerate(plan.moves):
+                    if move.target != target:
+                        continue
+                    for table in self.topology.spec.tables:
+                        while transfer.delete_range(
+                            conn, table, move.start_hex, move.end_hex, batch=self.clean_batch
+                        ):
+                            self.progress("abort", f"emptying {target}", index, len(plan.moves))
+                conn.execute("DELETE FROM shardctl.copied WHERE reshard_id = %s", (plan.id,))
+
+        self._each(plan.sources(), unfence)
+        self._each(plan.targets(), empty)
+        self._record(plan, Phase.ABORTED, False, state.report)
+        return State(plan, Phase.ABORTED, False, state.report)
+
+    # ---------------------------------------------------------------- phases
+
+    def _capture(self, plan: Plan, report: Report) -> bool:
+        tables = self.topology.spec.tables
+
+        def install(shard: str) -> None:
+            with self.connect(shard) as conn:
+                capture.install(conn, tables)
+                for index in plan.moves_from(shard):
+                    move = plan.moves[index]
+                    conn.execute(
+                        "INSERT INTO shardctl.moving (reshard_id, lo, hi, target, state) "
+                        "VALUES (%s, %s, %s, %s, 'capturing') ON CONFLICT DO NOTHING",
+                        (plan.id, move.start_hex, move.end_hex, move.target),
+                    )
+
+        self._each(sorted(set(plan.sources()) | set(plan.targets())), install)
+        return False
+
+    def _copy(self, plan: Plan, report: Report) -> bool:
+        started = time.monotonic()
+        tables = self.topology.spec.tables
+        totals: dict[str, tuple[int, int]] = {}
+
+        def copy_from(source: str) -> None:
+            chunks = [c for c in plan.chunks if plan.moves[c.move].source == source]
+            rows = nbytes = 0
+            with self.connect(source) as src:
+                targets: dict[str, Conn] = {}
+                try:
+                    for done, chunk in enumerate(chunks, start=1):
+                        target = plan.moves[chunk.move].target
+                        if target not in targets:
+                            targets[target] = pg.connect(
+                                self.node(target),
+                                self.cluster.credentials(),
+                                self.topology.spec.database,
+                            )
+                            transfer.prepare(targets[target])
+                        for table in tables:
+                            copied = transfer.copy_range(
+                                src,
+                                targets[target],
+                                table,
+                                chunk.start_hex,
+                                chunk.end_hex,
+                                reshard_id=plan.id,
+                                chunk=f"{table.name}:{chunk.id}",
+                            )
+                            if copied is not None:
+                                rows += copied.rows
+                                nbytes += copied.bytes
+                        self.progress(f"copy:{source}", f"copy {source}", done, len(chunks))
+                        if self.throttle:
+                            time.sleep(self.throttle)
+                    for target, dst in targets.items():
+                        report.keys_resynced += transfer.drain(src, dst, target, tables)
+                finally:
+                    for dst in targets.values():
+                        dst.close()
+            totals[source] = (rows, nbytes)
+
+        self._each(plan.sources(), copy_from)
+        report.rows_copied += sum(r for r, _ in totals.values())
+        report.bytes_copied += sum(b for _, b in totals.values())
+        report.copy_seconds += time.monotonic() - started
+        return False
+
+    def _verify(self, plan: Plan, report: Report) -> bool:
+        """Drain, then compare every moved range; re-sync and name the keys that differ."""
+        repaired: dict[str, list[str]] = {}
+
+        def verify(source: str) -> None:
+            repaired[source] = self._converge(plan, source, report)
+
+        self._each(plan.sources(), verify)
+        for keys in repaired.values():
+            report.keys_repaired += keys
+        return False
+
+    def _converge(self, plan: Plan, source: str, report: Report) -> list[str]:
+        """Make every range of ``source`` equal on its target; keys that had to be repaired."""
+        tables = self.topology.spec.tables
+        repaired: list[str] = []
+        with self.connect(source) as src:
+            for target in {plan.moves[i].target for i in plan.moves_from(source)}:
+                indexes = [i for i in plan.moves_from(source) if plan.moves[i].target == target]
+                moves = [plan.moves[i] for i in indexes]
+                with self.connect(target) as dst:
+                    report.keys_resynced += transfer.drain(src, dst, target, tables)
+                    for table in tables:
+                        ours = transfer.fingerprints(src, table, moves)
+                        theirs = transfer.fingerprints(dst, table, moves)
+                        for move, a, b in zip(moves, ours, theirs, strict=True):
+                            if a == b:
+                                continue
+                            keys = transfer.differing_keys(src, dst, table, move)
+                            if keys:
+                                with src.transaction():
+                                    transfer.resync_keys(
+                                        src, dst, table, transfer.key_type(src, table), keys
+                                    )
+                                repaired += [f"{table.name}:{k}" for k in keys]
+        return repaired
+
+    def _cut_over(self, plan: Plan, report: Report) -> bool:
+        """Fence, final catch-up, verify what changed, flip the ring; the pause is measured."""
+        tables = self.topology.spec.tables
+        fenced_at = time.monotonic()
+
+        def fence_and_drain(source: str) -> list[str]:
+            with self.connect(source) as src:
+                # Waits for every in-flight writer of these ranges (they hold the row FOR SHARE).
+                src.execute(
+                    "UPDATE shardctl.moving SET state = 'fenced' "
+                    "WHERE reshard_id = %s AND state = 'capturing'",
+                    (plan.id,),
+                )
+                mismatched: list[str] = []
+                for target in {plan.moves[i].target for i in plan.moves_from(source)}:
+                    with self.connect(target) as dst:
+                        drained = transfer.drain_and_check(src, dst, target, tables)
+                        report.keys_resynced += drained.resynced
+                        mismatched += drained.mismatched
+                return mismatched
+
+        try:
+            results = self._each(plan.sources(), fence_and_drain)
+        except (ShardctlError, psycopg.Error):
+            self._unfence(plan)
+            raise
+        mismatched = [key for keys in results.values() for key in keys]
+        if mismatched:
+            self._unfence(plan)
+            raise ReshardingError(
+                f"cut-over refused: {len(mismatched)} keys differ after the final catch-up "
+                f"(first: {', '.join(mismatched[:5])}); the old ring stays in force, "
+                "run `shardctl rebalance --resume` to retry"
+            )
+        new_epoch = catalog.RingRecord.from_ring(
+            plan.new, plan.epoch + 1, created_by=f"reshard {plan.id}"
+        )
+        catalog.publish(self.topology, self.cluster.credentials(), new_epoch)
+        report.write_pause_ms = (time.monotonic() - fenced_at) * 1000
+
+        def mark_moved(source: str) -> None:
+            with self.connect(source) as src:
+                src.execute(
+                    "UPDATE shardctl.moving SET state = 'moved' WHERE reshard_id = %s",
+                    (plan.id,),
+                )
+
+        self._each(plan.sources(), mark_moved)
+        return True
+
+    def _unfence(self, plan: Plan) -> None:
+        def unfence(source: str) -> None:
+            with self.connect(source) as src:
+                src.execute(
+                    "UPDATE shardctl.moving SET state = 'capturing' "
+                    "WHERE reshard_id = %s AND state = 'fenced'",
+                    (plan.id,),
+                )
+
+        self._each(plan.sources(), unfence)
+
+    def _clean(self, plan: Plan, report: Report) -> bool:
+        """Delete moved rows from their old owners, in throttled batches."""
+        cleaned: dict[str, int] = {}
+
+        def clean(source: str) -> None:
+            count = 0
+            with self.connect(source) as src:
+                # A resumed run may find the ranges already 'moved' but not yet marked so.
+                src.execute(
+                    "UPDATE shardctl.moving SET state = 'moved' WHERE reshard_id = %s",
+                    (plan.id,),
+                )
+                indexes = plan.moves_from(source)
+                for done, index in enumerate(indexes, start=1):
+                    move = plan.moves[index]
+                    for table in self.topology.spec.tables:
+                        while n := transfer.delete_range(
+                            src, table, move.start_hex, move.end_hex, batch=self.clean_batch
+                        ):
+                            count += n
+                            if self.throttle:
+                                time.sleep(self.throttle)
+                    self.progress(f"clean:{source}", f"clean {source}", done, len(indexes))
+                src.execute(
+                    "DELETE FROM shardctl.changes WHERE target = ANY(%s)", (plan.targets(),)
+                )
+            cleaned[source] = count
+
+        self._each(plan.sources(), clean)
+        report.rows_cleaned += sum(cleaned.values())
+        return True
