@@ -25,6 +25,7 @@ from psycopg import sql
 
 from shardctl.reshard.capture import trusted_writes
 from shardctl.ring import Move
+from shardctl.ringsql import position
 from shardctl.topology import TableSpec
 
 Conn = psycopg.Connection[Any]
@@ -37,13 +38,10 @@ def prepare(conn: Conn) -> None:
     conn.execute(SESSION_SETTINGS)
 
 
-def position(key_column: str) -> sql.Composable:
-    """The ring position of a row on the server: ``md5(key::text)`` in byte order."""
-    return sql.SQL('md5({}::text) COLLATE "C"').format(sql.Identifier(key_column))
-
-
 def range_predicate(key_column: str, start_hex: str, end_hex: str | None) -> sql.Composable:
-    """``start <= position < end`` as SQL (no upper bound when ``end_hex`` is None)."""
+    """``start <= position < end`` with the bounds inlined as literals (no upper bound when
+    ``end_hex`` is None): COPY statements take no parameters, unlike ``ringsql.range_condition``.
+    """
     pos = position(key_column)
     lower = sql.SQL("{} >= {}").format(pos, sql.Literal(start_hex))
     if end_hex is None:
