@@ -6,12 +6,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardctl import catalog, health, topology
+from shardctl import catalog, health, topology, verify
 from shardctl import credentials as creds
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
 from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, _quiet
-from shardctl.topology import Topology
+from shardctl.topology import HealthSpec, Topology
 
 
 @dataclass
@@ -59,6 +59,15 @@ class Cluster:
     def observe(self, *, timeout: float | None = None) -> health.ClusterFacts:
         """Every node's replication facts, probed in parallel."""
         return health.observe(self.topology, self.engines, self.credentials, timeout=timeout)
+
+    def verify_replication(
+        self, limits: HealthSpec | None = None, *, deep: bool = False
+    ) -> verify.Report:
+        """Every replication check; thresholds from ``limits`` or the topology's health section."""
+        limits = limits if limits is not None else self.topology.spec.health
+        return verify.verify_replication(
+            self.topology, self.engines, self.credentials, limits, deep=deep
+        )
 
     def close(self) -> None:
         """Release Docker clients."""

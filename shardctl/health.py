@@ -165,6 +165,32 @@ class ClusterFacts:
         # Probes run at nearly the same moment; a replica may have replayed a few bytes more.
         return max(0, primary.current_lsn - facts.replay_lsn)
 
+    def lag_seconds(self, observation: NodeObservation) -> float | None:
+        """Replay delay of a replica; zero when everything received is replayed (idle primary).
+
+        While WAL is pending it is the primary's ``replay_lag`` for the replica's walsender,
+        which keeps growing when replay is stuck but, unlike "now minus the last replayed
+        commit", does not count the idle time before a new burst of writes. Only when the
+        primary has no walsender for it does it fall back to the replica's own estimate.
+        """
+        facts = observation.facts
+        if facts is None:
+            return None
+        if not facts.in_recovery or facts.receive_lsn is None or facts.replay_lsn is None:
+            return 0.0
+        if facts.replay_lsn >= facts.receive_lsn:
+            return 0.0
+        primary = self.primary_of(observation.node).facts
+        rows = (
+            [r for r in primary.replication if r.slot_name == observation.node.slot]
+            if primary
+            else []
+        )
+        if rows:
+            # NULL: the standby had replayed everything sent when it last reported.
+            return rows[0].replay_lag_seconds or 0.0
+        return facts.lag_seconds
+
 
 FACTS_QUERY = """
 SELECT
@@ -389,7 +415,7 @@ def status_rows(facts: ClusterFacts) -> list[StatusRow]:
                 timeline=node_facts.timeline if node_facts else None,
                 lsn=node_facts.lsn if node_facts else None,
                 lag_bytes=facts.lag_bytes(obs),
-                lag_seconds=node_facts.lag_seconds if node_facts else None,
+                lag_seconds=facts.lag_seconds(obs),
                 slot=node.slot if node.role is Role.REPLICA else None,
                 healthy=problem is None,
                 problem=problem,
