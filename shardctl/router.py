@@ -1,0 +1,531 @@
+"""Route queries by shard key to the node that owns the key, with pools, retries and fencing.
+
+::
+
+    from shardctl import Router
+
+    with Router.from_topology("topology.yaml") as router:
+        router.execute(user_id, "INSERT INTO users (id, email) VALUES (%s, %s)", (user_id, email))
+        rows = router.fetch(user_id, "SELECT email FROM users WHERE id = %s", (user_id,))
+        everyone = router.scatter("SELECT count(*) FROM users")
+
+**The ring** comes from the catalog in the cluster (:mod:`shardctl.catalog`), never from the
+topology file: the router reads it from every primary (highest epoch wins) on first use and
+again whenever :attr:`Router.epoch_check_interval` seconds have passed since the last check
+(one tiny query per primary, made by whichever call notices first; other calls never wait for
+it). A new epoch is taken at once; an older one is never taken.
+
+**Fencing.** During a reshard, a primary that no longer owns a key refuses writes to it with
+SQLSTATE ``SC001`` (:data:`shardctl.catalog.FENCE_SQLSTATE`). The router turns that into
+:class:`~shardctl.errors.KeyNotOwned`, re-reads the catalog at once and retries on the new
+owner; the caller sees latency, not an error, unless the ring stays stale past the retry budget.
+
+**Retries.** Transient faults — a broken connection, a server shutting down or starting
+(``admin_shutdown``, ``crash_shutdown``, ``cannot_connect_now``), a serialization failure, a
+deadlock, no pooled connection in time — are retried with exponential back-off and jitter until
+:attr:`Router.retry_timeout` seconds have passed, then raised as
+:class:`~shardctl.errors.DatabaseUnavailable`. Everything else (a syntax error, a unique
+violation, ...) is raised at once, as psycopg raised it. A statement whose connection broke
+*during commit* may have committed: retried writes should be idempotent (upserts, updates to a
+value, deletes) when exactly-once matters.
+
+**Extension points for resharding** (dual writes while a range moves): :class:`Routing` is what
+one catalog read yields (add the moving ranges there), :meth:`Router._load_routing` builds it,
+:meth:`Router._write` runs every write on the owner and is where a dual write to the target
+joins the owner's transaction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import psycopg
+from psycopg import abc
+from psycopg_pool import ConnectionPool, PoolTimeout
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from shardctl import catalog, pg
+from shardctl import credentials as creds
+from shardctl import topology as topo
+from shardctl.catalog import FENCE_SQLSTATE
+from shardctl.credentials import Credentials
+from shardctl.errors import (
+    CatalogError,
+    DatabaseUnavailable,
+    KeyNotOwned,
+    RoutingError,
+    ShardctlError,
+    TopologyError,
+)
+from shardctl.ring import Ring
+from shardctl.topology import Node, Role, Topology
+
+if TYPE_CHECKING:
+    from shardctl.cluster import Cluster
+
+__all__ = ["Prefer", "Query", "Router", "Routing", "Row", "is_transient"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+Conn = psycopg.Connection[Row]
+Prefer = Literal["replica", "primary"]
+Query = abc.QueryNoTemplate
+"""A statement: ``str``, ``bytes``, or :mod:`psycopg.sql` composed SQL."""
+
+TRANSIENT_SQLSTATES = frozenset(
+    {
+        "40001",  # serialization_failure (also a hot-standby recovery conflict)
+        "40P01",  # deadlock_detected
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (starting up, in recovery after a crash)
+        "53300",  # too_many_connections
+    }
+)
+"""SQLSTATEs worth retrying as they are; class 08 (connection exception) is retried too."""
+
+DOWN_FOR = 2.0
+"""Seconds a replica that just failed is skipped for reads (its shard's primary answers)."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same work may succeed: connection trouble, restarts, conflicts."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:
+        # No SQLSTATE: libpq lost the connection (reset, closed, timed out).
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return state in TRANSIENT_SQLSTATES or state.startswith("08")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The ring a router places keys with, as one catalog read found it."""
+
+    epoch: int
+    ring: Ring
+
+    def owner(self, key: object) -> str:
+        """The shard that owns ``key`` (and takes its writes)."""
+        return self.ring.node_for(key)
+
+
+class Router:
+    """Sends each query to the node that owns its key; pools, retries, catalog watching.
+
+    Thread-safe: one router is meant to be shared by every thread of an application.
+    """
+
+    def __init__(
+        self,
+        source: Topology | Cluster,
+        credentials: Credentials | None = None,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        connect_timeout: float = 5.0,
+        retry_timeout: float = 20.0,
+        epoch_check_interval: float = 2.0,
+    ) -> None:
+        """A router for a topology (credentials found as the CLI finds them) or a Cluster."""
+        if isinstance(source, Topology):
+            self._topology = source
+            self._credentials = credentials or creds.load(source)
+        else:
+            self._topology = source.topology
+            self._credentials = credentials or source.credentials()
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self.retry_timeout = retry_timeout
+        self.epoch_check_interval = epoch_check_interval
+        self._pools: dict[str, ConnectionPool[Conn]] = {}
+        self._down_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._routing: Routing | None = None
+        self._next_check = 0.0
+        self._turn = itertools.count()
+        self._scatter_pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    @classmethod
+    def from_topology(cls, path: Path | str | None = None, **options: Any) -> Router:
+        """A router for the topology at ``path`` (default: $SHARDCTL_TOPOLOGY, ./topology.yaml)."""
+        return cls(topo.load(path), **options)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def topology(self) -> Topology:
+        """The topology the router reaches nodes through."""
+        return self._topology
+
+    @property
+    def routing(self) -> Routing:
+        """The ring and epoch in use now (reads the catalog if not yet read or due)."""
+        return self._current()
+
+    @property
+    def ring(self) -> Ring:
+        """The ring in use now."""
+        return self._current().ring
+
+    @property
+    def epoch(self) -> int:
+        """The catalog epoch of the ring in use now."""
+        return self._current().epoch
+
+    def owner(self, key: object) -> str:
+        """The shard that owns ``key`` under the current ring."""
+        return self._current().owner(key)
+
+    # ------------------------------------------------------------ queries
+
+    def execute(self, key: object, query: Query, params: abc.Params | None = None) -> int:
+        """Run one statement on ``key``'s owner primary (its own transaction); the rowcount.
+
+        For a statement whose rows you need (``RETURNING``), use ``fetch(..., prefer="primary")``.
+        """
+        return self._write(key, lambda conn: conn.execute(query, params).rowcount)
+
+    def fetch(
+        self,
+        key: object,
+        query: Query,
+        params: abc.Params | None = None,
+        *,
+        prefer: Prefer = "replica",
+    ) -> list[Row]:
+        """Rows of one statement on ``key``'s shard: a replica (may lag) or the primary.
+
+        ``prefer="replica"`` reads from a streaming replica of the owner, falling back to the
+        primary when the shard has none or the replica fails; it can miss writes committed in
+        the last moments (the replica's lag). ``prefer="primary"`` reads your own writes.
+        """
+
+        def rows(conn: Conn) -> list[Row]:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description is not None else []
+
+        if prefer == "primary":
+            return self._write(key, rows)
+        return self._call(lambda r: r.owner(key), rows, prefer, key=key)
+
+    def run(self, key: object, work: Callable[[Conn], T], *, prefer: Prefer = "primary") -> T:
+        """Call ``work(conn)`` in one transaction on ``key``'s shard; retried as a whole.
+
+        ``work`` may run more than once (after a transient fault or a fencing refusal), so it
+        must not have effects outside the database that cannot be repeated.
+        """
+
+        def transaction(conn: Conn) -> T:
+            with conn.transaction():
+                return work(conn)
+
+        if prefer == "primary":
+            return self._write(key, transaction)
+        return self._call(lambda r: r.owner(key), transaction, prefer, key=key)
+
+    def scatter(self, query: Query, params: abc.Params | None = None) -> list[Row]:
+        """Run one statement on every shard primary in parallel; all rows, in ring order."""
+        return [row for rows in self.scatter_by_shard(query, params).values() for row in rows]
+
+    def scatter_by_shard(
+        self, query: Query, params: abc.Params | None = None
+    ) -> dict[str, list[Row]]:
+        """Like :meth:`scatter`, keeping each shard's rows apart (shard name -> rows)."""
+
+        def rows(conn: Conn) -> list[Row]:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description is not None else []
+
+        shards = self._current().ring.nodes
+        executor = self._executor()
+        futures = {
+            shard: executor.submit(self._call, _constant(shard), rows, "primary")
+            for shard in shards
+        }
+        return {shard: future.result() for shard, future in futures.items()}
+
+    # ------------------------------------------------------------ the ring
+
+    def refresh(self, *, force: bool = True) -> Routing:
+        """Re-read the catalog from every primary now and take a newer epoch if there is one."""
+        with self._refresh_lock:
+            if not force and self._routing is not None:
+                return self._routing
+            return self._refresh_locked()
+
+    def _current(self) -> Routing:
+        routing = self._routing
+        if routing is None:
+            return self.refresh(force=False)
+        if time.monotonic() >= self._next_check and self._refresh_lock.acquire(blocking=False):
+            try:
+                self._refresh_locked()
+            except (ShardctlError, psycopg.Error) as exc:
+                # Keep routing with what we have: a later check (or a fenced write) tries again.
+                log.warning("shardctl router: catalog check failed: %s", exc)
+            finally:
+                self._refresh_lock.release()
+        return self._routing or routing
+
+    def _refresh_locked(self) -> Routing:
+        try:
+            routing = self._load_routing()
+        finally:
+            self._next_check = time.monotonic() + self.epoch_check_interval
+        current = self._routing
+        if current is None or routing.epoch > current.epoch:
+            if current is not None:
+                log.info("shardctl router: ring epoch %d -> %d", current.epoch, routing.epoch)
+            self._routing = routing
+        return self._routing or routing
+
+    def _load_routing(self) -> Routing:
+        """Read the catalog from every declared primary in parallel; highest epoch wins."""
+        primaries = self._topology.primaries()
+        for node in primaries:
+            self._pool(node)  # every pool opens (connects) in the background, all at once
+        executor = self._executor()
+        futures = {
+            node.name: executor.submit(self._on_node, node, catalog.read_current)
+            for node in primaries
+        }
+        found: dict[str, catalog.RingRecord | None] = {}
+        failed: list[str] = []
+        for name, future in futures.items():
+            try:
+                found[name] = future.result()
+            except (psycopg.Error, ShardctlError) as exc:
+                failed.append(f"{name} ({pg.first_line(exc)})")
+        if not found:
+            raise DatabaseUnavailable(
+                f"no primary answered while reading the ring catalog: {'; '.join(failed)}"
+            )
+        view = catalog.combine(found, failed)
+        record = view.record()
+        if self._routing is None:
+            for note in (*view.problems, *catalog.drift(self._topology, record)):
+                log.warning("shardctl router: %s", note)
+        ring = record.ring()
+        self._check_reachable(ring)
+        return Routing(record.epoch, ring)
+
+    def _check_reachable(self, ring: Ring) -> None:
+        """Every ring node must be a declared shard; re-read the topology file once if not."""
+        declared = {s.name for s in self._topology.spec.shards}
+        if set(ring.nodes) <= declared:
+            return
+        try:
+            reloaded = topo.load(self._topology.path)
+        except TopologyError:
+            reloaded = self._topology
+        missing = set(ring.nodes) - {s.name for s in reloaded.spec.shards}
+        if missing:
+            raise CatalogError(
+                f"the ring names {', '.join(sorted(missing))}, which {self._topology.path} does "
+                "not declare: the router cannot reach it"
+            )
+        self._topology = reloaded
+
+    # ------------------------------------------------------------ running work
+
+    def _write(self, key: object, work: Callable[[Conn], T]) -> T:
+        """Run ``work`` on the owner primary of ``key``; refused-by-fence writes follow the key."""
+        return self._call(lambda r: r.owner(key), work, "primary", key=key)
+
+    def _call(
+        self,
+        shard_of: Callable[[Routing], str],
+        work: Callable[[Conn], T],
+        prefer: Prefer,
+        *,
+        key: object = None,
+    ) -> T:
+        """Run ``work`` on the shard ``shard_of(routing)`` names, retrying transient faults."""
+        if self._closed:
+            raise RoutingError("the router is closed")
+        retrying = Retrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_delay(self.retry_timeout),
+            wait=wait_exponential_jitter(initial=0.02, max=1.0),
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+        shard = "?"
+        try:
+            for attempt in retrying:
+                with attempt:
+                    shard = shard_of(self._current())
+                    node = self._choose(shard, prefer, attempt.retry_state.attempt_number)
+                    return self._on_node(node, work, key=key)
+        except PoolTimeout as exc:
+            raise DatabaseUnavailable(
+                f"no connection to shard {shard} within {self.retry_timeout:g}s: "
+                f"{pg.first_line(exc)}"
+            ) from exc
+        except psycopg.Error as exc:
+            if is_transient(exc):
+                raise DatabaseUnavailable(
+                    f"shard {shard}: still failing after {self.retry_timeout:g}s of retries: "
+                    f"{pg.first_line(exc)}"
+                ) from exc
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, KeyNotOwned):
+            try:
+                self.refresh()
+            except (ShardctlError, psycopg.Error) as error:
+                log.warning("shardctl router: ring refresh after fencing failed: %s", error)
+        log.debug("shardctl router: retrying after %s", exc)
+
+    def _choose(self, shard: str, prefer: Prefer, attempt: int) -> Node:
+        """The node of ``shard`` to use: a live replica first when asked, else the primary."""
+        try:
+            nodes = self._topology.shard_nodes(shard)
+        except TopologyError:
+            raise RoutingError(f"shard {shard} is not in {self._topology.path}") from None
+        primary = nodes[0]
+        if prefer == "replica" and attempt == 1:
+            now = time.monotonic()
+            live = [n for n in nodes[1:] if self._down_until.get(n.name, 0.0) <= now]
+            if live:
+                return live[next(self._turn) % len(live)]
+        return primary
+
+    def _on_node(self, node: Node, work: Callable[[Conn], T], *, key: object = None) -> T:
+        """Run ``work`` on a pooled connection to ``node``; classify what goes wrong."""
+        pool = self._pool(node)
+        try:
+            with pool.connection(timeout=self.connect_timeout) as conn:
+                return work(conn)
+        except PoolTimeout:
+            self._mark_down(node)
+            raise
+        except psycopg.Error as exc:
+            if exc.sqlstate == FENCE_SQLSTATE:
+                raise KeyNotOwned(
+                    f"{node.name} refused a write to key {key!r}: {pg.first_line(exc)}",
+                    node=node.name,
+                    key=key,
+                ) from exc
+            if is_transient(exc):
+                self._mark_down(node)
+                if exc.sqlstate is None or exc.sqlstate.startswith(("08", "57")):
+                    # Its siblings in the pool are likely dead too (a restart): test them now.
+                    pool.check()
+            raise
+
+    def _mark_down(self, node: Node) -> None:
+        if node.role is Role.REPLICA:
+            self._down_until[node.name] = time.monotonic() + DOWN_FOR
+
+    def _pool(self, node: Node) -> ConnectionPool[Conn]:
+        pool = self._pools.get(node.name)
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._closed:
+                raise RoutingError("the router is closed")
+            pool = self._pools.get(node.name)
+            if pool is None:
+                pool = ConnectionPool(
+                    pg.conninfo(
+                        node,
+                        self._credentials,
+                        self._topology.spec.database,
+                        timeout=self.connect_timeout,
+                    ),
+                    kwargs={"autocommit": True},
+                    min_size=self.min_size,
+                    max_size=max(self.min_size, self.max_size),
+                    name=node.name,
+                    timeout=self.connect_timeout,
+                    open=False,
+                )
+                pool.open(wait=False)
+                self._pools[node.name] = pool
+        return pool
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._scatter_pool is None:
+            with self._lock:
+                if self._scatter_pool is None:
+                    width = max(4, 2 * len(self._topology.spec.shards))
+                    self._scatter_pool = ThreadPoolExecutor(
+                        max_workers=width, thread_name_prefix="shardctl-router"
+                    )
+        return self._scatter_pool
+
+    @contextmanager
+    def connection(self, node: str) -> Iterator[Conn]:
+        """A pooled autocommit connection to one node by name (tools and tests; no retries)."""
+        with self._pool(self._topology.node(node)).connection(timeout=self.connect_timeout) as conn:
+            yield conn
+
+    # ------------------------------------------------------------ life cycle
+
+    def close(self) -> None:
+        """Close every pool and worker thread; the router cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            pools, self._pools = list(self._pools.values()), {}
+            executor, self._scatter_pool = self._scatter_pool, None
+        for pool in pools:
+            pool.close(timeout=5.0)
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        routing = self._routing
+        epoch = "unread" if routing is None else f"epoch {routing.epoch}"
+        return f"<Router {self._topology.cluster} ({epoch})>"
+
+
+def _retryable(exc: BaseException) -> bool:
+    # DatabaseUnavailable: no primary answered a catalog read (the whole cluster restarting).
+    return isinstance(exc, KeyNotOwned | DatabaseUnavailable) or is_transient(exc)
+
+
+def _constant(shard: str) -> Callable[[Routing], str]:
+    return lambda routing: shard
+
+
+def shards_of(router: Router, keys: Sequence[object]) -> dict[str, list[object]]:
+    """Group keys by owning shard under the router's current ring."""
+    routing = router.routing
+    grouped: dict[str, list[object]] = {shard: [] for shard in routing.ring.nodes}
+    for key in keys:
+        grouped[routing.owner(key)].append(key)
+    return grouped
