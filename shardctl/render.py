@@ -13,6 +13,8 @@ from rich.table import Table
 
 from shardctl.health import StatusRow
 from shardctl.provisioning import DownReport, UpReport
+from shardctl.reshard.coordinator import State
+from shardctl.reshard.plan import Plan, estimate_seconds
 from shardctl.topology import Topology
 
 # Piped output is read by people too (CI logs): give tables room instead of 80 columns.
@@ -135,3 +137,84 @@ def down_summary(report: DownReport) -> str:
         f"removed {len(report.containers)} containers, {len(report.networks)} networks, "
         f"{len(report.volumes)} volumes"
     )
+
+
+ASSUMED_COPY_ROWS_PER_SECOND = 50_000.0
+"""Estimate only: the copy rate measured on a 2-core machine (docs/benchmarks.md)."""
+
+
+def plan_facts(plan: Plan) -> dict[str, Any]:
+    """A reshard plan as data: every move with exact rows and bytes."""
+    return {
+        "id": plan.id,
+        "epoch": plan.epoch,
+        "new_epoch": plan.epoch + 1,
+        "old_nodes": list(plan.old.nodes),
+        "new_nodes": list(plan.new.nodes),
+        "rows": plan.rows,
+        "bytes": plan.bytes,
+        "estimated_seconds": round(estimate_seconds(plan, ASSUMED_COPY_ROWS_PER_SECOND), 1),
+        "moves": [
+            {
+                "source": m.source,
+                "target": m.target,
+                "start": m.start_hex,
+                "end": m.end_hex,
+                "share": m.share,
+                "rows": s.rows,
+                "bytes": s.bytes,
+            }
+            for m, s in zip(plan.moves, plan.sizes, strict=True)
+        ],
+    }
+
+
+def plan_table(plan: Plan) -> Table:
+    """The ``rebalance --plan`` table: moves grouped by source and target."""
+    estimate = estimate_seconds(plan, ASSUMED_COPY_ROWS_PER_SECOND)
+    table = Table(
+        title=(
+            f"rebalance plan {plan.id}: ring epoch {plan.epoch} -> {plan.epoch + 1}, "
+            f"{len(plan.moves)} ranges, {plan.rows:,} rows, {size_text(plan.bytes)}, "
+            f"about {estimate:.0f}s to copy"
+        ),
+        title_justify="left",
+    )
+    for column in ("from", "to", "ranges", "share of ring", "rows", "bytes"):
+        table.add_column(column, justify="right" if column not in ("from", "to") else "left")
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, move in enumerate(plan.moves):
+        groups.setdefault((move.source, move.target), []).append(index)
+    for (source, target), indexes in groups.items():
+        table.add_row(
+            source,
+            target,
+            str(len(indexes)),
+            f"{sum(plan.moves[i].share for i in indexes):.2%}",
+            f"{sum(plan.sizes[i].rows for i in indexes):,}",
+            size_text(sum(plan.sizes[i].bytes for i in indexes)),
+        )
+    return table
+
+
+def reshard_report(state: State) -> Table:
+    """What a finished reshard did."""
+    r = state.report
+    table = Table(title=f"reshard {state.plan.id}: {state.phase.value}", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rate = r.rows_copied / r.copy_seconds if r.copy_seconds else 0.0
+    rows = [
+        ("ring", f"{', '.join(state.plan.old.nodes)} -> {', '.join(state.plan.new.nodes)}"),
+        ("rows copied", f"{r.rows_copied:,}"),
+        ("bytes copied", size_text(r.bytes_copied)),
+        ("copy rate", f"{rate:,.0f} rows/s"),
+        ("keys re-synced from the change log", f"{r.keys_resynced:,}"),
+        ("keys repaired by verification", f"{len(r.keys_repaired):,}"),
+        ("write pause on moving keys", f"{r.write_pause_ms:.0f} ms"),
+        ("rows removed from old owners", f"{r.rows_cleaned:,}"),
+        ("total time", f"{r.total_seconds:.1f} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

@@ -1,0 +1,150 @@
+"""Resharding commands: add-shard and rebalance."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from shardctl import catalog, render
+from shardctl.cli.app import (
+    Output,
+    OutputOption,
+    TopologyOption,
+    app,
+    open_cluster,
+    progress_reporter,
+)
+from shardctl.cluster import Cluster
+from shardctl.errors import ReshardingError, UsageError
+from shardctl.reshard.coordinator import Progress as ProgressCallback
+from shardctl.reshard.coordinator import Rebalancer, State
+from shardctl.reshard.joining import add_shard_to_file
+from shardctl.reshard.plan import Phase
+
+KILL_AFTER_ENV = "SHARDCTL_KILL_AFTER_PHASE"
+"""Fault injection for tests: exit abruptly (as if killed) once this phase is recorded."""
+
+
+@app.command("add-shard")
+def add_shard(
+    name: Annotated[str, typer.Argument(help="Name of the new shard, e.g. shard-4.")],
+    topology: TopologyOption = None,
+    replicas: Annotated[int, typer.Option("--replicas", help="Streaming replicas.", min=0)] = 1,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=1)] = 300.0,
+) -> None:
+    """Provision a new empty shard and record it in the topology; it joins owning no keys."""
+    with open_cluster(topology) as cluster:
+        ring = catalog.read(cluster.topology, cluster.credentials()).ring()
+        if name in ring.nodes:
+            raise UsageError(f"shard {name!r} is already in the ring")
+        grown = Cluster(add_shard_to_file(cluster.topology, name, replicas), cluster.engines)
+        with progress_reporter() as report:
+            grown.up(timeout=timeout, reporter=report)
+    render.err_console.print(
+        f"[green]add-shard[/]: {name} is up with {replicas} replica(s) and recorded in "
+        f"{cluster.topology.path}; it owns no keys until `shardctl rebalance`"
+    )
+
+
+@contextmanager
+def copy_progress() -> Iterator[ProgressCallback]:
+    """A progress bar per task (copy per source, clean-up per source) on stderr."""
+    with Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=render.err_console,
+        transient=True,
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def report(task: str, description: str, done: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = progress.add_task(description, total=total)
+            progress.update(tasks[task], completed=done, total=total, description=description)
+
+        yield report
+
+
+@app.command()
+def rebalance(
+    topology: TopologyOption = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the moves; change nothing.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    abort: Annotated[
+        bool, typer.Option("--abort", help="Undo an unfinished run (before cut-over).")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    throttle: Annotated[
+        float, typer.Option("--throttle", help="Seconds to sleep between chunks.", min=0)
+    ] = 0.0,
+    rows_per_chunk: Annotated[
+        int, typer.Option("--rows-per-chunk", help="Rows copied per transaction.", min=100)
+    ] = 50_000,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Move data until every key lives on its ring owner, online; --plan shows the moves."""
+    if sum((plan, resume, abort)) > 1:
+        raise UsageError("choose one of --plan, --resume and --abort")
+    stop_after = os.environ.get(KILL_AFTER_ENV)
+    with open_cluster(topology) as cluster, copy_progress() as progress:
+        rebalancer = Rebalancer(
+            cluster,
+            progress=progress,
+            rows_per_chunk=rows_per_chunk,
+            throttle_seconds=throttle,
+            stop_after=Phase(stop_after) if stop_after else None,
+        )
+        if plan:
+            shown = rebalancer.plan()
+            if output is Output.JSON:
+                render.print_json(render.plan_facts(shown))
+            else:
+                render.console.print(render.plan_table(shown))
+            return
+        if abort:
+            state = rebalancer.abort()
+            render.err_console.print(
+                f"[green]rebalance[/]: reshard {state.plan.id} aborted; the ring is unchanged "
+                "and the copied rows were removed from the targets"
+            )
+            return
+        if resume:
+            state = rebalancer.resume()
+        else:
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise UsageError("rebalance moves data; pass --yes to confirm")
+                render.console.print(render.plan_table(rebalancer.plan()))
+                typer.confirm("Run this rebalance now?", abort=True)
+            state = rebalancer.start()
+        state = rebalancer.run(state)
+    if stop_after and state.phase is not Phase.DONE:
+        os._exit(137)
+    finish(state, output)
+
+
+def finish(state: State, output: Output) -> None:
+    """Print the end-of-run report, or say where a stopped run stands."""
+    if state.phase is not Phase.DONE:
+        raise ReshardingError(
+            f"reshard {state.plan.id} stopped at {state.phase.value}; run --resume to continue"
+        )
+    if output is Output.JSON:
+        render.print_json({"id": state.plan.id, "phase": state.phase, "report": state.report})
+    else:
+        render.console.print(render.reshard_report(state))
