@@ -1,0 +1,140 @@
+"""``shardctl verify-replication``: the replication checks, for people, scripts and CI."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shardctl import render
+from shardctl.cli.app import Output, OutputOption, TopologyOption, app, open_cluster
+from shardctl.errors import InfrastructureError, UsageError
+from shardctl.topology import HealthSpec
+
+_DEFAULTS = HealthSpec()
+_UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+_UNITS |= {"gb": 1000**3, "gib": 1024**3, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """A byte count such as ``1048576``, ``512KiB``, ``16MiB`` or ``1GiB``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise typer.BadParameter(f"{text!r} is not a size (examples: 1048576, 512KiB, 16MiB)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def _default(name: str, shown: str) -> str:
+    return f"[default: topology health.{name}, else {shown}]"
+
+
+@app.command("verify-replication")
+def verify_replication(
+    topology: TopologyOption = None,
+    output: OutputOption = Output.TABLE,
+    junit: Annotated[
+        Path | None,
+        typer.Option(
+            "--junit", metavar="FILE", help="Also write a JUnit XML report (a test per check)."
+        ),
+    ] = None,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also compare row counts and checksums of every sharded table, "
+            "primary against each replica, at the primary's snapshot.",
+        ),
+    ] = False,
+    max_lag_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-lag-bytes",
+            metavar="SIZE",
+            parser=parse_size,
+            show_default=False,
+            help="Fail a replica whose replay is further behind its primary's WAL position "
+            f"(bytes, or 512KiB, 16MiB). {_default('max_lag_bytes', '16MiB')}",
+        ),
+    ] = None,
+    max_lag_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--max-lag-seconds",
+            metavar="SECONDS",
+            min=0,
+            show_default=False,
+            help="Fail a replica whose replay is further behind in time; a replica that has "
+            "replayed all it received counts as 0 s. "
+            f"{_default('max_lag_seconds', f'{_DEFAULTS.max_lag_seconds:g}s')}",
+        ),
+    ] = None,
+    canary_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--canary-timeout",
+            metavar="SECONDS",
+            min=0.1,
+            show_default=False,
+            help="Seconds a canary row written on a primary may take to show on its replicas "
+            "(also how long --deep waits for a replica to catch up). "
+            f"{_default('canary_timeout', f'{_DEFAULTS.canary_timeout:g}s')}",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            min=0.1,
+            show_default=False,
+            help="Seconds each node may take to answer its probe; a hung node fails after it. "
+            f"{_default('probe_timeout', f'{_DEFAULTS.probe_timeout:g}s')}",
+        ),
+    ] = None,
+) -> None:
+    """Check that every replica streams from its primary, is close behind and holds its data.
+
+    Exit 0 when every check passed, 1 when one failed, 2 on bad usage or topology, 3 when the
+    Docker engine or every node of the cluster is unreachable.
+    """
+    with open_cluster(topology) as cluster:
+        overrides = {
+            "max_lag_bytes": max_lag_bytes,
+            "max_lag_seconds": max_lag_seconds,
+            "canary_timeout": canary_timeout,
+            "probe_timeout": timeout,
+        }
+        limits = cluster.topology.spec.health.model_copy(
+            update={k: v for k, v in overrides.items() if v is not None}
+        )
+        try:
+            report = cluster.verify_replication(limits, deep=deep)
+        except InfrastructureError as exc:
+            if junit is not None:
+                _write(junit, render.junit_error(cluster.topology.cluster, str(exc)))
+            raise
+    if junit is not None:
+        _write(junit, render.junit_xml(report))
+    if output is Output.JSON:
+        render.print_json(render.verify_facts(report))
+    else:
+        render.console.print(render.checks_table(report))
+    for failure in report.failures:
+        render.err_console.print(f"[red]FAIL[/] {render.escape(failure.line)}", highlight=False)
+    if report.answered == 0:
+        raise InfrastructureError(
+            f"no node of cluster {report.cluster} answered; is it up? (shardctl up)"
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise UsageError(f"--junit {path}: cannot write the report: {exc.strerror}") from None
