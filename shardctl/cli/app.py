@@ -6,12 +6,13 @@ Errors from the library (:class:`~shardctl.errors.ShardctlError`) are caught onc
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import click
 import typer
@@ -97,19 +98,29 @@ def progress_reporter() -> Iterator[Reporter]:
         yield report
 
 
+def _click_errors() -> tuple[type[Exception], ...]:
+    """click's ClickException and, in typer versions that vendor click, their copy of it."""
+    try:
+        vendored = importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        return (click.ClickException,)
+    return (click.ClickException, vendored.ClickException)
+
+
 def main() -> None:
     """Entry point of the console script: run the app, map errors to exit codes."""
     try:
         code = app(standalone_mode=False)
     except ShardctlError as exc:
         fail(str(exc), exc.exit_code)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         fail("aborted", 1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except _click_errors() as exc:  # bad usage: click prints "Usage: ... Error: ...", exit 2
+        usage = cast(click.ClickException, exc)
+        usage.show()
+        sys.exit(usage.exit_code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)
