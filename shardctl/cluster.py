@@ -11,6 +11,7 @@ from shardctl import credentials as creds
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
 from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, _quiet
+from shardctl.reshard import capture
 from shardctl.topology import HealthSpec, Topology
 
 
@@ -40,12 +41,14 @@ class Cluster:
     def up(
         self, *, wait: bool = True, timeout: float = 180.0, reporter: Reporter = _quiet
     ) -> UpReport:
-        """Create or repair every declared node, then the ring catalog on every primary."""
+        """Create or repair every declared node, then the ring catalog and the reshard fence on
+        every primary."""
         started = time.monotonic()
         report = self.provisioner(reporter, create=True).up(wait=wait, timeout=timeout)
         reporter("catalog", "ring catalog")
         written = catalog.ensure(self.topology, self.credentials())
         report.warnings += written.warnings
+        capture.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
         report.seconds = time.monotonic() - started
         return report
 

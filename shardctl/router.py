@@ -239,12 +239,13 @@ class Router:
         must not have effects outside the database that cannot be repeated.
         """
 
+        if prefer == "primary":
+            return self._write(key, work)  # _write opens the transaction
+
         def transaction(conn: Conn) -> T:
             with conn.transaction():
                 return work(conn)
 
-        if prefer == "primary":
-            return self._write(key, transaction)
         return self._call(lambda r: r.owner(key), transaction, prefer, key=key)
 
     def scatter(self, query: Query, params: abc.Params | None = None) -> list[Row]:
@@ -353,8 +354,18 @@ class Router:
     # ------------------------------------------------------------ running work
 
     def _write(self, key: object, work: Callable[[Conn], T]) -> T:
-        """Run ``work`` on the owner primary of ``key``; refused-by-fence writes follow the key."""
-        return self._call(lambda r: r.owner(key), work, "primary", key=key)
+        """Run ``work`` on the owner primary of ``key``; refused-by-fence writes follow the key.
+
+        ``shardctl.assert_owner`` opens the transaction: a primary the key has moved away from
+        refuses it (SC001) even when ``work`` would match no row and fire no trigger.
+        """
+
+        def owned(conn: Conn) -> T:
+            with conn.transaction():
+                conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
+                return work(conn)
+
+        return self._call(lambda r: r.owner(key), owned, "primary", key=key)
 
     def _call(
         self,

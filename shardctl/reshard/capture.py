@@ -1,13 +1,15 @@
 """Server-side change capture and fencing on a resharding source.
 
-On every primary that gives away ranges, one BEFORE ROW trigger per sharded table looks the
-written key up in ``shardctl.moving``:
+Installed on every primary by ``up``. One BEFORE ROW trigger per sharded table looks the
+written key up in ``shardctl.moving`` (empty, so one index probe, until a reshard):
 
 - ``capturing`` range: the key is recorded in ``shardctl.changes`` in the writer's own
   transaction (whoever the writer is: Router, psql, another service);
 - ``fenced`` or ``moved`` range: the write is refused with SQLSTATE ``SC001`` (key not owned);
   a Router refreshes its ring and retries on the new owner.
 
+The Router also calls ``shardctl.assert_owner(key)`` first in every write transaction, so the
+fence holds even for an UPDATE or DELETE that matches no row (the trigger never fires then).
 The range row is read ``FOR SHARE``, so marking a range ``fenced`` waits for every in-flight
 writer of that range to finish: that is the cut-over's handshake. shardctl's own copy, re-sync
 and clean-up write with ``session_replication_role = replica``, which skips the trigger.
@@ -15,14 +17,19 @@ and clean-up write with ``session_replication_role = replica``, which skips the 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from shardctl.topology import TableSpec
+from shardctl import pg
+from shardctl.catalog import FENCE_SQLSTATE
+from shardctl.credentials import Credentials
+from shardctl.topology import Node, TableSpec, Topology
 
-NOT_OWNED_SQLSTATE = "SC001"
+NOT_OWNED_SQLSTATE = FENCE_SQLSTATE
+INSTALL_LOCK = 0x5C_A7A1_07
 
 SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS shardctl;
@@ -48,35 +55,43 @@ CREATE TABLE IF NOT EXISTS shardctl.copied (
     bytes      bigint NOT NULL,
     PRIMARY KEY (reshard_id, chunk)
 );
+CREATE OR REPLACE FUNCTION shardctl.check_key(k text, capture_table text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    pos   text := md5(k) COLLATE "C";
+    found record;
+BEGIN
+    -- FOR SHARE: marking the range fenced waits until this transaction ends.
+    SELECT m.state, m.target INTO found FROM shardctl.moving m
+     WHERE m.lo <= pos AND (m.hi IS NULL OR pos < m.hi)
+     ORDER BY m.lo DESC LIMIT 1
+     FOR SHARE;
+    IF found.state IN ('fenced', 'moved') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = 'SC001',
+            MESSAGE = format('shardctl: key %s is not owned by this shard', k),
+            HINT = format('it moved to %s; refresh the ring and retry there', found.target);
+    ELSIF found.state = 'capturing' AND capture_table IS NOT NULL THEN
+        INSERT INTO shardctl.changes (target, tbl, key) VALUES (found.target, capture_table, k);
+    END IF;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION shardctl.assert_owner(k text) RETURNS void
+LANGUAGE sql AS $fn$ SELECT shardctl.check_key(k, NULL) $fn$;
 CREATE OR REPLACE FUNCTION shardctl.guard() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
 DECLARE
     old_key text;
     new_key text;
-    k       text;
-    pos     text;
-    found   record;
 BEGIN
     IF TG_OP <> 'INSERT' THEN old_key := to_jsonb(OLD) ->> TG_ARGV[0]; END IF;
     IF TG_OP <> 'DELETE' THEN new_key := to_jsonb(NEW) ->> TG_ARGV[0]; END IF;
-    FOREACH k IN ARRAY ARRAY[old_key, CASE WHEN new_key IS DISTINCT FROM old_key THEN new_key END]
-    LOOP
-        CONTINUE WHEN k IS NULL;
-        pos := md5(k) COLLATE "C";
-        SELECT m.state, m.target INTO found FROM shardctl.moving m
-         WHERE m.lo <= pos AND (m.hi IS NULL OR pos < m.hi)
-         ORDER BY m.lo DESC LIMIT 1
-         FOR SHARE;
-        IF found.state IN ('fenced', 'moved') THEN
-            RAISE EXCEPTION USING
-                ERRCODE = 'SC001',
-                MESSAGE = format('shardctl: key %s of %s is not owned by this shard',
-                                 k, TG_TABLE_NAME),
-                HINT = format('it moved to %s; refresh the ring and retry there', found.target);
-        ELSIF found.state = 'capturing' THEN
-            INSERT INTO shardctl.changes (target, tbl, key) VALUES (found.target, TG_TABLE_NAME, k);
-        END IF;
-    END LOOP;
+    IF old_key IS NOT NULL THEN
+        PERFORM shardctl.check_key(old_key, TG_TABLE_NAME);
+    END IF;
+    IF new_key IS NOT NULL AND new_key IS DISTINCT FROM old_key THEN
+        PERFORM shardctl.check_key(new_key, TG_TABLE_NAME);
+    END IF;
     RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
 END
 $fn$;
@@ -94,6 +109,20 @@ def install(conn: psycopg.Connection[Any], tables: tuple[TableSpec, ...]) -> Non
                 "FOR EACH ROW EXECUTE FUNCTION shardctl.guard({})"
             ).format(sql.Identifier(table.name), sql.Literal(table.key))
         )
+
+
+def ensure(topology: Topology, credentials: Credentials) -> None:
+    """Install capture and fencing on every primary (idempotent; done by ``up``)."""
+    primaries = topology.primaries()
+
+    def one(node: Node) -> None:
+        with pg.connect(node, credentials, topology.spec.database) as conn, conn.transaction():
+            conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (INSTALL_LOCK,))
+            install(conn, topology.spec.tables)
+
+    with ThreadPoolExecutor(max_workers=len(primaries)) as pool:
+        for future in [pool.submit(one, node) for node in primaries]:
+            future.result()
 
 
 def is_not_owned(exc: BaseException) -> bool:

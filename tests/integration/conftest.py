@@ -107,7 +107,9 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
             cluster.close()
 
 
-def run_shardctl(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_shardctl(
+    *args: str | Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess (exit codes, stderr and all), as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "shardctl", *map(str, args)],
@@ -115,4 +117,5 @@ def run_shardctl(*args: str | Path, timeout: float = 300) -> subprocess.Complete
         text=True,
         check=False,
         timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
