@@ -396,12 +396,22 @@ class StatusRow:
 
 
 def status_rows(facts: ClusterFacts) -> list[StatusRow]:
-    """The status table: one row per declared node, healthy or with the first problem found."""
+    """The status table: one row per declared node, healthy or with the first problem found.
+
+    The problem is the node's first failed check of ``verify-replication`` (the same checks on
+    the same facts, with the topology's thresholds), so the two commands never disagree.
+    """
+    from shardctl.checks import replication_checks  # builds on this module
+
+    problems: dict[str, str] = {}
+    for check in replication_checks(facts, facts.topology.spec.health):
+        if not check.ok:
+            problems.setdefault(check.node, f"{check.check}: {check.detail}")
     rows = []
     for obs in facts.nodes:
         node, node_facts = obs.node, obs.facts
         host, port = pg.address(node)
-        problem = node_problem(facts, obs)
+        problem = problems.get(node.name)
         rows.append(
             StatusRow(
                 shard=node.shard,
