@@ -1,0 +1,296 @@
+"""Online resharding against real containers: the product's seven guarantees, checked.
+
+Writers go through ``Router`` and keep a ledger of every acknowledged operation; the reshard
+runs through the real CLI in a subprocess (so it can also be killed like a real process).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from shardctl import catalog, pg
+from shardctl.cluster import Cluster
+from shardctl.reshard.coordinator import Rebalancer
+from shardctl.router import Router
+from tests.integration.conftest import ClusterFactory, run_shardctl
+
+DELETED = None
+
+
+@dataclass
+class Writer:
+    """One thread's keys, and the value each holds after its last acknowledged operation."""
+
+    router: Router
+    seed: int
+    keys: list[uuid.UUID]
+    ledger: dict[uuid.UUID, str | None] = field(default_factory=dict)
+    acknowledged: int = 0
+    failed: list[str] = field(default_factory=list)
+    max_latency: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.live = list(self.keys)
+        self.n = 0
+
+    def run(self, stop: threading.Event) -> None:
+        rng, live = self.rng, self.live
+        while not stop.is_set():
+            self.n += 1
+            n = self.n
+            op = rng.random()
+            started = time.monotonic()
+            try:
+                if op < 0.4 or not live:
+                    key = uuid.UUID(int=rng.getrandbits(128), version=4)
+                    value = f"w{self.seed}-{n}"
+                    self.router.execute(
+                        key, "INSERT INTO users (id, first_name) VALUES (%s, %s)", (key, value)
+                    )
+                    live.append(key)
+                elif op < 0.8:
+                    key = rng.choice(live)
+                    value = f"w{self.seed}-{n}"
+                    self.router.execute(
+                        key,
+                        "UPDATE users SET first_name = %s, updated_at = now() WHERE id = %s",
+                        (value, key),
+                    )
+                else:
+                    key = live.pop(rng.randrange(len(live)))
+                    value = DELETED
+                    self.router.execute(key, "DELETE FROM users WHERE id = %s", (key,))
+            except Exception as exc:  # recorded: the test asserts there were none
+                self.failed.append(f"{type(exc).__name__}: {exc}")
+                continue
+            self.max_latency = max(self.max_latency, time.monotonic() - started)
+            self.ledger[key] = value
+            self.acknowledged += 1
+
+
+def preload(cluster: Cluster, count: int) -> list[uuid.UUID]:
+    """Insert ``count`` users directly on their ring owners with COPY."""
+    ring = catalog.read(cluster.topology, cluster.credentials()).ring()
+    keys = [uuid.uuid4() for _ in range(count)]
+    for primary in cluster.topology.primaries():
+        with (
+            pg.connect(primary, cluster.credentials(), "app") as conn,
+            conn.cursor().copy("COPY users (id, first_name) FROM STDIN") as copy,
+        ):
+            for key in keys:
+                if ring.node_for(key) == primary.shard:
+                    copy.write_row((key, "preloaded"))
+    return keys
+
+
+def rows_by_shard(cluster: Cluster) -> dict[str, dict[str, str | None]]:
+    """Every row's first_name, per shard primary (fresh topology: includes added shards)."""
+    topology = Cluster.load(cluster.topology.path).topology
+    found: dict[str, dict[str, str | None]] = {}
+    for primary in topology.primaries():
+        with pg.connect(primary, cluster.credentials(), "app") as conn:
+            found[primary.shard] = {
+                str(k): v for k, v in conn.execute("SELECT id::text, first_name FROM users")
+            }
+    return found
+
+
+def check_ledger(
+    cluster: Cluster, writers: list[Writer], preloaded: list[uuid.UUID]
+) -> tuple[int, int]:
+    """Guarantees 1 to 3: every key on exactly its owner, with its last acknowledged value."""
+    ring = catalog.read(cluster.topology, cluster.credentials()).ring()
+    shards = rows_by_shard(cluster)
+    where: dict[str, list[str]] = {}
+    for shard, rows in shards.items():
+        for key in rows:
+            where.setdefault(key, []).append(shard)
+    duplicated = [k for k, s in where.items() if len(s) > 1]
+    misplaced = [k for k, s in where.items() if ring.node_for(uuid.UUID(k)) not in s]
+    assert duplicated == [], f"keys on more than one shard: {duplicated[:5]}"
+    assert misplaced == [], f"keys off their ring owner: {misplaced[:5]}"
+    expected: dict[str, str | None] = {str(k): "preloaded" for k in preloaded}
+    for writer in writers:
+        expected.update({str(k): v for k, v in writer.ledger.items()})
+    lost = [k for k, v in expected.items() if v is not DELETED and k not in where]
+    ghosts = [k for k, v in expected.items() if v is DELETED and k in where]
+    stale = [
+        k
+        for k, v in expected.items()
+        if v is not DELETED and k in where and shards[where[k][0]][k] != v
+    ]
+    assert lost == [], f"acknowledged writes lost: {lost[:5]}"
+    assert ghosts == [], f"deleted keys came back: {ghosts[:5]}"
+    assert stale == [], f"stale values: {stale[:5]}"
+    return len(where), sum(1 for v in expected.values() if v is not DELETED)
+
+
+@pytest.fixture
+def writers_on(cluster_factory: ClusterFactory) -> Iterator[tuple[Cluster, list[uuid.UUID]]]:
+    """A 2 x 1 md5-ring cluster with 20k users."""
+    cluster = cluster_factory(ring={"algorithm": "md5", "vnodes": 150})
+    yield cluster, preload(cluster, 20_000)
+
+
+def test_reshard_under_live_writes_loses_nothing(
+    writers_on: tuple[Cluster, list[uuid.UUID]],
+) -> None:
+    cluster, preloaded = writers_on
+    path = cluster.topology.path
+    router = Router(cluster, max_size=4, epoch_check_interval=0.5)
+    writers = [Writer(router, seed, preloaded[seed::4]) for seed in range(4)]
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run, args=(stop,)) for w in writers]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        added = run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "1")
+        assert added.returncode == 0, added.stderr
+        plan = run_shardctl("rebalance", "--plan", "-f", path, "-o", "json")
+        assert plan.returncode == 0, plan.stderr
+        planned = json.loads(plan.stdout)
+        assert {m["target"] for m in planned["moves"]} == {"shard-2"}
+        done = run_shardctl(
+            "rebalance", "--yes", "-f", path, "-o", "json", "--rows-per-chunk", "2000"
+        )
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)["report"]
+        time.sleep(3.0)  # writers keep going on the new ring
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        router.close()
+
+    assert all(not w.failed for w in writers), [w.failed[:3] for w in writers]
+    assert sum(w.acknowledged for w in writers) > 500
+    stored, expected = check_ledger(cluster, writers, preloaded)
+    assert stored == expected
+    assert report["rows_copied"] >= planned["rows"] * 0.9  # writes move the count a little
+    max_latency_ms = max(w.max_latency for w in writers) * 1000
+    print(
+        f"\nreshard under load: {sum(w.acknowledged for w in writers)} writes acknowledged, "
+        f"write pause {report['write_pause_ms']:.0f} ms at cut-over, "
+        f"max write latency seen by writers {max_latency_ms:.0f} ms, "
+        f"{report['rows_copied']} rows copied, {report['keys_resynced']} keys re-synced"
+    )
+
+    distribution = run_shardctl("distribution", "-f", path, "-o", "json")
+    assert distribution.returncode == 0, distribution.stdout + distribution.stderr
+    assert json.loads(distribution.stdout)["misplaced"] == 0
+    deep = run_shardctl("verify-replication", "--deep", "-f", path)
+    assert deep.returncode == 0, deep.stdout + deep.stderr
+
+
+def test_a_stale_router_is_refused_by_the_old_owner_and_follows_the_key(
+    cluster_factory: ClusterFactory,
+) -> None:
+    cluster = cluster_factory(replicas=0, ring={"algorithm": "md5", "vnodes": 150})
+    preloaded = preload(cluster, 3000)
+    stale = Router(cluster, epoch_check_interval=3600)  # never looks at the catalog by itself
+    old_ring = stale.ring
+    assert (
+        run_shardctl(
+            "add-shard", "shard-2", "-f", cluster.topology.path, "--replicas", "0"
+        ).returncode
+        == 0
+    )
+    assert run_shardctl("rebalance", "--yes", "-f", cluster.topology.path).returncode == 0
+    moved = next(k for k in preloaded if old_ring.node_for(k) != stale_owner(cluster, k))
+    # The stale ring still names the old owner; the fence refuses, the router follows.
+    assert stale.ring.node_for(moved) == old_ring.node_for(moved)
+    assert (
+        stale.execute(moved, "UPDATE users SET first_name = 'after' WHERE id = %s", (moved,)) == 1
+    )
+    assert stale.epoch == 2
+    shards = rows_by_shard(cluster)
+    holders = [s for s, rows in shards.items() if str(moved) in rows]
+    assert holders == [stale_owner(cluster, moved)]
+    assert shards[holders[0]][str(moved)] == "after"
+    # A write aimed straight at the former owner (psql, another service) is refused there.
+    former = cluster.topology.shard_nodes(old_ring.node_for(moved))[0]
+    with (
+        pg.connect(former, cluster.credentials(), "app") as conn,
+        pytest.raises(Exception) as refused,
+    ):
+        conn.execute("INSERT INTO users (id) VALUES (%s)", (moved,))
+    assert getattr(refused.value, "sqlstate", None) == "SC001"
+    stale.close()
+
+
+def stale_owner(cluster: Cluster, key: uuid.UUID) -> str:
+    return catalog.read(cluster.topology, cluster.credentials()).ring().node_for(key)
+
+
+def test_kill_at_each_phase_then_abort_or_resume_ends_clean(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = cluster_factory(replicas=0)
+    path = cluster.topology.path
+    preloaded = preload(cluster, 5000)
+    assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
+    grown = Cluster.load(path)
+    router = Router(grown, epoch_check_interval=0.2)
+    writer = Writer(router, 7, preloaded[:500])
+
+    def killed_after(phase: str, *args: str) -> None:
+        result = run_shardctl(
+            "rebalance", "-f", path, *args, env={"SHARDCTL_KILL_AFTER_PHASE": phase}
+        )
+        assert result.returncode == 137, result.stderr
+        # While shardctl is dead, writes go on and must be captured.
+        stop = threading.Event()
+        thread = threading.Thread(target=writer.run, args=(stop,))
+        thread.start()
+        time.sleep(0.5)
+        stop.set()
+        thread.join()
+        assert writer.failed == []
+
+    def epoch() -> int:
+        return catalog.read(grown.topology, grown.credentials()).record().epoch
+
+    for phase in ("capturing", "copying", "verifying"):
+        killed_after(phase, "--yes")
+        assert epoch() == 1
+        aborted = run_shardctl("rebalance", "--abort", "-f", path)
+        assert aborted.returncode == 0, aborted.stderr
+        assert rows_by_shard(grown)["shard-2"] == {}
+        check_ledger(grown, [writer], preloaded)
+
+    killed_after("verifying", "--yes")
+    killed_after("cutting-over", "--resume")
+    assert epoch() == 2
+    refused = run_shardctl("rebalance", "--abort", "-f", path)
+    assert refused.returncode == 1
+    assert "already cut over" in refused.stderr
+    check_ledger_allowing_uncleaned(grown, writer, preloaded)
+    resumed = run_shardctl("rebalance", "--resume", "-f", path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert Rebalancer(grown).state().phase.value == "done"  # type: ignore[union-attr]
+    check_ledger(grown, [writer], preloaded)
+    router.close()
+
+
+def check_ledger_allowing_uncleaned(
+    cluster: Cluster, writer: Writer, preloaded: list[uuid.UUID]
+) -> None:
+    """After cut-over, before clean-up: every key readable with its value on its new owner."""
+    ring = catalog.read(cluster.topology, cluster.credentials()).ring()
+    shards = rows_by_shard(cluster)
+    expected: dict[str, str | None] = {str(k): "preloaded" for k in preloaded}
+    expected.update({str(k): v for k, v in writer.ledger.items()})
+    for key, value in expected.items():
+        owner_rows = shards[ring.node_for(uuid.UUID(key))]
+        assert owner_rows.get(key) == value, key
