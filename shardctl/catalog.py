@@ -405,3 +405,54 @@ def _on_primaries(
             raise error
         out[name] = error if error is not None else future.result()
     return out
+
+
+@dataclass(frozen=True)
+class RingNode:
+    """One ring node (a shard) and what it owns."""
+
+    name: str
+    share: float
+    """The fraction of the circle it owns."""
+    ranges: int
+    """How many separate ranges of the circle that is."""
+
+
+@dataclass(frozen=True)
+class RingReport:
+    """What ``shardctl ring`` shows: the current ring, and each primary's view of it."""
+
+    cluster: str
+    epoch: int
+    algorithm: str
+    vnodes: int
+    created_at: datetime | None
+    nodes: list[RingNode]
+    primaries: dict[str, int | None]
+    """Primary node name -> the epoch it holds (None: no catalog)."""
+    problems: list[str]
+    """Disagreements among primaries."""
+    warnings: list[str]
+    """Where the topology file disagrees with the catalog."""
+
+
+def describe(topology: Topology, credentials: Credentials, *, timeout: float = 5.0) -> RingReport:
+    """The current ring from the catalog: nodes, shares, epochs per primary, disagreements."""
+    view = read(topology, credentials, timeout=timeout)
+    record = view.record()
+    ring = record.ring()
+    shares = ring.shares()
+    counts = dict.fromkeys(ring.nodes, 0)
+    for piece in ring.ranges():
+        counts[piece.owner] += 1
+    return RingReport(
+        cluster=topology.cluster,
+        epoch=record.epoch,
+        algorithm=record.algorithm,
+        vnodes=record.vnodes,
+        created_at=record.created_at,
+        nodes=[RingNode(name, shares[name], counts[name]) for name in ring.nodes],
+        primaries={n: (r.epoch if r else None) for n, r in view.by_primary.items()},
+        problems=list(view.problems),
+        warnings=drift(topology, record),
+    )

@@ -248,6 +248,13 @@ class Router:
 
         return self._call(lambda r: r.owner(key), transaction, prefer, key=key)
 
+    def on_shard(self, shard: str, work: Callable[[Conn], T], *, prefer: Prefer = "primary") -> T:
+        """Call ``work(conn)`` on one shard by name (autocommit), retrying transient faults.
+
+        Any declared shard may be named, in the ring or not; ``work`` may run more than once.
+        """
+        return self._call(_constant(shard), work, prefer)
+
     def scatter(self, query: Query, params: abc.Params | None = None) -> list[Row]:
         """Run one statement on every shard primary in parallel; all rows, in ring order."""
         return [row for rows in self.scatter_by_shard(query, params).values() for row in rows]
