@@ -407,8 +407,12 @@ def deep_check(
     replica: TableDigest,
     *,
     at: str,
+    keys: list[str] | None = None,
 ) -> Check:
-    """A replica's table has the primary's row count and checksum; ``at`` says when compared."""
+    """A replica's table has the primary's row count and checksum; ``at`` says when compared.
+
+    ``keys`` names some of the differing keys, when they were looked up.
+    """
     name = deep_name(table)
     if replica == primary:
         return passed(node, name, f"{replica.rows} rows, same checksum as {node.primary_name} {at}")
@@ -417,4 +421,19 @@ def deep_check(
         if replica.rows != primary.rows
         else f"{replica.rows} rows on both"
     )
-    return failed(node, name, f"{counts}, checksums differ {at}")
+    named = f"; {table.key} {', '.join(keys)}" if keys else ""
+    return failed(node, name, f"{counts}, checksums differ {at}{named}")
+
+
+def differing_keys(primary: dict[str, str], replica: dict[str, str], limit: int = 5) -> list[str]:
+    """Up to ``limit`` keys whose row hash differs, each saying how (key → row hash maps)."""
+    found: list[str] = []
+    for key in sorted(primary.keys() | replica.keys()):
+        if primary.get(key) == replica.get(key):
+            continue
+        if len(found) == limit:
+            found.append("...")
+            break
+        how = "missing" if key not in replica else "extra" if key not in primary else "differs"
+        found.append(f"{key} ({how})")
+    return found

@@ -39,6 +39,8 @@ CANARY_TABLE = "replication_canary"
 CANARY_KEEP = "1 hour"
 """Canary rows older than this are deleted by the next write; concurrent runs keep theirs."""
 DEEP_ATTEMPTS = 3
+DEEP_KEY_LOOKUP_ROWS = 100_000
+"""A mismatching table this small has its differing keys named (both sides are read whole)."""
 DEEP_TIMEOUT = 3600.0
 """Upper bound for checksumming every table of a shard (a guard against a hung node only)."""
 SESSION_SETTINGS = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1"
@@ -320,26 +322,61 @@ def _compare_table(
     name = checks.deep_name(table)
     pending = list(replicas)
     found: dict[str, Check] = {}
+    mismatched: dict[str, tuple[checks.TableDigest, checks.TableDigest, str]] = {}
     for _ in range(DEEP_ATTEMPTS):
         try:
             digest, lsn = _primary_digest(source, table)
         except psycopg.Error as exc:
-            return [checks.failed(primary, name, f"on {primary.name}: {pg.first_line(exc)}")]
+            why = f"{primary.name} could not be read"
+            return [
+                checks.failed(primary, name, pg.first_line(exc)),
+                *(checks.skipped(r, name, why) for r in replicas),
+            ]
+        mismatched.clear()
         for replica in pending:
             conn = targets[replica.name]
             try:
                 at = _await_replay(conn, lsn, limits.canary_timeout)
-                found[replica.name] = checks.deep_check(
-                    replica, table, digest, _digest(conn, table), at=at
-                )
+                theirs = _digest(conn, table)
             except TimeoutError as exc:
                 found[replica.name] = checks.failed(replica, name, str(exc))
+                continue
             except psycopg.Error as exc:
                 found[replica.name] = checks.failed(replica, name, pg.first_line(exc))
+                continue
+            found[replica.name] = checks.deep_check(replica, table, digest, theirs, at=at)
+            if theirs != digest:
+                mismatched[replica.name] = (digest, theirs, at)
         pending = [r for r in pending if not found[r.name].ok]
         if not pending:
             break
+    for replica in replicas:
+        if replica.name in mismatched:
+            mine, theirs, at = mismatched[replica.name]
+            keys = _differing_keys(source, targets[replica.name], table, mine, theirs)
+            found[replica.name] = checks.deep_check(replica, table, mine, theirs, at=at, keys=keys)
     return [found[r.name] for r in replicas]
+
+
+def _differing_keys(
+    source: Conn,
+    target: Conn,
+    table: TableSpec,
+    mine: checks.TableDigest,
+    theirs: checks.TableDigest,
+) -> list[str] | None:
+    """Name some differing keys, reading key → row hash on both sides; None for big tables."""
+    if max(mine.rows, theirs.rows) > DEEP_KEY_LOOKUP_ROWS:
+        return None
+    query = sql.SQL("SELECT {key}::text, md5(t::text) FROM {table} t").format(
+        key=sql.Identifier(table.key), table=sql.Identifier(table.name)
+    )
+    try:
+        primary = {str(k): str(h) for k, h in source.execute(query)}
+        replica = {str(k): str(h) for k, h in target.execute(query)}
+    except psycopg.Error:
+        return None
+    return checks.differing_keys(primary, replica)
 
 
 def _digest_query(table: TableSpec) -> sql.Composed:
