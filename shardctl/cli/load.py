@@ -1,0 +1,271 @@
+"""``shardctl load``: the load test, the bulk loader, and ledger verification."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shardctl import ledger as ledgers
+from shardctl import render
+from shardctl.cli.app import Output, OutputOption, TopologyOption, app, open_cluster
+from shardctl.errors import UsageError
+from shardctl.load import BulkReport, LoadConfig, LoadProgress, LoadReport, Mix, bulk_load, run_load
+from shardctl.router import Router
+
+
+@app.command()
+def load(
+    topology: TopologyOption = None,
+    output: OutputOption = Output.TABLE,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, help="Concurrent worker threads.")
+    ] = 8,
+    duration: Annotated[
+        float | None,
+        typer.Option(
+            "--duration",
+            min=0.1,
+            show_default=False,
+            help="Seconds to run [default: 10, unless --ops is given].",
+        ),
+    ] = None,
+    ops: Annotated[
+        int | None,
+        typer.Option("--ops", min=1, show_default=False, help="Stop after this many ops."),
+    ] = None,
+    mix: Annotated[
+        str, typer.Option("--mix", help="Op weights, e.g. insert=30,read=40,update=20,delete=10.")
+    ] = "insert=30,read=40,update=20,delete=10",
+    read_from: Annotated[
+        str,
+        typer.Option(
+            "--read-from",
+            help="primary (read your writes) or replica (may lag behind).",
+        ),
+    ] = "primary",
+    ledger: Annotated[
+        Path | None,
+        typer.Option(
+            "--ledger",
+            metavar="FILE",
+            help="Write every acknowledged write (key, op, value) as JSON lines.",
+        ),
+    ] = None,
+    verify: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--verify",
+            metavar="FILE",
+            help="Check ledger(s) against the cluster instead of running load. Exit 1 on any "
+            "lost, stale, resurrected or misplaced key.",
+        ),
+    ] = None,
+    bulk: Annotated[
+        bool, typer.Option("--bulk", help="Bulk-load --rows new users with COPY, per shard.")
+    ] = False,
+    rows: Annotated[
+        int | None, typer.Option("--rows", min=1, show_default=False, help="Rows for --bulk.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", show_default=False, help="Random seed.")
+    ] = None,
+) -> None:
+    """The load test: concurrent workers through the Router; throughput, success, latencies.
+
+    Exit 1 when an op failed or found its row missing. With --verify, checks ledgers instead;
+    with --bulk --rows N, fills users through COPY, one stream per shard.
+    """
+    if read_from not in ("primary", "replica"):
+        raise UsageError(f"--read-from must be primary or replica, not {read_from!r}")
+    if verify and (bulk or rows is not None or ledger is not None):
+        raise UsageError("--verify checks ledgers; it takes no --bulk, --rows or --ledger")
+    if bulk != (rows is not None):
+        raise UsageError("--bulk needs --rows N (and --rows is only for --bulk)")
+    # Pool reconnect chatter would garble the progress display; failures are counted anyway.
+    logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
+    with open_cluster(topology) as cluster, Router(cluster, max_size=max(4, workers)) as router:
+        if verify:
+            _verify(router, verify, output)
+        elif bulk and rows is not None:
+            with bulk_progress(rows) as show:
+                result = bulk_load(router, rows, ledger=ledger, seed=seed, progress=show)
+            _show_bulk(result, output)
+        else:
+            config = LoadConfig(
+                workers=workers,
+                duration=duration if duration is not None or ops is not None else 10.0,
+                ops=ops,
+                mix=Mix.parse(mix),
+                read_from="replica" if read_from == "replica" else "primary",
+                ledger=ledger,
+                seed=seed,
+            )
+            with load_progress() as tick:
+                report = run_load(router, config, progress=tick)
+            _show_load(report, output, router.topology.cluster)
+            if report.failed or report.anomalies:
+                raise typer.Exit(1)
+
+
+def _verify(router: Router, paths: list[Path], output: Output) -> None:
+    result = ledgers.verify(router, paths)
+    if output is Output.JSON:
+        render.print_json({"ok": result.ok, **render.to_jsonable(result)})
+    else:
+        render.console.print(verify_table(result, paths))
+        for finding in result.findings:
+            expected, actual = str(finding.expected), str(finding.actual)
+            render.err_console.print(
+                f"[red]{finding.problem}[/] {finding.key} on {finding.shard}: "
+                f"expected {render.escape(expected)}, found {render.escape(actual)}"
+            )
+        if result.ok:
+            render.console.print(
+                f"[green]ok[/]: {result.keys:,} keys in their expected state, on their owner only"
+            )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@contextmanager
+def load_progress() -> Iterator[Callable[[LoadProgress], None]]:
+    """A progress bar on stderr: time (or ops) done, ops/s, failures."""
+    with Progress(
+        TextColumn("load"),
+        BarColumn(),
+        TextColumn("{task.fields[ops]:>9,} ops  {task.fields[rate]:>8,.0f} ops/s"),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=render.err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("load", total=None, ops=0, rate=0.0, failed=0)
+
+        def tick(p: LoadProgress) -> None:
+            if p.target_ops is not None:
+                total, done = float(p.target_ops), float(p.ops)
+            else:
+                total, done = float(p.duration or 1.0), p.seconds
+            rate = p.ops / p.seconds if p.seconds > 0 else 0.0
+            bar.update(task, total=total, completed=done, ops=p.ops, rate=rate, failed=p.failed)
+
+        yield tick
+
+
+@contextmanager
+def bulk_progress(rows: int) -> Iterator[Callable[[dict[str, int]], None]]:
+    """A progress bar on stderr for the bulk loader, with rows per shard."""
+    with Progress(
+        TextColumn("bulk"),
+        BarColumn(),
+        TextColumn("{task.completed:>12,.0f}/{task.total:,.0f} rows"),
+        TextColumn("{task.fields[shards]}"),
+        TimeElapsedColumn(),
+        console=render.err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("bulk", total=rows, shards="")
+
+        def show(per_shard: dict[str, int]) -> None:
+            shards = "  ".join(f"{s} {n:,}" for s, n in per_shard.items())
+            bar.update(task, completed=sum(per_shard.values()), shards=shards)
+
+        yield show
+
+
+def load_table(report: LoadReport, cluster: str) -> Table:
+    """The seed-style load table: per op type and in total."""
+    epochs = report.epochs
+    epoch = str(epochs[0]) if epochs[0] == epochs[1] else f"{epochs[0]}→{epochs[1]}"
+    table = Table(
+        title=f"load · cluster {cluster} · concurrency {report.workers} · "
+        f"{report.seconds:.1f}s · ring epoch {epoch}",
+        title_justify="left",
+    )
+    table.add_column("op")
+    for name in ("ops", "ok", "failed", "success", "ops/s", "mean ms", "p50", "p95", "p99"):
+        table.add_column(name, justify="right")
+    table.add_column("max", justify="right")
+    for row in [*report.per_op, report.total]:
+        style = "bold" if row.op == "total" else ""
+        table.add_row(
+            row.op,
+            f"{row.ops:,}",
+            f"{row.ok:,}",
+            f"[red]{row.failed:,}[/]" if row.failed else "0",
+            f"{row.success_rate * 100:.2f}%",
+            f"{row.throughput:,.0f}",
+            f"{row.mean_ms:.2f}",
+            f"{row.p50_ms:.2f}",
+            f"{row.p95_ms:.2f}",
+            f"{row.p99_ms:.2f}",
+            f"{row.max_ms:.1f}",
+            style=style,
+            end_section=row.op == "delete",
+        )
+    return table
+
+
+def _show_load(report: LoadReport, output: Output, cluster: str) -> None:
+    if output is Output.JSON:
+        render.print_json(report)
+        return
+    render.console.print(load_table(report, cluster))
+    render.console.print(
+        f"concurrency {report.workers} · throughput {report.throughput:,.0f} ops/s · "
+        f"success rate {report.success_rate * 100:.2f}%"
+        + (f" · ledger {report.ledger}" if report.ledger else "")
+    )
+    for summary in report.per_op:
+        for error, count in sorted(summary.errors.items(), key=lambda e: -e[1])[:3]:
+            render.err_console.print(
+                f"[red]{summary.op} failed {count}x[/]: {render.escape(error)}"
+            )
+    if report.anomalies:
+        render.err_console.print(
+            f"[red]{report.anomalies} acknowledged op(s) found no row where one was expected[/]"
+        )
+
+
+def _show_bulk(result: BulkReport, output: Output) -> None:
+    if output is Output.JSON:
+        render.print_json(result)
+        return
+    table = Table(
+        title=f"bulk load · {result.rows:,} rows in {result.seconds:.1f}s · "
+        f"{result.rows_per_second:,.0f} rows/s · ring epoch {result.epoch}",
+        title_justify="left",
+    )
+    table.add_column("shard")
+    table.add_column("rows", justify="right")
+    table.add_column("share", justify="right")
+    for shard, count in result.per_shard.items():
+        share = count / result.rows if result.rows else 0.0
+        table.add_row(shard, f"{count:,}", f"{share * 100:.1f}%")
+    render.console.print(table)
+
+
+def verify_table(result: ledgers.VerifyReport, paths: list[Path]) -> Table:
+    """Counts of the ledger check, then the first problems found."""
+    table = Table(title=f"ledger check · {', '.join(map(str, paths))}", title_justify="left")
+    for name in ("keys", "ops", "present", "deleted", "uncertain"):
+        table.add_column(name, justify="right")
+    for name in ("lost", "stale", "resurrected", "misplaced"):
+        table.add_column(name, justify="right")
+    bad = [result.lost, result.stale, result.resurrected, result.misplaced]
+    table.add_row(
+        f"{result.keys:,}",
+        f"{result.ops:,}",
+        f"{result.present:,}",
+        f"{result.absent:,}",
+        f"{result.uncertain:,}",
+        *(f"[red]{n:,}[/]" if n else "0" for n in bad),
+    )
+    return table
