@@ -56,7 +56,8 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from shardctl import catalog, pg
@@ -388,7 +389,7 @@ class Router:
         retrying = Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_delay(self.retry_timeout),
-            wait=wait_exponential_jitter(initial=0.02, max=1.0),
+            wait=_backoff,
             before_sleep=self._before_retry,
             reraise=True,
         )
@@ -529,6 +530,20 @@ class Router:
         routing = self._routing
         epoch = "unread" if routing is None else f"epoch {routing.epoch}"
         return f"<Router {self._topology.cluster} ({epoch})>"
+
+
+_FAULT_BACKOFF = wait_exponential(multiplier=0.02, max=1.0) + wait_random(0, 0.05)
+FENCED_POLL = 0.005
+"""Seconds between tries of a write refused by the fence: a cut-over pauses writes only for
+as long as its final catch-up takes, so poll briefly rather than back off exponentially."""
+
+
+def _backoff(state: RetryCallState) -> float:
+    """Short, even polls while a key is fenced; exponential back-off for faults."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(exc, KeyNotOwned):
+        return FENCED_POLL
+    return _FAULT_BACKOFF(state)
 
 
 def _retryable(exc: BaseException) -> bool:
