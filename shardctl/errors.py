@@ -20,6 +20,8 @@ The CLI catches ``ShardctlError`` in one place and prints its message; anything 
 
 from __future__ import annotations
 
+import time
+
 
 class ShardctlError(Exception):
     """Root of every error shardctl raises on purpose."""
@@ -84,6 +86,8 @@ class KeyNotOwned(RoutingError):
         super().__init__(message)
         self.node = node
         self.key = key
+        self.seen_at = time.monotonic()
+        """When the refusal arrived (``time.monotonic()``): a ring read started later is fresh."""
 
 
 class ReshardingError(ShardctlError):

@@ -166,6 +166,7 @@ class Router:
         self._refresh_lock = threading.Lock()
         self._routing: Routing | None = None
         self._next_check = 0.0
+        self._read_started = 0.0
         self._turn = itertools.count()
         self._scatter_pool: ThreadPoolExecutor | None = None
         self._closed = False
@@ -279,10 +280,17 @@ class Router:
 
     # ------------------------------------------------------------ the ring
 
-    def refresh(self, *, force: bool = True) -> Routing:
-        """Re-read the catalog from every primary now and take a newer epoch if there is one."""
+    def refresh(self, *, force: bool = True, since: float | None = None) -> Routing:
+        """Re-read the catalog from every primary now and take a newer epoch if there is one.
+
+        With ``since`` (a ``time.monotonic()`` value), a read that another thread *started*
+        after that moment is fresh enough and is reused: many writers refused by one fence
+        cause one catalog read at a time, not one each.
+        """
         with self._refresh_lock:
-            if not force and self._routing is not None:
+            if self._routing is not None and (
+                not force or (since is not None and self._read_started >= since)
+            ):
                 return self._routing
             return self._refresh_locked()
 
@@ -301,6 +309,7 @@ class Router:
         return self._routing or routing
 
     def _refresh_locked(self) -> Routing:
+        self._read_started = time.monotonic()
         try:
             routing = self._load_routing()
         finally:
@@ -418,7 +427,7 @@ class Router:
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, KeyNotOwned):
             try:
-                self.refresh()
+                self.refresh(since=exc.seen_at)
             except (ShardctlError, psycopg.Error) as error:
                 log.warning("shardctl router: ring refresh after fencing failed: %s", error)
         log.debug("shardctl router: retrying after %s", exc)
