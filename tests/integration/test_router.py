@@ -1,0 +1,230 @@
+"""The Router and the catalog against a real 2 shards x 1 replica cluster.
+
+The tests share one cluster and run in file order: the last ones restart a primary and
+publish a second ring epoch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from shardctl import Router, catalog, pg, ringsql
+from shardctl.cluster import Cluster
+from shardctl.errors import KeyNotOwned
+from shardctl.ring import Ring, position_hex
+from shardctl.waiting import NotYet, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def router(shared_cluster: Cluster) -> Iterator[Router]:
+    with Router(shared_cluster) as r:
+        yield r
+
+
+def connect(cluster: Cluster, node: str) -> psycopg.Connection[tuple[object, ...]]:
+    return pg.connect(
+        cluster.topology.node(node), cluster.credentials(), cluster.topology.spec.database
+    )
+
+
+def test_up_writes_the_catalog_on_every_primary(shared_cluster: Cluster) -> None:
+    view = catalog.read(shared_cluster.topology, shared_cluster.credentials())
+    assert view.agrees
+    assert set(view.by_primary) == {"shard-0-primary", "shard-1-primary"}
+    record = view.record()
+    assert record.epoch == 1
+    assert record.same_ring(catalog.initial_record(shared_cluster.topology))
+    assert all(r == record or (r and r.same_ring(record)) for r in view.by_primary.values())
+    # A second `up` changes nothing: no new epoch, nothing written.
+    again = catalog.ensure(shared_cluster.topology, shared_cluster.credentials())
+    assert (again.epoch, again.written, again.warnings) == (1, [], [])
+
+
+def test_sql_and_python_agree_on_positions_and_owners(shared_cluster: Cluster) -> None:
+    uuids = [uuid.uuid4() for _ in range(300)]
+    ints = [0, 1, -1, 42, 2**31 - 1, -(2**63), 2**63 - 1, *range(1000, 1100)]
+    texts = ["", "a", "user:1", "ünïcødé ☃", "with space", "tab\tand\nnewline", "'quote"]
+    ring = Ring(["shard-0", "shard-1", "shard-2"], vnodes=50, algorithm="md5")
+    owner, params = ringsql.owner(sql.SQL("k"), ring)
+    with connect(shared_cluster, "shard-0-primary") as conn:
+        for values, cast in ((uuids, "uuid"), (ints, "bigint"), (texts, "text")):
+            query = sql.SQL(
+                "SELECT k::text, md5(k::text), shardctl.ring_position(k::text) "
+                "FROM unnest(%s::{}[]) AS k"
+            ).format(sql.SQL(cast))
+            rows = conn.execute(query, (values,)).fetchall()
+            assert len(rows) == len(values)
+            for value, (text, md5, function) in zip(values, rows, strict=True):
+                assert text == str(value)
+                assert md5 == function == position_hex(value), value
+        owners = conn.execute(
+            sql.SQL("SELECT k::text, {} FROM unnest(%(keys)s::uuid[]) AS k").format(owner),
+            {**params, "keys": uuids},
+        ).fetchall()
+    assert {k: o for k, o in owners} == {str(u): ring.node_for(u) for u in uuids}
+
+
+def test_writes_land_on_their_ring_owner(router: Router) -> None:
+    keys = [uuid.uuid4() for _ in range(200)]
+    for key in keys:
+        assert router.execute(key, "INSERT INTO users (id, email) VALUES (%s, 'r@x')", (key,)) == 1
+    wanted = set(map(str, keys))
+    by_shard = router.scatter_by_shard("SELECT id::text FROM users WHERE email = 'r@x'")
+    placed = {k: shard for shard, rows in by_shard.items() for (k,) in rows if k in wanted}
+    assert placed == {str(k): router.owner(k) for k in keys}
+    assert set(placed.values()) == {"shard-0", "shard-1"}
+
+
+def test_scatter_concatenates_every_shard(router: Router) -> None:
+    counts = router.scatter_by_shard("SELECT count(*) FROM users")
+    assert list(counts) == ["shard-0", "shard-1"]
+    flat = router.scatter("SELECT count(*) FROM users")
+    assert [row[0] for row in flat] == [rows[0][0] for rows in counts.values()]
+
+
+def test_fetch_from_a_replica_and_from_the_primary(router: Router) -> None:
+    key = uuid.uuid4()
+    router.execute(key, "INSERT INTO users (id, first_name) VALUES (%s, 'ada')", (key,))
+    query = "SELECT first_name FROM users WHERE id = %s"
+    assert router.fetch(key, query, (key,), prefer="primary") == [("ada",)]
+    assert router.fetch(key, "SELECT pg_is_in_recovery()", prefer="replica") == [(True,)]
+    assert router.fetch(key, "SELECT pg_is_in_recovery()", prefer="primary") == [(False,)]
+
+    def replicated() -> None:
+        if router.fetch(key, query, (key,)) != [("ada",)]:
+            raise NotYet("not on the replica yet")
+
+    wait_for(replicated, timeout=10, what="the row on the replica", on_timeout=AssertionError)
+    assert router.run(key, lambda c: c.execute(query, (key,)).fetchall()) == [("ada",)]
+
+
+def test_non_transient_errors_are_raised_as_they_are(router: Router) -> None:
+    key = uuid.uuid4()
+    started = time.monotonic()
+    with pytest.raises(psycopg.errors.SyntaxError):
+        router.execute(key, "INSERT INTO users VALUES (")
+    router.execute(key, "INSERT INTO users (id) VALUES (%s)", (key,))
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        router.execute(key, "INSERT INTO users (id) VALUES (%s)", (key,))
+    assert time.monotonic() - started < 5  # not retried
+
+
+def test_writes_survive_a_primary_restart(shared_cluster: Cluster, router: Router) -> None:
+    acked: list[uuid.UUID] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            key = uuid.uuid4()
+            try:
+                router.execute(
+                    key,
+                    "INSERT INTO users (id, email) VALUES (%s, 'restart@x') "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (key,),
+                )
+                acked.append(key)
+            except Exception as exc:  # counted: the test expects none
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        container = shared_cluster.engines.container(
+            shared_cluster.topology.node("shard-0-primary")
+        )
+        assert container is not None
+        before = len(acked)
+        container.restart(timeout=5)
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert len(acked) > before
+    stored = {
+        k
+        for (k,) in router.scatter("SELECT id FROM users WHERE email = 'restart@x'")
+        if isinstance(k, uuid.UUID)
+    }
+    assert set(acked) <= stored
+
+
+@pytest.fixture
+def fence(shared_cluster: Cluster) -> Iterator[list[str]]:
+    """Make primaries refuse every insert into users with SC001, as the reshard fence does."""
+    fenced: list[str] = []
+    yield fenced
+    for node in fenced:
+        with connect(shared_cluster, node) as conn:
+            conn.execute("DROP TRIGGER IF EXISTS test_fence ON users")
+
+
+def install_fence(cluster: Cluster, node: str, fenced: list[str]) -> None:
+    with connect(cluster, node) as conn:
+        conn.execute(
+            "CREATE OR REPLACE FUNCTION public.test_fence() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN RAISE EXCEPTION USING ERRCODE = 'SC001', MESSAGE = 'not owned here'; END$$"
+        )
+        conn.execute(
+            "CREATE OR REPLACE TRIGGER test_fence BEFORE INSERT ON users "
+            "FOR EACH ROW EXECUTE FUNCTION public.test_fence()"
+        )
+    fenced.append(node)
+
+
+def test_a_fenced_write_refreshes_the_ring_and_follows_the_key(
+    shared_cluster: Cluster, fence: list[str]
+) -> None:
+    topology, credentials = shared_cluster.topology, shared_cluster.credentials()
+    with Router(shared_cluster, epoch_check_interval=3600) as stale:
+        assert stale.epoch == 1
+        old = stale.ring
+        new = Ring(["shard-1", "shard-0"], algorithm=old.algorithm)  # every key changes owner
+        key = next(k for k in iter(uuid.uuid4, None) if old.node_for(k) == "shard-0")
+        assert new.node_for(key) == "shard-1"
+
+        install_fence(shared_cluster, "shard-0-primary", fence)
+        catalog.publish(
+            topology, credentials, catalog.RingRecord.from_ring(new, 2, created_by="test")
+        )
+        # The stale router does not know epoch 2; shard-0 refuses, the router re-reads the
+        # catalog and retries on shard-1, and the caller sees no error.
+        stale.execute(key, "INSERT INTO users (id, email) VALUES (%s, 'fenced@x')", (key,))
+        assert stale.epoch == 2
+        where = stale.scatter_by_shard("SELECT id FROM users WHERE email = 'fenced@x'")
+        assert where == {"shard-1": [(key,)], "shard-0": []}
+
+    # A router that keeps meeting the fence gives up after its retry budget, with KeyNotOwned.
+    install_fence(shared_cluster, "shard-1-primary", fence)
+    with Router(shared_cluster, retry_timeout=0.5) as router:
+        other = uuid.uuid4()
+        with pytest.raises(KeyNotOwned) as refused:
+            router.execute(other, "INSERT INTO users (id) VALUES (%s)", (other,))
+        assert refused.value.key == other
+
+
+def test_a_router_notices_a_new_epoch_by_itself(shared_cluster: Cluster) -> None:
+    topology, credentials = shared_cluster.topology, shared_cluster.credentials()
+    with Router(shared_cluster, epoch_check_interval=0.2) as router:
+        start = router.epoch
+        ring = Ring(["shard-0", "shard-1"], algorithm=topology.spec.ring.algorithm.value)
+        catalog.publish(
+            topology, credentials, catalog.RingRecord.from_ring(ring, start + 1, created_by="t")
+        )
+        time.sleep(0.3)
+        router.owner("anything")  # any call past the interval checks the epoch
+        assert router.epoch == start + 1
