@@ -238,11 +238,7 @@ def _show_bulk(result: BulkReport, output: Output) -> None:
     if output is Output.JSON:
         render.print_json(result)
         return
-    table = Table(
-        title=f"bulk load · {result.rows:,} rows in {result.seconds:.1f}s · "
-        f"{result.rows_per_second:,.0f} rows/s · ring epoch {result.epoch}",
-        title_justify="left",
-    )
+    table = Table(title=f"bulk load · ring epoch {result.epoch}", title_justify="left")
     table.add_column("shard")
     table.add_column("rows", justify="right")
     table.add_column("share", justify="right")
@@ -250,6 +246,9 @@ def _show_bulk(result: BulkReport, output: Output) -> None:
         share = count / result.rows if result.rows else 0.0
         table.add_row(shard, f"{count:,}", f"{share * 100:.1f}%")
     render.console.print(table)
+    render.console.print(
+        f"{result.rows:,} rows in {result.seconds:.1f}s · {result.rows_per_second:,.0f} rows/s"
+    )
 
 
 def verify_table(result: ledgers.VerifyReport, paths: list[Path]) -> Table:
