@@ -1,0 +1,115 @@
+"""The catalog's pure parts: combining primaries' records, topology drift, SQL helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from shardctl import catalog, ringsql
+from shardctl.catalog import RingRecord, combine, drift
+from shardctl.errors import CatalogError
+from shardctl.ring import Ring
+from shardctl.router import is_transient
+from shardctl.topology import parse
+
+TOPOLOGY = """
+cluster: demo
+ring: {algorithm: md5, vnodes: 20}
+tables: [{name: users, key: id}]
+shards: [{name: shard-0}, {name: shard-1}]
+"""
+
+
+def record(epoch: int, *nodes: str, algorithm: str = "md5", vnodes: int = 20) -> RingRecord:
+    return RingRecord(epoch, algorithm, vnodes, nodes)
+
+
+def test_initial_record_is_the_topology_ring_at_epoch_1() -> None:
+    topology = parse(TOPOLOGY, Path("topology.yaml"))
+    first = catalog.initial_record(topology)
+    assert first == record(1, "shard-0", "shard-1")
+    assert first.ring() == Ring(["shard-0", "shard-1"], vnodes=20, algorithm="md5")
+    assert RingRecord.from_ring(first.ring(), 1) == first
+
+
+def test_the_highest_epoch_wins_and_every_disagreement_is_named() -> None:
+    view = combine(
+        {
+            "a-primary": record(2, "a", "b", "c"),
+            "b-primary": record(1, "a", "b"),
+            "c-primary": None,
+        }
+    )
+    assert view.record() == record(2, "a", "b", "c")
+    assert not view.agrees
+    assert any("no catalog on c-primary" in p for p in view.problems)
+    assert any("b-primary (epoch 1) behind epoch 2" in p for p in view.problems)
+
+
+def test_agreeing_primaries_have_no_problems() -> None:
+    view = combine({"a": record(3, "x"), "b": record(3, "x")})
+    assert view.agrees and view.record().epoch == 3
+
+
+def test_two_rings_under_one_epoch_are_refused() -> None:
+    with pytest.raises(CatalogError, match="epoch 2 differs"):
+        combine({"a": record(2, "x", "y"), "b": record(2, "y", "x")})
+
+
+def test_no_catalog_anywhere_says_run_up() -> None:
+    view = combine({"a": None, "b": None})
+    with pytest.raises(CatalogError, match="shardctl up"):
+        view.ring()
+
+
+def test_drift_names_algorithm_vnodes_and_shard_differences() -> None:
+    topology = parse(TOPOLOGY, Path("topology.yaml"))
+    assert drift(topology, record(1, "shard-0", "shard-1")) == []
+    notes = drift(topology, record(4, "shard-0", "shard-9", algorithm="md5", vnodes=30))
+    text = "\n".join(notes)
+    assert "30" in text and "20 virtual nodes" in text
+    assert "shard-9" in text and "does not declare" in text
+    assert "shard-1 declared" in text and "not in the ring" in text
+    balanced = drift(topology, record(1, "shard-0", "shard-1", algorithm="balanced"))
+    assert len(balanced) == 1 and "'balanced'" in balanced[0]
+
+
+def test_ring_sql_uses_parameters_for_every_value() -> None:
+    ring = Ring(["a", "b"], vnodes=3, algorithm="md5")
+    expr, params = ringsql.misplaced_condition("id", ring, "a")
+    text = expr.as_string()
+    assert 'md5("id"::text) COLLATE "C"' in text
+    assert "width_bucket" in text and "%(ring_starts)s" in text
+    assert params["ring_self"] == "a"
+    starts = params["ring_starts"]
+    assert isinstance(starts, list) and starts == sorted(starts) and starts[0] == "0" * 32
+    assert params["ring_owners"] == [r.owner for r in ring.ranges()]
+
+    top = ring.ranges()[-1]
+    cond, bounds = ringsql.range_condition("id", top, prefix="m")
+    assert bounds == {"m_lo": top.sql_bounds()[0]}  # the top range has no upper bound
+    assert "%(m_hi)s" not in cond.as_string()
+    both, values = ringsql.ranges_condition(sql.Identifier("k"), ring.ranges_of("b"))
+    assert "unnest" in both.as_string() and len(values["rs_lo"]) == len(ring.ranges_of("b"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (psycopg.errors.AdminShutdown("x"), True),
+        (psycopg.errors.CannotConnectNow("x"), True),
+        (psycopg.errors.SerializationFailure("x"), True),
+        (psycopg.errors.DeadlockDetected("x"), True),
+        (psycopg.errors.ConnectionFailure("x"), True),
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (psycopg.errors.QueryCanceled("x"), False),
+        (psycopg.errors.UniqueViolation("x"), False),
+        (psycopg.errors.SyntaxError("x"), False),
+        (ValueError("x"), False),
+    ],
+)
+def test_transient_faults_are_told_apart(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
