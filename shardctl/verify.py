@@ -269,11 +269,12 @@ def deep_checks(
         if live and login is not None:
             tasks[shard.name] = _deep_shard(primary, live, tables, login, topology, limits)
     for shard_name, outcome in health.run_parallel(tasks, DEEP_TIMEOUT).items():
-        if isinstance(outcome, BaseException):
-            primary = topology.shard_nodes(shard_name)[0]
-            results += [
-                checks.failed(primary, checks.deep_name(t), _reason(outcome)) for t in tables
-            ]
+        if isinstance(outcome, BaseException):  # the primary could not be read at all
+            primary, *replicas = topology.shard_nodes(shard_name)
+            why = f"{primary.name} could not be read"
+            for table in tables:
+                results.append(checks.failed(primary, checks.deep_name(table), _reason(outcome)))
+                results += [checks.skipped(r, checks.deep_name(table), why) for r in replicas]
         else:
             results += outcome
     return results
@@ -296,12 +297,20 @@ def _deep_shard(
             targets: dict[str, Conn] = {}
             try:
                 for replica in replicas:
-                    targets[replica.name] = pg.connect(
-                        replica, login, database, timeout=limits.probe_timeout
-                    )
-                    targets[replica.name].execute(SESSION_SETTINGS)
+                    try:
+                        conn = pg.connect(replica, login, database, timeout=limits.probe_timeout)
+                        conn.execute(SESSION_SETTINGS)
+                    except (DatabaseUnavailable, psycopg.Error) as exc:
+                        found += [
+                            checks.failed(replica, checks.deep_name(t), _reason(exc))
+                            for t in tables
+                        ]
+                        continue
+                    targets[replica.name] = conn
+                live = [r for r in replicas if r.name in targets]
                 for table in tables:
-                    found += _compare_table(source, primary, targets, replicas, table, limits)
+                    if live:
+                        found += _compare_table(source, primary, targets, live, table, limits)
             finally:
                 for conn in targets.values():
                     conn.close()
