@@ -168,11 +168,12 @@ def _write_canary(
                         ),
                         (token, node.name),
                     )
-            acked = time.monotonic()
+                acked = time.monotonic()
+                out.set_result(_Written(token, acked))  # replicas start looking now
         except (psycopg.Error, DatabaseUnavailable) as exc:
-            out.set_exception(exc)
-            return checks.canary_primary_check(node, None, _reason(exc))
-        out.set_result(_Written(token, acked))
+            if not out.done():
+                out.set_exception(exc)
+                return checks.canary_primary_check(node, None, _reason(exc))
         return checks.canary_primary_check(node, acked - started, None)
 
     return run
