@@ -310,11 +310,10 @@ def container_states(
     declared = {node.container: node.name for node in topology.nodes}
     states = {node.name: ContainerState.MISSING for node in topology.nodes}
     undeclared: list[str] = []
-    for container in engines.cluster_containers(topology):
-        name = str(container.name)
+    for name, state in engines.cluster_container_states(topology).items():
         if name in declared:
             try:
-                states[declared[name]] = ContainerState(container.status)
+                states[declared[name]] = ContainerState(state)
             except ValueError:
                 states[declared[name]] = ContainerState.UNKNOWN
         else:
