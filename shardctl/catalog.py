@@ -429,7 +429,7 @@ class RingReport:
     created_at: datetime | None
     nodes: list[RingNode]
     primaries: dict[str, int | None]
-    """Primary node name -> the epoch it holds (None: no catalog)."""
+    """Shard -> the epoch its primary holds (None: no catalog), every declared shard."""
     problems: list[str]
     """Disagreements among primaries."""
     warnings: list[str]
@@ -452,7 +452,11 @@ def describe(topology: Topology, credentials: Credentials, *, timeout: float = 5
         vnodes=record.vnodes,
         created_at=record.created_at,
         nodes=[RingNode(name, shares[name], counts[name]) for name in ring.nodes],
-        primaries={n: (r.epoch if r else None) for n, r in view.by_primary.items()},
+        primaries={
+            node.shard: (found.epoch if found else None)
+            for node in topology.primaries()
+            for found in [view.by_primary.get(node.name)]
+        },
         problems=list(view.problems),
         warnings=drift(topology, record),
     )
