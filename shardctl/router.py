@@ -43,13 +43,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import psycopg
 from psycopg import abc
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import (
     RetryCallState,
@@ -86,6 +87,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Row = tuple[Any, ...]
 Conn = psycopg.Connection[Row]
+Cur = psycopg.Cursor[Row]
 Prefer = Literal["replica", "primary"]
 Query = abc.QueryNoTemplate
 """A statement: ``str``, ``bytes``, or :mod:`psycopg.sql` composed SQL."""
@@ -170,6 +172,8 @@ class Router:
         self._turn = itertools.count()
         self._scatter_pool: ThreadPoolExecutor | None = None
         self._closed = False
+        self.stats = RouterStats()
+        self._topology_mtime: float | None = None
 
     @classmethod
     def from_topology(cls, path: Path | str | None = None, **options: Any) -> Router:
@@ -209,7 +213,7 @@ class Router:
 
         For a statement whose rows you need (``RETURNING``), use ``fetch(..., prefer="primary")``.
         """
-        return self._write(key, lambda conn: conn.execute(query, params).rowcount)
+        return self._statement(key, query, params, _rowcount)
 
     def fetch(
         self,
@@ -226,12 +230,12 @@ class Router:
         the last moments (the replica's lag). ``prefer="primary"`` reads your own writes.
         """
 
-        def rows(conn: Conn) -> list[Row]:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description is not None else []
-
         if prefer == "primary":
-            return self._write(key, rows)
+            return self._statement(key, query, params, _rows)
+
+        def rows(conn: Conn) -> list[Row]:
+            return _rows(conn.execute(query, params))
+
         return self._call(lambda r: r.owner(key), rows, prefer, key=key)
 
     def run(self, key: object, work: Callable[[Conn], T], *, prefer: Prefer = "primary") -> T:
@@ -299,14 +303,22 @@ class Router:
         if routing is None:
             return self.refresh(force=False)
         if time.monotonic() >= self._next_check and self._refresh_lock.acquire(blocking=False):
-            try:
-                self._refresh_locked()
-            except (ShardctlError, psycopg.Error) as exc:
-                # Keep routing with what we have: a later check (or a fenced write) tries again.
-                log.warning("shardctl router: catalog check failed: %s", exc)
-            finally:
-                self._refresh_lock.release()
-        return self._routing or routing
+            # The periodic check runs beside the request path, never on it: a slow or
+            # unreachable primary must not hold up queries that the current ring routes fine.
+            self._next_check = time.monotonic() + self.epoch_check_interval
+            threading.Thread(
+                target=self._check_in_background, name="shardctl-epoch-check", daemon=True
+            ).start()
+        return routing
+
+    def _check_in_background(self) -> None:
+        try:
+            self._refresh_locked()
+        except (ShardctlError, psycopg.Error) as exc:
+            # Keep routing with what we have: a later check (or a fenced write) tries again.
+            log.warning("shardctl router: catalog check failed: %s", exc)
+        finally:
+            self._refresh_lock.release()
 
     def _refresh_locked(self) -> Routing:
         self._read_started = time.monotonic()
@@ -323,6 +335,7 @@ class Router:
 
     def _load_routing(self) -> Routing:
         """Read the catalog from every declared primary in parallel; highest epoch wins."""
+        self._follow_topology_file()
         primaries = self._topology.primaries()
         for node in primaries:
             self._pool(node)  # every pool opens (connects) in the background, all at once
@@ -351,6 +364,24 @@ class Router:
         self._check_reachable(ring)
         return Routing(record.epoch, ring)
 
+    def _follow_topology_file(self) -> None:
+        """Take a changed topology file (``add-shard`` appends to it) at the next catalog check,
+        so that pools to a joining shard are open well before its ranges cut over to it."""
+        try:
+            mtime = self._topology.path.stat().st_mtime
+        except OSError:
+            return
+        if mtime == self._topology_mtime:
+            return
+        self._topology_mtime = mtime
+        try:
+            reloaded = topo.load(self._topology.path)
+        except TopologyError as exc:
+            log.warning("shardctl router: keeping the topology loaded before: %s", exc)
+            return
+        if reloaded.cluster == self._topology.cluster:
+            self._topology = reloaded
+
     def _check_reachable(self, ring: Ring) -> None:
         """Every ring node must be a declared shard; re-read the topology file once if not."""
         declared = {s.name for s in self._topology.spec.shards}
@@ -369,6 +400,31 @@ class Router:
         self._topology = reloaded
 
     # ------------------------------------------------------------ running work
+
+    def _statement(
+        self, key: object, query: Query, params: abc.Params | None, result: Callable[[Cur], T]
+    ) -> T:
+        """One statement on the owner primary of ``key``, fenced like :meth:`_write`.
+
+        BEGIN, ``shardctl.assert_owner``, the statement and COMMIT travel in one pipeline: one
+        network round trip instead of four. If one fails the server skips the rest, and the
+        failed transaction is rolled back here before the connection goes back to its pool.
+        """
+
+        def owned(conn: Conn) -> T:
+            cur = conn.cursor()
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
+                    cur.execute(query, params)
+                    conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            return result(cur)
+
+        return self._call(lambda r: r.owner(key), owned, "primary", key=key)
 
     def _write(self, key: object, work: Callable[[Conn], T]) -> T:
         """Run ``work`` on the owner primary of ``key``; refused-by-fence writes follow the key.
@@ -395,11 +451,18 @@ class Router:
         """Run ``work`` on the shard ``shard_of(routing)`` names, retrying transient faults."""
         if self._closed:
             raise RoutingError("the router is closed")
+        fenced = False
+
+        def before_sleep(state: RetryCallState) -> None:
+            nonlocal fenced
+            fenced = fenced or isinstance(_failure(state), KeyNotOwned)
+            self._before_retry(state)
+
         retrying = Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_delay(self.retry_timeout),
             wait=_backoff,
-            before_sleep=self._before_retry,
+            before_sleep=before_sleep,
             reraise=True,
         )
         shard = "?"
@@ -408,7 +471,11 @@ class Router:
                 with attempt:
                     shard = shard_of(self._current())
                     node = self._choose(shard, prefer, attempt.retry_state.attempt_number)
-                    return self._on_node(node, work, key=key)
+                    result = self._on_node(node, work, key=key)
+                if _failure(attempt.retry_state) is None:
+                    if fenced:
+                        self.stats.fenced(time.monotonic() - attempt.retry_state.start_time)
+                    return result
         except PoolTimeout as exc:
             raise DatabaseUnavailable(
                 f"no connection to shard {shard} within {self.retry_timeout:g}s: "
@@ -553,6 +620,47 @@ def _backoff(state: RetryCallState) -> float:
     if isinstance(exc, KeyNotOwned):
         return FENCED_POLL
     return _FAULT_BACKOFF(state)
+
+
+def _failure(state: RetryCallState) -> BaseException | None:
+    """The exception of the attempt ``state`` describes, None when it succeeded."""
+    return state.outcome.exception() if state.outcome is not None else None
+
+
+@dataclass
+class RouterStats:
+    """What a router has seen of resharding: writes held by a fence, and for how long."""
+
+    fenced_writes: int = 0
+    """Calls that were refused by a fence at least once and then succeeded on the new owner."""
+    max_fenced_seconds: float = 0.0
+    """The longest such call, first try to success: the write pause a caller saw."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def fenced(self, seconds: float) -> None:
+        """Record one call that waited out a fence."""
+        with self._lock:
+            self.fenced_writes += 1
+            self.max_fenced_seconds = max(self.max_fenced_seconds, seconds)
+
+
+def _rowcount(cur: Cur) -> int:
+    return cur.rowcount
+
+
+def _rows(cur: Cur) -> list[Row]:
+    return cur.fetchall() if cur.description is not None else []
+
+
+def _rollback(conn: Conn) -> None:
+    """End a transaction a failed pipeline left open (a broken connection is left alone)."""
+    if conn.closed or conn.info.transaction_status not in (
+        TransactionStatus.INTRANS,
+        TransactionStatus.INERROR,
+    ):
+        return
+    with suppress(psycopg.Error):  # the pool discards a connection that cannot roll back
+        conn.execute("ROLLBACK")
 
 
 def _retryable(exc: BaseException) -> bool:

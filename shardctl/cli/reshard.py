@@ -31,7 +31,7 @@ from shardctl.cluster import Cluster
 from shardctl.errors import ReshardingError, UsageError
 from shardctl.reshard.coordinator import Progress as ProgressCallback
 from shardctl.reshard.coordinator import Rebalancer, State
-from shardctl.reshard.joining import add_shard_to_file
+from shardctl.reshard.joining import record, with_shard
 from shardctl.reshard.plan import Phase
 
 KILL_AFTER_ENV = "SHARDCTL_KILL_AFTER_PHASE"
@@ -50,9 +50,12 @@ def add_shard(
         ring = catalog.read(cluster.topology, cluster.credentials()).ring()
         if name in ring.nodes:
             raise UsageError(f"shard {name!r} is already in the ring")
-        grown = Cluster(add_shard_to_file(cluster.topology, name, replicas), cluster.engines)
+        bigger, text = with_shard(cluster.topology, name, replicas)
+        grown = Cluster(bigger, cluster.engines)
         with progress_reporter() as report:
             grown.up(timeout=timeout, reporter=report)
+        # Recorded only once it runs: routers that re-read the file then find it reachable.
+        record(bigger, text)
     render.err_console.print(
         f"[green]add-shard[/]: {name} is up with {replicas} replica(s) and recorded in "
         f"{cluster.topology.path}; it owns no keys until `shardctl rebalance`"

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -37,6 +37,10 @@ from shardctl.topology import Node
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
+
+PREDRAIN_PASSES = 10
+PREDRAIN_ENOUGH = 50
+"""Before fencing, drain until a pass re-syncs at most this many keys (or 10 passes)."""
 
 STATE_SQL = """
 CREATE SCHEMA IF NOT EXISTS shardctl;
@@ -411,53 +415,77 @@ class Rebalancer:
         return repaired
 
     def _cut_over(self, plan: Plan, report: Report) -> bool:
-        """Fence, final catch-up, verify what changed, flip the ring; the pause is measured."""
-        tables = self.topology.spec.tables
-        fenced_at = time.monotonic()
+        """Fence, final catch-up, verify what changed, flip the ring; the pause is measured.
 
-        def fence_and_drain(source: str) -> list[str]:
-            with self.connect(source) as src:
+        Everything that can happen before the fence does (connections opened, key types looked
+        up, the change log drained until short), so writes to moving keys pause only for the
+        final drain of a few keys, their row-by-row check and one catalog write per primary.
+        """
+        tables = self.topology.spec.tables
+        sources = plan.sources()
+        pairs = [
+            (s, t)
+            for s in sources
+            for t in sorted({plan.moves[i].target for i in plan.moves_from(s)})
+        ]
+        with ExitStack() as stack:
+            held = {shard: stack.enter_context(self.connect(shard)) for shard in self._primaries()}
+            target_conns = {pair: stack.enter_context(self.connect(pair[1])) for pair in pairs}
+            types = {t.name: transfer.key_type(held[sources[0]], t) for t in tables}
+
+            def predrain(source: str) -> None:
+                for _ in range(PREDRAIN_PASSES):
+                    resynced = sum(
+                        transfer.drain(held[s], target_conns[(s, t)], t, tables, key_types=types)
+                        for s, t in pairs
+                        if s == source
+                    )
+                    report.keys_resynced += resynced
+                    if resynced <= PREDRAIN_ENOUGH:
+                        return
+
+            self._each(sources, predrain)
+            fenced_at = time.monotonic()
+
+            def fence_and_drain(source: str) -> list[str]:
                 # Waits for every in-flight writer of these ranges (they hold the row FOR SHARE).
-                src.execute(
+                held[source].execute(
                     "UPDATE shardctl.moving SET state = 'fenced' "
                     "WHERE reshard_id = %s AND state = 'capturing'",
                     (plan.id,),
                 )
                 mismatched: list[str] = []
-                for target in {plan.moves[i].target for i in plan.moves_from(source)}:
-                    with self.connect(target) as dst:
-                        drained = transfer.drain_and_check(src, dst, target, tables)
+                for s, target in pairs:
+                    if s == source:
+                        drained = transfer.drain_and_check(
+                            held[s], target_conns[(s, target)], target, tables, key_types=types
+                        )
                         report.keys_resynced += drained.resynced
                         mismatched += drained.mismatched
                 return mismatched
 
-        try:
-            results = self._each(plan.sources(), fence_and_drain)
-        except (ShardctlError, psycopg.Error):
-            self._unfence(plan)
-            raise
-        mismatched = [key for keys in results.values() for key in keys]
-        if mismatched:
-            self._unfence(plan)
-            raise ReshardingError(
-                f"cut-over refused: {len(mismatched)} keys differ after the final catch-up "
-                f"(first: {', '.join(mismatched[:5])}); the old ring stays in force, "
-                "run `shardctl rebalance --resume` to retry"
-            )
-        new_epoch = catalog.RingRecord.from_ring(
-            plan.new, plan.epoch + 1, created_by=f"reshard {plan.id}"
-        )
-        catalog.publish(self.topology, self.cluster.credentials(), new_epoch)
-        report.write_pause_ms = (time.monotonic() - fenced_at) * 1000
-
-        def mark_moved(source: str) -> None:
-            with self.connect(source) as src:
-                src.execute(
-                    "UPDATE shardctl.moving SET state = 'moved' WHERE reshard_id = %s",
-                    (plan.id,),
+            try:
+                results = self._each(sources, fence_and_drain)
+            except (ShardctlError, psycopg.Error):
+                self._unfence(plan)
+                raise
+            mismatched = [key for keys in results.values() for key in keys]
+            if mismatched:
+                self._unfence(plan)
+                raise ReshardingError(
+                    f"cut-over refused: {len(mismatched)} keys differ after the final catch-up "
+                    f"(first: {', '.join(mismatched[:5])}); the old ring stays in force, "
+                    "run `shardctl rebalance --resume` to retry"
                 )
-
-        self._each(plan.sources(), mark_moved)
+            record = catalog.RingRecord.from_ring(
+                plan.new, plan.epoch + 1, created_by=f"reshard {plan.id}"
+            )
+            self._each(self._primaries(), lambda shard: catalog.write(held[shard], record))
+            report.write_pause_ms = (time.monotonic() - fenced_at) * 1000
+            for source in sources:
+                held[source].execute(
+                    "UPDATE shardctl.moving SET state = 'moved' WHERE reshard_id = %s", (plan.id,)
+                )
         return True
 
     def _unfence(self, plan: Plan) -> None:

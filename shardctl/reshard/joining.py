@@ -11,11 +11,11 @@ from shardctl.errors import TopologyError, UsageError
 from shardctl.topology import MAX_REPLICAS, Topology
 
 
-def add_shard_to_file(current: Topology, name: str, replicas: int) -> Topology:
-    """Append shard ``name`` to the topology file; returns the validated new topology.
+def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, str]:
+    """The topology with shard ``name`` appended, and the file text that declares it.
 
-    The new entry goes after the last shard, indented like it. The edited text is validated
-    before it replaces the file, atomically, so a failure leaves the file as it was.
+    The new entry goes after the last shard, indented like it, so the user's comments and
+    layout stay. Nothing is written: see :func:`record`.
     """
     if any(s.name == name for s in current.spec.shards):
         raise UsageError(f"shard {name!r} is already declared in {current.path}")
@@ -43,7 +43,11 @@ def add_shard_to_file(current: Topology, name: str, replicas: int) -> Topology:
     new = topology.parse(edited, path)
     if new.spec.shards[-1].name != name:
         raise TopologyError(f"{path}: could not add shard {name!r} after the last shard")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(edited, encoding="utf-8")
-    os.replace(tmp, path)
-    return new
+    return new, edited
+
+
+def record(topology: Topology, text: str) -> None:
+    """Replace the topology file with ``text``, atomically."""
+    tmp = topology.path.with_name(f".{topology.path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, topology.path)

@@ -277,10 +277,15 @@ class Drained:
 
 
 def drain_and_check(
-    source: Conn, target: Conn, target_name: str, tables: Sequence[TableSpec]
+    source: Conn,
+    target: Conn,
+    target_name: str,
+    tables: Sequence[TableSpec],
+    *,
+    key_types: dict[str, str] | None = None,
 ) -> Drained:
     """Drain the change log, then compare every key it named, row by row, on both sides."""
-    types = {t.name: key_type(source, t) for t in tables}
+    types = key_types if key_types is not None else {t.name: key_type(source, t) for t in tables}
     touched: dict[str, set[str]] = {}
     resynced = drain(source, target, target_name, tables, key_types=types, collect=touched)
     mismatched: list[str] = []

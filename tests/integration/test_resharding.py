@@ -183,6 +183,8 @@ def test_reshard_under_live_writes_loses_nothing(
         f"\nreshard under load: {sum(w.acknowledged for w in writers)} writes acknowledged, "
         f"write pause {report['write_pause_ms']:.0f} ms at cut-over, "
         f"max write latency seen by writers {max_latency_ms:.0f} ms, "
+        f"{router.stats.fenced_writes} writes held by the fence for at most "
+        f"{router.stats.max_fenced_seconds * 1000:.0f} ms, "
         f"{report['rows_copied']} rows copied, {report['keys_resynced']} keys re-synced"
     )
 
