@@ -20,8 +20,9 @@ from docker.models.containers import Container
 
 from shardctl import pg
 from shardctl.cluster import Cluster
+from shardctl.engine import LABEL_CLUSTER
 from shardctl.waiting import NotYet, wait_for
-from tests.integration.conftest import ClusterFactory, run_shardctl
+from tests.integration.conftest import TEST_IMAGE, ClusterFactory, run_shardctl
 
 REPLICA = "shard-0-replica-1"
 SLOT = "shard_0_replica_1"
@@ -193,6 +194,32 @@ def test_dropped_slot_fails_naming_the_slot_and_up_repairs_it(shared_cluster: Cl
     assert up.returncode == 0, up.stderr
     wait_healthy(shared_cluster)
     code, _, stderr = verify(shared_cluster, "--deep")
+    assert code == 0, stderr
+
+
+def test_undeclared_slot_and_container_are_findings(shared_cluster: Cluster) -> None:
+    primary = shared_cluster.topology.node("shard-1-primary")
+    name = f"{shared_cluster.topology.cluster}-shard-1-replica-2"
+    stray = shared_cluster.engines.for_node(primary).containers.create(
+        TEST_IMAGE, command=["true"], name=name, labels={LABEL_CLUSTER: primary.cluster}
+    )
+    try:
+        with pg.connect(primary, shared_cluster.credentials(), "postgres") as conn:
+            conn.execute("SELECT pg_catalog.pg_create_physical_replication_slot('stray')")
+        try:
+            code, data, stderr = verify(shared_cluster)
+        finally:
+            with pg.connect(primary, shared_cluster.credentials(), "postgres") as conn:
+                conn.execute("SELECT pg_catalog.pg_drop_replication_slot('stray')")
+    finally:
+        stray.remove(force=True)
+    assert code == 1
+    assert failed(data) == {
+        ("shard-1-primary", "undeclared"): "inactive slot stray retains WAL",
+        (name, "undeclared"): f"container {name} carries the cluster's label but is not declared",
+    }
+    assert f"FAIL {name}: undeclared" in stderr
+    code, _, stderr = verify(shared_cluster)
     assert code == 0, stderr
 
 
