@@ -154,20 +154,11 @@ def _write_canary(
         started = time.monotonic()
         try:
             with pg.connect(node, login, database, timeout=limits.probe_timeout) as conn:
-                _ensure_canary_table(conn)
-                with conn.transaction():
-                    conn.execute(
-                        sql.SQL(
-                            "DELETE FROM {} WHERE written_at < pg_catalog.now() - %s::interval"
-                        ).format(_canary_table()),
-                        (CANARY_KEEP,),
-                    )
-                    conn.execute(
-                        sql.SQL("INSERT INTO {} (token, node) VALUES (%s, %s)").format(
-                            _canary_table()
-                        ),
-                        (token, node.name),
-                    )
+                try:
+                    _insert_canary(conn, token, node)
+                except psycopg.errors.UndefinedTable:  # the first run on this primary
+                    _ensure_canary_table(conn)
+                    _insert_canary(conn, token, node)
                 acked = time.monotonic()
                 out.set_result(_Written(token, acked))  # replicas start looking now
         except (psycopg.Error, DatabaseUnavailable) as exc:
@@ -177,6 +168,21 @@ def _write_canary(
         return checks.canary_primary_check(node, acked - started, None)
 
     return run
+
+
+def _insert_canary(conn: Conn, token: uuid.UUID, node: Node) -> None:
+    """Commit this run's canary row, deleting old ones in the same transaction."""
+    with conn.transaction():
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE written_at < pg_catalog.now() - %s::interval").format(
+                _canary_table()
+            ),
+            (CANARY_KEEP,),
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} (token, node) VALUES (%s, %s)").format(_canary_table()),
+            (token, node.name),
+        )
 
 
 def _ensure_canary_table(conn: Conn) -> None:
