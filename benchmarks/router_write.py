@@ -1,0 +1,95 @@
+"""Router write throughput against raw psycopg to one primary, in the same run.
+
+    python benchmarks/router_write.py [--writes N] [--workers W] [--repeat R] [--replicas K]
+
+Brings up its own 2-shard cluster (test image) and removes it afterwards. Each round inserts
+``--writes`` fresh users twice — once through ``Router.execute`` (which routes by key, fences
+the write with ``shardctl.assert_owner`` in a transaction, and may go to either primary), once
+with a plain autocommit ``INSERT`` on one psycopg connection to shard-0's primary — first by
+one thread, then by ``--workers`` threads (each raw thread with its own connection). Best of
+``--repeat`` interleaved rounds; the ratio is router / raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import psycopg
+from _cluster import temp_cluster
+
+from shardctl import Router, pg
+from shardctl.cluster import Cluster
+
+INSERT = "INSERT INTO users (id, first_name, email) VALUES (%s, 'bench', 'bench@x')"
+
+
+def rate(threads: int, writes: int, make: Callable[[], Callable[[uuid.UUID], None]]) -> float:
+    """Writes per second of ``threads`` threads sharing ``writes`` inserts."""
+    per = writes // threads
+    writers = [make() for _ in range(threads)]
+    keys = [[uuid.uuid4() for _ in range(per)] for _ in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+
+    def work(write: Callable[[uuid.UUID], None], mine: list[uuid.UUID]) -> None:
+        barrier.wait()
+        for key in mine:
+            write(key)
+
+    pool = [threading.Thread(target=work, args=(w, k)) for w, k in zip(writers, keys, strict=True)]
+    for t in pool:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in pool:
+        t.join()
+    return per * threads / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--writes", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--replicas", type=int, default=1)
+    args = parser.parse_args()
+    with temp_cluster(replicas=args.replicas) as cluster:
+        run(cluster, args.writes, args.workers, args.repeat)
+
+
+def run(cluster: Cluster, writes: int, workers: int, repeat: int) -> None:
+    node = cluster.topology.node("shard-0-primary")
+    info = pg.conninfo(node, cluster.credentials(), cluster.topology.spec.database)
+    raw_conns: list[psycopg.Connection[tuple[object, ...]]] = []
+
+    def raw() -> Callable[[uuid.UUID], None]:
+        conn = psycopg.connect(info, autocommit=True)
+        raw_conns.append(conn)
+        return lambda key: conn.execute(INSERT, (key,)) and None
+
+    with Router(cluster, max_size=workers) as router:
+        router.execute(uuid.uuid4(), INSERT, (uuid.uuid4(),))  # open pools, read the ring
+
+        def routed() -> Callable[[uuid.UUID], None]:
+            return lambda key: router.execute(key, INSERT, (key,)) and None
+
+        best: dict[str, float] = {}
+        for _ in range(repeat):
+            for threads in (1, workers):
+                for name, make in (("raw", raw), ("router", routed)):
+                    label = f"{name}@{threads}"
+                    best[label] = max(best.get(label, 0.0), rate(threads, writes, make))
+    for conn in raw_conns:
+        conn.close()
+    print(f"writes per round: {writes}, best of {repeat} interleaved rounds")
+    print(f"{'threads':>8} {'raw psycopg/s':>14} {'Router/s':>10} {'ratio':>7}")
+    for threads in (1, workers):
+        r, o = best[f"raw@{threads}"], best[f"router@{threads}"]
+        print(f"{threads:>8} {r:>14,.0f} {o:>10,.0f} {o / r:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
