@@ -163,6 +163,7 @@ class Router:
         self.retry_timeout = retry_timeout
         self.epoch_check_interval = epoch_check_interval
         self._pools: dict[str, ConnectionPool[Conn]] = {}
+        self._nodes: dict[str, tuple[Topology, tuple[Node, ...]]] = {}
         self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -451,7 +452,29 @@ class Router:
         """Run ``work`` on the shard ``shard_of(routing)`` names, retrying transient faults."""
         if self._closed:
             raise RoutingError("the router is closed")
-        fenced = False
+        # The first try runs bare: building a tenacity loop costs more than most statements.
+        started = time.monotonic()
+        try:
+            return self._on_node(self._choose(shard_of(self._current()), prefer, 1), work, key=key)
+        except Exception as exc:
+            if not _retryable(exc):
+                raise
+            first = exc
+        return self._retry(shard_of, work, prefer, key, first, started)
+
+    def _retry(
+        self,
+        shard_of: Callable[[Routing], str],
+        work: Callable[[Conn], T],
+        prefer: Prefer,
+        key: object,
+        first: BaseException,
+        started: float,
+    ) -> T:
+        """The tries after a first one failed with ``first``, until the retry budget is spent."""
+        fenced = isinstance(first, KeyNotOwned)
+        self._after_failure(first)
+        time.sleep(FENCED_POLL if fenced else FIRST_BACKOFF)
 
         def before_sleep(state: RetryCallState) -> None:
             nonlocal fenced
@@ -470,11 +493,11 @@ class Router:
             for attempt in retrying:
                 with attempt:
                     shard = shard_of(self._current())
-                    node = self._choose(shard, prefer, attempt.retry_state.attempt_number)
+                    node = self._choose(shard, prefer, attempt.retry_state.attempt_number + 1)
                     result = self._on_node(node, work, key=key)
                 if _failure(attempt.retry_state) is None:
                     if fenced:
-                        self.stats.fenced(time.monotonic() - attempt.retry_state.start_time)
+                        self.stats.fenced(time.monotonic() - started)
                     return result
         except PoolTimeout as exc:
             raise DatabaseUnavailable(
@@ -492,6 +515,11 @@ class Router:
 
     def _before_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is not None:
+            self._after_failure(exc)
+
+    def _after_failure(self, exc: BaseException) -> None:
+        """Before the next try: a fenced write re-reads the ring (shared with other writers)."""
         if isinstance(exc, KeyNotOwned):
             try:
                 self.refresh(since=exc.seen_at)
@@ -501,10 +529,16 @@ class Router:
 
     def _choose(self, shard: str, prefer: Prefer, attempt: int) -> Node:
         """The node of ``shard`` to use: a live replica first when asked, else the primary."""
-        try:
-            nodes = self._topology.shard_nodes(shard)
-        except TopologyError:
-            raise RoutingError(f"shard {shard} is not in {self._topology.path}") from None
+        topology = self._topology
+        cached = self._nodes.get(shard)
+        if cached is not None and cached[0] is topology:
+            nodes = cached[1]
+        else:
+            try:
+                nodes = topology.shard_nodes(shard)
+            except TopologyError:
+                raise RoutingError(f"shard {shard} is not in {topology.path}") from None
+            self._nodes[shard] = (topology, nodes)
         primary = nodes[0]
         if prefer == "replica" and attempt == 1:
             now = time.monotonic()
@@ -609,6 +643,8 @@ class Router:
 
 
 _FAULT_BACKOFF = wait_exponential(multiplier=0.02, max=1.0) + wait_random(0, 0.05)
+FIRST_BACKOFF = 0.02
+"""Seconds before the second try after a transient fault (then tenacity's back-off)."""
 FENCED_POLL = 0.005
 """Seconds between tries of a write refused by the fence: a cut-over pauses writes only for
 as long as its final catch-up takes, so poll briefly rather than back off exponentially."""
