@@ -5,9 +5,12 @@
 Brings up its own 2-shard cluster (test image) and removes it afterwards. Each round inserts
 ``--writes`` fresh users twice — once through ``Router.execute`` (which routes by key, fences
 the write with ``shardctl.assert_owner`` in a transaction, and may go to either primary), once
-with a plain autocommit ``INSERT`` on one psycopg connection to shard-0's primary — first by
-one thread, then by ``--workers`` threads (each raw thread with its own connection). Best of
-``--repeat`` interleaved rounds; the ratio is router / raw.
+with a plain autocommit ``INSERT`` on one psycopg connection to shard-0's primary, and once
+more on such a connection doing what the Router sends (BEGIN, ``shardctl.assert_owner``, the
+INSERT, COMMIT, pipelined) — first by one thread, then by ``--workers`` threads (each raw
+thread with its own connection). Best of ``--repeat`` interleaved rounds; the ratios are
+router / raw (what routing and fencing cost together) and router / raw+fence (what the
+routing library itself costs).
 """
 
 from __future__ import annotations
@@ -70,6 +73,20 @@ def run(cluster: Cluster, writes: int, workers: int, repeat: int) -> None:
         raw_conns.append(conn)
         return lambda key: conn.execute(INSERT, (key,)) and None
 
+    def fenced() -> Callable[[uuid.UUID], None]:
+        """Raw psycopg doing what the Router does on the wire: the fence check, pipelined."""
+        conn = psycopg.connect(info, autocommit=True)
+        raw_conns.append(conn)
+
+        def write(key: uuid.UUID) -> None:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
+                conn.execute(INSERT, (key,))
+                conn.execute("COMMIT")
+
+        return write
+
     with Router(cluster, max_size=workers) as router:
         router.execute(uuid.uuid4(), INSERT, (uuid.uuid4(),))  # open pools, read the ring
 
@@ -79,16 +96,19 @@ def run(cluster: Cluster, writes: int, workers: int, repeat: int) -> None:
         best: dict[str, float] = {}
         for _ in range(repeat):
             for threads in (1, workers):
-                for name, make in (("raw", raw), ("router", routed)):
+                for name, make in (("raw", raw), ("fenced", fenced), ("router", routed)):
                     label = f"{name}@{threads}"
                     best[label] = max(best.get(label, 0.0), rate(threads, writes, make))
     for conn in raw_conns:
         conn.close()
     print(f"writes per round: {writes}, best of {repeat} interleaved rounds")
-    print(f"{'threads':>8} {'raw psycopg/s':>14} {'Router/s':>10} {'ratio':>7}")
+    print(
+        f"{'threads':>8} {'raw/s':>8} {'raw+fence/s':>12} {'Router/s':>9} "
+        f"{'Router/raw':>11} {'Router/raw+fence':>17}"
+    )
     for threads in (1, workers):
-        r, o = best[f"raw@{threads}"], best[f"router@{threads}"]
-        print(f"{threads:>8} {r:>14,.0f} {o:>10,.0f} {o / r:>7.2f}")
+        r, f, o = (best[f"{name}@{threads}"] for name in ("raw", "fenced", "router"))
+        print(f"{threads:>8} {r:>8,.0f} {f:>12,.0f} {o:>9,.0f} {o / r:>11.2f} {o / f:>17.2f}")
 
 
 if __name__ == "__main__":
