@@ -74,8 +74,10 @@ from shardctl.errors import (
     ShardctlError,
     TopologyError,
 )
-from shardctl.ring import Ring
-from shardctl.topology import Node, Role, Topology
+from shardctl.reshard.capture import Moving, moving_ranges
+from shardctl.reshard.transfer import key_type, resync_keys
+from shardctl.ring import Ring, position_hex
+from shardctl.topology import Node, Role, TableSpec, Topology
 
 if TYPE_CHECKING:
     from shardctl.cluster import Cluster
@@ -123,14 +125,25 @@ def is_transient(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class Routing:
-    """The ring a router places keys with, as one catalog read found it."""
+    """The ring a router places keys with, and the ranges moving, as one catalog read found."""
 
     epoch: int
     ring: Ring
+    moving: tuple[Moving, ...] = ()
+    """Ranges being copied to a new owner: writes there are dual-written (see _dual_write)."""
 
     def owner(self, key: object) -> str:
         """The shard that owns ``key`` (and takes its writes)."""
         return self.ring.node_for(key)
+
+    def moving_target(self, key: object, owner: str) -> str | None:
+        """The shard ``key`` is being copied to, when its range is moving."""
+        if not self.moving:
+            return None
+        where = position_hex(key)
+        return next(
+            (m.target for m in self.moving if m.source == owner and m.contains(where)), None
+        )
 
 
 class Router:
@@ -175,6 +188,7 @@ class Router:
         self._closed = False
         self.stats = RouterStats()
         self._topology_mtime: float | None = None
+        self._key_types: dict[str, str] = {}
 
     @classmethod
     def from_topology(cls, path: Path | str | None = None, **options: Any) -> Router:
@@ -332,6 +346,8 @@ class Router:
             if current is not None:
                 log.info("shardctl router: ring epoch %d -> %d", current.epoch, routing.epoch)
             self._routing = routing
+        elif routing.epoch == current.epoch and routing.moving != current.moving:
+            self._routing = routing  # a reshard started or finished moving ranges
         return self._routing or routing
 
     def _load_routing(self) -> Routing:
@@ -341,17 +357,23 @@ class Router:
         for node in primaries:
             self._pool(node)  # every pool opens (connects) in the background, all at once
         executor = self._executor()
+
+        def read(node: Node) -> Callable[[Conn], tuple[catalog.RingRecord | None, list[Moving]]]:
+            return lambda conn: (catalog.read_current(conn), moving_ranges(conn, node.shard))
+
         futures = {
-            node.name: executor.submit(self._on_node, node, catalog.read_current)
-            for node in primaries
+            node.name: executor.submit(self._on_node, node, read(node)) for node in primaries
         }
         found: dict[str, catalog.RingRecord | None] = {}
+        moving: list[Moving] = []
         failed: list[str] = []
         for name, future in futures.items():
             try:
-                found[name] = future.result()
+                found[name], ranges = future.result()
             except (psycopg.Error, ShardctlError) as exc:
                 failed.append(f"{name} ({pg.first_line(exc)})")
+            else:
+                moving += ranges
         if not found:
             raise DatabaseUnavailable(
                 f"no primary answered while reading the ring catalog: {'; '.join(failed)}"
@@ -363,7 +385,7 @@ class Router:
                 log.warning("shardctl router: %s", note)
         ring = record.ring()
         self._check_reachable(ring)
-        return Routing(record.epoch, ring)
+        return Routing(record.epoch, ring, tuple(moving))
 
     def _follow_topology_file(self) -> None:
         """Take a changed topology file (``add-shard`` appends to it) at the next catalog check,
@@ -425,7 +447,7 @@ class Router:
                 raise
             return result(cur)
 
-        return self._call(lambda r: r.owner(key), owned, "primary", key=key)
+        return self._on_owner(key, owned)
 
     def _write(self, key: object, work: Callable[[Conn], T]) -> T:
         """Run ``work`` on the owner primary of ``key``; refused-by-fence writes follow the key.
@@ -439,7 +461,50 @@ class Router:
                 conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
                 return work(conn)
 
-        return self._call(lambda r: r.owner(key), owned, "primary", key=key)
+        return self._on_owner(key, owned)
+
+    def _on_owner(self, key: object, owned: Callable[[Conn], T]) -> T:
+        """Run a fenced transaction on ``key``'s owner; then, if its range is moving, the
+        dual write to the shard it is moving to."""
+        result = self._call(lambda r: r.owner(key), owned, "primary", key=key)
+        routing = self._routing
+        if routing is not None and routing.moving:
+            owner = routing.owner(key)
+            target = routing.moving_target(key, owner)
+            if target is not None:
+                self._dual_write(key, owner, target)
+        return result
+
+    def _dual_write(self, key: object, source: str, target: str) -> None:
+        """Bring ``key``'s committed state from its owner to the shard its range moves to.
+
+        Best effort and provably harmless: it runs after the write committed, in a source
+        transaction opened by ``assert_owner`` (which holds the range FOR SHARE, so the
+        cut-over's fence waits for it, and refuses it once fenced), and copies the source's
+        committed rows under a row lock. The source's change log already names the key, so a
+        dual write that fails or never happens costs catch-up time, never correctness.
+        """
+        try:
+            source_node = self._topology.shard_nodes(source)[0]
+            target_node = self._topology.shard_nodes(target)[0]
+            with (
+                self._pool(source_node).connection(timeout=self.connect_timeout) as src,
+                self._pool(target_node).connection(timeout=self.connect_timeout) as dst,
+                src.transaction(),
+            ):
+                src.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
+                for table in self._topology.spec.tables:
+                    resync_keys(src, dst, table, self._key_type(src, table), [str(key)])
+        except (psycopg.Error, PoolTimeout, ShardctlError) as exc:
+            self.stats.dual_write_skipped()
+            log.debug("shardctl router: dual write of %r to %s skipped: %s", key, target, exc)
+        else:
+            self.stats.dual_write()
+
+    def _key_type(self, conn: Conn, table: TableSpec) -> str:
+        if table.name not in self._key_types:
+            self._key_types[table.name] = key_type(conn, table)
+        return self._key_types[table.name]
 
     def _call(
         self,
@@ -673,11 +738,26 @@ class RouterStats:
     """The longest such call, first try to success: the write pause a caller saw."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
+    dual_writes: int = 0
+    """Writes to moving keys also brought to the shard their range is moving to."""
+    dual_writes_skipped: int = 0
+    """Dual writes that failed or came too late (fenced); the change log covers them."""
+
     def fenced(self, seconds: float) -> None:
         """Record one call that waited out a fence."""
         with self._lock:
             self.fenced_writes += 1
             self.max_fenced_seconds = max(self.max_fenced_seconds, seconds)
+
+    def dual_write(self) -> None:
+        """Record one dual write."""
+        with self._lock:
+            self.dual_writes += 1
+
+    def dual_write_skipped(self) -> None:
+        """Record one dual write that did not happen."""
+        with self._lock:
+            self.dual_writes_skipped += 1
 
 
 def _rowcount(cur: Cur) -> int:

@@ -18,6 +18,7 @@ and clean-up write with ``session_replication_role = replica``, which skips the 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -123,6 +124,30 @@ def ensure(topology: Topology, credentials: Credentials) -> None:
     with ThreadPoolExecutor(max_workers=len(primaries)) as pool:
         for future in [pool.submit(one, node) for node in primaries]:
             future.result()
+
+
+@dataclass(frozen=True)
+class Moving:
+    """A range a source is giving away while its rows are copied: ``[start, end)`` to target."""
+
+    source: str
+    start_hex: str
+    end_hex: str | None
+    target: str
+
+    def contains(self, position_hex: str) -> bool:
+        """Whether a key at ``position_hex`` lies in this range."""
+        return self.start_hex <= position_hex and (
+            self.end_hex is None or position_hex < self.end_hex
+        )
+
+
+def moving_ranges(conn: psycopg.Connection[Any], source: str) -> list[Moving]:
+    """The ranges ``source`` (the shard ``conn`` reaches) is capturing for a reshard now."""
+    rows = conn.execute(
+        "SELECT lo, hi, target FROM shardctl.moving WHERE state = 'capturing' ORDER BY lo"
+    ).fetchall()
+    return [Moving(source, lo, hi, target) for lo, hi, target in rows]
 
 
 def is_not_owned(exc: BaseException) -> bool:

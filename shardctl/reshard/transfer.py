@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg import sql
 
 from shardctl.reshard.capture import trusted_writes
@@ -128,28 +129,38 @@ def copy_range(
     return Copied(rows=rows, bytes=nbytes)
 
 
+RESYNC_ATTEMPTS = 5
+
+
 def resync_keys(
     source: Conn, target: Conn, table: TableSpec, type_name: str, keys: Sequence[str]
 ) -> None:
-    """Make ``keys`` on the target equal to the source; call inside a source transaction."""
+    """Make ``keys`` on the target equal to the source; call inside a source transaction.
+
+    The source rows are locked FOR SHARE, so their committed state cannot change under us.
+    Another re-sync of the same key (a router's dual write, the drain) or the bulk copy may
+    insert it on the target between our DELETE and COPY: both copied the same committed
+    state, so we simply try again.
+    """
     name = sql.Identifier(table.name)
     match = keys_in(table, type_name, keys)
     source.execute(sql.SQL("SELECT 1 FROM {} WHERE {} FOR SHARE").format(name, match))
-    with target.transaction():
-        trusted_writes(target)
-        target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, match))
-        with (
-            source.cursor().copy(
-                sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
-                    name, match
-                )
-            ) as out,
-            target.cursor().copy(
-                sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(name)
-            ) as into,
-        ):
-            for block in out:
-                into.write(block)
+    copy_out = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
+        name, match
+    )
+    copy_in = sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(name)
+    for attempt in range(1, RESYNC_ATTEMPTS + 1):
+        try:
+            with target.transaction():
+                trusted_writes(target)
+                target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, match))
+                with source.cursor().copy(copy_out) as out, target.cursor().copy(copy_in) as into:
+                    for block in out:
+                        into.write(block)
+            return
+        except psycopg.errors.UniqueViolation:
+            if attempt == RESYNC_ATTEMPTS:
+                raise
 
 
 def drain(

@@ -174,6 +174,7 @@ def test_reshard_under_live_writes_loses_nothing(
         router.close()
 
     assert all(not w.failed for w in writers), [w.failed[:3] for w in writers]
+    assert router.stats.dual_writes > 0  # routers saw the moving ranges and wrote to both
     assert sum(w.acknowledged for w in writers) > 500
     stored, expected = check_ledger(cluster, writers, preloaded)
     assert stored == expected
@@ -183,6 +184,7 @@ def test_reshard_under_live_writes_loses_nothing(
         f"\nreshard under load: {sum(w.acknowledged for w in writers)} writes acknowledged, "
         f"write pause {report['write_pause_ms']:.0f} ms at cut-over, "
         f"max write latency seen by writers {max_latency_ms:.0f} ms, "
+        f"{router.stats.dual_writes} dual writes ({router.stats.dual_writes_skipped} skipped), "
         f"{router.stats.fenced_writes} writes held by the fence for at most "
         f"{router.stats.max_fenced_seconds * 1000:.0f} ms, "
         f"{report['rows_copied']} rows copied, {report['keys_resynced']} keys re-synced"
