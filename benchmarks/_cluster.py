@@ -39,11 +39,13 @@ def _free(port: int) -> bool:
 
 
 @contextmanager
-def temp_cluster(shards: int = 2, replicas: int = 1) -> Iterator[Cluster]:
+def temp_cluster(
+    shards: int = 2, replicas: int = 1, ring: dict[str, object] | None = None
+) -> Iterator[Cluster]:
     """Bring up a fresh cluster (users table, test image); bring it down with its volumes."""
     folder = Path(tempfile.mkdtemp(prefix="shardctl-bench-"))
     shutil.copy(REPO / "schema.sql", folder / "schema.sql")
-    spec = {
+    spec: dict[str, object] = {
         "cluster": f"b{uuid.uuid4().hex[:8]}",
         "image": IMAGE,
         "base_port": _free_base(shards * 10 + 10),
@@ -52,6 +54,8 @@ def temp_cluster(shards: int = 2, replicas: int = 1) -> Iterator[Cluster]:
         "credentials": {"secrets_file": "secrets.json"},
         "shards": [{"name": f"shard-{i}", "replicas": replicas} for i in range(shards)],
     }
+    if ring is not None:
+        spec["ring"] = ring
     path = folder / "topology.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     cluster = Cluster.load(path)
