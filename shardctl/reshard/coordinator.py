@@ -290,6 +290,8 @@ class Rebalancer:
                 conn.execute(
                     "DELETE FROM shardctl.changes WHERE target = ANY(%s)", (plan.targets(),)
                 )
+                for table in self.topology.spec.tables:
+                    transfer.drop_position_index(conn, table)
 
         def empty(target: str) -> None:
             with self.connect(target) as conn:
@@ -326,6 +328,13 @@ class Rebalancer:
                     )
 
         self._each(sorted(set(plan.sources()) | set(plan.targets())), install)
+
+        def index(source: str) -> None:
+            with self.connect(source) as conn:
+                for table in tables:
+                    transfer.ensure_position_index(conn, table)
+
+        self._each(plan.sources(), index)
         return False
 
     def _copy(self, plan: Plan, report: Report) -> bool:
@@ -525,6 +534,8 @@ class Rebalancer:
                 src.execute(
                     "DELETE FROM shardctl.changes WHERE target = ANY(%s)", (plan.targets(),)
                 )
+                for table in self.topology.spec.tables:
+                    transfer.drop_position_index(src, table)
             cleaned[source] = count
 
         self._each(plan.sources(), clean)

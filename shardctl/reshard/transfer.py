@@ -50,6 +50,40 @@ def range_predicate(key_column: str, start_hex: str, end_hex: str | None) -> sql
     return sql.SQL("{} AND {} < {}").format(lower, pos, sql.Literal(end_hex))
 
 
+def position_index(table: TableSpec) -> str:
+    """Name of the index on a table's ring position that a reshard builds on its sources."""
+    return f"shardctl_ringpos_{table.name}"
+
+
+def ensure_position_index(conn: Conn, table: TableSpec) -> None:
+    """Index the ring position of a table's rows, concurrently (writes go on meanwhile).
+
+    Without it every chunk of a move is a full scan computing md5 for every row; with it a
+    chunk is an index range scan. An index left invalid by an interrupted build is rebuilt.
+    """
+    name = sql.Identifier(position_index(table))
+    valid = conn.execute(
+        "SELECT i.indisvalid FROM pg_catalog.pg_index i "
+        "JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+        (position_index(table),),
+    ).fetchone()
+    if valid is not None and valid[0]:
+        return
+    if valid is not None:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
+    conn.execute(
+        sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
+            name, sql.Identifier(table.name), sql.SQL("({})").format(position(table.key))
+        )
+    )
+
+
+def drop_position_index(conn: Conn, table: TableSpec) -> None:
+    """Remove the ring position index once a reshard no longer needs it."""
+    name = sql.Identifier(position_index(table))
+    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
+
+
 def key_type(conn: Conn, table: TableSpec) -> str:
     """The SQL type of a table's key column, as PostgreSQL spells it."""
     row = conn.execute(
@@ -90,38 +124,72 @@ def copy_range(
     reshard_id: int,
     chunk: str,
 ) -> Copied | None:
-    """Copy one range of a table; None when the chunk was already copied (resume)."""
+    """Copy one range of a table; None when the chunk was already copied (resume).
+
+    Three ways, cheapest first. ``plain``: COPY straight into the table, as a raw COPY would;
+    it fails if a dual write or re-sync already put a key of this range there. ``replace``:
+    empty the range on the target first, then COPY. That may drop a newer row a dual write put
+    there, but every such key has a change-log row on the source (written with the source's
+    write), so the drain brings it back. ``merge``: if a dual write lands in the range even
+    while we copy, COPY into a staging table and merge with ``ON CONFLICT DO NOTHING``.
+    """
     done = target.execute(
         "SELECT 1 FROM shardctl.copied WHERE reshard_id = %s AND chunk = %s", (reshard_id, chunk)
     ).fetchone()
     if done:
         return None
+    for how in ("plain", "replace"):
+        try:
+            return _copy_chunk(source, target, table, start_hex, end_hex, reshard_id, chunk, how)
+        except psycopg.errors.UniqueViolation:
+            pass  # a dual write or re-sync put a key of this range there first
+    return _copy_chunk(source, target, table, start_hex, end_hex, reshard_id, chunk, "merge")
+
+
+def _copy_chunk(
+    source: Conn,
+    target: Conn,
+    table: TableSpec,
+    start_hex: str,
+    end_hex: str | None,
+    reshard_id: int,
+    chunk: str,
+    how: str,
+) -> Copied:
     name = sql.Identifier(table.name)
     stage = sql.Identifier(f"shardctl_stage_{table.name}")
+    where = range_predicate(table.key, start_hex, end_hex)
     select = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
-        name, range_predicate(table.key, start_hex, end_hex)
+        name, where
     )
     nbytes = 0
     with target.transaction():
         trusted_writes(target)
-        target.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
-                "ON COMMIT DELETE ROWS"
-            ).format(stage, name)
-        )
-        with (
-            source.cursor().copy(select) as out,
-            target.cursor().copy(
-                sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(stage)
-            ) as into,
-        ):
-            for block in out:
-                nbytes += len(block)
-                into.write(block)
-        rows = target.execute(
-            sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(name, stage)
-        ).rowcount
+        if how == "replace":
+            target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, where))
+        elif how == "merge":
+            target.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
+                    "ON COMMIT DELETE ROWS"
+                ).format(stage, name)
+            )
+        into_table = stage if how == "merge" else name
+        with target.cursor() as cur:
+            with (
+                source.cursor().copy(select) as out,
+                cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(into_table)) as into,
+            ):
+                for block in out:
+                    nbytes += len(block)
+                    into.write(block)
+            rows = cur.rowcount  # from COPY's command tag
+        if how == "merge":
+            rows = target.execute(
+                sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(
+                    name, stage
+                )
+            ).rowcount
         target.execute(
             "INSERT INTO shardctl.copied (reshard_id, chunk, rows, bytes) VALUES (%s, %s, %s, %s)",
             (reshard_id, chunk, rows, nbytes),
