@@ -2,7 +2,7 @@
 
     python benchmarks/ring_lookup.py [--keys N] [--repeat R]
 
-Times ``node_for`` of the classic md5 ring (the baseline, defined below), of
+Times ``node_for`` of the classic md5 ring (the baseline: the tests' oracle), of
 ``Ring(..., algorithm="md5")`` and of the balanced ring on the same pre-generated uuid4 strings,
 in one process, best of ``--repeat`` interleaved rounds. Then counts keys per node for 4 nodes
 and after ``with_node`` (5 nodes), and how many keys moved against the ideal 1/5.
@@ -11,8 +11,6 @@ and after ``with_node`` (5 nodes), and how many keys moved against the ideal 1/5
 from __future__ import annotations
 
 import argparse
-import bisect
-import hashlib
 import platform
 import sys
 import time
@@ -24,31 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shardctl.ring import Algorithm, Ring
+from tests.unit.test_ring import ClassicRing  # the oracle the tests hold md5 to: the baseline
 
 NODES = ["shard-1", "shard-2", "shard-3", "shard-4"]
 NEW_NODE = "shard-5"
 VNODES = 150
-
-
-class ClassicRing:
-    """The classic md5 ring: the baseline."""
-
-    def __init__(self, nodes: Sequence[str], vnodes: int = 150) -> None:
-        self.ring: dict[int, str] = {}
-        self.keys: list[int] = []
-        for n in nodes:
-            for i in range(vnodes):
-                h = int(hashlib.md5(f"{n}:{i}".encode()).hexdigest(), 16)
-                self.ring[h] = n
-                self.keys.append(h)
-        self.keys.sort()
-
-    def get(self, key: object) -> str:
-        h = int(hashlib.md5(str(key).encode()).hexdigest(), 16)
-        i = bisect.bisect_right(self.keys, h)
-        if i == len(self.keys):
-            i = 0
-        return self.ring[self.keys[i]]
 
 
 def best_rates(

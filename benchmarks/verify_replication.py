@@ -24,37 +24,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 
-import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _cluster import temp_cluster
 
 from shardctl import health, pg
 from shardctl.cluster import Cluster
-
-REPO = Path(__file__).resolve().parent.parent
-IMAGE = os.environ.get("SHARDCTL_TEST_IMAGE", "shardctl-test/postgres:15")
-
-
-def make_cluster(folder: Path, shards: int, base_port: int) -> Cluster:
-    (folder / "schema.sql").write_text((REPO / "schema.sql").read_text())
-    data = {
-        "cluster": f"bench{uuid.uuid4().hex[:6]}",
-        "image": IMAGE,
-        "base_port": base_port,
-        "schema": "schema.sql",
-        "tables": [{"name": "users", "key": "id"}],
-        "credentials": {"secrets_file": "secrets.json"},
-        "shards": [{"name": f"shard-{i}", "replicas": 1} for i in range(shards)],
-    }
-    path = folder / "topology.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return Cluster.load(path)
 
 
 def baseline(cluster: Cluster) -> Callable[[], None]:
@@ -88,54 +64,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--base-port", type=int, default=46320)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cluster = make_cluster(Path(tmp), args.shards, args.base_port)
-        try:
-            started = time.monotonic()
-            cluster.up(timeout=300)
-            print(f"up: {args.shards}x1 in {time.monotonic() - started:.1f}s")
-            for primary in cluster.topology.primaries():
-                with pg.connect(primary, cluster.credentials(), "app") as conn:
-                    conn.execute(
-                        "INSERT INTO users (id, first_name) SELECT gen_random_uuid(), 'u' || i "
-                        "FROM generate_series(1, 1000) i"
-                    )
-            path = str(cluster.topology.path)
+    with temp_cluster(shards=args.shards, replicas=1) as cluster:
+        for primary in cluster.topology.primaries():
+            with pg.connect(primary, cluster.credentials(), "app") as conn:
+                conn.execute(
+                    "INSERT INTO users (id, first_name) SELECT gen_random_uuid(), 'u' || i "
+                    "FROM generate_series(1, 1000) i"
+                )
+        path = str(cluster.topology.path)
 
-            def observe() -> None:
-                cluster.observe()
+        def observe() -> None:
+            cluster.observe()
 
-            def verify(deep: bool) -> Callable[[], None]:
-                def run() -> None:
-                    report = cluster.verify_replication(deep=deep)
-                    if not report.ok:
-                        raise RuntimeError("; ".join(c.line for c in report.failures))
+        def verify(deep: bool) -> Callable[[], None]:
+            def run() -> None:
+                report = cluster.verify_replication(deep=deep)
+                if not report.ok:
+                    raise RuntimeError("; ".join(c.line for c in report.failures))
 
-                return run
+            return run
 
-            cases: dict[str, Callable[[], None]] = {
-                "baseline (SELECT 1 per node)": baseline(cluster),
-                "observe (status facts)": observe,
-                "verify": verify(False),
-                "verify --deep": verify(True),
-                "cli: shardctl --version": cli("--version"),
-                "cli: verify-replication": cli("verify-replication", "-f", path),
-                "cli: verify-replication --deep": cli("verify-replication", "-f", path, "--deep"),
-            }
-            times: dict[str, list[float]] = {name: [] for name in cases}
-            for case in cases.values():  # warm-up: first connections, canary table
+        cases: dict[str, Callable[[], None]] = {
+            "baseline (SELECT 1 per node)": baseline(cluster),
+            "observe (status facts)": observe,
+            "verify": verify(False),
+            "verify --deep": verify(True),
+            "cli: shardctl --version": cli("--version"),
+            "cli: verify-replication": cli("verify-replication", "-f", path),
+            "cli: verify-replication --deep": cli("verify-replication", "-f", path, "--deep"),
+        }
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for case in cases.values():  # warm-up: first connections, canary table
+            case()
+        for _ in range(args.rounds):
+            for name, case in cases.items():
+                t = time.perf_counter()
                 case()
-            for _ in range(args.rounds):
-                for name, case in cases.items():
-                    t = time.perf_counter()
-                    case()
-                    times[name].append(time.perf_counter() - t)
-        finally:
-            cluster.down(volumes=True)
-            cluster.close()
+                times[name].append(time.perf_counter() - t)
 
     base = statistics.median(times["baseline (SELECT 1 per node)"])
     print(
