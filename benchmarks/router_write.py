@@ -71,7 +71,11 @@ def run(cluster: Cluster, writes: int, workers: int, repeat: int) -> None:
     def raw() -> Callable[[uuid.UUID], None]:
         conn = psycopg.connect(info, autocommit=True)
         raw_conns.append(conn)
-        return lambda key: conn.execute(INSERT, (key,)) and None
+
+        def write(key: uuid.UUID) -> None:
+            conn.execute(INSERT, (key,))
+
+        return write
 
     def fenced() -> Callable[[uuid.UUID], None]:
         """Raw psycopg doing what the Router does on the wire: the fence check, pipelined."""

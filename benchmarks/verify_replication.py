@@ -31,12 +31,13 @@ from _cluster import temp_cluster
 
 from shardctl import health, pg
 from shardctl.cluster import Cluster
+from shardctl.topology import Node
 
 
 def baseline(cluster: Cluster) -> Callable[[], None]:
     login = cluster.credentials()
 
-    def one(node: health.Node) -> Callable[[], None]:
+    def one(node: Node) -> Callable[[], None]:
         def run() -> None:
             with pg.connect(node, login, "postgres") as conn:
                 conn.execute("SELECT 1")
