@@ -21,7 +21,6 @@ from psycopg.rows import dict_row
 from shardctl import pg
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
-from shardctl.errors import DatabaseUnavailable, ShardctlError
 from shardctl.topology import Node, Role, Topology
 
 T = TypeVar("T")
@@ -355,22 +354,13 @@ def observe(
         if answer is None:
             observations.append(NodeObservation(node, state, None, f"container {state.value}", 0.0))
         elif isinstance(answer, BaseException):
-            observations.append(NodeObservation(node, state, None, _reason(answer), timeout))
+            observations.append(
+                NodeObservation(node, state, None, pg.failure_reason(answer), timeout)
+            )
         else:
             facts, seconds = answer
             observations.append(NodeObservation(node, state, facts, None, seconds))
     return ClusterFacts(topology, tuple(observations), undeclared)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, DatabaseUnavailable | ShardctlError):
-        text = str(exc)
-        return text.split(": ", 1)[1] if ": " in text else text
-    if isinstance(exc, TimeoutError):
-        return f"did not answer: {exc}"
-    if isinstance(exc, psycopg.Error):
-        return pg.first_line(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)

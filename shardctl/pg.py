@@ -8,7 +8,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from shardctl.credentials import Credentials
-from shardctl.errors import DatabaseUnavailable
+from shardctl.errors import DatabaseUnavailable, ShardctlError
 from shardctl.topology import Node
 
 CONTAINER_PORT = 5432
@@ -58,3 +58,15 @@ def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a node could not be asked, in a few words for a table cell or a one-line error."""
+    if isinstance(exc, ShardctlError):
+        text = str(exc)
+        return text.split(": ", 1)[1] if ": " in text else text  # drop the node name prefix
+    if isinstance(exc, TimeoutError):
+        return f"did not answer: {exc}"
+    if isinstance(exc, psycopg.Error):
+        return first_line(exc)
+    return f"{type(exc).__name__}: {exc}"

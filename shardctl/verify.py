@@ -142,7 +142,7 @@ def canary_checks(
         if isinstance(outcome, Check):
             results.append(outcome)
         else:
-            results.append(checks.failed(node, checks.CANARY, _reason(outcome)))
+            results.append(checks.failed(node, checks.CANARY, pg.failure_reason(outcome)))
     return results
 
 
@@ -164,7 +164,7 @@ def _write_canary(
         except (psycopg.Error, DatabaseUnavailable) as exc:
             if not out.done():
                 out.set_exception(exc)
-                return checks.canary_primary_check(node, None, _reason(exc))
+                return checks.canary_primary_check(node, None, pg.failure_reason(exc))
         return checks.canary_primary_check(node, acked - started, None)
 
     return run
@@ -280,7 +280,9 @@ def deep_checks(
             primary, *replicas = topology.shard_nodes(shard_name)
             why = f"{primary.name} could not be read"
             for table in tables:
-                results.append(checks.failed(primary, checks.deep_name(table), _reason(outcome)))
+                results.append(
+                    checks.failed(primary, checks.deep_name(table), pg.failure_reason(outcome))
+                )
                 results += [checks.skipped(r, checks.deep_name(table), why) for r in replicas]
         else:
             results += outcome
@@ -309,7 +311,7 @@ def _deep_shard(
                         conn.execute(SESSION_SETTINGS)
                     except (DatabaseUnavailable, psycopg.Error) as exc:
                         found += [
-                            checks.failed(replica, checks.deep_name(t), _reason(exc))
+                            checks.failed(replica, checks.deep_name(t), pg.failure_reason(exc))
                             for t in tables
                         ]
                         continue
@@ -452,14 +454,3 @@ def _await_replay(conn: Conn, lsn: int, timeout: float) -> str:
 def lsn_text(lsn: int | None) -> str:
     """An integer LSN in PostgreSQL's ``X/Y`` form."""
     return "none" if lsn is None else f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, DatabaseUnavailable):
-        text = str(exc)
-        return text.split(": ", 1)[1] if ": " in text else text
-    if isinstance(exc, TimeoutError):
-        return f"did not answer: {exc}"
-    if isinstance(exc, psycopg.Error):
-        return pg.first_line(exc)
-    return f"{type(exc).__name__}: {exc}"

@@ -114,6 +114,22 @@ class Copied:
     bytes: int
 
 
+def pipe(
+    source: Conn, copy_out: sql.Composed, into: psycopg.Cursor[Any], table: sql.Identifier
+) -> int:
+    """Stream ``copy_out`` (a binary COPY TO STDOUT) on the source into ``table`` through the
+    target cursor ``into``; the bytes moved."""
+    moved = 0
+    with (
+        source.cursor().copy(copy_out) as out,
+        into.copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(table)) as copy_in,
+    ):
+        for block in out:
+            moved += len(block)
+            copy_in.write(block)
+    return moved
+
+
 def copy_range(
     source: Conn,
     target: Conn,
@@ -162,7 +178,6 @@ def _copy_chunk(
     select = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
         name, where
     )
-    nbytes = 0
     with target.transaction():
         trusted_writes(target)
         if how == "replace":
@@ -176,13 +191,7 @@ def _copy_chunk(
             )
         into_table = stage if how == "merge" else name
         with target.cursor() as cur:
-            with (
-                source.cursor().copy(select) as out,
-                cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(into_table)) as into,
-            ):
-                for block in out:
-                    nbytes += len(block)
-                    into.write(block)
+            nbytes = pipe(source, select, cur, into_table)
             rows = cur.rowcount  # from COPY's command tag
         if how == "merge":
             rows = target.execute(
@@ -216,15 +225,12 @@ def resync_keys(
     copy_out = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
         name, match
     )
-    copy_in = sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(name)
     for attempt in range(1, RESYNC_ATTEMPTS + 1):
         try:
-            with target.transaction():
+            with target.transaction(), target.cursor() as cur:
                 trusted_writes(target)
-                target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, match))
-                with source.cursor().copy(copy_out) as out, target.cursor().copy(copy_in) as into:
-                    for block in out:
-                        into.write(block)
+                cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, match))
+                pipe(source, copy_out, cur, name)
             return
         except psycopg.errors.UniqueViolation:
             if attempt == RESYNC_ATTEMPTS:
