@@ -78,6 +78,7 @@ def main() -> None:
         )
         repaired = len(report["keys_repaired"])
         print(f"keys re-synced {report['keys_resynced']:,}, repaired {repaired}")
+        print(f"chunks copied: {report['chunk_paths']}")
         print(f"write pause at cut-over: {report['write_pause_ms']:.0f} ms")
         print(f"add-shard {added_at - started:.1f}s, rebalance {done_at - added_at:.1f}s, "
               f"removed {report['rows_cleaned']:,} rows from old owners")  # fmt: skip

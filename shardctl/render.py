@@ -215,6 +215,10 @@ def reshard_report(state: State) -> Table:
         ("rows copied", f"{r.rows_copied:,}"),
         ("bytes copied", size_text(r.bytes_copied)),
         ("copy rate", f"{rate:,.0f} rows/s"),
+        (
+            "chunks copied (plain / replace / merge)",
+            " / ".join(str(r.chunk_paths.get(how, 0)) for how in ("plain", "replace", "merge")),
+        ),
         ("keys re-synced from the change log", f"{r.keys_resynced:,}"),
         ("keys repaired by verification", f"{len(r.keys_repaired):,}"),
         ("write pause on moving keys", f"{r.write_pause_ms:.0f} ms"),

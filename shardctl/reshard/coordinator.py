@@ -10,6 +10,7 @@ See docs/resharding.md for the protocol and why each step is safe to repeat.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,8 @@ class Report:
     write_pause_ms: float = 0.0
     rows_cleaned: int = 0
     total_seconds: float = 0.0
+    chunk_paths: dict[str, int] = field(default_factory=dict)
+    """How chunks were copied: plain COPY, replace (a dual write got there first), merge."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
@@ -290,8 +293,7 @@ class Rebalancer:
                 conn.execute(
                     "DELETE FROM shardctl.changes WHERE target = ANY(%s)", (plan.targets(),)
                 )
-                for table in self.topology.spec.tables:
-                    transfer.drop_position_index(conn, table)
+            self._drop_index(source)
 
         def empty(target: str) -> None:
             with self.connect(target) as conn:
@@ -308,6 +310,7 @@ class Rebalancer:
 
         self._each(plan.sources(), unfence)
         self._each(plan.targets(), empty)
+        self._each(plan.targets(), self._drop_index)
         self._record(plan, Phase.ABORTED, False, state.report)
         return State(plan, Phase.ABORTED, False, state.report)
 
@@ -327,24 +330,32 @@ class Rebalancer:
                         (plan.id, move.start_hex, move.end_hex, move.target),
                     )
 
-        self._each(sorted(set(plan.sources()) | set(plan.targets())), install)
+        self._each(self._involved(plan), install)
 
-        def index(source: str) -> None:
-            with self.connect(source) as conn:
+        def index(shard: str) -> None:
+            # Sources select chunks by ring position; targets empty a chunk's range before
+            # re-copying it when a dual write got there first. Both are range scans with it.
+            with self.connect(shard) as conn:
                 for table in tables:
                     transfer.ensure_position_index(conn, table)
 
-        self._each(plan.sources(), index)
+        self._each(self._involved(plan), index)
         return False
+
+    def _involved(self, plan: Plan) -> list[str]:
+        """Every shard a plan moves data from or to."""
+        return sorted(set(plan.sources()) | set(plan.targets()))
 
     def _copy(self, plan: Plan, report: Report) -> bool:
         started = time.monotonic()
         tables = self.topology.spec.tables
         totals: dict[str, tuple[int, int]] = {}
+        lock = threading.Lock()
 
         def copy_from(source: str) -> None:
             chunks = [c for c in plan.chunks if plan.moves[c.move].source == source]
             rows = nbytes = 0
+            paths: dict[str, int] = {}
             with self.connect(source) as src:
                 targets: dict[str, Conn] = {}
                 try:
@@ -370,6 +381,7 @@ class Rebalancer:
                             if copied is not None:
                                 rows += copied.rows
                                 nbytes += copied.bytes
+                                paths[copied.how] = paths.get(copied.how, 0) + 1
                         self.progress(f"copy:{source}", f"copy {source}", done, len(chunks))
                         if self.throttle:
                             time.sleep(self.throttle)
@@ -379,6 +391,9 @@ class Rebalancer:
                     for dst in targets.values():
                         dst.close()
             totals[source] = (rows, nbytes)
+            with lock:
+                for how, count in paths.items():
+                    report.chunk_paths[how] = report.chunk_paths.get(how, 0) + count
 
         self._each(plan.sources(), copy_from)
         report.rows_copied += sum(r for r, _ in totals.values())
@@ -534,10 +549,15 @@ class Rebalancer:
                 src.execute(
                     "DELETE FROM shardctl.changes WHERE target = ANY(%s)", (plan.targets(),)
                 )
-                for table in self.topology.spec.tables:
-                    transfer.drop_position_index(src, table)
+            self._drop_index(source)
             cleaned[source] = count
 
         self._each(plan.sources(), clean)
         report.rows_cleaned += sum(cleaned.values())
+        self._each(plan.targets(), self._drop_index)
         return True
+
+    def _drop_index(self, shard: str) -> None:
+        with self.connect(shard) as conn:
+            for table in self.topology.spec.tables:
+                transfer.drop_position_index(conn, table)

@@ -112,6 +112,8 @@ class Copied:
 
     rows: int
     bytes: int
+    how: str = "plain"
+    """plain, replace or merge: see :func:`copy_range`."""
 
 
 def pipe(
@@ -142,8 +144,8 @@ def copy_range(
 ) -> Copied | None:
     """Copy one range of a table; None when the chunk was already copied (resume).
 
-    Three ways, cheapest first. ``plain``: COPY straight into the table, as a raw COPY would;
-    it fails if a dual write or re-sync already put a key of this range there. ``replace``:
+    Three ways, cheapest first. ``plain``: COPY straight into the table, as a raw COPY would,
+    when the range is empty on the target (an index probe). ``replace``:
     empty the range on the target first, then COPY. That may drop a newer row a dual write put
     there, but every such key has a change-log row on the source (written with the source's
     write), so the drain brings it back. ``merge``: if a dual write lands in the range even
@@ -154,7 +156,13 @@ def copy_range(
     ).fetchone()
     if done:
         return None
-    for how in ("plain", "replace"):
+    occupied = target.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+            sql.Identifier(table.name), range_predicate(table.key, start_hex, end_hex)
+        )
+    ).fetchone()
+    ways = ("replace",) if occupied and occupied[0] else ("plain", "replace")
+    for how in ways:
         try:
             return _copy_chunk(source, target, table, start_hex, end_hex, reshard_id, chunk, how)
         except psycopg.errors.UniqueViolation:
@@ -203,7 +211,7 @@ def _copy_chunk(
             "INSERT INTO shardctl.copied (reshard_id, chunk, rows, bytes) VALUES (%s, %s, %s, %s)",
             (reshard_id, chunk, rows, nbytes),
         )
-    return Copied(rows=rows, bytes=nbytes)
+    return Copied(rows=rows, bytes=nbytes, how=how)
 
 
 RESYNC_ATTEMPTS = 5
