@@ -10,15 +10,18 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
-
-import docker
-import docker.errors
-import requests.exceptions
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any
 
 from shardctl.errors import DockerUnavailable, ProvisioningError
 from shardctl.topology import Node, Topology
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+# The Docker SDK (and requests under it) is imported on first use, not with shardctl: an
+# application that only routes queries, and every command that never touches Docker, start
+# a third of a second sooner.
 
 LABEL_CLUSTER = "shardctl.cluster"
 LABEL_SHARD = "shardctl.shard"
@@ -45,6 +48,9 @@ def node_labels(node: Node) -> dict[str, str]:
 @contextlib.contextmanager
 def docker_errors(doing: str) -> Iterator[None]:
     """Turn Docker SDK failures into shardctl errors that say what was being done."""
+    import docker.errors
+    import requests.exceptions
+
     try:
         yield
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
@@ -71,6 +77,8 @@ class Engines:
 
     def client(self, endpoint: str | None = None) -> docker.DockerClient:
         """A client for ``endpoint`` (None: DOCKER_HOST or the default socket), pinged once."""
+        import docker
+
         with self._lock:
             if endpoint not in self._clients:
                 where = endpoint or os.environ.get("DOCKER_HOST") or "the default socket"
@@ -94,6 +102,8 @@ class Engines:
 
     def container(self, node: Node) -> Container | None:
         """The node's container, if it exists."""
+        import docker.errors
+
         with docker_errors(f"looking up container {node.container}"):
             try:
                 found: Container = self.for_node(node).containers.get(node.container)
@@ -142,6 +152,8 @@ class Engines:
 
 def log_tail(container: Container | None, lines: int = 12) -> str:
     """The last lines of a container's log, indented, for error messages."""
+    import docker.errors
+
     if container is None:
         return "  (no container)"
     try:

@@ -22,10 +22,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import docker.errors
 import psycopg
-from docker.models.containers import Container
 from psycopg import sql
 
 from shardctl import pg
@@ -42,6 +41,9 @@ from shardctl.engine import (
 from shardctl.errors import DatabaseUnavailable, ProvisioningError, ShardctlError
 from shardctl.topology import Node, Role, Topology
 from shardctl.waiting import NotYet, wait_for
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 SECRETS_DIR = "/tmp/shardctl"
 DEFAULT_MOUNT = "/var/lib/postgresql"
@@ -212,6 +214,8 @@ class Provisioner:
             self.report(node.name, "ready" if wait or node is primary else "started")
 
     def _ensure_image(self, endpoint: str | None) -> None:
+        import docker.errors
+
         image = self.topology.spec.image
         client = self.engines.client(endpoint)
         with docker_errors(f"inspecting image {image}"):
@@ -245,6 +249,8 @@ class Provisioner:
 
     def _ensure_volume(self, node: Node) -> bool:
         """Make the node's volume; True when it was created now (the node starts empty)."""
+        import docker.errors
+
         client = self.engines.for_node(node)
         with docker_errors(f"creating volume {node.volume}"):
             try:
