@@ -22,10 +22,11 @@ import psycopg
 
 from shardctl import catalog, pg
 from shardctl.cluster import Cluster
-from shardctl.errors import ReshardingError, ShardctlError
+from shardctl.errors import DatabaseUnavailable, ReshardingError, ShardctlError
 from shardctl.reshard import capture, transfer
 from shardctl.reshard.plan import (
     FORWARD,
+    Chunk,
     MoveSize,
     Phase,
     Plan,
@@ -34,10 +35,15 @@ from shardctl.reshard.plan import (
     make_plan,
     next_phase,
 )
+from shardctl.reshard.transfer import Copied
 from shardctl.topology import Node
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
+
+RECONNECT_PATIENCE = 120.0
+"""Seconds a step waits for a restarted primary before giving up (resumable)."""
+RECONNECT_PAUSE = 0.5
 
 PREDRAIN_PASSES = 10
 PREDRAIN_ENOUGH = 50
@@ -267,7 +273,14 @@ class Rebalancer:
             Phase.CLEANING: self._clean,
         }
         while phase is not Phase.DONE:
-            flipped = steps[phase](plan, report) or flipped
+            try:
+                flipped = steps[phase](plan, report) or flipped
+            except psycopg.Error as exc:
+                failure = f"reshard {plan.id} failed while {phase.value}: {pg.first_line(exc)}"
+                hint = "; it is resumable: run `shardctl rebalance --resume` (or --abort)"
+                if isinstance(exc, psycopg.OperationalError):
+                    raise DatabaseUnavailable(failure + hint) from None
+                raise ReshardingError(failure + hint) from None
             done_phase = phase
             phase = next_phase(phase)
             report.total_seconds += time.monotonic() - started
@@ -356,22 +369,17 @@ class Rebalancer:
             chunks = [c for c in plan.chunks if plan.moves[c.move].source == source]
             rows = nbytes = 0
             paths: dict[str, int] = {}
-            with self.connect(source) as src:
-                targets: dict[str, Conn] = {}
-                try:
-                    for done, chunk in enumerate(chunks, start=1):
-                        target = plan.moves[chunk.move].target
-                        if target not in targets:
-                            targets[target] = pg.connect(
-                                self.node(target),
-                                self.cluster.credentials(),
-                                self.topology.spec.database,
-                            )
-                            transfer.prepare(targets[target])
+            with _Links(self) as links:
+                for done, chunk in enumerate(chunks, start=1):
+                    target = plan.moves[chunk.move].target
+
+                    def copy_chunk(chunk: Chunk = chunk, target: str = target) -> list[Copied]:
+                        src, dst = links.get(source), links.get(target)
+                        results = []
                         for table in tables:
                             copied = transfer.copy_range(
                                 src,
-                                targets[target],
+                                dst,
                                 table,
                                 chunk.start_hex,
                                 chunk.end_hex,
@@ -379,17 +387,23 @@ class Rebalancer:
                                 chunk=f"{table.name}:{chunk.id}",
                             )
                             if copied is not None:
-                                rows += copied.rows
-                                nbytes += copied.bytes
-                                paths[copied.how] = paths.get(copied.how, 0) + 1
-                        self.progress(f"copy:{source}", f"copy {source}", done, len(chunks))
-                        if self.throttle:
-                            time.sleep(self.throttle)
-                    for target, dst in targets.items():
-                        report.keys_resynced += transfer.drain(src, dst, target, tables)
-                finally:
-                    for dst in targets.values():
-                        dst.close()
+                                results.append(copied)
+                        return results
+
+                    for copied in links.retrying(copy_chunk, f"copying chunk {chunk.id}"):
+                        rows += copied.rows
+                        nbytes += copied.bytes
+                        paths[copied.how] = paths.get(copied.how, 0) + 1
+                    self.progress(f"copy:{source}", f"copy {source}", done, len(chunks))
+                    if self.throttle:
+                        time.sleep(self.throttle)
+                for target in {plan.moves[i].target for i in plan.moves_from(source)}:
+                    report.keys_resynced += links.retrying(
+                        lambda target=target: transfer.drain(  # type: ignore[misc]
+                            links.get(source), links.get(target), target, tables
+                        ),
+                        f"draining changes for {target}",
+                    )
             totals[source] = (rows, nbytes)
             with lock:
                 for how, count in paths.items():
@@ -561,3 +575,51 @@ class Rebalancer:
         with self.connect(shard) as conn:
             for table in self.topology.spec.tables:
                 transfer.drop_position_index(conn, table)
+
+
+class _Links:
+    """Connections to shard primaries that survive a server restart: on a lost connection,
+    :meth:`retrying` reconnects (waiting for the node to come back) and redoes the step, which
+    is safe because every step of a reshard is idempotent (a chunk commits with its progress
+    row; a drain deletes only the change rows it processed)."""
+
+    def __init__(self, rebalancer: Rebalancer, patience: float = RECONNECT_PATIENCE) -> None:
+        self.rebalancer = rebalancer
+        self.patience = patience
+        self.conns: dict[str, Conn] = {}
+
+    def get(self, shard: str) -> Conn:
+        """An open connection to ``shard``'s primary, made on first use."""
+        if shard not in self.conns:
+            r = self.rebalancer
+            conn = pg.connect(r.node(shard), r.cluster.credentials(), r.topology.spec.database)
+            transfer.prepare(conn)
+            self.conns[shard] = conn
+        return self.conns[shard]
+
+    def retrying(self, step: Callable[[], T], what: str) -> T:
+        """Run ``step``; after a lost connection, reconnect and run it again until patience ends."""
+        deadline = time.monotonic() + self.patience
+        while True:
+            try:
+                return step()
+            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+                self.close()
+                if time.monotonic() >= deadline:
+                    raise DatabaseUnavailable(
+                        f"{what}: {pg.first_line(exc)} (for {self.patience:g}s); the reshard is "
+                        "resumable: run `shardctl rebalance --resume` once the node is back"
+                    ) from None
+                time.sleep(RECONNECT_PAUSE)
+
+    def close(self) -> None:
+        """Close every connection (they are reopened on the next :meth:`get`)."""
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+
+    def __enter__(self) -> _Links:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

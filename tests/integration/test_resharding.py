@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -298,3 +300,43 @@ def check_ledger_allowing_uncleaned(
     for key, value in expected.items():
         owner_rows = shards[ring.node_for(uuid.UUID(key))]
         assert owner_rows.get(key) == value, key
+
+
+def test_primaries_restarted_during_the_copy_do_not_stop_the_reshard(
+    cluster_factory: ClusterFactory,
+) -> None:
+    cluster = cluster_factory(replicas=0, ring={"algorithm": "md5", "vnodes": 150})
+    path = cluster.topology.path
+    preloaded = preload(cluster, 20_000)
+    assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
+    grown = Cluster.load(path)
+    target = grown.topology.shard_nodes("shard-2")[0]
+    source = grown.topology.shard_nodes("shard-0")[0]
+    rebalance = subprocess.Popen(
+        [sys.executable, "-m", "shardctl", "rebalance", "--yes", "-f", str(path),
+         "--rows-per-chunk", "200", "--throttle", "0.1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def chunks_copied() -> int:
+        try:
+            with pg.connect(target, grown.credentials(), "app") as conn:
+                row = conn.execute("SELECT count(*) FROM shardctl.copied").fetchone()
+        except Exception:
+            return 0
+        return int(row[0]) if row else 0
+
+    restarted: list[str] = []
+    for node, after in ((target, 3), (source, 10)):
+        deadline = time.monotonic() + 60
+        while chunks_copied() < after and time.monotonic() < deadline:
+            time.sleep(0.05)
+        container = grown.engines.container(node)
+        assert container is not None
+        container.restart(timeout=5)
+        restarted.append(node.name)
+    _, err = rebalance.communicate(timeout=300)
+    assert rebalance.returncode == 0, err
+    assert restarted == ["shard-2-primary", "shard-0-primary"]
+    assert Rebalancer(grown).state().phase.value == "done"  # type: ignore[union-attr]
+    check_ledger(grown, [], preloaded)
