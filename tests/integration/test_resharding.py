@@ -340,3 +340,49 @@ def test_primaries_restarted_during_the_copy_do_not_stop_the_reshard(
     assert restarted == ["shard-2-primary", "shard-0-primary"]
     assert Rebalancer(grown).state().phase.value == "done"  # type: ignore[union-attr]
     check_ledger(grown, [], preloaded)
+
+
+def test_writes_that_bypass_the_router_are_captured_by_the_source(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """psql or another service writing to the old owner after the copy: only the server-side
+    change log can carry those writes to the new owner (this is also what a router that has
+    not noticed the reshard yet does)."""
+    cluster = cluster_factory(replicas=0, ring={"algorithm": "md5", "vnodes": 150})
+    path = cluster.topology.path
+    preloaded = preload(cluster, 5000)
+    assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
+    grown = Cluster.load(path)
+    old = catalog.read(grown.topology, grown.credentials()).ring()
+    new = old.with_node("shard-2")
+    stopped = run_shardctl(
+        "rebalance", "--yes", "-f", path, env={"SHARDCTL_KILL_AFTER_PHASE": "copying"}
+    )
+    assert stopped.returncode == 137, stopped.stderr
+
+    moving = [k for k in preloaded if new.node_for(k) == "shard-2"]
+    updated, deleted = moving[:50], moving[50:80]
+    inserted = [k for k in (uuid.uuid4() for _ in range(5000)) if new.node_for(k) == "shard-2"][:40]
+    expected: dict[uuid.UUID, str | None] = {}
+    for key in [*updated, *deleted, *inserted]:
+        owner = grown.topology.shard_nodes(old.node_for(key))[0]
+        with pg.connect(owner, grown.credentials(), "app") as conn:  # no Router, no fence call
+            if key in updated:
+                conn.execute("UPDATE users SET first_name = 'direct' WHERE id = %s", (key,))
+                expected[key] = "direct"
+            elif key in deleted:
+                conn.execute("DELETE FROM users WHERE id = %s", (key,))
+                expected[key] = DELETED
+            else:
+                conn.execute("INSERT INTO users (id, first_name) VALUES (%s, 'new')", (key,))
+                expected[key] = "new"
+
+    resumed = run_shardctl("rebalance", "--resume", "-f", path)
+    assert resumed.returncode == 0, resumed.stderr
+    writer = Writer(Router(grown), 0, [])
+    writer.ledger.update(expected)
+    check_ledger(grown, [writer], preloaded)
+    on_new = rows_by_shard(grown)["shard-2"]
+    assert all(on_new[str(k)] == "direct" for k in updated)
+    assert all(str(k) not in on_new for k in deleted)
+    writer.router.close()
