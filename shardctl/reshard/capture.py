@@ -103,9 +103,16 @@ def install(conn: psycopg.Connection[Any], tables: tuple[TableSpec, ...]) -> Non
     """Create the capture tables, the guard function and one trigger per sharded table."""
     conn.execute(SCHEMA_SQL.encode())
     for table in tables:
+        present = conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_trigger "
+            "WHERE tgrelid = %s::regclass AND tgname = 'shardctl_guard'",
+            (table.name,),
+        ).fetchone()
+        if present:
+            continue  # creating a trigger locks the table against writes: only when missing
         conn.execute(
             sql.SQL(
-                "CREATE OR REPLACE TRIGGER shardctl_guard "
+                "CREATE TRIGGER shardctl_guard "
                 "BEFORE INSERT OR UPDATE OR DELETE ON {} "
                 "FOR EACH ROW EXECUTE FUNCTION shardctl.guard({})"
             ).format(sql.Identifier(table.name), sql.Literal(table.key))
