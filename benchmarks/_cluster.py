@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shardctl.cluster import Cluster  # noqa: E402
-from tests.integration.conftest import make_topology  # noqa: E402  (the tests' own clusters)
+from tests.integration.conftest import make_topology, running  # noqa: E402  (the tests' own)
 
 
 @contextmanager
@@ -23,14 +23,9 @@ def temp_cluster(
     """Bring up a fresh cluster (users table, test image); bring it down with its volumes."""
     folder = Path(tempfile.mkdtemp(prefix="shardctl-bench-"))
     path = make_topology(folder, shards, replicas, **({"ring": ring} if ring else {}))
-    cluster = Cluster.load(path)
+    print(f"# bringing up {shards} shards x {replicas} replica(s)")
     try:
-        print(f"# bringing up {shards} shards x {replicas} replica(s) ({cluster.topology.cluster})")
-        cluster.up(timeout=180)
-        yield cluster
+        with running(path) as cluster:
+            yield cluster
     finally:
-        try:
-            cluster.down(volumes=True)
-        finally:
-            cluster.close()
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -145,44 +145,42 @@ def copy_range(
     """Copy one range of a table; None when the chunk was already copied (resume).
 
     Three ways, cheapest first. ``plain``: COPY straight into the table, as a raw COPY would,
-    when the range is empty on the target (an index probe). ``replace``:
-    empty the range on the target first, then COPY. That may drop a newer row a dual write put
-    there, but every such key has a change-log row on the source (written with the source's
-    write), so the drain brings it back. ``merge``: if a dual write lands in the range even
-    while we copy, COPY into a staging table and merge with ``ON CONFLICT DO NOTHING``.
+    when the range is empty on the target (an index probe). ``replace``: empty the range on
+    the target first, then COPY. That may drop a newer row a dual write put there, but every
+    such key has a change-log row on the source (written with the source's write), so the
+    drain brings it back. ``merge``: if a dual write lands in the range even while we copy,
+    COPY into a staging table and merge with ``ON CONFLICT DO NOTHING``.
     """
     done = target.execute(
         "SELECT 1 FROM shardctl.copied WHERE reshard_id = %s AND chunk = %s", (reshard_id, chunk)
     ).fetchone()
     if done:
         return None
+    where = range_predicate(table.key, start_hex, end_hex)
     occupied = target.execute(
         sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
-            sql.Identifier(table.name), range_predicate(table.key, start_hex, end_hex)
+            sql.Identifier(table.name), where
         )
     ).fetchone()
-    ways = ("replace",) if occupied and occupied[0] else ("plain", "replace")
-    for how in ways:
+    progress = (reshard_id, chunk)
+    for how in ("replace",) if occupied and occupied[0] else ("plain", "replace"):
         try:
-            return _copy_chunk(source, target, table, start_hex, end_hex, reshard_id, chunk, how)
+            return _copy_chunk(source, target, table, where, progress, how)
         except psycopg.errors.UniqueViolation:
             pass  # a dual write or re-sync put a key of this range there first
-    return _copy_chunk(source, target, table, start_hex, end_hex, reshard_id, chunk, "merge")
+    return _copy_chunk(source, target, table, where, progress, "merge")
 
 
 def _copy_chunk(
     source: Conn,
     target: Conn,
     table: TableSpec,
-    start_hex: str,
-    end_hex: str | None,
-    reshard_id: int,
-    chunk: str,
+    where: sql.Composable,
+    progress: tuple[int, str],
     how: str,
 ) -> Copied:
     name = sql.Identifier(table.name)
     stage = sql.Identifier(f"shardctl_stage_{table.name}")
-    where = range_predicate(table.key, start_hex, end_hex)
     select = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
         name, where
     )
@@ -209,7 +207,7 @@ def _copy_chunk(
             ).rowcount
         target.execute(
             "INSERT INTO shardctl.copied (reshard_id, chunk, rows, bytes) VALUES (%s, %s, %s, %s)",
-            (reshard_id, chunk, rows, nbytes),
+            (*progress, rows, nbytes),
         )
     return Copied(rows=rows, bytes=nbytes, how=how)
 

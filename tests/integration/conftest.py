@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,14 @@ def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
 @pytest.fixture(scope="module")
 def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One running 2 shards x 1 replica cluster for a whole test module (read-mostly tests)."""
-    folder = tmp_path_factory.mktemp("cluster")
-    cluster = Cluster.load(make_topology(folder))
+    with running(make_topology(tmp_path_factory.mktemp("cluster"))) as cluster:
+        yield cluster
+
+
+@contextmanager
+def running(path: Path) -> Iterator[Cluster]:
+    """The cluster of ``path``, up; brought down with its volumes afterwards, even on failure."""
+    cluster = Cluster.load(path)
     try:
         cluster.up(timeout=180)
         yield cluster
