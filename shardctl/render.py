@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from shardctl.checks import Check
 from shardctl.health import StatusRow
@@ -175,17 +176,15 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
     }
 
 
-def plan_table(plan: Plan) -> Table:
-    """The ``rebalance --plan`` table: moves grouped by source and target."""
+def plan_table(plan: Plan) -> Group:
+    """The ``rebalance --plan`` output: a summary line, then moves by source and target."""
     estimate = estimate_seconds(plan, ASSUMED_COPY_ROWS_PER_SECOND)
-    table = Table(
-        title=(
-            f"rebalance plan {plan.id}: ring epoch {plan.epoch} -> {plan.epoch + 1}, "
-            f"{len(plan.moves)} ranges, {plan.rows:,} rows, {size_text(plan.bytes)}, "
-            f"about {estimate:.0f}s to copy"
-        ),
-        title_justify="left",
+    summary = Text(
+        f"rebalance plan {plan.id}: ring epoch {plan.epoch} -> {plan.epoch + 1}, "
+        f"{len(plan.moves)} ranges, {plan.rows:,} rows, {size_text(plan.bytes)}, "
+        f"about {estimate:.1f}s to copy at {ASSUMED_COPY_ROWS_PER_SECOND:,.0f} rows/s"
     )
+    table = Table()
     for column in ("from", "to", "ranges", "share of ring", "rows", "bytes"):
         table.add_column(column, justify="right" if column not in ("from", "to") else "left")
     groups: dict[tuple[str, str], list[int]] = {}
@@ -200,7 +199,7 @@ def plan_table(plan: Plan) -> Table:
             f"{sum(plan.sizes[i].rows for i in indexes):,}",
             size_text(sum(plan.sizes[i].bytes for i in indexes)),
         )
-    return table
+    return Group(summary, table)
 
 
 def reshard_report(state: State) -> Table:

@@ -13,10 +13,13 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from shardctl import catalog, render
 from shardctl.cli.app import (
@@ -62,13 +65,24 @@ def add_shard(
     )
 
 
+class RateColumn(ProgressColumn):
+    """Items per second of a task (rows while copying)."""
+
+    def render(self, task: Task) -> Text:
+        """The task's current speed, or a dash before there is one."""
+        speed = task.speed
+        return Text("-" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
+
+
 @contextmanager
 def copy_progress() -> Iterator[ProgressCallback]:
-    """A progress bar per task (copy per source, clean-up per source) on stderr."""
+    """A progress bar per task on stderr: rows copied per source (of the plan's exact count,
+    with rows/s and time left), moves cleaned up per source."""
     with Progress(
-        TextColumn("{task.description:<24}"),
+        TextColumn("{task.description:<28}"),
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
         TimeRemainingColumn(),
         console=render.err_console,
         transient=True,
@@ -104,10 +118,9 @@ def rebalance(
     if sum((plan, resume, abort)) > 1:
         raise UsageError("choose one of --plan, --resume and --abort")
     stop_after = os.environ.get(KILL_AFTER_ENV)
-    with open_cluster(topology) as cluster, copy_progress() as progress:
+    with open_cluster(topology) as cluster:
         rebalancer = Rebalancer(
             cluster,
-            progress=progress,
             rows_per_chunk=rows_per_chunk,
             throttle_seconds=throttle,
             stop_after=Phase(stop_after) if stop_after else None,
@@ -120,7 +133,9 @@ def rebalance(
                 render.console.print(render.plan_table(shown))
             return
         if abort:
-            state = rebalancer.abort()
+            with copy_progress() as progress:
+                rebalancer.progress = progress
+                state = rebalancer.abort()
             render.err_console.print(
                 f"[green]rebalance[/]: reshard {state.plan.id} aborted; the ring is unchanged "
                 "and the copied rows were removed from the targets"
@@ -135,7 +150,10 @@ def rebalance(
                 render.console.print(render.plan_table(rebalancer.plan()))
                 typer.confirm("Run this rebalance now?", abort=True)
             state = rebalancer.start()
-        state = rebalancer.run(state)
+        # The live display opens only now: a prompt under it would be hidden.
+        with copy_progress() as progress:
+            rebalancer.progress = progress
+            state = rebalancer.run(state)
     if stop_after and state.phase is not Phase.DONE:
         os._exit(137)
     finish(state, output)

@@ -62,7 +62,8 @@ CREATE TABLE IF NOT EXISTS shardctl.reshard (
 """
 
 Progress = Callable[[str, str, int, int], None]
-"""Called with (task, description, done, total) while a phase works."""
+"""Called with (task, description, done, total) while a phase works: rows while copying,
+moves while cleaning up."""
 
 
 def _no_progress(task: str, description: str, done: int, total: int) -> None:
@@ -367,10 +368,11 @@ class Rebalancer:
 
         def copy_from(source: str) -> None:
             chunks = [c for c in plan.chunks if plan.moves[c.move].source == source]
+            planned = sum(plan.sizes[i].rows for i in plan.moves_from(source))
             rows = nbytes = 0
             paths: dict[str, int] = {}
             with _Links(self) as links:
-                for done, chunk in enumerate(chunks, start=1):
+                for chunk in chunks:
                     target = plan.moves[chunk.move].target
 
                     def copy_chunk(chunk: Chunk = chunk, target: str = target) -> list[Copied]:
@@ -394,7 +396,7 @@ class Rebalancer:
                         rows += copied.rows
                         nbytes += copied.bytes
                         paths[copied.how] = paths.get(copied.how, 0) + 1
-                    self.progress(f"copy:{source}", f"copy {source}", done, len(chunks))
+                    self.progress(f"copy:{source}", f"copy {source} -> {target}", rows, planned)
                     if self.throttle:
                         time.sleep(self.throttle)
                 for target in {plan.moves[i].target for i in plan.moves_from(source)}:
