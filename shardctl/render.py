@@ -18,7 +18,7 @@ from shardctl.checks import Check
 from shardctl.health import StatusRow
 from shardctl.provisioning import DownReport, UpReport
 from shardctl.reshard.coordinator import State
-from shardctl.reshard.plan import Plan, estimate_seconds
+from shardctl.reshard.plan import ASSUMED_ROWS_PER_SECOND, Plan, estimate_seconds
 from shardctl.topology import Topology
 from shardctl.verify import Report
 
@@ -146,10 +146,6 @@ def down_summary(report: DownReport) -> str:
     )
 
 
-ASSUMED_COPY_ROWS_PER_SECOND = 50_000.0
-"""Estimate only: the copy rate measured on a 2-core machine (docs/benchmarks.md)."""
-
-
 def plan_facts(plan: Plan) -> dict[str, Any]:
     """A reshard plan as data: every move with exact rows and bytes."""
     return {
@@ -160,7 +156,7 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
         "new_nodes": list(plan.new.nodes),
         "rows": plan.rows,
         "bytes": plan.bytes,
-        "estimated_seconds": round(estimate_seconds(plan, ASSUMED_COPY_ROWS_PER_SECOND), 1),
+        "estimated_seconds": round(estimate_seconds(plan, ASSUMED_ROWS_PER_SECOND), 1),
         "moves": [
             {
                 "source": m.source,
@@ -178,11 +174,11 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
 
 def plan_table(plan: Plan) -> Group:
     """The ``rebalance --plan`` output: a summary line, then moves by source and target."""
-    estimate = estimate_seconds(plan, ASSUMED_COPY_ROWS_PER_SECOND)
+    estimate = estimate_seconds(plan, ASSUMED_ROWS_PER_SECOND)
     summary = Text(
         f"rebalance plan {plan.id}: ring epoch {plan.epoch} -> {plan.epoch + 1}, "
         f"{len(plan.moves)} ranges, {plan.rows:,} rows, {size_text(plan.bytes)}, "
-        f"about {estimate:.1f}s to copy at {ASSUMED_COPY_ROWS_PER_SECOND:,.0f} rows/s"
+        f"about {estimate:.1f}s to copy at {ASSUMED_ROWS_PER_SECOND:,.0f} rows/s"
     )
     table = Table()
     for column in ("from", "to", "ranges", "share of ring", "rows", "bytes"):
