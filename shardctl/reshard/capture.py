@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS shardctl.moving (
     hi         text COLLATE "C",
     target     text NOT NULL,
     state      text NOT NULL CHECK (state IN ('capturing', 'fenced', 'moved')),
+    copied     boolean NOT NULL DEFAULT false,
     PRIMARY KEY (reshard_id, lo)
 );
 CREATE INDEX IF NOT EXISTS moving_lo ON shardctl.moving (lo);
@@ -150,9 +151,12 @@ class Moving:
 
 
 def moving_ranges(conn: psycopg.Connection[Any], source: str) -> list[Moving]:
-    """The ranges ``source`` (the shard ``conn`` reaches) is capturing for a reshard now."""
+    """The ranges ``source`` (the shard ``conn`` reaches) is capturing and has copied: those a
+    Router dual-writes. Before its copy a range takes no dual writes: they would only collide
+    with the copy, which brings those rows anyway (newer changes are in the change log)."""
     rows = conn.execute(
-        "SELECT lo, hi, target FROM shardctl.moving WHERE state = 'capturing' ORDER BY lo"
+        "SELECT lo, hi, target FROM shardctl.moving "
+        "WHERE state = 'capturing' AND copied ORDER BY lo"
     ).fetchall()
     return [Moving(source, lo, hi, target) for lo, hi, target in rows]
 

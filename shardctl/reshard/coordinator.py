@@ -399,6 +399,14 @@ class Rebalancer:
                     self.progress(f"copy:{source}", f"copy {source} -> {target}", rows, planned)
                     if self.throttle:
                         time.sleep(self.throttle)
+                # From now on routers dual-write this source's ranges (see moving_ranges).
+                links.retrying(
+                    lambda: links.get(source).execute(
+                        "UPDATE shardctl.moving SET copied = true WHERE reshard_id = %s",
+                        (plan.id,),
+                    ),
+                    "marking the ranges copied",
+                )
                 for target in {plan.moves[i].target for i in plan.moves_from(source)}:
                     report.keys_resynced += links.retrying(
                         lambda target=target: transfer.drain(  # type: ignore[misc]
