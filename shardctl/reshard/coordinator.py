@@ -294,9 +294,13 @@ class Rebalancer:
     def abort(self) -> State:
         """Undo an unfinished reshard that has not flipped the ring."""
         state = self.resume()
-        if not can_abort(state.phase, state.flipped):
+        # The ring may have flipped even if the record says not: shardctl can die between
+        # publishing the new epoch and recording that it did. The catalog is the truth.
+        live = catalog.read(self.topology, self.cluster.credentials()).record()
+        if not can_abort(state.phase, state.flipped or live.epoch > state.plan.epoch):
             raise ReshardingError(
-                f"reshard {state.plan.id} has already cut over; run `shardctl rebalance --resume`"
+                f"reshard {state.plan.id} has already cut over (ring epoch {live.epoch}); "
+                "run `shardctl rebalance --resume`"
             )
         plan = state.plan
 

@@ -386,3 +386,35 @@ def test_writes_that_bypass_the_router_are_captured_by_the_source(
     assert all(on_new[str(k)] == "direct" for k in updated)
     assert all(str(k) not in on_new for k in deleted)
     writer.router.close()
+
+
+def test_abort_refuses_once_the_new_epoch_is_published_even_if_unrecorded(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """shardctl killed between publishing the new ring and recording it: abort must not empty
+    the targets that routers already write to."""
+    cluster = cluster_factory(replicas=0)
+    path = cluster.topology.path
+    preloaded = preload(cluster, 2000)
+    assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
+    grown = Cluster.load(path)
+    stopped = run_shardctl(
+        "rebalance", "--yes", "-f", path, env={"SHARDCTL_KILL_AFTER_PHASE": "verifying"}
+    )
+    assert stopped.returncode == 137, stopped.stderr
+    state = Rebalancer(grown).state()
+    assert state is not None and not state.flipped
+    # What a cut-over does before it records anything: fence the sources, publish the epoch.
+    for source in state.plan.sources():
+        node = grown.topology.shard_nodes(source)[0]
+        with pg.connect(node, grown.credentials(), "app") as conn:
+            conn.execute("UPDATE shardctl.moving SET state = 'fenced'")
+    record = catalog.RingRecord.from_ring(state.plan.new, state.plan.epoch + 1)
+    catalog.publish(grown.topology, grown.credentials(), record)
+
+    refused = run_shardctl("rebalance", "--abort", "-f", path)
+    assert refused.returncode == 1
+    assert "already cut over" in refused.stderr
+    resumed = run_shardctl("rebalance", "--resume", "-f", path)
+    assert resumed.returncode == 0, resumed.stderr
+    check_ledger(grown, [], preloaded)
