@@ -133,7 +133,7 @@ def rebalance(
                 render.console.print(render.plan_table(shown))
             return
         if abort:
-            with copy_progress() as progress:
+            with rebalancer.exclusive(), copy_progress() as progress:
                 rebalancer.progress = progress
                 state = rebalancer.abort()
             render.err_console.print(
@@ -141,19 +141,17 @@ def rebalance(
                 "and the copied rows were removed from the targets"
             )
             return
-        if resume:
-            state = rebalancer.resume()
-        else:
-            if not yes:
-                if not sys.stdin.isatty():
-                    raise UsageError("rebalance moves data; pass --yes to confirm")
-                render.console.print(render.plan_table(rebalancer.plan()))
-                typer.confirm("Run this rebalance now?", abort=True)
-            state = rebalancer.start()
-        # The live display opens only now: a prompt under it would be hidden.
-        with copy_progress() as progress:
-            rebalancer.progress = progress
-            state = rebalancer.run(state)
+        if not resume and not yes:
+            if not sys.stdin.isatty():
+                raise UsageError("rebalance moves data; pass --yes to confirm")
+            render.console.print(render.plan_table(rebalancer.plan()))
+            typer.confirm("Run this rebalance now?", abort=True)
+        with rebalancer.exclusive():
+            state = rebalancer.resume() if resume else rebalancer.start()
+            # The live display opens only now: a prompt under it would be hidden.
+            with copy_progress() as progress:
+                rebalancer.progress = progress
+                state = rebalancer.run(state)
     if stop_after and state.phase is not Phase.DONE:
         os._exit(137)
     finish(state, output)

@@ -9,6 +9,7 @@ See docs/resharding.md for the protocol and why each step is safe to repeat.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -40,6 +41,9 @@ from shardctl.topology import Node
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
+
+LOCK_KEY = 0x5C_A7A1_08
+"""Advisory lock held by the one coordinator allowed to run (see Rebalancer.exclusive)."""
 
 RECONNECT_PATIENCE = 120.0
 """Seconds a step waits for a restarted primary before giving up (resumable)."""
@@ -138,6 +142,28 @@ class Rebalancer:
         ) as conn:
             transfer.prepare(conn)
             yield conn
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the cluster's rebalance lock: one coordinator at a time, from any machine.
+
+        A session-level advisory lock on the first shard's primary (the first shard never
+        changes: add-shard appends). It goes with its connection, so a killed coordinator
+        never blocks the ``--resume`` that follows it; it also goes if that primary restarts
+        mid-run (the run itself reconnects and carries on, unguarded from then on).
+        """
+        with self.connect(self._primaries()[0]) as conn:
+            row = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+            if not row or not row[0]:
+                raise ReshardingError(
+                    "another `shardctl rebalance` is running against this cluster; wait for it "
+                    "to finish (if it died, its lock went with it: retry)"
+                )
+            try:
+                yield
+            finally:
+                with contextlib.suppress(psycopg.Error):  # a lost session released it already
+                    conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (LOCK_KEY,))
 
     def _primaries(self) -> list[str]:
         return [shard.name for shard in self.topology.spec.shards]

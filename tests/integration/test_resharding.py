@@ -418,3 +418,20 @@ def test_abort_refuses_once_the_new_epoch_is_published_even_if_unrecorded(
     resumed = run_shardctl("rebalance", "--resume", "-f", path)
     assert resumed.returncode == 0, resumed.stderr
     check_ledger(grown, [], preloaded)
+
+
+def test_one_coordinator_at_a_time(cluster_factory: ClusterFactory) -> None:
+    from shardctl.reshard.coordinator import LOCK_KEY
+
+    cluster = cluster_factory(replicas=0)
+    path = cluster.topology.path
+    preloaded = preload(cluster, 1000)
+    assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
+    first = cluster.topology.primaries()[0]
+    with pg.connect(first, cluster.credentials(), "app") as other:  # another coordinator
+        other.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        busy = run_shardctl("rebalance", "--yes", "-f", path)
+        assert busy.returncode == 1
+        assert "another `shardctl rebalance` is running" in busy.stderr
+    assert run_shardctl("rebalance", "--yes", "-f", path).returncode == 0  # its lock went with it
+    check_ledger(Cluster.load(path), [], preloaded)
