@@ -29,10 +29,10 @@ violation, ...) is raised at once, as psycopg raised it. A statement whose conne
 *during commit* may have committed: retried writes should be idempotent (upserts, updates to a
 value, deletes) when exactly-once matters.
 
-**Extension points for resharding** (dual writes while a range moves): :class:`Routing` is what
-one catalog read yields (add the moving ranges there), :meth:`Router._load_routing` builds it,
-:meth:`Router._write` runs every write on the owner and is where a dual write to the target
-joins the owner's transaction.
+**Dual writes.** Each catalog read also brings the ranges a reshard is moving whose rows are
+already copied (:class:`Routing`.moving). A write to a key in one of them, once committed on
+the owner, is also brought to the target by :meth:`Router._dual_write` (see
+docs/resharding.md for why that can never land after the cut-over's fence).
 """
 
 from __future__ import annotations
