@@ -57,11 +57,9 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_delay,
-    wait_exponential,
-    wait_random,
 )
 
-from shardctl import catalog, pg
+from shardctl import catalog, faults, pg
 from shardctl import credentials as creds
 from shardctl import topology as topo
 from shardctl.catalog import FENCE_SQLSTATE
@@ -74,6 +72,7 @@ from shardctl.errors import (
     ShardctlError,
     TopologyError,
 )
+from shardctl.faults import is_transient
 from shardctl.reshard.capture import Moving, moving_ranges
 from shardctl.reshard.transfer import key_type, resync_keys
 from shardctl.ring import Ring, position_hex
@@ -94,33 +93,8 @@ Prefer = Literal["replica", "primary"]
 Query = abc.QueryNoTemplate
 """A statement: ``str``, ``bytes``, or :mod:`psycopg.sql` composed SQL."""
 
-TRANSIENT_SQLSTATES = frozenset(
-    {
-        "40001",  # serialization_failure (also a hot-standby recovery conflict)
-        "40P01",  # deadlock_detected
-        "57P01",  # admin_shutdown
-        "57P02",  # crash_shutdown
-        "57P03",  # cannot_connect_now (starting up, in recovery after a crash)
-        "53300",  # too_many_connections
-    }
-)
-"""SQLSTATEs worth retrying as they are; class 08 (connection exception) is retried too."""
-
 DOWN_FOR = 2.0
 """Seconds a replica that just failed is skipped for reads (its shard's primary answers)."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether retrying the same work may succeed: connection trouble, restarts, conflicts."""
-    if isinstance(exc, PoolTimeout):
-        return True
-    if not isinstance(exc, psycopg.Error):
-        return False
-    state = exc.sqlstate
-    if state is None:
-        # No SQLSTATE: libpq lost the connection (reset, closed, timed out).
-        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-    return state in TRANSIENT_SQLSTATES or state.startswith("08")
 
 
 @dataclass(frozen=True)
@@ -522,7 +496,7 @@ class Router:
         try:
             return self._on_node(self._choose(shard_of(self._current()), prefer, 1), work, key=key)
         except Exception as exc:
-            if not _retryable(exc):
+            if not faults.retryable(exc):
                 raise
             first = exc
         return self._retry(shard_of, work, prefer, key, first, started)
@@ -539,17 +513,17 @@ class Router:
         """The tries after a first one failed with ``first``, until the retry budget is spent."""
         fenced = isinstance(first, KeyNotOwned)
         self._after_failure(first)
-        time.sleep(FENCED_POLL if fenced else FIRST_BACKOFF)
+        time.sleep(faults.FENCED_POLL if fenced else faults.FIRST_BACKOFF)
 
         def before_sleep(state: RetryCallState) -> None:
             nonlocal fenced
-            fenced = fenced or isinstance(_failure(state), KeyNotOwned)
+            fenced = fenced or isinstance(faults.failure(state), KeyNotOwned)
             self._before_retry(state)
 
         retrying = Retrying(
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(faults.retryable),
             stop=stop_after_delay(self.retry_timeout),
-            wait=_backoff,
+            wait=faults.backoff,
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -560,7 +534,7 @@ class Router:
                     shard = shard_of(self._current())
                     node = self._choose(shard, prefer, attempt.retry_state.attempt_number + 1)
                     result = self._on_node(node, work, key=key)
-                if _failure(attempt.retry_state) is None:
+                if faults.failure(attempt.retry_state) is None:
                     if fenced:
                         self.stats.fenced(time.monotonic() - started)
                     return result
@@ -707,27 +681,6 @@ class Router:
         return f"<Router {self._topology.cluster} ({epoch})>"
 
 
-_FAULT_BACKOFF = wait_exponential(multiplier=0.02, max=1.0) + wait_random(0, 0.05)
-FIRST_BACKOFF = 0.02
-"""Seconds before the second try after a transient fault (then tenacity's back-off)."""
-FENCED_POLL = 0.005
-"""Seconds between tries of a write refused by the fence: a cut-over pauses writes only for
-as long as its final catch-up takes, so poll briefly rather than back off exponentially."""
-
-
-def _backoff(state: RetryCallState) -> float:
-    """Short, even polls while a key is fenced; exponential back-off for faults."""
-    exc = state.outcome.exception() if state.outcome is not None else None
-    if isinstance(exc, KeyNotOwned):
-        return FENCED_POLL
-    return _FAULT_BACKOFF(state)
-
-
-def _failure(state: RetryCallState) -> BaseException | None:
-    """The exception of the attempt ``state`` describes, None when it succeeded."""
-    return state.outcome.exception() if state.outcome is not None else None
-
-
 @dataclass
 class RouterStats:
     """What a router has seen of resharding: writes held by a fence, and for how long."""
@@ -777,11 +730,6 @@ def _rollback(conn: Conn) -> None:
         return
     with suppress(psycopg.Error):  # the pool discards a connection that cannot roll back
         conn.execute("ROLLBACK")
-
-
-def _retryable(exc: BaseException) -> bool:
-    # DatabaseUnavailable: no primary answered a catalog read (the whole cluster restarting).
-    return isinstance(exc, KeyNotOwned | DatabaseUnavailable) or is_transient(exc)
 
 
 def _constant(shard: str) -> Callable[[Routing], str]:

@@ -11,8 +11,8 @@ from psycopg import sql
 from shardctl import catalog, ringsql
 from shardctl.catalog import RingRecord, combine, drift
 from shardctl.errors import CatalogError
+from shardctl.faults import is_transient
 from shardctl.ring import Ring
-from shardctl.router import is_transient
 from shardctl.topology import parse
 
 TOPOLOGY = """
