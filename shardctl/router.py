@@ -202,7 +202,7 @@ class Router:
 
         For a statement whose rows you need (``RETURNING``), use ``fetch(..., prefer="primary")``.
         """
-        return self._statement(key, query, params, _rowcount)
+        return self._statement(key, query, params, _rowcount, writes=True)
 
     def fetch(
         self,
@@ -220,7 +220,7 @@ class Router:
         """
 
         if prefer == "primary":
-            return self._statement(key, query, params, _rows)
+            return self._statement(key, query, params, _rows, writes=False)
 
         def rows(conn: Conn) -> list[Row]:
             return _rows(conn.execute(query, params))
@@ -399,7 +399,13 @@ class Router:
     # ------------------------------------------------------------ running work
 
     def _statement(
-        self, key: object, query: Query, params: abc.Params | None, result: Callable[[Cur], T]
+        self,
+        key: object,
+        query: Query,
+        params: abc.Params | None,
+        result: Callable[[Cur], T],
+        *,
+        writes: bool,
     ) -> T:
         """One statement on the owner primary of ``key``, fenced like :meth:`_write`.
 
@@ -421,7 +427,7 @@ class Router:
                 raise
             return result(cur)
 
-        return self._on_owner(key, owned)
+        return self._on_owner(key, owned, writes=writes)
 
     def _write(self, key: object, work: Callable[[Conn], T]) -> T:
         """Run ``work`` on the owner primary of ``key``; refused-by-fence writes follow the key.
@@ -435,14 +441,14 @@ class Router:
                 conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
                 return work(conn)
 
-        return self._on_owner(key, owned)
+        return self._on_owner(key, owned, writes=True)
 
-    def _on_owner(self, key: object, owned: Callable[[Conn], T]) -> T:
-        """Run a fenced transaction on ``key``'s owner; then, if its range is moving, the
-        dual write to the shard it is moving to."""
+    def _on_owner(self, key: object, owned: Callable[[Conn], T], *, writes: bool) -> T:
+        """Run a fenced transaction on ``key``'s owner; then, if it ``writes`` and the key's
+        range is moving, the dual write to the shard it is moving to (a read needs none)."""
         result = self._call(lambda r: r.owner(key), owned, "primary", key=key)
         routing = self._routing
-        if routing is not None and routing.moving:
+        if writes and routing is not None and routing.moving:
             owner = routing.owner(key)
             target = routing.moving_target(key, owner)
             if target is not None:

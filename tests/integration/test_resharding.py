@@ -377,6 +377,14 @@ def test_writes_that_bypass_the_router_are_captured_by_the_source(
                 conn.execute("INSERT INTO users (id, first_name) VALUES (%s, 'new')", (key,))
                 expected[key] = "new"
 
+    # Copied but not cut over: a Router dual-writes what it writes there, never what it reads.
+    with Router(grown) as router:
+        key = updated[0]
+        router.fetch(key, "SELECT first_name FROM users WHERE id = %s", (key,), prefer="primary")
+        assert router.stats.dual_writes == 0
+        router.execute(key, "UPDATE users SET first_name = 'direct' WHERE id = %s", (key,))
+        assert router.stats.dual_writes == 1
+
     resumed = run_shardctl("rebalance", "--resume", "-f", path)
     assert resumed.returncode == 0, resumed.stderr
     writer = Writer(Router(grown), 0, [])
