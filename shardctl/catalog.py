@@ -278,7 +278,7 @@ def read(
     without it, the view is built from those that answered and names the others.
     """
     primaries = topology.primaries()
-    results = _on_primaries(
+    results = on_primaries(
         topology, credentials, primaries, read_current, timeout=timeout, strict=require_all
     )
     by_primary = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
@@ -343,11 +343,11 @@ def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.
         install(conn)
         return read_current(conn)
 
-    found = _on_primaries(topology, credentials, primaries, prepare, timeout=timeout, strict=True)
+    found = on_primaries(topology, credentials, primaries, prepare, timeout=timeout, strict=True)
     view = combine({n: r for n, r in found.items() if not isinstance(r, BaseException)})
     record = view.current if view.current is not None else initial_record(topology)
     targets = [p for p in primaries if view.by_primary.get(p.name) is None]
-    written = _on_primaries(
+    written = on_primaries(
         topology, credentials, targets, lambda c: write(c, record), timeout=timeout, strict=True
     )
     report = EnsureReport(epoch=record.epoch, written=sorted(n for n, w in written.items() if w))
@@ -371,11 +371,11 @@ def publish(
         install(conn)
         return write(conn, record)
 
-    done = _on_primaries(topology, credentials, targets, put, timeout=timeout, strict=True)
+    done = on_primaries(topology, credentials, targets, put, timeout=timeout, strict=True)
     return sorted(n for n, w in done.items() if w)
 
 
-def _on_primaries(
+def on_primaries(
     topology: Topology,
     credentials: Credentials,
     primaries: Sequence[Node],
@@ -383,8 +383,12 @@ def _on_primaries(
     *,
     timeout: float,
     strict: bool,
+    doing: str = "ring catalog",
 ) -> dict[str, T | BaseException]:
-    """Run ``work(conn)`` on each primary in parallel; errors raised (strict) or returned."""
+    """Run ``work(conn)`` on each primary in parallel; errors raised (strict) or returned.
+
+    A database error becomes :class:`DatabaseUnavailable` naming the primary and ``doing``.
+    """
     if not primaries:
         return {}
     database = topology.spec.database
@@ -394,7 +398,7 @@ def _on_primaries(
             with pg.connect(node, credentials, database, timeout=timeout) as conn:
                 return work(conn)
         except psycopg.Error as exc:
-            raise DatabaseUnavailable(f"{node.name}: ring catalog: {pg.first_line(exc)}") from None
+            raise DatabaseUnavailable(f"{node.name}: {doing}: {pg.first_line(exc)}") from None
 
     with ThreadPoolExecutor(max_workers=len(primaries), thread_name_prefix="catalog") as pool:
         futures = {node.name: pool.submit(one, node) for node in primaries}

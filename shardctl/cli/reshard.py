@@ -141,13 +141,15 @@ def rebalance(
                 "and the copied rows were removed from the targets"
             )
             return
+        confirmed = None
         if not resume and not yes:
             if not sys.stdin.isatty():
                 raise UsageError("rebalance moves data; pass --yes to confirm")
-            render.console.print(render.plan_table(rebalancer.plan()))
+            confirmed = rebalancer.plan()
+            render.console.print(render.plan_table(confirmed))
             typer.confirm("Run this rebalance now?", abort=True)
         with rebalancer.exclusive():
-            state = rebalancer.resume() if resume else rebalancer.start()
+            state = rebalancer.resume() if resume else rebalancer.start(confirmed)
             # The live display opens only now: a prompt under it would be hidden.
             with copy_progress() as progress:
                 rebalancer.progress = progress

@@ -17,17 +17,16 @@ and clean-up write with ``session_replication_role = replica``, which skips the 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from shardctl import pg
+from shardctl import catalog
 from shardctl.catalog import FENCE_SQLSTATE
 from shardctl.credentials import Credentials
-from shardctl.topology import Node, TableSpec, Topology
+from shardctl.topology import TableSpec, Topology
 
 NOT_OWNED_SQLSTATE = FENCE_SQLSTATE
 INSTALL_LOCK = 0x5C_A7A1_07
@@ -49,6 +48,14 @@ CREATE TABLE IF NOT EXISTS shardctl.changes (
     target text NOT NULL,
     tbl    text NOT NULL,
     key    text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shardctl.reshard (
+    id         bigint PRIMARY KEY,
+    phase      text NOT NULL,
+    flipped    boolean NOT NULL DEFAULT false,
+    plan       jsonb NOT NULL,
+    report     jsonb NOT NULL DEFAULT '{}',
+    updated_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS shardctl.copied (
     reshard_id bigint NOT NULL,
@@ -122,16 +129,21 @@ def install(conn: psycopg.Connection[Any], tables: tuple[TableSpec, ...]) -> Non
 
 def ensure(topology: Topology, credentials: Credentials) -> None:
     """Install capture and fencing on every primary (idempotent; done by ``up``)."""
-    primaries = topology.primaries()
 
-    def one(node: Node) -> None:
-        with pg.connect(node, credentials, topology.spec.database) as conn, conn.transaction():
+    def one(conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
             conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (INSTALL_LOCK,))
             install(conn, topology.spec.tables)
 
-    with ThreadPoolExecutor(max_workers=len(primaries)) as pool:
-        for future in [pool.submit(one, node) for node in primaries]:
-            future.result()
+    catalog.on_primaries(
+        topology,
+        credentials,
+        topology.primaries(),
+        one,
+        timeout=10.0,
+        strict=True,
+        doing="installing the reshard fence",
+    )
 
 
 @dataclass(frozen=True)

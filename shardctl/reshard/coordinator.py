@@ -53,18 +53,6 @@ PREDRAIN_PASSES = 10
 PREDRAIN_ENOUGH = 50
 """Before fencing, drain until a pass re-syncs at most this many keys (or 10 passes)."""
 
-STATE_SQL = """
-CREATE SCHEMA IF NOT EXISTS shardctl;
-CREATE TABLE IF NOT EXISTS shardctl.reshard (
-    id         bigint PRIMARY KEY,
-    phase      text NOT NULL,
-    flipped    boolean NOT NULL DEFAULT false,
-    plan       jsonb NOT NULL,
-    report     jsonb NOT NULL DEFAULT '{}',
-    updated_at timestamptz NOT NULL DEFAULT now()
-);
-"""
-
 Progress = Callable[[str, str, int, int], None]
 """Called with (task, description, done, total) while a phase works: rows while copying,
 moves while cleaning up."""
@@ -134,13 +122,16 @@ class Rebalancer:
         """The primary of ``shard``."""
         return self.topology.shard_nodes(shard)[0]
 
+    def open(self, shard: str) -> Conn:
+        """A new autocommit connection to a shard primary, set up for transfers."""
+        conn = pg.connect(self.node(shard), self.cluster.credentials(), self.topology.spec.database)
+        transfer.prepare(conn)
+        return conn
+
     @contextmanager
     def connect(self, shard: str) -> Iterator[Conn]:
-        """An autocommit connection to a shard primary, set up for transfers."""
-        with pg.connect(
-            self.node(shard), self.cluster.credentials(), self.topology.spec.database
-        ) as conn:
-            transfer.prepare(conn)
+        """:meth:`open`, closed afterwards."""
+        with self.open(shard) as conn:
             yield conn
 
     @contextmanager
@@ -182,7 +173,6 @@ class Rebalancer:
 
         def read(shard: str) -> None:
             with self.connect(shard) as conn:
-                conn.execute(STATE_SQL.encode())
                 row = conn.execute(
                     "SELECT id, phase, flipped, plan, report FROM shardctl.reshard "
                     "ORDER BY id DESC LIMIT 1"
@@ -219,7 +209,6 @@ class Rebalancer:
 
         def write(shard: str) -> None:
             with self.connect(shard) as conn:
-                conn.execute(STATE_SQL.encode())
                 conn.execute(
                     "INSERT INTO shardctl.reshard (id, phase, flipped, plan, report) "
                     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
@@ -234,6 +223,9 @@ class Rebalancer:
 
     def plan(self) -> Plan:
         """What a rebalance would move, with exact rows and bytes per move; changes nothing."""
+        return self._plan_after(self.state())
+
+    def _plan_after(self, previous: State | None) -> Plan:
         record = catalog.read(self.topology, self.cluster.credentials()).record()
         old = record.ring()
         joining = [s.name for s in self.topology.spec.shards if s.name not in old.nodes]
@@ -261,21 +253,30 @@ class Rebalancer:
         for measured in self._each(sources, measure).values():
             for index, size in measured:
                 sizes[index] = size
-        previous = self.state()
         plan_id = previous.plan.id + 1 if previous else 1
         return make_plan(plan_id, record.epoch, old, new, sizes, rows_per_chunk=self.rows_per_chunk)
 
     # ------------------------------------------------------------------- run
 
-    def start(self) -> State:
-        """Record a new plan (refusing while another reshard is unfinished)."""
+    def start(self, plan: Plan | None = None) -> State:
+        """Record a new plan: ``plan`` as shown to the user, else a fresh one. Refused while
+        another reshard is unfinished, or when the cluster changed since ``plan`` was made."""
         current = self.state()
         if current is not None and not finished(current.phase):
             raise ReshardingError(
                 f"reshard {current.plan.id} is still {current.phase.value}: "
                 "run `shardctl rebalance --resume` or `--abort`"
             )
-        plan = self.plan()
+        if plan is None:
+            plan = self._plan_after(current)
+        else:
+            epoch = catalog.read(self.topology, self.cluster.credentials()).record().epoch
+            expected_id = current.plan.id + 1 if current else 1
+            if (plan.id, plan.epoch) != (expected_id, epoch):
+                raise ReshardingError(
+                    "the cluster changed since this plan was made (another rebalance ran); "
+                    "run `shardctl rebalance` again to see the new plan"
+                )
         report = Report()
         self._record(plan, Phase.PLANNED, False, report)
         return State(plan, Phase.PLANNED, False, report)
@@ -332,7 +333,6 @@ class Rebalancer:
 
         def unfence(source: str) -> None:
             with self.connect(source) as conn:
-                conn.execute(capture.SCHEMA_SQL.encode())
                 conn.execute("DELETE FROM shardctl.moving WHERE reshard_id = %s", (plan.id,))
                 conn.execute(
                     "DELETE FROM shardctl.changes WHERE target = ANY(%s)", (plan.targets(),)
@@ -341,7 +341,6 @@ class Rebalancer:
 
         def empty(target: str) -> None:
             with self.connect(target) as conn:
-                conn.execute(capture.SCHEMA_SQL.encode())
                 for index, move in enumerate(plan.moves):
                     if move.target != target:
                         continue
@@ -472,11 +471,14 @@ class Rebalancer:
         tables = self.topology.spec.tables
         repaired: list[str] = []
         with self.connect(source) as src:
+            types = {t.name: transfer.key_type(src, t) for t in tables}
             for target in {plan.moves[i].target for i in plan.moves_from(source)}:
-                indexes = [i for i in plan.moves_from(source) if plan.moves[i].target == target]
-                moves = [plan.moves[i] for i in indexes]
+                moves = [plan.moves[i] for i in plan.moves_from(source)]
+                moves = [m for m in moves if m.target == target]
                 with self.connect(target) as dst:
-                    report.keys_resynced += transfer.drain(src, dst, target, tables)
+                    report.keys_resynced += transfer.drain(
+                        src, dst, target, tables, key_types=types
+                    )
                     for table in tables:
                         ours = transfer.fingerprints(src, table, moves)
                         theirs = transfer.fingerprints(dst, table, moves)
@@ -486,9 +488,7 @@ class Rebalancer:
                             keys = transfer.differing_keys(src, dst, table, move)
                             if keys:
                                 with src.transaction():
-                                    transfer.resync_keys(
-                                        src, dst, table, transfer.key_type(src, table), keys
-                                    )
+                                    transfer.resync_keys(src, dst, table, types[table.name], keys)
                                 repaired += [f"{table.name}:{k}" for k in keys]
         return repaired
 
@@ -631,10 +631,7 @@ class _Links:
     def get(self, shard: str) -> Conn:
         """An open connection to ``shard``'s primary, made on first use."""
         if shard not in self.conns:
-            r = self.rebalancer
-            conn = pg.connect(r.node(shard), r.cluster.credentials(), r.topology.spec.database)
-            transfer.prepare(conn)
-            self.conns[shard] = conn
+            self.conns[shard] = self.rebalancer.open(shard)
         return self.conns[shard]
 
     def retrying(self, step: Callable[[], T], what: str) -> T:
