@@ -6,15 +6,13 @@ Errors from the library (:class:`~shardctl.errors.ShardctlError`) are caught onc
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
-import click
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
@@ -98,13 +96,12 @@ def progress_reporter() -> Iterator[Reporter]:
         yield report
 
 
-def _click_errors() -> tuple[type[Exception], ...]:
-    """click's ClickException and, in typer versions that vendor click, their copy of it."""
-    try:
-        vendored = importlib.import_module("typer._click.exceptions")
-    except ImportError:
-        return (click.ClickException,)
-    return (click.ClickException, vendored.ClickException)
+# typer re-exports click's BadParameter. Its ClickException base is the one of whichever click
+# typer runs on (a private copy in current typer, the click package in older ones), so usage
+# errors are caught without shardctl importing click, which it does not depend on.
+_UsageError: type[Exception] = next(
+    cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"
+)
 
 
 def main() -> None:
@@ -113,14 +110,11 @@ def main() -> None:
         code = app(standalone_mode=False)
     except ShardctlError as exc:
         fail(str(exc), exc.exit_code)
-    except (click.exceptions.Abort, typer.Abort):
+    except typer.Abort:
         fail("aborted", 1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except _click_errors() as exc:  # bad usage: click prints "Usage: ... Error: ...", exit 2
-        usage = cast(click.ClickException, exc)
-        usage.show()
-        sys.exit(usage.exit_code)
+    except _UsageError as exc:  # bad usage: click prints "Usage: ... Error: ...", exit 2
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -27,8 +27,6 @@ from tests.conftest import REPO
 TEST_IMAGE = os.environ.get("SHARDCTL_TEST_IMAGE", "shardctl-test/postgres:15")
 _counter = itertools.count()
 
-pytestmark = pytest.mark.integration
-
 
 def _free_base_port(span: int) -> int:
     """A base port with ``span`` free ports above it, distinct per test and xdist worker."""

@@ -16,8 +16,6 @@ from shardctl.cluster import Cluster
 from shardctl.load import bulk_load
 from tests.integration.conftest import run_shardctl
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def router(shared_cluster: Cluster) -> Iterator[Router]:

@@ -6,14 +6,10 @@ import json
 from pathlib import Path
 from typing import Any, LiteralString
 
-import pytest
-
 from shardctl import Router, pg
 from shardctl import ledger as ledgers
 from shardctl.cluster import Cluster
 from tests.integration.conftest import run_shardctl
-
-pytestmark = pytest.mark.integration
 
 
 def verify(cluster: Cluster, *paths: Path) -> tuple[int, dict[str, Any]]:

@@ -331,6 +331,10 @@ def test_primaries_restarted_during_the_copy_do_not_stop_the_reshard(
         deadline = time.monotonic() + 60
         while chunks_copied() < after and time.monotonic() < deadline:
             time.sleep(0.05)
+        copied = chunks_copied()
+        assert copied >= after, (
+            f"{node.name}: only {copied} chunks copied after 60 s, not restarted"
+        )
         container = grown.engines.container(node)
         assert container is not None
         container.restart(timeout=5)

@@ -21,8 +21,6 @@ from shardctl.errors import KeyNotOwned
 from shardctl.ring import Ring, position_hex
 from shardctl.waiting import NotYet, wait_for
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def router(shared_cluster: Cluster) -> Iterator[Router]:
