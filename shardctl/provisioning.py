@@ -139,7 +139,7 @@ class Provisioner:
             self.topology.network, cluster_labels(self.topology.cluster), endpoint
         )
 
-    def container_spec(self, node: Node) -> ContainerSpec:
+    def spec(self, node: Node) -> ContainerSpec:
         """The container ``up`` makes for ``node`` (on the volume mount its image asks for)."""
         return container_spec(self.topology, node, self._mounts[node.engine])
 
@@ -147,7 +147,7 @@ class Provisioner:
         fresh_volume = self.engines.ensure_volume(node)
         if primary is not None and fresh_volume:
             self._reset_slot(primary, node)
-        spec = self.container_spec(node)
+        spec = self.spec(node)
         container = self.engines.container(node)
         action = Action.UNCHANGED
         if container is not None and container.labels.get(LABEL_CONFIG) != config_digest(spec):
