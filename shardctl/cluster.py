@@ -10,7 +10,7 @@ from shardctl import catalog, health, topology, verify
 from shardctl import credentials as creds
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
-from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, _quiet
+from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
 from shardctl.reshard import capture
 from shardctl.topology import HealthSpec, Topology
 
@@ -34,12 +34,14 @@ class Cluster:
             self._credentials = creds.load(self.topology, create=create)
         return self._credentials
 
-    def provisioner(self, reporter: Reporter = _quiet, *, create: bool = False) -> Provisioner:
+    def provisioner(
+        self, reporter: Reporter = quiet_reporter, *, create: bool = False
+    ) -> Provisioner:
         """A provisioner for this cluster."""
         return Provisioner(self.topology, self.engines, self.credentials(create=create), reporter)
 
     def up(
-        self, *, wait: bool = True, timeout: float = 180.0, reporter: Reporter = _quiet
+        self, *, wait: bool = True, timeout: float = 180.0, reporter: Reporter = quiet_reporter
     ) -> UpReport:
         """Create or repair every declared node, then the ring catalog and the reshard fence on
         every primary."""

@@ -1,87 +1,68 @@
 """Render the declared cluster as a docker compose file, for those who prefer compose.
 
-The services run exactly the containers ``shardctl up`` makes (same bootstrap script, settings,
-labels, ports and volumes), so a compose-started cluster can be checked with ``shardctl status``.
-Passwords come from the environment as compose secrets; nothing secret is written in the file.
+Each service is :func:`shardctl.containers.container_spec` of its node, the very spec ``up``
+creates (same bootstrap script, settings, environment, labels, port, volume mount and secret
+paths), so a compose-started cluster can be checked with ``shardctl status``. Passwords come
+from the environment as compose secrets; nothing secret is written in the file.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from shardctl import pg
-from shardctl.engine import LABEL_CONFIG
-from shardctl.provisioning import BOOTSTRAP, OFFICIAL_IMAGE_MOUNT, server_settings
+from shardctl.containers import OFFICIAL_IMAGE_MOUNT, container_spec, data_mount
+from shardctl.engine import LABEL_CONFIG, ContainerSpec, cluster_labels
+from shardctl.errors import DockerUnavailable, ProvisioningError
 from shardctl.topology import Role, Topology
+
+if TYPE_CHECKING:
+    from shardctl.cluster import Cluster
+    from shardctl.engine import Engines
 
 SECRET_ENV = {
     "superuser": "SHARDCTL_SUPERUSER_PASSWORD",
     "replication": "SHARDCTL_REPLICATION_PASSWORD",
 }
-SCHEMA_MOUNT = "/shardctl/schema.sql"
 
 
-def render(topology: Topology, compose_dir: Path | None = None) -> str:
-    """The compose file text; paths are relative to ``compose_dir`` (default ./compose)."""
-    compose_dir = compose_dir if compose_dir is not None else topology.path.parent / "compose"
-    spec = topology.spec
-    mount = OFFICIAL_IMAGE_MOUNT
+class _Octal(int):
+    """A file mode, written the way compose files spell modes (``0444``)."""
+
+
+SECRET_MODE = _Octal(0o444)
+"""Compose copies secrets in as root with mode 0400 by default; the postgres user reads them."""
+
+
+def render(
+    topology: Topology, out: Path | None = None, *, mount: str = OFFICIAL_IMAGE_MOUNT
+) -> str:
+    """The compose file text, to be written to ``out`` (None: printed, paths from the cwd).
+
+    ``mount`` is where the data volume goes in the image; :func:`image_mount` asks the engine.
+    """
+    folder = out.absolute().parent if out is not None else Path.cwd()
+    schema = None
+    if topology.schema_path is not None:
+        schema = os.path.relpath(topology.schema_path.absolute(), folder)
+        # Compose reads a source without a leading "." or "/" as a volume name, not a path.
+        schema = schema if schema.startswith((".", "/")) else f"./{schema}"
     services: dict[str, Any] = {}
     for node in topology.nodes:
-        environment = {
-            "PGDATA": f"{mount}/pgdata",
-            "SHARDCTL_ROLE": node.role.value,
-            "SHARDCTL_SECRETS": "/run/secrets",
-            "SHARDCTL_SUPERUSER": spec.credentials.superuser,
-            "SHARDCTL_REPLICATION_USER": spec.credentials.replication_user,
-            "SHARDCTL_DATABASE": spec.database,
-        }
-        volumes = [f"{node.volume}:{mount}"]
-        service: dict[str, Any] = {
-            "image": spec.image,
-            "container_name": node.container,
-            "hostname": node.name,
-            "user": "postgres",
-            "entrypoint": ["sh", "-c", _escape(BOOTSTRAP), "shardctl-node"],
-            "command": [_escape(arg) for arg in server_settings(topology)],
-            "environment": environment,
-            "ports": [f"{node.bind_address}:{node.host_port}:{pg.CONTAINER_PORT}"],
-            "volumes": volumes,
-            "secrets": list(SECRET_ENV),
-            "labels": {
-                "shardctl.cluster": node.cluster,
-                "shardctl.shard": node.shard,
-                "shardctl.node": node.name,
-                "shardctl.role": node.role.value,
-                LABEL_CONFIG: "compose",
-            },
-            "stop_signal": "SIGINT",
-            "restart": "unless-stopped",
-        }
-        if node.role is Role.PRIMARY and topology.schema_path is not None:
-            schema = os.path.relpath(topology.schema_path, compose_dir)
-            volumes.append(f"{schema}:{SCHEMA_MOUNT}:ro")
-            environment["SHARDCTL_SCHEMA"] = SCHEMA_MOUNT
+        service = _service(container_spec(topology, node, mount, schema_file=schema))
         if node.role is Role.REPLICA:
-            environment |= {
-                "SHARDCTL_PRIMARY_HOST": node.primary_container,
-                "SHARDCTL_SLOT": node.slot,
-            }
             service["depends_on"] = [node.primary_name]
         services[node.name] = service
+    labels = cluster_labels(topology.cluster)
     document = {
-        "name": spec.cluster,
+        "name": topology.cluster,
         "services": services,
-        "networks": {
-            "default": {"name": topology.network, "labels": {"shardctl.cluster": spec.cluster}}
-        },
+        "networks": {"default": {"name": topology.network, "labels": labels}},
         "volumes": {
-            node.volume: {"name": node.volume, "labels": {"shardctl.cluster": spec.cluster}}
-            for node in topology.nodes
+            node.volume: {"name": node.volume, "labels": labels} for node in topology.nodes
         },
         "secrets": {name: {"environment": env} for name, env in SECRET_ENV.items()},
     }
@@ -90,6 +71,48 @@ def render(topology: Topology, compose_dir: Path | None = None) -> str:
         f"# Set {' and '.join(SECRET_ENV.values())} before `docker compose up`.\n"
     )
     return header + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def render_cluster(cluster: Cluster, out: Path | None = None) -> str:
+    """The compose file of a cluster, its data volume where ``up`` would mount it."""
+    return render(cluster.topology, out, mount=image_mount(cluster.topology, cluster.engines))
+
+
+def image_mount(topology: Topology, engines: Engines) -> str:
+    """Where ``up`` mounts the data volume in the topology's image, as the engine reports it.
+
+    Without an engine to ask, or without the image on it, the official images' volume.
+    """
+    try:
+        volumes = engines.image_volumes(topology.spec.image)
+    except (DockerUnavailable, ProvisioningError):
+        return OFFICIAL_IMAGE_MOUNT
+    return OFFICIAL_IMAGE_MOUNT if volumes is None else data_mount(volumes)
+
+
+def _service(spec: ContainerSpec) -> dict[str, Any]:
+    """One compose service running exactly ``spec``."""
+    if set(spec.secrets) != set(SECRET_ENV):
+        raise ProvisioningError(f"internal: compose has no source for secrets {spec.secrets}")
+    return {
+        "image": spec.image,
+        "container_name": spec.name,
+        "hostname": spec.hostname,
+        "user": spec.user,
+        "entrypoint": [_escape(arg) for arg in spec.entrypoint],
+        "command": [_escape(arg) for arg in spec.command],
+        "environment": {name: _escape(value) for name, value in spec.environment.items()},
+        "ports": [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in spec.ports],
+        "volumes": [f"{m.source}:{m.target}" + (":ro" if m.read_only else "") for m in spec.mounts],
+        "secrets": [
+            {"source": name, "target": f"{spec.secrets_dir}/{name}", "mode": SECRET_MODE}
+            for name in spec.secrets
+        ],
+        # Not a digest of up's arguments: a compose-made container also mounts the schema.
+        "labels": dict(spec.labels) | {LABEL_CONFIG: "compose"},
+        "stop_signal": spec.stop_signal,
+        "restart": spec.restart,
+    }
 
 
 def _escape(text: str) -> str:
@@ -106,4 +129,9 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
+def _octal(dumper: yaml.SafeDumper, value: _Octal) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:int", f"0{value:o}")
+
+
 _Dumper.add_representer(str, _str)
+_Dumper.add_representer(_Octal, _octal)

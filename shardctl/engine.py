@@ -1,15 +1,23 @@
 """The one place that talks to the Docker SDK: clients per endpoint, labels, error mapping.
 
 Every resource shardctl creates carries ``shardctl.cluster=<name>``; every query for existing
-resources filters on it, so shardctl never touches what it did not make.
+resources filters on it, so shardctl never touches what it did not make. Other modules describe
+a container as a :class:`ContainerSpec` and call the small methods of :class:`Engines`; only
+this module imports ``docker``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import os
+import posixpath
+import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shardctl.errors import DockerUnavailable, ProvisioningError
@@ -17,7 +25,9 @@ from shardctl.topology import Node, Topology
 
 if TYPE_CHECKING:
     import docker
-    from docker.models.containers import Container
+
+    # Re-exported so that callers can name the type without importing docker.
+    from docker.models.containers import Container as Container
 
 # The Docker SDK (and requests under it) is imported on first use, not with shardctl: an
 # application that only routes queries, and every command that never touches Docker, start
@@ -43,6 +53,95 @@ def node_labels(node: Node) -> dict[str, str]:
         LABEL_NODE: node.name,
         LABEL_ROLE: node.role.value,
     }
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A named volume, or (``bind``) a host path, mounted into a container."""
+
+    source: str
+    target: str
+    read_only: bool = False
+    bind: bool = False
+
+
+@dataclass(frozen=True)
+class Port:
+    """A container port published on a host address."""
+
+    container_port: int
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything a container is made from; of its secrets only the file names."""
+
+    name: str
+    hostname: str
+    image: str
+    entrypoint: tuple[str, ...]
+    command: tuple[str, ...]
+    user: str
+    environment: Mapping[str, str]
+    labels: Mapping[str, str]
+    mounts: tuple[Mount, ...]
+    ports: tuple[Port, ...]
+    network: str
+    secrets_dir: str
+    """The folder the secret files are written to, before the container first starts."""
+    secrets: tuple[str, ...]
+    stop_signal: str = "SIGINT"
+    restart: str = "unless-stopped"
+
+
+def _create_arguments(spec: ContainerSpec) -> dict[str, object]:
+    """The SDK's ``containers.create`` arguments, labels excepted (they carry the digest)."""
+    if any(mount.bind for mount in spec.mounts):
+        raise ProvisioningError(f"internal: {spec.name}: host paths are for compose files only")
+    return {
+        "image": spec.image,
+        "name": spec.name,
+        "hostname": spec.hostname,
+        "entrypoint": list(spec.entrypoint),
+        "command": list(spec.command),
+        "user": spec.user,
+        "environment": dict(spec.environment),
+        "ports": {f"{p.container_port}/tcp": (p.host_ip, p.host_port) for p in spec.ports},
+        "volumes": {
+            m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts
+        },
+        "network": spec.network,
+        "stop_signal": spec.stop_signal,
+        "restart_policy": {"Name": spec.restart},
+    }
+
+
+def config_digest(spec: ContainerSpec) -> str:
+    """A short hash of the container's declared configuration (its ``shardctl.config`` label).
+
+    It hashes exactly what is sent to Docker, so containers made by an earlier shardctl with the
+    same configuration keep their digest and are not recreated.
+    """
+    text = json.dumps(_create_arguments(spec), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _files_archive(folder: str, files: Mapping[str, str]) -> bytes:
+    """A tar of ``folder`` holding ``files`` (name → text), to unpack at the folder's parent."""
+    buffer = io.BytesIO()
+    base = posixpath.basename(folder.rstrip("/"))
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo(base)
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(info)
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"{base}/{name}")
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 @contextlib.contextmanager
@@ -122,7 +221,7 @@ class Engines:
         for endpoint in self.endpoints(topology):
             with docker_errors("listing containers"):
                 found += self.client(endpoint).containers.list(
-                    all=True, filters={"label": f"{LABEL_CLUSTER}={topology.cluster}"}
+                    all=True, filters=_labelled(topology.cluster)
                 )
         return found
 
@@ -135,7 +234,7 @@ class Engines:
         for endpoint in self.endpoints(topology):
             with docker_errors("listing containers"):
                 rows: list[dict[str, Any]] = self.client(endpoint).api.containers(
-                    all=True, filters={"label": f"{LABEL_CLUSTER}={topology.cluster}"}
+                    all=True, filters=_labelled(topology.cluster)
                 )
             for row in rows:
                 names = row.get("Names") or []
@@ -143,11 +242,145 @@ class Engines:
                     found[str(names[0]).lstrip("/")] = str(row.get("State") or "unknown")
         return found
 
+    # ------------------------------------------------------------- images
+
+    def image_volumes(self, image: str, endpoint: str | None = None) -> list[str] | None:
+        """The volumes an image declares, sorted; None when the engine does not have it."""
+        import docker.errors
+
+        with docker_errors(f"inspecting image {image}"):
+            try:
+                found = self.client(endpoint).images.get(image)
+            except docker.errors.ImageNotFound:
+                return None
+        return _declared_volumes(found.attrs)
+
+    def pull(self, image: str, endpoint: str | None = None) -> list[str]:
+        """Pull an image; the volumes it declares, sorted."""
+        import docker.errors
+
+        client = self.client(endpoint)
+        try:
+            found = client.images.pull(image)
+        except docker.errors.DockerException as exc:
+            raise ProvisioningError(
+                f"image {image} is not present and could not be pulled ({_short(exc)}); "
+                "without a registry, build one offline with `scripts/engine.sh` and set "
+                "`image: shardctl-test/postgres:15` in the topology"
+            ) from None
+        return _declared_volumes(found.attrs)
+
+    # -------------------------------------------------- networks and volumes
+
+    def ensure_network(self, name: str, labels: Mapping[str, str], endpoint: str | None) -> None:
+        """Create a bridge network unless one of that name exists."""
+        client = self.client(endpoint)
+        with docker_errors(f"creating network {name}"):
+            if not any(n.name == name for n in client.networks.list(names=[name])):
+                client.networks.create(name, driver="bridge", labels=dict(labels))
+
+    def ensure_volume(self, node: Node) -> bool:
+        """Make the node's volume; True when it was created now (the node starts empty)."""
+        import docker.errors
+
+        client = self.for_node(node)
+        with docker_errors(f"creating volume {node.volume}"):
+            try:
+                volume = client.volumes.get(node.volume)
+            except docker.errors.NotFound:
+                client.volumes.create(node.volume, labels=node_labels(node))
+                return True
+        if (volume.attrs.get("Labels") or {}).get(LABEL_CLUSTER) != node.cluster:
+            raise ProvisioningError(
+                f"a volume named {node.volume} exists but does not belong to cluster "
+                f"{node.cluster!r}; remove or rename it"
+            )
+        return False
+
+    def remove_networks(self, topology: Topology) -> list[str]:
+        """Remove the cluster's networks on every engine; their names."""
+        removed: list[str] = []
+        for endpoint in self.endpoints(topology):
+            with docker_errors("removing networks"):
+                for network in self.client(endpoint).networks.list(
+                    filters=_labelled(topology.cluster)
+                ):
+                    network.remove()
+                    removed.append(str(network.name))
+        return removed
+
+    def remove_volumes(self, topology: Topology) -> list[str]:
+        """Remove the cluster's volumes (its data) on every engine; their names."""
+        removed: list[str] = []
+        for endpoint in self.endpoints(topology):
+            with docker_errors("removing volumes"):
+                for volume in self.client(endpoint).volumes.list(
+                    filters=_labelled(topology.cluster)
+                ):
+                    volume.remove(force=True)
+                    removed.append(str(volume.name))
+        return removed
+
+    # ---------------------------------------------------------- containers
+
+    def create_container(
+        self, spec: ContainerSpec, secrets: Mapping[str, str], endpoint: str | None
+    ) -> Container:
+        """Create (not start) a container, labelled with its config digest, secrets in place.
+
+        The secret files are copied in before the first start, so they are never on a command
+        line or in the container's environment.
+        """
+        if set(secrets) != set(spec.secrets):
+            raise ProvisioningError(f"internal: {spec.name} needs secrets {spec.secrets}")
+        arguments = _create_arguments(spec)
+        labels = dict(spec.labels) | {LABEL_CONFIG: config_digest(spec)}
+        with docker_errors(f"creating container {spec.name}"):
+            container: Container = self.client(endpoint).containers.create(
+                labels=labels,
+                **arguments,  # type: ignore[arg-type]
+            )
+            container.put_archive(
+                posixpath.dirname(spec.secrets_dir.rstrip("/")) or "/",
+                _files_archive(spec.secrets_dir, secrets),
+            )
+        return container
+
+    def status(self, container: Container) -> str:
+        """The container's state as the engine sees it now (running, paused, exited…)."""
+        with docker_errors(f"inspecting {container.name}"):
+            container.reload()
+        return str(container.status)
+
+    def start(self, container: Container) -> None:
+        """Start a stopped container, or unpause a paused one."""
+        with docker_errors(f"starting {container.name}"):
+            if container.status == "paused":
+                container.unpause()
+            else:
+                container.start()
+
+    def remove_container(self, container: Container, *, stop_timeout: int) -> None:
+        """Stop a running container cleanly (not a crash recovery later), then remove it."""
+        with docker_errors(f"removing container {container.name}"):
+            if container.status in ("running", "paused"):
+                container.stop(timeout=stop_timeout)
+            container.remove(force=True)
+
     def close(self) -> None:
         """Close every client."""
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+
+
+def _labelled(cluster: str) -> dict[str, str | list[str] | bool]:
+    """The list filter that selects a cluster's resources."""
+    return {"label": f"{LABEL_CLUSTER}={cluster}"}
+
+
+def _declared_volumes(attrs: dict[str, Any]) -> list[str]:
+    return sorted((attrs.get("Config") or {}).get("Volumes") or {})
 
 
 def log_tail(container: Container | None, lines: int = 12) -> str:

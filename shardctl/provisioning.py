@@ -6,17 +6,12 @@ slot per replica), then makes each replica, which clones the primary with
 ``pg_basebackup -R -X stream -S <slot>`` on its first start. What already matches is left
 alone; a container whose declared configuration changed is recreated on its volume.
 
-Containers do not depend on an image's entrypoint: shardctl runs its own small bootstrap
-script as the ``postgres`` user, so any image with the server binaries on PATH and a
-``postgres`` user works (the official images, the locally built test image).
+What a node's container is comes from :func:`shardctl.containers.container_spec`; every Docker
+call goes through :mod:`shardctl.engine`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import tarfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,74 +23,15 @@ import psycopg
 from psycopg import sql
 
 from shardctl import pg
+from shardctl.containers import container_spec, data_mount
 from shardctl.credentials import Credentials
-from shardctl.engine import (
-    LABEL_CLUSTER,
-    LABEL_CONFIG,
-    Engines,
-    cluster_labels,
-    docker_errors,
-    log_tail,
-    node_labels,
-)
+from shardctl.engine import LABEL_CONFIG, Engines, cluster_labels, config_digest, log_tail
 from shardctl.errors import DatabaseUnavailable, ProvisioningError, ShardctlError
-from shardctl.topology import Node, Role, Topology
+from shardctl.topology import Node, Topology
 from shardctl.waiting import NotYet, wait_for
 
 if TYPE_CHECKING:
-    from docker.models.containers import Container
-
-SECRETS_DIR = "/tmp/shardctl"
-DEFAULT_MOUNT = "/var/lib/postgresql"
-"""Where the data volume goes in an image that declares no volume (owned by postgres there)."""
-OFFICIAL_IMAGE_MOUNT = "/var/lib/postgresql/data"
-"""The volume the official postgres images (up to 17) declare."""
-
-# The container's whole life, as the postgres user. Values arrive as environment variables and
-# the server's settings as arguments ("$@"): nothing is ever spliced into this text.
-BOOTSTRAP = r"""set -eu
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
-    rm -rf "$PGDATA"
-    if [ "$SHARDCTL_ROLE" = primary ]; then
-        initdb -D "$PGDATA" -U "$SHARDCTL_SUPERUSER" --pwfile="$SHARDCTL_SECRETS/superuser" \
-            --auth=scram-sha-256 --encoding=UTF8 --no-instructions
-        {
-            printf 'host replication %s all scram-sha-256\n' "$SHARDCTL_REPLICATION_USER"
-            printf 'host all all all scram-sha-256\n'
-        } >> "$PGDATA/pg_hba.conf"
-        PGPASSWORD="$(cat "$SHARDCTL_SECRETS/superuser")"
-        export PGPASSWORD
-        pg_ctl -D "$PGDATA" -w -o "-c listen_addresses= -c unix_socket_directories=/tmp" start
-        psql -h /tmp -U "$SHARDCTL_SUPERUSER" -d postgres -q -v ON_ERROR_STOP=1 \
-            -v role="$SHARDCTL_REPLICATION_USER" -v pw="$(cat "$SHARDCTL_SECRETS/replication")" \
-            -v db="$SHARDCTL_DATABASE" <<'SQL'
-CREATE ROLE :"role" WITH LOGIN REPLICATION PASSWORD :'pw';
-CREATE DATABASE :"db";
-SQL
-        if [ -n "${SHARDCTL_SCHEMA:-}" ] && [ -s "$SHARDCTL_SCHEMA" ]; then
-            psql -h /tmp -U "$SHARDCTL_SUPERUSER" -d "$SHARDCTL_DATABASE" -q -v ON_ERROR_STOP=1 \
-                -f "$SHARDCTL_SCHEMA"
-        fi
-        pg_ctl -D "$PGDATA" -w -m fast stop
-        unset PGPASSWORD
-    else
-        PGPASSWORD="$(cat "$SHARDCTL_SECRETS/replication")"
-        export PGPASSWORD
-        # The slot is normally made by shardctl; -C makes it when running without shardctl.
-        until pg_basebackup -h "$SHARDCTL_PRIMARY_HOST" -p 5432 -U "$SHARDCTL_REPLICATION_USER" \
-                -D "$PGDATA" -R -X stream -S "$SHARDCTL_SLOT" --checkpoint=fast \
-              || { rm -rf "$PGDATA"; pg_basebackup -h "$SHARDCTL_PRIMARY_HOST" -p 5432 \
-                -U "$SHARDCTL_REPLICATION_USER" -D "$PGDATA" -R -X stream -C -S "$SHARDCTL_SLOT" \
-                --checkpoint=fast; }; do
-            echo "shardctl: cloning from $SHARDCTL_PRIMARY_HOST failed; retrying" >&2
-            rm -rf "$PGDATA"
-            sleep 2
-        done
-        unset PGPASSWORD
-    fi
-fi
-exec postgres -D "$PGDATA" "$@"
-"""
+    from shardctl.engine import Container, ContainerSpec
 
 
 class Action(StrEnum):
@@ -130,31 +66,8 @@ Reporter = Callable[[str, str], None]
 """Called with (node name, what is happening now) while provisioning works."""
 
 
-def _quiet(node: str, step: str) -> None:
-    pass
-
-
-def server_settings(topology: Topology) -> list[str]:
-    """``-c name=value`` arguments every node's postgres runs with."""
-    settings: dict[str, object] = {
-        "listen_addresses": "*",
-        "port": pg.CONTAINER_PORT,
-        "unix_socket_directories": "/tmp",
-        "password_encryption": "scram-sha-256",
-        "wal_level": "logical",
-        "max_wal_senders": 20,
-        "max_replication_slots": 20,
-        "wal_keep_size": "256MB",
-        "hot_standby": "on",
-        "hot_standby_feedback": "on",
-        "track_commit_timestamp": "on",
-    }
-    settings.update(topology.spec.postgres)
-    args: list[str] = []
-    for name, value in settings.items():
-        text = ("on" if value else "off") if isinstance(value, bool) else str(value)
-        args += ["-c", f"{name}={text}"]
-    return args
+def quiet_reporter(node: str, step: str) -> None:
+    """A reporter that reports nothing (the library default; the CLI shows progress)."""
 
 
 class Provisioner:
@@ -165,7 +78,7 @@ class Provisioner:
         topology: Topology,
         engines: Engines,
         credentials: Credentials | None = None,
-        reporter: Reporter = _quiet,
+        reporter: Reporter = quiet_reporter,
     ) -> None:
         self.topology = topology
         self.engines = engines
@@ -214,145 +127,52 @@ class Provisioner:
             self.report(node.name, "ready" if wait or node is primary else "started")
 
     def _ensure_image(self, endpoint: str | None) -> None:
-        import docker.errors
-
         image = self.topology.spec.image
-        client = self.engines.client(endpoint)
-        with docker_errors(f"inspecting image {image}"):
-            try:
-                found = client.images.get(image)
-            except docker.errors.ImageNotFound:
-                found = None
-        if found is None:
+        volumes = self.engines.image_volumes(image, endpoint)
+        if volumes is None:
             self.report("image", f"pulling {image}")
-            try:
-                found = client.images.pull(image)
-            except docker.errors.DockerException as exc:
-                raise ProvisioningError(
-                    f"image {image} is not present and could not be pulled ({pg.first_line(exc)}); "
-                    "without a registry, build one offline with `scripts/engine.sh` and set "
-                    "`image: shardctl-test/postgres:15` in the topology"
-                ) from None
-        volumes = found.attrs.get("Config", {}).get("Volumes") or {}
-        # Mounting on the image's own declared volume keeps Docker from adding an anonymous one.
-        self._mounts[endpoint] = next(iter(sorted(volumes)), DEFAULT_MOUNT)
+            volumes = self.engines.pull(image, endpoint)
+        self._mounts[endpoint] = data_mount(volumes)
 
     def _ensure_network(self, endpoint: str | None) -> None:
-        client = self.engines.client(endpoint)
-        name = self.topology.network
-        with docker_errors(f"creating network {name}"):
-            existing = client.networks.list(names=[name])
-            if not any(n.name == name for n in existing):
-                client.networks.create(
-                    name, driver="bridge", labels=cluster_labels(self.topology.cluster)
-                )
+        self.engines.ensure_network(
+            self.topology.network, cluster_labels(self.topology.cluster), endpoint
+        )
 
-    def _ensure_volume(self, node: Node) -> bool:
-        """Make the node's volume; True when it was created now (the node starts empty)."""
-        import docker.errors
-
-        client = self.engines.for_node(node)
-        with docker_errors(f"creating volume {node.volume}"):
-            try:
-                volume = client.volumes.get(node.volume)
-            except docker.errors.NotFound:
-                client.volumes.create(node.volume, labels=node_labels(node))
-                return True
-        if (volume.attrs.get("Labels") or {}).get(LABEL_CLUSTER) != node.cluster:
-            raise ProvisioningError(
-                f"a volume named {node.volume} exists but does not belong to cluster "
-                f"{node.cluster!r}; remove or rename it"
-            )
-        return False
-
-    def container_config(self, node: Node) -> dict[str, object]:
-        """The keyword arguments that create ``node``'s container, config hash label included."""
-        mount = self._mounts[node.engine]
-        environment = {
-            "PGDATA": f"{mount}/pgdata",
-            "SHARDCTL_ROLE": node.role.value,
-            "SHARDCTL_SECRETS": SECRETS_DIR,
-            "SHARDCTL_SUPERUSER": self.topology.spec.credentials.superuser,
-            "SHARDCTL_REPLICATION_USER": self.topology.spec.credentials.replication_user,
-            "SHARDCTL_DATABASE": self.topology.spec.database,
-        }
-        if node.role is Role.REPLICA:
-            environment |= {
-                "SHARDCTL_PRIMARY_HOST": node.primary_container,
-                "SHARDCTL_SLOT": node.slot,
-            }
-        config: dict[str, object] = {
-            "image": self.topology.spec.image,
-            "name": node.container,
-            "hostname": node.name,
-            "entrypoint": ["sh", "-c", BOOTSTRAP, "shardctl-node"],
-            "command": server_settings(self.topology),
-            "user": "postgres",
-            "environment": environment,
-            "ports": {f"{pg.CONTAINER_PORT}/tcp": (node.bind_address, node.host_port)},
-            "volumes": {node.volume: {"bind": mount, "mode": "rw"}},
-            "network": self.topology.network,
-            "stop_signal": "SIGINT",
-            "restart_policy": {"Name": "unless-stopped"},
-        }
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-        config["labels"] = node_labels(node) | {LABEL_CONFIG: digest}
-        return config
+    def spec(self, node: Node) -> ContainerSpec:
+        """The container ``up`` makes for ``node`` (on the volume mount its image asks for)."""
+        return container_spec(self.topology, node, self._mounts[node.engine])
 
     def _ensure_node(self, node: Node, primary: Node | None = None) -> Action:
-        fresh_volume = self._ensure_volume(node)
+        fresh_volume = self.engines.ensure_volume(node)
         if primary is not None and fresh_volume:
             self._reset_slot(primary, node)
-        config = self.container_config(node)
-        labels = config["labels"]
-        assert isinstance(labels, dict)
+        spec = self.spec(node)
         container = self.engines.container(node)
         action = Action.UNCHANGED
-        if container is not None and container.labels.get(LABEL_CONFIG) != labels[LABEL_CONFIG]:
+        if container is not None and container.labels.get(LABEL_CONFIG) != config_digest(spec):
             self.report(node.name, "recreating (configuration changed)")
-            with docker_errors(f"removing outdated container {node.container}"):
-                container.stop(timeout=30)
-                container.remove()
+            self.engines.remove_container(container, stop_timeout=30)
             container, action = None, Action.RECREATED
         if container is None:
             self.report(node.name, "creating container")
-            container = self._create(node, config)
+            container = self.engines.create_container(spec, self._secrets(), node.engine)
             action = action if action is Action.RECREATED else Action.CREATED
-        with docker_errors(f"starting {node.container}"):
-            container.reload()
-            if container.status == "paused":
-                container.unpause()
-                action = action if action is not Action.UNCHANGED else Action.STARTED
-            elif container.status != "running":
+        status = self.engines.status(container)
+        if status != "running":
+            if status != "paused":
                 self.report(node.name, "starting")
-                container.start()
-                action = action if action is not Action.UNCHANGED else Action.STARTED
+            self.engines.start(container)
+            action = action if action is not Action.UNCHANGED else Action.STARTED
         return action
 
-    def _create(self, node: Node, config: dict[str, object]) -> Container:
-        client = self.engines.for_node(node)
-        with docker_errors(f"creating container {node.container}"):
-            container: Container = client.containers.create(**config)  # type: ignore[arg-type]
-            container.put_archive("/tmp", self._secrets_archive())
-        return container
-
-    def _secrets_archive(self) -> bytes:
-        """A tar of the password files the bootstrap script reads; never on the command line."""
+    def _secrets(self) -> dict[str, str]:
+        """The password files the bootstrap script reads; never on the command line."""
         creds = self._creds()
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as tar:
-            folder = tarfile.TarInfo("shardctl")
-            folder.type, folder.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(folder)
-            for name, secret in (
-                ("superuser", creds.superuser_password),
-                ("replication", creds.replication_password),
-            ):
-                data = secret.encode()
-                info = tarfile.TarInfo(f"shardctl/{name}")
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-        return buffer.getvalue()
+        return {
+            "superuser": creds.superuser_password,
+            "replication": creds.replication_password,
+        }
 
     def _creds(self) -> Credentials:
         if self.credentials is None:
@@ -388,12 +208,7 @@ class Provisioner:
             ).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.database)))
             for replica in replicas:
-                conn.execute(
-                    "SELECT pg_catalog.pg_create_physical_replication_slot(%s, true) "
-                    "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots "
-                    "WHERE slot_name = %s)",
-                    (replica.slot, replica.slot),
-                )
+                _create_slot(conn, replica)
         self.apply_schema(primary)
 
     def apply_schema(self, primary: Node) -> None:
@@ -418,12 +233,7 @@ class Provisioner:
                 "FROM pg_catalog.pg_replication_slots WHERE slot_name = %s AND NOT active",
                 (replica.slot,),
             )
-            conn.execute(
-                "SELECT pg_catalog.pg_create_physical_replication_slot(%s, true) "
-                "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots "
-                "WHERE slot_name = %s)",
-                (replica.slot, replica.slot),
-            )
+            _create_slot(conn, replica)
 
     # -------------------------------------------------------------- waiting
 
@@ -485,24 +295,21 @@ class Provisioner:
         containers = self.engines.cluster_containers(self.topology)
 
         def remove(container: Container) -> str:
-            with docker_errors(f"removing container {container.name}"):
-                if container.status == "running":
-                    container.stop(timeout=20)  # a clean shutdown, not a crash recovery later
-                container.remove(force=True)
+            self.engines.remove_container(container, stop_timeout=20)
             return str(container.name)
 
         with ThreadPoolExecutor(max_workers=max(1, len(containers))) as pool:
             report.containers = sorted(pool.map(remove, containers))
-        labelled = {"label": f"{LABEL_CLUSTER}={self.topology.cluster}"}
-        for endpoint in self.engines.endpoints(self.topology):
-            client = self.engines.client(endpoint)
-            with docker_errors("removing networks"):
-                for network in client.networks.list(filters=labelled):
-                    network.remove()
-                    report.networks.append(str(network.name))
-            if volumes:
-                with docker_errors("removing volumes"):
-                    for volume in client.volumes.list(filters=labelled):
-                        volume.remove(force=True)
-                        report.volumes.append(str(volume.name))
+        report.networks = self.engines.remove_networks(self.topology)
+        if volumes:
+            report.volumes = self.engines.remove_volumes(self.topology)
         return report
+
+
+def _create_slot(conn: psycopg.Connection[tuple[object, ...]], replica: Node) -> None:
+    """The replica's physical slot, reserving WAL from now; nothing when it exists."""
+    conn.execute(
+        "SELECT pg_catalog.pg_create_physical_replication_slot(%s, true) "
+        "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s)",
+        (replica.slot, replica.slot),
+    )

@@ -46,7 +46,7 @@ def compose_command(
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file.")] = None,
 ) -> None:
     """Render the cluster as a docker compose file."""
-    text = compose.render(open_cluster(topology).topology)
+    text = compose.render_cluster(open_cluster(topology), out)
     if out is None:
         typer.echo(text, nl=False)
     else:

@@ -1,22 +1,29 @@
-"""The committed compose file is exactly what `shardctl compose` renders from topology.yaml."""
+"""The committed compose file is exactly what `shardctl compose` renders from topology.yaml, and
+every service is the container `up` makes."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import yaml
 
 from shardctl import compose, topology
+from shardctl.containers import SCHEMA_TARGET, container_spec
+from shardctl.engine import LABEL_CONFIG, config_digest
 from tests.conftest import REPO
+
+COMMITTED = REPO / "compose" / "docker-compose.yml"
 
 
 def test_committed_compose_file_matches_the_topology() -> None:
-    rendered = compose.render(topology.load(REPO / "topology.yaml"), REPO / "compose")
-    committed = (REPO / "compose" / "docker-compose.yml").read_text(encoding="utf-8")
+    rendered = compose.render(topology.load(REPO / "topology.yaml"), COMMITTED)
+    committed = COMMITTED.read_text(encoding="utf-8")
     assert committed == rendered, "run: shardctl compose --out compose/docker-compose.yml"
 
 
 def test_compose_services_mirror_the_nodes_without_secrets() -> None:
     topo = topology.load(REPO / "topology.yaml")
-    document = yaml.safe_load(compose.render(topo, REPO / "compose"))
+    document = yaml.safe_load(compose.render(topo, COMMITTED))
     services = document["services"]
     assert set(services) == {n.name for n in topo.nodes}
     replica = services["shard-2-replica-1"]
@@ -28,3 +35,56 @@ def test_compose_services_mirror_the_nodes_without_secrets() -> None:
     assert "$$PGDATA" in replica["entrypoint"][2]
     assert document["secrets"]["superuser"] == {"environment": "SHARDCTL_SUPERUSER_PASSWORD"}
     assert not any("PASSWORD" in key for s in services.values() for key in s["environment"])
+
+
+def test_each_service_is_the_container_up_makes(tmp_path: Path) -> None:
+    topo = topology.load(REPO / "topology.yaml")
+    mount = "/var/lib/postgresql"
+    services = yaml.safe_load(compose.render(topo, tmp_path / "dc.yml", mount=mount))["services"]
+    for node in topo.nodes:
+        spec = container_spec(topo, node, mount)
+        service = services[node.name]
+        assert service["image"] == spec.image
+        assert service["container_name"] == spec.name
+        assert service["user"] == spec.user
+        assert service["command"] == list(spec.command)
+        assert service["entrypoint"][2].replace("$$", "$") == spec.entrypoint[2]
+        extra = {"SHARDCTL_SCHEMA": SCHEMA_TARGET} if node.name.endswith("primary") else {}
+        assert (
+            service["environment"]
+            == {k: v.replace("$", "$$") for k, v in spec.environment.items()} | extra
+        )
+        assert service["volumes"][0] == f"{node.volume}:{mount}"
+        assert [s["target"] for s in service["secrets"]] == [
+            f"{spec.secrets_dir}/{name}" for name in spec.secrets
+        ]
+        assert service["labels"] == dict(spec.labels) | {LABEL_CONFIG: "compose"}
+
+
+def test_the_schema_path_is_relative_to_the_written_file(tmp_path: Path) -> None:
+    topo = topology.load(REPO / "topology.yaml")
+    for out in (tmp_path / "dc.yml", tmp_path / "a" / "b" / "dc.yml", REPO / "dc.yml"):
+        services = yaml.safe_load(compose.render(topo, out))["services"]
+        source = services["shard-0-primary"]["volumes"][1].split(":")[0]
+        assert source.startswith((".", "/")), "compose reads a bare name as a volume"
+        assert (out.parent / source).resolve() == (REPO / "schema.sql").resolve()
+
+
+def test_an_unchanged_configuration_keeps_its_digest(tmp_path: Path) -> None:
+    # Containers made by earlier releases carry these digests (computed by the code before
+    # container_spec existed); a different one would make `up` recreate every node.
+    path = tmp_path / "topology.yaml"
+    path.write_text(
+        "cluster: pinned\nimage: postgres:17\ndatabase: app\nbase_port: 54320\n"
+        "shards:\n  - name: shard-0\n    replicas: 1\n",
+        encoding="utf-8",
+    )
+    topo = topology.load(path)
+    digests = {
+        node.name: config_digest(container_spec(topo, node, "/var/lib/postgresql/data"))
+        for node in topo.nodes
+    }
+    assert digests == {
+        "shard-0-primary": "6cc5c02a872cbb77",
+        "shard-0-replica-1": "71bd82d446bf7e5e",
+    }

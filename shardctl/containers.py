@@ -1,0 +1,149 @@
+"""What a node's container is, built once for ``up`` and for ``compose``.
+
+:func:`container_spec` is the single description of a node's container: image, bootstrap
+script, server settings, environment, volume, labels, port, network and where the secret files
+go. ``up`` creates exactly it through :mod:`shardctl.engine`; ``compose`` renders exactly it, so
+the compose file cannot drift from what ``up`` makes.
+
+Containers do not depend on an image's entrypoint: the bootstrap script runs as the ``postgres``
+user, so any image with the server binaries on PATH and a ``postgres`` user works (the official
+images, the locally built test image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from shardctl import pg
+from shardctl.engine import ContainerSpec, Mount, Port, node_labels
+from shardctl.topology import Node, Role, Topology
+
+SECRETS_DIR = "/tmp/shardctl"
+"""Where the password files go in a container (copied in by ``up``, secrets in compose)."""
+SECRET_NAMES = ("superuser", "replication")
+DEFAULT_MOUNT = "/var/lib/postgresql"
+"""Where the data volume goes in an image that declares no volume (owned by postgres there)."""
+OFFICIAL_IMAGE_MOUNT = "/var/lib/postgresql/data"
+"""The volume the official postgres images (up to 17) declare."""
+SCHEMA_TARGET = "/shardctl/schema.sql"
+"""Where a compose file mounts the schema; ``up`` applies the schema itself over SQL."""
+
+# The container's whole life, as the postgres user. Values arrive as environment variables and
+# the server's settings as arguments ("$@"): nothing is ever spliced into this text.
+BOOTSTRAP = r"""set -eu
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    rm -rf "$PGDATA"
+    if [ "$SHARDCTL_ROLE" = primary ]; then
+        initdb -D "$PGDATA" -U "$SHARDCTL_SUPERUSER" --pwfile="$SHARDCTL_SECRETS/superuser" \
+            --auth=scram-sha-256 --encoding=UTF8 --no-instructions
+        {
+            printf 'host replication %s all scram-sha-256\n' "$SHARDCTL_REPLICATION_USER"
+            printf 'host all all all scram-sha-256\n'
+        } >> "$PGDATA/pg_hba.conf"
+        PGPASSWORD="$(cat "$SHARDCTL_SECRETS/superuser")"
+        export PGPASSWORD
+        pg_ctl -D "$PGDATA" -w -o "-c listen_addresses= -c unix_socket_directories=/tmp" start
+        psql -h /tmp -U "$SHARDCTL_SUPERUSER" -d postgres -q -v ON_ERROR_STOP=1 \
+            -v role="$SHARDCTL_REPLICATION_USER" -v pw="$(cat "$SHARDCTL_SECRETS/replication")" \
+            -v db="$SHARDCTL_DATABASE" <<'SQL'
+CREATE ROLE :"role" WITH LOGIN REPLICATION PASSWORD :'pw';
+CREATE DATABASE :"db";
+SQL
+        if [ -n "${SHARDCTL_SCHEMA:-}" ] && [ -s "$SHARDCTL_SCHEMA" ]; then
+            psql -h /tmp -U "$SHARDCTL_SUPERUSER" -d "$SHARDCTL_DATABASE" -q -v ON_ERROR_STOP=1 \
+                -f "$SHARDCTL_SCHEMA"
+        fi
+        pg_ctl -D "$PGDATA" -w -m fast stop
+        unset PGPASSWORD
+    else
+        PGPASSWORD="$(cat "$SHARDCTL_SECRETS/replication")"
+        export PGPASSWORD
+        # The slot is normally made by shardctl; -C makes it when running without shardctl.
+        until pg_basebackup -h "$SHARDCTL_PRIMARY_HOST" -p 5432 -U "$SHARDCTL_REPLICATION_USER" \
+                -D "$PGDATA" -R -X stream -S "$SHARDCTL_SLOT" --checkpoint=fast \
+              || { rm -rf "$PGDATA"; pg_basebackup -h "$SHARDCTL_PRIMARY_HOST" -p 5432 \
+                -U "$SHARDCTL_REPLICATION_USER" -D "$PGDATA" -R -X stream -C -S "$SHARDCTL_SLOT" \
+                --checkpoint=fast; }; do
+            echo "shardctl: cloning from $SHARDCTL_PRIMARY_HOST failed; retrying" >&2
+            rm -rf "$PGDATA"
+            sleep 2
+        done
+        unset PGPASSWORD
+    fi
+fi
+exec postgres -D "$PGDATA" "$@"
+"""
+
+
+def data_mount(declared_volumes: Iterable[str]) -> str:
+    """Where the data volume is mounted, given the volumes the image declares.
+
+    Mounting on the image's own declared volume keeps Docker from adding an anonymous one.
+    """
+    return next(iter(sorted(declared_volumes)), DEFAULT_MOUNT)
+
+
+def server_settings(topology: Topology) -> list[str]:
+    """``-c name=value`` arguments every node's postgres runs with."""
+    settings: dict[str, object] = {
+        "listen_addresses": "*",
+        "port": pg.CONTAINER_PORT,
+        "unix_socket_directories": "/tmp",
+        "password_encryption": "scram-sha-256",
+        "wal_level": "logical",
+        "max_wal_senders": 20,
+        "max_replication_slots": 20,
+        "wal_keep_size": "256MB",
+        "hot_standby": "on",
+        "hot_standby_feedback": "on",
+        "track_commit_timestamp": "on",
+    }
+    settings.update(topology.spec.postgres)
+    args: list[str] = []
+    for name, value in settings.items():
+        text = ("on" if value else "off") if isinstance(value, bool) else str(value)
+        args += ["-c", f"{name}={text}"]
+    return args
+
+
+def container_spec(
+    topology: Topology, node: Node, mount: str, *, schema_file: str | None = None
+) -> ContainerSpec:
+    """The container of ``node``, its data volume mounted at ``mount``.
+
+    ``schema_file`` (compose only) is a host path mounted for the primary's first start; ``up``
+    passes none and applies the schema over SQL instead.
+    """
+    spec = topology.spec
+    environment = {
+        "PGDATA": f"{mount}/pgdata",
+        "SHARDCTL_ROLE": node.role.value,
+        "SHARDCTL_SECRETS": SECRETS_DIR,
+        "SHARDCTL_SUPERUSER": spec.credentials.superuser,
+        "SHARDCTL_REPLICATION_USER": spec.credentials.replication_user,
+        "SHARDCTL_DATABASE": spec.database,
+    }
+    mounts = [Mount(node.volume, mount)]
+    if node.role is Role.REPLICA:
+        environment |= {
+            "SHARDCTL_PRIMARY_HOST": node.primary_container,
+            "SHARDCTL_SLOT": node.slot,
+        }
+    elif schema_file is not None:
+        environment["SHARDCTL_SCHEMA"] = SCHEMA_TARGET
+        mounts.append(Mount(schema_file, SCHEMA_TARGET, read_only=True, bind=True))
+    return ContainerSpec(
+        name=node.container,
+        hostname=node.name,
+        image=spec.image,
+        entrypoint=("sh", "-c", BOOTSTRAP, "shardctl-node"),
+        command=tuple(server_settings(topology)),
+        user="postgres",
+        environment=environment,
+        labels=node_labels(node),
+        mounts=tuple(mounts),
+        ports=(Port(pg.CONTAINER_PORT, node.bind_address, node.host_port),),
+        network=topology.network,
+        secrets_dir=SECRETS_DIR,
+        secrets=SECRET_NAMES,
+    )

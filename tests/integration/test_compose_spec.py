@@ -1,0 +1,73 @@
+"""`shardctl compose` renders the very containers `up` makes: compared with `docker inspect`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from shardctl import compose
+from shardctl.containers import SCHEMA_TARGET
+from shardctl.engine import LABEL_CONFIG
+from tests.integration.conftest import ClusterFactory
+
+
+def unescape(text: str) -> str:
+    return text.replace("$$", "$")
+
+
+def test_compose_services_match_what_up_created(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    cluster = cluster_factory(shards=1, replicas=1)
+    out = tmp_path / "elsewhere" / "dc.yml"
+    document = yaml.safe_load(compose.render_cluster(cluster, out))
+    assert document["networks"]["default"]["name"] == cluster.topology.network
+    for node in cluster.topology.nodes:
+        service = document["services"][node.name]
+        container = cluster.engines.container(node)
+        assert container is not None
+        config, host = container.attrs["Config"], container.attrs["HostConfig"]
+        image = cluster.engines.for_node(node).images.get(config["Image"])
+
+        assert config["Image"] == service["image"]
+        assert container.name == service["container_name"]
+        assert config["Hostname"] == service["hostname"]
+        assert config["User"] == service["user"]
+        assert config["Entrypoint"] == [unescape(arg) for arg in service["entrypoint"]]
+        assert config["Cmd"] == [unescape(arg) for arg in service["command"]]
+
+        # The one deliberate difference: compose mounts the schema for the primary's first
+        # start, where up applies it over SQL.
+        environment = {k: unescape(v) for k, v in service["environment"].items()}
+        volumes = list(service["volumes"])
+        if environment.pop("SHARDCTL_SCHEMA", None) is not None:
+            schema = volumes.pop()
+            source, target, mode = schema.split(":")
+            assert (target, mode) == (SCHEMA_TARGET, "ro")
+            assert (out.parent / source).resolve() == cluster.topology.schema_path
+        image_env = set(image.attrs["Config"].get("Env") or [])
+        own_env = dict(e.split("=", 1) for e in config["Env"] if e not in image_env)
+        assert own_env == environment
+
+        mounts = {f"{m['Name']}:{m['Destination']}" for m in container.attrs["Mounts"]}
+        assert mounts == set(volumes)
+
+        labels = {k: v for k, v in config["Labels"].items() if k.startswith("shardctl.")}
+        assert labels.pop(LABEL_CONFIG)
+        assert labels == {k: v for k, v in service["labels"].items() if k != LABEL_CONFIG}
+
+        published = [
+            f"{b['HostIp']}:{b['HostPort']}:{port.removesuffix('/tcp')}"
+            for port, bindings in host["PortBindings"].items()
+            for b in bindings
+        ]
+        assert published == service["ports"]
+        assert host["RestartPolicy"]["Name"] == service["restart"]
+        assert config["StopSignal"] == service["stop_signal"]
+        assert cluster.topology.network in container.attrs["NetworkSettings"]["Networks"]
+
+        # Compose writes its secrets where up copied them, readable by the server's user.
+        for secret in service["secrets"]:
+            found = container.exec_run(["test", "-r", secret["target"]], user=service["user"])
+            assert found.exit_code == 0, secret["target"]
