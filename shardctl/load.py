@@ -31,6 +31,7 @@ from psycopg import sql
 from shardctl.errors import UsageError
 from shardctl.ledger import COLUMNS, Ledger, Value
 from shardctl.router import Prefer, Router
+from shardctl.text import first_line
 
 TABLE = "users"
 OPS = ("insert", "read", "update", "delete")
@@ -206,7 +207,7 @@ class _Worker:
             rows = self.call(op, key, value)
         except Exception as exc:  # every failure is counted; none stops a worker
             elapsed = time.perf_counter() - started
-            self.stats.failures[op].append(f"{type(exc).__name__}: {_first_line(exc)}")
+            self.stats.failures[op].append(f"{type(exc).__name__}: {first_line(exc)}")
             self.stats.latencies[op].append(elapsed)
             if op != "read":
                 if op != "insert":
@@ -374,11 +375,6 @@ def percentile(ordered: list[float], p: float) -> float:
         return 0.0
     rank = max(1, -(-len(ordered) * p // 100))
     return ordered[min(len(ordered), int(rank)) - 1]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------ bulk

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from shardctl import __version__, render
+from shardctl import __version__
+from shardctl.cli import render
 from shardctl.cluster import Cluster
 from shardctl.errors import ShardctlError
 from shardctl.provisioning import Reporter
@@ -78,13 +79,11 @@ def open_cluster(path: Path | None) -> Cluster:
 @contextmanager
 def progress_reporter() -> Iterator[Reporter]:
     """A rich spinner per node on stderr, fed by the provisioner's (node, step) reports."""
-    with Progress(
+    with render.progress(
         SpinnerColumn(),
         TextColumn("{task.fields[node]:<22}"),
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
-        console=render.err_console,
-        transient=True,
     ) as progress:
         tasks: dict[str, TaskID] = {}
 
