@@ -67,7 +67,10 @@ def load(
         ),
     ] = None,
     bulk: Annotated[
-        bool, typer.Option("--bulk", help="Bulk-load --rows new users with COPY, per shard.")
+        bool,
+        typer.Option(
+            "--bulk", help="Bulk-load --rows new rows of the declared table with COPY, per shard."
+        ),
     ] = False,
     rows: Annotated[
         int | None, typer.Option("--rows", min=1, show_default=False, help="Rows for --bulk.")
@@ -79,7 +82,8 @@ def load(
     """The load test: concurrent workers through the Router; throughput, success, latencies.
 
     Exit 1 when an op failed or found its row missing. With --verify, checks ledgers instead;
-    with --bulk --rows N, fills users through COPY, one stream per shard.
+    with --bulk --rows N, fills the declared table (users in the example) through COPY, one
+    stream per shard.
     """
     if read_from not in ("primary", "replica"):
         raise UsageError(f"--read-from must be primary or replica, not {read_from!r}")
