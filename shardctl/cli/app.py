@@ -7,7 +7,7 @@ Errors from the library (:class:`~shardctl.errors.ShardctlError`) are caught onc
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -103,10 +103,14 @@ _UsageError: type[Exception] = next(
 )
 
 
-def main() -> None:
-    """Entry point of the console script: run the app, map errors to exit codes."""
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the console script: run the app, map errors to exit codes.
+
+    ``args`` replaces ``sys.argv[1:]``, so tests can run the CLI in-process exactly as a user
+    does, error mapping included.
+    """
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name=None if args is None else "shardctl", standalone_mode=False)
     except ShardctlError as exc:
         fail(str(exc), exc.exit_code)
     except typer.Abort:
