@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shardctl.cluster import Cluster  # noqa: E402
-from tests.integration.conftest import make_topology, running  # noqa: E402  (the tests' own)
+from tests.clusters import make_topology, running  # noqa: E402  (shared with the tests)
 
 
 @contextmanager

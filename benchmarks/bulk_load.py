@@ -20,7 +20,7 @@ from _cluster import temp_cluster
 
 from shardctl import Router, pg
 from shardctl.cluster import Cluster
-from shardctl.load import bulk_load, generate
+from shardctl.load import Target, bulk_load, copy_statement, copy_text, generate, target
 
 CHUNK = 20_000
 
@@ -32,23 +32,17 @@ def empty(cluster: Cluster) -> None:
             conn.execute("CHECKPOINT")
 
 
-def raw_copy(cluster: Cluster, rows: int, *, pregenerated: bool) -> float:
+def raw_copy(cluster: Cluster, table: Target, rows: int, *, pregenerated: bool) -> float:
     """Rows per second of one COPY stream into shard-0's primary, chunk by chunk."""
     node = cluster.topology.node("shard-0-primary")
     info = pg.conninfo(node, cluster.credentials(), cluster.topology.spec.database)
-    made = list(generate(rows)) if pregenerated else None
+    made = list(generate(table, rows)) if pregenerated else None
     started = time.perf_counter()
-    users = made if made is not None else list(generate(rows))
+    users = made if made is not None else list(generate(table, rows))
     with psycopg.connect(info, autocommit=True) as conn:
         for start in range(0, rows, CHUNK):
-            batch = users[start : start + CHUNK]
-            data = "".join(f"{k}\t{f}\t{la}\t{e}\n" for k, f, la, e in batch)
-            with (
-                conn.transaction(),
-                conn.cursor().copy(
-                    "COPY users (id, first_name, last_name, email) FROM STDIN"
-                ) as copy,
-            ):
+            data = copy_text(users[start : start + CHUNK])
+            with conn.transaction(), conn.cursor().copy(copy_statement(table)) as copy:
                 copy.write(data)
     return rows / (time.perf_counter() - started)
 
@@ -61,11 +55,14 @@ def main() -> None:
     args = parser.parse_args()
     best = {"raw": 0.0, "raw+gen": 0.0, "bulk": 0.0}
     with temp_cluster(replicas=args.replicas) as cluster, Router(cluster) as router:
+        users = target(router)  # the same table and columns bulk_load writes
         for _ in range(args.repeat):
             empty(cluster)
-            best["raw"] = max(best["raw"], raw_copy(cluster, args.rows, pregenerated=True))
+            best["raw"] = max(best["raw"], raw_copy(cluster, users, args.rows, pregenerated=True))
             empty(cluster)
-            best["raw+gen"] = max(best["raw+gen"], raw_copy(cluster, args.rows, pregenerated=False))
+            best["raw+gen"] = max(
+                best["raw+gen"], raw_copy(cluster, users, args.rows, pregenerated=False)
+            )
             empty(cluster)
             report = bulk_load(router, args.rows, chunk=CHUNK)
             best["bulk"] = max(best["bulk"], report.rows_per_second)

@@ -16,6 +16,7 @@ import time
 import uuid
 
 from _cluster import temp_cluster
+from psycopg import sql
 
 from shardctl import pg
 from shardctl.reshard import capture, transfer
@@ -53,10 +54,10 @@ def main() -> None:
             src.execute("VACUUM ANALYZE users")
             move = Move(SPACE // 2, SPACE, source_node.shard, target_node.shard)
             where = transfer.range_predicate(table.key, move.start_hex, move.end_hex)
-            moving = src.execute(
-                transfer.sql.SQL("SELECT count(*) FROM users WHERE {}").format(where)
+            counted = src.execute(
+                sql.SQL("SELECT count(*) FROM users WHERE {}").format(where)
             ).fetchone()
-            rows = int(moving[0]) if moving else 0
+            rows = int(str(counted[0])) if counted else 0
             chunks = split(0, move, rows, 50_000)
             raw_times: list[float] = []
             ours_times: list[float] = []
@@ -67,7 +68,7 @@ def main() -> None:
                 started = time.perf_counter()
                 with (
                     src.cursor().copy(
-                        transfer.sql.SQL(
+                        sql.SQL(
                             "COPY (SELECT * FROM users WHERE {}) TO STDOUT (FORMAT binary)"
                         ).format(where)
                     ) as out,

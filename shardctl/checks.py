@@ -1,8 +1,9 @@
 """Replication checks: the declared topology plus observed facts become findings.
 
 Pure functions, no I/O. :func:`replication_checks` judges one :class:`~shardctl.health.ClusterFacts`
-(the facts ``status`` shows too); :func:`canary_check` and :func:`deep_check` judge what
-:mod:`shardctl.verify` measured by writing a canary row and by checksumming tables.
+(the facts ``status`` shows too, as :func:`status_rows`); :func:`canary_check` and
+:func:`deep_check` judge what :mod:`shardctl.verify` measured by writing a canary row and by
+checksumming tables. Health facts sit below this module and never import it.
 
 Every finding is a :class:`Check`: one shard, one node, one named check, passed, failed or
 skipped (not checkable because the node, or the primary it is compared with, did not answer;
@@ -15,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from shardctl.health import ClusterFacts, ContainerState, NodeFacts, NodeObservation
+from shardctl import pg
+from shardctl.health import ActualRole, ClusterFacts, ContainerState, NodeFacts, NodeObservation
+from shardctl.text import duration_text, size_text
 from shardctl.topology import HealthSpec, Node, Role, TableSpec, Topology
 
 REACHABLE = "reachable"
@@ -106,21 +109,6 @@ def sort_checks(topology: Topology, checks: Iterable[Check]) -> list[Check]:
         return node_rank.get(check.node, len(node_rank)), check.node, rank, check.check
 
     return sorted(checks, key=key)
-
-
-def size_text(n: int) -> str:
-    """Bytes in a short human form (``0 B``, ``1.5 MiB``)."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def duration_text(seconds: float) -> str:
-    """Seconds in a short human form (``4 ms``, ``1.2 s``)."""
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 # ---------------------------------------------------------------- facts → checks
@@ -437,3 +425,64 @@ def differing_keys(primary: dict[str, str], replica: dict[str, str], limit: int 
         how = "missing" if key not in replica else "extra" if key not in primary else "differs"
         found.append(f"{key} ({how})")
     return found
+
+
+# ---------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One line of ``shardctl status``."""
+
+    shard: str
+    name: str
+    role: Role
+    actual_role: ActualRole
+    state: ContainerState
+    address: str
+    port: int
+    in_recovery: bool | None
+    timeline: int | None
+    lsn: int | None
+    lag_bytes: int | None
+    lag_seconds: float | None
+    slot: str | None
+    healthy: bool
+    problem: str | None
+
+
+def status_rows(facts: ClusterFacts) -> list[StatusRow]:
+    """The status table: one row per declared node, healthy or with the first problem found.
+
+    The problem is the node's first failed check of ``verify-replication`` (the same checks on
+    the same facts, with the topology's thresholds), so the two commands never disagree.
+    """
+    problems: dict[str, str] = {}
+    for check in replication_checks(facts, facts.topology.spec.health):
+        if not check.ok:
+            problems.setdefault(check.node, f"{check.check}: {check.detail}")
+    rows = []
+    for obs in facts.nodes:
+        node, node_facts = obs.node, obs.facts
+        host, port = pg.address(node)
+        problem = problems.get(node.name)
+        rows.append(
+            StatusRow(
+                shard=node.shard,
+                name=node.name,
+                role=node.role,
+                actual_role=node_facts.role if node_facts else ActualRole.UNKNOWN,
+                state=obs.container,
+                address=host,
+                port=port,
+                in_recovery=node_facts.in_recovery if node_facts else None,
+                timeline=node_facts.timeline if node_facts else None,
+                lsn=node_facts.lsn if node_facts else None,
+                lag_bytes=facts.lag_bytes(obs),
+                lag_seconds=facts.lag_seconds(obs),
+                slot=node.slot if node.role is Role.REPLICA else None,
+                healthy=problem is None,
+                problem=problem,
+            )
+        )
+    return rows

@@ -2,8 +2,8 @@
 
 :func:`observe` probes all declared nodes at the same time (one schema-qualified query per
 node, plus the container's state from Docker) and returns a :class:`ClusterFacts`.
-``status`` renders it as rows; ``verify-replication`` turns it into findings. Nothing is
-queried twice.
+:mod:`shardctl.checks` judges it, both for ``status`` (as rows) and for ``verify-replication``
+(as findings); this module knows nothing of checks. Nothing is queried twice.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from shardctl import pg
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
-from shardctl.topology import Node, Role, Topology
+from shardctl.topology import Node, Topology
 
 T = TypeVar("T")
 
@@ -361,78 +361,3 @@ def observe(
             facts, seconds = answer
             observations.append(NodeObservation(node, state, facts, None, seconds))
     return ClusterFacts(topology, tuple(observations), undeclared)
-
-
-@dataclass(frozen=True)
-class StatusRow:
-    """One line of ``shardctl status``."""
-
-    shard: str
-    name: str
-    role: Role
-    actual_role: ActualRole
-    state: ContainerState
-    address: str
-    port: int
-    in_recovery: bool | None
-    timeline: int | None
-    lsn: int | None
-    lag_bytes: int | None
-    lag_seconds: float | None
-    slot: str | None
-    healthy: bool
-    problem: str | None
-
-
-def status_rows(facts: ClusterFacts) -> list[StatusRow]:
-    """The status table: one row per declared node, healthy or with the first problem found.
-
-    The problem is the node's first failed check of ``verify-replication`` (the same checks on
-    the same facts, with the topology's thresholds), so the two commands never disagree.
-    """
-    from shardctl.checks import replication_checks  # builds on this module
-
-    problems: dict[str, str] = {}
-    for check in replication_checks(facts, facts.topology.spec.health):
-        if not check.ok:
-            problems.setdefault(check.node, f"{check.check}: {check.detail}")
-    rows = []
-    for obs in facts.nodes:
-        node, node_facts = obs.node, obs.facts
-        host, port = pg.address(node)
-        problem = problems.get(node.name)
-        rows.append(
-            StatusRow(
-                shard=node.shard,
-                name=node.name,
-                role=node.role,
-                actual_role=node_facts.role if node_facts else ActualRole.UNKNOWN,
-                state=obs.container,
-                address=host,
-                port=port,
-                in_recovery=node_facts.in_recovery if node_facts else None,
-                timeline=node_facts.timeline if node_facts else None,
-                lsn=node_facts.lsn if node_facts else None,
-                lag_bytes=facts.lag_bytes(obs),
-                lag_seconds=facts.lag_seconds(obs),
-                slot=node.slot if node.role is Role.REPLICA else None,
-                healthy=problem is None,
-                problem=problem,
-            )
-        )
-    return rows
-
-
-def node_problem(facts: ClusterFacts, obs: NodeObservation) -> str | None:
-    """The most basic thing wrong with a node (down, wrong role, not streaming), or None."""
-    if obs.facts is None:
-        return obs.error or "no answer"
-    node, node_facts = obs.node, obs.facts
-    if node.role is Role.PRIMARY:
-        return "in recovery, but declared primary" if node_facts.in_recovery else None
-    if not node_facts.in_recovery:
-        return "not in recovery (promoted?), but declared replica"
-    receiver = node_facts.receiver
-    if receiver is None or receiver.status != "streaming":
-        return f"not streaming (wal receiver {receiver.status if receiver else 'stopped'})"
-    return None

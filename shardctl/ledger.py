@@ -1,11 +1,13 @@
 """The ledger: every acknowledged write of a load run, so the data can be verified afterwards.
 
-A ledger is a JSON-lines file. The first line is a header, every other line one write::
+A ledger is a JSON-lines file. The first line is a header naming the table written (from the
+topology), its key and the value columns (from the catalog); every other line is one write.
+With the example schema's ``users``::
 
     {"ledger": 1, "table": "users", "key": "id", "key_type": "uuid",
      "columns": ["first_name", "last_name", "email"], "started_at": "2026-...Z"}
     {"seq": 1, "worker": 0, "key": "6f1c...", "op": "insert",
-     "value": {"first_name": "w0-1", "last_name": "k3j", "email": "k3j@load.test"}, "ok": true}
+     "value": {"first_name": "first_name-3a9c...", "last_name": ..., "email": ...}, "ok": true}
     {"seq": 2, "worker": 0, "key": "6f1c...", "op": "update", "value": {...}, "ok": true, "rows": 1}
     {"seq": 3, "worker": 0, "key": "6f1c...", "op": "delete", "value": null, "ok": true, "rows": 1}
 
@@ -43,40 +45,41 @@ from shardctl.errors import UsageError
 from shardctl.router import Router
 
 VERSION = 1
-COLUMNS = ("first_name", "last_name", "email")
-"""The value columns of ``users`` the load test writes and the ledger records."""
 WRITE_OPS = ("insert", "update", "delete")
 BATCH = 5000
 
 Value = dict[str, str | None]
 
 
+@dataclass(frozen=True)
+class Header:
+    """A ledger's first line: the table written, its key and the value columns recorded."""
+
+    table: str
+    key: str
+    key_type: str
+    """The key column's SQL type, as ``information_schema`` spells it (``uuid``, ``bigint``)."""
+    columns: tuple[str, ...]
+
+
 class Ledger:
     """Appends writes to a ledger file, one JSON line each; safe to share between threads."""
 
-    def __init__(
-        self,
-        path: Path | str,
-        *,
-        table: str = "users",
-        key: str = "id",
-        key_type: str = "uuid",
-        columns: Sequence[str] = COLUMNS,
-    ) -> None:
+    def __init__(self, path: Path | str, header: Header) -> None:
         """Create (truncate) ``path`` and write the header line."""
         self.path = Path(path)
         self._lock = threading.Lock()
         self._seq = 0
         self._out: IO[str] = self.path.open("w", encoding="utf-8", buffering=1 << 16)
-        header = {
+        line = {
             "ledger": VERSION,
-            "table": table,
-            "key": key,
-            "key_type": key_type,
-            "columns": list(columns),
+            "table": header.table,
+            "key": header.key,
+            "key_type": header.key_type,
+            "columns": list(header.columns),
             "started_at": datetime.now(UTC).isoformat(),
         }
-        self._out.write(json.dumps(header) + "\n")
+        self._out.write(json.dumps(line) + "\n")
 
     def record(
         self,
@@ -137,16 +140,6 @@ class Ledger:
 # ------------------------------------------------------------------ reading
 
 
-@dataclass(frozen=True)
-class Header:
-    """A ledger's first line."""
-
-    table: str = "users"
-    key: str = "id"
-    key_type: str = "uuid"
-    columns: tuple[str, ...] = COLUMNS
-
-
 @dataclass
 class Expected:
     """The acceptable final states of one key (None: absent)."""
@@ -167,12 +160,7 @@ def read(paths: Sequence[Path | str]) -> tuple[Header, dict[str, Expected]]:
     for path in paths:
         for number, entry in _lines(Path(path)):
             if "ledger" in entry:
-                found = Header(
-                    table=str(entry.get("table", "users")),
-                    key=str(entry.get("key", "id")),
-                    key_type=str(entry.get("key_type", "uuid")),
-                    columns=tuple(entry.get("columns", COLUMNS)),
-                )
+                found = _header(entry, f"{path}:{number}")
                 if header is not None and found != header:
                     raise UsageError(f"{path}:{number}: ledger header differs from {paths[0]}")
                 header = found
@@ -194,7 +182,20 @@ def read(paths: Sequence[Path | str]) -> tuple[Header, dict[str, Expected]]:
                 slot.states = [after]
             elif after not in slot.states:
                 slot.states.append(after)
-    return header or Header(), expected
+    if header is None:
+        raise UsageError(f"{paths[0]}: no ledger header (its first line names the table)")
+    return header, expected
+
+
+def _header(entry: dict[str, Any], where: str) -> Header:
+    try:
+        table, key, key_type = str(entry["table"]), str(entry["key"]), str(entry["key_type"])
+        columns = tuple(str(c) for c in entry["columns"])
+    except (KeyError, TypeError):
+        raise UsageError(
+            f"{where}: a ledger header names table, key, key_type and columns"
+        ) from None
+    return Header(table, key, key_type, columns)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -342,6 +343,6 @@ def _fetch(router: Router, header: Header, keys: list[str]) -> dict[str, dict[st
 def _native(key: str, key_type: str) -> object:
     if key_type == "uuid":
         return uuid.UUID(key)
-    if key_type in ("int", "integer", "bigint"):
+    if key_type in ("int", "smallint", "integer", "bigint"):
         return int(key)
     return key

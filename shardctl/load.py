@@ -1,13 +1,19 @@
 """The load test and the bulk loader, both through :class:`~shardctl.router.Router`.
 
-:func:`run_load` is the seed's load test: ``workers`` threads share one Router and run a mix of
-inserts, point reads, updates and deletes on ``users`` until a duration, an op count or a stop
-event ends them; the report has throughput, success rate and latency percentiles per op type.
-Each worker owns the keys it inserts (fresh uuid4s), so with a :class:`~shardctl.ledger.Ledger`
-the expected final state of every key is well defined (see :mod:`shardctl.ledger`).
+Both write the sharded table the topology declares (the first of ``tables``, or the one
+named): its name and key come from the topology, its columns from the catalog
+(``information_schema``) when the run starts, as a :class:`Target`. With the example
+``schema.sql`` that is ``users``, keyed by a uuid ``id``, with three text columns.
 
-:func:`bulk_load` fills ``users`` through COPY: keys are made here, grouped by their ring owner,
-and streamed by one COPY per shard, all shards in parallel, in committed chunks.
+:func:`run_load` is the seed's load test: ``workers`` threads share one Router and run a mix of
+inserts, point reads, updates and deletes on the target until a duration, an op count or a stop
+event ends them; the report has throughput, success rate and latency percentiles per op type.
+Each worker owns the keys it inserts (fresh random keys), so with a
+:class:`~shardctl.ledger.Ledger` the expected final state of every key is well defined (see
+:mod:`shardctl.ledger`).
+
+:func:`bulk_load` fills the target through COPY: keys are made here, grouped by their ring
+owner, and streamed by one COPY per shard, all shards in parallel, in committed chunks.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
@@ -29,12 +35,116 @@ import psycopg
 from psycopg import sql
 
 from shardctl.errors import UsageError
-from shardctl.ledger import COLUMNS, Ledger, Value
+from shardctl.ledger import Header, Ledger, Value
 from shardctl.router import Prefer, Router
+from shardctl.text import first_line
 
-TABLE = "users"
 OPS = ("insert", "read", "update", "delete")
 Op = Literal["insert", "read", "update", "delete"]
+
+TEXT_TYPES = ("text", "character varying")
+INTEGER_BITS = {"smallint": 15, "integer": 31, "bigint": 63}
+KEY_TYPES = ("uuid", *TEXT_TYPES, "integer", "bigint")
+STAMP_TYPES = ("timestamp with time zone", "timestamp without time zone")
+
+COLUMNS_QUERY = """
+SELECT column_name::text, data_type::text, character_maximum_length::int,
+       is_nullable = 'YES', column_default IS NOT NULL,
+       is_identity = 'YES' OR is_generated <> 'NEVER'
+  FROM information_schema.columns
+ WHERE table_schema = pg_catalog.current_schema() AND table_name = %s
+ ORDER BY ordinal_position
+"""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A value column the load test writes: text or integer, as the catalog describes it."""
+
+    name: str
+    data_type: str
+    max_length: int | None = None
+
+    def sample(self, token: int) -> str:
+        """A value for this column made from a random ``token``, as text (ledgers hold text)."""
+        if self.data_type in INTEGER_BITS:
+            return str(token % (1 << INTEGER_BITS[self.data_type]))
+        text = f"{self.name}-{token:012x}"
+        return text[: self.max_length] if self.max_length else text
+
+
+@dataclass(frozen=True)
+class Target:
+    """The sharded table a load run writes: name and key from the topology, columns from the
+    catalog."""
+
+    table: str
+    key: str
+    key_type: str
+    columns: tuple[Column, ...]
+    """Text and integer columns besides the key: every write sets all of them."""
+    stamps: tuple[str, ...] = ()
+    """Timestamp columns with no default, taken as last-modified stamps: updates set now()."""
+
+    @property
+    def header(self) -> Header:
+        """What a ledger of writes to this table records about it."""
+        return Header(self.table, self.key, self.key_type, tuple(c.name for c in self.columns))
+
+    def new_key(self, raw: bytes) -> str:
+        """A key made from 16 random bytes, as text."""
+        if self.key_type in INTEGER_BITS:
+            return str(int.from_bytes(raw[:8]) >> (64 - INTEGER_BITS[self.key_type]))
+        return str(uuid.UUID(bytes=raw, version=4))
+
+    def value(self, token: int) -> Value:
+        """A full row value (every column in :attr:`columns`) made from a random ``token``."""
+        return {c.name: c.sample(token) for c in self.columns}
+
+
+def target(router: Router, table: str | None = None) -> Target:
+    """The table the load test writes (``table``, else the first declared), read from the
+    catalog of one primary; UsageError when it is missing or cannot be filled."""
+    tables = router.topology.spec.tables
+    spec = next((t for t in tables if table is None or t.name == table), None)
+    if spec is None:
+        wanted = f"a sharded table {table!r}" if table else "a sharded table"
+        raise UsageError(f"{router.topology.path}: the load test needs {wanted} (see tables:)")
+    shard = router.topology.primaries()[0].shard
+
+    def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+        return conn.execute(COLUMNS_QUERY, (spec.name,)).fetchall()
+
+    found = router.on_shard(shard, read)
+    if not found:
+        raise UsageError(f"table {spec.name} does not exist on {shard} (is the schema applied?)")
+    key_type = next((str(r[1]) for r in found if r[0] == spec.key), None)
+    if key_type is None:
+        raise UsageError(f"table {spec.name} has no key column {spec.key!r}")
+    if key_type not in KEY_TYPES:
+        raise UsageError(
+            f"the load test makes keys of type {', '.join(KEY_TYPES)}; "
+            f"{spec.name}.{spec.key} is {key_type}"
+        )
+    columns: list[Column] = []
+    stamps: list[str] = []
+    for name, data_type, length, nullable, has_default, generated in found:
+        if name == spec.key or generated:
+            continue
+        if data_type in TEXT_TYPES or data_type in INTEGER_BITS:
+            columns.append(Column(name, data_type, length))
+        elif data_type in STAMP_TYPES and not has_default and nullable:
+            stamps.append(name)
+        elif not nullable and not has_default:
+            raise UsageError(
+                f"the load test cannot fill {spec.name}.{name} ({data_type}, NOT NULL without "
+                "a default); it writes text and integer columns"
+            )
+    if not columns:
+        raise UsageError(
+            f"the load test needs a text or integer column besides the key in {spec.name}"
+        )
+    return Target(spec.name, spec.key, key_type, tuple(columns), tuple(stamps))
 
 
 @dataclass(frozen=True)
@@ -79,6 +189,8 @@ class LoadConfig:
     read_from: Prefer = "primary"
     ledger: Path | None = None
     seed: int | None = None
+    table: str | None = None
+    """The declared table to write (None: the first in the topology's ``tables``)."""
 
 
 @dataclass(frozen=True)
@@ -150,44 +262,47 @@ class _Worker:
         config: LoadConfig,
         ledger: Ledger | None,
         budget: Callable[[], bool],
-        key_column: str,
+        target: Target,
     ) -> None:
         self.index = index
         self.router = router
         self.config = config
         self.ledger = ledger
         self.budget = budget
+        self.target = target
         self.rng = random.Random(None if config.seed is None else config.seed * 1000 + index)
         self.stats = _Stats()
-        self.live: list[uuid.UUID] = []
-        self.made = 0
-        table, key = sql.Identifier(TABLE), sql.Identifier(key_column)
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+        self.live: list[str] = []
+        table, key = sql.Identifier(target.table), sql.Identifier(target.key)
+        names = [c.name for c in target.columns]
+        cols = sql.SQL(", ").join(map(sql.Identifier, names))
+        # Updates set every value column, and stamp the last-modified columns, as an upsert does.
         sets = sql.SQL(", ").join(
-            sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in COLUMNS
+            [
+                *(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in names),
+                *(sql.SQL("{} = now()").format(sql.Identifier(c)) for c in target.stamps),
+            ]
         )
+        excluded = sql.SQL(", ").join(
+            [
+                *(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in names),
+                *(sql.SQL("{} = now()").format(sql.Identifier(c)) for c in target.stamps),
+            ]
+        )
+        marks = sql.SQL(", ").join(sql.Placeholder() * (len(names) + 1))
         self.q_insert = sql.SQL(
-            "INSERT INTO {t} ({k}, {cols}) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT ({k}) DO UPDATE SET {sets}, updated_at = now()"
-        ).format(t=table, k=key, cols=cols, sets=sets)
+            "INSERT INTO {t} ({k}, {cols}) VALUES ({marks}) ON CONFLICT ({k}) DO UPDATE SET {ex}"
+        ).format(t=table, k=key, cols=cols, marks=marks, ex=excluded)
         self.q_read = sql.SQL("SELECT {cols} FROM {t} WHERE {k} = %s").format(
             t=table, k=key, cols=cols
         )
-        self.q_update = sql.SQL(
-            "UPDATE {t} SET {a} = %s, {b} = %s, {c} = %s, updated_at = now() WHERE {k} = %s"
-        ).format(t=table, k=key, a=sql.Identifier(COLUMNS[0]), b=sql.Identifier(COLUMNS[1]),
-                 c=sql.Identifier(COLUMNS[2]))  # fmt: skip
+        self.q_update = sql.SQL("UPDATE {t} SET {sets} WHERE {k} = %s").format(
+            t=table, k=key, sets=sets
+        )
         self.q_delete = sql.SQL("DELETE FROM {t} WHERE {k} = %s").format(t=table, k=key)
 
     def value(self) -> Value:
-        token = f"{self.rng.getrandbits(48):012x}"
-        self.made += 1
-        return {
-            "first_name": f"w{self.index}-{self.made}",
-            "last_name": token,
-            "email": f"{token}@load.test",
-        }
+        return self.target.value(self.rng.getrandbits(48))
 
     def run(self, stop: threading.Event) -> None:
         weights = self.config.mix.weights()
@@ -199,14 +314,17 @@ class _Worker:
             self.stats.done += 1
 
     def one(self, op: str) -> None:
-        key = uuid.uuid4() if op == "insert" else self.live[self.rng.randrange(len(self.live))]
+        if op == "insert":
+            key = self.target.new_key(os.urandom(16))  # never seeded: reruns must not collide
+        else:
+            key = self.live[self.rng.randrange(len(self.live))]
         value = self.value() if op in ("insert", "update") else None
         started = time.perf_counter()
         try:
             rows = self.call(op, key, value)
         except Exception as exc:  # every failure is counted; none stops a worker
             elapsed = time.perf_counter() - started
-            self.stats.failures[op].append(f"{type(exc).__name__}: {_first_line(exc)}")
+            self.stats.failures[op].append(f"{type(exc).__name__}: {first_line(exc)}")
             self.stats.latencies[op].append(elapsed)
             if op != "read":
                 if op != "insert":
@@ -224,19 +342,19 @@ class _Worker:
         if op != "read" and self.ledger is not None:
             self.ledger.record(self.index, key, op, value, rows=rows)
 
-    def call(self, op: str, key: uuid.UUID, value: Value | None) -> int:
+    def call(self, op: str, key: str, value: Value | None) -> int:
         r = self.router
         if op == "read":
             return len(r.fetch(key, self.q_read, (key,), prefer=self.config.read_from))
         if op == "delete":
             return r.execute(key, self.q_delete, (key,))
         assert value is not None
-        v = [value[c] for c in COLUMNS]
+        v = [value[c.name] for c in self.target.columns]
         if op == "insert":
             return r.execute(key, self.q_insert, (key, *v))
         return r.execute(key, self.q_update, (*v, key))
 
-    def _retire(self, key: uuid.UUID) -> None:
+    def _retire(self, key: str) -> None:
         i = self.live.index(key)
         self.live[i] = self.live[-1]
         self.live.pop()
@@ -249,14 +367,13 @@ def run_load(
     stop: threading.Event | None = None,
     progress: Callable[[LoadProgress], None] | None = None,
     interval: float = 0.25,
-    key_column: str | None = None,
 ) -> LoadReport:
     """Run the load test through ``router``; returns when time, ops or ``stop`` say so."""
     if config.workers < 1:
         raise UsageError("--workers must be at least 1")
     if config.duration is None and config.ops is None and stop is None:
         raise UsageError("give a duration, an op count, or both")
-    key_column = key_column or _key_column(router)
+    table = target(router, config.table)
     stop = stop or threading.Event()
     epoch_start = router.epoch
     counter = itertools.count()
@@ -265,12 +382,8 @@ def run_load(
     def budget() -> bool:
         return limit is None or next(counter) < limit
 
-    ledger = (
-        Ledger(config.ledger, table=TABLE, key=key_column) if config.ledger is not None else None
-    )
-    workers = [
-        _Worker(i, router, config, ledger, budget, key_column) for i in range(config.workers)
-    ]
+    ledger = Ledger(config.ledger, table.header) if config.ledger is not None else None
+    workers = [_Worker(i, router, config, ledger, budget, table) for i in range(config.workers)]
     threads = [
         threading.Thread(target=w.run, args=(stop,), name=f"load-{w.index}", daemon=True)
         for w in workers
@@ -297,13 +410,6 @@ def run_load(
     if progress is not None:
         progress(_snapshot(workers, started, config))
     return _report(workers, seconds, config, (epoch_start, router.epoch))
-
-
-def _key_column(router: Router) -> str:
-    for table in router.topology.spec.tables:
-        if table.name == TABLE:
-            return table.key
-    raise UsageError(f"{router.topology.path}: the load test needs a sharded table {TABLE!r}")
 
 
 def _snapshot(workers: list[_Worker], started: float, config: LoadConfig) -> LoadProgress:
@@ -376,16 +482,7 @@ def percentile(ordered: list[float], p: float) -> float:
     return ordered[min(len(ordered), int(rank)) - 1]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 # ------------------------------------------------------------------ bulk
-
-
-FIRST = ("ada", "alan", "grace", "edsger", "barbara", "donald", "frances", "ken", "radia", "tim")
-LAST = ("lovelace", "turing", "hopper", "dijkstra", "liskov", "knuth", "allen", "thompson")
 
 
 @dataclass(frozen=True)
@@ -399,15 +496,30 @@ class BulkReport:
     epoch: int
 
 
-def generate(count: int, *, seed: int | None = None) -> Iterator[tuple[str, str, str, str]]:
-    """``count`` fresh users as (uuid, first_name, last_name, email) text fields."""
+Row = tuple[str, ...]
+"""A generated row as text: the key, then one field per :attr:`Target.columns`."""
+
+
+def generate(table: Target, count: int, *, seed: int | None = None) -> Iterator[Row]:
+    """``count`` fresh rows of ``table`` (random keys; reproducible with a ``seed``)."""
     rng = random.Random(seed) if seed is not None else None
-    for n in range(count):
+    for _ in range(count):
         raw = rng.randbytes(16) if rng is not None else os.urandom(16)
-        key = str(uuid.UUID(bytes=raw, version=4))
-        first = FIRST[n % len(FIRST)]
-        last = LAST[(n // len(FIRST)) % len(LAST)]
-        yield key, first, last, f"{first}.{last}.{key[:8]}@example.test"
+        token = int.from_bytes(raw[10:])
+        yield table.new_key(raw), *(c.sample(token) for c in table.columns)
+
+
+def copy_statement(table: Target) -> sql.Composed:
+    """``COPY table (key, columns...) FROM STDIN``, in the order :func:`generate` makes rows."""
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table.table),
+        sql.SQL(", ").join(map(sql.Identifier, [table.key, *(c.name for c in table.columns)])),
+    )
+
+
+def copy_text(rows: Sequence[Row]) -> str:
+    """Rows in COPY's text format (generated fields hold no tab, newline or backslash)."""
+    return "".join("\t".join(row) + "\n" for row in rows)
 
 
 def bulk_load(
@@ -418,8 +530,10 @@ def bulk_load(
     ledger: Path | None = None,
     seed: int | None = None,
     progress: Callable[[dict[str, int]], None] | None = None,
+    table: str | None = None,
 ) -> BulkReport:
-    """Insert ``rows`` new users with one COPY stream per shard, in parallel, chunk by chunk.
+    """Insert ``rows`` new rows into the declared ``table`` (default: the first) with one COPY
+    stream per shard, in parallel, chunk by chunk.
 
     Keys are generated here and grouped by their ring owner; each chunk commits on its own, so
     an interruption leaves whole chunks. ``progress`` gets rows written per shard so far.
@@ -427,25 +541,20 @@ def bulk_load(
     if rows < 1:
         raise UsageError("--rows must be at least 1")
     routing = router.routing
-    key_column = _key_column(router)
+    into = target(router, table)
+    names = [c.name for c in into.columns]
     shards = list(routing.ring.nodes)
-    queues: dict[str, Queue[list[tuple[str, str, str, str]] | None]] = {
-        s: Queue(maxsize=4) for s in shards
-    }
+    queues: dict[str, Queue[list[Row] | None]] = {s: Queue(maxsize=4) for s in shards}
     written = dict.fromkeys(shards, 0)
     errors: list[BaseException] = []
-    book = Ledger(ledger, table=TABLE, key=key_column) if ledger is not None else None
-    copy_sql = sql.SQL("COPY {} ({}, {}) FROM STDIN").format(
-        sql.Identifier(TABLE),
-        sql.Identifier(key_column),
-        sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS),
-    )
+    book = Ledger(ledger, into.header) if ledger is not None else None
+    copy_sql = copy_statement(into)
 
     def stream(shard: str) -> None:
         queue = queues[shard]
         try:
             while (batch := queue.get()) is not None:
-                data = "".join(f"{k}\t{f}\t{la}\t{e}\n" for k, f, la, e in batch)
+                data = copy_text(batch)
 
                 def copy(conn: psycopg.Connection[Any], payload: str = data) -> None:
                     with conn.transaction(), conn.cursor().copy(copy_sql) as cp:
@@ -455,9 +564,8 @@ def bulk_load(
                 written[shard] += len(batch)
                 if book is not None:
                     book.record_many(
-                        0, ((k, {"first_name": f, "last_name": la, "email": e})
-                            for k, f, la, e in batch)
-                    )  # fmt: skip
+                        0, ((r[0], dict(zip(names, r[1:], strict=True))) for r in batch)
+                    )
         except BaseException as exc:  # surfaced by the producer, which stops at once
             errors.append(exc)
             while queue.get() is not None:  # drain so the producer never blocks on us
@@ -467,11 +575,11 @@ def bulk_load(
     started = time.monotonic()
     for thread in threads:
         thread.start()
-    pending: dict[str, list[tuple[str, str, str, str]]] = {s: [] for s in shards}
+    pending: dict[str, list[Row]] = {s: [] for s in shards}
     try:
-        for n, user in enumerate(generate(rows, seed=seed), 1):
-            owner = routing.owner(user[0])
-            pending[owner].append(user)
+        for n, row in enumerate(generate(into, rows, seed=seed), 1):
+            owner = routing.owner(row[0])
+            pending[owner].append(row)
             if len(pending[owner]) >= chunk:
                 queues[owner].put(pending[owner])
                 pending[owner] = []

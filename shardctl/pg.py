@@ -9,6 +9,7 @@ from psycopg.conninfo import make_conninfo
 
 from shardctl.credentials import Credentials
 from shardctl.errors import DatabaseUnavailable, ShardctlError
+from shardctl.text import first_line as first_line  # re-exported: pg.first_line(exc) reads well
 from shardctl.topology import Node
 
 CONTAINER_PORT = 5432
@@ -52,12 +53,6 @@ def connect(
         )
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"{node.name}: cannot connect: {first_line(exc)}") from None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def failure_reason(exc: BaseException) -> str:

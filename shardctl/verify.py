@@ -31,6 +31,7 @@ from shardctl.checks import Check
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
 from shardctl.errors import DatabaseUnavailable
+from shardctl.text import lsn_text
 from shardctl.topology import HealthSpec, Node, Role, TableSpec, Topology
 from shardctl.waiting import NotYet, wait_for
 
@@ -449,8 +450,3 @@ def _await_replay(conn: Conn, lsn: int, timeout: float) -> str:
         interval=0.005,
         max_interval=0.1,
     )
-
-
-def lsn_text(lsn: int | None) -> str:
-    """An integer LSN in PostgreSQL's ``X/Y`` form."""
-    return "none" if lsn is None else f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"

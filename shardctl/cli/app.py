@@ -7,17 +7,18 @@ Errors from the library (:class:`~shardctl.errors.ShardctlError`) are caught onc
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from shardctl import __version__, render
+from shardctl import __version__
+from shardctl.cli import render
 from shardctl.cluster import Cluster
 from shardctl.errors import ShardctlError
 from shardctl.provisioning import Reporter
@@ -78,13 +79,11 @@ def open_cluster(path: Path | None) -> Cluster:
 @contextmanager
 def progress_reporter() -> Iterator[Reporter]:
     """A rich spinner per node on stderr, fed by the provisioner's (node, step) reports."""
-    with Progress(
+    with render.progress(
         SpinnerColumn(),
         TextColumn("{task.fields[node]:<22}"),
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
-        console=render.err_console,
-        transient=True,
     ) as progress:
         tasks: dict[str, TaskID] = {}
 
@@ -104,10 +103,14 @@ _UsageError: type[Exception] = next(
 )
 
 
-def main() -> None:
-    """Entry point of the console script: run the app, map errors to exit codes."""
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of the console script: run the app, map errors to exit codes.
+
+    ``args`` replaces ``sys.argv[1:]``, so tests can run the CLI in-process exactly as a user
+    does, error mapping included.
+    """
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, prog_name=None if args is None else "shardctl", standalone_mode=False)
     except ShardctlError as exc:
         fail(str(exc), exc.exit_code)
     except typer.Abort:

@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 
-from shardctl import compose, render
+from shardctl import compose
+from shardctl.checks import status_rows
+from shardctl.cli import render
 from shardctl.cli.app import (
     Output,
     OutputOption,
@@ -19,7 +21,6 @@ from shardctl.cli.app import (
     progress_reporter,
 )
 from shardctl.errors import UsageError
-from shardctl.health import status_rows
 from shardctl.topology import TopologySpec
 
 

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
 from shardctl import ledger as ledgers
-from shardctl import render
+from shardctl.cli import render
 from shardctl.cli.app import Output, OutputOption, TopologyOption, app, open_cluster
 from shardctl.errors import UsageError
 from shardctl.load import BulkReport, LoadConfig, LoadProgress, LoadReport, Mix, bulk_load, run_load
@@ -68,7 +67,10 @@ def load(
         ),
     ] = None,
     bulk: Annotated[
-        bool, typer.Option("--bulk", help="Bulk-load --rows new users with COPY, per shard.")
+        bool,
+        typer.Option(
+            "--bulk", help="Bulk-load --rows new rows of the declared table with COPY, per shard."
+        ),
     ] = False,
     rows: Annotated[
         int | None, typer.Option("--rows", min=1, show_default=False, help="Rows for --bulk.")
@@ -80,7 +82,8 @@ def load(
     """The load test: concurrent workers through the Router; throughput, success, latencies.
 
     Exit 1 when an op failed or found its row missing. With --verify, checks ledgers instead;
-    with --bulk --rows N, fills users through COPY, one stream per shard.
+    with --bulk --rows N, fills the declared table (users in the example) through COPY, one
+    stream per shard.
     """
     if read_from not in ("primary", "replica"):
         raise UsageError(f"--read-from must be primary or replica, not {read_from!r}")
@@ -119,7 +122,7 @@ def _verify(router: Router, paths: list[Path], output: Output) -> None:
     if output is Output.JSON:
         render.print_json({"ok": result.ok, **render.to_jsonable(result)})
     else:
-        render.console.print(verify_table(result, paths))
+        render.console.print(render.ledger_table(result, paths))
         for finding in result.findings:
             expected, actual = str(finding.expected), str(finding.actual)
             render.err_console.print(
@@ -137,14 +140,12 @@ def _verify(router: Router, paths: list[Path], output: Output) -> None:
 @contextmanager
 def load_progress() -> Iterator[Callable[[LoadProgress], None]]:
     """A progress bar on stderr: time (or ops) done, ops/s, failures."""
-    with Progress(
+    with render.progress(
         TextColumn("load"),
         BarColumn(),
         TextColumn("{task.fields[ops]:>9,} ops  {task.fields[rate]:>8,.0f} ops/s"),
         TextColumn("{task.fields[failed]} failed"),
         TimeElapsedColumn(),
-        console=render.err_console,
-        transient=True,
     ) as bar:
         task = bar.add_task("load", total=None, ops=0, rate=0.0, failed=0)
 
@@ -162,14 +163,12 @@ def load_progress() -> Iterator[Callable[[LoadProgress], None]]:
 @contextmanager
 def bulk_progress(rows: int) -> Iterator[Callable[[dict[str, int]], None]]:
     """A progress bar on stderr for the bulk loader, with rows per shard."""
-    with Progress(
+    with render.progress(
         TextColumn("bulk"),
         BarColumn(),
         TextColumn("{task.completed:>12,.0f}/{task.total:,.0f} rows"),
         TextColumn("{task.fields[shards]}"),
         TimeElapsedColumn(),
-        console=render.err_console,
-        transient=True,
     ) as bar:
         task = bar.add_task("bulk", total=rows, shards="")
 
@@ -180,44 +179,11 @@ def bulk_progress(rows: int) -> Iterator[Callable[[dict[str, int]], None]]:
         yield show
 
 
-def load_table(report: LoadReport, cluster: str) -> Table:
-    """The seed-style load table: per op type and in total."""
-    epochs = report.epochs
-    epoch = str(epochs[0]) if epochs[0] == epochs[1] else f"{epochs[0]}→{epochs[1]}"
-    table = Table(
-        title=f"load · cluster {cluster} · concurrency {report.workers} · "
-        f"{report.seconds:.1f}s · ring epoch {epoch}",
-        title_justify="left",
-    )
-    table.add_column("op")
-    for name in ("ops", "ok", "failed", "success", "ops/s", "mean ms", "p50", "p95", "p99"):
-        table.add_column(name, justify="right")
-    table.add_column("max", justify="right")
-    for row in [*report.per_op, report.total]:
-        style = "bold" if row.op == "total" else ""
-        table.add_row(
-            row.op,
-            f"{row.ops:,}",
-            f"{row.ok:,}",
-            f"[red]{row.failed:,}[/]" if row.failed else "0",
-            f"{row.success_rate * 100:.2f}%",
-            f"{row.throughput:,.0f}",
-            f"{row.mean_ms:.2f}",
-            f"{row.p50_ms:.2f}",
-            f"{row.p95_ms:.2f}",
-            f"{row.p99_ms:.2f}",
-            f"{row.max_ms:.1f}",
-            style=style,
-            end_section=row.op == "delete",
-        )
-    return table
-
-
 def _show_load(report: LoadReport, output: Output, cluster: str) -> None:
     if output is Output.JSON:
         render.print_json(report)
         return
-    render.console.print(load_table(report, cluster))
+    render.console.print(render.load_table(report, cluster))
     render.console.print(
         f"concurrency {report.workers} · throughput {report.throughput:,.0f} ops/s · "
         f"success rate {report.success_rate * 100:.2f}%"
@@ -238,33 +204,7 @@ def _show_bulk(result: BulkReport, output: Output) -> None:
     if output is Output.JSON:
         render.print_json(result)
         return
-    table = Table(title=f"bulk load · ring epoch {result.epoch}", title_justify="left")
-    table.add_column("shard")
-    table.add_column("rows", justify="right")
-    table.add_column("share", justify="right")
-    for shard, count in result.per_shard.items():
-        share = count / result.rows if result.rows else 0.0
-        table.add_row(shard, f"{count:,}", f"{share * 100:.1f}%")
-    render.console.print(table)
+    render.console.print(render.bulk_table(result))
     render.console.print(
         f"{result.rows:,} rows in {result.seconds:.1f}s · {result.rows_per_second:,.0f} rows/s"
     )
-
-
-def verify_table(result: ledgers.VerifyReport, paths: list[Path]) -> Table:
-    """Counts of the ledger check, then the first problems found."""
-    table = Table(title=f"ledger check · {', '.join(map(str, paths))}", title_justify="left")
-    for name in ("keys", "ops", "present", "deleted", "uncertain"):
-        table.add_column(name, justify="right")
-    for name in ("lost", "stale", "resurrected", "misplaced"):
-        table.add_column(name, justify="right")
-    bad = [result.lost, result.stale, result.resurrected, result.misplaced]
-    table.add_row(
-        f"{result.keys:,}",
-        f"{result.ops:,}",
-        f"{result.present:,}",
-        f"{result.absent:,}",
-        f"{result.uncertain:,}",
-        *(f"[red]{n:,}[/]" if n else "0" for n in bad),
-    )
-    return table

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from shardctl import render
+from shardctl.cli import render
 from shardctl.cli.app import Output, OutputOption, TopologyOption, app, open_cluster
 from shardctl.errors import InfrastructureError, UsageError
 from shardctl.topology import HealthSpec

@@ -12,7 +12,6 @@ import typer
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     ProgressColumn,
     Task,
     TaskID,
@@ -21,7 +20,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from shardctl import catalog, render
+from shardctl import catalog
+from shardctl.cli import render
 from shardctl.cli.app import (
     Output,
     OutputOption,
@@ -78,14 +78,12 @@ class RateColumn(ProgressColumn):
 def copy_progress() -> Iterator[ProgressCallback]:
     """A progress bar per task on stderr: rows copied per source (of the plan's exact count,
     with rows/s and time left), moves cleaned up per source."""
-    with Progress(
+    with render.progress(
         TextColumn("{task.description:<28}"),
         BarColumn(),
         MofNCompleteColumn(),
         RateColumn(),
         TimeRemainingColumn(),
-        console=render.err_console,
-        transient=True,
     ) as progress:
         tasks: dict[str, TaskID] = {}
 

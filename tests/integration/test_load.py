@@ -9,7 +9,7 @@ from typing import Any, LiteralString
 from shardctl import Router, pg
 from shardctl import ledger as ledgers
 from shardctl.cluster import Cluster
-from tests.integration.conftest import run_shardctl
+from tests.clusters import run_shardctl
 
 
 def verify(cluster: Cluster, *paths: Path) -> tuple[int, dict[str, Any]]:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import typer
 
-from shardctl import checks, render
-from shardctl.checks import Check
+from shardctl import checks
+from shardctl.checks import Check, status_rows
+from shardctl.cli import render
 from shardctl.cli.replication import parse_size
 from shardctl.health import (
     ClusterFacts,
@@ -24,7 +25,6 @@ from shardctl.health import (
     ReplicationRow,
     Slot,
     WalReceiver,
-    status_rows,
 )
 from shardctl.topology import HealthSpec, Node, TableSpec, Topology, parse
 from shardctl.verify import Report

@@ -8,16 +8,20 @@ from pathlib import Path
 import pytest
 
 from shardctl.errors import UsageError
-from shardctl.ledger import Ledger, read
-from shardctl.load import Mix, generate, percentile
+from shardctl.ledger import Header, Ledger, Value, read
+from shardctl.load import Column, Mix, Target, generate, percentile
 
-A = {"first_name": "a", "last_name": "1", "email": "1@x"}
-B = {"first_name": "a", "last_name": "2", "email": "2@x"}
+A: Value = {"first_name": "a", "last_name": "1", "email": "1@x"}
+B: Value = {"first_name": "a", "last_name": "2", "email": "2@x"}
+USERS = Target(
+    "users", "id", "uuid", tuple(Column(c, "text") for c in ("first_name", "last_name", "email"))
+)
+"""The example schema's table, as :func:`shardctl.load.target` reads it from the catalog."""
 
 
 def test_acknowledged_ops_settle_a_key_and_failed_ops_allow_both(tmp_path: Path) -> None:
     path = tmp_path / "l.jsonl"
-    with Ledger(path) as book:
+    with Ledger(path, USERS.header) as book:
         book.record(0, "k1", "insert", A)
         book.record(0, "k1", "update", B, rows=1)
         book.record(1, "k2", "insert", A)
@@ -38,7 +42,7 @@ def test_acknowledged_ops_settle_a_key_and_failed_ops_allow_both(tmp_path: Path)
 
 def test_bulk_entries_and_a_torn_last_line(tmp_path: Path) -> None:
     path = tmp_path / "b.jsonl"
-    with Ledger(path) as book:
+    with Ledger(path, USERS.header) as book:
         book.record_many(0, [("k1", A), ("k2", B)])
     with path.open("a") as out:
         out.write('{"seq": 3, "key": "k3", "op": "ins')  # the writer was killed mid-line
@@ -73,7 +77,23 @@ def test_percentiles_are_nearest_rank() -> None:
 
 
 def test_generated_users_are_unique_uuids_and_reproducible() -> None:
-    rows = list(generate(1000, seed=3))
+    rows = list(generate(USERS, 1000, seed=3))
     assert len({r[0] for r in rows}) == 1000
-    assert rows == list(generate(1000, seed=3))
+    assert rows == list(generate(USERS, 1000, seed=3))
     assert all(len(r[0]) == 36 and r[0][14] == "4" for r in rows)
+
+
+def test_a_ledger_without_its_header_is_a_usage_error(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text('{"seq": 1, "key": "k", "op": "insert", "value": {}, "ok": true}\n')
+    with pytest.raises(UsageError, match="no ledger header"):
+        read([bare])
+
+
+def test_generated_rows_fit_the_declared_columns() -> None:
+    table = Target(
+        "t", "n", "bigint", (Column("a", "character varying", 8), Column("b", "smallint"))
+    )
+    assert table.header == Header("t", "n", "bigint", ("a", "b"))
+    for key, a, b in generate(table, 200, seed=1):
+        assert 0 <= int(key) < 2**63 and len(a) <= 8 and 0 <= int(b) < 2**15

@@ -1,4 +1,5 @@
-"""Turn library results into rich tables for people and JSON for scripts."""
+"""Turn library results into rich tables for people and JSON for scripts; the only module
+that builds tables, and (with the CLI) the only one that imports rich."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ import sys
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
+from rich.progress import Progress, ProgressColumn
 from rich.table import Table
 from rich.text import Text
 
-from shardctl.checks import Check
-from shardctl.health import StatusRow
+from shardctl.catalog import RingReport
+from shardctl.checks import Check, StatusRow
+from shardctl.distribution import Distribution
+from shardctl.ledger import VerifyReport
+from shardctl.load import BulkReport, LoadReport
 from shardctl.provisioning import DownReport, UpReport
 from shardctl.reshard.coordinator import State
 from shardctl.reshard.plan import ASSUMED_ROWS_PER_SECOND, Plan, estimate_seconds
+from shardctl.text import first_line, lsn_text, size_text
 from shardctl.topology import Topology
 from shardctl.verify import Report
 
@@ -27,21 +34,9 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
-def lsn_text(lsn: int | None) -> str:
-    """An integer LSN in PostgreSQL's ``X/Y`` form."""
-    return "-" if lsn is None else f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def size_text(n: int | None) -> str:
-    """Bytes in a short human form."""
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+def progress(*columns: str | ProgressColumn) -> Progress:
+    """A live display on stderr that disappears when done, so stdout stays the result only."""
+    return Progress(*columns, console=err_console, transient=True)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -225,6 +220,153 @@ def reshard_report(state: State) -> Table:
     return table
 
 
+# ------------------------------------------------------------ distribution, ring
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def distribution_table(result: Distribution) -> Table:
+    """The ``distribution`` table: one row per table and shard, then a total per table."""
+    table = Table(
+        title=f"cluster {result.cluster} · ring epoch {result.epoch} ({result.algorithm})",
+        title_justify="left",
+    )
+    table.add_column("table")
+    table.add_column("shard")
+    for name in ("rows", "expected", "actual", "misplaced", "duplicates"):
+        table.add_column(name, justify="right")
+    for summary in result.tables:
+        for row in (r for r in result.shards if r.table == summary.table):
+            table.add_row(
+                row.table,
+                row.shard,
+                f"{row.rows:,}",
+                _pct(row.expected_share),
+                _pct(row.actual_share),
+                _count(row.misplaced),
+                _count(row.duplicates),
+            )
+        skew = "-" if summary.skew is None else f"skew {summary.skew:.3f}"
+        table.add_row(
+            f"[bold]{summary.table}[/]",
+            "[bold]all[/]",
+            f"[bold]{summary.rows:,}[/]",
+            "100.0%",
+            skew,
+            _count(summary.misplaced),
+            _count(summary.duplicates),
+            end_section=True,
+        )
+    return table
+
+
+def _count(n: int) -> str:
+    return f"[red]{n:,}[/]" if n else "0"
+
+
+def distribution_verdict(result: Distribution) -> str:
+    """One line under the ``distribution`` table: ok, or how many keys are out of place."""
+    if result.ok:
+        return "[green]ok[/]: every key is on its ring owner, and on one shard only"
+    return (
+        f"[red]misplaced {result.misplaced:,}, duplicated {result.duplicates:,}[/]: "
+        "keys are not where the ring puts them (a reshard in progress, or writes that bypassed "
+        "the Router)"
+    )
+
+
+def ring_table(report: RingReport) -> Table:
+    """The ``ring`` table: one row per ring node."""
+    vnodes = f", {report.vnodes} vnodes" if report.algorithm == "md5" else ""
+    table = Table(
+        title=f"cluster {report.cluster} · ring epoch {report.epoch} · {report.algorithm}{vnodes}",
+        title_justify="left",
+    )
+    table.add_column("node")
+    table.add_column("share", justify="right")
+    table.add_column("ranges", justify="right")
+    table.add_column("primary holds epoch", justify="right")
+    for node in report.nodes:
+        epoch = report.primaries.get(node.name)
+        table.add_row(
+            node.name, _pct(node.share), str(node.ranges), "-" if epoch is None else str(epoch)
+        )
+    for shard, epoch in report.primaries.items():
+        if all(node.name != shard for node in report.nodes):
+            held = "-" if epoch is None else str(epoch)
+            table.add_row(f"{shard} [dim](not in the ring)[/]", "0.0%", "0", held)
+    return table
+
+
+# ------------------------------------------------------------ load
+
+
+def load_table(report: LoadReport, cluster: str) -> Table:
+    """The seed-style load table: per op type and in total."""
+    epochs = report.epochs
+    epoch = str(epochs[0]) if epochs[0] == epochs[1] else f"{epochs[0]}→{epochs[1]}"
+    table = Table(
+        title=f"load · cluster {cluster} · concurrency {report.workers} · "
+        f"{report.seconds:.1f}s · ring epoch {epoch}",
+        title_justify="left",
+    )
+    table.add_column("op")
+    for name in ("ops", "ok", "failed", "success", "ops/s", "mean ms", "p50", "p95", "p99"):
+        table.add_column(name, justify="right")
+    table.add_column("max", justify="right")
+    for row in [*report.per_op, report.total]:
+        style = "bold" if row.op == "total" else ""
+        table.add_row(
+            row.op,
+            f"{row.ops:,}",
+            f"{row.ok:,}",
+            f"[red]{row.failed:,}[/]" if row.failed else "0",
+            f"{row.success_rate * 100:.2f}%",
+            f"{row.throughput:,.0f}",
+            f"{row.mean_ms:.2f}",
+            f"{row.p50_ms:.2f}",
+            f"{row.p95_ms:.2f}",
+            f"{row.p99_ms:.2f}",
+            f"{row.max_ms:.1f}",
+            style=style,
+            end_section=row.op == "delete",
+        )
+    return table
+
+
+def bulk_table(result: BulkReport) -> Table:
+    """The ``load --bulk`` table: rows per shard."""
+    table = Table(title=f"bulk load · ring epoch {result.epoch}", title_justify="left")
+    table.add_column("shard")
+    table.add_column("rows", justify="right")
+    table.add_column("share", justify="right")
+    for shard, count in result.per_shard.items():
+        share = count / result.rows if result.rows else 0.0
+        table.add_row(shard, f"{count:,}", f"{share * 100:.1f}%")
+    return table
+
+
+def ledger_table(result: VerifyReport, paths: list[Path]) -> Table:
+    """Counts of the ledger check, then the first problems found."""
+    table = Table(title=f"ledger check · {', '.join(map(str, paths))}", title_justify="left")
+    for name in ("keys", "ops", "present", "deleted", "uncertain"):
+        table.add_column(name, justify="right")
+    for name in ("lost", "stale", "resurrected", "misplaced"):
+        table.add_column(name, justify="right")
+    bad = [result.lost, result.stale, result.resurrected, result.misplaced]
+    table.add_row(
+        f"{result.keys:,}",
+        f"{result.ops:,}",
+        f"{result.present:,}",
+        f"{result.absent:,}",
+        f"{result.uncertain:,}",
+        *(f"[red]{n:,}[/]" if n else "0" for n in bad),
+    )
+    return table
+
+
 # ------------------------------------------------------------ verify-replication
 
 _RESULT_STYLE = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
@@ -335,7 +477,7 @@ def junit_error(cluster: str, message: str) -> bytes:
     root = ET.Element("testsuites", name=f"shardctl verify-replication {cluster}")
     suite = ET.SubElement(root, "testsuite", name=cluster, tests="1", failures="0", errors="1")
     case = ET.SubElement(suite, "testcase", classname=cluster, name="verify-replication")
-    error = ET.SubElement(case, "error", message=message.splitlines()[0], type="unreachable")
+    error = ET.SubElement(case, "error", message=first_line(message), type="unreachable")
     error.text = message
     _totals(root)
     return _xml_bytes(root)

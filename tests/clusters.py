@@ -1,0 +1,94 @@
+"""Throw-away clusters on a real Docker engine, for the integration tests and the benchmarks.
+
+Plain functions with no pytest in sight, so ``benchmarks/`` can use them as well as
+``tests/integration/conftest.py`` (which wraps them in fixtures). Each cluster gets its own
+name, ports and secrets file, and :func:`running` removes it, volumes included, even on failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from shardctl.cluster import Cluster
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
+"""The example schema (``users``) every test cluster is made with."""
+TEST_IMAGE = os.environ.get("SHARDCTL_TEST_IMAGE", "shardctl-test/postgres:15")
+_counter = itertools.count()
+
+
+def free_base_port(span: int) -> int:
+    """A base port with ``span`` free ports above it, distinct per test and xdist worker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0"
+    for _ in range(200):
+        base = 20000 + ((os.getpid() * 7 + int(worker) * 3000 + next(_counter) * span) % 30000)
+        if all(_port_free(base + i) for i in range(span)):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def make_topology(directory: Path, shards: int = 2, replicas: int = 1, **extra: object) -> Path:
+    """Write a small test topology (users table, test image, unique name and ports)."""
+    name = f"t{uuid.uuid4().hex[:8]}"
+    shutil.copy(SCHEMA, directory / "schema.sql")
+    data: dict[str, object] = {
+        "cluster": name,
+        "image": TEST_IMAGE,
+        "base_port": free_base_port(shards * 10 + 10),
+        "schema": "schema.sql",
+        "tables": [{"name": "users", "key": "id"}],
+        "credentials": {"secrets_file": "secrets.json"},
+        "shards": [{"name": f"shard-{i}", "replicas": replicas} for i in range(shards)],
+    }
+    data.update(extra)
+    path = directory / "topology.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@contextmanager
+def running(path: Path) -> Iterator[Cluster]:
+    """The cluster of ``path``, up; brought down with its volumes afterwards, even on failure."""
+    cluster = Cluster.load(path)
+    try:
+        cluster.up(timeout=180)
+        yield cluster
+    finally:
+        try:
+            cluster.down(volumes=True)
+        finally:
+            cluster.close()
+
+
+def run_shardctl(
+    *args: str | Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess (exit codes, stderr and all), as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "shardctl", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
