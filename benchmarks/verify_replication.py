@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from _cluster import temp_cluster
 
-from shardctl import health, pg
+from shardctl import pg
 from shardctl.cluster import Cluster
 from shardctl.topology import Node
 
@@ -45,7 +45,7 @@ def baseline(cluster: Cluster) -> Callable[[], None]:
         return run
 
     def run_all() -> None:
-        health.run_parallel({n.name: one(n) for n in cluster.topology.nodes}, 10)
+        pg.gather({n.name: one(n) for n in cluster.topology.nodes}, timeout=10)
 
     return run_all
 

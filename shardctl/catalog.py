@@ -10,16 +10,18 @@ topology's database on every shard primary::
 
 **Epochs.** ``up`` writes epoch 1 from the topology when no primary has a catalog, and copies
 the current record to a primary that has none (a new or re-created shard). It never bumps an
-epoch and never overwrites one: epochs change only through resharding, which writes the new
-record to every primary with :func:`publish`.
+epoch and never overwrites one: epochs change only through resharding, whose cut-over writes
+the new record with :func:`write` on every primary, over connections it opened before fencing
+(so the write pause holds no connection set-up). :func:`publish` does the same write opening
+its own connections; today only the tests use it, to play a cut-over's flip.
 
 **Reading.** :func:`read` asks every primary; the highest epoch wins. Primaries that disagree
 (missing catalog, older epoch — an interrupted cut-over — or, worst, different rings under one
 epoch) are reported in :attr:`CatalogView.problems`. A topology that disagrees with the catalog
 (algorithm, virtual nodes, shard list) is reported by :func:`drift`; the catalog is used.
 
-**Extension point for resharding.** The resharding state (``shardctl.reshard``,
-``shardctl.moving``, ...) lives in the same schema and is added by :mod:`shardctl.resharding`;
+**Shared schema.** The resharding protocol's tables and functions (``shardctl.reshard``,
+``shardctl.moving``, ...) live in the same schema and are created by :mod:`shardctl.fence`;
 :data:`DDL` here creates only what this module owns. The schema is shared with other features
 (the replication canary): it is created if missing and never dropped here.
 """
@@ -27,31 +29,26 @@ epoch) are reported in :attr:`CatalogView.problems`. A topology that disagrees w
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
+import psycopg.errors
 
 from shardctl import pg
 from shardctl.credentials import Credentials
 from shardctl.errors import CatalogError, DatabaseUnavailable
+from shardctl.fence import CATALOG_INSTALL_LOCK, XACT_LOCK
+from shardctl.fence import FENCE_SQLSTATE as FENCE_SQLSTATE  # TEMPORARY re-export for router.py
 from shardctl.ring import Ring
 from shardctl.topology import Node, Topology
-
-T = TypeVar("T")
+from shardctl.waiting import retrying
 
 SCHEMA = "shardctl"
-FENCE_SQLSTATE = "SC001"
-"""SQLSTATE a primary raises for a write to a key it does not (or no longer) own.
-
-Raised by resharding's fence trigger (``RAISE ... USING ERRCODE = 'SC001'``); the Router turns it
-into :class:`~shardctl.errors.KeyNotOwned`, refreshes its ring and retries on the new owner.
-"""
-
-_LOCK_KEY = 0x5C_A7A1_06  # pg_advisory_xact_lock: one installer at a time per database
+DOING = "ring catalog"
+"""What a primary that fails a catalog read or write was doing, for the error message."""
 
 DDL: tuple[str, ...] = (
     "CREATE SCHEMA IF NOT EXISTS shardctl",
@@ -125,17 +122,19 @@ def initial_record(topology: Topology) -> RingRecord:
 
 def install(conn: psycopg.Connection[Any]) -> None:
     """Create the schema, the ring table and ``ring_position`` if missing (idempotent)."""
-    for attempt in range(3):
-        try:
-            with conn.transaction():
-                conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                for statement in DDL:
-                    conn.execute(statement)
-            return
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
-            # Another feature creating the shared schema at this very moment: just try again.
-            if attempt == 2:
-                raise
+
+    def create() -> None:
+        with conn.transaction():
+            conn.execute(XACT_LOCK, (CATALOG_INSTALL_LOCK,))
+            for statement in DDL:
+                conn.execute(statement)
+
+    # Another feature creating the shared schema at this very moment: just try again.
+    retrying(
+        create,
+        retry_on=(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject),
+        attempts=3,
+    )
 
 
 def read_current(conn: psycopg.Connection[Any]) -> RingRecord | None:
@@ -278,8 +277,14 @@ def read(
     without it, the view is built from those that answered and names the others.
     """
     primaries = topology.primaries()
-    results = on_primaries(
-        topology, credentials, primaries, read_current, timeout=timeout, strict=require_all
+    results = pg.on_primaries(
+        topology,
+        credentials,
+        primaries,
+        read_current,
+        timeout=timeout,
+        strict=require_all,
+        doing=DOING,
     )
     by_primary = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
     unreachable = [n for n, r in results.items() if isinstance(r, BaseException)]
@@ -343,12 +348,20 @@ def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.
         install(conn)
         return read_current(conn)
 
-    found = on_primaries(topology, credentials, primaries, prepare, timeout=timeout, strict=True)
+    found = pg.on_primaries(
+        topology, credentials, primaries, prepare, timeout=timeout, strict=True, doing=DOING
+    )
     view = combine({n: r for n, r in found.items() if not isinstance(r, BaseException)})
     record = view.current if view.current is not None else initial_record(topology)
     targets = [p for p in primaries if view.by_primary.get(p.name) is None]
-    written = on_primaries(
-        topology, credentials, targets, lambda c: write(c, record), timeout=timeout, strict=True
+    written = pg.on_primaries(
+        topology,
+        credentials,
+        targets,
+        lambda c: write(c, record),
+        timeout=timeout,
+        strict=True,
+        doing=DOING,
     )
     report = EnsureReport(epoch=record.epoch, written=sorted(n for n, w in written.items() if w))
     report.warnings = [p for p in view.problems if not p.startswith("no catalog on")]
@@ -364,51 +377,17 @@ def publish(
     primaries: Sequence[Node] | None = None,
     timeout: float = 10.0,
 ) -> list[str]:
-    """Write a new epoch to every primary (resharding's cut-over); idempotent. Names written."""
+    """Write a new epoch to every primary, opening connections; idempotent. Names written."""
     targets = list(primaries) if primaries is not None else list(topology.primaries())
 
     def put(conn: psycopg.Connection[Any]) -> bool:
         install(conn)
         return write(conn, record)
 
-    done = on_primaries(topology, credentials, targets, put, timeout=timeout, strict=True)
+    done = pg.on_primaries(
+        topology, credentials, targets, put, timeout=timeout, strict=True, doing=DOING
+    )
     return sorted(n for n, w in done.items() if w)
-
-
-def on_primaries(
-    topology: Topology,
-    credentials: Credentials,
-    primaries: Sequence[Node],
-    work: Callable[[psycopg.Connection[Any]], T],
-    *,
-    timeout: float,
-    strict: bool,
-    doing: str = "ring catalog",
-) -> dict[str, T | BaseException]:
-    """Run ``work(conn)`` on each primary in parallel; errors raised (strict) or returned.
-
-    A database error becomes :class:`DatabaseUnavailable` naming the primary and ``doing``.
-    """
-    if not primaries:
-        return {}
-    database = topology.spec.database
-
-    def one(node: Node) -> T:
-        try:
-            with pg.connect(node, credentials, database, timeout=timeout) as conn:
-                return work(conn)
-        except psycopg.Error as exc:
-            raise DatabaseUnavailable(f"{node.name}: {doing}: {pg.first_line(exc)}") from None
-
-    with ThreadPoolExecutor(max_workers=len(primaries), thread_name_prefix="catalog") as pool:
-        futures = {node.name: pool.submit(one, node) for node in primaries}
-    out: dict[str, T | BaseException] = {}
-    for name, future in futures.items():
-        error = future.exception()
-        if error is not None and (strict or not isinstance(error, DatabaseUnavailable)):
-            raise error
-        out[name] = error if error is not None else future.result()
-    return out
 
 
 @dataclass(frozen=True)

@@ -18,21 +18,19 @@ are both misplaced and duplicated by design, and this costs a pass over them.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from shardctl import catalog, pg, ringsql
 from shardctl.credentials import Credentials
-from shardctl.errors import CheckFailed, DatabaseUnavailable
+from shardctl.errors import CheckFailed
 from shardctl.ring import Ring
 from shardctl.topology import Node, TableSpec, Topology
-
-T = TypeVar("T")
 
 BATCH = 5000
 """Misplaced keys fetched and looked up per round trip."""
@@ -106,10 +104,13 @@ def measure(topology: Topology, credentials: Credentials, *, timeout: float = 10
     tables = topology.spec.tables
 
     def count(node: Node) -> dict[str, _Counted]:
-        with _connect(topology, credentials, node, timeout) as conn:
+        with (
+            pg.node_errors(node, "counting rows failed"),
+            _connect(topology, credentials, node, timeout) as conn,
+        ):
             return {t.name: _count(conn, node, t, ring) for t in tables}
 
-    counted = _parallel(primaries, count)
+    counted = pg.each({shard: partial(count, node) for shard, node in primaries.items()})
     shares = ring.shares()
     table_rows: list[TableRows] = []
     shard_rows: list[ShardRows] = []
@@ -250,20 +251,3 @@ def _connect(
     topology: Topology, credentials: Credentials, node: Node, timeout: float
 ) -> psycopg.Connection[Any]:
     return pg.connect(node, credentials, topology.spec.database, timeout=timeout)
-
-
-def _parallel(primaries: dict[str, Node], work: Callable[[Node], T]) -> dict[str, T]:
-    """``work(node)`` on every primary at once; the first error is raised (DB errors mapped)."""
-    with ThreadPoolExecutor(max_workers=max(1, len(primaries))) as pool:
-        futures = {shard: pool.submit(work, node) for shard, node in primaries.items()}
-    out: dict[str, T] = {}
-    for shard, future in futures.items():
-        error = future.exception()
-        if isinstance(error, psycopg.Error):
-            raise DatabaseUnavailable(
-                f"{primaries[shard].name}: counting rows failed: {pg.first_line(error)}"
-            ) from error
-        if error is not None:
-            raise error
-        out[shard] = future.result()
-    return out

@@ -6,10 +6,10 @@ Every error a user can cause or meet carries the exit code the CLI returns for i
     ├── CheckFailed                   (exit 1)  a health or data check did not pass
     ├── UsageError                    (exit 2)  bad command-line input
     │   └── TopologyError             (exit 2)  topology.yaml is missing or invalid
-    ├── InfrastructureError           (exit 3)  Docker or PostgreSQL cannot be reached
-    │   ├── DockerUnavailable
-    │   └── DatabaseUnavailable
-    ├── ProvisioningError             (exit 3)  a container or node could not be made ready
+    ├── InfrastructureError           (exit 3)  Docker or PostgreSQL is not there or not ready
+    │   ├── DockerUnavailable         (exit 3)  the Docker engine does not answer
+    │   ├── DatabaseUnavailable       (exit 3)  a PostgreSQL node does not answer
+    │   └── ProvisioningError         (exit 3)  a container or node could not be made ready
     ├── CatalogError                  (exit 1)  the ring catalog is missing or inconsistent
     ├── RoutingError                  (exit 1)  the Router could not place a query
     │   └── KeyNotOwned               (exit 1)  a node refused a write: SQLSTATE SC001 (fencing)

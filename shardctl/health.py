@@ -8,12 +8,11 @@ node, plus the container's state from Docker) and returns a :class:`ClusterFacts
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -22,8 +21,6 @@ from shardctl import pg
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
 from shardctl.topology import Node, Topology
-
-T = TypeVar("T")
 
 
 class ContainerState(StrEnum):
@@ -272,36 +269,6 @@ def read_facts(conn: psycopg.Connection[Any]) -> NodeFacts:
     )
 
 
-def run_parallel(tasks: dict[str, Callable[[], T]], timeout: float) -> dict[str, T | BaseException]:
-    """Run every task at once on daemon threads; a task still running after ``timeout`` seconds
-    yields a TimeoutError instead of stalling the others (a hung node cannot hold us up)."""
-    results: dict[str, T | BaseException] = {}
-    lock = threading.Lock()
-
-    def run(name: str, task: Callable[[], T]) -> None:
-        try:
-            value: T | BaseException = task()
-        except BaseException as exc:  # recorded, reported by the caller
-            value = exc
-        with lock:
-            results[name] = value
-
-    threads = [
-        threading.Thread(target=run, args=(name, task), daemon=True, name=f"probe-{name}")
-        for name, task in tasks.items()
-    ]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    with lock:
-        return {
-            name: results.get(name, TimeoutError(f"no answer within {timeout:g}s"))
-            for name in tasks
-        }
-
-
 def container_states(
     topology: Topology, engines: Engines
 ) -> tuple[dict[str, ContainerState], tuple[str, ...]]:
@@ -346,7 +313,7 @@ def observe(
 
     reachable = [n for n in topology.nodes if states[n.name] is ContainerState.RUNNING]
     login = credentials() if reachable else None
-    answers = run_parallel({n.name: probe(n) for n in reachable}, timeout + 1.0)
+    answers = pg.gather({n.name: probe(n) for n in reachable}, timeout=timeout + 1.0)
     observations = []
     for node in topology.nodes:
         state = states[node.name]

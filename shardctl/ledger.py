@@ -32,15 +32,16 @@ import json
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 import psycopg
 from psycopg import sql
 
+from shardctl import pg
 from shardctl.errors import UsageError
 from shardctl.router import Router
 
@@ -328,15 +329,13 @@ def _fetch(router: Router, header: Header, keys: list[str]) -> dict[str, dict[st
         return rows
 
     found: dict[str, dict[str, Value]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, len(primaries))) as pool:
-        results = {p.shard: pool.submit(on, p.shard) for p in primaries}
-        for shard, future in results.items():
-            for row in future.result():
-                value = {
-                    c: (None if v is None else str(v))
-                    for c, v in zip(header.columns, row[1:], strict=True)
-                }
-                found.setdefault(str(row[0]), {})[shard] = value
+    for shard, rows in pg.each({p.shard: partial(on, p.shard) for p in primaries}).items():
+        for row in rows:
+            value = {
+                c: (None if v is None else str(v))
+                for c, v in zip(header.columns, row[1:], strict=True)
+            }
+            found.setdefault(str(row[0]), {})[shard] = value
     return found
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import psycopg
@@ -10,7 +16,9 @@ from psycopg.conninfo import make_conninfo
 from shardctl.credentials import Credentials
 from shardctl.errors import DatabaseUnavailable, ShardctlError
 from shardctl.text import first_line as first_line  # re-exported: pg.first_line(exc) reads well
-from shardctl.topology import Node
+from shardctl.topology import Node, Topology
+
+T = TypeVar("T")
 
 CONTAINER_PORT = 5432
 APPLICATION_NAME = "shardctl"
@@ -65,3 +73,88 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, psycopg.Error):
         return first_line(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------ every node at once
+
+
+def gather(
+    tasks: Mapping[str, Callable[[], T]], *, timeout: float | None = None
+) -> dict[str, T | BaseException]:
+    """Run every task at once, one thread each; name -> its result, or the error it raised.
+
+    With ``timeout``, a task still running after that many seconds yields a TimeoutError and is
+    left behind on its daemon thread: a hung node cannot hold up the others.
+    """
+    results: dict[str, T | BaseException] = {}
+    lock = threading.Lock()
+
+    def run(name: str, task: Callable[[], T]) -> None:
+        try:
+            value: T | BaseException = task()
+        except BaseException as exc:  # handed to the caller
+            value = exc
+        with lock:
+            results[name] = value
+
+    threads = [
+        threading.Thread(target=run, args=(name, task), daemon=True, name=f"shardctl-{name}")
+        for name, task in tasks.items()
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for thread in threads:
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    with lock:
+        done = dict(results)
+    # Only a timeout leaves a task without a result.
+    late = f"no answer within {timeout:g}s" if timeout is not None else ""
+    return {name: done[name] if name in done else TimeoutError(late) for name in tasks}
+
+
+def each(tasks: Mapping[str, Callable[[], T]]) -> dict[str, T]:
+    """Run every task at once and wait for all; the first error, in the order of ``tasks``."""
+    out: dict[str, T] = {}
+    for name, result in gather(tasks).items():
+        if isinstance(result, BaseException):
+            raise result
+        out[name] = result
+    return out
+
+
+@contextmanager
+def node_errors(node: Node, doing: str) -> Iterator[None]:
+    """Turn a database error inside into DatabaseUnavailable naming ``node`` and ``doing``."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(f"{node.name}: {doing}: {first_line(exc)}") from None
+
+
+def on_primaries(
+    topology: Topology,
+    credentials: Credentials,
+    primaries: Sequence[Node],
+    work: Callable[[psycopg.Connection[Any]], T],
+    *,
+    timeout: float,
+    strict: bool,
+    doing: str,
+) -> dict[str, T | BaseException]:
+    """Run ``work(conn)`` on each primary at once, keyed by node name; errors raised (strict)
+    or returned: a node that cannot be asked is a DatabaseUnavailable naming it and ``doing``.
+    """
+    database = topology.spec.database
+
+    def one(node: Node) -> T:
+        with node_errors(node, doing), connect(node, credentials, database, timeout=timeout) as c:
+            return work(c)
+
+    results = gather({node.name: partial(one, node) for node in primaries})
+    for result in results.values():
+        if isinstance(result, BaseException) and (
+            strict or not isinstance(result, DatabaseUnavailable)
+        ):
+            raise result
+    return results

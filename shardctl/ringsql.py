@@ -20,9 +20,6 @@ from psycopg import sql
 
 from shardctl.ring import Range, Ring
 
-POSITION_FUNCTION = "shardctl.ring_position"
-"""Installed on every primary by the catalog: ``shardctl.ring_position(text) = md5($1)``."""
-
 Params = dict[str, object]
 
 

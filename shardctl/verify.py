@@ -33,7 +33,7 @@ from shardctl.engine import Engines
 from shardctl.errors import DatabaseUnavailable
 from shardctl.text import lsn_text
 from shardctl.topology import HealthSpec, Node, Role, TableSpec, Topology
-from shardctl.waiting import NotYet, wait_for
+from shardctl.waiting import NotYet, retrying, wait_for
 
 CANARY_SCHEMA = "shardctl"
 CANARY_TABLE = "replication_canary"
@@ -138,7 +138,7 @@ def canary_checks(
             future.set_exception(DatabaseUnavailable(f"{name} did not answer"))
     # A replica's wait is bounded by its own deadline; the margin covers connecting.
     budget = 2 * limits.probe_timeout + limits.canary_timeout + 1.0
-    for name, outcome in health.run_parallel(tasks, budget).items():
+    for name, outcome in pg.gather(tasks, timeout=budget).items():
         node = topology.node(name)
         if isinstance(outcome, Check):
             results.append(outcome)
@@ -195,13 +195,11 @@ def _ensure_canary_table(conn: Conn) -> None:
         " node text NOT NULL,"
         " written_at timestamptz NOT NULL DEFAULT pg_catalog.now())"
     ).format(schema=sql.Identifier(CANARY_SCHEMA), table=_canary_table())
-    for attempt in range(3):
-        try:
-            conn.execute(statement)
-            return
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
-            if attempt == 2:
-                raise
+    retrying(
+        lambda: conn.execute(statement),
+        retry_on=(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject),
+        attempts=3,
+    )
 
 
 def _canary_table() -> sql.Composed:
@@ -276,7 +274,7 @@ def deep_checks(
                 live.append(replica)
         if live and login is not None:
             tasks[shard.name] = _deep_shard(primary, live, tables, login, topology, limits)
-    for shard_name, outcome in health.run_parallel(tasks, DEEP_TIMEOUT).items():
+    for shard_name, outcome in pg.gather(tasks, timeout=DEEP_TIMEOUT).items():
         if isinstance(outcome, BaseException):  # the primary could not be read at all
             primary, *replicas = topology.shard_nodes(shard_name)
             why = f"{primary.name} could not be read"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from shardctl import catalog
 from shardctl.cli import render
 from shardctl.cli.app import (
     Output,
@@ -30,15 +28,11 @@ from shardctl.cli.app import (
     open_cluster,
     progress_reporter,
 )
-from shardctl.cluster import Cluster
 from shardctl.errors import ReshardingError, UsageError
+from shardctl.reshard import joining
 from shardctl.reshard.coordinator import Progress as ProgressCallback
 from shardctl.reshard.coordinator import Rebalancer, State
-from shardctl.reshard.joining import record, with_shard
 from shardctl.reshard.plan import Phase
-
-KILL_AFTER_ENV = "SHARDCTL_KILL_AFTER_PHASE"
-"""Fault injection for tests: exit abruptly (as if killed) once this phase is recorded."""
 
 
 @app.command("add-shard")
@@ -49,16 +43,8 @@ def add_shard(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=1)] = 300.0,
 ) -> None:
     """Provision a new empty shard and record it in the topology; it joins owning no keys."""
-    with open_cluster(topology) as cluster:
-        ring = catalog.read(cluster.topology, cluster.credentials()).ring()
-        if name in ring.nodes:
-            raise UsageError(f"shard {name!r} is already in the ring")
-        bigger, text = with_shard(cluster.topology, name, replicas)
-        grown = Cluster(bigger, cluster.engines)
-        with progress_reporter() as report:
-            grown.up(timeout=timeout, reporter=report)
-        # Recorded only once it runs: routers that re-read the file then find it reachable.
-        record(bigger, text)
+    with open_cluster(topology) as cluster, progress_reporter() as report:
+        joining.add_shard(cluster, name, replicas, timeout=timeout, reporter=report)
     render.err_console.print(
         f"[green]add-shard[/]: {name} is up with {replicas} replica(s) and recorded in "
         f"{cluster.topology.path}; it owns no keys until `shardctl rebalance`"
@@ -115,14 +101,8 @@ def rebalance(
     """Move data until every key lives on its ring owner, online; --plan shows the moves."""
     if sum((plan, resume, abort)) > 1:
         raise UsageError("choose one of --plan, --resume and --abort")
-    stop_after = os.environ.get(KILL_AFTER_ENV)
     with open_cluster(topology) as cluster:
-        rebalancer = Rebalancer(
-            cluster,
-            rows_per_chunk=rows_per_chunk,
-            throttle_seconds=throttle,
-            stop_after=Phase(stop_after) if stop_after else None,
-        )
+        rebalancer = Rebalancer(cluster, rows_per_chunk=rows_per_chunk, throttle_seconds=throttle)
         if plan:
             shown = rebalancer.plan()
             if output is Output.JSON:
@@ -152,8 +132,6 @@ def rebalance(
             with copy_progress() as progress:
                 rebalancer.progress = progress
                 state = rebalancer.run(state)
-    if stop_after and state.phase is not Phase.DONE:
-        os._exit(137)
     finish(state, output)
 
 

@@ -14,17 +14,18 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 
-from shardctl import catalog, pg
-from shardctl.cluster import Cluster
+from shardctl import catalog, fence, pg
+from shardctl.credentials import Credentials
 from shardctl.errors import DatabaseUnavailable, ReshardingError, ShardctlError
-from shardctl.reshard import capture, transfer
+from shardctl.fence import Moving, RangeState
+from shardctl.reshard import transfer
 from shardctl.reshard.plan import (
     FORWARD,
     Chunk,
@@ -37,13 +38,11 @@ from shardctl.reshard.plan import (
     next_phase,
 )
 from shardctl.reshard.transfer import Copied
-from shardctl.topology import Node
+from shardctl.topology import Node, Topology
+from shardctl.waiting import retrying
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
-
-LOCK_KEY = 0x5C_A7A1_08
-"""Advisory lock held by the one coordinator allowed to run (see Rebalancer.exclusive)."""
 
 RECONNECT_PATIENCE = 120.0
 """Seconds a step waits for a restarted primary before giving up (resumable)."""
@@ -58,8 +57,31 @@ Progress = Callable[[str, str, int, int], None]
 moves while cleaning up."""
 
 
+AfterPhase = Callable[[Phase], None]
+"""Called with each phase once its work is done and the next phase is recorded on every
+primary: a point where the run may stop (or be killed) and resume. The one hook for fault
+injection: the tests kill the process there (tests/integration/kill_after_phase.py)."""
+
+
 def _no_progress(task: str, description: str, done: int, total: int) -> None:
     pass
+
+
+def _nothing_after(phase: Phase) -> None:
+    pass
+
+
+class ClusterAccess(Protocol):
+    """What the coordinator needs of a cluster (a :class:`shardctl.cluster.Cluster` is one)."""
+
+    @property
+    def topology(self) -> Topology:
+        """The declared cluster."""
+        ...
+
+    def credentials(self) -> Credentials:
+        """The superuser login for its nodes."""
+        ...
 
 
 @dataclass
@@ -99,13 +121,13 @@ class Rebalancer:
 
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: ClusterAccess,
         *,
         progress: Progress = _no_progress,
         rows_per_chunk: int = 50_000,
         throttle_seconds: float = 0.0,
         clean_batch: int = 5_000,
-        stop_after: Phase | None = None,
+        after_phase: AfterPhase = _nothing_after,
     ) -> None:
         self.cluster = cluster
         self.topology = cluster.topology
@@ -113,8 +135,7 @@ class Rebalancer:
         self.rows_per_chunk = rows_per_chunk
         self.throttle = throttle_seconds
         self.clean_batch = clean_batch
-        self.stop_after = stop_after
-        """For tests and operators: stop (as if killed) once this phase's work is recorded."""
+        self.after_phase = after_phase
 
     # ------------------------------------------------------------ connections
 
@@ -144,7 +165,7 @@ class Rebalancer:
         mid-run (the run itself reconnects and carries on, unguarded from then on).
         """
         with self.connect(self._primaries()[0]) as conn:
-            row = conn.execute("SELECT pg_catalog.pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+            row = conn.execute(fence.TRY_COORDINATOR_LOCK, (fence.COORDINATOR_LOCK,)).fetchone()
             if not row or not row[0]:
                 raise ReshardingError(
                     "another `shardctl rebalance` is running against this cluster; wait for it "
@@ -154,16 +175,14 @@ class Rebalancer:
                 yield
             finally:
                 with contextlib.suppress(psycopg.Error):  # a lost session released it already
-                    conn.execute("SELECT pg_catalog.pg_advisory_unlock(%s)", (LOCK_KEY,))
+                    conn.execute(fence.RELEASE_COORDINATOR_LOCK, (fence.COORDINATOR_LOCK,))
 
     def _primaries(self) -> list[str]:
         return [shard.name for shard in self.topology.spec.shards]
 
     def _each(self, shards: list[str], work: Callable[[str], T]) -> dict[str, T]:
         """Run ``work`` for every shard in parallel; the first failure is raised."""
-        with ThreadPoolExecutor(max_workers=max(1, len(shards))) as pool:
-            futures = {shard: pool.submit(work, shard) for shard in shards}
-        return {shard: future.result() for shard, future in futures.items()}
+        return pg.each({shard: partial(work, shard) for shard in shards})
 
     # ------------------------------------------------------------------ state
 
@@ -173,10 +192,7 @@ class Rebalancer:
 
         def read(shard: str) -> None:
             with self.connect(shard) as conn:
-                row = conn.execute(
-                    "SELECT id, phase, flipped, plan, report FROM shardctl.reshard "
-                    "ORDER BY id DESC LIMIT 1"
-                ).fetchone()
+                row = conn.execute(fence.LATEST_RESHARD).fetchone()
             if row is not None:
                 rank = len(FORWARD) if row[1] == Phase.ABORTED else FORWARD.index(Phase(row[1]))
                 found.append(
@@ -209,13 +225,7 @@ class Rebalancer:
 
         def write(shard: str) -> None:
             with self.connect(shard) as conn:
-                conn.execute(
-                    "INSERT INTO shardctl.reshard (id, phase, flipped, plan, report) "
-                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
-                    "phase = EXCLUDED.phase, flipped = EXCLUDED.flipped, "
-                    "report = EXCLUDED.report, updated_at = now()",
-                    payload,
-                )
+                conn.execute(fence.RECORD_RESHARD, payload)
 
         self._each(self._primaries(), write)
 
@@ -314,8 +324,7 @@ class Rebalancer:
             report.total_seconds += time.monotonic() - started
             started = time.monotonic()
             self._record(plan, phase, flipped, report)
-            if self.stop_after is done_phase:
-                break
+            self.after_phase(done_phase)
         return State(plan, phase, flipped, report)
 
     def abort(self) -> State:
@@ -333,10 +342,8 @@ class Rebalancer:
 
         def unfence(source: str) -> None:
             with self.connect(source) as conn:
-                conn.execute("DELETE FROM shardctl.moving WHERE reshard_id = %s", (plan.id,))
-                conn.execute(
-                    "DELETE FROM shardctl.changes WHERE target = ANY(%s)", (plan.targets(),)
-                )
+                fence.take_back(conn, plan.id)
+                fence.forget_changes(conn, plan.targets())
             self._drop_index(source)
 
         def empty(target: str) -> None:
@@ -349,7 +356,7 @@ class Rebalancer:
                             conn, table, move.start_hex, move.end_hex, batch=self.clean_batch
                         ):
                             self.progress("abort", f"emptying {target}", index, len(plan.moves))
-                conn.execute("DELETE FROM shardctl.copied WHERE reshard_id = %s", (plan.id,))
+                conn.execute(fence.FORGET_CHUNKS, (plan.id,))
 
         self._each(plan.sources(), unfence)
         self._each(plan.targets(), empty)
@@ -364,14 +371,10 @@ class Rebalancer:
 
         def install(shard: str) -> None:
             with self.connect(shard) as conn:
-                capture.install(conn, tables)
-                for index in plan.moves_from(shard):
-                    move = plan.moves[index]
-                    conn.execute(
-                        "INSERT INTO shardctl.moving (reshard_id, lo, hi, target, state) "
-                        "VALUES (%s, %s, %s, %s, 'capturing') ON CONFLICT DO NOTHING",
-                        (plan.id, move.start_hex, move.end_hex, move.target),
-                    )
+                fence.install(conn, tables)
+                moves = [plan.moves[index] for index in plan.moves_from(shard)]
+                ranges = [Moving(shard, m.start_hex, m.end_hex, m.target) for m in moves]
+                fence.give_away(conn, plan.id, ranges, RangeState.CAPTURING)
 
         self._each(self._involved(plan), install)
 
@@ -430,10 +433,7 @@ class Rebalancer:
                         time.sleep(self.throttle)
                 # From now on routers dual-write this source's ranges (see moving_ranges).
                 links.retrying(
-                    lambda: links.get(source).execute(
-                        "UPDATE shardctl.moving SET copied = true WHERE reshard_id = %s",
-                        (plan.id,),
-                    ),
+                    lambda: fence.mark_copied(links.get(source), plan.id),
                     "marking the ranges copied",
                 )
                 for target in {plan.moves[i].target for i in plan.moves_from(source)}:
@@ -471,7 +471,7 @@ class Rebalancer:
         tables = self.topology.spec.tables
         repaired: list[str] = []
         with self.connect(source) as src:
-            types = {t.name: transfer.key_type(src, t) for t in tables}
+            types = {t.name: fence.key_type(src, t) for t in tables}
             for target in {plan.moves[i].target for i in plan.moves_from(source)}:
                 moves = [plan.moves[i] for i in plan.moves_from(source)]
                 moves = [m for m in moves if m.target == target]
@@ -488,7 +488,7 @@ class Rebalancer:
                             keys = transfer.differing_keys(src, dst, table, move)
                             if keys:
                                 with src.transaction():
-                                    transfer.resync_keys(src, dst, table, types[table.name], keys)
+                                    fence.resync_keys(src, dst, table, types[table.name], keys)
                                 repaired += [f"{table.name}:{k}" for k in keys]
         return repaired
 
@@ -509,7 +509,7 @@ class Rebalancer:
         with ExitStack() as stack:
             held = {shard: stack.enter_context(self.connect(shard)) for shard in self._primaries()}
             target_conns = {pair: stack.enter_context(self.connect(pair[1])) for pair in pairs}
-            types = {t.name: transfer.key_type(held[sources[0]], t) for t in tables}
+            types = {t.name: fence.key_type(held[sources[0]], t) for t in tables}
 
             def predrain(source: str) -> None:
                 for _ in range(PREDRAIN_PASSES):
@@ -527,11 +527,7 @@ class Rebalancer:
 
             def fence_and_drain(source: str) -> list[str]:
                 # Waits for every in-flight writer of these ranges (they hold the row FOR SHARE).
-                held[source].execute(
-                    "UPDATE shardctl.moving SET state = 'fenced' "
-                    "WHERE reshard_id = %s AND state = 'capturing'",
-                    (plan.id,),
-                )
+                fence.set_state(held[source], plan.id, RangeState.FENCED, only=RangeState.CAPTURING)
                 mismatched: list[str] = []
                 for s, target in pairs:
                     if s == source:
@@ -561,19 +557,13 @@ class Rebalancer:
             self._each(self._primaries(), lambda shard: catalog.write(held[shard], record))
             report.write_pause_ms = (time.monotonic() - fenced_at) * 1000
             for source in sources:
-                held[source].execute(
-                    "UPDATE shardctl.moving SET state = 'moved' WHERE reshard_id = %s", (plan.id,)
-                )
+                fence.set_state(held[source], plan.id, RangeState.MOVED)
         return True
 
     def _unfence(self, plan: Plan) -> None:
         def unfence(source: str) -> None:
             with self.connect(source) as src:
-                src.execute(
-                    "UPDATE shardctl.moving SET state = 'capturing' "
-                    "WHERE reshard_id = %s AND state = 'fenced'",
-                    (plan.id,),
-                )
+                fence.set_state(src, plan.id, RangeState.CAPTURING, only=RangeState.FENCED)
 
         self._each(plan.sources(), unfence)
 
@@ -584,11 +574,8 @@ class Rebalancer:
         def clean(source: str) -> None:
             count = 0
             with self.connect(source) as src:
-                # A resumed run may find the ranges already 'moved' but not yet marked so.
-                src.execute(
-                    "UPDATE shardctl.moving SET state = 'moved' WHERE reshard_id = %s",
-                    (plan.id,),
-                )
+                # A resumed run may find the ranges already moved but not yet marked so.
+                fence.set_state(src, plan.id, RangeState.MOVED)
                 indexes = plan.moves_from(source)
                 for done, index in enumerate(indexes, start=1):
                     move = plan.moves[index]
@@ -600,9 +587,7 @@ class Rebalancer:
                             if self.throttle:
                                 time.sleep(self.throttle)
                     self.progress(f"clean:{source}", f"clean {source}", done, len(indexes))
-                src.execute(
-                    "DELETE FROM shardctl.changes WHERE target = ANY(%s)", (plan.targets(),)
-                )
+                fence.forget_changes(src, plan.targets())
             self._drop_index(source)
             cleaned[source] = count
 
@@ -636,18 +621,21 @@ class _Links:
 
     def retrying(self, step: Callable[[], T], what: str) -> T:
         """Run ``step``; after a lost connection, reconnect and run it again until patience ends."""
-        deadline = time.monotonic() + self.patience
-        while True:
-            try:
-                return step()
-            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
-                self.close()
-                if time.monotonic() >= deadline:
-                    raise DatabaseUnavailable(
-                        f"{what}: {pg.first_line(exc)} (for {self.patience:g}s); the reshard is "
-                        "resumable: run `shardctl rebalance --resume` once the node is back"
-                    ) from None
-                time.sleep(RECONNECT_PAUSE)
+
+        def gave_up(exc: BaseException) -> DatabaseUnavailable:
+            return DatabaseUnavailable(
+                f"{what}: {pg.first_line(exc)} (for {self.patience:g}s); the reshard is "
+                "resumable: run `shardctl rebalance --resume` once the node is back"
+            )
+
+        return retrying(
+            step,
+            retry_on=(psycopg.OperationalError, DatabaseUnavailable),
+            patience=self.patience,
+            pause=RECONNECT_PAUSE,
+            after_failure=self.close,
+            on_give_up=gave_up,
+        )
 
     def close(self) -> None:
         """Close every connection (they are reopened on the next :meth:`get`)."""

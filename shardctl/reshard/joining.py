@@ -1,4 +1,5 @@
-"""Add a shard to ``topology.yaml``: a text edit that keeps the user's comments and layout."""
+"""Add a shard: provision it empty, then declare it in ``topology.yaml`` (a text edit that
+keeps the user's comments and layout). It owns no keys until a rebalance moves some to it."""
 
 from __future__ import annotations
 
@@ -6,9 +7,28 @@ import os
 
 import yaml
 
-from shardctl import topology
+from shardctl import catalog, topology
+from shardctl.cluster import Cluster
 from shardctl.errors import TopologyError, UsageError
+from shardctl.provisioning import Reporter, UpReport
 from shardctl.topology import MAX_REPLICAS, Topology
+
+
+def add_shard(
+    cluster: Cluster, name: str, replicas: int, *, timeout: float, reporter: Reporter
+) -> UpReport:
+    """Provision shard ``name`` with ``replicas`` replicas, then record it in the topology file.
+
+    Recorded only once it runs, so routers that re-read the file find it reachable; the ring
+    is unchanged (the shard joins owning no keys).
+    """
+    ring = catalog.read(cluster.topology, cluster.credentials()).ring()
+    if name in ring.nodes:
+        raise UsageError(f"shard {name!r} is already in the ring")
+    bigger, text = with_shard(cluster.topology, name, replicas)
+    report = Cluster(bigger, cluster.engines).up(timeout=timeout, reporter=reporter)
+    record(bigger, text)
+    return report
 
 
 def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, str]:

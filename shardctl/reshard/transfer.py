@@ -6,9 +6,10 @@ until cut-over:
 - :func:`copy_range` streams the rows of one ring range with the COPY protocol into a staging
   table on the target and merges them with ``ON CONFLICT DO NOTHING``; the chunk's progress
   row commits in the same target transaction, so a resumed copy never redoes finished work;
-- :func:`drain` re-syncs every key named in the source's change log: it locks the key's row on
-  the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the key on the
-  target with the source's current state, or deletes it there when the source has none;
+- :func:`drain` re-syncs every key named in the source's change log with
+  :func:`shardctl.fence.resync_keys` (the Router's dual writes use it too): it locks the key's
+  row on the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the key on
+  the target with the source's current state, or deletes it there when the source has none;
 - :func:`fingerprints` counts and checksums rows per range on one server (one scan, ranges
   found by ``width_bucket`` over the range bounds), and :func:`differing_keys` names the keys
   whose rows differ.
@@ -24,7 +25,10 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 
-from shardctl.reshard.capture import trusted_writes
+from shardctl import fence
+from shardctl.fence import key_type as key_type  # "as": TEMPORARY re-export for router.py
+from shardctl.fence import keys_in, pipe, trusted_writes
+from shardctl.fence import resync_keys as resync_keys  # "as": TEMPORARY, as key_type
 from shardctl.ring import Move
 from shardctl.ringsql import position
 from shardctl.topology import TableSpec
@@ -84,28 +88,6 @@ def drop_position_index(conn: Conn, table: TableSpec) -> None:
     conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
 
 
-def key_type(conn: Conn, table: TableSpec) -> str:
-    """The SQL type of a table's key column, as PostgreSQL spells it."""
-    row = conn.execute(
-        "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a "
-        "WHERE a.attrelid = %s::regclass AND a.attname = %s AND NOT a.attisdropped",
-        (table.name, table.key),
-    ).fetchone()
-    if row is None:
-        raise psycopg.ProgrammingError(f"table {table.name} has no column {table.key}")
-    return str(row[0])
-
-
-def keys_in(table: TableSpec, type_name: str, keys: Sequence[str]) -> sql.Composable:
-    """``key IN (keys)``, the keys given as text and cast to the key's type.
-
-    A literal rather than a parameter because COPY statements take no parameters.
-    """
-    return sql.SQL("{} IN (SELECT k::{} FROM pg_catalog.unnest({}::text[]) AS k)").format(
-        sql.Identifier(table.key), sql.SQL(type_name), sql.Literal(list(keys))
-    )
-
-
 @dataclass(frozen=True)
 class Copied:
     """What one chunk copy moved."""
@@ -114,22 +96,6 @@ class Copied:
     bytes: int
     how: str = "plain"
     """plain, replace or merge: see :func:`copy_range`."""
-
-
-def pipe(
-    source: Conn, copy_out: sql.Composed, into: psycopg.Cursor[Any], table: sql.Identifier
-) -> int:
-    """Stream ``copy_out`` (a binary COPY TO STDOUT) on the source into ``table`` through the
-    target cursor ``into``; the bytes moved."""
-    moved = 0
-    with (
-        source.cursor().copy(copy_out) as out,
-        into.copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(table)) as copy_in,
-    ):
-        for block in out:
-            moved += len(block)
-            copy_in.write(block)
-    return moved
 
 
 def copy_range(
@@ -151,9 +117,7 @@ def copy_range(
     drain brings it back. ``merge``: if a dual write lands in the range even while we copy,
     COPY into a staging table and merge with ``ON CONFLICT DO NOTHING``.
     """
-    done = target.execute(
-        "SELECT 1 FROM shardctl.copied WHERE reshard_id = %s AND chunk = %s", (reshard_id, chunk)
-    ).fetchone()
+    done = target.execute(fence.CHUNK_COPIED, (reshard_id, chunk)).fetchone()
     if done:
         return None
     where = range_predicate(table.key, start_hex, end_hex)
@@ -205,42 +169,8 @@ def _copy_chunk(
                     name, stage
                 )
             ).rowcount
-        target.execute(
-            "INSERT INTO shardctl.copied (reshard_id, chunk, rows, bytes) VALUES (%s, %s, %s, %s)",
-            (*progress, rows, nbytes),
-        )
+        target.execute(fence.RECORD_CHUNK, (*progress, rows, nbytes))
     return Copied(rows=rows, bytes=nbytes, how=how)
-
-
-RESYNC_ATTEMPTS = 5
-
-
-def resync_keys(
-    source: Conn, target: Conn, table: TableSpec, type_name: str, keys: Sequence[str]
-) -> None:
-    """Make ``keys`` on the target equal to the source; call inside a source transaction.
-
-    The source rows are locked FOR SHARE, so their committed state cannot change under us.
-    Another re-sync of the same key (a router's dual write, the drain) or the bulk copy may
-    insert it on the target between our DELETE and COPY: both copied the same committed
-    state, so we simply try again.
-    """
-    name = sql.Identifier(table.name)
-    match = keys_in(table, type_name, keys)
-    source.execute(sql.SQL("SELECT 1 FROM {} WHERE {} FOR SHARE").format(name, match))
-    copy_out = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
-        name, match
-    )
-    for attempt in range(1, RESYNC_ATTEMPTS + 1):
-        try:
-            with target.transaction(), target.cursor() as cur:
-                trusted_writes(target)
-                cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, match))
-                pipe(source, copy_out, cur, name)
-            return
-        except psycopg.errors.UniqueViolation:
-            if attempt == RESYNC_ATTEMPTS:
-                raise
 
 
 def drain(
@@ -263,10 +193,7 @@ def drain(
     total = 0
     while True:
         with source.transaction():
-            rows = source.execute(
-                "SELECT id, tbl, key FROM shardctl.changes WHERE target = %s ORDER BY id LIMIT %s",
-                (target_name, batch),
-            ).fetchall()
+            rows = source.execute(fence.NEXT_CHANGES, (target_name, batch)).fetchall()
             if not rows:
                 return total
             grouped: dict[str, set[str]] = {}
@@ -281,9 +208,7 @@ def drain(
                         collect.setdefault(tbl, set()).update(keys)
             # Delete exactly what was processed: a change row invisible now (its writer had not
             # committed) stays for the next pass. A "done up to id N" mark would skip it.
-            source.execute(
-                "DELETE FROM shardctl.changes WHERE id = ANY(%s)", ([r[0] for r in rows],)
-            )
+            source.execute(fence.DELETE_CHANGES, ([r[0] for r in rows],))
         if on_batch is not None:
             on_batch(total)
 

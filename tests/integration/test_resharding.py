@@ -1,7 +1,8 @@
 """Online resharding against real containers: the product's seven guarantees, checked.
 
 Writers go through ``Router`` and keep a ledger of every acknowledged operation; the reshard
-runs through the real CLI in a subprocess (so it can also be killed like a real process).
+runs through the real CLI in a subprocess, or, to be killed like a real process after a phase,
+through the test-only entry script ``kill_after_phase.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,18 @@ from shardctl.router import Router
 from tests.integration.conftest import ClusterFactory, run_shardctl
 
 DELETED = None
+KILL_AFTER_PHASE = Path(__file__).with_name("kill_after_phase.py")
+
+
+def run_killed(path: Path, phase: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Start (or with ``--resume`` resume) a reshard in a subprocess that dies after ``phase``."""
+    return subprocess.run(
+        [sys.executable, str(KILL_AFTER_PHASE), str(path), phase, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
 
 
 @dataclass
@@ -251,9 +264,7 @@ def test_kill_at_each_phase_then_abort_or_resume_ends_clean(
     writer = Writer(router, 7, preloaded[:500])
 
     def killed_after(phase: str, *args: str) -> None:
-        result = run_shardctl(
-            "rebalance", "-f", path, *args, env={"SHARDCTL_KILL_AFTER_PHASE": phase}
-        )
+        result = run_killed(path, phase, *args)
         assert result.returncode == 137, result.stderr
         # While shardctl is dead, writes go on and must be captured.
         stop = threading.Event()
@@ -268,14 +279,14 @@ def test_kill_at_each_phase_then_abort_or_resume_ends_clean(
         return catalog.read(grown.topology, grown.credentials()).record().epoch
 
     for phase in ("capturing", "copying", "verifying"):
-        killed_after(phase, "--yes")
+        killed_after(phase)
         assert epoch() == 1
         aborted = run_shardctl("rebalance", "--abort", "-f", path)
         assert aborted.returncode == 0, aborted.stderr
         assert rows_by_shard(grown)["shard-2"] == {}
         check_ledger(grown, [writer], preloaded)
 
-    killed_after("verifying", "--yes")
+    killed_after("verifying")
     killed_after("cutting-over", "--resume")
     assert epoch() == 2
     refused = run_shardctl("rebalance", "--abort", "-f", path)
@@ -359,9 +370,7 @@ def test_writes_that_bypass_the_router_are_captured_by_the_source(
     grown = Cluster.load(path)
     old = catalog.read(grown.topology, grown.credentials()).ring()
     new = old.with_node("shard-2")
-    stopped = run_shardctl(
-        "rebalance", "--yes", "-f", path, env={"SHARDCTL_KILL_AFTER_PHASE": "copying"}
-    )
+    stopped = run_killed(path, "copying")
     assert stopped.returncode == 137, stopped.stderr
 
     moving = [k for k in preloaded if new.node_for(k) == "shard-2"]
@@ -410,9 +419,7 @@ def test_abort_refuses_once_the_new_epoch_is_published_even_if_unrecorded(
     preloaded = preload(cluster, 2000)
     assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
     grown = Cluster.load(path)
-    stopped = run_shardctl(
-        "rebalance", "--yes", "-f", path, env={"SHARDCTL_KILL_AFTER_PHASE": "verifying"}
-    )
+    stopped = run_killed(path, "verifying")
     assert stopped.returncode == 137, stopped.stderr
     state = Rebalancer(grown).state()
     assert state is not None and not state.flipped
@@ -433,7 +440,7 @@ def test_abort_refuses_once_the_new_epoch_is_published_even_if_unrecorded(
 
 
 def test_one_coordinator_at_a_time(cluster_factory: ClusterFactory) -> None:
-    from shardctl.reshard.coordinator import LOCK_KEY
+    from shardctl.fence import COORDINATOR_LOCK
 
     cluster = cluster_factory(replicas=0)
     path = cluster.topology.path
@@ -441,7 +448,7 @@ def test_one_coordinator_at_a_time(cluster_factory: ClusterFactory) -> None:
     assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
     first = cluster.topology.primaries()[0]
     with pg.connect(first, cluster.credentials(), "app") as other:  # another coordinator
-        other.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        other.execute("SELECT pg_advisory_lock(%s)", (COORDINATOR_LOCK,))
         busy = run_shardctl("rebalance", "--yes", "-f", path)
         assert busy.returncode == 1
         assert "another `shardctl rebalance` is running" in busy.stderr

@@ -1,0 +1,399 @@
+"""The fence: which keys a primary refuses or records, and every object the protocol keeps there.
+
+A primary gives ranges of the ring away by listing them in ``shardctl.moving``, each with a
+target and a :class:`RangeState`. One BEFORE ROW trigger per sharded table looks the written
+key up there (an empty table until then, so one index probe):
+
+- a ``capturing`` range: the key is recorded in ``shardctl.changes`` in the writer's own
+  transaction (whoever the writer is: Router, psql, another service);
+- a ``fenced`` or ``moved`` range: the write is refused with SQLSTATE :data:`FENCE_SQLSTATE`
+  (key not owned); a Router refreshes its ring and retries on the new owner.
+
+The Router also calls ``shardctl.assert_owner(key)`` first in every write transaction, so the
+fence holds even for an UPDATE or DELETE that matches no row (the trigger never fires then).
+The range row is read ``FOR SHARE``, so fencing a range (:func:`set_state` to ``FENCED``) waits
+for every in-flight writer of that range to finish: that is a cut-over's handshake.
+shardctl's own copy, re-sync and clean-up write with :func:`trusted_writes`, which skips the
+trigger.
+
+**Why this one module owns the whole protocol schema.** Everything the protocol puts on a
+primary lives here: the DDL (the fence's ``moving``/``changes`` and the reshard's
+``reshard``/``copied``, installed together by ``up`` as one idempotent script), the functions
+``check_key``/``assert_owner``/``guard``, the SQLSTATE, the range states, every advisory-lock
+key of the project, and the protocol's statements, named. The Router needs the fence's half
+(moving ranges, re-sync of a key, key types) and must not depend on the coordinator, so the
+module sits low: it imports only :mod:`shardctl.pg` and the topology, never
+``shardctl.reshard`` or ``shardctl.cluster``. The coordinator (:mod:`shardctl.reshard`) drives
+it; a switchover can fence a whole old primary with the same calls (one range covering the
+circle, :data:`CIRCLE_START`, given away ``FENCED``), and remove-shard can reuse the reshard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+
+from shardctl import pg
+from shardctl.credentials import Credentials
+from shardctl.topology import TableSpec, Topology
+from shardctl.waiting import retrying
+
+Conn = psycopg.Connection[Any]
+
+FENCE_SQLSTATE = "SC001"
+"""SQLSTATE a primary raises for a write to a key it does not (or no longer) own.
+
+Raised by ``shardctl.check_key`` (the trigger and ``assert_owner``); the Router turns it into
+:class:`~shardctl.errors.KeyNotOwned`, refreshes its ring and retries on the new owner.
+"""
+
+
+class RangeState(StrEnum):
+    """Where a range a primary gives away stands (``shardctl.moving.state``)."""
+
+    CAPTURING = "capturing"
+    """Still owned here; every write to it is recorded in ``shardctl.changes``."""
+    FENCED = "fenced"
+    """Writes refused (cut-over in progress); may go back to CAPTURING if the cut-over fails."""
+    MOVED = "moved"
+    """Owned by the target for good; writes refused here forever."""
+
+
+CIRCLE_START = "0" * 32
+"""The lowest ring position: a range from here with no end covers the whole circle."""
+
+# ------------------------------------------------------------------ advisory locks
+# Every advisory-lock key shardctl takes, in one place so that no two features collide.
+
+CATALOG_INSTALL_LOCK = 0x5C_A7A1_06
+"""``pg_advisory_xact_lock``: one installer of the ring catalog at a time per database."""
+FENCE_INSTALL_LOCK = 0x5C_A7A1_07
+"""``pg_advisory_xact_lock``: one installer of this module's schema at a time per database."""
+COORDINATOR_LOCK = 0x5C_A7A1_08
+"""Session ``pg_try_advisory_lock`` on the first primary: one reshard coordinator at a time."""
+
+# ------------------------------------------------------------------ the schema
+
+
+def _states(*states: RangeState) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Literal(s.value) for s in states)
+
+
+SCHEMA_SQL = sql.SQL(
+    """
+CREATE SCHEMA IF NOT EXISTS shardctl;
+CREATE TABLE IF NOT EXISTS shardctl.moving (
+    reshard_id bigint NOT NULL,
+    lo         text COLLATE "C" NOT NULL,
+    hi         text COLLATE "C",
+    target     text NOT NULL,
+    state      text NOT NULL CHECK (state IN ({all_states})),
+    copied     boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (reshard_id, lo)
+);
+CREATE INDEX IF NOT EXISTS moving_lo ON shardctl.moving (lo);
+CREATE TABLE IF NOT EXISTS shardctl.changes (
+    id     bigserial PRIMARY KEY,
+    target text NOT NULL,
+    tbl    text NOT NULL,
+    key    text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shardctl.reshard (
+    id         bigint PRIMARY KEY,
+    phase      text NOT NULL,
+    flipped    boolean NOT NULL DEFAULT false,
+    plan       jsonb NOT NULL,
+    report     jsonb NOT NULL DEFAULT '{{}}',
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS shardctl.copied (
+    reshard_id bigint NOT NULL,
+    chunk      text NOT NULL,
+    rows       bigint NOT NULL,
+    bytes      bigint NOT NULL,
+    PRIMARY KEY (reshard_id, chunk)
+);
+CREATE OR REPLACE FUNCTION shardctl.check_key(k text, capture_table text) RETURNS void
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    pos   text := md5(k) COLLATE "C";
+    found record;
+BEGIN
+    -- FOR SHARE: marking the range fenced waits until this transaction ends.
+    SELECT m.state, m.target INTO found FROM shardctl.moving m
+     WHERE m.lo <= pos AND (m.hi IS NULL OR pos < m.hi)
+     ORDER BY m.lo DESC LIMIT 1
+     FOR SHARE;
+    IF found.state IN ({refused}) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = {sqlstate},
+            MESSAGE = format('shardctl: key %s is not owned by this shard', k),
+            HINT = format('it moved to %s; refresh the ring and retry there', found.target);
+    ELSIF found.state = {capturing} AND capture_table IS NOT NULL THEN
+        INSERT INTO shardctl.changes (target, tbl, key) VALUES (found.target, capture_table, k);
+    END IF;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION shardctl.assert_owner(k text) RETURNS void
+LANGUAGE sql AS $fn$ SELECT shardctl.check_key(k, NULL) $fn$;
+CREATE OR REPLACE FUNCTION shardctl.guard() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    old_key text;
+    new_key text;
+BEGIN
+    IF TG_OP <> 'INSERT' THEN old_key := to_jsonb(OLD) ->> TG_ARGV[0]; END IF;
+    IF TG_OP <> 'DELETE' THEN new_key := to_jsonb(NEW) ->> TG_ARGV[0]; END IF;
+    IF old_key IS NOT NULL THEN
+        PERFORM shardctl.check_key(old_key, TG_TABLE_NAME);
+    END IF;
+    IF new_key IS NOT NULL AND new_key IS DISTINCT FROM old_key THEN
+        PERFORM shardctl.check_key(new_key, TG_TABLE_NAME);
+    END IF;
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END
+$fn$;
+"""
+).format(
+    all_states=_states(*RangeState),
+    refused=_states(RangeState.FENCED, RangeState.MOVED),
+    capturing=sql.Literal(RangeState.CAPTURING.value),
+    sqlstate=sql.Literal(FENCE_SQLSTATE),
+)
+"""Every table and function of the protocol (idempotent; run by ``up`` on every primary)."""
+
+GUARD_TRIGGER = "shardctl_guard"
+
+# ------------------------------------------------------------------ named statements
+# The protocol's statements, by what they do; the comment above each names its %s parameters.
+
+# (table, trigger name)
+HAS_GUARD = "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s"
+# (operation, lo, hi, target, state)
+GIVE_AWAY = (
+    "INSERT INTO shardctl.moving (reshard_id, lo, hi, target, state) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+# (state, operation); SET_STATE_FROM adds (only from this state)
+SET_STATE = "UPDATE shardctl.moving SET state = %s WHERE reshard_id = %s"
+SET_STATE_FROM = SET_STATE + " AND state = %s"
+# (operation)
+MARK_COPIED = "UPDATE shardctl.moving SET copied = true WHERE reshard_id = %s"
+# (operation)
+TAKE_BACK = "DELETE FROM shardctl.moving WHERE reshard_id = %s"
+# (RangeState.CAPTURING)
+MOVING_COPIED = "SELECT lo, hi, target FROM shardctl.moving WHERE state = %s AND copied ORDER BY lo"
+# (target, batch size)
+NEXT_CHANGES = "SELECT id, tbl, key FROM shardctl.changes WHERE target = %s ORDER BY id LIMIT %s"
+# (ids)
+DELETE_CHANGES = "DELETE FROM shardctl.changes WHERE id = ANY(%s)"
+# (targets)
+FORGET_CHANGES = "DELETE FROM shardctl.changes WHERE target = ANY(%s)"
+# no parameters
+LATEST_RESHARD = (
+    "SELECT id, phase, flipped, plan, report FROM shardctl.reshard ORDER BY id DESC LIMIT 1"
+)
+# (id, phase, flipped, plan as json, report as json)
+RECORD_RESHARD = (
+    "INSERT INTO shardctl.reshard (id, phase, flipped, plan, report) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+    "phase = EXCLUDED.phase, flipped = EXCLUDED.flipped, "
+    "report = EXCLUDED.report, updated_at = now()"
+)
+# (operation, chunk)
+CHUNK_COPIED = "SELECT 1 FROM shardctl.copied WHERE reshard_id = %s AND chunk = %s"
+# (operation, chunk, rows, bytes)
+RECORD_CHUNK = (
+    "INSERT INTO shardctl.copied (reshard_id, chunk, rows, bytes) VALUES (%s, %s, %s, %s)"
+)
+# (operation)
+FORGET_CHUNKS = "DELETE FROM shardctl.copied WHERE reshard_id = %s"
+# (COORDINATOR_LOCK)
+TRY_COORDINATOR_LOCK = "SELECT pg_catalog.pg_try_advisory_lock(%s)"
+RELEASE_COORDINATOR_LOCK = "SELECT pg_catalog.pg_advisory_unlock(%s)"
+# (an install lock: CATALOG_INSTALL_LOCK or FENCE_INSTALL_LOCK)
+XACT_LOCK = "SELECT pg_catalog.pg_advisory_xact_lock(%s)"
+
+
+# ------------------------------------------------------------------ installing
+
+
+def install(conn: Conn, tables: Sequence[TableSpec]) -> None:
+    """Create the protocol's tables and functions, and one guard trigger per sharded table."""
+    conn.execute(SCHEMA_SQL)
+    for table in tables:
+        if conn.execute(HAS_GUARD, (table.name, GUARD_TRIGGER)).fetchone():
+            continue  # creating a trigger locks the table against writes: only when missing
+        conn.execute(
+            sql.SQL(
+                "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} "
+                "FOR EACH ROW EXECUTE FUNCTION shardctl.guard({})"
+            ).format(
+                sql.Identifier(GUARD_TRIGGER), sql.Identifier(table.name), sql.Literal(table.key)
+            )
+        )
+
+
+def ensure(topology: Topology, credentials: Credentials) -> None:
+    """Install the fence on every primary (idempotent; done by ``up``)."""
+
+    def one(conn: Conn) -> None:
+        with conn.transaction():
+            conn.execute(XACT_LOCK, (FENCE_INSTALL_LOCK,))
+            install(conn, topology.spec.tables)
+
+    pg.on_primaries(
+        topology,
+        credentials,
+        topology.primaries(),
+        one,
+        timeout=10.0,
+        strict=True,
+        doing="installing the reshard fence",
+    )
+
+
+# ------------------------------------------------------------------ ranges given away
+
+
+@dataclass(frozen=True)
+class Moving:
+    """A range a source is giving away: ``[start, end)`` to target (no end: to the top)."""
+
+    source: str
+    start_hex: str
+    end_hex: str | None
+    target: str
+
+    def contains(self, position_hex: str) -> bool:
+        """Whether a key at ``position_hex`` lies in this range."""
+        return self.start_hex <= position_hex and (
+            self.end_hex is None or position_hex < self.end_hex
+        )
+
+
+def give_away(conn: Conn, operation: int, ranges: Iterable[Moving], state: RangeState) -> None:
+    """List ``ranges`` as given away by the primary ``conn`` reaches, in ``state``; ranges
+    already listed for ``operation`` stay as they are (so a resumed step changes nothing).
+
+    ``CAPTURING`` starts recording their writes; ``FENCED`` refuses them at once (a switchover
+    fencing an old primary gives away one range from :data:`CIRCLE_START` with no end).
+    """
+    for moving in ranges:
+        conn.execute(
+            GIVE_AWAY, (operation, moving.start_hex, moving.end_hex, moving.target, state.value)
+        )
+
+
+def set_state(
+    conn: Conn, operation: int, state: RangeState, *, only: RangeState | None = None
+) -> int:
+    """Move the ranges ``operation`` gives away here to ``state`` (only those in ``only``, if
+    given); how many changed. To ``FENCED`` it waits for every in-flight writer of them."""
+    if only is None:
+        return conn.execute(SET_STATE, (state.value, operation)).rowcount
+    return conn.execute(SET_STATE_FROM, (state.value, operation, only.value)).rowcount
+
+
+def mark_copied(conn: Conn, operation: int) -> None:
+    """Say the ranges ``operation`` gives away here are copied: Routers dual-write them now."""
+    conn.execute(MARK_COPIED, (operation,))
+
+
+def take_back(conn: Conn, operation: int) -> None:
+    """Forget the ranges ``operation`` gave away here: capture stops and any fence lifts."""
+    conn.execute(TAKE_BACK, (operation,))
+
+
+def forget_changes(conn: Conn, targets: Sequence[str]) -> None:
+    """Drop the change log kept here for ``targets`` (their move is over or undone)."""
+    conn.execute(FORGET_CHANGES, (list(targets),))
+
+
+def moving_ranges(conn: Conn, source: str) -> list[Moving]:
+    """The ranges ``source`` (the shard ``conn`` reaches) is capturing and has copied: those a
+    Router dual-writes. Before its copy a range takes no dual writes: they would only collide
+    with the copy, which brings those rows anyway (newer changes are in the change log)."""
+    rows = conn.execute(MOVING_COPIED, (RangeState.CAPTURING.value,)).fetchall()
+    return [Moving(source, lo, hi, target) for lo, hi, target in rows]
+
+
+def trusted_writes(conn: Conn) -> None:
+    """Let this transaction write without firing the guard (shardctl's own copy and clean-up)."""
+    conn.execute("SET LOCAL session_replication_role = replica")
+
+
+# ------------------------------------------------------------------ re-sync of keys
+
+
+def key_type(conn: Conn, table: TableSpec) -> str:
+    """The SQL type of a table's key column, as PostgreSQL spells it."""
+    row = conn.execute(
+        "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a "
+        "WHERE a.attrelid = %s::regclass AND a.attname = %s AND NOT a.attisdropped",
+        (table.name, table.key),
+    ).fetchone()
+    if row is None:
+        raise psycopg.ProgrammingError(f"table {table.name} has no column {table.key}")
+    return str(row[0])
+
+
+def keys_in(table: TableSpec, type_name: str, keys: Sequence[str]) -> sql.Composable:
+    """``key IN (keys)``, the keys given as text and cast to the key's type.
+
+    A literal rather than a parameter because COPY statements take no parameters.
+    """
+    return sql.SQL("{} IN (SELECT k::{} FROM pg_catalog.unnest({}::text[]) AS k)").format(
+        sql.Identifier(table.key), sql.SQL(type_name), sql.Literal(list(keys))
+    )
+
+
+def pipe(
+    source: Conn, copy_out: sql.Composed, into: psycopg.Cursor[Any], table: sql.Identifier
+) -> int:
+    """Stream ``copy_out`` (a binary COPY TO STDOUT) on the source into ``table`` through the
+    target cursor ``into``; the bytes moved."""
+    moved = 0
+    with (
+        source.cursor().copy(copy_out) as out,
+        into.copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(table)) as copy_in,
+    ):
+        for block in out:
+            moved += len(block)
+            copy_in.write(block)
+    return moved
+
+
+RESYNC_ATTEMPTS = 5
+
+
+def resync_keys(
+    source: Conn, target: Conn, table: TableSpec, type_name: str, keys: Sequence[str]
+) -> None:
+    """Make ``keys`` on the target equal to the source; call inside a source transaction.
+
+    The source rows are locked FOR SHARE, so their committed state cannot change under us.
+    Another re-sync of the same key (a router's dual write, the drain) or the bulk copy may
+    insert it on the target between our DELETE and COPY: both copied the same committed
+    state, so we simply try again.
+    """
+    name = sql.Identifier(table.name)
+    match = keys_in(table, type_name, keys)
+    source.execute(sql.SQL("SELECT 1 FROM {} WHERE {} FOR SHARE").format(name, match))
+    copy_out = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
+        name, match
+    )
+
+    def replace() -> None:
+        with target.transaction(), target.cursor() as cur:
+            trusted_writes(target)
+            cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, match))
+            pipe(source, copy_out, cur, name)
+
+    retrying(replace, retry_on=psycopg.errors.UniqueViolation, attempts=RESYNC_ATTEMPTS)
