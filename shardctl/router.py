@@ -1,4 +1,4 @@
-"""Route queries by shard key to the node that owns the key, with pools, retries and fencing.
+"""Route queries by shard key to the node that owns the key, with retries, fencing and dual writes.
 
 ::
 
@@ -9,11 +9,13 @@
         rows = router.fetch(user_id, "SELECT email FROM users WHERE id = %s", (user_id,))
         everyone = router.scatter("SELECT count(*) FROM users")
 
-**The ring** comes from the catalog in the cluster (:mod:`shardctl.catalog`), never from the
-topology file: the router reads it from every primary (highest epoch wins) on first use and
-again whenever :attr:`Router.epoch_check_interval` seconds have passed since the last check
-(one tiny query per primary, made by whichever call notices first; other calls never wait for
-it). A new epoch is taken at once; an older one is never taken.
+This module is the facade applications use; two pieces do the rest. The **ring** comes from
+the catalog in the cluster, never from the topology file: :class:`~shardctl.watcher.CatalogWatcher`
+reads it from every primary (highest epoch wins) on first use and again, in the background,
+whenever :attr:`Router.epoch_check_interval` seconds have passed (other calls never wait for
+it). A new epoch is taken at once; an older one is never taken. **Connections** come from
+:class:`~shardctl.pools.Pools`: a pool per node, a live replica chosen for reads, a replica that
+just failed skipped for a while.
 
 **Fencing.** During a reshard, a primary that no longer owns a key refuses writes to it with
 SQLSTATE ``SC001`` (:data:`shardctl.catalog.FENCE_SQLSTATE`). The router turns that into
@@ -37,21 +39,19 @@ docs/resharding.md for why that can never land after the cut-over's fence).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import abc
 from psycopg.pq import TransactionStatus
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -59,24 +59,23 @@ from tenacity import (
     stop_after_delay,
 )
 
-from shardctl import catalog, faults, pg
 from shardctl import credentials as creds
+from shardctl import faults, pg
 from shardctl import topology as topo
 from shardctl.catalog import FENCE_SQLSTATE
 from shardctl.credentials import Credentials
 from shardctl.errors import (
-    CatalogError,
     DatabaseUnavailable,
     KeyNotOwned,
     RoutingError,
     ShardctlError,
-    TopologyError,
 )
 from shardctl.faults import is_transient
-from shardctl.reshard.capture import Moving, moving_ranges
+from shardctl.pools import Conn, Pools, Prefer, Row
 from shardctl.reshard.transfer import key_type, resync_keys
-from shardctl.ring import Ring, position_hex
-from shardctl.topology import Node, Role, TableSpec, Topology
+from shardctl.ring import Ring
+from shardctl.topology import Node, TableSpec, Topology
+from shardctl.watcher import CatalogWatcher, Routing
 
 if TYPE_CHECKING:
     from shardctl.cluster import Cluster
@@ -86,38 +85,9 @@ __all__ = ["Prefer", "Query", "Router", "Routing", "Row", "is_transient"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Row = tuple[Any, ...]
-Conn = psycopg.Connection[Row]
 Cur = psycopg.Cursor[Row]
-Prefer = Literal["replica", "primary"]
 Query = abc.QueryNoTemplate
 """A statement: ``str``, ``bytes``, or :mod:`psycopg.sql` composed SQL."""
-
-DOWN_FOR = 2.0
-"""Seconds a replica that just failed is skipped for reads (its shard's primary answers)."""
-
-
-@dataclass(frozen=True)
-class Routing:
-    """The ring a router places keys with, and the ranges moving, as one catalog read found."""
-
-    epoch: int
-    ring: Ring
-    moving: tuple[Moving, ...] = ()
-    """Ranges being copied to a new owner: writes there are dual-written (see _dual_write)."""
-
-    def owner(self, key: object) -> str:
-        """The shard that owns ``key`` (and takes its writes)."""
-        return self.ring.node_for(key)
-
-    def moving_target(self, key: object, owner: str) -> str | None:
-        """The shard ``key`` is being copied to, when its range is moving."""
-        if not self.moving:
-            return None
-        where = position_hex(key)
-        return next(
-            (m.target for m in self.moving if m.source == owner and m.contains(where)), None
-        )
 
 
 class Router:
@@ -139,29 +109,22 @@ class Router:
     ) -> None:
         """A router for a topology (credentials found as the CLI finds them) or a Cluster."""
         if isinstance(source, Topology):
-            self._topology = source
-            self._credentials = credentials or creds.load(source)
+            topology = source
+            credentials = credentials or creds.load(source)
         else:
-            self._topology = source.topology
-            self._credentials = credentials or source.credentials()
-        self.min_size = min_size
-        self.max_size = max_size
-        self.connect_timeout = connect_timeout
+            topology = source.topology
+            credentials = credentials or source.credentials()
+        # The pools reach nodes of the topology as the watcher last read it (add-shard grows it).
+        self._pools = Pools(
+            lambda: self._watcher.topology,
+            credentials,
+            min_size=min_size,
+            max_size=max_size,
+            connect_timeout=connect_timeout,
+        )
+        self._watcher = CatalogWatcher(topology, self._pools, interval=epoch_check_interval)
         self.retry_timeout = retry_timeout
-        self.epoch_check_interval = epoch_check_interval
-        self._pools: dict[str, ConnectionPool[Conn]] = {}
-        self._nodes: dict[str, tuple[Topology, tuple[Node, ...]]] = {}
-        self._down_until: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._refresh_lock = threading.Lock()
-        self._routing: Routing | None = None
-        self._next_check = 0.0
-        self._read_started = 0.0
-        self._turn = itertools.count()
-        self._scatter_pool: ThreadPoolExecutor | None = None
-        self._closed = False
         self.stats = RouterStats()
-        self._topology_mtime: float | None = None
         self._key_types: dict[str, str] = {}
 
     @classmethod
@@ -169,31 +132,69 @@ class Router:
         """A router for the topology at ``path`` (default: $SHARDCTL_TOPOLOGY, ./topology.yaml)."""
         return cls(topo.load(path), **options)
 
+    # ------------------------------------------------------------ settings
+
+    @property
+    def min_size(self) -> int:
+        """Connections each node's pool keeps open."""
+        return self._pools.min_size
+
+    @min_size.setter
+    def min_size(self, value: int) -> None:
+        self._pools.min_size = value
+
+    @property
+    def max_size(self) -> int:
+        """Connections each node's pool opens at most."""
+        return self._pools.max_size
+
+    @max_size.setter
+    def max_size(self, value: int) -> None:
+        self._pools.max_size = value
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds to wait for a pooled connection (and for a new one to connect)."""
+        return self._pools.connect_timeout
+
+    @connect_timeout.setter
+    def connect_timeout(self, value: float) -> None:
+        self._pools.connect_timeout = value
+
+    @property
+    def epoch_check_interval(self) -> float:
+        """Seconds between background checks of the catalog epoch."""
+        return self._watcher.interval
+
+    @epoch_check_interval.setter
+    def epoch_check_interval(self, value: float) -> None:
+        self._watcher.interval = value
+
     # ------------------------------------------------------------ properties
 
     @property
     def topology(self) -> Topology:
         """The topology the router reaches nodes through."""
-        return self._topology
+        return self._watcher.topology
 
     @property
     def routing(self) -> Routing:
         """The ring and epoch in use now (reads the catalog if not yet read or due)."""
-        return self._current()
+        return self._watcher.current()
 
     @property
     def ring(self) -> Ring:
         """The ring in use now."""
-        return self._current().ring
+        return self._watcher.current().ring
 
     @property
     def epoch(self) -> int:
         """The catalog epoch of the ring in use now."""
-        return self._current().epoch
+        return self._watcher.current().epoch
 
     def owner(self, key: object) -> str:
         """The shard that owns ``key`` under the current ring."""
-        return self._current().owner(key)
+        return self._watcher.current().owner(key)
 
     # ------------------------------------------------------------ queries
 
@@ -263,8 +264,8 @@ class Router:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description is not None else []
 
-        shards = self._current().ring.nodes
-        executor = self._executor()
+        shards = self._watcher.current().ring.nodes
+        executor = self._pools.executor()
         futures = {
             shard: executor.submit(self._call, _constant(shard), rows, "primary")
             for shard in shards
@@ -280,121 +281,7 @@ class Router:
         after that moment is fresh enough and is reused: many writers refused by one fence
         cause one catalog read at a time, not one each.
         """
-        with self._refresh_lock:
-            if self._routing is not None and (
-                not force or (since is not None and self._read_started >= since)
-            ):
-                return self._routing
-            return self._refresh_locked()
-
-    def _current(self) -> Routing:
-        routing = self._routing
-        if routing is None:
-            return self.refresh(force=False)
-        if time.monotonic() >= self._next_check and self._refresh_lock.acquire(blocking=False):
-            # The periodic check runs beside the request path, never on it: a slow or
-            # unreachable primary must not hold up queries that the current ring routes fine.
-            self._next_check = time.monotonic() + self.epoch_check_interval
-            threading.Thread(
-                target=self._check_in_background, name="shardctl-epoch-check", daemon=True
-            ).start()
-        return routing
-
-    def _check_in_background(self) -> None:
-        try:
-            self._refresh_locked()
-        except (ShardctlError, psycopg.Error) as exc:
-            # Keep routing with what we have: a later check (or a fenced write) tries again.
-            log.warning("shardctl router: catalog check failed: %s", exc)
-        finally:
-            self._refresh_lock.release()
-
-    def _refresh_locked(self) -> Routing:
-        self._read_started = time.monotonic()
-        try:
-            routing = self._load_routing()
-        finally:
-            self._next_check = time.monotonic() + self.epoch_check_interval
-        current = self._routing
-        if current is None or routing.epoch > current.epoch:
-            if current is not None:
-                log.info("shardctl router: ring epoch %d -> %d", current.epoch, routing.epoch)
-            self._routing = routing
-        elif routing.epoch == current.epoch and routing.moving != current.moving:
-            self._routing = routing  # a reshard started or finished moving ranges
-        return self._routing or routing
-
-    def _load_routing(self) -> Routing:
-        """Read the catalog from every declared primary in parallel; highest epoch wins."""
-        self._follow_topology_file()
-        primaries = self._topology.primaries()
-        for node in primaries:
-            self._pool(node)  # every pool opens (connects) in the background, all at once
-        executor = self._executor()
-
-        def read(node: Node) -> Callable[[Conn], tuple[catalog.RingRecord | None, list[Moving]]]:
-            return lambda conn: (catalog.read_current(conn), moving_ranges(conn, node.shard))
-
-        futures = {
-            node.name: executor.submit(self._on_node, node, read(node)) for node in primaries
-        }
-        found: dict[str, catalog.RingRecord | None] = {}
-        moving: list[Moving] = []
-        failed: list[str] = []
-        for name, future in futures.items():
-            try:
-                found[name], ranges = future.result()
-            except (psycopg.Error, ShardctlError) as exc:
-                failed.append(f"{name} ({pg.first_line(exc)})")
-            else:
-                moving += ranges
-        if not found:
-            raise DatabaseUnavailable(
-                f"no primary answered while reading the ring catalog: {'; '.join(failed)}"
-            )
-        view = catalog.combine(found, failed)
-        record = view.record()
-        if self._routing is None:
-            for note in (*view.problems, *catalog.drift(self._topology, record)):
-                log.warning("shardctl router: %s", note)
-        ring = record.ring()
-        self._check_reachable(ring)
-        return Routing(record.epoch, ring, tuple(moving))
-
-    def _follow_topology_file(self) -> None:
-        """Take a changed topology file (``add-shard`` appends to it) at the next catalog check,
-        so that pools to a joining shard are open well before its ranges cut over to it."""
-        try:
-            mtime = self._topology.path.stat().st_mtime
-        except OSError:
-            return
-        if mtime == self._topology_mtime:
-            return
-        self._topology_mtime = mtime
-        try:
-            reloaded = topo.load(self._topology.path)
-        except TopologyError as exc:
-            log.warning("shardctl router: keeping the topology loaded before: %s", exc)
-            return
-        if reloaded.cluster == self._topology.cluster:
-            self._topology = reloaded
-
-    def _check_reachable(self, ring: Ring) -> None:
-        """Every ring node must be a declared shard; re-read the topology file once if not."""
-        declared = {s.name for s in self._topology.spec.shards}
-        if set(ring.nodes) <= declared:
-            return
-        try:
-            reloaded = topo.load(self._topology.path)
-        except TopologyError:
-            reloaded = self._topology
-        missing = set(ring.nodes) - {s.name for s in reloaded.spec.shards}
-        if missing:
-            raise CatalogError(
-                f"the ring names {', '.join(sorted(missing))}, which {self._topology.path} does "
-                "not declare: the router cannot reach it"
-            )
-        self._topology = reloaded
+        return self._watcher.refresh(force=force, since=since)
 
     # ------------------------------------------------------------ running work
 
@@ -447,7 +334,7 @@ class Router:
         """Run a fenced transaction on ``key``'s owner; then, if it ``writes`` and the key's
         range is moving, the dual write to the shard it is moving to (a read needs none)."""
         result = self._call(lambda r: r.owner(key), owned, "primary", key=key)
-        routing = self._routing
+        routing = self._watcher.taken
         if writes and routing is not None and routing.moving:
             owner = routing.owner(key)
             target = routing.moving_target(key, owner)
@@ -465,15 +352,16 @@ class Router:
         dual write that fails or never happens costs catch-up time, never correctness.
         """
         try:
-            source_node = self._topology.shard_nodes(source)[0]
-            target_node = self._topology.shard_nodes(target)[0]
+            topology = self._watcher.topology
+            source_node = topology.shard_nodes(source)[0]
+            target_node = topology.shard_nodes(target)[0]
             with (
-                self._pool(source_node).connection(timeout=self.connect_timeout) as src,
-                self._pool(target_node).connection(timeout=self.connect_timeout) as dst,
+                self._pools.connection(source_node) as src,
+                self._pools.connection(target_node) as dst,
                 src.transaction(),
             ):
                 src.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
-                for table in self._topology.spec.tables:
+                for table in topology.spec.tables:
                     resync_keys(src, dst, table, self._key_type(src, table), [str(key)])
         except (psycopg.Error, PoolTimeout, ShardctlError) as exc:
             self.stats.dual_write_skipped()
@@ -495,12 +383,13 @@ class Router:
         key: object = None,
     ) -> T:
         """Run ``work`` on the shard ``shard_of(routing)`` names, retrying transient faults."""
-        if self._closed:
+        if self._pools.closed:
             raise RoutingError("the router is closed")
         # The first try runs bare: building a tenacity loop costs more than most statements.
         started = time.monotonic()
         try:
-            return self._on_node(self._choose(shard_of(self._current()), prefer, 1), work, key=key)
+            shard = shard_of(self._watcher.current())
+            return self._on_node(self._pools.choose(shard, prefer, 1), work, key=key)
         except Exception as exc:
             if not faults.retryable(exc):
                 raise
@@ -537,8 +426,8 @@ class Router:
         try:
             for attempt in retrying:
                 with attempt:
-                    shard = shard_of(self._current())
-                    node = self._choose(shard, prefer, attempt.retry_state.attempt_number + 1)
+                    shard = shard_of(self._watcher.current())
+                    node = self._pools.choose(shard, prefer, attempt.retry_state.attempt_number + 1)
                     result = self._on_node(node, work, key=key)
                 if faults.failure(attempt.retry_state) is None:
                     if fenced:
@@ -567,40 +456,15 @@ class Router:
         """Before the next try: a fenced write re-reads the ring (shared with other writers)."""
         if isinstance(exc, KeyNotOwned):
             try:
-                self.refresh(since=exc.seen_at)
+                self._watcher.refresh(since=exc.seen_at)
             except (ShardctlError, psycopg.Error) as error:
                 log.warning("shardctl router: ring refresh after fencing failed: %s", error)
         log.debug("shardctl router: retrying after %s", exc)
 
-    def _choose(self, shard: str, prefer: Prefer, attempt: int) -> Node:
-        """The node of ``shard`` to use: a live replica first when asked, else the primary."""
-        topology = self._topology
-        cached = self._nodes.get(shard)
-        if cached is not None and cached[0] is topology:
-            nodes = cached[1]
-        else:
-            try:
-                nodes = topology.shard_nodes(shard)
-            except TopologyError:
-                raise RoutingError(f"shard {shard} is not in {topology.path}") from None
-            self._nodes[shard] = (topology, nodes)
-        primary = nodes[0]
-        if prefer == "replica" and attempt == 1:
-            now = time.monotonic()
-            live = [n for n in nodes[1:] if self._down_until.get(n.name, 0.0) <= now]
-            if live:
-                return live[next(self._turn) % len(live)]
-        return primary
-
     def _on_node(self, node: Node, work: Callable[[Conn], T], *, key: object = None) -> T:
-        """Run ``work`` on a pooled connection to ``node``; classify what goes wrong."""
-        pool = self._pool(node)
+        """Run ``work`` on ``node``; a fence's refusal (SC001) becomes :class:`KeyNotOwned`."""
         try:
-            with pool.connection(timeout=self.connect_timeout) as conn:
-                return work(conn)
-        except PoolTimeout:
-            self._mark_down(node)
-            raise
+            return self._pools.run(node, work)
         except psycopg.Error as exc:
             if exc.sqlstate == FENCE_SQLSTATE:
                 raise KeyNotOwned(
@@ -608,72 +472,19 @@ class Router:
                     node=node.name,
                     key=key,
                 ) from exc
-            if is_transient(exc):
-                self._mark_down(node)
-                if exc.sqlstate is None or exc.sqlstate.startswith(("08", "57")):
-                    # Its siblings in the pool are likely dead too (a restart): test them now.
-                    pool.check()
             raise
-
-    def _mark_down(self, node: Node) -> None:
-        if node.role is Role.REPLICA:
-            self._down_until[node.name] = time.monotonic() + DOWN_FOR
-
-    def _pool(self, node: Node) -> ConnectionPool[Conn]:
-        pool = self._pools.get(node.name)
-        if pool is not None:
-            return pool
-        with self._lock:
-            if self._closed:
-                raise RoutingError("the router is closed")
-            pool = self._pools.get(node.name)
-            if pool is None:
-                pool = ConnectionPool(
-                    pg.conninfo(
-                        node,
-                        self._credentials,
-                        self._topology.spec.database,
-                        timeout=self.connect_timeout,
-                    ),
-                    kwargs={"autocommit": True},
-                    min_size=self.min_size,
-                    max_size=max(self.min_size, self.max_size),
-                    name=node.name,
-                    timeout=self.connect_timeout,
-                    open=False,
-                )
-                pool.open(wait=False)
-                self._pools[node.name] = pool
-        return pool
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._scatter_pool is None:
-            with self._lock:
-                if self._scatter_pool is None:
-                    width = max(4, 2 * len(self._topology.spec.shards))
-                    self._scatter_pool = ThreadPoolExecutor(
-                        max_workers=width, thread_name_prefix="shardctl-router"
-                    )
-        return self._scatter_pool
 
     @contextmanager
     def connection(self, node: str) -> Iterator[Conn]:
         """A pooled autocommit connection to one node by name (tools and tests; no retries)."""
-        with self._pool(self._topology.node(node)).connection(timeout=self.connect_timeout) as conn:
+        with self._pools.connection(self._watcher.topology.node(node)) as conn:
             yield conn
 
     # ------------------------------------------------------------ life cycle
 
     def close(self) -> None:
         """Close every pool and worker thread; the router cannot be used afterwards."""
-        with self._lock:
-            self._closed = True
-            pools, self._pools = list(self._pools.values()), {}
-            executor, self._scatter_pool = self._scatter_pool, None
-        for pool in pools:
-            pool.close(timeout=5.0)
-        if executor is not None:
-            executor.shutdown(wait=True)
+        self._pools.close()
 
     def __enter__(self) -> Router:
         return self
@@ -682,9 +493,9 @@ class Router:
         self.close()
 
     def __repr__(self) -> str:
-        routing = self._routing
+        routing = self._watcher.taken
         epoch = "unread" if routing is None else f"epoch {routing.epoch}"
-        return f"<Router {self._topology.cluster} ({epoch})>"
+        return f"<Router {self._watcher.topology.cluster} ({epoch})>"
 
 
 @dataclass
@@ -740,12 +551,3 @@ def _rollback(conn: Conn) -> None:
 
 def _constant(shard: str) -> Callable[[Routing], str]:
     return lambda routing: shard
-
-
-def shards_of(router: Router, keys: Sequence[object]) -> dict[str, list[object]]:
-    """Group keys by owning shard under the router's current ring."""
-    routing = router.routing
-    grouped: dict[str, list[object]] = {shard: [] for shard in routing.ring.nodes}
-    for key in keys:
-        grouped[routing.owner(key)].append(key)
-    return grouped

@@ -1,7 +1,8 @@
-"""The Router and the catalog against a real 2 shards x 1 replica cluster.
+"""The Router and the catalog against real 2 shards x 1 replica clusters.
 
-The tests share one cluster and run in file order: the last ones restart a primary and
-publish a second ring epoch.
+Most tests share one cluster on which the ring stays at epoch 1 (one restarts a primary).
+The tests that publish new epochs share a second cluster of their own and assert epochs
+relative to the one they find, so no result depends on the order the tests run in.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from shardctl.cluster import Cluster
 from shardctl.errors import KeyNotOwned
 from shardctl.ring import Ring, position_hex
 from shardctl.waiting import NotYet, wait_for
+from tests.integration.conftest import make_topology, running
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +163,20 @@ def test_writes_survive_a_primary_restart(shared_cluster: Cluster, router: Route
     assert set(acked) <= stored
 
 
+@pytest.fixture(scope="module")
+def epoch_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A cluster of its own for the tests that publish new ring epochs."""
+    with running(make_topology(tmp_path_factory.mktemp("epochs"))) as cluster:
+        yield cluster
+
+
 @pytest.fixture
-def fence(shared_cluster: Cluster) -> Iterator[list[str]]:
+def fence(epoch_cluster: Cluster) -> Iterator[list[str]]:
     """Make primaries refuse every insert into users with SC001, as the reshard fence does."""
     fenced: list[str] = []
     yield fenced
     for node in fenced:
-        with connect(shared_cluster, node) as conn:
+        with connect(epoch_cluster, node) as conn:
             conn.execute("DROP TRIGGER IF EXISTS test_fence ON users")
 
 
@@ -185,39 +194,40 @@ def install_fence(cluster: Cluster, node: str, fenced: list[str]) -> None:
 
 
 def test_a_fenced_write_refreshes_the_ring_and_follows_the_key(
-    shared_cluster: Cluster, fence: list[str]
+    epoch_cluster: Cluster, fence: list[str]
 ) -> None:
-    topology, credentials = shared_cluster.topology, shared_cluster.credentials()
-    with Router(shared_cluster, epoch_check_interval=3600) as stale:
-        assert stale.epoch == 1
+    topology, credentials = epoch_cluster.topology, epoch_cluster.credentials()
+    with Router(epoch_cluster, epoch_check_interval=3600) as stale:
+        start = stale.epoch  # this cluster's other test publishes epochs too, in either order
         old = stale.ring
-        new = Ring(["shard-1", "shard-0"], algorithm=old.algorithm)  # every key changes owner
+        # Two nodes in the other order: every key changes owner, whatever order ``old`` has.
+        new = Ring(list(reversed(old.nodes)), algorithm=old.algorithm)
         key = next(k for k in iter(uuid.uuid4, None) if old.node_for(k) == "shard-0")
         assert new.node_for(key) == "shard-1"
 
-        install_fence(shared_cluster, "shard-0-primary", fence)
+        install_fence(epoch_cluster, "shard-0-primary", fence)
         catalog.publish(
-            topology, credentials, catalog.RingRecord.from_ring(new, 2, created_by="test")
+            topology, credentials, catalog.RingRecord.from_ring(new, start + 1, created_by="test")
         )
-        # The stale router does not know epoch 2; shard-0 refuses, the router re-reads the
+        # The stale router does not know the new epoch; shard-0 refuses, the router re-reads the
         # catalog and retries on shard-1, and the caller sees no error.
         stale.execute(key, "INSERT INTO users (id, email) VALUES (%s, 'fenced@x')", (key,))
-        assert stale.epoch == 2
+        assert stale.epoch == start + 1
         where = stale.scatter_by_shard("SELECT id FROM users WHERE email = 'fenced@x'")
         assert where == {"shard-1": [(key,)], "shard-0": []}
 
     # A router that keeps meeting the fence gives up after its retry budget, with KeyNotOwned.
-    install_fence(shared_cluster, "shard-1-primary", fence)
-    with Router(shared_cluster, retry_timeout=0.5) as router:
+    install_fence(epoch_cluster, "shard-1-primary", fence)
+    with Router(epoch_cluster, retry_timeout=0.5) as router:
         other = uuid.uuid4()
         with pytest.raises(KeyNotOwned) as refused:
             router.execute(other, "INSERT INTO users (id) VALUES (%s)", (other,))
         assert refused.value.key == other
 
 
-def test_a_router_notices_a_new_epoch_by_itself(shared_cluster: Cluster) -> None:
-    topology, credentials = shared_cluster.topology, shared_cluster.credentials()
-    with Router(shared_cluster, epoch_check_interval=0.2) as router:
+def test_a_router_notices_a_new_epoch_by_itself(epoch_cluster: Cluster) -> None:
+    topology, credentials = epoch_cluster.topology, epoch_cluster.credentials()
+    with Router(epoch_cluster, epoch_check_interval=0.2) as router:
         start = router.epoch
         ring = Ring(["shard-0", "shard-1"], algorithm=topology.spec.ring.algorithm.value)
         catalog.publish(

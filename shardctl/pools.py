@@ -1,0 +1,170 @@
+"""The Router's way to its nodes: one connection pool per node, and which node serves a call.
+
+:class:`Pools` opens a ``psycopg_pool.ConnectionPool`` per node on first use of the node (in the
+background, so pools to every primary connect at once), waits at most ``connect_timeout`` for
+a connection, picks a live replica of a shard for reads (round-robin, the primary when none is
+live), and skips a replica that just failed for :data:`DOWN_FOR` seconds. It also owns the
+worker threads that fan calls out over nodes. It knows nothing of rings, keys or retries.
+
+Thread-safe: creating a pool or the workers, and closing, hold one lock; everything else reads
+plain dictionaries whose single assignments are atomic, so the request path takes no lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Literal, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from shardctl import pg
+from shardctl.credentials import Credentials
+from shardctl.errors import RoutingError, TopologyError
+from shardctl.faults import is_transient
+from shardctl.topology import Node, Role, Topology
+
+__all__ = ["DOWN_FOR", "Conn", "Pools", "Prefer", "Row"]
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+Conn = psycopg.Connection[Row]
+Prefer = Literal["replica", "primary"]
+
+DOWN_FOR = 2.0
+"""Seconds a replica that just failed is skipped for reads (its shard's primary answers)."""
+
+
+class Pools:
+    """A pool per node of the topology ``topology()`` returns now, and the fan-out threads."""
+
+    def __init__(
+        self,
+        topology: Callable[[], Topology],
+        credentials: Credentials,
+        *,
+        min_size: int,
+        max_size: int,
+        connect_timeout: float,
+    ) -> None:
+        """Pools to the nodes of ``topology()`` (called again whenever a node is looked up)."""
+        self._topology = topology
+        self._credentials = credentials
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self._pools: dict[str, ConnectionPool[Conn]] = {}
+        self._nodes: dict[str, tuple[Topology, tuple[Node, ...]]] = {}
+        self._down_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._turn = itertools.count()
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def choose(self, shard: str, prefer: Prefer, attempt: int) -> Node:
+        """The node of ``shard`` to use: a live replica first when asked, else the primary."""
+        topology = self._topology()
+        cached = self._nodes.get(shard)
+        if cached is not None and cached[0] is topology:
+            nodes = cached[1]
+        else:
+            try:
+                nodes = topology.shard_nodes(shard)
+            except TopologyError:
+                raise RoutingError(f"shard {shard} is not in {topology.path}") from None
+            self._nodes[shard] = (topology, nodes)
+        primary = nodes[0]
+        if prefer == "replica" and attempt == 1:
+            now = time.monotonic()
+            live = [n for n in nodes[1:] if self._down_until.get(n.name, 0.0) <= now]
+            if live:
+                return live[next(self._turn) % len(live)]
+        return primary
+
+    def run(self, node: Node, work: Callable[[Conn], T]) -> T:
+        """Run ``work`` on a pooled connection to ``node``; a node that fails is marked."""
+        pool = self.pool(node)
+        try:
+            with pool.connection(timeout=self.connect_timeout) as conn:
+                return work(conn)
+        except PoolTimeout:
+            self.mark_down(node)
+            raise
+        except psycopg.Error as exc:
+            if is_transient(exc):
+                self.mark_down(node)
+                if exc.sqlstate is None or exc.sqlstate.startswith(("08", "57")):
+                    # Its siblings in the pool are likely dead too (a restart): test them now.
+                    pool.check()
+            raise
+
+    def mark_down(self, node: Node) -> None:
+        """Skip ``node`` for reads for :data:`DOWN_FOR` seconds, if it is a replica."""
+        if node.role is Role.REPLICA:
+            self._down_until[node.name] = time.monotonic() + DOWN_FOR
+
+    @contextmanager
+    def connection(self, node: Node) -> Iterator[Conn]:
+        """A pooled autocommit connection to ``node``, waited for at most ``connect_timeout``."""
+        with self.pool(node).connection(timeout=self.connect_timeout) as conn:
+            yield conn
+
+    def pool(self, node: Node) -> ConnectionPool[Conn]:
+        """The pool of ``node``, created and opened (in the background) on first use."""
+        pool = self._pools.get(node.name)
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._closed:
+                raise RoutingError("the router is closed")
+            pool = self._pools.get(node.name)
+            if pool is None:
+                pool = ConnectionPool(
+                    pg.conninfo(
+                        node,
+                        self._credentials,
+                        self._topology().spec.database,
+                        timeout=self.connect_timeout,
+                    ),
+                    kwargs={"autocommit": True},
+                    min_size=self.min_size,
+                    max_size=max(self.min_size, self.max_size),
+                    name=node.name,
+                    timeout=self.connect_timeout,
+                    open=False,
+                )
+                pool.open(wait=False)
+                self._pools[node.name] = pool
+        return pool
+
+    def executor(self) -> ThreadPoolExecutor:
+        """The threads that run calls on several nodes at once (created on first use)."""
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    width = max(4, 2 * len(self._topology().spec.shards))
+                    self._executor = ThreadPoolExecutor(
+                        max_workers=width, thread_name_prefix="shardctl-router"
+                    )
+        return self._executor
+
+    def close(self) -> None:
+        """Close every pool and the worker threads; no pool can be opened afterwards."""
+        with self._lock:
+            self._closed = True
+            pools, self._pools = list(self._pools.values()), {}
+            executor, self._executor = self._executor, None
+        for pool in pools:
+            pool.close(timeout=5.0)
+        if executor is not None:
+            executor.shutdown(wait=True)
