@@ -18,8 +18,8 @@ import uuid
 from _cluster import temp_cluster
 from psycopg import sql
 
-from shardctl import pg
-from shardctl.reshard import capture, transfer
+from shardctl import fence, pg
+from shardctl.reshard import transfer
 from shardctl.reshard.plan import split
 from shardctl.ring import SPACE, Move
 
@@ -42,7 +42,7 @@ def main() -> None:
         ):
             for conn in (src, dst):
                 transfer.prepare(conn)
-                capture.install(conn, cluster.topology.spec.tables)
+                fence.install(conn, cluster.topology.spec.tables)
             print(f"# loading {args.rows:,} rows on {source_node.shard}")
             with src.cursor().copy(
                 "COPY users (id, first_name, last_name, email) FROM STDIN"

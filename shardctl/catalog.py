@@ -41,7 +41,6 @@ from shardctl import pg
 from shardctl.credentials import Credentials
 from shardctl.errors import CatalogError, DatabaseUnavailable
 from shardctl.fence import CATALOG_INSTALL_LOCK, XACT_LOCK
-from shardctl.fence import FENCE_SQLSTATE as FENCE_SQLSTATE  # TEMPORARY re-export for router.py
 from shardctl.ring import Ring
 from shardctl.topology import Node, Topology
 from shardctl.waiting import retrying

@@ -6,12 +6,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardctl import catalog, health, topology, verify
+from shardctl import catalog, fence, health, topology, verify
 from shardctl import credentials as creds
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
 from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
-from shardctl.reshard import capture
 from shardctl.topology import HealthSpec, Topology
 
 
@@ -50,7 +49,7 @@ class Cluster:
         reporter("catalog", "ring catalog")
         written = catalog.ensure(self.topology, self.credentials())
         report.warnings += written.warnings
-        capture.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
+        fence.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
         report.seconds = time.monotonic() - started
         return report
 

@@ -18,7 +18,7 @@ it). A new epoch is taken at once; an older one is never taken. **Connections** 
 just failed skipped for a while.
 
 **Fencing.** During a reshard, a primary that no longer owns a key refuses writes to it with
-SQLSTATE ``SC001`` (:data:`shardctl.catalog.FENCE_SQLSTATE`). The router turns that into
+SQLSTATE ``SC001`` (:data:`shardctl.fence.FENCE_SQLSTATE`). The router turns that into
 :class:`~shardctl.errors.KeyNotOwned`, re-reads the catalog at once and retries on the new
 owner; the caller sees latency, not an error, unless the ring stays stale past the retry budget.
 
@@ -62,7 +62,6 @@ from tenacity import (
 from shardctl import credentials as creds
 from shardctl import faults, pg
 from shardctl import topology as topo
-from shardctl.catalog import FENCE_SQLSTATE
 from shardctl.credentials import Credentials
 from shardctl.errors import (
     DatabaseUnavailable,
@@ -71,8 +70,8 @@ from shardctl.errors import (
     ShardctlError,
 )
 from shardctl.faults import is_transient
+from shardctl.fence import FENCE_SQLSTATE, key_type, resync_keys
 from shardctl.pools import Conn, Pools, Prefer, Row
-from shardctl.reshard.transfer import key_type, resync_keys
 from shardctl.ring import Ring
 from shardctl.topology import Node, TableSpec, Topology
 from shardctl.watcher import CatalogWatcher, Routing

@@ -25,8 +25,8 @@ import psycopg
 from shardctl import catalog, pg
 from shardctl import topology as topo
 from shardctl.errors import CatalogError, DatabaseUnavailable, ShardctlError, TopologyError
+from shardctl.fence import Moving, moving_ranges
 from shardctl.pools import Conn, Pools
-from shardctl.reshard.capture import Moving, moving_ranges
 from shardctl.ring import Ring, position_hex
 from shardctl.topology import Node, Topology
 

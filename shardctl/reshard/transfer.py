@@ -26,9 +26,7 @@ import psycopg.errors
 from psycopg import sql
 
 from shardctl import fence
-from shardctl.fence import key_type as key_type  # "as": TEMPORARY re-export for router.py
-from shardctl.fence import keys_in, pipe, trusted_writes
-from shardctl.fence import resync_keys as resync_keys  # "as": TEMPORARY, as key_type
+from shardctl.fence import key_type, keys_in, pipe, resync_keys, trusted_writes
 from shardctl.ring import Move
 from shardctl.ringsql import position
 from shardctl.topology import TableSpec
