@@ -1,0 +1,349 @@
+"""Switchover and failover: change which node acts as a shard's primary, fenced and published.
+
+The acting roles live in the catalog (``shardctl.ring.primaries``), under the same epoch as the
+ring: a role change is one more epoch, written to every acting primary, exactly as a reshard's
+cut-over is. Every command and every Router derives its topology from the current record
+(:meth:`Topology.with_acting`), so all of them follow a role change without a restart.
+
+**Switchover** (planned, nothing acknowledged lost)::
+
+    fence the old primary     a whole-circle fenced range (SC001 for every write to the shard,
+                              the reshard fence): Routers wait and retry, nothing new commits
+    catch up                  wait until the candidate has replayed the old primary's flush LSN
+                              (timeout: the fence is lifted and the old primary serves again)
+    stop the old primary      a clean shutdown; its last WAL (the shutdown checkpoint) reaches
+                              the candidate, so it can later follow the new timeline as is
+    promote, publish          pg_promote, then in one transaction on the new primary: drop the
+                              replicated fence row and write the new epoch; then every other
+                              primary gets the epoch
+    re-join                   ``up``'s convergence recreates the old primary's container as a
+                              replica of the new one, and re-points the other replicas
+
+**Failover** (the primary is gone): refuse if the old primary still answers; promote the replica
+that received the most WAL; fence the old primary for good (stop its container and leave a
+``standby.signal`` in its data directory, so a ``docker start`` by hand brings up a read-only
+server; the catalog lists it under ``rejoin``, so ``up`` re-clones it from the new primary
+instead of starting it); publish. Under ``replication: async`` the report says what may have
+been lost, or plainly that it cannot be known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from shardctl import catalog, pg
+from shardctl.credentials import Credentials
+from shardctl.errors import DatabaseUnavailable, ShardctlError, UsageError
+from shardctl.topology import Node, Topology
+from shardctl.waiting import NotYet, wait_for
+
+ROLE_CHANGE_FENCE = 0
+"""``shardctl.moving.reshard_id`` of a role change's fence (real reshards count from 1)."""
+
+
+class RoleChangeError(ShardctlError):
+    """A switchover or failover could not be done (exit 1); nothing was changed unless said."""
+
+    exit_code = 1
+
+
+@dataclass
+class RoleChange:
+    """What a switchover or failover did."""
+
+    shard: str
+    old_primary: str
+    new_primary: str
+    epoch: int
+    write_pause: float = 0.0
+    """Seconds the shard refused writes (fence to publish); Routers waited that long at most."""
+    seconds: float = 0.0
+    possibly_lost: str = ""
+    """Failover only: what acknowledged writes may be missing, or that it cannot be known."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+Conn = psycopg.Connection[Any]
+Log = Callable[[str], None]
+
+
+def _quiet(step: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class _Position:
+    """A node's replication position as it answered just now."""
+
+    node: Node
+    in_recovery: bool
+    receive_lsn: int
+    replay_lsn: int
+    streaming: bool
+
+
+def _position(node: Node, credentials: Credentials, timeout: float) -> _Position:
+    with pg.connect(node, credentials, "postgres", timeout=timeout) as conn:
+        row = conn.execute(
+            "SELECT pg_catalog.pg_is_in_recovery(),"
+            " COALESCE(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), '0/0'),"
+            "          0)::bigint,"
+            " COALESCE(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_replay_lsn(), '0/0'),"
+            "          pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_flush_lsn(), '0/0')"
+            "          )::bigint,"
+            " EXISTS (SELECT 1 FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming')"
+        ).fetchone()
+    assert row is not None
+    return _Position(node, bool(row[0]), int(row[1]), int(row[2]), bool(row[3]))
+
+
+def _try_position(node: Node, credentials: Credentials, timeout: float) -> _Position | None:
+    try:
+        return _position(node, credentials, timeout)
+    except (DatabaseUnavailable, psycopg.Error):
+        return None
+
+
+class RoleChanger:
+    """Switchover and failover of one cluster's shards."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        credentials: Credentials,
+        *,
+        stop_node: Callable[[Node], None],
+        fence_on_disk: Callable[[Node], bool],
+        converge: Callable[[Topology, str], None],
+        log: Log = _quiet,
+    ) -> None:
+        self.topology = topology
+        self.credentials = credentials
+        self._stop_node = stop_node
+        self._fence_on_disk = fence_on_disk
+        self._converge = converge
+        self.log = log
+
+    # ----------------------------------------------------------------- switchover
+
+    def switchover(self, shard: str, to: str | None = None, *, timeout: float = 30.0) -> RoleChange:
+        """Planned primary change with nothing acknowledged lost (see the module docstring)."""
+        started = time.monotonic()
+        old, *replicas = self.topology.shard_nodes(shard)
+        record = self._current_record()
+        if _try_position(old, self.credentials, 5.0) is None:
+            raise RoleChangeError(
+                f"{shard}: the primary {old.name} does not answer: "
+                f"use `shardctl failover {shard}`"
+            )
+        candidate = self._candidate(shard, replicas, to, streaming_only=True)
+        self.log(f"fencing writes on {old.name}")
+        with pg.connect(old, self.credentials, self.topology.spec.database) as conn:
+            fenced_at = time.monotonic()
+            _fence(conn, candidate.name)
+            flush = _flush_lsn(conn)
+        try:
+            self.log(f"waiting for {candidate.name} to replay everything {old.name} flushed")
+            self._wait_replayed(candidate, flush, timeout)
+        except ShardctlError:
+            with pg.connect(old, self.credentials, self.topology.spec.database) as conn:
+                _unfence(conn)
+            raise RoleChangeError(
+                f"{shard}: {candidate.name} did not catch up within {timeout:g}s; "
+                f"switchover undone, {old.name} serves writes again"
+            ) from None
+        self.log(f"stopping {old.name} cleanly")
+        self._stop_node(old)
+        self._wait_received_all(candidate, timeout)
+        new_epoch = self._promote_and_publish(shard, candidate, record, rejoin=())
+        pause = time.monotonic() - fenced_at
+        acting = self.topology.with_acting(dict(new_epoch.primaries))
+        self.log(f"re-joining {old.name} as a replica of {candidate.name}")
+        self._converge(acting, shard)
+        return RoleChange(
+            shard, old.name, candidate.name, new_epoch.epoch, pause, time.monotonic() - started
+        )
+
+    # ------------------------------------------------------------------- failover
+
+    def failover(self, shard: str, to: str | None = None) -> RoleChange:
+        """Promote the most advanced replica of a shard whose primary is gone."""
+        started = time.monotonic()
+        old, *replicas = self.topology.shard_nodes(shard)
+        record = self._current_record()
+        answer = _try_position(old, self.credentials, 3.0)
+        if answer is not None and not answer.in_recovery:
+            raise UsageError(
+                f"{shard}: the primary {old.name} still answers and accepts writes: "
+                f"use `shardctl switchover {shard}` for a planned change"
+            )
+        candidate = self._candidate(shard, replicas, to, streaming_only=False)
+        self.log(f"fencing {old.name} for good")
+        on_disk = self._fence_on_disk(old)
+        self.log(f"promoting {candidate.name}")
+        rejoin = tuple(sorted({*record.rejoin, old.name}))
+        new_record = self._promote_and_publish(shard, candidate, record, rejoin=rejoin)
+        acting = self.topology.with_acting(dict(new_record.primaries))
+        others = [n.name for n in replicas if n.name != candidate.name]
+        if others:
+            self.log(f"re-pointing {', '.join(others)} to {candidate.name}")
+            self._converge(acting, shard)
+        change = RoleChange(shard, old.name, candidate.name, new_record.epoch)
+        change.seconds = time.monotonic() - started
+        change.possibly_lost = self._loss_statement(shard)
+        if not on_disk:
+            change.notes.append(
+                f"{old.name}'s engine could not be reached to fence its data directory: it is "
+                "fenced in the catalog (no Router or `up` writes to it); if its host comes back, "
+                "run `shardctl up` before anything else"
+            )
+        return change
+
+    # ---------------------------------------------------------------- shared steps
+
+    def _current_record(self) -> catalog.RingRecord:
+        return catalog.read_any(self.topology, self.credentials).record()
+
+    def _candidate(
+        self, shard: str, replicas: list[Node], to: str | None, *, streaming_only: bool
+    ) -> Node:
+        if to is not None and to not in {n.name for n in replicas}:
+            names = ", ".join(n.name for n in replicas) or "none"
+            raise UsageError(f"{shard}: {to!r} is not a replica of this shard (replicas: {names})")
+        positions = [
+            p
+            for p in (_try_position(n, self.credentials, 3.0) for n in replicas)
+            if p is not None and p.in_recovery and (p.streaming or not streaming_only)
+        ]
+        if to is not None:
+            positions = [p for p in positions if p.node.name == to]
+        if not positions:
+            wanted = to or "any replica"
+            how = "streaming " if streaming_only else "answering "
+            raise RoleChangeError(
+                f"{shard}: no usable replica ({wanted} is not a {how}replica): nothing changed"
+            )
+        return max(positions, key=lambda p: (p.receive_lsn, p.replay_lsn)).node
+
+    def _wait_replayed(self, node: Node, lsn: int, timeout: float) -> None:
+        def probe() -> None:
+            position = _position(node, self.credentials, 3.0)
+            if position.replay_lsn < lsn:
+                raise NotYet(f"replayed {position.replay_lsn}, need {lsn}")
+
+        wait_for(
+            probe,
+            timeout=timeout,
+            what=f"{node.name} to replay LSN {lsn}",
+            on_timeout=RoleChangeError,
+            interval=0.01,
+            max_interval=0.1,
+        )
+
+    def _wait_received_all(self, node: Node, timeout: float) -> None:
+        """After the old primary stopped: everything received is replayed (its last WAL)."""
+
+        def probe() -> None:
+            position = _position(node, self.credentials, 3.0)
+            if position.streaming or position.replay_lsn < position.receive_lsn:
+                raise NotYet(
+                    f"streaming={position.streaming}, replayed {position.replay_lsn} "
+                    f"of {position.receive_lsn}"
+                )
+
+        wait_for(
+            probe,
+            timeout=timeout,
+            what=f"{node.name} to replay the old primary's last WAL",
+            on_timeout=RoleChangeError,
+            interval=0.01,
+            max_interval=0.1,
+        )
+
+    def _promote_and_publish(
+        self, shard: str, candidate: Node, record: catalog.RingRecord, *, rejoin: tuple[str, ...]
+    ) -> catalog.RingRecord:
+        with pg.connect(candidate, self.credentials, "postgres") as conn:
+            row = conn.execute("SELECT pg_catalog.pg_promote(true, 60)").fetchone()
+        if row is None or not row[0]:
+            raise RoleChangeError(f"{shard}: {candidate.name} did not finish promoting in 60 s")
+        primaries = dict(record.primaries) | {shard: candidate.name}
+        new = dataclasses.replace(
+            record,
+            epoch=record.epoch + 1,
+            primaries=tuple(sorted(primaries.items())),
+            rejoin=rejoin,
+            created_by=f"role change: {shard} -> {candidate.name}",
+        )
+        acting = self.topology.with_acting(primaries)
+        with pg.connect(candidate, self.credentials, self.topology.spec.database) as conn:
+            with conn.transaction():
+                _unfence(conn)
+                catalog.install(conn)
+                catalog.write(conn, new)
+            self._make_slots(conn, acting, shard)
+        others = [p for p in acting.primaries() if p.shard != shard]
+        catalog.publish(acting, self.credentials, new, primaries=others)
+        return new
+
+    def _make_slots(self, conn: Conn, acting: Topology, shard: str) -> None:
+        """One physical slot per other node of the shard on its new primary."""
+        for node in acting.shard_nodes(shard)[1:]:
+            conn.execute(
+                "SELECT pg_catalog.pg_create_physical_replication_slot(%s, true) "
+                "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots "
+                "WHERE slot_name = %s)",
+                (node.slot, node.slot),
+            )
+
+    def _loss_statement(self, shard: str) -> str:
+        return (
+            f"cannot know: {shard}'s old primary is gone, and with asynchronous replication it "
+            "may have acknowledged writes the new primary never received"
+        )
+
+
+# ----------------------------------------------------------------- the fence on a primary
+
+
+def _fence(conn: Conn, target: str) -> None:
+    """Refuse every write to the sharded tables here (SQLSTATE SC001), then wait out writers."""
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO shardctl.moving (reshard_id, lo, hi, target, state) "
+            "VALUES (%s, '', NULL, %s, 'fenced') ON CONFLICT (reshard_id, lo) DO NOTHING",
+            (ROLE_CHANGE_FENCE, target),
+        )
+
+
+def _unfence(conn: Conn) -> None:
+    conn.execute("DELETE FROM shardctl.moving WHERE reshard_id = %s", (ROLE_CHANGE_FENCE,))
+
+
+def _flush_lsn(conn: Conn) -> int:
+    row = conn.execute(
+        "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_flush_lsn(), '0/0')::bigint"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def standby_signal_archive() -> bytes:
+    """A tar holding an empty ``standby.signal``: a server started on it stays read-only."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("standby.signal")
+        info.size, info.mode = 0, 0o600
+        tar.addfile(info, io.BytesIO(b""))
+    return buffer.getvalue()
+
+
+__all__ = ["RoleChange", "RoleChangeError", "RoleChanger"]
