@@ -44,6 +44,15 @@ class Role(StrEnum):
     REPLICA = "replica"
 
 
+class Replication(StrEnum):
+    """How a shard's primary acknowledges a commit."""
+
+    ASYNC = "async"
+    """On its own disk: fast; a failover may lose the last acknowledged writes."""
+    SYNC = "sync"
+    """Once at least one replica has it too: a failover loses nothing acknowledged."""
+
+
 class RingAlgorithm(StrEnum):
     """How keys are placed on the ring (see :mod:`shardctl.ring`)."""
 
@@ -110,6 +119,9 @@ class ShardSpec(_Model):
         default=None,
         description="Docker endpoint (DOCKER_HOST style) for this shard; default the local engine.",
     )
+    replication: Replication | None = Field(
+        default=None, description="async or sync for this shard [default: the top-level key]."
+    )
 
 
 class TopologySpec(_Model):
@@ -123,6 +135,10 @@ class TopologySpec(_Model):
         default="127.0.0.1", description="Host address ports are published on."
     )
     ring: RingSpec = RingSpec()
+    replication: Replication = Field(
+        default=Replication.ASYNC,
+        description="async (default) or sync: a commit waits for one replica (see docs).",
+    )
     schema_file: str | None = Field(
         default=None, alias="schema", description="SQL applied on every primary."
     )
@@ -200,6 +216,11 @@ class Topology:
             and primaries[shard.name] in self._declared_names(shard)
         )
         return dataclasses.replace(self, acting=acting)
+
+    def replication(self, shard_name: str) -> Replication:
+        """The shard's replication mode: its own key, else the cluster's."""
+        shard = self._shard(shard_name)[1]
+        return shard.replication or self.spec.replication
 
     def acting_primary(self, shard_name: str) -> str:
         """Name of the node acting as ``shard_name``'s primary."""
