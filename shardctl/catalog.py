@@ -157,9 +157,7 @@ def read_current(conn: psycopg.Connection[Any]) -> RingRecord | None:
     row = conn.execute("SELECT pg_catalog.to_regclass('shardctl.ring') IS NOT NULL").fetchone()
     if row is None or not row[0]:
         return None
-    found = conn.execute(
-        _SELECT_CURRENT
-    ).fetchone()
+    found = conn.execute(_SELECT_CURRENT).fetchone()
     return None if found is None else _record(found)
 
 
@@ -203,8 +201,6 @@ def write(conn: psycopg.Connection[Any], record: RingRecord) -> bool:
             f"({existing.nodes if existing else '?'}); refusing to overwrite it"
         )
     return False
-
-
 
 
 def _record(row: Sequence[Any]) -> RingRecord:
@@ -326,8 +322,7 @@ def read_any(topology: Topology, credentials: Credentials, *, timeout: float = 3
     answered = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
     if not answered:
         raise DatabaseUnavailable(
-            f"the cluster {topology.cluster!r} is not running (no node answered): "
-            "run `shardctl up`"
+            f"the cluster {topology.cluster!r} is not running (no node answered): run `shardctl up`"
         )
     present = [r for r in answered.values() if r is not None]
     current = max(present, key=lambda r: r.epoch) if present else None

@@ -41,7 +41,9 @@ import psycopg
 
 from shardctl import catalog, pg
 from shardctl.credentials import Credentials
+from shardctl.engine import Engines
 from shardctl.errors import DatabaseUnavailable, ShardctlError, UsageError
+from shardctl.provisioning import Provisioner, Reporter, create_slot, quiet_reporter
 from shardctl.topology import Node, Topology
 from shardctl.waiting import NotYet, wait_for
 
@@ -102,7 +104,9 @@ def _position(node: Node, credentials: Credentials, timeout: float) -> _Position
             " EXISTS (SELECT 1 FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming')"
         ).fetchone()
     assert row is not None
-    return _Position(node, bool(row[0]), int(row[1]), int(row[2]), bool(row[3]))
+    in_recovery, receive, replay, streaming = row
+    assert isinstance(receive, int) and isinstance(replay, int)
+    return _Position(node, bool(in_recovery), receive, replay, bool(streaming))
 
 
 def _try_position(node: Node, credentials: Credentials, timeout: float) -> _Position | None:
@@ -118,19 +122,21 @@ class RoleChanger:
     def __init__(
         self,
         topology: Topology,
+        engines: Engines,
         credentials: Credentials,
         *,
-        stop_node: Callable[[Node], None],
-        fence_on_disk: Callable[[Node], bool],
-        converge: Callable[[Topology, str], None],
         log: Log = _quiet,
+        reporter: Reporter = quiet_reporter,
     ) -> None:
+        """``topology`` with the acting roles (:func:`shardctl.catalog.acting`)."""
         self.topology = topology
+        self.engines = engines
         self.credentials = credentials
-        self._stop_node = stop_node
-        self._fence_on_disk = fence_on_disk
-        self._converge = converge
         self.log = log
+        self.reporter = reporter
+
+    def _provisioner(self, topology: Topology) -> Provisioner:
+        return Provisioner(topology, self.engines, self.credentials, self.reporter)
 
     # ----------------------------------------------------------------- switchover
 
@@ -141,8 +147,7 @@ class RoleChanger:
         record = self._current_record()
         if _try_position(old, self.credentials, 5.0) is None:
             raise RoleChangeError(
-                f"{shard}: the primary {old.name} does not answer: "
-                f"use `shardctl failover {shard}`"
+                f"{shard}: the primary {old.name} does not answer: use `shardctl failover {shard}`"
             )
         candidate = self._candidate(shard, replicas, to, streaming_only=True)
         self.log(f"fencing writes on {old.name}")
@@ -161,15 +166,19 @@ class RoleChanger:
                 f"switchover undone, {old.name} serves writes again"
             ) from None
         self.log(f"stopping {old.name} cleanly")
-        self._stop_node(old)
+        self._provisioner(self.topology).stop(old)
         self._wait_received_all(candidate, timeout)
-        new_epoch = self._promote_and_publish(shard, candidate, record, rejoin=())
+        new_record = self._promote_and_publish(shard, candidate, record, rejoin=record.rejoin)
         pause = time.monotonic() - fenced_at
-        acting = self.topology.with_acting(dict(new_epoch.primaries))
+        acting = self._provisioner(self.topology.with_acting(dict(new_record.primaries)))
+        deadline = time.monotonic() + max(timeout, 60.0)
         self.log(f"re-joining {old.name} as a replica of {candidate.name}")
-        self._converge(acting, shard)
+        acting.rejoin_as_replica(acting.topology.node(old.name), deadline)
+        for other in replicas:
+            if other.name != candidate.name:
+                acting.follow(acting.topology.node(other.name), deadline)
         return RoleChange(
-            shard, old.name, candidate.name, new_epoch.epoch, pause, time.monotonic() - started
+            shard, old.name, candidate.name, new_record.epoch, pause, time.monotonic() - started
         )
 
     # ------------------------------------------------------------------- failover
@@ -187,15 +196,16 @@ class RoleChanger:
             )
         candidate = self._candidate(shard, replicas, to, streaming_only=False)
         self.log(f"fencing {old.name} for good")
-        on_disk = self._fence_on_disk(old)
+        on_disk = self._provisioner(self.topology).demote_on_disk(old)
         self.log(f"promoting {candidate.name}")
         rejoin = tuple(sorted({*record.rejoin, old.name}))
         new_record = self._promote_and_publish(shard, candidate, record, rejoin=rejoin)
-        acting = self.topology.with_acting(dict(new_record.primaries))
-        others = [n.name for n in replicas if n.name != candidate.name]
-        if others:
-            self.log(f"re-pointing {', '.join(others)} to {candidate.name}")
-            self._converge(acting, shard)
+        acting = self._provisioner(self.topology.with_acting(dict(new_record.primaries)))
+        deadline = time.monotonic() + 60.0
+        for other in replicas:
+            if other.name != candidate.name:
+                self.log(f"re-pointing {other.name} to {candidate.name}")
+                acting.follow(acting.topology.node(other.name), deadline)
         change = RoleChange(shard, old.name, candidate.name, new_record.epoch)
         change.seconds = time.monotonic() - started
         change.possibly_lost = self._loss_statement(shard)
@@ -289,20 +299,11 @@ class RoleChanger:
                 _unfence(conn)
                 catalog.install(conn)
                 catalog.write(conn, new)
-            self._make_slots(conn, acting, shard)
+            for node in acting.shard_nodes(shard)[1:]:
+                create_slot(conn, node)
         others = [p for p in acting.primaries() if p.shard != shard]
         catalog.publish(acting, self.credentials, new, primaries=others)
         return new
-
-    def _make_slots(self, conn: Conn, acting: Topology, shard: str) -> None:
-        """One physical slot per other node of the shard on its new primary."""
-        for node in acting.shard_nodes(shard)[1:]:
-            conn.execute(
-                "SELECT pg_catalog.pg_create_physical_replication_slot(%s, true) "
-                "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots "
-                "WHERE slot_name = %s)",
-                (node.slot, node.slot),
-            )
 
     def _loss_statement(self, shard: str) -> str:
         return (
