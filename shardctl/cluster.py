@@ -13,7 +13,7 @@ from shardctl import catalog, fence, health, topology, verify
 from shardctl import credentials as creds
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
-from shardctl.errors import DatabaseUnavailable
+from shardctl.errors import DatabaseUnavailable, UsageError
 from shardctl.failover import RoleChange, RoleChanger
 from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
 from shardctl.topology import HealthSpec, Topology
@@ -146,7 +146,8 @@ class Cluster:
         )
 
     def _follow_roles_if_running(self) -> None:
-        with contextlib.suppress(DatabaseUnavailable):  # the checks say what does not answer
+        # Nothing answering (or no passwords yet) is for the checks to report, not an error here.
+        with contextlib.suppress(DatabaseUnavailable, UsageError):
             self.follow_roles()
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from shardctl import render
+from shardctl.cli import render
 from shardctl.cli.app import TopologyOption, app, open_cluster
 from shardctl.errors import UsageError
 from shardctl.failover import RoleChange
