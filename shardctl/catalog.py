@@ -291,7 +291,7 @@ def read(
     without it, the view is built from those that answered and names the others.
     """
     primaries = topology.primaries()
-    results = pg.on_primaries(
+    results = pg.on_nodes(
         topology,
         credentials,
         primaries,
@@ -316,8 +316,14 @@ def read_any(topology: Topology, credentials: Credentials, *, timeout: float = 3
     when a shard's primary is gone: it is how every command learns the acting roles
     (:func:`acting`). DatabaseUnavailable only when no node answers at all.
     """
-    results = on_primaries(
-        topology, credentials, topology.nodes, read_current, timeout=timeout, strict=False
+    results = pg.on_nodes(
+        topology,
+        credentials,
+        topology.nodes,
+        read_current,
+        timeout=timeout,
+        strict=False,
+        doing="reading the ring catalog",
     )
     answered = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
     if not answered:
@@ -389,13 +395,13 @@ def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.
         install(conn)
         return read_current(conn)
 
-    found = pg.on_primaries(
+    found = pg.on_nodes(
         topology, credentials, primaries, prepare, timeout=timeout, strict=True, doing=DOING
     )
     view = combine({n: r for n, r in found.items() if not isinstance(r, BaseException)})
     record = view.current if view.current is not None else initial_record(topology)
     targets = [p for p in primaries if view.by_primary.get(p.name) is None]
-    written = pg.on_primaries(
+    written = pg.on_nodes(
         topology,
         credentials,
         targets,
@@ -425,7 +431,7 @@ def publish(
         install(conn)
         return write(conn, record)
 
-    done = pg.on_primaries(
+    done = pg.on_nodes(
         topology, credentials, targets, put, timeout=timeout, strict=True, doing=DOING
     )
     return sorted(n for n, w in done.items() if w)

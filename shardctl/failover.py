@@ -30,8 +30,6 @@ been lost, or plainly that it cannot be known.
 from __future__ import annotations
 
 import dataclasses
-import io
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +37,7 @@ from typing import Any
 
 import psycopg
 
-from shardctl import catalog, pg
+from shardctl import catalog, fence, pg
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
 from shardctl.errors import DatabaseUnavailable, ShardctlError, UsageError
@@ -153,7 +151,7 @@ class RoleChanger:
         self.log(f"fencing writes on {old.name}")
         with pg.connect(old, self.credentials, self.topology.spec.database) as conn:
             fenced_at = time.monotonic()
-            _fence(conn, candidate.name)
+            _fence(conn, shard, candidate.name)
             flush = _flush_lsn(conn)
         try:
             self.log(f"waiting for {candidate.name} to replay everything {old.name} flushed")
@@ -315,18 +313,15 @@ class RoleChanger:
 # ----------------------------------------------------------------- the fence on a primary
 
 
-def _fence(conn: Conn, target: str) -> None:
-    """Refuse every write to the sharded tables here (SQLSTATE SC001), then wait out writers."""
+def _fence(conn: Conn, shard: str, target: str) -> None:
+    """Refuse every write to the sharded tables here: the reshard fence, over the circle."""
+    whole_circle = fence.Moving(shard, fence.CIRCLE_START, None, target)
     with conn.transaction():
-        conn.execute(
-            "INSERT INTO shardctl.moving (reshard_id, lo, hi, target, state) "
-            "VALUES (%s, '', NULL, %s, 'fenced') ON CONFLICT (reshard_id, lo) DO NOTHING",
-            (ROLE_CHANGE_FENCE, target),
-        )
+        fence.give_away(conn, ROLE_CHANGE_FENCE, [whole_circle], fence.RangeState.FENCED)
 
 
 def _unfence(conn: Conn) -> None:
-    conn.execute("DELETE FROM shardctl.moving WHERE reshard_id = %s", (ROLE_CHANGE_FENCE,))
+    fence.take_back(conn, ROLE_CHANGE_FENCE)
 
 
 def _flush_lsn(conn: Conn) -> int:
@@ -335,16 +330,6 @@ def _flush_lsn(conn: Conn) -> int:
     ).fetchone()
     assert row is not None
     return int(row[0])
-
-
-def standby_signal_archive() -> bytes:
-    """A tar holding an empty ``standby.signal``: a server started on it stays read-only."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo("standby.signal")
-        info.size, info.mode = 0, 0o600
-        tar.addfile(info, io.BytesIO(b""))
-    return buffer.getvalue()
 
 
 __all__ = ["RoleChange", "RoleChangeError", "RoleChanger"]

@@ -54,6 +54,13 @@ Raised by ``shardctl.check_key`` (the trigger and ``assert_owner``); the Router 
 """
 
 
+NOT_PRIMARY_SQLSTATE = "25006"
+"""``read_only_sql_transaction``: a write reached a server in recovery. From the node a Router
+believes is a primary, that is a former primary a switchover or failover demoted (its data
+directory holds ``standby.signal``): the Router re-reads the catalog and retries, as for
+:data:`FENCE_SQLSTATE`."""
+
+
 class RangeState(StrEnum):
     """Where a range a primary gives away stands (``shardctl.moving.state``)."""
 
@@ -248,7 +255,7 @@ def ensure(topology: Topology, credentials: Credentials) -> None:
             conn.execute(XACT_LOCK, (FENCE_INSTALL_LOCK,))
             install(conn, topology.spec.tables)
 
-    pg.on_primaries(
+    pg.on_nodes(
         topology,
         credentials,
         topology.primaries(),

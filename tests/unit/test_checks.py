@@ -290,9 +290,7 @@ def test_declared_primary_in_recovery_and_a_replica_as_primary() -> None:
     assert found[("s1-primary", checks.PRIMARY)] == "s1-replica-1 is the primary, not s1-primary"
     facts["s1-replica-1"] = replica
     found = failures(judge(cluster(topo, facts)))
-    assert found[("s1-primary", checks.PRIMARY)] == (
-        "no primary: s1-primary is in recovery"
-    )
+    assert found[("s1-primary", checks.PRIMARY)] == ("no primary: s1-primary is in recovery")
 
 
 def test_a_replica_pointing_at_the_wrong_primary() -> None:
