@@ -70,7 +70,7 @@ from shardctl.errors import (
     ShardctlError,
 )
 from shardctl.faults import is_transient
-from shardctl.fence import FENCE_SQLSTATE, key_type, resync_keys
+from shardctl.fence import FENCE_SQLSTATE, NOT_PRIMARY_SQLSTATE, key_type, resync_keys
 from shardctl.pools import Conn, Pools, Prefer, Row
 from shardctl.ring import Ring
 from shardctl.topology import Node, Role, TableSpec, Topology
