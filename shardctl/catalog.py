@@ -97,11 +97,24 @@ class RingRecord:
     """Former primaries fenced by a failover: ``up`` re-clones them from the new primary."""
 
     @classmethod
-    def from_ring(cls, ring: Ring, epoch: int, *, created_by: str = "up") -> RingRecord:
-        """The record of ``ring`` at ``epoch``."""
+    def from_ring(
+        cls,
+        ring: Ring,
+        epoch: int,
+        *,
+        created_by: str = "up",
+        roles_from: RingRecord | None = None,
+    ) -> RingRecord:
+        """The record of ``ring`` at ``epoch``, keeping the acting roles of ``roles_from``."""
         data = ring.to_dict()
         return cls(
-            epoch, data["algorithm"], data["vnodes"], tuple(data["nodes"]), created_by=created_by
+            epoch,
+            data["algorithm"],
+            data["vnodes"],
+            tuple(data["nodes"]),
+            created_by=created_by,
+            primaries=roles_from.primaries if roles_from is not None else (),
+            rejoin=roles_from.rejoin if roles_from is not None else (),
         )
 
     def ring(self) -> Ring:

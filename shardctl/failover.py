@@ -41,8 +41,15 @@ from shardctl import catalog, fence, pg
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
 from shardctl.errors import DatabaseUnavailable, ShardctlError, UsageError
-from shardctl.provisioning import Provisioner, Reporter, create_slot, quiet_reporter
-from shardctl.topology import Node, Topology
+from shardctl.provisioning import (
+    Provisioner,
+    Reporter,
+    commit_waits_for_replicas,
+    create_slot,
+    quiet_reporter,
+)
+from shardctl.reshard.plan import Phase
+from shardctl.topology import Node, Replication, Topology
 from shardctl.waiting import NotYet, wait_for
 
 ROLE_CHANGE_FENCE = 0
@@ -147,7 +154,8 @@ class RoleChanger:
             raise RoleChangeError(
                 f"{shard}: the primary {old.name} does not answer: use `shardctl failover {shard}`"
             )
-        candidate = self._candidate(shard, replicas, to, streaming_only=True)
+        self._refuse_during_reshard(shard, [old, *replicas])
+        candidate = self._candidate(shard, replicas, to, streaming_only=True)[0].node
         self.log(f"fencing writes on {old.name}")
         with pg.connect(old, self.credentials, self.topology.spec.database) as conn:
             fenced_at = time.monotonic()
@@ -192,7 +200,8 @@ class RoleChanger:
                 f"{shard}: the primary {old.name} still answers and accepts writes: "
                 f"use `shardctl switchover {shard}` for a planned change"
             )
-        candidate = self._candidate(shard, replicas, to, streaming_only=False)
+        chosen, usable, silent = self._candidate(shard, replicas, to, streaming_only=False)
+        candidate = chosen.node
         self.log(f"fencing {old.name} for good")
         on_disk = self._provisioner(self.topology).demote_on_disk(old)
         self.log(f"promoting {candidate.name}")
@@ -206,7 +215,15 @@ class RoleChanger:
                 acting.follow(acting.topology.node(other.name), deadline)
         change = RoleChange(shard, old.name, candidate.name, new_record.epoch)
         change.seconds = time.monotonic() - started
-        change.possibly_lost = self._loss_statement(shard)
+        change.possibly_lost = self._loss_statement(shard, chosen, usable, silent)
+        waiting = self.topology.replication(shard) is Replication.SYNC and not [
+            p for p in usable if p.node.name != candidate.name
+        ]
+        if waiting:
+            change.notes.append(
+                f"{shard} replicates synchronously and has no other replica now: its commits "
+                f"wait until `shardctl up` re-clones {old.name} as a replica"
+            )
         if not on_disk:
             change.notes.append(
                 f"{old.name}'s engine could not be reached to fence its data directory: it is "
@@ -220,26 +237,44 @@ class RoleChanger:
     def _current_record(self) -> catalog.RingRecord:
         return catalog.read_any(self.topology, self.credentials).record()
 
+    def _refuse_during_reshard(self, shard: str, nodes: list[Node]) -> None:
+        """A role change under a reshard in flight would race its cut-over's epoch."""
+        for node in nodes:
+            try:
+                with pg.connect(node, self.credentials, self.topology.spec.database) as conn:
+                    row = conn.execute(fence.LATEST_RESHARD).fetchone()
+            except (DatabaseUnavailable, psycopg.Error):
+                continue  # not installed there, or gone: ask the next node
+            if row is not None and str(row[1]) not in (Phase.DONE, Phase.ABORTED):
+                raise RoleChangeError(
+                    f"{shard}: reshard {row[0]} is in flight (phase {row[1]}): finish it with "
+                    "`shardctl rebalance --resume` or `--abort` first; nothing changed"
+                )
+            return
+
     def _candidate(
         self, shard: str, replicas: list[Node], to: str | None, *, streaming_only: bool
-    ) -> Node:
+    ) -> tuple[_Position, list[_Position], list[str]]:
+        """The replica to promote (``to``, or the one that received the most WAL), every
+        usable replica's position, and the replicas that did not answer."""
         if to is not None and to not in {n.name for n in replicas}:
             names = ", ".join(n.name for n in replicas) or "none"
             raise UsageError(f"{shard}: {to!r} is not a replica of this shard (replicas: {names})")
-        positions = [
+        answers = {n.name: _try_position(n, self.credentials, 3.0) for n in replicas}
+        silent = [name for name, p in answers.items() if p is None]
+        usable = [
             p
-            for p in (_try_position(n, self.credentials, 3.0) for n in replicas)
+            for p in answers.values()
             if p is not None and p.in_recovery and (p.streaming or not streaming_only)
         ]
-        if to is not None:
-            positions = [p for p in positions if p.node.name == to]
-        if not positions:
+        chosen = [p for p in usable if to is None or p.node.name == to]
+        if not chosen:
             wanted = to or "any replica"
             how = "streaming " if streaming_only else "answering "
             raise RoleChangeError(
                 f"{shard}: no usable replica ({wanted} is not a {how}replica): nothing changed"
             )
-        return max(positions, key=lambda p: (p.receive_lsn, p.replay_lsn)).node
+        return max(chosen, key=lambda p: (p.receive_lsn, p.replay_lsn)), usable, silent
 
     def _wait_replayed(self, node: Node, lsn: int, timeout: float) -> None:
         def probe() -> None:
@@ -292,7 +327,11 @@ class RoleChanger:
             created_by=f"role change: {shard} -> {candidate.name}",
         )
         acting = self.topology.with_acting(primaries)
-        with pg.connect(candidate, self.credentials, self.topology.spec.database) as conn:
+        with pg.connect(
+            candidate, self.credentials, self.topology.spec.database, local_commit=True
+        ) as conn:
+            # Before any Router learns of it: under sync, no commit here without a replica.
+            commit_waits_for_replicas(conn, acting, acting.node(candidate.name))
             with conn.transaction():
                 _unfence(conn)
                 catalog.install(conn)
@@ -303,7 +342,26 @@ class RoleChanger:
         catalog.publish(acting, self.credentials, new, primaries=others)
         return new
 
-    def _loss_statement(self, shard: str) -> str:
+    def _loss_statement(
+        self, shard: str, chosen: _Position, usable: list[_Position], silent: list[str]
+    ) -> str:
+        """What acknowledged writes the new primary may lack, as far as can be known."""
+        ahead = [p.node.name for p in usable if p.receive_lsn > chosen.receive_lsn]
+        if ahead:
+            return (
+                f"writes acknowledged by the old primary may be lost: {', '.join(ahead)} had "
+                f"received more WAL than {chosen.node.name}, which was asked for"
+            )
+        if self.topology.replication(shard) is Replication.SYNC:
+            if silent:
+                return (
+                    f"cannot be sure: synchronous replication put every acknowledged commit on "
+                    f"a replica, but {', '.join(silent)} did not answer and may have been it"
+                )
+            return (
+                "nothing acknowledged: the shard replicates synchronously, so every acknowledged "
+                f"commit was on a replica, and {chosen.node.name} received the most WAL"
+            )
         return (
             f"cannot know: {shard}'s old primary is gone, and with asynchronous replication it "
             "may have acknowledged writes the new primary never received"

@@ -52,12 +52,23 @@ def conninfo(
 
 
 def connect(
-    node: Node, credentials: Credentials, dbname: str, *, timeout: float = 5.0
+    node: Node,
+    credentials: Credentials,
+    dbname: str,
+    *,
+    timeout: float = 5.0,
+    local_commit: bool = False,
 ) -> psycopg.Connection[tuple[object, ...]]:
-    """An autocommit connection to ``node``; DatabaseUnavailable when it does not answer."""
+    """An autocommit connection to ``node``; DatabaseUnavailable when it does not answer.
+
+    ``local_commit``: its commits never wait for a synchronous replica (shardctl's own
+    idempotent set-up, which must not hang on a ``replication: sync`` shard whose replicas are
+    not there yet; ``up`` makes them next).
+    """
+    extra = {"options": "-c synchronous_commit=local"} if local_commit else {}
     try:
         return psycopg.connect(
-            conninfo(node, credentials, dbname, timeout=timeout), autocommit=True
+            conninfo(node, credentials, dbname, timeout=timeout, **extra), autocommit=True
         )
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"{node.name}: cannot connect: {first_line(exc)}") from None

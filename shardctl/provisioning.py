@@ -39,7 +39,7 @@ from shardctl.errors import (
     ProvisioningError,
     ShardctlError,
 )
-from shardctl.topology import Node, Topology
+from shardctl.topology import Node, Replication, Topology
 from shardctl.waiting import NotYet, wait_for
 
 if TYPE_CHECKING:
@@ -149,6 +149,8 @@ class Provisioner:
         if wait:
             for replica in replicas:
                 self._wait_streaming(replica, deadline)
+        with self._connect(primary) as conn:  # once its replicas are there
+            commit_waits_for_replicas(conn, self.topology, primary)
         for node in (primary, *replicas):
             self.report(node.name, "ready" if wait or node is primary else "started")
 
@@ -238,7 +240,7 @@ class Provisioner:
     def _connect(
         self, node: Node, dbname: str = "postgres"
     ) -> psycopg.Connection[tuple[object, ...]]:
-        return pg.connect(node, self._creds(), dbname)
+        return pg.connect(node, self._creds(), dbname, local_commit=True)
 
     def _configure_primary(self, primary: Node, replicas: Iterable[Node]) -> None:
         """Replication role, database, schema and slots; each step a no-op when already done."""
@@ -449,3 +451,27 @@ def create_slot(conn: psycopg.Connection[Any], replica: Node) -> None:
         "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s)",
         (replica.slot, replica.slot),
     )
+
+
+def synchronous_standby_names(topology: Topology, primary: Node) -> str:
+    """The primary's ``synchronous_standby_names``: under ``replication: sync``, any one of
+    the shard's other nodes (by their ``application_name``) must have a commit; else none."""
+    others = [n.name for n in topology.shard_nodes(primary.shard) if n.name != primary.name]
+    if topology.replication(primary.shard) is not Replication.SYNC or not others:
+        return ""
+    return "ANY 1 ({})".format(", ".join(f'"{name}"' for name in others))
+
+
+def commit_waits_for_replicas(
+    conn: psycopg.Connection[Any], topology: Topology, primary: Node
+) -> None:
+    """Make the primary ``conn`` reaches acknowledge commits as the shard's mode says (a reload,
+    no restart); nothing when it already does."""
+    wanted = synchronous_standby_names(topology, primary)
+    row = conn.execute("SELECT pg_catalog.current_setting('synchronous_standby_names')").fetchone()
+    if row is not None and row[0] == wanted:
+        return
+    conn.execute(
+        sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(wanted))
+    )
+    conn.execute("SELECT pg_catalog.pg_reload_conf()")

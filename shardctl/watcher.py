@@ -61,6 +61,16 @@ class Routing:
         )
 
 
+CATALOG_READ_WAIT = 1.0
+"""Seconds a catalog read waits for a pooled connection to one node. A role change publishes
+its epoch to every acting primary, so a node that cannot be reached that fast (a dead primary,
+whose pool keeps failing to connect) is skipped rather than waited for."""
+
+
+_Answer = tuple[catalog.RingRecord | None, list[Moving], bool]
+"""One node's catalog record, the ranges it gives away, and whether it is in recovery."""
+
+
 class CatalogWatcher:
     """Keeps the current :class:`Routing` and topology, re-reading both in the background."""
 
@@ -150,8 +160,12 @@ class CatalogWatcher:
         epoch wins, and its roles become the topology's (a switchover or failover)."""
         self._follow_topology_file()
         primaries = self._topology.primaries()
-        found, moving, failed = self._read(primaries, with_moving=True)
-        down = [p.shard for p in primaries if p.name not in found]
+        found, moving, failed, demoted = self._read(primaries, with_moving=True)
+        # A primary in recovery was demoted by a role change this router has not seen: its
+        # catalog is as old as its role. Ask the replicas of such shards, and of silent ones.
+        down = [p.shard for p in primaries if p.name not in found or p.name in demoted]
+        for name in demoted:
+            found.pop(name)
         if down:
             replicas = [n for shard in down for n in self._topology.shard_nodes(shard)[1:]]
             found |= self._read(replicas, with_moving=False)[0]
@@ -170,29 +184,41 @@ class CatalogWatcher:
 
     def _read(
         self, nodes: Sequence[Node], *, with_moving: bool
-    ) -> tuple[dict[str, catalog.RingRecord | None], list[Moving], list[str]]:
-        """Each node's current catalog record (and the ranges it gives away), in parallel."""
+    ) -> tuple[dict[str, catalog.RingRecord | None], list[Moving], list[str], set[str]]:
+        """Each node's current catalog record (and the ranges it gives away), in parallel; the
+        names of those that could not be asked, and of those in recovery."""
         for node in nodes:
             self._pools.pool(node)  # every pool opens (connects) in the background, all at once
         executor = self._pools.executor()
 
-        def read(node: Node) -> Callable[[Conn], tuple[catalog.RingRecord | None, list[Moving]]]:
-            if not with_moving:
-                return lambda conn: (catalog.read_current(conn), [])
-            return lambda conn: (catalog.read_current(conn), moving_ranges(conn, node.shard))
+        def read(node: Node) -> Callable[[Conn], _Answer]:
+            def work(conn: Conn) -> _Answer:
+                ranges = moving_ranges(conn, node.shard) if with_moving else []
+                # Reported by the server on every connection (PostgreSQL 14+): no query.
+                standby = conn.info.parameter_status("in_hot_standby") == "on"
+                return catalog.read_current(conn), ranges, standby
 
-        futures = {node.name: executor.submit(self._pools.run, node, read(node)) for node in nodes}
+            return work
+
+        futures = {
+            node.name: executor.submit(self._pools.run, node, read(node), wait=CATALOG_READ_WAIT)
+            for node in nodes
+        }
         found: dict[str, catalog.RingRecord | None] = {}
         moving: list[Moving] = []
         failed: list[str] = []
+        standbys: set[str] = set()
         for name, future in futures.items():
             try:
-                found[name], ranges = future.result()
+                found[name], ranges, standby = future.result()
             except (psycopg.Error, ShardctlError) as exc:
                 failed.append(f"{name} ({pg.first_line(exc)})")
             else:
-                moving += ranges
-        return found, moving, failed
+                if standby:
+                    standbys.add(name)
+                else:
+                    moving += ranges
+        return found, moving, failed, standbys
 
     def _follow_topology_file(self) -> None:
         """Take a changed topology file (``add-shard`` appends to it) at the next catalog check,

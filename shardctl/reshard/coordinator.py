@@ -551,8 +551,10 @@ class Rebalancer:
                     f"(first: {', '.join(mismatched[:5])}); the old ring stays in force, "
                     "run `shardctl rebalance --resume` to retry"
                 )
+            # The roles stay as they are: a reshard moves keys, not primaries.
+            roles = catalog.read_current(held[self._primaries()[0]])
             record = catalog.RingRecord.from_ring(
-                plan.new, plan.epoch + 1, created_by=f"reshard {plan.id}"
+                plan.new, plan.epoch + 1, created_by=f"reshard {plan.id}", roles_from=roles
             )
             self._each(self._primaries(), lambda shard: catalog.write(held[shard], record))
             report.write_pause_ms = (time.monotonic() - fenced_at) * 1000
