@@ -14,7 +14,7 @@ from shardctl import credentials as creds
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
 from shardctl.errors import DatabaseUnavailable, UsageError
-from shardctl.failover import RoleChange, RoleChanger
+from shardctl.failover import RoleChange, RoleChanger, Step
 from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
 from shardctl.topology import HealthSpec, Topology
 from shardctl.waiting import NotYet, wait_for
@@ -106,11 +106,16 @@ class Cluster:
         except DatabaseUnavailable as exc:
             raise NotYet(str(exc)) from None
 
-    def role_changer(self, *, log: Callable[[str], None] | None = None) -> RoleChanger:
+    def role_changer(
+        self,
+        *,
+        log: Callable[[str], None] = lambda _: None,
+        after_step: Callable[[Step], None] = lambda _: None,
+    ) -> RoleChanger:
         """Switchover and failover for this cluster, with the acting roles."""
         self.follow_roles()
         return RoleChanger(
-            self.topology, self.engines, self.credentials(), log=log or (lambda _: None)
+            self.topology, self.engines, self.credentials(), log=log, after_step=after_step
         )
 
     def switchover(self, shard: str, to: str | None = None, *, timeout: float = 30.0) -> RoleChange:

@@ -33,6 +33,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -52,8 +53,17 @@ from shardctl.reshard.plan import Phase
 from shardctl.topology import Node, Replication, Topology
 from shardctl.waiting import NotYet, wait_for
 
-ROLE_CHANGE_FENCE = 0
-"""``shardctl.moving.reshard_id`` of a role change's fence (real reshards count from 1)."""
+
+class Step(StrEnum):
+    """The steps of a role change, in order; ``RoleChanger(after_step=...)`` is called after
+    each (the tests' fault injection: a switchover killed between any two steps)."""
+
+    FENCED = "fenced"
+    CAUGHT_UP = "caught-up"
+    STOPPED = "stopped"
+    PROMOTED = "promoted"
+    PUBLISHED = "published"
+    REJOINED = "rejoined"
 
 
 class RoleChangeError(ShardctlError):
@@ -132,6 +142,7 @@ class RoleChanger:
         *,
         log: Log = _quiet,
         reporter: Reporter = quiet_reporter,
+        after_step: Callable[[Step], None] = lambda step: None,
     ) -> None:
         """``topology`` with the acting roles (:func:`shardctl.catalog.acting`)."""
         self.topology = topology
@@ -139,6 +150,7 @@ class RoleChanger:
         self.credentials = credentials
         self.log = log
         self.reporter = reporter
+        self.after_step = after_step
 
     def _provisioner(self, topology: Topology) -> Provisioner:
         return Provisioner(topology, self.engines, self.credentials, self.reporter)
@@ -150,29 +162,38 @@ class RoleChanger:
         started = time.monotonic()
         old, *replicas = self.topology.shard_nodes(shard)
         record = self._current_record()
-        if _try_position(old, self.credentials, 5.0) is None:
+        answer = _try_position(old, self.credentials, 5.0)
+        if answer is None or answer.in_recovery:
             raise RoleChangeError(
-                f"{shard}: the primary {old.name} does not answer: use `shardctl failover {shard}`"
+                f"{shard}: the primary {old.name} does not answer as a primary: "
+                f"use `shardctl failover {shard}`"
             )
         self._refuse_during_reshard(shard, [old, *replicas])
         candidate = self._candidate(shard, replicas, to, streaming_only=True)[0].node
-        self.log(f"fencing writes on {old.name}")
-        with pg.connect(old, self.credentials, self.topology.spec.database) as conn:
+        database = self.topology.spec.database
+        # Held until the old primary stops: while it is, `up` leaves this fence alone.
+        with pg.connect(old, self.credentials, database) as held:
+            row = held.execute(fence.TRY_SESSION_LOCK, (fence.ROLE_CHANGE_LOCK,)).fetchone()
+            if row is None or not row[0]:
+                raise RoleChangeError(f"{shard}: another switchover of {old.name} is running")
+            self.log(f"fencing writes on {old.name}")
             fenced_at = time.monotonic()
-            _fence(conn, shard, candidate.name)
-            flush = _flush_lsn(conn)
-        try:
-            self.log(f"waiting for {candidate.name} to replay everything {old.name} flushed")
-            self._wait_replayed(candidate, flush, timeout)
-        except ShardctlError:
-            with pg.connect(old, self.credentials, self.topology.spec.database) as conn:
-                _unfence(conn)
-            raise RoleChangeError(
-                f"{shard}: {candidate.name} did not catch up within {timeout:g}s; "
-                f"switchover undone, {old.name} serves writes again"
-            ) from None
-        self.log(f"stopping {old.name} cleanly")
-        self._provisioner(self.topology).stop(old)
+            _fence(held, shard, candidate.name)
+            flush = _flush_lsn(held)
+            self.after_step(Step.FENCED)
+            try:
+                self.log(f"waiting for {candidate.name} to replay everything {old.name} flushed")
+                self._wait_replayed(candidate, flush, timeout)
+            except ShardctlError:
+                _unfence(held)
+                raise RoleChangeError(
+                    f"{shard}: {candidate.name} did not catch up within {timeout:g}s; "
+                    f"switchover undone, {old.name} serves writes again"
+                ) from None
+            self.after_step(Step.CAUGHT_UP)
+            self.log(f"stopping {old.name} cleanly")
+            self._provisioner(self.topology).stop(old)
+        self.after_step(Step.STOPPED)
         self._wait_received_all(candidate, timeout)
         new_record = self._promote_and_publish(shard, candidate, record, rejoin=record.rejoin)
         pause = time.monotonic() - fenced_at
@@ -183,6 +204,7 @@ class RoleChanger:
         for other in replicas:
             if other.name != candidate.name:
                 acting.follow(acting.topology.node(other.name), deadline)
+        self.after_step(Step.REJOINED)
         return RoleChange(
             shard, old.name, candidate.name, new_record.epoch, pause, time.monotonic() - started
         )
@@ -262,6 +284,19 @@ class RoleChanger:
             raise UsageError(f"{shard}: {to!r} is not a replica of this shard (replicas: {names})")
         answers = {n.name: _try_position(n, self.credentials, 3.0) for n in replicas}
         silent = [name for name, p in answers.items() if p is None]
+        promoted = [p for p in answers.values() if p is not None and not p.in_recovery]
+        if len(promoted) > 1:
+            names = ", ".join(p.node.name for p in promoted)
+            raise RoleChangeError(
+                f"{shard}: split brain: {names} all accept writes; nothing changed"
+            )
+        if promoted and not streaming_only:
+            # Promoted already (an interrupted role change, or by hand): finish its promotion.
+            if to is not None and promoted[0].node.name != to:
+                raise RoleChangeError(
+                    f"{shard}: {promoted[0].node.name} was promoted already; fail over to it"
+                )
+            return promoted[0], [], silent
         usable = [
             p
             for p in answers.values()
@@ -315,9 +350,13 @@ class RoleChanger:
         self, shard: str, candidate: Node, record: catalog.RingRecord, *, rejoin: tuple[str, ...]
     ) -> catalog.RingRecord:
         with pg.connect(candidate, self.credentials, "postgres") as conn:
-            row = conn.execute("SELECT pg_catalog.pg_promote(true, 60)").fetchone()
+            row = conn.execute(
+                "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() "
+                "THEN pg_catalog.pg_promote(true, 60) ELSE true END"
+            ).fetchone()
         if row is None or not row[0]:
             raise RoleChangeError(f"{shard}: {candidate.name} did not finish promoting in 60 s")
+        self.after_step(Step.PROMOTED)
         primaries = dict(record.primaries) | {shard: candidate.name}
         new = dataclasses.replace(
             record,
@@ -340,6 +379,7 @@ class RoleChanger:
                 create_slot(conn, node)
         others = [p for p in acting.primaries() if p.shard != shard]
         catalog.publish(acting, self.credentials, new, primaries=others)
+        self.after_step(Step.PUBLISHED)
         return new
 
     def _loss_statement(
@@ -375,11 +415,11 @@ def _fence(conn: Conn, shard: str, target: str) -> None:
     """Refuse every write to the sharded tables here: the reshard fence, over the circle."""
     whole_circle = fence.Moving(shard, fence.CIRCLE_START, None, target)
     with conn.transaction():
-        fence.give_away(conn, ROLE_CHANGE_FENCE, [whole_circle], fence.RangeState.FENCED)
+        fence.give_away(conn, fence.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED)
 
 
 def _unfence(conn: Conn) -> None:
-    fence.take_back(conn, ROLE_CHANGE_FENCE)
+    fence.take_back(conn, fence.ROLE_CHANGE)
 
 
 def _flush_lsn(conn: Conn) -> int:
@@ -390,4 +430,4 @@ def _flush_lsn(conn: Conn) -> int:
     return int(row[0])
 
 
-__all__ = ["RoleChange", "RoleChangeError", "RoleChanger"]
+__all__ = ["RoleChange", "RoleChangeError", "RoleChanger", "Step"]

@@ -39,7 +39,7 @@ from shardctl.errors import (
     ProvisioningError,
     ShardctlError,
 )
-from shardctl.topology import Node, Replication, Topology
+from shardctl.topology import Node, Replication, Role, Topology
 from shardctl.waiting import NotYet, wait_for
 
 if TYPE_CHECKING:
@@ -134,6 +134,7 @@ class Provisioner:
     def _up_shard(self, shard: str, report: UpReport, wait: bool, deadline: float) -> None:
         primary, *replicas = self.topology.shard_nodes(shard)
         self._refuse_empty_primary(primary, replicas)
+        self._refuse_a_second_primary(primary, replicas)
         for node in replicas:
             if node.name in self.rejoin:
                 self.report(node.name, "re-cloning (fenced by a failover)")
@@ -180,6 +181,26 @@ class Provisioner:
         """The container ``up`` makes for ``node`` (on the volume mount its image asks for)."""
         return container_spec(self.topology, node, self._mounts[node.engine])
 
+    def _refuse_a_second_primary(self, primary: Node, replicas: list[Node]) -> None:
+        """Starting a stopped primary while one of its replicas was promoted (a role change
+        interrupted between promote and publish, or a promotion by hand) makes two."""
+        container = self.engines.container(primary)
+        if container is not None and self.engines.status(container) == "running":
+            return
+        for replica in replicas:
+            try:
+                with self._connect(replica) as conn:
+                    row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
+            except DatabaseUnavailable:
+                continue
+            if row is not None and not row[0]:
+                raise CheckFailed(
+                    f"{primary.shard}: {replica.name} accepts writes while the primary "
+                    f"{primary.name} is stopped (an interrupted switchover?); `up` will not start "
+                    f"a second primary: run `shardctl failover {primary.shard}` to keep "
+                    f"{replica.name}"
+                )
+
     def _refuse_empty_primary(self, primary: Node, replicas: list[Node]) -> None:
         """A primary without a volume over replicas with data would be a new, empty primary."""
         if primary.name in self.rejoin or self.engines.has_volume(primary):
@@ -216,6 +237,10 @@ class Provisioner:
             action = action if action is Action.RECREATED else Action.CREATED
         status = self.engines.status(container)
         if status != "running":
+            if node.role is Role.REPLICA and not fresh_volume:
+                # Whatever it was before (a primary a role change left stopped), the catalog
+                # says replica: it must come up read-only, never as a second writable primary.
+                self.engines.put_file(container, spec.environment["PGDATA"], "standby.signal", "")
             if status != "paused":
                 self.report(node.name, "starting")
             self.engines.start(container)

@@ -165,7 +165,7 @@ class Rebalancer:
         mid-run (the run itself reconnects and carries on, unguarded from then on).
         """
         with self.connect(self._primaries()[0]) as conn:
-            row = conn.execute(fence.TRY_COORDINATOR_LOCK, (fence.COORDINATOR_LOCK,)).fetchone()
+            row = conn.execute(fence.TRY_SESSION_LOCK, (fence.COORDINATOR_LOCK,)).fetchone()
             if not row or not row[0]:
                 raise ReshardingError(
                     "another `shardctl rebalance` is running against this cluster; wait for it "
@@ -175,7 +175,7 @@ class Rebalancer:
                 yield
             finally:
                 with contextlib.suppress(psycopg.Error):  # a lost session released it already
-                    conn.execute(fence.RELEASE_COORDINATOR_LOCK, (fence.COORDINATOR_LOCK,))
+                    conn.execute(fence.RELEASE_SESSION_LOCK, (fence.COORDINATOR_LOCK,))
 
     def _primaries(self) -> list[str]:
         return [shard.name for shard in self.topology.spec.shards]

@@ -7,14 +7,19 @@ every acknowledged operation; the role changes run through the real CLI, as an o
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from shardctl import catalog, pg
 from shardctl.cluster import Cluster
+from shardctl.errors import DatabaseUnavailable
+from shardctl.failover import Step
 from shardctl.router import Router
 from shardctl.topology import Node
 from tests.integration.conftest import ClusterFactory, run_shardctl
@@ -195,3 +200,54 @@ def test_a_fenced_old_primary_started_by_hand_takes_no_write(
     status = run_shardctl("status", "-f", path)
     assert status.returncode == 1  # the fenced node does not stream: reported until `up`
     assert "shard-0-primary" in status.stdout
+
+
+def writable(cluster: Cluster) -> list[str]:
+    """The nodes of the cluster that answer and accept writes."""
+    names = []
+    for node in cluster.topology.nodes:
+        try:
+            if not in_recovery(node, cluster):
+                names.append(node.name)
+        except DatabaseUnavailable:
+            continue
+    return names
+
+
+KILL_SWITCHOVER_AFTER = Path(__file__).with_name("kill_switchover_after.py")
+
+
+def test_a_switchover_killed_after_any_step_converges(cluster_factory: ClusterFactory) -> None:
+    """Killed after each step in turn, then `up` (and `failover` where `up` names it) converge,
+    with never two writable primaries and nothing acknowledged lost."""
+    cluster = cluster_factory(shards=1)
+    path = cluster.topology.path
+    preloaded = preload(cluster, 500)
+    recovered_by: dict[str, str] = {}
+    with traffic(cluster, preloaded, threads=2) as writers:
+        for step in Step:
+            killed = subprocess.run(
+                [sys.executable, str(KILL_SWITCHOVER_AFTER), str(path), "shard-0", step.value],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert killed.returncode == 137, (step, killed.stdout, killed.stderr)
+            assert len(writable(cluster)) <= 1, f"two writable primaries after {step}"
+            up = run_shardctl("up", "-f", path)
+            recovered_by[step] = "up"
+            if up.returncode != 0:
+                assert "shardctl failover shard-0" in up.stderr, (step, up.stderr)
+                failed = run_shardctl("failover", "shard-0", "--yes", "-f", path)
+                assert failed.returncode == 0, (step, failed.stderr)
+                up = run_shardctl("up", "-f", path)
+                recovered_by[step] = "failover, up"
+            assert up.returncode == 0, (step, up.stderr)
+            assert len(writable(cluster)) == 1, step
+            verified = run_shardctl("verify-replication", "-f", path)
+            assert verified.returncode == 0, (step, verified.stdout + verified.stderr)
+        time.sleep(0.5)
+    print("recovered by:", recovered_by)  # which states the kills left, shown with -s
+    assert [w.failed for w in writers] == [[], []], recovered_by
+    check_ledger(cluster, writers, preloaded)
