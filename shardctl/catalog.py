@@ -59,6 +59,10 @@ DDL: tuple[str, ...] = (
     created_at timestamptz NOT NULL DEFAULT now(),
     created_by text NOT NULL DEFAULT 'up'
 )""",
+    # The acting roles (since switchover/failover): shard -> node acting as its primary, and
+    # the fenced former primaries that `up` must re-clone before they serve again.
+    "ALTER TABLE shardctl.ring ADD COLUMN IF NOT EXISTS primaries jsonb NOT NULL DEFAULT '{}'",
+    "ALTER TABLE shardctl.ring ADD COLUMN IF NOT EXISTS rejoin jsonb NOT NULL DEFAULT '[]'",
     "COMMENT ON TABLE shardctl.ring IS "
     "'shardctl ring catalog: one row per epoch, the highest is current; do not edit by hand'",
     """CREATE OR REPLACE FUNCTION shardctl.ring_position(key text) RETURNS text
@@ -67,6 +71,13 @@ DDL: tuple[str, ...] = (
     "COMMENT ON FUNCTION shardctl.ring_position(text) IS "
     "'position of a key on the shardctl ring: md5(key::text), compare with COLLATE \"C\"'",
 )
+
+_SELECT = (
+    "SELECT epoch, algorithm, vnodes, nodes, created_at, created_by, primaries, rejoin "
+    "FROM shardctl.ring "
+)
+_SELECT_CURRENT = _SELECT + "ORDER BY epoch DESC LIMIT 1"
+_SELECT_EPOCH = _SELECT + "WHERE epoch = %s"
 
 
 @dataclass(frozen=True)
@@ -79,13 +90,31 @@ class RingRecord:
     nodes: tuple[str, ...]
     created_at: datetime | None = None
     created_by: str = "up"
+    primaries: tuple[tuple[str, str], ...] = ()
+    """(shard, node) where a switchover or failover made another node than the declared one
+    the shard's primary."""
+    rejoin: tuple[str, ...] = ()
+    """Former primaries fenced by a failover: ``up`` re-clones them from the new primary."""
 
     @classmethod
-    def from_ring(cls, ring: Ring, epoch: int, *, created_by: str = "up") -> RingRecord:
-        """The record of ``ring`` at ``epoch``."""
+    def from_ring(
+        cls,
+        ring: Ring,
+        epoch: int,
+        *,
+        created_by: str = "up",
+        roles_from: RingRecord | None = None,
+    ) -> RingRecord:
+        """The record of ``ring`` at ``epoch``, keeping the acting roles of ``roles_from``."""
         data = ring.to_dict()
         return cls(
-            epoch, data["algorithm"], data["vnodes"], tuple(data["nodes"]), created_by=created_by
+            epoch,
+            data["algorithm"],
+            data["vnodes"],
+            tuple(data["nodes"]),
+            created_by=created_by,
+            primaries=roles_from.primaries if roles_from is not None else (),
+            rejoin=roles_from.rejoin if roles_from is not None else (),
         )
 
     def ring(self) -> Ring:
@@ -141,18 +170,14 @@ def read_current(conn: psycopg.Connection[Any]) -> RingRecord | None:
     row = conn.execute("SELECT pg_catalog.to_regclass('shardctl.ring') IS NOT NULL").fetchone()
     if row is None or not row[0]:
         return None
-    found = conn.execute(
-        "SELECT epoch, algorithm, vnodes, nodes, created_at, created_by "
-        "FROM shardctl.ring ORDER BY epoch DESC LIMIT 1"
-    ).fetchone()
+    found = conn.execute(_SELECT_CURRENT).fetchone()
     return None if found is None else _record(found)
 
 
 def read_epoch(conn: psycopg.Connection[Any], epoch: int) -> RingRecord | None:
     """The record of one epoch on this primary, if it has it."""
     found = conn.execute(
-        "SELECT epoch, algorithm, vnodes, nodes, created_at, created_by "
-        "FROM shardctl.ring WHERE epoch = %s",
+        _SELECT_EPOCH,
         (epoch,),
     ).fetchone()
     return None if found is None else _record(found)
@@ -166,14 +191,18 @@ def write(conn: psycopg.Connection[Any], record: RingRecord) -> bool:
     """
     with conn.transaction():
         cur = conn.execute(
-            "INSERT INTO shardctl.ring (epoch, algorithm, vnodes, nodes, created_by) "
-            "VALUES (%s, %s, %s, %s::jsonb, %s) ON CONFLICT (epoch) DO NOTHING",
+            "INSERT INTO shardctl.ring "
+            "(epoch, algorithm, vnodes, nodes, created_by, primaries, rejoin) "
+            "VALUES (%s, %s, %s, %s::jsonb, %s, %s::jsonb, %s::jsonb) "
+            "ON CONFLICT (epoch) DO NOTHING",
             (
                 record.epoch,
                 record.algorithm,
                 record.vnodes,
                 json.dumps(list(record.nodes)),
                 record.created_by,
+                json.dumps(dict(record.primaries)),
+                json.dumps(list(record.rejoin)),
             ),
         )
         if cur.rowcount == 1:
@@ -188,12 +217,11 @@ def write(conn: psycopg.Connection[Any], record: RingRecord) -> bool:
 
 
 def _record(row: Sequence[Any]) -> RingRecord:
-    epoch, algorithm, vnodes, nodes, created_at, created_by = row
-    if isinstance(nodes, str):
-        nodes = json.loads(nodes)
+    epoch, algorithm, vnodes, nodes, created_at, created_by, primaries, rejoin = row
     return RingRecord(
         int(epoch), str(algorithm), int(vnodes), tuple(str(n) for n in nodes), created_at,
-        str(created_by),
+        str(created_by), tuple(sorted((str(k), str(v)) for k, v in primaries.items())),
+        tuple(str(n) for n in rejoin),
     )  # fmt: skip
 
 
@@ -276,7 +304,7 @@ def read(
     without it, the view is built from those that answered and names the others.
     """
     primaries = topology.primaries()
-    results = pg.on_primaries(
+    results = pg.on_nodes(
         topology,
         credentials,
         primaries,
@@ -292,6 +320,39 @@ def read(
             f"no primary answered while reading the ring catalog ({', '.join(unreachable)})"
         )
     return combine(by_primary, unreachable)
+
+
+def read_any(topology: Topology, credentials: Credentials, *, timeout: float = 3.0) -> CatalogView:
+    """Read the catalog from every node that answers, replicas included; the highest epoch wins.
+
+    Replicas hold a copy of their primary's catalog, so this finds the current record even
+    when a shard's primary is gone: it is how every command learns the acting roles
+    (:func:`acting`). DatabaseUnavailable only when no node answers at all.
+    """
+    results = pg.on_nodes(
+        topology,
+        credentials,
+        topology.nodes,
+        read_current,
+        timeout=timeout,
+        strict=False,
+        doing="reading the ring catalog",
+    )
+    answered = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
+    if not answered:
+        raise DatabaseUnavailable(
+            f"the cluster {topology.cluster!r} is not running (no node answered): run `shardctl up`"
+        )
+    present = [r for r in answered.values() if r is not None]
+    current = max(present, key=lambda r: r.epoch) if present else None
+    unreachable = tuple(sorted(n for n, r in results.items() if isinstance(r, BaseException)))
+    return CatalogView(current, answered, (), unreachable)
+
+
+def acting(topology: Topology, credentials: Credentials, *, timeout: float = 3.0) -> Topology:
+    """``topology`` with each shard's acting primary from the catalog (as declared if none)."""
+    record = read_any(topology, credentials, timeout=timeout).current
+    return topology.with_acting(dict(record.primaries)) if record is not None else topology
 
 
 def drift(topology: Topology, record: RingRecord) -> list[str]:
@@ -347,13 +408,13 @@ def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.
         install(conn)
         return read_current(conn)
 
-    found = pg.on_primaries(
+    found = pg.on_nodes(
         topology, credentials, primaries, prepare, timeout=timeout, strict=True, doing=DOING
     )
     view = combine({n: r for n, r in found.items() if not isinstance(r, BaseException)})
     record = view.current if view.current is not None else initial_record(topology)
     targets = [p for p in primaries if view.by_primary.get(p.name) is None]
-    written = pg.on_primaries(
+    written = pg.on_nodes(
         topology,
         credentials,
         targets,
@@ -383,7 +444,7 @@ def publish(
         install(conn)
         return write(conn, record)
 
-    done = pg.on_primaries(
+    done = pg.on_nodes(
         topology, credentials, targets, put, timeout=timeout, strict=True, doing=DOING
     )
     return sorted(n for n, w in done.items() if w)

@@ -144,7 +144,8 @@ def reachable_check(obs: NodeObservation) -> Check:
 
 
 def primary_check(facts: ClusterFacts, primary: Node, replicas: list[Node]) -> Check:
-    """Exactly one node of the shard is out of recovery, and it is the declared primary."""
+    """Exactly one node of the shard is out of recovery, and it is the catalog's primary (the
+    declared one, unless a switchover or failover changed it); two are a split brain."""
     shard_obs = [facts.of(n.name) for n in (primary, *replicas)]
     primaries = [o.node.name for o in shard_obs if o.facts is not None and not o.facts.in_recovery]
     primary_facts = facts.of(primary.name).facts
@@ -154,13 +155,19 @@ def primary_check(facts: ClusterFacts, primary: Node, replicas: list[Node]) -> C
         return failed(
             primary,
             PRIMARY,
-            f"{len(primaries)} primaries: {', '.join(primaries)} (a replica was promoted)",
+            f"split brain: {len(primaries)} writable primaries ({', '.join(primaries)}); "
+            f"the catalog's is {primary.name}, and no Router writes to the other",
         )
     if primaries:
         return failed(primary, PRIMARY, f"{primaries[0]} is the primary, not {primary.name}")
     if primary_facts is None:
-        return failed(primary, PRIMARY, "no primary: the declared primary did not answer")
-    return failed(primary, PRIMARY, "no primary: the declared primary is in recovery")
+        return failed(
+            primary,
+            PRIMARY,
+            f"no primary: {primary.name} did not answer (gone? `shardctl failover "
+            f"{primary.shard}` promotes a replica)",
+        )
+    return failed(primary, PRIMARY, f"no primary: {primary.name} is in recovery")
 
 
 def undeclared_check(obs: NodeObservation, replicas: list[Node]) -> Check:
@@ -236,7 +243,7 @@ def upstream_check(node: Node, facts: NodeFacts) -> Check:
             node,
             UPSTREAM,
             f"streams from {receiver.sender_host or 'an unknown host'}, "
-            f"not from its declared primary {node.primary_container}",
+            f"not from its primary {node.primary_container}",
         )
     if receiver.slot_name != node.slot:
         return failed(
@@ -437,7 +444,11 @@ class StatusRow:
     shard: str
     name: str
     role: Role
+    """The catalog's role: declared, or as a switchover or failover made it."""
+    declared_role: Role
+    """The role topology.yaml gives the node."""
     actual_role: ActualRole
+    """What the server itself says (primary: not in recovery)."""
     state: ContainerState
     address: str
     port: int
@@ -471,6 +482,7 @@ def status_rows(facts: ClusterFacts) -> list[StatusRow]:
                 shard=node.shard,
                 name=node.name,
                 role=node.role,
+                declared_role=node.declared_role,
                 actual_role=node_facts.role if node_facts else ActualRole.UNKNOWN,
                 state=obs.container,
                 address=host,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,8 +13,11 @@ from shardctl import catalog, fence, health, topology, verify
 from shardctl import credentials as creds
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
+from shardctl.errors import DatabaseUnavailable, UsageError
+from shardctl.failover import RoleChange, RoleChanger, Step
 from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
 from shardctl.topology import HealthSpec, Topology
+from shardctl.waiting import NotYet, wait_for
 
 
 @dataclass
@@ -39,19 +45,88 @@ class Cluster:
         """A provisioner for this cluster."""
         return Provisioner(self.topology, self.engines, self.credentials(create=create), reporter)
 
+    def follow_roles(self) -> catalog.RingRecord | None:
+        """Take the acting roles from the catalog (after a switchover or failover), so that
+        every later step sees each shard's real primary; the current record, None if none.
+
+        DatabaseUnavailable when no node answers (the cluster is not running).
+        """
+        record = catalog.read_any(self.topology, self.credentials()).current
+        if record is not None:
+            self.topology = self.topology.with_acting(dict(record.primaries))
+        return record
+
     def up(
         self, *, wait: bool = True, timeout: float = 180.0, reporter: Reporter = quiet_reporter
     ) -> UpReport:
-        """Create or repair every declared node, then the ring catalog and the reshard fence on
-        every primary."""
+        """Create or repair every declared node with its acting role, then the ring catalog and
+        the reshard fence on every primary; re-clone the former primaries a failover fenced."""
         started = time.monotonic()
-        report = self.provisioner(reporter, create=True).up(wait=wait, timeout=timeout)
+        self.credentials(create=True)
+        record = self._roles_for_up(reporter, started + timeout)
+        rejoin = record.rejoin if record is not None else ()
+        provisioner = Provisioner(
+            self.topology, self.engines, self.credentials(), reporter, rejoin=rejoin
+        )
+        report = provisioner.up(wait=wait, timeout=max(1.0, started + timeout - time.monotonic()))
         reporter("catalog", "ring catalog")
         written = catalog.ensure(self.topology, self.credentials())
         report.warnings += written.warnings
+        if record is not None and rejoin:
+            rejoined = dataclasses.replace(
+                record,
+                epoch=max(record.epoch, written.epoch) + 1,
+                rejoin=(),
+                created_by=f"up: re-joined {', '.join(rejoin)}",
+            )
+            catalog.publish(self.topology, self.credentials(), rejoined)
         fence.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
         report.seconds = time.monotonic() - started
         return report
+
+    def _roles_for_up(self, reporter: Reporter, deadline: float) -> catalog.RingRecord | None:
+        """The catalog's roles before ``up`` changes anything. When no node answers but the
+        cluster's containers exist (a restarted host), they are started first: the catalog in
+        them says who is primary, and a stopped former primary must not be mistaken for one."""
+        try:
+            return self.follow_roles()
+        except DatabaseUnavailable:
+            if not self.provisioner(reporter).start_existing():
+                return None  # nothing exists yet: a new cluster, the declared roles
+        return wait_for(
+            self._follow_roles_probe,
+            timeout=max(1.0, min(60.0, deadline - time.monotonic())),
+            what="any node of the cluster to answer",
+            on_timeout=DatabaseUnavailable,
+        )
+
+    def _follow_roles_probe(self) -> catalog.RingRecord | None:
+        try:
+            return self.follow_roles()
+        except DatabaseUnavailable as exc:
+            raise NotYet(str(exc)) from None
+
+    def role_changer(
+        self,
+        *,
+        log: Callable[[str], None] = lambda _: None,
+        after_step: Callable[[Step], None] = lambda _: None,
+    ) -> RoleChanger:
+        """Switchover and failover for this cluster, with the acting roles."""
+        self.follow_roles()
+        return RoleChanger(
+            self.topology, self.engines, self.credentials(), log=log, after_step=after_step
+        )
+
+    def switchover(self, shard: str, to: str | None = None, *, timeout: float = 30.0) -> RoleChange:
+        """Planned primary change of ``shard`` (see :mod:`shardctl.failover`)."""
+        self.topology.shard_nodes(shard)  # an unknown shard is a TopologyError, exit 2
+        return self.role_changer().switchover(shard, to, timeout=timeout)
+
+    def failover(self, shard: str, to: str | None = None) -> RoleChange:
+        """Promote a replica of ``shard``, whose primary is gone (see :mod:`shardctl.failover`)."""
+        self.topology.shard_nodes(shard)
+        return self.role_changer().failover(shard, to)
 
     def down(self, *, volumes: bool = False) -> DownReport:
         """Remove containers and network; volumes (and generated passwords) only when asked."""
@@ -61,7 +136,8 @@ class Cluster:
         return report
 
     def observe(self, *, timeout: float | None = None) -> health.ClusterFacts:
-        """Every node's replication facts, probed in parallel."""
+        """Every node's replication facts, probed in parallel, judged by the acting roles."""
+        self._follow_roles_if_running()
         return health.observe(self.topology, self.engines, self.credentials, timeout=timeout)
 
     def verify_replication(
@@ -69,9 +145,15 @@ class Cluster:
     ) -> verify.Report:
         """Every replication check; thresholds from ``limits`` or the topology's health section."""
         limits = limits if limits is not None else self.topology.spec.health
+        self._follow_roles_if_running()
         return verify.verify_replication(
             self.topology, self.engines, self.credentials, limits, deep=deep
         )
+
+    def _follow_roles_if_running(self) -> None:
+        # Nothing answering (or no passwords yet) is for the checks to report, not an error here.
+        with contextlib.suppress(DatabaseUnavailable, UsageError):
+            self.follow_roles()
 
     def close(self) -> None:
         """Release Docker clients."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from psycopg.conninfo import make_conninfo
+
 from shardctl import pg
 from shardctl.engine import ContainerSpec, Mount, Port, node_labels
 from shardctl.topology import Node, Role, Topology
@@ -25,12 +27,23 @@ DEFAULT_MOUNT = "/var/lib/postgresql"
 """Where the data volume goes in an image that declares no volume (owned by postgres there)."""
 OFFICIAL_IMAGE_MOUNT = "/var/lib/postgresql/data"
 """The volume the official postgres images (up to 17) declare."""
+PASSFILE = "/tmp/shardctl-pgpass"
+"""The replication password as a libpq password file, written by the bootstrap (mode 0600)."""
+FIRST_START_ONLY = frozenset({"SHARDCTL_ROLE", "SHARDCTL_PRIMARY_CONNINFO"})
+"""Environment read only on a node's first start (empty volume): initdb or clone from where.
+A role change alters them without making the running container outdated."""
 SCHEMA_TARGET = "/shardctl/schema.sql"
 """Where a compose file mounts the schema; ``up`` applies the schema itself over SQL."""
 
 # The container's whole life, as the postgres user. Values arrive as environment variables and
 # the server's settings as arguments ("$@"): nothing is ever spliced into this text.
 BOOTSTRAP = r"""set -eu
+# A standby reaches its upstream with the replication password from this file (passfile= in
+# primary_conninfo), never from a command line or its configuration. Written at every start:
+# whether this server is a standby is decided by its data directory (standby.signal), which a
+# switchover or failover changes, not by how the container was created.
+(umask 077 && printf '*:*:*:%s:%s\n' "$SHARDCTL_REPLICATION_USER" \
+    "$(cat "$SHARDCTL_SECRETS/replication")" > "$SHARDCTL_PASSFILE")
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     rm -rf "$PGDATA"
     if [ "$SHARDCTL_ROLE" = primary ]; then
@@ -56,19 +69,18 @@ SQL
         pg_ctl -D "$PGDATA" -w -m fast stop
         unset PGPASSWORD
     else
-        PGPASSWORD="$(cat "$SHARDCTL_SECRETS/replication")"
-        export PGPASSWORD
         # The slot is normally made by shardctl; -C makes it when running without shardctl.
-        until pg_basebackup -h "$SHARDCTL_PRIMARY_HOST" -p 5432 -U "$SHARDCTL_REPLICATION_USER" \
-                -D "$PGDATA" -R -X stream -S "$SHARDCTL_SLOT" --checkpoint=fast \
-              || { rm -rf "$PGDATA"; pg_basebackup -h "$SHARDCTL_PRIMARY_HOST" -p 5432 \
-                -U "$SHARDCTL_REPLICATION_USER" -D "$PGDATA" -R -X stream -C -S "$SHARDCTL_SLOT" \
-                --checkpoint=fast; }; do
-            echo "shardctl: cloning from $SHARDCTL_PRIMARY_HOST failed; retrying" >&2
+        until pg_basebackup -d "$SHARDCTL_PRIMARY_CONNINFO" -D "$PGDATA" -X stream \
+                -S "$SHARDCTL_SLOT" --checkpoint=fast \
+              || { rm -rf "$PGDATA"; pg_basebackup -d "$SHARDCTL_PRIMARY_CONNINFO" -D "$PGDATA" \
+                -X stream -C -S "$SHARDCTL_SLOT" --checkpoint=fast; }; do
+            echo "shardctl: cloning from the primary failed; retrying" >&2
             rm -rf "$PGDATA"
             sleep 2
         done
-        unset PGPASSWORD
+        touch "$PGDATA/standby.signal"
+        printf "primary_conninfo = '%s'\nprimary_slot_name = '%s'\n" \
+            "$SHARDCTL_PRIMARY_CONNINFO" "$SHARDCTL_SLOT" >> "$PGDATA/postgresql.auto.conf"
     fi
 fi
 exec postgres -D "$PGDATA" "$@"
@@ -122,13 +134,12 @@ def container_spec(
         "SHARDCTL_SUPERUSER": spec.credentials.superuser,
         "SHARDCTL_REPLICATION_USER": spec.credentials.replication_user,
         "SHARDCTL_DATABASE": spec.database,
+        "SHARDCTL_PASSFILE": PASSFILE,
+        "SHARDCTL_SLOT": node.slot,
     }
     mounts = [Mount(node.volume, mount)]
     if node.role is Role.REPLICA:
-        environment |= {
-            "SHARDCTL_PRIMARY_HOST": node.primary_container,
-            "SHARDCTL_SLOT": node.slot,
-        }
+        environment["SHARDCTL_PRIMARY_CONNINFO"] = upstream_conninfo(topology, node)
     elif schema_file is not None:
         environment["SHARDCTL_SCHEMA"] = SCHEMA_TARGET
         mounts.append(Mount(schema_file, SCHEMA_TARGET, read_only=True, bind=True))
@@ -146,4 +157,20 @@ def container_spec(
         network=topology.network,
         secrets_dir=SECRETS_DIR,
         secrets=SECRET_NAMES,
+        first_start_only=FIRST_START_ONLY,
+    )
+
+
+def upstream_conninfo(topology: Topology, node: Node) -> str:
+    """``primary_conninfo`` of a replica: its shard's acting primary, as the replication role.
+
+    The password comes from :data:`PASSFILE`; ``application_name`` is the node's name, which
+    ``pg_stat_replication`` and ``synchronous_standby_names`` know it by.
+    """
+    return make_conninfo(
+        host=node.primary_container,
+        port=str(pg.CONTAINER_PORT),
+        user=topology.spec.credentials.replication_user,
+        passfile=PASSFILE,
+        application_name=node.name,
     )

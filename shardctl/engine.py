@@ -94,6 +94,9 @@ class ContainerSpec:
     secrets: tuple[str, ...]
     stop_signal: str = "SIGINT"
     restart: str = "unless-stopped"
+    first_start_only: frozenset[str] = frozenset()
+    """Environment names the container reads only on its first start (an empty volume): left
+    out of the config digest, so changing them never recreates a running node."""
 
 
 def _create_arguments(spec: ContainerSpec) -> dict[str, object]:
@@ -124,7 +127,9 @@ def config_digest(spec: ContainerSpec) -> str:
     It hashes exactly what is sent to Docker, so containers made by an earlier shardctl with the
     same configuration keep their digest and are not recreated.
     """
-    text = json.dumps(_create_arguments(spec), sort_keys=True)
+    arguments = _create_arguments(spec)
+    environment = {k: v for k, v in spec.environment.items() if k not in spec.first_start_only}
+    text = json.dumps(arguments | {"environment": environment}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -297,6 +302,30 @@ class Engines:
             )
         return False
 
+    def has_volume(self, node: Node) -> bool:
+        """Whether the node's data volume exists (it may hold the shard's data)."""
+        import docker.errors
+
+        with docker_errors(f"inspecting volume {node.volume}"):
+            try:
+                self.for_node(node).volumes.get(node.volume)
+            except docker.errors.NotFound:
+                return False
+        return True
+
+    def remove_node(self, node: Node) -> None:
+        """Remove a node's container and its data volume (a fenced node about to be re-cloned)."""
+        import docker.errors
+
+        container = self.container(node)
+        if container is not None:
+            self.remove_container(container, stop_timeout=10)
+        with (
+            docker_errors(f"removing volume {node.volume}"),
+            contextlib.suppress(docker.errors.NotFound),
+        ):
+            self.for_node(node).volumes.get(node.volume).remove(force=True)
+
     def remove_networks(self, topology: Topology) -> list[str]:
         """Remove the cluster's networks on every engine; their names."""
         removed: list[str] = []
@@ -359,6 +388,31 @@ class Engines:
                 container.unpause()
             else:
                 container.start()
+
+    def stop(self, container: Container, *, timeout: int) -> None:
+        """Stop a container cleanly (SIGINT: PostgreSQL's fast shutdown), SIGKILL at ``timeout``."""
+        with docker_errors(f"stopping {container.name}"):
+            container.reload()
+            if container.status in ("running", "paused", "restarting"):
+                if container.status == "paused":
+                    container.unpause()
+                container.stop(timeout=timeout)
+
+    def environment(self, container: Container) -> dict[str, str]:
+        """The container's environment as it was created."""
+        pairs = (container.attrs.get("Config") or {}).get("Env") or []
+        return dict(str(pair).partition("=")[::2] for pair in pairs)
+
+    def put_file(self, container: Container, folder: str, name: str, text: str) -> None:
+        """Write one file into a container, running or stopped (volumes included), mode 0600."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+        with docker_errors(f"writing {name} into {container.name}"):
+            container.put_archive(folder, buffer.getvalue())
 
     def remove_container(self, container: Container, *, stop_timeout: int) -> None:
         """Stop a running container cleanly (not a crash recovery later), then remove it."""

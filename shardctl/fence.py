@@ -54,6 +54,13 @@ Raised by ``shardctl.check_key`` (the trigger and ``assert_owner``); the Router 
 """
 
 
+NOT_PRIMARY_SQLSTATE = "25006"
+"""``read_only_sql_transaction``: a write reached a server in recovery. From the node a Router
+believes is a primary, that is a former primary a switchover or failover demoted (its data
+directory holds ``standby.signal``): the Router re-reads the catalog and retries, as for
+:data:`FENCE_SQLSTATE`."""
+
+
 class RangeState(StrEnum):
     """Where a range a primary gives away stands (``shardctl.moving.state``)."""
 
@@ -77,6 +84,13 @@ FENCE_INSTALL_LOCK = 0x5C_A7A1_07
 """``pg_advisory_xact_lock``: one installer of this module's schema at a time per database."""
 COORDINATOR_LOCK = 0x5C_A7A1_08
 """Session ``pg_try_advisory_lock`` on the first primary: one reshard coordinator at a time."""
+ROLE_CHANGE_LOCK = 0x5C_A7A1_09
+"""Session ``pg_try_advisory_lock`` on a shard's primary, held by a switchover from before it
+fences the primary until the primary is stopped: ``up`` lifts only a fence nobody holds."""
+
+ROLE_CHANGE = 0
+"""The operation id (``shardctl.moving.reshard_id``) of a role change's fence; reshards count
+from 1."""
 
 # ------------------------------------------------------------------ the schema
 
@@ -214,9 +228,9 @@ RECORD_CHUNK = (
 )
 # (operation)
 FORGET_CHUNKS = "DELETE FROM shardctl.copied WHERE reshard_id = %s"
-# (COORDINATOR_LOCK)
-TRY_COORDINATOR_LOCK = "SELECT pg_catalog.pg_try_advisory_lock(%s)"
-RELEASE_COORDINATOR_LOCK = "SELECT pg_catalog.pg_advisory_unlock(%s)"
+# (a session lock: COORDINATOR_LOCK or ROLE_CHANGE_LOCK)
+TRY_SESSION_LOCK = "SELECT pg_catalog.pg_try_advisory_lock(%s)"
+RELEASE_SESSION_LOCK = "SELECT pg_catalog.pg_advisory_unlock(%s)"
 # (an install lock: CATALOG_INSTALL_LOCK or FENCE_INSTALL_LOCK)
 XACT_LOCK = "SELECT pg_catalog.pg_advisory_xact_lock(%s)"
 
@@ -247,8 +261,9 @@ def ensure(topology: Topology, credentials: Credentials) -> None:
         with conn.transaction():
             conn.execute(XACT_LOCK, (FENCE_INSTALL_LOCK,))
             install(conn, topology.spec.tables)
+        lift_abandoned_role_fence(conn)
 
-    pg.on_primaries(
+    pg.on_nodes(
         topology,
         credentials,
         topology.primaries(),
@@ -257,6 +272,18 @@ def ensure(topology: Topology, credentials: Credentials) -> None:
         strict=True,
         doing="installing the reshard fence",
     )
+
+
+def lift_abandoned_role_fence(conn: Conn) -> bool:
+    """Lift the fence of a switchover that died before stopping this primary (no switchover
+    holds :data:`ROLE_CHANGE_LOCK` here); True when there was one."""
+    row = conn.execute(TRY_SESSION_LOCK, (ROLE_CHANGE_LOCK,)).fetchone()
+    if row is None or not row[0]:
+        return False  # a switchover is running: its fence is not abandoned
+    try:
+        return conn.execute(TAKE_BACK, (ROLE_CHANGE,)).rowcount > 0
+    finally:
+        conn.execute(RELEASE_SESSION_LOCK, (ROLE_CHANGE_LOCK,))
 
 
 # ------------------------------------------------------------------ ranges given away

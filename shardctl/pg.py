@@ -52,12 +52,23 @@ def conninfo(
 
 
 def connect(
-    node: Node, credentials: Credentials, dbname: str, *, timeout: float = 5.0
+    node: Node,
+    credentials: Credentials,
+    dbname: str,
+    *,
+    timeout: float = 5.0,
+    local_commit: bool = False,
 ) -> psycopg.Connection[tuple[object, ...]]:
-    """An autocommit connection to ``node``; DatabaseUnavailable when it does not answer."""
+    """An autocommit connection to ``node``; DatabaseUnavailable when it does not answer.
+
+    ``local_commit``: its commits never wait for a synchronous replica (shardctl's own
+    idempotent set-up, which must not hang on a ``replication: sync`` shard whose replicas are
+    not there yet; ``up`` makes them next).
+    """
+    extra = {"options": "-c synchronous_commit=local"} if local_commit else {}
     try:
         return psycopg.connect(
-            conninfo(node, credentials, dbname, timeout=timeout), autocommit=True
+            conninfo(node, credentials, dbname, timeout=timeout, **extra), autocommit=True
         )
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"{node.name}: cannot connect: {first_line(exc)}") from None
@@ -132,18 +143,19 @@ def node_errors(node: Node, doing: str) -> Iterator[None]:
         raise DatabaseUnavailable(f"{node.name}: {doing}: {first_line(exc)}") from None
 
 
-def on_primaries(
+def on_nodes(
     topology: Topology,
     credentials: Credentials,
-    primaries: Sequence[Node],
+    nodes: Sequence[Node],
     work: Callable[[psycopg.Connection[Any]], T],
     *,
     timeout: float,
     strict: bool,
     doing: str,
 ) -> dict[str, T | BaseException]:
-    """Run ``work(conn)`` on each primary at once, keyed by node name; errors raised (strict)
-    or returned: a node that cannot be asked is a DatabaseUnavailable naming it and ``doing``.
+    """Run ``work(conn)`` on each node at once (usually the primaries), keyed by node name;
+    errors raised (strict) or returned: a node that cannot be asked is a DatabaseUnavailable
+    naming it and ``doing``.
     """
     database = topology.spec.database
 
@@ -151,7 +163,7 @@ def on_primaries(
         with node_errors(node, doing), connect(node, credentials, database, timeout=timeout) as c:
             return work(c)
 
-    results = gather({node.name: partial(one, node) for node in primaries})
+    results = gather({node.name: partial(one, node) for node in nodes})
     for result in results.values():
         if isinstance(result, BaseException) and (
             strict or not isinstance(result, DatabaseUnavailable)

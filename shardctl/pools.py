@@ -27,7 +27,7 @@ from shardctl import pg
 from shardctl.credentials import Credentials
 from shardctl.errors import RoutingError, TopologyError
 from shardctl.faults import is_transient
-from shardctl.topology import Node, Role, Topology
+from shardctl.topology import Node, Topology
 
 __all__ = ["DOWN_FOR", "Conn", "Pools", "Prefer", "Row"]
 
@@ -37,7 +37,10 @@ Conn = psycopg.Connection[Row]
 Prefer = Literal["replica", "primary"]
 
 DOWN_FOR = 2.0
-"""Seconds a replica that just failed is skipped for reads (its shard's primary answers)."""
+"""Seconds a node that just failed is in trouble: skipped for reads if it is a replica (its
+shard's primary answers), waited for only :data:`TROUBLED_WAIT` seconds if it is a primary."""
+TROUBLED_WAIT = 0.25
+"""Seconds to wait for a connection to a node in trouble (instead of ``connect_timeout``)."""
 
 
 class Pools:
@@ -86,16 +89,22 @@ class Pools:
         primary = nodes[0]
         if prefer == "replica" and attempt == 1:
             now = time.monotonic()
-            live = [n for n in nodes[1:] if self._down_until.get(n.name, 0.0) <= now]
+            live = [n for n in nodes[1:] if self._down_until.get(n.name, 0.0) <= now]  # replicas
             if live:
                 return live[next(self._turn) % len(live)]
         return primary
 
-    def run(self, node: Node, work: Callable[[Conn], T]) -> T:
-        """Run ``work`` on a pooled connection to ``node``; a node that fails is marked."""
+    def run(self, node: Node, work: Callable[[Conn], T], *, wait: float | None = None) -> T:
+        """Run ``work`` on a pooled connection to ``node``, waiting at most ``wait`` seconds
+        for one (default ``connect_timeout``); a node that fails is marked."""
         pool = self.pool(node)
+        if wait is None:
+            # A node that just failed gets a short wait: if it is gone for good (a failover),
+            # the retry that follows must reach the new primary, not queue here for long.
+            troubled = self._down_until.get(node.name, 0.0) > time.monotonic()
+            wait = TROUBLED_WAIT if troubled else self.connect_timeout
         try:
-            with pool.connection(timeout=self.connect_timeout) as conn:
+            with pool.connection(timeout=wait) as conn:
                 return work(conn)
         except PoolTimeout:
             self.mark_down(node)
@@ -109,9 +118,9 @@ class Pools:
             raise
 
     def mark_down(self, node: Node) -> None:
-        """Skip ``node`` for reads for :data:`DOWN_FOR` seconds, if it is a replica."""
-        if node.role is Role.REPLICA:
-            self._down_until[node.name] = time.monotonic() + DOWN_FOR
+        """For :data:`DOWN_FOR` seconds: skip ``node`` for reads if it is a replica, and wait
+        for a connection to it only :data:`TROUBLED_WAIT` seconds."""
+        self._down_until[node.name] = time.monotonic() + DOWN_FOR
 
     @contextmanager
     def connection(self, node: Node) -> Iterator[Conn]:

@@ -3,8 +3,13 @@
 ``up`` converges: per shard (shards in parallel) it makes the primary's volume and container,
 waits until it accepts writes, configures it (replication role, database, schema, one physical
 slot per replica), then makes each replica, which clones the primary with
-``pg_basebackup -R -X stream -S <slot>`` on its first start. What already matches is left
+``pg_basebackup -X stream -S <slot>`` on its first start. What already matches is left
 alone; a container whose declared configuration changed is recreated on its volume.
+
+Roles are the *acting* ones (the catalog's, see :mod:`shardctl.failover`): a replica whose
+upstream is not its shard's acting primary is re-pointed; a former primary fenced by a failover
+(``rejoin``) is re-cloned from the new one; and a shard whose primary lost its volume while a
+replica holds the data is refused -- ``up`` never creates an empty primary over real data.
 
 What a node's container is comes from :func:`shardctl.containers.container_spec`; every Docker
 call goes through :mod:`shardctl.engine`.
@@ -17,21 +22,30 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from shardctl import pg
-from shardctl.containers import container_spec, data_mount
+from shardctl.containers import container_spec, data_mount, upstream_conninfo
 from shardctl.credentials import Credentials
 from shardctl.engine import LABEL_CONFIG, Engines, cluster_labels, config_digest, log_tail
-from shardctl.errors import DatabaseUnavailable, ProvisioningError, ShardctlError
-from shardctl.topology import Node, Topology
+from shardctl.errors import (
+    CheckFailed,
+    DatabaseUnavailable,
+    DockerUnavailable,
+    ProvisioningError,
+    ShardctlError,
+)
+from shardctl.topology import Node, Replication, Role, Topology
 from shardctl.waiting import NotYet, wait_for
 
 if TYPE_CHECKING:
     from shardctl.engine import Container, ContainerSpec
+
+T = TypeVar("T")
 
 
 class Action(StrEnum):
@@ -79,11 +93,15 @@ class Provisioner:
         engines: Engines,
         credentials: Credentials | None = None,
         reporter: Reporter = quiet_reporter,
+        *,
+        rejoin: Iterable[str] = (),
     ) -> None:
         self.topology = topology
         self.engines = engines
         self.credentials = credentials
         self.report = reporter
+        self.rejoin = frozenset(rejoin)
+        """Nodes fenced by a failover: re-cloned from their shard's acting primary."""
         self._mounts: dict[str | None, str] = {}
 
     # ----------------------------------------------------------------- up
@@ -115,16 +133,36 @@ class Provisioner:
 
     def _up_shard(self, shard: str, report: UpReport, wait: bool, deadline: float) -> None:
         primary, *replicas = self.topology.shard_nodes(shard)
+        self._refuse_empty_primary(primary, replicas)
+        self._refuse_a_second_primary(primary, replicas)
+        for node in replicas:
+            if node.name in self.rejoin:
+                self.report(node.name, "re-cloning (fenced by a failover)")
+                self.engines.remove_node(node)
         report.actions[primary.name] = self._ensure_node(primary)
         self._wait_ready(primary, deadline)
         self._configure_primary(primary, replicas)
         for replica in replicas:
             report.actions[replica.name] = self._ensure_node(replica, primary)
+        for replica in replicas:
+            if report.actions[replica.name] is not Action.CREATED:
+                self.follow(replica, deadline)
         if wait:
             for replica in replicas:
                 self._wait_streaming(replica, deadline)
+        with self._connect(primary) as conn:  # once its replicas are there
+            commit_waits_for_replicas(conn, self.topology, primary)
         for node in (primary, *replicas):
             self.report(node.name, "ready" if wait or node is primary else "started")
+
+    def start_existing(self) -> int:
+        """Start the cluster's stopped containers as they are; how many there are in all."""
+        containers = self.engines.cluster_containers(self.topology)
+        for container in containers:
+            if self.engines.status(container) != "running":
+                self.report(str(container.name), "starting")
+                self.engines.start(container)
+        return len(containers)
 
     def _ensure_image(self, endpoint: str | None) -> None:
         image = self.topology.spec.image
@@ -143,6 +181,40 @@ class Provisioner:
         """The container ``up`` makes for ``node`` (on the volume mount its image asks for)."""
         return container_spec(self.topology, node, self._mounts[node.engine])
 
+    def _refuse_a_second_primary(self, primary: Node, replicas: list[Node]) -> None:
+        """Starting a stopped primary while one of its replicas was promoted (a role change
+        interrupted between promote and publish, or a promotion by hand) makes two."""
+        container = self.engines.container(primary)
+        if container is not None and self.engines.status(container) == "running":
+            return
+        for replica in replicas:
+            try:
+                with self._connect(replica) as conn:
+                    row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
+            except DatabaseUnavailable:
+                continue
+            if row is not None and not row[0]:
+                raise CheckFailed(
+                    f"{primary.shard}: {replica.name} accepts writes while the primary "
+                    f"{primary.name} is stopped (an interrupted switchover?); `up` will not start "
+                    f"a second primary: run `shardctl failover {primary.shard}` to keep "
+                    f"{replica.name}"
+                )
+
+    def _refuse_empty_primary(self, primary: Node, replicas: list[Node]) -> None:
+        """A primary without a volume over replicas with data would be a new, empty primary."""
+        if primary.name in self.rejoin or self.engines.has_volume(primary):
+            return
+        holding = [
+            r.name for r in replicas if r.name not in self.rejoin and self.engines.has_volume(r)
+        ]
+        if holding:
+            raise CheckFailed(
+                f"{primary.shard}: the primary {primary.name} has no data volume, but "
+                f"{', '.join(holding)} holds the shard's data: `up` will not create an empty "
+                f"primary over it; run `shardctl failover {primary.shard}` first"
+            )
+
     def _ensure_node(self, node: Node, primary: Node | None = None) -> Action:
         fresh_volume = self.engines.ensure_volume(node)
         if primary is not None and fresh_volume:
@@ -150,6 +222,11 @@ class Provisioner:
         spec = self.spec(node)
         container = self.engines.container(node)
         action = Action.UNCHANGED
+        if container is not None and fresh_volume:
+            # Its first-start settings (initdb or clone, from where) may predate a role change.
+            self.report(node.name, "recreating (its volume is new)")
+            self.engines.remove_container(container, stop_timeout=10)
+            container, action = None, Action.RECREATED
         if container is not None and container.labels.get(LABEL_CONFIG) != config_digest(spec):
             self.report(node.name, "recreating (configuration changed)")
             self.engines.remove_container(container, stop_timeout=30)
@@ -160,6 +237,10 @@ class Provisioner:
             action = action if action is Action.RECREATED else Action.CREATED
         status = self.engines.status(container)
         if status != "running":
+            if node.role is Role.REPLICA and not fresh_volume:
+                # Whatever it was before (a primary a role change left stopped), the catalog
+                # says replica: it must come up read-only, never as a second writable primary.
+                self.engines.put_file(container, spec.environment["PGDATA"], "standby.signal", "")
             if status != "paused":
                 self.report(node.name, "starting")
             self.engines.start(container)
@@ -184,7 +265,7 @@ class Provisioner:
     def _connect(
         self, node: Node, dbname: str = "postgres"
     ) -> psycopg.Connection[tuple[object, ...]]:
-        return pg.connect(node, self._creds(), dbname)
+        return pg.connect(node, self._creds(), dbname, local_commit=True)
 
     def _configure_primary(self, primary: Node, replicas: Iterable[Node]) -> None:
         """Replication role, database, schema and slots; each step a no-op when already done."""
@@ -208,7 +289,7 @@ class Provisioner:
             ).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.database)))
             for replica in replicas:
-                _create_slot(conn, replica)
+                create_slot(conn, replica)
         self.apply_schema(primary)
 
     def apply_schema(self, primary: Node) -> None:
@@ -233,7 +314,89 @@ class Provisioner:
                 "FROM pg_catalog.pg_replication_slots WHERE slot_name = %s AND NOT active",
                 (replica.slot,),
             )
-            _create_slot(conn, replica)
+            create_slot(conn, replica)
+
+    # ------------------------------------------------------------ role changes
+
+    def follow(self, replica: Node, deadline: float) -> None:
+        """Point a running replica at its shard's acting primary (no restart: a reload).
+
+        A node the catalog calls a replica that is not in recovery is a second writable
+        primary: refused, never touched.
+        """
+        wanted = conninfo_to_dict(upstream_conninfo(self.topology, replica))
+
+        def probe() -> psycopg.Connection[tuple[object, ...]]:
+            self._fail_if_dead(replica)
+            try:
+                return self._connect(replica)
+            except DatabaseUnavailable as exc:
+                raise NotYet(str(exc)) from None
+
+        with self._wait(replica, probe, "it to answer", deadline) as conn:
+            row = conn.execute(
+                "SELECT pg_catalog.pg_is_in_recovery(), "
+                "pg_catalog.current_setting('primary_conninfo'), "
+                "pg_catalog.current_setting('primary_slot_name')"
+            ).fetchone()
+            assert row is not None
+            in_recovery, current, slot = bool(row[0]), str(row[1]), str(row[2])
+            if not in_recovery:
+                raise CheckFailed(
+                    f"{replica.shard}: {replica.name} accepts writes although the catalog says "
+                    f"{replica.primary_name} is the primary (split brain); it was not changed"
+                )
+            if conninfo_to_dict(current) == wanted and slot == replica.slot:
+                return
+            self.report(replica.name, f"following {replica.primary_name}")
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET primary_conninfo = {}").format(
+                    sql.Literal(upstream_conninfo(self.topology, replica))
+                )
+            )
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET primary_slot_name = {}").format(sql.Literal(replica.slot))
+            )
+            conn.execute("SELECT pg_catalog.pg_reload_conf()")
+
+    def stop(self, node: Node) -> None:
+        """Stop a node cleanly: its last WAL reaches its streaming replicas first."""
+        container = self.engines.container(node)
+        if container is not None:
+            self.report(node.name, "stopping")
+            self.engines.stop(container, timeout=60)
+
+    def demote_on_disk(self, node: Node) -> bool:
+        """Stop a node and leave ``standby.signal`` in its data directory, so that however it
+        is started again (``docker start`` by hand included) it is a read-only standby.
+
+        False when its engine cannot be reached; True when done or there is no container.
+        """
+        try:
+            container = self.engines.container(node)
+            if container is None:
+                return True
+            self.engines.stop(container, timeout=10)
+            pgdata = self.engines.environment(container).get("PGDATA")
+            if not pgdata:
+                raise ProvisioningError(f"{node.name}: its container has no PGDATA")
+            self.engines.put_file(container, pgdata, "standby.signal", "")
+        except DockerUnavailable:
+            return False
+        return True
+
+    def rejoin_as_replica(self, node: Node, deadline: float) -> None:
+        """A cleanly stopped former primary becomes a replica of its shard's acting primary."""
+        primary = self.topology.node(node.primary_name)
+        with self._connect(primary) as conn:
+            create_slot(conn, node)
+        self.demote_on_disk(node)
+        container = self.engines.container(node)
+        if container is None:
+            raise ProvisioningError(f"{node.name}: no container to re-join")
+        self.report(node.name, f"re-joining as a replica of {primary.name}")
+        self.engines.start(container)
+        self.follow(node, deadline)
 
     # -------------------------------------------------------------- waiting
 
@@ -269,13 +432,13 @@ class Provisioner:
 
         self._wait(node, probe, "it to stream from its primary", deadline)
 
-    def _wait(self, node: Node, probe: Callable[[], None], what: str, deadline: float) -> None:
+    def _wait(self, node: Node, probe: Callable[[], T], what: str, deadline: float) -> T:
         def timed_out(detail: str) -> Exception:
             return ProvisioningError(
                 f"{node.name}: {detail}\n{log_tail(self.engines.container(node))}"
             )
 
-        wait_for(
+        return wait_for(
             probe, timeout=max(1.0, deadline - time.monotonic()), what=what, on_timeout=timed_out
         )
 
@@ -306,10 +469,34 @@ class Provisioner:
         return report
 
 
-def _create_slot(conn: psycopg.Connection[tuple[object, ...]], replica: Node) -> None:
+def create_slot(conn: psycopg.Connection[Any], replica: Node) -> None:
     """The replica's physical slot, reserving WAL from now; nothing when it exists."""
     conn.execute(
         "SELECT pg_catalog.pg_create_physical_replication_slot(%s, true) "
         "WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s)",
         (replica.slot, replica.slot),
     )
+
+
+def synchronous_standby_names(topology: Topology, primary: Node) -> str:
+    """The primary's ``synchronous_standby_names``: under ``replication: sync``, any one of
+    the shard's other nodes (by their ``application_name``) must have a commit; else none."""
+    others = [n.name for n in topology.shard_nodes(primary.shard) if n.name != primary.name]
+    if topology.replication(primary.shard) is not Replication.SYNC or not others:
+        return ""
+    return "ANY 1 ({})".format(", ".join(f'"{name}"' for name in others))
+
+
+def commit_waits_for_replicas(
+    conn: psycopg.Connection[Any], topology: Topology, primary: Node
+) -> None:
+    """Make the primary ``conn`` reaches acknowledge commits as the shard's mode says (a reload,
+    no restart); nothing when it already does."""
+    wanted = synchronous_standby_names(topology, primary)
+    row = conn.execute("SELECT pg_catalog.current_setting('synchronous_standby_names')").fetchone()
+    if row is not None and row[0] == wanted:
+        return
+    conn.execute(
+        sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(wanted))
+    )
+    conn.execute("SELECT pg_catalog.pg_reload_conf()")

@@ -70,10 +70,10 @@ from shardctl.errors import (
     ShardctlError,
 )
 from shardctl.faults import is_transient
-from shardctl.fence import FENCE_SQLSTATE, key_type, resync_keys
+from shardctl.fence import FENCE_SQLSTATE, NOT_PRIMARY_SQLSTATE, key_type, resync_keys
 from shardctl.pools import Conn, Pools, Prefer, Row
 from shardctl.ring import Ring
-from shardctl.topology import Node, TableSpec, Topology
+from shardctl.topology import Node, Role, TableSpec, Topology
 from shardctl.watcher import CatalogWatcher, Routing
 
 if TYPE_CHECKING:
@@ -458,6 +458,10 @@ class Router:
                 self._watcher.refresh(since=exc.seen_at)
             except (ShardctlError, psycopg.Error) as error:
                 log.warning("shardctl router: ring refresh after fencing failed: %s", error)
+        else:
+            # A node that stopped answering may have lost its role (a switchover or failover):
+            # have the catalog re-read now, in the background, not after the usual interval.
+            self._watcher.check_soon()
         log.debug("shardctl router: retrying after %s", exc)
 
     def _on_node(self, node: Node, work: Callable[[Conn], T], *, key: object = None) -> T:
@@ -465,7 +469,8 @@ class Router:
         try:
             return self._pools.run(node, work)
         except psycopg.Error as exc:
-            if exc.sqlstate == FENCE_SQLSTATE:
+            demoted = exc.sqlstate == NOT_PRIMARY_SQLSTATE and node.role is Role.PRIMARY
+            if exc.sqlstate == FENCE_SQLSTATE or demoted:
                 raise KeyNotOwned(
                     f"{node.name} refused a write to key {key!r}: {pg.first_line(exc)}",
                     node=node.name,

@@ -8,9 +8,10 @@ pydantic validates the shape, then :func:`_check_semantics` the rules that span 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -37,10 +38,19 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class Role(StrEnum):
-    """What a node is declared to be."""
+    """What a node is: declared in topology.yaml, or acting (after a switchover or failover)."""
 
     PRIMARY = "primary"
     REPLICA = "replica"
+
+
+class Replication(StrEnum):
+    """How a shard's primary acknowledges a commit."""
+
+    ASYNC = "async"
+    """On its own disk: fast; a failover may lose the last acknowledged writes."""
+    SYNC = "sync"
+    """Once at least one replica has it too: a failover loses nothing acknowledged."""
 
 
 class RingAlgorithm(StrEnum):
@@ -109,6 +119,9 @@ class ShardSpec(_Model):
         default=None,
         description="Docker endpoint (DOCKER_HOST style) for this shard; default the local engine.",
     )
+    replication: Replication | None = Field(
+        default=None, description="async or sync for this shard [default: the top-level key]."
+    )
 
 
 class TopologySpec(_Model):
@@ -122,6 +135,10 @@ class TopologySpec(_Model):
         default="127.0.0.1", description="Host address ports are published on."
     )
     ring: RingSpec = RingSpec()
+    replication: Replication = Field(
+        default=Replication.ASYNC,
+        description="async (default) or sync: a commit waits for one replica (see docs).",
+    )
     schema_file: str | None = Field(
         default=None, alias="schema", description="SQL applied on every primary."
     )
@@ -142,8 +159,9 @@ class Node:
     shard: str
     name: str
     role: Role
+    """The acting role: the catalog's, after a switchover or failover; else the declared one."""
     index: int
-    """0 for the primary, i for replica i."""
+    """0 for the declared primary, i for replica i."""
     host_port: int
     bind_address: str
     engine: str | None
@@ -158,6 +176,11 @@ class Node:
     def volume(self) -> str:
         """Data volume name."""
         return f"{self.cluster}-{self.name}-data"
+
+    @property
+    def declared_role(self) -> Role:
+        """The role ``topology.yaml`` gives this node (``role`` is the acting one)."""
+        return Role.PRIMARY if self.index == 0 else Role.REPLICA
 
     @property
     def primary_container(self) -> str:
@@ -176,6 +199,38 @@ class Topology:
 
     spec: TopologySpec
     path: Path
+    acting: tuple[tuple[str, str], ...] = ()
+    """(shard, node) for each shard whose acting primary is not the declared one: the catalog's
+    roles after a switchover or failover (see :meth:`with_acting`)."""
+
+    def with_acting(self, primaries: Mapping[str, str]) -> Topology:
+        """This topology with the acting primary of each shard as given (shard -> node name).
+
+        Node names, ports and volumes stay as declared; only roles (and each replica's
+        upstream) follow. Shards or nodes the topology does not declare are ignored.
+        """
+        acting = tuple(
+            (shard.name, primaries[shard.name])
+            for shard in self.spec.shards
+            if primaries.get(shard.name, f"{shard.name}-primary") != f"{shard.name}-primary"
+            and primaries[shard.name] in self._declared_names(shard)
+        )
+        return dataclasses.replace(self, acting=acting)
+
+    def replication(self, shard_name: str) -> Replication:
+        """The shard's replication mode: its own key, else the cluster's."""
+        shard = self._shard(shard_name)[1]
+        return shard.replication or self.spec.replication
+
+    def acting_primary(self, shard_name: str) -> str:
+        """Name of the node acting as ``shard_name``'s primary."""
+        return dict(self.acting).get(shard_name, f"{shard_name}-primary")
+
+    @staticmethod
+    def _declared_names(shard: ShardSpec) -> set[str]:
+        return {f"{shard.name}-primary"} | {
+            f"{shard.name}-replica-{i}" for i in range(1, shard.replicas + 1)
+        }
 
     @property
     def cluster(self) -> str:
@@ -200,24 +255,28 @@ class Topology:
         return tuple(node for shard in self.spec.shards for node in self.shard_nodes(shard.name))
 
     def shard_nodes(self, shard_name: str) -> tuple[Node, ...]:
-        """The primary and replicas of one shard."""
+        """The acting primary, then the replicas, of one shard."""
         index, shard = self._shard(shard_name)
         base = shard.port if shard.port is not None else self.spec.base_port + index * PORT_STRIDE
-        primary = f"{shard.name}-primary"
-        return tuple(
+        primary = self.acting_primary(shard.name)
+        nodes = (
             Node(
                 cluster=self.cluster,
                 shard=shard.name,
-                name=primary if i == 0 else f"{shard.name}-replica-{i}",
-                role=Role.PRIMARY if i == 0 else Role.REPLICA,
+                name=name,
+                role=Role.PRIMARY if name == primary else Role.REPLICA,
                 index=i,
                 host_port=base + i,
                 bind_address=self.spec.bind_address,
                 engine=shard.engine,
                 primary_name=primary,
             )
-            for i in range(shard.replicas + 1)
+            for i, name in enumerate(
+                [f"{shard.name}-primary"]
+                + [f"{shard.name}-replica-{r}" for r in range(1, shard.replicas + 1)]
+            )
         )
+        return tuple(sorted(nodes, key=lambda node: node.role is not Role.PRIMARY))
 
     def primaries(self) -> tuple[Node, ...]:
         """The primary of every shard, in declared order."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -44,6 +44,8 @@ class Routing:
     ring: Ring
     moving: tuple[Moving, ...] = ()
     """Ranges being copied to a new owner: writes there are dual-written (see _dual_write)."""
+    primaries: tuple[tuple[str, str], ...] = ()
+    """(shard, node) acting as primary where a switchover or failover changed it."""
 
     def owner(self, key: object) -> str:
         """The shard that owns ``key`` (and takes its writes)."""
@@ -57,6 +59,16 @@ class Routing:
         return next(
             (m.target for m in self.moving if m.source == owner and m.contains(where)), None
         )
+
+
+CATALOG_READ_WAIT = 1.0
+"""Seconds a catalog read waits for a pooled connection to one node. A role change publishes
+its epoch to every acting primary, so a node that cannot be reached that fast (a dead primary,
+whose pool keeps failing to connect) is skipped rather than waited for."""
+
+
+_Answer = tuple[catalog.RingRecord | None, list[Moving], bool]
+"""One node's catalog record, the ranges it gives away, and whether it is in recovery."""
 
 
 class CatalogWatcher:
@@ -98,6 +110,10 @@ class CatalogWatcher:
             ).start()
         return routing
 
+    def check_soon(self) -> None:
+        """Make the next :meth:`current` start a background check, whatever the interval."""
+        self._next_check = 0.0
+
     def refresh(self, *, force: bool = True, since: float | None = None) -> Routing:
         """Re-read the catalog from every primary now and take a newer epoch if there is one.
 
@@ -131,38 +147,31 @@ class CatalogWatcher:
         if current is None or routing.epoch > current.epoch:
             if current is not None:
                 log.info("shardctl router: ring epoch %d -> %d", current.epoch, routing.epoch)
+            # Roles first: a write routed by the new epoch must reach its acting primary.
+            self._topology = self._topology.with_acting(dict(routing.primaries))
             self._routing = routing
         elif routing.epoch == current.epoch and routing.moving != current.moving:
             self._routing = routing  # a reshard started or finished moving ranges
         return self._routing or routing
 
     def _load_routing(self) -> Routing:
-        """Read the catalog from every declared primary in parallel; highest epoch wins."""
+        """Read the catalog from every acting primary in parallel (and, for a shard whose
+        primary does not answer, from its replicas: one may have been promoted); the highest
+        epoch wins, and its roles become the topology's (a switchover or failover)."""
         self._follow_topology_file()
         primaries = self._topology.primaries()
-        for node in primaries:
-            self._pools.pool(node)  # every pool opens (connects) in the background, all at once
-        executor = self._pools.executor()
-
-        def read(node: Node) -> Callable[[Conn], tuple[catalog.RingRecord | None, list[Moving]]]:
-            return lambda conn: (catalog.read_current(conn), moving_ranges(conn, node.shard))
-
-        futures = {
-            node.name: executor.submit(self._pools.run, node, read(node)) for node in primaries
-        }
-        found: dict[str, catalog.RingRecord | None] = {}
-        moving: list[Moving] = []
-        failed: list[str] = []
-        for name, future in futures.items():
-            try:
-                found[name], ranges = future.result()
-            except (psycopg.Error, ShardctlError) as exc:
-                failed.append(f"{name} ({pg.first_line(exc)})")
-            else:
-                moving += ranges
+        found, moving, failed, demoted = self._read(primaries, with_moving=True)
+        # A primary in recovery was demoted by a role change this router has not seen: its
+        # catalog is as old as its role. Ask the replicas of such shards, and of silent ones.
+        down = [p.shard for p in primaries if p.name not in found or p.name in demoted]
+        for name in demoted:
+            found.pop(name)
+        if down:
+            replicas = [n for shard in down for n in self._topology.shard_nodes(shard)[1:]]
+            found |= self._read(replicas, with_moving=False)[0]
         if not found:
             raise DatabaseUnavailable(
-                f"no primary answered while reading the ring catalog: {'; '.join(failed)}"
+                f"no node answered while reading the ring catalog: {'; '.join(failed)}"
             )
         view = catalog.combine(found, failed)
         record = view.record()
@@ -171,7 +180,45 @@ class CatalogWatcher:
                 log.warning("shardctl router: %s", note)
         ring = record.ring()
         self._check_reachable(ring)
-        return Routing(record.epoch, ring, tuple(moving))
+        return Routing(record.epoch, ring, tuple(moving), record.primaries)
+
+    def _read(
+        self, nodes: Sequence[Node], *, with_moving: bool
+    ) -> tuple[dict[str, catalog.RingRecord | None], list[Moving], list[str], set[str]]:
+        """Each node's current catalog record (and the ranges it gives away), in parallel; the
+        names of those that could not be asked, and of those in recovery."""
+        for node in nodes:
+            self._pools.pool(node)  # every pool opens (connects) in the background, all at once
+        executor = self._pools.executor()
+
+        def read(node: Node) -> Callable[[Conn], _Answer]:
+            def work(conn: Conn) -> _Answer:
+                ranges = moving_ranges(conn, node.shard) if with_moving else []
+                # Reported by the server on every connection (PostgreSQL 14+): no query.
+                standby = conn.info.parameter_status("in_hot_standby") == "on"
+                return catalog.read_current(conn), ranges, standby
+
+            return work
+
+        futures = {
+            node.name: executor.submit(self._pools.run, node, read(node), wait=CATALOG_READ_WAIT)
+            for node in nodes
+        }
+        found: dict[str, catalog.RingRecord | None] = {}
+        moving: list[Moving] = []
+        failed: list[str] = []
+        standbys: set[str] = set()
+        for name, future in futures.items():
+            try:
+                found[name], ranges, standby = future.result()
+            except (psycopg.Error, ShardctlError) as exc:
+                failed.append(f"{name} ({pg.first_line(exc)})")
+            else:
+                if standby:
+                    standbys.add(name)
+                else:
+                    moving += ranges
+        return found, moving, failed, standbys
 
     def _follow_topology_file(self) -> None:
         """Take a changed topology file (``add-shard`` appends to it) at the next catalog check,
@@ -189,7 +236,7 @@ class CatalogWatcher:
             log.warning("shardctl router: keeping the topology loaded before: %s", exc)
             return
         if reloaded.cluster == self._topology.cluster:
-            self._topology = reloaded
+            self._topology = reloaded.with_acting(dict(self._topology.acting))
 
     def _check_reachable(self, ring: Ring) -> None:
         """Every ring node must be a declared shard; re-read the topology file once if not."""
@@ -206,4 +253,4 @@ class CatalogWatcher:
                 f"the ring names {', '.join(sorted(missing))}, which {self._topology.path} does "
                 "not declare: the router cannot reach it"
             )
-        self._topology = reloaded
+        self._topology = reloaded.with_acting(dict(self._topology.acting))

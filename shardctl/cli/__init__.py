@@ -3,7 +3,7 @@
 Each module registers the commands of one concern on the shared typer ``app``.
 """
 
-from shardctl.cli import cluster, data, load, replication, reshard  # noqa: F401  (registers)
+from shardctl.cli import cluster, data, failover, load, replication, reshard  # noqa: F401
 from shardctl.cli.app import app, main
 
 __all__ = ["app", "main"]

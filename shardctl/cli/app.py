@@ -71,9 +71,13 @@ def _root(
     """Operate a sharded PostgreSQL cluster: provision, check replication, reshard online."""
 
 
-def open_cluster(path: Path | None) -> Cluster:
-    """The cluster of the topology at ``path`` (or the default), validated."""
-    return Cluster.load(path if path is not None else default_path())
+def open_cluster(path: Path | None, *, running: bool = False) -> Cluster:
+    """The cluster of the topology at ``path`` (or the default), validated; with ``running``,
+    with each shard's acting primary from the catalog (exit 3 when nothing answers)."""
+    cluster = Cluster.load(path if path is not None else default_path())
+    if running:
+        cluster.follow_roles()
+    return cluster
 
 
 @contextmanager

@@ -17,7 +17,7 @@ def distribution(topology: TopologyOption = None, output: OutputOption = Output.
     Counted on the servers. Exit 1 when any key is misplaced (on a shard the ring does not give
     it to) or stored on more than one shard.
     """
-    with open_cluster(topology) as cluster:
+    with open_cluster(topology, running=True) as cluster:
         result = measure(cluster.topology, cluster.credentials())
     if output is Output.JSON:
         render.print_json(result)
@@ -35,7 +35,7 @@ def ring(topology: TopologyOption = None, output: OutputOption = Output.TABLE) -
 
     Exit 1 when the primaries disagree about the ring (an interrupted reshard).
     """
-    with open_cluster(topology) as cluster:
+    with open_cluster(topology, running=True) as cluster:
         report = catalog.describe(cluster.topology, cluster.credentials())
     if output is Output.JSON:
         render.print_json(report)

@@ -90,7 +90,7 @@ def topology_facts(topology: Topology) -> dict[str, Any]:
 
 
 def status_table(cluster: str, rows: list[StatusRow]) -> Table:
-    """The ``status`` table."""
+    """The ``status`` table; ``*`` marks a role a switchover or failover changed."""
     table = Table(title=f"cluster {cluster}", title_justify="left")
     for column in ("shard", "node", "role", "actual", "container", "address", "TL", "LSN"):
         table.add_column(column)
@@ -103,7 +103,7 @@ def status_table(cluster: str, rows: list[StatusRow]) -> Table:
         table.add_row(
             row.shard,
             row.name,
-            row.role.value,
+            row.role.value if row.role is row.declared_role else f"{row.role.value}*",
             row.actual_role.value,
             row.state.value,
             f"{row.address}:{row.port}",

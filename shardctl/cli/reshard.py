@@ -43,7 +43,7 @@ def add_shard(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=1)] = 300.0,
 ) -> None:
     """Provision a new empty shard and record it in the topology; it joins owning no keys."""
-    with open_cluster(topology) as cluster, progress_reporter() as report:
+    with open_cluster(topology, running=True) as cluster, progress_reporter() as report:
         joining.add_shard(cluster, name, replicas, timeout=timeout, reporter=report)
     render.err_console.print(
         f"[green]add-shard[/]: {name} is up with {replicas} replica(s) and recorded in "
@@ -101,7 +101,7 @@ def rebalance(
     """Move data until every key lives on its ring owner, online; --plan shows the moves."""
     if sum((plan, resume, abort)) > 1:
         raise UsageError("choose one of --plan, --resume and --abort")
-    with open_cluster(topology) as cluster:
+    with open_cluster(topology, running=True) as cluster:
         rebalancer = Rebalancer(cluster, rows_per_chunk=rows_per_chunk, throttle_seconds=throttle)
         if plan:
             shown = rebalancer.plan()

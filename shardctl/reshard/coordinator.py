@@ -165,7 +165,7 @@ class Rebalancer:
         mid-run (the run itself reconnects and carries on, unguarded from then on).
         """
         with self.connect(self._primaries()[0]) as conn:
-            row = conn.execute(fence.TRY_COORDINATOR_LOCK, (fence.COORDINATOR_LOCK,)).fetchone()
+            row = conn.execute(fence.TRY_SESSION_LOCK, (fence.COORDINATOR_LOCK,)).fetchone()
             if not row or not row[0]:
                 raise ReshardingError(
                     "another `shardctl rebalance` is running against this cluster; wait for it "
@@ -175,7 +175,7 @@ class Rebalancer:
                 yield
             finally:
                 with contextlib.suppress(psycopg.Error):  # a lost session released it already
-                    conn.execute(fence.RELEASE_COORDINATOR_LOCK, (fence.COORDINATOR_LOCK,))
+                    conn.execute(fence.RELEASE_SESSION_LOCK, (fence.COORDINATOR_LOCK,))
 
     def _primaries(self) -> list[str]:
         return [shard.name for shard in self.topology.spec.shards]
@@ -551,8 +551,10 @@ class Rebalancer:
                     f"(first: {', '.join(mismatched[:5])}); the old ring stays in force, "
                     "run `shardctl rebalance --resume` to retry"
                 )
+            # The roles stay as they are: a reshard moves keys, not primaries.
+            roles = catalog.read_current(held[self._primaries()[0]])
             record = catalog.RingRecord.from_ring(
-                plan.new, plan.epoch + 1, created_by=f"reshard {plan.id}"
+                plan.new, plan.epoch + 1, created_by=f"reshard {plan.id}", roles_from=roles
             )
             self._each(self._primaries(), lambda shard: catalog.write(held[shard], record))
             report.write_pause_ms = (time.monotonic() - fenced_at) * 1000

@@ -8,14 +8,12 @@ through the test-only entry script ``kill_after_phase.py``.
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,8 +23,8 @@ from shardctl.cluster import Cluster
 from shardctl.reshard.coordinator import Rebalancer
 from shardctl.router import Router
 from tests.integration.conftest import ClusterFactory, run_shardctl
+from tests.traffic import DELETED, Writer, check_ledger, preload, rows_by_shard
 
-DELETED = None
 KILL_AFTER_PHASE = Path(__file__).with_name("kill_after_phase.py")
 
 
@@ -39,115 +37,6 @@ def run_killed(path: Path, phase: str, *args: str) -> subprocess.CompletedProces
         check=False,
         timeout=300,
     )
-
-
-@dataclass
-class Writer:
-    """One thread's keys, and the value each holds after its last acknowledged operation."""
-
-    router: Router
-    seed: int
-    keys: list[uuid.UUID]
-    ledger: dict[uuid.UUID, str | None] = field(default_factory=dict)
-    acknowledged: int = 0
-    failed: list[str] = field(default_factory=list)
-    max_latency: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
-        self.live = list(self.keys)
-        self.n = 0
-
-    def run(self, stop: threading.Event) -> None:
-        rng, live = self.rng, self.live
-        while not stop.is_set():
-            self.n += 1
-            n = self.n
-            op = rng.random()
-            started = time.monotonic()
-            try:
-                if op < 0.4 or not live:
-                    key = uuid.UUID(int=rng.getrandbits(128), version=4)
-                    value = f"w{self.seed}-{n}"
-                    self.router.execute(
-                        key, "INSERT INTO users (id, first_name) VALUES (%s, %s)", (key, value)
-                    )
-                    live.append(key)
-                elif op < 0.8:
-                    key = rng.choice(live)
-                    value = f"w{self.seed}-{n}"
-                    self.router.execute(
-                        key,
-                        "UPDATE users SET first_name = %s, updated_at = now() WHERE id = %s",
-                        (value, key),
-                    )
-                else:
-                    key = live.pop(rng.randrange(len(live)))
-                    value = DELETED
-                    self.router.execute(key, "DELETE FROM users WHERE id = %s", (key,))
-            except Exception as exc:  # recorded: the test asserts there were none
-                self.failed.append(f"{type(exc).__name__}: {exc}")
-                continue
-            self.max_latency = max(self.max_latency, time.monotonic() - started)
-            self.ledger[key] = value
-            self.acknowledged += 1
-
-
-def preload(cluster: Cluster, count: int) -> list[uuid.UUID]:
-    """Insert ``count`` users directly on their ring owners with COPY."""
-    ring = catalog.read(cluster.topology, cluster.credentials()).ring()
-    keys = [uuid.uuid4() for _ in range(count)]
-    for primary in cluster.topology.primaries():
-        with (
-            pg.connect(primary, cluster.credentials(), "app") as conn,
-            conn.cursor().copy("COPY users (id, first_name) FROM STDIN") as copy,
-        ):
-            for key in keys:
-                if ring.node_for(key) == primary.shard:
-                    copy.write_row((key, "preloaded"))
-    return keys
-
-
-def rows_by_shard(cluster: Cluster) -> dict[str, dict[str, str | None]]:
-    """Every row's first_name, per shard primary (fresh topology: includes added shards)."""
-    topology = Cluster.load(cluster.topology.path).topology
-    found: dict[str, dict[str, str | None]] = {}
-    for primary in topology.primaries():
-        with pg.connect(primary, cluster.credentials(), "app") as conn:
-            found[primary.shard] = {
-                str(k): v for k, v in conn.execute("SELECT id::text, first_name FROM users")
-            }
-    return found
-
-
-def check_ledger(
-    cluster: Cluster, writers: list[Writer], preloaded: list[uuid.UUID]
-) -> tuple[int, int]:
-    """Guarantees 1 to 3: every key on exactly its owner, with its last acknowledged value."""
-    ring = catalog.read(cluster.topology, cluster.credentials()).ring()
-    shards = rows_by_shard(cluster)
-    where: dict[str, list[str]] = {}
-    for shard, rows in shards.items():
-        for key in rows:
-            where.setdefault(key, []).append(shard)
-    duplicated = [k for k, s in where.items() if len(s) > 1]
-    misplaced = [k for k, s in where.items() if ring.node_for(uuid.UUID(k)) not in s]
-    assert duplicated == [], f"keys on more than one shard: {duplicated[:5]}"
-    assert misplaced == [], f"keys off their ring owner: {misplaced[:5]}"
-    expected: dict[str, str | None] = {str(k): "preloaded" for k in preloaded}
-    for writer in writers:
-        expected.update({str(k): v for k, v in writer.ledger.items()})
-    lost = [k for k, v in expected.items() if v is not DELETED and k not in where]
-    ghosts = [k for k, v in expected.items() if v is DELETED and k in where]
-    stale = [
-        k
-        for k, v in expected.items()
-        if v is not DELETED and k in where and shards[where[k][0]][k] != v
-    ]
-    assert lost == [], f"acknowledged writes lost: {lost[:5]}"
-    assert ghosts == [], f"deleted keys came back: {ghosts[:5]}"
-    assert stale == [], f"stale values: {stale[:5]}"
-    return len(where), sum(1 for v in expected.values() if v is not DELETED)
 
 
 @pytest.fixture

@@ -236,7 +236,8 @@ def test_row_changed_on_a_replica_promoted_by_hand(cluster_factory: ClusterFacto
     assert code == 1
     bad = failed(data)
     assert bad[("shard-1-primary", "one-primary")] == (
-        "2 primaries: shard-1-primary, shard-1-replica-1 (a replica was promoted)"
+        "split brain: 2 writable primaries (shard-1-primary, shard-1-replica-1); "
+        "the catalog's is shard-1-primary, and no Router writes to the other"
     )
     assert bad[("shard-1-replica-1", "in-recovery")].startswith("not in recovery")
     assert bad[("shard-1-replica-1", "timeline")] == "2, but shard-1-primary is on timeline 1"

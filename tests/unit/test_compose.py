@@ -27,7 +27,7 @@ def test_compose_services_mirror_the_nodes_without_secrets() -> None:
     services = document["services"]
     assert set(services) == {n.name for n in topo.nodes}
     replica = services["shard-2-replica-1"]
-    assert replica["environment"]["SHARDCTL_PRIMARY_HOST"] == "demo-shard-2-primary"
+    assert "host=demo-shard-2-primary " in replica["environment"]["SHARDCTL_PRIMARY_CONNINFO"]
     assert replica["ports"] == ["127.0.0.1:54341:5432"]
     assert replica["depends_on"] == ["shard-2-primary"]
     assert services["shard-0-primary"]["volumes"][1] == "../schema.sql:/shardctl/schema.sql:ro"
@@ -71,8 +71,8 @@ def test_the_schema_path_is_relative_to_the_written_file(tmp_path: Path) -> None
 
 
 def test_an_unchanged_configuration_keeps_its_digest(tmp_path: Path) -> None:
-    # Containers made by earlier releases carry these digests (computed by the code before
-    # container_spec existed); a different one would make `up` recreate every node.
+    # Containers carry these digests; a different one makes `up` recreate every node. (The
+    # bootstrap of the switchover/failover release changed them once, on purpose.)
     path = tmp_path / "topology.yaml"
     path.write_text(
         "cluster: pinned\nimage: postgres:17\ndatabase: app\nbase_port: 54320\n"
@@ -85,6 +85,12 @@ def test_an_unchanged_configuration_keeps_its_digest(tmp_path: Path) -> None:
         for node in topo.nodes
     }
     assert digests == {
-        "shard-0-primary": "6cc5c02a872cbb77",
-        "shard-0-replica-1": "71bd82d446bf7e5e",
+        "shard-0-primary": "83af117470999844",
+        "shard-0-replica-1": "b877efa7f4824696",
     }
+    # A switchover swaps the roles; neither running container may be recreated for it.
+    switched = topo.with_acting({"shard-0": "shard-0-replica-1"})
+    assert {
+        node.name: config_digest(container_spec(switched, node, "/var/lib/postgresql/data"))
+        for node in switched.nodes
+    } == digests

@@ -1,0 +1,154 @@
+"""Role changes under load: the write pause a switchover causes at the Router, and the time from
+``failover`` to the first successful write, against the same writes in steady state.
+
+    python benchmarks/failover.py [--writers W] [--rounds R]
+
+Brings up its own 2-shard x 1-replica cluster (test image) and removes it afterwards. Writer
+threads insert through one ``Router`` all along, recording when each insert started and ended.
+Each round: a switchover of shard-0 through the library (``Cluster.switchover``) and back, then
+a ``docker kill`` of shard-1's primary, ``Cluster.failover`` and ``up`` to re-join it.
+
+Measured, per round:
+
+- switchover write pause at the Router: the longest a shard-0 insert took while the switchover
+  ran, against the longest one in the same length of steady traffic before it (the baseline);
+- the fence-to-publish pause the switchover reports (the server side of the same pause);
+- failover to first write: from the moment ``failover`` starts (the operator's decision) to the
+  first shard-1 insert acknowledged afterwards; and from the kill to that write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from _cluster import temp_cluster
+
+from shardctl import Router, catalog
+from shardctl.cluster import Cluster
+from shardctl.ring import Ring
+
+INSERT = "INSERT INTO users (id, first_name) VALUES (%s, 'bench') ON CONFLICT (id) DO NOTHING"
+
+
+@dataclass
+class Writes:
+    """(shard, started, ended) of every acknowledged insert, from every writer thread."""
+
+    done: list[tuple[str, float, float]] = field(default_factory=list)
+    failed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def longest(self, shard: str, start: float, end: float) -> float:
+        """The longest insert on ``shard`` that was in flight at some moment in [start, end]."""
+        with self.lock:
+            spans = [e - s for sh, s, e in self.done if sh == shard and e >= start and s <= end]
+        return max(spans, default=0.0)
+
+    def first_after(self, shard: str, moment: float) -> float | None:
+        with self.lock:
+            ends = [e for sh, s, e in self.done if sh == shard and e > moment and s >= moment - 60]
+        return min(ends, default=None)
+
+
+def writer(router: Router, owner: Ring, writes: Writes, stop: threading.Event) -> None:
+    while not stop.is_set():
+        key = uuid.uuid4()
+        started = time.monotonic()
+        try:
+            router.execute(key, INSERT, (key,))
+        except Exception:
+            with writes.lock:
+                writes.failed += 1
+            continue
+        with writes.lock:
+            writes.done.append((owner.node_for(key), started, time.monotonic()))
+
+
+def round_trip(cluster: Cluster, writes: Writes) -> dict[str, float]:
+    """One switchover there and back, one failover and re-join; the numbers of this round."""
+    out: dict[str, float] = {}
+    time.sleep(1.0)
+    steady_from = time.monotonic()
+    time.sleep(1.5)
+    steady_to = time.monotonic()
+    out["steady_max_ms"] = writes.longest("shard-0", steady_from, steady_to) * 1000
+    started = time.monotonic()
+    change = cluster.switchover("shard-0")
+    ended = time.monotonic()
+    time.sleep(0.5)  # let the writes in flight at the end finish
+    out["switchover_router_pause_ms"] = writes.longest("shard-0", started, ended) * 1000
+    out["switchover_server_pause_ms"] = change.write_pause * 1000
+    out["switchover_s"] = change.seconds
+    back = cluster.switchover("shard-0", change.old_primary)
+    out["switchback_server_pause_ms"] = back.write_pause * 1000
+
+    cluster.follow_roles()
+    primary = cluster.topology.shard_nodes("shard-1")[0]
+    container = cluster.engines.container(primary)
+    assert container is not None
+    container.kill()
+    killed = time.monotonic()
+    time.sleep(0.5)
+    decided = time.monotonic()
+    cluster.failover("shard-1")
+    deadline = time.monotonic() + 30
+    first: float | None = None
+    while first is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        first = writes.first_after("shard-1", decided)
+    assert first is not None, "no write reached shard-1 within 30 s of the failover"
+    out["failover_to_first_write_s"] = first - decided
+    out["kill_to_first_write_s"] = first - killed
+    cluster.up(timeout=180)  # re-clone the old primary as a replica
+    cluster.follow_roles()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with temp_cluster(shards=2, replicas=1) as cluster:
+        ring = catalog.read_any(cluster.topology, cluster.credentials()).record().ring()
+        writes = Writes()
+        stop = threading.Event()
+        with Router(cluster, max_size=args.writers, epoch_check_interval=0.5) as router:
+            threads = [
+                threading.Thread(target=writer, args=(router, ring, writes, stop))
+                for _ in range(args.writers)
+            ]
+            for thread in threads:
+                thread.start()
+            try:
+                results = [round_trip(cluster, writes) for _ in range(args.rounds)]
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join()
+        print(
+            f"# {args.writers} writer threads, {len(writes.done):,} inserts, {writes.failed} failed"
+        )
+        print(
+            f"{'measure':32} "
+            + " ".join(f"{'round ' + str(i + 1):>10}" for i in range(len(results)))
+            + f" {'median':>10}"
+        )
+        for name in results[0]:
+            values = [r[name] for r in results]
+            cells = " ".join(f"{v:10.3f}" if name.endswith("_s") else f"{v:10.0f}" for v in values)
+            median = statistics.median(values)
+            print(
+                f"{name:32} {cells} {median:10.3f}"
+                if name.endswith("_s")
+                else f"{name:32} {cells} {median:10.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

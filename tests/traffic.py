@@ -1,0 +1,153 @@
+"""Live, ledgered traffic through the Router, and the check that the cluster kept every
+acknowledged write: shared by the resharding and failover tests."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from shardctl import catalog, pg
+from shardctl.cluster import Cluster
+from shardctl.router import Router
+
+DELETED = None
+
+
+@dataclass
+class Writer:
+    """One thread's keys, and the value each holds after its last acknowledged operation."""
+
+    router: Router
+    seed: int
+    keys: list[uuid.UUID]
+    ledger: dict[uuid.UUID, str | None] = field(default_factory=dict)
+    acknowledged: int = 0
+    failed: list[str] = field(default_factory=list)
+    max_latency: float = 0.0
+    acked_at: dict[uuid.UUID, float] = field(default_factory=dict)
+    """When each key's last operation was acknowledged (time.monotonic())."""
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.live = list(self.keys)
+        self.n = 0
+
+    def run(self, stop: threading.Event) -> None:
+        rng, live = self.rng, self.live
+        while not stop.is_set():
+            self.n += 1
+            n = self.n
+            op = rng.random()
+            started = time.monotonic()
+            try:
+                if op < 0.4 or not live:
+                    key = uuid.UUID(int=rng.getrandbits(128), version=4)
+                    value = f"w{self.seed}-{n}"
+                    # Idempotent, as the Router asks of retried writes: an INSERT whose commit
+                    # was cut off by a primary's death may have committed before the retry.
+                    self.router.execute(
+                        key,
+                        "INSERT INTO users (id, first_name) VALUES (%s, %s) "
+                        "ON CONFLICT (id) DO NOTHING",
+                        (key, value),
+                    )
+                    live.append(key)
+                elif op < 0.8:
+                    key = rng.choice(live)
+                    value = f"w{self.seed}-{n}"
+                    self.router.execute(
+                        key,
+                        "UPDATE users SET first_name = %s, updated_at = now() WHERE id = %s",
+                        (value, key),
+                    )
+                else:
+                    key = live.pop(rng.randrange(len(live)))
+                    value = DELETED
+                    self.router.execute(key, "DELETE FROM users WHERE id = %s", (key,))
+            except Exception as exc:  # recorded: the test asserts there were none
+                self.failed.append(f"{type(exc).__name__}: {exc}")
+                continue
+            self.max_latency = max(self.max_latency, time.monotonic() - started)
+            self.ledger[key] = value
+            self.acked_at[key] = time.monotonic()
+            self.acknowledged += 1
+
+
+def preload(cluster: Cluster, count: int) -> list[uuid.UUID]:
+    """Insert ``count`` users directly on their ring owners with COPY."""
+    ring = catalog.read(cluster.topology, cluster.credentials()).ring()
+    keys = [uuid.uuid4() for _ in range(count)]
+    for primary in cluster.topology.primaries():
+        with (
+            pg.connect(primary, cluster.credentials(), "app") as conn,
+            conn.cursor().copy("COPY users (id, first_name) FROM STDIN") as copy,
+        ):
+            for key in keys:
+                if ring.node_for(key) == primary.shard:
+                    copy.write_row((key, "preloaded"))
+    return keys
+
+
+def rows_by_shard(cluster: Cluster) -> dict[str, dict[str, str | None]]:
+    """Every row's first_name, per shard's acting primary (fresh topology: includes added
+    shards, and the roles as the catalog has them now)."""
+    fresh = Cluster.load(cluster.topology.path)
+    fresh.follow_roles()
+    topology = fresh.topology
+    found: dict[str, dict[str, str | None]] = {}
+    for primary in topology.primaries():
+        with pg.connect(primary, cluster.credentials(), "app") as conn:
+            found[primary.shard] = {
+                str(k): v for k, v in conn.execute("SELECT id::text, first_name FROM users")
+            }
+    return found
+
+
+def check_ledger(
+    cluster: Cluster,
+    writers: list[Writer],
+    preloaded: list[uuid.UUID],
+    *,
+    may_lose: tuple[str, float] | None = None,
+) -> tuple[int, int]:
+    """Guarantees 1 to 3: every key on exactly its owner, with its last acknowledged value.
+
+    ``may_lose`` = (shard, moment): an asynchronous failover of that shard at that moment may
+    have lost writes acknowledged just before it -- and only those.
+    """
+    ring = catalog.read_any(cluster.topology, cluster.credentials()).record().ring()
+    shards = rows_by_shard(cluster)
+    where: dict[str, list[str]] = {}
+    for shard, rows in shards.items():
+        for key in rows:
+            where.setdefault(key, []).append(shard)
+    duplicated = [k for k, s in where.items() if len(s) > 1]
+    misplaced = [k for k, s in where.items() if ring.node_for(uuid.UUID(k)) not in s]
+    assert duplicated == [], f"keys on more than one shard: {duplicated[:5]}"
+    assert misplaced == [], f"keys off their ring owner: {misplaced[:5]}"
+    expected: dict[str, str | None] = {str(k): "preloaded" for k in preloaded}
+    for writer in writers:
+        expected.update({str(k): v for k, v in writer.ledger.items()})
+    acked = {str(k): at for writer in writers for k, at in writer.acked_at.items()}
+
+    def excused(key: str) -> bool:
+        if may_lose is None:
+            return False
+        shard, moment = may_lose
+        return ring.node_for(uuid.UUID(key)) == shard and acked.get(key, 0.0) <= moment
+
+    lost = [k for k, v in expected.items() if v is not DELETED and k not in where]
+    ghosts = [k for k, v in expected.items() if v is DELETED and k in where]
+    stale = [
+        k
+        for k, v in expected.items()
+        if v is not DELETED and k in where and shards[where[k][0]][k] != v
+    ]
+    lost, ghosts, stale = ([k for k in keys if not excused(k)] for keys in (lost, ghosts, stale))
+    assert lost == [], f"acknowledged writes lost: {lost[:5]}"
+    assert ghosts == [], f"deleted keys came back: {ghosts[:5]}"
+    assert stale == [], f"stale values: {stale[:5]}"
+    return len(where), sum(1 for v in expected.values() if v is not DELETED)
