@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import cast
 
 from shardctl import catalog, pg
 from shardctl.cluster import Cluster
@@ -42,6 +43,7 @@ class Writer:
             n = self.n
             op = rng.random()
             started = time.monotonic()
+            value: str | None
             try:
                 if op < 0.4 or not live:
                     key = uuid.UUID(int=rng.getrandbits(128), version=4)
@@ -101,7 +103,9 @@ def rows_by_shard(cluster: Cluster) -> dict[str, dict[str, str | None]]:
     for primary in topology.primaries():
         with pg.connect(primary, cluster.credentials(), "app") as conn:
             found[primary.shard] = {
-                str(k): v for k, v in conn.execute("SELECT id::text, first_name FROM users")
+                # first_name is nullable text: a str or None
+                str(k): cast(str | None, v)
+                for k, v in conn.execute("SELECT id::text, first_name FROM users")
             }
     return found
 

@@ -16,8 +16,9 @@ from shardctl.cluster import Cluster
 
 # The test modules import these from here; they live in tests.clusters, shared with benchmarks/.
 from tests.clusters import TEST_IMAGE as TEST_IMAGE
-from tests.clusters import make_topology, running
+from tests.clusters import make_topology as make_topology
 from tests.clusters import run_shardctl as run_shardctl
+from tests.clusters import running as running
 
 ClusterFactory = Callable[..., Cluster]
 

@@ -96,7 +96,9 @@ def test_up_converges_repairs_reports_and_down_leaves_nothing(
     gone = run_shardctl("down", "-f", path, "--volumes", "--yes")
     assert gone.returncode == 0, gone.stderr
     client = docker.from_env()
-    label = {"label": f"{LABEL_CLUSTER}={cluster.topology.cluster}"}
+    label: dict[str, str | list[str] | bool] = {
+        "label": f"{LABEL_CLUSTER}={cluster.topology.cluster}"
+    }
     assert client.containers.list(all=True, filters=label) == []
     assert client.volumes.list(filters=label) == []
     assert client.networks.list(filters=label) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import cast
 
 import pytest
 import typer
@@ -282,7 +283,9 @@ def test_a_promoted_replica_makes_two_primaries() -> None:
 def test_declared_primary_in_recovery_and_a_replica_as_primary() -> None:
     topo = topology()
     facts: dict[str, NodeFacts | None] = dict(healthy(topo))
-    facts["s1-primary"] = dataclasses.replace(facts["s1-primary"], in_recovery=True)  # type: ignore[arg-type]
+    # healthy() gave every node its facts: none is None yet
+    primary = cast(NodeFacts, facts["s1-primary"])
+    facts["s1-primary"] = dataclasses.replace(primary, in_recovery=True)
     replica = facts["s1-replica-1"]
     assert replica is not None
     facts["s1-replica-1"] = dataclasses.replace(replica, in_recovery=False)
