@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from shardctl import pg
 from shardctl.health import ActualRole, ClusterFacts, ContainerState, NodeFacts, NodeObservation
 from shardctl.text import duration_text, size_text
-from shardctl.topology import HealthSpec, Node, Role, TableSpec, Topology
+from shardctl.topology import HealthSpec, Node, Replication, Role, TableSpec, Topology
 
 REACHABLE = "reachable"
 PRIMARY = "one-primary"
@@ -32,6 +32,7 @@ WALSENDER = "walsender"
 SLOT = "slot"
 LAG_BYTES = "lag-bytes"
 LAG_SECONDS = "lag-seconds"
+SYNC = "sync"
 CANARY = "canary"
 DEEP_PREFIX = "deep:"
 
@@ -123,6 +124,8 @@ def replication_checks(facts: ClusterFacts, limits: HealthSpec) -> list[Check]:
         checks += [reachable_check(facts.of(node.name)) for node in (primary, *replicas)]
         checks.append(primary_check(facts, primary, replicas))
         checks.append(undeclared_check(facts.of(primary.name), replicas))
+        if topology.replication(shard.name) is Replication.SYNC:
+            checks.append(sync_check(facts.of(primary.name), replicas))
         for replica in replicas:
             checks += replica_checks(facts, facts.of(replica.name), limits)
     checks += undeclared_containers(topology, facts.undeclared)
@@ -168,6 +171,27 @@ def primary_check(facts: ClusterFacts, primary: Node, replicas: list[Node]) -> C
             f"{primary.shard}` promotes a replica)",
         )
     return failed(primary, PRIMARY, f"no primary: {primary.name} is in recovery")
+
+
+def sync_check(obs: NodeObservation, replicas: list[Node]) -> Check:
+    """Under ``replication: sync``, a replica is synchronous: else every commit waits."""
+    primary, facts = obs.node, obs.facts
+    if facts is None:
+        return skipped(primary, SYNC, f"{primary.name} did not answer")
+    slots = {r.slot for r in replicas}
+    synchronous = [
+        r.application_name
+        for r in facts.replication
+        if r.slot_name in slots and r.state == "streaming" and r.sync_state in ("sync", "quorum")
+    ]
+    if synchronous:
+        return passed(primary, SYNC, f"synchronous: {', '.join(sorted(synchronous))}")
+    return failed(
+        primary,
+        SYNC,
+        "replication: sync, but no replica is synchronous: commits wait until one streams "
+        "(`shardctl up` brings replicas back; `replication: async` stops the waiting)",
+    )
 
 
 def undeclared_check(obs: NodeObservation, replicas: list[Node]) -> Check:

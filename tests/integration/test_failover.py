@@ -140,6 +140,8 @@ def test_sync_replication_loses_nothing_acknowledged_across_a_failover(
         time.sleep(1.0)
     assert [w.failed for w in writers] == [[], []]
     check_ledger(cluster, writers, preloaded)  # nothing excused
+    verified = run_shardctl("verify-replication", "-f", path, "-o", "json")
+    assert verified.returncode == 0, verified.stdout  # the sync check: a synchronous replica
 
 
 def test_up_never_creates_an_empty_primary_over_a_replicas_data(

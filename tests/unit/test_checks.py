@@ -537,3 +537,23 @@ def test_sizes(text: str, size: int) -> None:
 def test_bad_size() -> None:
     with pytest.raises(typer.BadParameter):
         parse_size("12XB")
+
+
+def test_a_sync_shard_needs_a_synchronous_replica() -> None:
+    text = (
+        "cluster: demo\nreplication: sync\ntables:\n  - name: users\nshards:\n"
+        "  - name: s0\n  - name: s1\n    replication: async\n"
+    )
+    topo = parse(text, Path("topology.yaml"))
+    facts: dict[str, NodeFacts | None] = dict(healthy(topo))
+    replica = topo.node("s0-replica-1")
+    facts["s0-primary"] = primary_facts((replica,), replication=(walsender(replica),))
+    found = judge(cluster(topo, facts))
+    assert failures(found)[("s0-primary", checks.SYNC)].startswith(
+        "replication: sync, but no replica is synchronous"
+    )
+    assert ("s1-primary", checks.SYNC) not in found  # an async shard has no such check
+    synchronous = walsender(replica, sync_state="quorum", application_name="s0-replica-1")
+    facts["s0-primary"] = primary_facts((replica,), replication=(synchronous,))
+    found = judge(cluster(topo, facts))
+    assert found[("s0-primary", checks.SYNC)].detail == "synchronous: s0-replica-1"
