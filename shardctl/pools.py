@@ -98,11 +98,11 @@ class Pools:
         """Run ``work`` on a pooled connection to ``node``, waiting at most ``wait`` seconds
         for one (default ``connect_timeout``); a node that fails is marked."""
         pool = self.pool(node)
-        if wait is None:
+        wait = self.connect_timeout if wait is None else wait
+        if self._down_until.get(node.name, 0.0) > time.monotonic():
             # A node that just failed gets a short wait: if it is gone for good (a failover),
-            # the retry that follows must reach the new primary, not queue here for long.
-            troubled = self._down_until.get(node.name, 0.0) > time.monotonic()
-            wait = TROUBLED_WAIT if troubled else self.connect_timeout
+            # the retry or catalog read that follows must not queue here for long.
+            wait = min(wait, TROUBLED_WAIT)
         try:
             with pool.connection(timeout=wait) as conn:
                 return work(conn)
