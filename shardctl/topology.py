@@ -338,9 +338,13 @@ def parse(text: str, path: Path) -> Topology:
     try:
         spec = TopologySpec.model_validate(data)
     except ValidationError as exc:
-        errors = _rank(exc.errors())
-        where, message = _describe(errors[0])
-        raise TopologyError(_located(path, lines, where, message, len(errors) - 1)) from None
+        # One problem per location: pydantic reports a union's every member separately.
+        described: dict[Loc, str] = {}
+        for error in _rank(exc.errors()):
+            loc, text = _describe(error)
+            described.setdefault(loc, text)
+        where, message = next(iter(described.items()))
+        raise TopologyError(_located(path, lines, where, message, len(described) - 1)) from None
     if os.environ.get(IMAGE_ENV):
         spec = spec.model_copy(update={"image": os.environ[IMAGE_ENV]})
     topology = Topology(spec=spec, path=path)
@@ -453,6 +457,8 @@ def _describe(error: ErrorDetails) -> tuple[Loc, str]:
         return loc, f"expected text, got a boolean ({_BOOLEANS})"
     if given is None:
         return loc, error["msg"]
+    if isinstance(given, bool):
+        return loc, f"{error['msg'].lower()} (got a boolean: {_BOOLEANS})"
     return loc, f"{error['msg'].lower()} (got {_short(given)})"
 
 

@@ -340,8 +340,9 @@ class _Builder:
         for key_node, value_node in node.value:
             self.spend(key_node.start_mark)
             if key_node.tag == _MERGE and isinstance(key_node, ScalarNode):
-                for source in self.merge_sources(node, key_node, value_node):
-                    for pair in self.source_pairs(source, key_node.start_mark):
+                mark = self.where(node, id(key_node), value_node)
+                for source in self.merge_sources(mark, value_node):
+                    for pair in self.source_pairs(source, mark):
                         merged.setdefault(pair[0], pair)
                 continue
             key = self.key(key_node)
@@ -351,8 +352,7 @@ class _Builder:
             written[key] = (key, key_node, value_node, self.where(node, id(key_node), value_node))
         return [p for k, p in merged.items() if k not in written] + list(written.values())
 
-    def merge_sources(self, node: MappingNode, key: Node, value: Node) -> list[MappingNode]:
-        mark = self.where(node, id(key), value)
+    def merge_sources(self, mark: Mark, value: Node) -> list[MappingNode]:
         sources = value.value if isinstance(value, SequenceNode) else [value]
         if not all(isinstance(s, MappingNode) for s in sources):
             raise YamlProblem.at(
@@ -364,10 +364,12 @@ class _Builder:
         if id(source) in self.open:
             raise YamlProblem.at("'<<' merges a mapping that contains it (a loop)", mark)
         self.open.add(id(source))
+        self.expanding.append(mark)
         try:
             return self.pairs(source)
         finally:
             self.open.discard(id(source))
+            self.expanding.pop()
 
     def key(self, node: Node) -> str:
         if not isinstance(node, ScalarNode):
