@@ -656,7 +656,8 @@ MAX_LAG_BYTES = 2**62
 """Largest byte-lag threshold: within PostgreSQL's bigint, where lags are computed."""
 ENDPOINT_SCHEMES = ("unix", "tcp", "http", "https", "ssh")
 """What the Docker SDK connects to (npipe:// is Windows only)."""
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+_USUAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 _SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 _DEFAULT_PORTS = {"tcp": 2375, "http": 2375, "https": 2376, "ssh": 22}
 
@@ -793,9 +794,15 @@ def _check_credentials(topology: Topology) -> Iterator[tuple[Loc, str]]:
                 ),
             )
         elif not os.environ.get(spec.password_env):
+            # Named only when it looks like a variable: 'hunter2' may be the password itself.
+            named = (
+                f"${spec.password_env}"
+                if _USUAL_ENV_NAME.fullmatch(spec.password_env)
+                else "the variable it names (not shown: it does not look like a variable name)"
+            )
             yield (
                 ("credentials", "password_env"),
-                (f"${spec.password_env} is not set (or empty): export it before running shardctl"),
+                f"{named} is not set (or empty): export it before running shardctl",
             )
     elif spec.password_file is not None:
         problem = _file_problem(topology.path.parent / Path(spec.password_file).expanduser())
