@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -257,11 +257,16 @@ class Topology:
     @cached_property
     def nodes(self) -> tuple[Node, ...]:
         """Every node in declared order: per shard, the primary then its replicas."""
-        return tuple(node for shard in self.spec.shards for node in self.shard_nodes(shard.name))
+        return tuple(
+            node for i, shard in enumerate(self.spec.shards) for node in self._nodes_of(i, shard)
+        )
 
     def shard_nodes(self, shard_name: str) -> tuple[Node, ...]:
         """The acting primary, then the replicas, of one shard."""
-        index, shard = self._shard(shard_name)
+        return self._nodes_of(*self._shard(shard_name))
+
+    def _nodes_of(self, index: int, shard: ShardSpec) -> tuple[Node, ...]:
+        # By index: looking each shard up by name made ten thousand shards quadratic.
         base = shard.port if shard.port is not None else self.spec.base_port + index * PORT_STRIDE
         primary = self.acting_primary(shard.name)
         nodes = (
@@ -491,25 +496,36 @@ def _strict_numbers(data: object, model: type[BaseModel], loc: Loc) -> Iterator[
     """
     if not isinstance(data, dict):
         return
+    plan = _number_plan(model)
     for key, value in data.items():
-        field = next((f for n, f in model.model_fields.items() if key in (n, f.alias)), None)
-        if field is None:
+        if key not in plan:
             continue
+        expected, models = plan[key]
         here = (*loc, key)
+        if expected and isinstance(value, bool):
+            yield here, f"expected {expected}, got a boolean ({_BOOLEANS})"
+        elif expected and isinstance(value, float) and not math.isfinite(value):
+            yield here, f"expected a finite number (got {value})"
+        for inner in models:
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                where = (*here, i) if isinstance(value, list) else here
+                yield from _strict_numbers(item, inner, where)
+
+
+@cache
+def _number_plan(model: type[BaseModel]) -> dict[str, tuple[str, tuple[type[BaseModel], ...]]]:
+    """Per key (name and alias) of ``model``: 'an integer' / 'a number' where one is expected
+    ('' elsewhere), and the models nested under it."""
+    plan: dict[str, tuple[str, tuple[type[BaseModel], ...]]] = {}
+    for name, field in model.model_fields.items():
         types = _leaf_types(field.annotation)
         numeric = bool(types & {int, float}) and bool not in types
-        if numeric and isinstance(value, bool):
-            expected = "an integer" if int in types else "a number"
-            yield here, f"expected {expected}, got a boolean ({_BOOLEANS})"
-        elif numeric and isinstance(value, float) and not math.isfinite(value):
-            yield here, f"expected a finite number (got {value})"
-        for inner in types:
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                if isinstance(value, dict):
-                    yield from _strict_numbers(value, inner, here)
-                elif isinstance(value, list):
-                    for i, item in enumerate(value):
-                        yield from _strict_numbers(item, inner, (*here, i))
+        expected = ("an integer" if int in types else "a number") if numeric else ""
+        models = tuple(t for t in types if isinstance(t, type) and issubclass(t, BaseModel))
+        for key in {name, field.alias or name}:
+            plan[key] = (expected, models)
+    return plan
 
 
 def _leaf_types(annotation: object) -> set[object]:
@@ -662,6 +678,7 @@ _SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 _DEFAULT_PORTS = {"tcp": 2375, "http": 2375, "https": 2376, "ssh": 22}
 
 
+@cache
 def endpoint_problem(endpoint: str) -> str | None:
     """Why ``endpoint`` is not a Docker endpoint the SDK can use; None when it is one."""
     shown = _short(endpoint)
@@ -692,6 +709,7 @@ def endpoint_problem(endpoint: str) -> str | None:
     return None
 
 
+@cache
 def engine_key(endpoint: str | None) -> str | None:
     """One spelling per engine: scheme and host name lower-case, the default port made
     explicit, so two spellings of one engine share its ports."""

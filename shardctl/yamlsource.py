@@ -47,6 +47,7 @@ ALIAS_ALLOWANCE = 10_000
 
 _TAG = "tag:yaml.org,2002:"
 _MERGE = _TAG + "merge"
+_STR = _TAG + "str"
 _NUMBER_TAGS = {_TAG + "int", _TAG + "float"}
 _SCALARS: dict[str, Callable[[SafeConstructor, ScalarNode], object]] = {
     _TAG + "str": SafeConstructor.construct_yaml_str,
@@ -312,6 +313,8 @@ class _Builder:
             raise YamlProblem.at(f"unsupported tag {_tag_text(node.tag)}", node.start_mark or mark)
 
     def scalar(self, node: ScalarNode, mark: Mark) -> object:
+        if node.tag == _STR:  # most values: skip the constructor's bookkeeping
+            return node.value
         construct = _SCALARS.get(node.tag)
         if construct is None:
             raise YamlProblem.at(
