@@ -48,6 +48,8 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
     """The cluster's credentials; with ``create``, generate and store any that are missing."""
     spec = topology.spec.credentials
     path = secrets_path(topology)
+    # The declared password first: a variable that is not set must not leave a file behind.
+    declared = _declared_password(topology)
     stored = _read(path)
     generated = dict(stored)
     for key in ("superuser", "replication"):
@@ -56,7 +58,7 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
     if generated != stored:
         _write(path, generated)
 
-    superuser_password = _declared_password(topology) or generated.get("superuser")
+    superuser_password = declared or generated.get("superuser")
     replication_password = generated.get("replication")
     if superuser_password is None or replication_password is None:
         raise UsageError(
@@ -110,9 +112,14 @@ def _read(path: Path) -> dict[str, str]:
 
 
 def _write(path: Path, data: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(data, out)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(data, out)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the secrets file {path}: {exc.strerror or type(exc).__name__}"
+        ) from None

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
+import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
+from shardctl import yamlsource
 from shardctl.errors import TopologyError
 
 DEFAULT_TOPOLOGY = "topology.yaml"
@@ -252,11 +257,16 @@ class Topology:
     @cached_property
     def nodes(self) -> tuple[Node, ...]:
         """Every node in declared order: per shard, the primary then its replicas."""
-        return tuple(node for shard in self.spec.shards for node in self.shard_nodes(shard.name))
+        return tuple(
+            node for i, shard in enumerate(self.spec.shards) for node in self._nodes_of(i, shard)
+        )
 
     def shard_nodes(self, shard_name: str) -> tuple[Node, ...]:
         """The acting primary, then the replicas, of one shard."""
-        index, shard = self._shard(shard_name)
+        return self._nodes_of(*self._shard(shard_name))
+
+    def _nodes_of(self, index: int, shard: ShardSpec) -> tuple[Node, ...]:
+        # By index: looking each shard up by name made ten thousand shards quadratic.
         base = shard.port if shard.port is not None else self.spec.base_port + index * PORT_STRIDE
         primary = self.acting_primary(shard.name)
         nodes = (
@@ -304,26 +314,42 @@ def default_path() -> Path:
 def load(path: Path | str | None = None) -> Topology:
     """Read, parse and validate a topology file; raise TopologyError naming file and line."""
     path = Path(path) if path is not None else default_path()
+    shown = _shown(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(yamlsource.MAX_BYTES + 1)
     except FileNotFoundError:
         raise TopologyError(
-            f"{path}: no such topology file (pass -f PATH or set ${TOPOLOGY_ENV})"
+            f"{shown}: no such topology file (pass -f PATH or set ${TOPOLOGY_ENV})"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TopologyError(f"{path}: cannot read the topology file: {exc}") from None
+    except OSError as exc:
+        raise TopologyError(
+            f"{shown}: cannot read the topology file: {exc.strerror or type(exc).__name__}"
+        ) from None
+    try:
+        text = yamlsource.decode(raw)
+    except yamlsource.YamlProblem as problem:
+        raise _yaml_error(path, problem) from None
     return parse(text, path)
 
 
 def parse(text: str, path: Path) -> Topology:
     """Validate topology text; ``path`` names it in errors and anchors relative paths."""
     data, lines = _compose(text, path)
+    numbers = list(_strict_numbers(data, TopologySpec, ()))
+    if numbers:
+        where, message = numbers[0]
+        raise TopologyError(_located(path, lines, where, message, len(numbers) - 1))
     try:
         spec = TopologySpec.model_validate(data)
     except ValidationError as exc:
-        errors = _rank(exc.errors())
-        where, message = _describe(errors[0])
-        raise TopologyError(_located(path, lines, where, message, len(errors) - 1)) from None
+        # One problem per location: pydantic reports a union's every member separately.
+        described: dict[Loc, str] = {}
+        for error in _rank(exc.errors()):
+            loc, text = _describe(error)
+            described.setdefault(loc, text)
+        where, message = next(iter(described.items()))
+        raise TopologyError(_located(path, lines, where, message, len(described) - 1)) from None
     if os.environ.get(IMAGE_ENV):
         spec = spec.model_copy(update={"image": os.environ[IMAGE_ENV]})
     topology = Topology(spec=spec, path=path)
@@ -334,49 +360,56 @@ def parse(text: str, path: Path) -> Topology:
     return topology
 
 
-Loc = tuple[str | int, ...]
+Loc = yamlsource.Loc
+
+EXTENSION_PREFIX = "x-"
+"""Top-level keys starting with this are ignored, as in compose files: a place for anchors."""
+MAX_MESSAGE = 2000
+"""Longest error message: whatever the file holds, the answer stays a line or two."""
 
 
-def _compose(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
+def _compose(text: str, path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
     """Parse YAML into plain data plus the 1-based line of every mapping key and item."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        raise TopologyError(f"{path}:{line}: not valid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise TopologyError(f"{path}: not valid YAML: {exc}") from None
-    if root is None:
+        data, lines = yamlsource.load(text)
+    except yamlsource.YamlProblem as problem:
+        raise _yaml_error(path, problem) from None
+    if data is None:
         raise TopologyError(
-            f"{path}:1: the file is empty; expected a mapping with at least 'cluster' and 'shards'"
+            f"{_shown(path)}:1: the file is empty; "
+            "expected a mapping with at least 'cluster' and 'shards'"
         )
-    if not isinstance(root, yaml.MappingNode):
+    if not isinstance(data, dict):
+        got = "a list" if isinstance(data, list) else f"the value {yamlsource.short(data)}"
         raise TopologyError(
-            f"{path}:{root.start_mark.line + 1}: expected a mapping of topology keys "
-            f"(cluster, shards, ...), got {_yaml_kind(root)}"
+            f"{_shown(path)}:{lines.get((), 1)}: expected a mapping of topology keys "
+            f"(cluster, shards, ...), got {got}"
         )
-    lines: dict[Loc, int] = {(): root.start_mark.line + 1}
-    constructor = yaml.SafeLoader("")
+    return {k: v for k, v in data.items() if not k.startswith(EXTENSION_PREFIX)}, lines
 
-    def build(node: yaml.Node, loc: Loc) -> Any:
-        lines.setdefault(loc, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            result: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = constructor.construct_object(key_node, deep=True)
-                if key in result:
-                    raise TopologyError(
-                        f"{path}:{key_node.start_mark.line + 1}: key {key!r} appears twice"
-                    )
-                lines[(*loc, key)] = key_node.start_mark.line + 1
-                result[key] = build(value_node, (*loc, key))
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, (*loc, i)) for i, item in enumerate(node.value)]
-        return constructor.construct_object(node, deep=True)
 
-    return build(root, ()), lines
+def _yaml_error(path: Path, problem: yamlsource.YamlProblem) -> TopologyError:
+    """A reader problem as ``file:line: message (column c)``: the column where it helps."""
+    if problem.line is None:
+        return TopologyError(_clamp(f"{_shown(path)}: {problem.message}"))
+    column = f" (column {problem.column})" if problem.column and problem.column > 1 else ""
+    return TopologyError(_clamp(f"{_shown(path)}:{problem.line}: {problem.message}{column}"))
+
+
+def _shown(path: Path) -> str:
+    """The path as messages name it: whole, unless it is absurdly long."""
+    text = str(path)
+    return text if len(text) <= 200 else f"{text[:100]}...{text[-60:]}"
+
+
+def _clamp(message: str) -> str:
+    """At most two lines and :data:`MAX_MESSAGE` characters, whatever went into ``message``."""
+    lines = message.splitlines()[:2]
+    out = "\n".join(
+        line if len(line) <= MAX_MESSAGE // 2 else line[: MAX_MESSAGE // 2] + "..."
+        for line in lines
+    )
+    return out
 
 
 def _rank(errors: list[ErrorDetails]) -> list[ErrorDetails]:
@@ -393,10 +426,6 @@ def _rank(errors: list[ErrorDetails]) -> list[ErrorDetails]:
     return sorted(errors, key=lambda e: e["type"] != "extra_forbidden")
 
 
-def _yaml_kind(node: yaml.Node) -> str:
-    return "a list" if isinstance(node, yaml.SequenceNode) else f"the value {node.value!r}"
-
-
 def _describe(error: ErrorDetails) -> tuple[Loc, str]:
     """Turn one pydantic error into (location, message a person can act on)."""
     loc: Loc = tuple(error["loc"])
@@ -407,23 +436,108 @@ def _describe(error: ErrorDetails) -> tuple[Loc, str]:
         allowed = (
             sorted(f.alias or name for name, f in parent.model_fields.items()) if parent else []
         )
-        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = difflib.get_close_matches(str(loc[-1])[:100], allowed, n=1)
         suggestion = (
             f"; did you mean {hint[0]!r}?" if hint else f"; expected one of: {', '.join(allowed)}"
         )
-        return loc, f"unknown key {loc[-1]!r}{suggestion}"
+        return loc, f"unknown key {_short(loc[-1])}{suggestion}"
     if kind == "missing":
         return loc, "this key is required"
+    if loc and loc[0] == "credentials":
+        # Whatever is written under credentials may be a password put in the wrong place.
+        return loc, f"{error['msg'].lower()} (the value is not shown)"
+    if loc and loc[0] == "postgres" and len(loc) > 2:
+        # pydantic tries each type of the union in turn and names it in the location.
+        return loc[:2], f"a server setting is text, a number or a boolean (got {_kind(given)})"
     if kind == "string_pattern_mismatch":
         return loc, (
-            f"{given!r} is not a valid name (expected lowercase letters, digits and '-', "
-            "starting with a letter)"
+            f"{_short(given)} is not a valid name (expected lowercase letters, digits and '-', "
+            "starting with a letter, at most 40)"
             if loc and _is_name(loc)
-            else f"{given!r} is not a valid SQL identifier (letters, digits, '_')"
+            else f"{_short(given)} is not a valid SQL identifier (letters, digits, '_')"
         )
     if kind == "too_short" and loc == ("shards",):
         return loc, "at least one shard is required"
-    return loc, f"{error['msg'].lower()} (got {given!r})" if given is not None else error["msg"]
+    if isinstance(given, bool) and kind == "string_type":
+        return loc, f"expected text, got a boolean ({_BOOLEANS})"
+    if given is None:
+        return loc, error["msg"]
+    if isinstance(given, bool):
+        return loc, f"{error['msg'].lower()} (got a boolean: {_BOOLEANS})"
+    return loc, f"{error['msg'].lower()} (got {_short(given)})"
+
+
+_BOOLEANS = "YAML reads unquoted yes/no/on/off/true/false as booleans; quote the value"
+
+
+def _short(value: object) -> str:
+    """A value as messages quote it: a short excerpt, lists and mappings only named."""
+    if isinstance(value, dict | list | tuple):
+        return _kind(value)
+    return yamlsource.short(value)
+
+
+def _kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if value is None:
+        return "null"
+    return yamlsource.short(value)
+
+
+def _strict_numbers(data: object, model: type[BaseModel], loc: Loc) -> Iterator[tuple[Loc, str]]:
+    """Booleans where a number is expected, and numbers that are not finite.
+
+    pydantic's lax mode reads True as 1, and YAML 1.1 reads ``yes`` as True, so ``replicas:
+    yes`` would mean one replica; strict mode would also refuse the enums' strings, hence this
+    walk over the data alongside the models' annotations.
+    """
+    if not isinstance(data, dict):
+        return
+    plan = _number_plan(model)
+    for key, value in data.items():
+        if key not in plan:
+            continue
+        expected, models = plan[key]
+        here = (*loc, key)
+        if expected and isinstance(value, bool):
+            yield here, f"expected {expected}, got a boolean ({_BOOLEANS})"
+        elif expected and isinstance(value, float) and not math.isfinite(value):
+            yield here, f"expected a finite number (got {value})"
+        for inner in models:
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                where = (*here, i) if isinstance(value, list) else here
+                yield from _strict_numbers(item, inner, where)
+
+
+@cache
+def _number_plan(model: type[BaseModel]) -> dict[str, tuple[str, tuple[type[BaseModel], ...]]]:
+    """Per key (name and alias) of ``model``: 'an integer' / 'a number' where one is expected
+    ('' elsewhere), and the models nested under it."""
+    plan: dict[str, tuple[str, tuple[type[BaseModel], ...]]] = {}
+    for name, field in model.model_fields.items():
+        types = _leaf_types(field.annotation)
+        numeric = bool(types & {int, float}) and bool not in types
+        expected = ("an integer" if int in types else "a number") if numeric else ""
+        models = tuple(t for t in types if isinstance(t, type) and issubclass(t, BaseModel))
+        for key in {name, field.alias or name}:
+            plan[key] = (expected, models)
+    return plan
+
+
+def _leaf_types(annotation: object) -> set[object]:
+    """The classes an annotation accepts: through Optional, unions, Annotated and tuples."""
+    if get_origin(annotation) is Annotated:
+        return _leaf_types(get_args(annotation)[0])
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType, tuple, list):
+        return {t for arg in get_args(annotation) if arg is not Ellipsis for t in _leaf_types(arg)}
+    if origin is not None:  # dict and other containers: their values are not walked
+        return {origin}
+    return {annotation}
 
 
 def _is_name(loc: Loc) -> bool:
@@ -455,21 +569,23 @@ def _located(path: Path, lines: dict[Loc, int], loc: Loc, message: str, more: in
     """``file:line: dotted.path: message``, with the line of the nearest known location."""
     line = next(lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines)
     where = _dotted(loc)
-    text = f"{path}:{line}: {where + ': ' if where else ''}{message}"
+    text = f"{_shown(path)}:{line}: {where + ': ' if where else ''}{message}"
     if more:
         text += f"\n  ({more} more problem{'s' if more > 1 else ''} after fixing this one)"
-    return text
+    return _clamp(text)
 
 
 def _dotted(loc: Loc) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        name = part if isinstance(part, int) or len(part) <= 40 else f"{part[:40]}..."
+        out += f"[{name}]" if isinstance(part, int) else (f".{name}" if out else str(name))
     return out
 
 
 def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
-    """Rules that span several values: unique names, free ports, an existing schema file."""
+    """Rules beyond each value's type: unique names, free ports, files that exist, and what
+    ``up`` would trip over later (a database initdb made, settings shardctl owns, ...)."""
     spec = topology.spec
     seen: dict[str, int] = {}
     for i, shard in enumerate(spec.shards):
@@ -481,20 +597,259 @@ def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
         seen.setdefault(shard.name, i)
     if len(seen) != len(spec.shards):
         return
+    engines: dict[int, str | None] = {}
+    for i, shard in enumerate(spec.shards):
+        if shard.engine is not None:
+            problem = endpoint_problem(shard.engine)
+            if problem:
+                yield ("shards", i, "engine"), problem
+                return
+        engines[i] = engine_key(shard.engine)
     owner: dict[tuple[str | None, int], str] = {}
     for i, shard in enumerate(spec.shards):
-        for node in topology.shard_nodes(shard.name):
-            where: Loc = ("shards", i, "port") if shard.port is not None else ("shards", i)
-            taken_by = owner.setdefault((node.engine, node.host_port), node.name)
-            if node.host_port > 65535:
-                yield where, f"port {node.host_port} of {node.name} is above 65535"
-            elif taken_by != node.name:
-                yield where, f"port {node.host_port} of {node.name} clashes with {taken_by}"
+        # shard_nodes() looks the shard up by name; by index keeps 10,000 shards linear.
+        base = shard.port if shard.port is not None else spec.base_port + i * PORT_STRIDE
+        where: Loc = ("shards", i, "port") if shard.port is not None else ("shards", i)
+        for r in range(shard.replicas + 1):
+            name = f"{shard.name}-primary" if r == 0 else f"{shard.name}-replica-{r}"
+            port = base + r
+            taken_by = owner.setdefault((engines[i], port), name)
+            if port > 65535:
+                yield where, f"port {port} of {name} is above 65535"
+            elif taken_by != name:
+                yield where, f"port {port} of {name} clashes with {taken_by}"
     tables: set[str] = set()
     for i, table in enumerate(spec.tables):
         if table.name in tables:
             yield ("tables", i, "name"), f"table {table.name!r} is listed twice"
         tables.add(table.name)
+    if spec.database in INITDB_DATABASES:
+        yield (
+            ("database",),
+            (
+                f"{spec.database!r} already exists in every new server; name the database that "
+                "holds the sharded tables (default 'app')"
+            ),
+        )
+    yield from _check_image(spec.image)
+    yield from _check_bind_address(spec.bind_address)
+    yield from _check_settings(spec.postgres)
+    yield from _check_health(spec.health)
+    yield from _check_credentials(topology)
     schema = topology.schema_path
-    if schema is not None and not schema.is_file():
-        yield ("schema",), f"schema file {str(schema)!r} does not exist"
+    if schema is not None:
+        problem = _file_problem(schema)
+        if problem:
+            yield ("schema",), f"schema file {_short(str(schema))} {problem}"
+
+
+INITDB_DATABASES = frozenset({"postgres", "template0", "template1"})
+"""Databases every new server has: CREATE DATABASE of one fails on the first ``up``."""
+MANAGED_SETTINGS = frozenset(
+    {
+        "listen_addresses",
+        "port",
+        "unix_socket_directories",
+        "password_encryption",
+        "wal_level",
+        "hot_standby",
+        "primary_conninfo",
+        "primary_slot_name",
+        "synchronous_standby_names",
+        "data_directory",
+        "config_file",
+        "hba_file",
+        "ident_file",
+    }
+)
+"""Server settings shardctl sets itself: containers, replication and switchover depend on
+them, so ``postgres:`` may not override them."""
+RESERVED_ROLES = frozenset({"public", "none", "current_user", "session_user", "current_role"})
+"""Role names PostgreSQL refuses to create (besides the ``pg_`` prefix)."""
+MAX_HEALTH_SECONDS = 86400.0
+"""Longest time a ``health`` threshold or timeout may be: a day."""
+MAX_LAG_BYTES = 2**62
+"""Largest byte-lag threshold: within PostgreSQL's bigint, where lags are computed."""
+ENDPOINT_SCHEMES = ("unix", "tcp", "http", "https", "ssh")
+"""What the Docker SDK connects to (npipe:// is Windows only)."""
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+_USUAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_DEFAULT_PORTS = {"tcp": 2375, "http": 2375, "https": 2376, "ssh": 22}
+
+
+@cache
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` is not a Docker endpoint the SDK can use; None when it is one."""
+    shown = _short(endpoint)
+    if not endpoint.strip() or endpoint != endpoint.strip() or len(endpoint) > 1000:
+        return f"{shown} is not a Docker endpoint (expected e.g. ssh://host or tcp://host:2376)"
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError:
+        return f"{shown} is not a Docker endpoint: its port is not a number from 1 to 65535"
+    if parts.scheme not in ENDPOINT_SCHEMES:
+        return (
+            f"{shown} is not a Docker endpoint: expected one of "
+            f"{', '.join(s + '://' for s in ENDPOINT_SCHEMES)}"
+        )
+    if parts.scheme == "unix":
+        if parts.netloc or not parts.path.startswith("/"):
+            return f"{shown}: a unix endpoint names an absolute socket path (unix:///path)"
+        return None
+    if not parts.hostname or any(c.isspace() for c in endpoint):
+        return f"{shown} names no host (expected {parts.scheme}://host[:port])"
+    if port == 0:
+        return f"{shown}: the port must be from 1 to 65535"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"{shown}: a Docker endpoint has no path, query or fragment"
+    if parts.scheme != "ssh" and parts.username is not None:
+        return f"{shown}: only ssh:// endpoints name a user"
+    return None
+
+
+@cache
+def engine_key(endpoint: str | None) -> str | None:
+    """One spelling per engine: scheme and host name lower-case, the default port made
+    explicit, so two spellings of one engine share its ports."""
+    if endpoint is None:
+        return None
+    parts = urlsplit(endpoint)
+    scheme = parts.scheme.lower()
+    if scheme == "unix":
+        return f"unix://{parts.path}"
+    port = parts.port or _DEFAULT_PORTS.get(scheme)
+    host = (parts.hostname or "").lower()
+    if scheme in ("http", "tcp"):
+        scheme = "tcp"
+    return f"{scheme}://{host}:{port}"
+
+
+def _check_image(image: str) -> Iterator[tuple[Loc, str]]:
+    if len(image) > 255 or any(c.isspace() for c in image):
+        yield (
+            ("image",),
+            (f"{_short(image)} is not an image reference (no spaces, at most 255 characters)"),
+        )
+
+
+def _check_bind_address(address: str) -> Iterator[tuple[Loc, str]]:
+    if not address:
+        yield (
+            ("bind_address",),
+            ("is empty; give the IP address ports are published on (127.0.0.1 keeps them local)"),
+        )
+        return
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        yield (
+            ("bind_address",),
+            (
+                f"{_short(address)} is not an IP address (ports are published on an address of "
+                "this host, e.g. 127.0.0.1)"
+            ),
+        )
+
+
+def _check_settings(settings: Mapping[str, object]) -> Iterator[tuple[Loc, str]]:
+    for name, value in settings.items():
+        where: Loc = ("postgres", name)
+        if not _SETTING_NAME.fullmatch(name):
+            yield where, f"{_short(name)} is not a server setting name"
+        elif name.lower() in MANAGED_SETTINGS:
+            yield (
+                where,
+                (
+                    f"{name} is set by shardctl (it runs the containers and replication); "
+                    "remove it from postgres:"
+                ),
+            )
+        elif isinstance(value, float) and not math.isfinite(value):
+            yield where, f"expected a finite number (got {value})"
+        elif isinstance(value, str) and ("\n" in value or "\r" in value or len(value) > 1000):
+            yield where, f"{_short(value)} is not a server setting value (one line, short)"
+
+
+def _check_health(health: HealthSpec) -> Iterator[tuple[Loc, str]]:
+    for name in ("max_lag_seconds", "canary_timeout", "probe_timeout"):
+        seconds = getattr(health, name)
+        if not math.isfinite(seconds) or seconds > MAX_HEALTH_SECONDS:
+            yield (
+                ("health", name),
+                (f"{seconds} seconds is out of range (at most {MAX_HEALTH_SECONDS:.0f}, a day)"),
+            )
+    if health.max_lag_bytes > MAX_LAG_BYTES:
+        yield (
+            ("health", "max_lag_bytes"),
+            f"out of range (at most 2**62, got {_short(health.max_lag_bytes)})",
+        )
+
+
+def _check_credentials(topology: Topology) -> Iterator[tuple[Loc, str]]:
+    spec = topology.spec.credentials
+    for key in ("superuser", "replication_user"):
+        role = getattr(spec, key)
+        if role.lower().startswith("pg_") or role.lower() in RESERVED_ROLES:
+            yield ("credentials", key), f"{role!r} is a name PostgreSQL reserves for itself"
+    if spec.superuser == spec.replication_user:
+        yield (
+            ("credentials", "replication_user"),
+            (
+                "must differ from the superuser: replicas connect with a role that can only "
+                "replicate"
+            ),
+        )
+    if spec.password_env is not None:
+        if not _ENV_NAME.fullmatch(spec.password_env):
+            # Never echoed: a password written here by mistake must not reach a terminal or log.
+            yield (
+                ("credentials", "password_env"),
+                (
+                    "must be the name of an environment variable (letters, digits, '_', e.g. "
+                    "PGPASSWORD), not its value; the value is not shown"
+                ),
+            )
+        elif not os.environ.get(spec.password_env):
+            # Named only when it looks like a variable: 'hunter2' may be the password itself.
+            named = (
+                f"${spec.password_env}"
+                if _USUAL_ENV_NAME.fullmatch(spec.password_env)
+                else "the variable it names (not shown: it does not look like a variable name)"
+            )
+            yield (
+                ("credentials", "password_env"),
+                f"{named} is not set (or empty): export it before running shardctl",
+            )
+    elif spec.password_file is not None:
+        problem = _file_problem(topology.path.parent / Path(spec.password_file).expanduser())
+        if problem:
+            yield (
+                ("credentials", "password_file"),
+                (f"the file named (relative to the topology) {problem}; the name is not shown"),
+            )
+    if spec.secrets_file is not None:
+        secrets = topology.path.parent / Path(spec.secrets_file).expanduser()
+        if not spec.secrets_file.strip() or _too_long(secrets) or secrets.is_dir():
+            yield (
+                ("credentials", "secrets_file"),
+                (f"{_short(spec.secrets_file)} cannot be a file shardctl writes passwords to"),
+            )
+
+
+def _too_long(path: Path) -> bool:
+    """Longer than any OS accepts: checked before the OS says so with an exception."""
+    return len(os.fsencode(path)) > 4095 or any(len(os.fsencode(p)) > 255 for p in path.parts)
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable file; None when it is one."""
+    if _too_long(path):
+        return "has a name too long for the operating system"
+    try:
+        if path.is_file():
+            return None
+        return "is a directory, not a file" if path.is_dir() else "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
