@@ -8,14 +8,27 @@ from typing import Annotated
 import typer
 
 from shardctl.cli import render
-from shardctl.cli.app import TopologyOption, app, open_cluster
+from shardctl.cli.app import (
+    TopologyOption,
+    app,
+    complete_node,
+    complete_shard,
+    number_option,
+    open_cluster,
+)
 from shardctl.errors import UsageError
 from shardctl.failover import RoleChange
 
-ShardArgument = Annotated[str, typer.Argument(help="The shard whose primary changes.")]
+ShardArgument = Annotated[
+    str, typer.Argument(help="The shard whose primary changes.", autocompletion=complete_shard)
+]
 ToOption = Annotated[
     str | None,
-    typer.Option("--to", help="The replica to promote [default: the most advanced one]."),
+    typer.Option(
+        "--to",
+        help="The replica to promote [default: the most advanced one].",
+        autocompletion=complete_node,
+    ),
 ]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
@@ -49,11 +62,11 @@ def switchover(
     yes: YesOption = False,
     timeout: Annotated[
         float,
-        typer.Option(
+        number_option(
             "--timeout",
+            low=1,
+            high=3600,
             help="Seconds the candidate may take to catch up before the switchover is undone.",
-            min=1,
-            max=3600,
         ),
     ] = 30.0,
     topology: TopologyOption = None,

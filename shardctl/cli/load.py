@@ -13,7 +13,14 @@ from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
 from shardctl import ledger as ledgers
 from shardctl.cli import render
-from shardctl.cli.app import Output, OutputOption, TopologyOption, app, open_cluster
+from shardctl.cli.app import (
+    Output,
+    OutputOption,
+    TopologyOption,
+    app,
+    number_option,
+    open_cluster,
+)
 from shardctl.errors import UsageError
 from shardctl.load import BulkReport, LoadConfig, LoadProgress, LoadReport, Mix, bulk_load, run_load
 from shardctl.router import Router
@@ -24,20 +31,24 @@ def load(
     topology: TopologyOption = None,
     output: OutputOption = Output.TABLE,
     workers: Annotated[
-        int, typer.Option("--workers", "-w", min=1, help="Concurrent worker threads.")
+        int,
+        number_option("--workers", "-w", low=1, high=256, help="Concurrent worker threads."),
     ] = 8,
     duration: Annotated[
         float | None,
-        typer.Option(
+        number_option(
             "--duration",
-            min=0.1,
+            low=0.1,
+            high=86400,
             show_default=False,
             help="Seconds to run [default: 10, unless --ops is given].",
         ),
     ] = None,
     ops: Annotated[
         int | None,
-        typer.Option("--ops", min=1, show_default=False, help="Stop after this many ops."),
+        number_option(
+            "--ops", low=1, high=10**9, show_default=False, help="Stop after this many ops."
+        ),
     ] = None,
     mix: Annotated[
         str, typer.Option("--mix", help="Op weights, e.g. insert=30,read=40,update=20,delete=10.")
@@ -73,10 +84,12 @@ def load(
         ),
     ] = False,
     rows: Annotated[
-        int | None, typer.Option("--rows", min=1, show_default=False, help="Rows for --bulk.")
+        int | None,
+        number_option("--rows", low=1, high=10**9, show_default=False, help="Rows for --bulk."),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", show_default=False, help="Random seed.")
+        int | None,
+        number_option("--seed", low=0, high=2**63 - 1, show_default=False, help="Random seed."),
     ] = None,
 ) -> None:
     """The load test: concurrent workers through the Router; throughput, success, latencies.

@@ -25,22 +25,32 @@ from shardctl.cli.app import (
     OutputOption,
     TopologyOption,
     app,
+    number_option,
     open_cluster,
     progress_reporter,
+    shard_name,
 )
 from shardctl.errors import ReshardingError, UsageError
 from shardctl.reshard import joining
 from shardctl.reshard.coordinator import Progress as ProgressCallback
 from shardctl.reshard.coordinator import Rebalancer, State
 from shardctl.reshard.plan import Phase
+from shardctl.topology import MAX_REPLICAS
 
 
 @app.command("add-shard")
 def add_shard(
-    name: Annotated[str, typer.Argument(help="Name of the new shard, e.g. shard-4.")],
+    name: Annotated[
+        str,
+        typer.Argument(help="Name of the new shard, e.g. shard-4.", callback=shard_name),
+    ],
     topology: TopologyOption = None,
-    replicas: Annotated[int, typer.Option("--replicas", help="Streaming replicas.", min=0)] = 1,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=1)] = 300.0,
+    replicas: Annotated[
+        int, number_option("--replicas", low=0, high=MAX_REPLICAS, help="Streaming replicas.")
+    ] = 1,
+    timeout: Annotated[
+        float, number_option("--timeout", low=1, high=86400, help="Seconds to wait.")
+    ] = 300.0,
 ) -> None:
     """Provision a new empty shard and record it in the topology; it joins owning no keys."""
     with open_cluster(topology, running=True) as cluster, progress_reporter() as report:
@@ -91,10 +101,14 @@ def rebalance(
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     throttle: Annotated[
-        float, typer.Option("--throttle", help="Seconds to sleep between chunks.", min=0)
+        float,
+        number_option("--throttle", low=0, high=60, help="Seconds to sleep between chunks."),
     ] = 0.0,
     rows_per_chunk: Annotated[
-        int, typer.Option("--rows-per-chunk", help="Rows copied per transaction.", min=100)
+        int,
+        number_option(
+            "--rows-per-chunk", low=100, high=10_000_000, help="Rows copied per transaction."
+        ),
     ] = 50_000,
     output: OutputOption = Output.TABLE,
 ) -> None:
