@@ -30,7 +30,7 @@ from shardctl.cli.app import (
     progress_reporter,
 )
 from shardctl.cluster import Cluster
-from shardctl.errors import DatabaseUnavailable, UsageError
+from shardctl.errors import DatabaseUnavailable, NothingToDo, UsageError
 from shardctl.inflight import Operation
 from shardctl.topology import TopologySpec
 
@@ -103,6 +103,10 @@ def down(
                 f"Delete every data volume of cluster {cluster.topology.cluster}?", abort=True
             )
         result = cluster.down(volumes=volumes)
+    if not (result.containers or result.networks or result.volumes):
+        raise NothingToDo(
+            f"nothing to remove: cluster {cluster.topology.cluster} has no containers"
+        )
     render.err_console.print(f"[green]down[/]: {render.down_summary(result)}")
 
 

@@ -38,7 +38,7 @@ def ring(topology: TopologyOption = None, output: OutputOption = Output.TABLE) -
     with open_cluster(topology, running=True) as cluster:
         report = catalog.describe(cluster.topology, cluster.credentials())
     if output is Output.JSON:
-        render.print_json(report)
+        render.print_json(render.ring_facts(report))
     else:
         render.console.print(render.ring_table(report))
     _warn(report.problems + report.warnings)

@@ -72,7 +72,7 @@ def switchover(
     topology: TopologyOption = None,
 ) -> None:
     """Planned primary change: fence, catch up, promote, publish, re-join the old primary."""
-    with open_cluster(topology) as cluster:
+    with open_cluster(topology, running=True) as cluster:
         _confirm(f"Switch {shard}'s primary over{f' to {to}' if to else ''}?", yes)
         change = cluster.switchover(shard, to, timeout=timeout)
     _report("switchover", change)
@@ -86,7 +86,7 @@ def failover(
     topology: TopologyOption = None,
 ) -> None:
     """The primary is gone: promote the most advanced replica and fence the old primary."""
-    with open_cluster(topology) as cluster:
+    with open_cluster(topology, running=True) as cluster:
         _confirm(f"Fail {shard} over{f' to {to}' if to else ''}?", yes)
         change = cluster.failover(shard, to)
     _report("failover", change)

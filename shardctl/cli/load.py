@@ -106,7 +106,10 @@ def load(
         raise UsageError("--bulk needs --rows N (and --rows is only for --bulk)")
     # Pool reconnect chatter would garble the progress display; failures are counted anyway.
     logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
-    with open_cluster(topology) as cluster, Router(cluster, max_size=max(4, workers)) as router:
+    with (
+        open_cluster(topology, running=True) as cluster,
+        Router(cluster, max_size=max(4, workers)) as router,
+    ):
         if verify:
             _verify(router, verify, output)
         elif bulk and rows is not None:

@@ -222,10 +222,43 @@ def up_summary(report: UpReport) -> str:
 
 def down_summary(report: DownReport) -> str:
     """One line saying what ``down`` removed."""
-    return (
-        f"removed {len(report.containers)} containers, {len(report.networks)} networks, "
-        f"{len(report.volumes)} volumes"
-    )
+    parts = [
+        plural(len(report.containers), "container"),
+        plural(len(report.networks), "network"),
+        plural(len(report.volumes), "volume"),
+    ]
+    return "removed " + ", ".join(parts)
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 network``, ``2 networks``, ``1,024 rows``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
+SHARE_DIGITS = 6
+"""Shares of the ring in JSON are fractions rounded to 6 decimals (tables show 0.0%)."""
+
+
+def ring_facts(report: RingReport) -> dict[str, Any]:
+    """The ``ring -o json`` document; ``shard`` names a shard, as in every command."""
+    return {
+        "cluster": report.cluster,
+        "epoch": report.epoch,
+        "algorithm": report.algorithm,
+        "vnodes": report.vnodes,
+        "shards": [
+            {
+                "shard": n.name,
+                "share": round(n.share, SHARE_DIGITS),
+                "ranges": n.ranges,
+                "primary_epoch": report.primaries.get(n.name),
+            }
+            for n in report.nodes
+        ],
+        "primaries": report.primaries,
+        "problems": report.problems,
+        "warnings": report.warnings,
+    }
 
 
 def plan_facts(plan: Plan) -> dict[str, Any]:
@@ -245,7 +278,7 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
                 "target": m.target,
                 "start": m.start_hex,
                 "end": m.end_hex,
-                "share": m.share,
+                "share": round(m.share, SHARE_DIGITS),
                 "rows": s.rows,
                 "bytes": s.bytes,
             }
@@ -254,17 +287,19 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
     }
 
 
-def plan_table(plan: Plan) -> Group:
-    """The ``rebalance --plan`` output: a summary line, then moves by source and target."""
+def plan_table(plan: Plan, *, running: bool = False) -> Group:
+    """The ``rebalance --plan`` output: a summary line, then moves by source and target;
+    ``running``: the plan of the reshard in progress."""
     estimate = estimate_seconds(plan, ASSUMED_ROWS_PER_SECOND)
+    what = f"plan of reshard {plan.id} (in progress)" if running else f"rebalance plan {plan.id}"
     summary = Text(
-        f"rebalance plan {plan.id}: ring epoch {plan.epoch} -> {plan.epoch + 1}, "
+        f"{what}: ring epoch {plan.epoch} -> {plan.epoch + 1}, "
         f"{len(plan.moves)} ranges, {plan.rows:,} rows, {size_text(plan.bytes)}, "
         f"about {estimate:.1f}s to copy at {ASSUMED_ROWS_PER_SECOND:,.0f} rows/s"
     )
     table = Table()
-    for column in ("from", "to", "ranges", "share of ring", "rows", "bytes"):
-        table.add_column(column, justify="right" if column not in ("from", "to") else "left")
+    for column in ("source", "target", "ranges", "share of ring", "rows", "bytes"):
+        table.add_column(column, justify="left" if column in ("source", "target") else "right")
     groups: dict[tuple[str, str], list[int]] = {}
     for index, move in enumerate(plan.moves):
         groups.setdefault((move.source, move.target), []).append(index)
@@ -371,7 +406,7 @@ def ring_table(report: RingReport) -> Table:
         title=f"cluster {report.cluster} · ring epoch {report.epoch} · {report.algorithm}{vnodes}",
         title_justify="left",
     )
-    table.add_column("node")
+    table.add_column("shard")
     table.add_column("share", justify="right")
     table.add_column("ranges", justify="right")
     table.add_column("primary holds epoch", justify="right")

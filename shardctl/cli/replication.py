@@ -14,6 +14,7 @@ from shardctl.cli.app import (
     OutputOption,
     TopologyOption,
     app,
+    not_running,
     number_option,
     open_cluster,
 )
@@ -140,9 +141,7 @@ def verify_replication(
     for failure in report.failures:
         render.err_console.print(f"[red]FAIL[/] {render.escape(failure.line)}", highlight=False)
     if report.answered == 0:
-        raise InfrastructureError(
-            f"no node of cluster {report.cluster} answered; is it up? (shardctl up)"
-        )
+        raise not_running(cluster.topology)
     if not report.ok:
         raise typer.Exit(1)
 
