@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Group
@@ -30,7 +30,7 @@ from shardctl.cli.app import (
     progress_reporter,
 )
 from shardctl.cluster import Cluster
-from shardctl.errors import DatabaseUnavailable, NothingToDo, UsageError
+from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError, UsageError
 from shardctl.inflight import Operation
 from shardctl.topology import TopologySpec
 
@@ -42,7 +42,7 @@ def validate(topology: TopologyOption = None, output: OutputOption = Output.TABL
     if output is Output.JSON:
         render.print_json(render.topology_facts(cluster.topology))
     else:
-        render.console.print(render.topology_summary(cluster.topology))
+        render.show(render.topology_summary(cluster.topology))
         render.console.print(f"[green]valid[/]: {len(cluster.topology.nodes)} nodes")
 
 
@@ -77,11 +77,30 @@ def up(
     ] = 300.0,
 ) -> None:
     """Create or repair every declared node; changes nothing that already matches."""
-    with open_cluster(topology) as cluster, progress_reporter() as report:
-        result = cluster.up(wait=wait, timeout=timeout, reporter=report)
+    with open_cluster(topology) as cluster:
+        try:
+            with progress_reporter() as report:
+                result = cluster.up(wait=wait, timeout=timeout, reporter=report)
+        except KeyboardInterrupt:
+            _up_interrupted(cluster)
     render.err_console.print(f"[green]up[/]: {render.up_summary(result)}")
     for warning in result.warnings:
         render.err_console.print(f"[yellow]warning[/]: {render.escape(warning)}")
+
+
+def _up_interrupted(cluster: Cluster) -> NoReturn:
+    """Ctrl-C in ``up``: what exists now, and that ``up`` finishes the job; exit 130."""
+    declared = len(cluster.topology.nodes)
+    try:
+        made = len(cluster.engines.cluster_containers(cluster.topology))
+        exists = f"{made} of {declared} containers exist"
+    except ShardctlError:
+        exists = "the containers could not be counted"
+    render.err_console.print(
+        f"[yellow]interrupted[/]: stopped after the step in progress; {exists}. "
+        "Run `shardctl up` again to finish the job."
+    )
+    raise typer.Exit(130)
 
 
 @app.command()
@@ -161,7 +180,7 @@ def status(
         render.print_json(render.status_facts(name, rows, operations))
     else:
         wide = output is WideOutput.WIDE
-        render.console.print(_status_renderable(name, rows, operations, wide))
+        render.show(_status_renderable(name, rows, operations, wide))
     if all(r.in_recovery is None for r in rows):
         raise not_running(cluster.topology)
     if not all(r.healthy for r in rows):

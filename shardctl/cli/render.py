@@ -36,6 +36,18 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
+def show(renderable: Any, *, err: bool = False) -> None:
+    """Print a table for people; piped, without the trailing spaces rich pads lines with."""
+    target = err_console if err else console
+    if target.is_terminal:
+        target.print(renderable)
+        return
+    with target.capture() as captured:
+        target.print(renderable)
+    text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+    (sys.stderr if err else sys.stdout).write(text + "\n")
+
+
 def progress(*columns: str | ProgressColumn) -> Progress:
     """A live display on stderr that disappears when done, so stdout stays the result only."""
     return Progress(*columns, console=err_console, transient=True)
@@ -492,6 +504,37 @@ def ledger_table(result: VerifyReport, paths: list[Path]) -> Table:
 # ------------------------------------------------------------ verify-replication
 
 _RESULT_STYLE = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+
+
+def checks_summary_table(report: Report) -> Table:
+    """The 80-column ``verify-replication`` table: a row per node, its checks counted, the
+    names of those that failed (each failure is printed in full under the table)."""
+    table = Table(
+        title=f"cluster {report.cluster}: {verify_summary(report)}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("shard", no_wrap=True)
+    table.add_column("node", no_wrap=True)
+    table.add_column("passed", justify="right", no_wrap=True)
+    table.add_column("result")
+    nodes: dict[str, list[Check]] = {}
+    for check in report.checks:
+        nodes.setdefault(check.node, []).append(check)
+    shard = None
+    for node, checks in nodes.items():
+        failed = [c.check for c in checks if not c.ok]
+        skipped = sum(c.skipped for c in checks)
+        if failed:
+            result = f"[bold red]FAIL[/] {escape(', '.join(failed))}"
+        else:
+            result = "[green]ok[/]" + (f" [dim]({skipped} skipped)[/]" if skipped else "")
+        passed = sum(c.ok and not c.skipped for c in checks)
+        cells = (checks[0].shard if checks[0].shard != shard else "", node)
+        table.add_row(*cells, f"{passed}/{len(checks)}", result)
+        shard = checks[0].shard
+    return table
 
 
 def checks_table(report: Report) -> Table:

@@ -10,14 +10,14 @@ import typer
 
 from shardctl.cli import render
 from shardctl.cli.app import (
-    Output,
-    OutputOption,
     TopologyOption,
+    WideOutput,
     app,
     not_running,
     number_option,
     open_cluster,
 )
+from shardctl.cli.data import explain_in_flight, in_flight_reshards
 from shardctl.errors import InfrastructureError, UsageError
 from shardctl.topology import HealthSpec
 
@@ -46,7 +46,14 @@ def _default(name: str, shown: str) -> str:
 @app.command("verify-replication")
 def verify_replication(
     topology: TopologyOption = None,
-    output: OutputOption = Output.TABLE,
+    output: Annotated[
+        WideOutput,
+        typer.Option(
+            "-o",
+            "--output",
+            help="table (a row per node, 80 columns), wide (a row per check) or json.",
+        ),
+    ] = WideOutput.TABLE,
     junit: Annotated[
         Path | None,
         typer.Option(
@@ -134,12 +141,16 @@ def verify_replication(
             raise
     if junit is not None:
         _write(junit, render.junit_xml(report))
-    if output is Output.JSON:
+    if output is WideOutput.JSON:
         render.print_json(render.verify_facts(report))
+    elif output is WideOutput.WIDE:
+        render.show(render.checks_table(report))
     else:
-        render.console.print(render.checks_table(report))
+        render.show(render.checks_summary_table(report))
     for failure in report.failures:
         render.err_console.print(f"[red]FAIL[/] {render.escape(failure.line)}", highlight=False)
+    if report.failures and report.answered:
+        explain_in_flight(in_flight_reshards(cluster))
     if report.answered == 0:
         raise not_running(cluster.topology)
     if not report.ok:

@@ -10,7 +10,6 @@ from typing import Annotated, NoReturn
 import typer
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     ProgressColumn,
     Task,
     TaskID,
@@ -79,7 +78,7 @@ def copy_progress() -> Iterator[ProgressCallback]:
     with render.progress(
         TextColumn("{task.description:<28}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TextColumn("{task.completed:>12,.0f}/{task.total:,.0f}"),
         RateColumn(),
         TimeRemainingColumn(),
     ) as progress:
@@ -148,7 +147,7 @@ def rebalance(
             if not sys.stdin.isatty():
                 raise UsageError("rebalance moves data; pass --yes to confirm")
             if confirmed is not None:
-                render.console.print(render.plan_table(confirmed))
+                render.show(render.plan_table(confirmed))
             typer.confirm("Run this rebalance now?", abort=True)
         try:
             with rebalancer.exclusive():
@@ -175,7 +174,7 @@ def _show_plan(
         return
     for line in render.in_flight_lines(operations):
         render.console.print(line)
-    render.console.print(render.plan_table(shown, running=current is not None))
+    render.show(render.plan_table(shown, running=current is not None))
 
 
 def _interrupted(cluster: Cluster) -> NoReturn:
@@ -201,4 +200,4 @@ def finish(state: State, output: Output) -> None:
     if output is Output.JSON:
         render.print_json({"id": state.plan.id, "phase": state.phase, "report": state.report})
     else:
-        render.console.print(render.reshard_report(state))
+        render.show(render.reshard_report(state))
