@@ -43,7 +43,9 @@ from shardctl.topology import MAX_REPLICAS
 def add_shard(
     name: Annotated[
         str,
-        typer.Argument(help="Name of the new shard, e.g. shard-4.", callback=shard_name),
+        typer.Argument(
+            metavar="NAME", help="Name of the new shard, e.g. shard-4.", callback=shard_name
+        ),
     ],
     topology: TopologyOption = None,
     replicas: Annotated[
