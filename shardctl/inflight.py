@@ -62,10 +62,15 @@ class Operation:
             parts.append(f"ranges {self.ranges_done or 0:,}/{self.ranges_total:,}")
         if self.rows_total is not None:
             parts.append(f"rows {self.rows_copied or 0:,}/{self.rows_total:,}")
-        if self.started_at is not None:
-            when = self.started_at.astimezone().strftime("%Y-%m-%d %H:%M")
-            parts.append(f"started {when}" + (f" by {self.started_by}" if self.started_by else ""))
         return ", ".join(parts)
+
+    @property
+    def started(self) -> str | None:
+        """``started 2026-11-21 23:51 by alice@laptop`` (local time), None when not recorded."""
+        if self.started_at is None:
+            return None
+        when = self.started_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        return f"started {when}" + (f" by {self.started_by}" if self.started_by else "")
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ def reshard_operation(record: dict[str, Any], copied: dict[str, int]) -> Operati
         rows_copied=rows,
         rows_total=plan.rows,
         started_at=_timestamp(record.get("started_at")),
-        started_by=record.get("started_by") or None,
+        started_by=str(record.get("started_by") or "").removeprefix("shardctl ") or None,
         updated_at=_timestamp(record.get("updated_at")),
     )
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console, Group
@@ -31,9 +32,18 @@ from shardctl.text import first_line, lsn_text, size_text
 from shardctl.topology import Role, Topology
 from shardctl.verify import Report
 
-# Piped output is read by people too (CI logs): give tables room instead of 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+def _width(stream: TextIO) -> int | None:
+    """The terminal's width; piped, $COLUMNS if set, else 200: output piped into a CI log is
+    read by people too, and a wide table (``-o wide``) should not wrap there."""
+    if stream.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) >= 40 else 200
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 
 
 def show(renderable: Any, *, err: bool = False) -> None:
@@ -131,6 +141,8 @@ def in_flight_lines(operations: list[Operation]) -> list[str]:
     lines = []
     for op in operations:
         lines.append(f"[bold yellow]in flight[/]: {escape(op.summary)}")
+        if op.started is not None:
+            lines.append(f"  {escape(op.started)}")
         if op.kind == RESHARD:
             lines.append(f"  next: [bold]{escape(op.command)}[/]")
     return lines
@@ -213,7 +225,7 @@ def status_facts(
 
 def operation_facts(op: Operation) -> dict[str, Any]:
     """One operation in progress as data (``summary`` is the line ``status`` prints)."""
-    return {**to_jsonable(op), "summary": op.summary}
+    return {**to_jsonable(op), "summary": op.summary, "started": op.started}
 
 
 def escape(text: str) -> str:

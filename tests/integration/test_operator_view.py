@@ -64,7 +64,9 @@ def test_in_flight_work_is_shown_and_every_command_agrees(cluster_factory: Clust
     assert status.returncode == 0, status.stderr
     head = status.stdout.splitlines()
     assert head[0].startswith("in flight: reshard 1: verifying, ranges ")
-    assert "shardctl rebalance --resume" in head[1]
+    assert head[1].startswith("  started ") and " by " in head[1]
+    assert "shardctl rebalance --resume" in head[2]
+    assert lines_fit(status.stdout), status.stdout
     facts = json.loads(run_shardctl("status", "-o", "json", "-f", path).stdout)
     [operation] = facts["in_flight"]
     assert (operation["kind"], operation["id"], operation["phase"]) == ("reshard", 1, "verifying")
