@@ -484,6 +484,43 @@ class StatusRow:
     slot: str | None
     healthy: bool
     problem: str | None
+    """The first failed check in full (``check: detail``), for ``-o wide`` and JSON."""
+    health: str = "ok"
+    """``ok`` or the problem as a short phrase for the 80-column table."""
+
+
+_SHORT = {
+    PRIMARY: "primary problem",
+    UNDECLARED: "undeclared standby",
+    RECOVERY: "not in recovery",
+    UPSTREAM: "not streaming",
+    SYSTEM_ID: "not a clone",
+    TIMELINE: "timeline differs",
+    WALSENDER: "no walsender",
+    SLOT: "slot problem",
+    LAG_BYTES: "lagging",
+    LAG_SECONDS: "lagging",
+    CANARY: "canary failed",
+}
+
+
+def health_phrase(check: Check) -> str:
+    """A failed check as a phrase of a few words (the detail goes to ``-o wide`` and JSON)."""
+    if check.check == REACHABLE:
+        if check.detail.startswith("missing"):
+            return "no container"
+        if check.detail.startswith("container "):
+            return check.detail  # "container exited", "container paused"
+        return "no answer"
+    if check.check == PRIMARY:
+        for start, phrase in (
+            ("split brain", "split brain"),
+            ("no primary", "no primary"),
+        ):
+            if check.detail.startswith(start):
+                return phrase
+        return "wrong primary"
+    return _SHORT.get(check.check, f"{check.check} failed")
 
 
 def status_rows(facts: ClusterFacts) -> list[StatusRow]:
@@ -492,10 +529,10 @@ def status_rows(facts: ClusterFacts) -> list[StatusRow]:
     The problem is the node's first failed check of ``verify-replication`` (the same checks on
     the same facts, with the topology's thresholds), so the two commands never disagree.
     """
-    problems: dict[str, str] = {}
+    problems: dict[str, Check] = {}
     for check in replication_checks(facts, facts.topology.spec.health):
         if not check.ok:
-            problems.setdefault(check.node, f"{check.check}: {check.detail}")
+            problems.setdefault(check.node, check)
     rows = []
     for obs in facts.nodes:
         node, node_facts = obs.node, obs.facts
@@ -518,7 +555,8 @@ def status_rows(facts: ClusterFacts) -> list[StatusRow]:
                 lag_seconds=facts.lag_seconds(obs),
                 slot=node.slot if node.role is Role.REPLICA else None,
                 healthy=problem is None,
-                problem=problem,
+                problem=None if problem is None else f"{problem.check}: {problem.detail}",
+                health="ok" if problem is None else health_phrase(problem),
             )
         )
     return rows

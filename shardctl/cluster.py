@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardctl import catalog, fence, health, topology, verify
+from shardctl import catalog, fence, health, inflight, topology, verify
 from shardctl import credentials as creds
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
@@ -154,6 +154,11 @@ class Cluster:
         # Nothing answering (or no passwords yet) is for the checks to report, not an error here.
         with contextlib.suppress(DatabaseUnavailable, UsageError):
             self.follow_roles()
+
+    def in_flight(self) -> list[inflight.Operation]:
+        """The operations in progress (an unfinished reshard, a role-change fence), read from
+        the acting primaries; DatabaseUnavailable when none answers."""
+        return inflight.in_flight(self.topology, self.credentials())
 
     def close(self) -> None:
         """Release Docker clients."""

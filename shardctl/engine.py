@@ -161,10 +161,12 @@ def docker_errors(doing: str) -> Iterator[None]:
         if isinstance(exc, docker.errors.APIError):
             reason = exc.explanation or str(exc)
             raise ProvisioningError(f"{doing}: Docker refused: {reason}") from None
-        raise DockerUnavailable(
-            f"{doing}: cannot reach the Docker engine ({_short(exc)}); "
+        error = DockerUnavailable(
+            f"{doing}: the Docker engine does not answer; "
             "start one (scripts/engine.sh) or set DOCKER_HOST"
-        ) from None
+        )
+        error.detail = _short(exc)
+        raise error from None
 
 
 def _short(exc: Exception) -> str:

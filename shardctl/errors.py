@@ -3,6 +3,7 @@
 Every error a user can cause or meet carries the exit code the CLI returns for it::
 
     ShardctlError                     (exit 1)
+    ├── NothingToDo                   (exit 0)  the command has nothing to do (one line, no error)
     ├── CheckFailed                   (exit 1)  a health or data check did not pass
     ├── UsageError                    (exit 2)  bad command-line input
     │   └── TopologyError             (exit 2)  topology.yaml is missing or invalid
@@ -27,6 +28,14 @@ class ShardctlError(Exception):
     """Root of every error shardctl raises on purpose."""
 
     exit_code = 1
+    detail: str | None = None
+    """The underlying error (a driver's or the Docker SDK's), shown only under ``--verbose``."""
+
+
+class NothingToDo(ShardctlError):
+    """The command has nothing to do: not an error, the CLI prints the message and exits 0."""
+
+    exit_code = 0
 
 
 class CheckFailed(ShardctlError):

@@ -126,6 +126,11 @@ CREATE TABLE IF NOT EXISTS shardctl.reshard (
     report     jsonb NOT NULL DEFAULT '{{}}',
     updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- Who started a reshard, for `shardctl status` (added later: existing clusters get it too).
+ALTER TABLE shardctl.reshard
+    ADD COLUMN IF NOT EXISTS started_at timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN IF NOT EXISTS started_by text NOT NULL
+        DEFAULT current_setting('application_name');
 CREATE TABLE IF NOT EXISTS shardctl.copied (
     reshard_id bigint NOT NULL,
     chunk      text NOT NULL,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,7 +24,18 @@ from shardctl.topology import Node, Topology
 T = TypeVar("T")
 
 CONTAINER_PORT = 5432
-APPLICATION_NAME = "shardctl"
+
+
+def _application_name() -> str:
+    """``shardctl user@host``: who connects, in pg_stat_activity and on a reshard's record."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"shardctl {user}@{socket.gethostname()}"[:63]  # the server's limit (NAMEDATALEN)
+
+
+APPLICATION_NAME = _application_name()
 
 
 def address(node: Node) -> tuple[str, int]:

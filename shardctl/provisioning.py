@@ -17,6 +17,7 @@ call goes through :mod:`shardctl.engine`.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,10 @@ def quiet_reporter(node: str, step: str) -> None:
     """A reporter that reports nothing (the library default; the CLI shows progress)."""
 
 
+class Stopped(Exception):
+    """``up`` was interrupted: raised in a shard's thread at its next step."""
+
+
 class Provisioner:
     """Creates, repairs and removes one cluster's Docker resources."""
 
@@ -103,6 +108,8 @@ class Provisioner:
         self.rejoin = frozenset(rejoin)
         """Nodes fenced by a failover: re-cloned from their shard's acting primary."""
         self._mounts: dict[str | None, str] = {}
+        self._stop = threading.Event()
+        """Set on Ctrl-C: each shard finishes the step in progress and starts no other."""
 
     # ----------------------------------------------------------------- up
 
@@ -119,7 +126,15 @@ class Provisioner:
             futures = [
                 pool.submit(self._up_shard, shard.name, report, wait, deadline) for shard in shards
             ]
-            errors = [f.exception() for f in futures]
+            try:
+                errors = [f.exception() for f in futures]
+            except KeyboardInterrupt:
+                # Stop creating at once; the containers being created are finished (a half
+                # made one would be repaired by the next `up` anyway), then the interrupt goes on.
+                self._stop.set()
+                for future in futures:
+                    future.exception()
+                raise
         failures = [e for e in errors if e is not None]
         if failures:
             first = failures[0]
@@ -139,10 +154,12 @@ class Provisioner:
             if node.name in self.rejoin:
                 self.report(node.name, "re-cloning (fenced by a failover)")
                 self.engines.remove_node(node)
+        self._check_stop()
         report.actions[primary.name] = self._ensure_node(primary)
         self._wait_ready(primary, deadline)
         self._configure_primary(primary, replicas)
         for replica in replicas:
+            self._check_stop()
             report.actions[replica.name] = self._ensure_node(replica, primary)
         for replica in replicas:
             if report.actions[replica.name] is not Action.CREATED:
@@ -432,14 +449,25 @@ class Provisioner:
 
         self._wait(node, probe, "it to stream from its primary", deadline)
 
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise Stopped()
+
     def _wait(self, node: Node, probe: Callable[[], T], what: str, deadline: float) -> T:
+        def stoppable() -> T:
+            self._check_stop()  # not NotYet: an interrupted wait ends at once
+            return probe()
+
         def timed_out(detail: str) -> Exception:
             return ProvisioningError(
                 f"{node.name}: {detail}\n{log_tail(self.engines.container(node))}"
             )
 
         return wait_for(
-            probe, timeout=max(1.0, deadline - time.monotonic()), what=what, on_timeout=timed_out
+            stoppable,
+            timeout=max(1.0, deadline - time.monotonic()),
+            what=what,
+            on_timeout=timed_out,
         )
 
     def _fail_if_dead(self, node: Node) -> None:

@@ -155,11 +155,9 @@ def _write_canary(
         started = time.monotonic()
         try:
             with pg.connect(node, login, database, timeout=limits.probe_timeout) as conn:
-                try:
-                    _insert_canary(conn, token, node)
-                except psycopg.errors.UndefinedTable:  # the first run on this primary
+                if not _canary_exists(conn):  # the first run on this primary
                     _ensure_canary_table(conn)
-                    _insert_canary(conn, token, node)
+                _insert_canary(conn, token, node)
                 acked = time.monotonic()
                 out.set_result(_Written(token, acked))  # replicas start looking now
         except (psycopg.Error, DatabaseUnavailable) as exc:
@@ -202,6 +200,14 @@ def _ensure_canary_table(conn: Conn) -> None:
     )
 
 
+def _canary_exists(conn: Conn) -> bool:
+    """Whether the canary table exists (asked without an error in the server log)."""
+    row = conn.execute(
+        "SELECT pg_catalog.to_regclass(%s) IS NOT NULL", (f"{CANARY_SCHEMA}.{CANARY_TABLE}",)
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def _canary_table() -> sql.Composed:
     return sql.SQL(".").join([sql.Identifier(CANARY_SCHEMA), sql.Identifier(CANARY_TABLE)])
 
@@ -221,10 +227,10 @@ def _await_canary(
             query = sql.SQL("SELECT 1 FROM {} WHERE token = %s").format(_canary_table())
 
             def probe() -> float:
-                try:
-                    row = conn.execute(query, (canary.token,)).fetchone()
-                except psycopg.errors.UndefinedTable:
-                    raise NotYet("canary table not replayed yet") from None
+                # Asked first, not caught: a failed query would log an ERROR on the server.
+                if not _canary_exists(conn):
+                    raise NotYet("canary table not replayed yet")
+                row = conn.execute(query, (canary.token,)).fetchone()
                 seen = time.monotonic()
                 if row is None:
                     raise NotYet("canary row not replayed yet")

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+from rich.console import Group
+from rich.live import Live
+from rich.text import Text
 
 from shardctl import compose
-from shardctl.checks import status_rows
+from shardctl.checks import StatusRow, status_rows
 from shardctl.cli import render
 from shardctl.cli.app import (
     Output,
     OutputOption,
     TopologyOption,
+    WideOutput,
     app,
+    not_running,
+    number_option,
     open_cluster,
     progress_reporter,
 )
-from shardctl.errors import UsageError
+from shardctl.cluster import Cluster
+from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError, UsageError
+from shardctl.inflight import Operation
 from shardctl.topology import TopologySpec
 
 
@@ -31,7 +42,7 @@ def validate(topology: TopologyOption = None, output: OutputOption = Output.TABL
     if output is Output.JSON:
         render.print_json(render.topology_facts(cluster.topology))
     else:
-        render.console.print(render.topology_summary(cluster.topology))
+        render.show(render.topology_summary(cluster.topology))
         render.console.print(f"[green]valid[/]: {len(cluster.topology.nodes)} nodes")
 
 
@@ -62,15 +73,34 @@ def up(
         bool, typer.Option("--wait/--no-wait", help="Return only when every replica streams.")
     ] = True,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds to wait for readiness.", min=1)
+        float, number_option("--timeout", low=1, high=86400, help="Seconds to wait for readiness.")
     ] = 300.0,
 ) -> None:
     """Create or repair every declared node; changes nothing that already matches."""
-    with open_cluster(topology) as cluster, progress_reporter() as report:
-        result = cluster.up(wait=wait, timeout=timeout, reporter=report)
+    with open_cluster(topology) as cluster:
+        try:
+            with progress_reporter() as report:
+                result = cluster.up(wait=wait, timeout=timeout, reporter=report)
+        except KeyboardInterrupt:
+            _up_interrupted(cluster)
     render.err_console.print(f"[green]up[/]: {render.up_summary(result)}")
     for warning in result.warnings:
         render.err_console.print(f"[yellow]warning[/]: {render.escape(warning)}")
+
+
+def _up_interrupted(cluster: Cluster) -> NoReturn:
+    """Ctrl-C in ``up``: what exists now, and that ``up`` finishes the job; exit 130."""
+    declared = len(cluster.topology.nodes)
+    try:
+        made = len(cluster.engines.cluster_containers(cluster.topology))
+        exists = f"{made} of {declared} containers exist"
+    except ShardctlError:
+        exists = "the containers could not be counted"
+    render.err_console.print(
+        f"[yellow]interrupted[/]: stopped after the step in progress; {exists}. "
+        "Run `shardctl up` again to finish the job."
+    )
+    raise typer.Exit(130)
 
 
 @app.command()
@@ -92,18 +122,89 @@ def down(
                 f"Delete every data volume of cluster {cluster.topology.cluster}?", abort=True
             )
         result = cluster.down(volumes=volumes)
+    if not (result.containers or result.networks or result.volumes):
+        raise NothingToDo(
+            f"nothing to remove: cluster {cluster.topology.cluster} has no containers"
+        )
     render.err_console.print(f"[green]down[/]: {render.down_summary(result)}")
 
 
+def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
+    """Every node's row, and what is in flight (nothing when no primary answers)."""
+    rows = status_rows(cluster.observe())
+    operations: list[Operation] = []
+    if any(r.in_recovery is False for r in rows):  # a primary answered: it can say
+        with contextlib.suppress(DatabaseUnavailable):
+            operations = cluster.in_flight()
+    return rows, operations
+
+
+def _status_renderable(
+    name: str, rows: list[StatusRow], operations: list[Operation], wide: bool
+) -> Group:
+    lines = [Text.from_markup(line) for line in render.in_flight_lines(operations)]
+    return Group(*lines, render.status_table(name, rows, wide=wide))
+
+
 @app.command()
-def status(topology: TopologyOption = None, output: OutputOption = Output.TABLE) -> None:
-    """One row per node: role, container, timeline, LSN, lag, slot, health. Exit 1 if unhealthy."""
+def status(
+    topology: TopologyOption = None,
+    output: Annotated[
+        WideOutput,
+        typer.Option(
+            "-o", "--output", help="table (80 columns), wide (every column) or json for scripts."
+        ),
+    ] = WideOutput.TABLE,
+    watch: Annotated[
+        float | None,
+        number_option(
+            "--watch",
+            low=0.5,
+            high=3600,
+            metavar="[SECONDS]",
+            show_default=False,
+            help="Refresh every SECONDS (default 2) until Ctrl-C; with -o json, one JSON line "
+            "per refresh.",
+        ),
+    ] = None,
+) -> None:
+    """One row per node, replicas under their primary: role, state, lag, health; above it,
+    any operation in flight. Exit 1 if a node is unhealthy, 3 if no node answers."""
     with open_cluster(topology) as cluster:
-        rows = status_rows(cluster.observe())
         name = cluster.topology.cluster
-    if output is Output.JSON:
-        render.print_json({"cluster": name, "healthy": all(r.healthy for r in rows), "nodes": rows})
+        if watch is not None:
+            _watch(cluster, output, watch)
+            return
+        rows, operations = _status_view(cluster)
+    if output is WideOutput.JSON:
+        render.print_json(render.status_facts(name, rows, operations))
     else:
-        render.console.print(render.status_table(name, rows))
+        wide = output is WideOutput.WIDE
+        render.show(_status_renderable(name, rows, operations, wide))
+    if all(r.in_recovery is None for r in rows):
+        raise not_running(cluster.topology)
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)
+
+
+def _watch(cluster: Cluster, output: WideOutput, seconds: float) -> None:
+    """``status --watch``: redraw in place (rich Live) or print JSON lines, until Ctrl-C."""
+    name = cluster.topology.cluster
+    try:
+        if output is WideOutput.JSON:
+            while True:
+                rows, operations = _status_view(cluster)
+                facts = render.status_facts(name, rows, operations)
+                sys.stdout.write(json.dumps(render.to_jsonable(facts)) + "\n")
+                sys.stdout.flush()
+                time.sleep(seconds)
+        wide = output is WideOutput.WIDE
+        with Live(console=render.console, auto_refresh=False) as live:
+            while True:
+                rows, operations = _status_view(cluster)
+                stamp = Text(f"every {seconds:g}s · {datetime.now():%H:%M:%S} · Ctrl-C to stop")
+                view = _status_renderable(name, rows, operations, wide)
+                live.update(Group(stamp, view), refresh=True)
+                time.sleep(seconds)
+    except KeyboardInterrupt:
+        return  # the way to stop watching: exit 0

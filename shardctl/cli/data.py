@@ -7,7 +7,10 @@ import typer
 from shardctl import catalog
 from shardctl.cli import render
 from shardctl.cli.app import Output, OutputOption, TopologyOption, app, open_cluster
+from shardctl.cluster import Cluster
 from shardctl.distribution import measure
+from shardctl.errors import ShardctlError
+from shardctl.inflight import RESHARD, Operation
 
 
 @app.command()
@@ -19,14 +22,39 @@ def distribution(topology: TopologyOption = None, output: OutputOption = Output.
     """
     with open_cluster(topology, running=True) as cluster:
         result = measure(cluster.topology, cluster.credentials())
+        operations = [] if result.ok else in_flight_reshards(cluster)
     if output is Output.JSON:
-        render.print_json(result)
+        render.print_json(
+            {
+                **render.to_jsonable(result),
+                "in_flight": [render.operation_facts(op) for op in operations],
+            }
+        )
     else:
-        render.console.print(render.distribution_table(result))
+        render.show(render.distribution_table(result))
         render.console.print(render.distribution_verdict(result))
     _warn(result.warnings)
+    explain_in_flight(operations)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def in_flight_reshards(cluster: Cluster) -> list[Operation]:
+    """The reshards in progress, to name when a check fails because of one (none if unknown)."""
+    try:
+        return [op for op in cluster.in_flight() if op.kind == RESHARD]
+    except ShardctlError:
+        return []
+
+
+def explain_in_flight(operations: list[Operation]) -> None:
+    """Say on stderr that a failure may come from the reshard in progress, and what to run."""
+    for op in operations:
+        render.err_console.print(
+            f"[yellow]note[/]: reshard {op.id} is in progress ({op.phase}); keys stay on two "
+            f"shards until it finishes: run `{op.command}`",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -38,9 +66,9 @@ def ring(topology: TopologyOption = None, output: OutputOption = Output.TABLE) -
     with open_cluster(topology, running=True) as cluster:
         report = catalog.describe(cluster.topology, cluster.credentials())
     if output is Output.JSON:
-        render.print_json(report)
+        render.print_json(render.ring_facts(report))
     else:
-        render.console.print(render.ring_table(report))
+        render.show(render.ring_table(report))
     _warn(report.problems + report.warnings)
     if report.problems:
         raise typer.Exit(1)

@@ -8,14 +8,27 @@ from typing import Annotated
 import typer
 
 from shardctl.cli import render
-from shardctl.cli.app import TopologyOption, app, open_cluster
+from shardctl.cli.app import (
+    TopologyOption,
+    app,
+    complete_node,
+    complete_shard,
+    number_option,
+    open_cluster,
+)
 from shardctl.errors import UsageError
 from shardctl.failover import RoleChange
 
-ShardArgument = Annotated[str, typer.Argument(help="The shard whose primary changes.")]
+ShardArgument = Annotated[
+    str, typer.Argument(help="The shard whose primary changes.", autocompletion=complete_shard)
+]
 ToOption = Annotated[
     str | None,
-    typer.Option("--to", help="The replica to promote [default: the most advanced one]."),
+    typer.Option(
+        "--to",
+        help="The replica to promote [default: the most advanced one].",
+        autocompletion=complete_node,
+    ),
 ]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
@@ -49,17 +62,17 @@ def switchover(
     yes: YesOption = False,
     timeout: Annotated[
         float,
-        typer.Option(
+        number_option(
             "--timeout",
+            low=1,
+            high=3600,
             help="Seconds the candidate may take to catch up before the switchover is undone.",
-            min=1,
-            max=3600,
         ),
     ] = 30.0,
     topology: TopologyOption = None,
 ) -> None:
     """Planned primary change: fence, catch up, promote, publish, re-join the old primary."""
-    with open_cluster(topology) as cluster:
+    with open_cluster(topology, running=True) as cluster:
         _confirm(f"Switch {shard}'s primary over{f' to {to}' if to else ''}?", yes)
         change = cluster.switchover(shard, to, timeout=timeout)
     _report("switchover", change)
@@ -73,7 +86,7 @@ def failover(
     topology: TopologyOption = None,
 ) -> None:
     """The primary is gone: promote the most advanced replica and fence the old primary."""
-    with open_cluster(topology) as cluster:
+    with open_cluster(topology, running=True) as cluster:
         _confirm(f"Fail {shard} over{f' to {to}' if to else ''}?", yes)
         change = cluster.failover(shard, to)
     _report("failover", change)

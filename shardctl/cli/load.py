@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +15,14 @@ from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
 from shardctl import ledger as ledgers
 from shardctl.cli import render
-from shardctl.cli.app import Output, OutputOption, TopologyOption, app, open_cluster
+from shardctl.cli.app import (
+    Output,
+    OutputOption,
+    TopologyOption,
+    app,
+    number_option,
+    open_cluster,
+)
 from shardctl.errors import UsageError
 from shardctl.load import BulkReport, LoadConfig, LoadProgress, LoadReport, Mix, bulk_load, run_load
 from shardctl.router import Router
@@ -24,20 +33,24 @@ def load(
     topology: TopologyOption = None,
     output: OutputOption = Output.TABLE,
     workers: Annotated[
-        int, typer.Option("--workers", "-w", min=1, help="Concurrent worker threads.")
+        int,
+        number_option("--workers", "-w", low=1, high=256, help="Concurrent worker threads."),
     ] = 8,
     duration: Annotated[
         float | None,
-        typer.Option(
+        number_option(
             "--duration",
-            min=0.1,
+            low=0.1,
+            high=86400,
             show_default=False,
             help="Seconds to run [default: 10, unless --ops is given].",
         ),
     ] = None,
     ops: Annotated[
         int | None,
-        typer.Option("--ops", min=1, show_default=False, help="Stop after this many ops."),
+        number_option(
+            "--ops", low=1, high=10**9, show_default=False, help="Stop after this many ops."
+        ),
     ] = None,
     mix: Annotated[
         str, typer.Option("--mix", help="Op weights, e.g. insert=30,read=40,update=20,delete=10.")
@@ -73,10 +86,12 @@ def load(
         ),
     ] = False,
     rows: Annotated[
-        int | None, typer.Option("--rows", min=1, show_default=False, help="Rows for --bulk.")
+        int | None,
+        number_option("--rows", low=1, high=10**9, show_default=False, help="Rows for --bulk."),
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", show_default=False, help="Random seed.")
+        int | None,
+        number_option("--seed", low=0, high=2**63 - 1, show_default=False, help="Random seed."),
     ] = None,
 ) -> None:
     """The load test: concurrent workers through the Router; throughput, success, latencies.
@@ -91,9 +106,18 @@ def load(
         raise UsageError("--verify checks ledgers; it takes no --bulk, --rows or --ledger")
     if bulk != (rows is not None):
         raise UsageError("--bulk needs --rows N (and --rows is only for --bulk)")
+    if duration is not None and ops is not None:
+        raise UsageError("--duration and --ops both say when to stop; give one of them")
+    named = [part.partition("=")[0].strip() for part in mix.split(",") if part.strip()]
+    repeated = sorted({name for name in named if named.count(name) > 1})
+    if repeated:
+        raise UsageError(f"--mix names {', '.join(repeated)} more than once")
     # Pool reconnect chatter would garble the progress display; failures are counted anyway.
     logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
-    with open_cluster(topology) as cluster, Router(cluster, max_size=max(4, workers)) as router:
+    with (
+        open_cluster(topology, running=True) as cluster,
+        Router(cluster, max_size=max(4, workers)) as router,
+    ):
         if verify:
             _verify(router, verify, output)
         elif bulk and rows is not None:
@@ -110,11 +134,33 @@ def load(
                 ledger=ledger,
                 seed=seed,
             )
-            with load_progress() as tick:
-                report = run_load(router, config, progress=tick)
+            stop, interrupted = threading.Event(), threading.Event()
+            with load_progress() as tick, _stop_on_interrupt(stop, interrupted):
+                report = run_load(router, config, stop=stop, progress=tick)
             _show_load(report, output, router.topology.cluster)
+            if interrupted.is_set():
+                render.err_console.print(
+                    f"[yellow]interrupted[/]: the report covers the first {report.seconds:,.1f} s"
+                )
+                raise typer.Exit(130)
             if report.failed or report.anomalies:
                 raise typer.Exit(1)
+
+
+@contextmanager
+def _stop_on_interrupt(stop: threading.Event, interrupted: threading.Event) -> Iterator[None]:
+    """Ctrl-C sets ``stop`` (the workers finish their op, the report is made) instead of
+    raising KeyboardInterrupt in the middle of the run."""
+
+    def handler(signum: int, frame: object) -> None:
+        interrupted.set()
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _verify(router: Router, paths: list[Path], output: Output) -> None:
@@ -122,7 +168,7 @@ def _verify(router: Router, paths: list[Path], output: Output) -> None:
     if output is Output.JSON:
         render.print_json({"ok": result.ok, **render.to_jsonable(result)})
     else:
-        render.console.print(render.ledger_table(result, paths))
+        render.show(render.ledger_table(result, paths))
         for finding in result.findings:
             expected, actual = str(finding.expected), str(finding.actual)
             render.err_console.print(
@@ -183,7 +229,7 @@ def _show_load(report: LoadReport, output: Output, cluster: str) -> None:
     if output is Output.JSON:
         render.print_json(report)
         return
-    render.console.print(render.load_table(report, cluster))
+    render.show(render.load_table(report, cluster))
     render.console.print(
         f"concurrency {report.workers} · throughput {report.throughput:,.0f} ops/s · "
         f"success rate {report.success_rate * 100:.2f}%"
@@ -204,7 +250,7 @@ def _show_bulk(result: BulkReport, output: Output) -> None:
     if output is Output.JSON:
         render.print_json(result)
         return
-    render.console.print(render.bulk_table(result))
+    render.show(render.bulk_table(result))
     render.console.print(
         f"{result.rows:,} rows in {result.seconds:.1f}s · {result.rows_per_second:,.0f} rows/s"
     )

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from rich import box
 from rich.console import Console, Group
 from rich.progress import Progress, ProgressColumn
 from rich.table import Table
@@ -20,18 +22,40 @@ from rich.text import Text
 from shardctl.catalog import RingReport
 from shardctl.checks import Check, StatusRow
 from shardctl.distribution import Distribution
+from shardctl.inflight import RESHARD, Operation
 from shardctl.ledger import VerifyReport
 from shardctl.load import BulkReport, LoadReport
 from shardctl.provisioning import DownReport, UpReport
 from shardctl.reshard.coordinator import State
 from shardctl.reshard.plan import ASSUMED_ROWS_PER_SECOND, Plan, estimate_seconds
 from shardctl.text import first_line, lsn_text, size_text
-from shardctl.topology import Topology
+from shardctl.topology import Role, Topology
 from shardctl.verify import Report
 
-# Piped output is read by people too (CI logs): give tables room instead of 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+def _width(stream: TextIO) -> int | None:
+    """The terminal's width; piped, $COLUMNS if set, else 200: output piped into a CI log is
+    read by people too, and a wide table (``-o wide``) should not wrap there."""
+    if stream.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) >= 40 else 200
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
+
+
+def show(renderable: Any, *, err: bool = False) -> None:
+    """Print a table for people; piped, without the trailing spaces rich pads lines with."""
+    target = err_console if err else console
+    if target.is_terminal:
+        target.print(renderable)
+        return
+    with target.capture() as captured:
+        target.print(renderable)
+    text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+    (sys.stderr if err else sys.stdout).write(text + "\n")
 
 
 def progress(*columns: str | ProgressColumn) -> Progress:
@@ -89,32 +113,119 @@ def topology_facts(topology: Topology) -> dict[str, Any]:
     }
 
 
-def status_table(cluster: str, rows: list[StatusRow]) -> Table:
-    """The ``status`` table; ``*`` marks a role a switchover or failover changed."""
-    table = Table(title=f"cluster {cluster}", title_justify="left")
-    for column in ("shard", "node", "role", "actual", "container", "address", "TL", "LSN"):
-        table.add_column(column)
-    table.add_column("lag", justify="right")
-    table.add_column("lag s", justify="right")
-    table.add_column("slot")
-    table.add_column("health")
-    for row in rows:
-        health = "[green]ok[/]" if row.healthy else f"[red]{escape(row.problem or 'unhealthy')}[/]"
-        table.add_row(
-            row.shard,
-            row.name,
-            row.role.value if row.role is row.declared_role else f"{row.role.value}*",
-            row.actual_role.value,
-            row.state.value,
-            f"{row.address}:{row.port}",
-            "-" if row.timeline is None else str(row.timeline),
-            lsn_text(row.lsn),
-            size_text(row.lag_bytes),
-            "-" if row.lag_seconds is None else f"{row.lag_seconds:.1f}",
-            row.slot or "-",
-            health,
+def _grouped(rows: list[StatusRow]) -> list[StatusRow]:
+    """Rows per shard (in topology order), the acting primary first, its replicas under it."""
+    shards = list(dict.fromkeys(r.shard for r in rows))
+    return [
+        r
+        for shard in shards
+        for r in sorted(
+            (r for r in rows if r.shard == shard), key=lambda r: r.role is not Role.PRIMARY
         )
+    ]
+
+
+def _role(row: StatusRow) -> str:
+    return row.role.value if row.role is row.declared_role else f"{row.role.value}*"
+
+
+def _lag(row: StatusRow) -> str:
+    if row.role is Role.PRIMARY:
+        return "-"
+    seconds = "" if not row.lag_seconds else f" {row.lag_seconds:,.1f}s"
+    return size_text(row.lag_bytes) + seconds
+
+
+def in_flight_lines(operations: list[Operation]) -> list[str]:
+    """One line per operation in progress, then the command that finishes it (rich markup)."""
+    lines = []
+    for op in operations:
+        lines.append(f"[bold yellow]in flight[/]: {escape(op.summary)}")
+        if op.started is not None:
+            lines.append(f"  {escape(op.started)}")
+        if op.kind == RESHARD:
+            lines.append(f"  next: [bold]{escape(op.command)}[/]")
+    return lines
+
+
+def status_table(cluster: str, rows: list[StatusRow], *, wide: bool = False) -> Table:
+    """The ``status`` table: 80 columns (shard, node, role, state, lag, health), replicas
+    under their primary; ``wide`` adds every column. ``*`` marks a role a switchover or failover
+    changed from the declared one."""
+    table = Table(
+        title=f"cluster {cluster}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column in ("shard", "node", "role", "state"):
+        table.add_column(column, no_wrap=True)
+    if wide:
+        for column in ("actual", "address", "TL", "LSN"):
+            table.add_column(column, no_wrap=True)
+    table.add_column("lag", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("slot", no_wrap=True)
+    table.add_column("health")
+    shard = None
+    for row in _grouped(rows):
+        if row.healthy:
+            health = "[green]ok[/]"
+        else:
+            health = f"[red]{escape((row.problem if wide else row.health) or 'unhealthy')}[/]"
+        cells = [row.shard if row.shard != shard else "", row.name, _role(row), row.state.value]
+        if wide:
+            cells += [
+                row.actual_role.value,
+                f"{row.address}:{row.port}",
+                "-" if row.timeline is None else str(row.timeline),
+                lsn_text(row.lsn),
+            ]
+        cells.append(_lag(row))
+        if wide:
+            cells.append(row.slot or "-")
+        cells.append(health)
+        table.add_row(*cells)
+        shard = row.shard
     return table
+
+
+def status_facts(
+    cluster: str, rows: list[StatusRow], operations: list[Operation]
+) -> dict[str, Any]:
+    """The ``status -o json`` document: every fact of every node, and what is in flight."""
+    return {
+        "cluster": cluster,
+        "healthy": all(r.healthy for r in rows),
+        "in_flight": [operation_facts(op) for op in operations],
+        "nodes": [
+            {
+                "shard": r.shard,
+                "node": r.name,
+                "role": r.role.value,
+                "declared_role": r.declared_role.value,
+                "actual_role": r.actual_role.value,
+                "state": r.state.value,
+                "address": r.address,
+                "port": r.port,
+                "in_recovery": r.in_recovery,
+                "timeline": r.timeline,
+                "lsn": r.lsn,
+                "lag_bytes": r.lag_bytes,
+                "lag_seconds": None if r.lag_seconds is None else round(r.lag_seconds, 3),
+                "slot": r.slot,
+                "healthy": r.healthy,
+                "health": r.health,
+                "problem": r.problem,
+            }
+            for r in _grouped(rows)
+        ],
+    }
+
+
+def operation_facts(op: Operation) -> dict[str, Any]:
+    """One operation in progress as data (``summary`` is the line ``status`` prints)."""
+    return {**to_jsonable(op), "summary": op.summary, "started": op.started}
 
 
 def escape(text: str) -> str:
@@ -135,10 +246,43 @@ def up_summary(report: UpReport) -> str:
 
 def down_summary(report: DownReport) -> str:
     """One line saying what ``down`` removed."""
-    return (
-        f"removed {len(report.containers)} containers, {len(report.networks)} networks, "
-        f"{len(report.volumes)} volumes"
-    )
+    parts = [
+        plural(len(report.containers), "container"),
+        plural(len(report.networks), "network"),
+        plural(len(report.volumes), "volume"),
+    ]
+    return "removed " + ", ".join(parts)
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 network``, ``2 networks``, ``1,024 rows``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
+SHARE_DIGITS = 6
+"""Shares of the ring in JSON are fractions rounded to 6 decimals (tables show 0.0%)."""
+
+
+def ring_facts(report: RingReport) -> dict[str, Any]:
+    """The ``ring -o json`` document; ``shard`` names a shard, as in every command."""
+    return {
+        "cluster": report.cluster,
+        "epoch": report.epoch,
+        "algorithm": report.algorithm,
+        "vnodes": report.vnodes,
+        "shards": [
+            {
+                "shard": n.name,
+                "share": round(n.share, SHARE_DIGITS),
+                "ranges": n.ranges,
+                "primary_epoch": report.primaries.get(n.name),
+            }
+            for n in report.nodes
+        ],
+        "primaries": report.primaries,
+        "problems": report.problems,
+        "warnings": report.warnings,
+    }
 
 
 def plan_facts(plan: Plan) -> dict[str, Any]:
@@ -158,7 +302,7 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
                 "target": m.target,
                 "start": m.start_hex,
                 "end": m.end_hex,
-                "share": m.share,
+                "share": round(m.share, SHARE_DIGITS),
                 "rows": s.rows,
                 "bytes": s.bytes,
             }
@@ -167,17 +311,19 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
     }
 
 
-def plan_table(plan: Plan) -> Group:
-    """The ``rebalance --plan`` output: a summary line, then moves by source and target."""
+def plan_table(plan: Plan, *, running: bool = False) -> Group:
+    """The ``rebalance --plan`` output: a summary line, then moves by source and target;
+    ``running``: the plan of the reshard in progress."""
     estimate = estimate_seconds(plan, ASSUMED_ROWS_PER_SECOND)
+    what = f"plan of reshard {plan.id} (in progress)" if running else f"rebalance plan {plan.id}"
     summary = Text(
-        f"rebalance plan {plan.id}: ring epoch {plan.epoch} -> {plan.epoch + 1}, "
+        f"{what}: ring epoch {plan.epoch} -> {plan.epoch + 1}, "
         f"{len(plan.moves)} ranges, {plan.rows:,} rows, {size_text(plan.bytes)}, "
         f"about {estimate:.1f}s to copy at {ASSUMED_ROWS_PER_SECOND:,.0f} rows/s"
     )
     table = Table()
-    for column in ("from", "to", "ranges", "share of ring", "rows", "bytes"):
-        table.add_column(column, justify="right" if column not in ("from", "to") else "left")
+    for column in ("source", "target", "ranges", "share of ring", "rows", "bytes"):
+        table.add_column(column, justify="left" if column in ("source", "target") else "right")
     groups: dict[tuple[str, str], list[int]] = {}
     for index, move in enumerate(plan.moves):
         groups.setdefault((move.source, move.target), []).append(index)
@@ -284,7 +430,7 @@ def ring_table(report: RingReport) -> Table:
         title=f"cluster {report.cluster} · ring epoch {report.epoch} · {report.algorithm}{vnodes}",
         title_justify="left",
     )
-    table.add_column("node")
+    table.add_column("shard")
     table.add_column("share", justify="right")
     table.add_column("ranges", justify="right")
     table.add_column("primary holds epoch", justify="right")
@@ -370,6 +516,37 @@ def ledger_table(result: VerifyReport, paths: list[Path]) -> Table:
 # ------------------------------------------------------------ verify-replication
 
 _RESULT_STYLE = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+
+
+def checks_summary_table(report: Report) -> Table:
+    """The 80-column ``verify-replication`` table: a row per node, its checks counted, the
+    names of those that failed (each failure is printed in full under the table)."""
+    table = Table(
+        title=f"cluster {report.cluster}: {verify_summary(report)}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("shard", no_wrap=True)
+    table.add_column("node", no_wrap=True)
+    table.add_column("passed", justify="right", no_wrap=True)
+    table.add_column("result")
+    nodes: dict[str, list[Check]] = {}
+    for check in report.checks:
+        nodes.setdefault(check.node, []).append(check)
+    shard = None
+    for node, checks in nodes.items():
+        failed = [c.check for c in checks if not c.ok]
+        skipped = sum(c.skipped for c in checks)
+        if failed:
+            result = f"[bold red]FAIL[/] {escape(', '.join(failed))}"
+        else:
+            result = "[green]ok[/]" + (f" [dim]({skipped} skipped)[/]" if skipped else "")
+        passed = sum(c.ok and not c.skipped for c in checks)
+        cells = (checks[0].shard if checks[0].shard != shard else "", node)
+        table.add_row(*cells, f"{passed}/{len(checks)}", result)
+        shard = checks[0].shard
+    return table
 
 
 def checks_table(report: Report) -> Table:

@@ -9,13 +9,22 @@ from typing import Annotated
 import typer
 
 from shardctl.cli import render
-from shardctl.cli.app import Output, OutputOption, TopologyOption, app, open_cluster
+from shardctl.cli.app import (
+    TopologyOption,
+    WideOutput,
+    app,
+    not_running,
+    number_option,
+    open_cluster,
+)
+from shardctl.cli.data import explain_in_flight, in_flight_reshards
 from shardctl.errors import InfrastructureError, UsageError
 from shardctl.topology import HealthSpec
 
 _DEFAULTS = HealthSpec()
 _UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
 _UNITS |= {"gb": 1000**3, "gib": 1024**3, "k": 1024, "m": 1024**2, "g": 1024**3}
+MAX_SIZE = 1024**4
 
 
 def parse_size(text: str) -> int:
@@ -24,7 +33,10 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _UNITS:
         raise typer.BadParameter(f"{text!r} is not a size (examples: 1048576, 512KiB, 16MiB)")
-    return int(float(match.group(1)) * _UNITS[unit])
+    size = float(match.group(1)) * _UNITS[unit]
+    if not size <= MAX_SIZE:  # also inf, from a number too long for a float
+        raise typer.BadParameter(f"{text!r} is not a size from 0 to 1TiB")
+    return int(size)
 
 
 def _default(name: str, shown: str) -> str:
@@ -34,7 +46,14 @@ def _default(name: str, shown: str) -> str:
 @app.command("verify-replication")
 def verify_replication(
     topology: TopologyOption = None,
-    output: OutputOption = Output.TABLE,
+    output: Annotated[
+        WideOutput,
+        typer.Option(
+            "-o",
+            "--output",
+            help="table (a row per node, 80 columns), wide (a row per check) or json.",
+        ),
+    ] = WideOutput.TABLE,
     junit: Annotated[
         Path | None,
         typer.Option(
@@ -57,15 +76,16 @@ def verify_replication(
             parser=parse_size,
             show_default=False,
             help="Fail a replica whose replay is further behind its primary's WAL position "
-            f"(bytes, or 512KiB, 16MiB). {_default('max_lag_bytes', '16MiB')}",
+            f"(bytes, or 512KiB, 16MiB; at most 1TiB). {_default('max_lag_bytes', '16MiB')}",
         ),
     ] = None,
     max_lag_seconds: Annotated[
         float | None,
-        typer.Option(
+        number_option(
             "--max-lag-seconds",
+            low=0,
+            high=86400,
             metavar="SECONDS",
-            min=0,
             show_default=False,
             help="Fail a replica whose replay is further behind in time; a replica that has "
             "replayed all it received counts as 0 s. "
@@ -74,10 +94,11 @@ def verify_replication(
     ] = None,
     canary_timeout: Annotated[
         float | None,
-        typer.Option(
+        number_option(
             "--canary-timeout",
+            low=0.1,
+            high=3600,
             metavar="SECONDS",
-            min=0.1,
             show_default=False,
             help="Seconds a canary row written on a primary may take to show on its replicas "
             "(also how long --deep waits for a replica to catch up). "
@@ -86,10 +107,11 @@ def verify_replication(
     ] = None,
     timeout: Annotated[
         float | None,
-        typer.Option(
+        number_option(
             "--timeout",
+            low=0.1,
+            high=3600,
             metavar="SECONDS",
-            min=0.1,
             show_default=False,
             help="Seconds each node may take to answer its probe; a hung node fails after it. "
             f"{_default('probe_timeout', f'{_DEFAULTS.probe_timeout:g}s')}",
@@ -119,16 +141,18 @@ def verify_replication(
             raise
     if junit is not None:
         _write(junit, render.junit_xml(report))
-    if output is Output.JSON:
+    if output is WideOutput.JSON:
         render.print_json(render.verify_facts(report))
+    elif output is WideOutput.WIDE:
+        render.show(render.checks_table(report))
     else:
-        render.console.print(render.checks_table(report))
+        render.show(render.checks_summary_table(report))
     for failure in report.failures:
         render.err_console.print(f"[red]FAIL[/] {render.escape(failure.line)}", highlight=False)
+    if report.failures and report.answered:
+        explain_in_flight(in_flight_reshards(cluster))
     if report.answered == 0:
-        raise InfrastructureError(
-            f"no node of cluster {report.cluster} answered; is it up? (shardctl up)"
-        )
+        raise not_running(cluster.topology)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     ProgressColumn,
     Task,
     TaskID,
@@ -25,22 +24,36 @@ from shardctl.cli.app import (
     OutputOption,
     TopologyOption,
     app,
+    number_option,
     open_cluster,
     progress_reporter,
+    shard_name,
 )
-from shardctl.errors import ReshardingError, UsageError
+from shardctl.cluster import Cluster
+from shardctl.errors import NothingToDo, ReshardingError, ShardctlError, UsageError
+from shardctl.inflight import RESHARD
 from shardctl.reshard import joining
 from shardctl.reshard.coordinator import Progress as ProgressCallback
 from shardctl.reshard.coordinator import Rebalancer, State
-from shardctl.reshard.plan import Phase
+from shardctl.reshard.plan import Phase, finished
+from shardctl.topology import MAX_REPLICAS
 
 
 @app.command("add-shard")
 def add_shard(
-    name: Annotated[str, typer.Argument(help="Name of the new shard, e.g. shard-4.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME", help="Name of the new shard, e.g. shard-4.", callback=shard_name
+        ),
+    ],
     topology: TopologyOption = None,
-    replicas: Annotated[int, typer.Option("--replicas", help="Streaming replicas.", min=0)] = 1,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.", min=1)] = 300.0,
+    replicas: Annotated[
+        int, number_option("--replicas", low=0, high=MAX_REPLICAS, help="Streaming replicas.")
+    ] = 1,
+    timeout: Annotated[
+        float, number_option("--timeout", low=1, high=86400, help="Seconds to wait.")
+    ] = 300.0,
 ) -> None:
     """Provision a new empty shard and record it in the topology; it joins owning no keys."""
     with open_cluster(topology, running=True) as cluster, progress_reporter() as report:
@@ -67,7 +80,7 @@ def copy_progress() -> Iterator[ProgressCallback]:
     with render.progress(
         TextColumn("{task.description:<28}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TextColumn("{task.completed:>12,.0f}/{task.total:,.0f}"),
         RateColumn(),
         TimeRemainingColumn(),
     ) as progress:
@@ -91,25 +104,31 @@ def rebalance(
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     throttle: Annotated[
-        float, typer.Option("--throttle", help="Seconds to sleep between chunks.", min=0)
+        float,
+        number_option("--throttle", low=0, high=60, help="Seconds to sleep between chunks."),
     ] = 0.0,
     rows_per_chunk: Annotated[
-        int, typer.Option("--rows-per-chunk", help="Rows copied per transaction.", min=100)
+        int,
+        number_option(
+            "--rows-per-chunk", low=100, high=10_000_000, help="Rows copied per transaction."
+        ),
     ] = 50_000,
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Move data until every key lives on its ring owner, online; --plan shows the moves."""
     if sum((plan, resume, abort)) > 1:
         raise UsageError("choose one of --plan, --resume and --abort")
+    if plan and yes:
+        raise UsageError("--plan changes nothing; it takes no --yes")
     with open_cluster(topology, running=True) as cluster:
         rebalancer = Rebalancer(cluster, rows_per_chunk=rows_per_chunk, throttle_seconds=throttle)
+        current = rebalancer.state()
+        running = current is not None and not finished(current.phase)
         if plan:
-            shown = rebalancer.plan()
-            if output is Output.JSON:
-                render.print_json(render.plan_facts(shown))
-            else:
-                render.console.print(render.plan_table(shown))
+            _show_plan(cluster, current if running else None, rebalancer, output)
             return
+        if (abort or resume) and not running:
+            raise NothingToDo(f"nothing to {'abort' if abort else 'resume'}: no reshard is running")
         if abort:
             with rebalancer.exclusive(), copy_progress() as progress:
                 rebalancer.progress = progress
@@ -119,20 +138,59 @@ def rebalance(
                 "and the copied rows were removed from the targets"
             )
             return
+        if running and not resume and current is not None:
+            raise ReshardingError(
+                f"reshard {current.plan.id} is still {current.phase.value}: "
+                "run `shardctl rebalance --resume` or `--abort`"
+            )
         confirmed = None
         if not resume and not yes:
+            confirmed = rebalancer.plan()  # nothing to do: exit 0 before asking for --yes
             if not sys.stdin.isatty():
                 raise UsageError("rebalance moves data; pass --yes to confirm")
-            confirmed = rebalancer.plan()
-            render.console.print(render.plan_table(confirmed))
+            if confirmed is not None:
+                render.show(render.plan_table(confirmed))
             typer.confirm("Run this rebalance now?", abort=True)
-        with rebalancer.exclusive():
-            state = rebalancer.resume() if resume else rebalancer.start(confirmed)
-            # The live display opens only now: a prompt under it would be hidden.
-            with copy_progress() as progress:
-                rebalancer.progress = progress
-                state = rebalancer.run(state)
+        try:
+            with rebalancer.exclusive():
+                state = rebalancer.resume() if resume else rebalancer.start(confirmed)
+                # The live display opens only now: a prompt under it would be hidden.
+                with copy_progress() as progress:
+                    rebalancer.progress = progress
+                    state = rebalancer.run(state)
+        except KeyboardInterrupt:
+            _interrupted(cluster)
     finish(state, output)
+
+
+def _show_plan(
+    cluster: Cluster, current: State | None, rebalancer: Rebalancer, output: Output
+) -> None:
+    """``--plan``: the run in progress (its plan and where it stands), else a new plan."""
+    operations = [op for op in cluster.in_flight() if op.kind == RESHARD] if current else []
+    shown = current.plan if current is not None else rebalancer.plan()
+    if output is Output.JSON:
+        facts = render.plan_facts(shown)
+        facts["in_progress"] = render.operation_facts(operations[0]) if operations else None
+        render.print_json(facts)
+        return
+    for line in render.in_flight_lines(operations):
+        render.console.print(line)
+    render.show(render.plan_table(shown, running=current is not None))
+
+
+def _interrupted(cluster: Cluster) -> NoReturn:
+    """Ctrl-C during a run: say where it stands and how to go on, then exit 130."""
+    render.err_console.print("[yellow]interrupted[/]: the reshard stops where it is")
+    try:
+        operations = cluster.in_flight()
+    except ShardctlError:
+        operations = []
+    for line in render.in_flight_lines(operations):
+        render.err_console.print(line)
+    if not operations:
+        render.err_console.print("  next: [bold]shardctl rebalance --resume[/] (or --abort)")
+    raise typer.Exit(130)
 
 
 def finish(state: State, output: Output) -> None:
@@ -144,4 +202,4 @@ def finish(state: State, output: Output) -> None:
     if output is Output.JSON:
         render.print_json({"id": state.plan.id, "phase": state.phase, "report": state.report})
     else:
-        render.console.print(render.reshard_report(state))
+        render.show(render.reshard_report(state))

@@ -23,7 +23,7 @@ import psycopg
 
 from shardctl import catalog, fence, pg
 from shardctl.credentials import Credentials
-from shardctl.errors import DatabaseUnavailable, ReshardingError, ShardctlError
+from shardctl.errors import DatabaseUnavailable, NothingToDo, ReshardingError, ShardctlError
 from shardctl.fence import Moving, RangeState
 from shardctl.reshard import transfer
 from shardctl.reshard.plan import (
@@ -240,7 +240,7 @@ class Rebalancer:
         old = record.ring()
         joining = [s.name for s in self.topology.spec.shards if s.name not in old.nodes]
         if not joining:
-            raise ReshardingError(
+            raise NothingToDo(
                 "nothing to rebalance: no shard is joining the ring (run `shardctl add-shard`)"
             )
         new = old

@@ -108,8 +108,8 @@ def test_ring_shows_the_catalog_and_reports_a_disagreeing_topology(
     data = json.loads(result.stdout)
     assert data["epoch"] == 1
     assert data["algorithm"] == shared_cluster.topology.spec.ring.algorithm.value
-    assert [n["name"] for n in data["nodes"]] == ["shard-0", "shard-1"]
-    assert sum(n["share"] for n in data["nodes"]) == pytest.approx(1.0)
+    assert [n["shard"] for n in data["shards"]] == ["shard-0", "shard-1"]
+    assert sum(n["share"] for n in data["shards"]) == pytest.approx(1.0)
     assert data["primaries"] == {"shard-0": 1, "shard-1": 1}
     assert data["warnings"] == [] and data["problems"] == []
 

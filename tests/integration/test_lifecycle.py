@@ -23,7 +23,7 @@ def status(cluster: Cluster) -> tuple[int, dict[str, dict[str, object]]]:
     result = run_shardctl("status", "-f", cluster.topology.path, "-o", "json")
     assert "Traceback" not in result.stderr
     data = json.loads(result.stdout)
-    return result.returncode, {n["name"]: n for n in data["nodes"]}
+    return result.returncode, {n["node"]: n for n in data["nodes"]}
 
 
 def wait_visible(cluster: Cluster, node_name: str, key: uuid.UUID) -> None:

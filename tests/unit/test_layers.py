@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("credentials", "engine"),
     ("pg",),
     ("fence", "containers", "health", "pools"),
-    ("catalog", "checks", "provisioning", "reshard.transfer", "compose"),
+    ("catalog", "checks", "provisioning", "reshard.transfer", "compose", "inflight"),
     ("distribution", "verify", "watcher", "reshard.coordinator"),
     ("router", "failover"),
     ("ledger", "cluster"),
