@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ class Ran:
     stderr: str
 
 
-def shardctl(*args: str | Path, env: dict[str, str | None] | None = None) -> Ran:
+def shardctl(*args: str | Path, env: Mapping[str, str | None] | None = None) -> Ran:
     """Run the console script's entry point (error mapping included) in CliRunner's isolation:
     captured stdout and stderr, stdin that is no tty, ``env`` set for the run only."""
     with CliRunner().isolation(env=env) as (out, err, _):
