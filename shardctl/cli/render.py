@@ -149,6 +149,7 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
         "new_epoch": plan.epoch + 1,
         "old_nodes": list(plan.old.nodes),
         "new_nodes": list(plan.new.nodes),
+        "leaving": list(plan.leaving),
         "rows": plan.rows,
         "bytes": plan.bytes,
         "estimated_seconds": round(estimate_seconds(plan, ASSUMED_ROWS_PER_SECOND), 1),
@@ -170,8 +171,9 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
 def plan_table(plan: Plan) -> Group:
     """The ``rebalance --plan`` output: a summary line, then moves by source and target."""
     estimate = estimate_seconds(plan, ASSUMED_ROWS_PER_SECOND)
+    removing = f"removing {', '.join(plan.leaving)}, " if plan.leaving else ""
     summary = Text(
-        f"rebalance plan {plan.id}: ring epoch {plan.epoch} -> {plan.epoch + 1}, "
+        f"rebalance plan {plan.id}: {removing}ring epoch {plan.epoch} -> {plan.epoch + 1}, "
         f"{len(plan.moves)} ranges, {plan.rows:,} rows, {size_text(plan.bytes)}, "
         f"about {estimate:.1f}s to copy at {ASSUMED_ROWS_PER_SECOND:,.0f} rows/s"
     )

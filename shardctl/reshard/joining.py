@@ -11,6 +11,7 @@ from shardctl import catalog, topology
 from shardctl.cluster import Cluster
 from shardctl.errors import TopologyError, UsageError
 from shardctl.provisioning import Reporter, UpReport
+from shardctl.reshard.coordinator import Rebalancer
 from shardctl.topology import MAX_REPLICAS, Topology
 
 
@@ -25,6 +26,14 @@ def add_shard(
     ring = catalog.read(cluster.topology, cluster.credentials()).ring()
     if name in ring.nodes:
         raise UsageError(f"shard {name!r} is already in the ring")
+    kept = cluster.engines.shard_volumes(cluster.topology, name)
+    latest = Rebalancer(cluster).state()
+    if kept and latest is not None and name in latest.plan.leaving:
+        # Its old data would come back as rows nobody owns (ghosts, duplicates).
+        raise UsageError(
+            f"the volumes of the removed shard {name!r} were kept ({', '.join(kept)}): remove "
+            "them (`docker volume rm`) or add the shard under another name"
+        )
     bigger, text = with_shard(cluster.topology, name, replicas)
     report = Cluster(bigger, cluster.engines).up(timeout=timeout, reporter=reporter)
     record(bigger, text)
