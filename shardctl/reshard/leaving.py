@@ -22,7 +22,7 @@ from shardctl.errors import TopologyError, UsageError
 from shardctl.reshard.coordinator import Rebalancer, State
 from shardctl.reshard.joining import record
 from shardctl.reshard.plan import Phase, Plan, finished
-from shardctl.topology import Topology
+from shardctl.topology import PORT_STRIDE, Topology
 
 AfterStep = Callable[[str], None]
 """Called after each step of the decommission ("topology", "containers"): the tests' hook to
@@ -113,17 +113,37 @@ def without_shard(current: Topology, name: str) -> tuple[Topology, str]:
     )
     if entry is None or entry.flow_style:
         raise UsageError(f"{path}: shard {name!r} is not a block entry of shards; edit by hand")
+    # A shard without an explicit port has one from its place in the list: the shards after
+    # the removed one would all move to another port. Their ports are written down instead.
+    items = list(shards.value)
+    pins: list[tuple[int, str]] = []
+    for index, item in enumerate(items[items.index(entry) + 1 :], start=items.index(entry) + 1):
+        if not isinstance(item, yaml.MappingNode) or item.flow_style:
+            raise UsageError(f"{path}: shard {index} is not a block entry of shards; edit by hand")
+        if any(k.value == "port" for k, _ in item.value):
+            continue
+        port = current.spec.base_port + index * PORT_STRIDE
+        pins.append((_line_end(text, item), f"{' ' * item.start_mark.column}port: {port}\n"))
     start = text.rfind("\n", 0, entry.start_mark.index) + 1
-    last_value = entry.value[-1][1]
-    end = text.find("\n", last_value.end_mark.index)
-    end = len(text) if end < 0 else end + 1
-    edited = text[:start] + text[end:]
+    end = _line_end(text, entry)
+    edited = text
+    for at, line in reversed(pins):
+        edited = edited[:at] + line + edited[at:]
+    edited = edited[:start] + edited[end:]
     smaller = topology.parse(edited, path)
     remaining = [s.name for s in smaller.spec.shards]
     expected = [s.name for s in current.spec.shards if s.name != name]
     if remaining != expected:
         raise TopologyError(f"{path}: could not remove shard {name!r} from the shards list")
     return smaller, edited
+
+
+def _line_end(text: str, item: yaml.MappingNode) -> int:
+    """Where the line of an entry's last value ends (after its newline)."""
+    end = text.find("\n", item.value[-1][1].end_mark.index)
+    if end < 0:
+        raise UsageError("the topology file must end with a newline to be edited")
+    return end + 1
 
 
 def remove_shard(
