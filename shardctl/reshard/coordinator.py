@@ -436,16 +436,20 @@ class Rebalancer:
         totals: dict[str, tuple[int, int]] = {}
         lock = threading.Lock()
 
-        def copy_from(source: str) -> None:
-            chunks = [c for c in plan.chunks if plan.moves[c.move].source == source]
-            planned = sum(plan.sizes[i].rows for i in plan.moves_from(source))
+        def copy_pair(source: str, target: str) -> tuple[int, int, dict[str, int]]:
+            chunks = [
+                c
+                for c in plan.chunks
+                if (plan.moves[c.move].source, plan.moves[c.move].target) == (source, target)
+            ]
+            planned = sum(plan.sizes[i].rows for i in plan.moves_from(source)
+                          if plan.moves[i].target == target)  # fmt: skip
             rows = nbytes = 0
             paths: dict[str, int] = {}
             with _Links(self) as links:
                 for chunk in chunks:
-                    target = plan.moves[chunk.move].target
 
-                    def copy_chunk(chunk: Chunk = chunk, target: str = target) -> list[Copied]:
+                    def copy_chunk(chunk: Chunk = chunk) -> list[Copied]:
                         src, dst = links.get(source), links.get(target)
                         results = []
                         for table in tables:
@@ -466,25 +470,39 @@ class Rebalancer:
                         rows += copied.rows
                         nbytes += copied.bytes
                         paths[copied.how] = paths.get(copied.how, 0) + 1
-                    self.progress(f"copy:{source}", f"copy {source} -> {target}", rows, planned)
+                    self.progress(
+                        f"copy:{source}>{target}", f"copy {source} -> {target}", rows, planned
+                    )
                     if self.throttle:
                         time.sleep(self.throttle)
+            return rows, nbytes, paths
+
+        def copy_from(source: str) -> None:
+            # Each target of a source in parallel: a leaving shard gives to every other shard,
+            # and one stream at a time would leave the machine idle between small chunks.
+            targets = sorted({plan.moves[i].target for i in plan.moves_from(source)})
+            copied = self._each(targets, partial(copy_pair, source))
+            with _Links(self) as links:
                 # From now on routers dual-write this source's ranges (see moving_ranges).
                 links.retrying(
                     lambda: fence.mark_copied(links.get(source), plan.id),
                     "marking the ranges copied",
                 )
-                for target in {plan.moves[i].target for i in plan.moves_from(source)}:
+                for target in targets:
                     report.keys_resynced += links.retrying(
                         lambda target=target: transfer.drain(  # type: ignore[misc]
                             links.get(source), links.get(target), target, tables
                         ),
                         f"draining changes for {target}",
                     )
-            totals[source] = (rows, nbytes)
+            totals[source] = (
+                sum(rows for rows, _, _ in copied.values()),
+                sum(nbytes for _, nbytes, _ in copied.values()),
+            )
             with lock:
-                for how, count in paths.items():
-                    report.chunk_paths[how] = report.chunk_paths.get(how, 0) + count
+                for _, _, paths in copied.values():
+                    for how, count in paths.items():
+                        report.chunk_paths[how] = report.chunk_paths.get(how, 0) + count
 
         self._each(plan.sources(), copy_from)
         report.rows_copied += sum(r for r, _ in totals.values())
