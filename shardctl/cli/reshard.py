@@ -189,9 +189,10 @@ def remove_shard(
         if not resume and not yes:
             if not sys.stdin.isatty():
                 raise UsageError("remove-shard moves data and removes nodes; pass --yes to confirm")
-            leaving.prepare(rebalancer, name, resume=False)
-            confirmed = rebalancer.plan(leaving=[name])
-            render.console.print(render.plan_table(confirmed))
+            _, owns_keys = leaving.prepare(rebalancer, name, resume=False)
+            if owns_keys:
+                confirmed = rebalancer.plan(leaving=[name])
+                render.console.print(render.plan_table(confirmed))
             volumes = "keeping its volumes" if keep_volumes else "and its data volumes"
             typer.confirm(f"Move these keys, then remove {name}'s nodes {volumes}?", abort=True)
         # Another coordinator at work is a reason to refuse, like another reshard: exit 2.
