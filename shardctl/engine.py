@@ -340,6 +340,37 @@ class Engines:
                     removed.append(str(network.name))
         return removed
 
+    def shard_containers(self, topology: Topology, shard: str) -> list[Container]:
+        """Every container of one shard of the cluster (by label), declared or not."""
+        return [c for c in self.cluster_containers(topology) if c.labels.get(LABEL_SHARD) == shard]
+
+    def shard_volumes(self, topology: Topology, shard: str) -> list[str]:
+        """The names of one shard's data volumes (by label), on every engine."""
+        found: list[str] = []
+        for endpoint in self.endpoints(topology):
+            with docker_errors("listing volumes"):
+                found += [
+                    str(v.name)
+                    for v in self.client(endpoint).volumes.list(
+                        filters={"label": [f"{LABEL_CLUSTER}={topology.cluster}",
+                                           f"{LABEL_SHARD}={shard}"]}
+                    )
+                ]  # fmt: skip
+        return sorted(found)
+
+    def remove_shard_volumes(self, topology: Topology, shard: str) -> list[str]:
+        """Remove one shard's data volumes (its data) on every engine; their names."""
+        removed: list[str] = []
+        for endpoint in self.endpoints(topology):
+            with docker_errors(f"removing the volumes of {shard}"):
+                for volume in self.client(endpoint).volumes.list(
+                    filters={"label": [f"{LABEL_CLUSTER}={topology.cluster}",
+                                       f"{LABEL_SHARD}={shard}"]}
+                ):  # fmt: skip
+                    volume.remove(force=True)
+                    removed.append(str(volume.name))
+        return sorted(removed)
+
     def remove_volumes(self, topology: Topology) -> list[str]:
         """Remove the cluster's volumes (its data) on every engine; their names."""
         removed: list[str] = []

@@ -206,6 +206,13 @@ SET_STATE_FROM = SET_STATE + " AND state = %s"
 MARK_COPIED = "UPDATE shardctl.moving SET copied = true WHERE reshard_id = %s"
 # (operation)
 TAKE_BACK = "DELETE FROM shardctl.moving WHERE reshard_id = %s"
+# (RangeState.MOVED, ROLE_CHANGE, operation): what earlier reshards gave away here for good
+GIVEN_AWAY_BEFORE = (
+    "SELECT reshard_id, lo, hi, target FROM shardctl.moving "
+    "WHERE state = %s AND reshard_id <> %s AND reshard_id <> %s ORDER BY lo"
+)
+# (operation, lo)
+FORGET_RANGE = "DELETE FROM shardctl.moving WHERE reshard_id = %s AND lo = %s"
 # (RangeState.CAPTURING)
 MOVING_COPIED = "SELECT lo, hi, target FROM shardctl.moving WHERE state = %s AND copied ORDER BY lo"
 # (target, batch size)
@@ -341,6 +348,27 @@ def mark_copied(conn: Conn, operation: int) -> None:
 def take_back(conn: Conn, operation: int) -> None:
     """Forget the ranges ``operation`` gave away here: capture stops and any fence lifts."""
     conn.execute(TAKE_BACK, (operation,))
+
+
+def given_away_before(conn: Conn, source: str, operation: int) -> list[tuple[int, Moving]]:
+    """The ranges reshards other than ``operation`` moved away from ``source`` (the shard
+    ``conn`` reaches) for good, each with its reshard: refused here until taken back."""
+    rows = conn.execute(
+        GIVEN_AWAY_BEFORE, (RangeState.MOVED.value, ROLE_CHANGE, operation)
+    ).fetchall()
+    return [(int(op), Moving(source, lo, hi, target)) for op, lo, hi, target in rows]
+
+
+def narrow(
+    conn: Conn, operation: int, moved: Moving, keep: Sequence[tuple[str, str | None]]
+) -> None:
+    """Replace a range ``operation`` moved away for good by the pieces ``keep`` of it (each
+    ``(lo, hi)``, no hi: to the top), in one transaction: the rest is this shard's again (a
+    later reshard brings it back) and writes to it are no longer refused."""
+    with conn.transaction():
+        conn.execute(FORGET_RANGE, (operation, moved.start_hex))
+        for lo, hi in keep:
+            conn.execute(GIVE_AWAY, (operation, lo, hi, moved.target, RangeState.MOVED.value))
 
 
 def forget_changes(conn: Conn, targets: Sequence[str]) -> None:

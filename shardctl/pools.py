@@ -130,13 +130,15 @@ class Pools:
 
     def pool(self, node: Node) -> ConnectionPool[Conn]:
         """The pool of ``node``, created and opened (in the background) on first use."""
-        pool = self._pools.get(node.name)
+        # By address too: a shard removed and added back has nodes of the same name elsewhere.
+        key = f"{node.name}@{node.engine or ''}:{node.host_port}"
+        pool = self._pools.get(key)
         if pool is not None:
             return pool
         with self._lock:
             if self._closed:
                 raise RoutingError("the router is closed")
-            pool = self._pools.get(node.name)
+            pool = self._pools.get(key)
             if pool is None:
                 pool = ConnectionPool(
                     pg.conninfo(
@@ -153,7 +155,7 @@ class Pools:
                     open=False,
                 )
                 pool.open(wait=False)
-                self._pools[node.name] = pool
+                self._pools[key] = pool
         return pool
 
     def executor(self) -> ThreadPoolExecutor:

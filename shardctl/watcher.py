@@ -150,6 +150,7 @@ class CatalogWatcher:
             # Roles first: a write routed by the new epoch must reach its acting primary.
             self._topology = self._topology.with_acting(dict(routing.primaries))
             self._routing = routing
+            self._follow_topology_file()  # a shard this epoch took out of the ring: gone now
         elif routing.epoch == current.epoch and routing.moving != current.moving:
             self._routing = routing  # a reshard started or finished moving ranges
         return self._routing or routing
@@ -235,8 +236,15 @@ class CatalogWatcher:
         except TopologyError as exc:
             log.warning("shardctl router: keeping the topology loaded before: %s", exc)
             return
-        if reloaded.cluster == self._topology.cluster:
-            self._topology = reloaded.with_acting(dict(self._topology.acting))
+        if reloaded.cluster != self._topology.cluster:
+            return
+        declared = {s.name for s in reloaded.spec.shards}
+        if self._routing is not None and not set(self._routing.ring.nodes) <= declared:
+            # A remove-shard dropped a shard that the ring we route with still names: take
+            # the file once a newer epoch is taken (see _refresh_locked), never before it.
+            self._topology_mtime = None
+            return
+        self._topology = reloaded.with_acting(dict(self._topology.acting))
 
     def _check_reachable(self, ring: Ring) -> None:
         """Every ring node must be a declared shard; re-read the topology file once if not."""

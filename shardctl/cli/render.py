@@ -293,6 +293,7 @@ def plan_facts(plan: Plan) -> dict[str, Any]:
         "new_epoch": plan.epoch + 1,
         "old_nodes": list(plan.old.nodes),
         "new_nodes": list(plan.new.nodes),
+        "leaving": list(plan.leaving),
         "rows": plan.rows,
         "bytes": plan.bytes,
         "estimated_seconds": round(estimate_seconds(plan, ASSUMED_ROWS_PER_SECOND), 1),
@@ -316,8 +317,9 @@ def plan_table(plan: Plan, *, running: bool = False) -> Group:
     ``running``: the plan of the reshard in progress."""
     estimate = estimate_seconds(plan, ASSUMED_ROWS_PER_SECOND)
     what = f"plan of reshard {plan.id} (in progress)" if running else f"rebalance plan {plan.id}"
+    removing = f"removing {', '.join(plan.leaving)}, " if plan.leaving else ""
     summary = Text(
-        f"{what}: ring epoch {plan.epoch} -> {plan.epoch + 1}, "
+        f"{what}: {removing}ring epoch {plan.epoch} -> {plan.epoch + 1}, "
         f"{len(plan.moves)} ranges, {plan.rows:,} rows, {size_text(plan.bytes)}, "
         f"about {estimate:.1f}s to copy at {ASSUMED_ROWS_PER_SECOND:,.0f} rows/s"
     )

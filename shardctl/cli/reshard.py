@@ -1,4 +1,4 @@
-"""Resharding commands: add-shard and rebalance."""
+"""Resharding commands: add-shard, remove-shard and rebalance."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from shardctl.cli.app import (
 from shardctl.cluster import Cluster
 from shardctl.errors import NothingToDo, ReshardingError, ShardctlError, UsageError
 from shardctl.inflight import RESHARD
-from shardctl.reshard import joining
+from shardctl.reshard import joining, leaving
 from shardctl.reshard.coordinator import Progress as ProgressCallback
 from shardctl.reshard.coordinator import Rebalancer, State
 from shardctl.reshard.plan import Phase, finished
@@ -199,7 +199,96 @@ def finish(state: State, output: Output) -> None:
         raise ReshardingError(
             f"reshard {state.plan.id} stopped at {state.phase.value}; run --resume to continue"
         )
+    for name in state.plan.leaving:
+        if name not in state.report.removed:
+            render.err_console.print(
+                f"[yellow]rebalance[/]: {name} owns no keys now; run `shardctl remove-shard "
+                f"{name} --resume` to remove its nodes"
+            )
     if output is Output.JSON:
         render.print_json({"id": state.plan.id, "phase": state.phase, "report": state.report})
     else:
         render.show(render.reshard_report(state))
+
+
+@app.command("remove-shard")
+def remove_shard(
+    name: Annotated[
+        str, typer.Argument(help="The shard to remove, e.g. shard-2.", callback=shard_name)
+    ],
+    topology: TopologyOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    keep_volumes: Annotated[
+        bool, typer.Option("--keep-volumes", help="Keep the shard's data volumes to inspect.")
+    ] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the moves; change nothing.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted removal.")
+    ] = False,
+    throttle: Annotated[
+        float,
+        number_option("--throttle", low=0, high=60, help="Seconds to sleep between chunks."),
+    ] = 0.0,
+    rows_per_chunk: Annotated[
+        int,
+        number_option(
+            "--rows-per-chunk", low=100, high=10_000_000, help="Rows copied per transaction."
+        ),
+    ] = 50_000,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Move a shard's keys to the remaining shards online, then remove its nodes."""
+    if plan and resume:
+        raise UsageError("choose one of --plan and --resume")
+    with open_cluster(topology, running=True) as cluster:
+        rebalancer = Rebalancer(cluster, rows_per_chunk=rows_per_chunk, throttle_seconds=throttle)
+        if plan:
+            shown = rebalancer.plan(leaving=[name])
+            if output is Output.JSON:
+                render.print_json(render.plan_facts(shown))
+            else:
+                render.show(render.plan_table(shown))
+            return
+        confirmed = None
+        if not resume and not yes:
+            if not sys.stdin.isatty():
+                raise UsageError("remove-shard moves data and removes nodes; pass --yes to confirm")
+            _, owns_keys = leaving.prepare(rebalancer, name, resume=False)
+            if owns_keys:
+                confirmed = rebalancer.plan(leaving=[name])
+                render.show(render.plan_table(confirmed))
+            volumes = "keeping its volumes" if keep_volumes else "and its data volumes"
+            typer.confirm(f"Move these keys, then remove {name}'s nodes {volumes}?", abort=True)
+        # Another coordinator at work is a reason to refuse, like another reshard: exit 2.
+        with rebalancer.exclusive(busy=UsageError), copy_progress() as progress:
+            rebalancer.progress = progress
+            removal = leaving.remove_shard(
+                cluster,
+                rebalancer,
+                name,
+                keep_volumes=keep_volumes,
+                resume=resume,
+                plan=confirmed,
+            )
+    if removal.state is not None and removal.state.phase is not Phase.DONE:
+        finish(removal.state, output)  # says where it stopped
+    if output is Output.JSON:
+        render.print_json(
+            {
+                "shard": name,
+                "id": removal.state.plan.id if removal.state else None,
+                "report": removal.state.report if removal.state else None,
+                "plan": render.plan_facts(removal.state.plan) if removal.state else None,
+                "containers_removed": removal.containers,
+                "volumes_removed": removal.volumes,
+                "volumes_kept": removal.volumes_kept,
+            }
+        )
+        return
+    if removal.state is not None:
+        render.show(render.reshard_report(removal.state))
+    kept = f"; volumes kept: {', '.join(removal.volumes_kept)}" if removal.volumes_kept else ""
+    render.err_console.print(
+        f"[green]remove-shard[/]: {name} removed ({len(removal.containers)} container(s), "
+        f"{len(removal.volumes)} volume(s)) and dropped from {cluster.topology.path}{kept}"
+    )

@@ -10,10 +10,11 @@ See docs/resharding.md for the protocol and why each step is safe to repeat.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,7 +24,13 @@ import psycopg
 
 from shardctl import catalog, fence, pg
 from shardctl.credentials import Credentials
-from shardctl.errors import DatabaseUnavailable, NothingToDo, ReshardingError, ShardctlError
+from shardctl.errors import (
+    DatabaseUnavailable,
+    NothingToDo,
+    ReshardingError,
+    ShardctlError,
+    UsageError,
+)
 from shardctl.fence import Moving, RangeState
 from shardctl.reshard import transfer
 from shardctl.reshard.plan import (
@@ -36,8 +43,11 @@ from shardctl.reshard.plan import (
     finished,
     make_plan,
     next_phase,
+    uncovered,
+    without_node,
 )
 from shardctl.reshard.transfer import Copied
+from shardctl.ring import SPACE
 from shardctl.topology import Node, Topology
 from shardctl.waiting import retrying
 
@@ -98,6 +108,10 @@ class Report:
     total_seconds: float = 0.0
     chunk_paths: dict[str, int] = field(default_factory=dict)
     """How chunks were copied: plain COPY, replace (a dual write got there first), merge."""
+    fences_lifted: int = 0
+    """Ranges a target had moved away for good in an earlier reshard and now took back."""
+    removed: list[str] = field(default_factory=list)
+    """Leaving shards whose nodes ``remove-shard`` has removed (their topology entry too)."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
@@ -117,7 +131,8 @@ class State:
 
 
 class Rebalancer:
-    """Plans, runs, resumes and aborts the reshard that brings joining shards into the ring."""
+    """Plans, runs, resumes and aborts the reshard that brings joining shards into the ring,
+    or takes leaving shards out of it (``remove-shard``)."""
 
     def __init__(
         self,
@@ -156,18 +171,20 @@ class Rebalancer:
             yield conn
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self, busy: type[ShardctlError] = ReshardingError) -> Iterator[None]:
         """Hold the cluster's rebalance lock: one coordinator at a time, from any machine.
 
         A session-level advisory lock on the first shard's primary (the first shard never
         changes: add-shard appends). It goes with its connection, so a killed coordinator
         never blocks the ``--resume`` that follows it; it also goes if that primary restarts
-        mid-run (the run itself reconnects and carries on, unguarded from then on).
+        mid-run (the run itself reconnects and carries on, unguarded from then on). A
+        ``remove-shard`` of the first shard moves the lock to the next one once the shard is
+        gone. ``busy`` is the error raised when another coordinator holds it.
         """
         with self.connect(self._primaries()[0]) as conn:
             row = conn.execute(fence.TRY_SESSION_LOCK, (fence.COORDINATOR_LOCK,)).fetchone()
             if not row or not row[0]:
-                raise ReshardingError(
+                raise busy(
                     "another `shardctl rebalance` is running against this cluster; wait for it "
                     "to finish (if it died, its lock went with it: retry)"
                 )
@@ -231,21 +248,46 @@ class Rebalancer:
 
     # -------------------------------------------------------------- planning
 
-    def plan(self) -> Plan:
-        """What a rebalance would move, with exact rows and bytes per move; changes nothing."""
-        return self._plan_after(self.state())
+    def plan(self, leaving: Sequence[str] = ()) -> Plan:
+        """What a rebalance would move (or, with ``leaving``, the removal of those shards), with
+        exact rows and bytes per move; changes nothing. While a reshard is unfinished, its
+        recorded plan: that is what the cluster is doing."""
+        current = self.state()
+        if current is not None and not finished(current.phase):
+            return current.plan
+        return self._plan_after(current, leaving)
 
-    def _plan_after(self, previous: State | None) -> Plan:
+    def _plan_after(self, previous: State | None, leaving: Sequence[str] = ()) -> Plan:
         record = catalog.read(self.topology, self.cluster.credentials()).record()
         old = record.ring()
         joining = [s.name for s in self.topology.spec.shards if s.name not in old.nodes]
-        if not joining:
+        if previous is not None:
+            # Taken out of the ring but still declared: a remove-shard stopped before it
+            # removed the nodes. It is not joining, and must not get its keys back.
+            for name in joining:
+                if name in previous.plan.leaving and name not in previous.report.removed:
+                    raise ReshardingError(
+                        f"shard {name!r} was taken out of the ring by reshard "
+                        f"{previous.plan.id} but its nodes are not removed yet: run "
+                        f"`shardctl remove-shard {name} --resume`"
+                    )
+        if leaving and joining:
+            raise ReshardingError(
+                f"{', '.join(joining)} joining the ring: run `shardctl rebalance` before "
+                "removing a shard"
+            )
+        if not joining and not leaving:
             raise NothingToDo(
                 "nothing to rebalance: no shard is joining the ring (run `shardctl add-shard`)"
             )
         new = old
         for name in joining:
             new = new.with_node(name)
+        for name in leaving:
+            try:
+                new = without_node(new, name)
+            except ValueError as exc:
+                raise UsageError(f"cannot remove {name!r}: {exc}") from None
         moves = old.moves_to(new)
         sizes = [MoveSize(0, 0) for _ in moves]
         sources = sorted({m.source for m in moves})
@@ -268,9 +310,11 @@ class Rebalancer:
 
     # ------------------------------------------------------------------- run
 
-    def start(self, plan: Plan | None = None) -> State:
-        """Record a new plan: ``plan`` as shown to the user, else a fresh one. Refused while
-        another reshard is unfinished, or when the cluster changed since ``plan`` was made."""
+    def start(self, plan: Plan | None = None, *, leaving: Sequence[str] = ()) -> State:
+        """Record a new plan: ``plan`` as shown to the user, else a fresh one (removing the
+        ``leaving`` shards, if any). Recorded on every primary, the plan is what marks its
+        leaving shards as leaving for every CLI run. Refused while another reshard is
+        unfinished, or when the cluster changed since ``plan`` was made."""
         current = self.state()
         if current is not None and not finished(current.phase):
             raise ReshardingError(
@@ -278,7 +322,7 @@ class Rebalancer:
                 "run `shardctl rebalance --resume` or `--abort`"
             )
         if plan is None:
-            plan = self._plan_after(current)
+            plan = self._plan_after(current, leaving)
         else:
             epoch = catalog.read(self.topology, self.cluster.credentials()).record().epoch
             expected_id = current.plan.id + 1 if current else 1
@@ -398,16 +442,20 @@ class Rebalancer:
         totals: dict[str, tuple[int, int]] = {}
         lock = threading.Lock()
 
-        def copy_from(source: str) -> None:
-            chunks = [c for c in plan.chunks if plan.moves[c.move].source == source]
-            planned = sum(plan.sizes[i].rows for i in plan.moves_from(source))
+        def copy_pair(source: str, target: str) -> tuple[int, int, dict[str, int]]:
+            chunks = [
+                c
+                for c in plan.chunks
+                if (plan.moves[c.move].source, plan.moves[c.move].target) == (source, target)
+            ]
+            planned = sum(plan.sizes[i].rows for i in plan.moves_from(source)
+                          if plan.moves[i].target == target)  # fmt: skip
             rows = nbytes = 0
             paths: dict[str, int] = {}
             with _Links(self) as links:
                 for chunk in chunks:
-                    target = plan.moves[chunk.move].target
 
-                    def copy_chunk(chunk: Chunk = chunk, target: str = target) -> list[Copied]:
+                    def copy_chunk(chunk: Chunk = chunk) -> list[Copied]:
                         src, dst = links.get(source), links.get(target)
                         results = []
                         for table in tables:
@@ -428,25 +476,39 @@ class Rebalancer:
                         rows += copied.rows
                         nbytes += copied.bytes
                         paths[copied.how] = paths.get(copied.how, 0) + 1
-                    self.progress(f"copy:{source}", f"copy {source} -> {target}", rows, planned)
+                    self.progress(
+                        f"copy:{source}>{target}", f"copy {source} -> {target}", rows, planned
+                    )
                     if self.throttle:
                         time.sleep(self.throttle)
+            return rows, nbytes, paths
+
+        def copy_from(source: str) -> None:
+            # Each target of a source in parallel: a leaving shard gives to every other shard,
+            # and one stream at a time would leave the machine idle between small chunks.
+            targets = sorted({plan.moves[i].target for i in plan.moves_from(source)})
+            copied = self._each(targets, partial(copy_pair, source))
+            with _Links(self) as links:
                 # From now on routers dual-write this source's ranges (see moving_ranges).
                 links.retrying(
                     lambda: fence.mark_copied(links.get(source), plan.id),
                     "marking the ranges copied",
                 )
-                for target in {plan.moves[i].target for i in plan.moves_from(source)}:
+                for target in targets:
                     report.keys_resynced += links.retrying(
                         lambda target=target: transfer.drain(  # type: ignore[misc]
                             links.get(source), links.get(target), target, tables
                         ),
                         f"draining changes for {target}",
                     )
-            totals[source] = (rows, nbytes)
+            totals[source] = (
+                sum(rows for rows, _, _ in copied.values()),
+                sum(nbytes for _, nbytes, _ in copied.values()),
+            )
             with lock:
-                for how, count in paths.items():
-                    report.chunk_paths[how] = report.chunk_paths.get(how, 0) + count
+                for _, _, paths in copied.values():
+                    for how, count in paths.items():
+                        report.chunk_paths[how] = report.chunk_paths.get(how, 0) + count
 
         self._each(plan.sources(), copy_from)
         report.rows_copied += sum(r for r, _ in totals.values())
@@ -551,16 +613,51 @@ class Rebalancer:
                     f"(first: {', '.join(mismatched[:5])}); the old ring stays in force, "
                     "run `shardctl rebalance --resume` to retry"
                 )
-            # The roles stay as they are: a reshard moves keys, not primaries.
+            # Ranges a target gave away for good in an earlier reshard and receives now are
+            # its own again from the flip on: lifted while the sources are fenced, so no
+            # write reaches them before the epoch that routes there.
+            report.fences_lifted += sum(
+                self._each(plan.targets(), lambda t: self._take_back_fences(held[t], t, plan))
+                .values()
+            )  # fmt: skip
+            # The roles stay as they are: a reshard moves keys, not primaries. Those of a
+            # leaving shard go with it (a shard added back later under its name starts anew).
             roles = catalog.read_current(held[self._primaries()[0]])
-            record = catalog.RingRecord.from_ring(
-                plan.new, plan.epoch + 1, created_by=f"reshard {plan.id}", roles_from=roles
+            record = without_roles(
+                catalog.RingRecord.from_ring(
+                    plan.new, plan.epoch + 1, created_by=f"reshard {plan.id}", roles_from=roles
+                ),
+                plan.leaving,
             )
             self._each(self._primaries(), lambda shard: catalog.write(held[shard], record))
             report.write_pause_ms = (time.monotonic() - fenced_at) * 1000
             for source in sources:
                 fence.set_state(held[source], plan.id, RangeState.MOVED)
         return True
+
+    def _take_back_fences(self, conn: Conn, target: str, plan: Plan) -> int:
+        """Lift the part of ``target``'s earlier ``moved`` ranges that this plan gives it."""
+        received = [(m.start, m.end) for m in plan.moves if m.target == target]
+        lifted = 0
+        for operation, moved in fence.given_away_before(conn, target, plan.id):
+            start = int(moved.start_hex, 16)
+            end = SPACE if moved.end_hex is None else int(moved.end_hex, 16)
+            keep = uncovered(start, end, received)
+            if keep == [(start, end)]:
+                continue
+            pieces = [(f"{lo:032x}", None if hi >= SPACE else f"{hi:032x}") for lo, hi in keep]
+            fence.narrow(conn, operation, moved, pieces)
+            lifted += 1
+        return lifted
+
+    def record_removed(self, state: State, name: str) -> State:
+        """Record that the leaving shard ``name`` is gone (nodes and topology entry), on every
+        primary of the (smaller) topology."""
+        report = state.report
+        if name not in report.removed:
+            report.removed.append(name)
+        self._record(state.plan, state.phase, state.flipped, report)
+        return State(state.plan, state.phase, state.flipped, report)
 
     def _unfence(self, plan: Plan) -> None:
         def unfence(source: str) -> None:
@@ -578,7 +675,9 @@ class Rebalancer:
             with self.connect(source) as src:
                 # A resumed run may find the ranges already moved but not yet marked so.
                 fence.set_state(src, plan.id, RangeState.MOVED)
-                indexes = plan.moves_from(source)
+                # A leaving shard is removed whole: deleting its rows first would only cost
+                # time, and with --keep-volumes its data stays there to inspect.
+                indexes = [] if source in plan.leaving else plan.moves_from(source)
                 for done, index in enumerate(indexes, start=1):
                     move = plan.moves[index]
                     for table in self.topology.spec.tables:
@@ -602,6 +701,21 @@ class Rebalancer:
         with self.connect(shard) as conn:
             for table in self.topology.spec.tables:
                 transfer.drop_position_index(conn, table)
+
+
+def without_roles(record: catalog.RingRecord, leaving: Sequence[str]) -> catalog.RingRecord:
+    """``record`` without the acting roles of the ``leaving`` shards' nodes."""
+    if not leaving:
+        return record
+
+    def theirs(node: str) -> bool:
+        return any(node == f"{n}-primary" or node.startswith(f"{n}-replica-") for n in leaving)
+
+    return dataclasses.replace(
+        record,
+        primaries=tuple((s, n) for s, n in record.primaries if s not in leaving),
+        rejoin=tuple(n for n in record.rejoin if not theirs(n)),
+    )
 
 
 class _Links:

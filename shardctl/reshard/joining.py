@@ -3,6 +3,7 @@ keeps the user's comments and layout). It owns no keys until a rebalance moves s
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import yaml
@@ -11,7 +12,8 @@ from shardctl import catalog, topology
 from shardctl.cluster import Cluster
 from shardctl.errors import TopologyError, UsageError
 from shardctl.provisioning import Reporter, UpReport
-from shardctl.topology import MAX_REPLICAS, Topology
+from shardctl.reshard.coordinator import Rebalancer
+from shardctl.topology import MAX_REPLICAS, PORT_STRIDE, Topology
 
 
 def add_shard(
@@ -25,6 +27,14 @@ def add_shard(
     ring = catalog.read(cluster.topology, cluster.credentials()).ring()
     if name in ring.nodes:
         raise UsageError(f"shard {name!r} is already in the ring")
+    kept = cluster.engines.shard_volumes(cluster.topology, name)
+    latest = Rebalancer(cluster).state()
+    if kept and latest is not None and name in latest.plan.leaving:
+        # Its old data would come back as rows nobody owns (ghosts, duplicates).
+        raise UsageError(
+            f"the volumes of the removed shard {name!r} were kept ({', '.join(kept)}): remove "
+            "them (`docker volume rm`) or add the shard under another name"
+        )
     bigger, text = with_shard(cluster.topology, name, replicas)
     report = Cluster(bigger, cluster.engines).up(timeout=timeout, reporter=reporter)
     record(bigger, text)
@@ -55,6 +65,9 @@ def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, s
     column = last.start_mark.column
     dash = " " * (column - 2) + "- "
     entry = f"{dash}name: {name}\n{' ' * column}replicas: {replicas}\n"
+    port = _free_port(current, replicas)
+    if port is not None:
+        entry += f"{' ' * column}port: {port}\n"
     cut = last.end_mark.index
     head, tail = text[:cut], text[cut:]
     if not head.endswith("\n"):
@@ -64,6 +77,21 @@ def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, s
     if new.spec.shards[-1].name != name:
         raise TopologyError(f"{path}: could not add shard {name!r} after the last shard")
     return new, edited
+
+
+def _free_port(current: Topology, replicas: int) -> int | None:
+    """None when the new last shard's default ports are the first free ones; else the first
+    free slot. After a remove-shard the later shards keep their ports written down, so the
+    removed shard's ports are free again: a shard added back under its name gets them."""
+    taken = {(n.engine, n.host_port) for n in current.nodes}
+    base = current.spec.base_port
+    for slot in itertools.count():
+        port = base + slot * PORT_STRIDE
+        if port + replicas > 65535:
+            raise UsageError(f"no free port for a new shard above {base}: give one by hand")
+        if all((None, port + i) not in taken for i in range(replicas + 1)):
+            return None if slot == len(current.spec.shards) else port
+    raise AssertionError("unreachable")
 
 
 def record(topology: Topology, text: str) -> None:

@@ -1,13 +1,16 @@
 """What a reshard will do, and the order of its phases. Pure: no I/O.
 
-A :class:`Plan` is computed from the live ring and the ring with the joining shard: its moves
-(``old.moves_to(new)``) split into chunks that can be copied and resumed one at a time. The
-plan and its phase are stored in the catalog as JSON, so any machine can resume it.
+A :class:`Plan` is computed from the live ring and the ring with the joining shard (or without
+the leaving one, :func:`without_node`): its moves (``old.moves_to(new)``) split into chunks
+that can be copied and resumed one at a time. The plan and its phase are stored in the catalog
+as JSON, so any machine can resume it; a plan that removes a shard names it in
+:attr:`Plan.leaving`, which is how every CLI run and Router knows the shard is leaving.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -108,6 +111,8 @@ class Plan:
     moves: tuple[Move, ...]
     sizes: tuple[MoveSize, ...]
     chunks: tuple[Chunk, ...] = field(default=())
+    leaving: tuple[str, ...] = field(default=())
+    """Shards this reshard removes (``remove-shard``): in ``old``, not in ``new``."""
 
     @property
     def rows(self) -> int:
@@ -141,6 +146,7 @@ class Plan:
             "moves": [[str(m.start), str(m.end), m.source, m.target] for m in self.moves],
             "sizes": [[s.rows, s.bytes] for s in self.sizes],
             "chunks": [[c.id, c.move, str(c.start), str(c.end)] for c in self.chunks],
+            "leaving": list(self.leaving),
         }
 
     @classmethod
@@ -154,6 +160,8 @@ class Plan:
             moves=tuple(Move(int(s), int(e), src, dst) for s, e, src, dst in data["moves"]),
             sizes=tuple(MoveSize(int(r), int(b)) for r, b in data["sizes"]),
             chunks=tuple(Chunk(i, int(m), int(s), int(e)) for i, m, s, e in data["chunks"]),
+            # Plans recorded before remove-shard existed have no "leaving".
+            leaving=tuple(str(n) for n in data.get("leaving", ())),
         )
 
 
@@ -166,7 +174,8 @@ def make_plan(
     *,
     rows_per_chunk: int = 50_000,
 ) -> Plan:
-    """A plan for moving from ``old`` to ``new``, given the exact size of each move."""
+    """A plan for moving from ``old`` to ``new``, given the exact size of each move; the
+    shards of ``old`` missing from ``new`` are the leaving ones."""
     moves = tuple(old.moves_to(new))
     if len(sizes) != len(moves):
         raise ValueError(f"{len(sizes)} sizes for {len(moves)} moves")
@@ -175,7 +184,46 @@ def make_plan(
         for index, (move, size) in enumerate(zip(moves, sizes, strict=True))
         for chunk in split(index, move, size.rows, rows_per_chunk)
     )
-    return Plan(plan_id, epoch, old, new, moves, tuple(sizes), chunks)
+    leaving = tuple(n for n in old.nodes if n not in new.nodes)
+    return Plan(plan_id, epoch, old, new, moves, tuple(sizes), chunks, leaving)
+
+
+def without_node(ring: Ring, name: str) -> Ring:
+    """The ring without shard ``name``: the same algorithm, virtual nodes and order of the others.
+
+    For ``md5`` only the leaving shard's ranges change owner (each to the next virtual node
+    clockwise), and adding the shard back gives the former ring bit for bit. For ``balanced``
+    the ring is rebuilt from the remaining order, so unless ``name`` was added last some
+    ranges also move between remaining shards (the plan lists every one). ValueError for a
+    shard not in the ring or the last one.
+    """
+    if name not in ring.nodes:
+        raise ValueError(f"shard {name!r} is not in the ring ({', '.join(ring.nodes)})")
+    rest = [n for n in ring.nodes if n != name]
+    if not rest:
+        raise ValueError(f"shard {name!r} is the last shard of the ring: a cluster needs one")
+    return Ring(rest, ring.vnodes, ring.algorithm)
+
+
+def uncovered(start: int, end: int, taken: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The pieces of ``[start, end)`` outside every ``[lo, hi)`` of ``taken``, in order.
+
+    A shard that receives ranges it once gave away still holds them as ``moved`` (refused) in
+    its fence: the cut-over lifts exactly the received part and keeps refusing the rest.
+    """
+    pieces: list[tuple[int, int]] = []
+    cursor = start
+    for lo, hi in sorted(taken):
+        if hi <= cursor or lo >= end:
+            continue
+        if lo > cursor:
+            pieces.append((cursor, lo))
+        cursor = max(cursor, hi)
+        if cursor >= end:
+            break
+    if cursor < end:
+        pieces.append((cursor, end))
+    return pieces
 
 
 ASSUMED_ROWS_PER_SECOND = 50_000.0

@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("router", "failover"),
     ("ledger", "cluster"),
     ("load", "reshard.joining", ""),  # "" is the package itself (shardctl/__init__.py)
+    ("reshard.leaving",),  # remove-shard: the reshard, then add-shard's way of editing the file
 )
 """Lowest first. ``cli`` and ``__main__`` sit on top and may import anything."""
 
