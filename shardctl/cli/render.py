@@ -63,11 +63,15 @@ def topology_summary(topology: Topology) -> Table:
     """What ``validate`` prints."""
     spec = topology.spec
     table = Table(title=f"cluster {spec.cluster} ({topology.path})", title_justify="left")
-    for column in ("shard", "node", "role", "port"):
+    for column in ("shard", "node", "role", "engine", "address"):
         table.add_column(column)
     for node in topology.nodes:
         table.add_row(
-            node.shard, node.name, node.role.value, f"{node.bind_address}:{node.host_port}"
+            node.shard,
+            node.name,
+            node.role.value,
+            node.engine_name,
+            f"{node.advertise}:{node.host_port}",
         )
     return table
 
@@ -83,7 +87,14 @@ def topology_facts(topology: Topology) -> dict[str, Any]:
         "tables": [{"name": t.name, "key": t.key} for t in spec.tables],
         "shards": [{"name": s.name, "replicas": s.replicas} for s in spec.shards],
         "nodes": [
-            {"shard": n.shard, "name": n.name, "role": n.role.value, "port": n.host_port}
+            {
+                "shard": n.shard,
+                "name": n.name,
+                "role": n.role.value,
+                "engine": n.engine_name,
+                "address": n.advertise,
+                "port": n.host_port,
+            }
             for n in topology.nodes
         ],
     }
@@ -92,7 +103,8 @@ def topology_facts(topology: Topology) -> dict[str, Any]:
 def status_table(cluster: str, rows: list[StatusRow]) -> Table:
     """The ``status`` table; ``*`` marks a role a switchover or failover changed."""
     table = Table(title=f"cluster {cluster}", title_justify="left")
-    for column in ("shard", "node", "role", "actual", "container", "address", "TL", "LSN"):
+    columns = ("shard", "node", "role", "actual", "engine", "container", "address", "TL", "LSN")
+    for column in columns:
         table.add_column(column)
     table.add_column("lag", justify="right")
     table.add_column("lag s", justify="right")
@@ -105,6 +117,7 @@ def status_table(cluster: str, rows: list[StatusRow]) -> Table:
             row.name,
             row.role.value if row.role is row.declared_role else f"{row.role.value}*",
             row.actual_role.value,
+            row.engine,
             row.state.value,
             f"{row.address}:{row.port}",
             "-" if row.timeline is None else str(row.timeline),
