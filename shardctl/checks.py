@@ -241,12 +241,14 @@ def upstream_check(node: Node, facts: NodeFacts, topology: Topology | None = Non
         return failed(node, UPSTREAM, f"no WAL receiver: not streaming from {node.primary_name}")
     if receiver.status != "streaming":
         return failed(node, UPSTREAM, f"WAL receiver {receiver.status}, not streaming")
-    if receiver.sender_host not in (node.primary_container, node.primary_name):
+    upstream = pg.upstream_address(topology, node)[0] if topology is not None else None
+    expected = {node.primary_container, node.primary_name} | ({upstream} if upstream else set())
+    if receiver.sender_host not in expected:
         return failed(
             node,
             UPSTREAM,
             f"streams from {receiver.sender_host or 'an unknown host'}, "
-            f"not from its primary {node.primary_container}",
+            f"not from its primary {upstream or node.primary_container}",
         )
     if receiver.slot_name != node.slot:
         return failed(

@@ -4,6 +4,7 @@ keeps the user's comments and layout). It owns no keys until a rebalance moves s
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import yaml
 
@@ -15,7 +16,14 @@ from shardctl.topology import MAX_REPLICAS, Topology
 
 
 def add_shard(
-    cluster: Cluster, name: str, replicas: int, *, timeout: float, reporter: Reporter
+    cluster: Cluster,
+    name: str,
+    replicas: int,
+    *,
+    timeout: float,
+    reporter: Reporter,
+    engine: str | None = None,
+    replica_engines: Sequence[str] = (),
 ) -> UpReport:
     """Provision shard ``name`` with ``replicas`` replicas, then record it in the topology file.
 
@@ -25,14 +33,21 @@ def add_shard(
     ring = catalog.read(cluster.topology, cluster.credentials()).ring()
     if name in ring.nodes:
         raise UsageError(f"shard {name!r} is already in the ring")
-    bigger, text = with_shard(cluster.topology, name, replicas)
+    bigger, text = with_shard(cluster.topology, name, replicas, engine, replica_engines)
     report = Cluster(bigger, cluster.engines).up(timeout=timeout, reporter=reporter)
     record(bigger, text)
     return report
 
 
-def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, str]:
-    """The topology with shard ``name`` appended, and the file text that declares it.
+def with_shard(
+    current: Topology,
+    name: str,
+    replicas: int,
+    engine: str | None = None,
+    replica_engines: Sequence[str] = (),
+) -> tuple[Topology, str]:
+    """The topology with shard ``name`` appended, and the file text that declares it; on
+    ``engine`` (a name from ``engines:``) with replica i on ``replica_engines[i-1]``.
 
     The new entry goes after the last shard, indented like it, so the user's comments and
     layout stay. Nothing is written: see :func:`record`.
@@ -41,6 +56,10 @@ def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, s
         raise UsageError(f"shard {name!r} is already declared in {current.path}")
     if not 0 <= replicas <= MAX_REPLICAS:
         raise UsageError(f"--replicas must be between 0 and {MAX_REPLICAS}")
+    for given in (engine, *replica_engines):
+        if given is not None and given not in current.spec.engines:
+            known = ", ".join(sorted(current.spec.engines)) or "none declared"
+            raise UsageError(f"unknown engine {given!r} (engines in {current.path}: {known})")
     path = current.path
     text = path.read_text(encoding="utf-8")
     root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -55,6 +74,9 @@ def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, s
     column = last.start_mark.column
     dash = " " * (column - 2) + "- "
     entry = f"{dash}name: {name}\n{' ' * column}replicas: {replicas}\n"
+    for key, value in (("engine", engine), ("replica_engines", _flow(replica_engines))):
+        if value:
+            entry += f"{' ' * column}{key}: {value}\n"
     cut = last.end_mark.index
     head, tail = text[:cut], text[cut:]
     if not head.endswith("\n"):
@@ -64,6 +86,11 @@ def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, s
     if new.spec.shards[-1].name != name:
         raise TopologyError(f"{path}: could not add shard {name!r} after the last shard")
     return new, edited
+
+
+def _flow(names: Sequence[str]) -> str:
+    """A YAML flow list of engine names (validated as names by the topology afterwards)."""
+    return f"[{', '.join(names)}]" if names else ""
 
 
 def record(topology: Topology, text: str) -> None:
