@@ -30,6 +30,7 @@ LAN=shardctl-lan
 SUBNET_PREFIX=10.213.7
 ROOT_ADDRESS="$SUBNET_PREFIX.1"
 log() { printf 'second-host.sh: %s\n' "$*" >&2; }
+trap 'rc=$?; [ $rc -eq 0 ] || log "failed (exit $rc) at line $LINENO"' EXIT
 die() { log "$*"; exit 3; }
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
@@ -160,9 +161,13 @@ down)
     fi
     stop_engine
     # The engine may leave its data root (overlay, netns) mounted; unmount before removing.
-    grep -o " $DATA[^ ]*" /proc/mounts | sort -r | while read -r mnt; do umount -l "$mnt" || true; done
-    grep -o " $STATE[^ ]*" /proc/mounts | sort -r | while read -r mnt; do umount -l "$mnt" || true; done
+    for root in "$DATA" "$STATE"; do
+        { grep -o " $root[^ ]*" /proc/mounts || true; } | sort -r | while read -r mnt; do
+            umount -l "$mnt" || true
+        done
+    done
     rm -rf "$DATA" "$STATE"
+    rmdir --ignore-fail-on-non-empty /run/shardctl-hosts /var/lib/shardctl-hosts 2>/dev/null || true
     if [ -e "/run/netns/$LAN" ]; then
         in_ns "$LAN" ip link del "$VETH" >/dev/null 2>&1 || true
     fi
