@@ -162,3 +162,21 @@ def simulated_hosts(count: int = 2) -> Iterator[list[Host]]:
                 host.down()
             except RuntimeError as exc:
                 print(exc, file=sys.stderr)
+
+
+def split_topology(folder: Path, hosts: list[Host], *, one_engine: bool = False) -> Path:
+    """A 2 x 1 topology on hosts a and b: shard-0 a -> b, shard-1 b -> a (or all on a)."""
+    a, b = hosts
+    path = make_topology(folder, 2, 1)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["engines"] = {"a": a.engine(), "b": b.engine()}
+    if one_engine:
+        data["shards"] = [{"name": s, "engine": "a"} for s in ("shard-0", "shard-1")]
+    else:
+        data["spread"] = "hosts"
+        data["shards"] = [
+            {"name": "shard-0", "engine": "a", "replica_engines": ["b"]},
+            {"name": "shard-1", "engine": "b", "replica_engines": ["a"]},
+        ]
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path

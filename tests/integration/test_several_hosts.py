@@ -24,7 +24,7 @@ from shardctl import pg
 from shardctl.cluster import Cluster
 from shardctl.engine import LABEL_CLUSTER, make_client
 from shardctl.router import Router
-from tests.clusters import Host, make_topology, simulated_hosts
+from tests.clusters import Host, make_topology, simulated_hosts, split_topology
 from tests.integration.conftest import run_shardctl
 from tests.traffic import Writer, check_ledger, preload
 
@@ -51,24 +51,6 @@ def split(hosts: list[Host], tmp_path: Path) -> Iterator[Cluster]:
         with suppress(Exception):
             cluster.down(volumes=True)
         cluster.close()
-
-
-def split_topology(folder: Path, hosts: list[Host], *, one_engine: bool = False) -> Path:
-    """A 2 x 1 topology on hosts a and b: shard-0 a -> b, shard-1 b -> a (or all on a)."""
-    a, b = hosts
-    path = make_topology(folder, 2, 1)
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    data["engines"] = {"a": a.engine(), "b": b.engine()}
-    if one_engine:
-        data["shards"] = [{"name": s, "engine": "a"} for s in ("shard-0", "shard-1")]
-    else:
-        data["spread"] = "hosts"
-        data["shards"] = [
-            {"name": "shard-0", "engine": "a", "replica_engines": ["b"]},
-            {"name": "shard-1", "engine": "b", "replica_engines": ["a"]},
-        ]
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
 
 
 @contextmanager
