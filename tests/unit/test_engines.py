@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from shardctl import pg, topology
+from shardctl import compose, pg, topology
 from shardctl.containers import container_spec, upstream_conninfo
 from shardctl.credentials import Credentials
 from shardctl.engine import tls_config
-from shardctl.errors import ProvisioningError, TopologyError
+from shardctl.errors import ProvisioningError, TopologyError, UsageError
 from shardctl.topology import Topology
 
 TWO_HOSTS = """\
@@ -209,3 +209,8 @@ shards:
     missing = dataclasses.replace(a.tls, ca=tmp_path / "nowhere.pem")
     with pytest.raises(ProvisioningError, match=r"nowhere\.pem does not exist"):
         tls_config(missing)
+
+
+def test_compose_refuses_a_cluster_on_several_engines(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="engines a, b: use `shardctl up`"):
+        compose.render(load(tmp_path, TWO_HOSTS))
