@@ -141,6 +141,8 @@ def reachable_check(obs: NodeObservation) -> Check:
     if obs.container is ContainerState.MISSING:
         what = "replica" if node.role is Role.REPLICA else "primary"
         return failed(node, REACHABLE, f"missing: declared {what} has no container")
+    if obs.container is ContainerState.UNREACHABLE:
+        return failed(node, REACHABLE, obs.error or "its engine does not answer")
     if obs.container is not ContainerState.RUNNING:
         return failed(node, REACHABLE, f"container {obs.container.value}")
     return failed(node, REACHABLE, f"no answer: {obs.error or 'unknown error'}", obs.probe_seconds)
@@ -230,7 +232,7 @@ def replica_checks(facts: ClusterFacts, obs: NodeObservation, limits: HealthSpec
         checks += [skipped(node, c, why) for c in (RECOVERY, UPSTREAM, SYSTEM_ID, TIMELINE)]
     else:
         checks.append(recovery_check(node, own))
-        checks.append(upstream_check(node, own))
+        checks.append(upstream_check(node, own, facts.topology))
         if theirs is None:
             why = f"{node.primary_name} did not answer"
             checks += [skipped(node, SYSTEM_ID, why), skipped(node, TIMELINE, why)]
@@ -255,19 +257,22 @@ def recovery_check(node: Node, facts: NodeFacts) -> Check:
     return failed(node, RECOVERY, "not in recovery: promoted or started as a primary")
 
 
-def upstream_check(node: Node, facts: NodeFacts) -> Check:
-    """The replica's WAL receiver streams from its declared primary through its own slot."""
+def upstream_check(node: Node, facts: NodeFacts, topology: Topology | None = None) -> Check:
+    """The replica's WAL receiver streams from its acting primary through its own slot (on
+    another engine: from the primary's advertised address, which ``topology`` gives)."""
     receiver = facts.receiver
     if receiver is None:
         return failed(node, UPSTREAM, f"no WAL receiver: not streaming from {node.primary_name}")
     if receiver.status != "streaming":
         return failed(node, UPSTREAM, f"WAL receiver {receiver.status}, not streaming")
-    if receiver.sender_host not in (node.primary_container, node.primary_name):
+    upstream = pg.upstream_address(topology, node)[0] if topology is not None else None
+    expected = {node.primary_container, node.primary_name} | ({upstream} if upstream else set())
+    if receiver.sender_host not in expected:
         return failed(
             node,
             UPSTREAM,
             f"streams from {receiver.sender_host or 'an unknown host'}, "
-            f"not from its primary {node.primary_container}",
+            f"not from its primary {upstream or node.primary_container}",
         )
     if receiver.slot_name != node.slot:
         return failed(
@@ -471,6 +476,8 @@ class StatusRow:
     """The catalog's role: declared, or as a switchover or failover made it."""
     declared_role: Role
     """The role topology.yaml gives the node."""
+    engine: str
+    """The Docker engine (host) the node runs on, by its name in the topology."""
     actual_role: ActualRole
     """What the server itself says (primary: not in recovery)."""
     state: ContainerState
@@ -544,6 +551,7 @@ def status_rows(facts: ClusterFacts) -> list[StatusRow]:
                 name=node.name,
                 role=node.role,
                 declared_role=node.declared_role,
+                engine=node.engine_name,
                 actual_role=node_facts.role if node_facts else ActualRole.UNKNOWN,
                 state=obs.container,
                 address=host,

@@ -16,7 +16,7 @@ import yaml
 
 from shardctl.containers import OFFICIAL_IMAGE_MOUNT, container_spec, data_mount
 from shardctl.engine import LABEL_CONFIG, ContainerSpec, cluster_labels
-from shardctl.errors import DockerUnavailable, ProvisioningError
+from shardctl.errors import DockerUnavailable, ProvisioningError, UsageError
 from shardctl.topology import Role, Topology
 
 if TYPE_CHECKING:
@@ -44,6 +44,14 @@ def render(
 
     ``mount`` is where the data volume goes in the image; :func:`image_mount` asks the engine.
     """
+    engines = sorted({node.engine_name for node in topology.nodes})
+    if len(engines) > 1:
+        # One compose project runs on one engine; replicas on other hosts would need the
+        # primaries' advertised addresses wired in by hand, which `up` does.
+        raise UsageError(
+            f"compose renders a cluster on one engine; {topology.cluster} places nodes on "
+            f"engines {', '.join(engines)}: use `shardctl up`"
+        )
     folder = out.absolute().parent if out is not None else Path.cwd()
     schema = None
     if topology.schema_path is not None:

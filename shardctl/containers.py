@@ -164,13 +164,19 @@ def container_spec(
 def upstream_conninfo(topology: Topology, node: Node) -> str:
     """``primary_conninfo`` of a replica: its shard's acting primary, as the replication role.
 
-    The password comes from :data:`PASSFILE`; ``application_name`` is the node's name, which
-    ``pg_stat_replication`` and ``synchronous_standby_names`` know it by.
+    On the primary's engine it is the primary's container on the engine's network; on another
+    engine (another host) the primary's advertised address and published port, the same way
+    clients reach it: container names mean nothing across hosts. The password comes from
+    :data:`PASSFILE`; ``application_name`` is the node's name, which ``pg_stat_replication``
+    and ``synchronous_standby_names`` know it by.
     """
+    host, port = pg.upstream_address(topology, node)
+    extra = {"sslmode": node.sslmode} if node.sslmode is not None else {}
     return make_conninfo(
-        host=node.primary_container,
-        port=str(pg.CONTAINER_PORT),
+        host=host,
+        port=str(port),
         user=topology.spec.credentials.replication_user,
         passfile=PASSFILE,
         application_name=node.name,
+        **extra,
     )

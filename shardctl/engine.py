@@ -17,14 +17,17 @@ import posixpath
 import tarfile
 import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shardctl.errors import DockerUnavailable, ProvisioningError
-from shardctl.topology import Node, Topology
+from shardctl.topology import EngineTLS, Node, Placement, Topology
 
 if TYPE_CHECKING:
     import docker
+    import docker.tls
 
     # Re-exported so that callers can name the type without importing docker.
     from docker.models.containers import Container as Container
@@ -174,37 +177,91 @@ def _short(exc: Exception) -> str:
     return text[:160]
 
 
+Endpoint = Placement | str | None
+"""An engine as the methods below take it: a node's placement, a bare DOCKER_HOST-style URL, or
+None for $DOCKER_HOST (or the default socket)."""
+
+
+def _url(engine: Endpoint) -> str | None:
+    return engine.endpoint if isinstance(engine, Placement) else engine
+
+
+def describe(engine: Endpoint) -> str:
+    """An engine as error messages name it: its name and where it is."""
+    url = _url(engine) or os.environ.get("DOCKER_HOST") or "the default socket"
+    if isinstance(engine, Placement):
+        return f"engine {engine.name} ({url}, host {engine.advertise})"
+    return url
+
+
+def tls_config(tls: EngineTLS) -> docker.tls.TLSConfig:
+    """The Docker SDK's TLS settings for an engine; missing files come from $DOCKER_CERT_PATH
+    (``ca.pem``, ``cert.pem``, ``key.pem``), as the docker CLI does."""
+    import docker.tls
+
+    folder = os.environ.get("DOCKER_CERT_PATH")
+
+    def pick(given: Path | None, default: str) -> str | None:
+        if given is not None:
+            return str(given)
+        return os.path.join(folder, default) if folder else None
+
+    ca, cert, key = pick(tls.ca, "ca.pem"), pick(tls.cert, "cert.pem"), pick(tls.key, "key.pem")
+    for what, path in (("ca", ca), ("cert", cert), ("key", key)):
+        if path is not None and not os.path.isfile(path):
+            raise ProvisioningError(f"TLS {what} file {path} does not exist")
+    return docker.tls.TLSConfig(
+        client_cert=(cert, key) if cert and key else None,
+        ca_cert=ca if tls.verify else None,
+        verify=(ca or True) if tls.verify else False,
+    )
+
+
+def make_client(engine: Endpoint, *, timeout: int = 60) -> docker.DockerClient:
+    """A Docker client for ``engine``, not yet connected: TLS for tcp:// when the engine asks
+    for it, the system ssh (its ~/.ssh/config) or paramiko for ssh://."""
+    import docker
+
+    url = _url(engine)
+    if url is None:
+        return docker.from_env(timeout=timeout)
+    if isinstance(engine, Placement):
+        tls = tls_config(engine.tls) if engine.tls is not None else False
+        return docker.DockerClient(
+            base_url=url,
+            tls=tls,
+            timeout=timeout,
+            use_ssh_client=engine.ssh_client and url.startswith("ssh://"),
+        )
+    return docker.DockerClient(
+        base_url=url, timeout=timeout, use_ssh_client=url.startswith("ssh://")
+    )
+
+
 class Engines:
-    """Docker clients for the endpoints a topology uses, opened on first use."""
+    """Docker clients for the engines a topology uses, opened on first use."""
 
     def __init__(self) -> None:
-        self._clients: dict[str | None, docker.DockerClient] = {}
+        self._clients: dict[Endpoint, docker.DockerClient] = {}
         self._lock = threading.Lock()
 
-    def client(self, endpoint: str | None = None) -> docker.DockerClient:
+    def client(self, endpoint: Endpoint = None) -> docker.DockerClient:
         """A client for ``endpoint`` (None: DOCKER_HOST or the default socket), pinged once."""
-        import docker
-
         with self._lock:
             if endpoint not in self._clients:
-                where = endpoint or os.environ.get("DOCKER_HOST") or "the default socket"
-                with docker_errors(f"connecting to Docker at {where}"):
-                    client = (
-                        docker.DockerClient(base_url=endpoint, timeout=60)
-                        if endpoint
-                        else docker.from_env(timeout=60)
-                    )
+                with docker_errors(f"connecting to Docker at {describe(endpoint)}"):
+                    client = make_client(endpoint)
                     client.ping()
                 self._clients[endpoint] = client
             return self._clients[endpoint]
 
     def for_node(self, node: Node) -> docker.DockerClient:
         """The client of the engine a node runs on."""
-        return self.client(node.engine)
+        return self.client(node.placement if node.placement is not None else node.engine)
 
-    def endpoints(self, topology: Topology) -> list[str | None]:
-        """Every distinct engine endpoint the topology names."""
-        return list(dict.fromkeys(node.engine for node in topology.nodes))
+    def endpoints(self, topology: Topology) -> list[Endpoint]:
+        """Every distinct engine the topology's nodes run on."""
+        return list(dict.fromkeys(engine_of(node) for node in topology.nodes))
 
     def container(self, node: Node) -> Container | None:
         """The node's container, if it exists."""
@@ -236,22 +293,45 @@ class Engines:
         """Name → state of every container labelled with the cluster, one list call per engine.
 
         Unlike :meth:`cluster_containers` it inspects no container, so probes stay cheap.
+        DockerUnavailable when any engine does not answer.
         """
-        found: dict[str, str] = {}
-        for endpoint in self.endpoints(topology):
-            with docker_errors("listing containers"):
+        found, lost = self.container_states_per_engine(topology)
+        for error in lost.values():
+            raise error
+        return found
+
+    def container_states_per_engine(
+        self, topology: Topology
+    ) -> tuple[dict[str, str], dict[Endpoint, DockerUnavailable]]:
+        """Like :meth:`cluster_container_states`, every engine at once, and an engine that does
+        not answer (a lost host) is returned with its error instead of failing the rest."""
+
+        def listing(endpoint: Endpoint) -> list[dict[str, Any]]:
+            with docker_errors(f"listing containers on {describe(endpoint)}"):
                 rows: list[dict[str, Any]] = self.client(endpoint).api.containers(
                     all=True, filters=_labelled(topology.cluster)
                 )
-            for row in rows:
+            return rows
+
+        endpoints = self.endpoints(topology)
+        with ThreadPoolExecutor(max_workers=max(1, len(endpoints))) as pool:
+            futures = {e: pool.submit(listing, e) for e in endpoints}
+        found: dict[str, str] = {}
+        lost: dict[Endpoint, DockerUnavailable] = {}
+        for endpoint, future in futures.items():
+            error = future.exception()
+            if isinstance(error, DockerUnavailable):
+                lost[endpoint] = error
+                continue
+            for row in future.result():
                 names = row.get("Names") or []
                 if names:
                     found[str(names[0]).lstrip("/")] = str(row.get("State") or "unknown")
-        return found
+        return found, lost
 
     # ------------------------------------------------------------- images
 
-    def image_volumes(self, image: str, endpoint: str | None = None) -> list[str] | None:
+    def image_volumes(self, image: str, endpoint: Endpoint = None) -> list[str] | None:
         """The volumes an image declares, sorted; None when the engine does not have it."""
         import docker.errors
 
@@ -262,7 +342,7 @@ class Engines:
                 return None
         return _declared_volumes(found.attrs)
 
-    def pull(self, image: str, endpoint: str | None = None) -> list[str]:
+    def pull(self, image: str, endpoint: Endpoint = None) -> list[str]:
         """Pull an image; the volumes it declares, sorted."""
         import docker.errors
 
@@ -279,7 +359,7 @@ class Engines:
 
     # -------------------------------------------------- networks and volumes
 
-    def ensure_network(self, name: str, labels: Mapping[str, str], endpoint: str | None) -> None:
+    def ensure_network(self, name: str, labels: Mapping[str, str], endpoint: Endpoint) -> None:
         """Create a bridge network unless one of that name exists."""
         client = self.client(endpoint)
         with docker_errors(f"creating network {name}"):
@@ -386,7 +466,7 @@ class Engines:
     # ---------------------------------------------------------- containers
 
     def create_container(
-        self, spec: ContainerSpec, secrets: Mapping[str, str], endpoint: str | None
+        self, spec: ContainerSpec, secrets: Mapping[str, str], endpoint: Endpoint
     ) -> Container:
         """Create (not start) a container, labelled with its config digest, secrets in place.
 
@@ -459,6 +539,11 @@ class Engines:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+
+
+def engine_of(node: Node) -> Endpoint:
+    """The engine a node runs on, as :class:`Engines` methods take it."""
+    return node.placement if node.placement is not None else node.engine
 
 
 def _labelled(cluster: str) -> dict[str, str | list[str] | bool]:

@@ -34,6 +34,8 @@ class ContainerState(StrEnum):
     DEAD = "dead"
     MISSING = "missing"
     UNKNOWN = "unknown"
+    UNREACHABLE = "unreachable"
+    """Its engine does not answer: a lost host."""
 
 
 class ActualRole(StrEnum):
@@ -273,10 +275,30 @@ def container_states(
     topology: Topology, engines: Engines
 ) -> tuple[dict[str, ContainerState], tuple[str, ...]]:
     """Each declared node's container state, and the names of undeclared cluster containers."""
+    states, undeclared, _ = engine_container_states(topology, engines)
+    return states, undeclared
+
+
+def engine_container_states(
+    topology: Topology, engines: Engines
+) -> tuple[dict[str, ContainerState], tuple[str, ...], dict[str, str]]:
+    """:func:`container_states`, plus each node whose engine did not answer (a lost host),
+    name -> why; those nodes are UNREACHABLE and the other engines are still read."""
     declared = {node.container: node.name for node in topology.nodes}
     states = {node.name: ContainerState.MISSING for node in topology.nodes}
     undeclared: list[str] = []
-    for name, state in engines.cluster_container_states(topology).items():
+    found, lost = engines.container_states_per_engine(topology)
+    if lost and len(lost) == len(engines.endpoints(topology)):
+        raise next(iter(lost.values()))  # no engine answers: nothing can be judged
+    unreachable: dict[str, str] = {}
+    for node in topology.nodes:
+        error = lost.get(node.placement if node.placement is not None else node.engine)
+        if error is not None:
+            states[node.name] = ContainerState.UNREACHABLE
+            unreachable[node.name] = (
+                f"host {node.advertise} unreachable: engine {node.engine_name} does not answer"
+            )
+    for name, state in found.items():
         if name in declared:
             try:
                 states[declared[name]] = ContainerState(state)
@@ -284,7 +306,7 @@ def container_states(
                 states[declared[name]] = ContainerState.UNKNOWN
         else:
             undeclared.append(name)
-    return states, tuple(sorted(undeclared))
+    return states, tuple(sorted(undeclared)), unreachable
 
 
 def observe(
@@ -300,7 +322,7 @@ def observe(
     brought up reports its nodes as missing instead of failing for want of passwords.
     """
     timeout = timeout if timeout is not None else topology.spec.health.probe_timeout
-    states, undeclared = container_states(topology, engines)
+    states, undeclared, unreachable = engine_container_states(topology, engines)
 
     def probe(node: Node) -> Callable[[], tuple[NodeFacts, float]]:
         def run() -> tuple[NodeFacts, float]:
@@ -319,7 +341,8 @@ def observe(
         state = states[node.name]
         answer = answers.get(node.name)
         if answer is None:
-            observations.append(NodeObservation(node, state, None, f"container {state.value}", 0.0))
+            why = unreachable.get(node.name, f"container {state.value}")
+            observations.append(NodeObservation(node, state, None, why, 0.0))
         elif isinstance(answer, BaseException):
             observations.append(
                 NodeObservation(node, state, None, pg.failure_reason(answer), timeout)

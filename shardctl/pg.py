@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -39,20 +38,33 @@ APPLICATION_NAME = _application_name()
 
 
 def address(node: Node) -> tuple[str, int]:
-    """Host and port that reach ``node`` from this machine."""
-    host = node.bind_address
-    if node.engine and node.engine.startswith(("tcp://", "ssh://", "http://", "https://")):
-        host = urlparse(node.engine).hostname or host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return host, node.host_port
+    """Host and port that reach ``node`` from here: its engine's advertised address (the host
+    the engine runs on, as clients and other hosts know it) and the node's published port."""
+    return node.advertise, node.host_port
+
+
+def upstream_address(topology: Topology, replica: Node) -> tuple[str, int]:
+    """Host and port a replica reaches its shard's acting primary on, from its own engine:
+    the primary's container on a shared engine, else the primary's advertised address and
+    published port (container names mean nothing on another host)."""
+    primary = topology.node(replica.primary_name)
+    if primary.engine_name == replica.engine_name:
+        return replica.primary_container, CONTAINER_PORT
+    return address(primary)
 
 
 def conninfo(
-    node: Node, credentials: Credentials, dbname: str, *, timeout: float = 5.0, **extra: str
+    node: Node,
+    credentials: Credentials,
+    dbname: str,
+    *,
+    timeout: float = 5.0,
+    **extra: str,
 ) -> str:
-    """A libpq connection string for ``node`` as the superuser."""
+    """A libpq connection string for ``node`` as the superuser, with the topology's sslmode."""
     host, port = address(node)
+    if node.sslmode is not None:
+        extra.setdefault("sslmode", node.sslmode)
     return make_conninfo(
         host=host,
         port=str(port),

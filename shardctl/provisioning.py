@@ -32,7 +32,15 @@ from psycopg.conninfo import conninfo_to_dict
 from shardctl import pg
 from shardctl.containers import container_spec, data_mount, upstream_conninfo
 from shardctl.credentials import Credentials
-from shardctl.engine import LABEL_CONFIG, Engines, cluster_labels, config_digest, log_tail
+from shardctl.engine import (
+    LABEL_CONFIG,
+    Endpoint,
+    Engines,
+    cluster_labels,
+    config_digest,
+    engine_of,
+    log_tail,
+)
 from shardctl.errors import (
     CheckFailed,
     DatabaseUnavailable,
@@ -107,7 +115,7 @@ class Provisioner:
         self.report = reporter
         self.rejoin = frozenset(rejoin)
         """Nodes fenced by a failover: re-cloned from their shard's acting primary."""
-        self._mounts: dict[str | None, str] = {}
+        self._mounts: dict[Endpoint, str] = {}
         self._stop = threading.Event()
         """Set on Ctrl-C: each shard finishes the step in progress and starts no other."""
 
@@ -117,9 +125,7 @@ class Provisioner:
         """Create what is missing, start what is stopped; with ``wait``, until all stream."""
         started = time.monotonic()
         report = UpReport()
-        for endpoint in self.engines.endpoints(self.topology):
-            self._ensure_image(endpoint)
-            self._ensure_network(endpoint)
+        self._prepare_engines()
         deadline = started + timeout
         shards = self.topology.spec.shards
         with ThreadPoolExecutor(max_workers=len(shards), thread_name_prefix="up") as pool:
@@ -181,7 +187,21 @@ class Provisioner:
                 self.engines.start(container)
         return len(containers)
 
-    def _ensure_image(self, endpoint: str | None) -> None:
+    def _prepare_engines(self) -> None:
+        """Image and network on every engine, all engines at once (each host works alone)."""
+        endpoints = self.engines.endpoints(self.topology)
+
+        def prepare(endpoint: Endpoint) -> None:
+            self._ensure_image(endpoint)
+            self._ensure_network(endpoint)
+
+        with ThreadPoolExecutor(max_workers=len(endpoints), thread_name_prefix="engine") as pool:
+            errors = [f.exception() for f in [pool.submit(prepare, e) for e in endpoints]]
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def _ensure_image(self, endpoint: Endpoint) -> None:
         image = self.topology.spec.image
         volumes = self.engines.image_volumes(image, endpoint)
         if volumes is None:
@@ -189,14 +209,14 @@ class Provisioner:
             volumes = self.engines.pull(image, endpoint)
         self._mounts[endpoint] = data_mount(volumes)
 
-    def _ensure_network(self, endpoint: str | None) -> None:
+    def _ensure_network(self, endpoint: Endpoint) -> None:
         self.engines.ensure_network(
             self.topology.network, cluster_labels(self.topology.cluster), endpoint
         )
 
     def spec(self, node: Node) -> ContainerSpec:
         """The container ``up`` makes for ``node`` (on the volume mount its image asks for)."""
-        return container_spec(self.topology, node, self._mounts[node.engine])
+        return container_spec(self.topology, node, self._mounts[engine_of(node)])
 
     def _refuse_a_second_primary(self, primary: Node, replicas: list[Node]) -> None:
         """Starting a stopped primary while one of its replicas was promoted (a role change
@@ -250,7 +270,7 @@ class Provisioner:
             container, action = None, Action.RECREATED
         if container is None:
             self.report(node.name, "creating container")
-            container = self.engines.create_container(spec, self._secrets(), node.engine)
+            container = self.engines.create_container(spec, self._secrets(), engine_of(node))
             action = action if action is Action.RECREATED else Action.CREATED
         status = self.engines.status(container)
         if status != "running":
@@ -463,11 +483,15 @@ class Provisioner:
                 f"{node.name}: {detail}\n{log_tail(self.engines.container(node))}"
             )
 
+        # Polled at least every half second: a node comes up within seconds, and backing off
+        # to 2 s made `up` wait up to 2 s longer than the node did (measured: a replica on
+        # another host, whose clone takes a little longer, often lost a whole step).
         return wait_for(
             stoppable,
             timeout=max(1.0, deadline - time.monotonic()),
             what=what,
             on_timeout=timed_out,
+            max_interval=0.5,
         )
 
     def _fail_if_dead(self, node: Node) -> None:

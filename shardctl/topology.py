@@ -21,7 +21,7 @@ from functools import cache, cached_property
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import urlparse, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
@@ -112,6 +112,64 @@ class HealthSpec(_Model):
     probe_timeout: float = Field(default=5.0, gt=0)
 
 
+class Spread(StrEnum):
+    """Where a shard's replicas may be placed relative to its primary."""
+
+    NONE = "none"
+    """Anywhere, the primary's engine included."""
+    HOSTS = "hosts"
+    """Never on the engine of their declared primary (host anti-affinity)."""
+
+
+class SSLMode(StrEnum):
+    """libpq's ``sslmode`` for every connection shardctl, Routers and replicas make."""
+
+    DISABLE = "disable"
+    ALLOW = "allow"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_CA = "verify-ca"
+    VERIFY_FULL = "verify-full"
+
+
+class EngineTLSSpec(_Model):
+    """Client TLS for a ``tcp://`` Docker endpoint (files relative to the topology)."""
+
+    ca: str | None = Field(default=None, description="CA certificate the engine's is checked by.")
+    cert: str | None = Field(default=None, description="Client certificate.")
+    key: str | None = Field(default=None, description="Client key.")
+    verify: bool = Field(default=True, description="Check the engine's certificate against ca.")
+
+
+class EngineSpec(_Model):
+    """A Docker engine (a host) nodes can be placed on."""
+
+    endpoint: str = Field(
+        pattern=r"^(unix|tcp|ssh|http|https|npipe)://.+",
+        description="DOCKER_HOST-style endpoint: unix:///path, tcp://host:2376, ssh://user@host.",
+    )
+    tls: EngineTLSSpec | None = Field(
+        default=None,
+        description="TLS for tcp:// (files, else $DOCKER_CERT_PATH); none: plain or ssh.",
+    )
+    advertise: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Address other hosts and clients reach its published ports on "
+        "[default: the endpoint's host; a unix:// engine: the top-level bind_address].",
+    )
+    bind_address: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Where its nodes' ports are published [default: 0.0.0.0 when advertised "
+        "on a non-loopback address, else the top-level bind_address].",
+    )
+    ssh_client: bool = Field(
+        default=True,
+        description="ssh:// through the system ssh (its ~/.ssh/config); false: paramiko.",
+    )
+
+
 class ShardSpec(_Model):
     """One shard: a primary and its streaming replicas."""
 
@@ -122,7 +180,13 @@ class ShardSpec(_Model):
     )
     engine: str | None = Field(
         default=None,
-        description="Docker endpoint (DOCKER_HOST style) for this shard; default the local engine.",
+        min_length=1,
+        description="Name of an engine (engines:) for this shard's nodes, or a Docker endpoint; "
+        "default: engines.local if declared, else DOCKER_HOST.",
+    )
+    replica_engines: tuple[str, ...] = Field(
+        default=(),
+        description="Engine of replica 1, 2, ... (overrides engine for each one listed).",
     )
     replication: Replication | None = Field(
         default=None, description="async or sync for this shard [default: the top-level key]."
@@ -138,6 +202,19 @@ class TopologySpec(_Model):
     base_port: Port = Field(default=54320, description="Shard k's primary listens on base + 10k.")
     bind_address: str = Field(
         default="127.0.0.1", description="Host address ports are published on."
+    )
+    engines: dict[Name, EngineSpec] = Field(
+        default_factory=dict,
+        description="Named Docker engines (hosts) shards and replicas are placed on.",
+    )
+    spread: Spread = Field(
+        default=Spread.NONE,
+        description="'hosts': a replica never shares its declared primary's engine.",
+    )
+    sslmode: SSLMode | None = Field(
+        default=None,
+        description="libpq sslmode for every connection, replication included [default: "
+        "libpq's, prefer]; the servers need ssl settings under postgres: for require.",
     )
     ring: RingSpec = RingSpec()
     replication: Replication = Field(
@@ -156,6 +233,46 @@ class TopologySpec(_Model):
     shards: tuple[ShardSpec, ...] = Field(min_length=1)
 
 
+LOCAL_ENGINE = "local"
+"""The engine of a node placed nowhere in particular: engines.local, else DOCKER_HOST."""
+_LOOPBACK = ("127.", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class EngineTLS:
+    """Resolved client TLS files of an engine (None: not given)."""
+
+    ca: Path | None
+    cert: Path | None
+    key: Path | None
+    verify: bool
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The Docker engine (host) a node runs on, and how that host is reached."""
+
+    name: str
+    """The engine's name in ``engines:`` (``local`` for the default one)."""
+    endpoint: str | None
+    """DOCKER_HOST-style URL; None: $DOCKER_HOST or the default socket."""
+    advertise: str
+    """The address clients and other hosts reach this engine's published ports on."""
+    bind_address: str
+    """The address this engine's nodes publish their ports on."""
+    tls: EngineTLS | None = None
+    ssh_client: bool = True
+
+    @property
+    def label(self) -> str:
+        """How status tables name the engine: its name, and its address when remote."""
+        return (
+            self.name
+            if self.advertise.startswith(_LOOPBACK)
+            else (f"{self.name} ({self.advertise})")
+        )
+
+
 @dataclass(frozen=True)
 class Node:
     """One PostgreSQL server: a shard's primary or one of its replicas."""
@@ -170,7 +287,24 @@ class Node:
     host_port: int
     bind_address: str
     engine: str | None
+    """Docker endpoint of the node's engine (``placement.endpoint``)."""
     primary_name: str
+    placement: Placement | None = None
+    """The engine the node runs on; None only for nodes built by hand (the local engine)."""
+    sslmode: str | None = None
+    """libpq ``sslmode`` of every connection to this node (None: libpq's default)."""
+
+    @property
+    def engine_name(self) -> str:
+        """Name of the engine the node runs on (``local`` by default)."""
+        return self.placement.name if self.placement is not None else LOCAL_ENGINE
+
+    @property
+    def advertise(self) -> str:
+        """The address that reaches the node's published port from clients and other hosts."""
+        if self.placement is not None:
+            return self.placement.advertise
+        return "127.0.0.1" if self.bind_address in ("0.0.0.0", "::", "") else self.bind_address
 
     @property
     def container(self) -> str:
@@ -269,6 +403,7 @@ class Topology:
         # By index: looking each shard up by name made ten thousand shards quadratic.
         base = shard.port if shard.port is not None else self.spec.base_port + index * PORT_STRIDE
         primary = self.acting_primary(shard.name)
+        placements = [self.placement(self.engine_of(shard, i)) for i in range(shard.replicas + 1)]
         nodes = (
             Node(
                 cluster=self.cluster,
@@ -277,9 +412,11 @@ class Topology:
                 role=Role.PRIMARY if name == primary else Role.REPLICA,
                 index=i,
                 host_port=base + i,
-                bind_address=self.spec.bind_address,
-                engine=shard.engine,
+                bind_address=placements[i].bind_address,
+                engine=placements[i].endpoint,
                 primary_name=primary,
+                placement=placements[i],
+                sslmode=self.spec.sslmode.value if self.spec.sslmode is not None else None,
             )
             for i, name in enumerate(
                 [f"{shard.name}-primary"]
@@ -287,6 +424,58 @@ class Topology:
             )
         )
         return tuple(sorted(nodes, key=lambda node: node.role is not Role.PRIMARY))
+
+    @staticmethod
+    def engine_of(shard: ShardSpec, index: int) -> str | None:
+        """The engine key of node ``index`` of ``shard`` (0: primary): its replica_engines
+        entry, else the shard's engine; None for the default engine."""
+        if 1 <= index <= len(shard.replica_engines):
+            return shard.replica_engines[index - 1]
+        return shard.engine
+
+    def placement(self, engine: str | None) -> Placement:
+        """Where a node whose ``engine:`` key says ``engine`` runs (a name or an endpoint)."""
+        spec = self.spec
+        name = engine if engine is not None else LOCAL_ENGINE
+        declared = spec.engines.get(name)
+        if declared is None:
+            # An endpoint written in place (shards[].engine: ssh://host), or no engine at all.
+            url = engine if engine is not None and "://" in engine else None
+            remote = url is not None and not url.startswith(("unix://", "npipe://"))
+            host = (urlparse(url).hostname if remote and url else None) or spec.bind_address
+            advertise = _reachable(host)
+            bind = spec.bind_address if advertise.startswith(_LOOPBACK) else "0.0.0.0"
+            return Placement(name=name, endpoint=url, advertise=advertise, bind_address=bind)
+        url = declared.endpoint
+        remote_host = None if url.startswith(("unix://", "npipe://")) else urlparse(url).hostname
+        advertise = _reachable(declared.advertise or remote_host or spec.bind_address)
+        bind = declared.bind_address or (
+            spec.bind_address if advertise.startswith(_LOOPBACK) else "0.0.0.0"
+        )
+        tls = None
+        if declared.tls is not None:
+
+            def resolve(file: str | None) -> Path | None:
+                return None if file is None else self.path.parent / file
+
+            tls = EngineTLS(
+                ca=resolve(declared.tls.ca),
+                cert=resolve(declared.tls.cert),
+                key=resolve(declared.tls.key),
+                verify=declared.tls.verify,
+            )
+        return Placement(
+            name=name,
+            endpoint=url,
+            advertise=advertise,
+            bind_address=bind,
+            tls=tls,
+            ssh_client=declared.ssh_client,
+        )
+
+    def placements(self) -> tuple[Placement, ...]:
+        """Every distinct engine the topology's nodes run on, in order of first use."""
+        return tuple(dict.fromkeys(n.placement for n in self.nodes if n.placement is not None))
 
     def primaries(self) -> tuple[Node, ...]:
         """The primary of every shard, in declared order."""
@@ -304,6 +493,11 @@ class Topology:
             if shard.name == name:
                 return index, shard
         raise TopologyError(f"{self.path}: no shard named {name!r}")
+
+
+def _reachable(host: str) -> str:
+    """A host clients can connect to: a wildcard bind address means this machine's loopback."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 def default_path() -> Path:
@@ -583,6 +777,74 @@ def _dotted(loc: Loc) -> str:
     return out
 
 
+def _endpoints_written(spec: TopologySpec) -> Iterator[tuple[Loc, str]]:
+    """Every Docker endpoint the file spells out, where it is written."""
+    for name, engine in spec.engines.items():
+        yield ("engines", name, "endpoint"), engine.endpoint
+    for i, shard in enumerate(spec.shards):
+        if shard.engine is not None and "://" in shard.engine:
+            yield ("shards", i, "engine"), shard.engine
+        for j, named in enumerate(shard.replica_engines):
+            if "://" in named:
+                yield ("shards", i, "replica_engines", j), named
+
+
+def _check_engines(topology: Topology) -> Iterator[tuple[Loc, str]]:
+    """Engines: endpoints declared once, every engine named by a shard declared, and replicas
+    off their primary's engine under ``spread: hosts``."""
+    spec = topology.spec
+    endpoints: dict[str, str] = {}
+    for name, engine in spec.engines.items():
+        other = endpoints.setdefault(engine_key(engine.endpoint) or "", name)
+        if other != name:
+            yield (
+                ("engines", name, "endpoint"),
+                f"endpoint {engine.endpoint!r} is also engine {other!r} (host names compare "
+                "case-insensitively)",
+            )
+    known = ", ".join(sorted(spec.engines)) or "none declared"
+
+    def unknown(engine: str) -> str:
+        hint = difflib.get_close_matches(engine, list(spec.engines), n=1)
+        return f"unknown engine {engine!r}; " + (
+            f"did you mean {hint[0]!r}?" if hint else f"engines: {known}"
+        )
+
+    for i, shard in enumerate(spec.shards):
+        if (
+            shard.engine is not None
+            and shard.engine not in spec.engines
+            and "://" not in shard.engine
+        ):
+            yield ("shards", i, "engine"), unknown(shard.engine)
+        if len(shard.replica_engines) > shard.replicas:
+            yield (
+                ("shards", i, "replica_engines"),
+                f"{len(shard.replica_engines)} engines listed for {shard.replicas} replica(s)",
+            )
+        for j, named in enumerate(shard.replica_engines):
+            if named not in spec.engines and "://" not in named:
+                yield ("shards", i, "replica_engines", j), unknown(named)
+    if spec.spread is not Spread.HOSTS:
+        return
+    for i, shard in enumerate(spec.shards):
+        primary = topology.placement(topology.engine_of(shard, 0)).name
+        for r in range(1, shard.replicas + 1):
+            if topology.placement(topology.engine_of(shard, r)).name == primary:
+                where: Loc = (
+                    ("shards", i, "replica_engines", r - 1)
+                    if r <= len(shard.replica_engines)
+                    else ("shards", i)
+                )
+                yield (
+                    where,
+                    (
+                        f"{shard.name}-replica-{r} is on engine {primary!r} with its primary, "
+                        "but spread: hosts asks for another host (set replica_engines)"
+                    ),
+                )
+
+
 def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
     """Rules beyond each value's type: unique names, free ports, files that exist, and what
     ``up`` would trip over later (a database initdb made, settings shardctl owns, ...)."""
@@ -597,27 +859,30 @@ def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
         seen.setdefault(shard.name, i)
     if len(seen) != len(spec.shards):
         return
-    engines: dict[int, str | None] = {}
+    endpoint_problems = [
+        (where, f"{problem}")
+        for where, endpoint in _endpoints_written(spec)
+        if (problem := endpoint_problem(endpoint))
+    ]
+    engine_problems = endpoint_problems or list(_check_engines(topology))
+    yield from engine_problems
+    if engine_problems:
+        return
+    # Host names compare case-insensitively: two engines on one host share its ports.
+    owner: dict[tuple[str, int], str] = {}
     for i, shard in enumerate(spec.shards):
-        if shard.engine is not None:
-            problem = endpoint_problem(shard.engine)
-            if problem:
-                yield ("shards", i, "engine"), problem
-                return
-        engines[i] = engine_key(shard.engine)
-    owner: dict[tuple[str | None, int], str] = {}
-    for i, shard in enumerate(spec.shards):
-        # shard_nodes() looks the shard up by name; by index keeps 10,000 shards linear.
-        base = shard.port if shard.port is not None else spec.base_port + i * PORT_STRIDE
-        where: Loc = ("shards", i, "port") if shard.port is not None else ("shards", i)
-        for r in range(shard.replicas + 1):
-            name = f"{shard.name}-primary" if r == 0 else f"{shard.name}-replica-{r}"
-            port = base + r
-            taken_by = owner.setdefault((engines[i], port), name)
-            if port > 65535:
-                yield where, f"port {port} of {name} is above 65535"
-            elif taken_by != name:
-                yield where, f"port {port} of {name} clashes with {taken_by}"
+        # By index, not shard_nodes(name): ten thousand shards stay linear.
+        for node in topology._nodes_of(i, shard):
+            where: Loc = ("shards", i, "port") if shard.port is not None else ("shards", i)
+            taken_by = owner.setdefault((node.advertise.lower(), node.host_port), node.name)
+            if node.host_port > 65535:
+                yield where, f"port {node.host_port} of {node.name} is above 65535"
+            elif taken_by != node.name:
+                yield (
+                    where,
+                    f"port {node.host_port} of {node.name} clashes with {taken_by} "
+                    f"(both on host {node.advertise})",
+                )
     tables: set[str] = set()
     for i, table in enumerate(spec.tables):
         if table.name in tables:

@@ -16,6 +16,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -92,3 +93,90 @@ def run_shardctl(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+# ------------------------------------------------------------------ simulated hosts
+
+SECOND_HOST = Path(__file__).resolve().parent.parent / "scripts" / "second-host.sh"
+
+
+@dataclass(frozen=True)
+class Host:
+    """A Docker engine in its own network namespace (scripts/second-host.sh): a simulated host."""
+
+    name: str
+    endpoint: str
+    address: str
+
+    def engine(self) -> dict[str, str]:
+        """This host as an entry of a topology's ``engines:`` (ports published on its address)."""
+        return {"endpoint": self.endpoint, "advertise": self.address, "bind_address": self.address}
+
+    def start(self) -> None:
+        """Start (or restart after :meth:`stop`) its engine; idempotent."""
+        _second_host("--name", self.name, "--address", self.address)
+
+    def stop(self) -> None:
+        """Lose the host: its engine and containers stop, its address stops answering."""
+        _second_host("--name", self.name, "--stop")
+
+    def down(self) -> None:
+        """Remove everything it had: containers, engine, data, namespace."""
+        _second_host("--name", self.name, "--down")
+
+
+def _second_host(*args: str) -> str:
+    done = subprocess.run(
+        [str(SECOND_HOST), *args], capture_output=True, text=True, check=False, timeout=300
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"second-host.sh {' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+@contextmanager
+def simulated_hosts(count: int = 2) -> Iterator[list[Host]]:
+    """``count`` simulated hosts on 10.213.7.0/24, removed afterwards even on failure.
+
+    Every host is a namespace engine: an engine outside the namespaces cannot reach them (see
+    scripts/second-host.sh), and replication must flow both ways. Names and addresses differ
+    per xdist worker.
+    """
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0")
+    hosts = [
+        Host(
+            name=f"scw{worker}{chr(ord('a') + i)}",
+            endpoint=f"unix:///run/shardctl-hosts/scw{worker}{chr(ord('a') + i)}/docker.sock",
+            address=f"10.213.7.{10 + worker * 8 + i}",
+        )
+        for i in range(count)
+    ]
+    try:
+        for host in hosts:
+            host.down()  # a leftover of an interrupted run
+            host.start()
+        yield hosts
+    finally:
+        for host in hosts:
+            try:
+                host.down()
+            except RuntimeError as exc:
+                print(exc, file=sys.stderr)
+
+
+def split_topology(folder: Path, hosts: list[Host], *, one_engine: bool = False) -> Path:
+    """A 2 x 1 topology on hosts a and b: shard-0 a -> b, shard-1 b -> a (or all on a)."""
+    a, b = hosts
+    path = make_topology(folder, 2, 1)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["engines"] = {"a": a.engine(), "b": b.engine()}
+    if one_engine:
+        data["shards"] = [{"name": s, "engine": "a"} for s in ("shard-0", "shard-1")]
+    else:
+        data["spread"] = "hosts"
+        data["shards"] = [
+            {"name": "shard-0", "engine": "a", "replica_engines": ["b"]},
+            {"name": "shard-1", "engine": "b", "replica_engines": ["a"]},
+        ]
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path

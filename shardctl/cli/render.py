@@ -87,11 +87,15 @@ def topology_summary(topology: Topology) -> Table:
     """What ``validate`` prints."""
     spec = topology.spec
     table = Table(title=f"cluster {spec.cluster} ({topology.path})", title_justify="left")
-    for column in ("shard", "node", "role", "port"):
+    for column in ("shard", "node", "role", "engine", "address"):
         table.add_column(column)
     for node in topology.nodes:
         table.add_row(
-            node.shard, node.name, node.role.value, f"{node.bind_address}:{node.host_port}"
+            node.shard,
+            node.name,
+            node.role.value,
+            node.engine_name,
+            f"{node.advertise}:{node.host_port}",
         )
     return table
 
@@ -107,7 +111,14 @@ def topology_facts(topology: Topology) -> dict[str, Any]:
         "tables": [{"name": t.name, "key": t.key} for t in spec.tables],
         "shards": [{"name": s.name, "replicas": s.replicas} for s in spec.shards],
         "nodes": [
-            {"shard": n.shard, "name": n.name, "role": n.role.value, "port": n.host_port}
+            {
+                "shard": n.shard,
+                "name": n.name,
+                "role": n.role.value,
+                "engine": n.engine_name,
+                "address": n.advertise,
+                "port": n.host_port,
+            }
             for n in topology.nodes
         ],
     }
@@ -161,7 +172,7 @@ def status_table(cluster: str, rows: list[StatusRow], *, wide: bool = False) -> 
     for column in ("shard", "node", "role", "state"):
         table.add_column(column, no_wrap=True)
     if wide:
-        for column in ("actual", "address", "TL", "LSN"):
+        for column in ("actual", "engine", "address", "TL", "LSN"):
             table.add_column(column, no_wrap=True)
     table.add_column("lag", justify="right", no_wrap=True)
     if wide:
@@ -177,6 +188,7 @@ def status_table(cluster: str, rows: list[StatusRow], *, wide: bool = False) -> 
         if wide:
             cells += [
                 row.actual_role.value,
+                row.engine,
                 f"{row.address}:{row.port}",
                 "-" if row.timeline is None else str(row.timeline),
                 lsn_text(row.lsn),
@@ -205,6 +217,7 @@ def status_facts(
                 "role": r.role.value,
                 "declared_role": r.declared_role.value,
                 "actual_role": r.actual_role.value,
+                "engine": r.engine,
                 "state": r.state.value,
                 "address": r.address,
                 "port": r.port,

@@ -54,10 +54,29 @@ def add_shard(
     timeout: Annotated[
         float, number_option("--timeout", low=1, high=86400, help="Seconds to wait.")
     ] = 300.0,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="Engine (from engines:) of the new shard's nodes."),
+    ] = None,
+    replica_engine: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replica-engine",
+            help="Engine of replica 1, 2, ... (repeat the option); default: --engine.",
+        ),
+    ] = None,
 ) -> None:
     """Provision a new empty shard and record it in the topology; it joins owning no keys."""
     with open_cluster(topology, running=True) as cluster, progress_reporter() as report:
-        joining.add_shard(cluster, name, replicas, timeout=timeout, reporter=report)
+        joining.add_shard(
+            cluster,
+            name,
+            replicas,
+            timeout=timeout,
+            reporter=report,
+            engine=engine,
+            replica_engines=replica_engine or (),
+        )
     render.err_console.print(
         f"[green]add-shard[/]: {name} is up with {replicas} replica(s) and recorded in "
         f"{cluster.topology.path}; it owns no keys until `shardctl rebalance`"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Sequence
 
 import yaml
 
@@ -17,7 +18,14 @@ from shardctl.topology import MAX_REPLICAS, PORT_STRIDE, Topology
 
 
 def add_shard(
-    cluster: Cluster, name: str, replicas: int, *, timeout: float, reporter: Reporter
+    cluster: Cluster,
+    name: str,
+    replicas: int,
+    *,
+    timeout: float,
+    reporter: Reporter,
+    engine: str | None = None,
+    replica_engines: Sequence[str] = (),
 ) -> UpReport:
     """Provision shard ``name`` with ``replicas`` replicas, then record it in the topology file.
 
@@ -35,14 +43,21 @@ def add_shard(
             f"the volumes of the removed shard {name!r} were kept ({', '.join(kept)}): remove "
             "them (`docker volume rm`) or add the shard under another name"
         )
-    bigger, text = with_shard(cluster.topology, name, replicas)
+    bigger, text = with_shard(cluster.topology, name, replicas, engine, replica_engines)
     report = Cluster(bigger, cluster.engines).up(timeout=timeout, reporter=reporter)
     record(bigger, text)
     return report
 
 
-def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, str]:
-    """The topology with shard ``name`` appended, and the file text that declares it.
+def with_shard(
+    current: Topology,
+    name: str,
+    replicas: int,
+    engine: str | None = None,
+    replica_engines: Sequence[str] = (),
+) -> tuple[Topology, str]:
+    """The topology with shard ``name`` appended, and the file text that declares it; on
+    ``engine`` (a name from ``engines:``) with replica i on ``replica_engines[i-1]``.
 
     The new entry goes after the last shard, indented like it, so the user's comments and
     layout stay. Nothing is written: see :func:`record`.
@@ -51,6 +66,10 @@ def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, s
         raise UsageError(f"shard {name!r} is already declared in {current.path}")
     if not 0 <= replicas <= MAX_REPLICAS:
         raise UsageError(f"--replicas must be between 0 and {MAX_REPLICAS}")
+    for given in (engine, *replica_engines):
+        if given is not None and given not in current.spec.engines:
+            known = ", ".join(sorted(current.spec.engines)) or "none declared"
+            raise UsageError(f"unknown engine {given!r} (engines in {current.path}: {known})")
     path = current.path
     text = path.read_text(encoding="utf-8")
     root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -68,6 +87,9 @@ def with_shard(current: Topology, name: str, replicas: int) -> tuple[Topology, s
     port = _free_port(current, replicas)
     if port is not None:
         entry += f"{' ' * column}port: {port}\n"
+    for key, value in (("engine", engine), ("replica_engines", _flow(replica_engines))):
+        if value:
+            entry += f"{' ' * column}{key}: {value}\n"
     cut = last.end_mark.index
     head, tail = text[:cut], text[cut:]
     if not head.endswith("\n"):
@@ -92,6 +114,11 @@ def _free_port(current: Topology, replicas: int) -> int | None:
         if all((None, port + i) not in taken for i in range(replicas + 1)):
             return None if slot == len(current.spec.shards) else port
     raise AssertionError("unreachable")
+
+
+def _flow(names: Sequence[str]) -> str:
+    """A YAML flow list of engine names (validated as names by the topology afterwards)."""
+    return f"[{', '.join(names)}]" if names else ""
 
 
 def record(topology: Topology, text: str) -> None:

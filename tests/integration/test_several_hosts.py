@@ -1,0 +1,213 @@
+"""Several Docker hosts, for real on one machine: two engines, each in its own network
+namespace (scripts/second-host.sh), every replica on the other host than its primary.
+
+Replication crosses hosts through the primaries' advertised addresses and published ports; the
+CLI and the Routers reach every node the same way. One host is then lost as a whole (its engine
+stopped, its address gone): the other host's nodes are still reported, a failover promotes a
+replica there, and ``up`` brings the lost host's nodes back as replicas when it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import cast
+
+import pytest
+import yaml
+
+from shardctl import pg
+from shardctl.cluster import Cluster
+from shardctl.engine import LABEL_CLUSTER, make_client
+from shardctl.router import Router
+from tests.clusters import Host, make_topology, simulated_hosts, split_topology
+from tests.integration.conftest import run_shardctl
+from tests.traffic import Writer, check_ledger, preload
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[list[Host]]:
+    """Two simulated hosts for the module; removed with all they hold, even on failure."""
+    with simulated_hosts(2) as made:
+        yield made
+
+
+@pytest.fixture
+def split(hosts: list[Host], tmp_path: Path) -> Iterator[Cluster]:
+    """A 2 shards x 1 replica cluster over the two hosts, every replica on the other host."""
+    for host in hosts:
+        host.start()  # a test that lost a host may have failed before bringing it back
+    path = split_topology(tmp_path, hosts)
+    cluster = Cluster.load(path)
+    try:
+        yield cluster
+    finally:
+        for host in hosts:
+            host.start()
+        with suppress(Exception):
+            cluster.down(volumes=True)
+        cluster.close()
+
+
+@contextmanager
+def traffic(cluster: Cluster, keys: list[uuid.UUID], threads: int = 2) -> Iterator[list[Writer]]:
+    """Ledgered writers through one Router until the block ends."""
+    router = Router(cluster, max_size=4, epoch_check_interval=0.5)
+    writers = [Writer(router, seed, keys[seed::threads]) for seed in range(threads)]
+    stop = threading.Event()
+    running = [threading.Thread(target=w.run, args=(stop,)) for w in writers]
+    for thread in running:
+        thread.start()
+    try:
+        yield writers
+    finally:
+        stop.set()
+        for thread in running:
+            thread.join(timeout=60)
+        router.close()
+
+
+def sender_host(cluster: Cluster, replica: str) -> str:
+    """Where a replica's WAL receiver streams from, as the replica itself says."""
+    node = cluster.topology.node(replica)
+    with pg.connect(node, cluster.credentials(), "postgres") as conn:
+        row = conn.execute("SELECT sender_host FROM pg_catalog.pg_stat_wal_receiver").fetchone()
+    assert row is not None, f"{replica} does not stream"
+    return str(row[0])
+
+
+def leftovers(host: Host, cluster: str) -> list[str]:
+    """Containers, volumes and networks of ``cluster`` still on ``host``'s engine."""
+    client = make_client(host.endpoint)
+    try:
+        labelled: dict[str, str | list[str] | bool] = {"label": f"{LABEL_CLUSTER}={cluster}"}
+        return (
+            [str(c.name) for c in client.containers.list(all=True, filters=labelled)]
+            + [str(v.name) for v in client.volumes.list(filters=labelled)]
+            + [str(n.name) for n in client.networks.list(filters=labelled)]
+        )
+    finally:
+        client.close()
+
+
+def test_replicas_on_the_other_host_keep_every_write_through_a_reshard(
+    split: Cluster, hosts: list[Host]
+) -> None:
+    a, b = hosts
+    path = split.topology.path
+    up = run_shardctl("up", "-f", path)
+    assert up.returncode == 0, up.stderr
+
+    # Each replica streams from its primary's host address, never a container name.
+    assert sender_host(split, "shard-0-replica-1") == a.address
+    assert sender_host(split, "shard-1-replica-1") == b.address
+    status = run_shardctl("status", "-f", path, "-o", "json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    engines = {n["name"]: (n["engine"], n["address"]) for n in json.loads(status.stdout)["nodes"]}
+    assert engines == {
+        "shard-0-primary": ("a", a.address),
+        "shard-0-replica-1": ("b", b.address),
+        "shard-1-primary": ("b", b.address),
+        "shard-1-replica-1": ("a", a.address),
+    }
+
+    preloaded = preload(split, 1000)
+    with traffic(split, preloaded) as writers:
+        time.sleep(1.0)
+        added = run_shardctl(
+            "add-shard", "shard-2", "--engine", "b", "--replica-engine", "a", "-f", path
+        )
+        assert added.returncode == 0, added.stderr
+        moved = run_shardctl("rebalance", "--yes", "-f", path)
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        time.sleep(1.0)
+    assert [w.failed for w in writers] == [[], []]
+    assert sum(w.acknowledged for w in writers) > 50
+    check_ledger(split, writers, preloaded)
+
+    grown = Cluster.load(path)
+    assert grown.topology.node("shard-2-primary").engine_name == "b"
+    assert grown.topology.node("shard-2-replica-1").engine_name == "a"
+    assert sender_host(grown, "shard-2-replica-1") == b.address
+    distribution = run_shardctl("distribution", "-f", path)
+    assert distribution.returncode == 0, distribution.stdout + distribution.stderr
+    verified = run_shardctl("verify-replication", "--deep", "-f", path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    down = run_shardctl("down", "--volumes", "--yes", "-f", path)
+    assert down.returncode == 0, down.stderr
+    assert leftovers(a, split.topology.cluster) == []
+    assert leftovers(b, split.topology.cluster) == []
+
+
+def test_a_lost_host_is_reported_failed_over_and_rejoins(split: Cluster, hosts: list[Host]) -> None:
+    a, b = hosts
+    path = split.topology.path
+    split.up(timeout=180)
+    keys = preload(split, 500)
+    assert run_shardctl("verify-replication", "-f", path).returncode == 0  # replicas caught up
+
+    b.stop()
+    status = run_shardctl("status", "-f", path, "-o", "json")
+    assert status.returncode == 1, status.stdout + status.stderr
+    nodes = {n["name"]: n for n in json.loads(status.stdout)["nodes"]}
+    for lost in ("shard-0-replica-1", "shard-1-primary"):
+        assert nodes[lost]["state"] == "unreachable"
+        assert f"host {b.address} unreachable" in nodes[lost]["problem"]
+    assert nodes["shard-0-primary"]["healthy"]  # the surviving host is still judged
+    verified = run_shardctl("verify-replication", "-f", path)
+    assert verified.returncode == 1
+    assert f"shard-1-primary: reachable: host {b.address} unreachable" in verified.stderr
+
+    failed = run_shardctl("failover", "shard-1", "--yes", "-f", path)
+    assert failed.returncode == 0, failed.stdout + failed.stderr
+    assert "shard-1-primary -> shard-1-replica-1" in failed.stdout
+    moved = Cluster.load(path)
+    moved.follow_roles()
+    assert moved.topology.shard_nodes("shard-1")[0].name == "shard-1-replica-1"
+    router = Router(moved)
+    try:
+        key = next(k for k in keys if router.owner(k) == "shard-1")
+        changed = router.execute(key, "UPDATE users SET first_name = 'after' WHERE id = %s", (key,))
+        assert changed == 1  # written on the promoted replica, on the surviving host
+    finally:
+        router.close()
+
+    b.start()
+    up = run_shardctl("up", "-f", path)
+    assert up.returncode == 0, up.stderr
+    status = run_shardctl("status", "-f", path, "-o", "json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    nodes = {n["name"]: n for n in json.loads(status.stdout)["nodes"]}
+    assert (nodes["shard-1-primary"]["role"], nodes["shard-1-primary"]["actual_role"]) == (
+        "replica",
+        "replica",
+    )
+    assert sender_host(moved, "shard-1-primary") == a.address
+    verified = run_shardctl("verify-replication", "--deep", "-f", path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    rows = 0
+    for primary in moved.topology.primaries():
+        with pg.connect(primary, moved.credentials(), "app") as conn:
+            row = conn.execute("SELECT count(*) FROM users").fetchone()
+            rows += cast(int, row[0]) if row else 0  # count(*) is a bigint
+    assert rows == len(keys)
+
+
+def test_a_cluster_whose_every_engine_is_gone_exits_3(tmp_path: Path) -> None:
+    path = make_topology(tmp_path, 1, 1)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["engines"] = {
+        "a": {"endpoint": f"unix://{tmp_path}/a.sock", "advertise": "127.0.0.1"},
+        "b": {"endpoint": f"unix://{tmp_path}/b.sock", "advertise": "127.0.0.2"},
+    }
+    data["shards"] = [{"name": "shard-0", "engine": "a", "replica_engines": ["b"]}]
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    status = run_shardctl("status", "-f", path)
+    assert status.returncode == 3, status.stdout + status.stderr
+    assert status.stderr.count("\n") == 1 and "engine a" in status.stderr
