@@ -26,6 +26,12 @@ apt_install() {
 
 engine_answers() { docker info >/dev/null 2>&1; }
 
+# The several-hosts tests (scripts/second-host.sh) run engines in network namespaces: they need
+# ip (iproute2), iptables inside the namespaces, and nsenter (util-linux).
+command -v ip >/dev/null 2>&1 || apt_install iproute2
+command -v iptables >/dev/null 2>&1 || apt_install iptables
+command -v nsenter >/dev/null 2>&1 || apt_install util-linux
+
 if ! engine_answers; then
     export DOCKER_HOST="unix://$SOCK"
     if ! engine_answers; then
