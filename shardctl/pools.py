@@ -147,7 +147,10 @@ class Pools:
                         self._topology().spec.database,
                         timeout=self.connect_timeout,
                     ),
-                    kwargs={"autocommit": True},
+                    # No server-side prepared statements: a write whose pipeline a fence
+                    # aborted can lose the PREPARE psycopg believes was made, and every later
+                    # use of that statement on the connection then fails (SQLSTATE 26000).
+                    kwargs={"autocommit": True, "prepare_threshold": None},
                     min_size=self.min_size,
                     max_size=max(self.min_size, self.max_size),
                     name=node.name,
