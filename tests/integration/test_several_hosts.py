@@ -108,7 +108,7 @@ def test_replicas_on_the_other_host_keep_every_write_through_a_reshard(
     assert sender_host(split, "shard-1-replica-1") == b.address
     status = run_shardctl("status", "-f", path, "-o", "json")
     assert status.returncode == 0, status.stdout + status.stderr
-    engines = {n["name"]: (n["engine"], n["address"]) for n in json.loads(status.stdout)["nodes"]}
+    engines = {n["node"]: (n["engine"], n["address"]) for n in json.loads(status.stdout)["nodes"]}
     assert engines == {
         "shard-0-primary": ("a", a.address),
         "shard-0-replica-1": ("b", b.address),
@@ -155,7 +155,7 @@ def test_a_lost_host_is_reported_failed_over_and_rejoins(split: Cluster, hosts: 
     b.stop()
     status = run_shardctl("status", "-f", path, "-o", "json")
     assert status.returncode == 1, status.stdout + status.stderr
-    nodes = {n["name"]: n for n in json.loads(status.stdout)["nodes"]}
+    nodes = {n["node"]: n for n in json.loads(status.stdout)["nodes"]}
     for lost in ("shard-0-replica-1", "shard-1-primary"):
         assert nodes[lost]["state"] == "unreachable"
         assert f"host {b.address} unreachable" in nodes[lost]["problem"]
@@ -183,7 +183,7 @@ def test_a_lost_host_is_reported_failed_over_and_rejoins(split: Cluster, hosts: 
     assert up.returncode == 0, up.stderr
     status = run_shardctl("status", "-f", path, "-o", "json")
     assert status.returncode == 0, status.stdout + status.stderr
-    nodes = {n["name"]: n for n in json.loads(status.stdout)["nodes"]}
+    nodes = {n["node"]: n for n in json.loads(status.stdout)["nodes"]}
     assert (nodes["shard-1-primary"]["role"], nodes["shard-1-primary"]["actual_role"]) == (
         "replica",
         "replica",
