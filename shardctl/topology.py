@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -96,6 +97,17 @@ class CredentialsSpec(_Model):
     )
     superuser: Identifier = "postgres"
     replication_user: Identifier = "replicator"
+    app_user: Identifier = Field(
+        default="app",
+        description="The application role the Router and `load` use (not a superuser).",
+    )
+    app_password_env: str | None = Field(
+        default=None, description="Environment variable holding the application role's password."
+    )
+    app_password_file: str | None = Field(
+        default=None,
+        description="File holding the application role's password (relative to topology).",
+    )
 
 
 class HealthSpec(_Model):
@@ -133,6 +145,10 @@ class TopologySpec(_Model):
     base_port: Port = Field(default=54320, description="Shard k's primary listens on base + 10k.")
     bind_address: str = Field(
         default="127.0.0.1", description="Host address ports are published on."
+    )
+    allow_plaintext: bool = Field(
+        default=False,
+        description="Accept a non-loopback bind_address without TLS (scram only, no encryption).",
     )
     ring: RingSpec = RingSpec()
     replication: Replication = Field(
@@ -470,6 +486,7 @@ def _dotted(loc: Loc) -> str:
 
 def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
     """Rules that span several values: unique names, free ports, an existing schema file."""
+    yield from _check_security(topology)
     spec = topology.spec
     seen: dict[str, int] = {}
     for i, shard in enumerate(spec.shards):
@@ -498,3 +515,40 @@ def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
     schema = topology.schema_path
     if schema is not None and not schema.is_file():
         yield ("schema",), f"schema file {str(schema)!r} does not exist"
+
+
+LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ports published on ``address`` are reachable from this machine only."""
+    if address in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_security(topology: Topology) -> Iterator[tuple[Loc, str]]:
+    """Exposing the cluster is a decision: three distinct roles, no plaintext beyond loopback."""
+    spec = topology.spec
+    creds = spec.credentials
+    if creds.app_user in (creds.superuser, creds.replication_user):
+        yield (
+            ("credentials", "app_user"),
+            f"the application role {creds.app_user!r} must differ from the superuser and the "
+            "replication role",
+        )
+    if creds.superuser == creds.replication_user:
+        yield (
+            ("credentials", "replication_user"),
+            f"the replication role {creds.replication_user!r} must differ from the superuser",
+        )
+    if not is_loopback(spec.bind_address) and not spec.allow_plaintext:
+        yield (
+            ("bind_address",),
+            f"{spec.bind_address} publishes the nodes' ports beyond this machine without TLS "
+            "(not supported yet): keep 127.0.0.1, or set allow_plaintext: true to accept "
+            "passwords and data in clear on the network",
+        )
