@@ -133,8 +133,10 @@ CREATE TABLE IF NOT EXISTS shardctl.copied (
     bytes      bigint NOT NULL,
     PRIMARY KEY (reshard_id, chunk)
 );
+-- Not granted to anyone: it runs inside guard() and assert_owner(), already with their owner's
+-- rights and search_path (a SET of its own would cost every written row once more).
 CREATE OR REPLACE FUNCTION shardctl.check_key(k text, capture_table text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql SECURITY INVOKER AS $fn$
 DECLARE
     pos   text := md5(k) COLLATE "C";
     found record;
@@ -186,8 +188,8 @@ REVOKE ALL ON SCHEMA shardctl FROM PUBLIC;
 )
 """Every table and function of the protocol (idempotent; run by ``up`` on every primary).
 
-The three functions run as their owner (``SECURITY DEFINER``, the superuser that ran ``up``)
-with a fixed ``search_path``: the trigger records a writer's key in ``shardctl.changes``, and
+``guard`` and ``assert_owner`` run as their owner (``SECURITY DEFINER``, the superuser that ran
+``up``) with a fixed ``search_path``, and ``check_key`` inside them: the trigger records a writer's key in ``shardctl.changes``, and
 ``assert_owner`` reads the range ``FOR SHARE``, although the application role that writes may
 neither write ``shardctl.changes`` nor lock ``shardctl.moving`` itself. Nothing in the schema is
 granted to PUBLIC (functions are, by default): :func:`grant_app` grants the application role
