@@ -189,9 +189,10 @@ REVOKE ALL ON SCHEMA shardctl FROM PUBLIC;
 """Every table and function of the protocol (idempotent; run by ``up`` on every primary).
 
 ``guard`` and ``assert_owner`` run as their owner (``SECURITY DEFINER``, the superuser that ran
-``up``) with a fixed ``search_path``, and ``check_key`` inside them: the trigger records a writer's key in ``shardctl.changes``, and
-``assert_owner`` reads the range ``FOR SHARE``, although the application role that writes may
-neither write ``shardctl.changes`` nor lock ``shardctl.moving`` itself. Nothing in the schema is
+``up``) with a fixed ``search_path``, and ``check_key`` inside them: the trigger records a
+writer's key in ``shardctl.changes``, and ``assert_owner`` reads the range ``FOR SHARE``,
+although the application role that writes may neither write ``shardctl.changes`` nor lock
+``shardctl.moving`` itself. Nothing in the schema is
 granted to PUBLIC (functions are, by default): :func:`grant_app` grants the application role
 exactly what a Router needs."""
 
