@@ -100,7 +100,7 @@ def image_mount(topology: Topology, engines: Engines) -> str:
 
 def _service(spec: ContainerSpec) -> dict[str, Any]:
     """One compose service running exactly ``spec``."""
-    if set(spec.secrets) != set(SECRET_ENV):
+    if not set(spec.secrets) <= set(SECRET_ENV):
         raise ProvisioningError(f"internal: compose has no source for secrets {spec.secrets}")
     return {
         "image": spec.image,

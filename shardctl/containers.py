@@ -23,6 +23,8 @@ from shardctl.topology import Node, Role, Topology
 SECRETS_DIR = "/tmp/shardctl"
 """Where the password files go in a container (copied in by ``up``, secrets in compose)."""
 SECRET_NAMES = ("superuser", "replication")
+"""Every secret file a container may get: a primary both (the superuser's only for initdb, and
+deleted after it), a replica the replication password only."""
 DEFAULT_MOUNT = "/var/lib/postgresql"
 """Where the data volume goes in an image that declares no volume (owned by postgres there)."""
 OFFICIAL_IMAGE_MOUNT = "/var/lib/postgresql/data"
@@ -36,30 +38,40 @@ SCHEMA_TARGET = "/shardctl/schema.sql"
 """Where a compose file mounts the schema; ``up`` applies the schema itself over SQL."""
 
 # The container's whole life, as the postgres user. Values arrive as environment variables and
-# the server's settings as arguments ("$@"): nothing is ever spliced into this text.
+# the server's settings as arguments ("$@"): nothing is ever spliced into this text. No password
+# is ever an argument of a command either: passwords go from the secret files into libpq
+# password files (printf is a shell builtin, so its arguments never reach the process list),
+# initdb's --pwfile, and psql's \set from a file.
 BOOTSTRAP = r"""set -eu
+umask 077
+# A libpq password file line; ':' and '\' in a password are escaped as the format wants.
+pgpass_line() {
+    printf '*:*:*:%s:%s\n' "$1" "$(sed -e 's/[\\:]/\\&/g' "$2")"
+}
+# a /proc/net/route address (hex, host byte order) -> dotted quad
+dotted() {
+    n=$((0x$1))
+    printf '%d.%d.%d.%d' $((n & 255)) $((n >> 8 & 255)) $((n >> 16 & 255)) $((n >> 24 & 255))
+}
 # A standby reaches its upstream with the replication password from this file (passfile= in
 # primary_conninfo), never from a command line or its configuration. Written at every start:
 # whether this server is a standby is decided by its data directory (standby.signal), which a
 # switchover or failover changes, not by how the container was created.
-(umask 077 && printf '*:*:*:%s:%s\n' "$SHARDCTL_REPLICATION_USER" \
-    "$(cat "$SHARDCTL_SECRETS/replication")" > "$SHARDCTL_PASSFILE")
+pgpass_line "$SHARDCTL_REPLICATION_USER" "$SHARDCTL_SECRETS/replication" > "$SHARDCTL_PASSFILE"
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
     rm -rf "$PGDATA"
     if [ "$SHARDCTL_ROLE" = primary ]; then
         initdb -D "$PGDATA" -U "$SHARDCTL_SUPERUSER" --pwfile="$SHARDCTL_SECRETS/superuser" \
             --auth=scram-sha-256 --encoding=UTF8 --no-instructions
-        {
-            printf 'host replication %s all scram-sha-256\n' "$SHARDCTL_REPLICATION_USER"
-            printf 'host all all all scram-sha-256\n'
-        } >> "$PGDATA/pg_hba.conf"
-        PGPASSWORD="$(cat "$SHARDCTL_SECRETS/superuser")"
-        export PGPASSWORD
+        PGPASSFILE=/tmp/shardctl-init-pgpass
+        export PGPASSFILE
+        pgpass_line "$SHARDCTL_SUPERUSER" "$SHARDCTL_SECRETS/superuser" > "$PGPASSFILE"
         pg_ctl -D "$PGDATA" -w -o "-c listen_addresses= -c unix_socket_directories=/tmp" start
         psql -h /tmp -U "$SHARDCTL_SUPERUSER" -d postgres -q -v ON_ERROR_STOP=1 \
-            -v role="$SHARDCTL_REPLICATION_USER" -v pw="$(cat "$SHARDCTL_SECRETS/replication")" \
-            -v db="$SHARDCTL_DATABASE" <<'SQL'
+            -v role="$SHARDCTL_REPLICATION_USER" -v db="$SHARDCTL_DATABASE" <<'SQL'
+\set pw `cat "$SHARDCTL_SECRETS/replication"`
 CREATE ROLE :"role" WITH LOGIN REPLICATION PASSWORD :'pw';
+\unset pw
 CREATE DATABASE :"db";
 SQL
         if [ -n "${SHARDCTL_SCHEMA:-}" ] && [ -s "$SHARDCTL_SCHEMA" ]; then
@@ -67,7 +79,10 @@ SQL
                 -f "$SHARDCTL_SCHEMA"
         fi
         pg_ctl -D "$PGDATA" -w -m fast stop
-        unset PGPASSWORD
+        rm -f "$PGPASSFILE"
+        unset PGPASSFILE
+        # Needed for initdb only: from now on the superuser logs in from shardctl's host.
+        rm -f "$SHARDCTL_SECRETS/superuser" 2>/dev/null || :
     else
         # The slot is normally made by shardctl; -C makes it when running without shardctl.
         until pg_basebackup -d "$SHARDCTL_PRIMARY_CONNINFO" -D "$PGDATA" -X stream \
@@ -83,6 +98,30 @@ SQL
             "$SHARDCTL_PRIMARY_CONNINFO" "$SHARDCTL_SLOT" >> "$PGDATA/postgresql.auto.conf"
     fi
 fi
+# pg_hba.conf, rewritten at every start from this container's network (a re-created network
+# may have another subnet): who may connect from where. See docs/security.md.
+gateway='' subnet='' netmask=''
+while read -r _ destination via _ _ _ _ mask _; do
+    if [ "$destination" = 00000000 ]; then
+        gateway=$via
+    elif [ "$via" = 00000000 ] && [ -z "$subnet" ] && [ "$destination" != Destination ]; then
+        subnet=$destination netmask=$mask
+    fi
+done < /proc/net/route
+{
+    echo "# Written by shardctl at every start of this container; edits are lost."
+    echo "local all all scram-sha-256"
+    if [ -n "$gateway" ]; then
+        # Connections to the published port arrive from the network's gateway: shardctl's host.
+        printf 'host all %s %s/32 scram-sha-256\n' "$SHARDCTL_SUPERUSER" "$(dotted "$gateway")"
+    fi
+    printf 'host all %s all reject\n' "$SHARDCTL_SUPERUSER"
+    if [ -n "$subnet" ]; then
+        printf 'host replication %s %s %s scram-sha-256\n' "$SHARDCTL_REPLICATION_USER" \
+            "$(dotted "$subnet")" "$(dotted "$netmask")"
+    fi
+    printf 'host %s %s all scram-sha-256\n' "$SHARDCTL_DATABASE" "$SHARDCTL_APP_USER"
+} > "$PGDATA/pg_hba.conf"
 exec postgres -D "$PGDATA" "$@"
 """
 
@@ -133,6 +172,7 @@ def container_spec(
         "SHARDCTL_SECRETS": SECRETS_DIR,
         "SHARDCTL_SUPERUSER": spec.credentials.superuser,
         "SHARDCTL_REPLICATION_USER": spec.credentials.replication_user,
+        "SHARDCTL_APP_USER": spec.credentials.app_user,
         "SHARDCTL_DATABASE": spec.database,
         "SHARDCTL_PASSFILE": PASSFILE,
         "SHARDCTL_SLOT": node.slot,
@@ -156,9 +196,15 @@ def container_spec(
         ports=(Port(pg.CONTAINER_PORT, node.bind_address, node.host_port),),
         network=topology.network,
         secrets_dir=SECRETS_DIR,
-        secrets=SECRET_NAMES,
+        secrets=secret_names(node),
         first_start_only=FIRST_START_ONLY,
     )
+
+
+def secret_names(node: Node) -> tuple[str, ...]:
+    """The secret files ``node``'s container gets: a primary's initdb needs the superuser's
+    password; a replica never holds it (a failover promotes it without one)."""
+    return SECRET_NAMES if node.role is Role.PRIMARY else ("replication",)
 
 
 def upstream_conninfo(topology: Topology, node: Node) -> str:

@@ -10,12 +10,15 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from shardctl.errors import UsageError
 from shardctl.topology import Topology
 
 SECRETS_DIR_ENV = "SHARDCTL_SECRETS_DIR"
+GENERATED = ("superuser", "replication", "app")
+"""The passwords generated on first ``up`` (each only when not declared elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -26,11 +29,35 @@ class Credentials:
     superuser_password: str
     replication_user: str
     replication_password: str
+    app_user: str = "app"
+    app_password: str | None = None
+    """None for a cluster made before the application role existed, until the next ``up``."""
 
     def __repr__(self) -> str:
         return (
-            f"Credentials(superuser={self.superuser!r}, replication_user={self.replication_user!r})"
+            f"Credentials(superuser={self.superuser!r}, replication_user={self.replication_user!r}"
+            f", app_user={self.app_user!r})"
         )
+
+    def login(self, login: Login) -> tuple[str, str]:
+        """The user name and password to connect as ``login``."""
+        if login is Login.SUPERUSER:
+            return self.superuser, self.superuser_password
+        if self.app_password is None:
+            raise UsageError(
+                f"no password for the application role {self.app_user!r} yet: run `shardctl up` "
+                "(it creates the role)"
+            )
+        return self.app_user, self.app_password
+
+
+class Login(StrEnum):
+    """Which role a connection logs in as: shardctl's administration, or the application's."""
+
+    SUPERUSER = "superuser"
+    """``up``, catalogs, health, reshards, role changes: shardctl's own operations."""
+    APP = "app"
+    """The Router and ``load``: the sharded tables and the fence, nothing else."""
 
 
 def secrets_path(topology: Topology) -> Path:
@@ -48,11 +75,14 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
     """The cluster's credentials; with ``create``, generate and store any that are missing."""
     spec = topology.spec.credentials
     path = secrets_path(topology)
-    # The declared password first: a variable that is not set must not leave a file behind.
-    declared = _declared_password(topology)
+    # The declared passwords first: a variable that is not set must not leave a file behind.
+    declared = _declared(topology, spec.password_env, spec.password_file, "password")
+    declared_app = _declared(
+        topology, spec.app_password_env, spec.app_password_file, "app_password"
+    )
     stored = _read(path)
     generated = dict(stored)
-    for key in ("superuser", "replication"):
+    for key in GENERATED:
         if key not in generated and create:
             generated[key] = secrets.token_urlsafe(24)
     if generated != stored:
@@ -60,6 +90,7 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
 
     superuser_password = declared or generated.get("superuser")
     replication_password = generated.get("replication")
+    app_password = declared_app or generated.get("app")
     if superuser_password is None or replication_password is None:
         raise UsageError(
             f"no passwords for cluster {topology.cluster!r}: run `shardctl up` first, or set "
@@ -70,6 +101,8 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
         superuser_password=superuser_password,
         replication_user=spec.replication_user,
         replication_password=replication_password,
+        app_user=spec.app_user,
+        app_password=app_password,
     )
 
 
@@ -78,23 +111,23 @@ def forget(topology: Topology) -> None:
     secrets_path(topology).unlink(missing_ok=True)
 
 
-def _declared_password(topology: Topology) -> str | None:
-    spec = topology.spec.credentials
-    if spec.password_env:
-        value = os.environ.get(spec.password_env)
+def _declared(topology: Topology, env: str | None, file: str | None, key: str) -> str | None:
+    """A password from the variable ``env`` or the ``file`` the topology names, if any
+    (``key``: ``credentials.<key>_env`` / ``_file`` in messages)."""
+    if env:
+        value = os.environ.get(env)
         if not value:
             raise UsageError(
-                f"{topology.path}: credentials.password_env names ${spec.password_env}, "
-                "which is not set"
+                f"{topology.path}: credentials.{key}_env names ${env}, which is not set"
             )
         return value
-    if spec.password_file:
-        file = topology.path.parent / Path(spec.password_file).expanduser()
+    if file:
+        path = topology.path.parent / Path(file).expanduser()
         try:
-            return file.read_text(encoding="utf-8").strip()
+            return path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise UsageError(
-                f"{topology.path}: cannot read credentials.password_file {file}: {exc.strerror}"
+                f"{topology.path}: cannot read credentials.{key}_file {path}: {exc.strerror}"
             ) from None
     return None
 

@@ -136,20 +136,44 @@ def config_digest(spec: ContainerSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _files_archive(folder: str, files: Mapping[str, str]) -> bytes:
-    """A tar of ``folder`` holding ``files`` (name → text), to unpack at the folder's parent."""
+def _files_archive(folder: str, files: Mapping[str, str], owner: tuple[int, int]) -> bytes:
+    """A tar of ``folder`` holding ``files`` (name → text), to unpack at the folder's parent:
+    the folder mode 0700 and the files 0600, all owned by ``owner`` (uid, gid)."""
     buffer = io.BytesIO()
     base = posixpath.basename(folder.rstrip("/"))
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo(base)
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        info.type, info.mode = tarfile.DIRTYPE, 0o700
+        info.uid, info.gid = owner
         tar.addfile(info)
         for name, text in files.items():
             data = text.encode()
             info = tarfile.TarInfo(f"{base}/{name}")
-            info.size, info.mode = len(data), 0o644
+            info.size, info.mode = len(data), 0o600
+            info.uid, info.gid = owner
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
+
+
+def user_ids(passwd: str, user: str) -> tuple[int, int] | None:
+    """The uid and gid of ``user`` (a name, ``uid`` or ``uid:gid``) in a passwd file's text."""
+    uid, _, gid = user.partition(":")
+    if uid.isdigit():
+        return int(uid), int(gid) if gid.isdigit() else int(uid)
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[0] == uid and fields[2].isdigit() and fields[3].isdigit():
+            return int(fields[2]), int(fields[3])
+    return None
+
+
+def _read_file(container: Container, path: str) -> str:
+    """The text of one file in a (created or running) container."""
+    stream, _ = container.get_archive(path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.next()
+        extracted = tar.extractfile(member) if member is not None else None
+        return extracted.read().decode("utf-8", "replace") if extracted is not None else ""
 
 
 @contextlib.contextmanager
@@ -471,7 +495,7 @@ class Engines:
         """Create (not start) a container, labelled with its config digest, secrets in place.
 
         The secret files are copied in before the first start, so they are never on a command
-        line or in the container's environment.
+        line or in the container's environment; mode 0600, owned by the container's user.
         """
         if set(secrets) != set(spec.secrets):
             raise ProvisioningError(f"internal: {spec.name} needs secrets {spec.secrets}")
@@ -482,9 +506,16 @@ class Engines:
                 labels=labels,
                 **arguments,  # type: ignore[arg-type]
             )
+            # Owned by the server's user, readable by it alone: the image decides its uid.
+            owner = user_ids(_read_file(container, "/etc/passwd"), spec.user)
+            if owner is None:
+                container.remove(force=True)
+                raise ProvisioningError(
+                    f"{spec.name}: the image {spec.image} has no user {spec.user!r}"
+                )
             container.put_archive(
                 posixpath.dirname(spec.secrets_dir.rstrip("/")) or "/",
-                _files_archive(spec.secrets_dir, secrets),
+                _files_archive(spec.secrets_dir, secrets, owner),
             )
         return container
 

@@ -138,8 +138,10 @@ CREATE TABLE IF NOT EXISTS shardctl.copied (
     bytes      bigint NOT NULL,
     PRIMARY KEY (reshard_id, chunk)
 );
+-- Not granted to anyone: it runs inside guard() and assert_owner(), already with their owner's
+-- rights and search_path (a SET of its own would cost every written row once more).
 CREATE OR REPLACE FUNCTION shardctl.check_key(k text, capture_table text) RETURNS void
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY INVOKER AS $fn$
 DECLARE
     pos   text := md5(k) COLLATE "C";
     found record;
@@ -160,9 +162,10 @@ BEGIN
 END
 $fn$;
 CREATE OR REPLACE FUNCTION shardctl.assert_owner(k text) RETURNS void
-LANGUAGE sql AS $fn$ SELECT shardctl.check_key(k, NULL) $fn$;
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT shardctl.check_key(k, NULL) $fn$;
 CREATE OR REPLACE FUNCTION shardctl.guard() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     old_key text;
     new_key text;
@@ -178,6 +181,9 @@ BEGIN
     RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
 END
 $fn$;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA shardctl FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA shardctl FROM PUBLIC;
+REVOKE ALL ON SCHEMA shardctl FROM PUBLIC;
 """
 ).format(
     all_states=_states(*RangeState),
@@ -185,7 +191,15 @@ $fn$;
     capturing=sql.Literal(RangeState.CAPTURING.value),
     sqlstate=sql.Literal(FENCE_SQLSTATE),
 )
-"""Every table and function of the protocol (idempotent; run by ``up`` on every primary)."""
+"""Every table and function of the protocol (idempotent; run by ``up`` on every primary).
+
+``guard`` and ``assert_owner`` run as their owner (``SECURITY DEFINER``, the superuser that ran
+``up``) with a fixed ``search_path``, and ``check_key`` inside them: the trigger records a
+writer's key in ``shardctl.changes``, and ``assert_owner`` reads the range ``FOR SHARE``,
+although the application role that writes may neither write ``shardctl.changes`` nor lock
+``shardctl.moving`` itself. Nothing in the schema is
+granted to PUBLIC (functions are, by default): :func:`grant_app` grants the application role
+exactly what a Router needs."""
 
 GUARD_TRIGGER = "shardctl_guard"
 
@@ -266,13 +280,56 @@ def install(conn: Conn, tables: Sequence[TableSpec]) -> None:
         )
 
 
+ROUTER_READS = ("ring", "moving")
+"""The tables of the ``shardctl`` schema a Router reads (the ring and acting roles; the ranges
+it dual-writes): SELECT only. They hold no secret."""
+ROUTER_CALLS = ("assert_owner(text)",)
+"""The functions of the ``shardctl`` schema a Router calls (the trigger needs no grant: a
+trigger function's privileges are checked when the trigger is made, not when it fires)."""
+
+# (sharded table) -> the sequences its columns draw defaults from (serial, identity)
+TABLE_SEQUENCES = (
+    "SELECT d.objid::regclass::text FROM pg_catalog.pg_depend d "
+    "JOIN pg_catalog.pg_class c ON c.oid = d.objid AND c.relkind = 'S' "
+    "WHERE d.refobjid = %s::regclass AND d.deptype IN ('a', 'i')"
+)
+
+
+def grant_app(conn: Conn, tables: Sequence[TableSpec], app_user: str) -> None:
+    """Give the application role what a Router and ``load`` need, and nothing else: read and
+    write the sharded tables (no TRUNCATE: it fires no trigger), read the ring and the moving
+    ranges, call ``assert_owner``."""
+    role = sql.Identifier(app_user)
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA shardctl TO {}").format(role))
+    for name in ROUTER_READS:
+        conn.execute(
+            sql.SQL("GRANT SELECT ON TABLE {} TO {}").format(sql.Identifier("shardctl", name), role)
+        )
+    for function in ROUTER_CALLS:
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION shardctl.{} TO {}").format(sql.SQL(function), role)
+        )
+    for table in tables:
+        conn.execute(
+            sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE {} TO {}").format(
+                sql.Identifier(table.name), role
+            )
+        )
+        for (sequence,) in conn.execute(TABLE_SEQUENCES, (table.name,)).fetchall():
+            conn.execute(
+                sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(sql.SQL(sequence), role)
+            )
+
+
 def ensure(topology: Topology, credentials: Credentials) -> None:
-    """Install the fence on every primary (idempotent; done by ``up``)."""
+    """Install the fence on every primary, and the application role's grants (idempotent;
+    done by ``up``, after the ring catalog)."""
 
     def one(conn: Conn) -> None:
         with conn.transaction():
             conn.execute(XACT_LOCK, (FENCE_INSTALL_LOCK,))
             install(conn, topology.spec.tables)
+            grant_app(conn, topology.spec.tables, topology.spec.credentials.app_user)
         lift_abandoned_role_fence(conn)
 
     pg.on_nodes(
@@ -434,9 +491,19 @@ RESYNC_ATTEMPTS = 5
 
 
 def resync_keys(
-    source: Conn, target: Conn, table: TableSpec, type_name: str, keys: Sequence[str]
+    source: Conn,
+    target: Conn,
+    table: TableSpec,
+    type_name: str,
+    keys: Sequence[str],
+    *,
+    trusted: bool = True,
 ) -> None:
     """Make ``keys`` on the target equal to the source; call inside a source transaction.
+
+    ``trusted`` (shardctl's drain, as the superuser) writes past the target's guard; a Router's
+    dual write (the application role, which may not) goes through it, which lets it pass: the
+    target gives away no range holding a key moving to it.
 
     The source rows are locked FOR SHARE, so their committed state cannot change under us.
     Another re-sync of the same key (a router's dual write, the drain) or the bulk copy may
@@ -452,7 +519,8 @@ def resync_keys(
 
     def replace() -> None:
         with target.transaction(), target.cursor() as cur:
-            trusted_writes(target)
+            if trusted:
+                trusted_writes(target)
             cur.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, match))
             pipe(source, copy_out, cur, name)
 

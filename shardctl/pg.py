@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from shardctl.credentials import Credentials
+from shardctl.credentials import Credentials, Login
 from shardctl.errors import DatabaseUnavailable, ShardctlError
 from shardctl.text import first_line as first_line  # re-exported: pg.first_line(exc) reads well
 from shardctl.topology import Node, Topology
@@ -59,18 +59,21 @@ def conninfo(
     dbname: str,
     *,
     timeout: float = 5.0,
+    login: Login = Login.SUPERUSER,
     **extra: str,
 ) -> str:
-    """A libpq connection string for ``node`` as the superuser, with the topology's sslmode."""
+    """A libpq connection string for ``node`` as ``login`` (shardctl's own work: the superuser;
+    the Router and ``load``: the application role), with the topology's sslmode."""
     host, port = address(node)
+    user, password = credentials.login(login)
     if node.sslmode is not None:
         extra.setdefault("sslmode", node.sslmode)
     return make_conninfo(
         host=host,
         port=str(port),
         dbname=dbname,
-        user=credentials.superuser,
-        password=credentials.superuser_password,
+        user=user,
+        password=password,
         connect_timeout=str(max(1, round(timeout))),
         application_name=APPLICATION_NAME,
         **extra,
@@ -91,11 +94,11 @@ def connect(
     idempotent set-up, which must not hang on a ``replication: sync`` shard whose replicas are
     not there yet; ``up`` makes them next).
     """
-    extra = {"options": "-c synchronous_commit=local"} if local_commit else {}
+    info = conninfo(node, credentials, dbname, timeout=timeout)
+    if local_commit:
+        info = make_conninfo(info, options="-c synchronous_commit=local")
     try:
-        return psycopg.connect(
-            conninfo(node, credentials, dbname, timeout=timeout, **extra), autocommit=True
-        )
+        return psycopg.connect(info, autocommit=True)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"{node.name}: cannot connect: {first_line(exc)}") from None
 

@@ -24,7 +24,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shardctl import pg
-from shardctl.credentials import Credentials
+from shardctl.credentials import Credentials, Login
 from shardctl.errors import RoutingError, TopologyError
 from shardctl.faults import is_transient
 from shardctl.topology import Node, Topology
@@ -54,10 +54,13 @@ class Pools:
         min_size: int,
         max_size: int,
         connect_timeout: float,
+        login: Login = Login.APP,
     ) -> None:
-        """Pools to the nodes of ``topology()`` (called again whenever a node is looked up)."""
+        """Pools to the nodes of ``topology()`` (called again whenever a node is looked up),
+        logged in as ``login`` (the application role unless told otherwise)."""
         self._topology = topology
         self._credentials = credentials
+        self.login = login
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = connect_timeout
@@ -146,6 +149,7 @@ class Pools:
                         self._credentials,
                         self._topology().spec.database,
                         timeout=self.connect_timeout,
+                        login=self.login,
                     ),
                     # No server-side prepared statements: a write whose pipeline a fence
                     # aborted can lose the PREPARE psycopg believes was made, and every later

@@ -270,7 +270,7 @@ class Provisioner:
             container, action = None, Action.RECREATED
         if container is None:
             self.report(node.name, "creating container")
-            container = self.engines.create_container(spec, self._secrets(), engine_of(node))
+            container = self.engines.create_container(spec, self._secrets(spec), engine_of(node))
             action = action if action is Action.RECREATED else Action.CREATED
         status = self.engines.status(container)
         if status != "running":
@@ -284,13 +284,15 @@ class Provisioner:
             action = action if action is not Action.UNCHANGED else Action.STARTED
         return action
 
-    def _secrets(self) -> dict[str, str]:
-        """The password files the bootstrap script reads; never on the command line."""
+    def _secrets(self, spec: ContainerSpec) -> dict[str, str]:
+        """The password files the bootstrap script of ``spec`` reads (a replica: only the
+        replication password); never on the command line."""
         creds = self._creds()
-        return {
+        known = {
             "superuser": creds.superuser_password,
             "replication": creds.replication_password,
         }
+        return {name: known[name] for name in spec.secrets}
 
     def _creds(self) -> Credentials:
         if self.credentials is None:
@@ -305,22 +307,16 @@ class Provisioner:
         return pg.connect(node, self._creds(), dbname, local_commit=True)
 
     def _configure_primary(self, primary: Node, replicas: Iterable[Node]) -> None:
-        """Replication role, database, schema and slots; each step a no-op when already done."""
+        """Replication and application roles, database, schema and slots; each step a no-op
+        when already done. The application role's grants come with the fence (``fence.ensure``),
+        once the catalog and fence objects exist."""
         self.report(primary.name, "configuring")
         spec = self.topology.spec
+        creds = self._creds()
         with self._connect(primary) as conn:
-            role = sql.Identifier(spec.credentials.replication_user)
-            password = sql.Literal(self._creds().replication_password)
-            exists = conn.execute(
-                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s",
-                (spec.credentials.replication_user,),
-            ).fetchone()
-            verb = sql.SQL("ALTER") if exists else sql.SQL("CREATE")
-            conn.execute(
-                sql.SQL("{} ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
-                    verb, role, password
-                )
-            )
+            ensure_role(conn, creds.replication_user, creds.replication_password, REPLICATION_ROLE)
+            if creds.app_password is not None:
+                ensure_role(conn, creds.app_user, creds.app_password, APP_ROLE)
             if not conn.execute(
                 "SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (spec.database,)
             ).fetchone():
@@ -519,6 +515,24 @@ class Provisioner:
         if volumes:
             report.volumes = self.engines.remove_volumes(self.topology)
         return report
+
+
+REPLICATION_ROLE = "LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"
+"""The replication role: it streams WAL and nothing else."""
+APP_ROLE = "LOGIN NOREPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOINHERIT"
+"""The application role: logs in; what it may touch is granted, object by object."""
+
+
+def ensure_role(conn: psycopg.Connection[Any], name: str, password: str, options: str) -> None:
+    """Create the role ``name`` with ``options`` (a constant above) and ``password``, or make an
+    existing one match them."""
+    exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (name,))
+    verb = "ALTER" if exists.fetchone() else "CREATE"
+    conn.execute(
+        sql.SQL("{} ROLE {} WITH {} PASSWORD {}").format(
+            sql.SQL(verb), sql.Identifier(name), sql.SQL(options), sql.Literal(password)
+        )
+    )
 
 
 def create_slot(conn: psycopg.Connection[Any], replica: Node) -> None:

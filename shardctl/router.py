@@ -62,7 +62,7 @@ from tenacity import (
 from shardctl import credentials as creds
 from shardctl import faults, pg
 from shardctl import topology as topo
-from shardctl.credentials import Credentials
+from shardctl.credentials import Credentials, Login
 from shardctl.errors import (
     DatabaseUnavailable,
     KeyNotOwned,
@@ -105,8 +105,10 @@ class Router:
         connect_timeout: float = 5.0,
         retry_timeout: float = 20.0,
         epoch_check_interval: float = 2.0,
+        login: Login = Login.APP,
     ) -> None:
-        """A router for a topology (credentials found as the CLI finds them) or a Cluster."""
+        """A router for a topology (credentials found as the CLI finds them) or a Cluster,
+        connected as the application role (``login=Login.SUPERUSER`` for shardctl's tools)."""
         if isinstance(source, Topology):
             topology = source
             credentials = credentials or creds.load(source)
@@ -120,6 +122,7 @@ class Router:
             min_size=min_size,
             max_size=max_size,
             connect_timeout=connect_timeout,
+            login=login,
         )
         self._watcher = CatalogWatcher(topology, self._pools, interval=epoch_check_interval)
         self.retry_timeout = retry_timeout
@@ -361,7 +364,9 @@ class Router:
             ):
                 src.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
                 for table in topology.spec.tables:
-                    resync_keys(src, dst, table, self._key_type(src, table), [str(key)])
+                    resync_keys(
+                        src, dst, table, self._key_type(src, table), [str(key)], trusted=False
+                    )
         except (psycopg.Error, PoolTimeout, ShardctlError) as exc:
             self.stats.dual_write_skipped()
             log.debug("shardctl router: dual write of %r to %s skipped: %s", key, target, exc)

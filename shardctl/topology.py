@@ -101,6 +101,17 @@ class CredentialsSpec(_Model):
     )
     superuser: Identifier = "postgres"
     replication_user: Identifier = "replicator"
+    app_user: Identifier = Field(
+        default="app",
+        description="The application role the Router and `load` use (not a superuser).",
+    )
+    app_password_env: str | None = Field(
+        default=None, description="Environment variable holding the application role's password."
+    )
+    app_password_file: str | None = Field(
+        default=None,
+        description="File holding the application role's password (relative to topology).",
+    )
 
 
 class HealthSpec(_Model):
@@ -215,6 +226,10 @@ class TopologySpec(_Model):
         default=None,
         description="libpq sslmode for every connection, replication included [default: "
         "libpq's, prefer]; the servers need ssl settings under postgres: for require.",
+    )
+    allow_plaintext: bool = Field(
+        default=False,
+        description="Accept a non-loopback bind_address without TLS (scram only, no encryption).",
     )
     ring: RingSpec = RingSpec()
     replication: Replication = Field(
@@ -848,6 +863,7 @@ def _check_engines(topology: Topology) -> Iterator[tuple[Loc, str]]:
 def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
     """Rules beyond each value's type: unique names, free ports, files that exist, and what
     ``up`` would trip over later (a database initdb made, settings shardctl owns, ...)."""
+    yield from _check_security(topology)
     spec = topology.spec
     seen: dict[str, int] = {}
     for i, shard in enumerate(spec.shards):
@@ -1118,3 +1134,39 @@ def _file_problem(path: Path) -> str | None:
         return "is a directory, not a file" if path.is_dir() else "does not exist"
     except OSError as exc:
         return f"cannot be read ({exc.strerror or type(exc).__name__})"
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ports published on ``address`` are reachable from this machine only."""
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_security(topology: Topology) -> Iterator[tuple[Loc, str]]:
+    """Exposing the cluster is a decision: three distinct roles, no plaintext beyond loopback."""
+    spec = topology.spec
+    creds = spec.credentials
+    if creds.app_user in (creds.superuser, creds.replication_user):
+        yield (
+            ("credentials", "app_user"),
+            f"the application role {creds.app_user!r} must differ from the superuser and the "
+            "replication role",
+        )
+    exposed = _is_ip(spec.bind_address) and not is_loopback(spec.bind_address)
+    if exposed and not spec.allow_plaintext:  # an empty or malformed address is its own error
+        yield (
+            ("bind_address",),
+            f"{spec.bind_address} publishes the nodes' ports beyond this machine without TLS "
+            "(not supported yet): keep 127.0.0.1, or set allow_plaintext: true to accept "
+            "passwords and data in clear on the network",
+        )

@@ -72,7 +72,8 @@ def test_the_schema_path_is_relative_to_the_written_file(tmp_path: Path) -> None
 
 def test_an_unchanged_configuration_keeps_its_digest(tmp_path: Path) -> None:
     # Containers carry these digests; a different one makes `up` recreate every node. (The
-    # bootstrap of the switchover/failover release changed them once, on purpose.)
+    # bootstrap of the switchover/failover release changed them once, on purpose, and the
+    # least-privilege one (pg_hba at every start, no password on a command line) again.)
     path = tmp_path / "topology.yaml"
     path.write_text(
         "cluster: pinned\nimage: postgres:17\ndatabase: app\nbase_port: 54320\n"
@@ -85,8 +86,8 @@ def test_an_unchanged_configuration_keeps_its_digest(tmp_path: Path) -> None:
         for node in topo.nodes
     }
     assert digests == {
-        "shard-0-primary": "83af117470999844",
-        "shard-0-replica-1": "b877efa7f4824696",
+        "shard-0-primary": "4b5b7b5e0ae7a93b",
+        "shard-0-replica-1": "55f5d0b13ec00c5f",
     }
     # A switchover swaps the roles; neither running container may be recreated for it.
     switched = topo.with_acting({"shard-0": "shard-0-replica-1"})
