@@ -7,6 +7,8 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -155,3 +157,22 @@ def check_ledger(
     assert ghosts == [], f"deleted keys came back: {ghosts[:5]}"
     assert stale == [], f"stale values: {stale[:5]}"
     return len(where), sum(1 for v in expected.values() if v is not DELETED)
+
+
+@contextmanager
+def traffic(cluster: Cluster, keys: list[uuid.UUID], threads: int = 2) -> Iterator[list[Writer]]:
+    """Ledgered writers inserting, updating and deleting through one Router until the block
+    ends; each thread starts from its share of ``keys``."""
+    router = Router(cluster, max_size=4, epoch_check_interval=0.5)
+    writers = [Writer(router, seed, keys[seed::threads]) for seed in range(threads)]
+    stop = threading.Event()
+    running = [threading.Thread(target=w.run, args=(stop,)) for w in writers]
+    for thread in running:
+        thread.start()
+    try:
+        yield writers
+    finally:
+        stop.set()
+        for thread in running:
+            thread.join(timeout=60)
+        router.close()

@@ -38,6 +38,17 @@ from shardctl.reshard.coordinator import Rebalancer, State
 from shardctl.reshard.plan import Phase, finished
 from shardctl.topology import MAX_REPLICAS
 
+ThrottleOption = Annotated[
+    float, number_option("--throttle", low=0, high=60, help="Seconds to sleep between chunks.")
+]
+RowsPerChunkOption = Annotated[
+    int,
+    number_option(
+        "--rows-per-chunk", low=100, high=10_000_000, help="Rows copied per transaction."
+    ),
+]
+"""The copy's pace, shared by ``rebalance`` and ``remove-shard``."""
+
 
 @app.command("add-shard")
 def add_shard(
@@ -122,16 +133,8 @@ def rebalance(
         bool, typer.Option("--abort", help="Undo an unfinished run (before cut-over).")
     ] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    throttle: Annotated[
-        float,
-        number_option("--throttle", low=0, high=60, help="Seconds to sleep between chunks."),
-    ] = 0.0,
-    rows_per_chunk: Annotated[
-        int,
-        number_option(
-            "--rows-per-chunk", low=100, high=10_000_000, help="Rows copied per transaction."
-        ),
-    ] = 50_000,
+    throttle: ThrottleOption = 0.0,
+    rows_per_chunk: RowsPerChunkOption = 50_000,
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Move data until every key lives on its ring owner, online; --plan shows the moves."""
@@ -244,16 +247,8 @@ def remove_shard(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted removal.")
     ] = False,
-    throttle: Annotated[
-        float,
-        number_option("--throttle", low=0, high=60, help="Seconds to sleep between chunks."),
-    ] = 0.0,
-    rows_per_chunk: Annotated[
-        int,
-        number_option(
-            "--rows-per-chunk", low=100, high=10_000_000, help="Rows copied per transaction."
-        ),
-    ] = 50_000,
+    throttle: ThrottleOption = 0.0,
+    rows_per_chunk: RowsPerChunkOption = 50_000,
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Move a shard's keys to the remaining shards online, then remove its nodes."""

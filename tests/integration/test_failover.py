@@ -9,11 +9,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from shardctl import catalog, pg
@@ -23,27 +20,7 @@ from shardctl.failover import Step
 from shardctl.router import Router
 from shardctl.topology import Node
 from tests.integration.conftest import ClusterFactory, run_shardctl
-from tests.traffic import Writer, check_ledger, preload
-
-
-@contextmanager
-def traffic(
-    cluster: Cluster, preloaded: list[uuid.UUID], threads: int = 3
-) -> Iterator[list[Writer]]:
-    """Writers inserting, updating and deleting through one Router until the block ends."""
-    router = Router(cluster, max_size=4, epoch_check_interval=0.5)
-    writers = [Writer(router, seed, preloaded[seed::threads]) for seed in range(threads)]
-    stop = threading.Event()
-    running = [threading.Thread(target=w.run, args=(stop,)) for w in writers]
-    for thread in running:
-        thread.start()
-    try:
-        yield writers
-    finally:
-        stop.set()
-        for thread in running:
-            thread.join(timeout=60)
-        router.close()
+from tests.traffic import Writer, check_ledger, preload, traffic
 
 
 def acknowledged_on(writers: list[Writer], cluster: Cluster, shard: str, after: float) -> int:
@@ -77,7 +54,7 @@ def test_switchover_failover_and_rejoin_under_live_traffic(
     cluster = cluster_factory()
     path = cluster.topology.path
     preloaded = preload(cluster, 3000)
-    with traffic(cluster, preloaded) as writers:
+    with traffic(cluster, preloaded, threads=3) as writers:
         time.sleep(1.0)
         switched = run_shardctl("switchover", "shard-0", "--yes", "-f", path)
         assert switched.returncode == 0, switched.stderr

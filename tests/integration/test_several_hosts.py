@@ -10,11 +10,9 @@ replica there, and ``up`` brings the lost host's nodes back as replicas when it 
 from __future__ import annotations
 
 import json
-import threading
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import cast
 
@@ -27,7 +25,7 @@ from shardctl.engine import LABEL_CLUSTER, make_client
 from shardctl.router import Router
 from tests.clusters import Host, make_topology, simulated_hosts, split_topology
 from tests.integration.conftest import run_shardctl
-from tests.traffic import Writer, check_ledger, preload
+from tests.traffic import check_ledger, preload, traffic
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +50,6 @@ def split(hosts: list[Host], tmp_path: Path) -> Iterator[Cluster]:
         with suppress(Exception):
             cluster.down(volumes=True)
         cluster.close()
-
-
-@contextmanager
-def traffic(cluster: Cluster, keys: list[uuid.UUID], threads: int = 2) -> Iterator[list[Writer]]:
-    """Ledgered writers through one Router until the block ends."""
-    router = Router(cluster, max_size=4, epoch_check_interval=0.5)
-    writers = [Writer(router, seed, keys[seed::threads]) for seed in range(threads)]
-    stop = threading.Event()
-    running = [threading.Thread(target=w.run, args=(stop,)) for w in writers]
-    for thread in running:
-        thread.start()
-    try:
-        yield writers
-    finally:
-        stop.set()
-        for thread in running:
-            thread.join(timeout=60)
-        router.close()
 
 
 def sender_host(cluster: Cluster, replica: str) -> str:
