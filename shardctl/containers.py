@@ -115,6 +115,15 @@ done < /proc/net/route
         # Connections to the published port arrive from the network's gateway: shardctl's host.
         printf 'host all %s %s/32 scram-sha-256\n' "$SHARDCTL_SUPERUSER" "$(dotted "$gateway")"
     fi
+    if [ -n "${SHARDCTL_OTHER_HOSTS:-}" ] && [ -n "$subnet" ]; then
+        # Several hosts: shardctl's host and other hosts' replicas reach the published port
+        # through NAT, from their own addresses. The superuser stays refused from this host's
+        # other containers.
+        printf 'host all %s %s %s reject\n' "$SHARDCTL_SUPERUSER" \
+            "$(dotted "$subnet")" "$(dotted "$netmask")"
+        printf 'host all %s all scram-sha-256\n' "$SHARDCTL_SUPERUSER"
+        printf 'host replication %s all scram-sha-256\n' "$SHARDCTL_REPLICATION_USER"
+    fi
     printf 'host all %s all reject\n' "$SHARDCTL_SUPERUSER"
     if [ -n "$subnet" ]; then
         printf 'host replication %s %s %s scram-sha-256\n' "$SHARDCTL_REPLICATION_USER" \
@@ -177,6 +186,8 @@ def container_spec(
         "SHARDCTL_PASSFILE": PASSFILE,
         "SHARDCTL_SLOT": node.slot,
     }
+    if len(topology.placements()) > 1:
+        environment["SHARDCTL_OTHER_HOSTS"] = "1"  # see pg_hba in the bootstrap
     mounts = [Mount(node.volume, mount)]
     if node.role is Role.REPLICA:
         environment["SHARDCTL_PRIMARY_CONNINFO"] = upstream_conninfo(topology, node)

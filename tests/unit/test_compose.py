@@ -86,8 +86,8 @@ def test_an_unchanged_configuration_keeps_its_digest(tmp_path: Path) -> None:
         for node in topo.nodes
     }
     assert digests == {
-        "shard-0-primary": "4b5b7b5e0ae7a93b",
-        "shard-0-replica-1": "55f5d0b13ec00c5f",
+        "shard-0-primary": "b610c1f9a3427c11",
+        "shard-0-replica-1": "23e1cedb74a3d8ad",
     }
     # A switchover swaps the roles; neither running container may be recreated for it.
     switched = topo.with_acting({"shard-0": "shard-0-replica-1"})
