@@ -3,6 +3,7 @@ acknowledged write: shared by the resharding and failover tests."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -10,11 +11,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 from shardctl import catalog, pg
 from shardctl.cluster import Cluster
 from shardctl.router import Router
+from tests.clusters import run_shardctl
 
 DELETED = None
 
@@ -176,3 +179,13 @@ def traffic(cluster: Cluster, keys: list[uuid.UUID], threads: int = 2) -> Iterat
         for thread in running:
             thread.join(timeout=60)
         router.close()
+
+
+def assert_placed_and_replicated(path: Path) -> None:
+    """After a reshard: `distribution` finds no misplaced key and `verify-replication --deep`
+    finds every replica equal to its primary."""
+    distribution = run_shardctl("distribution", "-f", path, "-o", "json")
+    assert distribution.returncode == 0, distribution.stdout + distribution.stderr
+    assert json.loads(distribution.stdout)["misplaced"] == 0
+    deep = run_shardctl("verify-replication", "--deep", "-f", path)
+    assert deep.returncode == 0, deep.stdout + deep.stderr

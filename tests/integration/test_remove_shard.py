@@ -21,7 +21,7 @@ from shardctl.reshard.coordinator import Rebalancer
 from shardctl.reshard.plan import without_node
 from shardctl.router import Router
 from tests.integration.conftest import ClusterFactory, run_shardctl
-from tests.traffic import Writer, check_ledger, preload, rows_by_shard
+from tests.traffic import Writer, assert_placed_and_replicated, check_ledger, preload, rows_by_shard
 
 KILL_REMOVE_AFTER = Path(__file__).with_name("kill_remove_after.py")
 MD5 = {"algorithm": "md5", "vnodes": 150}
@@ -112,11 +112,7 @@ def test_remove_shard_under_live_writes_loses_nothing(cluster_factory: ClusterFa
         f"{router.stats.dual_writes} dual writes, {report['keys_resynced']} keys re-synced"
     )
 
-    distribution = run_shardctl("distribution", "-f", path, "-o", "json")
-    assert distribution.returncode == 0, distribution.stdout + distribution.stderr
-    assert json.loads(distribution.stdout)["misplaced"] == 0
-    deep = run_shardctl("verify-replication", "--deep", "-f", path)
-    assert deep.returncode == 0, deep.stdout + deep.stderr
+    assert_placed_and_replicated(path)
 
 
 def test_killed_removal_resumes_and_the_shard_comes_back_to_its_place(

@@ -24,7 +24,14 @@ from shardctl.cluster import Cluster
 from shardctl.reshard.coordinator import Rebalancer
 from shardctl.router import Router
 from tests.integration.conftest import ClusterFactory, run_shardctl
-from tests.traffic import DELETED, Writer, check_ledger, preload, rows_by_shard
+from tests.traffic import (
+    DELETED,
+    Writer,
+    assert_placed_and_replicated,
+    check_ledger,
+    preload,
+    rows_by_shard,
+)
 
 KILL_AFTER_PHASE = Path(__file__).with_name("kill_after_phase.py")
 
@@ -95,11 +102,7 @@ def test_reshard_under_live_writes_loses_nothing(
         f"{report['rows_copied']} rows copied, {report['keys_resynced']} keys re-synced"
     )
 
-    distribution = run_shardctl("distribution", "-f", path, "-o", "json")
-    assert distribution.returncode == 0, distribution.stdout + distribution.stderr
-    assert json.loads(distribution.stdout)["misplaced"] == 0
-    deep = run_shardctl("verify-replication", "--deep", "-f", path)
-    assert deep.returncode == 0, deep.stdout + deep.stderr
+    assert_placed_and_replicated(path)
 
 
 def test_a_stale_router_is_refused_by_the_old_owner_and_follows_the_key(
