@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shardctl import pg
 from shardctl.credentials import Credentials, Login
+from shardctl.deadlines import Watchdog
 from shardctl.errors import RoutingError, TopologyError
 from shardctl.faults import is_transient
 from shardctl.topology import Node, Topology
@@ -68,6 +69,8 @@ class Pools:
         self._nodes: dict[str, tuple[Topology, tuple[Node, ...]]] = {}
         self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.watchdog = Watchdog()
+        """Cuts short a statement that outlives its deadline (a frozen server)."""
         self._turn = itertools.count()
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
@@ -97,18 +100,31 @@ class Pools:
                 return live[next(self._turn) % len(live)]
         return primary
 
-    def run(self, node: Node, work: Callable[[Conn], T], *, wait: float | None = None) -> T:
+    def run(
+        self,
+        node: Node,
+        work: Callable[[Conn], T],
+        *,
+        wait: float | None = None,
+        until: float | None = None,
+    ) -> T:
         """Run ``work`` on a pooled connection to ``node``, waiting at most ``wait`` seconds
-        for one (default ``connect_timeout``); a node that fails is marked."""
+        for one (default ``connect_timeout``), and cut short at ``until`` (time.monotonic()):
+        connection wait and statement together; a node that fails is marked."""
         pool = self.pool(node)
         wait = self.connect_timeout if wait is None else wait
         if self._down_until.get(node.name, 0.0) > time.monotonic():
             # A node that just failed gets a short wait: if it is gone for good (a failover),
             # the retry or catalog read that follows must not queue here for long.
             wait = min(wait, TROUBLED_WAIT)
+        if until is not None:
+            wait = max(0.001, min(wait, until - time.monotonic()))
         try:
             with pool.connection(timeout=wait) as conn:
-                return work(conn)
+                if until is None:
+                    return work(conn)
+                with self.watchdog.guard(conn, until):
+                    return work(conn)
         except PoolTimeout:
             self.mark_down(node)
             raise

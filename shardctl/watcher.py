@@ -201,8 +201,12 @@ class CatalogWatcher:
 
             return work
 
+        # A frozen node must not hold the catalog read (and the refresh lock) for ever.
+        until = time.monotonic() + 2 * CATALOG_READ_WAIT
         futures = {
-            node.name: executor.submit(self._pools.run, node, read(node), wait=CATALOG_READ_WAIT)
+            node.name: executor.submit(
+                self._pools.run, node, read(node), wait=CATALOG_READ_WAIT, until=until
+            )
             for node in nodes
         }
         found: dict[str, catalog.RingRecord | None] = {}
