@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
@@ -34,12 +35,15 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from shardctl.errors import UsageError
+from shardctl.errors import DatabaseUnavailable, UsageError
 from shardctl.ledger import Header, Ledger, Value
 from shardctl.router import Prefer, Router
 from shardctl.text import first_line
 
 OPS = ("insert", "read", "update", "delete")
+OVERRUN = 0.5
+"""Seconds past ``--duration`` an op still running (on a frozen node) may take before the
+Router cuts it short: the run ends within a second of its duration."""
 Op = Literal["insert", "read", "update", "delete"]
 
 TEXT_TYPES = ("text", "character varying")
@@ -110,12 +114,19 @@ def target(router: Router, table: str | None = None) -> Target:
     if spec is None:
         wanted = f"a sharded table {table!r}" if table else "a sharded table"
         raise UsageError(f"{router.topology.path}: the load test needs {wanted} (see tables:)")
-    shard = router.topology.primaries()[0].shard
 
     def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
         return conn.execute(COLUMNS_QUERY, (spec.name,)).fetchall()
 
-    found = router.on_shard(shard, read)
+    # Any node of any shard knows the schema: one shard in trouble must not stop the test.
+    shards = [node.shard for node in router.topology.primaries()]
+    for shard in shards:
+        try:
+            found = router.on_shard(shard, read, prefer="replica")
+            break
+        except DatabaseUnavailable:
+            if shard == shards[-1]:
+                raise
     if not found:
         raise UsageError(f"table {spec.name} does not exist on {shard} (is the schema applied?)")
     key_type = next((str(r[1]) for r in found if r[0] == spec.key), None)
@@ -304,14 +315,15 @@ class _Worker:
     def value(self) -> Value:
         return self.target.value(self.rng.getrandbits(48))
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, until: float | None) -> None:
         weights = self.config.mix.weights()
-        while not stop.is_set() and self.budget():
-            op: str = self.rng.choices(OPS, weights)[0]
-            if op != "insert" and not self.live:
-                op = "insert"
-            self.one(op)
-            self.stats.done += 1
+        with self.router.ending_by(until) if until is not None else nullcontext():
+            while not stop.is_set() and self.budget():
+                op: str = self.rng.choices(OPS, weights)[0]
+                if op != "insert" and not self.live:
+                    op = "insert"
+                self.one(op)
+                self.stats.done += 1
 
     def one(self, op: str) -> None:
         if op == "insert":
@@ -384,12 +396,14 @@ def run_load(
 
     ledger = Ledger(config.ledger, table.header) if config.ledger is not None else None
     workers = [_Worker(i, router, config, ledger, budget, table) for i in range(config.workers)]
-    threads = [
-        threading.Thread(target=w.run, args=(stop,), name=f"load-{w.index}", daemon=True)
-        for w in workers
-    ]
     started = time.monotonic()
     deadline = None if config.duration is None else started + config.duration
+    # An op still running at the end (a frozen node) is cut short soon after: --duration holds.
+    cut_at = None if deadline is None else deadline + OVERRUN
+    threads = [
+        threading.Thread(target=w.run, args=(stop, cut_at), name=f"load-{w.index}", daemon=True)
+        for w in workers
+    ]
     try:
         for thread in threads:
             thread.start()

@@ -20,7 +20,7 @@ just failed skipped for a while.
 **Fencing.** During a reshard, a primary that no longer owns a key refuses writes to it with
 SQLSTATE ``SC001`` (:data:`shardctl.fence.FENCE_SQLSTATE`). The router turns that into
 :class:`~shardctl.errors.KeyNotOwned`, re-reads the catalog at once and retries on the new
-owner; the caller sees latency, not an error, unless the ring stays stale past the retry budget.
+owner; the caller sees latency, not an error, unless the ring stays stale past its deadline.
 
 **One deadline.** Every operation ends within :attr:`Router.deadline` seconds (default
 10): waiting for a connection, the statement itself and every retry together. A statement on a
@@ -133,6 +133,7 @@ class Router:
         )
         self._watcher = CatalogWatcher(topology, self._pools, interval=epoch_check_interval)
         self.deadline = retry_timeout if retry_timeout is not None else deadline
+        self._scope = threading.local()
         self.stats = RouterStats()
         self._key_types: dict[str, str] = {}
 
@@ -398,7 +399,7 @@ class Router:
             raise RoutingError("the router is closed")
         # The first try runs bare: building a tenacity loop costs more than most statements.
         started = time.monotonic()
-        until = started + self.deadline
+        until = self._until(started)
         try:
             shard = shard_of(self._watcher.current())
             node = self._pools.choose(shard, prefer, 1)
@@ -419,14 +420,16 @@ class Router:
         started: float,
     ) -> T:
         """The tries after a first one failed with ``first``, until the deadline."""
-        fenced = isinstance(first, KeyNotOwned)
-        until = started + self.deadline
+        refused = first if isinstance(first, KeyNotOwned) else None
+        until = self._until(started)
         self._after_failure(first)
-        time.sleep(faults.FENCED_POLL if fenced else faults.FIRST_BACKOFF)
+        time.sleep(faults.FENCED_POLL if refused else faults.FIRST_BACKOFF)
 
         def before_sleep(state: RetryCallState) -> None:
-            nonlocal fenced
-            fenced = fenced or isinstance(faults.failure(state), KeyNotOwned)
+            nonlocal refused
+            failure = faults.failure(state)
+            if isinstance(failure, KeyNotOwned):
+                refused = failure
             self._before_retry(state)
 
         retrying = Retrying(
@@ -444,7 +447,7 @@ class Router:
                     node = self._pools.choose(shard, prefer, attempt.retry_state.attempt_number + 1)
                     result = self._on_node(node, work, key=key, until=until)
                 if faults.failure(attempt.retry_state) is None:
-                    if fenced:
+                    if refused:
                         self.stats.fenced(time.monotonic() - started)
                     return result
         except PoolTimeout as exc:
@@ -453,6 +456,9 @@ class Router:
                 f"{pg.first_line(exc)}"
             ) from exc
         except psycopg.Error as exc:
+            if refused is not None and time.monotonic() >= until:
+                # The deadline cut the last try short; the fence is why the key got nowhere.
+                raise refused from exc
             if is_transient(exc):
                 raise DatabaseUnavailable(
                     f"shard {shard}: still failing at the {self.deadline:g}s deadline: "
@@ -460,6 +466,23 @@ class Router:
                 ) from exc
             raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def ending_by(self, until: float) -> Iterator[None]:
+        """Operations this thread starts in the block end by ``until`` (``time.monotonic()``),
+        or sooner at :attr:`deadline`: a load test that must stop on time, a request with a
+        budget of its own."""
+        outer = getattr(self._scope, "until", None)
+        self._scope.until = until if outer is None else min(outer, until)
+        try:
+            yield
+        finally:
+            self._scope.until = outer
+
+    def _until(self, started: float) -> float:
+        until = started + self.deadline
+        scoped: float | None = getattr(self._scope, "until", None)
+        return until if scoped is None else min(until, scoped)
 
     def _before_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any, LiteralString
 
@@ -98,3 +99,28 @@ def test_load_usage_errors_exit_2(shared_cluster: Cluster, tmp_path: Path) -> No
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_load_duration_holds_while_a_primary_is_frozen(shared_cluster: Cluster) -> None:
+    """`docker pause` of one primary: `load --duration 2` still ends on time (ops on the frozen
+    shard fail at the Router's deadline or when the run ends), and the other shard's ops go on."""
+    frozen = shared_cluster.topology.shard_nodes("shard-0")[0]
+    container = shared_cluster.engines.container(frozen)
+    assert container is not None
+    container.pause()
+    rescue = threading.Timer(60, container.unpause)  # should load hang after all
+    rescue.start()
+    try:
+        result = run_shardctl(
+            "load", "-f", shared_cluster.topology.path, "--duration", "2", "--workers", "4",
+            "-o", "json",
+        )  # fmt: skip
+    finally:
+        rescue.cancel()
+        container.unpause()
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout, result.stderr
+    report = json.loads(result.stdout)
+    assert report["seconds"] <= 3.0, report["seconds"]  # --duration, within a second
+    assert report["failed"] > 0 and report["ok"] > 0, report
+    assert result.returncode == 1
