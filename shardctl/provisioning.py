@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from shardctl import pg
-from shardctl.containers import container_spec, data_mount, upstream_conninfo
+from shardctl.containers import container_spec, data_mount, pooler_spec, upstream_conninfo
 from shardctl.credentials import Credentials
 from shardctl.engine import (
     LABEL_CONFIG,
@@ -176,6 +176,10 @@ class Provisioner:
         with self._connect(primary) as conn:  # once its replicas are there
             commit_waits_for_replicas(conn, self.topology, primary)
         for node in (primary, *replicas):
+            if node.pooler_port is not None:
+                self._check_stop()
+                report.actions[f"{node.name}-pooler"] = self.ensure_pooler(node)
+        for node in (primary, *replicas):
             self.report(node.name, "ready" if wait or node is primary else "started")
 
     def start_existing(self) -> int:
@@ -208,6 +212,15 @@ class Provisioner:
             self.report("image", f"pulling {image}")
             volumes = self.engines.pull(image, endpoint)
         self._mounts[endpoint] = data_mount(volumes)
+        poolers = {
+            self.topology.pooler_image(node.shard)
+            for node in self.topology.pooled_nodes()
+            if engine_of(node) == endpoint
+        }
+        for image in sorted(poolers):
+            if self.engines.image_volumes(image, endpoint) is None:
+                self.report("image", f"pulling {image}")
+                self.engines.pull(image, endpoint)
 
     def _ensure_network(self, endpoint: Endpoint) -> None:
         self.engines.ensure_network(
@@ -284,6 +297,26 @@ class Provisioner:
             action = action if action is not Action.UNCHANGED else Action.STARTED
         return action
 
+    def ensure_pooler(self, node: Node) -> Action:
+        """The PgBouncer in front of ``node``: created, recreated when its configuration
+        changed, started when stopped; it points at ``node`` whatever the node's role."""
+        spec = pooler_spec(self.topology, node)
+        container = self.engines.container(node, pooler=True)
+        action = Action.UNCHANGED
+        if container is not None and container.labels.get(LABEL_CONFIG) != config_digest(spec):
+            self.report(spec.name, "recreating (configuration changed)")
+            self.engines.remove_container(container, stop_timeout=5)
+            container, action = None, Action.RECREATED
+        if container is None:
+            self.report(spec.name, "creating container")
+            container = self.engines.create_container(spec, self._secrets(spec), engine_of(node))
+            action = action if action is Action.RECREATED else Action.CREATED
+        if self.engines.status(container) != "running":
+            self.report(spec.name, "starting")
+            self.engines.start(container)
+            action = action if action is not Action.UNCHANGED else Action.STARTED
+        return action
+
     def _secrets(self, spec: ContainerSpec) -> dict[str, str]:
         """The password files the bootstrap script of ``spec`` reads (a replica: only the
         replication password); never on the command line."""
@@ -291,8 +324,15 @@ class Provisioner:
         known = {
             "superuser": creds.superuser_password,
             "replication": creds.replication_password,
+            "app": creds.app_password,
+            "pooler": creds.pooler_password,
         }
-        return {name: known[name] for name in spec.secrets}
+        missing = [name for name in spec.secrets if known[name] is None]
+        if missing:
+            raise ProvisioningError(
+                f"{spec.name}: no {' or '.join(missing)} password yet (run `shardctl up`)"
+            )
+        return {name: str(known[name]) for name in spec.secrets}
 
     def _creds(self) -> Credentials:
         if self.credentials is None:
