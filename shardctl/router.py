@@ -68,6 +68,7 @@ from shardctl.errors import (
     KeyNotOwned,
     RoutingError,
     ShardctlError,
+    UsageError,
 )
 from shardctl.faults import is_transient
 from shardctl.fence import FENCE_SQLSTATE, NOT_PRIMARY_SQLSTATE, key_type, resync_keys
@@ -89,6 +90,12 @@ Query = abc.QueryNoTemplate
 """A statement: ``str``, ``bytes``, or :mod:`psycopg.sql` composed SQL."""
 
 
+def default_via(topology: Topology) -> pg.Via:
+    """How a Router reaches nodes when not told: through the poolers if ``pooler.router``."""
+    pooler = topology.spec.pooler
+    return "pooler" if pooler is not None and pooler.enabled and pooler.router else "direct"
+
+
 class Router:
     """Sends each query to the node that owns its key; pools, retries, catalog watching.
 
@@ -106,15 +113,20 @@ class Router:
         retry_timeout: float = 20.0,
         epoch_check_interval: float = 2.0,
         login: Login = Login.APP,
+        via: pg.Via | None = None,
     ) -> None:
         """A router for a topology (credentials found as the CLI finds them) or a Cluster,
-        connected as the application role (``login=Login.SUPERUSER`` for shardctl's tools)."""
+        connected as the application role (``login=Login.SUPERUSER`` for shardctl's tools),
+        ``via="pooler"`` through each node's PgBouncer (default: the topology's
+        ``pooler.router``) or ``"direct"``."""
         if isinstance(source, Topology):
             topology = source
             credentials = credentials or creds.load(source)
         else:
             topology = source.topology
             credentials = credentials or source.credentials()
+        if via == "pooler" and not topology.pooled_nodes():
+            raise UsageError(f"{topology.path} declares no pooler: add a pooler: section")
         # The pools reach nodes of the topology as the watcher last read it (add-shard grows it).
         self._pools = Pools(
             lambda: self._watcher.topology,
@@ -123,6 +135,7 @@ class Router:
             max_size=max_size,
             connect_timeout=connect_timeout,
             login=login,
+            via=via if via is not None else default_via(topology),
         )
         self._watcher = CatalogWatcher(topology, self._pools, interval=epoch_check_interval)
         self.retry_timeout = retry_timeout

@@ -216,7 +216,14 @@ class PoolerSpec(_Model):
         description="A node's pooler is published on the node's port + this.",
     )
     max_waiting: int = Field(
-        default=0, ge=0, description="Waiting clients past which status and verify complain."
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Waiting clients past which status and verify complain.",
+    )
+    router: bool = Field(
+        default=False,
+        description="Routers connect through the poolers unless told otherwise (top level).",
     )
 
 
