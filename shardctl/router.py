@@ -119,14 +119,15 @@ class Router:
         connected as the application role (``login=Login.SUPERUSER`` for shardctl's tools),
         ``via="pooler"`` through each node's PgBouncer (default: the topology's
         ``pooler.router``) or ``"direct"``."""
+        declared = source if isinstance(source, Topology) else source.topology
+        if via == "pooler" and not declared.pooled_nodes():
+            raise UsageError(f"{declared.path} declares no pooler: add a pooler: section")
         if isinstance(source, Topology):
             topology = source
             credentials = credentials or creds.load(source)
         else:
             topology = source.topology
             credentials = credentials or source.credentials()
-        if via == "pooler" and not topology.pooled_nodes():
-            raise UsageError(f"{topology.path} declares no pooler: add a pooler: section")
         # The pools reach nodes of the topology as the watcher last read it (add-shard grows it).
         self._pools = Pools(
             lambda: self._watcher.topology,
@@ -148,6 +149,11 @@ class Router:
         return cls(topo.load(path), **options)
 
     # ------------------------------------------------------------ settings
+
+    @property
+    def via(self) -> pg.Via:
+        """How this router reaches nodes: ``"pooler"`` (each node's PgBouncer) or ``"direct"``."""
+        return self._pools.via
 
     @property
     def min_size(self) -> int:
