@@ -254,7 +254,10 @@ def up_summary(report: UpReport) -> str:
     for action in report.actions.values():
         counts[action.value] = counts.get(action.value, 0) + 1
     done = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
-    return f"{len(report.actions)} nodes ready in {report.seconds:.1f}s ({done})"
+    # A pooler's action is keyed "<node>-pooler" (provisioning.Provisioner.ensure_pooler).
+    pooled = sum(name.endswith("-pooler") for name in report.actions)
+    nodes = f"{len(report.actions) - pooled} nodes" + (f" and {pooled} poolers" if pooled else "")
+    return f"{nodes} ready in {report.seconds:.1f}s ({done})"
 
 
 def down_summary(report: DownReport) -> str:
