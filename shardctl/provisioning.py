@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from shardctl import pg
+from shardctl import pg, poolers
 from shardctl.containers import container_spec, data_mount, pooler_spec, upstream_conninfo
 from shardctl.credentials import Credentials
 from shardctl.engine import (
@@ -179,6 +179,8 @@ class Provisioner:
             if node.pooler_port is not None:
                 self._check_stop()
                 report.actions[f"{node.name}-pooler"] = self.ensure_pooler(node)
+                if wait and report.actions[f"{node.name}-pooler"] is not Action.UNCHANGED:
+                    self._wait_pooler(node, deadline)
         for node in (primary, *replicas):
             self.report(node.name, "ready" if wait or node is primary else "started")
 
@@ -504,6 +506,36 @@ class Provisioner:
                 raise NotYet(f"wal receiver {row[0] if row else 'not running'}")
 
         self._wait(node, probe, "it to stream from its primary", deadline)
+
+    def _wait_pooler(self, node: Node, deadline: float) -> None:
+        """Until the node's pooler answers on its admin console."""
+        name = node.pooler_container
+        self.report(name, "waiting to answer")
+
+        def probe() -> None:
+            container = self.engines.container(node, pooler=True)
+            if container is None or self.engines.status(container) in ("exited", "dead"):
+                state = container.status if container else "missing"
+                raise ProvisioningError(
+                    f"{name}: container {state} while waiting for it\n{log_tail(container)}"
+                )
+            try:
+                with poolers.admin_connect(node, self._creds(), timeout=2.0) as conn:
+                    conn.execute("SHOW VERSION")
+            except psycopg.Error as exc:
+                raise NotYet(pg.first_line(exc)) from None
+
+        def timed_out(detail: str) -> Exception:
+            container = self.engines.container(node, pooler=True)
+            return ProvisioningError(f"{name}: {detail}\n{log_tail(container)}")
+
+        wait_for(
+            probe,
+            timeout=max(1.0, deadline - time.monotonic()),
+            what="its admin console to answer",
+            on_timeout=timed_out,
+            max_interval=0.5,
+        )
 
     def _check_stop(self) -> None:
         if self._stop.is_set():

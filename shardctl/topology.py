@@ -1001,6 +1001,13 @@ def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
             ),
         )
     yield from _check_image(spec.image)
+    pooled = spec.pooler is not None or any(shard.pooler is not None for shard in spec.shards)
+    if pooled and spec.sslmode in (SSLMode.REQUIRE, SSLMode.VERIFY_CA, SSLMode.VERIFY_FULL):
+        yield (
+            ("sslmode",),
+            f"{spec.sslmode.value} cannot be kept through the poolers (they take no TLS from "
+            "clients yet): remove pooler: or use prefer",
+        )
     for loc, pooler in [(("pooler",), spec.pooler)] + [
         (("shards", i, "pooler"), shard.pooler) for i, shard in enumerate(spec.shards)
     ]:

@@ -72,6 +72,12 @@ def test_a_pooler_port_above_65535_is_refused() -> None:
         topo("pooler: {port_offset: 20000}\nbase_port: 50000\n")
 
 
+def test_tls_to_the_servers_is_refused_with_poolers() -> None:
+    with pytest.raises(TopologyError, match="cannot be kept through the poolers"):
+        topo("pooler: {}\nsslmode: require\n")
+    assert topo("sslmode: require\n").pooled_nodes() == ()
+
+
 @given(offset=st.integers(1, 2000), shards=st.integers(1, 30))
 def test_valid_topologies_never_publish_two_things_on_one_port(offset: int, shards: int) -> None:
     text = "cluster: demo\nbase_port: 20000\nshards:\n" + "".join(
