@@ -34,6 +34,7 @@ from shardctl.containers import container_spec, data_mount, pooler_spec, upstrea
 from shardctl.credentials import Credentials
 from shardctl.engine import (
     LABEL_CONFIG,
+    LABEL_POOLER,
     Endpoint,
     Engines,
     cluster_labels,
@@ -64,6 +65,8 @@ class Action(StrEnum):
     RECREATED = "recreated"
     STARTED = "started"
     UNCHANGED = "unchanged"
+    REMOVED = "removed"
+    """A pooler the topology no longer declares."""
 
 
 @dataclass
@@ -149,8 +152,19 @@ class Provisioner:
             if len(failures) > 1:
                 raise type(first)(f"{first}\n({len(failures) - 1} more shard(s) also failed)")
             raise first
+        self._remove_undeclared_poolers(report)
         report.seconds = time.monotonic() - started
         return report
+
+    def _remove_undeclared_poolers(self, report: UpReport) -> None:
+        """Poolers of this cluster the topology no longer declares (``pooler:`` removed or
+        narrowed): they hold no data, so ``up`` removes them like it creates them."""
+        declared = {node.pooler_container for node in self.topology.pooled_nodes()}
+        for container in self.engines.cluster_containers(self.topology):
+            if LABEL_POOLER in container.labels and container.name not in declared:
+                self.report(str(container.name), "removing (no longer declared)")
+                self.engines.remove_container(container, stop_timeout=5)
+                report.actions[str(container.name)] = Action.REMOVED
 
     def _up_shard(self, shard: str, report: UpReport, wait: bool, deadline: float) -> None:
         primary, *replicas = self.topology.shard_nodes(shard)

@@ -254,9 +254,11 @@ def up_summary(report: UpReport) -> str:
     for action in report.actions.values():
         counts[action.value] = counts.get(action.value, 0) + 1
     done = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
-    # A pooler's action is keyed "<node>-pooler" (provisioning.Provisioner.ensure_pooler).
-    pooled = sum(name.endswith("-pooler") for name in report.actions)
-    nodes = f"{len(report.actions) - pooled} nodes" + (f" and {pooled} poolers" if pooled else "")
+    # A pooler's action is keyed "<node>-pooler" (provisioning.Provisioner.ensure_pooler);
+    # a removed one is gone, not ready.
+    ready = {k: a for k, a in report.actions.items() if a.value != "removed"}
+    pooled = sum(name.endswith("-pooler") for name in ready)
+    nodes = f"{len(ready) - pooled} nodes" + (f" and {pooled} poolers" if pooled else "")
     return f"{nodes} ready in {report.seconds:.1f}s ({done})"
 
 

@@ -146,3 +146,18 @@ def test_a_router_via_pooler_without_poolers_is_refused(tmp_path: Path) -> None:
     path = make_topology(tmp_path, 1, 0)
     with pytest.raises(Exception, match="declares no pooler"):
         Router.from_topology(path, via="pooler")
+
+
+def test_poolers_no_longer_declared_are_removed_by_up(pooled: Cluster) -> None:
+    path = pooled.topology.path
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("pooler:\n", "pooler:\n  replicas: false\n", 1), "utf-8")
+    assert Cluster.load(path).topology.pooler("shard-0") is not None
+    narrowed = run_shardctl("up", "-f", path)
+    assert narrowed.returncode == 0, narrowed.stderr
+    assert "removed" in narrowed.stdout + narrowed.stderr
+    names = {str(c.name) for c in pooled.engines.cluster_containers(pooled.topology)}
+    assert not any(n.endswith("-replica-1-pooler") for n in names), names
+    assert any(n.endswith("-primary-pooler") for n in names), names
+    verified = run_shardctl("verify-replication", "-f", path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
