@@ -296,7 +296,7 @@ class TopologySpec(_Model):
         default_factory=dict, description="Extra postgresql.conf parameters for every node."
     )
     pooler: PoolerSpec | None = Field(
-        default=None, description="A PgBouncer per node (see docs/topology.md#pooler)."
+        default=None, description="A PgBouncer per node (see docs/topology.md#poolers)."
     )
     shards: tuple[ShardSpec, ...] = Field(min_length=1)
 
