@@ -7,10 +7,10 @@ Brings up its own 2 x 1 cluster with a pooler per node (the local PgBouncer imag
 ``SHARDCTL_POOLER_IMAGE``, default ``shardctl-test/pgbouncer:1``) and removes it afterwards.
 Each round inserts ``--writes`` fresh users through ``Router.execute`` twice, once with
 ``via="direct"`` and once with ``via="pooler"``, by one thread and then by ``--workers``
-threads; best of ``--repeat`` interleaved rounds. The per-write overhead is the difference of
-the mean times per write. Then ``--routers`` Routers (application processes, each with a pool
-of ``--workers``) are opened each way, and the application role's server connections on one
-primary are counted in ``pg_stat_activity``.
+threads; best of ``--repeat`` interleaved rounds, alternating which goes first. The
+per-write overhead is the difference of the mean times per write. Then ``--routers`` Routers
+(application processes, each with a pool of ``--workers``) are opened each way, and the
+application role's server connections on one primary are counted in ``pg_stat_activity``.
 """
 
 from __future__ import annotations
@@ -108,8 +108,10 @@ def run(cluster: Cluster, writes: int, workers: int, repeat: int, routers: int) 
         print("| --- | --- | --- | --- | --- |")
         for threads in (1, workers):
             best = {"direct": 0.0, "pooler": 0.0}
-            for _ in range(repeat):
-                for name, router in (("direct", direct), ("pooler", pooled)):
+            for round_ in range(repeat):
+                # Alternating which goes first: the second of a pair ran on a warmer machine.
+                pair = [("direct", direct), ("pooler", pooled)]
+                for name, router in pair if round_ % 2 == 0 else pair[::-1]:
                     best[name] = max(best[name], rate(threads, writes, through(router)))
             overhead_us = (1 / best["pooler"] - 1 / best["direct"]) * 1e6 * threads
             print(
