@@ -17,7 +17,13 @@ from shardctl.cluster import Cluster
 from shardctl.credentials import POOLER_ADMIN
 from shardctl.router import Router
 from tests.clusters import free_base_port, make_topology, run_shardctl, running
-from tests.traffic import assert_placed_and_replicated, check_ledger, preload, traffic
+from tests.traffic import (
+    assert_placed_and_replicated,
+    check_ledger,
+    preload,
+    rows_by_shard,
+    traffic,
+)
 
 POOLER_IMAGE = os.environ.get("SHARDCTL_POOLER_IMAGE", "shardctl-test/pgbouncer:1")
 POOL_SIZE = 4
@@ -93,6 +99,8 @@ def test_router_through_poolers_loses_nothing_across_add_shard_and_rebalance(
 ) -> None:
     path = pooled.topology.path
     preloaded = preload(pooled, 5_000)
+    stale = Router(pooled, via="pooler", epoch_check_interval=3600)  # never re-reads by itself
+    old_ring = stale.ring
     with traffic(pooled, preloaded) as writers:
         assert writers[0].router.via == "pooler"  # the topology's pooler.router
         time.sleep(1.0)
@@ -121,6 +129,28 @@ def test_router_through_poolers_loses_nothing_across_add_shard_and_rebalance(
 
     load = run_shardctl("load", "-f", path, "--via", "pooler", "--duration", "2", "-w", "8")
     assert load.returncode == 0, load.stdout + load.stderr
+
+    # A stale Router through the poolers: its write reaches the old owner's pooler, the fence
+    # refuses it there (inside the write's own transaction), the Router re-reads and follows.
+    with Router(pooled, via="pooler") as fresh:
+        ring = fresh.ring
+    moved = next(k for k in preloaded if old_ring.node_for(k) != ring.node_for(k))
+    try:
+        assert stale.ring.node_for(moved) == old_ring.node_for(moved)
+        written = stale.execute(
+            moved,
+            "INSERT INTO users (id, first_name) VALUES (%s, 'stale') "
+            "ON CONFLICT (id) DO UPDATE SET first_name = 'stale'",
+            (moved,),
+        )
+        assert written == 1
+        assert stale.stats.fenced_writes >= 1 and stale.epoch > 1
+    finally:
+        stale.close()
+    holders = {
+        s: rows[str(moved)] for s, rows in rows_by_shard(pooled).items() if str(moved) in rows
+    }
+    assert holders == {ring.node_for(moved): "stale"}
 
 
 def test_router_follows_a_switchover_to_the_new_primarys_pooler(pooled: Cluster) -> None:
