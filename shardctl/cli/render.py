@@ -87,15 +87,18 @@ def topology_summary(topology: Topology) -> Table:
     """What ``validate`` prints."""
     spec = topology.spec
     table = Table(title=f"cluster {spec.cluster} ({topology.path})", title_justify="left")
-    for column in ("shard", "node", "role", "engine", "address"):
+    pooled = bool(topology.pooled_nodes())
+    for column in ("shard", "node", "role", "engine", "address") + (("pooler",) if pooled else ()):
         table.add_column(column)
     for node in topology.nodes:
+        pooler = f"{node.advertise}:{node.pooler_port}" if node.pooler_port is not None else "-"
         table.add_row(
             node.shard,
             node.name,
             node.role.value,
             node.engine_name,
             f"{node.advertise}:{node.host_port}",
+            *((pooler,) if pooled else ()),
         )
     return table
 
@@ -118,6 +121,7 @@ def topology_facts(topology: Topology) -> dict[str, Any]:
                 "engine": n.engine_name,
                 "address": n.advertise,
                 "port": n.host_port,
+                "pooler_port": n.pooler_port,
             }
             for n in topology.nodes
         ],
