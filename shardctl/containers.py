@@ -275,6 +275,10 @@ default_pool_size = $SHARDCTL_POOL_SIZE
 max_client_conn = $SHARDCTL_MAX_CLIENT_CONN
 max_db_connections = $SHARDCTL_POOL_SIZE
 ignore_startup_parameters = extra_float_digits
+; A recreated node container (re-clone, new configuration) has a new address, and a node
+; restarts on a role change: look its name up again and retry its login within a second.
+dns_max_ttl = 1
+server_login_retry = 1
 server_tls_sslmode = $SHARDCTL_SERVER_SSLMODE
 EOF
 exec pgbouncer "$SHARDCTL_POOLER_DIR/pgbouncer.ini"
