@@ -59,12 +59,15 @@ class Pools:
         max_size: int,
         connect_timeout: float,
         login: Login = Login.APP,
+        via: pg.Via = "direct",
     ) -> None:
         """Pools to the nodes of ``topology()`` (called again whenever a node is looked up),
-        logged in as ``login`` (the application role unless told otherwise)."""
+        logged in as ``login`` (the application role unless told otherwise), ``via`` each
+        node's pooler (a node without one: directly) or straight to its server."""
         self._topology = topology
         self._credentials = credentials
         self.login = login
+        self.via = via
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = connect_timeout
@@ -166,7 +169,8 @@ class Pools:
     def pool(self, node: Node) -> ConnectionPool[Conn]:
         """The pool of ``node``, created and opened (in the background) on first use."""
         # By address too: a shard removed and added back has nodes of the same name elsewhere.
-        key = f"{node.name}@{node.engine or ''}:{node.host_port}"
+        via: pg.Via = self.via if node.pooler_port is not None else "direct"
+        key = f"{node.name}@{node.engine or ''}:{node.host_port}/{via}"
         pool = self._pools.get(key)
         if pool is not None:
             return pool
@@ -182,6 +186,7 @@ class Pools:
                         self._topology().spec.database,
                         timeout=self.connect_timeout,
                         login=self.login,
+                        via=via,
                     ),
                     # No server-side prepared statements: a write whose pipeline a fence
                     # aborted can lose the PREPARE psycopg believes was made, and every later

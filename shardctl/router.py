@@ -71,6 +71,7 @@ from shardctl.errors import (
     KeyNotOwned,
     RoutingError,
     ShardctlError,
+    UsageError,
 )
 from shardctl.faults import is_transient
 from shardctl.fence import FENCE_SQLSTATE, NOT_PRIMARY_SQLSTATE, key_type, resync_keys
@@ -92,6 +93,12 @@ Query = abc.QueryNoTemplate
 """A statement: ``str``, ``bytes``, or :mod:`psycopg.sql` composed SQL."""
 
 
+def default_via(topology: Topology) -> pg.Via:
+    """How a Router reaches nodes when not told: through the poolers if ``pooler.router``."""
+    pooler = topology.spec.pooler
+    return "pooler" if pooler is not None and pooler.enabled and pooler.router else "direct"
+
+
 class Router:
     """Sends each query to the node that owns its key; pools, retries, catalog watching.
 
@@ -110,12 +117,18 @@ class Router:
         epoch_check_interval: float = 2.0,
         login: Login = Login.APP,
         retry_timeout: float | None = None,
+        via: pg.Via | None = None,
     ) -> None:
         """A router for a topology (credentials found as the CLI finds them) or a Cluster,
-        connected as the application role (``login=Login.SUPERUSER`` for shardctl's tools).
+        connected as the application role (``login=Login.SUPERUSER`` for shardctl's tools),
+        ``via="pooler"`` through each node's PgBouncer (default: the topology's
+        ``pooler.router``) or ``"direct"``.
 
         ``deadline``: seconds any one operation may take, retries included
         (``retry_timeout`` is its former name)."""
+        declared = source if isinstance(source, Topology) else source.topology
+        if via == "pooler" and not declared.pooled_nodes():
+            raise UsageError(f"{declared.path} declares no pooler: add a pooler: section")
         if isinstance(source, Topology):
             topology = source
             credentials = credentials or creds.load(source)
@@ -130,6 +143,7 @@ class Router:
             max_size=max_size,
             connect_timeout=connect_timeout,
             login=login,
+            via=via if via is not None else default_via(topology),
         )
         self._watcher = CatalogWatcher(topology, self._pools, interval=epoch_check_interval)
         self.deadline = retry_timeout if retry_timeout is not None else deadline
@@ -143,6 +157,11 @@ class Router:
         return cls(topo.load(path), **options)
 
     # ------------------------------------------------------------ settings
+
+    @property
+    def via(self) -> pg.Via:
+        """How this router reaches nodes: ``"pooler"`` (each node's PgBouncer) or ``"direct"``."""
+        return self._pools.via
 
     @property
     def min_size(self) -> int:
