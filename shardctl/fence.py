@@ -1,20 +1,28 @@
 """The fence: which keys a primary refuses or records, and every object the protocol keeps there.
 
 A primary gives ranges of the ring away by listing them in ``shardctl.moving``, each with a
-target and a :class:`RangeState`. One BEFORE ROW trigger per sharded table looks the written
-key up there (an empty table until then, so one index probe):
+target and a :class:`RangeState`. Three BEFORE ROW guard triggers per sharded table (INSERT,
+UPDATE, DELETE) call ``shardctl.guard``, which looks the written key up there:
 
 - a ``capturing`` range: the key is recorded in ``shardctl.changes`` in the writer's own
   transaction (whoever the writer is: Router, psql, another service);
 - a ``fenced`` or ``moved`` range: the write is refused with SQLSTATE :data:`FENCE_SQLSTATE`
   (key not owned); a Router refreshes its ring and retries on the new owner.
 
-The Router also calls ``shardctl.assert_owner(key)`` first in every write transaction, so the
-fence holds even for an UPDATE or DELETE that matches no row (the trigger never fires then).
-The range row is read ``FOR SHARE``, so fencing a range (:func:`set_state` to ``FENCED``) waits
-for every in-flight writer of that range to finish: that is a cut-over's handshake.
-shardctl's own copy, re-sync and clean-up write with :func:`trusted_writes`, which skips the
-trigger.
+**Free outside a reshard.** Each guard trigger has a ``WHEN`` clause, evaluated in C per row,
+that tests the key's ring position against the listed ranges, baked in as a constant
+multirange (``shardctl.span``); with none listed it is ``false``. ``shardctl.rearm`` rewrites
+the clauses in the transaction that lists or lifts ranges (a statement trigger on
+``shardctl.moving``), after locking the tables ``SHARE ROW EXCLUSIVE``: every in-flight write
+finishes first and every later one sees the new clause. A change of state rewrites nothing.
+
+``shardctl.assert_owner(key)`` refuses a key of a fenced or moved range even when no row is
+written: :meth:`~shardctl.router.Router.execute` calls it after a statement that touched no row
+(so a stale Router is redirected), and ``run``, ``fetch(prefer="primary")`` and dual writes
+open their transaction with it. It reads the range row ``FOR SHARE``, as ``guard`` does, so
+fencing a range (:func:`set_state` to ``FENCED``) waits for every in-flight writer of that range
+to finish: that is a cut-over's handshake. shardctl's own copy, re-sync and clean-up write with
+:func:`trusted_writes`, which skips the triggers.
 
 **Why this one module owns the whole protocol schema.** Everything the protocol puts on a
 primary lives here: the DDL (the fence's ``moving``/``changes`` and the reshard's
