@@ -224,6 +224,7 @@ DECLARE
     g      record;
     old_in text := 'false';
     new_in text := 'false';
+    either text := 'false';
 BEGIN
     FOR g IN SELECT tbl, key FROM shardctl.guarded
               WHERE armed IS DISTINCT FROM spans ORDER BY tbl LOOP
@@ -232,12 +233,13 @@ BEGIN
                              g.key, spans);
             old_in := format('md5(to_jsonb(OLD.%I) #>> ''{{}}'') <@ %L::shardctl.span_multirange',
                              g.key, spans);
+            either := format('%s OR %s', old_in, new_in);
         END IF;
         EXECUTE format('CREATE OR REPLACE TRIGGER {guard} BEFORE INSERT ON %s FOR EACH ROW '
                        'WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L)', g.tbl, new_in, g.key);
         EXECUTE format('CREATE OR REPLACE TRIGGER {guard_update} BEFORE UPDATE ON %s '
-                       'FOR EACH ROW WHEN (%s OR %s) EXECUTE FUNCTION shardctl.guard(%L)',
-                       g.tbl, old_in, new_in, g.key);
+                       'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L)',
+                       g.tbl, either, g.key);
         EXECUTE format('CREATE OR REPLACE TRIGGER {guard_delete} BEFORE DELETE ON %s FOR EACH ROW '
                        'WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L)', g.tbl, old_in, g.key);
         UPDATE shardctl.guarded SET armed = spans WHERE tbl = g.tbl;
