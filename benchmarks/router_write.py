@@ -13,12 +13,16 @@ Brings up its own 2-shard cluster (test image) and removes it afterwards. Each r
   then ``shardctl.assert_owner`` only if it touched no row (never, here);
 - ``old fence``: what the Router sent before (BEGIN, ``shardctl.assert_owner``, the INSERT,
   COMMIT, pipelined, no prepared statements), for comparison;
-- ``Router``: ``Router.execute``.
+- ``Router``: ``Router.execute``;
+- ``Router/noprep``: the same with ``prepare_threshold=None`` (no server-side prepared
+  statements, as the Router's pools had before issue 14).
 
 Every raw thread holds one psycopg connection per primary (default ``prepare_threshold``) and
 sends each key to its ring owner, as the Router spreads them. Best of ``--repeat`` interleaved
 rounds; the ratios are Router / raw (what routing and fencing cost together) and
-Router / raw+fence (what the routing library itself costs).
+Router / raw+fence (what the routing library itself costs). A second table gives the client's
+CPU time per write (this process, least of the rounds): unlike throughput, it hardly moves when
+other work loads the machine.
 """
 
 from __future__ import annotations
@@ -32,15 +36,19 @@ from collections.abc import Callable
 import psycopg
 from _cluster import temp_cluster
 
-from shardctl import Router, pg
+from shardctl import Router, pg, pools
 from shardctl.cluster import Cluster
+from shardctl.pools import PREPARE_THRESHOLD
 
 INSERT = "INSERT INTO users (id, first_name, email) VALUES (%s, 'bench', 'bench@x')"
 INSERT_BARE = INSERT.replace("users", "users_bare")
 
 
-def rate(threads: int, writes: int, make: Callable[[], Callable[[uuid.UUID], None]]) -> float:
-    """Writes per second of ``threads`` threads sharing ``writes`` inserts."""
+def rate(
+    threads: int, writes: int, make: Callable[[], Callable[[uuid.UUID], None]]
+) -> tuple[float, float]:
+    """Writes per second of ``threads`` threads sharing ``writes`` inserts, and this process's
+    CPU microseconds per write (client cost, steady however loaded the machine is)."""
     per = writes // threads
     writers = [make() for _ in range(threads)]
     keys = [[uuid.uuid4() for _ in range(per)] for _ in range(threads)]
@@ -55,10 +63,11 @@ def rate(threads: int, writes: int, make: Callable[[], Callable[[uuid.UUID], Non
     for t in pool:
         t.start()
     barrier.wait()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for t in pool:
         t.join()
-    return per * threads / (time.perf_counter() - started)
+    done = per * threads
+    return done / (time.perf_counter() - started), (time.process_time() - cpu) / done * 1e6
 
 
 def main() -> None:
@@ -74,7 +83,7 @@ def main() -> None:
 
 
 Writer = Callable[[uuid.UUID], None]
-WAYS = ("bare", "raw", "raw+fence", "old fence", "Router")
+WAYS = ("bare", "raw", "raw+fence", "old fence", "Router", "Router/noprep")
 
 
 def run(cluster: Cluster, writes: int, workers: int, repeat: int) -> None:
@@ -89,7 +98,11 @@ def run(cluster: Cluster, writes: int, workers: int, repeat: int) -> None:
             conn.execute("CREATE TABLE IF NOT EXISTS users_bare (LIKE users INCLUDING ALL)")
     raw_conns: list[psycopg.Connection[tuple[object, ...]]] = []
 
-    with Router(cluster, max_size=workers) as router:
+    pools.PREPARE_THRESHOLD = None  # read when a pool is made: this router's pools prepare nothing
+    unprepared = Router(cluster, max_size=workers)
+    unprepared.execute(uuid.uuid4(), INSERT, (uuid.uuid4(),))
+    pools.PREPARE_THRESHOLD = PREPARE_THRESHOLD
+    with unprepared, Router(cluster, max_size=workers) as router:
         router.execute(uuid.uuid4(), INSERT, (uuid.uuid4(),))  # open pools, read the ring
         ring = router.ring
 
@@ -134,39 +147,49 @@ def run(cluster: Cluster, writes: int, workers: int, repeat: int) -> None:
 
             return write
 
-        def routed() -> Writer:
-            def write(key: uuid.UUID) -> None:
-                router.execute(key, INSERT, (key,))
+        def routed(through: Router) -> Callable[[], Writer]:
+            def make() -> Writer:
+                def write(key: uuid.UUID) -> None:
+                    through.execute(key, INSERT, (key,))
 
-            return write
+                return write
+
+            return make
 
         makers: dict[str, Callable[[], Writer]] = {
             "bare": plain(INSERT_BARE),
             "raw": plain(INSERT),
             "raw+fence": fenced,
             "old fence": old_fence,
-            "Router": routed,
+            "Router": routed(router),
+            "Router/noprep": routed(unprepared),
         }
         best: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         for _ in range(repeat):
             for threads in (1, workers):
                 for name in WAYS:
                     label = f"{name}@{threads}"
-                    best[label] = max(best.get(label, 0.0), rate(threads, writes, makers[name]))
+                    per_second, micros = rate(threads, writes, makers[name])
+                    best[label] = max(best.get(label, 0.0), per_second)
+                    cpu[label] = min(cpu.get(label, float("inf")), micros)
             for conn in raw_conns:
                 conn.close()
             raw_conns.clear()
     print(f"writes per round: {writes}, best of {repeat} interleaved rounds")
-    print(
-        f"{'threads':>8} {'bare/s':>8} {'raw/s':>8} {'raw+fence/s':>12} {'old fence/s':>12} "
-        f"{'Router/s':>9} {'Router/raw':>11} {'Router/raw+fence':>17}"
-    )
+    print(f"{'threads':>8} " + " ".join(f"{name + '/s':>13}" for name in WAYS))
     for threads in (1, workers):
-        b, r, f, o, t = (best[f"{name}@{threads}"] for name in WAYS)
-        print(
-            f"{threads:>8} {b:>8,.0f} {r:>8,.0f} {f:>12,.0f} {o:>12,.0f} {t:>9,.0f} "
-            f"{t / r:>11.2f} {t / f:>17.2f}"
+        print(f"{threads:>8} " + " ".join(f"{best[f'{n}@{threads}']:>13,.0f}" for n in WAYS))
+    print(f"{'threads':>8} {'Router/raw':>11} {'Router/raw+fence':>17} {'noprep/Router':>14}")
+    for threads in (1, workers):
+        r, f, t, u = (
+            best[f"{n}@{threads}"] for n in ("raw", "raw+fence", "Router", "Router/noprep")
         )
+        print(f"{threads:>8} {t / r:>11.2f} {t / f:>17.2f} {u / t:>14.2f}")
+    print("client CPU per write, microseconds (least of the rounds)")
+    print(f"{'threads':>8} " + " ".join(f"{name:>13}" for name in WAYS))
+    for threads in (1, workers):
+        print(f"{threads:>8} " + " ".join(f"{cpu[f'{n}@{threads}']:>13.0f}" for n in WAYS))
 
 
 if __name__ == "__main__":
