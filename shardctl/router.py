@@ -21,6 +21,11 @@ just failed skipped for a while.
 SQLSTATE ``SC001`` (:data:`shardctl.fence.FENCE_SQLSTATE`). The router turns that into
 :class:`~shardctl.errors.KeyNotOwned`, re-reads the catalog at once and retries on the new
 owner; the caller sees latency, not an error, unless the ring stays stale past its deadline.
+:meth:`Router.execute` sends the statement alone, in autocommit (one round trip, prepared after
+two uses): the primary's guard triggers refuse a row of a moved key before it commits, and a
+statement that touched no row is followed by ``shardctl.assert_owner`` (see
+:func:`_fenced_write`). :meth:`Router.run` and ``fetch(prefer="primary")`` open their
+transaction with ``assert_owner``, as before.
 
 **One deadline.** Every operation ends within :attr:`Router.deadline` seconds (default
 10): waiting for a connection, the statement itself and every retry together. A statement on a
@@ -232,7 +237,9 @@ class Router:
 
         For a statement whose rows you need (``RETURNING``), use ``fetch(..., prefer="primary")``.
         """
-        return self._statement(key, query, params, _rowcount, writes=True)
+        return self._on_owner(
+            key, lambda conn: _fenced_write(conn, key, query, params), writes=True
+        )
 
     def fetch(
         self,
@@ -334,10 +341,10 @@ class Router:
             cur = conn.cursor()
             try:
                 with conn.pipeline():
-                    conn.execute("BEGIN")
-                    conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
-                    cur.execute(query, params)
-                    conn.execute("COMMIT")
+                    conn.execute("BEGIN", prepare=False)
+                    conn.execute(ASSERT_OWNER, (str(key),), prepare=False)
+                    cur.execute(query, params, prepare=False)
+                    conn.execute("COMMIT", prepare=False)
             except BaseException:
                 _rollback(conn)
                 raise
@@ -354,7 +361,7 @@ class Router:
 
         def owned(conn: Conn) -> T:
             with conn.transaction():
-                conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
+                conn.execute(ASSERT_OWNER, (str(key),))
                 return work(conn)
 
         return self._on_owner(key, owned, writes=True)
@@ -389,7 +396,7 @@ class Router:
                 self._pools.connection(target_node) as dst,
                 src.transaction(),
             ):
-                src.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
+                src.execute(ASSERT_OWNER, (str(key),))
                 for table in topology.spec.tables:
                     resync_keys(
                         src, dst, table, self._key_type(src, table), [str(key)], trusted=False
@@ -594,8 +601,22 @@ class RouterStats:
             self.dual_writes_skipped += 1
 
 
-def _rowcount(cur: Cur) -> int:
-    return cur.rowcount
+ASSERT_OWNER = "SELECT shardctl.assert_owner(%s)"
+
+
+def _fenced_write(conn: Conn, key: object, query: Query, params: abc.Params | None) -> int:
+    """One autocommit statement, fenced by the primary's guard triggers; its rowcount.
+
+    The guard refuses (SC001) a row whose key lies in a range this primary gave away, before
+    the statement commits. A statement that touched no row fired no row trigger: it asks
+    ``assert_owner`` afterwards, so a Router with a stale ring learns that the key moved and
+    retries on its new owner (where the row may be) instead of reporting "no row" from here.
+    What it committed here changed nothing.
+    """
+    rowcount = conn.execute(query, params).rowcount
+    if rowcount < 1:
+        conn.execute(ASSERT_OWNER, (str(key),))
+    return rowcount
 
 
 def _rows(cur: Cur) -> list[Row]:
