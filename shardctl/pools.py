@@ -37,7 +37,7 @@ Row = tuple[Any, ...]
 Conn = psycopg.Connection[Row]
 Prefer = Literal["replica", "primary"]
 
-PREPARE_THRESHOLD = 2
+PREPARE_THRESHOLD: int | None = 2
 """Executions of one statement on a pooled connection before psycopg prepares it on the server
 (``prepare_threshold``). Through a transaction-mode PgBouncer, that needs PgBouncer 1.21 or
 later with ``max_prepared_statements`` set; older ones need ``None``."""
