@@ -39,8 +39,8 @@ Prefer = Literal["replica", "primary"]
 
 PREPARE_THRESHOLD: int | None = 2
 """Executions of one statement on a pooled connection before psycopg prepares it on the server
-(``prepare_threshold``). Through a transaction-mode PgBouncer, that needs PgBouncer 1.21 or
-later with ``max_prepared_statements`` set; older ones need ``None``."""
+(``prepare_threshold``), when the Router reaches servers directly; through a pooler it prepares
+nothing (a transaction-mode PgBouncer before 1.21 cannot keep a prepared statement)."""
 
 DOWN_FOR = 2.0
 """Seconds a node that just failed is in trouble: skipped for reads if it is a replica (its
