@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from shardctl import pg
-from shardctl.containers import container_spec, data_mount, upstream_conninfo
+from shardctl.containers import TLS_FILES, container_spec, data_mount, upstream_conninfo
 from shardctl.credentials import Credentials
 from shardctl.engine import (
     LABEL_CONFIG,
@@ -270,7 +270,9 @@ class Provisioner:
             container, action = None, Action.RECREATED
         if container is None:
             self.report(node.name, "creating container")
-            container = self.engines.create_container(spec, self._secrets(spec), engine_of(node))
+            container = self.engines.create_container(
+                spec, self._secrets(spec, node), engine_of(node)
+            )
             action = action if action is Action.RECREATED else Action.CREATED
         status = self.engines.status(container)
         if status != "running":
@@ -284,14 +286,17 @@ class Provisioner:
             action = action if action is not Action.UNCHANGED else Action.STARTED
         return action
 
-    def _secrets(self, spec: ContainerSpec) -> dict[str, str]:
+    def _secrets(self, spec: ContainerSpec, node: Node) -> dict[str, str]:
         """The password files the bootstrap script of ``spec`` reads (a replica: only the
-        replication password); never on the command line."""
+        replication password), and with TLS the node's certificate files; never on the
+        command line."""
         creds = self._creds()
         known = {
             "superuser": creds.superuser_password,
             "replication": creds.replication_password,
         }
+        if TLS_FILES[0] in spec.secrets:
+            known |= creds.server_files(node)
         return {name: known[name] for name in spec.secrets}
 
     def _creds(self) -> Credentials:
