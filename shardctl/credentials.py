@@ -132,11 +132,11 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
     if server_tls is not None and server_tls.generated:
         if CA_KEY in generated:
             tls_ca = tls.KeyPair(generated[CA_CERT], generated[CA_KEY])
-            tls_root = root_path(topology)
+            tls_root = root_path(topology).absolute()  # libpq reads it from any cwd
             if _read_optional(tls_root) != tls_ca.cert:  # libpq reads the root from a file
                 _write_text(tls_root, tls_ca.cert)
     elif server_tls is not None and server_tls.cert is not None and server_tls.key is not None:
-        tls_root = server_tls.ca
+        tls_root = server_tls.ca.absolute() if server_tls.ca is not None else None
         tls_server = tls.KeyPair(
             _read_text(server_tls.cert, "tls.cert_file"), _read_text(server_tls.key, "tls.key_file")
         )
