@@ -118,6 +118,8 @@ class Provisioner:
         self._mounts: dict[Endpoint, str] = {}
         self._stop = threading.Event()
         """Set on Ctrl-C: each shard finishes the step in progress and starts no other."""
+        self._cloned: set[str] = set()
+        """Replicas whose volume this ``up`` made: cloned with today's ``primary_conninfo``."""
 
     # ----------------------------------------------------------------- up
 
@@ -168,7 +170,12 @@ class Provisioner:
             self._check_stop()
             report.actions[replica.name] = self._ensure_node(replica, primary)
         for replica in replicas:
-            if report.actions[replica.name] is not Action.CREATED:
+            # A container made again on a kept volume keeps the conninfo it was cloned with
+            # (before tls: required, say): re-pointed like any replica that was there.
+            if (
+                report.actions[replica.name] is not Action.CREATED
+                or replica.name not in self._cloned
+            ):
                 self.follow(replica, deadline)
         if wait:
             for replica in replicas:
@@ -254,6 +261,8 @@ class Provisioner:
 
     def _ensure_node(self, node: Node, primary: Node | None = None) -> Action:
         fresh_volume = self.engines.ensure_volume(node)
+        if fresh_volume:
+            self._cloned.add(node.name)
         if primary is not None and fresh_volume:
             self._reset_slot(primary, node)
         spec = self.spec(node)

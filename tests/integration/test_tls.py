@@ -267,3 +267,47 @@ def test_no_key_in_docker_inspect(booted: Booted) -> None:
         container = booted.cluster.engines.container(node)
         assert container is not None
         assert not _leaks(booted, json.dumps(container.attrs))
+
+
+# ------------------------------------------------------------------ turning it on
+
+
+def test_turning_tls_on_for_a_running_cluster(tmp_path: Path) -> None:
+    path = make_topology(
+        tmp_path, shards=1, replicas=1, cluster=f"h18-tlson-{uuid.uuid4().hex[:6]}"
+    )
+    try:
+        assert run_shardctl("up", "-f", path).returncode == 0
+        with path.open("a", encoding="utf-8") as topology_file:
+            topology_file.write("tls: required\n")
+        # Running servers without TLS: refused in one line, nothing read or changed in clear.
+        refused = run_shardctl("up", "-f", path, timeout=120)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "runs without TLS" in refused.stderr and "shardctl down" in refused.stderr
+        said = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert len(said) == 1 and said[0].startswith("error: "), refused.stderr
+        # The way the message gives: down (the data stays), then up.
+        assert run_shardctl("down", "-f", path).returncode == 0
+        up = run_shardctl("up", "-f", path)
+        assert up.returncode == 0, up.stdout + up.stderr
+        cluster = Cluster.load(path)
+        try:
+            cluster.follow_roles()
+            primary, replica = cluster.topology.shard_nodes("shard-0")
+            with pg.connect(replica, cluster.credentials(), "postgres") as conn:
+                row = conn.execute("SELECT current_setting('primary_conninfo')").fetchone()
+            assert row is not None
+            # Cloned before TLS, re-pointed by up: it verifies its primary now.
+            upstream = psycopg.conninfo.conninfo_to_dict(str(row[0]))
+            assert upstream["sslmode"] == "verify-full"
+            verified = run_shardctl("verify-replication", "-f", path)
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            with pg.connect(primary, cluster.credentials(), "postgres") as conn:
+                rows = conn.execute(
+                    "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)"
+                ).fetchall()
+            assert rows == [(True,)]
+        finally:
+            cluster.close()
+    finally:
+        run_shardctl("down", "--volumes", "--yes", "-f", path)
