@@ -9,11 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shardctl import catalog, fence, health, inflight, topology, verify
+from shardctl import catalog, fence, health, inflight, pg, topology, verify
 from shardctl import credentials as creds
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
-from shardctl.errors import DatabaseUnavailable, UsageError
+from shardctl.errors import CheckFailed, DatabaseUnavailable, UsageError
 from shardctl.failover import RoleChange, RoleChanger, Step
 from shardctl.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
 from shardctl.topology import HealthSpec, Topology
@@ -91,6 +91,7 @@ class Cluster:
         try:
             return self.follow_roles()
         except DatabaseUnavailable:
+            self._refuse_servers_without_tls()
             if not self.provisioner(reporter).start_existing():
                 return None  # nothing exists yet: a new cluster, the declared roles
         return wait_for(
@@ -99,6 +100,23 @@ class Cluster:
             what="any node of the cluster to answer",
             on_timeout=DatabaseUnavailable,
         )
+
+    def _refuse_servers_without_tls(self) -> None:
+        """``tls: required`` added to a running cluster: its servers answer without TLS, so no
+        catalog can be read (and none is read in clear); say how to turn TLS on."""
+        if self.topology.tls is None:
+            return
+        for node in self.topology.primaries():
+            try:
+                pg.connect(node, self.credentials(), "postgres").close()
+            except DatabaseUnavailable as exc:
+                if "does not support SSL" in str(exc):
+                    raise CheckFailed(
+                        f"{node.name} runs without TLS, and the topology now says tls: "
+                        "required: run `shardctl down` (the data stays) and then `shardctl up`, "
+                        "which starts every node with TLS"
+                    ) from None
+            return
 
     def _follow_roles_probe(self) -> catalog.RingRecord | None:
         try:

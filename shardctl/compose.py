@@ -56,6 +56,14 @@ def render(
             f"compose renders a cluster on one engine; {topology.cluster} places nodes on "
             f"engines {', '.join(engines)}: use `shardctl up`"
         )
+    if topology.tls is not None:
+        # Compose mounts secrets owned by root and readable by all (it cannot give them to the
+        # postgres user), and the server refuses a private key others can read.
+        raise UsageError(
+            f"compose cannot render {topology.cluster} with tls: required (compose's secrets "
+            "are root-owned and world-readable, which the server refuses for its key): use "
+            "`shardctl up`"
+        )
     folder = out.absolute().parent if out is not None else Path.cwd()
     schema = None
     if topology.schema_path is not None:

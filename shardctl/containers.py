@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from psycopg.conninfo import make_conninfo
 
 from shardctl import pg, poolers
-from shardctl.credentials import POOLER_ADMIN
+from shardctl.credentials import POOLER_ADMIN, SERVER_FILES
 from shardctl.engine import ContainerSpec, Mount, Port, node_labels, pooler_labels
 from shardctl.errors import TopologyError
 from shardctl.topology import Node, Role, Topology
@@ -31,6 +31,9 @@ DEFAULT_MOUNT = "/var/lib/postgresql"
 """Where the data volume goes in an image that declares no volume (owned by postgres there)."""
 OFFICIAL_IMAGE_MOUNT = "/var/lib/postgresql/data"
 """The volume the official postgres images (up to 17) declare."""
+TLS_FILES = SERVER_FILES
+"""With ``tls: required``, every node's certificate, key and the clients' root, in
+:data:`SECRETS_DIR` (the key 0600 and owned by postgres, as the server insists)."""
 PASSFILE = "/tmp/shardctl-pgpass"
 """The replication password as a libpq password file, written by the bootstrap (mode 0600)."""
 FIRST_START_ONLY = frozenset({"SHARDCTL_ROLE", "SHARDCTL_PRIMARY_CONNINFO"})
@@ -101,7 +104,9 @@ SQL
     fi
 fi
 # pg_hba.conf, rewritten at every start from this container's network (a re-created network
-# may have another subnet): who may connect from where. See docs/security.md.
+# may have another subnet): who may connect from where. See docs/security.md. With TLS
+# required, every TCP line that lets a login in is hostssl, so plaintext TCP matches none.
+tcp=${SHARDCTL_HBA_TCP:-host}
 gateway='' subnet='' netmask=''
 while read -r _ destination via _ _ _ _ mask _; do
     if [ "$destination" = 00000000 ]; then
@@ -115,7 +120,8 @@ done < /proc/net/route
     echo "local all all scram-sha-256"
     if [ -n "$gateway" ]; then
         # Connections to the published port arrive from the network's gateway: shardctl's host.
-        printf 'host all %s %s/32 scram-sha-256\n' "$SHARDCTL_SUPERUSER" "$(dotted "$gateway")"
+        printf '%s all %s %s/32 scram-sha-256\n' "$tcp" "$SHARDCTL_SUPERUSER" \
+            "$(dotted "$gateway")"
     fi
     if [ -n "${SHARDCTL_OTHER_HOSTS:-}" ] && [ -n "$subnet" ]; then
         # Several hosts: shardctl's host and other hosts' replicas reach the published port
@@ -123,15 +129,15 @@ done < /proc/net/route
         # other containers.
         printf 'host all %s %s %s reject\n' "$SHARDCTL_SUPERUSER" \
             "$(dotted "$subnet")" "$(dotted "$netmask")"
-        printf 'host all %s all scram-sha-256\n' "$SHARDCTL_SUPERUSER"
-        printf 'host replication %s all scram-sha-256\n' "$SHARDCTL_REPLICATION_USER"
+        printf '%s all %s all scram-sha-256\n' "$tcp" "$SHARDCTL_SUPERUSER"
+        printf '%s replication %s all scram-sha-256\n' "$tcp" "$SHARDCTL_REPLICATION_USER"
     fi
     printf 'host all %s all reject\n' "$SHARDCTL_SUPERUSER"
     if [ -n "$subnet" ]; then
-        printf 'host replication %s %s %s scram-sha-256\n' "$SHARDCTL_REPLICATION_USER" \
+        printf '%s replication %s %s %s scram-sha-256\n' "$tcp" "$SHARDCTL_REPLICATION_USER" \
             "$(dotted "$subnet")" "$(dotted "$netmask")"
     fi
-    printf 'host %s %s all scram-sha-256\n' "$SHARDCTL_DATABASE" "$SHARDCTL_APP_USER"
+    printf '%s %s %s all scram-sha-256\n' "$tcp" "$SHARDCTL_DATABASE" "$SHARDCTL_APP_USER"
 } > "$PGDATA/pg_hba.conf"
 exec postgres -D "$PGDATA" "$@"
 """
@@ -160,6 +166,12 @@ def server_settings(topology: Topology) -> list[str]:
         "hot_standby_feedback": "on",
         "track_commit_timestamp": "on",
     }
+    if topology.tls is not None:
+        settings |= {
+            "ssl": "on",
+            "ssl_cert_file": f"{SECRETS_DIR}/server.crt",
+            "ssl_key_file": f"{SECRETS_DIR}/server.key",
+        }
     settings.update(topology.spec.postgres)
     args: list[str] = []
     for name, value in settings.items():
@@ -190,6 +202,8 @@ def container_spec(
     }
     if len(topology.placements()) > 1:
         environment["SHARDCTL_OTHER_HOSTS"] = "1"  # see pg_hba in the bootstrap
+    if topology.tls is not None:
+        environment["SHARDCTL_HBA_TCP"] = "hostssl"
     mounts = [Mount(node.volume, mount)]
     if node.role is Role.REPLICA:
         environment["SHARDCTL_PRIMARY_CONNINFO"] = upstream_conninfo(topology, node)
@@ -209,15 +223,18 @@ def container_spec(
         ports=(Port(pg.CONTAINER_PORT, node.bind_address, node.host_port),),
         network=topology.network,
         secrets_dir=SECRETS_DIR,
-        secrets=secret_names(node),
+        secrets=secret_names(node, tls=topology.tls is not None),
         first_start_only=FIRST_START_ONLY,
     )
 
 
-def secret_names(node: Node) -> tuple[str, ...]:
+def secret_names(node: Node, *, tls: bool = False) -> tuple[str, ...]:
     """The secret files ``node``'s container gets: a primary's initdb needs the superuser's
-    password; a replica never holds it (a failover promotes it without one)."""
-    return SECRET_NAMES if node.role is Role.PRIMARY else ("replication",)
+    password; a replica never holds it (a failover promotes it without one). With ``tls``,
+    every node its certificate and key (any node serves clients) and the CA it verifies its
+    upstream by."""
+    names = SECRET_NAMES if node.role is Role.PRIMARY else ("replication",)
+    return names + TLS_FILES if tls else names
 
 
 def upstream_conninfo(topology: Topology, node: Node) -> str:
@@ -231,6 +248,8 @@ def upstream_conninfo(topology: Topology, node: Node) -> str:
     """
     host, port = pg.upstream_address(topology, node)
     extra = {"sslmode": node.sslmode} if node.sslmode is not None else {}
+    if topology.tls is not None:
+        extra["sslrootcert"] = f"{SECRETS_DIR}/ca.crt"
     return make_conninfo(
         host=host,
         port=str(port),

@@ -13,12 +13,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from shardctl import tls
 from shardctl.errors import UsageError
-from shardctl.topology import Topology
+from shardctl.topology import Node, Topology
 
 SECRETS_DIR_ENV = "SHARDCTL_SECRETS_DIR"
 GENERATED = ("superuser", "replication", "app", "pooler")
 """The passwords generated on first ``up`` (each only when not declared elsewhere)."""
+CA_CERT, CA_KEY = "tls_ca_cert", "tls_ca_key"
+"""The cluster CA of ``tls: required`` in the secrets file (made on first ``up``)."""
+SERVER_FILES = ("server.crt", "server.key", "ca.crt")
+"""A node's TLS files in its container, with the secrets."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,13 @@ class Credentials:
     """None for a cluster made before the application role existed, until the next ``up``."""
     pooler_password: str | None = None
     """Of :data:`POOLER_ADMIN`, known to the poolers alone; None until the next ``up``."""
+    tls_root: Path | None = None
+    """With ``tls: required``: the CA certificate file clients verify servers by (libpq's
+    ``sslrootcert``); None without TLS."""
+    tls_ca: tls.KeyPair | None = None
+    """The cluster's generated CA, which signs each node's certificate."""
+    tls_server: tls.KeyPair | None = None
+    """The user's own certificate and key, presented by every node."""
 
     def __repr__(self) -> str:
         return (
@@ -51,6 +63,29 @@ class Credentials:
                 "(it creates the role)"
             )
         return self.app_user, self.app_password
+
+    def server_files(self, node: Node) -> dict[str, str]:
+        """The TLS files of ``node``'s container (:data:`SERVER_FILES`): a certificate naming
+        every address it is reached on, signed by the cluster CA, or the user's own."""
+        if self.tls_ca is not None:
+            names = [
+                node.container,  # replicas on its engine reach it by container name
+                node.name,  # its host name
+                node.advertise,  # clients and other hosts
+                "localhost",
+                "127.0.0.1",
+                "::1",
+            ]
+            pair = tls.issue(self.tls_ca, node.container, names)
+            return {"server.crt": pair.cert, "server.key": pair.key, "ca.crt": self.tls_ca.cert}
+        if self.tls_server is None or self.tls_root is None:
+            raise UsageError("internal: this cluster has no TLS certificates")
+        root = _read_text(self.tls_root, "tls.ca_file")
+        return {
+            "server.crt": self.tls_server.cert,
+            "server.key": self.tls_server.key,
+            "ca.crt": root,
+        }
 
 
 POOLER_ADMIN = "shardctl_pooler"
@@ -92,8 +127,26 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
     for key in GENERATED:
         if key not in generated and create:
             generated[key] = secrets.token_urlsafe(24)
+    server_tls = topology.tls
+    if server_tls is not None and server_tls.generated and CA_KEY not in generated and create:
+        ca = tls.make_ca(topology.cluster)
+        generated[CA_CERT], generated[CA_KEY] = ca.cert, ca.key
     if generated != stored:
         _write(path, generated)
+    tls_root: Path | None = None
+    tls_ca: tls.KeyPair | None = None
+    tls_server: tls.KeyPair | None = None
+    if server_tls is not None and server_tls.generated:
+        if CA_KEY in generated:
+            tls_ca = tls.KeyPair(generated[CA_CERT], generated[CA_KEY])
+            tls_root = root_path(topology).absolute()  # libpq reads it from any cwd
+            if _read_optional(tls_root) != tls_ca.cert:  # libpq reads the root from a file
+                _write_text(tls_root, tls_ca.cert)
+    elif server_tls is not None and server_tls.cert is not None and server_tls.key is not None:
+        tls_root = server_tls.ca.absolute() if server_tls.ca is not None else None
+        tls_server = tls.KeyPair(
+            _read_text(server_tls.cert, "tls.cert_file"), _read_text(server_tls.key, "tls.key_file")
+        )
 
     superuser_password = declared or generated.get("superuser")
     replication_password = generated.get("replication")
@@ -111,12 +164,21 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
         app_user=spec.app_user,
         app_password=app_password,
         pooler_password=generated.get("pooler"),
+        tls_root=tls_root,
+        tls_ca=tls_ca,
+        tls_server=tls_server,
     )
+
+
+def root_path(topology: Topology) -> Path:
+    """Where the cluster CA's certificate is written for libpq, beside the secrets file."""
+    return secrets_path(topology).with_suffix(".ca.crt")
 
 
 def forget(topology: Topology) -> None:
     """Remove generated passwords (after the data they protect is gone)."""
     secrets_path(topology).unlink(missing_ok=True)
+    root_path(topology).unlink(missing_ok=True)
 
 
 def _declared(topology: Topology, env: str | None, file: str | None, key: str) -> str | None:
@@ -152,13 +214,33 @@ def _read(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()}
 
 
+def _read_text(path: Path, key: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise UsageError(f"cannot read {key} {path}: {reason}") from None
+
+
+def _read_optional(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+
+
 def _write(path: Path, data: dict[str, str]) -> None:
+    _write_text(path, json.dumps(data))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole (a rename), readable by its owner only."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out)
+            out.write(text)
         os.replace(tmp, path)
     except OSError as exc:
         raise UsageError(

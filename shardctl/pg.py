@@ -77,6 +77,8 @@ def conninfo(
     user, password = credentials.login(login)
     if node.sslmode is not None:
         extra.setdefault("sslmode", node.sslmode)
+    if credentials.tls_root is not None:
+        extra.setdefault("sslrootcert", str(credentials.tls_root))
     return make_conninfo(
         host=host,
         port=str(port),

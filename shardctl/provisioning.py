@@ -30,7 +30,13 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from shardctl import pg, poolers
-from shardctl.containers import container_spec, data_mount, pooler_spec, upstream_conninfo
+from shardctl.containers import (
+    TLS_FILES,
+    container_spec,
+    data_mount,
+    pooler_spec,
+    upstream_conninfo,
+)
 from shardctl.credentials import Credentials
 from shardctl.engine import (
     LABEL_CONFIG,
@@ -121,6 +127,8 @@ class Provisioner:
         self._mounts: dict[Endpoint, str] = {}
         self._stop = threading.Event()
         """Set on Ctrl-C: each shard finishes the step in progress and starts no other."""
+        self._cloned: set[str] = set()
+        """Replicas whose volume this ``up`` made: cloned with today's ``primary_conninfo``."""
 
     # ----------------------------------------------------------------- up
 
@@ -182,7 +190,12 @@ class Provisioner:
             self._check_stop()
             report.actions[replica.name] = self._ensure_node(replica, primary)
         for replica in replicas:
-            if report.actions[replica.name] is not Action.CREATED:
+            # A container made again on a kept volume keeps the conninfo it was cloned with
+            # (before tls: required, say): re-pointed like any replica that was there.
+            if (
+                report.actions[replica.name] is not Action.CREATED
+                or replica.name not in self._cloned
+            ):
                 self.follow(replica, deadline)
         if wait:
             for replica in replicas:
@@ -283,6 +296,8 @@ class Provisioner:
 
     def _ensure_node(self, node: Node, primary: Node | None = None) -> Action:
         fresh_volume = self.engines.ensure_volume(node)
+        if fresh_volume:
+            self._cloned.add(node.name)
         if primary is not None and fresh_volume:
             self._reset_slot(primary, node)
         spec = self.spec(node)
@@ -299,7 +314,9 @@ class Provisioner:
             container, action = None, Action.RECREATED
         if container is None:
             self.report(node.name, "creating container")
-            container = self.engines.create_container(spec, self._secrets(spec), engine_of(node))
+            container = self.engines.create_container(
+                spec, self._secrets(spec, node), engine_of(node)
+            )
             action = action if action is Action.RECREATED else Action.CREATED
         status = self.engines.status(container)
         if status != "running":
@@ -325,7 +342,9 @@ class Provisioner:
             container, action = None, Action.RECREATED
         if container is None:
             self.report(spec.name, "creating container")
-            container = self.engines.create_container(spec, self._secrets(spec), engine_of(node))
+            container = self.engines.create_container(
+                spec, self._secrets(spec, node), engine_of(node)
+            )
             action = action if action is Action.RECREATED else Action.CREATED
         if self.engines.status(container) != "running":
             self.report(spec.name, "starting")
@@ -333,16 +352,19 @@ class Provisioner:
             action = action if action is not Action.UNCHANGED else Action.STARTED
         return action
 
-    def _secrets(self, spec: ContainerSpec) -> dict[str, str]:
+    def _secrets(self, spec: ContainerSpec, node: Node) -> dict[str, str]:
         """The password files the bootstrap script of ``spec`` reads (a replica: only the
-        replication password); never on the command line."""
+        replication password), and with TLS the node's certificate files; never on the
+        command line."""
         creds = self._creds()
-        known = {
+        known: dict[str, str | None] = {
             "superuser": creds.superuser_password,
             "replication": creds.replication_password,
             "app": creds.app_password,
             "pooler": creds.pooler_password,
         }
+        if TLS_FILES[0] in spec.secrets:
+            known |= creds.server_files(node)
         missing = [name for name in spec.secrets if known[name] is None]
         if missing:
             raise ProvisioningError(

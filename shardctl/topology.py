@@ -23,7 +23,7 @@ from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 from urllib.parse import urlparse, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 from pydantic_core import ErrorDetails
 
 from shardctl import yamlsource
@@ -141,6 +141,44 @@ class SSLMode(StrEnum):
     REQUIRE = "require"
     VERIFY_CA = "verify-ca"
     VERIFY_FULL = "verify-full"
+
+
+class TLSMode(StrEnum):
+    """Whether the servers require TLS on every TCP connection."""
+
+    OFF = "off"
+    """Plaintext TCP (scram-sha-256 still never sends a password); ``sslmode`` is libpq's."""
+    REQUIRED = "required"
+    """``ssl=on``, ``hostssl`` only, and every client verifies the server against the CA."""
+
+
+class TLSSpec(_Model):
+    """``tls:`` with the server's own certificate instead of shardctl's generated ones."""
+
+    mode: TLSMode = Field(default=TLSMode.REQUIRED, description="off or required.")
+    cert_file: str | None = Field(
+        default=None,
+        description="Server certificate (PEM) every node presents (relative to the topology) "
+        "[default: one per node, signed by a CA shardctl makes for the cluster].",
+    )
+    key_file: str | None = Field(
+        default=None, description="The certificate's unencrypted private key (PEM)."
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description="CA certificate clients verify the server's with [default: cert_file, "
+        "a self-signed certificate being its own CA].",
+    )
+
+
+def _tls_form(value: object) -> str:
+    return "files" if isinstance(value, Mapping | TLSSpec) else "mode"
+
+
+TLSField = Annotated[
+    Annotated[TLSMode, Tag("mode")] | Annotated[TLSSpec, Tag("files")], Discriminator(_tls_form)
+]
+"""``tls: required`` or ``tls: {cert_file: ..., ...}``; errors name ``tls.mode`` or the key."""
 
 
 class EngineTLSSpec(_Model):
@@ -272,10 +310,15 @@ class TopologySpec(_Model):
         default=Spread.NONE,
         description="'hosts': a replica never shares its declared primary's engine.",
     )
+    tls: TLSField = Field(
+        default=TLSMode.OFF,
+        description="'required': the servers accept TCP only over TLS, with certificates "
+        "shardctl makes per cluster, or the files given (cert_file, key_file, ca_file).",
+    )
     sslmode: SSLMode | None = Field(
         default=None,
         description="libpq sslmode for every connection, replication included [default: "
-        "libpq's, prefer]; the servers need ssl settings under postgres: for require.",
+        "verify-full with tls: required (verify-ca with your own cert_file), else libpq's].",
     )
     allow_plaintext: bool = Field(
         default=False,
@@ -314,6 +357,21 @@ class EngineTLS:
     cert: Path | None
     key: Path | None
     verify: bool
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """Resolved ``tls: required``: the user's files, or None for shardctl's generated ones."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    """Clients' root certificate: ``ca_file``, else ``cert_file``; None with generated ones."""
+
+    @property
+    def generated(self) -> bool:
+        """Whether shardctl makes the CA and every node's certificate."""
+        return self.cert is None
 
 
 @dataclass(frozen=True)
@@ -464,6 +522,35 @@ class Topology:
         return self.path.parent / self.spec.schema_file
 
     @cached_property
+    def tls(self) -> ServerTLS | None:
+        """The servers' TLS when ``tls: required``; None when TCP may be plaintext."""
+        declared = self.spec.tls
+        if isinstance(declared, TLSMode):
+            return ServerTLS() if declared is TLSMode.REQUIRED else None
+        if declared.mode is TLSMode.OFF:
+            return None
+
+        def resolve(file: str | None) -> Path | None:
+            return None if file is None else self.path.parent / Path(file).expanduser()
+
+        cert = resolve(declared.cert_file)
+        return ServerTLS(
+            cert=cert, key=resolve(declared.key_file), ca=resolve(declared.ca_file) or cert
+        )
+
+    @cached_property
+    def sslmode(self) -> str | None:
+        """libpq ``sslmode`` of every connection: the declared one, else with ``tls: required``
+        verify-full (shardctl's certificates name every address a node is reached on) or
+        verify-ca (the user's may not); else None (libpq's default)."""
+        if self.spec.sslmode is not None:
+            return self.spec.sslmode.value
+        tls = self.tls
+        if tls is None:
+            return None
+        return SSLMode.VERIFY_FULL.value if tls.generated else SSLMode.VERIFY_CA.value
+
+    @cached_property
     def nodes(self) -> tuple[Node, ...]:
         """Every node in declared order: per shard, the primary then its replicas."""
         return tuple(
@@ -510,7 +597,7 @@ class Topology:
                 engine=placements[i].endpoint,
                 primary_name=primary,
                 placement=placements[i],
-                sslmode=self.spec.sslmode.value if self.spec.sslmode is not None else None,
+                sslmode=self.sslmode,
                 pooler_port=(
                     base + i + pooler.port_offset
                     if pooler is not None and (i == 0 or pooler.replicas)
@@ -722,6 +809,8 @@ def _rank(errors: list[ErrorDetails]) -> list[ErrorDetails]:
 def _describe(error: ErrorDetails) -> tuple[Loc, str]:
     """Turn one pydantic error into (location, message a person can act on)."""
     loc: Loc = tuple(error["loc"])
+    if loc[:2] in (("tls", "mode"), ("tls", "files")):
+        loc = ("tls", *loc[2:])  # the form's tag (see TLSField), not a key of the file
     kind = error["type"]
     given = error.get("input")
     if kind == "extra_forbidden":
@@ -848,7 +937,8 @@ def _model_at(loc: Loc) -> type[BaseModel] | None:
             return None
         inner = field.annotation
         args = getattr(inner, "__args__", ())
-        candidates = [inner, *args]
+        # Annotated members (a tagged union's) hold the class as their first argument.
+        candidates = [inner, *args, *(first for a in args for first in get_args(a)[:1])]
         found = next(
             (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
         )
@@ -1007,6 +1097,13 @@ def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
             ("sslmode",),
             f"{spec.sslmode.value} cannot be kept through the poolers (they take no TLS from "
             "clients yet): remove pooler: or use prefer",
+        )
+    tls_mode = spec.tls if isinstance(spec.tls, TLSMode) else spec.tls.mode
+    if pooled and tls_mode is TLSMode.REQUIRED:
+        yield (
+            ("tls",),
+            "tls: required cannot be kept through the poolers yet (they take no TLS from "
+            "clients and give none to servers): remove pooler: or tls:",
         )
     for loc, pooler in [(("pooler",), spec.pooler)] + [
         (("shards", i, "pooler"), shard.pooler) for i, shard in enumerate(spec.shards)
@@ -1263,11 +1360,82 @@ def _check_security(topology: Topology) -> Iterator[tuple[Loc, str]]:
             f"the application role {creds.app_user!r} must differ from the superuser and the "
             "replication role",
         )
-    exposed = _is_ip(spec.bind_address) and not is_loopback(spec.bind_address)
-    if exposed and not spec.allow_plaintext:  # an empty or malformed address is its own error
+    yield from _check_tls(topology)
+    if spec.allow_plaintext or topology.tls is not None:
+        return
+    # An engine's own bind_address too; an engine that declares none publishes on 0.0.0.0
+    # when advertised beyond loopback (several hosts reach each other so), not checked here.
+    exposed: list[tuple[Loc, str]] = [(("bind_address",), spec.bind_address)]
+    exposed += [
+        (("engines", name, "bind_address"), engine.bind_address)
+        for name, engine in spec.engines.items()
+        if engine.bind_address is not None
+    ]
+    for where, address in exposed:
+        # An empty or malformed address is its own error.
+        if _is_ip(address) and not is_loopback(address):
+            yield (
+                where,
+                f"{address} publishes the nodes' ports beyond this machine without TLS: set "
+                "tls: required (certificates made per cluster, or your own), keep 127.0.0.1, or "
+                "set allow_plaintext: true to accept queries and data in clear on the network",
+            )
+            return
+
+
+TLS_SETTINGS = frozenset({"ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file"})
+"""Server settings ``tls: required`` sets itself."""
+WEAK_SSLMODES = frozenset({SSLMode.DISABLE, SSLMode.ALLOW, SSLMode.PREFER})
+"""What a client may ask for that would not insist on TLS."""
+
+
+def _check_tls(topology: Topology) -> Iterator[tuple[Loc, str]]:
+    spec = topology.spec
+    declared = spec.tls
+    tls = topology.tls
+    if isinstance(declared, TLSSpec):
+        if declared.mode is TLSMode.OFF and (
+            declared.cert_file or declared.key_file or declared.ca_file
+        ):
+            yield ("tls", "mode"), "is off, so its certificate files would not be used"
+        elif (declared.cert_file is None) != (declared.key_file is None):
+            missing = "key_file" if declared.key_file is None else "cert_file"
+            yield ("tls",), f"gives a certificate without its key: add {missing}"
+            return
+        elif declared.ca_file is not None and declared.cert_file is None:
+            yield (
+                ("tls", "ca_file"),
+                "names a CA for your own certificate: add cert_file and key_file (without "
+                "them shardctl makes the cluster's CA itself)",
+            )
+            return
+    if tls is None:
+        return
+    if spec.sslmode in WEAK_SSLMODES:
         yield (
-            ("bind_address",),
-            f"{spec.bind_address} publishes the nodes' ports beyond this machine without TLS "
-            "(not supported yet): keep 127.0.0.1, or set allow_plaintext: true to accept "
-            "passwords and data in clear on the network",
+            ("sslmode",),
+            f"{spec.sslmode} does not insist on TLS, which tls: required refuses: use "
+            "verify-full, verify-ca or require (or leave it out)",
         )
+    for name in spec.postgres:
+        if name.lower() in TLS_SETTINGS:
+            yield (
+                ("postgres", name),
+                f"{name} is set by shardctl with tls: required; remove it from postgres:",
+            )
+    files = [("cert_file", tls.cert), ("key_file", tls.key)]
+    if isinstance(declared, TLSSpec) and declared.ca_file is not None:
+        files.append(("ca_file", tls.ca))
+    for key, path in files:
+        if path is None:
+            continue
+        problem = _file_problem(path)
+        if problem:
+            yield ("tls", key), f"the file named (relative to the topology) {problem}"
+            return
+    if tls.cert is not None and tls.key is not None:
+        from shardctl import tls as certificates  # cryptography: loaded for user-given files only
+
+        problem = certificates.problem(tls.cert.read_bytes(), tls.key.read_bytes())
+        if problem:
+            yield ("tls",), problem

@@ -179,6 +179,64 @@ def test_a_lost_host_is_reported_failed_over_and_rejoins(split: Cluster, hosts: 
     assert rows == len(keys)
 
 
+def test_pg_hba_on_several_hosts_admits_nat_but_not_this_hosts_other_containers(
+    split: Cluster,
+) -> None:
+    """Several hosts relax pg_hba for what arrives by NAT (shardctl's host, other hosts'
+    replicas); the superuser stays refused from the same host's other containers."""
+    split.up(timeout=240)
+    split.follow_roles()
+    creds = split.credentials()
+    assert creds.app_password is not None
+    primary = split.topology.node("shard-0-primary")  # on a
+    neighbour = split.topology.node("shard-1-replica-1")  # on a too, another shard's node
+    assert primary.engine_name == neighbour.engine_name == "a"
+    container = split.engines.container(primary)
+    assert container is not None
+    pgdata = split.engines.environment(container)["PGDATA"]
+    result = container.exec_run(["cat", f"{pgdata}/pg_hba.conf"])
+    assert isinstance(result.output, bytes)  # not streamed
+    rules = [
+        line.split()
+        for line in result.output.decode().splitlines()
+        if line and not line.startswith("#")
+    ]
+    su, repl = creds.superuser, creds.replication_user
+    assert [r[:3] for r in rules] == [
+        ["local", "all", "all"],
+        ["host", "all", su],  # the gateway
+        ["host", "all", su],  # this host's container network: reject
+        ["host", "all", su],  # elsewhere (NAT from other hosts, shardctl's host)
+        ["host", "replication", repl],  # other hosts' replicas
+        ["host", "all", su],  # anything else: reject
+        ["host", "replication", repl],  # this host's network
+        ["host", "app", creds.app_user],
+    ]
+    assert rules[2][-1] == "reject" and rules[3][-2:] == ["all", "scram-sha-256"]
+    assert rules[4][-2:] == ["all", "scram-sha-256"] and rules[5][-2:] == ["all", "reject"]
+
+    def login(user: str, password: str, dbname: str) -> tuple[int, str]:
+        # The right password, for this probe only: pg_hba must refuse the superuser anyway.
+        probe = split.engines.container(neighbour)
+        assert probe is not None
+        done = probe.exec_run(
+            [
+                "psql",
+                f"host={primary.container} dbname={dbname} user={user} connect_timeout=5",
+                "-c",
+                "SELECT 1",
+            ],
+            environment={"PGPASSWORD": password},
+        )
+        assert isinstance(done.output, bytes)  # not streamed
+        return int(done.exit_code or 0), done.output.decode("utf-8", "replace")
+
+    code, out = login(su, creds.superuser_password, "postgres")
+    assert code != 0 and "pg_hba.conf rejects connection" in out, out
+    code, out = login(creds.app_user, creds.app_password, "app")
+    assert code == 0, out  # the network works: only the superuser is refused
+
+
 def test_a_cluster_whose_every_engine_is_gone_exits_3(tmp_path: Path) -> None:
     path = make_topology(tmp_path, 1, 1)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -73,7 +73,8 @@ def test_the_schema_path_is_relative_to_the_written_file(tmp_path: Path) -> None
 def test_an_unchanged_configuration_keeps_its_digest(tmp_path: Path) -> None:
     # Containers carry these digests; a different one makes `up` recreate every node. (The
     # bootstrap of the switchover/failover release changed them once, on purpose, and the
-    # least-privilege one (pg_hba at every start, no password on a command line) again.)
+    # least-privilege one (pg_hba at every start, no password on a command line) again, and
+    # tls: required's hostssl lines once more.)
     path = tmp_path / "topology.yaml"
     path.write_text(
         "cluster: pinned\nimage: postgres:17\ndatabase: app\nbase_port: 54320\n"
@@ -86,8 +87,8 @@ def test_an_unchanged_configuration_keeps_its_digest(tmp_path: Path) -> None:
         for node in topo.nodes
     }
     assert digests == {
-        "shard-0-primary": "b610c1f9a3427c11",
-        "shard-0-replica-1": "23e1cedb74a3d8ad",
+        "shard-0-primary": "7fbc03ca21bb2d04",
+        "shard-0-replica-1": "a8fff41f61c00e20",
     }
     # A switchover swaps the roles; neither running container may be recreated for it.
     switched = topo.with_acting({"shard-0": "shard-0-replica-1"})

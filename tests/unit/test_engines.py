@@ -35,6 +35,7 @@ shards:
   - name: s1
     engine: b
     replica_engines: [a]
+allow_plaintext: true
 """
 
 
