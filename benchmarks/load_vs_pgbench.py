@@ -43,29 +43,33 @@ PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 PRELOAD = 50_000
 """Rows per primary that pgbench's reads, updates and deletes pick from."""
 
-COLUMNS = "first_name, last_name, email"
 UPSERT = (
-    f"INSERT INTO users (id, {COLUMNS}) VALUES (gen_random_uuid(), 'first_name-x', "
-    "'last_name-x', 'email-x') ON CONFLICT (id) DO UPDATE SET first_name = EXCLUDED.first_name, "
-    "last_name = EXCLUDED.last_name, email = EXCLUDED.email, updated_at = now();\n"
+    "INSERT INTO users (id, first_name, last_name, email) VALUES (gen_random_uuid(), "
+    "'first_name-x', 'last_name-x', 'email-x') ON CONFLICT (id) DO UPDATE SET "
+    "first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, "
+    "email = EXCLUDED.email, updated_at = now();\n"
 )
-PICK = f"\\set n random(1, {PRELOAD})\n"
 SCRIPTS = {
     "insert": UPSERT,
-    "read": PICK + f"SELECT {COLUMNS} FROM users WHERE id = md5(:n::text)::uuid;\n",
-    "update": PICK
-    + "UPDATE users SET first_name = 'f-y', last_name = 'l-y', email = 'e-y', updated_at = now()"
+    # Reads, updates and deletes pick a preloaded key, md5(n)::uuid for n up to PRELOAD.
+    "read": "\\set n random(1, 50000)\n"
+    "SELECT first_name, last_name, email FROM users WHERE id = md5(:n::text)::uuid;\n",
+    "update": "\\set n random(1, 50000)\n"
+    "UPDATE users SET first_name = 'f-y', last_name = 'l-y', email = 'e-y', updated_at = now()"
     " WHERE id = md5(:n::text)::uuid;\n",
-    "delete": PICK + "DELETE FROM users WHERE id = md5(:n::text)::uuid;\n",
+    "delete": "\\set n random(1, 50000)\nDELETE FROM users WHERE id = md5(:n::text)::uuid;\n",
 }
-MIXES = {"insert-only": {"insert": 100}, "default mix": {"insert": 30, "read": 40, "update": 20,
-                                                        "delete": 10}}  # fmt: skip
+MIXES = {
+    "insert-only": {"insert": 100},
+    "default mix": {"insert": 30, "read": 40, "update": 20, "delete": 10},
+}
 
 
 def preload(cluster: Cluster) -> None:
     """Give every primary the rows pgbench's reads, updates and deletes pick from."""
     statement = (
-        f"INSERT INTO users (id, {COLUMNS}) SELECT md5(n::text)::uuid, 'f', 'l', 'e' "
+        "INSERT INTO users (id, first_name, last_name, email)"
+        " SELECT md5(n::text)::uuid, 'f', 'l', 'e' "
         "FROM generate_series(1, %s) n ON CONFLICT (id) DO NOTHING"
     )
     for node in cluster.topology.primaries():
