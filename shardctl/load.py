@@ -286,9 +286,13 @@ class _User:
 
 
 class _Statements:
-    """The four statements of the mix on ``target``, composed once."""
+    """The four statements of the mix on ``target``, composed and rendered once.
 
-    def __init__(self, target: Target) -> None:
+    Rendered to bytes with a connection's quoting rules: psycopg would otherwise render the
+    composed statement again on every execute, some 45 us of CPU per insert.
+    """
+
+    def __init__(self, target: Target, conn: psycopg.Connection[Any]) -> None:
         table, key = sql.Identifier(target.table), sql.Identifier(target.key)
         names = [c.name for c in target.columns]
         cols = sql.SQL(", ").join(map(sql.Identifier, names))
@@ -306,16 +310,27 @@ class _Statements:
             ]
         )
         marks = sql.SQL(", ").join(sql.Placeholder() * (len(names) + 1))
-        self.insert = sql.SQL(
-            "INSERT INTO {t} ({k}, {cols}) VALUES ({marks}) ON CONFLICT ({k}) DO UPDATE SET {ex}"
-        ).format(t=table, k=key, cols=cols, marks=marks, ex=excluded)
-        self.read = sql.SQL("SELECT {cols} FROM {t} WHERE {k} = %s").format(
-            t=table, k=key, cols=cols
+        self.insert = (
+            sql.SQL(
+                "INSERT INTO {t} ({k}, {cols}) VALUES ({marks})"
+                " ON CONFLICT ({k}) DO UPDATE SET {ex}"
+            )
+            .format(t=table, k=key, cols=cols, marks=marks, ex=excluded)
+            .as_bytes(conn)
         )
-        self.update = sql.SQL("UPDATE {t} SET {sets} WHERE {k} = %s").format(
-            t=table, k=key, sets=sets
+        self.read = (
+            sql.SQL("SELECT {cols} FROM {t} WHERE {k} = %s")
+            .format(t=table, k=key, cols=cols)
+            .as_bytes(conn)
         )
-        self.delete = sql.SQL("DELETE FROM {t} WHERE {k} = %s").format(t=table, k=key)
+        self.update = (
+            sql.SQL("UPDATE {t} SET {sets} WHERE {k} = %s")
+            .format(t=table, k=key, sets=sets)
+            .as_bytes(conn)
+        )
+        self.delete = (
+            sql.SQL("DELETE FROM {t} WHERE {k} = %s").format(t=table, k=key).as_bytes(conn)
+        )
 
 
 class _Worker:
@@ -449,7 +464,8 @@ def run_load(
     own = ledger is None and config.ledger is not None
     if own and config.ledger is not None:
         ledger = Ledger(config.ledger, table.header)
-    statements = _Statements(table)
+    shard = router.topology.primaries()[0].shard
+    statements = router.on_shard(shard, lambda conn: _Statements(table, conn))
     workers = [_Worker(router, config, ledger, budget, table, statements) for _ in range(width)]
     ready = deque(_User(first_user + i, config.seed) for i in range(users))
     halt = threading.Event()  # the caller's stop, or the deadline: ``stop`` is only read
