@@ -11,6 +11,8 @@ names a running one. Then, interleaved, best of ``--repeat`` rounds:
   published port exactly as ``shardctl load`` does; ``--clients`` spread evenly over the
   primaries, extended protocol (what psycopg sends), as the application role;
 - **shardctl load** (the real CLI) with ``--workers`` equal to ``--clients`` and the same mix;
+- insert-only, also **psycopg alone** (no Router, no fence) with as many threads, or as many
+  coroutines on async pools, as the ceiling of any client written in Python on this machine;
 
 first insert-only (the upsert ``load`` sends, with a fresh ``gen_random_uuid()`` key), then the
 mix equal to ``load``'s default (insert 30, read 40, update 20, delete 10; pgbench's reads,
@@ -35,6 +37,7 @@ from pathlib import Path
 import docker
 from _cluster import temp_cluster
 from docker.models.containers import Container
+from load_models import raw_asyncio, raw_threads
 
 from shardctl import pg
 from shardctl.cluster import Cluster
@@ -145,16 +148,35 @@ def run(cluster: Cluster, clients: int, seconds: float, repeat: int, users: list
     preload(cluster)
     path = cluster.topology.path
     print(f"# {clients} clients/workers, {seconds:g} s per run, best of {repeat}, interleaved")
-    print(f"{'mix':<12} {'pgbench ops/s':>14} {'load ops/s':>11} {'load/pgbench':>13}")
+    infos = [
+        pg.conninfo(n, cluster.credentials(), cluster.topology.spec.database)
+        for n in cluster.topology.primaries()
+    ]
+    print(
+        f"{'mix':<12} {'pgbench/s':>10} {'psycopg thr/s':>14} {'psycopg aio/s':>14} "
+        f"{'load/s':>8} {'load/pgbench':>13} {'psycopg/pgbench':>16}"
+    )
     for name, mix in MIXES.items():
-        best_pg = best_load = 0.0
+        best = dict.fromkeys(("pgbench", "threads", "asyncio", "load"), 0.0)
         for _ in range(repeat):
-            best_pg = max(best_pg, pgbench(cluster, mix, clients, seconds))
+            best["pgbench"] = max(best["pgbench"], pgbench(cluster, mix, clients, seconds))
+            if name == "insert-only":
+                # The Python client alone (no Router, no fence): the ceiling for load.
+                done = raw_threads(infos, clients, clients, seconds)
+                best["threads"] = max(best["threads"], done / seconds)
+                done = raw_asyncio(infos, clients, clients, seconds)
+                best["asyncio"] = max(best["asyncio"], done / seconds)
             report = load(
                 path, "--workers", str(clients), "--duration", str(seconds), "--mix", mix_arg(mix)
             )
-            best_load = max(best_load, float(str(report["throughput"])))
-        print(f"{name:<12} {best_pg:>14,.0f} {best_load:>11,.0f} {best_load / best_pg:>13.2f}")
+            best["load"] = max(best["load"], float(str(report["throughput"])))
+        raw = max(best["threads"], best["asyncio"])
+        print(
+            f"{name:<12} {best['pgbench']:>10,.0f} {best['threads']:>14,.0f} "
+            f"{best['asyncio']:>14,.0f} {best['load']:>8,.0f} "
+            f"{best['load'] / best['pgbench']:>13.2f} "
+            + (f"{raw / best['pgbench']:>16.2f}" if raw else f"{'-':>16}")
+        )
     if users:
         print(f"\n# shardctl load --users, {clients} workers, {seconds:g} s each, default mix")
         print(
