@@ -263,11 +263,12 @@ class _Stats:
     done: int = 0
 
 
-class _User:
+class VirtualUser:
     """One virtual user: owns the keys it inserts, and never touches a key after a failure.
 
     A user does one op at a time (closed loop, no think time): its next op is ready as soon as
-    the last one returned, and waits in the queue until a worker thread is free.
+    the last one returned, and waits in the queue until a worker thread is free. A user with no
+    key yet inserts, whatever the mix says (its first op, usually).
     """
 
     __slots__ = ("index", "live", "ready_since", "rng")
@@ -355,7 +356,7 @@ class _Worker:
         self.weights = config.mix.weights()
         self.stats = _Stats()
 
-    def run(self, ready: deque[_User], stop: threading.Event) -> None:
+    def run(self, ready: deque[VirtualUser], stop: threading.Event) -> None:
         """Serve users from ``ready`` until ``stop`` or the op budget says so."""
         while not stop.is_set() and self.budget():
             # Never empty: there are at least as many users as workers, and each worker puts
@@ -366,7 +367,7 @@ class _Worker:
             user.ready_since = time.perf_counter()
             ready.append(user)
 
-    def one(self, user: _User) -> None:
+    def one(self, user: VirtualUser) -> None:
         """One op of ``user``, its response time counted from when the user was ready."""
         op: str = user.rng.choices(OPS, self.weights)[0]
         if op != "insert" and not user.live:
@@ -435,14 +436,15 @@ def run_load(
     progress: Callable[[LoadProgress], None] | None = None,
     interval: float = 0.25,
     ledger: Ledger | None = None,
-    first_user: int = 0,
+    crowd: list[VirtualUser] | None = None,
 ) -> LoadReport:
     """Run the load test through ``router``; returns when time, ops or ``stop`` (set by the
     caller, never here) say so.
 
     ``config.users`` virtual users (default: one per worker) share ``config.workers`` threads;
-    a ``ledger`` given here is written to and left open (else ``config.ledger`` is opened),
-    users numbered from ``first_user`` in it.
+    a ``ledger`` given here is written to and left open (else ``config.ledger`` is opened).
+    The users are the first of ``crowd`` (users of an earlier run, who keep their keys), made
+    and added to it when it has too few.
     """
     if config.workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -467,7 +469,9 @@ def run_load(
     shard = router.topology.primaries()[0].shard
     statements = router.on_shard(shard, lambda conn: _Statements(table, conn))
     workers = [_Worker(router, config, ledger, budget, table, statements) for _ in range(width)]
-    ready = deque(_User(first_user + i, config.seed) for i in range(users))
+    crowd = [] if crowd is None else crowd
+    crowd.extend(VirtualUser(i, config.seed) for i in range(len(crowd), users))
+    ready = deque(crowd[:users])
     halt = threading.Event()  # the caller's stop, or the deadline: ``stop`` is only read
     threads = [
         threading.Thread(target=w.run, args=(ready, halt), name=f"load-{i}", daemon=True)
@@ -513,20 +517,22 @@ def run_steps(
     progress: Callable[[LoadProgress], None] | None = None,
 ) -> list[LoadReport]:
     """The seed's table: one run of ``config`` per user count in ``users``, one after the
-    other on the same Router, into one ledger; stops early when ``stop`` is set."""
+    other on the same Router, into one ledger; stops early when ``stop`` is set.
+
+    The users carry over from run to run with their keys (1,000 users, then the same 1,000
+    and 4,000 more, ...), as a load that grows; only new users start with an insert."""
     stop = stop or threading.Event()
     book = None
     if config.ledger is not None:
         book = Ledger(config.ledger, target(router, config.table).header)
     reports: list[LoadReport] = []
+    crowd: list[VirtualUser] = []
     try:
-        first = 0
         for count in users:
             step = dataclasses.replace(config, users=count)
             reports.append(
-                run_load(router, step, stop=stop, progress=progress, ledger=book, first_user=first)
+                run_load(router, step, stop=stop, progress=progress, ledger=book, crowd=crowd)
             )
-            first += count
             if stop.is_set():
                 break
     finally:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shardctl.cli.load import MAX_USERS, parse_users
 from shardctl.errors import UsageError
-from shardctl.load import OPS, _Stats, _User, percentile, report, summary
+from shardctl.load import OPS, VirtualUser, _Stats, percentile, report, summary
 
 fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 latency = st.floats(min_value=0.0, max_value=60.0, allow_nan=False)
@@ -101,7 +101,7 @@ def test_a_report_merges_what_every_worker_measured() -> None:
 @fast
 @given(st.lists(st.sampled_from(["add", "retire"]), max_size=60))
 def test_a_user_forgets_exactly_the_keys_it_retires(steps: list[str]) -> None:
-    user, expected, n = _User(7, seed=1), set(), 0
+    user, expected, n = VirtualUser(7, seed=1), set(), 0
     for step in steps:
         if step == "add" or not user.live:
             key = f"k{n}"
@@ -116,7 +116,7 @@ def test_a_user_forgets_exactly_the_keys_it_retires(steps: list[str]) -> None:
 
 
 def test_users_with_a_seed_are_reproducible_and_distinct() -> None:
-    draws = [[_User(i, seed=5).rng.random() for i in range(3)] for _ in range(2)]
+    draws = [[VirtualUser(i, seed=5).rng.random() for i in range(3)] for _ in range(2)]
     assert draws[0] == draws[1] and len(set(draws[0])) == 3
 
 
