@@ -88,7 +88,7 @@ class KeyNotOwned(RoutingError):
     """A node refused a write to a key it does not own (server-side fencing, SQLSTATE SC001).
 
     The Router catches it, refreshes its ring and retries on the new owner; callers see it only
-    when the ring stays stale for longer than the Router's retry budget.
+    when the ring stays stale for longer than the Router's deadline.
     """
 
     def __init__(self, message: str, *, node: str = "", key: object = None) -> None:

@@ -28,20 +28,25 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import sql
 
-from shardctl.errors import UsageError
+from shardctl.errors import DatabaseUnavailable, UsageError
 from shardctl.ledger import Header, Ledger, Value
 from shardctl.router import Prefer, Router
 from shardctl.text import first_line
 
+T = TypeVar("T")
 OPS = ("insert", "read", "update", "delete")
+OVERRUN = 0.5
+"""Seconds past ``--duration`` an op still running (on a frozen node) may take before the
+Router cuts it short: the run ends within a second of its duration."""
 Op = Literal["insert", "read", "update", "delete"]
 
 TEXT_TYPES = ("text", "character varying")
@@ -106,6 +111,18 @@ class Target:
         return {c.name: c.sample(token) for c in self.columns}
 
 
+def on_any_shard(router: Router, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+    """``work`` on a node of the first shard that answers (a replica first): any node knows
+    the schema and the settings, and one shard in trouble must not stop the test."""
+    shards = [node.shard for node in router.topology.primaries()]
+    for shard in shards[:-1]:
+        try:
+            return router.on_shard(shard, work, prefer="replica")
+        except DatabaseUnavailable:
+            continue
+    return router.on_shard(shards[-1], work, prefer="replica")
+
+
 def target(router: Router, table: str | None = None) -> Target:
     """The table the load test writes (``table``, else the first declared), read from the
     catalog of one primary; UsageError when it is missing or cannot be filled."""
@@ -114,14 +131,13 @@ def target(router: Router, table: str | None = None) -> Target:
     if spec is None:
         wanted = f"a sharded table {table!r}" if table else "a sharded table"
         raise UsageError(f"{router.topology.path}: the load test needs {wanted} (see tables:)")
-    shard = router.topology.primaries()[0].shard
 
     def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
         return conn.execute(COLUMNS_QUERY, (spec.name,)).fetchall()
 
-    found = router.on_shard(shard, read)
+    found = on_any_shard(router, read)
     if not found:
-        raise UsageError(f"table {spec.name} does not exist on {shard} (is the schema applied?)")
+        raise UsageError(f"table {spec.name} does not exist (is the schema applied?)")
     key_type = next((str(r[1]) for r in found if r[0] == spec.key), None)
     if key_type is None:
         raise UsageError(f"table {spec.name} has no key column {spec.key!r}")
@@ -356,16 +372,18 @@ class _Worker:
         self.weights = config.mix.weights()
         self.stats = _Stats()
 
-    def run(self, ready: deque[VirtualUser], stop: threading.Event) -> None:
-        """Serve users from ``ready`` until ``stop`` or the op budget says so."""
-        while not stop.is_set() and self.budget():
-            # Never empty: there are at least as many users as workers, and each worker puts
-            # its user back before it takes the next (deque appends and pops are atomic).
-            user = ready.popleft()
-            self.one(user)
-            self.stats.done += 1
-            user.ready_since = time.perf_counter()
-            ready.append(user)
+    def run(self, ready: deque[VirtualUser], stop: threading.Event, until: float | None) -> None:
+        """Serve users from ``ready`` until ``stop`` or the op budget says so; an op still
+        running at ``until`` is cut short by the Router."""
+        with self.router.ending_by(until) if until is not None else nullcontext():
+            while not stop.is_set() and self.budget():
+                # Never empty: there are at least as many users as workers, and each worker
+                # puts its user back before it takes the next (deque appends, pops are atomic).
+                user = ready.popleft()
+                self.one(user)
+                self.stats.done += 1
+                user.ready_since = time.perf_counter()
+                ready.append(user)
 
     def one(self, user: VirtualUser) -> None:
         """One op of ``user``, its response time counted from when the user was ready."""
@@ -424,7 +442,7 @@ def connection_limit(router: Router) -> int:
         assert row is not None
         return int(row[0]), int(row[1])
 
-    most, reserved = router.on_shard(router.topology.primaries()[0].shard, read)
+    most, reserved = on_any_shard(router, read)
     return max(1, most - reserved - HEADROOM)
 
 
@@ -466,22 +484,23 @@ def run_load(
     own = ledger is None and config.ledger is not None
     if own and config.ledger is not None:
         ledger = Ledger(config.ledger, table.header)
-    shard = router.topology.primaries()[0].shard
-    statements = router.on_shard(shard, lambda conn: _Statements(table, conn))
+    statements = on_any_shard(router, lambda conn: _Statements(table, conn))
     workers = [_Worker(router, config, ledger, budget, table, statements) for _ in range(width)]
     crowd = [] if crowd is None else crowd
     crowd.extend(VirtualUser(i, config.seed) for i in range(len(crowd), users))
     ready = deque(crowd[:users])
     halt = threading.Event()  # the caller's stop, or the deadline: ``stop`` is only read
-    threads = [
-        threading.Thread(target=w.run, args=(ready, halt), name=f"load-{i}", daemon=True)
-        for i, w in enumerate(workers)
-    ]
     started = time.monotonic()
     now = time.perf_counter()
     for user in ready:
         user.ready_since = now
     deadline = None if config.duration is None else started + config.duration
+    # An op still running at the end (a frozen node) is cut short soon after: --duration holds.
+    cut_at = None if deadline is None else deadline + OVERRUN
+    threads = [
+        threading.Thread(target=w.run, args=(ready, halt, cut_at), name=f"load-{i}", daemon=True)
+        for i, w in enumerate(workers)
+    ]
     try:
         for thread in threads:
             thread.start()

@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shardctl import pg
 from shardctl.credentials import Credentials, Login
+from shardctl.deadlines import Watchdog
 from shardctl.errors import RoutingError, TopologyError
 from shardctl.faults import is_transient
 from shardctl.topology import Node, Topology
@@ -41,6 +42,9 @@ DOWN_FOR = 2.0
 shard's primary answers), waited for only :data:`TROUBLED_WAIT` seconds if it is a primary."""
 TROUBLED_WAIT = 0.25
 """Seconds to wait for a connection to a node in trouble (instead of ``connect_timeout``)."""
+DEFAULT_STATEMENT_TIME = 30.0
+"""Seconds a call given no deadline may run once it has its connection (shardctl's own reads,
+dual writes); the Router always passes its own, shorter deadline."""
 
 
 class Pools:
@@ -68,6 +72,10 @@ class Pools:
         self._nodes: dict[str, tuple[Topology, tuple[Node, ...]]] = {}
         self._down_until: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.watchdog = Watchdog()
+        """Cuts short a statement that outlives its deadline (a frozen server)."""
+        self._until = threading.local()
+        """The deadline of the call this thread is running (read by the pools' checks)."""
         self._turn = itertools.count()
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
@@ -97,17 +105,29 @@ class Pools:
                 return live[next(self._turn) % len(live)]
         return primary
 
-    def run(self, node: Node, work: Callable[[Conn], T], *, wait: float | None = None) -> T:
+    def run(
+        self,
+        node: Node,
+        work: Callable[[Conn], T],
+        *,
+        wait: float | None = None,
+        until: float | None = None,
+    ) -> T:
         """Run ``work`` on a pooled connection to ``node``, waiting at most ``wait`` seconds
-        for one (default ``connect_timeout``); a node that fails is marked."""
+        for one (default ``connect_timeout``), and cut short at ``until`` (time.monotonic()):
+        connection wait and statement together; a node that fails is marked."""
         pool = self.pool(node)
         wait = self.connect_timeout if wait is None else wait
         if self._down_until.get(node.name, 0.0) > time.monotonic():
             # A node that just failed gets a short wait: if it is gone for good (a failover),
             # the retry or catalog read that follows must not queue here for long.
             wait = min(wait, TROUBLED_WAIT)
+        if until is None:
+            until = time.monotonic() + wait + DEFAULT_STATEMENT_TIME
+        wait = max(0.001, min(wait, until - time.monotonic()))
+        self._until.value = until
         try:
-            with pool.connection(timeout=wait) as conn:
+            with pool.connection(timeout=wait) as conn, self.watchdog.guard(conn, until):
                 return work(conn)
         except PoolTimeout:
             self.mark_down(node)
@@ -115,10 +135,22 @@ class Pools:
         except psycopg.Error as exc:
             if is_transient(exc):
                 self.mark_down(node)
-                if exc.sqlstate is None or exc.sqlstate.startswith(("08", "57")):
-                    # Its siblings in the pool are likely dead too (a restart): test them now.
-                    pool.check()
             raise
+
+    def _checker(self, name: str) -> Callable[[Conn], None]:
+        """The test of a pooled connection to node ``name`` before each use."""
+
+        def check(conn: Conn) -> None:
+            # Only on a node in trouble: after a restart its idle connections are dead, and
+            # the pool then takes or makes another. Bounded by the call's deadline, because on
+            # a frozen server the test itself would never end.
+            if self._down_until.get(name, 0.0) <= time.monotonic():
+                return
+            until = getattr(self._until, "value", time.monotonic() + TROUBLED_WAIT)
+            with self.watchdog.guard(conn, until):
+                conn.execute("")
+
+        return check
 
     def mark_down(self, node: Node) -> None:
         """For :data:`DOWN_FOR` seconds: skip ``node`` for reads if it is a replica, and wait
@@ -155,6 +187,7 @@ class Pools:
                     # aborted can lose the PREPARE psycopg believes was made, and every later
                     # use of that statement on the connection then fails (SQLSTATE 26000).
                     kwargs={"autocommit": True, "prepare_threshold": None},
+                    check=self._checker(node.name),
                     min_size=self.min_size,
                     max_size=max(self.min_size, self.max_size),
                     name=node.name,

@@ -20,16 +20,20 @@ just failed skipped for a while.
 **Fencing.** During a reshard, a primary that no longer owns a key refuses writes to it with
 SQLSTATE ``SC001`` (:data:`shardctl.fence.FENCE_SQLSTATE`). The router turns that into
 :class:`~shardctl.errors.KeyNotOwned`, re-reads the catalog at once and retries on the new
-owner; the caller sees latency, not an error, unless the ring stays stale past the retry budget.
+owner; the caller sees latency, not an error, unless the ring stays stale past its deadline.
+
+**One deadline.** Every operation ends within :attr:`Router.deadline` seconds (default
+10): waiting for a connection, the statement itself and every retry together. A statement on a
+server that stopped answering (a frozen container, a hung host) is cut short at the deadline
+(:mod:`shardctl.deadlines`), and other shards' operations never wait for it.
 
 **Retries.** Transient faults — a broken connection, a server shutting down or starting
 (``admin_shutdown``, ``crash_shutdown``, ``cannot_connect_now``), a serialization failure, a
 deadlock, no pooled connection in time — are retried with exponential back-off and jitter until
-:attr:`Router.retry_timeout` seconds have passed, then raised as
-:class:`~shardctl.errors.DatabaseUnavailable`. Everything else (a syntax error, a unique
-violation, ...) is raised at once, as psycopg raised it. A statement whose connection broke
-*during commit* may have committed: retried writes should be idempotent (upserts, updates to a
-value, deletes) when exactly-once matters.
+the deadline, then raised as :class:`~shardctl.errors.DatabaseUnavailable`. Everything else (a
+syntax error, a unique violation, ...) is raised at once, as psycopg raised it. A statement
+whose connection broke *during commit* may have committed: retried writes should be idempotent
+(upserts, updates to a value, deletes) when exactly-once matters.
 
 **Dual writes.** Each catalog read also brings the ranges a reshard is moving whose rows are
 already copied (:class:`Routing`.moving). A write to a key in one of them, once committed on
@@ -56,7 +60,6 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
-    stop_after_delay,
 )
 
 from shardctl import credentials as creds
@@ -103,12 +106,16 @@ class Router:
         min_size: int = 1,
         max_size: int = 8,
         connect_timeout: float = 5.0,
-        retry_timeout: float = 20.0,
+        deadline: float = 10.0,
         epoch_check_interval: float = 2.0,
         login: Login = Login.APP,
+        retry_timeout: float | None = None,
     ) -> None:
         """A router for a topology (credentials found as the CLI finds them) or a Cluster,
-        connected as the application role (``login=Login.SUPERUSER`` for shardctl's tools)."""
+        connected as the application role (``login=Login.SUPERUSER`` for shardctl's tools).
+
+        ``deadline``: seconds any one operation may take, retries included
+        (``retry_timeout`` is its former name)."""
         if isinstance(source, Topology):
             topology = source
             credentials = credentials or creds.load(source)
@@ -125,7 +132,8 @@ class Router:
             login=login,
         )
         self._watcher = CatalogWatcher(topology, self._pools, interval=epoch_check_interval)
-        self.retry_timeout = retry_timeout
+        self.deadline = retry_timeout if retry_timeout is not None else deadline
+        self._scope = threading.local()
         self.stats = RouterStats()
         self._key_types: dict[str, str] = {}
 
@@ -391,9 +399,11 @@ class Router:
             raise RoutingError("the router is closed")
         # The first try runs bare: building a tenacity loop costs more than most statements.
         started = time.monotonic()
+        until = self._until(started)
         try:
             shard = shard_of(self._watcher.current())
-            return self._on_node(self._pools.choose(shard, prefer, 1), work, key=key)
+            node = self._pools.choose(shard, prefer, 1)
+            return self._on_node(node, work, key=key, until=until)
         except Exception as exc:
             if not faults.retryable(exc):
                 raise
@@ -409,20 +419,23 @@ class Router:
         first: BaseException,
         started: float,
     ) -> T:
-        """The tries after a first one failed with ``first``, until the retry budget is spent."""
-        fenced = isinstance(first, KeyNotOwned)
+        """The tries after a first one failed with ``first``, until the deadline."""
+        refused = first if isinstance(first, KeyNotOwned) else None
+        until = self._until(started)
         self._after_failure(first)
-        time.sleep(faults.FENCED_POLL if fenced else faults.FIRST_BACKOFF)
+        time.sleep(faults.FENCED_POLL if refused else faults.FIRST_BACKOFF)
 
         def before_sleep(state: RetryCallState) -> None:
-            nonlocal fenced
-            fenced = fenced or isinstance(faults.failure(state), KeyNotOwned)
+            nonlocal refused
+            failure = faults.failure(state)
+            if isinstance(failure, KeyNotOwned):
+                refused = failure
             self._before_retry(state)
 
         retrying = Retrying(
             retry=retry_if_exception(faults.retryable),
-            stop=stop_after_delay(self.retry_timeout),
-            wait=faults.backoff,
+            stop=lambda state: time.monotonic() >= until,
+            wait=lambda state: min(faults.backoff(state), max(0.0, until - time.monotonic())),
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -432,24 +445,44 @@ class Router:
                 with attempt:
                     shard = shard_of(self._watcher.current())
                     node = self._pools.choose(shard, prefer, attempt.retry_state.attempt_number + 1)
-                    result = self._on_node(node, work, key=key)
+                    result = self._on_node(node, work, key=key, until=until)
                 if faults.failure(attempt.retry_state) is None:
-                    if fenced:
+                    if refused:
                         self.stats.fenced(time.monotonic() - started)
                     return result
         except PoolTimeout as exc:
             raise DatabaseUnavailable(
-                f"no connection to shard {shard} within {self.retry_timeout:g}s: "
+                f"no connection to shard {shard} within the {self.deadline:g}s deadline: "
                 f"{pg.first_line(exc)}"
             ) from exc
         except psycopg.Error as exc:
+            if refused is not None and time.monotonic() >= until:
+                # The deadline cut the last try short; the fence is why the key got nowhere.
+                raise refused from exc
             if is_transient(exc):
                 raise DatabaseUnavailable(
-                    f"shard {shard}: still failing after {self.retry_timeout:g}s of retries: "
+                    f"shard {shard}: still failing at the {self.deadline:g}s deadline: "
                     f"{pg.first_line(exc)}"
                 ) from exc
             raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def ending_by(self, until: float) -> Iterator[None]:
+        """Operations this thread starts in the block end by ``until`` (``time.monotonic()``),
+        or sooner at :attr:`deadline`: a load test that must stop on time, a request with a
+        budget of its own."""
+        outer = getattr(self._scope, "until", None)
+        self._scope.until = until if outer is None else min(outer, until)
+        try:
+            yield
+        finally:
+            self._scope.until = outer
+
+    def _until(self, started: float) -> float:
+        until = started + self.deadline
+        scoped: float | None = getattr(self._scope, "until", None)
+        return until if scoped is None else min(until, scoped)
 
     def _before_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -469,10 +502,13 @@ class Router:
             self._watcher.check_soon()
         log.debug("shardctl router: retrying after %s", exc)
 
-    def _on_node(self, node: Node, work: Callable[[Conn], T], *, key: object = None) -> T:
-        """Run ``work`` on ``node``; a fence's refusal (SC001) becomes :class:`KeyNotOwned`."""
+    def _on_node(
+        self, node: Node, work: Callable[[Conn], T], *, key: object = None, until: float
+    ) -> T:
+        """Run ``work`` on ``node`` until ``until``; a fence's refusal (SC001) becomes
+        :class:`KeyNotOwned`."""
         try:
-            return self._pools.run(node, work)
+            return self._pools.run(node, work, until=until)
         except psycopg.Error as exc:
             demoted = exc.sqlstate == NOT_PRIMARY_SQLSTATE and node.role is Role.PRIMARY
             if exc.sqlstate == FENCE_SQLSTATE or demoted:

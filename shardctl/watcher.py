@@ -133,7 +133,8 @@ class CatalogWatcher:
             self._refresh_locked()
         except (ShardctlError, psycopg.Error) as exc:
             # Keep routing with what we have: a later check (or a fenced write) tries again.
-            log.warning("shardctl router: catalog check failed: %s", exc)
+            if not self._pools.closed:  # a check the router's close overtook is no news
+                log.warning("shardctl router: catalog check failed: %s", exc)
         finally:
             self._refresh_lock.release()
 
@@ -201,8 +202,12 @@ class CatalogWatcher:
 
             return work
 
+        # A frozen node must not hold the catalog read (and the refresh lock) for ever.
+        until = time.monotonic() + 2 * CATALOG_READ_WAIT
         futures = {
-            node.name: executor.submit(self._pools.run, node, read(node), wait=CATALOG_READ_WAIT)
+            node.name: executor.submit(
+                self._pools.run, node, read(node), wait=CATALOG_READ_WAIT, until=until
+            )
             for node in nodes
         }
         found: dict[str, catalog.RingRecord | None] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, LiteralString
@@ -174,3 +175,28 @@ def test_virtual_users_share_connections_bounded_by_the_workers(shared_cluster: 
     # 2,000 users, never more than the 6 workers' connections to a node (the pools' bound).
     assert all(0 < seen <= 6 for seen in most.values()), most
     assert limits == {100}
+
+
+def test_load_duration_holds_while_a_primary_is_frozen(shared_cluster: Cluster) -> None:
+    """`docker pause` of one primary: `load --duration 2` still ends on time (ops on the frozen
+    shard fail at the Router's deadline or when the run ends), and the other shard's ops go on."""
+    frozen = shared_cluster.topology.shard_nodes("shard-0")[0]
+    container = shared_cluster.engines.container(frozen)
+    assert container is not None
+    container.pause()
+    rescue = threading.Timer(60, container.unpause)  # should load hang after all
+    rescue.start()
+    try:
+        result = run_shardctl(
+            "load", "-f", shared_cluster.topology.path, "--duration", "2", "--workers", "4",
+            "-o", "json",
+        )  # fmt: skip
+    finally:
+        rescue.cancel()
+        container.unpause()
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout, result.stderr
+    report = json.loads(result.stdout)
+    assert report["seconds"] <= 3.0, report["seconds"]  # --duration, within a second
+    assert report["failed"] > 0 and report["ok"] > 0, report
+    assert result.returncode == 1

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from shardctl import Router, catalog, pg, ringsql
 from shardctl.cluster import Cluster
-from shardctl.errors import KeyNotOwned
+from shardctl.errors import DatabaseUnavailable, KeyNotOwned
 from shardctl.ring import Ring, position_hex
 from shardctl.waiting import NotYet, wait_for
 from tests.integration.conftest import make_topology, running
@@ -216,9 +216,9 @@ def test_a_fenced_write_refreshes_the_ring_and_follows_the_key(
         where = stale.scatter_by_shard("SELECT id FROM users WHERE email = 'fenced@x'")
         assert where == {"shard-1": [(key,)], "shard-0": []}
 
-    # A router that keeps meeting the fence gives up after its retry budget, with KeyNotOwned.
+    # A router that keeps meeting the fence gives up at its deadline, with KeyNotOwned.
     install_fence(epoch_cluster, "shard-1-primary", fence)
-    with Router(epoch_cluster, retry_timeout=0.5) as router:
+    with Router(epoch_cluster, deadline=0.5) as router:
         other = uuid.uuid4()
         with pytest.raises(KeyNotOwned) as refused:
             router.execute(other, "INSERT INTO users (id) VALUES (%s)", (other,))
@@ -240,3 +240,56 @@ def test_a_router_notices_a_new_epoch_by_itself(epoch_cluster: Cluster) -> None:
                 raise NotYet(f"still at epoch {router.epoch}")
 
         wait_for(newer, timeout=5, what="the new epoch", on_timeout=AssertionError)
+
+
+def test_a_frozen_primary_fails_its_operations_at_the_deadline_and_only_those(
+    shared_cluster: Cluster,
+) -> None:
+    """`docker pause`: TCP still answers through Docker's proxy, the server never does. Every
+    operation on that shard ends at the deadline, a statement already in flight included;
+    the other shard's operations go on at their usual speed."""
+    frozen = shared_cluster.topology.shard_nodes("shard-0")[0]
+    container = shared_cluster.engines.container(frozen)
+    assert container is not None
+    with Router(shared_cluster, deadline=2.0) as router:
+        ring = router.ring
+        mine = next(k for k in iter(uuid.uuid4, None) if ring.node_for(k) == "shard-0")
+        other = next(k for k in iter(uuid.uuid4, None) if ring.node_for(k) == "shard-1")
+        router.execute(mine, "INSERT INTO users (id) VALUES (%s)", (mine,))  # pools are warm
+        in_flight: list[float] = []
+
+        def slow_read() -> None:
+            started = time.monotonic()
+            with pytest.raises(DatabaseUnavailable):
+                router.fetch(
+                    mine,
+                    "SELECT pg_sleep(1), id FROM users WHERE id = %s",
+                    (mine,),
+                    prefer="primary",
+                )
+            in_flight.append(time.monotonic() - started)
+
+        reader = threading.Thread(target=slow_read)
+        reader.start()
+        time.sleep(0.3)
+        container.pause()
+        # Should the Router hang after all, the shared cluster still comes back for the others.
+        rescue = threading.Timer(30, container.unpause)
+        rescue.start()
+        try:
+            started = time.monotonic()
+            with pytest.raises(DatabaseUnavailable) as failed:
+                router.execute(mine, "UPDATE users SET email = 'x' WHERE id = %s", (mine,))
+            elapsed = time.monotonic() - started
+            assert "2s deadline" in str(failed.value)
+            assert 1.5 <= elapsed <= 3.5, elapsed  # the deadline, not connect_timeout or more
+            quick = time.monotonic()
+            router.execute(other, "INSERT INTO users (id) VALUES (%s)", (other,))
+            assert time.monotonic() - quick < 1.5  # the other shard is not held up
+            reader.join(timeout=10)
+            assert in_flight and in_flight[0] <= 3.5, in_flight  # cut short, not for ever
+            assert router._pools.watchdog.interrupted >= 1
+        finally:
+            rescue.cancel()
+            container.unpause()
+        router.execute(mine, "UPDATE users SET email = 'back' WHERE id = %s", (mine,))

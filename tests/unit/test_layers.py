@@ -11,7 +11,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "shardctl"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "text", "ring", "waiting", "reshard", "yamlsource"),
+    ("errors", "text", "ring", "waiting", "deadlines", "reshard", "yamlsource"),
     ("topology", "ringsql", "faults", "reshard.plan"),
     ("credentials", "engine"),
     ("pg",),
