@@ -1,7 +1,8 @@
 """``shardctl load`` against PostgreSQL's own pgbench, on the same cluster, in the same run.
 
     python benchmarks/load_vs_pgbench.py [--clients 16] [--seconds 10] [--repeat 3]
-                                         [--users 1000,5000,10000] [--topology FILE]
+                                         [--users 1000,5000,10000] [--users-seconds 30]
+                                         [--topology FILE]
 
 Brings up a 4 shards x 1 replica cluster (test image; removed afterwards) unless ``--topology``
 names a running one. Then, interleaved, best of ``--repeat`` rounds:
@@ -18,13 +19,15 @@ first insert-only (the upsert ``load`` sends, with a fresh ``gen_random_uuid()``
 mix equal to ``load``'s default (insert 30, read 40, update 20, delete 10; pgbench's reads,
 updates and deletes hit rows preloaded with ``md5(n)::uuid`` keys, ``load``'s hit its own).
 Prints ops/s of each and the ratio load/pgbench, then the seed-style table of ``shardctl load
---users`` at 1,000 / 5,000 / 10,000 virtual users.
+--users`` at 1,000 / 5,000 / 10,000 virtual users (``--users-seconds`` each, and the share of
+inserts: every new user's first op is one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -83,7 +86,7 @@ def preload(cluster: Cluster) -> None:
 def pgbench(cluster: Cluster, mix: dict[str, int], clients: int, seconds: float) -> float:
     """Transactions per second of pgbench over all primaries (``clients`` spread over them)."""
     primaries = cluster.topology.primaries()
-    folder = Path(tempfile.mkdtemp(prefix="h14b-pgbench-"))
+    folder = Path(tempfile.mkdtemp(prefix="shardctl-pgbench-"))
     folder.chmod(0o755)
     args: list[str] = []
     for op, weight in mix.items():
@@ -102,7 +105,7 @@ def pgbench(cluster: Cluster, mix: dict[str, int], clients: int, seconds: float)
                     [PGBENCH, "-n", "-M", "extended", "-T", str(int(seconds)), "-c", str(share),
                      "-j", str(share), "-h", node.advertise, "-p", str(node.host_port),
                      "-U", cluster.credentials().app_user, *args, cluster.topology.spec.database],
-                    name=f"h14b-pgbench-{cluster.topology.cluster}-{node.shard}",
+                    name=f"{node.container}-pgbench",
                     entrypoint=[],
                     network_mode="host",
                     user="postgres",
@@ -143,11 +146,25 @@ def mix_arg(mix: dict[str, int]) -> str:
     return ",".join(f"{op}={weight}" for op, weight in mix.items())
 
 
-def run(cluster: Cluster, clients: int, seconds: float, repeat: int, users: list[int]) -> None:
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def run(
+    cluster: Cluster,
+    clients: int,
+    seconds: float,
+    repeat: int,
+    users: list[int],
+    users_seconds: float,
+) -> None:
     """The interleaved comparison, then the virtual-user table."""
     preload(cluster)
     path = cluster.topology.path
-    print(f"# {clients} clients/workers, {seconds:g} s per run, best of {repeat}, interleaved")
+    print(
+        f"# {clients} clients/workers, {seconds:g} s per run, best of {repeat}, interleaved "
+        f"(load average {_load()})"
+    )
     infos = [
         pg.conninfo(n, cluster.credentials(), cluster.topology.spec.database)
         for n in cluster.topology.primaries()
@@ -178,21 +195,26 @@ def run(cluster: Cluster, clients: int, seconds: float, repeat: int, users: list
             + (f"{raw / best['pgbench']:>16.2f}" if raw else f"{'-':>16}")
         )
     if users:
-        print(f"\n# shardctl load --users, {clients} workers, {seconds:g} s each, default mix")
         print(
-            f"{'users':>7} {'ops/s':>8} {'success':>8} {'mean ms':>8} "
-            f"{'p50':>8} {'p95':>8} {'p99':>8}"
+            f"\n# shardctl load --users {','.join(map(str, users))} --workers {clients} "
+            f"--duration {users_seconds:g}, default mix (load average {_load()})"
+        )
+        print(
+            f"{'users':>7} {'ops':>8} {'ops/s':>8} {'success':>8} {'mean ms':>8} "
+            f"{'p50':>8} {'p95':>8} {'p99':>8} {'inserts':>8}"
         )
         report = load(
             path, "--users", ",".join(map(str, users)), "--workers", str(clients),
-            "--duration", str(seconds),
+            "--duration", str(users_seconds),
         )  # fmt: skip
         for row in report["steps"]:  # type: ignore[attr-defined]
             total = row["total"]
+            inserts = next(r["ops"] for r in row["per_op"] if r["op"] == "insert")
             print(
-                f"{row['users']:>7,} {total['throughput']:>8,.0f} "
+                f"{row['users']:>7,} {total['ops']:>8,} {total['throughput']:>8,.0f} "
                 f"{total['success_rate'] * 100:>7.2f}% {total['mean_ms']:>8.1f} "
-                f"{total['p50_ms']:>8.1f} {total['p95_ms']:>8.1f} {total['p99_ms']:>8.1f}"
+                f"{total['p50_ms']:>8.1f} {total['p95_ms']:>8.1f} {total['p99_ms']:>8.1f} "
+                f"{inserts / max(1, total['ops']):>8.0%}"
             )
 
 
@@ -203,6 +225,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--users", default="1000,5000,10000")
+    parser.add_argument("--users-seconds", type=float, default=30.0)
     parser.add_argument("--topology", type=Path, default=None)
     args = parser.parse_args()
     users = [int(u) for u in args.users.split(",") if u.strip()]
@@ -212,8 +235,8 @@ def main() -> None:
             cluster = stack.enter_context(Cluster.load(args.topology))
         else:
             cluster = stack.enter_context(temp_cluster(shards=4, replicas=1))
-        run(cluster, args.clients, args.seconds, args.repeat, users)
-    print(f"# {time.monotonic() - started:.0f} s in all")
+        run(cluster, args.clients, args.seconds, args.repeat, users, args.users_seconds)
+    print(f"# {time.monotonic() - started:.0f} s in all (load average {_load()})")
 
 
 if __name__ == "__main__":
