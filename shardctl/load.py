@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +256,9 @@ class LoadReport:
     epochs: tuple[int, int]
     """The ring epoch at the start and at the end."""
     ledger: str | None = None
+    warm_up: int = 0
+    """Inserts that gave new virtual users their first key before the run (not in ``ops``;
+    in the ledger)."""
 
 
 @dataclass(frozen=True)
@@ -284,7 +287,7 @@ class VirtualUser:
 
     A user does one op at a time (closed loop, no think time): its next op is ready as soon as
     the last one returned, and waits in the queue until a worker thread is free. A user with no
-    key yet inserts, whatever the mix says (its first op, usually).
+    key inserts, whatever the mix says (new virtual users get one in :func:`run_load`'s warm-up).
     """
 
     __slots__ = ("index", "live", "ready_since", "rng")
@@ -385,9 +388,24 @@ class _Worker:
                 user.ready_since = time.perf_counter()
                 ready.append(user)
 
-    def one(self, user: VirtualUser) -> None:
-        """One op of ``user``, its response time counted from when the user was ready."""
-        op: str = user.rng.choices(OPS, self.weights)[0]
+    def warm(self, fresh: deque[VirtualUser], stop: threading.Event) -> None:
+        """One insert for each user of ``fresh`` (they come with no key), until none is left
+        or ``stop``."""
+        while not stop.is_set():
+            try:
+                user = fresh.popleft()
+            except IndexError:
+                return
+            user.ready_since = time.perf_counter()
+            self.one(user, "insert")
+            user.ready_since = time.perf_counter()
+            self.stats.done += 1
+
+    def one(self, user: VirtualUser, op: str | None = None) -> None:
+        """One op of ``user`` (drawn from the mix unless given), its response time counted
+        from when the user was ready."""
+        if op is None:
+            op = user.rng.choices(OPS, self.weights)[0]
         if op != "insert" and not user.live:
             op = "insert"
         if op == "insert":
@@ -462,7 +480,8 @@ def run_load(
     ``config.users`` virtual users (default: one per worker) share ``config.workers`` threads;
     a ``ledger`` given here is written to and left open (else ``config.ledger`` is opened).
     The users are the first of ``crowd`` (users of an earlier run, who keep their keys), made
-    and added to it when it has too few.
+    and added to it when it has too few. With ``config.users``, users with no key insert one
+    first, before the measured run starts (``warm_up`` in the report).
     """
     if config.workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -490,6 +509,11 @@ def run_load(
     crowd.extend(VirtualUser(i, config.seed) for i in range(len(crowd), users))
     ready = deque(crowd[:users])
     halt = threading.Event()  # the caller's stop, or the deadline: ``stop`` is only read
+    warmed = 0
+    if config.users is not None:
+        # New virtual users first get a key each, outside the measured run: else a run with
+        # many new users would measure mostly their first inserts, not the mix.
+        warmed = _warm_up(router, config, ledger, table, statements, width, ready, stop)
     started = time.monotonic()
     now = time.perf_counter()
     for user in ready:
@@ -523,8 +547,37 @@ def run_load(
     stats = [w.stats for w in workers]
     return report(
         stats, seconds, workers=width, users=users, epochs=(epoch_start, router.epoch),
-        ledger=None if config.ledger is None else str(config.ledger),
+        ledger=None if config.ledger is None else str(config.ledger), warm_up=warmed,
     )  # fmt: skip
+
+
+def _warm_up(
+    router: Router,
+    config: LoadConfig,
+    ledger: Ledger | None,
+    table: Target,
+    statements: _Statements,
+    width: int,
+    users: Iterable[VirtualUser],
+    stop: threading.Event,
+) -> int:
+    """Give every user of ``users`` with no key one (an insert, in the ledger too), on
+    ``width`` threads; returns the inserts acknowledged."""
+    fresh = deque(u for u in users if not u.live)
+    if not fresh:
+        return 0
+    workers = [
+        _Worker(router, config, ledger, lambda: True, table, statements) for _ in range(width)
+    ]
+    threads = [
+        threading.Thread(target=w.warm, args=(fresh, stop), name=f"warm-{i}", daemon=True)
+        for i, w in enumerate(workers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(len(w.stats.latencies["insert"]) - len(w.stats.failures["insert"]) for w in workers)
 
 
 def run_steps(
@@ -539,7 +592,7 @@ def run_steps(
     other on the same Router, into one ledger; stops early when ``stop`` is set.
 
     The users carry over from run to run with their keys (1,000 users, then the same 1,000
-    and 4,000 more, ...), as a load that grows; only new users start with an insert."""
+    and 4,000 more, ...), as a load that grows; only new users need a warm-up insert."""
     stop = stop or threading.Event()
     book = None
     if config.ledger is not None:
@@ -578,6 +631,7 @@ def report(
     users: int,
     epochs: tuple[int, int],
     ledger: str | None = None,
+    warm_up: int = 0,
 ) -> LoadReport:
     """The report of a run from what each worker measured."""
     per_op = []
@@ -604,6 +658,7 @@ def report(
         anomalies=sum(s.anomalies for s in stats),
         epochs=epochs,
         ledger=ledger,
+        warm_up=warm_up,
     )
 
 

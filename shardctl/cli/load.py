@@ -295,6 +295,7 @@ def _show_load(report: LoadReport, output: Output, cluster: str) -> None:
     render.show(render.load_table(report, cluster))
     render.console.print(
         (f"users {report.users:,} · " if report.users != report.workers else "")
+        + (f"{report.warm_up:,} warm-up inserts · " if report.warm_up else "")
         + f"concurrency {report.workers} · throughput {report.throughput:,.0f} ops/s · "
         f"success rate {report.success_rate * 100:.2f}%"
         + (f" · ledger {report.ledger}" if report.ledger else "")
@@ -315,6 +316,11 @@ def _show_steps(reports: list[LoadReport], output: Output, cluster: str) -> None
         render.print_json({"steps": reports})
         return
     render.show(render.users_table(reports, cluster))
+    warmed = sum(r.warm_up for r in reports)
+    if warmed:
+        render.console.print(
+            f"{warmed:,} new users' first inserts (their keys) ran before the measured time"
+        )
     for report in reports:
         for summary in report.per_op:
             for error, count in sorted(summary.errors.items(), key=lambda e: -e[1])[:3]:
