@@ -388,18 +388,19 @@ class _Worker:
                 user.ready_since = time.perf_counter()
                 ready.append(user)
 
-    def warm(self, fresh: deque[VirtualUser], stop: threading.Event) -> None:
-        """One insert for each user of ``fresh`` (they come with no key), until none is left
-        or ``stop``."""
-        while not stop.is_set():
-            try:
-                user = fresh.popleft()
-            except IndexError:
-                return
-            user.ready_since = time.perf_counter()
-            self.one(user, "insert")
-            user.ready_since = time.perf_counter()
-            self.stats.done += 1
+    def warm(self, fresh: deque[VirtualUser], stop: threading.Event, until: float | None) -> None:
+        """One insert for each user of ``fresh`` (they come with no key), until none is left,
+        ``stop``, or ``until`` (an insert still running then is cut short by the Router)."""
+        with self.router.ending_by(until + OVERRUN) if until is not None else nullcontext():
+            while not stop.is_set() and (until is None or time.monotonic() < until):
+                try:
+                    user = fresh.popleft()
+                except IndexError:
+                    return
+                user.ready_since = time.perf_counter()
+                self.one(user, "insert")
+                user.ready_since = time.perf_counter()
+                self.stats.done += 1
 
     def one(self, user: VirtualUser, op: str | None = None) -> None:
         """One op of ``user`` (drawn from the mix unless given), its response time counted
@@ -562,15 +563,18 @@ def _warm_up(
     stop: threading.Event,
 ) -> int:
     """Give every user of ``users`` with no key one (an insert, in the ledger too), on
-    ``width`` threads; returns the inserts acknowledged."""
+    ``width`` threads, for no longer than the run's duration (a node that stops answering must
+    not hold the run up: users left without a key insert first in the run); returns the
+    inserts acknowledged."""
     fresh = deque(u for u in users if not u.live)
     if not fresh:
         return 0
+    until = None if config.duration is None else time.monotonic() + config.duration
     workers = [
         _Worker(router, config, ledger, lambda: True, table, statements) for _ in range(width)
     ]
     threads = [
-        threading.Thread(target=w.warm, args=(fresh, stop), name=f"warm-{i}", daemon=True)
+        threading.Thread(target=w.warm, args=(fresh, stop, until), name=f"warm-{i}", daemon=True)
         for i, w in enumerate(workers)
     ]
     for thread in threads:
