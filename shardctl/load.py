@@ -5,12 +5,14 @@ named): its name and key come from the topology, its columns from the catalog
 (``information_schema``) when the run starts, as a :class:`Target`. With the example
 ``schema.sql`` that is ``users``, keyed by a uuid ``id``, with three text columns.
 
-:func:`run_load` is the seed's load test: ``workers`` threads share one Router and run a mix of
-inserts, point reads, updates and deletes on the target until a duration, an op count or a stop
-event ends them; the report has throughput, success rate and latency percentiles per op type.
-Each worker owns the keys it inserts (fresh random keys), so with a
+:func:`run_load` is the seed's load test: virtual users (by default one per worker) run a mix
+of inserts, point reads, updates and deletes on the target, one op at a time each, until a
+duration, an op count or a stop event ends them; ``workers`` threads sharing one Router serve
+them from one first-in first-out queue, so the workers, not the users, bound the connections.
+The report has throughput, success rate and latency percentiles (response times, the wait for a
+worker included) per op type. Each user owns the keys it inserts (fresh random keys), so with a
 :class:`~shardctl.ledger.Ledger` the expected final state of every key is well defined (see
-:mod:`shardctl.ledger`).
+:mod:`shardctl.ledger`). :func:`run_steps` runs it for several user counts: the seed's table.
 
 :func:`bulk_load` fills the target through COPY: keys are made here, grouped by their ring
 owner, and streamed by one COPY per shard, all shards in parallel, in committed chunks.
