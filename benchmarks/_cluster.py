@@ -18,11 +18,17 @@ from tests.clusters import make_topology, running  # noqa: E402  (shared with th
 
 @contextmanager
 def temp_cluster(
-    shards: int = 2, replicas: int = 1, ring: dict[str, object] | None = None
+    shards: int = 2,
+    replicas: int = 1,
+    ring: dict[str, object] | None = None,
+    name: str | None = None,
 ) -> Iterator[Cluster]:
     """Bring up a fresh cluster (users table, test image); bring it down with its volumes."""
     folder = Path(tempfile.mkdtemp(prefix="shardctl-bench-"))
-    path = make_topology(folder, shards, replicas, **({"ring": ring} if ring else {}))
+    extra: dict[str, object] = {"ring": ring} if ring else {}
+    if name:
+        extra["cluster"] = name
+    path = make_topology(folder, shards, replicas, **extra)
     print(f"# bringing up {shards} shards x {replicas} replica(s)")
     try:
         with running(path) as cluster:

@@ -1,16 +1,28 @@
-"""Router write throughput against raw psycopg to one primary, in the same run.
+"""Router write throughput against raw psycopg, in the same run.
 
     python benchmarks/router_write.py [--writes N] [--workers W] [--repeat R] [--replicas K]
+        [--cluster NAME]
 
 Brings up its own 2-shard cluster (test image) and removes it afterwards. Each round inserts
-``--writes`` fresh users twice — once through ``Router.execute`` (which routes by key, fences
-the write with ``shardctl.assert_owner`` in a transaction, and may go to either primary), once
-with a plain autocommit ``INSERT`` on one psycopg connection to shard-0's primary, and once
-more on such a connection doing what the Router sends (BEGIN, ``shardctl.assert_owner``, the
-INSERT, COMMIT, pipelined) — first by one thread, then by ``--workers`` threads (each raw
-thread with its own connection). Best of ``--repeat`` interleaved rounds; the ratios are
-router / raw (what routing and fencing cost together) and router / raw+fence (what the
-routing library itself costs).
+``--writes`` fresh users, first by one thread, then by ``--workers`` threads, five ways:
+
+- ``bare``: a plain autocommit INSERT into ``users_bare``, a copy of ``users`` without the guard
+  triggers (what the statement costs with no fence at all);
+- ``raw``: a plain autocommit INSERT into ``users`` (its guard triggers armed for no range);
+- ``raw+fence``: the same connection doing exactly what ``Router.execute`` sends: the INSERT,
+  then ``shardctl.assert_owner`` only if it touched no row (never, here);
+- ``old fence``: what the Router sent before (BEGIN, ``shardctl.assert_owner``, the INSERT,
+  COMMIT, pipelined, no prepared statements), for comparison;
+- ``Router``: ``Router.execute``;
+- ``Router/noprep``: the same with ``prepare_threshold=None`` (no server-side prepared
+  statements, as the Router's pools had before issue 14).
+
+Every raw thread holds one psycopg connection per primary (default ``prepare_threshold``) and
+sends each key to its ring owner, as the Router spreads them. Best of ``--repeat`` interleaved
+rounds; the ratios are Router / raw (what routing and fencing cost together) and
+Router / raw+fence (what the routing library itself costs). A second table gives the client's
+CPU time per write (this process, least of the rounds): unlike throughput, it hardly moves when
+other work loads the machine.
 """
 
 from __future__ import annotations
@@ -24,14 +36,19 @@ from collections.abc import Callable
 import psycopg
 from _cluster import temp_cluster
 
-from shardctl import Router, pg
+from shardctl import Router, pg, pools
 from shardctl.cluster import Cluster
+from shardctl.pools import PREPARE_THRESHOLD
 
 INSERT = "INSERT INTO users (id, first_name, email) VALUES (%s, 'bench', 'bench@x')"
+INSERT_BARE = INSERT.replace("users", "users_bare")
 
 
-def rate(threads: int, writes: int, make: Callable[[], Callable[[uuid.UUID], None]]) -> float:
-    """Writes per second of ``threads`` threads sharing ``writes`` inserts."""
+def rate(
+    threads: int, writes: int, make: Callable[[], Callable[[uuid.UUID], None]]
+) -> tuple[float, float]:
+    """Writes per second of ``threads`` threads sharing ``writes`` inserts, and this process's
+    CPU microseconds per write (client cost, steady however loaded the machine is)."""
     per = writes // threads
     writers = [make() for _ in range(threads)]
     keys = [[uuid.uuid4() for _ in range(per)] for _ in range(threads)]
@@ -46,10 +63,11 @@ def rate(threads: int, writes: int, make: Callable[[], Callable[[uuid.UUID], Non
     for t in pool:
         t.start()
     barrier.wait()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for t in pool:
         t.join()
-    return per * threads / (time.perf_counter() - started)
+    done = per * threads
+    return done / (time.perf_counter() - started), (time.process_time() - cpu) / done * 1e6
 
 
 def main() -> None:
@@ -58,64 +76,120 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--cluster", help="cluster name (default: a random one)")
     args = parser.parse_args()
-    with temp_cluster(replicas=args.replicas) as cluster:
+    with temp_cluster(replicas=args.replicas, name=args.cluster) as cluster:
         run(cluster, args.writes, args.workers, args.repeat)
 
 
+Writer = Callable[[uuid.UUID], None]
+WAYS = ("bare", "raw", "raw+fence", "old fence", "Router", "Router/noprep")
+
+
 def run(cluster: Cluster, writes: int, workers: int, repeat: int) -> None:
-    node = cluster.topology.node("shard-0-primary")
-    info = pg.conninfo(node, cluster.credentials(), cluster.topology.spec.database)
+    credentials = cluster.credentials()
+    database = cluster.topology.spec.database
+    infos = {
+        shard: pg.conninfo(cluster.topology.shard_nodes(shard)[0], credentials, database)
+        for shard in (s.name for s in cluster.topology.spec.shards)
+    }
+    for info in infos.values():
+        with psycopg.connect(info, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS users_bare (LIKE users INCLUDING ALL)")
     raw_conns: list[psycopg.Connection[tuple[object, ...]]] = []
 
-    def raw() -> Callable[[uuid.UUID], None]:
-        conn = psycopg.connect(info, autocommit=True)
-        raw_conns.append(conn)
-
-        def write(key: uuid.UUID) -> None:
-            conn.execute(INSERT, (key,))
-
-        return write
-
-    def fenced() -> Callable[[uuid.UUID], None]:
-        """Raw psycopg doing what the Router does on the wire: the fence check, pipelined."""
-        conn = psycopg.connect(info, autocommit=True)
-        raw_conns.append(conn)
-
-        def write(key: uuid.UUID) -> None:
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
-                conn.execute(INSERT, (key,))
-                conn.execute("COMMIT")
-
-        return write
-
-    with Router(cluster, max_size=workers) as router:
+    pools.PREPARE_THRESHOLD = None  # read when a pool is made: this router's pools prepare nothing
+    unprepared = Router(cluster, max_size=workers)
+    unprepared.execute(uuid.uuid4(), INSERT, (uuid.uuid4(),))
+    pools.PREPARE_THRESHOLD = PREPARE_THRESHOLD
+    with unprepared, Router(cluster, max_size=workers) as router:
         router.execute(uuid.uuid4(), INSERT, (uuid.uuid4(),))  # open pools, read the ring
+        ring = router.ring
 
-        def routed() -> Callable[[uuid.UUID], None]:
+        def connections() -> Callable[[uuid.UUID], psycopg.Connection[tuple[object, ...]]]:
+            conns = {shard: psycopg.connect(info, autocommit=True) for shard, info in infos.items()}
+            raw_conns.extend(conns.values())
+            return lambda key: conns[ring.node_for(key)]
+
+        def plain(statement: str) -> Callable[[], Writer]:
+            def make() -> Writer:
+                conn_for = connections()
+
+                def write(key: uuid.UUID) -> None:
+                    conn_for(key).execute(statement, (key,))
+
+                return write
+
+            return make
+
+        def fenced() -> Writer:
+            """Raw psycopg doing what Router.execute does on the wire."""
+            conn_for = connections()
+
             def write(key: uuid.UUID) -> None:
-                router.execute(key, INSERT, (key,))
+                conn = conn_for(key)
+                if conn.execute(INSERT, (key,)).rowcount < 1:
+                    conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
 
             return write
 
+        def old_fence() -> Writer:
+            """Raw psycopg doing what the Router did before: the fence check, pipelined."""
+            conn_for = connections()
+
+            def write(key: uuid.UUID) -> None:
+                conn = conn_for(key)
+                with conn.pipeline():
+                    conn.execute("BEGIN", prepare=False)
+                    conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),), prepare=False)
+                    conn.execute(INSERT, (key,), prepare=False)
+                    conn.execute("COMMIT", prepare=False)
+
+            return write
+
+        def routed(through: Router) -> Callable[[], Writer]:
+            def make() -> Writer:
+                def write(key: uuid.UUID) -> None:
+                    through.execute(key, INSERT, (key,))
+
+                return write
+
+            return make
+
+        makers: dict[str, Callable[[], Writer]] = {
+            "bare": plain(INSERT_BARE),
+            "raw": plain(INSERT),
+            "raw+fence": fenced,
+            "old fence": old_fence,
+            "Router": routed(router),
+            "Router/noprep": routed(unprepared),
+        }
         best: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         for _ in range(repeat):
             for threads in (1, workers):
-                for name, make in (("raw", raw), ("fenced", fenced), ("router", routed)):
+                for name in WAYS:
                     label = f"{name}@{threads}"
-                    best[label] = max(best.get(label, 0.0), rate(threads, writes, make))
-    for conn in raw_conns:
-        conn.close()
+                    per_second, micros = rate(threads, writes, makers[name])
+                    best[label] = max(best.get(label, 0.0), per_second)
+                    cpu[label] = min(cpu.get(label, float("inf")), micros)
+            for conn in raw_conns:
+                conn.close()
+            raw_conns.clear()
     print(f"writes per round: {writes}, best of {repeat} interleaved rounds")
-    print(
-        f"{'threads':>8} {'raw/s':>8} {'raw+fence/s':>12} {'Router/s':>9} "
-        f"{'Router/raw':>11} {'Router/raw+fence':>17}"
-    )
+    print(f"{'threads':>8} " + " ".join(f"{name + '/s':>13}" for name in WAYS))
     for threads in (1, workers):
-        r, f, o = (best[f"{name}@{threads}"] for name in ("raw", "fenced", "router"))
-        print(f"{threads:>8} {r:>8,.0f} {f:>12,.0f} {o:>9,.0f} {o / r:>11.2f} {o / f:>17.2f}")
+        print(f"{threads:>8} " + " ".join(f"{best[f'{n}@{threads}']:>13,.0f}" for n in WAYS))
+    print(f"{'threads':>8} {'Router/raw':>11} {'Router/raw+fence':>17} {'noprep/Router':>14}")
+    for threads in (1, workers):
+        r, f, t, u = (
+            best[f"{n}@{threads}"] for n in ("raw", "raw+fence", "Router", "Router/noprep")
+        )
+        print(f"{threads:>8} {t / r:>11.2f} {t / f:>17.2f} {u / t:>14.2f}")
+    print("client CPU per write, microseconds (least of the rounds)")
+    print(f"{'threads':>8} " + " ".join(f"{name:>13}" for name in WAYS))
+    for threads in (1, workers):
+        print(f"{threads:>8} " + " ".join(f"{cpu[f'{n}@{threads}']:>13.0f}" for n in WAYS))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@
 # Prints `export DOCKER_HOST=...` lines on stdout (eval them); progress goes to stderr.
 # Idempotent: an engine that already answers and an image that already exists are reused.
 #   SHARDCTL_IMAGE   image to make available (default shardctl-test/postgres:15)
+#   SHARDCTL_POOLER_IMAGE  PgBouncer image the pooler tests use (default shardctl-test/pgbouncer:1)
 #   SHARDCTL_DOCKER_ROOT  where a private engine keeps its state (default /var/lib/shardctl-docker)
 set -euo pipefail
 
 IMAGE="${SHARDCTL_IMAGE:-shardctl-test/postgres:15}"
+POOLER_IMAGE="${SHARDCTL_POOLER_IMAGE:-shardctl-test/pgbouncer:1}"
 ROOT="${SHARDCTL_DOCKER_ROOT:-/var/lib/shardctl-docker}"
 SOCK="${SHARDCTL_DOCKER_SOCK:-/run/shardctl-docker.sock}"
 log() { printf 'engine.sh: %s\n' "$*" >&2; }
@@ -48,19 +50,28 @@ if ! engine_answers; then
     echo "export DOCKER_HOST=$DOCKER_HOST"
 fi
 
+# build_image IMAGE PACKAGES PATH: a Debian image made by debootstrap from packages (no
+# registry needed), skipped when the engine already has it.
+build_image() {
+    local image="$1" packages="$2" path="$3" rootfs
+    docker image inspect "$image" >/dev/null 2>&1 && return 0
+    apt_install debootstrap
+    rootfs="$(mktemp -d /tmp/shardctl-rootfs.XXXXXX)"
+    log "building $image from Debian packages (about a minute)"
+    as_root debootstrap --variant=minbase --include="$packages" bookworm "$rootfs" \
+        >/tmp/shardctl-debootstrap.log 2>&1 || { log "debootstrap failed; see /tmp/shardctl-debootstrap.log"; exit 3; }
+    as_root tar -C "$rootfs" -c . | docker import -c "ENV PATH=$path" - "$image" >&2
+    as_root rm -rf "$rootfs"
+}
+
 if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
     if [ "$IMAGE" != "shardctl-test/postgres:15" ] && docker pull "$IMAGE" >&2 2>/dev/null; then
         log "pulled $IMAGE"
     else
-        apt_install debootstrap
-        rootfs="$(mktemp -d /tmp/shardctl-pg-rootfs.XXXXXX)"
-        log "building $IMAGE from Debian packages (about a minute)"
-        as_root debootstrap --variant=minbase --include=postgresql-15 bookworm "$rootfs" \
-            >/tmp/shardctl-debootstrap.log 2>&1 || { log "debootstrap failed; see /tmp/shardctl-debootstrap.log"; exit 3; }
-        as_root tar -C "$rootfs" -c . | docker import \
-            -c 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-            - "$IMAGE" >&2
-        as_root rm -rf "$rootfs"
+        build_image "$IMAGE" postgresql-15 \
+            /usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
     fi
 fi
-log "engine ready, image $IMAGE present"
+# The PgBouncer image the pooler tests use (users default to a public one: docs/topology.md).
+build_image "$POOLER_IMAGE" pgbouncer /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+log "engine ready, images $IMAGE and $POOLER_IMAGE present"

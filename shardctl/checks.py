@@ -16,10 +16,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from shardctl import pg
+from shardctl import pg, poolers
 from shardctl.health import ActualRole, ClusterFacts, ContainerState, NodeFacts, NodeObservation
+from shardctl.poolers import PoolerObservation
 from shardctl.text import duration_text, size_text
-from shardctl.topology import HealthSpec, Node, Replication, Role, TableSpec, Topology
+from shardctl.topology import (
+    HealthSpec,
+    Node,
+    PoolerSpec,
+    Replication,
+    Role,
+    TableSpec,
+    Topology,
+)
 
 REACHABLE = "reachable"
 PRIMARY = "one-primary"
@@ -34,6 +43,8 @@ LAG_BYTES = "lag-bytes"
 LAG_SECONDS = "lag-seconds"
 SYNC = "sync"
 CANARY = "canary"
+POOLER = "pooler"
+POOLER_WAITING = "pooler-waiting"
 DEEP_PREFIX = "deep:"
 
 ORDER = (
@@ -49,6 +60,8 @@ ORDER = (
     LAG_BYTES,
     LAG_SECONDS,
     CANARY,
+    POOLER,
+    POOLER_WAITING,
 )
 """The order checks are listed in, per node; ``deep:<table>`` checks come last."""
 
@@ -129,7 +142,51 @@ def replication_checks(facts: ClusterFacts, limits: HealthSpec) -> list[Check]:
         for replica in replicas:
             checks += replica_checks(facts, facts.of(replica.name), limits)
     checks += undeclared_containers(topology, facts.undeclared)
+    for pooled in facts.poolers:
+        checks += pooler_checks(pooled, facts.topology.pooler(pooled.node.shard))
     return checks
+
+
+def pooler_checks(obs: PoolerObservation, spec: PoolerSpec | None) -> list[Check]:
+    """The pooler of a node: it answers, points at the node, reaches a server in the node's
+    acting role; and no more clients wait than ``max_waiting``."""
+    node = obs.node
+    name = node.pooler_container
+    facts = obs.facts
+    if facts is None:
+        why = f"pooler {name}: {obs.error}"
+        return [failed(node, POOLER, why), skipped(node, POOLER_WAITING, f"pooler {name} down")]
+    host, port = poolers.target(node)
+    if (facts.host, facts.port) != (host, port):
+        found = failed(
+            node,
+            POOLER,
+            f"pooler {name} points at {facts.host}:{facts.port}, not its node {host}:{port}",
+        )
+    elif facts.server_in_recovery is None:
+        found = failed(node, POOLER, f"pooler {name} answers, its server not: {facts.server_error}")
+    elif facts.server_in_recovery != (node.role is Role.REPLICA):
+        found = failed(
+            node,
+            POOLER,
+            f"pooler {name} reaches a server {'in' if facts.server_in_recovery else 'out of'} "
+            f"recovery, but {node.name} is the acting {node.role.value}",
+        )
+    else:
+        found = passed(
+            node,
+            POOLER,
+            f"pooler {name} ({facts.pool_mode}) -> {host}:{port}, {facts.servers_active} active "
+            f"+ {facts.servers_idle} idle server connections",
+        )
+    limit = spec.max_waiting if spec is not None else 0
+    waiting = (passed if facts.clients_waiting <= limit else failed)(
+        node,
+        POOLER_WAITING,
+        f"{facts.clients_waiting} client(s) waiting on pooler {name} (at most {limit}), "
+        f"longest {facts.max_wait_seconds:.1f} s",
+    )
+    return [found, waiting]
 
 
 def reachable_check(obs: NodeObservation) -> Check:
@@ -508,6 +565,8 @@ _SHORT = {
     LAG_BYTES: "lagging",
     LAG_SECONDS: "lagging",
     CANARY: "canary failed",
+    POOLER: "pooler problem",
+    POOLER_WAITING: "pooler queueing",
 }
 
 

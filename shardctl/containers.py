@@ -16,8 +16,10 @@ from collections.abc import Iterable
 
 from psycopg.conninfo import make_conninfo
 
-from shardctl import pg
-from shardctl.engine import ContainerSpec, Mount, Port, node_labels
+from shardctl import pg, poolers
+from shardctl.credentials import POOLER_ADMIN
+from shardctl.engine import ContainerSpec, Mount, Port, node_labels, pooler_labels
+from shardctl.errors import TopologyError
 from shardctl.topology import Node, Role, Topology
 
 SECRETS_DIR = "/tmp/shardctl"
@@ -236,4 +238,87 @@ def upstream_conninfo(topology: Topology, node: Node) -> str:
         passfile=PASSFILE,
         application_name=node.name,
         **extra,
+    )
+
+
+POOLER_DIR = "/tmp/shardctl-pgbouncer"
+"""Where the pooler's bootstrap writes pgbouncer.ini and the userlist (mode 0600)."""
+POOLER_SECRETS = ("app", "pooler")
+"""A pooler's secret files: the application role's password (PgBouncer logs in to the server
+with it, by SCRAM) and its admin console's."""
+
+# A PgBouncer's whole life, as the postgres user. Like the node's bootstrap, values arrive as
+# environment variables and passwords go from the secret files into the userlist with printf
+# (a builtin: never on a process list); the file is written at every start, mode 0600.
+POOLER_BOOTSTRAP = r"""set -eu
+umask 077
+mkdir -p "$SHARDCTL_POOLER_DIR"
+# userlist.txt doubles a '"' inside a quoted field.
+field() { sed -e 's/"/""/g' "$1"; }
+{
+    printf '"%s" "%s"\n' "$SHARDCTL_APP_USER" "$(field "$SHARDCTL_SECRETS/app")"
+    printf '"%s" "%s"\n' "$SHARDCTL_POOLER_ADMIN" "$(field "$SHARDCTL_SECRETS/pooler")"
+} > "$SHARDCTL_POOLER_DIR/userlist.txt"
+cat > "$SHARDCTL_POOLER_DIR/pgbouncer.ini" <<EOF
+; Written by shardctl at every start of this container; edits are lost.
+[databases]
+$SHARDCTL_DATABASE = host=$SHARDCTL_TARGET_HOST port=$SHARDCTL_TARGET_PORT dbname=$SHARDCTL_DATABASE
+[pgbouncer]
+listen_addr = *
+listen_port = $SHARDCTL_LISTEN_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $SHARDCTL_POOLER_DIR/userlist.txt
+admin_users = $SHARDCTL_POOLER_ADMIN
+pool_mode = $SHARDCTL_POOL_MODE
+default_pool_size = $SHARDCTL_POOL_SIZE
+max_client_conn = $SHARDCTL_MAX_CLIENT_CONN
+max_db_connections = $SHARDCTL_POOL_SIZE
+ignore_startup_parameters = extra_float_digits
+; A recreated node container (re-clone, new configuration) has a new address, and a node
+; restarts on a role change: look its name up again and retry its login within a second.
+dns_max_ttl = 1
+server_login_retry = 1
+server_tls_sslmode = $SHARDCTL_SERVER_SSLMODE
+EOF
+exec pgbouncer "$SHARDCTL_POOLER_DIR/pgbouncer.ini"
+"""
+
+
+def pooler_spec(topology: Topology, node: Node) -> ContainerSpec:
+    """The PgBouncer container in front of ``node``: on its engine and network, published on
+    the node's pooler port, pointing at the node itself whatever its role."""
+    pooler = topology.pooler(node.shard)
+    if pooler is None or node.pooler_port is None:
+        raise TopologyError(f"{node.name} has no pooler in {topology.path}")
+    host, port = poolers.target(node)
+    environment = {
+        "SHARDCTL_SECRETS": SECRETS_DIR,
+        "SHARDCTL_POOLER_DIR": POOLER_DIR,
+        "SHARDCTL_APP_USER": topology.spec.credentials.app_user,
+        "SHARDCTL_POOLER_ADMIN": POOLER_ADMIN,
+        "SHARDCTL_DATABASE": topology.spec.database,
+        "SHARDCTL_TARGET_HOST": host,
+        "SHARDCTL_TARGET_PORT": str(port),
+        "SHARDCTL_LISTEN_PORT": str(poolers.POOLER_PORT),
+        "SHARDCTL_POOL_MODE": pooler.mode.value,
+        "SHARDCTL_POOL_SIZE": str(pooler.pool_size),
+        "SHARDCTL_MAX_CLIENT_CONN": str(pooler.max_client_conn),
+        "SHARDCTL_SERVER_SSLMODE": node.sslmode or "prefer",
+    }
+    return ContainerSpec(
+        name=node.pooler_container,
+        hostname=f"{node.name}-pooler",
+        image=topology.pooler_image(node.shard),
+        entrypoint=("sh", "-c", POOLER_BOOTSTRAP, "shardctl-pooler"),
+        command=(),
+        user="postgres",
+        environment=environment,
+        labels=pooler_labels(node),
+        mounts=(),
+        ports=(Port(poolers.POOLER_PORT, node.bind_address, node.pooler_port),),
+        network=topology.network,
+        secrets_dir=SECRETS_DIR,
+        secrets=POOLER_SECRETS,
+        stop_signal="SIGTERM",  # PgBouncer's immediate shutdown (SIGINT waits for clients)
     )

@@ -17,7 +17,7 @@ from shardctl.errors import UsageError
 from shardctl.topology import Topology
 
 SECRETS_DIR_ENV = "SHARDCTL_SECRETS_DIR"
-GENERATED = ("superuser", "replication", "app")
+GENERATED = ("superuser", "replication", "app", "pooler")
 """The passwords generated on first ``up`` (each only when not declared elsewhere)."""
 
 
@@ -32,6 +32,8 @@ class Credentials:
     app_user: str = "app"
     app_password: str | None = None
     """None for a cluster made before the application role existed, until the next ``up``."""
+    pooler_password: str | None = None
+    """Of :data:`POOLER_ADMIN`, known to the poolers alone; None until the next ``up``."""
 
     def __repr__(self) -> str:
         return (
@@ -49,6 +51,11 @@ class Credentials:
                 "(it creates the role)"
             )
         return self.app_user, self.app_password
+
+
+POOLER_ADMIN = "shardctl_pooler"
+"""The user of the poolers' admin console (SHOW POOLS, RECONNECT): a PgBouncer user only, no
+role in PostgreSQL."""
 
 
 class Login(StrEnum):
@@ -103,6 +110,7 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
         replication_password=replication_password,
         app_user=spec.app_user,
         app_password=app_password,
+        pooler_password=generated.get("pooler"),
     )
 
 

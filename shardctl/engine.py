@@ -41,6 +41,8 @@ LABEL_SHARD = "shardctl.shard"
 LABEL_NODE = "shardctl.node"
 LABEL_ROLE = "shardctl.role"
 LABEL_CONFIG = "shardctl.config"
+LABEL_POOLER = "shardctl.pooler"
+"""On a PgBouncer container: the name of the node it fronts."""
 
 
 def cluster_labels(cluster: str) -> dict[str, str]:
@@ -56,6 +58,11 @@ def node_labels(node: Node) -> dict[str, str]:
         LABEL_NODE: node.name,
         LABEL_ROLE: node.role.value,
     }
+
+
+def pooler_labels(node: Node) -> dict[str, str]:
+    """Labels of the PgBouncer container in front of ``node`` (no node label: it is no node)."""
+    return {LABEL_CLUSTER: node.cluster, LABEL_SHARD: node.shard, LABEL_POOLER: node.name}
 
 
 @dataclass(frozen=True)
@@ -287,18 +294,19 @@ class Engines:
         """Every distinct engine the topology's nodes run on."""
         return list(dict.fromkeys(engine_of(node) for node in topology.nodes))
 
-    def container(self, node: Node) -> Container | None:
-        """The node's container, if it exists."""
+    def container(self, node: Node, *, pooler: bool = False) -> Container | None:
+        """The node's container (``pooler``: its PgBouncer's), if it exists."""
         import docker.errors
 
-        with docker_errors(f"looking up container {node.container}"):
+        name = node.pooler_container if pooler else node.container
+        with docker_errors(f"looking up container {name}"):
             try:
-                found: Container = self.for_node(node).containers.get(node.container)
+                found: Container = self.for_node(node).containers.get(name)
             except docker.errors.NotFound:
                 return None
         if found.labels.get(LABEL_CLUSTER) != node.cluster:
             raise ProvisioningError(
-                f"a container named {node.container} exists but does not belong to cluster "
+                f"a container named {name} exists but does not belong to cluster "
                 f"{node.cluster!r}; remove or rename it"
             )
         return found

@@ -1,20 +1,28 @@
 """The fence: which keys a primary refuses or records, and every object the protocol keeps there.
 
 A primary gives ranges of the ring away by listing them in ``shardctl.moving``, each with a
-target and a :class:`RangeState`. One BEFORE ROW trigger per sharded table looks the written
-key up there (an empty table until then, so one index probe):
+target and a :class:`RangeState`. Three BEFORE ROW guard triggers per sharded table (INSERT,
+UPDATE, DELETE) call ``shardctl.guard``, which looks the written key up there:
 
 - a ``capturing`` range: the key is recorded in ``shardctl.changes`` in the writer's own
   transaction (whoever the writer is: Router, psql, another service);
 - a ``fenced`` or ``moved`` range: the write is refused with SQLSTATE :data:`FENCE_SQLSTATE`
   (key not owned); a Router refreshes its ring and retries on the new owner.
 
-The Router also calls ``shardctl.assert_owner(key)`` first in every write transaction, so the
-fence holds even for an UPDATE or DELETE that matches no row (the trigger never fires then).
-The range row is read ``FOR SHARE``, so fencing a range (:func:`set_state` to ``FENCED``) waits
-for every in-flight writer of that range to finish: that is a cut-over's handshake.
-shardctl's own copy, re-sync and clean-up write with :func:`trusted_writes`, which skips the
-trigger.
+**Free outside a reshard.** Each guard trigger has a ``WHEN`` clause, evaluated in C per row,
+that tests the key's ring position against the listed ranges, baked in as a constant
+multirange (``shardctl.span``); with none listed it is ``false``. ``shardctl.rearm`` rewrites
+the clauses in the transaction that lists or lifts ranges (a statement trigger on
+``shardctl.moving``), after locking the tables ``SHARE ROW EXCLUSIVE``: every in-flight write
+finishes first and every later one sees the new clause. A change of state rewrites nothing.
+
+``shardctl.assert_owner(key)`` refuses a key of a fenced or moved range even when no row is
+written: :meth:`~shardctl.router.Router.execute` calls it after a statement that touched no row
+(so a stale Router is redirected), and ``run``, ``fetch(prefer="primary")`` and dual writes
+open their transaction with it. It reads the range row ``FOR SHARE``, as ``guard`` does, so
+fencing a range (:func:`set_state` to ``FENCED``) waits for every in-flight writer of that range
+to finish: that is a cut-over's handshake. shardctl's own copy, re-sync and clean-up write with
+:func:`trusted_writes`, which skips the triggers.
 
 **Why this one module owns the whole protocol schema.** Everything the protocol puts on a
 primary lives here: the DDL (the fence's ``moving``/``changes`` and the reshard's
@@ -181,6 +189,77 @@ BEGIN
     RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
 END
 $fn$;
+-- The guard triggers fire only for keys in a range listed above (any state): a WHEN clause,
+-- evaluated in C per row, tests the key's ring position against those ranges, baked into the
+-- trigger as a constant. Outside a reshard a write pays one md5 and one binary search, not a
+-- PL/pgSQL call. rearm() rewrites the clause whenever the listed ranges change.
+DO $do$ BEGIN
+    CREATE TYPE shardctl.span AS RANGE (subtype = text, collation = "C");
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $do$;
+CREATE TABLE IF NOT EXISTS shardctl.guarded (
+    tbl   regclass PRIMARY KEY,
+    key   text NOT NULL,
+    armed text
+);
+CREATE OR REPLACE FUNCTION shardctl.lock_guarded() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    g record;
+BEGIN
+    -- Tables before rows: a writer holds its table, then reads a range FOR SHARE (guard);
+    -- taking the tables first here means a range listed or lifted never waits in a cycle.
+    FOR g IN SELECT tbl FROM shardctl.guarded ORDER BY tbl LOOP
+        EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', g.tbl);
+    END LOOP;
+    RETURN NULL;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION shardctl.rearm() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    spans  text := (SELECT coalesce(range_agg(shardctl.span(m.lo, m.hi, '[)')),
+                                    '{{}}'::shardctl.span_multirange)::text
+                      FROM shardctl.moving m);
+    g      record;
+    old_in text := 'false';
+    new_in text := 'false';
+    either text := 'false';
+BEGIN
+    FOR g IN SELECT tbl, key FROM shardctl.guarded
+              WHERE armed IS DISTINCT FROM spans ORDER BY tbl LOOP
+        IF spans <> '{{}}' THEN
+            new_in := format('md5(to_jsonb(NEW.%I) #>> ''{{}}'') <@ %L::shardctl.span_multirange',
+                             g.key, spans);
+            old_in := format('md5(to_jsonb(OLD.%I) #>> ''{{}}'') <@ %L::shardctl.span_multirange',
+                             g.key, spans);
+            either := format('%s OR %s', old_in, new_in);
+        END IF;
+        EXECUTE format('CREATE OR REPLACE TRIGGER {guard} BEFORE INSERT ON %s FOR EACH ROW '
+                       'WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L)', g.tbl, new_in, g.key);
+        EXECUTE format('CREATE OR REPLACE TRIGGER {guard_update} BEFORE UPDATE ON %s '
+                       'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L)',
+                       g.tbl, either, g.key);
+        EXECUTE format('CREATE OR REPLACE TRIGGER {guard_delete} BEFORE DELETE ON %s FOR EACH ROW '
+                       'WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L)', g.tbl, old_in, g.key);
+        UPDATE shardctl.guarded SET armed = spans WHERE tbl = g.tbl;
+    END LOOP;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION shardctl.rearm_after() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    PERFORM shardctl.rearm();
+    RETURN NULL;
+END
+$fn$;
+CREATE OR REPLACE TRIGGER moving_lock BEFORE INSERT OR DELETE ON shardctl.moving
+    FOR EACH STATEMENT EXECUTE FUNCTION shardctl.lock_guarded();
+CREATE OR REPLACE TRIGGER moving_rearm AFTER INSERT OR DELETE ON shardctl.moving
+    FOR EACH STATEMENT EXECUTE FUNCTION shardctl.rearm_after();
+-- shardctl's own writes run with session_replication_role = replica: these must fire anyway.
+ALTER TABLE shardctl.moving ENABLE ALWAYS TRIGGER moving_lock;
+ALTER TABLE shardctl.moving ENABLE ALWAYS TRIGGER moving_rearm;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA shardctl FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA shardctl FROM PUBLIC;
 REVOKE ALL ON SCHEMA shardctl FROM PUBLIC;
@@ -190,6 +269,9 @@ REVOKE ALL ON SCHEMA shardctl FROM PUBLIC;
     refused=_states(RangeState.FENCED, RangeState.MOVED),
     capturing=sql.Literal(RangeState.CAPTURING.value),
     sqlstate=sql.Literal(FENCE_SQLSTATE),
+    guard=sql.Identifier("shardctl_guard"),
+    guard_update=sql.Identifier("shardctl_guard_update"),
+    guard_delete=sql.Identifier("shardctl_guard_delete"),
 )
 """Every table and function of the protocol (idempotent; run by ``up`` on every primary).
 
@@ -206,8 +288,21 @@ GUARD_TRIGGER = "shardctl_guard"
 # ------------------------------------------------------------------ named statements
 # The protocol's statements, by what they do; the comment above each names its %s parameters.
 
-# (table, trigger name)
-HAS_GUARD = "SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s"
+# (table, trigger name): the guard as this version makes it (with a WHEN clause)
+HAS_GUARD = (
+    "SELECT 1 FROM pg_catalog.pg_trigger "
+    "WHERE tgrelid = %s::regclass AND tgname = %s AND tgqual IS NOT NULL"
+)
+# (table, key column)
+REGISTER_GUARDED = (
+    "INSERT INTO shardctl.guarded (tbl, key) VALUES (%s::regclass, %s) ON CONFLICT (tbl) "
+    "DO UPDATE SET key = EXCLUDED.key, armed = CASE WHEN shardctl.guarded.key = EXCLUDED.key "
+    "THEN shardctl.guarded.armed END"
+)
+# (table)
+DISARM = "UPDATE shardctl.guarded SET armed = NULL WHERE tbl = %s::regclass"
+# no parameters
+REARM = "SELECT shardctl.rearm()"
 # (operation, lo, hi, target, state)
 GIVE_AWAY = (
     "INSERT INTO shardctl.moving (reshard_id, lo, hi, target, state) "
@@ -265,19 +360,17 @@ XACT_LOCK = "SELECT pg_catalog.pg_advisory_xact_lock(%s)"
 
 
 def install(conn: Conn, tables: Sequence[TableSpec]) -> None:
-    """Create the protocol's tables and functions, and one guard trigger per sharded table."""
+    """Create the protocol's tables and functions, and the guard triggers of each sharded table
+    (armed for the ranges listed here; an older, unconditional guard is replaced)."""
     conn.execute(SCHEMA_SQL)
     for table in tables:
-        if conn.execute(HAS_GUARD, (table.name, GUARD_TRIGGER)).fetchone():
-            continue  # creating a trigger locks the table against writes: only when missing
-        conn.execute(
-            sql.SQL(
-                "CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} "
-                "FOR EACH ROW EXECUTE FUNCTION shardctl.guard({})"
-            ).format(
-                sql.Identifier(GUARD_TRIGGER), sql.Identifier(table.name), sql.Literal(table.key)
-            )
-        )
+        current = conn.execute(HAS_GUARD, (table.name, GUARD_TRIGGER)).fetchone()
+        conn.execute(REGISTER_GUARDED, (table.name, table.key))
+        if not current:
+            conn.execute(DISARM, (table.name,))
+    # Rewrites only the triggers whose ranges differ (creating a trigger locks the table
+    # against writes for a moment: on every `up`, only when something changed).
+    conn.execute(REARM)
 
 
 ROUTER_READS = ("ring", "moving")
@@ -381,10 +474,11 @@ def give_away(conn: Conn, operation: int, ranges: Iterable[Moving], state: Range
     ``CAPTURING`` starts recording their writes; ``FENCED`` refuses them at once (a switchover
     fencing an old primary gives away one range from :data:`CIRCLE_START` with no end).
     """
-    for moving in ranges:
-        conn.execute(
-            GIVE_AWAY, (operation, moving.start_hex, moving.end_hex, moving.target, state.value)
-        )
+    with conn.transaction():  # one re-arming of the guard triggers for them all
+        for moving in ranges:
+            conn.execute(
+                GIVE_AWAY, (operation, moving.start_hex, moving.end_hex, moving.target, state.value)
+            )
 
 
 def set_state(

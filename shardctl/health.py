@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from shardctl import pg
+from shardctl import pg, poolers
 from shardctl.credentials import Credentials
 from shardctl.engine import Engines
 from shardctl.topology import Node, Topology
@@ -143,6 +143,8 @@ class ClusterFacts:
     topology: Topology
     nodes: tuple[NodeObservation, ...]
     undeclared: tuple[str, ...] = field(default=())
+    poolers: tuple[poolers.PoolerObservation, ...] = field(default=())
+    """One per node that has a pooler (see :mod:`shardctl.poolers`)."""
 
     def of(self, node_name: str) -> NodeObservation:
         """The observation of the node called ``node_name``."""
@@ -282,9 +284,11 @@ def container_states(
 def engine_container_states(
     topology: Topology, engines: Engines
 ) -> tuple[dict[str, ContainerState], tuple[str, ...], dict[str, str]]:
-    """:func:`container_states`, plus each node whose engine did not answer (a lost host),
-    name -> why; those nodes are UNREACHABLE and the other engines are still read."""
+    """:func:`container_states` (and each pooler's, by its container name), plus each node
+    whose engine did not answer (a lost host), name -> why; those nodes are UNREACHABLE and
+    the other engines are still read."""
     declared = {node.container: node.name for node in topology.nodes}
+    pooler_containers = {node.pooler_container for node in topology.pooled_nodes()}
     states = {node.name: ContainerState.MISSING for node in topology.nodes}
     undeclared: list[str] = []
     found, lost = engines.container_states_per_engine(topology)
@@ -304,6 +308,11 @@ def engine_container_states(
                 states[declared[name]] = ContainerState(state)
             except ValueError:
                 states[declared[name]] = ContainerState.UNKNOWN
+        elif name in pooler_containers:  # by container name: observe() reads the poolers
+            try:
+                states[name] = ContainerState(state)
+            except ValueError:
+                states[name] = ContainerState.UNKNOWN
         else:
             undeclared.append(name)
     return states, tuple(sorted(undeclared)), unreachable
@@ -350,4 +359,12 @@ def observe(
         else:
             facts, seconds = answer
             observations.append(NodeObservation(node, state, facts, None, seconds))
-    return ClusterFacts(topology, tuple(observations), undeclared)
+    pooled = poolers.observe(
+        topology.pooled_nodes(),
+        {name: state.value for name, state in states.items()},
+        credentials,
+        topology.spec.database,
+        lambda tasks, seconds: pg.gather(tasks, timeout=seconds),
+        timeout=timeout,
+    )
+    return ClusterFacts(topology, tuple(observations), undeclared, pooled)

@@ -10,19 +10,21 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from shardctl.credentials import Credentials, Login
-from shardctl.errors import DatabaseUnavailable, ShardctlError
+from shardctl.errors import DatabaseUnavailable, ShardctlError, UsageError
 from shardctl.text import first_line as first_line  # re-exported: pg.first_line(exc) reads well
 from shardctl.topology import Node, Topology
 
 T = TypeVar("T")
 
 CONTAINER_PORT = 5432
+Via = Literal["direct", "pooler"]
+"""How a client reaches a node: its server's published port, or its PgBouncer's."""
 
 
 def _application_name() -> str:
@@ -37,9 +39,14 @@ def _application_name() -> str:
 APPLICATION_NAME = _application_name()
 
 
-def address(node: Node) -> tuple[str, int]:
+def address(node: Node, via: Via = "direct") -> tuple[str, int]:
     """Host and port that reach ``node`` from here: its engine's advertised address (the host
-    the engine runs on, as clients and other hosts know it) and the node's published port."""
+    the engine runs on, as clients and other hosts know it) and the node's published port
+    (``via="pooler"``: its PgBouncer's)."""
+    if via == "pooler":
+        if node.pooler_port is None:
+            raise UsageError(f"{node.name} has no pooler: declare pooler: in the topology")
+        return node.advertise, node.pooler_port
     return node.advertise, node.host_port
 
 
@@ -60,11 +67,13 @@ def conninfo(
     *,
     timeout: float = 5.0,
     login: Login = Login.SUPERUSER,
+    via: Via = "direct",
     **extra: str,
 ) -> str:
     """A libpq connection string for ``node`` as ``login`` (shardctl's own work: the superuser;
-    the Router and ``load``: the application role), with the topology's sslmode."""
-    host, port = address(node)
+    the Router and ``load``: the application role), with the topology's sslmode; ``via``
+    the node's pooler or straight to its server."""
+    host, port = address(node, via)
     user, password = credentials.login(login)
     if node.sslmode is not None:
         extra.setdefault("sslmode", node.sslmode)

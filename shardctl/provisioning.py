@@ -29,11 +29,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from shardctl import pg
-from shardctl.containers import container_spec, data_mount, upstream_conninfo
+from shardctl import pg, poolers
+from shardctl.containers import container_spec, data_mount, pooler_spec, upstream_conninfo
 from shardctl.credentials import Credentials
 from shardctl.engine import (
     LABEL_CONFIG,
+    LABEL_POOLER,
     Endpoint,
     Engines,
     cluster_labels,
@@ -64,6 +65,8 @@ class Action(StrEnum):
     RECREATED = "recreated"
     STARTED = "started"
     UNCHANGED = "unchanged"
+    REMOVED = "removed"
+    """A pooler the topology no longer declares."""
 
 
 @dataclass
@@ -149,8 +152,19 @@ class Provisioner:
             if len(failures) > 1:
                 raise type(first)(f"{first}\n({len(failures) - 1} more shard(s) also failed)")
             raise first
+        self._remove_undeclared_poolers(report)
         report.seconds = time.monotonic() - started
         return report
+
+    def _remove_undeclared_poolers(self, report: UpReport) -> None:
+        """Poolers of this cluster the topology no longer declares (``pooler:`` removed or
+        narrowed): they hold no data, so ``up`` removes them like it creates them."""
+        declared = {node.pooler_container for node in self.topology.pooled_nodes()}
+        for container in self.engines.cluster_containers(self.topology):
+            if LABEL_POOLER in container.labels and container.name not in declared:
+                self.report(str(container.name), "removing (no longer declared)")
+                self.engines.remove_container(container, stop_timeout=5)
+                report.actions[str(container.name)] = Action.REMOVED
 
     def _up_shard(self, shard: str, report: UpReport, wait: bool, deadline: float) -> None:
         primary, *replicas = self.topology.shard_nodes(shard)
@@ -175,6 +189,12 @@ class Provisioner:
                 self._wait_streaming(replica, deadline)
         with self._connect(primary) as conn:  # once its replicas are there
             commit_waits_for_replicas(conn, self.topology, primary)
+        for node in (primary, *replicas):
+            if node.pooler_port is not None:
+                self._check_stop()
+                report.actions[f"{node.name}-pooler"] = self.ensure_pooler(node)
+                if wait and report.actions[f"{node.name}-pooler"] is not Action.UNCHANGED:
+                    self._wait_pooler(node, deadline)
         for node in (primary, *replicas):
             self.report(node.name, "ready" if wait or node is primary else "started")
 
@@ -208,6 +228,15 @@ class Provisioner:
             self.report("image", f"pulling {image}")
             volumes = self.engines.pull(image, endpoint)
         self._mounts[endpoint] = data_mount(volumes)
+        poolers = {
+            self.topology.pooler_image(node.shard)
+            for node in self.topology.pooled_nodes()
+            if engine_of(node) == endpoint
+        }
+        for image in sorted(poolers):
+            if self.engines.image_volumes(image, endpoint) is None:
+                self.report("image", f"pulling {image}")
+                self.engines.pull(image, endpoint)
 
     def _ensure_network(self, endpoint: Endpoint) -> None:
         self.engines.ensure_network(
@@ -284,6 +313,26 @@ class Provisioner:
             action = action if action is not Action.UNCHANGED else Action.STARTED
         return action
 
+    def ensure_pooler(self, node: Node) -> Action:
+        """The PgBouncer in front of ``node``: created, recreated when its configuration
+        changed, started when stopped; it points at ``node`` whatever the node's role."""
+        spec = pooler_spec(self.topology, node)
+        container = self.engines.container(node, pooler=True)
+        action = Action.UNCHANGED
+        if container is not None and container.labels.get(LABEL_CONFIG) != config_digest(spec):
+            self.report(spec.name, "recreating (configuration changed)")
+            self.engines.remove_container(container, stop_timeout=5)
+            container, action = None, Action.RECREATED
+        if container is None:
+            self.report(spec.name, "creating container")
+            container = self.engines.create_container(spec, self._secrets(spec), engine_of(node))
+            action = action if action is Action.RECREATED else Action.CREATED
+        if self.engines.status(container) != "running":
+            self.report(spec.name, "starting")
+            self.engines.start(container)
+            action = action if action is not Action.UNCHANGED else Action.STARTED
+        return action
+
     def _secrets(self, spec: ContainerSpec) -> dict[str, str]:
         """The password files the bootstrap script of ``spec`` reads (a replica: only the
         replication password); never on the command line."""
@@ -291,8 +340,15 @@ class Provisioner:
         known = {
             "superuser": creds.superuser_password,
             "replication": creds.replication_password,
+            "app": creds.app_password,
+            "pooler": creds.pooler_password,
         }
-        return {name: known[name] for name in spec.secrets}
+        missing = [name for name in spec.secrets if known[name] is None]
+        if missing:
+            raise ProvisioningError(
+                f"{spec.name}: no {' or '.join(missing)} password yet (run `shardctl up`)"
+            )
+        return {name: str(known[name]) for name in spec.secrets}
 
     def _creds(self) -> Credentials:
         if self.credentials is None:
@@ -464,6 +520,36 @@ class Provisioner:
                 raise NotYet(f"wal receiver {row[0] if row else 'not running'}")
 
         self._wait(node, probe, "it to stream from its primary", deadline)
+
+    def _wait_pooler(self, node: Node, deadline: float) -> None:
+        """Until the node's pooler answers on its admin console."""
+        name = node.pooler_container
+        self.report(name, "waiting to answer")
+
+        def probe() -> None:
+            container = self.engines.container(node, pooler=True)
+            if container is None or self.engines.status(container) in ("exited", "dead"):
+                state = container.status if container else "missing"
+                raise ProvisioningError(
+                    f"{name}: container {state} while waiting for it\n{log_tail(container)}"
+                )
+            try:
+                with poolers.admin_connect(node, self._creds(), timeout=2.0) as conn:
+                    conn.execute("SHOW VERSION")
+            except psycopg.Error as exc:
+                raise NotYet(pg.first_line(exc)) from None
+
+        def timed_out(detail: str) -> Exception:
+            container = self.engines.container(node, pooler=True)
+            return ProvisioningError(f"{name}: {detail}\n{log_tail(container)}")
+
+        wait_for(
+            probe,
+            timeout=max(1.0, deadline - time.monotonic()),
+            what="its admin console to answer",
+            on_timeout=timed_out,
+            max_interval=0.5,
+        )
 
     def _check_stop(self) -> None:
         if self._stop.is_set():

@@ -21,6 +21,11 @@ just failed skipped for a while.
 SQLSTATE ``SC001`` (:data:`shardctl.fence.FENCE_SQLSTATE`). The router turns that into
 :class:`~shardctl.errors.KeyNotOwned`, re-reads the catalog at once and retries on the new
 owner; the caller sees latency, not an error, unless the ring stays stale past its deadline.
+:meth:`Router.execute` sends the statement alone, in autocommit (one round trip, prepared after
+two uses): the primary's guard triggers refuse a row of a moved key before it commits, and a
+statement that touched no row is followed by ``shardctl.assert_owner`` (see
+:func:`_fenced_write`). :meth:`Router.run` and ``fetch(prefer="primary")`` open their
+transaction with ``assert_owner``, as before.
 
 **One deadline.** Every operation ends within :attr:`Router.deadline` seconds (default
 10): waiting for a connection, the statement itself and every retry together. A statement on a
@@ -71,6 +76,7 @@ from shardctl.errors import (
     KeyNotOwned,
     RoutingError,
     ShardctlError,
+    UsageError,
 )
 from shardctl.faults import is_transient
 from shardctl.fence import FENCE_SQLSTATE, NOT_PRIMARY_SQLSTATE, key_type, resync_keys
@@ -92,6 +98,12 @@ Query = abc.QueryNoTemplate
 """A statement: ``str``, ``bytes``, or :mod:`psycopg.sql` composed SQL."""
 
 
+def default_via(topology: Topology) -> pg.Via:
+    """How a Router reaches nodes when not told: through the poolers if ``pooler.router``."""
+    pooler = topology.spec.pooler
+    return "pooler" if pooler is not None and pooler.enabled and pooler.router else "direct"
+
+
 class Router:
     """Sends each query to the node that owns its key; pools, retries, catalog watching.
 
@@ -110,12 +122,18 @@ class Router:
         epoch_check_interval: float = 2.0,
         login: Login = Login.APP,
         retry_timeout: float | None = None,
+        via: pg.Via | None = None,
     ) -> None:
         """A router for a topology (credentials found as the CLI finds them) or a Cluster,
-        connected as the application role (``login=Login.SUPERUSER`` for shardctl's tools).
+        connected as the application role (``login=Login.SUPERUSER`` for shardctl's tools),
+        ``via="pooler"`` through each node's PgBouncer (default: the topology's
+        ``pooler.router``) or ``"direct"``.
 
         ``deadline``: seconds any one operation may take, retries included
         (``retry_timeout`` is its former name)."""
+        declared = source if isinstance(source, Topology) else source.topology
+        if via == "pooler" and not declared.pooled_nodes():
+            raise UsageError(f"{declared.path} declares no pooler: add a pooler: section")
         if isinstance(source, Topology):
             topology = source
             credentials = credentials or creds.load(source)
@@ -130,6 +148,7 @@ class Router:
             max_size=max_size,
             connect_timeout=connect_timeout,
             login=login,
+            via=via if via is not None else default_via(topology),
         )
         self._watcher = CatalogWatcher(topology, self._pools, interval=epoch_check_interval)
         self.deadline = retry_timeout if retry_timeout is not None else deadline
@@ -143,6 +162,11 @@ class Router:
         return cls(topo.load(path), **options)
 
     # ------------------------------------------------------------ settings
+
+    @property
+    def via(self) -> pg.Via:
+        """How this router reaches nodes: ``"pooler"`` (each node's PgBouncer) or ``"direct"``."""
+        return self._pools.via
 
     @property
     def min_size(self) -> int:
@@ -213,7 +237,9 @@ class Router:
 
         For a statement whose rows you need (``RETURNING``), use ``fetch(..., prefer="primary")``.
         """
-        return self._statement(key, query, params, _rowcount, writes=True)
+        return self._on_owner(
+            key, lambda conn: _fenced_write(conn, key, query, params), writes=True
+        )
 
     def fetch(
         self,
@@ -315,10 +341,10 @@ class Router:
             cur = conn.cursor()
             try:
                 with conn.pipeline():
-                    conn.execute("BEGIN")
-                    conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
-                    cur.execute(query, params)
-                    conn.execute("COMMIT")
+                    conn.execute("BEGIN", prepare=False)
+                    conn.execute(ASSERT_OWNER, (str(key),), prepare=False)
+                    cur.execute(query, params, prepare=False)
+                    conn.execute("COMMIT", prepare=False)
             except BaseException:
                 _rollback(conn)
                 raise
@@ -335,7 +361,7 @@ class Router:
 
         def owned(conn: Conn) -> T:
             with conn.transaction():
-                conn.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
+                conn.execute(ASSERT_OWNER, (str(key),))
                 return work(conn)
 
         return self._on_owner(key, owned, writes=True)
@@ -370,7 +396,7 @@ class Router:
                 self._pools.connection(target_node) as dst,
                 src.transaction(),
             ):
-                src.execute("SELECT shardctl.assert_owner(%s)", (str(key),))
+                src.execute(ASSERT_OWNER, (str(key),))
                 for table in topology.spec.tables:
                     resync_keys(
                         src, dst, table, self._key_type(src, table), [str(key)], trusted=False
@@ -575,8 +601,22 @@ class RouterStats:
             self.dual_writes_skipped += 1
 
 
-def _rowcount(cur: Cur) -> int:
-    return cur.rowcount
+ASSERT_OWNER = "SELECT shardctl.assert_owner(%s)"
+
+
+def _fenced_write(conn: Conn, key: object, query: Query, params: abc.Params | None) -> int:
+    """One autocommit statement, fenced by the primary's guard triggers; its rowcount.
+
+    The guard refuses (SC001) a row whose key lies in a range this primary gave away, before
+    the statement commits. A statement that touched no row fired no row trigger: it asks
+    ``assert_owner`` afterwards, so a Router with a stale ring learns that the key moved and
+    retries on its new owner (where the row may be) instead of reporting "no row" from here.
+    What it committed here changed nothing.
+    """
+    rowcount = conn.execute(query, params).rowcount
+    if rowcount < 1:
+        conn.execute(ASSERT_OWNER, (str(key),))
+    return rowcount
 
 
 def _rows(cur: Cur) -> list[Row]:

@@ -181,6 +181,52 @@ class EngineSpec(_Model):
     )
 
 
+class PoolMode(StrEnum):
+    """When PgBouncer gives a server connection back to its pool."""
+
+    TRANSACTION = "transaction"
+    """At the end of each transaction: many clients share few server connections."""
+    SESSION = "session"
+    """When the client disconnects: session state (SET, prepared statements) is kept."""
+
+
+DEFAULT_POOLER_IMAGE = "edoburu/pgbouncer:latest"
+"""The PgBouncer image users get by default; tests use a local one (``SHARDCTL_POOLER_IMAGE``)."""
+POOLER_IMAGE_ENV = "SHARDCTL_POOLER_IMAGE"
+"""Overrides the pooler image, like ``SHARDCTL_IMAGE`` the server's."""
+
+
+class PoolerSpec(_Model):
+    """A PgBouncer in front of each node (top level; a shard's own section overrides it)."""
+
+    enabled: bool = Field(default=True, description="false: no poolers (for one shard).")
+    image: str = Field(default=DEFAULT_POOLER_IMAGE, min_length=1)
+    mode: PoolMode = Field(default=PoolMode.TRANSACTION, description="transaction or session.")
+    pool_size: int = Field(
+        default=20, ge=1, le=10000, description="Server connections per database and user."
+    )
+    max_client_conn: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Client connections each pooler accepts."
+    )
+    replicas: bool = Field(default=True, description="Replicas get a pooler too.")
+    port_offset: int = Field(
+        default=1000,
+        ge=1,
+        le=60000,
+        description="A node's pooler is published on the node's port + this.",
+    )
+    max_waiting: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Waiting clients past which status and verify complain.",
+    )
+    router: bool = Field(
+        default=False,
+        description="Routers connect through the poolers unless told otherwise (top level).",
+    )
+
+
 class ShardSpec(_Model):
     """One shard: a primary and its streaming replicas."""
 
@@ -201,6 +247,10 @@ class ShardSpec(_Model):
     )
     replication: Replication | None = Field(
         default=None, description="async or sync for this shard [default: the top-level key]."
+    )
+    pooler: PoolerSpec | None = Field(
+        default=None,
+        description="This shard's poolers [default: the top-level pooler: section, if any].",
     )
 
 
@@ -244,6 +294,9 @@ class TopologySpec(_Model):
     health: HealthSpec = HealthSpec()
     postgres: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Extra postgresql.conf parameters for every node."
+    )
+    pooler: PoolerSpec | None = Field(
+        default=None, description="A PgBouncer per node (see docs/topology.md#poolers)."
     )
     shards: tuple[ShardSpec, ...] = Field(min_length=1)
 
@@ -308,6 +361,13 @@ class Node:
     """The engine the node runs on; None only for nodes built by hand (the local engine)."""
     sslmode: str | None = None
     """libpq ``sslmode`` of every connection to this node (None: libpq's default)."""
+    pooler_port: int | None = None
+    """Host port of the node's PgBouncer; None: the node has no pooler."""
+
+    @property
+    def pooler_container(self) -> str:
+        """Container name of the node's PgBouncer."""
+        return f"{self.cluster}-{self.name}-pooler"
 
     @property
     def engine_name(self) -> str:
@@ -410,6 +470,22 @@ class Topology:
             node for i, shard in enumerate(self.spec.shards) for node in self._nodes_of(i, shard)
         )
 
+    def pooler(self, shard_name: str) -> PoolerSpec | None:
+        """The poolers of a shard: its own section, else the top-level one; None: no poolers."""
+        spec = self._shard(shard_name)[1].pooler or self.spec.pooler
+        return spec if spec is not None and spec.enabled else None
+
+    def pooler_image(self, shard_name: str) -> str:
+        """The PgBouncer image of a shard's poolers ($SHARDCTL_POOLER_IMAGE overrides it)."""
+        spec = self.pooler(shard_name)
+        return os.environ.get(POOLER_IMAGE_ENV) or (
+            spec.image if spec is not None else DEFAULT_POOLER_IMAGE
+        )
+
+    def pooled_nodes(self) -> tuple[Node, ...]:
+        """Every node that has a pooler, in declared order."""
+        return tuple(node for node in self.nodes if node.pooler_port is not None)
+
     def shard_nodes(self, shard_name: str) -> tuple[Node, ...]:
         """The acting primary, then the replicas, of one shard."""
         return self._nodes_of(*self._shard(shard_name))
@@ -419,6 +495,9 @@ class Topology:
         base = shard.port if shard.port is not None else self.spec.base_port + index * PORT_STRIDE
         primary = self.acting_primary(shard.name)
         placements = [self.placement(self.engine_of(shard, i)) for i in range(shard.replicas + 1)]
+        pooler = shard.pooler or self.spec.pooler
+        if pooler is not None and not pooler.enabled:
+            pooler = None
         nodes = (
             Node(
                 cluster=self.cluster,
@@ -432,6 +511,11 @@ class Topology:
                 primary_name=primary,
                 placement=placements[i],
                 sslmode=self.spec.sslmode.value if self.spec.sslmode is not None else None,
+                pooler_port=(
+                    base + i + pooler.port_offset
+                    if pooler is not None and (i == 0 or pooler.replicas)
+                    else None
+                ),
             )
             for i, name in enumerate(
                 [f"{shard.name}-primary"]
@@ -890,15 +974,19 @@ def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
         # By index, not shard_nodes(name): ten thousand shards stay linear.
         for node in topology._nodes_of(i, shard):
             where: Loc = ("shards", i, "port") if shard.port is not None else ("shards", i)
-            taken_by = owner.setdefault((node.advertise.lower(), node.host_port), node.name)
-            if node.host_port > 65535:
-                yield where, f"port {node.host_port} of {node.name} is above 65535"
-            elif taken_by != node.name:
-                yield (
-                    where,
-                    f"port {node.host_port} of {node.name} clashes with {taken_by} "
-                    f"(both on host {node.advertise})",
-                )
+            published = [(node.host_port, node.name)]
+            if node.pooler_port is not None:
+                published.append((node.pooler_port, f"the pooler of {node.name}"))
+            for port, what in published:
+                taken_by = owner.setdefault((node.advertise.lower(), port), what)
+                if port > 65535:
+                    yield where, f"port {port} of {what} is above 65535"
+                elif taken_by != what:
+                    yield (
+                        where,
+                        f"port {port} of {what} clashes with {taken_by} "
+                        f"(both on host {node.advertise})",
+                    )
     tables: set[str] = set()
     for i, table in enumerate(spec.tables):
         if table.name in tables:
@@ -913,6 +1001,19 @@ def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
             ),
         )
     yield from _check_image(spec.image)
+    pooled = spec.pooler is not None or any(shard.pooler is not None for shard in spec.shards)
+    if pooled and spec.sslmode in (SSLMode.REQUIRE, SSLMode.VERIFY_CA, SSLMode.VERIFY_FULL):
+        yield (
+            ("sslmode",),
+            f"{spec.sslmode.value} cannot be kept through the poolers (they take no TLS from "
+            "clients yet): remove pooler: or use prefer",
+        )
+    for loc, pooler in [(("pooler",), spec.pooler)] + [
+        (("shards", i, "pooler"), shard.pooler) for i, shard in enumerate(spec.shards)
+    ]:
+        if pooler is not None:
+            for _, problem in _check_image(pooler.image):
+                yield (*loc, "image"), problem
     yield from _check_bind_address(spec.bind_address)
     yield from _check_settings(spec.postgres)
     yield from _check_health(spec.health)

@@ -122,6 +122,15 @@ def load(
         int | None,
         number_option("--seed", low=0, high=2**63 - 1, show_default=False, help="Random seed."),
     ] = None,
+    via: Annotated[
+        str | None,
+        typer.Option(
+            "--via",
+            show_default=False,
+            help="pooler (each node's PgBouncer) or direct [default: the topology's "
+            "pooler.router].",
+        ),
+    ] = None,
 ) -> None:
     """The load test: concurrent workers through the Router; throughput, success, latencies.
 
@@ -129,6 +138,8 @@ def load(
     with --bulk --rows N, fills the declared table (users in the example) through COPY, one
     stream per shard.
     """
+    if via not in (None, "direct", "pooler"):
+        raise UsageError(f"--via must be pooler or direct, not {via!r}")
     if read_from not in ("primary", "replica"):
         raise UsageError(f"--read-from must be primary or replica, not {read_from!r}")
     if verify and (bulk or rows is not None or ledger is not None):
@@ -148,7 +159,11 @@ def load(
     logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
     with (
         open_cluster(topology, running=True) as cluster,
-        Router(cluster, max_size=max(4, workers)) as router,
+        Router(
+            cluster,
+            max_size=max(4, workers),
+            via="pooler" if via == "pooler" else "direct" if via == "direct" else None,
+        ) as router,
     ):
         if not (verify or bulk):
             # Virtual users share the workers' connections: never more per node than the

@@ -87,15 +87,18 @@ def topology_summary(topology: Topology) -> Table:
     """What ``validate`` prints."""
     spec = topology.spec
     table = Table(title=f"cluster {spec.cluster} ({topology.path})", title_justify="left")
-    for column in ("shard", "node", "role", "engine", "address"):
+    pooled = bool(topology.pooled_nodes())
+    for column in ("shard", "node", "role", "engine", "address") + (("pooler",) if pooled else ()):
         table.add_column(column)
     for node in topology.nodes:
+        pooler = f"{node.advertise}:{node.pooler_port}" if node.pooler_port is not None else "-"
         table.add_row(
             node.shard,
             node.name,
             node.role.value,
             node.engine_name,
             f"{node.advertise}:{node.host_port}",
+            *((pooler,) if pooled else ()),
         )
     return table
 
@@ -118,6 +121,7 @@ def topology_facts(topology: Topology) -> dict[str, Any]:
                 "engine": n.engine_name,
                 "address": n.advertise,
                 "port": n.host_port,
+                "pooler_port": n.pooler_port,
             }
             for n in topology.nodes
         ],
@@ -254,7 +258,12 @@ def up_summary(report: UpReport) -> str:
     for action in report.actions.values():
         counts[action.value] = counts.get(action.value, 0) + 1
     done = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
-    return f"{len(report.actions)} nodes ready in {report.seconds:.1f}s ({done})"
+    # A pooler's action is keyed "<node>-pooler" (provisioning.Provisioner.ensure_pooler);
+    # a removed one is gone, not ready.
+    ready = {k: a for k, a in report.actions.items() if a.value != "removed"}
+    pooled = sum(name.endswith("-pooler") for name in ready)
+    nodes = f"{len(ready) - pooled} nodes" + (f" and {pooled} poolers" if pooled else "")
+    return f"{nodes} ready in {report.seconds:.1f}s ({done})"
 
 
 def down_summary(report: DownReport) -> str:

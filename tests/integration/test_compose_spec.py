@@ -9,7 +9,9 @@ import yaml
 from shardctl import compose
 from shardctl.containers import SCHEMA_TARGET
 from shardctl.engine import LABEL_CONFIG
+from tests.clusters import free_base_port
 from tests.integration.conftest import ClusterFactory
+from tests.integration.test_pooler import POOLER_IMAGE
 
 
 def unescape(text: str) -> str:
@@ -73,3 +75,30 @@ def test_compose_services_match_what_up_created(
         for secret in service["secrets"]:
             found = container.exec_run(["test", "-r", secret["target"]], user=service["user"])
             assert (found.exit_code == 0) == (secret["source"] != "superuser"), secret["target"]
+
+
+def test_compose_pooler_services_match_what_up_created(
+    cluster_factory: ClusterFactory, tmp_path: Path
+) -> None:
+    pooler = {"image": POOLER_IMAGE, "port_offset": 20}
+    cluster = cluster_factory(shards=1, replicas=0, base_port=free_base_port(40), pooler=pooler)
+    document = yaml.safe_load(compose.render_cluster(cluster, tmp_path / "dc.yml"))
+    assert set(document["secrets"]) == {"superuser", "replication", "app", "pooler"}
+    (node,) = cluster.topology.pooled_nodes()
+    service = document["services"][f"{node.name}-pooler"]
+    container = cluster.engines.container(node, pooler=True)
+    assert container is not None
+    config = container.attrs["Config"]
+    assert (config["Image"], container.name) == (service["image"], service["container_name"])
+    assert config["Entrypoint"] == [unescape(arg) for arg in service["entrypoint"]]
+    image = cluster.engines.for_node(node).images.get(config["Image"])
+    image_env = set(image.attrs["Config"].get("Env") or [])
+    own_env = dict(e.split("=", 1) for e in config["Env"] if e not in image_env)
+    assert own_env == {k: unescape(v) for k, v in service["environment"].items()}
+    labels = {k: v for k, v in config["Labels"].items() if k.startswith("shardctl.")}
+    assert labels.pop(LABEL_CONFIG)
+    assert labels == {k: v for k, v in service["labels"].items() if k != LABEL_CONFIG}
+    # The userlist the start script wrote: the postgres user's alone, no world access.
+    mode = container.exec_run(["stat", "-c", "%a %U", "/tmp/shardctl-pgbouncer/userlist.txt"])
+    assert isinstance(mode.output, bytes)
+    assert mode.output.decode().strip() == "600 postgres"

@@ -117,6 +117,13 @@ def test_the_schema_is_built_from_the_protocol_constants() -> None:
     assert "IF found.state IN ('fenced', 'moved') THEN" in text
     assert "ELSIF found.state = 'capturing' AND" in text
     assert "DEFAULT '{}'" in text
+    # The guard triggers are named from the constants, and re-armed by statements that list or
+    # lift ranges, with the tables locked before: whatever session_replication_role says.
+    for name in ("shardctl_guard", "shardctl_guard_update", "shardctl_guard_delete"):
+        assert f'CREATE OR REPLACE TRIGGER "{name}" BEFORE' in text
+    assert "BEFORE INSERT OR DELETE ON shardctl.moving" in text
+    assert "ENABLE ALWAYS TRIGGER moving_lock" in text
+    assert "ENABLE ALWAYS TRIGGER moving_rearm" in text
 
 
 def test_the_moving_range_contains_its_start_not_its_end() -> None:

@@ -14,7 +14,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "text", "ring", "waiting", "deadlines", "reshard", "yamlsource"),
     ("topology", "ringsql", "faults", "reshard.plan"),
     ("credentials", "engine"),
-    ("pg",),
+    ("pg", "poolers"),
     ("fence", "containers", "health", "pools"),
     ("catalog", "checks", "provisioning", "reshard.transfer", "compose", "inflight"),
     ("distribution", "verify", "watcher", "reshard.coordinator"),

@@ -1,0 +1,134 @@
+"""The fence's guard triggers armed for exactly the listed ranges (issue 14), on a real primary.
+
+One 1 shard x 0 replica cluster: ranges are listed by hand with the fence's own calls (no real
+reshard runs here), and writes are made by the application role, through a Router and not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from shardctl import fence, pg
+from shardctl.cluster import Cluster
+from shardctl.credentials import Login
+from shardctl.errors import KeyNotOwned
+from shardctl.fence import FENCE_SQLSTATE, Moving, RangeState
+from shardctl.router import Router
+from tests.integration.conftest import ClusterFactory
+
+pytestmark = pytest.mark.integration
+
+OPERATION = 9_998
+"""The reshard id this module's ranges use."""
+HIGH = Moving("shard-0", "8" * 32, None, "shard-9")
+"""Half the circle: every key whose md5 starts with 8 or above."""
+GUARDS = ("shardctl_guard", "shardctl_guard_update", "shardctl_guard_delete")
+TRIGGERS = (
+    "SELECT tgname, pg_catalog.pg_get_triggerdef(oid), xmin::text FROM pg_catalog.pg_trigger "
+    "WHERE tgrelid = 'users'::regclass AND tgname LIKE 'shardctl%%' ORDER BY tgname"
+)
+
+
+@pytest.fixture
+def one_shard(cluster_factory: ClusterFactory) -> Cluster:
+    return cluster_factory(shards=1, replicas=0)
+
+
+@pytest.fixture
+def admin(one_shard: Cluster) -> Iterator[psycopg.Connection[Any]]:
+    node = one_shard.topology.shard_nodes("shard-0")[0]
+    with pg.connect(node, one_shard.credentials(), one_shard.topology.spec.database) as conn:
+        yield conn
+
+
+def app_connection(cluster: Cluster) -> psycopg.Connection[Any]:
+    node = cluster.topology.shard_nodes("shard-0")[0]
+    info = pg.conninfo(node, cluster.credentials(), cluster.topology.spec.database, login=Login.APP)
+    return psycopg.connect(info, autocommit=True)
+
+
+def high(key: uuid.UUID) -> bool:
+    return hashlib.md5(str(key).encode()).hexdigest() >= HIGH.start_hex
+
+
+def triggers(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str]]:
+    return [(str(n), str(d), str(x)) for n, d, x in conn.execute(TRIGGERS).fetchall()]
+
+
+def test_the_guards_are_armed_for_the_listed_ranges_only(
+    one_shard: Cluster, admin: psycopg.Connection[Any]
+) -> None:
+    idle = triggers(admin)
+    assert [name for name, _, _ in idle] == sorted(GUARDS)
+    assert all("WHEN (false)" in definition for _, definition, _ in idle)
+    # `up` again installs nothing new: the triggers are not rewritten (no table lock).
+    fence.ensure(one_shard.topology, one_shard.credentials())
+    assert triggers(admin) == idle
+
+    keys = [uuid.uuid4() for _ in range(40)]
+    fence.give_away(admin, OPERATION, [HIGH], RangeState.MOVED)
+    try:
+        armed = triggers(admin)
+        assert all(HIGH.start_hex in definition for _, definition, _ in armed)
+        with app_connection(one_shard) as app:
+            for key in keys:
+                try:
+                    app.execute("INSERT INTO users (id) VALUES (%s)", (key,))
+                except psycopg.Error as exc:
+                    assert exc.sqlstate == FENCE_SQLSTATE
+                    assert high(key)
+                else:
+                    assert not high(key)
+        # A statement that touches no row fires no trigger: the Router asks after it.
+        moved = next(k for k in keys if high(k))
+        kept = next(k for k in keys if not high(k))
+        with Router(one_shard, retry_timeout=0.3) as router:
+            update = "UPDATE users SET first_name = 'x' WHERE id = %s"
+            with pytest.raises(KeyNotOwned):
+                router.execute(moved, update, (moved,))
+            assert router.execute(kept, update, (kept,)) == 1
+            absent = next(k for k in (uuid.uuid4() for _ in range(100)) if not high(k))
+            assert router.execute(absent, update, (absent,)) == 0
+        # A change of state alone rewrites nothing.
+        fence.set_state(admin, OPERATION, RangeState.FENCED)
+        assert triggers(admin) == armed
+    finally:
+        fence.take_back(admin, OPERATION)
+    assert all("WHEN (false)" in definition for _, definition, _ in triggers(admin))
+    with app_connection(one_shard) as app:
+        moved = next(k for k in (uuid.uuid4() for _ in range(100)) if high(k))
+        app.execute("INSERT INTO users (id) VALUES (%s)", (moved,))  # taken back: accepted
+
+
+def test_up_replaces_an_unconditional_guard_and_keeps_capturing(
+    one_shard: Cluster, admin: psycopg.Connection[Any]
+) -> None:
+    # The guard as versions before issue 14 made it: one trigger for every row.
+    admin.execute(
+        "CREATE OR REPLACE TRIGGER shardctl_guard BEFORE INSERT OR UPDATE OR DELETE ON users "
+        "FOR EACH ROW EXECUTE FUNCTION shardctl.guard('id')"
+    )
+    fence.ensure(one_shard.topology, one_shard.credentials())
+    assert all("WHEN (false)" in definition for _, definition, _ in triggers(admin))
+    fence.give_away(admin, OPERATION, [HIGH], RangeState.CAPTURING)
+    try:
+        keys = [uuid.uuid4() for _ in range(20)]
+        with app_connection(one_shard) as app:
+            for key in keys:
+                app.execute("INSERT INTO users (id) VALUES (%s)", (key,))
+        logged = {
+            str(k)
+            for (k,) in admin.execute(
+                "SELECT key FROM shardctl.changes WHERE target = %s", (HIGH.target,)
+            ).fetchall()
+        }
+        assert logged == {str(k) for k in keys if high(k)}
+    finally:
+        fence.take_back(admin, OPERATION)
+        fence.forget_changes(admin, [HIGH.target])

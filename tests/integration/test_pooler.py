@@ -1,0 +1,193 @@
+"""A PgBouncer in front of every node (issue 17), in transaction mode: provisioned by `up`,
+checked by `verify-replication`, and every Router guarantee kept through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shardctl.cluster import Cluster
+from shardctl.credentials import POOLER_ADMIN
+from shardctl.router import Router
+from tests.clusters import free_base_port, make_topology, run_shardctl, running
+from tests.traffic import (
+    assert_placed_and_replicated,
+    check_ledger,
+    preload,
+    rows_by_shard,
+    traffic,
+)
+
+POOLER_IMAGE = os.environ.get("SHARDCTL_POOLER_IMAGE", "shardctl-test/pgbouncer:1")
+POOL_SIZE = 4
+OFFSET = 40
+"""Poolers on node port + 40: room for three shards' nodes below them."""
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 2 x 1 cluster (md5 ring) with a transaction-mode PgBouncer per node, Routers through
+    them by default."""
+    folder = tmp_path_factory.mktemp("pooled")
+    path = make_topology(
+        folder,
+        cluster=f"h17p{os.getpid() % 100000}",
+        base_port=free_base_port(2 * OFFSET),
+        ring={"algorithm": "md5", "vnodes": 150},
+        pooler={
+            "image": POOLER_IMAGE,
+            "mode": "transaction",
+            "pool_size": POOL_SIZE,
+            "port_offset": OFFSET,
+            "router": True,
+        },
+    )
+    with running(path) as cluster:
+        yield cluster
+
+
+def admin(cluster: Cluster, node_name: str, command: str) -> list[dict[str, object]]:
+    """Rows of an admin console SHOW on the pooler of ``node_name``."""
+    node = Cluster.load(cluster.topology.path).topology.node(node_name)
+    assert node.pooler_port is not None
+    with psycopg.connect(
+        host=node.advertise,
+        port=node.pooler_port,
+        dbname="pgbouncer",
+        user=POOLER_ADMIN,
+        password=cluster.credentials().pooler_password,
+        autocommit=True,
+        cursor_factory=psycopg.ClientCursor,
+    ) as conn:
+        cur = conn.execute(command)
+        names = [c.name for c in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def test_verify_names_a_stopped_pooler_and_up_repairs_it(pooled: Cluster) -> None:
+    path = pooled.topology.path
+    ok = run_shardctl("verify-replication", "-f", path, "-o", "json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    checks = json.loads(ok.stdout)["checks"]
+    assert sum(c["check"] == "pooler" and c["result"] == "pass" for c in checks) == 4
+
+    stopped = pooled.topology.node("shard-1-primary").pooler_container
+    pooled.engines.client().containers.get(stopped).stop(timeout=1)
+    failing = run_shardctl("verify-replication", "-f", path)
+    assert failing.returncode == 1, failing.stdout + failing.stderr
+    named = f"shard-1-primary: pooler: pooler {stopped}: container exited"
+    assert named in failing.stdout + failing.stderr
+    status = run_shardctl("status", "-f", path, "-o", "json")
+    assert status.returncode == 1
+    assert "pooler" in status.stdout
+
+    repaired = run_shardctl("up", "-f", path)
+    assert repaired.returncode == 0, repaired.stderr
+    again = run_shardctl("verify-replication", "-f", path)
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_router_through_poolers_loses_nothing_across_add_shard_and_rebalance(
+    pooled: Cluster,
+) -> None:
+    path = pooled.topology.path
+    preloaded = preload(pooled, 5_000)
+    stale = Router(pooled, via="pooler", epoch_check_interval=3600)  # never re-reads by itself
+    old_ring = stale.ring
+    with traffic(pooled, preloaded) as writers:
+        assert writers[0].router.via == "pooler"  # the topology's pooler.router
+        time.sleep(1.0)
+        added = run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "1")
+        assert added.returncode == 0, added.stderr
+        done = run_shardctl("rebalance", "--yes", "-f", path, "-o", "json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["report"]["rows_copied"] > 0
+        time.sleep(2.0)  # writers keep going on the new ring, through shard-2's pooler too
+    router = writers[0].router
+    assert all(not w.failed for w in writers), [w.failed[:3] for w in writers]
+    assert sum(w.acknowledged for w in writers) > 200
+    assert router.stats.dual_writes > 0  # the reshard's dual writes went through poolers
+    stored, expected = check_ledger(pooled, writers, preloaded)
+    assert stored == expected
+    assert_placed_and_replicated(path)
+
+    for shard in ("shard-0", "shard-1", "shard-2"):
+        stats = {r["database"]: r for r in admin(pooled, f"{shard}-primary", "SHOW STATS")}
+        assert int(str(stats["app"]["total_xact_count"])) > 0, shard  # traffic went through it
+        pools = [
+            r for r in admin(pooled, f"{shard}-primary", "SHOW POOLS") if r["database"] == "app"
+        ]
+        servers = sum(int(str(p[k])) for p in pools for k in ("sv_active", "sv_idle", "sv_used"))
+        assert servers <= POOL_SIZE, (shard, pools)
+
+    load = run_shardctl("load", "-f", path, "--via", "pooler", "--duration", "2", "-w", "8")
+    assert load.returncode == 0, load.stdout + load.stderr
+
+    # A stale Router through the poolers: its write reaches the old owner's pooler, the fence
+    # refuses it there (inside the write's own transaction), the Router re-reads and follows.
+    with Router(pooled, via="pooler") as fresh:
+        ring = fresh.ring
+    moved = next(k for k in preloaded if old_ring.node_for(k) != ring.node_for(k))
+    try:
+        assert stale.ring.node_for(moved) == old_ring.node_for(moved)
+        written = stale.execute(
+            moved,
+            "INSERT INTO users (id, first_name) VALUES (%s, 'stale') "
+            "ON CONFLICT (id) DO UPDATE SET first_name = 'stale'",
+            (moved,),
+        )
+        assert written == 1
+        assert stale.stats.fenced_writes >= 1 and stale.epoch > 1
+    finally:
+        stale.close()
+    holders = {
+        s: rows[str(moved)] for s, rows in rows_by_shard(pooled).items() if str(moved) in rows
+    }
+    assert holders == {ring.node_for(moved): "stale"}
+
+
+def test_router_follows_a_switchover_to_the_new_primarys_pooler(pooled: Cluster) -> None:
+    path = pooled.topology.path
+    switched = run_shardctl("switchover", "shard-0", "--yes", "-f", path)
+    assert switched.returncode == 0, switched.stderr
+    verified = run_shardctl("verify-replication", "-f", path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    with Router.from_topology(path, via="pooler") as router:
+        key = uuid.UUID(int=1, version=4)
+        router.execute(key, "INSERT INTO users (id, first_name) VALUES (%s, 'after')", (key,))
+        assert router.fetch(key, "SELECT first_name FROM users WHERE id = %s", (key,)) == [
+            ("after",)
+        ]
+    promoted = Cluster.load(path)
+    promoted.follow_roles()
+    assert promoted.topology.node("shard-0-replica-1").pooler_port is not None
+    served = admin(pooled, "shard-0-replica-1", "SHOW STATS")
+    assert any(r["database"] == "app" and int(str(r["total_xact_count"])) > 0 for r in served)
+
+
+def test_a_router_via_pooler_without_poolers_is_refused(tmp_path: Path) -> None:
+    path = make_topology(tmp_path, 1, 0)
+    with pytest.raises(Exception, match="declares no pooler"):
+        Router.from_topology(path, via="pooler")
+
+
+def test_poolers_no_longer_declared_are_removed_by_up(pooled: Cluster) -> None:
+    path = pooled.topology.path
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("pooler:\n", "pooler:\n  replicas: false\n", 1), "utf-8")
+    assert Cluster.load(path).topology.pooler("shard-0") is not None
+    narrowed = run_shardctl("up", "-f", path)
+    assert narrowed.returncode == 0, narrowed.stderr
+    assert "removed" in narrowed.stdout + narrowed.stderr
+    names = {str(c.name) for c in pooled.engines.cluster_containers(pooled.topology)}
+    assert not any(n.endswith("-replica-1-pooler") for n in names), names
+    assert any(n.endswith("-primary-pooler") for n in names), names
+    verified = run_shardctl("verify-replication", "-f", path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
