@@ -5,12 +5,14 @@ named): its name and key come from the topology, its columns from the catalog
 (``information_schema``) when the run starts, as a :class:`Target`. With the example
 ``schema.sql`` that is ``users``, keyed by a uuid ``id``, with three text columns.
 
-:func:`run_load` is the seed's load test: ``workers`` threads share one Router and run a mix of
-inserts, point reads, updates and deletes on the target until a duration, an op count or a stop
-event ends them; the report has throughput, success rate and latency percentiles per op type.
-Each worker owns the keys it inserts (fresh random keys), so with a
+:func:`run_load` is the seed's load test: virtual users (by default one per worker) run a mix
+of inserts, point reads, updates and deletes on the target, one op at a time each, until a
+duration, an op count or a stop event ends them; ``workers`` threads sharing one Router serve
+them from one first-in first-out queue, so the workers, not the users, bound the connections.
+The report has throughput, success rate and latency percentiles (response times, the wait for a
+worker included) per op type. Each user owns the keys it inserts (fresh random keys), so with a
 :class:`~shardctl.ledger.Ledger` the expected final state of every key is well defined (see
-:mod:`shardctl.ledger`).
+:mod:`shardctl.ledger`). :func:`run_steps` runs it for several user counts: the seed's table.
 
 :func:`bulk_load` fills the target through COPY: keys are made here, grouped by their ring
 owner, and streamed by one COPY per shard, all shards in parallel, in committed chunks.
@@ -18,6 +20,7 @@ owner, and streamed by one COPY per shard, all shards in parallel, in committed 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import random
@@ -25,12 +28,13 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Queue
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -40,6 +44,7 @@ from shardctl.ledger import Header, Ledger, Value
 from shardctl.router import Prefer, Router
 from shardctl.text import first_line
 
+T = TypeVar("T")
 OPS = ("insert", "read", "update", "delete")
 OVERRUN = 0.5
 """Seconds past ``--duration`` an op still running (on a frozen node) may take before the
@@ -50,6 +55,8 @@ TEXT_TYPES = ("text", "character varying")
 INTEGER_BITS = {"smallint": 15, "integer": 31, "bigint": 63}
 KEY_TYPES = ("uuid", *TEXT_TYPES, "integer", "bigint")
 STAMP_TYPES = ("timestamp with time zone", "timestamp without time zone")
+HEADROOM = 10
+"""Connections per server left to everything but the load test (shardctl itself, psql, ...)."""
 
 COLUMNS_QUERY = """
 SELECT column_name::text, data_type::text, character_maximum_length::int,
@@ -106,6 +113,18 @@ class Target:
         return {c.name: c.sample(token) for c in self.columns}
 
 
+def on_any_shard(router: Router, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+    """``work`` on a node of the first shard that answers (a replica first): any node knows
+    the schema and the settings, and one shard in trouble must not stop the test."""
+    shards = [node.shard for node in router.topology.primaries()]
+    for shard in shards[:-1]:
+        try:
+            return router.on_shard(shard, work, prefer="replica")
+        except DatabaseUnavailable:
+            continue
+    return router.on_shard(shards[-1], work, prefer="replica")
+
+
 def target(router: Router, table: str | None = None) -> Target:
     """The table the load test writes (``table``, else the first declared), read from the
     catalog of one primary; UsageError when it is missing or cannot be filled."""
@@ -118,17 +137,9 @@ def target(router: Router, table: str | None = None) -> Target:
     def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
         return conn.execute(COLUMNS_QUERY, (spec.name,)).fetchall()
 
-    # Any node of any shard knows the schema: one shard in trouble must not stop the test.
-    shards = [node.shard for node in router.topology.primaries()]
-    for shard in shards:
-        try:
-            found = router.on_shard(shard, read, prefer="replica")
-            break
-        except DatabaseUnavailable:
-            if shard == shards[-1]:
-                raise
+    found = on_any_shard(router, read)
     if not found:
-        raise UsageError(f"table {spec.name} does not exist on {shard} (is the schema applied?)")
+        raise UsageError(f"table {spec.name} does not exist (is the schema applied?)")
     key_type = next((str(r[1]) for r in found if r[0] == spec.key), None)
     if key_type is None:
         raise UsageError(f"table {spec.name} has no key column {spec.key!r}")
@@ -192,6 +203,9 @@ class LoadConfig:
     """What :func:`run_load` does."""
 
     workers: int = 8
+    """Worker threads: ops in flight at once, and connections per node at most."""
+    users: int | None = None
+    """Virtual users the workers serve, each one op at a time (None: one per worker)."""
     duration: float | None = 10.0
     """Seconds to run (None: until ``ops`` or the stop event)."""
     ops: int | None = None
@@ -229,6 +243,8 @@ class LoadReport:
     """What a load run did."""
 
     workers: int
+    users: int
+    """Virtual users (concurrent users, in the seed's table): the workers when not given."""
     seconds: float
     ops: int
     ok: int
@@ -242,6 +258,9 @@ class LoadReport:
     epochs: tuple[int, int]
     """The ring epoch at the start and at the end."""
     ledger: str | None = None
+    warm_up: int = 0
+    """Inserts that gave new virtual users their first key before the run (not in ``ops``;
+    in the ledger)."""
 
 
 @dataclass(frozen=True)
@@ -257,33 +276,45 @@ class LoadProgress:
 
 @dataclass
 class _Stats:
+    """What one worker thread measured (for every user it served)."""
+
     latencies: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPS})
     failures: dict[str, list[str]] = field(default_factory=lambda: {op: [] for op in OPS})
     anomalies: int = 0
     done: int = 0
 
 
-class _Worker:
-    """One load thread: owns the keys it inserts, and never touches a key after a failure."""
+class VirtualUser:
+    """One virtual user: owns the keys it inserts, and never touches a key after a failure.
 
-    def __init__(
-        self,
-        index: int,
-        router: Router,
-        config: LoadConfig,
-        ledger: Ledger | None,
-        budget: Callable[[], bool],
-        target: Target,
-    ) -> None:
+    A user does one op at a time (closed loop, no think time): its next op is ready as soon as
+    the last one returned, and waits in the queue until a worker thread is free. A user with no
+    key inserts, whatever the mix says (new virtual users get one in :func:`run_load`'s warm-up).
+    """
+
+    __slots__ = ("index", "live", "ready_since", "rng")
+
+    def __init__(self, index: int, seed: int | None) -> None:
         self.index = index
-        self.router = router
-        self.config = config
-        self.ledger = ledger
-        self.budget = budget
-        self.target = target
-        self.rng = random.Random(None if config.seed is None else config.seed * 1000 + index)
-        self.stats = _Stats()
+        self.rng = random.Random(None if seed is None else seed * 1_000_003 + index)
         self.live: list[str] = []
+        self.ready_since = 0.0
+
+    def retire(self, key: str) -> None:
+        """Forget ``key`` (deleted, or its state unknown after a failure)."""
+        i = self.live.index(key)
+        self.live[i] = self.live[-1]
+        self.live.pop()
+
+
+class _Statements:
+    """The four statements of the mix on ``target``, composed and rendered once.
+
+    Rendered to bytes with a connection's quoting rules: psycopg would otherwise render the
+    composed statement again on every execute, some 45 us of CPU per insert.
+    """
+
+    def __init__(self, target: Target, conn: psycopg.Connection[Any]) -> None:
         table, key = sql.Identifier(target.table), sql.Identifier(target.key)
         names = [c.name for c in target.columns]
         cols = sql.SQL(", ").join(map(sql.Identifier, names))
@@ -301,75 +332,139 @@ class _Worker:
             ]
         )
         marks = sql.SQL(", ").join(sql.Placeholder() * (len(names) + 1))
-        self.q_insert = sql.SQL(
-            "INSERT INTO {t} ({k}, {cols}) VALUES ({marks}) ON CONFLICT ({k}) DO UPDATE SET {ex}"
-        ).format(t=table, k=key, cols=cols, marks=marks, ex=excluded)
-        self.q_read = sql.SQL("SELECT {cols} FROM {t} WHERE {k} = %s").format(
-            t=table, k=key, cols=cols
+        self.insert = (
+            sql.SQL(
+                "INSERT INTO {t} ({k}, {cols}) VALUES ({marks})"
+                " ON CONFLICT ({k}) DO UPDATE SET {ex}"
+            )
+            .format(t=table, k=key, cols=cols, marks=marks, ex=excluded)
+            .as_bytes(conn)
         )
-        self.q_update = sql.SQL("UPDATE {t} SET {sets} WHERE {k} = %s").format(
-            t=table, k=key, sets=sets
+        self.read = (
+            sql.SQL("SELECT {cols} FROM {t} WHERE {k} = %s")
+            .format(t=table, k=key, cols=cols)
+            .as_bytes(conn)
         )
-        self.q_delete = sql.SQL("DELETE FROM {t} WHERE {k} = %s").format(t=table, k=key)
+        self.update = (
+            sql.SQL("UPDATE {t} SET {sets} WHERE {k} = %s")
+            .format(t=table, k=key, sets=sets)
+            .as_bytes(conn)
+        )
+        self.delete = (
+            sql.SQL("DELETE FROM {t} WHERE {k} = %s").format(t=table, k=key).as_bytes(conn)
+        )
 
-    def value(self) -> Value:
-        return self.target.value(self.rng.getrandbits(48))
 
-    def run(self, stop: threading.Event, until: float | None) -> None:
-        weights = self.config.mix.weights()
+class _Worker:
+    """One worker thread: takes the user that has waited longest, runs its next op, puts it
+    back. Workers are what hold connections, so they bound them, whatever the user count."""
+
+    def __init__(
+        self,
+        router: Router,
+        config: LoadConfig,
+        ledger: Ledger | None,
+        budget: Callable[[], bool],
+        target: Target,
+        statements: _Statements,
+    ) -> None:
+        self.router = router
+        self.config = config
+        self.ledger = ledger
+        self.budget = budget
+        self.target = target
+        self.q = statements
+        self.weights = config.mix.weights()
+        self.stats = _Stats()
+
+    def run(self, ready: deque[VirtualUser], stop: threading.Event, until: float | None) -> None:
+        """Serve users from ``ready`` until ``stop`` or the op budget says so; an op still
+        running at ``until`` is cut short by the Router."""
         with self.router.ending_by(until) if until is not None else nullcontext():
             while not stop.is_set() and self.budget():
-                op: str = self.rng.choices(OPS, weights)[0]
-                if op != "insert" and not self.live:
-                    op = "insert"
-                self.one(op)
+                # Never empty: there are at least as many users as workers, and each worker
+                # puts its user back before it takes the next (deque appends, pops are atomic).
+                user = ready.popleft()
+                self.one(user)
+                self.stats.done += 1
+                user.ready_since = time.perf_counter()
+                ready.append(user)
+
+    def warm(self, fresh: deque[VirtualUser], stop: threading.Event, until: float | None) -> None:
+        """One insert for each user of ``fresh`` (they come with no key), until none is left,
+        ``stop``, or ``until`` (an insert still running then is cut short by the Router)."""
+        with self.router.ending_by(until + OVERRUN) if until is not None else nullcontext():
+            while not stop.is_set() and (until is None or time.monotonic() < until):
+                try:
+                    user = fresh.popleft()
+                except IndexError:
+                    return
+                user.ready_since = time.perf_counter()
+                self.one(user, "insert")
+                user.ready_since = time.perf_counter()
                 self.stats.done += 1
 
-    def one(self, op: str) -> None:
+    def one(self, user: VirtualUser, op: str | None = None) -> None:
+        """One op of ``user`` (drawn from the mix unless given), its response time counted
+        from when the user was ready."""
+        if op is None:
+            op = user.rng.choices(OPS, self.weights)[0]
+        if op != "insert" and not user.live:
+            op = "insert"
         if op == "insert":
             key = self.target.new_key(os.urandom(16))  # never seeded: reruns must not collide
         else:
-            key = self.live[self.rng.randrange(len(self.live))]
-        value = self.value() if op in ("insert", "update") else None
-        started = time.perf_counter()
+            key = user.live[user.rng.randrange(len(user.live))]
+        value = self.target.value(user.rng.getrandbits(48)) if op in ("insert", "update") else None
         try:
             rows = self.call(op, key, value)
         except Exception as exc:  # every failure is counted; none stops a worker
-            elapsed = time.perf_counter() - started
             self.stats.failures[op].append(f"{type(exc).__name__}: {first_line(exc)}")
-            self.stats.latencies[op].append(elapsed)
+            self.stats.latencies[op].append(time.perf_counter() - user.ready_since)
             if op != "read":
                 if op != "insert":
-                    self._retire(key)
+                    user.retire(key)
                 if self.ledger is not None:
-                    self.ledger.record(self.index, key, op, value, ok=False)
+                    self.ledger.record(user.index, key, op, value, ok=False)
             return
-        self.stats.latencies[op].append(time.perf_counter() - started)
+        self.stats.latencies[op].append(time.perf_counter() - user.ready_since)
         if op == "insert":
-            self.live.append(key)
+            user.live.append(key)
         elif op == "delete":
-            self._retire(key)
+            user.retire(key)
         if op != "insert" and rows == 0 and (op != "read" or self.config.read_from == "primary"):
             self.stats.anomalies += 1
         if op != "read" and self.ledger is not None:
-            self.ledger.record(self.index, key, op, value, rows=rows)
+            self.ledger.record(user.index, key, op, value, rows=rows)
 
     def call(self, op: str, key: str, value: Value | None) -> int:
-        r = self.router
+        """Run ``op`` through the Router; rows it touched (read: rows it found)."""
+        r, q = self.router, self.q
         if op == "read":
-            return len(r.fetch(key, self.q_read, (key,), prefer=self.config.read_from))
+            return len(r.fetch(key, q.read, (key,), prefer=self.config.read_from))
         if op == "delete":
-            return r.execute(key, self.q_delete, (key,))
+            return r.execute(key, q.delete, (key,))
         assert value is not None
         v = [value[c.name] for c in self.target.columns]
         if op == "insert":
-            return r.execute(key, self.q_insert, (key, *v))
-        return r.execute(key, self.q_update, (*v, key))
+            return r.execute(key, q.insert, (key, *v))
+        return r.execute(key, q.update, (*v, key))
 
-    def _retire(self, key: str) -> None:
-        i = self.live.index(key)
-        self.live[i] = self.live[-1]
-        self.live.pop()
+
+def connection_limit(router: Router) -> int:
+    """How many connections one Router may hold per node: the servers' ``max_connections``,
+    less the superuser's reserve and :data:`HEADROOM` for everyone else (read from a primary)."""
+
+    def read(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT current_setting('max_connections')::int,"
+            " current_setting('superuser_reserved_connections')::int"
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    most, reserved = on_any_shard(router, read)
+    return max(1, most - reserved - HEADROOM)
 
 
 def run_load(
@@ -379,12 +474,26 @@ def run_load(
     stop: threading.Event | None = None,
     progress: Callable[[LoadProgress], None] | None = None,
     interval: float = 0.25,
+    ledger: Ledger | None = None,
+    crowd: list[VirtualUser] | None = None,
 ) -> LoadReport:
-    """Run the load test through ``router``; returns when time, ops or ``stop`` say so."""
+    """Run the load test through ``router``; returns when time, ops or ``stop`` (set by the
+    caller, never here) say so.
+
+    ``config.users`` virtual users (default: one per worker) share ``config.workers`` threads;
+    a ``ledger`` given here is written to and left open (else ``config.ledger`` is opened).
+    The users are the first of ``crowd`` (users of an earlier run, who keep their keys), made
+    and added to it when it has too few. With ``config.users``, users with no key insert one
+    first, before the measured run starts (``warm_up`` in the report).
+    """
     if config.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if config.users is not None and config.users < 1:
+        raise UsageError("--users must be at least 1")
     if config.duration is None and config.ops is None and stop is None:
         raise UsageError("give a duration, an op count, or both")
+    users = config.users or config.workers
+    width = min(config.workers, users)
     table = target(router, config.table)
     stop = stop or threading.Event()
     epoch_start = router.epoch
@@ -394,36 +503,120 @@ def run_load(
     def budget() -> bool:
         return limit is None or next(counter) < limit
 
-    ledger = Ledger(config.ledger, table.header) if config.ledger is not None else None
-    workers = [_Worker(i, router, config, ledger, budget, table) for i in range(config.workers)]
+    own = ledger is None and config.ledger is not None
+    if own and config.ledger is not None:
+        ledger = Ledger(config.ledger, table.header)
+    statements = on_any_shard(router, lambda conn: _Statements(table, conn))
+    workers = [_Worker(router, config, ledger, budget, table, statements) for _ in range(width)]
+    crowd = [] if crowd is None else crowd
+    crowd.extend(VirtualUser(i, config.seed) for i in range(len(crowd), users))
+    ready = deque(crowd[:users])
+    halt = threading.Event()  # the caller's stop, or the deadline: ``stop`` is only read
+    warmed = 0
+    if config.users is not None:
+        # New virtual users first get a key each, outside the measured run: else a run with
+        # many new users would measure mostly their first inserts, not the mix.
+        warmed = _warm_up(router, config, ledger, table, statements, width, ready, stop)
     started = time.monotonic()
+    now = time.perf_counter()
+    for user in ready:
+        user.ready_since = now
     deadline = None if config.duration is None else started + config.duration
     # An op still running at the end (a frozen node) is cut short soon after: --duration holds.
     cut_at = None if deadline is None else deadline + OVERRUN
     threads = [
-        threading.Thread(target=w.run, args=(stop, cut_at), name=f"load-{w.index}", daemon=True)
-        for w in workers
+        threading.Thread(target=w.run, args=(ready, halt, cut_at), name=f"load-{i}", daemon=True)
+        for i, w in enumerate(workers)
     ]
     try:
         for thread in threads:
             thread.start()
         while any(t.is_alive() for t in threads):
-            if deadline is not None and time.monotonic() >= deadline:
-                stop.set()
+            if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                halt.set()
             for thread in threads:
                 thread.join(timeout=interval / len(threads))
             if progress is not None:
                 progress(_snapshot(workers, started, config))
     finally:
-        stop.set()
+        halt.set()
         for thread in threads:
             thread.join()
-        if ledger is not None:
+        if own and ledger is not None:
             ledger.close()
     seconds = time.monotonic() - started
     if progress is not None:
         progress(_snapshot(workers, started, config))
-    return _report(workers, seconds, config, (epoch_start, router.epoch))
+    stats = [w.stats for w in workers]
+    return report(
+        stats, seconds, workers=width, users=users, epochs=(epoch_start, router.epoch),
+        ledger=None if config.ledger is None else str(config.ledger), warm_up=warmed,
+    )  # fmt: skip
+
+
+def _warm_up(
+    router: Router,
+    config: LoadConfig,
+    ledger: Ledger | None,
+    table: Target,
+    statements: _Statements,
+    width: int,
+    users: Iterable[VirtualUser],
+    stop: threading.Event,
+) -> int:
+    """Give every user of ``users`` with no key one (an insert, in the ledger too), on
+    ``width`` threads, for no longer than the run's duration (a node that stops answering must
+    not hold the run up: users left without a key insert first in the run); returns the
+    inserts acknowledged."""
+    fresh = deque(u for u in users if not u.live)
+    if not fresh:
+        return 0
+    until = None if config.duration is None else time.monotonic() + config.duration
+    workers = [
+        _Worker(router, config, ledger, lambda: True, table, statements) for _ in range(width)
+    ]
+    threads = [
+        threading.Thread(target=w.warm, args=(fresh, stop, until), name=f"warm-{i}", daemon=True)
+        for i, w in enumerate(workers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(len(w.stats.latencies["insert"]) - len(w.stats.failures["insert"]) for w in workers)
+
+
+def run_steps(
+    router: Router,
+    config: LoadConfig,
+    users: Sequence[int],
+    *,
+    stop: threading.Event | None = None,
+    progress: Callable[[LoadProgress], None] | None = None,
+) -> list[LoadReport]:
+    """The seed's table: one run of ``config`` per user count in ``users``, one after the
+    other on the same Router, into one ledger; stops early when ``stop`` is set.
+
+    The users carry over from run to run with their keys (1,000 users, then the same 1,000
+    and 4,000 more, ...), as a load that grows; only new users need a warm-up insert."""
+    stop = stop or threading.Event()
+    book = None
+    if config.ledger is not None:
+        book = Ledger(config.ledger, target(router, config.table).header)
+    reports: list[LoadReport] = []
+    crowd: list[VirtualUser] = []
+    try:
+        for count in users:
+            step = dataclasses.replace(config, users=count)
+            reports.append(
+                run_load(router, step, stop=stop, progress=progress, ledger=book, crowd=crowd)
+            )
+            if stop.is_set():
+                break
+    finally:
+        if book is not None:
+            book.close()
+    return reports
 
 
 def _snapshot(workers: list[_Worker], started: float, config: LoadConfig) -> LoadProgress:
@@ -436,21 +629,30 @@ def _snapshot(workers: list[_Worker], started: float, config: LoadConfig) -> Loa
     )
 
 
-def _report(
-    workers: list[_Worker], seconds: float, config: LoadConfig, epochs: tuple[int, int]
+def report(
+    stats: Sequence[_Stats],
+    seconds: float,
+    *,
+    workers: int,
+    users: int,
+    epochs: tuple[int, int],
+    ledger: str | None = None,
+    warm_up: int = 0,
 ) -> LoadReport:
+    """The report of a run from what each worker measured."""
     per_op = []
     every: list[float] = []
     all_failures: list[str] = []
     for op in OPS:
-        latencies = [x for w in workers for x in w.stats.latencies[op]]
-        failures = [x for w in workers for x in w.stats.failures[op]]
+        latencies = [x for s in stats for x in s.latencies[op]]
+        failures = [x for s in stats for x in s.failures[op]]
         every += latencies
         all_failures += failures
-        per_op.append(_summary(op, latencies, failures, seconds))
-    total = _summary("total", every, all_failures, seconds)
+        per_op.append(summary(op, latencies, failures, seconds))
+    total = summary("total", every, all_failures, seconds)
     return LoadReport(
-        workers=config.workers,
+        workers=workers,
+        users=users,
         seconds=seconds,
         ops=total.ops,
         ok=total.ok,
@@ -459,13 +661,16 @@ def _report(
         throughput=total.throughput,
         per_op=per_op,
         total=total,
-        anomalies=sum(w.stats.anomalies for w in workers),
+        anomalies=sum(s.anomalies for s in stats),
         epochs=epochs,
-        ledger=None if config.ledger is None else str(config.ledger),
+        ledger=ledger,
+        warm_up=warm_up,
     )
 
 
-def _summary(op: str, latencies: list[float], failures: list[str], seconds: float) -> OpSummary:
+def summary(op: str, latencies: list[float], failures: list[str], seconds: float) -> OpSummary:
+    """Counts, throughput and latency percentiles (ms) of one op type; ``latencies`` in s,
+    one per op (failed ones too), ``failures`` one message per failed op."""
     ops = len(latencies)
     failed = len(failures)
     ms = sorted(x * 1000 for x in latencies)

@@ -24,8 +24,21 @@ from shardctl.cli.app import (
     open_cluster,
 )
 from shardctl.errors import UsageError
-from shardctl.load import BulkReport, LoadConfig, LoadProgress, LoadReport, Mix, bulk_load, run_load
+from shardctl.load import (
+    BulkReport,
+    LoadConfig,
+    LoadProgress,
+    LoadReport,
+    Mix,
+    bulk_load,
+    connection_limit,
+    run_load,
+    run_steps,
+)
 from shardctl.router import Router
+
+MAX_USERS = 100_000
+"""The most virtual users ``--users`` takes (each is a few hundred bytes, no thread)."""
 
 
 @app.command()
@@ -34,8 +47,24 @@ def load(
     output: OutputOption = Output.TABLE,
     workers: Annotated[
         int,
-        number_option("--workers", "-w", low=1, high=256, help="Concurrent worker threads."),
+        number_option(
+            "--workers",
+            "-w",
+            low=1,
+            high=256,
+            help="Worker threads: ops in flight at once, and connections per node at most.",
+        ),
     ] = 8,
+    users: Annotated[
+        str | None,
+        typer.Option(
+            "--users",
+            metavar="N[,N...]",
+            show_default=False,
+            help="Virtual users sharing the workers (one op at a time each). Several counts, "
+            "e.g. 1000,5000,10000, run one after the other and print the seed's table.",
+        ),
+    ] = None,
     duration: Annotated[
         float | None,
         number_option(
@@ -119,6 +148,9 @@ def load(
         raise UsageError("--bulk needs --rows N (and --rows is only for --bulk)")
     if duration is not None and ops is not None:
         raise UsageError("--duration and --ops both say when to stop; give one of them")
+    counts = parse_users(users) if users is not None else None
+    if counts is not None and (verify or bulk):
+        raise UsageError("--users is for the load test; it takes no --verify or --bulk")
     named = [part.partition("=")[0].strip() for part in mix.split(",") if part.strip()]
     repeated = sorted({name for name in named if named.count(name) > 1})
     if repeated:
@@ -133,6 +165,15 @@ def load(
             via="pooler" if via == "pooler" else "direct" if via == "direct" else None,
         ) as router,
     ):
+        if not (verify or bulk):
+            # Virtual users share the workers' connections: never more per node than the
+            # servers take, whatever --users says.
+            limit = connection_limit(router)
+            if workers > limit:
+                raise UsageError(
+                    f"--workers {workers} could open {workers} connections per node; the "
+                    f"servers' max_connections leaves {limit} for the load test"
+                )
         if verify:
             _verify(router, verify, output)
         elif bulk and rows is not None:
@@ -148,18 +189,40 @@ def load(
                 read_from="replica" if read_from == "replica" else "primary",
                 ledger=ledger,
                 seed=seed,
+                users=counts[0] if counts else None,
             )
             stop, interrupted = threading.Event(), threading.Event()
             with load_progress() as tick, _stop_on_interrupt(stop, interrupted):
-                report = run_load(router, config, stop=stop, progress=tick)
-            _show_load(report, output, router.topology.cluster)
+                if counts is not None and len(counts) > 1:
+                    reports = run_steps(router, config, counts, stop=stop, progress=tick)
+                else:
+                    reports = [run_load(router, config, stop=stop, progress=tick)]
+            if len(reports) == 1 and (counts is None or len(counts) == 1):
+                _show_load(reports[0], output, router.topology.cluster)
+            else:
+                _show_steps(reports, output, router.topology.cluster)
             if interrupted.is_set():
+                seconds = sum(r.seconds for r in reports)
                 render.err_console.print(
-                    f"[yellow]interrupted[/]: the report covers the first {report.seconds:,.1f} s"
+                    f"[yellow]interrupted[/]: the report covers the first {seconds:,.1f} s"
                 )
                 raise typer.Exit(130)
-            if report.failed or report.anomalies:
+            if any(r.failed or r.anomalies for r in reports):
                 raise typer.Exit(1)
+
+
+def parse_users(text: str) -> list[int]:
+    """``--users``: one count or several, comma-separated, each 1 to :data:`MAX_USERS`."""
+    counts: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        number = part.replace("_", "")
+        if not number.isdigit() or not 1 <= int(number) <= MAX_USERS:
+            raise UsageError(
+                f"--users: expected counts from 1 to {MAX_USERS:,} like 1000,5000,10000, "
+                f"got {part!r}"
+            )
+        counts.append(int(number))
+    return counts
 
 
 @contextmanager
@@ -246,7 +309,9 @@ def _show_load(report: LoadReport, output: Output, cluster: str) -> None:
         return
     render.show(render.load_table(report, cluster))
     render.console.print(
-        f"concurrency {report.workers} · throughput {report.throughput:,.0f} ops/s · "
+        (f"users {report.users:,} · " if report.users != report.workers else "")
+        + (f"{report.warm_up:,} warm-up inserts · " if report.warm_up else "")
+        + f"concurrency {report.workers} · throughput {report.throughput:,.0f} ops/s · "
         f"success rate {report.success_rate * 100:.2f}%"
         + (f" · ledger {report.ledger}" if report.ledger else "")
     )
@@ -259,6 +324,30 @@ def _show_load(report: LoadReport, output: Output, cluster: str) -> None:
         render.err_console.print(
             f"[red]{report.anomalies} acknowledged op(s) found no row where one was expected[/]"
         )
+
+
+def _show_steps(reports: list[LoadReport], output: Output, cluster: str) -> None:
+    if output is Output.JSON:
+        render.print_json({"steps": reports})
+        return
+    render.show(render.users_table(reports, cluster))
+    warmed = sum(r.warm_up for r in reports)
+    if warmed:
+        render.console.print(
+            f"{warmed:,} new users' first inserts (their keys) ran before the measured time"
+        )
+    for report in reports:
+        for summary in report.per_op:
+            for error, count in sorted(summary.errors.items(), key=lambda e: -e[1])[:3]:
+                render.err_console.print(
+                    f"[red]{report.users:,} users: {summary.op} failed {count}x[/]: "
+                    f"{render.escape(error)}"
+                )
+        if report.anomalies:
+            render.err_console.print(
+                f"[red]{report.users:,} users: {report.anomalies} acknowledged op(s) found no "
+                "row where one was expected[/]"
+            )
 
 
 def _show_bulk(result: BulkReport, output: Output) -> None:

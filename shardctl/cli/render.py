@@ -478,7 +478,9 @@ def load_table(report: LoadReport, cluster: str) -> Table:
     epochs = report.epochs
     epoch = str(epochs[0]) if epochs[0] == epochs[1] else f"{epochs[0]}→{epochs[1]}"
     table = Table(
-        title=f"load · cluster {cluster} · concurrency {report.workers} · "
+        title=f"load · cluster {cluster} · "
+        + (f"users {report.users:,} · " if report.users != report.workers else "")
+        + f"concurrency {report.workers} · "
         f"{report.seconds:.1f}s · ring epoch {epoch}",
         title_justify="left",
     )
@@ -502,6 +504,33 @@ def load_table(report: LoadReport, cluster: str) -> Table:
             f"{row.max_ms:.1f}",
             style=style,
             end_section=row.op == "delete",
+        )
+    return table
+
+
+def users_table(reports: list[LoadReport], cluster: str) -> Table:
+    """The seed's load table: one row per virtual-user count (all op types together)."""
+    first = reports[0] if reports else None
+    table = Table(
+        title=f"load · cluster {cluster} · {first.workers if first else 0} workers",
+        title_justify="left",
+    )
+    table.add_column("concurrent users", justify="right")
+    for name in ("ops", "throughput", "success rate", "mean response", "p50", "p95", "p99"):
+        table.add_column(name, justify="right")
+    for report in reports:
+        total = report.total
+        table.add_row(
+            f"{report.users:,}",
+            f"{total.ops:,}",
+            f"{total.throughput:,.0f} ops/s",
+            f"[red]{total.success_rate * 100:.2f}%[/]"
+            if total.failed
+            else f"{total.success_rate * 100:.2f}%",
+            f"{total.mean_ms:,.1f} ms",
+            f"{total.p50_ms:,.1f}",
+            f"{total.p95_ms:,.1f}",
+            f"{total.p99_ms:,.1f}",
         )
     return table
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, LiteralString
 
@@ -94,11 +97,88 @@ def test_load_usage_errors_exit_2(shared_cluster: Cluster, tmp_path: Path) -> No
         ["--verify", str(tmp_path / "missing.jsonl")],
         ["--mix", "insert=0,read=1"],
         ["--read-from", "nowhere"],
+        ["--users", "0"],
+        ["--users", "1000,lots"],
+        ["--users", "10", "--bulk", "--rows", "5"],
+        ["--workers", "200"],  # more connections per node than max_connections (100) allows
     ):
         result = run_shardctl("load", "-f", path, *args)
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_virtual_users_print_the_seeds_table_and_their_ledger_verifies(
+    shared_cluster: Cluster, tmp_path: Path
+) -> None:
+    book = tmp_path / "users.jsonl"
+    path = shared_cluster.topology.path
+    result = run_shardctl(
+        "load", "-f", path, "--users", "200,400", "--workers", "4", "--duration", "2",
+        "--ledger", book, "--seed", "3", "-o", "json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    steps = json.loads(result.stdout)["steps"]
+    assert [(s["users"], s["workers"]) for s in steps] == [(200, 4), (400, 4)]
+    for step in steps:
+        total = step["total"]
+        assert step["failed"] == step["anomalies"] == 0 and step["success_rate"] == 1.0
+        assert total["ops"] > 0 and step["throughput"] > 0
+        assert 0 < total["p50_ms"] <= total["p95_ms"] <= total["p99_ms"] <= total["max_ms"]
+        assert {row["op"] for row in step["per_op"]} == {"insert", "read", "update", "delete"}
+
+    code, check = verify(shared_cluster, book)
+    assert code == 0, check
+    # The first 200 users got a key each before the first run; the next 200 (and any user who
+    # had deleted all its keys) before the second.
+    warm = [s["warm_up"] for s in steps]
+    assert warm[0] == 200 and 200 <= warm[1] < 400, warm
+    inserted = sum(row["ok"] for s in steps for row in s["per_op"] if row["op"] == "insert")
+    assert check["keys"] == inserted + sum(warm)
+
+    table = run_shardctl("load", "-f", path, "--users", "50,100", "--workers", "2", "--ops", "200")
+    assert table.returncode == 0, table.stderr
+    assert "concurrent users" in table.stdout and "success rate" in table.stdout
+    rows = [line for line in table.stdout.splitlines() if "ops/s" in line]
+    assert len(rows) == 2 and "100.00%" in rows[0] and "100.00%" in rows[1]
+    assert rows[0].split()[1] == "50" and rows[1].split()[1] == "100"
+
+
+def test_virtual_users_share_connections_bounded_by_the_workers(shared_cluster: Cluster) -> None:
+    topology, credentials = shared_cluster.topology, shared_cluster.credentials()
+    app = credentials.app_user
+    run = subprocess.Popen(
+        [sys.executable, "-m", "shardctl", "load", "-f", str(topology.path), "--users", "2000",
+         "--workers", "6", "--ops", "3000", "--mix", "insert=50,read=50", "-o", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    most = dict.fromkeys((n.name for n in topology.primaries()), 0)
+    limits = set()
+    conns = [pg.connect(n, credentials, topology.spec.database) for n in topology.primaries()]
+    try:
+        while run.poll() is None:
+            for node, conn in zip(topology.primaries(), conns, strict=True):
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE usename = %s),"
+                    " current_setting('max_connections')::int FROM pg_stat_activity"
+                    " WHERE backend_type = 'client backend'",
+                    (app,),
+                ).fetchone()
+                assert row is not None
+                most[node.name] = max(most[node.name], int(str(row[0])))
+                limits.add(int(str(row[1])))
+            time.sleep(0.1)
+    finally:
+        for conn in conns:
+            conn.close()
+        out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    report = json.loads(out)
+    assert (report["users"], report["workers"], report["failed"]) == (2000, 6, 0)
+    assert report["ops"] == 3000  # the users take turns: each of the 2,000 had one at least
+    # 2,000 users, never more than the 6 workers' connections to a node (the pools' bound).
+    assert all(0 < seen <= 6 for seen in most.values()), most
+    assert limits == {100}
 
 
 def test_load_duration_holds_while_a_primary_is_frozen(shared_cluster: Cluster) -> None:
@@ -123,4 +203,32 @@ def test_load_duration_holds_while_a_primary_is_frozen(shared_cluster: Cluster) 
     report = json.loads(result.stdout)
     assert report["seconds"] <= 3.0, report["seconds"]  # --duration, within a second
     assert report["failed"] > 0 and report["ok"] > 0, report
+    assert result.returncode == 1
+
+
+def test_virtual_users_end_on_time_while_a_primary_is_frozen(shared_cluster: Cluster) -> None:
+    """The warm-up (new users' first inserts) is held to the duration too: a frozen shard
+    delays a `--users` run by at most its duration, and the run itself still ends on time."""
+    frozen = shared_cluster.topology.shard_nodes("shard-0")[0]
+    container = shared_cluster.engines.container(frozen)
+    assert container is not None
+    container.pause()
+    rescue = threading.Timer(60, container.unpause)  # should load hang after all
+    rescue.start()
+    started = time.monotonic()
+    try:
+        result = run_shardctl(
+            "load", "-f", shared_cluster.topology.path, "--users", "500", "--workers", "4",
+            "--duration", "2", "-o", "json",
+        )  # fmt: skip
+    finally:
+        wall = time.monotonic() - started
+        rescue.cancel()
+        container.unpause()
+    assert "Traceback" not in result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    assert report["users"] == 500 and report["seconds"] <= 3.0, report["seconds"]
+    assert report["failed"] > 0 and report["ok"] > 0
+    assert report["warm_up"] < 500  # cut short: the frozen shard's users got no key in it
+    assert wall < 30, wall  # start-up, a warm-up of at most 2.5 s, the run; never the 60 s
     assert result.returncode == 1
