@@ -182,8 +182,10 @@ def test_virtual_users_share_connections_bounded_by_the_workers(shared_cluster: 
 
 
 def test_load_duration_holds_while_a_primary_is_frozen(shared_cluster: Cluster) -> None:
-    """`docker pause` of one primary: `load --duration 2` still ends on time (ops on the frozen
-    shard fail at the Router's deadline or when the run ends), and the other shard's ops go on."""
+    """`docker pause` of one primary: `load --duration 2` still ends on time, ops on the frozen
+    shard failing when the run ends. (Every worker meets the frozen shard sooner or later and
+    waits there until the end, so whether some op succeeded first is chance; that the other
+    shard is not held up is test_router's frozen-primary test.)"""
     frozen = shared_cluster.topology.shard_nodes("shard-0")[0]
     container = shared_cluster.engines.container(frozen)
     assert container is not None
@@ -202,7 +204,7 @@ def test_load_duration_holds_while_a_primary_is_frozen(shared_cluster: Cluster) 
     assert result.stdout, result.stderr
     report = json.loads(result.stdout)
     assert report["seconds"] <= 3.0, report["seconds"]  # --duration, within a second
-    assert report["failed"] > 0 and report["ok"] > 0, report
+    assert report["failed"] > 0, report
     assert result.returncode == 1
 
 
