@@ -29,12 +29,21 @@ TEST_IMAGE = os.environ.get("SHARDCTL_TEST_IMAGE", "shardctl-test/postgres:15")
 _counter = itertools.count()
 
 
+POOLER_OFFSET = 1000
+"""The default ``pooler.port_offset``: a pooled node's PgBouncer listens this far above it."""
+
+
 def free_base_port(span: int) -> int:
-    """A base port with ``span`` free ports above it, distinct per test and xdist worker."""
+    """A base port with ``span`` free ports above it (and above it + :data:`POOLER_OFFSET`),
+    distinct per test and xdist worker.
+
+    Below the kernel's ephemeral range (32768 and up here): a port found free there can be taken
+    as the source port of any outgoing connection before the cluster publishes on it."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0"
     for _ in range(200):
-        base = 20000 + ((os.getpid() * 7 + int(worker) * 3000 + next(_counter) * span) % 30000)
-        if all(_port_free(base + i) for i in range(span)):
+        base = 20000 + ((os.getpid() * 7 + int(worker) * 3000 + next(_counter) * span) % 11000)
+        ports = [base + i for i in range(span)] + [base + POOLER_OFFSET + i for i in range(span)]
+        if all(_port_free(port) for port in ports):
             return base
     raise RuntimeError("no free port range found")
 
