@@ -308,16 +308,7 @@ class Provisioner:
             self.report(node.name, "recreating (its volume is new)")
             self.engines.remove_container(container, stop_timeout=10)
             container, action = None, Action.RECREATED
-        if container is not None and container.labels.get(LABEL_CONFIG) != config_digest(spec):
-            self.report(node.name, "recreating (configuration changed)")
-            self.engines.remove_container(container, stop_timeout=30)
-            container, action = None, Action.RECREATED
-        if container is None:
-            self.report(node.name, "creating container")
-            container = self.engines.create_container(
-                spec, self._secrets(spec, node), engine_of(node)
-            )
-            action = action if action is Action.RECREATED else Action.CREATED
+        container, action = self._made(node, node.name, spec, container, action, stop_timeout=30)
         status = self.engines.status(container)
         if status != "running":
             if node.role is Role.REPLICA and not fresh_volume:
@@ -335,22 +326,38 @@ class Provisioner:
         changed, started when stopped; it points at ``node`` whatever the node's role."""
         spec = pooler_spec(self.topology, node)
         container = self.engines.container(node, pooler=True)
-        action = Action.UNCHANGED
-        if container is not None and container.labels.get(LABEL_CONFIG) != config_digest(spec):
-            self.report(spec.name, "recreating (configuration changed)")
-            self.engines.remove_container(container, stop_timeout=5)
-            container, action = None, Action.RECREATED
-        if container is None:
-            self.report(spec.name, "creating container")
-            container = self.engines.create_container(
-                spec, self._secrets(spec, node), engine_of(node)
-            )
-            action = action if action is Action.RECREATED else Action.CREATED
+        container, action = self._made(
+            node, spec.name, spec, container, Action.UNCHANGED, stop_timeout=5
+        )
         if self.engines.status(container) != "running":
             self.report(spec.name, "starting")
             self.engines.start(container)
             action = action if action is not Action.UNCHANGED else Action.STARTED
         return action
+
+    def _made(
+        self,
+        node: Node,
+        name: str,
+        spec: ContainerSpec,
+        container: Container | None,
+        action: Action,
+        *,
+        stop_timeout: int,
+    ) -> tuple[Container, Action]:
+        """``container`` (of ``node`` or its pooler, reported as ``name``) as ``spec`` says:
+        recreated when its configuration changed, created when missing."""
+        if container is not None and container.labels.get(LABEL_CONFIG) != config_digest(spec):
+            self.report(name, "recreating (configuration changed)")
+            self.engines.remove_container(container, stop_timeout=stop_timeout)
+            container, action = None, Action.RECREATED
+        if container is None:
+            self.report(name, "creating container")
+            container = self.engines.create_container(
+                spec, self._secrets(spec, node), engine_of(node)
+            )
+            action = action if action is Action.RECREATED else Action.CREATED
+        return container, action
 
     def _secrets(self, spec: ContainerSpec, node: Node) -> dict[str, str]:
         """The password files the bootstrap script of ``spec`` reads (a replica: only the

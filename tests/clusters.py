@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -191,3 +192,22 @@ def split_topology(folder: Path, hosts: list[Host], *, one_engine: bool = False)
         ]
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
+
+
+@contextmanager
+def frozen(cluster: Cluster, shard: str, *, rescue_after: float = 60) -> Iterator[None]:
+    """``docker pause`` of ``shard``'s primary for the block: it still accepts TCP, and never
+    answers. Unpaused after ``rescue_after`` seconds at the latest, should the code under test
+    hang, so that a cluster shared by a module comes back for the other tests."""
+    container = cluster.engines.container(cluster.topology.shard_nodes(shard)[0])
+    assert container is not None
+    container.pause()
+    rescue = threading.Timer(rescue_after, container.unpause)
+    rescue.start()
+    try:
+        yield
+    finally:
+        rescue.cancel()
+        container.reload()
+        if container.status == "paused":
+            container.unpause()

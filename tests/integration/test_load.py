@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, LiteralString
@@ -13,7 +12,7 @@ from typing import Any, LiteralString
 from shardctl import Router, pg
 from shardctl import ledger as ledgers
 from shardctl.cluster import Cluster
-from tests.clusters import run_shardctl
+from tests.clusters import frozen, run_shardctl
 
 
 def verify(cluster: Cluster, *paths: Path) -> tuple[int, dict[str, Any]]:
@@ -186,20 +185,11 @@ def test_load_duration_holds_while_a_primary_is_frozen(shared_cluster: Cluster) 
     shard failing when the run ends. (Every worker meets the frozen shard sooner or later and
     waits there until the end, so whether some op succeeded first is chance; that the other
     shard is not held up is test_router's frozen-primary test.)"""
-    frozen = shared_cluster.topology.shard_nodes("shard-0")[0]
-    container = shared_cluster.engines.container(frozen)
-    assert container is not None
-    container.pause()
-    rescue = threading.Timer(60, container.unpause)  # should load hang after all
-    rescue.start()
-    try:
+    with frozen(shared_cluster, "shard-0"):
         result = run_shardctl(
             "load", "-f", shared_cluster.topology.path, "--duration", "2", "--workers", "4",
             "-o", "json",
         )  # fmt: skip
-    finally:
-        rescue.cancel()
-        container.unpause()
     assert "Traceback" not in result.stderr, result.stderr
     assert result.stdout, result.stderr
     report = json.loads(result.stdout)
@@ -211,26 +201,17 @@ def test_load_duration_holds_while_a_primary_is_frozen(shared_cluster: Cluster) 
 def test_virtual_users_end_on_time_while_a_primary_is_frozen(shared_cluster: Cluster) -> None:
     """The warm-up (new users' first inserts) is held to the duration too: a frozen shard
     delays a `--users` run by at most its duration, and the run itself still ends on time."""
-    frozen = shared_cluster.topology.shard_nodes("shard-0")[0]
-    container = shared_cluster.engines.container(frozen)
-    assert container is not None
-    container.pause()
-    rescue = threading.Timer(60, container.unpause)  # should load hang after all
-    rescue.start()
     started = time.monotonic()
-    try:
+    with frozen(shared_cluster, "shard-0"):
         result = run_shardctl(
             "load", "-f", shared_cluster.topology.path, "--users", "500", "--workers", "4",
             "--duration", "2", "-o", "json",
         )  # fmt: skip
-    finally:
         wall = time.monotonic() - started
-        rescue.cancel()
-        container.unpause()
     assert "Traceback" not in result.stderr, result.stderr
     report = json.loads(result.stdout)
     assert report["users"] == 500 and report["seconds"] <= 3.0, report["seconds"]
-    assert report["failed"] > 0 and report["ok"] > 0
+    assert report["failed"] > 0
     assert report["warm_up"] < 500  # cut short: the frozen shard's users got no key in it
     assert wall < 30, wall  # start-up, a warm-up of at most 2.5 s, the run; never the 60 s
     assert result.returncode == 1

@@ -21,6 +21,7 @@ from shardctl.cluster import Cluster
 from shardctl.errors import DatabaseUnavailable, KeyNotOwned
 from shardctl.ring import Ring, position_hex
 from shardctl.waiting import NotYet, wait_for
+from tests.clusters import frozen
 from tests.integration.conftest import make_topology, running
 
 
@@ -248,9 +249,6 @@ def test_a_frozen_primary_fails_its_operations_at_the_deadline_and_only_those(
     """`docker pause`: TCP still answers through Docker's proxy, the server never does. Every
     operation on that shard ends at the deadline, a statement already in flight included;
     the other shard's operations go on at their usual speed."""
-    frozen = shared_cluster.topology.shard_nodes("shard-0")[0]
-    container = shared_cluster.engines.container(frozen)
-    assert container is not None
     with Router(shared_cluster, deadline=2.0) as router:
         ring = router.ring
         mine = next(k for k in iter(uuid.uuid4, None) if ring.node_for(k) == "shard-0")
@@ -272,11 +270,7 @@ def test_a_frozen_primary_fails_its_operations_at_the_deadline_and_only_those(
         reader = threading.Thread(target=slow_read)
         reader.start()
         time.sleep(0.3)
-        container.pause()
-        # Should the Router hang after all, the shared cluster still comes back for the others.
-        rescue = threading.Timer(30, container.unpause)
-        rescue.start()
-        try:
+        with frozen(shared_cluster, "shard-0", rescue_after=30):
             started = time.monotonic()
             with pytest.raises(DatabaseUnavailable) as failed:
                 router.execute(mine, "UPDATE users SET email = 'x' WHERE id = %s", (mine,))
@@ -289,7 +283,4 @@ def test_a_frozen_primary_fails_its_operations_at_the_deadline_and_only_those(
             reader.join(timeout=10)
             assert in_flight and in_flight[0] <= 3.5, in_flight  # cut short, not for ever
             assert router._pools.watchdog.interrupted >= 1
-        finally:
-            rescue.cancel()
-            container.unpause()
         router.execute(mine, "UPDATE users SET email = 'back' WHERE id = %s", (mine,))
