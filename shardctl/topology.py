@@ -238,7 +238,11 @@ class PoolerSpec(_Model):
     """A PgBouncer in front of each node (top level; a shard's own section overrides it)."""
 
     enabled: bool = Field(default=True, description="false: no poolers (for one shard).")
-    image: str = Field(default=DEFAULT_POOLER_IMAGE, min_length=1)
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description=f"PgBouncer image (else $SHARDCTL_POOLER_IMAGE, else {DEFAULT_POOLER_IMAGE}).",
+    )
     mode: PoolMode = Field(default=PoolMode.TRANSACTION, description="transaction or session.")
     pool_size: int = Field(
         default=20, ge=1, le=10000, description="Server connections per database and user."
@@ -563,11 +567,11 @@ class Topology:
         return spec if spec is not None and spec.enabled else None
 
     def pooler_image(self, shard_name: str) -> str:
-        """The PgBouncer image of a shard's poolers ($SHARDCTL_POOLER_IMAGE overrides it)."""
+        """The PgBouncer image of a shard's poolers: the declared one, else
+        ``$SHARDCTL_POOLER_IMAGE``, else :data:`DEFAULT_POOLER_IMAGE`."""
         spec = self.pooler(shard_name)
-        return os.environ.get(POOLER_IMAGE_ENV) or (
-            spec.image if spec is not None else DEFAULT_POOLER_IMAGE
-        )
+        declared = spec.image if spec is not None else None
+        return declared or os.environ.get(POOLER_IMAGE_ENV) or DEFAULT_POOLER_IMAGE
 
     def pooled_nodes(self) -> tuple[Node, ...]:
         """Every node that has a pooler, in declared order."""
@@ -1108,7 +1112,7 @@ def _check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
     for loc, pooler in [(("pooler",), spec.pooler)] + [
         (("shards", i, "pooler"), shard.pooler) for i, shard in enumerate(spec.shards)
     ]:
-        if pooler is not None:
+        if pooler is not None and pooler.image is not None:
             for _, problem in _check_image(pooler.image):
                 yield (*loc, "image"), problem
     yield from _check_bind_address(spec.bind_address)

@@ -18,7 +18,7 @@ from shardctl.errors import TopologyError, UsageError
 from shardctl.pg import address
 from shardctl.poolers import PoolerFacts, PoolerObservation
 from shardctl.router import Router, default_via
-from shardctl.topology import Role, Topology, parse
+from shardctl.topology import DEFAULT_POOLER_IMAGE, Role, Topology, parse
 
 BASE = "cluster: demo\nshards:\n  - name: a\n    replicas: 2\n  - name: b\n"
 
@@ -111,11 +111,15 @@ def test_the_pooler_container_holds_no_password_and_points_at_its_node() -> None
     assert "umask 077" in POOLER_BOOTSTRAP and "$SHARDCTL_SECRETS/app" in POOLER_BOOTSTRAP
 
 
-def test_the_pooler_image_can_be_overridden_from_the_environment(
+def test_the_pooler_image_is_the_declared_one_else_the_environments_else_the_default(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("SHARDCTL_POOLER_IMAGE", raising=False)
+    assert topo().pooler_image("a") == DEFAULT_POOLER_IMAGE
     monkeypatch.setenv("SHARDCTL_POOLER_IMAGE", "shardctl-test/pgbouncer:1")
     assert topo().pooler_image("a") == "shardctl-test/pgbouncer:1"
+    declared = topo("pooler: {image: local/pgbouncer:1}\n")
+    assert declared.pooler_image("a") == "local/pgbouncer:1"  # the file wins
 
 
 def test_compose_renders_a_service_per_pooler_and_only_the_secrets_used() -> None:
