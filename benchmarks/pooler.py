@@ -2,6 +2,8 @@
 servers, in the same run; and the server connections many Routers cost each way.
 
     python benchmarks/pooler.py [--writes N] [--workers W] [--repeat R] [--routers K]
+                                [--users U] [--users-seconds S] [--users-rounds R]
+                                [--load-workers W] [--processes 1,4] [--skip-writes]
 
 Brings up its own 2 x 1 cluster with a pooler per node (the local PgBouncer image,
 ``SHARDCTL_POOLER_IMAGE``, default ``shardctl-test/pgbouncer:1``) and removes it afterwards.
@@ -11,13 +13,26 @@ threads; best of ``--repeat`` interleaved rounds, alternating which goes first. 
 per-write overhead is the difference of the mean times per write. Then ``--routers`` Routers
 (application processes, each with a pool of ``--workers``) are opened each way, and the
 application role's server connections on one primary are counted in ``pg_stat_activity``.
+
+With ``--users U``, then the virtual users table: ``shardctl load --users U --via pooler`` and
+``--via direct`` (the real CLI, ``--load-workers`` workers, ``--users-seconds`` each, default
+mix), alternating which goes first, ``--users-rounds`` times; for each count in
+``--processes``, that many ``load`` processes at once share the U users (U / P each) and the
+poolers, as application processes would. While each run lasts, a sampler counts the
+application role's server connections on every primary in ``pg_stat_activity`` every 0.2 s;
+the table gives their maximum (over primaries and samples) against ``pool_size``, with the
+success rate, the errors, the throughput (summed over the processes) and p50/p95/p99 (the
+worst process's).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -74,7 +89,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--routers", type=int, default=10)
+    parser.add_argument("--users", type=int, default=0, help="0: no virtual users table")
+    parser.add_argument("--users-seconds", type=float, default=15.0)
+    parser.add_argument("--users-rounds", type=int, default=2)
+    parser.add_argument("--load-workers", type=int, default=16)
+    parser.add_argument("--processes", default="1,4")
+    parser.add_argument("--skip-writes", action="store_true", help="only the users table")
     args = parser.parse_args()
+    processes = [int(p) for p in args.processes.split(",") if p.strip()]
     folder = Path(tempfile.mkdtemp(prefix="shardctl-bench-pooler-"))
     path = make_topology(
         folder,
@@ -82,11 +104,22 @@ def main() -> None:
         1,
         base_port=free_base_port(80),
         pooler={"image": POOLER_IMAGE, "pool_size": POOL_SIZE, "port_offset": 40},
+        cluster=f"h17b-pool-{uuid.uuid4().hex[:6]}",
     )
     print(f"# bringing up 2 shards x 1 replica with a PgBouncer per node (pool_size {POOL_SIZE})")
     try:
         with running(path) as cluster:
-            run(cluster, args.writes, args.workers, args.repeat, args.routers)
+            if not args.skip_writes:
+                run(cluster, args.writes, args.workers, args.repeat, args.routers)
+            if args.users:
+                users_table(
+                    cluster,
+                    args.users,
+                    args.users_seconds,
+                    args.users_rounds,
+                    args.load_workers,
+                    processes,
+                )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -137,6 +170,123 @@ def run(cluster: Cluster, writes: int, workers: int, repeat: int, routers: int) 
         finally:
             for router in opened:
                 router.close()
+
+
+class Sampler:
+    """The most server connections of the application role seen on any primary, sampled
+    every ``interval`` seconds in ``pg_stat_activity`` until stopped (as the superuser,
+    straight to the servers: the sampler's own connections are not the application's)."""
+
+    def __init__(self, cluster: Cluster, interval: float = 0.2) -> None:
+        self.cluster = cluster
+        self.interval = interval
+        self.most = {node.name: 0 for node in cluster.topology.primaries()}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        topology = self.cluster.topology
+        user = topology.spec.credentials.app_user
+        conns = [
+            (node.name, pg.connect(node, self.cluster.credentials(), "postgres"))
+            for node in topology.primaries()
+        ]
+        try:
+            while not self._stop.is_set():
+                for name, conn in conns:
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s",
+                        (user,),
+                    ).fetchone()
+                    self.most[name] = max(self.most[name], int(str(row[0])) if row else 0)
+                self.samples += 1
+                self._stop.wait(self.interval)
+        finally:
+            for _, conn in conns:
+                conn.close()
+
+
+def load_processes(
+    path: Path, via: str, users: int, seconds: float, workers: int, processes: int
+) -> list[dict[str, object]]:
+    """The JSON reports of ``processes`` ``shardctl load`` processes run at once, sharing
+    ``users`` virtual users; a process that failed outright raises SystemExit."""
+    share = [users // processes + (1 if i < users % processes else 0) for i in range(processes)]
+    started = []
+    for i, n in enumerate(share):
+        argv = [sys.executable, "-m", "shardctl", "load", "-f", str(path), "--via", via,
+                "--users", str(n), "--workers", str(workers), "--duration", str(seconds),
+                "--seed", str(i), "-o", "json"]  # fmt: skip
+        started.append(
+            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    reports = []
+    for proc in started:
+        out, err = proc.communicate(timeout=seconds + 600)
+        # Exit 1 is "an op failed": still a report, whose errors the table shows.
+        if proc.returncode not in (0, 1):
+            raise SystemExit(f"shardctl load --via {via} failed ({proc.returncode}):\n{err}")
+        reports.append(json.loads(out))
+    return reports
+
+
+def users_table(
+    cluster: Cluster, users: int, seconds: float, rounds: int, workers: int, processes: list[int]
+) -> None:
+    """``shardctl load --users`` through the poolers against direct, sampled server
+    connections per primary against ``pool_size``."""
+    path = cluster.topology.path
+    print()
+    print(
+        f"# shardctl load --users {users:,} (over P processes) --workers {workers} "
+        f"--duration {seconds:g}, default mix, {rounds} round(s) alternating "
+        f"(load average {_load()})"
+    )
+    print(
+        "| processes | via | round | ops | success | errors | ops/s | p50 ms | p95 ms | p99 ms "
+        f"| max app server conns per primary (pool_size {POOL_SIZE}) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for count in processes:
+        for round_ in range(rounds):
+            pair = ["pooler", "direct"]
+            for via in pair if round_ % 2 == 0 else pair[::-1]:
+                with Sampler(cluster) as sampler:
+                    reports = load_processes(path, via, users, seconds, workers, count)
+                totals = [r["total"] for r in reports]
+                ops = sum(int(str(t["ops"])) for t in totals)  # type: ignore[index]
+                failed = sum(int(str(t["failed"])) for t in totals)  # type: ignore[index]
+                errors: dict[str, int] = {}
+                for t in totals:
+                    for message, n in t["errors"].items():  # type: ignore[index]
+                        errors[message] = errors.get(message, 0) + int(n)
+                throughput = sum(float(str(r["throughput"])) for r in reports)
+
+                def worst(key: str, of: list[object] = totals) -> float:
+                    return max(float(str(t[key])) for t in of)  # type: ignore[index]
+
+                shown = "; ".join(f"{n}x {m[:60]}" for m, n in errors.items()) or "0"
+                print(
+                    f"| {count} | {via} | {round_ + 1} | {ops:,} | "
+                    f"{(ops - failed) / max(1, ops) * 100:.2f}% | {shown} | {throughput:,.0f} | "
+                    f"{worst('p50_ms'):.1f} | {worst('p95_ms'):.1f} | {worst('p99_ms'):.1f} | "
+                    f"{max(sampler.most.values())} ({sampler.samples} samples) |",
+                    flush=True,
+                )
+    print(f"# load average after: {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":
