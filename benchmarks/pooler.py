@@ -239,9 +239,9 @@ class Sampler:
 
 def load_processes(
     path: Path, via: str, users: int, seconds: float, workers: int, processes: int
-) -> list[dict[str, object]]:
+) -> tuple[list[dict[str, object]], list[str]]:
     """The JSON reports of ``processes`` ``shardctl load`` processes run at once, sharing
-    ``users`` virtual users; a process that failed outright raises SystemExit."""
+    ``users`` virtual users, and how each process that gave no report ended."""
     share = [users // processes + (1 if i < users % processes else 0) for i in range(processes)]
     started = []
     for i, n in enumerate(share):
@@ -252,13 +252,17 @@ def load_processes(
             subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
     reports = []
+    crashed = []
     for proc in started:
         out, err = proc.communicate(timeout=seconds + 600)
-        # Exit 1 is "an op failed": still a report, whose errors the table shows.
-        if proc.returncode not in (0, 1):
-            raise SystemExit(f"shardctl load --via {via} failed ({proc.returncode}):\n{err}")
-        reports.append(json.loads(out))
-    return reports
+        # Exit 1 is "an op failed": still a report, whose errors the table shows. Any other
+        # (3: a server refused the connections) is a row of the table too, not the end.
+        if proc.returncode in (0, 1):
+            reports.append(json.loads(out))
+        else:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            crashed.append(f"load exit {proc.returncode}: {last}")
+    return reports, crashed
 
 
 def users_table(
@@ -283,7 +287,7 @@ def users_table(
             pair = ["pooler", "direct"]
             for via in pair if round_ % 2 == 0 else pair[::-1]:
                 with Sampler(cluster) as sampler:
-                    reports = load_processes(path, via, users, seconds, workers, count)
+                    reports, crashed = load_processes(path, via, users, seconds, workers, count)
                 totals = [r["total"] for r in reports]
                 ops = sum(int(str(t["ops"])) for t in totals)  # type: ignore[index]
                 failed = sum(int(str(t["failed"])) for t in totals)  # type: ignore[index]
@@ -294,9 +298,11 @@ def users_table(
                 throughput = sum(float(str(r["throughput"])) for r in reports)
 
                 def worst(key: str, of: list[object] = totals) -> float:
-                    return max(float(str(t[key])) for t in of)  # type: ignore[index]
+                    return max((float(str(t[key])) for t in of), default=0.0)  # type: ignore[index]
 
-                shown = "; ".join(f"{n}x {m[:60]}" for m, n in errors.items()) or "0"
+                for message in crashed:
+                    errors[message] = errors.get(message, 0) + 1
+                shown = "; ".join(f"{n}x {m[:80]}" for m, n in errors.items()) or "0"
                 print(
                     f"| {count} | {via} | {round_ + 1} | {ops:,} | "
                     f"{(ops - failed) / max(1, ops) * 100:.2f}% | {shown} | {throughput:,.0f} | "
