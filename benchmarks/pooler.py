@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -237,11 +238,45 @@ class Sampler:
                 conn.close()
 
 
+@dataclass(frozen=True)
+class Run:
+    """What one ``shardctl load`` process reported (its JSON ``total``), or how it ended."""
+
+    ops: int
+    failed: int
+    throughput: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: dict[str, int]
+
+    @classmethod
+    def parse(cls, text: str) -> Run:
+        """The run of ``load -o json``'s report."""
+        report = json.loads(text)
+        total = report["total"]
+        return cls(
+            ops=int(total["ops"]),
+            failed=int(total["failed"]),
+            throughput=float(report["throughput"]),
+            p50_ms=float(total["p50_ms"]),
+            p95_ms=float(total["p95_ms"]),
+            p99_ms=float(total["p99_ms"]),
+            errors={str(m): int(n) for m, n in total["errors"].items()},
+        )
+
+    @classmethod
+    def crashed(cls, code: int, stderr: str) -> Run:
+        """A process that gave no report: one error, its exit code and last line."""
+        last = (stderr.strip().splitlines() or ["no output"])[-1]
+        return cls(0, 0, 0.0, 0.0, 0.0, 0.0, {f"load exit {code}: {last}": 1})
+
+
 def load_processes(
     path: Path, via: str, users: int, seconds: float, workers: int, processes: int
-) -> tuple[list[dict[str, object]], list[str]]:
-    """The JSON reports of ``processes`` ``shardctl load`` processes run at once, sharing
-    ``users`` virtual users, and how each process that gave no report ended."""
+) -> list[Run]:
+    """What each of ``processes`` ``shardctl load`` processes, run at once and sharing
+    ``users`` virtual users, reported."""
     share = [users // processes + (1 if i < users % processes else 0) for i in range(processes)]
     started = []
     for i, n in enumerate(share):
@@ -251,18 +286,14 @@ def load_processes(
         started.append(
             subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
-    reports = []
-    crashed = []
+    runs = []
     for proc in started:
         out, err = proc.communicate(timeout=seconds + 600)
         # Exit 1 is "an op failed": still a report, whose errors the table shows. Any other
         # (3: a server refused the connections) is a row of the table too, not the end.
-        if proc.returncode in (0, 1):
-            reports.append(json.loads(out))
-        else:
-            last = (err.strip().splitlines() or ["no output"])[-1]
-            crashed.append(f"load exit {proc.returncode}: {last}")
-    return reports, crashed
+        ok = proc.returncode in (0, 1)
+        runs.append(Run.parse(out) if ok else Run.crashed(proc.returncode, err))
+    return runs
 
 
 def users_table(
@@ -287,26 +318,21 @@ def users_table(
             pair = ["pooler", "direct"]
             for via in pair if round_ % 2 == 0 else pair[::-1]:
                 with Sampler(cluster) as sampler:
-                    reports, crashed = load_processes(path, via, users, seconds, workers, count)
-                totals = [r["total"] for r in reports]
-                ops = sum(int(str(t["ops"])) for t in totals)  # type: ignore[index]
-                failed = sum(int(str(t["failed"])) for t in totals)  # type: ignore[index]
+                    runs = load_processes(path, via, users, seconds, workers, count)
+                ops = sum(r.ops for r in runs)
+                failed = sum(r.failed for r in runs)
                 errors: dict[str, int] = {}
-                for t in totals:
-                    for message, n in t["errors"].items():  # type: ignore[index]
-                        errors[message] = errors.get(message, 0) + int(n)
-                throughput = sum(float(str(r["throughput"])) for r in reports)
-
-                def worst(key: str, of: list[object] = totals) -> float:
-                    return max((float(str(t[key])) for t in of), default=0.0)  # type: ignore[index]
-
-                for message in crashed:
-                    errors[message] = errors.get(message, 0) + 1
+                for r in runs:
+                    for message, n in r.errors.items():
+                        errors[message] = errors.get(message, 0) + n
                 shown = "; ".join(f"{n}x {m[:80]}" for m, n in errors.items()) or "0"
+                # Percentiles do not add up over processes: the worst process's.
                 print(
                     f"| {count} | {via} | {round_ + 1} | {ops:,} | "
-                    f"{(ops - failed) / max(1, ops) * 100:.2f}% | {shown} | {throughput:,.0f} | "
-                    f"{worst('p50_ms'):.1f} | {worst('p95_ms'):.1f} | {worst('p99_ms'):.1f} | "
+                    f"{(ops - failed) / max(1, ops) * 100:.2f}% | {shown} | "
+                    f"{sum(r.throughput for r in runs):,.0f} | "
+                    f"{max(r.p50_ms for r in runs):.1f} | {max(r.p95_ms for r in runs):.1f} | "
+                    f"{max(r.p99_ms for r in runs):.1f} | "
                     f"{max(sampler.pooled.values())} | {max(sampler.other.values())} |",
                     flush=True,
                 )
