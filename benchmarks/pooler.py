@@ -76,15 +76,38 @@ def rate(threads: int, writes: int, write: Callable[[uuid.UUID], None]) -> float
     return per * threads / (time.perf_counter() - started)
 
 
-def app_connections(cluster: Cluster) -> int:
-    """The application role's server connections on shard-0's primary."""
+POOLED_QUERY = (
+    "SELECT count(*) FILTER (WHERE client_addr = ANY(%s::inet[])), count(*) "
+    "FROM pg_catalog.pg_stat_activity WHERE usename = %s"
+)
+"""The application role's server connections: from the poolers' addresses, and in all."""
+
+
+def pooler_addresses(cluster: Cluster) -> list[str]:
+    """Each pooler's address on the cluster network: its server connections come from it."""
+    engine = docker.from_env()
+    try:
+        return sorted(
+            net["IPAddress"]
+            for node in cluster.topology.pooled_nodes()
+            for net in engine.containers.get(node.pooler_container)
+            .attrs["NetworkSettings"]["Networks"]
+            .values()
+            if net.get("IPAddress")
+        )
+    finally:
+        engine.close()
+
+
+def app_connections(cluster: Cluster) -> tuple[int, int]:
+    """The application role's server connections on shard-0's primary: from its pooler, and
+    not (PgBouncer keeps idle server connections, which a direct count must leave out)."""
     node = cluster.topology.node("shard-0-primary")
+    user = cluster.topology.spec.credentials.app_user
     with pg.connect(node, cluster.credentials(), "postgres") as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s",
-            (cluster.topology.spec.credentials.app_user,),
-        ).fetchone()
-    return int(str(row[0])) if row else 0
+        row = conn.execute(POOLED_QUERY, (pooler_addresses(cluster), user)).fetchone()
+    pooled, every = (int(str(row[0])), int(str(row[1]))) if row else (0, 0)
+    return pooled, every - pooled
 
 
 def main() -> None:
@@ -160,8 +183,11 @@ def run(cluster: Cluster, writes: int, workers: int, repeat: int, routers: int) 
         pooled.close()
 
     print()
-    print(f"| {routers} Routers x pool of {workers} | app connections on shard-0's primary |")
-    print("| --- | --- |")
+    print(
+        f"| {routers} Routers x pool of {workers} | app connections on shard-0's primary: "
+        "from its pooler | not from its pooler |"
+    )
+    print("| --- | --- | --- |")
     for via in ("direct", "pooler"):
         opened = [
             Router(cluster, min_size=workers, max_size=workers, via=via) for _ in range(routers)
@@ -170,7 +196,8 @@ def run(cluster: Cluster, writes: int, workers: int, repeat: int, routers: int) 
             for router in opened:
                 rate(workers, workers * 4, through(router))
             time.sleep(1.0)
-            print(f"| via {via} | {app_connections(cluster)} |")
+            from_pooler, other = app_connections(cluster)
+            print(f"| via {via} | {from_pooler} | {other} |")
         finally:
             for router in opened:
                 router.close()
@@ -191,17 +218,7 @@ class Sampler:
         self.pooled = {node.name: 0 for node in primaries}
         self.other = {node.name: 0 for node in primaries}
         self.samples = 0
-        engine = docker.from_env()
-        # Each pooler's address on the cluster network: its server connections come from it.
-        self.addresses = sorted(
-            net["IPAddress"]
-            for node in cluster.topology.pooled_nodes()
-            for net in engine.containers.get(node.pooler_container)
-            .attrs["NetworkSettings"]["Networks"]
-            .values()
-            if net.get("IPAddress")
-        )
-        engine.close()
+        self.addresses = pooler_addresses(cluster)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -220,14 +237,10 @@ class Sampler:
             (node.name, pg.connect(node, self.cluster.credentials(), "postgres"))
             for node in topology.primaries()
         ]
-        query = (
-            "SELECT count(*) FILTER (WHERE client_addr = ANY(%s::inet[])), count(*) "
-            "FROM pg_catalog.pg_stat_activity WHERE usename = %s"
-        )
         try:
             while not self._stop.is_set():
                 for name, conn in conns:
-                    row = conn.execute(query, (self.addresses, user)).fetchone()
+                    row = conn.execute(POOLED_QUERY, (self.addresses, user)).fetchone()
                     pooled, every = (int(str(row[0])), int(str(row[1]))) if row else (0, 0)
                     self.pooled[name] = max(self.pooled[name], pooled)
                     self.other[name] = max(self.other[name], every - pooled)
