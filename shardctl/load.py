@@ -43,6 +43,7 @@ from shardctl.errors import DatabaseUnavailable, UsageError
 from shardctl.ledger import Header, Ledger, Value
 from shardctl.router import Prefer, Router
 from shardctl.text import first_line
+from shardctl.topology import Topology
 
 T = TypeVar("T")
 OPS = ("insert", "read", "update", "delete")
@@ -451,9 +452,39 @@ class _Worker:
         return r.execute(key, q.update, (*v, key))
 
 
-def connection_limit(router: Router) -> int:
-    """How many connections one Router may hold per node: the servers' ``max_connections``,
-    less the superuser's reserve and :data:`HEADROOM` for everyone else (read from a primary)."""
+@dataclass(frozen=True)
+class ConnectionLimit:
+    """How many connections one Router may hold per node, and what sets it."""
+
+    most: int
+    source: str
+    """What the limit comes from, for the message that refuses more: "the servers'
+    max_connections" or "the poolers' max_client_conn"."""
+
+
+def pooled_limit(topology: Topology) -> int | None:
+    """The client connections one Router may hold per pooler when it reaches every node
+    through its pooler: the smallest ``max_client_conn`` less :data:`HEADROOM`; None when some
+    node has no pooler (the Router reaches that one directly: the servers' limit holds)."""
+    most = []
+    for node in topology.nodes:
+        spec = topology.pooler(node.shard)
+        if node.pooler_port is None or spec is None:
+            return None
+        most.append(spec.max_client_conn)
+    return max(1, min(most) - HEADROOM) if most else None
+
+
+def connection_limit(router: Router) -> ConnectionLimit:
+    """How many connections one Router may hold per node. Through poolers on every node,
+    :func:`pooled_limit`: a pooler admits ``max_client_conn`` clients on at most ``pool_size``
+    server connections, which is what a pooler is for. Otherwise the servers'
+    ``max_connections``, less the superuser's reserve and :data:`HEADROOM` for everyone else
+    (read from a primary)."""
+    if router.via == "pooler":
+        pooled = pooled_limit(router.topology)
+        if pooled is not None:
+            return ConnectionLimit(pooled, "the poolers' max_client_conn")
 
     def read(conn: psycopg.Connection[Any]) -> tuple[int, int]:
         row = conn.execute(
@@ -464,7 +495,7 @@ def connection_limit(router: Router) -> int:
         return int(row[0]), int(row[1])
 
     most, reserved = on_any_shard(router, read)
-    return max(1, most - reserved - HEADROOM)
+    return ConnectionLimit(max(1, most - reserved - HEADROOM), "the servers' max_connections")
 
 
 def run_load(

@@ -167,12 +167,12 @@ def load(
     ):
         if not (verify or bulk):
             # Virtual users share the workers' connections: never more per node than the
-            # servers take, whatever --users says.
+            # servers (or the poolers in front of them) take, whatever --users says.
             limit = connection_limit(router)
-            if workers > limit:
+            if workers > limit.most:
                 raise UsageError(
-                    f"--workers {workers} could open {workers} connections per node; the "
-                    f"servers' max_connections leaves {limit} for the load test"
+                    f"--workers {workers} could open {workers} connections per node; "
+                    f"{limit.source} leaves {limit.most} for the load test"
                 )
         if verify:
             _verify(router, verify, output)

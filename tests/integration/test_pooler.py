@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from shardctl import pg
 from shardctl.cluster import Cluster
 from shardctl.credentials import POOLER_ADMIN
 from shardctl.router import Router
@@ -176,6 +179,44 @@ def test_a_router_via_pooler_without_poolers_is_refused(tmp_path: Path) -> None:
     path = make_topology(tmp_path, 1, 0)
     with pytest.raises(Exception, match="declares no pooler"):
         Router.from_topology(path, via="pooler")
+
+
+def test_load_through_poolers_takes_more_workers_than_the_servers_admit(pooled: Cluster) -> None:
+    """120 workers: more than max_connections (100) leaves the load test straight to the
+    servers, refused there; through the poolers they run, on at most pool_size server
+    connections per primary (the very reason for a pooler)."""
+    path = pooled.topology.path
+    direct = run_shardctl("load", "-f", path, "--via", "direct", "--workers", "120", "--ops", "9")
+    assert direct.returncode == 2, direct.stdout + direct.stderr
+    assert "the servers' max_connections leaves 87" in direct.stderr
+    acting = Cluster.load(path)
+    acting.follow_roles()
+    topology, credentials = acting.topology, acting.credentials()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "shardctl", "load", "-f", str(path), "--via", "pooler",
+         "--users", "2000", "--workers", "120", "--ops", "2000", "-o", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    most = dict.fromkeys((n.name for n in topology.primaries()), 0)
+    conns = [pg.connect(n, credentials, "postgres") for n in topology.primaries()]
+    try:
+        while run.poll() is None:
+            for node, conn in zip(topology.primaries(), conns, strict=True):
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s",
+                    (credentials.app_user,),
+                ).fetchone()
+                assert row is not None
+                most[node.name] = max(most[node.name], int(str(row[0])))
+            time.sleep(0.1)
+    finally:
+        for conn in conns:
+            conn.close()
+        out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    report = json.loads(out)
+    assert (report["workers"], report["ops"], report["failed"]) == (120, 2000, 0)
+    assert all(0 < seen <= POOL_SIZE for seen in most.values()), most
 
 
 def test_poolers_no_longer_declared_are_removed_by_up(pooled: Cluster) -> None:

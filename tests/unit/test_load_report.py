@@ -4,6 +4,7 @@ workers measured, the virtual users' key bookkeeping, and ``--users`` parsing.""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,17 @@ from hypothesis import strategies as st
 
 from shardctl.cli.load import MAX_USERS, parse_users
 from shardctl.errors import UsageError
-from shardctl.load import OPS, VirtualUser, _Stats, percentile, report, summary
+from shardctl.load import (
+    HEADROOM,
+    OPS,
+    VirtualUser,
+    _Stats,
+    percentile,
+    pooled_limit,
+    report,
+    summary,
+)
+from shardctl.topology import parse
 
 fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 latency = st.floats(min_value=0.0, max_value=60.0, allow_nan=False)
@@ -126,3 +137,16 @@ def test_users_option_takes_one_count_or_several() -> None:
     for bad in ("", "0", "-5", "1000,", "ten", "1e4", str(MAX_USERS + 1), "nan", "1000;5000"):
         with pytest.raises(UsageError, match="--users"):
             parse_users(bad)
+
+
+def test_through_poolers_on_every_node_the_limit_is_the_smallest_max_client_conn() -> None:
+    shards = "cluster: demo\nshards:\n  - name: a\n    replicas: 1\n  - name: b\n"
+    every = parse("pooler: {max_client_conn: 500}\n" + shards, Path("topology.yaml"))
+    assert pooled_limit(every) == 500 - HEADROOM
+    override = shards + "    pooler: {max_client_conn: 200}\n"
+    assert pooled_limit(parse("pooler: {}\n" + override, Path("t.yaml"))) == 200 - HEADROOM
+    # A node without a pooler is reached directly: the servers' max_connections holds.
+    assert pooled_limit(parse("pooler: {replicas: false}\n" + shards, Path("t.yaml"))) is None
+    assert pooled_limit(parse(shards, Path("t.yaml"))) is None
+    tiny = parse("pooler: {max_client_conn: 3}\n" + shards, Path("t.yaml"))
+    assert pooled_limit(tiny) == 1
