@@ -178,8 +178,11 @@ DECLARE
     old_key text;
     new_key text;
 BEGIN
-    IF TG_OP <> 'INSERT' THEN old_key := to_jsonb(OLD) ->> TG_ARGV[0]; END IF;
-    IF TG_OP <> 'DELETE' THEN new_key := to_jsonb(NEW) ->> TG_ARGV[0]; END IF;
+    -- key::text, the ring's contract (shardctl.ring), as the WHEN clause computes it: not
+    -- to_jsonb's text, which spells a timestamp, a float or a char(n) otherwise. OLD is NULL
+    -- in an INSERT trigger and NEW in a DELETE trigger.
+    EXECUTE format('SELECT ($1).%1$I::text, ($2).%1$I::text', TG_ARGV[0])
+       INTO old_key, new_key USING OLD, NEW;
     IF old_key IS NOT NULL THEN
         PERFORM shardctl.check_key(old_key, TG_TABLE_NAME);
     END IF;
@@ -229,9 +232,9 @@ BEGIN
     FOR g IN SELECT tbl, key FROM shardctl.guarded
               WHERE armed IS DISTINCT FROM spans ORDER BY tbl LOOP
         IF spans <> '{{}}' THEN
-            new_in := format('md5(to_jsonb(NEW.%I) #>> ''{{}}'') <@ %L::shardctl.span_multirange',
+            new_in := format('md5((NEW.%I)::text) <@ %L::shardctl.span_multirange',
                              g.key, spans);
-            old_in := format('md5(to_jsonb(OLD.%I) #>> ''{{}}'') <@ %L::shardctl.span_multirange',
+            old_in := format('md5((OLD.%I)::text) <@ %L::shardctl.span_multirange',
                              g.key, spans);
             either := format('%s OR %s', old_in, new_in);
         END IF;
@@ -288,10 +291,12 @@ GUARD_TRIGGER = "shardctl_guard"
 # ------------------------------------------------------------------ named statements
 # The protocol's statements, by what they do; the comment above each names its %s parameters.
 
-# (table, trigger name): the guard as this version makes it (with a WHEN clause)
+# (table, trigger name): the guard as this version makes it (a WHEN clause on key::text; an
+# earlier one placed keys by their to_jsonb text, which differs for timestamps, floats, char(n))
 HAS_GUARD = (
     "SELECT 1 FROM pg_catalog.pg_trigger "
-    "WHERE tgrelid = %s::regclass AND tgname = %s AND tgqual IS NOT NULL"
+    "WHERE tgrelid = %s::regclass AND tgname = %s AND tgqual IS NOT NULL "
+    "AND pg_catalog.pg_get_triggerdef(oid) NOT LIKE '%%to_jsonb%%'"
 )
 # (table, key column)
 REGISTER_GUARDED = (

@@ -9,17 +9,19 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from shardctl import fence, pg
+from shardctl import fence, pg, ring
 from shardctl.cluster import Cluster
 from shardctl.credentials import Login
 from shardctl.errors import KeyNotOwned
 from shardctl.fence import FENCE_SQLSTATE, Moving, RangeState
 from shardctl.router import Router
+from shardctl.topology import TableSpec
 from tests.integration.conftest import ClusterFactory
 
 pytestmark = pytest.mark.integration
@@ -132,3 +134,32 @@ def test_up_replaces_an_unconditional_guard_and_keeps_capturing(
     finally:
         fence.take_back(admin, OPERATION)
         fence.forget_changes(admin, [HIGH.target])
+
+
+def test_the_guard_places_a_key_by_its_text_as_the_ring_does(
+    one_shard: Cluster, admin: psycopg.Connection[Any]
+) -> None:
+    # The ring's contract is md5(key::text) (Python: md5(str(key))). to_jsonb spells a timestamp
+    # with a "T", so a guard placing keys by it captured and refused the wrong keys.
+    spec = TableSpec(name="events", key="at")
+    admin.execute("CREATE TABLE events (at timestamp PRIMARY KEY, v int)")
+    fence.install(admin, [spec])
+    fence.grant_app(admin, [spec], one_shard.topology.spec.credentials.app_user)
+    at = datetime(2024, 1, 2, 3, 4, 5)
+    here = ring.position_hex(at)
+    assert here == ring.position_hex("2024-01-02 03:04:05")
+    just_it = Moving("shard-0", here, here + "0", "shard-9")
+    fence.give_away(admin, OPERATION, [just_it], RangeState.CAPTURING)
+    try:
+        with app_connection(one_shard) as app:
+            app.execute("INSERT INTO events (at, v) VALUES (%s, 1)", (at,))
+            app.execute("INSERT INTO events (at, v) VALUES (%s, 1)", (at + timedelta(seconds=1),))
+        logged = admin.execute("SELECT tbl, key FROM shardctl.changes").fetchall()
+        assert logged == [("events", "2024-01-02 03:04:05")]
+        fence.set_state(admin, OPERATION, RangeState.MOVED)
+        with app_connection(one_shard) as app, pytest.raises(psycopg.Error) as refused:
+            app.execute("UPDATE events SET v = 2 WHERE at = %s", (at,))
+        assert refused.value.sqlstate == FENCE_SQLSTATE
+    finally:
+        fence.take_back(admin, OPERATION)
+        fence.forget_changes(admin, [just_it.target])
