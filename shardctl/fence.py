@@ -212,7 +212,10 @@ DECLARE
 BEGIN
     -- Tables before rows: a writer holds its table, then reads a range FOR SHARE (guard);
     -- taking the tables first here means a range listed or lifted never waits in a cycle.
-    FOR g IN SELECT tbl FROM shardctl.guarded ORDER BY tbl LOOP
+    -- A table dropped since it was registered (regclass holds no dependency) is skipped: its
+    -- number would fail LOCK TABLE, and with it every range listed or lifted here.
+    FOR g IN SELECT tbl FROM shardctl.guarded
+              WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl) ORDER BY tbl LOOP
         EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', g.tbl);
     END LOOP;
     RETURN NULL;
@@ -230,7 +233,8 @@ DECLARE
     either text := 'false';
 BEGIN
     FOR g IN SELECT tbl, key FROM shardctl.guarded
-              WHERE armed IS DISTINCT FROM spans ORDER BY tbl LOOP
+              WHERE armed IS DISTINCT FROM spans
+                AND EXISTS (SELECT FROM pg_class c WHERE c.oid = tbl) ORDER BY tbl LOOP
         IF spans <> '{{}}' THEN
             new_in := format('md5((NEW.%I)::text) <@ %L::shardctl.span_multirange',
                              g.key, spans);
