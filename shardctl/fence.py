@@ -177,12 +177,30 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     old_key text;
     new_key text;
+    k       text;
+    pos     text;
 BEGIN
     -- key::text, the ring's contract (shardctl.ring), as the WHEN clause computes it: not
     -- to_jsonb's text, which spells a timestamp, a float or a char(n) otherwise. OLD is NULL
     -- in an INSERT trigger and NEW in a DELETE trigger.
     EXECUTE format('SELECT ($1).%1$I::text, ($2).%1$I::text', TG_ARGV[0])
        INTO old_key, new_key USING OLD, NEW;
+    -- A snapshot taken before a range was listed (REPEATABLE READ, SERIALIZABLE) does not see
+    -- the range this trigger is armed for (TG_ARGV[1], from the catalog, always current): its
+    -- write would escape capture, or a fence. Refused as a serialization failure (retried).
+    IF TG_NARGS > 1 AND current_setting('transaction_isolation') <> 'read committed' THEN
+        FOREACH k IN ARRAY ARRAY[old_key, new_key] LOOP
+            pos := md5(k) COLLATE "C";
+            IF pos <@ TG_ARGV[1]::shardctl.span_multirange AND NOT EXISTS (
+                SELECT FROM shardctl.moving m
+                 WHERE m.lo <= pos AND (m.hi IS NULL OR pos < m.hi)) THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = '40001',
+                    MESSAGE = format('shardctl: key %s: the transaction''s snapshot predates '
+                                     'a reshard or switchover of its range; retry it', k);
+            END IF;
+        END LOOP;
+    END IF;
     IF old_key IS NOT NULL THEN
         PERFORM shardctl.check_key(old_key, TG_TABLE_NAME);
     END IF;
@@ -243,12 +261,14 @@ BEGIN
             either := format('%s OR %s', old_in, new_in);
         END IF;
         EXECUTE format('CREATE OR REPLACE TRIGGER {guard} BEFORE INSERT ON %s FOR EACH ROW '
-                       'WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L)', g.tbl, new_in, g.key);
+                       'WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L, %L)',
+                       g.tbl, new_in, g.key, spans);
         EXECUTE format('CREATE OR REPLACE TRIGGER {guard_update} BEFORE UPDATE ON %s '
-                       'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L)',
-                       g.tbl, either, g.key);
+                       'FOR EACH ROW WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L, %L)',
+                       g.tbl, either, g.key, spans);
         EXECUTE format('CREATE OR REPLACE TRIGGER {guard_delete} BEFORE DELETE ON %s FOR EACH ROW '
-                       'WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L)', g.tbl, old_in, g.key);
+                       'WHEN (%s) EXECUTE FUNCTION shardctl.guard(%L, %L)',
+                       g.tbl, old_in, g.key, spans);
         UPDATE shardctl.guarded SET armed = spans WHERE tbl = g.tbl;
     END LOOP;
 END
@@ -295,11 +315,11 @@ GUARD_TRIGGER = "shardctl_guard"
 # ------------------------------------------------------------------ named statements
 # The protocol's statements, by what they do; the comment above each names its %s parameters.
 
-# (table, trigger name): the guard as this version makes it (a WHEN clause on key::text; an
-# earlier one placed keys by their to_jsonb text, which differs for timestamps, floats, char(n))
+# (table, trigger name): the guard as this version makes it (a WHEN clause on key::text, the
+# ranges as its second argument; an earlier one placed keys by their to_jsonb text)
 HAS_GUARD = (
     "SELECT 1 FROM pg_catalog.pg_trigger "
-    "WHERE tgrelid = %s::regclass AND tgname = %s AND tgqual IS NOT NULL "
+    "WHERE tgrelid = %s::regclass AND tgname = %s AND tgqual IS NOT NULL AND tgnargs = 2 "
     "AND pg_catalog.pg_get_triggerdef(oid) NOT LIKE '%%to_jsonb%%'"
 )
 # (table, key column)

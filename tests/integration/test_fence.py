@@ -180,3 +180,26 @@ def test_a_dropped_table_does_not_block_listing_or_lifting_ranges(
     finally:
         fence.take_back(admin, OPERATION)
     assert all("WHEN (false)" in definition for _, definition, _ in triggers(admin))
+
+
+def test_a_snapshot_older_than_the_listing_cannot_write_past_the_capture(
+    one_shard: Cluster, admin: psycopg.Connection[Any]
+) -> None:
+    # In REPEATABLE READ the guard's read of shardctl.moving uses the transaction's snapshot:
+    # one taken before the range was listed saw no range, and the write escaped the change log.
+    moved = next(k for k in (uuid.uuid4() for _ in range(100)) if high(k))
+    with app_connection(one_shard) as app:
+        app.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with pytest.raises(psycopg.errors.SerializationFailure), app.transaction():
+            app.execute("SELECT count(*) FROM users").fetchone()  # the snapshot
+            fence.give_away(admin, OPERATION, [HIGH], RangeState.CAPTURING)
+            app.execute("INSERT INTO users (id) VALUES (%s)", (moved,))
+        # Retried, with a snapshot that sees the range: captured.
+        with app.transaction():
+            app.execute("INSERT INTO users (id) VALUES (%s)", (moved,))
+    try:
+        logged = admin.execute("SELECT key FROM shardctl.changes").fetchall()
+        assert logged == [(str(moved),)]
+    finally:
+        fence.take_back(admin, OPERATION)
+        fence.forget_changes(admin, [HIGH.target])
