@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from shardctl import pg
 from shardctl.cluster import Cluster
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
@@ -211,3 +213,50 @@ def frozen(cluster: Cluster, shard: str, *, rescue_after: float = 60) -> Iterato
         container.reload()
         if container.status == "paused":
             container.unpause()
+
+
+@dataclass(frozen=True)
+class WatchedLoad:
+    """A ``shardctl load`` run, and what its primaries showed while it ran."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    most: dict[str, int]
+    """Per primary, the most client backends of the application role seen at once."""
+    max_connections: set[int]
+    """The primaries' ``max_connections``."""
+
+
+def load_watching_backends(cluster: Cluster, *args: str, timeout: float = 120) -> WatchedLoad:
+    """Run ``shardctl load -f <cluster's topology> *args`` and, every 0.1 s while it runs,
+    count the application role's client backends on each of ``cluster``'s primaries."""
+    topology, credentials = cluster.topology, cluster.credentials()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "shardctl", "load", "-f", str(topology.path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    primaries = topology.primaries()
+    most = dict.fromkeys((n.name for n in primaries), 0)
+    limits: set[int] = set()
+    conns = [pg.connect(n, credentials, topology.spec.database) for n in primaries]
+    try:
+        while run.poll() is None:
+            for node, conn in zip(primaries, conns, strict=True):
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE usename = %s),"
+                    " current_setting('max_connections')::int FROM pg_stat_activity"
+                    " WHERE backend_type = 'client backend'",
+                    (credentials.app_user,),
+                ).fetchone()
+                assert row is not None
+                most[node.name] = max(most[node.name], int(str(row[0])))
+                limits.add(int(str(row[1])))
+            time.sleep(0.1)
+    finally:
+        for conn in conns:
+            conn.close()
+        out, err = run.communicate(timeout=timeout)
+    return WatchedLoad(run.returncode, out, err, most, limits)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, LiteralString
@@ -12,7 +10,7 @@ from typing import Any, LiteralString
 from shardctl import Router, pg
 from shardctl import ledger as ledgers
 from shardctl.cluster import Cluster
-from tests.clusters import frozen, run_shardctl
+from tests.clusters import frozen, load_watching_backends, run_shardctl
 
 
 def verify(cluster: Cluster, *paths: Path) -> tuple[int, dict[str, Any]]:
@@ -144,35 +142,13 @@ def test_virtual_users_print_the_seeds_table_and_their_ledger_verifies(
 
 
 def test_virtual_users_share_connections_bounded_by_the_workers(shared_cluster: Cluster) -> None:
-    topology, credentials = shared_cluster.topology, shared_cluster.credentials()
-    app = credentials.app_user
-    run = subprocess.Popen(
-        [sys.executable, "-m", "shardctl", "load", "-f", str(topology.path), "--users", "2000",
-         "--workers", "6", "--ops", "3000", "--mix", "insert=50,read=50", "-o", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    watched = load_watching_backends(
+        shared_cluster, "--users", "2000", "--workers", "6", "--ops", "3000",
+        "--mix", "insert=50,read=50", "-o", "json", timeout=60,
     )  # fmt: skip
-    most = dict.fromkeys((n.name for n in topology.primaries()), 0)
-    limits = set()
-    conns = [pg.connect(n, credentials, topology.spec.database) for n in topology.primaries()]
-    try:
-        while run.poll() is None:
-            for node, conn in zip(topology.primaries(), conns, strict=True):
-                row = conn.execute(
-                    "SELECT count(*) FILTER (WHERE usename = %s),"
-                    " current_setting('max_connections')::int FROM pg_stat_activity"
-                    " WHERE backend_type = 'client backend'",
-                    (app,),
-                ).fetchone()
-                assert row is not None
-                most[node.name] = max(most[node.name], int(str(row[0])))
-                limits.add(int(str(row[1])))
-            time.sleep(0.1)
-    finally:
-        for conn in conns:
-            conn.close()
-        out, err = run.communicate(timeout=60)
-    assert run.returncode == 0, err
-    report = json.loads(out)
+    most, limits = watched.most, watched.max_connections
+    assert watched.returncode == 0, watched.stderr
+    report = json.loads(watched.stdout)
     assert (report["users"], report["workers"], report["failed"]) == (2000, 6, 0)
     assert report["ops"] == 3000  # the users take turns: each of the 2,000 had one at least
     # 2,000 users, never more than the 6 workers' connections to a node (the pools' bound).

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,11 +13,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shardctl import pg
 from shardctl.cluster import Cluster
 from shardctl.credentials import POOLER_ADMIN
 from shardctl.router import Router
-from tests.clusters import free_base_port, make_topology, run_shardctl, running
+from tests.clusters import (
+    free_base_port,
+    load_watching_backends,
+    make_topology,
+    run_shardctl,
+    running,
+)
 from tests.traffic import (
     assert_placed_and_replicated,
     check_ledger,
@@ -191,30 +194,13 @@ def test_load_through_poolers_takes_more_workers_than_the_servers_admit(pooled: 
     assert "the servers' max_connections leaves 87" in direct.stderr
     acting = Cluster.load(path)
     acting.follow_roles()
-    topology, credentials = acting.topology, acting.credentials()
-    run = subprocess.Popen(
-        [sys.executable, "-m", "shardctl", "load", "-f", str(path), "--via", "pooler",
-         "--users", "2000", "--workers", "120", "--ops", "2000", "-o", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    watched = load_watching_backends(
+        acting, "--via", "pooler", "--users", "2000", "--workers", "120", "--ops", "2000",
+        "-o", "json",
     )  # fmt: skip
-    most = dict.fromkeys((n.name for n in topology.primaries()), 0)
-    conns = [pg.connect(n, credentials, "postgres") for n in topology.primaries()]
-    try:
-        while run.poll() is None:
-            for node, conn in zip(topology.primaries(), conns, strict=True):
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s",
-                    (credentials.app_user,),
-                ).fetchone()
-                assert row is not None
-                most[node.name] = max(most[node.name], int(str(row[0])))
-            time.sleep(0.1)
-    finally:
-        for conn in conns:
-            conn.close()
-        out, err = run.communicate(timeout=120)
-    assert run.returncode == 0, err
-    report = json.loads(out)
+    most = watched.most
+    assert watched.returncode == 0, watched.stderr
+    report = json.loads(watched.stdout)
     assert (report["workers"], report["ops"], report["failed"]) == (120, 2000, 0)
     assert all(0 < seen <= POOL_SIZE for seen in most.values()), most
 
