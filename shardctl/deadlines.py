@@ -2,15 +2,14 @@
 
 libpq has no client-side query timeout, and a frozen server (``docker pause``, a hung host)
 behind Docker's userland proxy still has its TCP packets acknowledged, so neither keepalives
-nor ``tcp_user_timeout`` notice it. :class:`Watchdog` keeps the deadlines of the statements in
-flight on one thread; when one passes, it shuts the connection's socket down. The waiting
+nor ``tcp_user_timeout`` notice it. :class:`Watchdog` watches the deadlines of the statements in
+flight from one thread; when one passes, it shuts the connection's socket down. The waiting
 thread then wakes at once with an ``OperationalError`` (a transient fault: the Router retries
 elsewhere or gives up at its deadline) and the pool discards the broken connection.
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import os
 import socket
@@ -25,14 +24,23 @@ import psycopg
 Conn = psycopg.Connection[Any]
 
 
+TICK = 0.1
+"""Seconds between the watchdog's looks at the statements in flight: a statement is cut short
+at most this long after its deadline."""
+
+
 class Watchdog:
-    """One thread that interrupts connections whose statement outlived its deadline."""
+    """One thread that interrupts connections whose statement outlived its deadline.
+
+    A statement in flight costs the caller one dictionary entry, set and removed without a
+    lock (single dictionary operations are atomic); the thread, started on first use, looks at
+    them every :data:`TICK` seconds. Whichever side removes an entry first owns it: the caller
+    when its statement ended in time, the thread when it did not."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Conn]] = []
-        self._live: set[int] = set()
+        self._running: dict[int, tuple[float, Conn]] = {}
         self._seq = itertools.count()
-        self._wake = threading.Condition()
+        self._start = threading.Lock()
         self._thread: threading.Thread | None = None
         self.interrupted = 0
         """How many statements it cut short (for tests and stats)."""
@@ -41,39 +49,27 @@ class Watchdog:
     def guard(self, conn: Conn, until: float) -> Iterator[None]:
         """Shut ``conn`` down if the block is still running at ``until`` (time.monotonic())."""
         token = next(self._seq)
-        with self._wake:
-            heapq.heappush(self._heap, (until, token, conn))
-            self._live.add(token)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="shardctl-deadlines", daemon=True
-                )
-                self._thread.start()
-            elif self._heap[0][1] == token:
-                self._wake.notify()  # the new deadline is the nearest
+        self._running[token] = (until, conn)
+        if self._thread is None:
+            with self._start:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="shardctl-deadlines", daemon=True
+                    )
+                    self._thread.start()
         try:
             yield
         finally:
-            with self._wake:
-                self._live.discard(token)
+            self._running.pop(token, None)
 
     def _run(self) -> None:
         while True:
-            with self._wake:
-                while self._heap and self._heap[0][1] not in self._live:
-                    heapq.heappop(self._heap)  # finished in time
-                if not self._heap:
-                    self._wake.wait()
-                    continue
-                until, token, conn = self._heap[0]
-                delay = until - time.monotonic()
-                if delay > 0:
-                    self._wake.wait(delay)
-                    continue
-                heapq.heappop(self._heap)
-                self._live.discard(token)
-            self.interrupted += 1
-            interrupt(conn)
+            time.sleep(TICK)
+            now = time.monotonic()
+            for token, (until, conn) in self._running.copy().items():
+                if until <= now and self._running.pop(token, None) is not None:
+                    self.interrupted += 1
+                    interrupt(conn)
 
 
 def interrupt(conn: Conn) -> None:
