@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shardctl.cluster import Cluster  # noqa: E402
+from shardctl.ops.cluster import Cluster  # noqa: E402
 from tests.clusters import make_topology, running  # noqa: E402  (shared with the tests)
 
 

@@ -18,9 +18,10 @@ import time
 import psycopg
 from _cluster import temp_cluster
 
-from shardctl import Router, pg
-from shardctl.cluster import Cluster
-from shardctl.load import Target, bulk_load, copy_statement, copy_text, generate, target
+from shardctl import Router
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.workload.load import Target, bulk_load, copy_statement, copy_text, generate, target
 
 CHUNK = 20_000
 

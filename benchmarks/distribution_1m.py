@@ -16,8 +16,8 @@ import time
 from _cluster import temp_cluster
 
 from shardctl import Router
-from shardctl.distribution import measure
-from shardctl.load import bulk_load
+from shardctl.health.distribution import measure
+from shardctl.workload.load import bulk_load
 
 
 def main() -> None:

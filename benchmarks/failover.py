@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 
 from _cluster import temp_cluster
 
-from shardctl import Router, catalog
-from shardctl.cluster import Cluster
-from shardctl.ring import Ring
+from shardctl import Router
+from shardctl.ops.cluster import Cluster
+from shardctl.ring.hashing import Ring
+from shardctl.state import catalog
 
 INSERT = "INSERT INTO users (id, first_name) VALUES (%s, 'bench') ON CONFLICT (id) DO NOTHING"
 

@@ -35,8 +35,8 @@ from typing import Any
 import psycopg
 from _cluster import temp_cluster
 
-from shardctl import pg
-from shardctl.cluster import Cluster
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
 
 Conn = psycopg.Connection[Any]
 INSERT = "INSERT INTO {} (id, first_name, email) VALUES (%s, 'bench', 'bench@x')"

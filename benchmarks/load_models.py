@@ -39,9 +39,10 @@ import psycopg
 from _cluster import temp_cluster
 from psycopg_pool import AsyncConnectionPool
 
-from shardctl import Router, pg
-from shardctl.cluster import Cluster
-from shardctl.load import LoadConfig, Mix, run_load
+from shardctl import Router
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.workload.load import LoadConfig, Mix, run_load
 
 UPSERT = (
     "INSERT INTO users (id, first_name, last_name, email) VALUES (%s, 'f', 'l', 'e') "

@@ -42,8 +42,8 @@ from _cluster import temp_cluster
 from docker.models.containers import Container
 from load_models import raw_asyncio, raw_threads
 
-from shardctl import pg
-from shardctl.cluster import Cluster
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
 
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 PRELOAD = 50_000

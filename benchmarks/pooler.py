@@ -44,8 +44,9 @@ from pathlib import Path
 import docker
 from _cluster import REPO  # noqa: F401  (puts the repository on sys.path)
 
-from shardctl import Router, pg
-from shardctl.cluster import Cluster
+from shardctl import Router
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
 from tests.clusters import free_base_port, make_topology, running
 
 INSERT = "INSERT INTO users (id, first_name, email) VALUES (%s, 'bench', 'bench@x')"

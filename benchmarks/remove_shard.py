@@ -23,10 +23,11 @@ from typing import cast
 from _cluster import temp_cluster
 from psycopg import sql
 
-from shardctl import Router, pg
-from shardctl.credentials import Credentials
-from shardctl.load import bulk_load
-from shardctl.topology import Node
+from shardctl import Router
+from shardctl.config.credentials import Credentials
+from shardctl.config.topology import Node
+from shardctl.db import pg
+from shardctl.workload.load import bulk_load
 from tests.traffic import Writer, check_ledger
 
 

@@ -18,10 +18,11 @@ import uuid
 from _cluster import temp_cluster
 from psycopg import sql
 
-from shardctl import fence, pg
-from shardctl.reshard import transfer
-from shardctl.reshard.plan import split
-from shardctl.ring import SPACE, Move
+from shardctl.db import pg
+from shardctl.ops.reshard import transfer
+from shardctl.ring.hashing import SPACE, Move
+from shardctl.state import fence
+from shardctl.state.plan import split
 
 
 def main() -> None:

@@ -36,9 +36,11 @@ from collections.abc import Callable
 import psycopg
 from _cluster import temp_cluster
 
-from shardctl import Router, pg, pools
-from shardctl.cluster import Cluster
-from shardctl.pools import PREPARE_THRESHOLD
+from shardctl import Router
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.router import pools
+from shardctl.router.pools import PREPARE_THRESHOLD
 
 INSERT = "INSERT INTO users (id, first_name, email) VALUES (%s, 'bench', 'bench@x')"
 INSERT_BARE = INSERT.replace("users", "users_bare")

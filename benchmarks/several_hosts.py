@@ -20,7 +20,7 @@ from pathlib import Path
 
 from _cluster import REPO  # noqa: F401  (puts the repository on sys.path)
 
-from shardctl.cluster import Cluster
+from shardctl.ops.cluster import Cluster
 from tests.clusters import Host, simulated_hosts, split_topology
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import psycopg
 from _cluster import REPO  # noqa: F401  (puts the repository on sys.path)
 
-from shardctl import Router, pg
-from shardctl.cluster import Cluster
-from shardctl.credentials import Login
+from shardctl import Router
+from shardctl.config.credentials import Login
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
 from tests.clusters import make_topology, running
 
 INSERT = "INSERT INTO users (id, first_name, email) VALUES (%s, 'bench', 'bench@x')"

@@ -29,9 +29,9 @@ from collections.abc import Callable
 
 from _cluster import temp_cluster
 
-from shardctl import pg
-from shardctl.cluster import Cluster
-from shardctl.topology import Node
+from shardctl.config.topology import Node
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
 
 
 def baseline(cluster: Cluster) -> Callable[[], None]:

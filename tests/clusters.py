@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from shardctl import pg
-from shardctl.cluster import Cluster
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
 """The example schema (``users``) every test cluster is made with."""

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
-from shardctl import catalog, pg
-from shardctl.cluster import Cluster
-from shardctl.router import Router
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.router.router import Router
+from shardctl.state import catalog
 from tests.clusters import run_shardctl
 
 DELETED = None

@@ -21,13 +21,13 @@ from rich.progress import SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from shardctl import __version__
-from shardctl import credentials as creds
 from shardctl.cli import render
-from shardctl.cluster import Cluster
+from shardctl.config import credentials as creds
+from shardctl.config.topology import TOPOLOGY_ENV, Topology, default_path
+from shardctl.config.topology import load as load_topology
 from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError
-from shardctl.provisioning import Reporter
-from shardctl.topology import TOPOLOGY_ENV, Topology, default_path
-from shardctl.topology import load as load_topology
+from shardctl.ops.cluster import Cluster
+from shardctl.ops.provisioning import Reporter
 
 app = typer.Typer(
     name="shardctl",

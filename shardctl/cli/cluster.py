@@ -15,8 +15,6 @@ from rich.console import Group
 from rich.live import Live
 from rich.text import Text
 
-from shardctl import compose
-from shardctl.checks import StatusRow, status_rows
 from shardctl.cli import render
 from shardctl.cli.app import (
     Output,
@@ -29,10 +27,12 @@ from shardctl.cli.app import (
     open_cluster,
     progress_reporter,
 )
-from shardctl.cluster import Cluster
+from shardctl.config.topology import TopologySpec
+from shardctl.docker import compose
 from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError, UsageError
-from shardctl.inflight import Operation
-from shardctl.topology import TopologySpec
+from shardctl.health.checks import StatusRow, status_rows
+from shardctl.ops.cluster import Cluster
+from shardctl.state.inflight import Operation
 
 
 @app.command()

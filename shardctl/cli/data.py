@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from shardctl import catalog
 from shardctl.cli import render
 from shardctl.cli.app import Output, OutputOption, TopologyOption, app, open_cluster
-from shardctl.cluster import Cluster
-from shardctl.distribution import measure
 from shardctl.errors import ShardctlError
-from shardctl.inflight import RESHARD, Operation
+from shardctl.health.distribution import measure
+from shardctl.ops.cluster import Cluster
+from shardctl.state import catalog
+from shardctl.state.inflight import RESHARD, Operation
 
 
 @app.command()

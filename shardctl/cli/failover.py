@@ -17,7 +17,7 @@ from shardctl.cli.app import (
     open_cluster,
 )
 from shardctl.errors import UsageError
-from shardctl.failover import RoleChange
+from shardctl.ops.rolechange import RoleChange
 
 ShardArgument = Annotated[
     str, typer.Argument(help="The shard whose primary changes.", autocompletion=complete_shard)

@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-from shardctl import ledger as ledgers
 from shardctl.cli import render
 from shardctl.cli.app import (
     Output,
@@ -24,7 +23,9 @@ from shardctl.cli.app import (
     open_cluster,
 )
 from shardctl.errors import UsageError
-from shardctl.load import (
+from shardctl.router.router import Router
+from shardctl.workload import ledger as ledgers
+from shardctl.workload.load import (
     BulkReport,
     LoadConfig,
     LoadProgress,
@@ -35,7 +36,6 @@ from shardctl.load import (
     run_load,
     run_steps,
 )
-from shardctl.router import Router
 
 MAX_USERS = 100_000
 """The most virtual users ``--users`` takes (each is a few hundred bytes, no thread)."""

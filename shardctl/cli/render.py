@@ -19,18 +19,18 @@ from rich.progress import Progress, ProgressColumn
 from rich.table import Table
 from rich.text import Text
 
-from shardctl.catalog import RingReport
-from shardctl.checks import Check, StatusRow
-from shardctl.distribution import Distribution
-from shardctl.inflight import RESHARD, Operation
-from shardctl.ledger import VerifyReport
-from shardctl.load import BulkReport, LoadReport
-from shardctl.provisioning import DownReport, UpReport
-from shardctl.reshard.coordinator import State
-from shardctl.reshard.plan import ASSUMED_ROWS_PER_SECOND, Plan, estimate_seconds
-from shardctl.text import first_line, lsn_text, size_text
-from shardctl.topology import Role, Topology
-from shardctl.verify import Report
+from shardctl.config.topology import Role, Topology
+from shardctl.health.checks import Check, StatusRow
+from shardctl.health.distribution import Distribution
+from shardctl.health.verify import Report
+from shardctl.ops.provisioning import DownReport, UpReport
+from shardctl.ops.reshard.coordinator import State
+from shardctl.state.catalog import RingReport
+from shardctl.state.inflight import RESHARD, Operation
+from shardctl.state.plan import ASSUMED_ROWS_PER_SECOND, Plan, estimate_seconds
+from shardctl.util.text import first_line, lsn_text, size_text
+from shardctl.workload.ledger import VerifyReport
+from shardctl.workload.load import BulkReport, LoadReport
 
 
 def _width(stream: TextIO) -> int | None:

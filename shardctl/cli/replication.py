@@ -18,8 +18,8 @@ from shardctl.cli.app import (
     open_cluster,
 )
 from shardctl.cli.data import explain_in_flight, in_flight_reshards
+from shardctl.config.topology import HealthSpec
 from shardctl.errors import InfrastructureError, UsageError
-from shardctl.topology import HealthSpec
 
 _DEFAULTS = HealthSpec()
 _UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}

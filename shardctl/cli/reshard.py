@@ -29,14 +29,14 @@ from shardctl.cli.app import (
     progress_reporter,
     shard_name,
 )
-from shardctl.cluster import Cluster
+from shardctl.config.topology import MAX_REPLICAS
 from shardctl.errors import NothingToDo, ReshardingError, ShardctlError, UsageError
-from shardctl.inflight import RESHARD
-from shardctl.reshard import joining, leaving
-from shardctl.reshard.coordinator import Progress as ProgressCallback
-from shardctl.reshard.coordinator import Rebalancer, State
-from shardctl.reshard.plan import Phase, finished
-from shardctl.topology import MAX_REPLICAS
+from shardctl.ops.cluster import Cluster
+from shardctl.ops.reshard import joining, leaving
+from shardctl.ops.reshard.coordinator import Progress as ProgressCallback
+from shardctl.ops.reshard.coordinator import Rebalancer, State
+from shardctl.state.inflight import RESHARD
+from shardctl.state.plan import Phase, finished
 
 ThrottleOption = Annotated[
     float, number_option("--throttle", low=0, high=60, help="Seconds to sleep between chunks.")

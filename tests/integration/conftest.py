@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shardctl.cluster import Cluster
+from shardctl.ops.cluster import Cluster
 
 # The test modules import these from here; they live in tests.clusters, shared with benchmarks/.
 from tests.clusters import TEST_IMAGE as TEST_IMAGE

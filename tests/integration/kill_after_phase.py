@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
-from shardctl.cluster import Cluster
-from shardctl.reshard.coordinator import Rebalancer
-from shardctl.reshard.plan import Phase
+from shardctl.ops.cluster import Cluster
+from shardctl.ops.reshard.coordinator import Rebalancer
+from shardctl.state.plan import Phase
 
 KILLED = 137
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 import sys
 
-from shardctl.cluster import Cluster
 from shardctl.errors import UsageError
-from shardctl.reshard.coordinator import Rebalancer
-from shardctl.reshard.leaving import remove_shard
-from shardctl.reshard.plan import Phase
+from shardctl.ops.cluster import Cluster
+from shardctl.ops.reshard.coordinator import Rebalancer
+from shardctl.ops.reshard.leaving import remove_shard
+from shardctl.state.plan import Phase
 
 KILLED = 137
 

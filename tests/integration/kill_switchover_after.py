@@ -3,7 +3,8 @@
     python tests/integration/kill_switchover_after.py TOPOLOGY SHARD STEP
 
 Exits with status 137 (SIGKILL's), no clean-up at all, as soon as STEP (a
-:class:`shardctl.failover.Step`) is done. Fault injection lives here, in the tests, through the
+:class:`shardctl.ops.rolechange.Step`) is done. Fault injection lives here, in the tests, through
+the
 library's one hook for it (``RoleChanger(after_step=...)``), not in the CLI.
 """
 
@@ -12,8 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
-from shardctl.cluster import Cluster
-from shardctl.failover import Step
+from shardctl.ops.cluster import Cluster
+from shardctl.ops.rolechange import Step
 
 KILLED = 137
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from shardctl import compose
-from shardctl.containers import SCHEMA_TARGET
-from shardctl.engine import LABEL_CONFIG
+from shardctl.docker import compose
+from shardctl.docker.engine import LABEL_CONFIG
+from shardctl.docker.specs import SCHEMA_TARGET
 from tests.clusters import free_base_port
 from tests.integration.conftest import ClusterFactory
 from tests.integration.test_pooler import POOLER_IMAGE

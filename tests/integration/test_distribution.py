@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from shardctl import Router, pg
-from shardctl.cluster import Cluster
-from shardctl.load import bulk_load
+from shardctl import Router
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.workload.load import bulk_load
 from tests.integration.conftest import run_shardctl
 
 

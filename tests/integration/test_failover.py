@@ -13,12 +13,13 @@ import time
 import uuid
 from pathlib import Path
 
-from shardctl import catalog, pg
-from shardctl.cluster import Cluster
+from shardctl.config.topology import Node
+from shardctl.db import pg
 from shardctl.errors import DatabaseUnavailable
-from shardctl.failover import Step
-from shardctl.router import Router
-from shardctl.topology import Node
+from shardctl.ops.cluster import Cluster
+from shardctl.ops.rolechange import Step
+from shardctl.router.router import Router
+from shardctl.state import catalog
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.traffic import Writer, check_ledger, preload, traffic
 

@@ -15,13 +15,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from shardctl import fence, pg, ring
-from shardctl.cluster import Cluster
-from shardctl.credentials import Login
+from shardctl.config.credentials import Login
+from shardctl.config.topology import TableSpec
+from shardctl.db import pg
 from shardctl.errors import KeyNotOwned
-from shardctl.fence import FENCE_SQLSTATE, Moving, RangeState
-from shardctl.router import Router
-from shardctl.topology import TableSpec
+from shardctl.ops.cluster import Cluster
+from shardctl.ring import hashing as ring
+from shardctl.router.router import Router
+from shardctl.state import fence
+from shardctl.state.fence import FENCE_SQLSTATE, Moving, RangeState
 from tests.integration.conftest import ClusterFactory
 
 pytestmark = pytest.mark.integration

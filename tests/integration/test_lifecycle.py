@@ -8,10 +8,10 @@ import uuid
 import docker
 import pytest
 
-from shardctl import pg
-from shardctl.cluster import Cluster
-from shardctl.engine import LABEL_CLUSTER
-from shardctl.waiting import NotYet, wait_for
+from shardctl.db import pg
+from shardctl.docker.engine import LABEL_CLUSTER
+from shardctl.ops.cluster import Cluster
+from shardctl.util.waiting import NotYet, wait_for
 from tests.integration.conftest import ClusterFactory, run_shardctl
 
 

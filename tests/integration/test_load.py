@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 from typing import Any, LiteralString
 
-from shardctl import Router, pg
-from shardctl import ledger as ledgers
-from shardctl.cluster import Cluster
+from shardctl import Router
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.workload import ledger as ledgers
 from tests.clusters import frozen, load_watching_backends, run_shardctl
 
 

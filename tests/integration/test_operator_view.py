@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from shardctl import fence, pg
-from shardctl.cluster import Cluster
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.state import fence
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.integration.test_resharding import run_killed
 

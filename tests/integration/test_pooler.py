@@ -13,9 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shardctl.cluster import Cluster
-from shardctl.credentials import POOLER_ADMIN
-from shardctl.router import Router
+from shardctl.config.credentials import POOLER_ADMIN
+from shardctl.ops.cluster import Cluster
+from shardctl.router.router import Router
 from tests.clusters import (
     free_base_port,
     load_watching_backends,

@@ -15,11 +15,12 @@ import time
 import uuid
 from pathlib import Path
 
-from shardctl import catalog, pg
-from shardctl.cluster import Cluster
-from shardctl.reshard.coordinator import Rebalancer
-from shardctl.reshard.plan import without_node
-from shardctl.router import Router
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.ops.reshard.coordinator import Rebalancer
+from shardctl.router.router import Router
+from shardctl.state import catalog
+from shardctl.state.plan import without_node
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.traffic import Writer, assert_placed_and_replicated, check_ledger, preload, rows_by_shard
 

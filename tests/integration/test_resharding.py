@@ -19,10 +19,11 @@ from typing import cast
 
 import pytest
 
-from shardctl import catalog, pg
-from shardctl.cluster import Cluster
-from shardctl.reshard.coordinator import Rebalancer
-from shardctl.router import Router
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.ops.reshard.coordinator import Rebalancer
+from shardctl.router.router import Router
+from shardctl.state import catalog
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.traffic import (
     DELETED,
@@ -333,7 +334,7 @@ def test_abort_refuses_once_the_new_epoch_is_published_even_if_unrecorded(
 
 
 def test_one_coordinator_at_a_time(cluster_factory: ClusterFactory) -> None:
-    from shardctl.fence import COORDINATOR_LOCK
+    from shardctl.state.fence import COORDINATOR_LOCK
 
     cluster = cluster_factory(replicas=0)
     path = cluster.topology.path

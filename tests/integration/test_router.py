@@ -16,11 +16,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from shardctl import Router, catalog, pg, ringsql
-from shardctl.cluster import Cluster
+from shardctl import Router
+from shardctl.db import pg
 from shardctl.errors import DatabaseUnavailable, KeyNotOwned
-from shardctl.ring import Ring, position_hex
-from shardctl.waiting import NotYet, wait_for
+from shardctl.ops.cluster import Cluster
+from shardctl.ring import sql as ringsql
+from shardctl.ring.hashing import Ring, position_hex
+from shardctl.state import catalog
+from shardctl.util.waiting import NotYet, wait_for
 from tests.clusters import frozen
 from tests.integration.conftest import make_topology, running
 

@@ -20,12 +20,12 @@ import psycopg
 import psycopg.errors
 import pytest
 
-from shardctl import fence
-from shardctl.cluster import Cluster
-from shardctl.credentials import Credentials, Login
-from shardctl.fence import CIRCLE_START, FENCE_SQLSTATE, Moving, RangeState
-from shardctl.router import Router
-from shardctl.topology import Node
+from shardctl.config.credentials import Credentials, Login
+from shardctl.config.topology import Node
+from shardctl.ops.cluster import Cluster
+from shardctl.router.router import Router
+from shardctl.state import fence
+from shardctl.state.fence import CIRCLE_START, FENCE_SQLSTATE, Moving, RangeState
 from tests.integration.conftest import make_topology, run_shardctl
 
 pytestmark = pytest.mark.integration
@@ -205,7 +205,7 @@ def app_conn(booted: Bootstrapped) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture
 def admin(booted: Bootstrapped) -> Iterator[psycopg.Connection[Any]]:
     """A superuser connection to the primary (shardctl's own administration)."""
-    from shardctl import pg
+    from shardctl.db import pg
 
     node = _node(booted, "primary")
     with pg.connect(node, booted.creds, "app") as conn:

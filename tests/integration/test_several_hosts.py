@@ -19,10 +19,10 @@ from typing import cast
 import pytest
 import yaml
 
-from shardctl import pg
-from shardctl.cluster import Cluster
-from shardctl.engine import LABEL_CLUSTER, make_client
-from shardctl.router import Router
+from shardctl.db import pg
+from shardctl.docker.engine import LABEL_CLUSTER, make_client
+from shardctl.ops.cluster import Cluster
+from shardctl.router.router import Router
 from tests.clusters import Host, make_topology, simulated_hosts, split_topology
 from tests.integration.conftest import run_shardctl
 from tests.traffic import check_ledger, preload, traffic

@@ -21,11 +21,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from shardctl import pg, tls
-from shardctl.cluster import Cluster
-from shardctl.credentials import Credentials
-from shardctl.router import Router
-from shardctl.topology import Node
+from shardctl.config import tls
+from shardctl.config.credentials import Credentials
+from shardctl.config.topology import Node
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.router.router import Router
 from tests.integration.conftest import make_topology, run_shardctl
 
 pytestmark = pytest.mark.integration

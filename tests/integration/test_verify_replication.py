@@ -18,10 +18,10 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from shardctl import pg
-from shardctl.cluster import Cluster
-from shardctl.engine import LABEL_CLUSTER
-from shardctl.waiting import NotYet, wait_for
+from shardctl.db import pg
+from shardctl.docker.engine import LABEL_CLUSTER
+from shardctl.ops.cluster import Cluster
+from shardctl.util.waiting import NotYet, wait_for
 from tests.integration.conftest import TEST_IMAGE, ClusterFactory, run_shardctl
 
 REPLICA = "shard-0-replica-1"

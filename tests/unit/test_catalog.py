@@ -8,12 +8,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from shardctl import catalog, ringsql
-from shardctl.catalog import RingRecord, combine, drift
+from shardctl.config.topology import parse
+from shardctl.db.faults import is_transient
 from shardctl.errors import CatalogError
-from shardctl.faults import is_transient
-from shardctl.ring import Ring
-from shardctl.topology import parse
+from shardctl.ring import sql as ringsql
+from shardctl.ring.hashing import Ring
+from shardctl.state import catalog
+from shardctl.state.catalog import RingRecord, combine, drift
 
 TOPOLOGY = """
 cluster: demo

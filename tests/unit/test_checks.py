@@ -1,6 +1,6 @@
 """The replication checks as pure logic: facts built by hand, findings asserted.
 
-Facts are the typed records :func:`shardctl.health.read_facts` returns; building them here is
+Facts are the typed records :func:`shardctl.health.facts.read_facts` returns; building them here is
 how the judgement is tested without a server (the integration tests make the real failures).
 """
 
@@ -14,11 +14,12 @@ from typing import cast
 import pytest
 import typer
 
-from shardctl import checks
-from shardctl.checks import Check, status_rows
 from shardctl.cli import render
 from shardctl.cli.replication import parse_size
-from shardctl.health import (
+from shardctl.config.topology import HealthSpec, Node, TableSpec, Topology, parse
+from shardctl.health import checks
+from shardctl.health.checks import Check, status_rows
+from shardctl.health.facts import (
     ClusterFacts,
     ContainerState,
     NodeFacts,
@@ -27,8 +28,7 @@ from shardctl.health import (
     Slot,
     WalReceiver,
 )
-from shardctl.topology import HealthSpec, Node, TableSpec, Topology, parse
-from shardctl.verify import Report
+from shardctl.health.verify import Report
 
 SYSID = 7000000000000000001
 NOW = 1_800_000_000.0

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from shardctl import compose, topology
-from shardctl.containers import SCHEMA_TARGET, container_spec
-from shardctl.engine import LABEL_CONFIG, config_digest
+from shardctl.config import topology
+from shardctl.docker import compose
+from shardctl.docker.engine import LABEL_CONFIG, config_digest
+from shardctl.docker.specs import SCHEMA_TARGET, container_spec
 from tests.conftest import REPO
 
 COMMITTED = REPO / "compose" / "docker-compose.yml"

@@ -10,12 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from shardctl import compose, pg, topology
-from shardctl.containers import container_spec, upstream_conninfo
-from shardctl.credentials import Credentials
-from shardctl.engine import tls_config
+from shardctl.config import addresses, topology
+from shardctl.config.credentials import Credentials
+from shardctl.config.topology import Topology
+from shardctl.db import pg
+from shardctl.docker import compose
+from shardctl.docker.engine import tls_config
+from shardctl.docker.specs import container_spec, upstream_conninfo
 from shardctl.errors import ProvisioningError, TopologyError, UsageError
-from shardctl.topology import Topology
 
 TWO_HOSTS = """\
 cluster: demo
@@ -53,7 +55,9 @@ def error(tmp_path: Path, text: str) -> str:
 
 def test_nodes_are_placed_and_reached_through_their_engine(tmp_path: Path) -> None:
     topo = load(tmp_path, TWO_HOSTS)
-    placed = {n.name: (n.engine_name, n.engine, pg.address(n), n.bind_address) for n in topo.nodes}
+    placed = {
+        n.name: (n.engine_name, n.engine, addresses.address(n), n.bind_address) for n in topo.nodes
+    }
     assert placed == {
         "s0-primary": ("a", "unix:///run/a.sock", ("10.213.7.2", 54320), "0.0.0.0"),
         "s0-replica-1": ("b", "unix:///run/b.sock", ("10.213.7.3", 54321), "10.213.7.3"),
@@ -79,7 +83,7 @@ def test_on_one_engine_a_replica_streams_from_the_container(tmp_path: Path) -> N
     topo = load(tmp_path, "cluster: demo\nshards:\n  - name: s0\n")
     info = conninfo_to_dict(upstream_conninfo(topo, topo.node("s0-replica-1")))
     assert (info["host"], info["port"]) == ("demo-s0-primary", "5432")
-    assert pg.address(topo.node("s0-primary")) == ("127.0.0.1", 54320)
+    assert addresses.address(topo.node("s0-primary")) == ("127.0.0.1", 54320)
     assert topo.node("s0-primary").engine_name == "local"
 
 
@@ -93,7 +97,7 @@ def test_after_a_failover_the_upstream_follows_the_acting_primary(tmp_path: Path
 def test_an_endpoint_in_place_of_a_name_still_works(tmp_path: Path) -> None:
     topo = load(tmp_path, "cluster: demo\nshards:\n  - name: s0\n    engine: ssh://db-1\n")
     node = topo.node("s0-primary")
-    assert (node.engine, pg.address(node), node.bind_address) == (
+    assert (node.engine, addresses.address(node), node.bind_address) == (
         "ssh://db-1",
         ("db-1", 54320),
         "0.0.0.0",
@@ -176,7 +180,7 @@ def test_spread_hosts_never_accepts_a_replica_beside_its_primary(
         if node.index > 0:
             upstream = topo.node(node.primary_name)
             assert node.engine_name != upstream.engine_name
-            assert pg.upstream_address(topo, node) == pg.address(upstream)
+            assert addresses.upstream_address(topo, node) == addresses.address(upstream)
 
 
 def test_tls_engines_get_the_sdk_tls_settings(tmp_path: Path) -> None:
@@ -206,7 +210,7 @@ shards:
         str(tmp_path / "ca.pem"),
     )
     assert tls_config(b.tls).verify is False
-    assert pg.address(topo.node("s0-primary")) == ("db-1.example", 54320)
+    assert addresses.address(topo.node("s0-primary")) == ("db-1.example", 54320)
     missing = dataclasses.replace(a.tls, ca=tmp_path / "nowhere.pem")
     with pytest.raises(ProvisioningError, match=r"nowhere\.pem does not exist"):
         tls_config(missing)

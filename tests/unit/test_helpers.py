@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from shardctl import fence, pg
-from shardctl.waiting import retrying
+from shardctl.db import pg
+from shardctl.state import fence
+from shardctl.util.waiting import retrying
 
-PACKAGE = Path(fence.__file__).parent
+PACKAGE = Path(fence.__file__).parent.parent
 
 
 class Flaky(Exception):
@@ -146,7 +147,7 @@ def imports_of(path: Path) -> set[str]:
 
 
 def test_the_fence_and_the_coordinator_do_not_reach_up() -> None:
-    low = imports_of(PACKAGE / "fence.py")
-    assert not {m for m in low if m.startswith(("shardctl.reshard", "shardctl.cluster"))}
-    coordinator = imports_of(PACKAGE / "reshard" / "coordinator.py")
-    assert not {m for m in coordinator if m.startswith("shardctl.cluster")}
+    low = imports_of(PACKAGE / "state" / "fence.py")
+    assert not {m for m in low if m.startswith("shardctl.ops")}
+    coordinator = imports_of(PACKAGE / "ops" / "reshard" / "coordinator.py")
+    assert not {m for m in coordinator if m.startswith("shardctl.ops.cluster")}

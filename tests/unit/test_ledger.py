@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 from shardctl.errors import UsageError
-from shardctl.ledger import Header, Ledger, Value, read
-from shardctl.load import Column, Mix, Target, generate, percentile
+from shardctl.workload.ledger import Header, Ledger, Value, read
+from shardctl.workload.load import Column, Mix, Target, generate, percentile
 
 A: Value = {"first_name": "a", "last_name": "1", "email": "1@x"}
 B: Value = {"first_name": "a", "last_name": "2", "email": "2@x"}
 USERS = Target(
     "users", "id", "uuid", tuple(Column(c, "text") for c in ("first_name", "last_name", "email"))
 )
-"""The example schema's table, as :func:`shardctl.load.target` reads it from the catalog."""
+"""The example schema's table, as :func:`shardctl.workload.load.target` reads it from the
+catalog."""
 
 
 def test_acknowledged_ops_settle_a_key_and_failed_ops_allow_both(tmp_path: Path) -> None:

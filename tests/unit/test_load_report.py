@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shardctl.cli.load import MAX_USERS, parse_users
+from shardctl.config.topology import parse
 from shardctl.errors import UsageError
-from shardctl.load import (
+from shardctl.workload.load import (
     HEADROOM,
     OPS,
     VirtualUser,
@@ -22,7 +23,6 @@ from shardctl.load import (
     report,
     summary,
 )
-from shardctl.topology import parse
 
 fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 latency = st.floats(min_value=0.0, max_value=60.0, allow_nan=False)

@@ -10,15 +10,16 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl import compose, poolers
-from shardctl.checks import POOLER, POOLER_WAITING, pooler_checks
-from shardctl.containers import POOLER_BOOTSTRAP, pooler_spec
-from shardctl.credentials import Credentials
+from shardctl.config import addresses
+from shardctl.config.credentials import Credentials
+from shardctl.config.topology import DEFAULT_POOLER_IMAGE, Role, Topology, parse
+from shardctl.db.pg import address
+from shardctl.db.poolers import PoolerFacts, PoolerObservation
+from shardctl.docker import compose
+from shardctl.docker.specs import POOLER_BOOTSTRAP, pooler_spec
 from shardctl.errors import TopologyError, UsageError
-from shardctl.pg import address
-from shardctl.poolers import PoolerFacts, PoolerObservation
-from shardctl.router import Router, default_via
-from shardctl.topology import DEFAULT_POOLER_IMAGE, Role, Topology, parse
+from shardctl.health.checks import POOLER, POOLER_WAITING, pooler_checks
+from shardctl.router.router import Router, default_via
 
 BASE = "cluster: demo\nshards:\n  - name: a\n    replicas: 2\n  - name: b\n"
 
@@ -48,7 +49,7 @@ def test_every_node_gets_a_pooler_on_its_port_plus_the_offset() -> None:
     assert node.pooler_container == "demo-a-replica-1-pooler"
     assert address(node, "pooler") == ("127.0.0.1", 55321)
     assert address(node) == ("127.0.0.1", 54321)
-    assert poolers.target(node) == ("demo-a-replica-1", 5432)
+    assert addresses.pooler_target(node) == ("demo-a-replica-1", 5432)
 
 
 def test_replicas_false_and_a_shard_override() -> None:

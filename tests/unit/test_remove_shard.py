@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl import catalog, topology
+from shardctl.config import topology
 from shardctl.errors import UsageError
-from shardctl.reshard.coordinator import without_roles
-from shardctl.reshard.joining import with_shard
-from shardctl.reshard.leaving import without_shard
-from shardctl.reshard.plan import MoveSize, Plan, make_plan, uncovered, without_node
-from shardctl.ring import SPACE, Ring
+from shardctl.ops.reshard.coordinator import without_roles
+from shardctl.ops.reshard.joining import with_shard
+from shardctl.ops.reshard.leaving import without_shard
+from shardctl.ring.hashing import SPACE, Ring
+from shardctl.state import catalog
+from shardctl.state.plan import MoveSize, Plan, make_plan, uncovered, without_node
 
 NAMES = ["shard-0", "shard-1", "shard-2", "shard-3", "shard-4"]
 

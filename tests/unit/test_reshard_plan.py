@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl.reshard.plan import (
+from shardctl.ring.hashing import SPACE, Move, Ring
+from shardctl.state.plan import (
     FORWARD,
     MoveSize,
     Phase,
@@ -19,7 +20,6 @@ from shardctl.reshard.plan import (
     next_phase,
     split,
 )
-from shardctl.ring import SPACE, Move, Ring
 
 
 def test_phases_run_forward_to_done() -> None:

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardctl import ring as ring_module
-from shardctl.ring import (
+from shardctl.ring import hashing as ring_module
+from shardctl.ring.hashing import (
     SLOT_SHIFT,
     SLOTS,
     SPACE,

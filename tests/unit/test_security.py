@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl import credentials, topology
-from shardctl.containers import BOOTSTRAP, container_spec, secret_names
-from shardctl.credentials import Credentials, Login
-from shardctl.engine import user_ids
+from shardctl.config import credentials, topology
+from shardctl.config.credentials import Credentials, Login
+from shardctl.config.topology import Role
+from shardctl.docker.engine import user_ids
+from shardctl.docker.specs import BOOTSTRAP, container_spec, secret_names
 from shardctl.errors import TopologyError, UsageError
-from shardctl.topology import Role
 
 MINIMAL = "cluster: demo\nshards:\n  - name: a\n"
 

@@ -12,8 +12,10 @@ import pytest
 from cryptography import x509
 from psycopg.conninfo import conninfo_to_dict
 
-from shardctl import compose, credentials, pg, tls, topology
-from shardctl.containers import (
+from shardctl.config import credentials, tls, topology
+from shardctl.db import pg
+from shardctl.docker import compose
+from shardctl.docker.specs import (
     BOOTSTRAP,
     SECRETS_DIR,
     TLS_FILES,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shardctl import topology
+from shardctl.config import topology
+from shardctl.config.topology import Role
 from shardctl.errors import TopologyError
-from shardctl.topology import Role
 from tests.conftest import REPO
 
 MINIMAL = "cluster: demo\nshards:\n  - name: a\n"

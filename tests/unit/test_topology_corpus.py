@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardctl import topology
+from shardctl.config import topology
 from shardctl.errors import TopologyError
 from tests.conftest import REPO
 

@@ -1,0 +1,190 @@
+"""Connections to the cluster's nodes: where a node is reached from here, and how."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from shardctl.config.addresses import Via, address
+from shardctl.config.credentials import Credentials, Login
+from shardctl.config.topology import Node, Topology
+from shardctl.errors import DatabaseUnavailable, ShardctlError
+from shardctl.util.text import (
+    first_line as first_line,  # re-exported: pg.first_line(exc) reads well
+)
+
+T = TypeVar("T")
+
+
+def _application_name() -> str:
+    """``shardctl user@host``: who connects, in pg_stat_activity and on a reshard's record."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"shardctl {user}@{socket.gethostname()}"[:63]  # the server's limit (NAMEDATALEN)
+
+
+APPLICATION_NAME = _application_name()
+
+
+def conninfo(
+    node: Node,
+    credentials: Credentials,
+    dbname: str,
+    *,
+    timeout: float = 5.0,
+    login: Login = Login.SUPERUSER,
+    via: Via = "direct",
+    **extra: str,
+) -> str:
+    """A libpq connection string for ``node`` as ``login`` (shardctl's own work: the superuser;
+    the Router and ``load``: the application role), with the topology's sslmode; ``via``
+    the node's pooler or straight to its server."""
+    host, port = address(node, via)
+    user, password = credentials.login(login)
+    if node.sslmode is not None:
+        extra.setdefault("sslmode", node.sslmode)
+    if credentials.tls_root is not None:
+        extra.setdefault("sslrootcert", str(credentials.tls_root))
+    return make_conninfo(
+        host=host,
+        port=str(port),
+        dbname=dbname,
+        user=user,
+        password=password,
+        connect_timeout=str(max(1, round(timeout))),
+        application_name=APPLICATION_NAME,
+        **extra,
+    )
+
+
+def connect(
+    node: Node,
+    credentials: Credentials,
+    dbname: str,
+    *,
+    timeout: float = 5.0,
+    local_commit: bool = False,
+) -> psycopg.Connection[tuple[object, ...]]:
+    """An autocommit connection to ``node``; DatabaseUnavailable when it does not answer.
+
+    ``local_commit``: its commits never wait for a synchronous replica (shardctl's own
+    idempotent set-up, which must not hang on a ``replication: sync`` shard whose replicas are
+    not there yet; ``up`` makes them next).
+    """
+    info = conninfo(node, credentials, dbname, timeout=timeout)
+    if local_commit:
+        info = make_conninfo(info, options="-c synchronous_commit=local")
+    try:
+        return psycopg.connect(info, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"{node.name}: cannot connect: {first_line(exc)}") from None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a node could not be asked, in a few words for a table cell or a one-line error."""
+    if isinstance(exc, ShardctlError):
+        text = str(exc)
+        return text.split(": ", 1)[1] if ": " in text else text  # drop the node name prefix
+    if isinstance(exc, TimeoutError):
+        return f"did not answer: {exc}"
+    if isinstance(exc, psycopg.Error):
+        return first_line(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------ every node at once
+
+
+def gather(
+    tasks: Mapping[str, Callable[[], T]], *, timeout: float | None = None
+) -> dict[str, T | BaseException]:
+    """Run every task at once, one thread each; name -> its result, or the error it raised.
+
+    With ``timeout``, a task still running after that many seconds yields a TimeoutError and is
+    left behind on its daemon thread: a hung node cannot hold up the others.
+    """
+    results: dict[str, T | BaseException] = {}
+    lock = threading.Lock()
+
+    def run(name: str, task: Callable[[], T]) -> None:
+        try:
+            value: T | BaseException = task()
+        except BaseException as exc:  # handed to the caller
+            value = exc
+        with lock:
+            results[name] = value
+
+    threads = [
+        threading.Thread(target=run, args=(name, task), daemon=True, name=f"shardctl-{name}")
+        for name, task in tasks.items()
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for thread in threads:
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    with lock:
+        done = dict(results)
+    # Only a timeout leaves a task without a result.
+    late = f"no answer within {timeout:g}s" if timeout is not None else ""
+    return {name: done[name] if name in done else TimeoutError(late) for name in tasks}
+
+
+def each(tasks: Mapping[str, Callable[[], T]]) -> dict[str, T]:
+    """Run every task at once and wait for all; the first error, in the order of ``tasks``."""
+    out: dict[str, T] = {}
+    for name, result in gather(tasks).items():
+        if isinstance(result, BaseException):
+            raise result
+        out[name] = result
+    return out
+
+
+@contextmanager
+def node_errors(node: Node, doing: str) -> Iterator[None]:
+    """Turn a database error inside into DatabaseUnavailable naming ``node`` and ``doing``."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(f"{node.name}: {doing}: {first_line(exc)}") from None
+
+
+def on_nodes(
+    topology: Topology,
+    credentials: Credentials,
+    nodes: Sequence[Node],
+    work: Callable[[psycopg.Connection[Any]], T],
+    *,
+    timeout: float,
+    strict: bool,
+    doing: str,
+) -> dict[str, T | BaseException]:
+    """Run ``work(conn)`` on each node at once (usually the primaries), keyed by node name;
+    errors raised (strict) or returned: a node that cannot be asked is a DatabaseUnavailable
+    naming it and ``doing``.
+    """
+    database = topology.spec.database
+
+    def one(node: Node) -> T:
+        with node_errors(node, doing), connect(node, credentials, database, timeout=timeout) as c:
+            return work(c)
+
+    results = gather({node.name: partial(one, node) for node in nodes})
+    for result in results.values():
+        if isinstance(result, BaseException) and (
+            strict or not isinstance(result, DatabaseUnavailable)
+        ):
+            raise result
+    return results

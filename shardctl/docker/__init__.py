@@ -1,0 +1,1 @@
+"""The one seam to the Docker SDK: engines, container specs, compose."""

@@ -1,0 +1,1 @@
+"""Facts about every node, judgement over them, verify-replication and distribution."""

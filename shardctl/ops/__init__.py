@@ -1,0 +1,1 @@
+"""What changes the cluster: up/down, role changes, resharding."""

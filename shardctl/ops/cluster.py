@@ -1,0 +1,194 @@
+"""The library object every command starts from: a topology, its engines and credentials."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shardctl.config import credentials as creds
+from shardctl.config import topology
+from shardctl.config.credentials import Credentials
+from shardctl.config.topology import HealthSpec, Topology
+from shardctl.db import pg
+from shardctl.docker.engine import Engines
+from shardctl.errors import CheckFailed, DatabaseUnavailable, UsageError
+from shardctl.health import facts as health
+from shardctl.health import verify
+from shardctl.ops.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
+from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
+from shardctl.state import catalog, fence, inflight
+from shardctl.util.waiting import NotYet, wait_for
+
+
+@dataclass
+class Cluster:
+    """A declared cluster and the means to reach it."""
+
+    topology: Topology
+    engines: Engines = field(default_factory=Engines)
+    _credentials: Credentials | None = None
+
+    @classmethod
+    def load(cls, path: Path | str | None = None) -> Cluster:
+        """Read and validate the topology; nothing is contacted yet."""
+        return cls(topology.load(path))
+
+    def credentials(self, *, create: bool = False) -> Credentials:
+        """The cluster's passwords (generated and stored on first ``up``)."""
+        if self._credentials is None:
+            self._credentials = creds.load(self.topology, create=create)
+        return self._credentials
+
+    def provisioner(
+        self, reporter: Reporter = quiet_reporter, *, create: bool = False
+    ) -> Provisioner:
+        """A provisioner for this cluster."""
+        return Provisioner(self.topology, self.engines, self.credentials(create=create), reporter)
+
+    def follow_roles(self) -> catalog.RingRecord | None:
+        """Take the acting roles from the catalog (after a switchover or failover), so that
+        every later step sees each shard's real primary; the current record, None if none.
+
+        DatabaseUnavailable when no node answers (the cluster is not running).
+        """
+        record = catalog.read_any(self.topology, self.credentials()).current
+        if record is not None:
+            self.topology = self.topology.with_acting(dict(record.primaries))
+        return record
+
+    def up(
+        self, *, wait: bool = True, timeout: float = 180.0, reporter: Reporter = quiet_reporter
+    ) -> UpReport:
+        """Create or repair every declared node with its acting role, then the ring catalog and
+        the reshard fence on every primary; re-clone the former primaries a failover fenced."""
+        started = time.monotonic()
+        self.credentials(create=True)
+        record = self._roles_for_up(reporter, started + timeout)
+        rejoin = record.rejoin if record is not None else ()
+        provisioner = Provisioner(
+            self.topology, self.engines, self.credentials(), reporter, rejoin=rejoin
+        )
+        report = provisioner.up(wait=wait, timeout=max(1.0, started + timeout - time.monotonic()))
+        reporter("catalog", "ring catalog")
+        written = catalog.ensure(self.topology, self.credentials())
+        report.warnings += written.warnings
+        if record is not None and rejoin:
+            rejoined = dataclasses.replace(
+                record,
+                epoch=max(record.epoch, written.epoch) + 1,
+                rejoin=(),
+                created_by=f"up: re-joined {', '.join(rejoin)}",
+            )
+            catalog.publish(self.topology, self.credentials(), rejoined)
+        fence.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _roles_for_up(self, reporter: Reporter, deadline: float) -> catalog.RingRecord | None:
+        """The catalog's roles before ``up`` changes anything. When no node answers but the
+        cluster's containers exist (a restarted host), they are started first: the catalog in
+        them says who is primary, and a stopped former primary must not be mistaken for one."""
+        try:
+            return self.follow_roles()
+        except DatabaseUnavailable:
+            self._refuse_servers_without_tls()
+            if not self.provisioner(reporter).start_existing():
+                return None  # nothing exists yet: a new cluster, the declared roles
+        return wait_for(
+            self._follow_roles_probe,
+            timeout=max(1.0, min(60.0, deadline - time.monotonic())),
+            what="any node of the cluster to answer",
+            on_timeout=DatabaseUnavailable,
+        )
+
+    def _refuse_servers_without_tls(self) -> None:
+        """``tls: required`` added to a running cluster: its servers answer without TLS, so no
+        catalog can be read (and none is read in clear); say how to turn TLS on."""
+        if self.topology.tls is None:
+            return
+        for node in self.topology.primaries():
+            try:
+                pg.connect(node, self.credentials(), "postgres").close()
+            except DatabaseUnavailable as exc:
+                if "does not support SSL" in str(exc):
+                    raise CheckFailed(
+                        f"{node.name} runs without TLS, and the topology now says tls: "
+                        "required: run `shardctl down` (the data stays) and then `shardctl up`, "
+                        "which starts every node with TLS"
+                    ) from None
+            return
+
+    def _follow_roles_probe(self) -> catalog.RingRecord | None:
+        try:
+            return self.follow_roles()
+        except DatabaseUnavailable as exc:
+            raise NotYet(str(exc)) from None
+
+    def role_changer(
+        self,
+        *,
+        log: Callable[[str], None] = lambda _: None,
+        after_step: Callable[[Step], None] = lambda _: None,
+    ) -> RoleChanger:
+        """Switchover and failover for this cluster, with the acting roles."""
+        self.follow_roles()
+        return RoleChanger(
+            self.topology, self.engines, self.credentials(), log=log, after_step=after_step
+        )
+
+    def switchover(self, shard: str, to: str | None = None, *, timeout: float = 30.0) -> RoleChange:
+        """Planned primary change of ``shard`` (see :mod:`shardctl.ops.rolechange`)."""
+        self.topology.shard_nodes(shard)  # an unknown shard is a TopologyError, exit 2
+        return self.role_changer().switchover(shard, to, timeout=timeout)
+
+    def failover(self, shard: str, to: str | None = None) -> RoleChange:
+        """Promote a replica of ``shard``, whose primary is gone (see
+        :mod:`shardctl.ops.rolechange`)."""
+        self.topology.shard_nodes(shard)
+        return self.role_changer().failover(shard, to)
+
+    def down(self, *, volumes: bool = False) -> DownReport:
+        """Remove containers and network; volumes (and generated passwords) only when asked."""
+        report = Provisioner(self.topology, self.engines).down(volumes=volumes)
+        if volumes:
+            creds.forget(self.topology)
+        return report
+
+    def observe(self, *, timeout: float | None = None) -> health.ClusterFacts:
+        """Every node's replication facts, probed in parallel, judged by the acting roles."""
+        self._follow_roles_if_running()
+        return health.observe(self.topology, self.engines, self.credentials, timeout=timeout)
+
+    def verify_replication(
+        self, limits: HealthSpec | None = None, *, deep: bool = False
+    ) -> verify.Report:
+        """Every replication check; thresholds from ``limits`` or the topology's health section."""
+        limits = limits if limits is not None else self.topology.spec.health
+        self._follow_roles_if_running()
+        return verify.verify_replication(
+            self.topology, self.engines, self.credentials, limits, deep=deep
+        )
+
+    def _follow_roles_if_running(self) -> None:
+        # Nothing answering (or no passwords yet) is for the checks to report, not an error here.
+        with contextlib.suppress(DatabaseUnavailable, UsageError):
+            self.follow_roles()
+
+    def in_flight(self) -> list[inflight.Operation]:
+        """The operations in progress (an unfinished reshard, a role-change fence), read from
+        the acting primaries; DatabaseUnavailable when none answers."""
+        return inflight.in_flight(self.topology, self.credentials())
+
+    def close(self) -> None:
+        """Release Docker clients."""
+        self.engines.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

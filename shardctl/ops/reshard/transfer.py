@@ -1,0 +1,331 @@
+"""Moving rows between two primaries: chunked COPY, key re-sync, and verification.
+
+Everything here makes the *target* converge towards the *source*, which stays authoritative
+until cut-over:
+
+- :func:`copy_range` streams the rows of one ring range with the COPY protocol into a staging
+  table on the target and merges them with ``ON CONFLICT DO NOTHING``; the chunk's progress
+  row commits in the same target transaction, so a resumed copy never redoes finished work;
+- :func:`drain` re-syncs every key named in the source's change log with
+  :func:`shardctl.state.fence.resync_keys` (the Router's dual writes use it too): it locks the key's
+  row on the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the key on
+  the target with the source's current state, or deletes it there when the source has none;
+- :func:`fingerprints` counts and checksums rows per range on one server (one scan, ranges
+  found by ``width_bucket`` over the range bounds), and :func:`differing_keys` names the keys
+  whose rows differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+
+from shardctl.config.topology import TableSpec
+from shardctl.ring.hashing import Move
+from shardctl.ring.sql import position
+from shardctl.state import fence
+from shardctl.state.fence import key_type, keys_in, pipe, resync_keys, trusted_writes
+
+Conn = psycopg.Connection[Any]
+SESSION_SETTINGS = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1"
+"""Row text (hashed by verification) must not depend on a session's settings."""
+
+
+def prepare(conn: Conn) -> None:
+    """Settings every transfer connection needs, so row texts compare across servers."""
+    conn.execute(SESSION_SETTINGS)
+
+
+def range_predicate(key_column: str, start_hex: str, end_hex: str | None) -> sql.Composable:
+    """``start <= position < end`` with the bounds inlined as literals (no upper bound when
+    ``end_hex`` is None): COPY statements take no parameters, unlike ``ringsql.range_condition``.
+    """
+    pos = position(key_column)
+    lower = sql.SQL("{} >= {}").format(pos, sql.Literal(start_hex))
+    if end_hex is None:
+        return lower
+    return sql.SQL("{} AND {} < {}").format(lower, pos, sql.Literal(end_hex))
+
+
+def position_index(table: TableSpec) -> str:
+    """Name of the index on a table's ring position that a reshard builds on its sources."""
+    return f"shardctl_ringpos_{table.name}"
+
+
+def ensure_position_index(conn: Conn, table: TableSpec) -> None:
+    """Index the ring position of a table's rows, concurrently (writes go on meanwhile).
+
+    Without it every chunk of a move is a full scan computing md5 for every row; with it a
+    chunk is an index range scan. An index left invalid by an interrupted build is rebuilt.
+    """
+    name = sql.Identifier(position_index(table))
+    valid = conn.execute(
+        "SELECT i.indisvalid FROM pg_catalog.pg_index i "
+        "JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+        (position_index(table),),
+    ).fetchone()
+    if valid is not None and valid[0]:
+        return
+    if valid is not None:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
+    conn.execute(
+        sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({})").format(
+            name, sql.Identifier(table.name), sql.SQL("({})").format(position(table.key))
+        )
+    )
+
+
+def drop_position_index(conn: Conn, table: TableSpec) -> None:
+    """Remove the ring position index once a reshard no longer needs it."""
+    name = sql.Identifier(position_index(table))
+    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(name))
+
+
+@dataclass(frozen=True)
+class Copied:
+    """What one chunk copy moved."""
+
+    rows: int
+    bytes: int
+    how: str = "plain"
+    """plain, replace or merge: see :func:`copy_range`."""
+
+
+def copy_range(
+    source: Conn,
+    target: Conn,
+    table: TableSpec,
+    start_hex: str,
+    end_hex: str | None,
+    *,
+    reshard_id: int,
+    chunk: str,
+) -> Copied | None:
+    """Copy one range of a table; None when the chunk was already copied (resume).
+
+    Three ways, cheapest first. ``plain``: COPY straight into the table, as a raw COPY would,
+    when the range is empty on the target (an index probe). ``replace``: empty the range on
+    the target first, then COPY. That may drop a newer row a dual write put there, but every
+    such key has a change-log row on the source (written with the source's write), so the
+    drain brings it back. ``merge``: if a dual write lands in the range even while we copy,
+    COPY into a staging table and merge with ``ON CONFLICT DO NOTHING``.
+    """
+    done = target.execute(fence.CHUNK_COPIED, (reshard_id, chunk)).fetchone()
+    if done:
+        return None
+    where = range_predicate(table.key, start_hex, end_hex)
+    occupied = target.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+            sql.Identifier(table.name), where
+        )
+    ).fetchone()
+    progress = (reshard_id, chunk)
+    for how in ("replace",) if occupied and occupied[0] else ("plain", "replace"):
+        try:
+            return _copy_chunk(source, target, table, where, progress, how)
+        except psycopg.errors.UniqueViolation:
+            pass  # a dual write or re-sync put a key of this range there first
+    return _copy_chunk(source, target, table, where, progress, "merge")
+
+
+def _copy_chunk(
+    source: Conn,
+    target: Conn,
+    table: TableSpec,
+    where: sql.Composable,
+    progress: tuple[int, str],
+    how: str,
+) -> Copied:
+    name = sql.Identifier(table.name)
+    stage = sql.Identifier(f"shardctl_stage_{table.name}")
+    select = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
+        name, where
+    )
+    with target.transaction():
+        trusted_writes(target)
+        if how == "replace":
+            target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, where))
+        elif how == "merge":
+            target.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
+                    "ON COMMIT DELETE ROWS"
+                ).format(stage, name)
+            )
+        into_table = stage if how == "merge" else name
+        with target.cursor() as cur:
+            nbytes = pipe(source, select, cur, into_table)
+            rows = cur.rowcount  # from COPY's command tag
+        if how == "merge":
+            rows = target.execute(
+                sql.SQL("INSERT INTO {} SELECT * FROM {} ON CONFLICT DO NOTHING").format(
+                    name, stage
+                )
+            ).rowcount
+        target.execute(fence.RECORD_CHUNK, (*progress, rows, nbytes))
+    return Copied(rows=rows, bytes=nbytes, how=how)
+
+
+def drain(
+    source: Conn,
+    target: Conn,
+    target_name: str,
+    tables: Sequence[TableSpec],
+    *,
+    batch: int = 2000,
+    key_types: dict[str, str] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    collect: dict[str, set[str]] | None = None,
+) -> int:
+    """Re-sync every key in the source's change log bound for ``target``; keys re-synced.
+
+    With ``collect``, the keys re-synced are added to it, per table name.
+    """
+    by_name = {t.name: t for t in tables}
+    types = key_types if key_types is not None else {t.name: key_type(source, t) for t in tables}
+    total = 0
+    while True:
+        with source.transaction():
+            rows = source.execute(fence.NEXT_CHANGES, (target_name, batch)).fetchall()
+            if not rows:
+                return total
+            grouped: dict[str, set[str]] = {}
+            for _, tbl, key in rows:
+                grouped.setdefault(tbl, set()).add(key)
+            for tbl, keys in grouped.items():
+                table = by_name.get(tbl)
+                if table is not None:
+                    resync_keys(source, target, table, types[tbl], sorted(keys))
+                    total += len(keys)
+                    if collect is not None:
+                        collect.setdefault(tbl, set()).update(keys)
+            # Delete exactly what was processed: a change row invisible now (its writer had not
+            # committed) stays for the next pass. A "done up to id N" mark would skip it.
+            source.execute(fence.DELETE_CHANGES, ([r[0] for r in rows],))
+        if on_batch is not None:
+            on_batch(total)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Row count and an order-independent checksum of one range on one server."""
+
+    rows: int
+    checksum: int
+
+
+def _bounds(moves: Sequence[Move]) -> tuple[list[str], dict[int, int]]:
+    """``width_bucket`` thresholds covering ``moves`` and a bucket → move index map."""
+    thresholds: list[str] = []
+    bucket_of: dict[int, int] = {}
+    for index in sorted(range(len(moves)), key=lambda i: moves[i].start):
+        move = moves[index]
+        if not thresholds or thresholds[-1] != move.start_hex:
+            thresholds.append(move.start_hex)
+        bucket_of[len(thresholds)] = index  # width_bucket numbers [t[i-1], t[i]) as i
+        if move.end_hex is not None:
+            thresholds.append(move.end_hex)
+    return thresholds, bucket_of
+
+
+def _per_move(
+    conn: Conn, table: TableSpec, moves: Sequence[Move], aggregates: sql.Composable
+) -> list[tuple[int, ...]]:
+    """Aggregates over each move's rows in one scan (ranges found by ``width_bucket``)."""
+    thresholds, bucket_of = _bounds(moves)
+    query = sql.SQL(
+        "SELECT pg_catalog.width_bucket({pos}, %s::text[]) AS b, {aggregates} "
+        "FROM {table} t GROUP BY b"
+    ).format(pos=position(table.key), aggregates=aggregates, table=sql.Identifier(table.name))
+    result: list[tuple[int, ...]] = [(0, 0) for _ in moves]
+    for bucket, *values in conn.execute(query, (thresholds,)):
+        move = bucket_of.get(bucket)
+        if move is not None:
+            result[move] = tuple(int(v) for v in values)
+    return result
+
+
+def fingerprints(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[Fingerprint]:
+    """Count and checksum the rows of each move's range on one server, in one scan."""
+    checksum = sql.SQL(
+        "count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)"
+    )
+    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, checksum)]
+
+
+def sizes(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[tuple[int, int]]:
+    """Exact rows and stored bytes of each move's range on one server, in one scan."""
+    size = sql.SQL("count(*), coalesce(sum(pg_catalog.pg_column_size(t.*)), 0)")
+    return [(r[0], r[1]) for r in _per_move(conn, table, moves, size)]
+
+
+def row_hashes(conn: Conn, table: TableSpec, where: sql.Composable) -> dict[str, str]:
+    """Key → md5 of the row's text, for every row matching ``where``."""
+    query = sql.SQL("SELECT {key}::text, md5(t::text) FROM {table} t WHERE {where}").format(
+        key=sql.Identifier(table.key), table=sql.Identifier(table.name), where=where
+    )
+    return {str(k): str(h) for k, h in conn.execute(query)}
+
+
+def _differ(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
+    return sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+
+
+def differing_keys(source: Conn, target: Conn, table: TableSpec, move: Move) -> list[str]:
+    """Keys of one range whose rows differ between source and target (or exist on one only)."""
+    where = range_predicate(table.key, move.start_hex, move.end_hex)
+    return _differ(row_hashes(source, table, where), row_hashes(target, table, where))
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A final catch-up: keys re-synced, and those still differing afterwards."""
+
+    resynced: int
+    mismatched: list[str]
+
+
+def drain_and_check(
+    source: Conn,
+    target: Conn,
+    target_name: str,
+    tables: Sequence[TableSpec],
+    *,
+    key_types: dict[str, str] | None = None,
+) -> Drained:
+    """Drain the change log, then compare every key it named, row by row, on both sides."""
+    types = key_types if key_types is not None else {t.name: key_type(source, t) for t in tables}
+    touched: dict[str, set[str]] = {}
+    resynced = drain(source, target, target_name, tables, key_types=types, collect=touched)
+    mismatched: list[str] = []
+    for table in tables:
+        keys = sorted(touched.get(table.name, ()))
+        if keys:
+            where = keys_in(table, types[table.name], keys)
+            differ = _differ(row_hashes(source, table, where), row_hashes(target, table, where))
+            mismatched += [f"{table.name}:{k}" for k in differ]
+    return Drained(resynced, mismatched)
+
+
+def delete_range(
+    conn: Conn, table: TableSpec, start_hex: str, end_hex: str | None, *, batch: int
+) -> int:
+    """Delete one batch of a range's rows (trusted: bypasses the fence); rows deleted."""
+    name = sql.Identifier(table.name)
+    with conn.transaction():
+        trusted_writes(conn)
+        return conn.execute(
+            sql.SQL(
+                "DELETE FROM {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {name} WHERE {pred} "
+                "LIMIT {n}))"
+            ).format(
+                name=name,
+                pred=range_predicate(table.key, start_hex, end_hex),
+                n=sql.Literal(batch),
+            )
+        ).rowcount

@@ -1,0 +1,1 @@
+"""Pure consistent hashing, and its SQL twin."""

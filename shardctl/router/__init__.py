@@ -1,0 +1,1 @@
+"""The application's library: the Router, its catalog watcher, pools and deadlines."""

@@ -1,0 +1,190 @@
+"""What is in flight in a cluster: an unfinished reshard, a role-change fence left on a primary.
+
+Read-only: one connection per acting primary, asked whether the tables exist before reading
+them (a failed query would log an ERROR on the server). ``status``, ``rebalance --plan``,
+``verify-replication`` and ``distribution`` show these facts, each with the exact command that
+finishes or undoes the operation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from shardctl.config.credentials import Credentials
+from shardctl.config.topology import Topology
+from shardctl.db import pg
+from shardctl.errors import DatabaseUnavailable
+from shardctl.state import fence
+from shardctl.state.plan import FORWARD, Phase, Plan, finished
+
+RESHARD = "reshard"
+ROLE_CHANGE = "role-change"
+
+_EXISTS = "SELECT pg_catalog.to_regclass(%s) IS NOT NULL"
+_LATEST = "SELECT to_jsonb(r) FROM shardctl.reshard r ORDER BY r.id DESC LIMIT 1"
+_COPIED = "SELECT chunk, rows FROM shardctl.copied WHERE reshard_id = %s"
+_ROLE_FENCE = "SELECT count(*) FROM shardctl.moving WHERE reshard_id = %s"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation in progress, with the command that finishes (or undoes) it."""
+
+    kind: str
+    """``reshard`` or ``role-change``."""
+    id: int | None
+    phase: str
+    shards: tuple[str, ...]
+    """The shards it involves (a reshard's sources and targets, the fenced shard)."""
+    command: str
+    """The exact command to run next, e.g. ``shardctl rebalance --resume``."""
+    ranges_done: int | None = None
+    ranges_total: int | None = None
+    rows_copied: int | None = None
+    rows_total: int | None = None
+    started_at: datetime | None = None
+    started_by: str | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def summary(self) -> str:
+        """The operation in one line for people."""
+        if self.kind == ROLE_CHANGE:
+            return (
+                f"role change on {', '.join(self.shards)}: writes are fenced on its primary "
+                f"(a switchover running, or one that stopped: `{self.command}` finishes it)"
+            )
+        parts = [f"reshard {self.id}: {self.phase}"]
+        if self.ranges_total is not None:
+            parts.append(f"ranges {self.ranges_done or 0:,}/{self.ranges_total:,}")
+        if self.rows_total is not None:
+            parts.append(f"rows {self.rows_copied or 0:,}/{self.rows_total:,}")
+        return ", ".join(parts)
+
+    @property
+    def started(self) -> str | None:
+        """``started 2026-11-21 23:51 by alice@laptop`` (local time), None when not recorded."""
+        if self.started_at is None:
+            return None
+        when = self.started_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        return f"started {when}" + (f" by {self.started_by}" if self.started_by else "")
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What one primary holds."""
+
+    latest: dict[str, Any] | None
+    copied: dict[str, int]
+    role_fence: bool
+
+
+def _look(conn: psycopg.Connection[Any]) -> _Seen:
+    def exists(table: str) -> bool:
+        row = conn.execute(_EXISTS, (f"shardctl.{table}",)).fetchone()
+        return bool(row and row[0])
+
+    latest: dict[str, Any] | None = None
+    copied: dict[str, int] = {}
+    if exists("reshard"):
+        row = conn.execute(_LATEST).fetchone()
+        latest = row[0] if row else None
+        if latest is not None and exists("copied"):
+            rows = conn.execute(_COPIED, (int(latest["id"]),)).fetchall()
+            copied = {str(chunk): int(n) for chunk, n in rows}
+    fenced = False
+    if exists("moving"):
+        row = conn.execute(_ROLE_FENCE, (fence.ROLE_CHANGE,)).fetchone()
+        fenced = bool(row and row[0])
+    return _Seen(latest, copied, fenced)
+
+
+def _rank(record: dict[str, Any]) -> tuple[int, int]:
+    """The coordinator's rule: the highest id, then the most advanced phase, wins."""
+    phase = Phase(record["phase"])
+    return int(record["id"]), len(FORWARD) if phase is Phase.ABORTED else FORWARD.index(phase)
+
+
+def _timestamp(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def reshard_operation(record: dict[str, Any], copied: dict[str, int]) -> Operation | None:
+    """The reshard a ``shardctl.reshard`` row (as JSON) describes, None when it is finished;
+    ``copied`` is rows per chunk recorded as copied on the targets."""
+    phase = Phase(record["phase"])
+    if finished(phase):
+        return None
+    plan = Plan.from_json(record["plan"])
+    by_move: dict[int, list[str]] = {}
+    for chunk in plan.chunks:
+        by_move.setdefault(chunk.move, []).append(chunk.id)
+    past_copy = FORWARD.index(phase) > FORWARD.index(Phase.COPYING)
+    done = sum(past_copy or all(c in copied for c in ids) for ids in by_move.values())
+    report = record.get("report") or {}
+    rows = max(sum(copied.values()), int(report.get("rows_copied") or 0))
+    may_abort = not record.get("flipped") and FORWARD.index(phase) < FORWARD.index(
+        Phase.CUTTING_OVER
+    )
+    command = "shardctl rebalance --resume" + (" (or --abort)" if may_abort else "")
+    return Operation(
+        kind=RESHARD,
+        id=plan.id,
+        phase=phase.value,
+        shards=tuple(dict.fromkeys([*plan.sources(), *plan.targets()])),
+        command=command,
+        ranges_done=done,
+        ranges_total=len(plan.moves),
+        rows_copied=rows,
+        rows_total=plan.rows,
+        started_at=_timestamp(record.get("started_at")),
+        started_by=str(record.get("started_by") or "").removeprefix("shardctl ") or None,
+        updated_at=_timestamp(record.get("updated_at")),
+    )
+
+
+def in_flight(topology: Topology, credentials: Credentials) -> list[Operation]:
+    """Every operation in progress, read from the acting primaries that answer.
+
+    DatabaseUnavailable only when no primary answers.
+    """
+    results = pg.on_nodes(
+        topology,
+        credentials,
+        topology.primaries(),
+        _look,
+        timeout=3.0,
+        strict=False,
+        doing="reading the operations in progress",
+    )
+    seen = {name: r for name, r in results.items() if isinstance(r, _Seen)}
+    if not seen:
+        raise DatabaseUnavailable("no primary answered: cannot tell what is in flight")
+    operations: list[Operation] = []
+    records = [s.latest for s in seen.values() if s.latest is not None]
+    if records:
+        best = max(records, key=_rank)
+        copied: dict[str, int] = {}
+        for s in seen.values():
+            if s.latest is not None and int(s.latest["id"]) == int(best["id"]):
+                copied.update(s.copied)
+        reshard = reshard_operation(best, copied)
+        if reshard is not None:
+            operations.append(reshard)
+    shard_of = {node.name: node.shard for node in topology.primaries()}
+    for name, s in seen.items():
+        if s.role_fence:
+            operations.append(
+                Operation(
+                    kind=ROLE_CHANGE,
+                    id=None,
+                    phase="fenced",
+                    shards=(shard_of[name],),
+                    command="shardctl up",
+                )
+            )
+    return operations

@@ -1,0 +1,1 @@
+"""Load generation and the ledger of acknowledged writes."""
