@@ -23,7 +23,8 @@ from rich.text import Text
 from shardctl import __version__
 from shardctl.cli import render
 from shardctl.config import credentials as creds
-from shardctl.config.topology import TOPOLOGY_ENV, Topology, default_path
+from shardctl.config.schema import TOPOLOGY_ENV
+from shardctl.config.topology import Topology, default_path
 from shardctl.config.topology import load as load_topology
 from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError
 from shardctl.ops.cluster import Cluster

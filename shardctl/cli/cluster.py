@@ -27,7 +27,7 @@ from shardctl.cli.app import (
     open_cluster,
     progress_reporter,
 )
-from shardctl.config.topology import TopologySpec
+from shardctl.config.schema import TopologySpec
 from shardctl.docker import compose
 from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError, UsageError
 from shardctl.health.checks import StatusRow, status_rows

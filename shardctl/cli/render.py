@@ -19,7 +19,8 @@ from rich.progress import Progress, ProgressColumn
 from rich.table import Table
 from rich.text import Text
 
-from shardctl.config.topology import Role, Topology
+from shardctl.config.schema import Role
+from shardctl.config.topology import Topology
 from shardctl.health.checks import Check, StatusRow
 from shardctl.health.distribution import Distribution
 from shardctl.health.verify import Report

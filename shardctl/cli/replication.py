@@ -18,7 +18,7 @@ from shardctl.cli.app import (
     open_cluster,
 )
 from shardctl.cli.data import explain_in_flight, in_flight_reshards
-from shardctl.config.topology import HealthSpec
+from shardctl.config.schema import HealthSpec
 from shardctl.errors import InfrastructureError, UsageError
 
 _DEFAULTS = HealthSpec()

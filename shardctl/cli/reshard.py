@@ -29,7 +29,7 @@ from shardctl.cli.app import (
     progress_reporter,
     shard_name,
 )
-from shardctl.config.topology import MAX_REPLICAS
+from shardctl.config.schema import MAX_REPLICAS
 from shardctl.errors import NothingToDo, ReshardingError, ShardctlError, UsageError
 from shardctl.ops.cluster import Cluster
 from shardctl.ops.reshard import joining, leaving

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from shardctl.config.topology import Role, Topology
+from shardctl.config.schema import Role
+from shardctl.config.topology import Topology
 from shardctl.docker.engine import LABEL_CONFIG, ContainerSpec, cluster_labels
 from shardctl.docker.specs import OFFICIAL_IMAGE_MOUNT, container_spec, data_mount, pooler_spec
 from shardctl.errors import DockerUnavailable, ProvisioningError, UsageError

@@ -19,7 +19,8 @@ from psycopg.conninfo import make_conninfo
 
 from shardctl.config import addresses
 from shardctl.config.credentials import POOLER_ADMIN, SERVER_FILES
-from shardctl.config.topology import Node, Role, Topology
+from shardctl.config.schema import Role
+from shardctl.config.topology import Node, Topology
 from shardctl.docker.engine import ContainerSpec, Mount, Port, node_labels, pooler_labels
 from shardctl.errors import TopologyError
 

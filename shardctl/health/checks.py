@@ -18,15 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from shardctl.config import addresses
-from shardctl.config.topology import (
-    HealthSpec,
-    Node,
-    PoolerSpec,
-    Replication,
-    Role,
-    TableSpec,
-    Topology,
-)
+from shardctl.config.schema import HealthSpec, PoolerSpec, Replication, Role, TableSpec
+from shardctl.config.topology import Node, Topology
 from shardctl.db.poolers import PoolerObservation
 from shardctl.health.facts import (
     ActualRole,

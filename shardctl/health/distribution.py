@@ -27,7 +27,8 @@ import psycopg
 from psycopg import sql
 
 from shardctl.config.credentials import Credentials
-from shardctl.config.topology import Node, TableSpec, Topology
+from shardctl.config.schema import TableSpec
+from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
 from shardctl.errors import CheckFailed
 from shardctl.ring import sql as ringsql

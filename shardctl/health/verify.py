@@ -27,7 +27,8 @@ import psycopg
 from psycopg import sql
 
 from shardctl.config.credentials import Credentials
-from shardctl.config.topology import HealthSpec, Node, Role, TableSpec, Topology
+from shardctl.config.schema import HealthSpec, Role, TableSpec
+from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
 from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable

@@ -12,7 +12,8 @@ from pathlib import Path
 from shardctl.config import credentials as creds
 from shardctl.config import topology
 from shardctl.config.credentials import Credentials
-from shardctl.config.topology import HealthSpec, Topology
+from shardctl.config.schema import HealthSpec
+from shardctl.config.topology import Topology
 from shardctl.db import pg
 from shardctl.docker.engine import Engines
 from shardctl.errors import CheckFailed, DatabaseUnavailable, UsageError

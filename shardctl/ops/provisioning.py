@@ -30,7 +30,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from shardctl.config.credentials import Credentials
-from shardctl.config.topology import Node, Replication, Role, Topology
+from shardctl.config.schema import Replication, Role
+from shardctl.config.topology import Node, Topology
 from shardctl.db import pg, poolers
 from shardctl.docker.engine import (
     LABEL_CONFIG,

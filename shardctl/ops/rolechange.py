@@ -39,7 +39,8 @@ from typing import Any
 import psycopg
 
 from shardctl.config.credentials import Credentials
-from shardctl.config.topology import Node, Replication, Topology
+from shardctl.config.schema import Replication
+from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
 from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable, ShardctlError, UsageError

@@ -72,7 +72,8 @@ from shardctl.config import addresses
 from shardctl.config import credentials as creds
 from shardctl.config import topology as topo
 from shardctl.config.credentials import Credentials, Login
-from shardctl.config.topology import Node, Role, TableSpec, Topology
+from shardctl.config.schema import Role, TableSpec
+from shardctl.config.topology import Node, Topology
 from shardctl.db import faults, pg
 from shardctl.db.faults import is_transient
 from shardctl.errors import (

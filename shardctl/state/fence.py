@@ -49,7 +49,8 @@ import psycopg.errors
 from psycopg import sql
 
 from shardctl.config.credentials import Credentials
-from shardctl.config.topology import TableSpec, Topology
+from shardctl.config.schema import TableSpec
+from shardctl.config.topology import Topology
 from shardctl.db import pg
 from shardctl.util.waiting import retrying
 

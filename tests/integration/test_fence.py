@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from shardctl.config.credentials import Login
-from shardctl.config.topology import TableSpec
+from shardctl.config.schema import TableSpec
 from shardctl.db import pg
 from shardctl.errors import KeyNotOwned
 from shardctl.ops.cluster import Cluster

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import yaml
 
 from shardctl.config import topology
-from shardctl.config.topology import MAX_REPLICAS, PORT_STRIDE, Topology
+from shardctl.config.schema import MAX_REPLICAS, PORT_STRIDE
+from shardctl.config.topology import Topology
 from shardctl.errors import TopologyError, UsageError
 from shardctl.ops.cluster import Cluster
 from shardctl.ops.provisioning import Reporter, UpReport

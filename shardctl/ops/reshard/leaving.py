@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import yaml
 
 from shardctl.config import topology
-from shardctl.config.topology import PORT_STRIDE, Topology
+from shardctl.config.schema import PORT_STRIDE
+from shardctl.config.topology import Topology
 from shardctl.errors import TopologyError, UsageError
 from shardctl.ops.cluster import Cluster
 from shardctl.ops.reshard.coordinator import Rebalancer, State

@@ -25,7 +25,7 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 
-from shardctl.config.topology import TableSpec
+from shardctl.config.schema import TableSpec
 from shardctl.ring.hashing import Move
 from shardctl.ring.sql import position
 from shardctl.state import fence

@@ -11,9 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardctl.config import addresses
+from shardctl.config.addresses import address
 from shardctl.config.credentials import Credentials
-from shardctl.config.topology import DEFAULT_POOLER_IMAGE, Role, Topology, parse
-from shardctl.db.pg import address
+from shardctl.config.schema import DEFAULT_POOLER_IMAGE, Role
+from shardctl.config.topology import Topology, parse
 from shardctl.db.poolers import PoolerFacts, PoolerObservation
 from shardctl.docker import compose
 from shardctl.docker.specs import POOLER_BOOTSTRAP, pooler_spec

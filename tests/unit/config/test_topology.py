@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shardctl.config import topology
-from shardctl.config.topology import Role
+from shardctl.config.schema import IMAGE_ENV, Role
 from shardctl.errors import TopologyError
 from tests.conftest import REPO
 
@@ -56,7 +56,7 @@ def test_minimal_file_gets_defaults_and_ports_per_shard(tmp_path: Path) -> None:
 def test_image_can_be_overridden_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(topology.IMAGE_ENV, "local/pg:15")
+    monkeypatch.setenv(IMAGE_ENV, "local/pg:15")
     assert topology.load(write(tmp_path, MINIMAL)).spec.image == "local/pg:15"
 
 

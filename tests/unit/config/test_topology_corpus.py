@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shardctl.config import topology
+from shardctl.config.schema import Replication
 from shardctl.errors import TopologyError
 from tests.conftest import REPO
 
@@ -166,9 +167,9 @@ def test_a_valid_file_validates(good_file: Path) -> None:
 def test_merge_keys_resolve_as_in_compose() -> None:
     spec = topology.load(CORPUS / "good" / "merge-keys.yaml").spec
     assert [(s.name, s.replicas, s.replication) for s in spec.shards] == [
-        ("shard-0", 2, topology.Replication.SYNC),
-        ("shard-1", 1, topology.Replication.SYNC),  # written keys win over merged ones
-        ("shard-2", 2, topology.Replication.SYNC),
+        ("shard-0", 2, Replication.SYNC),
+        ("shard-1", 1, Replication.SYNC),  # written keys win over merged ones
+        ("shard-2", 2, Replication.SYNC),
     ]
     assert spec.shards[2].engine == "ssh://db-host-2"
 
@@ -177,7 +178,7 @@ def test_every_documented_key_is_read() -> None:
     spec = topology.load(CORPUS / "good" / "every-key.yaml").spec
     assert spec.postgres["fsync"] is False
     assert spec.postgres["log_min_duration_statement"] == "2024-01-01"  # dates stay text
-    assert spec.shards[0].replication is topology.Replication.SYNC
+    assert spec.shards[0].replication is Replication.SYNC
     assert spec.credentials.password_file == "password.txt"
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from shardctl.config import credentials, topology
 from shardctl.config.credentials import Credentials, Login
-from shardctl.config.topology import Role
+from shardctl.config.schema import Role
 from shardctl.docker.engine import user_ids
 from shardctl.docker.specs import BOOTSTRAP, container_spec, secret_names
 from shardctl.errors import TopologyError, UsageError

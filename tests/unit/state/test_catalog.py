@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psycopg
 import pytest
 from psycopg import sql
 
 from shardctl.config.topology import parse
-from shardctl.db.faults import is_transient
 from shardctl.errors import CatalogError
 from shardctl.ring import sql as ringsql
 from shardctl.ring.hashing import Ring
@@ -95,22 +93,3 @@ def test_ring_sql_uses_parameters_for_every_value() -> None:
     assert "%(m_hi)s" not in cond.as_string()
     both, values = ringsql.ranges_condition(sql.Identifier("k"), ring.ranges_of("b"))
     assert "unnest" in both.as_string() and len(values["rs_lo"]) == len(ring.ranges_of("b"))  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("error", "transient"),
-    [
-        (psycopg.errors.AdminShutdown("x"), True),
-        (psycopg.errors.CannotConnectNow("x"), True),
-        (psycopg.errors.SerializationFailure("x"), True),
-        (psycopg.errors.DeadlockDetected("x"), True),
-        (psycopg.errors.ConnectionFailure("x"), True),
-        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
-        (psycopg.errors.QueryCanceled("x"), False),
-        (psycopg.errors.UniqueViolation("x"), False),
-        (psycopg.errors.SyntaxError("x"), False),
-        (ValueError("x"), False),
-    ],
-)
-def test_transient_faults_are_told_apart(error: BaseException, transient: bool) -> None:
-    assert is_transient(error) is transient

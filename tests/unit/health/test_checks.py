@@ -16,7 +16,8 @@ import typer
 
 from shardctl.cli import render
 from shardctl.cli.replication import parse_size
-from shardctl.config.topology import HealthSpec, Node, TableSpec, Topology, parse
+from shardctl.config.schema import HealthSpec, TableSpec
+from shardctl.config.topology import Node, Topology, parse
 from shardctl.health import checks
 from shardctl.health.checks import Check, status_rows
 from shardctl.health.facts import (

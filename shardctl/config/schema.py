@@ -1,0 +1,329 @@
+"""The shape of ``topology.yaml``: pydantic models of the file as written, with their
+bounds and descriptions (exported as docs/topology.schema.json).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+DEFAULT_TOPOLOGY = "topology.yaml"
+TOPOLOGY_ENV = "SHARDCTL_TOPOLOGY"
+IMAGE_ENV = "SHARDCTL_IMAGE"
+"""Overrides the topology's image: how tests and offline machines use a locally built one."""
+MAX_REPLICAS = 9
+PORT_STRIDE = MAX_REPLICAS + 1
+"""Ports per shard: the primary on the shard's port, replica i on port + i."""
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Role(StrEnum):
+    """What a node is: declared in topology.yaml, or acting (after a switchover or failover)."""
+
+    PRIMARY = "primary"
+    REPLICA = "replica"
+
+
+class Replication(StrEnum):
+    """How a shard's primary acknowledges a commit."""
+
+    ASYNC = "async"
+    """On its own disk: fast; a failover may lose the last acknowledged writes."""
+    SYNC = "sync"
+    """Once at least one replica has it too: a failover loses nothing acknowledged."""
+
+
+class RingAlgorithm(StrEnum):
+    """How keys are placed on the ring (see :mod:`shardctl.ring`)."""
+
+    MD5 = "md5"
+    BALANCED = "balanced"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RingSpec(_Model):
+    """The hash ring's algorithm and virtual nodes per shard."""
+
+    algorithm: RingAlgorithm = Field(
+        default=RingAlgorithm.BALANCED,
+        description="'balanced' (default for new clusters) or 'md5' (the classic ring).",
+    )
+    vnodes: int = Field(default=150, ge=1, le=10000, description="Virtual nodes per shard (md5).")
+
+
+class TableSpec(_Model):
+    """A sharded table and the column whose value picks its shard."""
+
+    name: Identifier
+    key: Identifier = Field(default="id", description="The shard key column.")
+
+
+class CredentialsSpec(_Model):
+    """Where passwords come from; never the passwords themselves."""
+
+    password_env: str | None = Field(
+        default=None, description="Environment variable holding the superuser password."
+    )
+    password_file: str | None = Field(
+        default=None, description="File holding the superuser password (relative to topology)."
+    )
+    secrets_file: str | None = Field(
+        default=None,
+        description="Where generated passwords are kept (default: see docs/topology.md).",
+    )
+    superuser: Identifier = "postgres"
+    replication_user: Identifier = "replicator"
+    app_user: Identifier = Field(
+        default="app",
+        description="The application role the Router and `load` use (not a superuser).",
+    )
+    app_password_env: str | None = Field(
+        default=None, description="Environment variable holding the application role's password."
+    )
+    app_password_file: str | None = Field(
+        default=None,
+        description="File holding the application role's password (relative to topology).",
+    )
+
+
+class HealthSpec(_Model):
+    """Thresholds for replication checks; the CLI options override them."""
+
+    max_lag_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    max_lag_seconds: float = Field(default=60.0, ge=0)
+    canary_timeout: float = Field(default=10.0, gt=0)
+    probe_timeout: float = Field(default=5.0, gt=0)
+
+
+class Spread(StrEnum):
+    """Where a shard's replicas may be placed relative to its primary."""
+
+    NONE = "none"
+    """Anywhere, the primary's engine included."""
+    HOSTS = "hosts"
+    """Never on the engine of their declared primary (host anti-affinity)."""
+
+
+class SSLMode(StrEnum):
+    """libpq's ``sslmode`` for every connection shardctl, Routers and replicas make."""
+
+    DISABLE = "disable"
+    ALLOW = "allow"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_CA = "verify-ca"
+    VERIFY_FULL = "verify-full"
+
+
+class TLSMode(StrEnum):
+    """Whether the servers require TLS on every TCP connection."""
+
+    OFF = "off"
+    """Plaintext TCP (scram-sha-256 still never sends a password); ``sslmode`` is libpq's."""
+    REQUIRED = "required"
+    """``ssl=on``, ``hostssl`` only, and every client verifies the server against the CA."""
+
+
+class TLSSpec(_Model):
+    """``tls:`` with the server's own certificate instead of shardctl's generated ones."""
+
+    mode: TLSMode = Field(default=TLSMode.REQUIRED, description="off or required.")
+    cert_file: str | None = Field(
+        default=None,
+        description="Server certificate (PEM) every node presents (relative to the topology) "
+        "[default: one per node, signed by a CA shardctl makes for the cluster].",
+    )
+    key_file: str | None = Field(
+        default=None, description="The certificate's unencrypted private key (PEM)."
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description="CA certificate clients verify the server's with [default: cert_file, "
+        "a self-signed certificate being its own CA].",
+    )
+
+
+def _tls_form(value: object) -> str:
+    return "files" if isinstance(value, Mapping | TLSSpec) else "mode"
+
+
+TLSField = Annotated[
+    Annotated[TLSMode, Tag("mode")] | Annotated[TLSSpec, Tag("files")], Discriminator(_tls_form)
+]
+"""``tls: required`` or ``tls: {cert_file: ..., ...}``; errors name ``tls.mode`` or the key."""
+
+
+class EngineTLSSpec(_Model):
+    """Client TLS for a ``tcp://`` Docker endpoint (files relative to the topology)."""
+
+    ca: str | None = Field(default=None, description="CA certificate the engine's is checked by.")
+    cert: str | None = Field(default=None, description="Client certificate.")
+    key: str | None = Field(default=None, description="Client key.")
+    verify: bool = Field(default=True, description="Check the engine's certificate against ca.")
+
+
+class EngineSpec(_Model):
+    """A Docker engine (a host) nodes can be placed on."""
+
+    endpoint: str = Field(
+        pattern=r"^(unix|tcp|ssh|http|https|npipe)://.+",
+        description="DOCKER_HOST-style endpoint: unix:///path, tcp://host:2376, ssh://user@host.",
+    )
+    tls: EngineTLSSpec | None = Field(
+        default=None,
+        description="TLS for tcp:// (files, else $DOCKER_CERT_PATH); none: plain or ssh.",
+    )
+    advertise: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Address other hosts and clients reach its published ports on "
+        "[default: the endpoint's host; a unix:// engine: the top-level bind_address].",
+    )
+    bind_address: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Where its nodes' ports are published [default: 0.0.0.0 when advertised "
+        "on a non-loopback address, else the top-level bind_address].",
+    )
+    ssh_client: bool = Field(
+        default=True,
+        description="ssh:// through the system ssh (its ~/.ssh/config); false: paramiko.",
+    )
+
+
+class PoolMode(StrEnum):
+    """When PgBouncer gives a server connection back to its pool."""
+
+    TRANSACTION = "transaction"
+    """At the end of each transaction: many clients share few server connections."""
+    SESSION = "session"
+    """When the client disconnects: session state (SET, prepared statements) is kept."""
+
+
+DEFAULT_POOLER_IMAGE = "edoburu/pgbouncer:latest"
+"""The PgBouncer image users get by default; tests use a local one (``SHARDCTL_POOLER_IMAGE``)."""
+POOLER_IMAGE_ENV = "SHARDCTL_POOLER_IMAGE"
+"""Overrides the pooler image, like ``SHARDCTL_IMAGE`` the server's."""
+
+
+class PoolerSpec(_Model):
+    """A PgBouncer in front of each node (top level; a shard's own section overrides it)."""
+
+    enabled: bool = Field(default=True, description="false: no poolers (for one shard).")
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description=f"PgBouncer image (else $SHARDCTL_POOLER_IMAGE, else {DEFAULT_POOLER_IMAGE}).",
+    )
+    mode: PoolMode = Field(default=PoolMode.TRANSACTION, description="transaction or session.")
+    pool_size: int = Field(
+        default=20, ge=1, le=10000, description="Server connections per database and user."
+    )
+    max_client_conn: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Client connections each pooler accepts."
+    )
+    replicas: bool = Field(default=True, description="Replicas get a pooler too.")
+    port_offset: int = Field(
+        default=1000,
+        ge=1,
+        le=60000,
+        description="A node's pooler is published on the node's port + this.",
+    )
+    max_waiting: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Waiting clients past which status and verify complain.",
+    )
+    router: bool = Field(
+        default=False,
+        description="Routers connect through the poolers unless told otherwise (top level).",
+    )
+
+
+class ShardSpec(_Model):
+    """One shard: a primary and its streaming replicas."""
+
+    name: Name
+    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
+    port: Port | None = Field(
+        default=None, description="Host port of the primary; replica i gets port + i."
+    )
+    engine: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Name of an engine (engines:) for this shard's nodes, or a Docker endpoint; "
+        "default: engines.local if declared, else DOCKER_HOST.",
+    )
+    replica_engines: tuple[str, ...] = Field(
+        default=(),
+        description="Engine of replica 1, 2, ... (overrides engine for each one listed).",
+    )
+    replication: Replication | None = Field(
+        default=None, description="async or sync for this shard [default: the top-level key]."
+    )
+    pooler: PoolerSpec | None = Field(
+        default=None,
+        description="This shard's poolers [default: the top-level pooler: section, if any].",
+    )
+
+
+class TopologySpec(_Model):
+    """The whole declared cluster, as written in topology.yaml."""
+
+    cluster: Name
+    image: str = Field(default="postgres:17", min_length=1)
+    database: Identifier = "app"
+    base_port: Port = Field(default=54320, description="Shard k's primary listens on base + 10k.")
+    bind_address: str = Field(
+        default="127.0.0.1", description="Host address ports are published on."
+    )
+    engines: dict[Name, EngineSpec] = Field(
+        default_factory=dict,
+        description="Named Docker engines (hosts) shards and replicas are placed on.",
+    )
+    spread: Spread = Field(
+        default=Spread.NONE,
+        description="'hosts': a replica never shares its declared primary's engine.",
+    )
+    tls: TLSField = Field(
+        default=TLSMode.OFF,
+        description="'required': the servers accept TCP only over TLS, with certificates "
+        "shardctl makes per cluster, or the files given (cert_file, key_file, ca_file).",
+    )
+    sslmode: SSLMode | None = Field(
+        default=None,
+        description="libpq sslmode for every connection, replication included [default: "
+        "verify-full with tls: required (verify-ca with your own cert_file), else libpq's].",
+    )
+    allow_plaintext: bool = Field(
+        default=False,
+        description="Accept a non-loopback bind_address without TLS (scram only, no encryption).",
+    )
+    ring: RingSpec = RingSpec()
+    replication: Replication = Field(
+        default=Replication.ASYNC,
+        description="async (default) or sync: a commit waits for one replica (see docs).",
+    )
+    schema_file: str | None = Field(
+        default=None, alias="schema", description="SQL applied on every primary."
+    )
+    tables: tuple[TableSpec, ...] = ()
+    credentials: CredentialsSpec = CredentialsSpec()
+    health: HealthSpec = HealthSpec()
+    postgres: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra postgresql.conf parameters for every node."
+    )
+    pooler: PoolerSpec | None = Field(
+        default=None, description="A PgBouncer per node (see docs/topology.md#poolers)."
+    )
+    shards: tuple[ShardSpec, ...] = Field(min_length=1)
