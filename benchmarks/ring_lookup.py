@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shardctl.ring.hashing import Algorithm, Ring
-from tests.unit.test_ring import ClassicRing  # the oracle the tests hold md5 to: the baseline
+from tests.unit.ring.test_ring import ClassicRing  # the oracle the tests hold md5 to: the baseline
 
 NODES = ["shard-1", "shard-2", "shard-3", "shard-4"]
 NEW_NODE = "shard-5"

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.unit.test_topology_corpus import GENERATED_BAD, GENERATED_GOOD  # noqa: E402
+from tests.unit.config.test_topology_corpus import GENERATED_BAD, GENERATED_GOOD  # noqa: E402
 
 KEPT = ["good/minimal.yaml", "bad/billion-laughs.yaml", "bad/merge-laughs.yaml"]
 

@@ -7,7 +7,7 @@ name, ports and secrets file, and :func:`running` removes it, volumes included, 
 
 from __future__ import annotations
 
-import itertools
+import fcntl
 import os
 import shutil
 import socket
@@ -29,26 +29,76 @@ from shardctl.ops.cluster import Cluster
 SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
 """The example schema (``users``) every test cluster is made with."""
 TEST_IMAGE = os.environ.get("SHARDCTL_TEST_IMAGE", "shardctl-test/postgres:15")
-_counter = itertools.count()
 
+
+MADE: set[str] = set()
+"""Names of the clusters this process made (the session's end checks that none is left)."""
 
 POOLER_OFFSET = 1000
 """The default ``pooler.port_offset``: a pooled node's PgBouncer listens this far above it."""
 
 
+LOCKS = Path(os.environ.get("SHARDCTL_TEST_LOCKS", "/tmp/shardctl-test-locks"))
+"""Lock files that reserve ports and simulated-host slots across concurrent test processes."""
+PORT_CELL = 50
+"""Ports are reserved in cells of this many, from :data:`FIRST_PORT` up to :data:`LAST_PORT`."""
+FIRST_PORT, LAST_PORT = 20000, 31000
+_held: list[int] = []
+"""File descriptors of the locks this process holds; released only when it exits."""
+_held_lock = threading.Lock()
+
+
+def _reserve(name: str) -> bool:
+    """Take the lock file ``name`` for the rest of this process; False when another holds it."""
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCKS / name, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    _held.append(fd)
+    return True
+
+
 def free_base_port(span: int) -> int:
-    """A base port with ``span`` free ports above it (and above it + :data:`POOLER_OFFSET`),
-    distinct per test and xdist worker.
+    """A base port with ``span`` ports above it (and above it + :data:`POOLER_OFFSET`) that no
+    other test process here can be given: the cells covering both ranges are reserved by lock
+    files held until this process exits, and each port is checked free as well.
 
     Below the kernel's ephemeral range (32768 and up here): a port found free there can be taken
     as the source port of any outgoing connection before the cluster publishes on it."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0"
-    for _ in range(200):
-        base = 20000 + ((os.getpid() * 7 + int(worker) * 3000 + next(_counter) * span) % 11000)
-        ports = [base + i for i in range(span)] + [base + POOLER_OFFSET + i for i in range(span)]
-        if all(_port_free(port) for port in ports):
-            return base
-    raise RuntimeError("no free port range found")
+    cells = -(-span // PORT_CELL)
+    offset = POOLER_OFFSET // PORT_CELL
+    count = (LAST_PORT - FIRST_PORT) // PORT_CELL - offset - cells
+    start = (os.getpid() * 7) % count  # spread processes out; the locks decide
+    with _held_lock:
+        for step in range(count):
+            first = (start + step) % count
+            wanted = [first + i for i in range(cells)] + [first + offset + i for i in range(cells)]
+            taken: list[int] = []
+            for cell in wanted:
+                if not _reserve(f"ports-{cell}"):
+                    break
+                taken.append(cell)
+            base = FIRST_PORT + first * PORT_CELL
+            ports = [base + i for i in range(span)] + [
+                base + POOLER_OFFSET + i for i in range(span)
+            ]
+            if len(taken) == len(wanted) and all(_port_free(port) for port in ports):
+                return base
+            # A cell that is ours but busy stays ours (never handed out again): it is in use.
+    raise RuntimeError(f"no free port range of {span} found (locks in {LOCKS})")
+
+
+_slot: list[int] = []
+
+
+def _host_slot() -> int:
+    """The slot of this process, taken on first use."""
+    if not _slot:
+        _slot.append(host_slot())
+    return _slot[0]
 
 
 def _port_free(port: int) -> bool:
@@ -60,9 +110,19 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def host_slot() -> int:
+    """This process's slot for simulated hosts (names and addresses), reserved until it exits."""
+    with _held_lock:
+        for slot in range(28):
+            if _reserve(f"hosts-{slot}"):
+                return slot
+    raise RuntimeError(f"every simulated-host slot is taken (locks in {LOCKS})")
+
+
 def make_topology(directory: Path, shards: int = 2, replicas: int = 1, **extra: object) -> Path:
     """Write a small test topology (users table, test image, unique name and ports)."""
     name = f"t{uuid.uuid4().hex[:8]}"
+    MADE.add(name)
     shutil.copy(SCHEMA, directory / "schema.sql")
     data: dict[str, object] = {
         "cluster": name,
@@ -151,15 +211,15 @@ def simulated_hosts(count: int = 2) -> Iterator[list[Host]]:
     """``count`` simulated hosts on 10.213.7.0/24, removed afterwards even on failure.
 
     Every host is a namespace engine: an engine outside the namespaces cannot reach them (see
-    scripts/second-host.sh), and replication must flow both ways. Names and addresses differ
-    per xdist worker.
+    scripts/second-host.sh), and replication must flow both ways. Names and addresses come from
+    this process's reserved slot (:func:`host_slot`), so concurrent runs never share a host.
     """
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or "0")
+    slot = _host_slot()
     hosts = [
         Host(
-            name=f"scw{worker}{chr(ord('a') + i)}",
-            endpoint=f"unix:///run/shardctl-hosts/scw{worker}{chr(ord('a') + i)}/docker.sock",
-            address=f"10.213.7.{10 + worker * 8 + i}",
+            name=f"sc{slot:02d}{chr(ord('a') + i)}",
+            endpoint=f"unix:///run/shardctl-hosts/sc{slot:02d}{chr(ord('a') + i)}/docker.sock",
+            address=f"10.213.7.{10 + slot * 8 + i}",
         )
         for i in range(count)
     ]

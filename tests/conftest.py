@@ -6,7 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+
+# The helpers' asserts must survive like the tests' own (pytest rewrites only test modules).
+pytest.register_assert_rewrite("tests.traffic", "tests.clusters")
+
+from hypothesis import settings  # noqa: E402
 
 # Property tests judge correctness, not speed: a loaded 2-core CI machine must not fail them.
 settings.register_profile("shardctl", deadline=None)
@@ -28,3 +32,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if integration in item.path.parents:
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under ``SHARDCTL_STRICT_RUN=1`` (CI): fail a run in which fewer integration tests ran
+    than were collected for it (a skip, a deselection by accident, a crash of a worker)."""
+    if os.environ.get("SHARDCTL_STRICT_RUN") != "1" or session.config.option.collectonly:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    ran = {
+        report.nodeid
+        for key in ("passed", "failed", "error")
+        for report in reporter.stats.get(key, [])
+        if getattr(report, "when", "call") == "call" or key == "error"
+    }
+    wanted = {item.nodeid for item in session.items if item.get_closest_marker("integration")}
+    missing = sorted(wanted - ran)
+    if missing:
+        reporter.write_line(
+            f"strict run: {len(missing)} of {len(wanted)} integration tests did not run: "
+            + ", ".join(missing[:10]),
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -15,6 +15,7 @@ import pytest
 from shardctl.ops.cluster import Cluster
 
 # The test modules import these from here; they live in tests.clusters, shared with benchmarks/.
+from tests.clusters import MADE
 from tests.clusters import TEST_IMAGE as TEST_IMAGE
 from tests.clusters import make_topology as make_topology
 from tests.clusters import run_shardctl as run_shardctl
@@ -38,11 +39,44 @@ def cluster_factory(tmp_path: Path) -> Iterator[ClusterFactory]:
         return cluster
 
     yield make
-    for cluster in made:
+    down_all(made)
+
+
+def down_all(clusters: list[Cluster]) -> None:
+    """Bring every cluster down with its volumes, then raise the first failure, if any: one
+    cluster that will not go must not leave the others behind."""
+    failures: list[BaseException] = []
+    for cluster in clusters:
         try:
             cluster.down(volumes=True)
+        except BaseException as exc:  # re-raised below, after the others
+            failures.append(exc)
         finally:
             cluster.close()
+    if failures:
+        raise failures[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """At the end of the session, no container or volume of a cluster this session made."""
+    yield
+    import docker
+
+    client = docker.from_env()
+    try:
+        left = [
+            f"container {c.name}"
+            for c in client.containers.list(all=True, filters={"label": "shardctl.cluster"})
+            if c.labels.get("shardctl.cluster") in MADE
+        ] + [
+            f"volume {v.name}"
+            for v in client.volumes.list(filters={"label": "shardctl.cluster"})
+            if (v.attrs.get("Labels") or {}).get("shardctl.cluster") in MADE
+        ]
+    finally:
+        client.close()
+    assert left == [], f"left behind by this session: {left}"
 
 
 @pytest.fixture(scope="module")
