@@ -163,11 +163,23 @@ def check_ledger(
     return len(where), sum(1 for v in expected.values() if v is not DELETED)
 
 
+WRITER_DEADLINE = 60.0
+"""The test writers' deadline per operation: generous, so that a loaded 2-core CI machine
+turns a slow failover into a slow write, not a failed one (the Router's default is 10 s)."""
+
+
 @contextmanager
-def traffic(cluster: Cluster, keys: list[uuid.UUID], threads: int = 2) -> Iterator[list[Writer]]:
+def traffic(
+    cluster: Cluster, keys: list[uuid.UUID], threads: int = 2, *, deadline: float = WRITER_DEADLINE
+) -> Iterator[list[Writer]]:
     """Ledgered writers inserting, updating and deleting through one Router until the block
-    ends; each thread starts from its share of ``keys``."""
-    router = Router(cluster, max_size=4, epoch_check_interval=0.5)
+    ends; each thread starts from its share of ``keys``.
+
+    ``deadline`` bounds each operation, retries included. The tests that assert "no write
+    failed" across a planned outage (a switchover, a failover, a host lost) rely on it being
+    longer than that outage on a slow machine; the outage itself is measured and bounded by
+    each test, not by this number."""
+    router = Router(cluster, max_size=4, epoch_check_interval=0.5, deadline=deadline)
     writers = [Writer(router, seed, keys[seed::threads]) for seed in range(threads)]
     stop = threading.Event()
     running = [threading.Thread(target=w.run, args=(stop,)) for w in writers]

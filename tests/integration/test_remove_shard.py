@@ -22,7 +22,14 @@ from shardctl.router.router import Router
 from shardctl.state import catalog
 from shardctl.state.plan import without_node
 from tests.integration.conftest import ClusterFactory, run_shardctl
-from tests.traffic import Writer, assert_placed_and_replicated, check_ledger, preload, rows_by_shard
+from tests.traffic import (
+    WRITER_DEADLINE,
+    Writer,
+    assert_placed_and_replicated,
+    check_ledger,
+    preload,
+    rows_by_shard,
+)
 
 KILL_REMOVE_AFTER = Path(__file__).with_name("kill_remove_after.py")
 MD5 = {"algorithm": "md5", "vnodes": 150}
@@ -66,7 +73,7 @@ def test_remove_shard_under_live_writes_loses_nothing(cluster_factory: ClusterFa
     assert {m["target"] for m in planned["moves"]} == {"shard-0", "shard-2"}
     assert planned["rows"] == on_leaving  # exact: counted on the server, before any traffic
 
-    router = Router(cluster, max_size=4, epoch_check_interval=0.5)
+    router = Router(cluster, max_size=4, epoch_check_interval=0.5, deadline=WRITER_DEADLINE)
     writers = [Writer(router, seed, preloaded[seed::4]) for seed in range(4)]
     stop = threading.Event()
     threads = [threading.Thread(target=w.run, args=(stop,)) for w in writers]
@@ -123,10 +130,11 @@ def test_killed_removal_resumes_and_the_shard_comes_back_to_its_place(
     path = cluster.topology.path
     preloaded = preload(cluster, 3000)
     original = ring_of(path).ring()
-    router = Router(cluster, epoch_check_interval=0.2)
+    router = Router(cluster, epoch_check_interval=0.2, deadline=WRITER_DEADLINE)
     writer = Writer(router, 3, preloaded[:600])
 
     def write_while_dead() -> None:
+        before = writer.acknowledged
         stop = threading.Event()
         thread = threading.Thread(target=writer.run, args=(stop,))
         thread.start()
@@ -134,6 +142,7 @@ def test_killed_removal_resumes_and_the_shard_comes_back_to_its_place(
         stop.set()
         thread.join()
         assert writer.failed == []
+        assert writer.acknowledged > before, "nothing was written in the window"
 
     def killed_after(step: str, *args: str) -> None:
         result = run_killed(path, "shard-1", step, *args)
@@ -155,9 +164,12 @@ def test_killed_removal_resumes_and_the_shard_comes_back_to_its_place(
 
     killed_after("cutting-over", "--resume")
     assert ring_of(path).epoch == 2
+    killed_after("cleaning", "--resume")
     killed_after("topology", "--resume")
     assert "shard-1" not in path.read_text()
     assert leftovers(cluster, "shard-1")[0] != []  # killed before its containers went
+    killed_after("containers", "--resume")
+    assert leftovers(cluster, "shard-1")[0] == []  # killed after they went
     finished = run_shardctl("remove-shard", "shard-1", "--resume", "--yes", "-f", path)
     assert finished.returncode == 0, finished.stderr
     assert leftovers(cluster, "shard-1") == ([], [])
