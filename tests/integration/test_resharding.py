@@ -28,8 +28,8 @@ from shardctl.router.router import Router
 from shardctl.state import catalog
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.traffic import (
-    WRITER_DEADLINE,
     DELETED,
+    WRITER_DEADLINE,
     Writer,
     assert_placed_and_replicated,
     check_ledger,
