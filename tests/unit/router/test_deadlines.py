@@ -28,7 +28,7 @@ def test_a_statement_past_its_deadline_is_woken_and_one_in_time_is_left_alone() 
         with watchdog.guard(connection(late), started + 0.2):
             assert late.recv(1) == b""  # blocks like a frozen server, until shut down
         woke = time.monotonic() - started
-        assert 0.2 <= woke <= 0.2 + 3 * TICK + 1.0, woke
+        assert 0.2 <= woke <= 0.2 + 3 * TICK + 2.0, woke  # margin for a loaded machine
         time.sleep(3 * TICK)
         assert watchdog.interrupted == 1
         early_peer.sendall(b"x")
