@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from shardctl.config.credentials import POOLER_ADMIN
+from shardctl.errors import DatabaseUnavailable
 from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
 from tests.clusters import (
@@ -44,7 +45,6 @@ def pooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     folder = tmp_path_factory.mktemp("pooled")
     path = make_topology(
         folder,
-        cluster=f"h17p{os.getpid() % 100000}",
         base_port=free_base_port(2 * OFFSET),
         ring={"algorithm": "md5", "vnodes": 150},
         pooler={
@@ -82,7 +82,11 @@ def test_verify_names_a_stopped_pooler_and_up_repairs_it(pooled: Cluster) -> Non
     ok = run_shardctl("verify-replication", "-f", path, "-o", "json")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     checks = json.loads(ok.stdout)["checks"]
-    assert sum(c["check"] == "pooler" and c["result"] == "pass" for c in checks) == 4
+    # Every pooled node of the cluster as it is now (other tests of this module grow it).
+    pooled_nodes = Cluster.load(path).topology.pooled_nodes()
+    assert len(pooled_nodes) >= 4
+    passed = sum(c["check"] == "pooler" and c["result"] == "pass" for c in checks)
+    assert passed == len(pooled_nodes), checks
 
     stopped = pooled.topology.node("shard-1-primary").pooler_container
     pooled.engines.client().containers.get(stopped).stop(timeout=1)
@@ -209,12 +213,69 @@ def test_poolers_no_longer_declared_are_removed_by_up(pooled: Cluster) -> None:
     path = pooled.topology.path
     text = path.read_text(encoding="utf-8")
     path.write_text(text.replace("pooler:\n", "pooler:\n  replicas: false\n", 1), "utf-8")
-    assert Cluster.load(path).topology.pooler("shard-0") is not None
-    narrowed = run_shardctl("up", "-f", path)
-    assert narrowed.returncode == 0, narrowed.stderr
-    assert "removed" in narrowed.stdout + narrowed.stderr
-    names = {str(c.name) for c in pooled.engines.cluster_containers(pooled.topology)}
-    assert not any(n.endswith("-replica-1-pooler") for n in names), names
-    assert any(n.endswith("-primary-pooler") for n in names), names
-    verified = run_shardctl("verify-replication", "-f", path)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    try:
+        assert Cluster.load(path).topology.pooler("shard-0") is not None
+        narrowed = run_shardctl("up", "-f", path)
+        assert narrowed.returncode == 0, narrowed.stderr
+        assert "removed" in narrowed.stdout + narrowed.stderr
+        names = {str(c.name) for c in pooled.engines.cluster_containers(pooled.topology)}
+        assert not any(n.endswith("-replica-1-pooler") for n in names), names
+        assert any(n.endswith("-primary-pooler") for n in names), names
+        verified = run_shardctl("verify-replication", "-f", path)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    finally:
+        # The module's other tests expect every node pooled, whatever order they run in.
+        path.write_text(text, "utf-8")
+        restored = run_shardctl("up", "-f", path)
+        assert restored.returncode == 0, restored.stderr
+
+
+def test_the_superuser_and_the_replication_role_cannot_log_in_through_a_pooler(
+    pooled: Cluster,
+) -> None:
+    """docs/security.md: only the application role is in a pooler's userlist."""
+    credentials = pooled.credentials()
+    node = Cluster.load(pooled.topology.path).topology.node("shard-0-primary")
+    assert node.pooler_port is not None
+    for user, password in (
+        (credentials.superuser, credentials.superuser_password),
+        (credentials.replication_user, credentials.replication_password),
+    ):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(
+                host=node.advertise,
+                port=node.pooler_port,
+                dbname=pooled.topology.spec.database,
+                user=user,
+                password=password,
+                connect_timeout=10,
+            ).close()
+    app_user, app_password = credentials.app_user, credentials.app_password
+    with psycopg.connect(
+        host=node.advertise,
+        port=node.pooler_port,
+        dbname=pooled.topology.spec.database,
+        user=app_user,
+        password=app_password,
+        connect_timeout=10,
+    ) as conn:  # the same pooler lets the application role in: the refusals above are real
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_stopped_pooler_is_no_silent_way_around_it(pooled: Cluster) -> None:
+    """docs/router.md: a Router through the poolers never falls back to the server when its
+    node's pooler stops; the write fails with DatabaseUnavailable and reaches no server."""
+    path = pooled.topology.path
+    acting = Cluster.load(path)
+    acting.follow_roles()
+    primary = acting.topology.shard_nodes("shard-1")[0]
+    with Router.from_topology(path, via="pooler", deadline=3) as router:
+        key = next(k for k in iter(uuid.uuid4, None) if router.ring.node_for(k) == "shard-1")
+        pooled.engines.client().containers.get(primary.pooler_container).stop(timeout=1)
+        try:
+            with pytest.raises(DatabaseUnavailable):
+                router.execute(key, "INSERT INTO users (id) VALUES (%s)", (key,))
+            assert str(key) not in rows_by_shard(pooled)["shard-1"]  # not written around it
+        finally:
+            repaired = run_shardctl("up", "-f", path)
+            assert repaired.returncode == 0, repaired.stderr

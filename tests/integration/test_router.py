@@ -22,6 +22,7 @@ from shardctl.errors import DatabaseUnavailable, KeyNotOwned
 from shardctl.ops.cluster import Cluster
 from shardctl.ring import sql as ringsql
 from shardctl.ring.hashing import Ring, position_hex
+from shardctl.router.pools import DOWN_FOR
 from shardctl.state import catalog
 from shardctl.util.waiting import NotYet, wait_for
 from tests.clusters import frozen
@@ -302,3 +303,35 @@ def test_a_frozen_primary_fails_its_operations_at_the_deadline_and_only_those(
             assert in_flight and in_flight[0] <= 4.5, in_flight  # cut short, not for ever
             assert router._pools.watchdog.interrupted >= 1
         router.execute(mine, "UPDATE users SET email = 'back' WHERE id = %s", (mine,))
+
+
+def test_a_replica_that_failed_is_skipped_for_reads_for_two_seconds(
+    shared_cluster: Cluster,
+) -> None:
+    """docs/router.md: a replica that fails is skipped for reads for DOWN_FOR (2 s), its shard's
+    primary answering instead; then it serves reads again. The failure here is the server
+    closing the Router's pooled connections, so the replica itself stays healthy throughout:
+    only the skip can explain reads answered by the primary."""
+    replica = shared_cluster.topology.shard_nodes("shard-0")[1]
+    with Router(shared_cluster, max_size=2, deadline=10) as router:
+        key = next(k for k in iter(uuid.uuid4, None) if router.ring.node_for(k) == "shard-0")
+
+        def answered_by_replica() -> bool:
+            rows = router.fetch(key, "SELECT pg_is_in_recovery()")
+            return bool(rows[0][0])
+
+        assert answered_by_replica()  # warm: the replica's pool holds a connection now
+        with pg.connect(replica, shared_cluster.credentials(), "postgres") as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE usename = %s AND pid <> pg_backend_pid()",
+                (shared_cluster.credentials().app_user,),
+            )
+        failed_at = time.monotonic()
+        first = answered_by_replica()  # the dead connection fails; the primary answers
+        second = answered_by_replica()  # the replica is fine again, but still skipped
+        within = time.monotonic() - failed_at
+        assert within < DOWN_FOR, within  # both reads fell inside the skip window
+        assert (first, second) == (False, False)
+        time.sleep(DOWN_FOR + 0.5)
+        assert answered_by_replica()  # the window is over: the replica serves reads again
