@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from shardctl.config.credentials import Login
 from shardctl.config.topology import Node
