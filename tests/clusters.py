@@ -229,11 +229,14 @@ def simulated_hosts(count: int = 2) -> Iterator[list[Host]]:
             host.start()
         yield hosts
     finally:
+        failures: list[RuntimeError] = []
         for host in hosts:
             try:
                 host.down()
-            except RuntimeError as exc:
-                print(exc, file=sys.stderr)
+            except RuntimeError as exc:  # the other hosts still go; then this one fails
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 def split_topology(folder: Path, hosts: list[Host], *, one_engine: bool = False) -> Path:

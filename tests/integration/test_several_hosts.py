@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from contextlib import suppress
 from pathlib import Path
 from typing import cast
 
@@ -45,11 +44,12 @@ def split(hosts: list[Host], tmp_path: Path) -> Iterator[Cluster]:
     try:
         yield cluster
     finally:
-        for host in hosts:
-            host.start()
-        with suppress(Exception):
-            cluster.down(volumes=True)
-        cluster.close()
+        try:
+            for host in hosts:
+                host.start()
+            cluster.down(volumes=True)  # a failure here fails the test: nothing left behind
+        finally:
+            cluster.close()
 
 
 def sender_host(cluster: Cluster, replica: str) -> str:

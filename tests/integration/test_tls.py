@@ -311,4 +311,5 @@ def test_turning_tls_on_for_a_running_cluster(tmp_path: Path) -> None:
         finally:
             cluster.close()
     finally:
-        run_shardctl("down", "--volumes", "--yes", "-f", path)
+        removed = run_shardctl("down", "--volumes", "--yes", "-f", path)
+        assert removed.returncode == 0, removed.stderr
