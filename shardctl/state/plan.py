@@ -54,11 +54,6 @@ def finished(phase: Phase) -> bool:
     return phase in (Phase.DONE, Phase.ABORTED)
 
 
-def can_abort(phase: Phase, flipped: bool) -> bool:
-    """Abort is possible until the new ring epoch is written; after that, resume instead."""
-    return not finished(phase) and not flipped
-
-
 @dataclass(frozen=True)
 class Chunk:
     """A piece of one move that is copied, and recorded as copied, in one transaction."""

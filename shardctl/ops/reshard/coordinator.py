@@ -35,15 +35,13 @@ from shardctl.errors import (
 from shardctl.ops.reshard import transfer
 from shardctl.ops.reshard.transfer import Copied
 from shardctl.ring.hashing import SPACE
-from shardctl.state import catalog, fence
+from shardctl.state import catalog, fence, inflight
 from shardctl.state.fence import Moving, RangeState
 from shardctl.state.plan import (
-    FORWARD,
     Chunk,
     MoveSize,
     Phase,
     Plan,
-    can_abort,
     finished,
     make_plan,
     next_phase,
@@ -205,32 +203,18 @@ class Rebalancer:
     # ------------------------------------------------------------------ state
 
     def state(self) -> State | None:
-        """The latest reshard recorded on any primary, or None."""
-        found: list[tuple[int, int, dict[str, Any]]] = []
+        """The current reshard (:func:`shardctl.state.inflight.current` of every primary's
+        latest record), or None."""
 
-        def read(shard: str) -> None:
+        def read(shard: str) -> inflight.ReshardRecord | None:
             with self.connect(shard) as conn:
-                row = conn.execute(fence.LATEST_RESHARD).fetchone()
-            if row is not None:
-                rank = len(FORWARD) if row[1] == Phase.ABORTED else FORWARD.index(Phase(row[1]))
-                found.append(
-                    (
-                        int(row[0]),
-                        rank,
-                        {"phase": row[1], "flipped": row[2], "plan": row[3], "report": row[4]},
-                    )
-                )
+                return inflight.latest(conn)
 
-        self._each(self._primaries(), read)
-        if not found:
+        found = self._each(self._primaries(), read).values()
+        best = inflight.current(r for r in found if r is not None)
+        if best is None:
             return None
-        _, _, best = max(found, key=lambda f: (f[0], f[1]))
-        return State(
-            plan=Plan.from_json(best["plan"]),
-            phase=Phase(best["phase"]),
-            flipped=bool(best["flipped"]),
-            report=Report.from_json(best["report"]),
-        )
+        return State(best.plan, best.phase, best.flipped, Report.from_json(best.report))
 
     def _record(self, plan: Plan, phase: Phase, flipped: bool, report: Report) -> None:
         payload = (
@@ -378,7 +362,7 @@ class Rebalancer:
         # The ring may have flipped even if the record says not: shardctl can die between
         # publishing the new epoch and recording that it did. The catalog is the truth.
         live = catalog.read(self.topology, self.cluster.credentials()).record()
-        if not can_abort(state.phase, state.flipped or live.epoch > state.plan.epoch):
+        if not inflight.may_abort(state.phase, state.flipped or live.epoch > state.plan.epoch):
             raise ReshardingError(
                 f"reshard {state.plan.id} has already cut over (ring epoch {live.epoch}); "
                 "run `shardctl rebalance --resume`"

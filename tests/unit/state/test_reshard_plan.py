@@ -14,7 +14,6 @@ from shardctl.state.plan import (
     MoveSize,
     Phase,
     Plan,
-    can_abort,
     finished,
     make_plan,
     next_phase,
@@ -35,12 +34,7 @@ def test_phases_run_forward_to_done() -> None:
         next_phase(Phase.ABORTED)
 
 
-def test_abort_is_possible_only_before_the_ring_flips() -> None:
-    assert can_abort(Phase.COPYING, flipped=False)
-    assert can_abort(Phase.CUTTING_OVER, flipped=False)
-    assert not can_abort(Phase.CUTTING_OVER, flipped=True)
-    assert not can_abort(Phase.CLEANING, flipped=True)
-    assert not can_abort(Phase.DONE, flipped=True)
+def test_done_and_aborted_are_finished() -> None:
     assert finished(Phase.ABORTED) and finished(Phase.DONE) and not finished(Phase.COPYING)
 
 
