@@ -21,7 +21,7 @@ from psycopg import sql
 from shardctl.db import pg
 from shardctl.ops.reshard import transfer
 from shardctl.ring.hashing import SPACE, Move
-from shardctl.state import fence
+from shardctl.state import ddl
 from shardctl.state.plan import split
 
 
@@ -43,7 +43,7 @@ def main() -> None:
         ):
             for conn in (src, dst):
                 transfer.prepare(conn)
-                fence.install(conn, cluster.topology.spec.tables)
+                ddl.install(conn, cluster.topology.spec.tables)
             print(f"# loading {args.rows:,} rows on {source_node.shard}")
             with src.cursor().copy(
                 "COPY users (id, first_name, last_name, email) FROM STDIN"

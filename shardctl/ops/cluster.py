@@ -21,7 +21,7 @@ from shardctl.health import facts as health
 from shardctl.health import verify
 from shardctl.ops.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
 from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
-from shardctl.state import catalog, fence, inflight
+from shardctl.state import catalog, ddl, inflight
 from shardctl.util.waiting import NotYet, wait_for
 
 
@@ -85,7 +85,7 @@ class Cluster:
                 created_by=f"up: re-joined {', '.join(rejoin)}",
             )
             catalog.publish(self.topology, self.credentials(), rejoined)
-        fence.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
+        ddl.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
         report.seconds = time.monotonic() - started
         return report
 

@@ -1,5 +1,9 @@
 """What is in flight in a cluster: an unfinished reshard, a role-change fence left on a primary.
 
+The reshard's record lives here too: its row of ``shardctl.reshard`` on every primary (plan,
+phase, whether the ring flipped, the report so far) and the chunks copied (``shardctl.copied``),
+with the statements that read and write them.
+
 The one place that decides which recorded reshard is current (:func:`current`) and whether it
 can still be aborted (:func:`may_abort`): the coordinator (:mod:`shardctl.ops.reshard`) acts on
 both answers, and ``status`` suggests the command they allow.
@@ -30,6 +34,27 @@ Conn = psycopg.Connection[Any]
 
 RESHARD = "reshard"
 ROLE_CHANGE = "role-change"
+
+# The reshard's record: its row of shardctl.reshard, and the chunks copied (shardctl.copied).
+# no parameters (a role change refuses to start while this is unfinished)
+LATEST_RESHARD = (
+    "SELECT id, phase, flipped, plan, report FROM shardctl.reshard ORDER BY id DESC LIMIT 1"
+)
+# (id, phase, flipped, plan as json, report as json)
+RECORD_RESHARD = (
+    "INSERT INTO shardctl.reshard (id, phase, flipped, plan, report) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+    "phase = EXCLUDED.phase, flipped = EXCLUDED.flipped, "
+    "report = EXCLUDED.report, updated_at = now()"
+)
+# (operation, chunk)
+CHUNK_COPIED = "SELECT 1 FROM shardctl.copied WHERE reshard_id = %s AND chunk = %s"
+# (operation, chunk, rows, bytes)
+RECORD_CHUNK = (
+    "INSERT INTO shardctl.copied (reshard_id, chunk, rows, bytes) VALUES (%s, %s, %s, %s)"
+)
+# (operation)
+FORGET_CHUNKS = "DELETE FROM shardctl.copied WHERE reshard_id = %s"
 
 _EXISTS = "SELECT pg_catalog.to_regclass(%s) IS NOT NULL"
 _LATEST = "SELECT to_jsonb(r) FROM shardctl.reshard r ORDER BY r.id DESC LIMIT 1"

@@ -35,7 +35,7 @@ from shardctl.errors import (
 from shardctl.ops.reshard import transfer
 from shardctl.ops.reshard.transfer import Copied
 from shardctl.ring.hashing import SPACE
-from shardctl.state import catalog, fence, inflight
+from shardctl.state import catalog, ddl, fence, inflight, locks, resync
 from shardctl.state.fence import Moving, RangeState
 from shardctl.state.plan import (
     Chunk,
@@ -181,7 +181,7 @@ class Rebalancer:
         gone. ``busy`` is the error raised when another coordinator holds it.
         """
         with self.connect(self._primaries()[0]) as conn:
-            row = conn.execute(fence.TRY_SESSION_LOCK, (fence.COORDINATOR_LOCK,)).fetchone()
+            row = conn.execute(locks.TRY_SESSION_LOCK, (locks.COORDINATOR_LOCK,)).fetchone()
             if not row or not row[0]:
                 raise busy(
                     "another `shardctl rebalance` is running against this cluster; wait for it "
@@ -191,7 +191,7 @@ class Rebalancer:
                 yield
             finally:
                 with contextlib.suppress(psycopg.Error):  # a lost session released it already
-                    conn.execute(fence.RELEASE_SESSION_LOCK, (fence.COORDINATOR_LOCK,))
+                    conn.execute(locks.RELEASE_SESSION_LOCK, (locks.COORDINATOR_LOCK,))
 
     def _primaries(self) -> list[str]:
         return [shard.name for shard in self.topology.spec.shards]
@@ -227,7 +227,7 @@ class Rebalancer:
 
         def write(shard: str) -> None:
             with self.connect(shard) as conn:
-                conn.execute(fence.RECORD_RESHARD, payload)
+                conn.execute(inflight.RECORD_RESHARD, payload)
 
         self._each(self._primaries(), write)
 
@@ -385,7 +385,7 @@ class Rebalancer:
                             conn, table, move.start_hex, move.end_hex, batch=self.clean_batch
                         ):
                             self.progress("abort", f"emptying {target}", index, len(plan.moves))
-                conn.execute(fence.FORGET_CHUNKS, (plan.id,))
+                conn.execute(inflight.FORGET_CHUNKS, (plan.id,))
 
         self._each(plan.sources(), unfence)
         self._each(plan.targets(), empty)
@@ -400,7 +400,7 @@ class Rebalancer:
 
         def install(shard: str) -> None:
             with self.connect(shard) as conn:
-                fence.install(conn, tables)
+                ddl.install(conn, tables)
                 moves = [plan.moves[index] for index in plan.moves_from(shard)]
                 ranges = [Moving(shard, m.start_hex, m.end_hex, m.target) for m in moves]
                 fence.give_away(conn, plan.id, ranges, RangeState.CAPTURING)
@@ -518,7 +518,7 @@ class Rebalancer:
         tables = self.topology.spec.tables
         repaired: list[str] = []
         with self.connect(source) as src:
-            types = {t.name: fence.key_type(src, t) for t in tables}
+            types = {t.name: resync.key_type(src, t) for t in tables}
             for target in {plan.moves[i].target for i in plan.moves_from(source)}:
                 moves = [plan.moves[i] for i in plan.moves_from(source)]
                 moves = [m for m in moves if m.target == target]
@@ -535,7 +535,7 @@ class Rebalancer:
                             keys = transfer.differing_keys(src, dst, table, move)
                             if keys:
                                 with src.transaction():
-                                    fence.resync_keys(src, dst, table, types[table.name], keys)
+                                    resync.resync_keys(src, dst, table, types[table.name], keys)
                                 repaired += [f"{table.name}:{k}" for k in keys]
         return repaired
 
@@ -556,7 +556,7 @@ class Rebalancer:
         with ExitStack() as stack:
             held = {shard: stack.enter_context(self.connect(shard)) for shard in self._primaries()}
             target_conns = {pair: stack.enter_context(self.connect(pair[1])) for pair in pairs}
-            types = {t.name: fence.key_type(held[sources[0]], t) for t in tables}
+            types = {t.name: resync.key_type(held[sources[0]], t) for t in tables}
 
             def predrain(source: str) -> None:
                 for _ in range(PREDRAIN_PASSES):

@@ -7,9 +7,10 @@ until cut-over:
   table on the target and merges them with ``ON CONFLICT DO NOTHING``; the chunk's progress
   row commits in the same target transaction, so a resumed copy never redoes finished work;
 - :func:`drain` re-syncs every key named in the source's change log with
-  :func:`shardctl.state.fence.resync_keys` (the Router's dual writes use it too): it locks the key's
-  row on the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the key on
-  the target with the source's current state, or deletes it there when the source has none;
+  :func:`shardctl.state.resync.resync_keys` (the Router's dual writes use it too): it locks the
+  key's row on the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the
+  key on the target with the source's current state, or deletes it there when the source has
+  none;
 - :func:`fingerprints` counts and checksums rows per range on one server (one scan, ranges
   found by ``width_bucket`` over the range bounds), and :func:`differing_keys` names the keys
   whose rows differ.
@@ -28,8 +29,9 @@ from psycopg import sql
 from shardctl.config.schema import TableSpec
 from shardctl.ring.hashing import Move
 from shardctl.ring.sql import position
-from shardctl.state import fence
-from shardctl.state.fence import key_type, keys_in, pipe, resync_keys, trusted_writes
+from shardctl.state import fence, inflight
+from shardctl.state.fence import trusted_writes
+from shardctl.state.resync import key_type, keys_in, pipe, resync_keys
 
 Conn = psycopg.Connection[Any]
 SESSION_SETTINGS = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1"
@@ -115,7 +117,7 @@ def copy_range(
     drain brings it back. ``merge``: if a dual write lands in the range even while we copy,
     COPY into a staging table and merge with ``ON CONFLICT DO NOTHING``.
     """
-    done = target.execute(fence.CHUNK_COPIED, (reshard_id, chunk)).fetchone()
+    done = target.execute(inflight.CHUNK_COPIED, (reshard_id, chunk)).fetchone()
     if done:
         return None
     where = range_predicate(table.key, start_hex, end_hex)
@@ -167,7 +169,7 @@ def _copy_chunk(
                     name, stage
                 )
             ).rowcount
-        target.execute(fence.RECORD_CHUNK, (*progress, rows, nbytes))
+        target.execute(inflight.RECORD_CHUNK, (*progress, rows, nbytes))
     return Copied(rows=rows, bytes=nbytes, how=how)
 
 
