@@ -51,6 +51,7 @@ from shardctl.ops.provisioning import (
     create_slot,
     quiet_reporter,
 )
+from shardctl.ring.hashing import SPACE, Move
 from shardctl.state import catalog, fence, inflight, locks
 from shardctl.state.plan import Phase
 from shardctl.util.waiting import NotYet, wait_for
@@ -415,7 +416,7 @@ class RoleChanger:
 
 def _fence(conn: Conn, shard: str, target: str) -> None:
     """Refuse every write to the sharded tables here: the reshard fence, over the circle."""
-    whole_circle = fence.Moving(shard, fence.CIRCLE_START, None, target)
+    whole_circle = Move(0, SPACE, shard, target)
     with conn.transaction():
         fence.give_away(conn, fence.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED)
 

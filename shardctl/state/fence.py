@@ -31,18 +31,19 @@ This module holds the ranges a primary gives away and the constants the SQL shar
 Python (the SQLSTATE, the range states). The Router needs it and must not depend on the
 coordinator, so it sits low, in ``state``. The coordinator (:mod:`shardctl.ops.reshard`) drives
 it; a switchover fences a whole old primary with the same calls (one range covering the
-circle, :data:`CIRCLE_START`, given away ``FENCED``).
+circle, given away ``FENCED``). A range given away is a :class:`~shardctl.ring.hashing.Move`
+(``[start, end)`` from its source to its target), the ring's own range type.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import psycopg
 
+from shardctl.ring.hashing import Move, Span, hex_bounds
 from shardctl.state.locks import RELEASE_SESSION_LOCK, ROLE_CHANGE_LOCK, TRY_SESSION_LOCK
 
 Conn = psycopg.Connection[Any]
@@ -72,9 +73,6 @@ class RangeState(StrEnum):
     MOVED = "moved"
     """Owned by the target for good; writes refused here forever."""
 
-
-CIRCLE_START = "0" * 32
-"""The lowest ring position: a range from here with no end covers the whole circle."""
 
 ROLE_CHANGE = 0
 """The operation id (``shardctl.moving.reshard_id``) of a role change's fence; reshards count
@@ -130,33 +128,16 @@ def lift_abandoned_role_fence(conn: Conn) -> bool:
 # ------------------------------------------------------------------ ranges given away
 
 
-@dataclass(frozen=True)
-class Moving:
-    """A range a source is giving away: ``[start, end)`` to target (no end: to the top)."""
-
-    source: str
-    start_hex: str
-    end_hex: str | None
-    target: str
-
-    def contains(self, position_hex: str) -> bool:
-        """Whether a key at ``position_hex`` lies in this range."""
-        return self.start_hex <= position_hex and (
-            self.end_hex is None or position_hex < self.end_hex
-        )
-
-
-def give_away(conn: Conn, operation: int, ranges: Iterable[Moving], state: RangeState) -> None:
+def give_away(conn: Conn, operation: int, ranges: Iterable[Move], state: RangeState) -> None:
     """List ``ranges`` as given away by the primary ``conn`` reaches, in ``state``; ranges
     already listed for ``operation`` stay as they are (so a resumed step changes nothing).
 
     ``CAPTURING`` starts recording their writes; ``FENCED`` refuses them at once (a switchover
-    fencing an old primary gives away one range from :data:`CIRCLE_START` with no end).
-    """
+    fencing an old primary gives away one range covering the whole circle)."""
     with conn.transaction():  # one re-arming of the guard triggers for them all
-        for moving in ranges:
+        for move in ranges:
             conn.execute(
-                GIVE_AWAY, (operation, moving.start_hex, moving.end_hex, moving.target, state.value)
+                GIVE_AWAY, (operation, move.start_hex, move.end_hex, move.target, state.value)
             )
 
 
@@ -180,25 +161,26 @@ def take_back(conn: Conn, operation: int) -> None:
     conn.execute(TAKE_BACK, (operation,))
 
 
-def given_away_before(conn: Conn, source: str, operation: int) -> list[tuple[int, Moving]]:
+def given_away_before(conn: Conn, source: str, operation: int) -> list[tuple[int, Move]]:
     """The ranges reshards other than ``operation`` moved away from ``source`` (the shard
     ``conn`` reaches) for good, each with its reshard: refused here until taken back."""
     rows = conn.execute(
         GIVEN_AWAY_BEFORE, (RangeState.MOVED.value, ROLE_CHANGE, operation)
     ).fetchall()
-    return [(int(op), Moving(source, lo, hi, target)) for op, lo, hi, target in rows]
+    return [(int(op), Move(*hex_bounds(lo, hi), source, target)) for op, lo, hi, target in rows]
 
 
-def narrow(
-    conn: Conn, operation: int, moved: Moving, keep: Sequence[tuple[str, str | None]]
-) -> None:
-    """Replace a range ``operation`` moved away for good by the pieces ``keep`` of it (each
-    ``(lo, hi)``, no hi: to the top), in one transaction: the rest is this shard's again (a
-    later reshard brings it back) and writes to it are no longer refused."""
+def narrow(conn: Conn, operation: int, moved: Move, keep: Sequence[Span]) -> None:
+    """Replace a range ``operation`` moved away for good by the pieces ``keep`` of it, in one
+    transaction: the rest is this shard's again (a later reshard brings it back) and writes to
+    it are no longer refused."""
     with conn.transaction():
         conn.execute(FORGET_RANGE, (operation, moved.start_hex))
-        for lo, hi in keep:
-            conn.execute(GIVE_AWAY, (operation, lo, hi, moved.target, RangeState.MOVED.value))
+        for piece in keep:
+            conn.execute(
+                GIVE_AWAY,
+                (operation, piece.start_hex, piece.end_hex, moved.target, RangeState.MOVED.value),
+            )
 
 
 def forget_changes(conn: Conn, targets: Sequence[str]) -> None:
@@ -206,12 +188,12 @@ def forget_changes(conn: Conn, targets: Sequence[str]) -> None:
     conn.execute(FORGET_CHANGES, (list(targets),))
 
 
-def moving_ranges(conn: Conn, source: str) -> list[Moving]:
+def moving_ranges(conn: Conn, source: str) -> list[Move]:
     """The ranges ``source`` (the shard ``conn`` reaches) is capturing and has copied: those a
     Router dual-writes. Before its copy a range takes no dual writes: they would only collide
     with the copy, which brings those rows anyway (newer changes are in the change log)."""
     rows = conn.execute(MOVING_COPIED, (RangeState.CAPTURING.value,)).fetchall()
-    return [Moving(source, lo, hi, target) for lo, hi, target in rows]
+    return [Move(*hex_bounds(lo, hi), source, target) for lo, hi, target in rows]
 
 
 def trusted_writes(conn: Conn) -> None:

@@ -21,16 +21,17 @@ from shardctl.db import pg
 from shardctl.errors import KeyNotOwned
 from shardctl.ops.cluster import Cluster
 from shardctl.ring import hashing as ring
+from shardctl.ring.hashing import Move, hex_bounds
 from shardctl.router.router import Router
 from shardctl.state import ddl, fence
-from shardctl.state.fence import FENCE_SQLSTATE, Moving, RangeState
+from shardctl.state.fence import FENCE_SQLSTATE, RangeState
 from tests.integration.conftest import ClusterFactory
 
 pytestmark = pytest.mark.integration
 
 OPERATION = 9_998
 """The reshard id this module's ranges use."""
-HIGH = Moving("shard-0", "8" * 32, None, "shard-9")
+HIGH = Move(*hex_bounds("8" * 32, None), "shard-0", "shard-9")
 """Half the circle: every key whose md5 starts with 8 or above."""
 GUARDS = ("shardctl_guard", "shardctl_guard_update", "shardctl_guard_delete")
 TRIGGERS = (
@@ -150,7 +151,7 @@ def test_the_guard_places_a_key_by_its_text_as_the_ring_does(
     at = datetime(2024, 1, 2, 3, 4, 5)
     here = ring.position_hex(at)
     assert here == ring.position_hex("2024-01-02 03:04:05")
-    just_it = Moving("shard-0", here, here + "0", "shard-9")
+    just_it = Move(int(here, 16), int(here, 16) + 1, "shard-0", "shard-9")
     fence.give_away(admin, OPERATION, [just_it], RangeState.CAPTURING)
     try:
         with app_connection(one_shard) as app:

@@ -24,7 +24,7 @@ import psycopg
 
 from shardctl.config.credentials import Credentials
 from shardctl.config.topology import Node, Topology
-from shardctl.db import pg
+from shardctl.db import digest, pg
 from shardctl.errors import (
     DatabaseUnavailable,
     NothingToDo,
@@ -34,9 +34,9 @@ from shardctl.errors import (
 )
 from shardctl.ops.reshard import transfer
 from shardctl.ops.reshard.transfer import Copied
-from shardctl.ring.hashing import SPACE
+from shardctl.ring.hashing import Span
 from shardctl.state import catalog, ddl, fence, inflight, locks, resync
-from shardctl.state.fence import Moving, RangeState
+from shardctl.state.fence import RangeState
 from shardctl.state.plan import (
     Chunk,
     MoveSize,
@@ -160,7 +160,7 @@ class Rebalancer:
     def open(self, shard: str) -> Conn:
         """A new autocommit connection to a shard primary, set up for transfers."""
         conn = pg.connect(self.node(shard), self.cluster.credentials(), self.topology.spec.database)
-        transfer.prepare(conn)
+        digest.prepare(conn)
         return conn
 
     @contextmanager
@@ -402,8 +402,7 @@ class Rebalancer:
             with self.connect(shard) as conn:
                 ddl.install(conn, tables)
                 moves = [plan.moves[index] for index in plan.moves_from(shard)]
-                ranges = [Moving(shard, m.start_hex, m.end_hex, m.target) for m in moves]
-                fence.give_away(conn, plan.id, ranges, RangeState.CAPTURING)
+                fence.give_away(conn, plan.id, moves, RangeState.CAPTURING)
 
         self._each(self._involved(plan), install)
 
@@ -532,7 +531,10 @@ class Rebalancer:
                         for move, a, b in zip(moves, ours, theirs, strict=True):
                             if a == b:
                                 continue
-                            keys = transfer.differing_keys(src, dst, table, move)
+                            where = transfer.range_predicate(
+                                table.key, move.start_hex, move.end_hex
+                            )
+                            keys = transfer.differing_keys(src, dst, table, where)
                             if keys:
                                 with src.transaction():
                                     resync.resync_keys(src, dst, table, types[table.name], keys)
@@ -625,13 +627,10 @@ class Rebalancer:
         received = [(m.start, m.end) for m in plan.moves if m.target == target]
         lifted = 0
         for operation, moved in fence.given_away_before(conn, target, plan.id):
-            start = int(moved.start_hex, 16)
-            end = SPACE if moved.end_hex is None else int(moved.end_hex, 16)
-            keep = uncovered(start, end, received)
-            if keep == [(start, end)]:
+            keep = uncovered(moved.start, moved.end, received)
+            if keep == [(moved.start, moved.end)]:
                 continue
-            pieces = [(f"{lo:032x}", None if hi >= SPACE else f"{hi:032x}") for lo, hi in keep]
-            fence.narrow(conn, operation, moved, pieces)
+            fence.narrow(conn, operation, moved, [Span(lo, hi) for lo, hi in keep])
             lifted += 1
         return lifted
 

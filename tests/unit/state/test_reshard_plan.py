@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl.ring.hashing import SPACE, Move, Ring
+from shardctl.ring.hashing import SPACE, Move, Ring, Span
 from shardctl.state.plan import (
     FORWARD,
+    Chunk,
     MoveSize,
     Phase,
     Plan,
@@ -73,3 +74,10 @@ def test_plan_moves_only_to_the_new_node_and_round_trips(algorithm: str) -> None
     assert len(plan.chunks) == 4 * n
     assert sorted(i for s in plan.sources() for i in plan.moves_from(s)) == list(range(n))
     assert Plan.from_json(plan.to_json()) == plan
+
+
+def test_a_chunk_is_a_span_of_the_circle() -> None:
+    chunk = Chunk(5, SPACE, "0.1", 0)
+    assert isinstance(chunk, Span) and chunk.start_hex == f"{5:032x}" and chunk.end_hex is None
+    with pytest.raises(ValueError):
+        Chunk(9, 9, "0.2", 0)
