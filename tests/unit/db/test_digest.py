@@ -15,5 +15,6 @@ def test_differing_keys_are_sorted_and_include_keys_on_one_side_only() -> None:
 
 def test_the_whole_table_checksum_is_the_per_range_checksum() -> None:
     text = digest.checksum_query(TableSpec(name="users", key="id")).as_string(None)
-    assert text == f'SELECT {digest.CHECKSUM.as_string(None)} FROM "users" t'
+    aggregates = digest.CHECKSUM.as_string(None)
+    assert text.startswith("SELECT " + aggregates) and text.endswith(' FROM "users" t')
     assert "md5(t::text)" in text and "count(*)" in text
