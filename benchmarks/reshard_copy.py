@@ -18,10 +18,10 @@ import uuid
 from _cluster import temp_cluster
 from psycopg import sql
 
-from shardctl.db import pg
+from shardctl.db import digest, pg
 from shardctl.ops.reshard import transfer
 from shardctl.ring.hashing import SPACE, Move
-from shardctl.state import fence
+from shardctl.state import ddl
 from shardctl.state.plan import split
 
 
@@ -42,8 +42,8 @@ def main() -> None:
             pg.connect(target_node, creds, "app") as dst,
         ):
             for conn in (src, dst):
-                transfer.prepare(conn)
-                fence.install(conn, cluster.topology.spec.tables)
+                digest.prepare(conn)
+                ddl.install(conn, cluster.topology.spec.tables)
             print(f"# loading {args.rows:,} rows on {source_node.shard}")
             with src.cursor().copy(
                 "COPY users (id, first_name, last_name, email) FROM STDIN"

@@ -7,9 +7,7 @@ import typer
 from shardctl.cli import render
 from shardctl.cli.app import Output, OutputOption, TopologyOption, app, open_cluster
 from shardctl.errors import ShardctlError
-from shardctl.health.distribution import measure
 from shardctl.ops.cluster import Cluster
-from shardctl.state import catalog
 from shardctl.state.inflight import RESHARD, Operation
 
 
@@ -21,7 +19,7 @@ def distribution(topology: TopologyOption = None, output: OutputOption = Output.
     it to) or stored on more than one shard.
     """
     with open_cluster(topology, running=True) as cluster:
-        result = measure(cluster.topology, cluster.credentials())
+        result = cluster.distribution()
         operations = [] if result.ok else in_flight_reshards(cluster)
     if output is Output.JSON:
         render.print_json(
@@ -64,7 +62,7 @@ def ring(topology: TopologyOption = None, output: OutputOption = Output.TABLE) -
     Exit 1 when the primaries disagree about the ring (an interrupted reshard).
     """
     with open_cluster(topology, running=True) as cluster:
-        report = catalog.describe(cluster.topology, cluster.credentials())
+        report = cluster.ring()
     if output is Output.JSON:
         render.print_json(render.ring_facts(report))
     else:

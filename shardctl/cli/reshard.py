@@ -30,13 +30,14 @@ from shardctl.cli.app import (
     shard_name,
 )
 from shardctl.config.schema import MAX_REPLICAS
-from shardctl.errors import NothingToDo, ReshardingError, ShardctlError, UsageError
+from shardctl.errors import ReshardingError, ShardctlError, UsageError
 from shardctl.ops.cluster import Cluster
-from shardctl.ops.reshard import joining, leaving
+from shardctl.ops.reshard import rebalance as rebalancing
 from shardctl.ops.reshard.coordinator import Progress as ProgressCallback
 from shardctl.ops.reshard.coordinator import Rebalancer, State
+from shardctl.ops.reshard.rebalance import Action
 from shardctl.state.inflight import RESHARD
-from shardctl.state.plan import Phase, finished
+from shardctl.state.plan import Phase
 
 ThrottleOption = Annotated[
     float, number_option("--throttle", low=0, high=60, help="Seconds to sleep between chunks.")
@@ -79,8 +80,7 @@ def add_shard(
 ) -> None:
     """Provision a new empty shard and record it in the topology; it joins owning no keys."""
     with open_cluster(topology, running=True) as cluster, progress_reporter() as report:
-        joining.add_shard(
-            cluster,
+        cluster.add_shard(
             name,
             replicas,
             timeout=timeout,
@@ -138,20 +138,14 @@ def rebalance(
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Move data until every key lives on its ring owner, online; --plan shows the moves."""
-    if sum((plan, resume, abort)) > 1:
-        raise UsageError("choose one of --plan, --resume and --abort")
-    if plan and yes:
-        raise UsageError("--plan changes nothing; it takes no --yes")
+    flags = rebalancing.Flags(plan=plan, resume=resume, abort=abort, yes=yes)
     with open_cluster(topology, running=True) as cluster:
-        rebalancer = Rebalancer(cluster, rows_per_chunk=rows_per_chunk, throttle_seconds=throttle)
-        current = rebalancer.state()
-        running = current is not None and not finished(current.phase)
-        if plan:
-            _show_plan(cluster, current if running else None, rebalancer, output)
+        rebalancer = cluster.rebalancer(rows_per_chunk=rows_per_chunk, throttle_seconds=throttle)
+        decision = rebalancing.decide(rebalancer.state(), flags)
+        if decision.action is Action.SHOW_PLAN:
+            _show_plan(cluster, decision.running, rebalancer, output)
             return
-        if (abort or resume) and not running:
-            raise NothingToDo(f"nothing to {'abort' if abort else 'resume'}: no reshard is running")
-        if abort:
+        if decision.action is Action.ABORT:
             with rebalancer.exclusive(), copy_progress() as progress:
                 rebalancer.progress = progress
                 state = rebalancer.abort()
@@ -160,22 +154,19 @@ def rebalance(
                 "and the copied rows were removed from the targets"
             )
             return
-        if running and not resume and current is not None:
-            raise ReshardingError(
-                f"reshard {current.plan.id} is still {current.phase.value}: "
-                "run `shardctl rebalance --resume` or `--abort`"
-            )
         confirmed = None
-        if not resume and not yes:
+        if decision.confirm:
             confirmed = rebalancer.plan()  # nothing to do: exit 0 before asking for --yes
             if not sys.stdin.isatty():
                 raise UsageError("rebalance moves data; pass --yes to confirm")
-            if confirmed is not None:
-                render.show(render.plan_table(confirmed))
+            render.show(render.plan_table(confirmed))
             typer.confirm("Run this rebalance now?", abort=True)
         try:
             with rebalancer.exclusive():
-                state = rebalancer.resume() if resume else rebalancer.start(confirmed)
+                if decision.action is Action.RESUME:
+                    state = rebalancer.resume()
+                else:
+                    state = rebalancer.start(confirmed)
                 # The live display opens only now: a prompt under it would be hidden.
                 with copy_progress() as progress:
                     rebalancer.progress = progress
@@ -255,7 +246,7 @@ def remove_shard(
     if plan and resume:
         raise UsageError("choose one of --plan and --resume")
     with open_cluster(topology, running=True) as cluster:
-        rebalancer = Rebalancer(cluster, rows_per_chunk=rows_per_chunk, throttle_seconds=throttle)
+        rebalancer = cluster.rebalancer(rows_per_chunk=rows_per_chunk, throttle_seconds=throttle)
         if plan:
             shown = rebalancer.plan(leaving=[name])
             if output is Output.JSON:
@@ -267,8 +258,7 @@ def remove_shard(
         if not resume and not yes:
             if not sys.stdin.isatty():
                 raise UsageError("remove-shard moves data and removes nodes; pass --yes to confirm")
-            _, owns_keys = leaving.prepare(rebalancer, name, resume=False)
-            if owns_keys:
+            if cluster.removal_moves_keys(rebalancer, name):
                 confirmed = rebalancer.plan(leaving=[name])
                 render.show(render.plan_table(confirmed))
             volumes = "keeping its volumes" if keep_volumes else "and its data volumes"
@@ -276,8 +266,7 @@ def remove_shard(
         # Another coordinator at work is a reason to refuse, like another reshard: exit 2.
         with rebalancer.exclusive(busy=UsageError), copy_progress() as progress:
             rebalancer.progress = progress
-            removal = leaving.remove_shard(
-                cluster,
+            removal = cluster.remove_shard(
                 rebalancer,
                 name,
                 keep_volumes=keep_volumes,

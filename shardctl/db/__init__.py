@@ -1,1 +1,2 @@
-"""Connections to the nodes and their poolers, and which failures are worth a retry."""
+"""Connections to the nodes and their poolers, which failures are worth a retry, and comparing
+rows across servers."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from shardctl.config import addresses
 from shardctl.config.schema import HealthSpec, PoolerSpec, Replication, Role, TableSpec
 from shardctl.config.topology import Node, Topology
+from shardctl.db import digest
 from shardctl.db.poolers import PoolerObservation
 from shardctl.health.facts import (
     ActualRole,
@@ -509,9 +510,7 @@ def deep_check(
 def differing_keys(primary: dict[str, str], replica: dict[str, str], limit: int = 5) -> list[str]:
     """Up to ``limit`` keys whose row hash differs, each saying how (key → row hash maps)."""
     found: list[str] = []
-    for key in sorted(primary.keys() | replica.keys()):
-        if primary.get(key) == replica.get(key):
-            continue
+    for key in digest.differing_keys(primary, replica):
         if len(found) == limit:
             found.append("...")
             break

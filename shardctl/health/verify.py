@@ -29,7 +29,7 @@ from psycopg import sql
 from shardctl.config.credentials import Credentials
 from shardctl.config.schema import HealthSpec, Role, TableSpec
 from shardctl.config.topology import Node, Topology
-from shardctl.db import pg
+from shardctl.db import digest, pg
 from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable
 from shardctl.health import checks
@@ -47,8 +47,6 @@ DEEP_KEY_LOOKUP_ROWS = 100_000
 """A mismatching table this small has its differing keys named (both sides are read whole)."""
 DEEP_TIMEOUT = 3600.0
 """Upper bound for checksumming every table of a shard (a guard against a hung node only)."""
-SESSION_SETTINGS = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1"
-"""Row text (hashed by ``--deep``) must not depend on a session's settings."""
 
 Conn = psycopg.Connection[Any]
 
@@ -310,13 +308,13 @@ def _deep_shard(
     def run() -> list[Check]:
         found: list[Check] = []
         with pg.connect(primary, login, database, timeout=limits.probe_timeout) as source:
-            source.execute(SESSION_SETTINGS)
+            digest.prepare(source)
             targets: dict[str, Conn] = {}
             try:
                 for replica in replicas:
                     try:
                         conn = pg.connect(replica, login, database, timeout=limits.probe_timeout)
-                        conn.execute(SESSION_SETTINGS)
+                        digest.prepare(conn)
                     except (DatabaseUnavailable, psycopg.Error) as exc:
                         found += [
                             checks.failed(replica, checks.deep_name(t), pg.failure_reason(exc))
@@ -394,28 +392,17 @@ def _differing_keys(
     """Name some differing keys, reading key → row hash on both sides; None for big tables."""
     if max(mine.rows, theirs.rows) > DEEP_KEY_LOOKUP_ROWS:
         return None
-    query = sql.SQL("SELECT {key}::text, md5(t::text) FROM {table} t").format(
-        key=sql.Identifier(table.key), table=sql.Identifier(table.name)
-    )
     try:
-        primary = {str(k): str(h) for k, h in source.execute(query)}
-        replica = {str(k): str(h) for k, h in target.execute(query)}
+        primary = digest.row_hashes(source, table)
+        replica = digest.row_hashes(target, table)
     except psycopg.Error:
         return None
     return checks.differing_keys(primary, replica)
 
 
-def _digest_query(table: TableSpec) -> sql.Composed:
-    # The same order-independent checksum the resharding verification uses: the sum of the
-    # first 60 bits of each row text's md5, so no sort and no memory grows with the table.
-    return sql.SQL(
-        "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)"
-        " FROM {} t"
-    ).format(sql.Identifier(table.name))
-
-
 def _digest(conn: Conn, table: TableSpec) -> checks.TableDigest:
-    row = conn.execute(_digest_query(table)).fetchone()
+    # The same checksum the resharding verification uses (shardctl.db.digest).
+    row = conn.execute(digest.checksum_query(table)).fetchone()
     assert row is not None
     return checks.TableDigest(int(row[0]), int(row[1]))
 

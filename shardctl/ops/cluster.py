@@ -1,13 +1,20 @@
-"""The library object every command starts from: a topology, its engines and credentials."""
+"""The library object every command starts from: a topology, its engines and credentials.
+
+Every command builds a :class:`Cluster` and calls it: ``up``/``down``, the health views
+(``status``, ``verify-replication``, ``distribution``, ``ring``), the role changes and the
+reshard commands (``add-shard``, ``rebalance``, ``remove-shard``). Its topology changes in two
+ways only, both here: :meth:`Cluster.follow_roles` takes each shard's acting primary from the
+catalog, and :meth:`Cluster.resize` carries on with a shard added or removed.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shardctl.config import credentials as creds
 from shardctl.config import topology
@@ -17,21 +24,37 @@ from shardctl.config.topology import Topology
 from shardctl.db import pg
 from shardctl.docker.engine import Engines
 from shardctl.errors import CheckFailed, DatabaseUnavailable, UsageError
+from shardctl.health import distribution as distributions
 from shardctl.health import facts as health
 from shardctl.health import verify
 from shardctl.ops.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
 from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
-from shardctl.state import catalog, fence, inflight
+from shardctl.state import catalog, ddl, inflight
 from shardctl.util.waiting import NotYet, wait_for
 
+if TYPE_CHECKING:  # the reshard modules take a Cluster: imported where used, at run time
+    from shardctl.ops.reshard.coordinator import Rebalancer
+    from shardctl.ops.reshard.leaving import Removal
+    from shardctl.state.plan import Plan
 
-@dataclass
+
 class Cluster:
     """A declared cluster and the means to reach it."""
 
-    topology: Topology
-    engines: Engines = field(default_factory=Engines)
-    _credentials: Credentials | None = None
+    def __init__(self, topology: Topology, engines: Engines | None = None) -> None:
+        self._topology = topology
+        self.engines = engines if engines is not None else Engines()
+        self._credentials: Credentials | None = None
+
+    @property
+    def topology(self) -> Topology:
+        """The declared cluster, with each shard's acting primary once :meth:`follow_roles`
+        read them from the catalog."""
+        return self._topology
+
+    def resize(self, topology: Topology) -> None:
+        """Carry on with ``topology`` (a shard added or removed), keeping the acting roles."""
+        self._topology = topology.with_acting(dict(self._topology.acting))
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> Cluster:
@@ -58,7 +81,7 @@ class Cluster:
         """
         record = catalog.read_any(self.topology, self.credentials()).current
         if record is not None:
-            self.topology = self.topology.with_acting(dict(record.primaries))
+            self._topology = self._topology.with_acting(dict(record.primaries))
         return record
 
     def up(
@@ -85,7 +108,7 @@ class Cluster:
                 created_by=f"up: re-joined {', '.join(rejoin)}",
             )
             catalog.publish(self.topology, self.credentials(), rejoined)
-        fence.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
+        ddl.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
         report.seconds = time.monotonic() - started
         return report
 
@@ -183,6 +206,68 @@ class Cluster:
         """The operations in progress (an unfinished reshard, a role-change fence), read from
         the acting primaries; DatabaseUnavailable when none answers."""
         return inflight.in_flight(self.topology, self.credentials())
+
+    def distribution(self) -> distributions.Distribution:
+        """Rows per table and shard against the ring, misplaced and duplicated keys."""
+        return distributions.measure(self.topology, self.credentials())
+
+    def ring(self) -> catalog.RingReport:
+        """The live ring from the catalog: nodes, shares, each primary's epoch."""
+        return catalog.describe(self.topology, self.credentials())
+
+    def rebalancer(
+        self, *, rows_per_chunk: int = 50_000, throttle_seconds: float = 0.0
+    ) -> Rebalancer:
+        """The reshard coordinator for this cluster, copying at this pace."""
+        from shardctl.ops.reshard.coordinator import Rebalancer
+
+        return Rebalancer(self, rows_per_chunk=rows_per_chunk, throttle_seconds=throttle_seconds)
+
+    def add_shard(
+        self,
+        name: str,
+        replicas: int,
+        *,
+        timeout: float,
+        reporter: Reporter = quiet_reporter,
+        engine: str | None = None,
+        replica_engines: Sequence[str] = (),
+    ) -> UpReport:
+        """Provision a new empty shard and record it in the topology file (it owns no keys)."""
+        from shardctl.ops.reshard import joining
+
+        return joining.add_shard(
+            self,
+            name,
+            replicas,
+            timeout=timeout,
+            reporter=reporter,
+            engine=engine,
+            replica_engines=replica_engines,
+        )
+
+    def removal_moves_keys(self, rebalancer: Rebalancer, name: str) -> bool:
+        """Whether removing ``name`` now has keys to move (UsageError when it cannot go)."""
+        from shardctl.ops.reshard import leaving
+
+        return leaving.prepare(rebalancer, name, resume=False)[1]
+
+    def remove_shard(
+        self,
+        rebalancer: Rebalancer,
+        name: str,
+        *,
+        keep_volumes: bool,
+        resume: bool = False,
+        plan: Plan | None = None,
+    ) -> Removal:
+        """Move ``name``'s keys away, then remove its nodes and topology entry (see
+        :func:`shardctl.ops.reshard.leaving.remove_shard`); hold ``rebalancer.exclusive()``."""
+        from shardctl.ops.reshard import leaving
+
+        return leaving.remove_shard(
+            self, rebalancer, name, keep_volumes=keep_volumes, resume=resume, plan=plan
+        )
 
     def close(self) -> None:
         """Release Docker clients."""

@@ -394,7 +394,7 @@ class Provisioner:
 
     def _configure_primary(self, primary: Node, replicas: Iterable[Node]) -> None:
         """Replication and application roles, database, schema and slots; each step a no-op
-        when already done. The application role's grants come with the fence (``fence.ensure``),
+        when already done. The application role's grants come with the fence (``ddl.ensure``),
         once the catalog and fence objects exist."""
         self.report(primary.name, "configuring")
         spec = self.topology.spec

@@ -51,7 +51,8 @@ from shardctl.ops.provisioning import (
     create_slot,
     quiet_reporter,
 )
-from shardctl.state import catalog, fence
+from shardctl.ring.hashing import SPACE, Move
+from shardctl.state import catalog, fence, inflight, locks
 from shardctl.state.plan import Phase
 from shardctl.util.waiting import NotYet, wait_for
 
@@ -175,7 +176,7 @@ class RoleChanger:
         database = self.topology.spec.database
         # Held until the old primary stops: while it is, `up` leaves this fence alone.
         with pg.connect(old, self.credentials, database) as held:
-            row = held.execute(fence.TRY_SESSION_LOCK, (fence.ROLE_CHANGE_LOCK,)).fetchone()
+            row = held.execute(locks.TRY_SESSION_LOCK, (locks.ROLE_CHANGE_LOCK,)).fetchone()
             if row is None or not row[0]:
                 raise RoleChangeError(f"{shard}: another switchover of {old.name} is running")
             self.log(f"fencing writes on {old.name}")
@@ -266,7 +267,7 @@ class RoleChanger:
         for node in nodes:
             try:
                 with pg.connect(node, self.credentials, self.topology.spec.database) as conn:
-                    row = conn.execute(fence.LATEST_RESHARD).fetchone()
+                    row = conn.execute(inflight.LATEST_RESHARD).fetchone()
             except (DatabaseUnavailable, psycopg.Error):
                 continue  # not installed there, or gone: ask the next node
             if row is not None and str(row[1]) not in (Phase.DONE, Phase.ABORTED):
@@ -415,7 +416,7 @@ class RoleChanger:
 
 def _fence(conn: Conn, shard: str, target: str) -> None:
     """Refuse every write to the sharded tables here: the reshard fence, over the circle."""
-    whole_circle = fence.Moving(shard, fence.CIRCLE_START, None, target)
+    whole_circle = Move(0, SPACE, shard, target)
     with conn.transaction():
         fence.give_away(conn, fence.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED)
 

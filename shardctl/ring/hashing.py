@@ -15,8 +15,11 @@ but ``true::text`` is ``'true'``.)
 
 **Ranges.** A ring is a sorted list of boundary positions with an owner for each piece between
 them. Every range is half-open, ``[start, end)``, left inclusive, with
-``0 <= start < end <= 2**128``. The top end ``2**128`` has no 32-digit hex spelling, so
-:meth:`Range.sql_bounds` gives ``None`` for it, meaning "no upper bound".
+``0 <= start < end <= 2**128``: one type, :class:`Span`, whatever the range is for (a
+:class:`Range` has an owner, a :class:`Move` a source and a target; a reshard's chunk and a
+range a primary gives away are spans too). The top end ``2**128`` has no 32-digit hex spelling,
+so :attr:`Span.end_hex` is ``None`` for it, meaning "no upper bound"; :func:`hex_bounds` reads
+the hex spelling back.
 
 **Two algorithms, one model.**
 
@@ -56,6 +59,8 @@ __all__ = [
     "Range",
     "Ring",
     "RingDict",
+    "Span",
+    "hex_bounds",
     "position",
     "position_hex",
 ]
@@ -103,9 +108,14 @@ def _check_position(pos: int) -> None:
         raise ValueError(f"position must be an int in [0, 2**128), got {pos!r}")
 
 
+def hex_bounds(start_hex: str, end_hex: str | None) -> tuple[int, int]:
+    """``(start, end)`` of a span spelt as 32 hex digits each, no end meaning the top."""
+    return int(start_hex, 16), SPACE if end_hex is None else int(end_hex, 16)
+
+
 @dataclass(frozen=True)
-class _Span:
-    """A half-open piece ``[start, end)`` of the circle."""
+class Span:
+    """A half-open piece ``[start, end)`` of the circle: the one range type."""
 
     start: int
     end: int
@@ -149,14 +159,14 @@ class _Span:
 
 
 @dataclass(frozen=True)
-class Range(_Span):
+class Range(Span):
     """A half-open piece ``[start, end)`` of the circle and the node that owns it."""
 
     owner: str
 
 
 @dataclass(frozen=True)
-class Move(_Span):
+class Move(Span):
     """A piece ``[start, end)`` owned by ``source`` in one ring and by ``target`` in another."""
 
     source: str

@@ -86,7 +86,8 @@ from shardctl.errors import (
 from shardctl.ring.hashing import Ring
 from shardctl.router.pools import Conn, Pools, Prefer, Row
 from shardctl.router.watcher import CatalogWatcher, Routing
-from shardctl.state.fence import FENCE_SQLSTATE, NOT_PRIMARY_SQLSTATE, key_type, resync_keys
+from shardctl.state.fence import FENCE_SQLSTATE, NOT_PRIMARY_SQLSTATE
+from shardctl.state.resync import key_type, resync_keys
 
 if TYPE_CHECKING:
     from shardctl.ops.cluster import Cluster

@@ -26,10 +26,10 @@ from shardctl.config import topology as topo
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
 from shardctl.errors import CatalogError, DatabaseUnavailable, ShardctlError, TopologyError
-from shardctl.ring.hashing import Ring, position_hex
+from shardctl.ring.hashing import Move, Ring, position
 from shardctl.router.pools import Conn, Pools
 from shardctl.state import catalog
-from shardctl.state.fence import Moving, moving_ranges
+from shardctl.state.fence import moving_ranges
 
 __all__ = ["CatalogWatcher", "Routing"]
 
@@ -43,7 +43,7 @@ class Routing:
 
     epoch: int
     ring: Ring
-    moving: tuple[Moving, ...] = ()
+    moving: tuple[Move, ...] = ()
     """Ranges being copied to a new owner: writes there are dual-written (see _dual_write)."""
     primaries: tuple[tuple[str, str], ...] = ()
     """(shard, node) acting as primary where a switchover or failover changed it."""
@@ -56,7 +56,7 @@ class Routing:
         """The shard ``key`` is being copied to, when its range is moving."""
         if not self.moving:
             return None
-        where = position_hex(key)
+        where = position(key)
         return next(
             (m.target for m in self.moving if m.source == owner and m.contains(where)), None
         )
@@ -68,7 +68,7 @@ its epoch to every acting primary, so a node that cannot be reached that fast (a
 whose pool keeps failing to connect) is skipped rather than waited for."""
 
 
-_Answer = tuple[catalog.RingRecord | None, list[Moving], bool]
+_Answer = tuple[catalog.RingRecord | None, list[Move], bool]
 """One node's catalog record, the ranges it gives away, and whether it is in recovery."""
 
 
@@ -187,7 +187,7 @@ class CatalogWatcher:
 
     def _read(
         self, nodes: Sequence[Node], *, with_moving: bool
-    ) -> tuple[dict[str, catalog.RingRecord | None], list[Moving], list[str], set[str]]:
+    ) -> tuple[dict[str, catalog.RingRecord | None], list[Move], list[str], set[str]]:
         """Each node's current catalog record (and the ranges it gives away), in parallel; the
         names of those that could not be asked, and of those in recovery."""
         for node in nodes:
@@ -212,7 +212,7 @@ class CatalogWatcher:
             for node in nodes
         }
         found: dict[str, catalog.RingRecord | None] = {}
-        moving: list[Moving] = []
+        moving: list[Move] = []
         failed: list[str] = []
         standbys: set[str] = set()
         for name, future in futures.items():

@@ -21,7 +21,7 @@ epoch) are reported in :attr:`CatalogView.problems`. A topology that disagrees w
 (algorithm, virtual nodes, shard list) is reported by :func:`drift`; the catalog is used.
 
 **Shared schema.** The resharding protocol's tables and functions (``shardctl.reshard``,
-``shardctl.moving``, ...) live in the same schema and are created by :mod:`shardctl.state.fence`;
+``shardctl.moving``, ...) live in the same schema and are created by :mod:`shardctl.state.ddl`;
 :data:`DDL` here creates only what this module owns. The schema is shared with other features
 (the replication canary): it is created if missing and never dropped here.
 """
@@ -42,7 +42,7 @@ from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
 from shardctl.errors import CatalogError, DatabaseUnavailable
 from shardctl.ring.hashing import Ring
-from shardctl.state.fence import CATALOG_INSTALL_LOCK, XACT_LOCK
+from shardctl.state.locks import CATALOG_INSTALL_LOCK, XACT_LOCK
 from shardctl.util.waiting import retrying
 
 SCHEMA = "shardctl"

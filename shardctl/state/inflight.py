@@ -1,5 +1,13 @@
 """What is in flight in a cluster: an unfinished reshard, a role-change fence left on a primary.
 
+The reshard's record lives here too: its row of ``shardctl.reshard`` on every primary (plan,
+phase, whether the ring flipped, the report so far) and the chunks copied (``shardctl.copied``),
+with the statements that read and write them.
+
+The one place that decides which recorded reshard is current (:func:`current`) and whether it
+can still be aborted (:func:`may_abort`): the coordinator (:mod:`shardctl.ops.reshard`) acts on
+both answers, and ``status`` suggests the command they allow.
+
 Read-only: one connection per acting primary, asked whether the tables exist before reading
 them (a failed query would log an ERROR on the server). ``status``, ``rebalance --plan``,
 ``verify-replication`` and ``distribution`` show these facts, each with the exact command that
@@ -8,7 +16,8 @@ finishes or undoes the operation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,8 +30,31 @@ from shardctl.errors import DatabaseUnavailable
 from shardctl.state import fence
 from shardctl.state.plan import FORWARD, Phase, Plan, finished
 
+Conn = psycopg.Connection[Any]
+
 RESHARD = "reshard"
 ROLE_CHANGE = "role-change"
+
+# The reshard's record: its row of shardctl.reshard, and the chunks copied (shardctl.copied).
+# no parameters (a role change refuses to start while this is unfinished)
+LATEST_RESHARD = (
+    "SELECT id, phase, flipped, plan, report FROM shardctl.reshard ORDER BY id DESC LIMIT 1"
+)
+# (id, phase, flipped, plan as json, report as json)
+RECORD_RESHARD = (
+    "INSERT INTO shardctl.reshard (id, phase, flipped, plan, report) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+    "phase = EXCLUDED.phase, flipped = EXCLUDED.flipped, "
+    "report = EXCLUDED.report, updated_at = now()"
+)
+# (operation, chunk)
+CHUNK_COPIED = "SELECT 1 FROM shardctl.copied WHERE reshard_id = %s AND chunk = %s"
+# (operation, chunk, rows, bytes)
+RECORD_CHUNK = (
+    "INSERT INTO shardctl.copied (reshard_id, chunk, rows, bytes) VALUES (%s, %s, %s, %s)"
+)
+# (operation)
+FORGET_CHUNKS = "DELETE FROM shardctl.copied WHERE reshard_id = %s"
 
 _EXISTS = "SELECT pg_catalog.to_regclass(%s) IS NOT NULL"
 _LATEST = "SELECT to_jsonb(r) FROM shardctl.reshard r ORDER BY r.id DESC LIMIT 1"
@@ -75,62 +107,111 @@ class Operation:
 
 
 @dataclass(frozen=True)
+class ReshardRecord:
+    """A reshard as one primary recorded it (its row of ``shardctl.reshard``)."""
+
+    id: int
+    phase: Phase
+    flipped: bool
+    """Whether the run recorded that it wrote the new ring epoch (the catalog may know first)."""
+    plan: Plan
+    report: dict[str, Any] = field(default_factory=dict)
+    started_at: datetime | None = None
+    started_by: str | None = None
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> ReshardRecord:
+        """The record from its row as JSON (``to_jsonb``)."""
+        return cls(
+            id=int(row["id"]),
+            phase=Phase(row["phase"]),
+            flipped=bool(row.get("flipped")),
+            plan=Plan.from_json(row["plan"]),
+            report=dict(row.get("report") or {}),
+            started_at=_timestamp(row.get("started_at")),
+            started_by=str(row.get("started_by") or "").removeprefix("shardctl ") or None,
+            updated_at=_timestamp(row.get("updated_at")),
+        )
+
+
+def current(records: Iterable[ReshardRecord]) -> ReshardRecord | None:
+    """The reshard the cluster is doing (or did last), among every primary's latest record.
+
+    The highest id wins, then the most advanced phase: each phase is recorded on every primary
+    only after its work is done, so a crash between two of those writes leaves some primaries
+    one phase behind, never ahead. ``aborted`` ranks above every phase.
+    """
+
+    def rank(record: ReshardRecord) -> tuple[int, int]:
+        phase = record.phase
+        return record.id, len(FORWARD) if phase is Phase.ABORTED else FORWARD.index(phase)
+
+    return max(records, key=rank, default=None)
+
+
+def may_abort(phase: Phase, flipped: bool) -> bool:
+    """Whether a reshard can be undone: until the new ring epoch is written, whatever the phase
+    (a cut-over that stopped before the flip too); after that only ``--resume`` finishes it."""
+    return not finished(phase) and not flipped
+
+
+def latest(conn: Conn) -> ReshardRecord | None:
+    """The latest reshard recorded on the primary ``conn`` reaches; None when there is none
+    (or no ``shardctl.reshard`` table yet)."""
+    if not _exists(conn, "reshard"):
+        return None
+    row = conn.execute(_LATEST).fetchone()
+    return None if row is None else ReshardRecord.from_json(row[0])
+
+
+def _exists(conn: Conn, table: str) -> bool:
+    row = conn.execute(_EXISTS, (f"shardctl.{table}",)).fetchone()
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True)
 class _Seen:
     """What one primary holds."""
 
-    latest: dict[str, Any] | None
+    latest: ReshardRecord | None
     copied: dict[str, int]
     role_fence: bool
 
 
-def _look(conn: psycopg.Connection[Any]) -> _Seen:
-    def exists(table: str) -> bool:
-        row = conn.execute(_EXISTS, (f"shardctl.{table}",)).fetchone()
-        return bool(row and row[0])
-
-    latest: dict[str, Any] | None = None
+def _look(conn: Conn) -> _Seen:
+    record = latest(conn)
     copied: dict[str, int] = {}
-    if exists("reshard"):
-        row = conn.execute(_LATEST).fetchone()
-        latest = row[0] if row else None
-        if latest is not None and exists("copied"):
-            rows = conn.execute(_COPIED, (int(latest["id"]),)).fetchall()
-            copied = {str(chunk): int(n) for chunk, n in rows}
+    if record is not None and _exists(conn, "copied"):
+        rows = conn.execute(_COPIED, (record.id,)).fetchall()
+        copied = {str(chunk): int(n) for chunk, n in rows}
     fenced = False
-    if exists("moving"):
+    if _exists(conn, "moving"):
         row = conn.execute(_ROLE_FENCE, (fence.ROLE_CHANGE,)).fetchone()
         fenced = bool(row and row[0])
-    return _Seen(latest, copied, fenced)
-
-
-def _rank(record: dict[str, Any]) -> tuple[int, int]:
-    """The coordinator's rule: the highest id, then the most advanced phase, wins."""
-    phase = Phase(record["phase"])
-    return int(record["id"]), len(FORWARD) if phase is Phase.ABORTED else FORWARD.index(phase)
+    return _Seen(record, copied, fenced)
 
 
 def _timestamp(value: object) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) else None
 
 
-def reshard_operation(record: dict[str, Any], copied: dict[str, int]) -> Operation | None:
-    """The reshard a ``shardctl.reshard`` row (as JSON) describes, None when it is finished;
-    ``copied`` is rows per chunk recorded as copied on the targets."""
-    phase = Phase(record["phase"])
+def reshard_operation(record: ReshardRecord, copied: dict[str, int]) -> Operation | None:
+    """The reshard ``record`` describes, None when it is finished; ``copied`` is rows per
+    chunk recorded as copied on the targets."""
+    phase = record.phase
     if finished(phase):
         return None
-    plan = Plan.from_json(record["plan"])
+    plan = record.plan
     by_move: dict[int, list[str]] = {}
     for chunk in plan.chunks:
         by_move.setdefault(chunk.move, []).append(chunk.id)
     past_copy = FORWARD.index(phase) > FORWARD.index(Phase.COPYING)
     done = sum(past_copy or all(c in copied for c in ids) for ids in by_move.values())
-    report = record.get("report") or {}
-    rows = max(sum(copied.values()), int(report.get("rows_copied") or 0))
-    may_abort = not record.get("flipped") and FORWARD.index(phase) < FORWARD.index(
-        Phase.CUTTING_OVER
+    rows = max(sum(copied.values()), int(record.report.get("rows_copied") or 0))
+    command = "shardctl rebalance --resume" + (
+        " (or --abort)" if may_abort(phase, record.flipped) else ""
     )
-    command = "shardctl rebalance --resume" + (" (or --abort)" if may_abort else "")
     return Operation(
         kind=RESHARD,
         id=plan.id,
@@ -141,9 +222,9 @@ def reshard_operation(record: dict[str, Any], copied: dict[str, int]) -> Operati
         ranges_total=len(plan.moves),
         rows_copied=rows,
         rows_total=plan.rows,
-        started_at=_timestamp(record.get("started_at")),
-        started_by=str(record.get("started_by") or "").removeprefix("shardctl ") or None,
-        updated_at=_timestamp(record.get("updated_at")),
+        started_at=record.started_at,
+        started_by=record.started_by,
+        updated_at=record.updated_at,
     )
 
 
@@ -165,12 +246,11 @@ def in_flight(topology: Topology, credentials: Credentials) -> list[Operation]:
     if not seen:
         raise DatabaseUnavailable("no primary answered: cannot tell what is in flight")
     operations: list[Operation] = []
-    records = [s.latest for s in seen.values() if s.latest is not None]
-    if records:
-        best = max(records, key=_rank)
+    best = current(s.latest for s in seen.values() if s.latest is not None)
+    if best is not None:
         copied: dict[str, int] = {}
         for s in seen.values():
-            if s.latest is not None and int(s.latest["id"]) == int(best["id"]):
+            if s.latest is not None and s.latest.id == best.id:
                 copied.update(s.copied)
         reshard = reshard_operation(best, copied)
         if reshard is not None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from shardctl.ring.hashing import SPACE, Move, Ring
+from shardctl.ring.hashing import Move, Ring, Span
 
 
 class Phase(StrEnum):
@@ -54,29 +54,14 @@ def finished(phase: Phase) -> bool:
     return phase in (Phase.DONE, Phase.ABORTED)
 
 
-def can_abort(phase: Phase, flipped: bool) -> bool:
-    """Abort is possible until the new ring epoch is written; after that, resume instead."""
-    return not finished(phase) and not flipped
-
-
 @dataclass(frozen=True)
-class Chunk:
-    """A piece of one move that is copied, and recorded as copied, in one transaction."""
+class Chunk(Span):
+    """A piece ``[start, end)`` of one move that is copied, and recorded as copied, in one
+    transaction."""
 
     id: str
     move: int
-    start: int
-    end: int
-
-    @property
-    def start_hex(self) -> str:
-        """Lower bound as 32 hex digits."""
-        return f"{self.start:032x}"
-
-    @property
-    def end_hex(self) -> str | None:
-        """Upper bound as 32 hex digits, None at the top of the circle."""
-        return None if self.end >= SPACE else f"{self.end:032x}"
+    """The index of its move in the plan."""
 
 
 def split(move_index: int, move: Move, rows: int, rows_per_chunk: int) -> list[Chunk]:
@@ -85,7 +70,7 @@ def split(move_index: int, move: Move, rows: int, rows_per_chunk: int) -> list[C
     width = move.end - move.start
     bounds = [move.start + width * i // pieces for i in range(pieces)] + [move.end]
     return [
-        Chunk(f"{move_index}.{i}", move_index, bounds[i], bounds[i + 1])
+        Chunk(bounds[i], bounds[i + 1], f"{move_index}.{i}", move_index)
         for i in range(pieces)
         if bounds[i] < bounds[i + 1]
     ]
@@ -159,7 +144,7 @@ class Plan:
             new=Ring.from_dict(data["new"]),
             moves=tuple(Move(int(s), int(e), src, dst) for s, e, src, dst in data["moves"]),
             sizes=tuple(MoveSize(int(r), int(b)) for r, b in data["sizes"]),
-            chunks=tuple(Chunk(i, int(m), int(s), int(e)) for i, m, s, e in data["chunks"]),
+            chunks=tuple(Chunk(int(s), int(e), i, int(m)) for i, m, s, e in data["chunks"]),
             # Plans recorded before remove-shard existed have no "leaving".
             leaving=tuple(str(n) for n in data.get("leaving", ())),
         )

@@ -21,16 +21,17 @@ from shardctl.db import pg
 from shardctl.errors import KeyNotOwned
 from shardctl.ops.cluster import Cluster
 from shardctl.ring import hashing as ring
+from shardctl.ring.hashing import Move, hex_bounds
 from shardctl.router.router import Router
-from shardctl.state import fence
-from shardctl.state.fence import FENCE_SQLSTATE, Moving, RangeState
+from shardctl.state import ddl, fence
+from shardctl.state.fence import FENCE_SQLSTATE, RangeState
 from tests.integration.conftest import ClusterFactory
 
 pytestmark = pytest.mark.integration
 
 OPERATION = 9_998
 """The reshard id this module's ranges use."""
-HIGH = Moving("shard-0", "8" * 32, None, "shard-9")
+HIGH = Move(*hex_bounds("8" * 32, None), "shard-0", "shard-9")
 """Half the circle: every key whose md5 starts with 8 or above."""
 GUARDS = ("shardctl_guard", "shardctl_guard_update", "shardctl_guard_delete")
 TRIGGERS = (
@@ -72,7 +73,7 @@ def test_the_guards_are_armed_for_the_listed_ranges_only(
     assert [name for name, _, _ in idle] == sorted(GUARDS)
     assert all("WHEN (false)" in definition for _, definition, _ in idle)
     # `up` again installs nothing new: the triggers are not rewritten (no table lock).
-    fence.ensure(one_shard.topology, one_shard.credentials())
+    ddl.ensure(one_shard.topology, one_shard.credentials())
     assert triggers(admin) == idle
 
     keys = [uuid.uuid4() for _ in range(40)]
@@ -118,7 +119,7 @@ def test_up_replaces_an_unconditional_guard_and_keeps_capturing(
         "CREATE OR REPLACE TRIGGER shardctl_guard BEFORE INSERT OR UPDATE OR DELETE ON users "
         "FOR EACH ROW EXECUTE FUNCTION shardctl.guard('id')"
     )
-    fence.ensure(one_shard.topology, one_shard.credentials())
+    ddl.ensure(one_shard.topology, one_shard.credentials())
     assert all("WHEN (false)" in definition for _, definition, _ in triggers(admin))
     fence.give_away(admin, OPERATION, [HIGH], RangeState.CAPTURING)
     try:
@@ -145,12 +146,12 @@ def test_the_guard_places_a_key_by_its_text_as_the_ring_does(
     # with a "T", so a guard placing keys by it captured and refused the wrong keys.
     spec = TableSpec(name="events", key="at")
     admin.execute("CREATE TABLE events (at timestamp PRIMARY KEY, v int)")
-    fence.install(admin, [spec])
-    fence.grant_app(admin, [spec], one_shard.topology.spec.credentials.app_user)
+    ddl.install(admin, [spec])
+    ddl.grant_app(admin, [spec], one_shard.topology.spec.credentials.app_user)
     at = datetime(2024, 1, 2, 3, 4, 5)
     here = ring.position_hex(at)
     assert here == ring.position_hex("2024-01-02 03:04:05")
-    just_it = Moving("shard-0", here, here + "0", "shard-9")
+    just_it = Move(int(here, 16), int(here, 16) + 1, "shard-0", "shard-9")
     fence.give_away(admin, OPERATION, [just_it], RangeState.CAPTURING)
     try:
         with app_connection(one_shard) as app:
@@ -174,7 +175,7 @@ def test_a_dropped_table_does_not_block_listing_or_lifting_ranges(
     # sharded and then dropped stayed listed, and LOCK TABLE of its number failed every
     # give_away and take_back here (a switchover's fence and its lifting included).
     admin.execute("CREATE TABLE scratch (id text PRIMARY KEY)")
-    fence.install(admin, [TableSpec(name="scratch", key="id")])
+    ddl.install(admin, [TableSpec(name="scratch", key="id")])
     admin.execute("DROP TABLE scratch")
     fence.give_away(admin, OPERATION, [HIGH], RangeState.FENCED)
     try:

@@ -352,7 +352,7 @@ def test_abort_refuses_once_the_new_epoch_is_published_even_if_unrecorded(
 
 
 def test_one_coordinator_at_a_time(cluster_factory: ClusterFactory) -> None:
-    from shardctl.state.fence import COORDINATOR_LOCK
+    from shardctl.state.locks import COORDINATOR_LOCK
 
     cluster = cluster_factory(replicas=0)
     path = cluster.topology.path

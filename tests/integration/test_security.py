@@ -23,9 +23,10 @@ import pytest
 from shardctl.config.credentials import Credentials, Login
 from shardctl.config.topology import Node
 from shardctl.ops.cluster import Cluster
+from shardctl.ring.hashing import SPACE, Move
 from shardctl.router.router import Router
 from shardctl.state import fence
-from shardctl.state.fence import CIRCLE_START, FENCE_SQLSTATE, Moving, RangeState
+from shardctl.state.fence import FENCE_SQLSTATE, RangeState
 from tests.integration.conftest import make_topology, run_shardctl
 
 pytestmark = pytest.mark.integration
@@ -264,7 +265,7 @@ def test_the_router_writes_through_the_fence_as_the_application_role(
         )
         # Capturing: the trigger (SECURITY DEFINER) records the app's write in shardctl.changes,
         # which the app itself may not touch.
-        whole = [Moving("shard-0", CIRCLE_START, None, "shard-9")]
+        whole = [Move(0, SPACE, "shard-0", "shard-9")]
         fence.give_away(admin, OPERATION, whole, RangeState.CAPTURING)
         try:
             router.execute(key, "UPDATE users SET first_name = 'x' WHERE id = %s", (key,))

@@ -1,5 +1,10 @@
 """Drive a reshard through its phases; persist every step so any machine can resume it.
 
+The :class:`Rebalancer` plans, starts, runs, resumes and aborts; the phases' work is in
+:mod:`~shardctl.ops.reshard.copying` (capture, copy), :mod:`~shardctl.ops.reshard.cutover`
+(verify, cut-over) and here (clean-up). :func:`~shardctl.ops.reshard.rebalance.decide` says
+what ``rebalance`` does given the reshard in flight and the flags.
+
 The state of the operation (plan, phase, whether the ring flipped, the report so far) is a row
 of ``shardctl.reshard`` on *every* primary, written after each phase's work completes. When
 primaries disagree (a crash between two of those writes), the most advanced phase wins: the
@@ -10,12 +15,10 @@ See docs/resharding.md for the protocol and why each step is safe to repeat.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -24,7 +27,7 @@ import psycopg
 
 from shardctl.config.credentials import Credentials
 from shardctl.config.topology import Node, Topology
-from shardctl.db import pg
+from shardctl.db import digest, pg
 from shardctl.errors import (
     DatabaseUnavailable,
     NothingToDo,
@@ -32,36 +35,21 @@ from shardctl.errors import (
     ShardctlError,
     UsageError,
 )
-from shardctl.ops.reshard import transfer
-from shardctl.ops.reshard.transfer import Copied
-from shardctl.ring.hashing import SPACE
-from shardctl.state import catalog, fence
-from shardctl.state.fence import Moving, RangeState
+from shardctl.ops.reshard import copying, cutover, transfer
+from shardctl.state import catalog, fence, inflight, locks
+from shardctl.state.fence import RangeState
 from shardctl.state.plan import (
-    FORWARD,
-    Chunk,
     MoveSize,
     Phase,
     Plan,
-    can_abort,
     finished,
     make_plan,
     next_phase,
-    uncovered,
     without_node,
 )
-from shardctl.util.waiting import retrying
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
-
-RECONNECT_PATIENCE = 120.0
-"""Seconds a step waits for a restarted primary before giving up (resumable)."""
-RECONNECT_PAUSE = 0.5
-
-PREDRAIN_PASSES = 10
-PREDRAIN_ENOUGH = 50
-"""Before fencing, drain until a pass re-syncs at most this many keys (or 10 passes)."""
 
 Progress = Callable[[str, str, int, int], None]
 """Called with (task, description, done, total) while a phase works: rows while copying,
@@ -146,12 +134,16 @@ class Rebalancer:
         after_phase: AfterPhase = _nothing_after,
     ) -> None:
         self.cluster = cluster
-        self.topology = cluster.topology
         self.progress = progress
         self.rows_per_chunk = rows_per_chunk
         self.throttle = throttle_seconds
         self.clean_batch = clean_batch
         self.after_phase = after_phase
+
+    @property
+    def topology(self) -> Topology:
+        """The cluster's topology, as it is now (a removed shard leaves it mid-run)."""
+        return self.cluster.topology
 
     # ------------------------------------------------------------ connections
 
@@ -162,7 +154,7 @@ class Rebalancer:
     def open(self, shard: str) -> Conn:
         """A new autocommit connection to a shard primary, set up for transfers."""
         conn = pg.connect(self.node(shard), self.cluster.credentials(), self.topology.spec.database)
-        transfer.prepare(conn)
+        digest.prepare(conn)
         return conn
 
     @contextmanager
@@ -182,8 +174,8 @@ class Rebalancer:
         ``remove-shard`` of the first shard moves the lock to the next one once the shard is
         gone. ``busy`` is the error raised when another coordinator holds it.
         """
-        with self.connect(self._primaries()[0]) as conn:
-            row = conn.execute(fence.TRY_SESSION_LOCK, (fence.COORDINATOR_LOCK,)).fetchone()
+        with self.connect(self.primaries()[0]) as conn:
+            row = conn.execute(locks.TRY_SESSION_LOCK, (locks.COORDINATOR_LOCK,)).fetchone()
             if not row or not row[0]:
                 raise busy(
                     "another `shardctl rebalance` is running against this cluster; wait for it "
@@ -193,44 +185,31 @@ class Rebalancer:
                 yield
             finally:
                 with contextlib.suppress(psycopg.Error):  # a lost session released it already
-                    conn.execute(fence.RELEASE_SESSION_LOCK, (fence.COORDINATOR_LOCK,))
+                    conn.execute(locks.RELEASE_SESSION_LOCK, (locks.COORDINATOR_LOCK,))
 
-    def _primaries(self) -> list[str]:
+    def primaries(self) -> list[str]:
+        """Every shard of the topology (a connection to one reaches its acting primary)."""
         return [shard.name for shard in self.topology.spec.shards]
 
-    def _each(self, shards: list[str], work: Callable[[str], T]) -> dict[str, T]:
+    def each(self, shards: list[str], work: Callable[[str], T]) -> dict[str, T]:
         """Run ``work`` for every shard in parallel; the first failure is raised."""
         return pg.each({shard: partial(work, shard) for shard in shards})
 
     # ------------------------------------------------------------------ state
 
     def state(self) -> State | None:
-        """The latest reshard recorded on any primary, or None."""
-        found: list[tuple[int, int, dict[str, Any]]] = []
+        """The current reshard (:func:`shardctl.state.inflight.current` of every primary's
+        latest record), or None."""
 
-        def read(shard: str) -> None:
+        def read(shard: str) -> inflight.ReshardRecord | None:
             with self.connect(shard) as conn:
-                row = conn.execute(fence.LATEST_RESHARD).fetchone()
-            if row is not None:
-                rank = len(FORWARD) if row[1] == Phase.ABORTED else FORWARD.index(Phase(row[1]))
-                found.append(
-                    (
-                        int(row[0]),
-                        rank,
-                        {"phase": row[1], "flipped": row[2], "plan": row[3], "report": row[4]},
-                    )
-                )
+                return inflight.latest(conn)
 
-        self._each(self._primaries(), read)
-        if not found:
+        found = self.each(self.primaries(), read).values()
+        best = inflight.current(r for r in found if r is not None)
+        if best is None:
             return None
-        _, _, best = max(found, key=lambda f: (f[0], f[1]))
-        return State(
-            plan=Plan.from_json(best["plan"]),
-            phase=Phase(best["phase"]),
-            flipped=bool(best["flipped"]),
-            report=Report.from_json(best["report"]),
-        )
+        return State(best.plan, best.phase, best.flipped, Report.from_json(best.report))
 
     def _record(self, plan: Plan, phase: Phase, flipped: bool, report: Report) -> None:
         payload = (
@@ -243,9 +222,9 @@ class Rebalancer:
 
         def write(shard: str) -> None:
             with self.connect(shard) as conn:
-                conn.execute(fence.RECORD_RESHARD, payload)
+                conn.execute(inflight.RECORD_RESHARD, payload)
 
-        self._each(self._primaries(), write)
+        self.each(self.primaries(), write)
 
     # -------------------------------------------------------------- planning
 
@@ -303,7 +282,7 @@ class Rebalancer:
                         totals[j] = MoveSize(totals[j].rows + size[0], totals[j].bytes + size[1])
             return list(zip(indexes, totals, strict=True))
 
-        for measured in self._each(sources, measure).values():
+        for measured in self.each(sources, measure).values():
             for index, size in measured:
                 sizes[index] = size
         plan_id = previous.plan.id + 1 if previous else 1
@@ -349,10 +328,10 @@ class Rebalancer:
         plan, phase, flipped, report = state.plan, state.phase, state.flipped, state.report
         steps: dict[Phase, Callable[[Plan, Report], bool]] = {
             Phase.PLANNED: lambda p, r: False,
-            Phase.CAPTURING: self._capture,
-            Phase.COPYING: self._copy,
-            Phase.VERIFYING: self._verify,
-            Phase.CUTTING_OVER: self._cut_over,
+            Phase.CAPTURING: partial(copying.capture, self),
+            Phase.COPYING: partial(copying.copy, self),
+            Phase.VERIFYING: partial(cutover.verify, self),
+            Phase.CUTTING_OVER: partial(cutover.cut_over, self),
             Phase.CLEANING: self._clean,
         }
         while phase is not Phase.DONE:
@@ -378,7 +357,7 @@ class Rebalancer:
         # The ring may have flipped even if the record says not: shardctl can die between
         # publishing the new epoch and recording that it did. The catalog is the truth.
         live = catalog.read(self.topology, self.cluster.credentials()).record()
-        if not can_abort(state.phase, state.flipped or live.epoch > state.plan.epoch):
+        if not inflight.may_abort(state.phase, state.flipped or live.epoch > state.plan.epoch):
             raise ReshardingError(
                 f"reshard {state.plan.id} has already cut over (ring epoch {live.epoch}); "
                 "run `shardctl rebalance --resume`"
@@ -401,271 +380,15 @@ class Rebalancer:
                             conn, table, move.start_hex, move.end_hex, batch=self.clean_batch
                         ):
                             self.progress("abort", f"emptying {target}", index, len(plan.moves))
-                conn.execute(fence.FORGET_CHUNKS, (plan.id,))
+                conn.execute(inflight.FORGET_CHUNKS, (plan.id,))
 
-        self._each(plan.sources(), unfence)
-        self._each(plan.targets(), empty)
-        self._each(plan.targets(), self._drop_index)
+        self.each(plan.sources(), unfence)
+        self.each(plan.targets(), empty)
+        self.each(plan.targets(), self._drop_index)
         self._record(plan, Phase.ABORTED, False, state.report)
         return State(plan, Phase.ABORTED, False, state.report)
 
     # ---------------------------------------------------------------- phases
-
-    def _capture(self, plan: Plan, report: Report) -> bool:
-        tables = self.topology.spec.tables
-
-        def install(shard: str) -> None:
-            with self.connect(shard) as conn:
-                fence.install(conn, tables)
-                moves = [plan.moves[index] for index in plan.moves_from(shard)]
-                ranges = [Moving(shard, m.start_hex, m.end_hex, m.target) for m in moves]
-                fence.give_away(conn, plan.id, ranges, RangeState.CAPTURING)
-
-        self._each(self._involved(plan), install)
-
-        def index(shard: str) -> None:
-            # Sources select chunks by ring position; targets empty a chunk's range before
-            # re-copying it when a dual write got there first. Both are range scans with it.
-            with self.connect(shard) as conn:
-                for table in tables:
-                    transfer.ensure_position_index(conn, table)
-
-        self._each(self._involved(plan), index)
-        return False
-
-    def _involved(self, plan: Plan) -> list[str]:
-        """Every shard a plan moves data from or to."""
-        return sorted(set(plan.sources()) | set(plan.targets()))
-
-    def _copy(self, plan: Plan, report: Report) -> bool:
-        started = time.monotonic()
-        tables = self.topology.spec.tables
-        totals: dict[str, tuple[int, int]] = {}
-        lock = threading.Lock()
-
-        def copy_pair(source: str, target: str) -> tuple[int, int, dict[str, int]]:
-            chunks = [
-                c
-                for c in plan.chunks
-                if (plan.moves[c.move].source, plan.moves[c.move].target) == (source, target)
-            ]
-            planned = sum(plan.sizes[i].rows for i in plan.moves_from(source)
-                          if plan.moves[i].target == target)  # fmt: skip
-            rows = nbytes = 0
-            paths: dict[str, int] = {}
-            with _Links(self) as links:
-                for chunk in chunks:
-
-                    def copy_chunk(chunk: Chunk = chunk) -> list[Copied]:
-                        src, dst = links.get(source), links.get(target)
-                        results = []
-                        for table in tables:
-                            copied = transfer.copy_range(
-                                src,
-                                dst,
-                                table,
-                                chunk.start_hex,
-                                chunk.end_hex,
-                                reshard_id=plan.id,
-                                chunk=f"{table.name}:{chunk.id}",
-                            )
-                            if copied is not None:
-                                results.append(copied)
-                        return results
-
-                    for copied in links.retrying(copy_chunk, f"copying chunk {chunk.id}"):
-                        rows += copied.rows
-                        nbytes += copied.bytes
-                        paths[copied.how] = paths.get(copied.how, 0) + 1
-                    self.progress(
-                        f"copy:{source}>{target}", f"copy {source} -> {target}", rows, planned
-                    )
-                    if self.throttle:
-                        time.sleep(self.throttle)
-            return rows, nbytes, paths
-
-        def copy_from(source: str) -> None:
-            # Each target of a source in parallel: a leaving shard gives to every other shard,
-            # and one stream at a time would leave the machine idle between small chunks.
-            targets = sorted({plan.moves[i].target for i in plan.moves_from(source)})
-            copied = self._each(targets, partial(copy_pair, source))
-            with _Links(self) as links:
-                # From now on routers dual-write this source's ranges (see moving_ranges).
-                links.retrying(
-                    lambda: fence.mark_copied(links.get(source), plan.id),
-                    "marking the ranges copied",
-                )
-                for target in targets:
-                    report.keys_resynced += links.retrying(
-                        lambda target=target: transfer.drain(  # type: ignore[misc]
-                            links.get(source), links.get(target), target, tables
-                        ),
-                        f"draining changes for {target}",
-                    )
-            totals[source] = (
-                sum(rows for rows, _, _ in copied.values()),
-                sum(nbytes for _, nbytes, _ in copied.values()),
-            )
-            with lock:
-                for _, _, paths in copied.values():
-                    for how, count in paths.items():
-                        report.chunk_paths[how] = report.chunk_paths.get(how, 0) + count
-
-        self._each(plan.sources(), copy_from)
-        report.rows_copied += sum(r for r, _ in totals.values())
-        report.bytes_copied += sum(b for _, b in totals.values())
-        report.copy_seconds += time.monotonic() - started
-        return False
-
-    def _verify(self, plan: Plan, report: Report) -> bool:
-        """Drain, then compare every moved range; re-sync and name the keys that differ."""
-        repaired: dict[str, list[str]] = {}
-
-        def verify(source: str) -> None:
-            repaired[source] = self._converge(plan, source, report)
-
-        self._each(plan.sources(), verify)
-        for keys in repaired.values():
-            report.keys_repaired += keys
-        return False
-
-    def _converge(self, plan: Plan, source: str, report: Report) -> list[str]:
-        """Make every range of ``source`` equal on its target; keys that had to be repaired."""
-        tables = self.topology.spec.tables
-        repaired: list[str] = []
-        with self.connect(source) as src:
-            types = {t.name: fence.key_type(src, t) for t in tables}
-            for target in {plan.moves[i].target for i in plan.moves_from(source)}:
-                moves = [plan.moves[i] for i in plan.moves_from(source)]
-                moves = [m for m in moves if m.target == target]
-                with self.connect(target) as dst:
-                    report.keys_resynced += transfer.drain(
-                        src, dst, target, tables, key_types=types
-                    )
-                    for table in tables:
-                        ours = transfer.fingerprints(src, table, moves)
-                        theirs = transfer.fingerprints(dst, table, moves)
-                        for move, a, b in zip(moves, ours, theirs, strict=True):
-                            if a == b:
-                                continue
-                            keys = transfer.differing_keys(src, dst, table, move)
-                            if keys:
-                                with src.transaction():
-                                    fence.resync_keys(src, dst, table, types[table.name], keys)
-                                repaired += [f"{table.name}:{k}" for k in keys]
-        return repaired
-
-    def _cut_over(self, plan: Plan, report: Report) -> bool:
-        """Fence, final catch-up, verify what changed, flip the ring; the pause is measured.
-
-        Everything that can happen before the fence does (connections opened, key types looked
-        up, the change log drained until short), so writes to moving keys pause only for the
-        final drain of a few keys, their row-by-row check and one catalog write per primary.
-        """
-        tables = self.topology.spec.tables
-        sources = plan.sources()
-        pairs = [
-            (s, t)
-            for s in sources
-            for t in sorted({plan.moves[i].target for i in plan.moves_from(s)})
-        ]
-        with ExitStack() as stack:
-            held = {shard: stack.enter_context(self.connect(shard)) for shard in self._primaries()}
-            target_conns = {pair: stack.enter_context(self.connect(pair[1])) for pair in pairs}
-            types = {t.name: fence.key_type(held[sources[0]], t) for t in tables}
-
-            def predrain(source: str) -> None:
-                for _ in range(PREDRAIN_PASSES):
-                    resynced = sum(
-                        transfer.drain(held[s], target_conns[(s, t)], t, tables, key_types=types)
-                        for s, t in pairs
-                        if s == source
-                    )
-                    report.keys_resynced += resynced
-                    if resynced <= PREDRAIN_ENOUGH:
-                        return
-
-            self._each(sources, predrain)
-            fenced_at = time.monotonic()
-
-            def fence_and_drain(source: str) -> list[str]:
-                # Waits for every in-flight writer of these ranges (they hold the row FOR SHARE).
-                fence.set_state(held[source], plan.id, RangeState.FENCED, only=RangeState.CAPTURING)
-                mismatched: list[str] = []
-                for s, target in pairs:
-                    if s == source:
-                        drained = transfer.drain_and_check(
-                            held[s], target_conns[(s, target)], target, tables, key_types=types
-                        )
-                        report.keys_resynced += drained.resynced
-                        mismatched += drained.mismatched
-                return mismatched
-
-            try:
-                results = self._each(sources, fence_and_drain)
-            except (ShardctlError, psycopg.Error):
-                self._unfence(plan)
-                raise
-            mismatched = [key for keys in results.values() for key in keys]
-            if mismatched:
-                self._unfence(plan)
-                raise ReshardingError(
-                    f"cut-over refused: {len(mismatched)} keys differ after the final catch-up "
-                    f"(first: {', '.join(mismatched[:5])}); the old ring stays in force, "
-                    "run `shardctl rebalance --resume` to retry"
-                )
-            # Ranges a target gave away for good in an earlier reshard and receives now are
-            # its own again from the flip on: lifted while the sources are fenced, so no
-            # write reaches them before the epoch that routes there.
-            report.fences_lifted += sum(
-                self._each(plan.targets(), lambda t: self._take_back_fences(held[t], t, plan))
-                .values()
-            )  # fmt: skip
-            # The roles stay as they are: a reshard moves keys, not primaries. Those of a
-            # leaving shard go with it (a shard added back later under its name starts anew).
-            roles = catalog.read_current(held[self._primaries()[0]])
-            record = without_roles(
-                catalog.RingRecord.from_ring(
-                    plan.new, plan.epoch + 1, created_by=f"reshard {plan.id}", roles_from=roles
-                ),
-                plan.leaving,
-            )
-            self._each(self._primaries(), lambda shard: catalog.write(held[shard], record))
-            report.write_pause_ms = (time.monotonic() - fenced_at) * 1000
-            for source in sources:
-                fence.set_state(held[source], plan.id, RangeState.MOVED)
-        return True
-
-    def _take_back_fences(self, conn: Conn, target: str, plan: Plan) -> int:
-        """Lift the part of ``target``'s earlier ``moved`` ranges that this plan gives it."""
-        received = [(m.start, m.end) for m in plan.moves if m.target == target]
-        lifted = 0
-        for operation, moved in fence.given_away_before(conn, target, plan.id):
-            start = int(moved.start_hex, 16)
-            end = SPACE if moved.end_hex is None else int(moved.end_hex, 16)
-            keep = uncovered(start, end, received)
-            if keep == [(start, end)]:
-                continue
-            pieces = [(f"{lo:032x}", None if hi >= SPACE else f"{hi:032x}") for lo, hi in keep]
-            fence.narrow(conn, operation, moved, pieces)
-            lifted += 1
-        return lifted
-
-    def record_removed(self, state: State, name: str) -> State:
-        """Record that the leaving shard ``name`` is gone (nodes and topology entry), on every
-        primary of the (smaller) topology."""
-        report = state.report
-        if name not in report.removed:
-            report.removed.append(name)
-        self._record(state.plan, state.phase, state.flipped, report)
-        return State(state.plan, state.phase, state.flipped, report)
-
-    def _unfence(self, plan: Plan) -> None:
-        def unfence(source: str) -> None:
-            with self.connect(source) as src:
-                fence.set_state(src, plan.id, RangeState.CAPTURING, only=RangeState.FENCED)
-
-        self._each(plan.sources(), unfence)
 
     def _clean(self, plan: Plan, report: Report) -> bool:
         """Delete moved rows from their old owners, in throttled batches."""
@@ -693,9 +416,9 @@ class Rebalancer:
             self._drop_index(source)
             cleaned[source] = count
 
-        self._each(plan.sources(), clean)
+        self.each(plan.sources(), clean)
         report.rows_cleaned += sum(cleaned.values())
-        self._each(plan.targets(), self._drop_index)
+        self.each(plan.targets(), self._drop_index)
         return True
 
     def _drop_index(self, shard: str) -> None:
@@ -703,65 +426,11 @@ class Rebalancer:
             for table in self.topology.spec.tables:
                 transfer.drop_position_index(conn, table)
 
-
-def without_roles(record: catalog.RingRecord, leaving: Sequence[str]) -> catalog.RingRecord:
-    """``record`` without the acting roles of the ``leaving`` shards' nodes."""
-    if not leaving:
-        return record
-
-    def theirs(node: str) -> bool:
-        return any(node == f"{n}-primary" or node.startswith(f"{n}-replica-") for n in leaving)
-
-    return dataclasses.replace(
-        record,
-        primaries=tuple((s, n) for s, n in record.primaries if s not in leaving),
-        rejoin=tuple(n for n in record.rejoin if not theirs(n)),
-    )
-
-
-class _Links:
-    """Connections to shard primaries that survive a server restart: on a lost connection,
-    :meth:`retrying` reconnects (waiting for the node to come back) and redoes the step, which
-    is safe because every step of a reshard is idempotent (a chunk commits with its progress
-    row; a drain deletes only the change rows it processed)."""
-
-    def __init__(self, rebalancer: Rebalancer, patience: float = RECONNECT_PATIENCE) -> None:
-        self.rebalancer = rebalancer
-        self.patience = patience
-        self.conns: dict[str, Conn] = {}
-
-    def get(self, shard: str) -> Conn:
-        """An open connection to ``shard``'s primary, made on first use."""
-        if shard not in self.conns:
-            self.conns[shard] = self.rebalancer.open(shard)
-        return self.conns[shard]
-
-    def retrying(self, step: Callable[[], T], what: str) -> T:
-        """Run ``step``; after a lost connection, reconnect and run it again until patience ends."""
-
-        def gave_up(exc: BaseException) -> DatabaseUnavailable:
-            return DatabaseUnavailable(
-                f"{what}: {pg.first_line(exc)} (for {self.patience:g}s); the reshard is "
-                "resumable: run `shardctl rebalance --resume` once the node is back"
-            )
-
-        return retrying(
-            step,
-            retry_on=(psycopg.OperationalError, DatabaseUnavailable),
-            patience=self.patience,
-            pause=RECONNECT_PAUSE,
-            after_failure=self.close,
-            on_give_up=gave_up,
-        )
-
-    def close(self) -> None:
-        """Close every connection (they are reopened on the next :meth:`get`)."""
-        for conn in self.conns.values():
-            conn.close()
-        self.conns.clear()
-
-    def __enter__(self) -> _Links:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def record_removed(self, state: State, name: str) -> State:
+        """Record that the leaving shard ``name`` is gone (nodes and topology entry), on every
+        primary of the (smaller) topology."""
+        report = state.report
+        if name not in report.removed:
+            report.removed.append(name)
+        self._record(state.plan, state.phase, state.flipped, report)
+        return State(state.plan, state.phase, state.flipped, report)

@@ -189,8 +189,7 @@ def decommission(
         smaller, text = without_shard(before, name)
         record(smaller, text)
         removal.topology_edited = True
-        cluster.topology = smaller.with_acting(dict(before.acting))
-        rebalancer.topology = cluster.topology
+        cluster.resize(smaller)
     after_step("topology")
     engines = cluster.engines
     for container in engines.shard_containers(before, name):

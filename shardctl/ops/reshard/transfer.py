@@ -7,12 +7,14 @@ until cut-over:
   table on the target and merges them with ``ON CONFLICT DO NOTHING``; the chunk's progress
   row commits in the same target transaction, so a resumed copy never redoes finished work;
 - :func:`drain` re-syncs every key named in the source's change log with
-  :func:`shardctl.state.fence.resync_keys` (the Router's dual writes use it too): it locks the key's
-  row on the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the key on
-  the target with the source's current state, or deletes it there when the source has none;
+  :func:`shardctl.state.resync.resync_keys` (the Router's dual writes use it too): it locks the
+  key's row on the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the
+  key on the target with the source's current state, or deletes it there when the source has
+  none;
 - :func:`fingerprints` counts and checksums rows per range on one server (one scan, ranges
   found by ``width_bucket`` over the range bounds), and :func:`differing_keys` names the keys
-  whose rows differ.
+  whose rows differ (the checksum, the row hash and the comparison are
+  :mod:`shardctl.db.digest`'s, which ``verify-replication --deep`` uses too).
 """
 
 from __future__ import annotations
@@ -26,19 +28,14 @@ import psycopg.errors
 from psycopg import sql
 
 from shardctl.config.schema import TableSpec
+from shardctl.db import digest
 from shardctl.ring.hashing import Move
 from shardctl.ring.sql import position
-from shardctl.state import fence
-from shardctl.state.fence import key_type, keys_in, pipe, resync_keys, trusted_writes
+from shardctl.state import fence, inflight
+from shardctl.state.fence import trusted_writes
+from shardctl.state.resync import key_type, keys_in, pipe, resync_keys
 
 Conn = psycopg.Connection[Any]
-SESSION_SETTINGS = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 1"
-"""Row text (hashed by verification) must not depend on a session's settings."""
-
-
-def prepare(conn: Conn) -> None:
-    """Settings every transfer connection needs, so row texts compare across servers."""
-    conn.execute(SESSION_SETTINGS)
 
 
 def range_predicate(key_column: str, start_hex: str, end_hex: str | None) -> sql.Composable:
@@ -115,7 +112,7 @@ def copy_range(
     drain brings it back. ``merge``: if a dual write lands in the range even while we copy,
     COPY into a staging table and merge with ``ON CONFLICT DO NOTHING``.
     """
-    done = target.execute(fence.CHUNK_COPIED, (reshard_id, chunk)).fetchone()
+    done = target.execute(inflight.CHUNK_COPIED, (reshard_id, chunk)).fetchone()
     if done:
         return None
     where = range_predicate(table.key, start_hex, end_hex)
@@ -167,7 +164,7 @@ def _copy_chunk(
                     name, stage
                 )
             ).rowcount
-        target.execute(fence.RECORD_CHUNK, (*progress, rows, nbytes))
+        target.execute(inflight.RECORD_CHUNK, (*progress, rows, nbytes))
     return Copied(rows=rows, bytes=nbytes, how=how)
 
 
@@ -252,10 +249,7 @@ def _per_move(
 
 def fingerprints(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[Fingerprint]:
     """Count and checksum the rows of each move's range on one server, in one scan."""
-    checksum = sql.SQL(
-        "count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)"
-    )
-    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, checksum)]
+    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, digest.CHECKSUM)]
 
 
 def sizes(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[tuple[int, int]]:
@@ -264,22 +258,14 @@ def sizes(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[tuple[int
     return [(r[0], r[1]) for r in _per_move(conn, table, moves, size)]
 
 
-def row_hashes(conn: Conn, table: TableSpec, where: sql.Composable) -> dict[str, str]:
-    """Key → md5 of the row's text, for every row matching ``where``."""
-    query = sql.SQL("SELECT {key}::text, md5(t::text) FROM {table} t WHERE {where}").format(
-        key=sql.Identifier(table.key), table=sql.Identifier(table.name), where=where
+def differing_keys(
+    source: Conn, target: Conn, table: TableSpec, where: sql.Composable
+) -> list[str]:
+    """Keys of the rows matching ``where`` that differ between source and target (or exist on
+    one only)."""
+    return digest.differing_keys(
+        digest.row_hashes(source, table, where), digest.row_hashes(target, table, where)
     )
-    return {str(k): str(h) for k, h in conn.execute(query)}
-
-
-def _differ(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
-    return sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-
-
-def differing_keys(source: Conn, target: Conn, table: TableSpec, move: Move) -> list[str]:
-    """Keys of one range whose rows differ between source and target (or exist on one only)."""
-    where = range_predicate(table.key, move.start_hex, move.end_hex)
-    return _differ(row_hashes(source, table, where), row_hashes(target, table, where))
 
 
 @dataclass(frozen=True)
@@ -306,8 +292,7 @@ def drain_and_check(
     for table in tables:
         keys = sorted(touched.get(table.name, ()))
         if keys:
-            where = keys_in(table, types[table.name], keys)
-            differ = _differ(row_hashes(source, table, where), row_hashes(target, table, where))
+            differ = differing_keys(source, target, table, keys_in(table, types[table.name], keys))
             mismatched += [f"{table.name}:{k}" for k in differ]
     return Drained(resynced, mismatched)
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from shardctl.config import topology
 from shardctl.errors import UsageError
-from shardctl.ops.reshard.coordinator import without_roles
+from shardctl.ops.reshard.cutover import without_roles
 from shardctl.ops.reshard.joining import with_shard
 from shardctl.ops.reshard.leaving import without_shard
 from shardctl.ring.hashing import SPACE, Ring

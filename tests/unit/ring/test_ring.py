@@ -24,6 +24,8 @@ from shardctl.ring.hashing import (
     Move,
     Range,
     Ring,
+    Span,
+    hex_bounds,
     position,
     position_hex,
 )
@@ -440,3 +442,13 @@ def test_other_errors() -> None:
         Ring.from_dict({"algorithm": "md5", "nodes": ["a"], "colour": "red"})
     with pytest.raises(ValueError, match="unknown ring algorithm"):
         Ring.from_dict({"algorithm": "rendezvous", "nodes": ["a"]})
+
+
+def test_a_span_contains_its_start_not_its_end_and_reads_back_from_hex() -> None:
+    move = Move(*hex_bounds("4" * 32, "8" * 32), "s", "t")
+    assert move.contains(int("4" * 32, 16)) and not move.contains(int("8" * 32, 16))
+    assert (move.start_hex, move.end_hex) == ("4" * 32, "8" * 32)
+    assert isinstance(move, Span)
+    circle = Move(*hex_bounds("0" * 32, None), "s", "t")
+    assert (circle.start, circle.end) == (0, SPACE) and circle.end_hex is None
+    assert circle.contains(0) and circle.contains(SPACE - 1)

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl.ring.hashing import SPACE, Move, Ring
+from shardctl.ring.hashing import SPACE, Move, Ring, Span
 from shardctl.state.plan import (
     FORWARD,
+    Chunk,
     MoveSize,
     Phase,
     Plan,
-    can_abort,
     finished,
     make_plan,
     next_phase,
@@ -35,12 +35,7 @@ def test_phases_run_forward_to_done() -> None:
         next_phase(Phase.ABORTED)
 
 
-def test_abort_is_possible_only_before_the_ring_flips() -> None:
-    assert can_abort(Phase.COPYING, flipped=False)
-    assert can_abort(Phase.CUTTING_OVER, flipped=False)
-    assert not can_abort(Phase.CUTTING_OVER, flipped=True)
-    assert not can_abort(Phase.CLEANING, flipped=True)
-    assert not can_abort(Phase.DONE, flipped=True)
+def test_done_and_aborted_are_finished() -> None:
     assert finished(Phase.ABORTED) and finished(Phase.DONE) and not finished(Phase.COPYING)
 
 
@@ -79,3 +74,10 @@ def test_plan_moves_only_to_the_new_node_and_round_trips(algorithm: str) -> None
     assert len(plan.chunks) == 4 * n
     assert sorted(i for s in plan.sources() for i in plan.moves_from(s)) == list(range(n))
     assert Plan.from_json(plan.to_json()) == plan
+
+
+def test_a_chunk_is_a_span_of_the_circle() -> None:
+    chunk = Chunk(5, SPACE, "0.1", 0)
+    assert isinstance(chunk, Span) and chunk.start_hex == f"{5:032x}" and chunk.end_hex is None
+    with pytest.raises(ValueError):
+        Chunk(9, 9, "0.2", 0)

@@ -1,4 +1,4 @@
-"""The one retry helper, the one fan-out, and the fence's schema text (no database needed)."""
+"""The one retry helper, the one fan-out, and the import direction of the fence (no database)."""
 
 from __future__ import annotations
 
@@ -109,29 +109,6 @@ def test_each_raises_the_first_error_in_task_order() -> None:
     with pytest.raises(Flaky, match="first"):
         pg.each({"a": lambda: 1, "b": lambda: fail("first"), "c": lambda: fail("second")})
     assert pg.each({"a": lambda: 1, "b": lambda: 2}) == {"a": 1, "b": 2}
-
-
-def test_the_schema_is_built_from_the_protocol_constants() -> None:
-    text = fence.SCHEMA_SQL.as_string(None)
-    assert f"ERRCODE = '{fence.FENCE_SQLSTATE}'" in text
-    assert "CHECK (state IN ('capturing', 'fenced', 'moved'))" in text
-    assert "IF found.state IN ('fenced', 'moved') THEN" in text
-    assert "ELSIF found.state = 'capturing' AND" in text
-    assert "DEFAULT '{}'" in text
-    # The guard triggers are named from the constants, and re-armed by statements that list or
-    # lift ranges, with the tables locked before: whatever session_replication_role says.
-    for name in ("shardctl_guard", "shardctl_guard_update", "shardctl_guard_delete"):
-        assert f'CREATE OR REPLACE TRIGGER "{name}" BEFORE' in text
-    assert "BEFORE INSERT OR DELETE ON shardctl.moving" in text
-    assert "ENABLE ALWAYS TRIGGER moving_lock" in text
-    assert "ENABLE ALWAYS TRIGGER moving_rearm" in text
-
-
-def test_the_moving_range_contains_its_start_not_its_end() -> None:
-    moving = fence.Moving("s", "4" * 32, "8" * 32, "t")
-    assert moving.contains("4" * 32) and not moving.contains("8" * 32)
-    circle = fence.Moving("s", fence.CIRCLE_START, None, "t")
-    assert circle.contains("0" * 32) and circle.contains("f" * 32)
 
 
 def imports_of(path: Path) -> set[str]:

@@ -1,0 +1,168 @@
+"""The capture and copy phases of a reshard.
+
+Capture lists every moving range in its source's fence as ``capturing`` (from then on each
+write to it is logged in the source's change log) and indexes the ring position on every shard
+involved. Copy streams each chunk of each move from source to target, every target of a source
+in parallel, over :class:`~shardctl.ops.reshard.links.Links` that survive a primary's restart;
+then it marks the source's ranges copied (Routers dual-write them from then on) and drains the
+change log once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
+
+from shardctl.config.schema import TableSpec
+from shardctl.ops.reshard import transfer
+from shardctl.ops.reshard.links import Links
+from shardctl.ops.reshard.transfer import Copied
+from shardctl.state import ddl, fence
+from shardctl.state.fence import RangeState
+from shardctl.state.plan import Chunk, Plan
+
+if TYPE_CHECKING:
+    from shardctl.ops.reshard.coordinator import Rebalancer, Report
+
+
+def capture(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
+    """Install the fence and list every moving range as capturing; index the ring position."""
+    tables = rebalancer.topology.spec.tables
+
+    def install(shard: str) -> None:
+        with rebalancer.connect(shard) as conn:
+            ddl.install(conn, tables)
+            moves = [plan.moves[index] for index in plan.moves_from(shard)]
+            fence.give_away(conn, plan.id, moves, RangeState.CAPTURING)
+
+    rebalancer.each(involved(plan), install)
+
+    def index(shard: str) -> None:
+        # Sources select chunks by ring position; targets empty a chunk's range before
+        # re-copying it when a dual write got there first. Both are range scans with it.
+        with rebalancer.connect(shard) as conn:
+            for table in tables:
+                transfer.ensure_position_index(conn, table)
+
+    rebalancer.each(involved(plan), index)
+    return False
+
+
+def involved(plan: Plan) -> list[str]:
+    """Every shard a plan moves data from or to."""
+    return sorted(set(plan.sources()) | set(plan.targets()))
+
+
+@dataclass
+class _Totals:
+    """What the copy of one source (or one source-target pair) moved."""
+
+    rows: int = 0
+    bytes: int = 0
+    paths: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: _Totals | Copied) -> None:
+        self.rows += other.rows
+        self.bytes += other.bytes
+        if isinstance(other, Copied):
+            self.paths[other.how] += 1
+        else:
+            self.paths.update(other.paths)
+
+
+def copy(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
+    """Copy every chunk of the plan, each source in parallel; add what moved to ``report``."""
+    started = time.monotonic()
+    lock = threading.Lock()
+
+    def copy_from(source: str) -> None:
+        totals, resynced = _copy_from(rebalancer, plan, source)
+        with lock:
+            report.rows_copied += totals.rows
+            report.bytes_copied += totals.bytes
+            report.keys_resynced += resynced
+            for how, count in totals.paths.items():
+                report.chunk_paths[how] = report.chunk_paths.get(how, 0) + count
+
+    rebalancer.each(plan.sources(), copy_from)
+    report.copy_seconds += time.monotonic() - started
+    return False
+
+
+def _copy_from(rebalancer: Rebalancer, plan: Plan, source: str) -> tuple[_Totals, int]:
+    """Copy ``source``'s chunks to every target, mark its ranges copied, drain its change log
+    once; what moved and the keys re-synced."""
+    # Each target of a source in parallel: a leaving shard gives to every other shard, and
+    # one stream at a time would leave the machine idle between small chunks.
+    targets = sorted({plan.moves[i].target for i in plan.moves_from(source)})
+    totals = _Totals()
+    for pair in rebalancer.each(targets, partial(_copy_pair, rebalancer, plan, source)).values():
+        totals.add(pair)
+    resynced = 0
+    tables = rebalancer.topology.spec.tables
+    with Links(rebalancer.open) as links:
+        # From now on routers dual-write this source's ranges (see moving_ranges).
+        links.retrying(
+            lambda: fence.mark_copied(links.get(source), plan.id), "marking the ranges copied"
+        )
+        for target in targets:
+            resynced += links.retrying(
+                partial(_drain, links, source, target, tables), f"draining changes for {target}"
+            )
+    return totals, resynced
+
+
+def _drain(links: Links, source: str, target: str, tables: tuple[TableSpec, ...]) -> int:
+    return transfer.drain(links.get(source), links.get(target), target, tables)
+
+
+def _copy_pair(rebalancer: Rebalancer, plan: Plan, source: str, target: str) -> _Totals:
+    """Copy the chunks ``source`` gives ``target``, one transaction each, reporting progress."""
+    pair = (source, target)
+    chunks = [
+        c for c in plan.chunks if (plan.moves[c.move].source, plan.moves[c.move].target) == pair
+    ]
+    planned = sum(
+        plan.sizes[i].rows for i in plan.moves_from(source) if plan.moves[i].target == target
+    )
+    totals = _Totals()
+    with Links(rebalancer.open) as links:
+        for chunk in chunks:
+            step = partial(_copy_chunk, links, rebalancer.topology.spec.tables, plan, pair, chunk)
+            for copied in links.retrying(step, f"copying chunk {chunk.id}"):
+                totals.add(copied)
+            rebalancer.progress(
+                f"copy:{source}>{target}", f"copy {source} -> {target}", totals.rows, planned
+            )
+            if rebalancer.throttle:
+                time.sleep(rebalancer.throttle)
+    return totals
+
+
+def _copy_chunk(
+    links: Links,
+    tables: tuple[TableSpec, ...],
+    plan: Plan,
+    pair: tuple[str, str],
+    chunk: Chunk,
+) -> list[Copied]:
+    """Copy one chunk of every table; what each table's copy moved (none: copied before)."""
+    src, dst = links.get(pair[0]), links.get(pair[1])
+    results = []
+    for table in tables:
+        copied = transfer.copy_range(
+            src,
+            dst,
+            table,
+            chunk.start_hex,
+            chunk.end_hex,
+            reshard_id=plan.id,
+            chunk=f"{table.name}:{chunk.id}",
+        )
+        if copied is not None:
+            results.append(copied)
+    return results
