@@ -134,7 +134,7 @@ def assert_commits_wait_for_the_replica(cluster: Cluster) -> None:
     primary, replica = cluster.topology.shard_nodes("shard-0")[:2]
     with pg.connect(primary, cluster.credentials(), "postgres") as conn:
         states = conn.execute("SELECT sync_state FROM pg_stat_replication").fetchall()
-    assert states == [("sync",)], states
+    assert states in ([("sync",)], [("quorum",)]), states  # ANY 1 (...) reads as quorum
     app = pg.conninfo(
         primary, cluster.credentials(), cluster.topology.spec.database, login=Login.APP
     )
