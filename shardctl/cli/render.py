@@ -23,10 +23,10 @@ from shardctl.config.schema import Role
 from shardctl.config.topology import Topology
 from shardctl.health.checks import Check, StatusRow
 from shardctl.health.distribution import Distribution
+from shardctl.health.ringview import RingReport
 from shardctl.health.verify import Report
 from shardctl.ops.provisioning import DownReport, UpReport
 from shardctl.ops.reshard.coordinator import State
-from shardctl.state.catalog import RingReport
 from shardctl.state.inflight import RESHARD, Operation
 from shardctl.state.plan import ASSUMED_ROWS_PER_SECOND, Plan, estimate_seconds
 from shardctl.util.text import first_line, lsn_text, size_text

@@ -1,1 +1,1 @@
-"""Facts about every node, judgement over them, verify-replication and distribution."""
+"""Facts about every node, judgement over them, verify-replication, distribution, the ring view."""

@@ -26,7 +26,7 @@ from shardctl.docker.engine import Engines
 from shardctl.errors import CheckFailed, DatabaseUnavailable, UsageError
 from shardctl.health import distribution as distributions
 from shardctl.health import facts as health
-from shardctl.health import verify
+from shardctl.health import ringview, verify
 from shardctl.ops.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
 from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
 from shardctl.state import catalog, ddl, inflight
@@ -211,9 +211,9 @@ class Cluster:
         """Rows per table and shard against the ring, misplaced and duplicated keys."""
         return distributions.measure(self.topology, self.credentials())
 
-    def ring(self) -> catalog.RingReport:
+    def ring(self) -> ringview.RingReport:
         """The live ring from the catalog: nodes, shares, each primary's epoch."""
-        return catalog.describe(self.topology, self.credentials())
+        return ringview.describe(self.topology, self.credentials())
 
     def rebalancer(
         self, *, rows_per_chunk: int = 50_000, throttle_seconds: float = 0.0

@@ -1,14 +1,14 @@
 """The ring on the server: SQL for a key's position, a range of the circle and a key's owner.
 
 The contract (see :mod:`shardctl.ring.hashing`): a key's position is ``md5(key::text)``, 32
-lowercase
-hex digits that compare like the 128-bit integers they spell. Comparisons are made under
+lowercase hex digits that compare like the 128-bit integers they spell. Comparisons are made under
 ``COLLATE "C"`` so that no database locale can reorder them. Every value (bounds, owners) is a
 query parameter; column names go through :class:`psycopg.sql.Identifier`.
 
 Each helper returns a :class:`psycopg.sql.Composed` that uses *named* placeholders and the dict
 of parameters it needs; ``prefix`` keeps the names of two uses in one query apart::
 
+    from shardctl.ring import sql as ringsql
     cond, params = ringsql.range_condition("id", move, prefix="m")
     conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(table, cond), params)
 """
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from psycopg import sql
 
-from shardctl.ring.hashing import Range, Ring
+from shardctl.ring.hashing import Ring, Span
 
 Params = dict[str, object]
 
@@ -31,10 +31,10 @@ def position(column: str | sql.Composable) -> sql.Composed:
 
 
 def range_condition(
-    column: str | sql.Composable, bounds: Range | tuple[str, str | None], *, prefix: str = "r"
+    column: str | sql.Composable, bounds: Span | tuple[str, str | None], *, prefix: str = "r"
 ) -> tuple[sql.Composed, Params]:
     """A condition true for rows whose key lies in one half-open range ``[lo, hi)``."""
-    lo, hi = bounds.sql_bounds() if isinstance(bounds, Range) else bounds
+    lo, hi = bounds.sql_bounds() if isinstance(bounds, Span) else bounds
     pos = position(column)
     lo_name, hi_name = f"{prefix}_lo", f"{prefix}_hi"
     if hi is None:
@@ -46,7 +46,7 @@ def range_condition(
 
 
 def ranges_condition(
-    column: str | sql.Composable, ranges: Sequence[Range], *, prefix: str = "rs"
+    column: str | sql.Composable, ranges: Sequence[Span], *, prefix: str = "rs"
 ) -> tuple[sql.Composed, Params]:
     """A condition true for rows whose key lies in any of ``ranges`` (bounds as two arrays)."""
     lows = [r.sql_bounds()[0] for r in ranges]

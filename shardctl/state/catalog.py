@@ -12,8 +12,10 @@ topology's database on every shard primary::
 the current record to a primary that has none (a new or re-created shard). It never bumps an
 epoch and never overwrites one: epochs change only through resharding, whose cut-over writes
 the new record with :func:`write` on every primary, over connections it opened before fencing
-(so the write pause holds no connection set-up). :func:`publish` does the same write opening
-its own connections; today only the tests use it, to play a cut-over's flip.
+(so the write pause holds no connection set-up). Role changes write epochs too: :func:`publish`
+does the same write opening its own connections, for a switchover or failover
+(:mod:`shardctl.ops.rolechange`, the new acting roles) and for ``up`` (the epoch that clears
+the former primaries it re-joined); the tests use it to play a cut-over's flip.
 
 **Reading.** :func:`read` asks every primary; the highest epoch wins. Primaries that disagree
 (missing catalog, older epoch — an interrupted cut-over — or, worst, different rings under one
@@ -45,7 +47,6 @@ from shardctl.ring.hashing import Ring
 from shardctl.state.locks import CATALOG_INSTALL_LOCK, XACT_LOCK
 from shardctl.util.waiting import retrying
 
-SCHEMA = "shardctl"
 DOING = "ring catalog"
 """What a primary that fails a catalog read or write was doing, for the error message."""
 
@@ -176,10 +177,7 @@ def read_current(conn: psycopg.Connection[Any]) -> RingRecord | None:
 
 def read_epoch(conn: psycopg.Connection[Any], epoch: int) -> RingRecord | None:
     """The record of one epoch on this primary, if it has it."""
-    found = conn.execute(
-        _SELECT_EPOCH,
-        (epoch,),
-    ).fetchone()
+    found = conn.execute(_SELECT_EPOCH, (epoch,)).fetchone()
     return None if found is None else _record(found)
 
 
@@ -448,58 +446,3 @@ def publish(
         topology, credentials, targets, put, timeout=timeout, strict=True, doing=DOING
     )
     return sorted(n for n, w in done.items() if w)
-
-
-@dataclass(frozen=True)
-class RingNode:
-    """One ring node (a shard) and what it owns."""
-
-    name: str
-    share: float
-    """The fraction of the circle it owns."""
-    ranges: int
-    """How many separate ranges of the circle that is."""
-
-
-@dataclass(frozen=True)
-class RingReport:
-    """What ``shardctl ring`` shows: the current ring, and each primary's view of it."""
-
-    cluster: str
-    epoch: int
-    algorithm: str
-    vnodes: int
-    created_at: datetime | None
-    nodes: list[RingNode]
-    primaries: dict[str, int | None]
-    """Shard -> the epoch its primary holds (None: no catalog), every declared shard."""
-    problems: list[str]
-    """Disagreements among primaries."""
-    warnings: list[str]
-    """Where the topology file disagrees with the catalog."""
-
-
-def describe(topology: Topology, credentials: Credentials, *, timeout: float = 5.0) -> RingReport:
-    """The current ring from the catalog: nodes, shares, epochs per primary, disagreements."""
-    view = read(topology, credentials, timeout=timeout)
-    record = view.record()
-    ring = record.ring()
-    shares = ring.shares()
-    counts = dict.fromkeys(ring.nodes, 0)
-    for piece in ring.ranges():
-        counts[piece.owner] += 1
-    return RingReport(
-        cluster=topology.cluster,
-        epoch=record.epoch,
-        algorithm=record.algorithm,
-        vnodes=record.vnodes,
-        created_at=record.created_at,
-        nodes=[RingNode(name, shares[name], counts[name]) for name in ring.nodes],
-        primaries={
-            node.shard: (found.epoch if found else None)
-            for node in topology.primaries()
-            for found in [view.by_primary.get(node.name)]
-        },
-        problems=list(view.problems),
-        warnings=drift(topology, record),
-    )

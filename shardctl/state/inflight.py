@@ -8,10 +8,10 @@ The one place that decides which recorded reshard is current (:func:`current`) a
 can still be aborted (:func:`may_abort`): the coordinator (:mod:`shardctl.ops.reshard`) acts on
 both answers, and ``status`` suggests the command they allow.
 
-Read-only: one connection per acting primary, asked whether the tables exist before reading
-them (a failed query would log an ERROR on the server). ``status``, ``rebalance --plan``,
-``verify-replication`` and ``distribution`` show these facts, each with the exact command that
-finishes or undoes the operation.
+Reading what is in flight (:func:`in_flight`) changes nothing: one connection per acting
+primary, asked whether the tables exist before reading them (a failed query would log an ERROR
+on the server). ``status``, ``rebalance --plan``, ``verify-replication`` and ``distribution``
+show these facts, each with the exact command that finishes or undoes the operation.
 """
 
 from __future__ import annotations

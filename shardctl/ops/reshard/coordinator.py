@@ -7,8 +7,9 @@ what ``rebalance`` does given the reshard in flight and the flags.
 
 The state of the operation (plan, phase, whether the ring flipped, the report so far) is a row
 of ``shardctl.reshard`` on *every* primary, written after each phase's work completes. When
-primaries disagree (a crash between two of those writes), the most advanced phase wins: the
-work of every earlier phase was finished before the later phase was recorded anywhere.
+primaries disagree (a crash between two of those writes), the most advanced phase wins
+(:func:`shardctl.state.inflight.current`): the work of every earlier phase was finished before
+the later phase was recorded anywhere.
 See docs/resharding.md for the protocol and why each step is safe to repeat.
 """
 

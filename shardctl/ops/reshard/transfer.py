@@ -40,7 +40,8 @@ Conn = psycopg.Connection[Any]
 
 def range_predicate(key_column: str, start_hex: str, end_hex: str | None) -> sql.Composable:
     """``start <= position < end`` with the bounds inlined as literals (no upper bound when
-    ``end_hex`` is None): COPY statements take no parameters, unlike ``ringsql.range_condition``.
+    ``end_hex`` is None): COPY statements take no parameters, unlike
+    :func:`shardctl.ring.sql.range_condition`.
     """
     pos = position(key_column)
     lower = sql.SQL("{} >= {}").format(pos, sql.Literal(start_hex))
