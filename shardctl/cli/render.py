@@ -92,13 +92,17 @@ def topology_summary(topology: Topology) -> Table:
     for column in ("shard", "node", "role", "engine", "address") + (("pooler",) if pooled else ()):
         table.add_column(column)
     for node in topology.nodes:
-        pooler = f"{node.advertise}:{node.pooler_port}" if node.pooler_port is not None else "-"
+        pooler = (
+            f"{node.placement.advertise}:{node.pooler_port}"
+            if node.pooler_port is not None
+            else "-"
+        )
         table.add_row(
             node.shard,
             node.name,
             node.role.value,
-            node.engine_name,
-            f"{node.advertise}:{node.host_port}",
+            node.placement.name,
+            f"{node.placement.advertise}:{node.host_port}",
             *((pooler,) if pooled else ()),
         )
     return table
@@ -119,8 +123,8 @@ def topology_facts(topology: Topology) -> dict[str, Any]:
                 "shard": n.shard,
                 "name": n.name,
                 "role": n.role.value,
-                "engine": n.engine_name,
-                "address": n.advertise,
+                "engine": n.placement.name,
+                "address": n.placement.advertise,
                 "port": n.host_port,
                 "pooler_port": n.pooler_port,
             }

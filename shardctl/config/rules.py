@@ -127,14 +127,14 @@ def check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
             if node.pooler_port is not None:
                 published.append((node.pooler_port, f"the pooler of {node.name}"))
             for port, what in published:
-                taken_by = owner.setdefault((node.advertise.lower(), port), what)
+                taken_by = owner.setdefault((node.placement.advertise.lower(), port), what)
                 if port > 65535:
                     yield where, f"port {port} of {what} is above 65535"
                 elif taken_by != what:
                     yield (
                         where,
                         f"port {port} of {what} clashes with {taken_by} "
-                        f"(both on host {node.advertise})",
+                        f"(both on host {node.placement.advertise})",
                     )
     tables: set[str] = set()
     for i, table in enumerate(spec.tables):

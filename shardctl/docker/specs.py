@@ -21,7 +21,7 @@ from shardctl.config import addresses
 from shardctl.config.credentials import POOLER_ADMIN, SERVER_FILES
 from shardctl.config.schema import Role
 from shardctl.config.topology import Node, Topology
-from shardctl.docker.engine import ContainerSpec, Mount, Port, node_labels, pooler_labels
+from shardctl.docker.records import ContainerSpec, Mount, Port, node_labels, pooler_labels
 from shardctl.errors import TopologyError
 
 SECRETS_DIR = "/tmp/shardctl"
@@ -222,7 +222,7 @@ def container_spec(
         environment=environment,
         labels=node_labels(node),
         mounts=tuple(mounts),
-        ports=(Port(addresses.CONTAINER_PORT, node.bind_address, node.host_port),),
+        ports=(Port(addresses.CONTAINER_PORT, node.placement.bind_address, node.host_port),),
         network=topology.network,
         secrets_dir=SECRETS_DIR,
         secrets=secret_names(node, tls=topology.tls is not None),
@@ -337,7 +337,7 @@ def pooler_spec(topology: Topology, node: Node) -> ContainerSpec:
         environment=environment,
         labels=pooler_labels(node),
         mounts=(),
-        ports=(Port(addresses.POOLER_PORT, node.bind_address, node.pooler_port),),
+        ports=(Port(addresses.POOLER_PORT, node.placement.bind_address, node.pooler_port),),
         network=topology.network,
         secrets_dir=SECRETS_DIR,
         secrets=POOLER_SECRETS,

@@ -609,7 +609,7 @@ def status_rows(facts: ClusterFacts) -> list[StatusRow]:
                 name=node.name,
                 role=node.role,
                 declared_role=node.declared_role,
-                engine=node.engine_name,
+                engine=node.placement.name,
                 actual_role=node_facts.role if node_facts else ActualRole.UNKNOWN,
                 state=obs.container,
                 address=host,

@@ -35,6 +35,7 @@ from shardctl.errors import DatabaseUnavailable
 from shardctl.health import checks
 from shardctl.health import facts as health
 from shardctl.health.checks import Check
+from shardctl.util import fanout
 from shardctl.util.text import lsn_text
 from shardctl.util.waiting import NotYet, retrying, wait_for
 
@@ -139,7 +140,7 @@ def canary_checks(
             future.set_exception(DatabaseUnavailable(f"{name} did not answer"))
     # A replica's wait is bounded by its own deadline; the margin covers connecting.
     budget = 2 * limits.probe_timeout + limits.canary_timeout + 1.0
-    for name, outcome in pg.gather(tasks, timeout=budget).items():
+    for name, outcome in fanout.gather(tasks, timeout=budget).items():
         node = topology.node(name)
         if isinstance(outcome, Check):
             results.append(outcome)
@@ -281,7 +282,7 @@ def deep_checks(
                 live.append(replica)
         if live and login is not None:
             tasks[shard.name] = _deep_shard(primary, live, tables, login, topology, limits)
-    for shard_name, outcome in pg.gather(tasks, timeout=DEEP_TIMEOUT).items():
+    for shard_name, outcome in fanout.gather(tasks, timeout=DEEP_TIMEOUT).items():
         if isinstance(outcome, BaseException):  # the primary could not be read at all
             primary, *replicas = topology.shard_nodes(shard_name)
             why = f"{primary.name} could not be read"

@@ -64,7 +64,7 @@ def admin(cluster: Cluster, node_name: str, command: str) -> list[dict[str, obje
     node = Cluster.load(cluster.topology.path).topology.node(node_name)
     assert node.pooler_port is not None
     with psycopg.connect(
-        host=node.advertise,
+        host=node.placement.advertise,
         port=node.pooler_port,
         dbname="pgbouncer",
         user=POOLER_ADMIN,

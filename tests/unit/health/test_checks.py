@@ -378,7 +378,7 @@ def test_slot_present_active_and_reserving(
 def test_undeclared_walsenders_and_slots_are_findings() -> None:
     topo = topology(replicas=1)
     replica = topo.node("s0-replica-1")
-    stray = Node("demo", "s0", "s0-replica-2", replica.role, 2, 1, "", None, "s0-primary")
+    stray = Node("demo", "s0", "s0-replica-2", replica.role, 2, 1, replica.placement, "s0-primary")
     facts: dict[str, NodeFacts | None] = dict(healthy(topo))
     facts["s0-primary"] = primary_facts(
         (replica,),
