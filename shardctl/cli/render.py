@@ -21,8 +21,9 @@ from rich.text import Text
 
 from shardctl.config.schema import Role
 from shardctl.config.topology import Topology
-from shardctl.health.checks import Check, StatusRow
+from shardctl.health.checks import Check
 from shardctl.health.distribution import Distribution
+from shardctl.health.status import StatusRow
 from shardctl.health.verify import Report
 from shardctl.ops.provisioning import DownReport, UpReport
 from shardctl.ops.reshard.coordinator import State
