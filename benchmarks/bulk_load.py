@@ -21,7 +21,8 @@ from _cluster import temp_cluster
 from shardctl import Router
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
-from shardctl.workload.load import Target, bulk_load, copy_statement, copy_text, generate, target
+from shardctl.workload.bulk import bulk_load, copy_statement, copy_text, generate
+from shardctl.workload.target import Target, target
 
 CHUNK = 20_000
 

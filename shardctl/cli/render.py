@@ -31,8 +31,9 @@ from shardctl.state.catalog import RingReport
 from shardctl.state.inflight import RESHARD, Operation
 from shardctl.state.plan import ASSUMED_ROWS_PER_SECOND, Plan, estimate_seconds
 from shardctl.util.text import first_line, lsn_text, size_text
+from shardctl.workload.bulk import BulkReport
 from shardctl.workload.ledger import VerifyReport
-from shardctl.workload.load import BulkReport, LoadReport
+from shardctl.workload.report import LoadReport
 
 
 def _width(stream: TextIO) -> int | None:
