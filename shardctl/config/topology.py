@@ -1,9 +1,12 @@
 """Load and validate ``topology.yaml`` into frozen, typed models.
 
 The file is parsed with PyYAML's composer so that every value keeps the line it came from;
-pydantic validates the shape, then :func:`_check_semantics` the rules that span several values
-(unique names, port clashes, the schema file). Every problem becomes one
-:class:`~shardctl.errors.TopologyError` line: ``topology.yaml:12: shards[1].replicas: ...``.
+pydantic validates the shape (:mod:`shardctl.config.schema`), then
+:func:`shardctl.config.rules.check_semantics` the rules that span several values (unique names,
+port clashes, the schema file). Every problem becomes one :class:`~shardctl.errors.TopologyError`
+line (:mod:`shardctl.config.messages`): ``topology.yaml:12: shards[1].replicas: ...``. The
+runtime model is :class:`Topology` and its :class:`Node` records, each placed on one engine
+(:class:`Placement`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Connections to the cluster's nodes: where a node is reached from here, and how."""
+"""Connections to the cluster's nodes: :func:`conninfo`, the one connection string builder (a
+node's server or its pooler, as any login), :func:`connect`, and :func:`on_nodes`, the same work
+on several nodes at once (through :mod:`shardctl.util.fanout`)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 :func:`container_spec` is the single description of a node's container: image, bootstrap
 script, server settings, environment, volume, labels, port, network and where the secret files
 go. ``up`` creates exactly it through :mod:`shardctl.docker.engine`; ``compose`` renders exactly
-it, so
-the compose file cannot drift from what ``up`` makes.
+it, so the compose file cannot drift from what ``up`` makes.
 
 Containers do not depend on an image's entrypoint: the bootstrap script runs as the ``postgres``
 user, so any image with the server binaries on PATH and a ``postgres`` user works (the official
