@@ -142,8 +142,7 @@ def assert_commits_wait_for_the_replica(cluster: Cluster) -> None:
     with psycopg.connect(app, autocommit=True) as conn:  # the setting the application's commits get
         commit = conn.execute("SHOW synchronous_commit").fetchone()
     assert commit is not None and commit[0] in ("on", "remote_write", "remote_apply"), commit
-    container = cluster.engines.container(replica)
-    assert container is not None
+    container = sdk_container(cluster, replica)
     key = uuid.uuid4()
     container.pause()
     try:

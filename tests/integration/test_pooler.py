@@ -243,7 +243,7 @@ def test_the_superuser_and_the_replication_role_cannot_log_in_through_a_pooler(
     ):
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(
-                host=node.advertise,
+                host=node.placement.advertise,
                 port=node.pooler_port,
                 dbname=pooled.topology.spec.database,
                 user=user,
@@ -252,7 +252,7 @@ def test_the_superuser_and_the_replication_role_cannot_log_in_through_a_pooler(
             ).close()
     app_user, app_password = credentials.app_user, credentials.app_password
     with psycopg.connect(
-        host=node.advertise,
+        host=node.placement.advertise,
         port=node.pooler_port,
         dbname=pooled.topology.spec.database,
         user=app_user,
