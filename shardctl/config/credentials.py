@@ -81,7 +81,7 @@ class Credentials:
             pair = tls.issue(self.tls_ca, node.container, names)
             return {"server.crt": pair.cert, "server.key": pair.key, "ca.crt": self.tls_ca.cert}
         if self.tls_server is None or self.tls_root is None:
-            raise UsageError("internal: this cluster has no TLS certificates")
+            raise AssertionError("server_files without TLS certificates: a bug")
         root = _read_text(self.tls_root, "tls.ca_file")
         return {
             "server.crt": self.tls_server.cert,

@@ -123,7 +123,7 @@ def image_mount(topology: Topology, engines: Engines) -> str:
 def _service(spec: ContainerSpec) -> dict[str, Any]:
     """One compose service running exactly ``spec``."""
     if not set(spec.secrets) <= set(SECRET_ENV):
-        raise ProvisioningError(f"internal: compose has no source for secrets {spec.secrets}")
+        raise AssertionError(f"compose has no source for secrets {spec.secrets}")
     return {
         "image": spec.image,
         "container_name": spec.name,
