@@ -6,7 +6,7 @@ Brings up its own 2-shard cluster (test image) and removes it afterwards. Each r
 ``users`` on both primaries, then loads ``--rows`` fresh users twice: once with a raw COPY
 (the same text rows and chunk size, one stream, into shard-0's primary: the baseline; once with
 the rows generated beforehand, once generated as it goes, like the bulk loader), once
-with ``shardctl.load.bulk_load`` (keys grouped by ring owner, one COPY stream per shard in
+with ``shardctl.workload.bulk.bulk_load`` (keys grouped by ring owner, one COPY stream per shard in
 parallel). Best of ``--repeat`` rounds; the ratio is bulk / raw.
 """
 
@@ -21,7 +21,8 @@ from _cluster import temp_cluster
 from shardctl import Router
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
-from shardctl.workload.load import Target, bulk_load, copy_statement, copy_text, generate, target
+from shardctl.workload.bulk import bulk_load, copy_statement, copy_text, generate
+from shardctl.workload.target import Target, target
 
 CHUNK = 20_000
 

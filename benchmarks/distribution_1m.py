@@ -17,7 +17,7 @@ from _cluster import temp_cluster
 
 from shardctl import Router
 from shardctl.health.distribution import measure
-from shardctl.workload.load import bulk_load
+from shardctl.workload.bulk import bulk_load
 
 
 def main() -> None:

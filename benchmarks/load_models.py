@@ -42,7 +42,8 @@ from psycopg_pool import AsyncConnectionPool
 from shardctl import Router
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
-from shardctl.workload.load import LoadConfig, Mix, run_load
+from shardctl.workload.load import run_load
+from shardctl.workload.users import LoadConfig, Mix
 
 UPSERT = (
     "INSERT INTO users (id, first_name, last_name, email) VALUES (%s, 'f', 'l', 'e') "

@@ -103,7 +103,7 @@ def pgbench(cluster: Cluster, mix: dict[str, int], clients: int, seconds: float)
                 client.containers.run(
                     image,
                     [PGBENCH, "-n", "-M", "extended", "-T", str(int(seconds)), "-c", str(share),
-                     "-j", str(share), "-h", node.advertise, "-p", str(node.host_port),
+                     "-j", str(share), "-h", node.placement.advertise, "-p", str(node.host_port),
                      "-U", cluster.credentials().app_user, *args, cluster.topology.spec.database],
                     name=f"{node.container}-pgbench",
                     entrypoint=[],

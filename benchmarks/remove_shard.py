@@ -27,7 +27,7 @@ from shardctl import Router
 from shardctl.config.credentials import Credentials
 from shardctl.config.topology import Node
 from shardctl.db import pg
-from shardctl.workload.load import bulk_load
+from shardctl.workload.bulk import bulk_load
 from tests.traffic import Writer, check_ledger
 
 

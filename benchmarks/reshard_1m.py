@@ -23,7 +23,7 @@ from pathlib import Path
 from _cluster import temp_cluster
 
 from shardctl import Router
-from shardctl.workload.load import bulk_load
+from shardctl.workload.bulk import bulk_load
 
 
 def shardctl(*args: str) -> subprocess.CompletedProcess[str]:

@@ -32,6 +32,7 @@ from _cluster import temp_cluster
 from shardctl.config.topology import Node
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
+from shardctl.util import fanout
 
 
 def baseline(cluster: Cluster) -> Callable[[], None]:
@@ -45,7 +46,7 @@ def baseline(cluster: Cluster) -> Callable[[], None]:
         return run
 
     def run_all() -> None:
-        pg.gather({n.name: one(n) for n in cluster.topology.nodes}, timeout=10)
+        fanout.gather({n.name: one(n) for n in cluster.topology.nodes}, timeout=10)
 
     return run_all
 

@@ -14,7 +14,8 @@ Every error a user can cause or meet carries the exit code the CLI returns for i
     ├── CatalogError                  (exit 1)  the ring catalog is missing or inconsistent
     ├── RoutingError                  (exit 1)  the Router could not place a query
     │   └── KeyNotOwned               (exit 1)  a node refused a write: SQLSTATE SC001 (fencing)
-    └── ReshardingError               (exit 1)  a reshard step was refused or failed
+    ├── ReshardingError               (exit 1)  a reshard step was refused or failed
+    └── RoleChangeError               (exit 1)  a switchover or failover could not be done
 
 The CLI catches ``ShardctlError`` in one place and prints its message; anything else is a bug.
 """
@@ -101,5 +102,11 @@ class KeyNotOwned(RoutingError):
 
 class ReshardingError(ShardctlError):
     """A resharding step failed or was refused; the state stays resumable."""
+
+    exit_code = 1
+
+
+class RoleChangeError(ShardctlError):
+    """A switchover or failover could not be done (exit 1); nothing was changed unless said."""
 
     exit_code = 1

@@ -20,11 +20,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from shardctl.config.topology import Node
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container as SdkContainer
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
 """The example schema (``users``) every test cluster is made with."""
@@ -259,13 +264,27 @@ def split_topology(folder: Path, hosts: list[Host], *, one_engine: bool = False)
     return path
 
 
+def sdk_container(cluster: Cluster, node: Node, *, pooler: bool = False) -> SdkContainer:
+    """The Docker SDK's object for ``node``'s container (``pooler``: its PgBouncer's), for tests
+    that work it by hand (pause, kill, exec); shardctl itself only sees its own records."""
+    record = cluster.engines.container(node, pooler=pooler)
+    assert record is not None, f"{node.name} has no container"
+    return cluster.engines.client(node.placement).containers.get(record.id)
+
+
+def pgdata_of(cluster: Cluster, node: Node) -> str:
+    """The data directory of ``node``'s container (its PGDATA)."""
+    record = cluster.engines.container(node)
+    assert record is not None, f"{node.name} has no container"
+    return record.environment["PGDATA"]
+
+
 @contextmanager
 def frozen(cluster: Cluster, shard: str, *, rescue_after: float = 60) -> Iterator[None]:
     """``docker pause`` of ``shard``'s primary for the block: it still accepts TCP, and never
     answers. Unpaused after ``rescue_after`` seconds at the latest, should the code under test
     hang, so that a cluster shared by a module comes back for the other tests."""
-    container = cluster.engines.container(cluster.topology.shard_nodes(shard)[0])
-    assert container is not None
+    container = sdk_container(cluster, cluster.topology.shard_nodes(shard)[0])
     container.pause()
     rescue = threading.Timer(rescue_after, container.unpause)
     rescue.start()

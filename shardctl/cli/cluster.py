@@ -30,7 +30,7 @@ from shardctl.cli.app import (
 from shardctl.config.schema import TopologySpec
 from shardctl.docker import compose
 from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError, UsageError
-from shardctl.health.checks import StatusRow, status_rows
+from shardctl.health.status import StatusRow, status_rows
 from shardctl.ops.cluster import Cluster
 from shardctl.state.inflight import Operation
 

@@ -25,17 +25,10 @@ from shardctl.cli.app import (
 from shardctl.errors import UsageError
 from shardctl.router.router import Router
 from shardctl.workload import ledger as ledgers
-from shardctl.workload.load import (
-    BulkReport,
-    LoadConfig,
-    LoadProgress,
-    LoadReport,
-    Mix,
-    bulk_load,
-    connection_limit,
-    run_load,
-    run_steps,
-)
+from shardctl.workload.bulk import BulkReport, bulk_load
+from shardctl.workload.load import connection_limit, run_load, run_steps
+from shardctl.workload.report import LoadProgress, LoadReport
+from shardctl.workload.users import LoadConfig, Mix
 
 MAX_USERS = 100_000
 """The most virtual users ``--users`` takes (each is a few hundred bytes, no thread)."""

@@ -21,17 +21,19 @@ from rich.text import Text
 
 from shardctl.config.schema import Role
 from shardctl.config.topology import Topology
-from shardctl.health.checks import Check, StatusRow
+from shardctl.health.checks import Check
 from shardctl.health.distribution import Distribution
 from shardctl.health.ringview import RingReport
+from shardctl.health.status import StatusRow
 from shardctl.health.verify import Report
 from shardctl.ops.provisioning import DownReport, UpReport
 from shardctl.ops.reshard.coordinator import State
 from shardctl.state.inflight import RESHARD, Operation
 from shardctl.state.plan import ASSUMED_ROWS_PER_SECOND, Plan, estimate_seconds
 from shardctl.util.text import first_line, lsn_text, size_text
+from shardctl.workload.bulk import BulkReport
 from shardctl.workload.ledger import VerifyReport
-from shardctl.workload.load import BulkReport, LoadReport
+from shardctl.workload.report import LoadReport
 
 
 def _width(stream: TextIO) -> int | None:
@@ -92,13 +94,17 @@ def topology_summary(topology: Topology) -> Table:
     for column in ("shard", "node", "role", "engine", "address") + (("pooler",) if pooled else ()):
         table.add_column(column)
     for node in topology.nodes:
-        pooler = f"{node.advertise}:{node.pooler_port}" if node.pooler_port is not None else "-"
+        pooler = (
+            f"{node.placement.advertise}:{node.pooler_port}"
+            if node.pooler_port is not None
+            else "-"
+        )
         table.add_row(
             node.shard,
             node.name,
             node.role.value,
-            node.engine_name,
-            f"{node.advertise}:{node.host_port}",
+            node.placement.name,
+            f"{node.placement.advertise}:{node.host_port}",
             *((pooler,) if pooled else ()),
         )
     return table
@@ -119,8 +125,8 @@ def topology_facts(topology: Topology) -> dict[str, Any]:
                 "shard": n.shard,
                 "name": n.name,
                 "role": n.role.value,
-                "engine": n.engine_name,
-                "address": n.advertise,
+                "engine": n.placement.name,
+                "address": n.placement.advertise,
                 "port": n.host_port,
                 "pooler_port": n.pooler_port,
             }

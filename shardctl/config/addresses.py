@@ -20,13 +20,6 @@ def pooler_target(node: Node) -> tuple[str, int]:
     return node.container, CONTAINER_PORT
 
 
-def pooler_address(node: Node) -> tuple[str, int]:
-    """Host and port of the pooler of ``node`` from here; ValueError when it has none."""
-    if node.pooler_port is None:
-        raise ValueError(f"{node.name} has no pooler")
-    return node.advertise, node.pooler_port
-
-
 Via = Literal["direct", "pooler"]
 """How a client reaches a node: its server's published port, or its PgBouncer's."""
 
@@ -38,8 +31,8 @@ def address(node: Node, via: Via = "direct") -> tuple[str, int]:
     if via == "pooler":
         if node.pooler_port is None:
             raise UsageError(f"{node.name} has no pooler: declare pooler: in the topology")
-        return node.advertise, node.pooler_port
-    return node.advertise, node.host_port
+        return node.placement.advertise, node.pooler_port
+    return node.placement.advertise, node.host_port
 
 
 def upstream_address(topology: Topology, replica: Node) -> tuple[str, int]:
@@ -47,6 +40,6 @@ def upstream_address(topology: Topology, replica: Node) -> tuple[str, int]:
     the primary's container on a shared engine, else the primary's advertised address and
     published port (container names mean nothing on another host)."""
     primary = topology.node(replica.primary_name)
-    if primary.engine_name == replica.engine_name:
+    if primary.placement.name == replica.placement.name:
         return replica.primary_container, CONTAINER_PORT
     return address(primary)

@@ -57,6 +57,8 @@ class Credentials:
         """The user name and password to connect as ``login``."""
         if login is Login.SUPERUSER:
             return self.superuser, self.superuser_password
+        if login is Login.POOLER_ADMIN:
+            return POOLER_ADMIN, self.pooler_password or ""
         if self.app_password is None:
             raise UsageError(
                 f"no password for the application role {self.app_user!r} yet: run `shardctl up` "
@@ -71,7 +73,7 @@ class Credentials:
             names = [
                 node.container,  # replicas on its engine reach it by container name
                 node.name,  # its host name
-                node.advertise,  # clients and other hosts
+                node.placement.advertise,  # clients and other hosts
                 "localhost",
                 "127.0.0.1",
                 "::1",
@@ -79,7 +81,7 @@ class Credentials:
             pair = tls.issue(self.tls_ca, node.container, names)
             return {"server.crt": pair.cert, "server.key": pair.key, "ca.crt": self.tls_ca.cert}
         if self.tls_server is None or self.tls_root is None:
-            raise UsageError("internal: this cluster has no TLS certificates")
+            raise AssertionError("server_files without TLS certificates: a bug")
         root = _read_text(self.tls_root, "tls.ca_file")
         return {
             "server.crt": self.tls_server.cert,
@@ -100,6 +102,8 @@ class Login(StrEnum):
     """``up``, catalogs, health, reshards, role changes: shardctl's own operations."""
     APP = "app"
     """The Router and ``load``: the sharded tables and the fence, nothing else."""
+    POOLER_ADMIN = "pooler"
+    """A PgBouncer's admin console (:data:`POOLER_ADMIN`): what the pooler says of itself."""
 
 
 def secrets_path(topology: Topology) -> Path:

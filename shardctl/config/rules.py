@@ -13,11 +13,10 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
+from shardctl.config.endpoints import endpoint_problem, engine_key
 from shardctl.config.messages import Loc, short
 from shardctl.config.schema import HealthSpec, Spread, SSLMode, TLSMode, TLSSpec, TopologySpec
 
@@ -98,16 +97,10 @@ def check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
     ``up`` would trip over later (a database initdb made, settings shardctl owns, ...)."""
     yield from _check_security(topology)
     spec = topology.spec
-    seen: dict[str, int] = {}
-    for i, shard in enumerate(spec.shards):
-        if shard.name in seen:
-            yield (
-                ("shards", i, "name"),
-                (f"duplicate shard name {shard.name!r} (also shards[{seen[shard.name]}])"),
-            )
-        seen.setdefault(shard.name, i)
-    if len(seen) != len(spec.shards):
-        return
+    duplicates = list(_check_shard_names(spec))
+    yield from duplicates
+    if duplicates:
+        return  # nodes are named after their shard: nothing below can be judged
     endpoint_problems = [
         (where, f"{problem}")
         for where, endpoint in _endpoints_written(spec)
@@ -116,10 +109,36 @@ def check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
     engine_problems = endpoint_problems or list(_check_engines(topology))
     yield from engine_problems
     if engine_problems:
-        return
+        return  # ports are judged per engine host
+    yield from _check_ports(topology)
+    yield from _check_tables(spec)
+    yield from _check_database(spec)
+    yield from _check_image(spec.image)
+    yield from _check_poolers(spec)
+    yield from _check_bind_address(spec.bind_address)
+    yield from _check_settings(spec.postgres)
+    yield from _check_health(spec.health)
+    yield from _check_credentials(topology)
+    yield from _check_schema(topology)
+
+
+def _check_shard_names(spec: TopologySpec) -> Iterator[tuple[Loc, str]]:
+    """Each shard name once."""
+    seen: dict[str, int] = {}
+    for i, shard in enumerate(spec.shards):
+        if shard.name in seen:
+            yield (
+                ("shards", i, "name"),
+                (f"duplicate shard name {shard.name!r} (also shards[{seen[shard.name]}])"),
+            )
+        seen.setdefault(shard.name, i)
+
+
+def _check_ports(topology: Topology) -> Iterator[tuple[Loc, str]]:
+    """Every published port (servers' and poolers') at most 65535, and once per host."""
     # Host names compare case-insensitively: two engines on one host share its ports.
     owner: dict[tuple[str, int], str] = {}
-    for i, shard in enumerate(spec.shards):
+    for i, shard in enumerate(topology.spec.shards):
         # By index, not shard_nodes(name): ten thousand shards stay linear.
         for node in topology._nodes_of(i, shard):
             where: Loc = ("shards", i, "port") if shard.port is not None else ("shards", i)
@@ -127,20 +146,28 @@ def check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
             if node.pooler_port is not None:
                 published.append((node.pooler_port, f"the pooler of {node.name}"))
             for port, what in published:
-                taken_by = owner.setdefault((node.advertise.lower(), port), what)
+                taken_by = owner.setdefault((node.placement.advertise.lower(), port), what)
                 if port > 65535:
                     yield where, f"port {port} of {what} is above 65535"
                 elif taken_by != what:
                     yield (
                         where,
                         f"port {port} of {what} clashes with {taken_by} "
-                        f"(both on host {node.advertise})",
+                        f"(both on host {node.placement.advertise})",
                     )
+
+
+def _check_tables(spec: TopologySpec) -> Iterator[tuple[Loc, str]]:
+    """Each sharded table listed once."""
     tables: set[str] = set()
     for i, table in enumerate(spec.tables):
         if table.name in tables:
             yield ("tables", i, "name"), f"table {table.name!r} is listed twice"
         tables.add(table.name)
+
+
+def _check_database(spec: TopologySpec) -> Iterator[tuple[Loc, str]]:
+    """Not a database initdb already made (``up`` creates the declared one)."""
     if spec.database in INITDB_DATABASES:
         yield (
             ("database",),
@@ -149,7 +176,10 @@ def check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
                 "holds the sharded tables (default 'app')"
             ),
         )
-    yield from _check_image(spec.image)
+
+
+def _check_poolers(spec: TopologySpec) -> Iterator[tuple[Loc, str]]:
+    """Poolers take no TLS yet, so no sslmode or tls: that insists on it; their images."""
     pooled = spec.pooler is not None or any(shard.pooler is not None for shard in spec.shards)
     if pooled and spec.sslmode in (SSLMode.REQUIRE, SSLMode.VERIFY_CA, SSLMode.VERIFY_FULL):
         yield (
@@ -170,10 +200,10 @@ def check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
         if pooler is not None and pooler.image is not None:
             for _, problem in _check_image(pooler.image):
                 yield (*loc, "image"), problem
-    yield from _check_bind_address(spec.bind_address)
-    yield from _check_settings(spec.postgres)
-    yield from _check_health(spec.health)
-    yield from _check_credentials(topology)
+
+
+def _check_schema(topology: Topology) -> Iterator[tuple[Loc, str]]:
+    """The schema file, when one is named, exists and can be read."""
     schema = topology.schema_path
     if schema is not None:
         problem = _file_problem(schema)
@@ -208,60 +238,9 @@ MAX_HEALTH_SECONDS = 86400.0
 """Longest time a ``health`` threshold or timeout may be: a day."""
 MAX_LAG_BYTES = 2**62
 """Largest byte-lag threshold: within PostgreSQL's bigint, where lags are computed."""
-ENDPOINT_SCHEMES = ("unix", "tcp", "http", "https", "ssh")
-"""What the Docker SDK connects to (npipe:// is Windows only)."""
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 _USUAL_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 _SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
-_DEFAULT_PORTS = {"tcp": 2375, "http": 2375, "https": 2376, "ssh": 22}
-
-
-@cache
-def endpoint_problem(endpoint: str) -> str | None:
-    """Why ``endpoint`` is not a Docker endpoint the SDK can use; None when it is one."""
-    shown = short(endpoint)
-    if not endpoint.strip() or endpoint != endpoint.strip() or len(endpoint) > 1000:
-        return f"{shown} is not a Docker endpoint (expected e.g. ssh://host or tcp://host:2376)"
-    try:
-        parts = urlsplit(endpoint)
-        port = parts.port
-    except ValueError:
-        return f"{shown} is not a Docker endpoint: its port is not a number from 1 to 65535"
-    if parts.scheme not in ENDPOINT_SCHEMES:
-        return (
-            f"{shown} is not a Docker endpoint: expected one of "
-            f"{', '.join(s + '://' for s in ENDPOINT_SCHEMES)}"
-        )
-    if parts.scheme == "unix":
-        if parts.netloc or not parts.path.startswith("/"):
-            return f"{shown}: a unix endpoint names an absolute socket path (unix:///path)"
-        return None
-    if not parts.hostname or any(c.isspace() for c in endpoint):
-        return f"{shown} names no host (expected {parts.scheme}://host[:port])"
-    if port == 0:
-        return f"{shown}: the port must be from 1 to 65535"
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        return f"{shown}: a Docker endpoint has no path, query or fragment"
-    if parts.scheme != "ssh" and parts.username is not None:
-        return f"{shown}: only ssh:// endpoints name a user"
-    return None
-
-
-@cache
-def engine_key(endpoint: str | None) -> str | None:
-    """One spelling per engine: scheme and host name lower-case, the default port made
-    explicit, so two spellings of one engine share its ports."""
-    if endpoint is None:
-        return None
-    parts = urlsplit(endpoint)
-    scheme = parts.scheme.lower()
-    if scheme == "unix":
-        return f"unix://{parts.path}"
-    port = parts.port or _DEFAULT_PORTS.get(scheme)
-    host = (parts.hostname or "").lower()
-    if scheme in ("http", "tcp"):
-        scheme = "tcp"
-    return f"{scheme}://{host}:{port}"
 
 
 def _check_image(image: str) -> Iterator[tuple[Loc, str]]:

@@ -1,9 +1,12 @@
 """Load and validate ``topology.yaml`` into frozen, typed models.
 
 The file is parsed with PyYAML's composer so that every value keeps the line it came from;
-pydantic validates the shape, then :func:`_check_semantics` the rules that span several values
-(unique names, port clashes, the schema file). Every problem becomes one
-:class:`~shardctl.errors.TopologyError` line: ``topology.yaml:12: shards[1].replicas: ...``.
+pydantic validates the shape (:mod:`shardctl.config.schema`), then
+:func:`shardctl.config.rules.check_semantics` the rules that span several values (unique names,
+port clashes, the schema file). Every problem becomes one :class:`~shardctl.errors.TopologyError`
+line (:mod:`shardctl.config.messages`): ``topology.yaml:12: shards[1].replicas: ...``. The
+runtime model is :class:`Topology` and its :class:`Node` records, each placed on one engine
+(:class:`Placement`).
 """
 
 from __future__ import annotations
@@ -114,12 +117,10 @@ class Node:
     index: int
     """0 for the declared primary, i for replica i."""
     host_port: int
-    bind_address: str
-    engine: str | None
-    """Docker endpoint of the node's engine (``placement.endpoint``)."""
+    placement: Placement
+    """The engine (host) the node runs on: its name, endpoint, and the addresses its ports are
+    published on and reached at."""
     primary_name: str
-    placement: Placement | None = None
-    """The engine the node runs on; None only for nodes built by hand (the local engine)."""
     sslmode: str | None = None
     """libpq ``sslmode`` of every connection to this node (None: libpq's default)."""
     pooler_port: int | None = None
@@ -129,18 +130,6 @@ class Node:
     def pooler_container(self) -> str:
         """Container name of the node's PgBouncer."""
         return f"{self.cluster}-{self.name}-pooler"
-
-    @property
-    def engine_name(self) -> str:
-        """Name of the engine the node runs on (``local`` by default)."""
-        return self.placement.name if self.placement is not None else LOCAL_ENGINE
-
-    @property
-    def advertise(self) -> str:
-        """The address that reaches the node's published port from clients and other hosts."""
-        if self.placement is not None:
-            return self.placement.advertise
-        return "127.0.0.1" if self.bind_address in ("0.0.0.0", "::", "") else self.bind_address
 
     @property
     def container(self) -> str:
@@ -296,10 +285,8 @@ class Topology:
                 role=Role.PRIMARY if name == primary else Role.REPLICA,
                 index=i,
                 host_port=base + i,
-                bind_address=placements[i].bind_address,
-                engine=placements[i].endpoint,
-                primary_name=primary,
                 placement=placements[i],
+                primary_name=primary,
                 sslmode=self.sslmode,
                 pooler_port=(
                     base + i + pooler.port_offset
@@ -364,7 +351,7 @@ class Topology:
 
     def placements(self) -> tuple[Placement, ...]:
         """Every distinct engine the topology's nodes run on, in order of first use."""
-        return tuple(dict.fromkeys(n.placement for n in self.nodes if n.placement is not None))
+        return tuple(dict.fromkeys(n.placement for n in self.nodes))
 
     def primaries(self) -> tuple[Node, ...]:
         """The primary of every shard, in declared order."""

@@ -1,13 +1,13 @@
-"""Connections to the cluster's nodes: where a node is reached from here, and how."""
+"""Connections to the cluster's nodes: :func:`conninfo`, the one connection string builder (a
+node's server or its pooler, as any login), :func:`connect`, and :func:`on_nodes`, the same work
+on several nodes at once (through :mod:`shardctl.util.fanout`)."""
 
 from __future__ import annotations
 
 import getpass
 import os
 import socket
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -19,6 +19,7 @@ from shardctl.config.addresses import Via, address
 from shardctl.config.credentials import Credentials, Login
 from shardctl.config.topology import Node, Topology
 from shardctl.errors import DatabaseUnavailable, ShardctlError
+from shardctl.util import fanout
 from shardctl.util.text import (
     first_line as first_line,  # re-exported: pg.first_line(exc) reads well
 )
@@ -107,51 +108,6 @@ def failure_reason(exc: BaseException) -> str:
 # ------------------------------------------------------------------ every node at once
 
 
-def gather(
-    tasks: Mapping[str, Callable[[], T]], *, timeout: float | None = None
-) -> dict[str, T | BaseException]:
-    """Run every task at once, one thread each; name -> its result, or the error it raised.
-
-    With ``timeout``, a task still running after that many seconds yields a TimeoutError and is
-    left behind on its daemon thread: a hung node cannot hold up the others.
-    """
-    results: dict[str, T | BaseException] = {}
-    lock = threading.Lock()
-
-    def run(name: str, task: Callable[[], T]) -> None:
-        try:
-            value: T | BaseException = task()
-        except BaseException as exc:  # handed to the caller
-            value = exc
-        with lock:
-            results[name] = value
-
-    threads = [
-        threading.Thread(target=run, args=(name, task), daemon=True, name=f"shardctl-{name}")
-        for name, task in tasks.items()
-    ]
-    for thread in threads:
-        thread.start()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    for thread in threads:
-        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-    with lock:
-        done = dict(results)
-    # Only a timeout leaves a task without a result.
-    late = f"no answer within {timeout:g}s" if timeout is not None else ""
-    return {name: done[name] if name in done else TimeoutError(late) for name in tasks}
-
-
-def each(tasks: Mapping[str, Callable[[], T]]) -> dict[str, T]:
-    """Run every task at once and wait for all; the first error, in the order of ``tasks``."""
-    out: dict[str, T] = {}
-    for name, result in gather(tasks).items():
-        if isinstance(result, BaseException):
-            raise result
-        out[name] = result
-    return out
-
-
 @contextmanager
 def node_errors(node: Node, doing: str) -> Iterator[None]:
     """Turn a database error inside into DatabaseUnavailable naming ``node`` and ``doing``."""
@@ -181,7 +137,7 @@ def on_nodes(
         with node_errors(node, doing), connect(node, credentials, database, timeout=timeout) as c:
             return work(c)
 
-    results = gather({node.name: partial(one, node) for node in nodes})
+    results = fanout.gather({node.name: partial(one, node) for node in nodes})
     for result in results.values():
         if isinstance(result, BaseException) and (
             strict or not isinstance(result, DatabaseUnavailable)

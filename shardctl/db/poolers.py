@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
-from shardctl.config.addresses import pooler_address
-from shardctl.config.credentials import POOLER_ADMIN, Credentials, Login
+from shardctl.config.credentials import Credentials, Login
 from shardctl.config.topology import Node
+from shardctl.db.pg import conninfo
+from shardctl.util import fanout
 from shardctl.util.text import first_line
 
 ADMIN_DATABASE = "pgbouncer"
@@ -64,14 +64,8 @@ def admin_connect(
 ) -> psycopg.Connection[tuple[object, ...]]:
     """A connection to the admin console of ``node``'s pooler (simple query protocol, which
     the console requires); psycopg.OperationalError when it does not answer."""
-    host, port = pooler_address(node)
-    info = make_conninfo(
-        host=host,
-        port=str(port),
-        dbname=ADMIN_DATABASE,
-        user=POOLER_ADMIN,
-        password=credentials.pooler_password or "",
-        connect_timeout=str(max(1, round(timeout))),
+    info = conninfo(
+        node, credentials, ADMIN_DATABASE, timeout=timeout, login=Login.POOLER_ADMIN, via="pooler"
     )
     return psycopg.connect(info, autocommit=True, cursor_factory=psycopg.ClientCursor)
 
@@ -97,16 +91,7 @@ def probe(node: Node, credentials: Credentials, database: str, *, timeout: float
     entry = databases[0]
     in_recovery: bool | None = None
     error: str | None = None
-    host, port = pooler_address(node)
-    user, password = credentials.login(Login.APP)
-    info = make_conninfo(
-        host=host,
-        port=str(port),
-        dbname=database,
-        user=user,
-        password=password,
-        connect_timeout=str(max(1, round(timeout))),
-    )
+    info = conninfo(node, credentials, database, timeout=timeout, login=Login.APP, via="pooler")
     try:
         with psycopg.connect(info, autocommit=True, prepare_threshold=None) as conn:
             row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
@@ -135,14 +120,11 @@ def observe(
     states: Mapping[str, str],
     credentials: Callable[[], Credentials],
     database: str,
-    gather: Callable[
-        [Mapping[str, Callable[[], PoolerFacts]], float], Mapping[str, PoolerFacts | BaseException]
-    ],
     *,
     timeout: float,
 ) -> tuple[PoolerObservation, ...]:
     """Probe the pooler of every node in ``nodes`` whose container runs (``states``: pooler
-    container name -> state), all at once through ``gather``."""
+    container name -> state), all at once."""
     running = [n for n in nodes if states.get(n.pooler_container) == "running"]
     login = credentials() if running else None
 
@@ -153,7 +135,7 @@ def observe(
 
         return run
 
-    answers = gather({n.name: task(n) for n in running}, timeout + 1.0) if running else {}
+    answers = fanout.gather({n.name: task(n) for n in running}, timeout=timeout + 1.0)
     found = []
     for node in nodes:
         state = states.get(node.pooler_container, "missing")

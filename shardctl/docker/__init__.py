@@ -1,1 +1,2 @@
-"""The one seam to the Docker SDK: engines, container specs, compose."""
+"""The one seam to the Docker SDK: clients per engine, the records that cross the seam, container
+specs, compose."""

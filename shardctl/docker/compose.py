@@ -16,7 +16,7 @@ import yaml
 
 from shardctl.config.schema import Role
 from shardctl.config.topology import Topology
-from shardctl.docker.engine import LABEL_CONFIG, ContainerSpec, cluster_labels
+from shardctl.docker.records import LABEL_CONFIG, ContainerSpec, cluster_labels
 from shardctl.docker.specs import OFFICIAL_IMAGE_MOUNT, container_spec, data_mount, pooler_spec
 from shardctl.errors import DockerUnavailable, ProvisioningError, UsageError
 
@@ -49,7 +49,7 @@ def render(
 
     ``mount`` is where the data volume goes in the image; :func:`image_mount` asks the engine.
     """
-    engines = sorted({node.engine_name for node in topology.nodes})
+    engines = sorted({node.placement.name for node in topology.nodes})
     if len(engines) > 1:
         # One compose project runs on one engine; replicas on other hosts would need the
         # primaries' advertised addresses wired in by hand, which `up` does.
@@ -123,7 +123,7 @@ def image_mount(topology: Topology, engines: Engines) -> str:
 def _service(spec: ContainerSpec) -> dict[str, Any]:
     """One compose service running exactly ``spec``."""
     if not set(spec.secrets) <= set(SECRET_ENV):
-        raise ProvisioningError(f"internal: compose has no source for secrets {spec.secrets}")
+        raise AssertionError(f"compose has no source for secrets {spec.secrets}")
     return {
         "image": spec.image,
         "container_name": spec.name,

@@ -1,146 +1,40 @@
-"""The one place that talks to the Docker SDK: clients per endpoint, labels, error mapping.
+"""The one place that calls the Docker SDK: :class:`Engines`, the clients of a topology's engines
+and the small operations shardctl does with them.
 
-Every resource shardctl creates carries ``shardctl.cluster=<name>``; every query for existing
-resources filters on it, so shardctl never touches what it did not make. Other modules describe
-a container as a :class:`ContainerSpec` and call the small methods of :class:`Engines`; only
-this module imports ``docker``.
+Other modules describe a container as a :class:`~shardctl.docker.records.ContainerSpec` and get
+back :class:`~shardctl.docker.records.Container` records; only this module (and
+:mod:`shardctl.docker.clients`, which makes the clients) imports ``docker``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
-import os
 import posixpath
 import tarfile
 import threading
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from shardctl.config.topology import EngineTLS, Node, Placement, Topology
+from shardctl.config.topology import Node, Topology
+from shardctl.docker.clients import Endpoint, describe, docker_errors, make_client, short
+from shardctl.docker.records import (
+    LABEL_CLUSTER,
+    LABEL_CONFIG,
+    LABEL_SHARD,
+    Container,
+    ContainerSpec,
+    config_digest,
+    create_arguments,
+    node_labels,
+)
 from shardctl.errors import DockerUnavailable, ProvisioningError
+from shardctl.util import fanout
 
 if TYPE_CHECKING:
     import docker
-    import docker.tls
-
-    # Re-exported so that callers can name the type without importing docker.
-    from docker.models.containers import Container as Container
-
-# The Docker SDK (and requests under it) is imported on first use, not with shardctl: an
-# application that only routes queries, and every command that never touches Docker, start
-# a third of a second sooner.
-
-LABEL_CLUSTER = "shardctl.cluster"
-LABEL_SHARD = "shardctl.shard"
-LABEL_NODE = "shardctl.node"
-LABEL_ROLE = "shardctl.role"
-LABEL_CONFIG = "shardctl.config"
-LABEL_POOLER = "shardctl.pooler"
-"""On a PgBouncer container: the name of the node it fronts."""
-
-
-def cluster_labels(cluster: str) -> dict[str, str]:
-    """Labels every resource of a cluster carries."""
-    return {LABEL_CLUSTER: cluster}
-
-
-def node_labels(node: Node) -> dict[str, str]:
-    """Labels of a node's container and volume."""
-    return {
-        LABEL_CLUSTER: node.cluster,
-        LABEL_SHARD: node.shard,
-        LABEL_NODE: node.name,
-        LABEL_ROLE: node.role.value,
-    }
-
-
-def pooler_labels(node: Node) -> dict[str, str]:
-    """Labels of the PgBouncer container in front of ``node`` (no node label: it is no node)."""
-    return {LABEL_CLUSTER: node.cluster, LABEL_SHARD: node.shard, LABEL_POOLER: node.name}
-
-
-@dataclass(frozen=True)
-class Mount:
-    """A named volume, or (``bind``) a host path, mounted into a container."""
-
-    source: str
-    target: str
-    read_only: bool = False
-    bind: bool = False
-
-
-@dataclass(frozen=True)
-class Port:
-    """A container port published on a host address."""
-
-    container_port: int
-    host_ip: str
-    host_port: int
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """Everything a container is made from; of its secrets only the file names."""
-
-    name: str
-    hostname: str
-    image: str
-    entrypoint: tuple[str, ...]
-    command: tuple[str, ...]
-    user: str
-    environment: Mapping[str, str]
-    labels: Mapping[str, str]
-    mounts: tuple[Mount, ...]
-    ports: tuple[Port, ...]
-    network: str
-    secrets_dir: str
-    """The folder the secret files are written to, before the container first starts."""
-    secrets: tuple[str, ...]
-    stop_signal: str = "SIGINT"
-    restart: str = "unless-stopped"
-    first_start_only: frozenset[str] = frozenset()
-    """Environment names the container reads only on its first start (an empty volume): left
-    out of the config digest, so changing them never recreates a running node."""
-
-
-def _create_arguments(spec: ContainerSpec) -> dict[str, object]:
-    """The SDK's ``containers.create`` arguments, labels excepted (they carry the digest)."""
-    if any(mount.bind for mount in spec.mounts):
-        raise ProvisioningError(f"internal: {spec.name}: host paths are for compose files only")
-    return {
-        "image": spec.image,
-        "name": spec.name,
-        "hostname": spec.hostname,
-        "entrypoint": list(spec.entrypoint),
-        "command": list(spec.command),
-        "user": spec.user,
-        "environment": dict(spec.environment),
-        "ports": {f"{p.container_port}/tcp": (p.host_ip, p.host_port) for p in spec.ports},
-        "volumes": {
-            m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts
-        },
-        "network": spec.network,
-        "stop_signal": spec.stop_signal,
-        "restart_policy": {"Name": spec.restart},
-    }
-
-
-def config_digest(spec: ContainerSpec) -> str:
-    """A short hash of the container's declared configuration (its ``shardctl.config`` label).
-
-    It hashes exactly what is sent to Docker, so containers made by an earlier shardctl with the
-    same configuration keep their digest and are not recreated.
-    """
-    arguments = _create_arguments(spec)
-    environment = {k: v for k, v in spec.environment.items() if k not in spec.first_start_only}
-    text = json.dumps(arguments | {"environment": environment}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    import docker.models.containers
 
 
 def _files_archive(folder: str, files: Mapping[str, str], owner: tuple[int, int]) -> bytes:
@@ -174,7 +68,7 @@ def user_ids(passwd: str, user: str) -> tuple[int, int] | None:
     return None
 
 
-def _read_file(container: Container, path: str) -> str:
+def _read_file(container: docker.models.containers.Container, path: str) -> str:
     """The text of one file in a (created or running) container."""
     stream, _ = container.get_archive(path)
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
@@ -183,89 +77,20 @@ def _read_file(container: Container, path: str) -> str:
         return extracted.read().decode("utf-8", "replace") if extracted is not None else ""
 
 
-@contextlib.contextmanager
-def docker_errors(doing: str) -> Iterator[None]:
-    """Turn Docker SDK failures into shardctl errors that say what was being done."""
-    import docker.errors
-    import requests.exceptions
-
-    try:
-        yield
-    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
-        if isinstance(exc, docker.errors.APIError):
-            reason = exc.explanation or str(exc)
-            raise ProvisioningError(f"{doing}: Docker refused: {reason}") from None
-        error = DockerUnavailable(
-            f"{doing}: the Docker engine does not answer; "
-            "start one (scripts/engine.sh) or set DOCKER_HOST"
-        )
-        error.detail = _short(exc)
-        raise error from None
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:160]
-
-
-Endpoint = Placement | str | None
-"""An engine as the methods below take it: a node's placement, a bare DOCKER_HOST-style URL, or
-None for $DOCKER_HOST (or the default socket)."""
-
-
-def _url(engine: Endpoint) -> str | None:
-    return engine.endpoint if isinstance(engine, Placement) else engine
-
-
-def describe(engine: Endpoint) -> str:
-    """An engine as error messages name it: its name and where it is."""
-    url = _url(engine) or os.environ.get("DOCKER_HOST") or "the default socket"
-    if isinstance(engine, Placement):
-        return f"engine {engine.name} ({url}, host {engine.advertise})"
-    return url
-
-
-def tls_config(tls: EngineTLS) -> docker.tls.TLSConfig:
-    """The Docker SDK's TLS settings for an engine; missing files come from $DOCKER_CERT_PATH
-    (``ca.pem``, ``cert.pem``, ``key.pem``), as the docker CLI does."""
-    import docker.tls
-
-    folder = os.environ.get("DOCKER_CERT_PATH")
-
-    def pick(given: Path | None, default: str) -> str | None:
-        if given is not None:
-            return str(given)
-        return os.path.join(folder, default) if folder else None
-
-    ca, cert, key = pick(tls.ca, "ca.pem"), pick(tls.cert, "cert.pem"), pick(tls.key, "key.pem")
-    for what, path in (("ca", ca), ("cert", cert), ("key", key)):
-        if path is not None and not os.path.isfile(path):
-            raise ProvisioningError(f"TLS {what} file {path} does not exist")
-    return docker.tls.TLSConfig(
-        client_cert=(cert, key) if cert and key else None,
-        ca_cert=ca if tls.verify else None,
-        verify=(ca or True) if tls.verify else False,
-    )
-
-
-def make_client(engine: Endpoint, *, timeout: int = 60) -> docker.DockerClient:
-    """A Docker client for ``engine``, not yet connected: TLS for tcp:// when the engine asks
-    for it, the system ssh (its ~/.ssh/config) or paramiko for ssh://."""
-    import docker
-
-    url = _url(engine)
-    if url is None:
-        return docker.from_env(timeout=timeout)
-    if isinstance(engine, Placement):
-        tls = tls_config(engine.tls) if engine.tls is not None else False
-        return docker.DockerClient(
-            base_url=url,
-            tls=tls,
-            timeout=timeout,
-            use_ssh_client=engine.ssh_client and url.startswith("ssh://"),
-        )
-    return docker.DockerClient(
-        base_url=url, timeout=timeout, use_ssh_client=url.startswith("ssh://")
+def _record(found: docker.models.containers.Container, endpoint: Endpoint) -> Container:
+    """Our record of an SDK container (its attributes as last inspected)."""
+    attrs: dict[str, Any] = found.attrs
+    config = attrs.get("Config") or {}
+    state = attrs.get("State")
+    pairs = config.get("Env") or []
+    return Container(
+        id=str(found.id),
+        name=str(found.name),
+        state=str(state.get("Status") or "unknown") if isinstance(state, dict) else str(state),
+        exit_code=int(state.get("ExitCode") or 0) if isinstance(state, dict) else 0,
+        labels=dict(config.get("Labels") or {}),
+        environment=dict(str(pair).partition("=")[::2] for pair in pairs),
+        endpoint=endpoint,
     )
 
 
@@ -277,7 +102,9 @@ class Engines:
         self._lock = threading.Lock()
 
     def client(self, endpoint: Endpoint = None) -> docker.DockerClient:
-        """A client for ``endpoint`` (None: DOCKER_HOST or the default socket), pinged once."""
+        """The SDK client of ``endpoint`` (None: DOCKER_HOST or the default socket), pinged
+        once. For this module, and for tests that work the engine by hand; shardctl's other
+        modules use the methods below."""
         with self._lock:
             if endpoint not in self._clients:
                 with docker_errors(f"connecting to Docker at {describe(endpoint)}"):
@@ -286,13 +113,9 @@ class Engines:
                 self._clients[endpoint] = client
             return self._clients[endpoint]
 
-    def for_node(self, node: Node) -> docker.DockerClient:
-        """The client of the engine a node runs on."""
-        return self.client(node.placement if node.placement is not None else node.engine)
-
     def endpoints(self, topology: Topology) -> list[Endpoint]:
         """Every distinct engine the topology's nodes run on."""
-        return list(dict.fromkeys(engine_of(node) for node in topology.nodes))
+        return list(topology.placements())
 
     def container(self, node: Node, *, pooler: bool = False) -> Container | None:
         """The node's container (``pooler``: its PgBouncer's), if it exists."""
@@ -301,42 +124,37 @@ class Engines:
         name = node.pooler_container if pooler else node.container
         with docker_errors(f"looking up container {name}"):
             try:
-                found: Container = self.for_node(node).containers.get(name)
+                found = self.client(node.placement).containers.get(name)
             except docker.errors.NotFound:
                 return None
-        if found.labels.get(LABEL_CLUSTER) != node.cluster:
+        record = _record(found, node.placement)
+        if record.labels.get(LABEL_CLUSTER) != node.cluster:
             raise ProvisioningError(
                 f"a container named {name} exists but does not belong to cluster "
                 f"{node.cluster!r}; remove or rename it"
             )
-        return found
+        return record
 
     def cluster_containers(self, topology: Topology) -> list[Container]:
         """Every container labelled with the cluster, on every engine, declared or not."""
         found: list[Container] = []
         for endpoint in self.endpoints(topology):
             with docker_errors("listing containers"):
-                found += self.client(endpoint).containers.list(
-                    all=True, filters=_labelled(topology.cluster)
-                )
-        return found
-
-    def cluster_container_states(self, topology: Topology) -> dict[str, str]:
-        """Name → state of every container labelled with the cluster, one list call per engine.
-
-        Unlike :meth:`cluster_containers` it inspects no container, so probes stay cheap.
-        DockerUnavailable when any engine does not answer.
-        """
-        found, lost = self.container_states_per_engine(topology)
-        for error in lost.values():
-            raise error
+                found += [
+                    _record(c, endpoint)
+                    for c in self.client(endpoint).containers.list(
+                        all=True, filters=_labelled(topology.cluster)
+                    )
+                ]
         return found
 
     def container_states_per_engine(
         self, topology: Topology
     ) -> tuple[dict[str, str], dict[Endpoint, DockerUnavailable]]:
-        """Like :meth:`cluster_container_states`, every engine at once, and an engine that does
-        not answer (a lost host) is returned with its error instead of failing the rest."""
+        """Name → state of every container labelled with the cluster, one list call per engine
+        and every engine at once (it inspects no container, so probes stay cheap); an engine
+        that does not answer (a lost host) is returned with its error instead of failing the
+        rest."""
 
         def listing(endpoint: Endpoint) -> list[dict[str, Any]]:
             with docker_errors(f"listing containers on {describe(endpoint)}"):
@@ -345,17 +163,16 @@ class Engines:
                 )
             return rows
 
-        endpoints = self.endpoints(topology)
-        with ThreadPoolExecutor(max_workers=max(1, len(endpoints))) as pool:
-            futures = {e: pool.submit(listing, e) for e in endpoints}
+        listed = fanout.gather({e: partial(listing, e) for e in self.endpoints(topology)})
         found: dict[str, str] = {}
         lost: dict[Endpoint, DockerUnavailable] = {}
-        for endpoint, future in futures.items():
-            error = future.exception()
-            if isinstance(error, DockerUnavailable):
-                lost[endpoint] = error
+        for endpoint, rows in listed.items():
+            if isinstance(rows, DockerUnavailable):
+                lost[endpoint] = rows
                 continue
-            for row in future.result():
+            if isinstance(rows, BaseException):
+                raise rows
+            for row in rows:
                 names = row.get("Names") or []
                 if names:
                     found[str(names[0]).lstrip("/")] = str(row.get("State") or "unknown")
@@ -383,7 +200,7 @@ class Engines:
             found = client.images.pull(image)
         except docker.errors.DockerException as exc:
             raise ProvisioningError(
-                f"image {image} is not present and could not be pulled ({_short(exc)}); "
+                f"image {image} is not present and could not be pulled ({short(exc)}); "
                 "without a registry, build one offline with `scripts/engine.sh` and set "
                 "`image: shardctl-test/postgres:15` in the topology"
             ) from None
@@ -402,7 +219,7 @@ class Engines:
         """Make the node's volume; True when it was created now (the node starts empty)."""
         import docker.errors
 
-        client = self.for_node(node)
+        client = self.client(node.placement)
         with docker_errors(f"creating volume {node.volume}"):
             try:
                 volume = client.volumes.get(node.volume)
@@ -422,7 +239,7 @@ class Engines:
 
         with docker_errors(f"inspecting volume {node.volume}"):
             try:
-                self.for_node(node).volumes.get(node.volume)
+                self.client(node.placement).volumes.get(node.volume)
             except docker.errors.NotFound:
                 return False
         return True
@@ -438,7 +255,7 @@ class Engines:
             docker_errors(f"removing volume {node.volume}"),
             contextlib.suppress(docker.errors.NotFound),
         ):
-            self.for_node(node).volumes.get(node.volume).remove(force=True)
+            self.client(node.placement).volumes.get(node.volume).remove(force=True)
 
     def remove_networks(self, topology: Topology) -> list[str]:
         """Remove the cluster's networks on every engine; their names."""
@@ -504,13 +321,14 @@ class Engines:
 
         The secret files are copied in before the first start, so they are never on a command
         line or in the container's environment; mode 0600, owned by the container's user.
+        Secrets other than the spec's are a bug (AssertionError).
         """
         if set(secrets) != set(spec.secrets):
-            raise ProvisioningError(f"internal: {spec.name} needs secrets {spec.secrets}")
-        arguments = _create_arguments(spec)
+            raise AssertionError(f"{spec.name} needs secrets {spec.secrets}, not {sorted(secrets)}")
+        arguments = create_arguments(spec)
         labels = dict(spec.labels) | {LABEL_CONFIG: config_digest(spec)}
         with docker_errors(f"creating container {spec.name}"):
-            container: Container = self.client(endpoint).containers.create(
+            container = self.client(endpoint).containers.create(
                 labels=labels,
                 **arguments,  # type: ignore[arg-type]
             )
@@ -525,35 +343,35 @@ class Engines:
                 posixpath.dirname(spec.secrets_dir.rstrip("/")) or "/",
                 _files_archive(spec.secrets_dir, secrets, owner),
             )
-        return container
+        return _record(container, endpoint)
+
+    def _state(self, container: Container) -> str:
+        state = self.client(container.endpoint).api.inspect_container(container.id).get("State")
+        return str(state.get("Status") or "unknown") if isinstance(state, dict) else str(state)
 
     def status(self, container: Container) -> str:
         """The container's state as the engine sees it now (running, paused, exited…)."""
         with docker_errors(f"inspecting {container.name}"):
-            container.reload()
-        return str(container.status)
+            return self._state(container)
 
     def start(self, container: Container) -> None:
         """Start a stopped container, or unpause a paused one."""
+        api = self.client(container.endpoint).api
         with docker_errors(f"starting {container.name}"):
-            if container.status == "paused":
-                container.unpause()
+            if self._state(container) == "paused":
+                api.unpause(container.id)
             else:
-                container.start()
+                api.start(container.id)
 
     def stop(self, container: Container, *, timeout: int) -> None:
         """Stop a container cleanly (SIGINT: PostgreSQL's fast shutdown), SIGKILL at ``timeout``."""
+        api = self.client(container.endpoint).api
         with docker_errors(f"stopping {container.name}"):
-            container.reload()
-            if container.status in ("running", "paused", "restarting"):
-                if container.status == "paused":
-                    container.unpause()
-                container.stop(timeout=timeout)
-
-    def environment(self, container: Container) -> dict[str, str]:
-        """The container's environment as it was created."""
-        pairs = (container.attrs.get("Config") or {}).get("Env") or []
-        return dict(str(pair).partition("=")[::2] for pair in pairs)
+            state = self._state(container)
+            if state in ("running", "paused", "restarting"):
+                if state == "paused":
+                    api.unpause(container.id)
+                api.stop(container.id, timeout=timeout)
 
     def put_file(self, container: Container, folder: str, name: str, text: str) -> None:
         """Write one file into a container, running or stopped (volumes included), mode 0600."""
@@ -564,25 +382,39 @@ class Engines:
             info.size, info.mode = len(data), 0o600
             tar.addfile(info, io.BytesIO(data))
         with docker_errors(f"writing {name} into {container.name}"):
-            container.put_archive(folder, buffer.getvalue())
+            self.client(container.endpoint).api.put_archive(container.id, folder, buffer.getvalue())
 
     def remove_container(self, container: Container, *, stop_timeout: int) -> None:
         """Stop a running container cleanly (not a crash recovery later), then remove it."""
+        api = self.client(container.endpoint).api
         with docker_errors(f"removing container {container.name}"):
-            if container.status in ("running", "paused"):
-                container.stop(timeout=stop_timeout)
-            container.remove(force=True)
+            if container.state in ("running", "paused"):
+                api.stop(container.id, timeout=stop_timeout)
+            api.remove_container(container.id, force=True)
+
+    def log_tail(self, container: Container | None, lines: int = 12) -> str:
+        """The last lines of a container's log, indented, for error messages."""
+        import docker.errors
+        import requests.exceptions
+
+        if container is None:
+            return "  (no container)"
+        try:
+            raw: Any = self.client(container.endpoint).api.logs(container.id, tail=lines)
+        except (
+            docker.errors.DockerException,
+            requests.exceptions.ConnectionError,
+            DockerUnavailable,
+        ):
+            return "  (log unavailable)"
+        text = raw.decode("utf-8", "replace").rstrip() if isinstance(raw, bytes) else str(raw)
+        return "\n".join(f"  | {line}" for line in text.splitlines()) or "  (empty log)"
 
     def close(self) -> None:
         """Close every client."""
         for client in self._clients.values():
             client.close()
         self._clients.clear()
-
-
-def engine_of(node: Node) -> Endpoint:
-    """The engine a node runs on, as :class:`Engines` methods take it."""
-    return node.placement if node.placement is not None else node.engine
 
 
 def _labelled(cluster: str) -> dict[str, str | list[str] | bool]:
@@ -592,17 +424,3 @@ def _labelled(cluster: str) -> dict[str, str | list[str] | bool]:
 
 def _declared_volumes(attrs: dict[str, Any]) -> list[str]:
     return sorted((attrs.get("Config") or {}).get("Volumes") or {})
-
-
-def log_tail(container: Container | None, lines: int = 12) -> str:
-    """The last lines of a container's log, indented, for error messages."""
-    import docker.errors
-
-    if container is None:
-        return "  (no container)"
-    try:
-        raw: Any = container.logs(tail=lines)
-    except docker.errors.DockerException:
-        return "  (log unavailable)"
-    text = raw.decode("utf-8", "replace").rstrip() if isinstance(raw, bytes) else str(raw)
-    return "\n".join(f"  | {line}" for line in text.splitlines()) or "  (empty log)"

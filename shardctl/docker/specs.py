@@ -3,8 +3,7 @@
 :func:`container_spec` is the single description of a node's container: image, bootstrap
 script, server settings, environment, volume, labels, port, network and where the secret files
 go. ``up`` creates exactly it through :mod:`shardctl.docker.engine`; ``compose`` renders exactly
-it, so
-the compose file cannot drift from what ``up`` makes.
+it, so the compose file cannot drift from what ``up`` makes.
 
 Containers do not depend on an image's entrypoint: the bootstrap script runs as the ``postgres``
 user, so any image with the server binaries on PATH and a ``postgres`` user works (the official
@@ -21,7 +20,7 @@ from shardctl.config import addresses
 from shardctl.config.credentials import POOLER_ADMIN, SERVER_FILES
 from shardctl.config.schema import Role
 from shardctl.config.topology import Node, Topology
-from shardctl.docker.engine import ContainerSpec, Mount, Port, node_labels, pooler_labels
+from shardctl.docker.records import ContainerSpec, Mount, Port, node_labels, pooler_labels
 from shardctl.errors import TopologyError
 
 SECRETS_DIR = "/tmp/shardctl"
@@ -222,7 +221,7 @@ def container_spec(
         environment=environment,
         labels=node_labels(node),
         mounts=tuple(mounts),
-        ports=(Port(addresses.CONTAINER_PORT, node.bind_address, node.host_port),),
+        ports=(Port(addresses.CONTAINER_PORT, node.placement.bind_address, node.host_port),),
         network=topology.network,
         secrets_dir=SECRETS_DIR,
         secrets=secret_names(node, tls=topology.tls is not None),
@@ -337,7 +336,7 @@ def pooler_spec(topology: Topology, node: Node) -> ContainerSpec:
         environment=environment,
         labels=pooler_labels(node),
         mounts=(),
-        ports=(Port(addresses.POOLER_PORT, node.bind_address, node.pooler_port),),
+        ports=(Port(addresses.POOLER_PORT, node.placement.bind_address, node.pooler_port),),
         network=topology.network,
         secrets_dir=SECRETS_DIR,
         secrets=POOLER_SECRETS,

@@ -1,10 +1,10 @@
 """Replication checks: the declared topology plus observed facts become findings.
 
 Pure functions, no I/O. :func:`replication_checks` judges one
-:class:`~shardctl.health.facts.ClusterFacts`
-(the facts ``status`` shows too, as :func:`status_rows`); :func:`canary_check` and
-:func:`deep_check` judge what :mod:`shardctl.health.verify` measured by writing a canary row and by
-checksumming tables. Health facts sit below this module and never import it.
+:class:`~shardctl.health.facts.ClusterFacts` (the facts ``status`` shows too, as
+:func:`shardctl.health.status.status_rows`); :mod:`shardctl.health.measured` judges what
+:mod:`shardctl.health.verify` measured (a canary row, table checksums). Health facts sit below
+this module and never import it.
 
 Every finding is a :class:`Check`: one shard, one node, one named check, passed, failed or
 skipped (not checkable because the node, or the primary it is compared with, did not answer;
@@ -18,12 +18,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from shardctl.config import addresses
-from shardctl.config.schema import HealthSpec, PoolerSpec, Replication, Role, TableSpec
+from shardctl.config.schema import HealthSpec, PoolerSpec, Replication, Role
 from shardctl.config.topology import Node, Topology
-from shardctl.db import digest
 from shardctl.db.poolers import PoolerObservation
 from shardctl.health.facts import (
-    ActualRole,
     ClusterFacts,
     ContainerState,
     NodeFacts,
@@ -438,191 +436,3 @@ def undeclared_containers(topology: Topology, names: Iterable[str]) -> Iterator[
             False,
             f"container {name} carries the cluster's label but is not declared",
         )
-
-
-# ----------------------------------------------------- measurements → checks
-
-
-def canary_primary_check(node: Node, seconds: float | None, error: str | None) -> Check:
-    """The canary write on a primary: committed, or why not."""
-    if error is not None:
-        return failed(node, CANARY, f"canary write failed: {error}")
-    assert seconds is not None
-    return passed(node, CANARY, f"canary written in {duration_text(seconds)}", seconds)
-
-
-def canary_check(node: Node, seconds: float | None, error: str | None, limits: HealthSpec) -> Check:
-    """The canary written on the replica's primary became visible on it within the timeout."""
-    if error is not None:
-        return failed(node, CANARY, error)
-    if seconds is None or seconds > limits.canary_timeout:
-        return failed(
-            node,
-            CANARY,
-            f"canary from {node.primary_name} not visible after {limits.canary_timeout:g} s",
-        )
-    return passed(
-        node,
-        CANARY,
-        f"canary from {node.primary_name} visible after {duration_text(seconds)}",
-        seconds,
-    )
-
-
-@dataclass(frozen=True)
-class TableDigest:
-    """Row count and order-independent checksum of one table on one node."""
-
-    rows: int
-    checksum: int
-
-
-def deep_name(table: TableSpec) -> str:
-    """The name of the deep check of ``table``."""
-    return f"{DEEP_PREFIX}{table.name}"
-
-
-def deep_check(
-    node: Node,
-    table: TableSpec,
-    primary: TableDigest,
-    replica: TableDigest,
-    *,
-    at: str,
-    keys: list[str] | None = None,
-) -> Check:
-    """A replica's table has the primary's row count and checksum; ``at`` says when compared.
-
-    ``keys`` names some of the differing keys, when they were looked up.
-    """
-    name = deep_name(table)
-    if replica == primary:
-        return passed(node, name, f"{replica.rows} rows, same checksum as {node.primary_name} {at}")
-    counts = (
-        f"{replica.rows} rows vs {primary.rows} on {node.primary_name}"
-        if replica.rows != primary.rows
-        else f"{replica.rows} rows on both"
-    )
-    named = f"; {table.key} {', '.join(keys)}" if keys else ""
-    return failed(node, name, f"{counts}, checksums differ {at}{named}")
-
-
-def differing_keys(primary: dict[str, str], replica: dict[str, str], limit: int = 5) -> list[str]:
-    """Up to ``limit`` keys whose row hash differs, each saying how (key → row hash maps)."""
-    found: list[str] = []
-    for key in digest.differing_keys(primary, replica):
-        if len(found) == limit:
-            found.append("...")
-            break
-        how = "missing" if key not in replica else "extra" if key not in primary else "differs"
-        found.append(f"{key} ({how})")
-    return found
-
-
-# ---------------------------------------------------------------- status
-
-
-@dataclass(frozen=True)
-class StatusRow:
-    """One line of ``shardctl status``."""
-
-    shard: str
-    name: str
-    role: Role
-    """The catalog's role: declared, or as a switchover or failover made it."""
-    declared_role: Role
-    """The role topology.yaml gives the node."""
-    engine: str
-    """The Docker engine (host) the node runs on, by its name in the topology."""
-    actual_role: ActualRole
-    """What the server itself says (primary: not in recovery)."""
-    state: ContainerState
-    address: str
-    port: int
-    in_recovery: bool | None
-    timeline: int | None
-    lsn: int | None
-    lag_bytes: int | None
-    lag_seconds: float | None
-    slot: str | None
-    healthy: bool
-    problem: str | None
-    """The first failed check in full (``check: detail``), for ``-o wide`` and JSON."""
-    health: str = "ok"
-    """``ok`` or the problem as a short phrase for the 80-column table."""
-
-
-_SHORT = {
-    PRIMARY: "primary problem",
-    UNDECLARED: "undeclared standby",
-    RECOVERY: "not in recovery",
-    UPSTREAM: "not streaming",
-    SYSTEM_ID: "not a clone",
-    TIMELINE: "timeline differs",
-    WALSENDER: "no walsender",
-    SLOT: "slot problem",
-    LAG_BYTES: "lagging",
-    LAG_SECONDS: "lagging",
-    CANARY: "canary failed",
-    POOLER: "pooler problem",
-    POOLER_WAITING: "pooler queueing",
-}
-
-
-def health_phrase(check: Check) -> str:
-    """A failed check as a phrase of a few words (the detail goes to ``-o wide`` and JSON)."""
-    if check.check == REACHABLE:
-        if check.detail.startswith("missing"):
-            return "no container"
-        if check.detail.startswith("container "):
-            return check.detail  # "container exited", "container paused"
-        return "no answer"
-    if check.check == PRIMARY:
-        for start, phrase in (
-            ("split brain", "split brain"),
-            ("no primary", "no primary"),
-        ):
-            if check.detail.startswith(start):
-                return phrase
-        return "wrong primary"
-    return _SHORT.get(check.check, f"{check.check} failed")
-
-
-def status_rows(facts: ClusterFacts) -> list[StatusRow]:
-    """The status table: one row per declared node, healthy or with the first problem found.
-
-    The problem is the node's first failed check of ``verify-replication`` (the same checks on
-    the same facts, with the topology's thresholds), so the two commands never disagree.
-    """
-    problems: dict[str, Check] = {}
-    for check in replication_checks(facts, facts.topology.spec.health):
-        if not check.ok:
-            problems.setdefault(check.node, check)
-    rows = []
-    for obs in facts.nodes:
-        node, node_facts = obs.node, obs.facts
-        host, port = addresses.address(node)
-        problem = problems.get(node.name)
-        rows.append(
-            StatusRow(
-                shard=node.shard,
-                name=node.name,
-                role=node.role,
-                declared_role=node.declared_role,
-                engine=node.engine_name,
-                actual_role=node_facts.role if node_facts else ActualRole.UNKNOWN,
-                state=obs.container,
-                address=host,
-                port=port,
-                in_recovery=node_facts.in_recovery if node_facts else None,
-                timeline=node_facts.timeline if node_facts else None,
-                lsn=node_facts.lsn if node_facts else None,
-                lag_bytes=facts.lag_bytes(obs),
-                lag_seconds=facts.lag_seconds(obs),
-                slot=node.slot if node.role is Role.REPLICA else None,
-                healthy=problem is None,
-                problem=None if problem is None else f"{problem.check}: {problem.detail}",
-                health="ok" if problem is None else health_phrase(problem),
-            )
-        )
-    return rows

@@ -34,6 +34,7 @@ from shardctl.errors import CheckFailed
 from shardctl.ring import sql as ringsql
 from shardctl.ring.hashing import Ring
 from shardctl.state import catalog
+from shardctl.util import fanout
 
 BATCH = 5000
 """Misplaced keys fetched and looked up per round trip."""
@@ -113,7 +114,7 @@ def measure(topology: Topology, credentials: Credentials, *, timeout: float = 10
         ):
             return {t.name: _count(conn, node, t, ring) for t in tables}
 
-    counted = pg.each({shard: partial(count, node) for shard, node in primaries.items()})
+    counted = fanout.each({shard: partial(count, node) for shard, node in primaries.items()})
     shares = ring.shares()
     table_rows: list[TableRows] = []
     shard_rows: list[ShardRows] = []

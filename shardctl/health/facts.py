@@ -3,8 +3,7 @@
 :func:`observe` probes all declared nodes at the same time (one schema-qualified query per
 node, plus the container's state from Docker) and returns a :class:`ClusterFacts`.
 :mod:`shardctl.health.checks` judges it, both for ``status`` (as rows) and for
-``verify-replication``
-(as findings); this module knows nothing of checks. Nothing is queried twice.
+``verify-replication`` (as findings); this module knows nothing of checks. Nothing is queried twice.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from shardctl.config.credentials import Credentials
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg, poolers
 from shardctl.docker.engine import Engines
+from shardctl.util import fanout
 
 
 class ContainerState(StrEnum):
@@ -152,7 +152,7 @@ class ClusterFacts:
         return next(o for o in self.nodes if o.node.name == node_name)
 
     def primary_of(self, node: Node) -> NodeObservation:
-        """The observation of ``node``'s declared shard primary."""
+        """The observation of ``node``'s shard's acting primary (``node.primary_name``)."""
         return self.of(node.primary_name)
 
     def lag_bytes(self, observation: NodeObservation) -> int | None:
@@ -274,20 +274,12 @@ def read_facts(conn: psycopg.Connection[Any]) -> NodeFacts:
     )
 
 
-def container_states(
-    topology: Topology, engines: Engines
-) -> tuple[dict[str, ContainerState], tuple[str, ...]]:
-    """Each declared node's container state, and the names of undeclared cluster containers."""
-    states, undeclared, _ = engine_container_states(topology, engines)
-    return states, undeclared
-
-
 def engine_container_states(
     topology: Topology, engines: Engines
 ) -> tuple[dict[str, ContainerState], tuple[str, ...], dict[str, str]]:
-    """:func:`container_states` (and each pooler's, by its container name), plus each node
-    whose engine did not answer (a lost host), name -> why; those nodes are UNREACHABLE and
-    the other engines are still read."""
+    """Each declared node's container state (and each pooler's, by its container name), the
+    names of undeclared cluster containers, and each node whose engine did not answer (a lost
+    host), name -> why: those nodes are UNREACHABLE, and the other engines are still read."""
     declared = {node.container: node.name for node in topology.nodes}
     pooler_containers = {node.pooler_container for node in topology.pooled_nodes()}
     states = {node.name: ContainerState.MISSING for node in topology.nodes}
@@ -297,11 +289,12 @@ def engine_container_states(
         raise next(iter(lost.values()))  # no engine answers: nothing can be judged
     unreachable: dict[str, str] = {}
     for node in topology.nodes:
-        error = lost.get(node.placement if node.placement is not None else node.engine)
+        error = lost.get(node.placement)
         if error is not None:
             states[node.name] = ContainerState.UNREACHABLE
+            where = node.placement
             unreachable[node.name] = (
-                f"host {node.advertise} unreachable: engine {node.engine_name} does not answer"
+                f"host {where.advertise} unreachable: engine {where.name} does not answer"
             )
     for name, state in found.items():
         if name in declared:
@@ -345,7 +338,7 @@ def observe(
 
     reachable = [n for n in topology.nodes if states[n.name] is ContainerState.RUNNING]
     login = credentials() if reachable else None
-    answers = pg.gather({n.name: probe(n) for n in reachable}, timeout=timeout + 1.0)
+    answers = fanout.gather({n.name: probe(n) for n in reachable}, timeout=timeout + 1.0)
     observations = []
     for node in topology.nodes:
         state = states[node.name]
@@ -365,7 +358,6 @@ def observe(
         {name: state.value for name, state in states.items()},
         credentials,
         topology.spec.database,
-        lambda tasks, seconds: pg.gather(tasks, timeout=seconds),
         timeout=timeout,
     )
     return ClusterFacts(topology, tuple(observations), undeclared, pooled)

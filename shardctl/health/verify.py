@@ -32,9 +32,10 @@ from shardctl.config.topology import Node, Topology
 from shardctl.db import digest, pg
 from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable
-from shardctl.health import checks
+from shardctl.health import checks, measured
 from shardctl.health import facts as health
 from shardctl.health.checks import Check
+from shardctl.util import fanout
 from shardctl.util.text import lsn_text
 from shardctl.util.waiting import NotYet, retrying, wait_for
 
@@ -139,7 +140,7 @@ def canary_checks(
             future.set_exception(DatabaseUnavailable(f"{name} did not answer"))
     # A replica's wait is bounded by its own deadline; the margin covers connecting.
     budget = 2 * limits.probe_timeout + limits.canary_timeout + 1.0
-    for name, outcome in pg.gather(tasks, timeout=budget).items():
+    for name, outcome in fanout.gather(tasks, timeout=budget).items():
         node = topology.node(name)
         if isinstance(outcome, Check):
             results.append(outcome)
@@ -164,8 +165,8 @@ def _write_canary(
         except (psycopg.Error, DatabaseUnavailable) as exc:
             if not out.done():
                 out.set_exception(exc)
-                return checks.canary_primary_check(node, None, pg.failure_reason(exc))
-        return checks.canary_primary_check(node, acked - started, None)
+                return measured.canary_primary_check(node, None, pg.failure_reason(exc))
+        return measured.canary_primary_check(node, acked - started, None)
 
     return run
 
@@ -248,8 +249,8 @@ def _await_canary(
                     max_interval=0.05,
                 )
             except TimeoutError:
-                return checks.canary_check(node, None, None, limits)
-            return checks.canary_check(node, seconds, None, limits)
+                return measured.canary_check(node, None, None, limits)
+            return measured.canary_check(node, seconds, None, limits)
 
     return run
 
@@ -273,23 +274,23 @@ def deep_checks(
             obs = facts.of(replica.name)
             if login is None or obs.facts is None:
                 why = f"{replica.name} did not answer"
-                results += [checks.skipped(replica, checks.deep_name(t), why) for t in tables]
+                results += [checks.skipped(replica, measured.deep_name(t), why) for t in tables]
             elif primary_obs.facts is None:
                 why = f"{primary.name} did not answer"
-                results += [checks.skipped(replica, checks.deep_name(t), why) for t in tables]
+                results += [checks.skipped(replica, measured.deep_name(t), why) for t in tables]
             else:
                 live.append(replica)
         if live and login is not None:
             tasks[shard.name] = _deep_shard(primary, live, tables, login, topology, limits)
-    for shard_name, outcome in pg.gather(tasks, timeout=DEEP_TIMEOUT).items():
+    for shard_name, outcome in fanout.gather(tasks, timeout=DEEP_TIMEOUT).items():
         if isinstance(outcome, BaseException):  # the primary could not be read at all
             primary, *replicas = topology.shard_nodes(shard_name)
             why = f"{primary.name} could not be read"
             for table in tables:
                 results.append(
-                    checks.failed(primary, checks.deep_name(table), pg.failure_reason(outcome))
+                    checks.failed(primary, measured.deep_name(table), pg.failure_reason(outcome))
                 )
-                results += [checks.skipped(r, checks.deep_name(table), why) for r in replicas]
+                results += [checks.skipped(r, measured.deep_name(table), why) for r in replicas]
         else:
             results += outcome
     return results
@@ -317,7 +318,7 @@ def _deep_shard(
                         digest.prepare(conn)
                     except (DatabaseUnavailable, psycopg.Error) as exc:
                         found += [
-                            checks.failed(replica, checks.deep_name(t), pg.failure_reason(exc))
+                            checks.failed(replica, measured.deep_name(t), pg.failure_reason(exc))
                             for t in tables
                         ]
                         continue
@@ -343,10 +344,10 @@ def _compare_table(
     limits: HealthSpec,
 ) -> list[Check]:
     """Compare one table on every replica; re-measure a mismatch up to DEEP_ATTEMPTS times."""
-    name = checks.deep_name(table)
+    name = measured.deep_name(table)
     pending = list(replicas)
     found: dict[str, Check] = {}
-    mismatched: dict[str, tuple[checks.TableDigest, checks.TableDigest, str]] = {}
+    mismatched: dict[str, tuple[measured.TableDigest, measured.TableDigest, str]] = {}
     for _ in range(DEEP_ATTEMPTS):
         try:
             digest, lsn = _primary_digest(source, table)
@@ -368,7 +369,7 @@ def _compare_table(
             except psycopg.Error as exc:
                 found[replica.name] = checks.failed(replica, name, pg.first_line(exc))
                 continue
-            found[replica.name] = checks.deep_check(replica, table, digest, theirs, at=at)
+            found[replica.name] = measured.deep_check(replica, table, digest, theirs, at=at)
             if theirs != digest:
                 mismatched[replica.name] = (digest, theirs, at)
         pending = [r for r in pending if not found[r.name].ok]
@@ -378,7 +379,9 @@ def _compare_table(
         if replica.name in mismatched:
             mine, theirs, at = mismatched[replica.name]
             keys = _differing_keys(source, targets[replica.name], table, mine, theirs)
-            found[replica.name] = checks.deep_check(replica, table, mine, theirs, at=at, keys=keys)
+            found[replica.name] = measured.deep_check(
+                replica, table, mine, theirs, at=at, keys=keys
+            )
     return [found[r.name] for r in replicas]
 
 
@@ -386,8 +389,8 @@ def _differing_keys(
     source: Conn,
     target: Conn,
     table: TableSpec,
-    mine: checks.TableDigest,
-    theirs: checks.TableDigest,
+    mine: measured.TableDigest,
+    theirs: measured.TableDigest,
 ) -> list[str] | None:
     """Name some differing keys, reading key → row hash on both sides; None for big tables."""
     if max(mine.rows, theirs.rows) > DEEP_KEY_LOOKUP_ROWS:
@@ -397,17 +400,17 @@ def _differing_keys(
         replica = digest.row_hashes(target, table)
     except psycopg.Error:
         return None
-    return checks.differing_keys(primary, replica)
+    return measured.differing_keys(primary, replica)
 
 
-def _digest(conn: Conn, table: TableSpec) -> checks.TableDigest:
+def _digest(conn: Conn, table: TableSpec) -> measured.TableDigest:
     # The same checksum the resharding verification uses (shardctl.db.digest).
     row = conn.execute(digest.checksum_query(table)).fetchone()
     assert row is not None
-    return checks.TableDigest(int(row[0]), int(row[1]))
+    return measured.TableDigest(int(row[0]), int(row[1]))
 
 
-def _primary_digest(conn: Conn, table: TableSpec) -> tuple[checks.TableDigest, int]:
+def _primary_digest(conn: Conn, table: TableSpec) -> tuple[measured.TableDigest, int]:
     """The table's digest in one snapshot, and a WAL position past every commit it saw."""
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")

@@ -20,9 +20,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -33,16 +33,9 @@ from shardctl.config.credentials import Credentials
 from shardctl.config.schema import Replication, Role
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg, poolers
-from shardctl.docker.engine import (
-    LABEL_CONFIG,
-    LABEL_POOLER,
-    Endpoint,
-    Engines,
-    cluster_labels,
-    config_digest,
-    engine_of,
-    log_tail,
-)
+from shardctl.docker.clients import Endpoint
+from shardctl.docker.engine import Engines
+from shardctl.docker.records import LABEL_POOLER, cluster_labels, config_digest
 from shardctl.docker.specs import (
     TLS_FILES,
     container_spec,
@@ -57,10 +50,11 @@ from shardctl.errors import (
     ProvisioningError,
     ShardctlError,
 )
+from shardctl.util import fanout
 from shardctl.util.waiting import NotYet, wait_for
 
 if TYPE_CHECKING:
-    from shardctl.docker.engine import Container, ContainerSpec
+    from shardctl.docker.records import Container, ContainerSpec
 
 T = TypeVar("T")
 
@@ -140,20 +134,14 @@ class Provisioner:
         self._prepare_engines()
         deadline = started + timeout
         shards = self.topology.spec.shards
-        with ThreadPoolExecutor(max_workers=len(shards), thread_name_prefix="up") as pool:
-            futures = [
-                pool.submit(self._up_shard, shard.name, report, wait, deadline) for shard in shards
-            ]
-            try:
-                errors = [f.exception() for f in futures]
-            except KeyboardInterrupt:
-                # Stop creating at once; the containers being created are finished (a half
-                # made one would be repaired by the next `up` anyway), then the interrupt goes on.
-                self._stop.set()
-                for future in futures:
-                    future.exception()
-                raise
-        failures = [e for e in errors if e is not None]
+        # On Ctrl-C: stop creating at once; the containers being created are finished (a half
+        # made one would be repaired by the next `up` anyway), then the interrupt goes on.
+        done = fanout.gather(
+            {s.name: partial(self._up_shard, s.name, report, wait, deadline) for s in shards},
+            interrupted=self._stop.set,
+            prefix="up",
+        )
+        failures = [e for e in done.values() if isinstance(e, BaseException)]
         if failures:
             first = failures[0]
             if not isinstance(first, ShardctlError):
@@ -229,11 +217,7 @@ class Provisioner:
             self._ensure_image(endpoint)
             self._ensure_network(endpoint)
 
-        with ThreadPoolExecutor(max_workers=len(endpoints), thread_name_prefix="engine") as pool:
-            errors = [f.exception() for f in [pool.submit(prepare, e) for e in endpoints]]
-        for error in errors:
-            if error is not None:
-                raise error
+        fanout.each({e: partial(prepare, e) for e in endpoints}, prefix="engine")
 
     def _ensure_image(self, endpoint: Endpoint) -> None:
         image = self.topology.spec.image
@@ -245,7 +229,7 @@ class Provisioner:
         poolers = {
             self.topology.pooler_image(node.shard)
             for node in self.topology.pooled_nodes()
-            if engine_of(node) == endpoint
+            if node.placement == endpoint
         }
         for image in sorted(poolers):
             if self.engines.image_volumes(image, endpoint) is None:
@@ -259,7 +243,7 @@ class Provisioner:
 
     def spec(self, node: Node) -> ContainerSpec:
         """The container ``up`` makes for ``node`` (on the volume mount its image asks for)."""
-        return container_spec(self.topology, node, self._mounts[engine_of(node)])
+        return container_spec(self.topology, node, self._mounts[node.placement])
 
     def _refuse_a_second_primary(self, primary: Node, replicas: list[Node]) -> None:
         """Starting a stopped primary while one of its replicas was promoted (a role change
@@ -348,14 +332,14 @@ class Provisioner:
     ) -> tuple[Container, Action]:
         """``container`` (of ``node`` or its pooler, reported as ``name``) as ``spec`` says:
         recreated when its configuration changed, created when missing."""
-        if container is not None and container.labels.get(LABEL_CONFIG) != config_digest(spec):
+        if container is not None and container.config != config_digest(spec):
             self.report(name, "recreating (configuration changed)")
             self.engines.remove_container(container, stop_timeout=stop_timeout)
             container, action = None, Action.RECREATED
         if container is None:
             self.report(name, "creating container")
             container = self.engines.create_container(
-                spec, self._secrets(spec, node), engine_of(node)
+                spec, self._secrets(spec, node), node.placement
             )
             action = action if action is Action.RECREATED else Action.CREATED
         return container, action
@@ -496,7 +480,7 @@ class Provisioner:
             if container is None:
                 return True
             self.engines.stop(container, timeout=10)
-            pgdata = self.engines.environment(container).get("PGDATA")
+            pgdata = container.environment.get("PGDATA")
             if not pgdata:
                 raise ProvisioningError(f"{node.name}: its container has no PGDATA")
             self.engines.put_file(container, pgdata, "standby.signal", "")
@@ -559,9 +543,10 @@ class Provisioner:
         def probe() -> None:
             container = self.engines.container(node, pooler=True)
             if container is None or self.engines.status(container) in ("exited", "dead"):
-                state = container.status if container else "missing"
+                state = container.state if container else "missing"
                 raise ProvisioningError(
-                    f"{name}: container {state} while waiting for it\n{log_tail(container)}"
+                    f"{name}: container {state} while waiting for it\n"
+                    f"{self.engines.log_tail(container)}"
                 )
             try:
                 with poolers.admin_connect(node, self._creds(), timeout=2.0) as conn:
@@ -571,7 +556,7 @@ class Provisioner:
 
         def timed_out(detail: str) -> Exception:
             container = self.engines.container(node, pooler=True)
-            return ProvisioningError(f"{name}: {detail}\n{log_tail(container)}")
+            return ProvisioningError(f"{name}: {detail}\n{self.engines.log_tail(container)}")
 
         wait_for(
             probe,
@@ -592,7 +577,7 @@ class Provisioner:
 
         def timed_out(detail: str) -> Exception:
             return ProvisioningError(
-                f"{node.name}: {detail}\n{log_tail(self.engines.container(node))}"
+                f"{node.name}: {detail}\n{self.engines.log_tail(self.engines.container(node))}"
             )
 
         # Polled at least every half second: a node comes up within seconds, and backing off
@@ -608,10 +593,11 @@ class Provisioner:
 
     def _fail_if_dead(self, node: Node) -> None:
         container = self.engines.container(node)
-        if container is None or container.status in ("exited", "dead"):
-            state = container.status if container else "missing"
+        if container is None or container.state in ("exited", "dead"):
+            state = container.state if container else "missing"
             raise ProvisioningError(
-                f"{node.name}: container {state} while waiting for it\n{log_tail(container)}"
+                f"{node.name}: container {state} while waiting for it\n"
+                f"{self.engines.log_tail(container)}"
             )
 
     # ---------------------------------------------------------------- down
@@ -623,10 +609,10 @@ class Provisioner:
 
         def remove(container: Container) -> str:
             self.engines.remove_container(container, stop_timeout=20)
-            return str(container.name)
+            return container.name
 
-        with ThreadPoolExecutor(max_workers=max(1, len(containers))) as pool:
-            report.containers = sorted(pool.map(remove, containers))
+        removed = fanout.each({c.id: partial(remove, c) for c in containers})
+        report.containers = sorted(removed.values())
         report.networks = self.engines.remove_networks(self.topology)
         if volumes:
             report.volumes = self.engines.remove_volumes(self.topology)

@@ -43,7 +43,7 @@ from shardctl.config.schema import Replication
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
 from shardctl.docker.engine import Engines
-from shardctl.errors import DatabaseUnavailable, ShardctlError, UsageError
+from shardctl.errors import DatabaseUnavailable, RoleChangeError, ShardctlError, UsageError
 from shardctl.ops.provisioning import (
     Provisioner,
     Reporter,
@@ -67,12 +67,6 @@ class Step(StrEnum):
     PROMOTED = "promoted"
     PUBLISHED = "published"
     REJOINED = "rejoined"
-
-
-class RoleChangeError(ShardctlError):
-    """A switchover or failover could not be done (exit 1); nothing was changed unless said."""
-
-    exit_code = 1
 
 
 @dataclass

@@ -183,7 +183,7 @@ class Pools:
         """The pool of ``node``, created and opened (in the background) on first use."""
         # By address too: a shard removed and added back has nodes of the same name elsewhere.
         via: addresses.Via = self.via if node.pooler_port is not None else "direct"
-        key = f"{node.name}@{node.engine or ''}:{node.host_port}/{via}"
+        key = f"{node.name}@{node.placement.endpoint or ''}:{node.host_port}/{via}"
         pool = self._pools.get(key)
         if pool is not None:
             return pool

@@ -9,14 +9,15 @@
         rows = router.fetch(user_id, "SELECT email FROM users WHERE id = %s", (user_id,))
         everyone = router.scatter("SELECT count(*) FROM users")
 
-This module is the facade applications use; two pieces do the rest. The **ring** comes from
+This module is the facade applications use; four pieces do the rest. The **ring** comes from
 the catalog in the cluster, never from the topology file:
-:class:`~shardctl.router.watcher.CatalogWatcher`
-reads it from every primary (highest epoch wins) on first use and again, in the background,
-whenever :attr:`Router.epoch_check_interval` seconds have passed (other calls never wait for
-it). A new epoch is taken at once; an older one is never taken. **Connections** come from
-:class:`~shardctl.router.pools.Pools`: a pool per node, a live replica chosen for reads, a
-replica that just failed skipped for a while.
+:class:`~shardctl.router.watcher.CatalogWatcher` reads it from every primary (highest epoch
+wins) on first use and again, in the background, whenever :attr:`Router.epoch_check_interval`
+seconds have passed (other calls never wait for it). A new epoch is taken at once; an older one
+is never taken. **Connections** come from :class:`~shardctl.router.pools.Pools`: a pool per
+node, a live replica chosen for reads, a replica that just failed skipped for a while.
+**Tries** are :class:`~shardctl.router.retries.Attempts`; **fencing and dual writes** are
+:mod:`shardctl.router.fencing`.
 
 **Fencing.** During a reshard, a primary that no longer owns a key refuses writes to it with
 SQLSTATE ``SC001`` (:data:`shardctl.state.fence.FENCE_SQLSTATE`). The router turns that into
@@ -25,11 +26,11 @@ owner; the caller sees latency, not an error, unless the ring stays stale past i
 :meth:`Router.execute` sends the statement alone, in autocommit (one round trip, prepared after
 two uses): the primary's guard triggers refuse a row of a moved key before it commits, and a
 statement that touched no row is followed by ``shardctl.assert_owner`` (see
-:func:`_fenced_write`). :meth:`Router.run` and ``fetch(prefer="primary")`` open their
-transaction with ``assert_owner``, as before.
+:func:`~shardctl.router.fencing.fenced_write`). :meth:`Router.run` and
+``fetch(prefer="primary")`` open their transaction with ``assert_owner``.
 
-**One deadline.** Every operation ends within :attr:`Router.deadline` seconds (default
-10): waiting for a connection, the statement itself and every retry together. A statement on a
+**One deadline.** Every operation ends within :attr:`Router.deadline` seconds (default 10):
+waiting for a connection, the statement itself and every retry together. A statement on a
 server that stopped answering (a frozen container, a hung host) is cut short at the deadline
 (:mod:`shardctl.router.deadlines`), and other shards' operations never wait for it.
 
@@ -43,63 +44,47 @@ whose connection broke *during commit* may have committed: retried writes should
 
 **Dual writes.** Each catalog read also brings the ranges a reshard is moving whose rows are
 already copied (:class:`Routing`.moving). A write to a key in one of them, once committed on
-the owner, is also brought to the target by :meth:`Router._dual_write` (see
-docs/resharding.md for why that can never land after the cut-over's fence).
+the owner, is also brought to the target (see docs/resharding.md for why that can never land
+after the cut-over's fence).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import abc
-from psycopg.pq import TransactionStatus
-from psycopg_pool import PoolTimeout
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-)
 
 from shardctl.config import addresses
 from shardctl.config import credentials as creds
 from shardctl.config import topology as topo
 from shardctl.config.credentials import Credentials, Login
-from shardctl.config.schema import Role, TableSpec
-from shardctl.config.topology import Node, Topology
-from shardctl.db import faults, pg
+from shardctl.config.topology import Topology
 from shardctl.db.faults import is_transient
-from shardctl.errors import (
-    DatabaseUnavailable,
-    KeyNotOwned,
-    RoutingError,
-    ShardctlError,
-    UsageError,
-)
+from shardctl.errors import UsageError
 from shardctl.ring.hashing import Ring
+from shardctl.router.fencing import (
+    ASSERT_OWNER,
+    DualWrites,
+    Query,
+    RouterStats,
+    fenced_write,
+    rollback,
+)
 from shardctl.router.pools import Conn, Pools, Prefer, Row
+from shardctl.router.retries import Attempts
 from shardctl.router.watcher import CatalogWatcher, Routing
-from shardctl.state.fence import FENCE_SQLSTATE, NOT_PRIMARY_SQLSTATE
-from shardctl.state.resync import key_type, resync_keys
 
 if TYPE_CHECKING:
     from shardctl.ops.cluster import Cluster
 
 __all__ = ["Prefer", "Query", "Router", "Routing", "Row", "is_transient"]
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 Cur = psycopg.Cursor[Row]
-Query = abc.QueryNoTemplate
-"""A statement: ``str``, ``bytes``, or :mod:`psycopg.sql` composed SQL."""
 
 
 def default_via(topology: Topology) -> addresses.Via:
@@ -155,10 +140,14 @@ class Router:
             via=via if via is not None else default_via(topology),
         )
         self._watcher = CatalogWatcher(topology, self._pools, interval=epoch_check_interval)
-        self.deadline = retry_timeout if retry_timeout is not None else deadline
-        self._scope = threading.local()
         self.stats = RouterStats()
-        self._key_types: dict[str, str] = {}
+        self._attempts = Attempts(
+            self._pools,
+            self._watcher,
+            self.stats,
+            deadline=retry_timeout if retry_timeout is not None else deadline,
+        )
+        self._dual_writes = DualWrites(lambda: self._watcher.topology, self._pools, self.stats)
 
     @classmethod
     def from_topology(cls, path: Path | str | None = None, **options: Any) -> Router:
@@ -173,40 +162,33 @@ class Router:
         return self._pools.via
 
     @property
+    def deadline(self) -> float:
+        """Seconds any one operation may take, retries included; may be changed at any time."""
+        return self._attempts.deadline
+
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        self._attempts.deadline = value
+
+    @property
     def min_size(self) -> int:
         """Connections each node's pool keeps open."""
         return self._pools.min_size
-
-    @min_size.setter
-    def min_size(self, value: int) -> None:
-        self._pools.min_size = value
 
     @property
     def max_size(self) -> int:
         """Connections each node's pool opens at most."""
         return self._pools.max_size
 
-    @max_size.setter
-    def max_size(self, value: int) -> None:
-        self._pools.max_size = value
-
     @property
     def connect_timeout(self) -> float:
         """Seconds to wait for a pooled connection (and for a new one to connect)."""
         return self._pools.connect_timeout
 
-    @connect_timeout.setter
-    def connect_timeout(self, value: float) -> None:
-        self._pools.connect_timeout = value
-
     @property
     def epoch_check_interval(self) -> float:
         """Seconds between background checks of the catalog epoch."""
         return self._watcher.interval
-
-    @epoch_check_interval.setter
-    def epoch_check_interval(self, value: float) -> None:
-        self._watcher.interval = value
 
     # ------------------------------------------------------------ properties
 
@@ -241,9 +223,7 @@ class Router:
 
         For a statement whose rows you need (``RETURNING``), use ``fetch(..., prefer="primary")``.
         """
-        return self._on_owner(
-            key, lambda conn: _fenced_write(conn, key, query, params), writes=True
-        )
+        return self._on_owner(key, lambda conn: fenced_write(conn, key, query, params), writes=True)
 
     def fetch(
         self,
@@ -350,7 +330,7 @@ class Router:
                     cur.execute(query, params, prepare=False)
                     conn.execute("COMMIT", prepare=False)
             except BaseException:
-                _rollback(conn)
+                rollback(conn)
                 raise
             return result(cur)
 
@@ -379,42 +359,8 @@ class Router:
             owner = routing.owner(key)
             target = routing.moving_target(key, owner)
             if target is not None:
-                self._dual_write(key, owner, target)
+                self._dual_writes.bring(key, owner, target)
         return result
-
-    def _dual_write(self, key: object, source: str, target: str) -> None:
-        """Bring ``key``'s committed state from its owner to the shard its range moves to.
-
-        Best effort and provably harmless: it runs after the write committed, in a source
-        transaction opened by ``assert_owner`` (which holds the range FOR SHARE, so the
-        cut-over's fence waits for it, and refuses it once fenced), and copies the source's
-        committed rows under a row lock. The source's change log already names the key, so a
-        dual write that fails or never happens costs catch-up time, never correctness.
-        """
-        try:
-            topology = self._watcher.topology
-            source_node = topology.shard_nodes(source)[0]
-            target_node = topology.shard_nodes(target)[0]
-            with (
-                self._pools.connection(source_node) as src,
-                self._pools.connection(target_node) as dst,
-                src.transaction(),
-            ):
-                src.execute(ASSERT_OWNER, (str(key),))
-                for table in topology.spec.tables:
-                    resync_keys(
-                        src, dst, table, self._key_type(src, table), [str(key)], trusted=False
-                    )
-        except (psycopg.Error, PoolTimeout, ShardctlError) as exc:
-            self.stats.dual_write_skipped()
-            log.debug("shardctl router: dual write of %r to %s skipped: %s", key, target, exc)
-        else:
-            self.stats.dual_write()
-
-    def _key_type(self, conn: Conn, table: TableSpec) -> str:
-        if table.name not in self._key_types:
-            self._key_types[table.name] = key_type(conn, table)
-        return self._key_types[table.name]
 
     def _call(
         self,
@@ -425,129 +371,15 @@ class Router:
         key: object = None,
     ) -> T:
         """Run ``work`` on the shard ``shard_of(routing)`` names, retrying transient faults."""
-        if self._pools.closed:
-            raise RoutingError("the router is closed")
-        # The first try runs bare: building a tenacity loop costs more than most statements.
-        started = time.monotonic()
-        until = self._until(started)
-        try:
-            shard = shard_of(self._watcher.current())
-            node = self._pools.choose(shard, prefer, 1)
-            return self._on_node(node, work, key=key, until=until)
-        except Exception as exc:
-            if not faults.retryable(exc):
-                raise
-            first = exc
-        return self._retry(shard_of, work, prefer, key, first, started)
-
-    def _retry(
-        self,
-        shard_of: Callable[[Routing], str],
-        work: Callable[[Conn], T],
-        prefer: Prefer,
-        key: object,
-        first: BaseException,
-        started: float,
-    ) -> T:
-        """The tries after a first one failed with ``first``, until the deadline."""
-        refused = first if isinstance(first, KeyNotOwned) else None
-        until = self._until(started)
-        self._after_failure(first)
-        time.sleep(faults.FENCED_POLL if refused else faults.FIRST_BACKOFF)
-
-        def before_sleep(state: RetryCallState) -> None:
-            nonlocal refused
-            failure = faults.failure(state)
-            if isinstance(failure, KeyNotOwned):
-                refused = failure
-            self._before_retry(state)
-
-        retrying = Retrying(
-            retry=retry_if_exception(faults.retryable),
-            stop=lambda state: time.monotonic() >= until,
-            wait=lambda state: min(faults.backoff(state), max(0.0, until - time.monotonic())),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        shard = "?"
-        try:
-            for attempt in retrying:
-                with attempt:
-                    shard = shard_of(self._watcher.current())
-                    node = self._pools.choose(shard, prefer, attempt.retry_state.attempt_number + 1)
-                    result = self._on_node(node, work, key=key, until=until)
-                if faults.failure(attempt.retry_state) is None:
-                    if refused:
-                        self.stats.fenced(time.monotonic() - started)
-                    return result
-        except PoolTimeout as exc:
-            raise DatabaseUnavailable(
-                f"no connection to shard {shard} within the {self.deadline:g}s deadline: "
-                f"{pg.first_line(exc)}"
-            ) from exc
-        except psycopg.Error as exc:
-            if refused is not None and time.monotonic() >= until:
-                # The deadline cut the last try short; the fence is why the key got nowhere.
-                raise refused from exc
-            if is_transient(exc):
-                raise DatabaseUnavailable(
-                    f"shard {shard}: still failing at the {self.deadline:g}s deadline: "
-                    f"{pg.first_line(exc)}"
-                ) from exc
-            raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._attempts.call(shard_of, work, prefer, key=key)
 
     @contextmanager
     def ending_by(self, until: float) -> Iterator[None]:
         """Operations this thread starts in the block end by ``until`` (``time.monotonic()``),
         or sooner at :attr:`deadline`: a load test that must stop on time, a request with a
         budget of its own."""
-        outer = getattr(self._scope, "until", None)
-        self._scope.until = until if outer is None else min(outer, until)
-        try:
+        with self._attempts.ending_by(until):
             yield
-        finally:
-            self._scope.until = outer
-
-    def _until(self, started: float) -> float:
-        until = started + self.deadline
-        scoped: float | None = getattr(self._scope, "until", None)
-        return until if scoped is None else min(until, scoped)
-
-    def _before_retry(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        if exc is not None:
-            self._after_failure(exc)
-
-    def _after_failure(self, exc: BaseException) -> None:
-        """Before the next try: a fenced write re-reads the ring (shared with other writers)."""
-        if isinstance(exc, KeyNotOwned):
-            try:
-                self._watcher.refresh(since=exc.seen_at)
-            except (ShardctlError, psycopg.Error) as error:
-                log.warning("shardctl router: ring refresh after fencing failed: %s", error)
-        else:
-            # A node that stopped answering may have lost its role (a switchover or failover):
-            # have the catalog re-read now, in the background, not after the usual interval.
-            self._watcher.check_soon()
-        log.debug("shardctl router: retrying after %s", exc)
-
-    def _on_node(
-        self, node: Node, work: Callable[[Conn], T], *, key: object = None, until: float
-    ) -> T:
-        """Run ``work`` on ``node`` until ``until``; a fence's refusal (SC001) becomes
-        :class:`KeyNotOwned`."""
-        try:
-            return self._pools.run(node, work, until=until)
-        except psycopg.Error as exc:
-            demoted = exc.sqlstate == NOT_PRIMARY_SQLSTATE and node.role is Role.PRIMARY
-            if exc.sqlstate == FENCE_SQLSTATE or demoted:
-                raise KeyNotOwned(
-                    f"{node.name} refused a write to key {key!r}: {pg.first_line(exc)}",
-                    node=node.name,
-                    key=key,
-                ) from exc
-            raise
 
     @contextmanager
     def connection(self, node: str) -> Iterator[Conn]:
@@ -573,69 +405,8 @@ class Router:
         return f"<Router {self._watcher.topology.cluster} ({epoch})>"
 
 
-@dataclass
-class RouterStats:
-    """What a router has seen of resharding: writes held by a fence, and for how long."""
-
-    fenced_writes: int = 0
-    """Calls that were refused by a fence at least once and then succeeded on the new owner."""
-    max_fenced_seconds: float = 0.0
-    """The longest such call, first try to success: the write pause a caller saw."""
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    dual_writes: int = 0
-    """Writes to moving keys also brought to the shard their range is moving to."""
-    dual_writes_skipped: int = 0
-    """Dual writes that failed or came too late (fenced); the change log covers them."""
-
-    def fenced(self, seconds: float) -> None:
-        """Record one call that waited out a fence."""
-        with self._lock:
-            self.fenced_writes += 1
-            self.max_fenced_seconds = max(self.max_fenced_seconds, seconds)
-
-    def dual_write(self) -> None:
-        """Record one dual write."""
-        with self._lock:
-            self.dual_writes += 1
-
-    def dual_write_skipped(self) -> None:
-        """Record one dual write that did not happen."""
-        with self._lock:
-            self.dual_writes_skipped += 1
-
-
-ASSERT_OWNER = "SELECT shardctl.assert_owner(%s)"
-
-
-def _fenced_write(conn: Conn, key: object, query: Query, params: abc.Params | None) -> int:
-    """One autocommit statement, fenced by the primary's guard triggers; its rowcount.
-
-    The guard refuses (SC001) a row whose key lies in a range this primary gave away, before
-    the statement commits. A statement that touched no row fired no row trigger: it asks
-    ``assert_owner`` afterwards, so a Router with a stale ring learns that the key moved and
-    retries on its new owner (where the row may be) instead of reporting "no row" from here.
-    What it committed here changed nothing.
-    """
-    rowcount = conn.execute(query, params).rowcount
-    if rowcount < 1:
-        conn.execute(ASSERT_OWNER, (str(key),))
-    return rowcount
-
-
 def _rows(cur: Cur) -> list[Row]:
     return cur.fetchall() if cur.description is not None else []
-
-
-def _rollback(conn: Conn) -> None:
-    """End a transaction a failed pipeline left open (a broken connection is left alone)."""
-    if conn.closed or conn.info.transaction_status not in (
-        TransactionStatus.INTRANS,
-        TransactionStatus.INERROR,
-    ):
-        return
-    with suppress(psycopg.Error):  # the pool discards a connection that cannot roll back
-        conn.execute("ROLLBACK")
 
 
 def _constant(shard: str) -> Callable[[Routing], str]:

@@ -44,7 +44,8 @@ class Routing:
     epoch: int
     ring: Ring
     moving: tuple[Move, ...] = ()
-    """Ranges being copied to a new owner: writes there are dual-written (see _dual_write)."""
+    """Ranges being copied to a new owner: writes there are dual-written
+    (:class:`~shardctl.router.fencing.DualWrites`)."""
     primaries: tuple[tuple[str, str], ...] = ()
     """(shard, node) acting as primary where a switchover or failover changed it."""
 

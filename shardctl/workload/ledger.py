@@ -41,9 +41,9 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
-from shardctl.db import pg
 from shardctl.errors import UsageError
 from shardctl.router.router import Router
+from shardctl.util import fanout
 
 VERSION = 1
 WRITE_OPS = ("insert", "update", "delete")
@@ -329,7 +329,7 @@ def _fetch(router: Router, header: Header, keys: list[str]) -> dict[str, dict[st
         return rows
 
     found: dict[str, dict[str, Value]] = {}
-    for shard, rows in pg.each({p.shard: partial(on, p.shard) for p in primaries}).items():
+    for shard, rows in fanout.each({p.shard: partial(on, p.shard) for p in primaries}).items():
         for row in rows:
             value = {
                 c: (None if v is None else str(v))

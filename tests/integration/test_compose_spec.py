@@ -7,9 +7,9 @@ from pathlib import Path
 import yaml
 
 from shardctl.docker import compose
-from shardctl.docker.engine import LABEL_CONFIG
+from shardctl.docker.records import LABEL_CONFIG
 from shardctl.docker.specs import SCHEMA_TARGET
-from tests.clusters import free_base_port
+from tests.clusters import free_base_port, sdk_container
 from tests.integration.conftest import ClusterFactory
 from tests.integration.test_pooler import POOLER_IMAGE
 
@@ -27,10 +27,10 @@ def test_compose_services_match_what_up_created(
     assert document["networks"]["default"]["name"] == cluster.topology.network
     for node in cluster.topology.nodes:
         service = document["services"][node.name]
-        container = cluster.engines.container(node)
+        container = sdk_container(cluster, node)
         assert container is not None
         config, host = container.attrs["Config"], container.attrs["HostConfig"]
-        image = cluster.engines.for_node(node).images.get(config["Image"])
+        image = cluster.engines.client(node.placement).images.get(config["Image"])
 
         assert config["Image"] == service["image"]
         assert container.name == service["container_name"]
@@ -86,12 +86,12 @@ def test_compose_pooler_services_match_what_up_created(
     assert set(document["secrets"]) == {"superuser", "replication", "app", "pooler"}
     (node,) = cluster.topology.pooled_nodes()
     service = document["services"][f"{node.name}-pooler"]
-    container = cluster.engines.container(node, pooler=True)
+    container = sdk_container(cluster, node, pooler=True)
     assert container is not None
     config = container.attrs["Config"]
     assert (config["Image"], container.name) == (service["image"], service["container_name"])
     assert config["Entrypoint"] == [unescape(arg) for arg in service["entrypoint"]]
-    image = cluster.engines.for_node(node).images.get(config["Image"])
+    image = cluster.engines.client(node.placement).images.get(config["Image"])
     image_env = set(image.attrs["Config"].get("Env") or [])
     own_env = dict(e.split("=", 1) for e in config["Env"] if e not in image_env)
     assert own_env == {k: unescape(v) for k, v in service["environment"].items()}

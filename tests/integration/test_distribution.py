@@ -14,7 +14,7 @@ import yaml
 from shardctl import Router
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
-from shardctl.workload.load import bulk_load
+from shardctl.workload.bulk import bulk_load
 from tests.integration.conftest import run_shardctl
 
 

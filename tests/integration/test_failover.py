@@ -24,6 +24,7 @@ from shardctl.ops.cluster import Cluster
 from shardctl.ops.rolechange import Step
 from shardctl.router.router import Router
 from shardctl.state import catalog
+from tests.clusters import sdk_container
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.traffic import Writer, check_ledger, preload, traffic
 
@@ -69,7 +70,7 @@ def test_switchover_failover_and_rejoin_under_live_traffic(
 
         time.sleep(1.0)
         old_primary = cluster.topology.node("shard-1-primary")
-        container = cluster.engines.container(old_primary)
+        container = sdk_container(cluster, old_primary)
         assert container is not None
         container.kill()
         killed_at = time.monotonic()
@@ -111,7 +112,7 @@ def test_sync_replication_loses_nothing_acknowledged_across_a_failover(
     assert_commits_wait_for_the_replica(cluster)
     with traffic(cluster, preloaded, threads=2) as writers:
         time.sleep(1.5)
-        container = cluster.engines.container(cluster.topology.node("shard-0-primary"))
+        container = sdk_container(cluster, cluster.topology.node("shard-0-primary"))
         assert container is not None
         container.kill()
         failed = run_shardctl("failover", "shard-0", "--yes", "-f", path)
@@ -141,8 +142,7 @@ def assert_commits_wait_for_the_replica(cluster: Cluster) -> None:
     with psycopg.connect(app, autocommit=True) as conn:  # the setting the application's commits get
         commit = conn.execute("SHOW synchronous_commit").fetchone()
     assert commit is not None and commit[0] in ("on", "remote_write", "remote_apply"), commit
-    container = cluster.engines.container(replica)
-    assert container is not None
+    container = sdk_container(cluster, replica)
     key = uuid.uuid4()
     container.pause()
     try:
@@ -184,7 +184,7 @@ def test_a_fenced_old_primary_started_by_hand_takes_no_write(
     cluster = cluster_factory(shards=1)
     path = cluster.topology.path
     old = cluster.topology.node("shard-0-primary")
-    container = cluster.engines.container(old)
+    container = sdk_container(cluster, old)
     assert container is not None
     with Router(cluster, epoch_check_interval=0.2) as router:
         first = uuid.uuid4()

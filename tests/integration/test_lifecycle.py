@@ -9,9 +9,10 @@ import docker
 import pytest
 
 from shardctl.db import pg
-from shardctl.docker.engine import LABEL_CLUSTER
+from shardctl.docker.records import LABEL_CLUSTER
 from shardctl.ops.cluster import Cluster
 from shardctl.util.waiting import NotYet, wait_for
+from tests.clusters import sdk_container
 from tests.integration.conftest import ClusterFactory, run_shardctl
 
 
@@ -70,7 +71,7 @@ def test_up_converges_repairs_reports_and_down_leaves_nothing(
     assert "4 unchanged" in second.stderr
     assert container_ids(cluster) == before
 
-    replica = cluster.engines.container(cluster.topology.node("shard-0-replica-1"))
+    replica = sdk_container(cluster, cluster.topology.node("shard-0-replica-1"))
     assert replica is not None
     replica.remove(force=True)
     repaired = run_shardctl("up", "-f", path)
@@ -79,7 +80,7 @@ def test_up_converges_repairs_reports_and_down_leaves_nothing(
     wait_visible(cluster, "shard-0-replica-1", key)  # re-cloned from its primary
     assert status(cluster)[0] == 0
 
-    primary = cluster.engines.container(cluster.topology.node("shard-1-primary"))
+    primary = sdk_container(cluster, cluster.topology.node("shard-1-primary"))
     assert primary is not None
     primary.stop(timeout=10)
     code, nodes = status(cluster)

@@ -115,7 +115,7 @@ def test_in_flight_work_is_shown_and_every_command_agrees(cluster_factory: Clust
 
     # Stopped: every command says so the same way, exit 3.
     for container in cluster.engines.cluster_containers(cluster.topology):
-        container.stop(timeout=5)
+        cluster.engines.stop(container, timeout=5)
     for args in (
         ["status"],
         ["verify-replication"],

@@ -64,7 +64,7 @@ def admin(cluster: Cluster, node_name: str, command: str) -> list[dict[str, obje
     node = Cluster.load(cluster.topology.path).topology.node(node_name)
     assert node.pooler_port is not None
     with psycopg.connect(
-        host=node.advertise,
+        host=node.placement.advertise,
         port=node.pooler_port,
         dbname="pgbouncer",
         user=POOLER_ADMIN,
@@ -243,7 +243,7 @@ def test_the_superuser_and_the_replication_role_cannot_log_in_through_a_pooler(
     ):
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(
-                host=node.advertise,
+                host=node.placement.advertise,
                 port=node.pooler_port,
                 dbname=pooled.topology.spec.database,
                 user=user,
@@ -252,7 +252,7 @@ def test_the_superuser_and_the_replication_role_cannot_log_in_through_a_pooler(
             ).close()
     app_user, app_password = credentials.app_user, credentials.app_password
     with psycopg.connect(
-        host=node.advertise,
+        host=node.placement.advertise,
         port=node.pooler_port,
         dbname=pooled.topology.spec.database,
         user=app_user,

@@ -26,6 +26,7 @@ from shardctl.ops.cluster import Cluster
 from shardctl.ops.reshard.coordinator import Rebalancer
 from shardctl.router.router import Router
 from shardctl.state import catalog
+from tests.clusters import sdk_container
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.traffic import (
     DELETED,
@@ -258,7 +259,7 @@ def test_primaries_restarted_during_the_copy_do_not_stop_the_reshard(
         assert copied >= after, (
             f"{node.name}: only {copied} chunks copied after 60 s, not restarted"
         )
-        container = grown.engines.container(node)
+        container = sdk_container(grown, node)
         assert container is not None
         container.restart(timeout=5)
         restarted.append(node.name)

@@ -25,7 +25,7 @@ from shardctl.ring.hashing import Ring, position_hex
 from shardctl.router.pools import DOWN_FOR
 from shardctl.state import catalog
 from shardctl.util.waiting import NotYet, wait_for
-from tests.clusters import frozen
+from tests.clusters import frozen, sdk_container
 from tests.integration.conftest import make_topology, running
 
 
@@ -147,9 +147,7 @@ def test_writes_survive_a_primary_restart(shared_cluster: Cluster, router: Route
         thread.start()
     try:
         time.sleep(0.5)
-        container = shared_cluster.engines.container(
-            shared_cluster.topology.node("shard-0-primary")
-        )
+        container = sdk_container(shared_cluster, shared_cluster.topology.node("shard-0-primary"))
         assert container is not None
         before = len(acked)
         container.restart(timeout=5)

@@ -27,6 +27,7 @@ from shardctl.ring.hashing import SPACE, Move
 from shardctl.router.router import Router
 from shardctl.state import fence
 from shardctl.state.fence import FENCE_SQLSTATE, RangeState
+from tests.clusters import pgdata_of, sdk_container
 from tests.integration.conftest import make_topology, run_shardctl
 
 pytestmark = pytest.mark.integration
@@ -115,7 +116,7 @@ def _node(booted: Bootstrapped, role: str) -> Node:
 
 
 def _exec(booted: Bootstrapped, node: Node, *argv: str, **options: Any) -> tuple[int, str]:
-    container = booted.cluster.engines.container(node)
+    container = sdk_container(booted.cluster, node)
     assert container is not None
     result = container.exec_run(list(argv), **options)
     output = result.output
@@ -148,9 +149,9 @@ def test_secret_files_are_the_servers_alone_and_only_where_needed(
 
 def test_pg_hba_names_who_connects_from_where(booted: Bootstrapped) -> None:
     node = _node(booted, "primary")
-    container = booted.cluster.engines.container(node)
+    container = sdk_container(booted.cluster, node)
     assert container is not None
-    pgdata = booted.cluster.engines.environment(container)["PGDATA"]
+    pgdata = pgdata_of(booted.cluster, node)
     code, out = _exec(booted, node, "cat", f"{pgdata}/pg_hba.conf")
     assert code == 0
     rules = [line.split() for line in out.splitlines() if line and not line.startswith("#")]
@@ -340,6 +341,6 @@ def test_no_secret_in_command_output(booted: Bootstrapped, command: list[str]) -
 
 def test_no_secret_in_docker_inspect(booted: Bootstrapped) -> None:
     for node in booted.cluster.topology.nodes:
-        container = booted.cluster.engines.container(node)
+        container = sdk_container(booted.cluster, node)
         assert container is not None
         assert not _leaks(booted, json.dumps(container.attrs))

@@ -19,10 +19,18 @@ import pytest
 import yaml
 
 from shardctl.db import pg
-from shardctl.docker.engine import LABEL_CLUSTER, make_client
+from shardctl.docker.clients import make_client
+from shardctl.docker.records import LABEL_CLUSTER
 from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
-from tests.clusters import Host, make_topology, simulated_hosts, split_topology
+from tests.clusters import (
+    Host,
+    make_topology,
+    pgdata_of,
+    sdk_container,
+    simulated_hosts,
+    split_topology,
+)
 from tests.integration.conftest import run_shardctl
 from tests.traffic import check_ledger, preload, traffic
 
@@ -111,8 +119,8 @@ def test_replicas_on_the_other_host_keep_every_write_through_a_reshard(
     check_ledger(split, writers, preloaded)
 
     grown = Cluster.load(path)
-    assert grown.topology.node("shard-2-primary").engine_name == "b"
-    assert grown.topology.node("shard-2-replica-1").engine_name == "a"
+    assert grown.topology.node("shard-2-primary").placement.name == "b"
+    assert grown.topology.node("shard-2-replica-1").placement.name == "a"
     assert sender_host(grown, "shard-2-replica-1") == b.address
     distribution = run_shardctl("distribution", "-f", path)
     assert distribution.returncode == 0, distribution.stdout + distribution.stderr
@@ -190,10 +198,10 @@ def test_pg_hba_on_several_hosts_admits_nat_but_not_this_hosts_other_containers(
     assert creds.app_password is not None
     primary = split.topology.node("shard-0-primary")  # on a
     neighbour = split.topology.node("shard-1-replica-1")  # on a too, another shard's node
-    assert primary.engine_name == neighbour.engine_name == "a"
-    container = split.engines.container(primary)
+    assert primary.placement.name == neighbour.placement.name == "a"
+    container = sdk_container(split, primary)
     assert container is not None
-    pgdata = split.engines.environment(container)["PGDATA"]
+    pgdata = pgdata_of(split, primary)
     result = container.exec_run(["cat", f"{pgdata}/pg_hba.conf"])
     assert isinstance(result.output, bytes)  # not streamed
     rules = [
@@ -217,7 +225,7 @@ def test_pg_hba_on_several_hosts_admits_nat_but_not_this_hosts_other_containers(
 
     def login(user: str, password: str, dbname: str) -> tuple[int, str]:
         # The right password, for this probe only: pg_hba must refuse the superuser anyway.
-        probe = split.engines.container(neighbour)
+        probe = sdk_container(split, neighbour)
         assert probe is not None
         done = probe.exec_run(
             [

@@ -27,6 +27,7 @@ from shardctl.config.topology import Node
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
+from tests.clusters import sdk_container
 from tests.integration.conftest import make_topology, run_shardctl
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ class Booted:
 
     def exec(self, node: Node, *argv: str, **options: Any) -> tuple[int, str]:
         """Run ``argv`` in ``node``'s container (as postgres unless told)."""
-        container = self.cluster.engines.container(node)
+        container = sdk_container(self.cluster, node)
         assert container is not None
         result = container.exec_run(list(argv), **options)
         output = result.output
@@ -265,7 +266,7 @@ def test_no_key_in_command_output(booted: Booted, command: list[str]) -> None:
 
 def test_no_key_in_docker_inspect(booted: Booted) -> None:
     for node in booted.cluster.topology.nodes:
-        container = booted.cluster.engines.container(node)
+        container = sdk_container(booted.cluster, node)
         assert container is not None
         assert not _leaks(booted, json.dumps(container.attrs))
 

@@ -19,9 +19,10 @@ from typing import Any
 from docker.models.containers import Container
 
 from shardctl.db import pg
-from shardctl.docker.engine import LABEL_CLUSTER
+from shardctl.docker.records import LABEL_CLUSTER
 from shardctl.ops.cluster import Cluster
 from shardctl.util.waiting import NotYet, wait_for
+from tests.clusters import sdk_container
 from tests.integration.conftest import TEST_IMAGE, ClusterFactory, run_shardctl
 
 REPLICA = "shard-0-replica-1"
@@ -41,7 +42,7 @@ def failed(data: dict[str, Any]) -> dict[tuple[str, str], str]:
 
 
 def container(cluster: Cluster, name: str) -> Container:
-    found = cluster.engines.container(cluster.topology.node(name))
+    found = sdk_container(cluster, cluster.topology.node(name))
     assert found is not None
     return found
 
@@ -201,7 +202,7 @@ def test_dropped_slot_fails_naming_the_slot_and_up_repairs_it(shared_cluster: Cl
 def test_undeclared_slot_and_container_are_findings(shared_cluster: Cluster) -> None:
     primary = shared_cluster.topology.node("shard-1-primary")
     name = f"{shared_cluster.topology.cluster}-shard-1-replica-2"
-    stray = shared_cluster.engines.for_node(primary).containers.create(
+    stray = shared_cluster.engines.client(primary.placement).containers.create(
         TEST_IMAGE, command=["true"], name=name, labels={LABEL_CLUSTER: primary.cluster}
     )
     try:

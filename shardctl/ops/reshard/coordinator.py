@@ -48,6 +48,7 @@ from shardctl.state.plan import (
     next_phase,
     without_node,
 )
+from shardctl.util import fanout
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
@@ -194,7 +195,7 @@ class Rebalancer:
 
     def each(self, shards: list[str], work: Callable[[str], T]) -> dict[str, T]:
         """Run ``work`` for every shard in parallel; the first failure is raised."""
-        return pg.each({shard: partial(work, shard) for shard in shards})
+        return fanout.each({shard: partial(work, shard) for shard in shards})
 
     # ------------------------------------------------------------------ state
 

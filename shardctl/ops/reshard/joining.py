@@ -107,7 +107,7 @@ def _free_port(current: Topology, replicas: int) -> int | None:
     """None when the new last shard's default ports are the first free ones; else the first
     free slot. After a remove-shard the later shards keep their ports written down, so the
     removed shard's ports are free again: a shard added back under its name gets them."""
-    taken = {(n.engine, n.host_port) for n in current.nodes}
+    taken = {(n.placement.endpoint, n.host_port) for n in current.nodes}
     base = current.spec.base_port
     for slot in itertools.count():
         port = base + slot * PORT_STRIDE

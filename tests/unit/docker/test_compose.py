@@ -9,7 +9,7 @@ import yaml
 
 from shardctl.config import topology
 from shardctl.docker import compose
-from shardctl.docker.engine import LABEL_CONFIG, config_digest
+from shardctl.docker.records import LABEL_CONFIG, config_digest
 from shardctl.docker.specs import SCHEMA_TARGET, container_spec
 from tests.conftest import REPO
 

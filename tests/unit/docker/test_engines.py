@@ -15,7 +15,7 @@ from shardctl.config.credentials import Credentials
 from shardctl.config.topology import Topology
 from shardctl.db import pg
 from shardctl.docker import compose
-from shardctl.docker.engine import tls_config
+from shardctl.docker.clients import tls_config
 from shardctl.docker.specs import container_spec, upstream_conninfo
 from shardctl.errors import ProvisioningError, TopologyError, UsageError
 
@@ -56,7 +56,13 @@ def error(tmp_path: Path, text: str) -> str:
 def test_nodes_are_placed_and_reached_through_their_engine(tmp_path: Path) -> None:
     topo = load(tmp_path, TWO_HOSTS)
     placed = {
-        n.name: (n.engine_name, n.engine, addresses.address(n), n.bind_address) for n in topo.nodes
+        n.name: (
+            n.placement.name,
+            n.placement.endpoint,
+            addresses.address(n),
+            n.placement.bind_address,
+        )
+        for n in topo.nodes
     }
     assert placed == {
         "s0-primary": ("a", "unix:///run/a.sock", ("10.213.7.2", 54320), "0.0.0.0"),
@@ -84,7 +90,7 @@ def test_on_one_engine_a_replica_streams_from_the_container(tmp_path: Path) -> N
     info = conninfo_to_dict(upstream_conninfo(topo, topo.node("s0-replica-1")))
     assert (info["host"], info["port"]) == ("demo-s0-primary", "5432")
     assert addresses.address(topo.node("s0-primary")) == ("127.0.0.1", 54320)
-    assert topo.node("s0-primary").engine_name == "local"
+    assert topo.node("s0-primary").placement.name == "local"
 
 
 def test_after_a_failover_the_upstream_follows_the_acting_primary(tmp_path: Path) -> None:
@@ -97,7 +103,7 @@ def test_after_a_failover_the_upstream_follows_the_acting_primary(tmp_path: Path
 def test_an_endpoint_in_place_of_a_name_still_works(tmp_path: Path) -> None:
     topo = load(tmp_path, "cluster: demo\nshards:\n  - name: s0\n    engine: ssh://db-1\n")
     node = topo.node("s0-primary")
-    assert (node.engine, addresses.address(node), node.bind_address) == (
+    assert (node.placement.endpoint, addresses.address(node), node.placement.bind_address) == (
         "ssh://db-1",
         ("db-1", 54320),
         "0.0.0.0",
@@ -179,7 +185,7 @@ def test_spread_hosts_never_accepts_a_replica_beside_its_primary(
     for node in topo.nodes:
         if node.index > 0:
             upstream = topo.node(node.primary_name)
-            assert node.engine_name != upstream.engine_name
+            assert node.placement.name != upstream.placement.name
             assert addresses.upstream_address(topo, node) == addresses.address(upstream)
 
 

@@ -18,8 +18,8 @@ from shardctl.cli import render
 from shardctl.cli.replication import parse_size
 from shardctl.config.schema import HealthSpec, TableSpec
 from shardctl.config.topology import Node, Topology, parse
-from shardctl.health import checks
-from shardctl.health.checks import Check, status_rows
+from shardctl.health import checks, measured
+from shardctl.health.checks import Check
 from shardctl.health.facts import (
     ClusterFacts,
     ContainerState,
@@ -29,6 +29,7 @@ from shardctl.health.facts import (
     Slot,
     WalReceiver,
 )
+from shardctl.health.status import status_rows
 from shardctl.health.verify import Report
 
 SYSID = 7000000000000000001
@@ -378,7 +379,7 @@ def test_slot_present_active_and_reserving(
 def test_undeclared_walsenders_and_slots_are_findings() -> None:
     topo = topology(replicas=1)
     replica = topo.node("s0-replica-1")
-    stray = Node("demo", "s0", "s0-replica-2", replica.role, 2, 1, "", None, "s0-primary")
+    stray = Node("demo", "s0", "s0-replica-2", replica.role, 2, 1, replica.placement, "s0-primary")
     facts: dict[str, NodeFacts | None] = dict(healthy(topo))
     facts["s0-primary"] = primary_facts(
         (replica,),
@@ -438,21 +439,21 @@ def test_status_reports_the_first_failed_check() -> None:
 def test_canary_and_deep_findings() -> None:
     topo = topology()
     node = topo.node("s0-replica-1")
-    assert checks.canary_check(node, 0.004, None, LIMITS).detail == (
+    assert measured.canary_check(node, 0.004, None, LIMITS).detail == (
         "canary from s0-primary visible after 4 ms"
     )
-    late = checks.canary_check(node, None, None, LIMITS)
+    late = measured.canary_check(node, None, None, LIMITS)
     assert (late.ok, late.detail) == (False, "canary from s0-primary not visible after 5 s")
     users = TableSpec(name="users")
-    same = checks.deep_check(
-        node, users, checks.TableDigest(3, 9), checks.TableDigest(3, 9), at="at 0/1"
+    same = measured.deep_check(
+        node, users, measured.TableDigest(3, 9), measured.TableDigest(3, 9), at="at 0/1"
     )
     assert (same.check, same.ok) == ("deep:users", True)
-    differ = checks.deep_check(
+    differ = measured.deep_check(
         node,
         users,
-        checks.TableDigest(3, 9),
-        checks.TableDigest(2, 7),
+        measured.TableDigest(3, 9),
+        measured.TableDigest(2, 7),
         at="at 0/1",
         keys=["k (missing)"],
     )
@@ -462,8 +463,8 @@ def test_canary_and_deep_findings() -> None:
 def test_differing_keys_say_how_and_stop_at_the_limit() -> None:
     primary = {"a": "1", "b": "2", "c": "3"}
     replica = {"a": "1", "b": "x", "d": "4"}
-    assert checks.differing_keys(primary, replica) == ["b (differs)", "c (missing)", "d (extra)"]
-    assert checks.differing_keys(primary, replica, limit=1) == ["b (differs)", "..."]
+    assert measured.differing_keys(primary, replica) == ["b (differs)", "c (missing)", "d (extra)"]
+    assert measured.differing_keys(primary, replica, limit=1) == ["b (differs)", "..."]
 
 
 def test_checks_sort_by_topology_then_check_order() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shardctl.db import pg
 from shardctl.state import fence
+from shardctl.util import fanout
 from shardctl.util.waiting import retrying
 
 PACKAGE = Path(fence.__file__).parent.parent
@@ -86,7 +86,7 @@ def test_gather_runs_at_once_and_returns_errors() -> None:
         barrier.wait()
         raise Flaky("bad")
 
-    results = pg.gather({"a": lambda: ok(1), "b": bad, "c": lambda: ok(3)})
+    results = fanout.gather({"a": lambda: ok(1), "b": bad, "c": lambda: ok(3)})
     assert list(results) == ["a", "b", "c"]
     assert results["a"] == 1 and results["c"] == 3
     assert isinstance(results["b"], Flaky)
@@ -95,7 +95,7 @@ def test_gather_runs_at_once_and_returns_errors() -> None:
 def test_gather_does_not_wait_for_a_hung_task() -> None:
     release = threading.Event()
     started = time.monotonic()
-    results = pg.gather({"hung": lambda: release.wait(10), "fast": lambda: True}, timeout=0.2)
+    results = fanout.gather({"hung": lambda: release.wait(10), "fast": lambda: True}, timeout=0.2)
     release.set()
     assert time.monotonic() - started < 5
     assert isinstance(results["hung"], TimeoutError)
@@ -107,8 +107,8 @@ def test_each_raises_the_first_error_in_task_order() -> None:
         raise Flaky(message)
 
     with pytest.raises(Flaky, match="first"):
-        pg.each({"a": lambda: 1, "b": lambda: fail("first"), "c": lambda: fail("second")})
-    assert pg.each({"a": lambda: 1, "b": lambda: 2}) == {"a": 1, "b": 2}
+        fanout.each({"a": lambda: 1, "b": lambda: fail("first"), "c": lambda: fail("second")})
+    assert fanout.each({"a": lambda: 1, "b": lambda: 2}) == {"a": 1, "b": 2}
 
 
 def imports_of(path: Path) -> set[str]:

@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 
 from shardctl.errors import UsageError
+from shardctl.workload.bulk import generate
 from shardctl.workload.ledger import Header, Ledger, Value, read
-from shardctl.workload.load import Column, Mix, Target, generate, percentile
+from shardctl.workload.report import percentile
+from shardctl.workload.target import Column, Target
+from shardctl.workload.users import Mix
 
 A: Value = {"first_name": "a", "last_name": "1", "email": "1@x"}
 B: Value = {"first_name": "a", "last_name": "2", "email": "2@x"}
 USERS = Target(
     "users", "id", "uuid", tuple(Column(c, "text") for c in ("first_name", "last_name", "email"))
 )
-"""The example schema's table, as :func:`shardctl.workload.load.target` reads it from the
+"""The example schema's table, as :func:`shardctl.workload.target.target` reads it from the
 catalog."""
 
 

@@ -13,16 +13,9 @@ from hypothesis import strategies as st
 from shardctl.cli.load import MAX_USERS, parse_users
 from shardctl.config.topology import parse
 from shardctl.errors import UsageError
-from shardctl.workload.load import (
-    HEADROOM,
-    OPS,
-    VirtualUser,
-    _Stats,
-    percentile,
-    pooled_limit,
-    report,
-    summary,
-)
+from shardctl.workload.load import HEADROOM, pooled_limit
+from shardctl.workload.report import OPS, Stats, percentile, report, summary
+from shardctl.workload.users import VirtualUser
 
 fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 latency = st.floats(min_value=0.0, max_value=60.0, allow_nan=False)
@@ -85,8 +78,8 @@ def test_a_summary_of_known_latencies() -> None:
     assert s.errors == {"X: boom": 3}
 
 
-def _stats(latencies: dict[str, list[float]], failures: dict[str, list[str]]) -> _Stats:
-    stats = _Stats()
+def _stats(latencies: dict[str, list[float]], failures: dict[str, list[str]]) -> Stats:
+    stats = Stats()
     for op in OPS:
         stats.latencies[op] = list(latencies.get(op, []))
         stats.failures[op] = list(failures.get(op, []))

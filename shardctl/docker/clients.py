@@ -1,0 +1,107 @@
+"""Docker clients: which engine (endpoint), how to reach it (TLS, ssh), and its errors as ours.
+
+The Docker SDK (and requests under it) is imported on first use, not with shardctl: an
+application that only routes queries, and every command that never touches Docker, start a
+third of a second sooner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from shardctl.config.topology import EngineTLS, Placement
+from shardctl.errors import DockerUnavailable, ProvisioningError
+
+if TYPE_CHECKING:
+    import docker
+    import docker.tls
+
+Endpoint = Placement | str | None
+"""An engine as :class:`~shardctl.docker.engine.Engines` takes it: a node's placement, a bare
+DOCKER_HOST-style URL, or None for $DOCKER_HOST (or the default socket)."""
+
+
+@contextlib.contextmanager
+def docker_errors(doing: str) -> Iterator[None]:
+    """Turn Docker SDK failures into shardctl errors that say what was being done."""
+    import docker.errors
+    import requests.exceptions
+
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        if isinstance(exc, docker.errors.APIError):
+            reason = exc.explanation or str(exc)
+            raise ProvisioningError(f"{doing}: Docker refused: {reason}") from None
+        error = DockerUnavailable(
+            f"{doing}: the Docker engine does not answer; "
+            "start one (scripts/engine.sh) or set DOCKER_HOST"
+        )
+        error.detail = short(exc)
+        raise error from None
+
+
+def short(exc: Exception) -> str:
+    """The first line of an SDK error, at most 160 characters."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:160]
+
+
+def _url(engine: Endpoint) -> str | None:
+    return engine.endpoint if isinstance(engine, Placement) else engine
+
+
+def describe(engine: Endpoint) -> str:
+    """An engine as error messages name it: its name and where it is."""
+    url = _url(engine) or os.environ.get("DOCKER_HOST") or "the default socket"
+    if isinstance(engine, Placement):
+        return f"engine {engine.name} ({url}, host {engine.advertise})"
+    return url
+
+
+def tls_config(tls: EngineTLS) -> docker.tls.TLSConfig:
+    """The Docker SDK's TLS settings for an engine; missing files come from $DOCKER_CERT_PATH
+    (``ca.pem``, ``cert.pem``, ``key.pem``), as the docker CLI does."""
+    import docker.tls
+
+    folder = os.environ.get("DOCKER_CERT_PATH")
+
+    def pick(given: Path | None, default: str) -> str | None:
+        if given is not None:
+            return str(given)
+        return os.path.join(folder, default) if folder else None
+
+    ca, cert, key = pick(tls.ca, "ca.pem"), pick(tls.cert, "cert.pem"), pick(tls.key, "key.pem")
+    for what, path in (("ca", ca), ("cert", cert), ("key", key)):
+        if path is not None and not os.path.isfile(path):
+            raise ProvisioningError(f"TLS {what} file {path} does not exist")
+    return docker.tls.TLSConfig(
+        client_cert=(cert, key) if cert and key else None,
+        ca_cert=ca if tls.verify else None,
+        verify=(ca or True) if tls.verify else False,
+    )
+
+
+def make_client(engine: Endpoint, *, timeout: int = 60) -> docker.DockerClient:
+    """A Docker client for ``engine``, not yet connected: TLS for tcp:// when the engine asks
+    for it, the system ssh (its ~/.ssh/config) or paramiko for ssh://."""
+    import docker
+
+    url = _url(engine)
+    if url is None:
+        return docker.from_env(timeout=timeout)
+    if isinstance(engine, Placement):
+        tls = tls_config(engine.tls) if engine.tls is not None else False
+        return docker.DockerClient(
+            base_url=url,
+            tls=tls,
+            timeout=timeout,
+            use_ssh_client=engine.ssh_client and url.startswith("ssh://"),
+        )
+    return docker.DockerClient(
+        base_url=url, timeout=timeout, use_ssh_client=url.startswith("ssh://")
+    )

@@ -1,0 +1,136 @@
+"""The rows of ``shardctl status``: one per declared node, healthy or with its first problem,
+which is its first failed check of ``verify-replication`` (:mod:`shardctl.health.checks`), so
+the two commands never disagree. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardctl.config import addresses
+from shardctl.config.schema import Role
+from shardctl.health.checks import (
+    CANARY,
+    LAG_BYTES,
+    LAG_SECONDS,
+    POOLER,
+    POOLER_WAITING,
+    PRIMARY,
+    REACHABLE,
+    RECOVERY,
+    SLOT,
+    SYSTEM_ID,
+    TIMELINE,
+    UNDECLARED,
+    UPSTREAM,
+    WALSENDER,
+    Check,
+    replication_checks,
+)
+from shardctl.health.facts import ActualRole, ClusterFacts, ContainerState
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One line of ``shardctl status``."""
+
+    shard: str
+    name: str
+    role: Role
+    """The catalog's role: declared, or as a switchover or failover made it."""
+    declared_role: Role
+    """The role topology.yaml gives the node."""
+    engine: str
+    """The Docker engine (host) the node runs on, by its name in the topology."""
+    actual_role: ActualRole
+    """What the server itself says (primary: not in recovery)."""
+    state: ContainerState
+    address: str
+    port: int
+    in_recovery: bool | None
+    timeline: int | None
+    lsn: int | None
+    lag_bytes: int | None
+    lag_seconds: float | None
+    slot: str | None
+    healthy: bool
+    problem: str | None
+    """The first failed check in full (``check: detail``), for ``-o wide`` and JSON."""
+    health: str = "ok"
+    """``ok`` or the problem as a short phrase for the 80-column table."""
+
+
+_SHORT = {
+    PRIMARY: "primary problem",
+    UNDECLARED: "undeclared standby",
+    RECOVERY: "not in recovery",
+    UPSTREAM: "not streaming",
+    SYSTEM_ID: "not a clone",
+    TIMELINE: "timeline differs",
+    WALSENDER: "no walsender",
+    SLOT: "slot problem",
+    LAG_BYTES: "lagging",
+    LAG_SECONDS: "lagging",
+    CANARY: "canary failed",
+    POOLER: "pooler problem",
+    POOLER_WAITING: "pooler queueing",
+}
+
+
+def health_phrase(check: Check) -> str:
+    """A failed check as a phrase of a few words (the detail goes to ``-o wide`` and JSON)."""
+    if check.check == REACHABLE:
+        if check.detail.startswith("missing"):
+            return "no container"
+        if check.detail.startswith("container "):
+            return check.detail  # "container exited", "container paused"
+        return "no answer"
+    if check.check == PRIMARY:
+        for start, phrase in (
+            ("split brain", "split brain"),
+            ("no primary", "no primary"),
+        ):
+            if check.detail.startswith(start):
+                return phrase
+        return "wrong primary"
+    return _SHORT.get(check.check, f"{check.check} failed")
+
+
+def status_rows(facts: ClusterFacts) -> list[StatusRow]:
+    """The status table: one row per declared node, healthy or with the first problem found.
+
+    The problem is the node's first failed check of ``verify-replication`` (the same checks on
+    the same facts, with the topology's thresholds), so the two commands never disagree.
+    """
+    problems: dict[str, Check] = {}
+    for check in replication_checks(facts, facts.topology.spec.health):
+        if not check.ok:
+            problems.setdefault(check.node, check)
+    rows = []
+    for obs in facts.nodes:
+        node, node_facts = obs.node, obs.facts
+        host, port = addresses.address(node)
+        problem = problems.get(node.name)
+        rows.append(
+            StatusRow(
+                shard=node.shard,
+                name=node.name,
+                role=node.role,
+                declared_role=node.declared_role,
+                engine=node.placement.name,
+                actual_role=node_facts.role if node_facts else ActualRole.UNKNOWN,
+                state=obs.container,
+                address=host,
+                port=port,
+                in_recovery=node_facts.in_recovery if node_facts else None,
+                timeline=node_facts.timeline if node_facts else None,
+                lsn=node_facts.lsn if node_facts else None,
+                lag_bytes=facts.lag_bytes(obs),
+                lag_seconds=facts.lag_seconds(obs),
+                slot=node.slot if node.role is Role.REPLICA else None,
+                healthy=problem is None,
+                problem=None if problem is None else f"{problem.check}: {problem.detail}",
+                health="ok" if problem is None else health_phrase(problem),
+            )
+        )
+    return rows
