@@ -131,6 +131,8 @@ def down(
 
 def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
     """Every node's row, and what is in flight (nothing when no primary answers)."""
+    for line in cluster.apply_durability_quietly():
+        render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
     rows = status_rows(cluster.observe())
     operations: list[Operation] = []
     if any(r.in_recovery is False for r in rows):  # a primary answered: it can say

@@ -133,6 +133,8 @@ def verify_replication(
         limits = cluster.topology.spec.health.model_copy(
             update={k: v for k, v in overrides.items() if v is not None}
         )
+        for line in cluster.apply_durability_quietly():
+            render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
         try:
             report = cluster.verify_replication(limits, deep=deep)
         except InfrastructureError as exc:

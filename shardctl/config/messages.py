@@ -92,6 +92,11 @@ def describe(error: ErrorDetails) -> tuple[Loc, str]:
     loc: Loc = tuple(error["loc"])
     if loc[:2] in (("tls", "mode"), ("tls", "files")):
         loc = ("tls", *loc[2:])  # the form's tag (see TLSField), not a key of the file
+    # The form's tag of ReplicationField, top level or a shard's: not a key of the file either.
+    for at in (1, 3):
+        if len(loc) > at and loc[at - 1] == "replication" and loc[at] in ("mode", "spec"):
+            loc = (*loc[:at], *loc[at + 1 :])
+            break
     kind = error["type"]
     given = error.get("input")
     if kind == "extra_forbidden":

@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING
 
 from shardctl.config.endpoints import endpoint_problem, engine_key
 from shardctl.config.messages import Loc, short
-from shardctl.config.schema import HealthSpec, Spread, SSLMode, TLSMode, TLSSpec, TopologySpec
+from shardctl.config.schema import (
+    HealthSpec,
+    Replication,
+    ReplicationSpec,
+    Spread,
+    SSLMode,
+    TLSMode,
+    TLSSpec,
+    TopologySpec,
+)
 
 if TYPE_CHECKING:
     from shardctl.config.topology import Topology
@@ -97,6 +106,7 @@ def check_semantics(topology: Topology) -> Iterator[tuple[Loc, str]]:
     ``up`` would trip over later (a database initdb made, settings shardctl owns, ...)."""
     yield from _check_security(topology)
     spec = topology.spec
+    yield from _check_replication(spec)
     duplicates = list(_check_shard_names(spec))
     yield from duplicates
     if duplicates:
@@ -287,6 +297,21 @@ def _check_settings(settings: Mapping[str, object]) -> Iterator[tuple[Loc, str]]
             yield where, f"expected a finite number (got {value})"
         elif isinstance(value, str) and ("\n" in value or "\r" in value or len(value) > 1000):
             yield where, f"{short(value)} is not a server setting value (one line, short)"
+
+
+def _check_replication(spec: TopologySpec) -> Iterator[tuple[Loc, str]]:
+    """``durability`` and ``degrade_after`` mean something only with ``mode: sync``."""
+    declared: list[tuple[Loc, object]] = [(("replication",), spec.replication)]
+    declared += [(("shards", i, "replication"), s.replication) for i, s in enumerate(spec.shards)]
+    for where, value in declared:
+        if not isinstance(value, ReplicationSpec) or value.mode is Replication.SYNC:
+            continue
+        given = value.model_fields_set & {"durability", "degrade_after"}
+        if given:
+            yield (
+                (*where, sorted(given)[0]),
+                f"{', '.join(sorted(given))} applies to mode: sync only (mode is {value.mode})",
+            )
 
 
 def _check_health(health: HealthSpec) -> Iterator[tuple[Loc, str]]:

@@ -39,6 +39,19 @@ class Replication(StrEnum):
     """Once at least one replica has it too: a failover loses nothing acknowledged."""
 
 
+class Durability(StrEnum):
+    """What a ``sync`` shard does while no synchronous standby is connected."""
+
+    REQUIRED = "required"
+    """Its commits wait for a standby (the shard may block): nothing acknowledged is lost."""
+    PREFERRED = "preferred"
+    """After ``degrade_after`` seconds it acknowledges as async (degraded) until one returns."""
+
+
+DEFAULT_DEGRADE_AFTER = 5.0
+"""Seconds a ``preferred`` shard waits without a synchronous standby before it degrades."""
+
+
 class RingAlgorithm(StrEnum):
     """How keys are placed on the ring (see :mod:`shardctl.ring`)."""
 
@@ -150,6 +163,34 @@ class TLSSpec(_Model):
         description="CA certificate clients verify the server's with [default: cert_file, "
         "a self-signed certificate being its own CA].",
     )
+
+
+class ReplicationSpec(_Model):
+    """``replication: {mode: sync, durability: required | preferred}``."""
+
+    mode: Replication = Field(description="async or sync.")
+    durability: Durability = Field(
+        default=Durability.REQUIRED,
+        description="sync only: 'required' (default) blocks writes while no standby is "
+        "connected; 'preferred' then acknowledges as async and reports the shard degraded.",
+    )
+    degrade_after: float = Field(
+        default=DEFAULT_DEGRADE_AFTER,
+        ge=0,
+        le=3600,
+        description="preferred: seconds without a synchronous standby before writes go async.",
+    )
+
+
+def _replication_form(value: object) -> str:
+    return "spec" if isinstance(value, Mapping | ReplicationSpec) else "mode"
+
+
+ReplicationField = Annotated[
+    Annotated[Replication, Tag("mode")] | Annotated[ReplicationSpec, Tag("spec")],
+    Discriminator(_replication_form),
+]
+"""``replication: sync`` (durability required) or ``replication: {mode: sync, ...}``."""
 
 
 def _tls_form(value: object) -> str:
@@ -268,8 +309,10 @@ class ShardSpec(_Model):
         default=(),
         description="Engine of replica 1, 2, ... (overrides engine for each one listed).",
     )
-    replication: Replication | None = Field(
-        default=None, description="async or sync for this shard [default: the top-level key]."
+    replication: ReplicationField | None = Field(
+        default=None,
+        description="async, sync or {mode: sync, durability: ...} for this shard "
+        "[default: the top-level key].",
     )
     pooler: PoolerSpec | None = Field(
         default=None,
@@ -310,9 +353,10 @@ class TopologySpec(_Model):
         description="Accept a non-loopback bind_address without TLS (scram only, no encryption).",
     )
     ring: RingSpec = RingSpec()
-    replication: Replication = Field(
+    replication: ReplicationField = Field(
         default=Replication.ASYNC,
-        description="async (default) or sync: a commit waits for one replica (see docs).",
+        description="async (default), sync (a commit waits for one replica), or "
+        "{mode: sync, durability: required | preferred, degrade_after: S} (see docs).",
     )
     schema_file: str | None = Field(
         default=None, alias="schema", description="SQL applied on every primary."

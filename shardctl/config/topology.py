@@ -42,6 +42,7 @@ from shardctl.config.schema import (
     TOPOLOGY_ENV,
     PoolerSpec,
     Replication,
+    ReplicationSpec,
     Role,
     ShardSpec,
     SSLMode,
@@ -183,8 +184,15 @@ class Topology:
 
     def replication(self, shard_name: str) -> Replication:
         """The shard's replication mode: its own key, else the cluster's."""
-        shard = self._shard(shard_name)[1]
-        return shard.replication or self.spec.replication
+        return self.replication_spec(shard_name).mode
+
+    def replication_spec(self, shard_name: str) -> ReplicationSpec:
+        """The shard's replication mode, durability and degradation delay: its own key, else
+        the cluster's (a bare ``sync`` is ``{mode: sync, durability: required}``)."""
+        declared = self._shard(shard_name)[1].replication or self.spec.replication
+        if isinstance(declared, ReplicationSpec):
+            return declared
+        return ReplicationSpec(mode=declared)
 
     def acting_primary(self, shard_name: str) -> str:
         """Name of the node acting as ``shard_name``'s primary."""

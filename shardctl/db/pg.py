@@ -13,11 +13,13 @@ from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.abc import PQGen
 from psycopg.conninfo import make_conninfo
 
 from shardctl.config.addresses import Via, address
 from shardctl.config.credentials import Credentials, Login
 from shardctl.config.topology import Node, Topology
+from shardctl.db.deadlines import WATCHDOG
 from shardctl.errors import DatabaseUnavailable, ShardctlError
 from shardctl.util import fanout
 from shardctl.util.text import (
@@ -25,6 +27,12 @@ from shardctl.util.text import (
 )
 
 T = TypeVar("T")
+RV = TypeVar("RV")
+
+DEADLINE = 30.0
+"""Seconds one round trip of shardctl's own connections may take by default (a statement, a
+commit, a COPY chunk): past it the watchdog cuts the connection and the caller gets an error
+naming the node. What takes longer on purpose (a promotion, a schema, a deep checksum) says so."""
 
 
 def _application_name() -> str:
@@ -70,6 +78,30 @@ def conninfo(
     )
 
 
+class BoundedConnection(psycopg.Connection[tuple[object, ...]]):
+    """A connection whose every round trip with the server ends within :attr:`deadline`
+    seconds: a frozen server or a commit stuck on a lost standby becomes an OperationalError
+    ("no answer within ..."), never a hang (see :mod:`shardctl.db.deadlines`)."""
+
+    deadline: float | None = DEADLINE
+
+    def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
+        """Consume ``gen`` as psycopg does, guarded by the process's watchdog."""
+        if self.deadline is None:
+            return super().wait(gen, interval, timeout)
+        until = time.monotonic() + self.deadline
+        try:
+            with WATCHDOG.guard(self, until):
+                return super().wait(gen, interval, timeout)
+        except psycopg.OperationalError:
+            if time.monotonic() < until:
+                raise
+            raise psycopg.OperationalError(
+                f"no answer within {self.deadline:g} s (the server is frozen, or a commit "
+                "waits for a synchronous standby)"
+            ) from None
+
+
 def connect(
     node: Node,
     credentials: Credentials,
@@ -77,8 +109,13 @@ def connect(
     *,
     timeout: float = 5.0,
     local_commit: bool = False,
+    deadline: float | None = DEADLINE,
 ) -> psycopg.Connection[tuple[object, ...]]:
     """An autocommit connection to ``node``; DatabaseUnavailable when it does not answer.
+
+    ``timeout`` bounds connecting (libpq's ``connect_timeout``, which psycopg enforces on the
+    client side: a paused server's proxy completes the TCP handshake, nothing more);
+    ``deadline`` bounds every later round trip (None: unbounded, for nothing shardctl does).
 
     ``local_commit``: its commits never wait for a synchronous replica (shardctl's own
     idempotent set-up, which must not hang on a ``replication: sync`` shard whose replicas are
@@ -88,9 +125,29 @@ def connect(
     if local_commit:
         info = make_conninfo(info, options="-c synchronous_commit=local")
     try:
-        return psycopg.connect(info, autocommit=True)
+        conn = BoundedConnection.connect(info, autocommit=True)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"{node.name}: cannot connect: {first_line(exc)}") from None
+    conn.deadline = deadline
+    return conn
+
+
+LOCAL_COMMIT = "SET LOCAL synchronous_commit = local"
+
+
+@contextmanager
+def bookkeeping(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A transaction of shardctl's own bookkeeping (catalog, fence, records): its commit
+    never waits for a synchronous standby, so it cannot hang on a ``sync`` shard whose standby
+    is gone. Inside a transaction the caller opened it is a savepoint and changes nothing:
+    the caller's commit decides (it may carry data that must wait)."""
+    if conn.info.transaction_status is not psycopg.pq.TransactionStatus.IDLE:
+        with conn.transaction():
+            yield
+        return
+    with conn.transaction():
+        conn.execute(LOCAL_COMMIT)
+        yield
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -126,6 +183,7 @@ def on_nodes(
     timeout: float,
     strict: bool,
     doing: str,
+    deadline: float | None = DEADLINE,
 ) -> dict[str, T | BaseException]:
     """Run ``work(conn)`` on each node at once (usually the primaries), keyed by node name;
     errors raised (strict) or returned: a node that cannot be asked is a DatabaseUnavailable
@@ -134,7 +192,10 @@ def on_nodes(
     database = topology.spec.database
 
     def one(node: Node) -> T:
-        with node_errors(node, doing), connect(node, credentials, database, timeout=timeout) as c:
+        with (
+            node_errors(node, doing),
+            connect(node, credentials, database, timeout=timeout, deadline=deadline) as c,
+        ):
             return work(c)
 
     results = fanout.gather({node.name: partial(one, node) for node in nodes})

@@ -86,7 +86,13 @@ def tls_config(tls: EngineTLS) -> docker.tls.TLSConfig:
     )
 
 
-def make_client(engine: Endpoint, *, timeout: int = 60) -> docker.DockerClient:
+PING_TIMEOUT = 5
+"""Seconds an engine has to answer its first ping: past it, its host counts as lost."""
+API_TIMEOUT = 60
+"""Seconds any later Docker call may take (a stop waits for its own timeout within it)."""
+
+
+def make_client(engine: Endpoint, *, timeout: int = API_TIMEOUT) -> docker.DockerClient:
     """A Docker client for ``engine``, not yet connected: TLS for tcp:// when the engine asks
     for it, the system ssh (its ~/.ssh/config) or paramiko for ssh://."""
     import docker

@@ -18,7 +18,15 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from shardctl.config.topology import Node, Topology
-from shardctl.docker.clients import Endpoint, describe, docker_errors, make_client, short
+from shardctl.docker.clients import (
+    API_TIMEOUT,
+    PING_TIMEOUT,
+    Endpoint,
+    describe,
+    docker_errors,
+    make_client,
+    short,
+)
 from shardctl.docker.records import (
     LABEL_CLUSTER,
     LABEL_CONFIG,
@@ -99,17 +107,26 @@ class Engines:
 
     def __init__(self) -> None:
         self._clients: dict[Endpoint, docker.DockerClient] = {}
+        self._lost: dict[Endpoint, DockerUnavailable] = {}
         self._lock = threading.Lock()
 
     def client(self, endpoint: Endpoint = None) -> docker.DockerClient:
-        """The SDK client of ``endpoint`` (None: DOCKER_HOST or the default socket), pinged
-        once. For this module, and for tests that work the engine by hand; shardctl's other
-        modules use the methods below."""
+        """A client for ``endpoint`` (None: DOCKER_HOST or the default socket), pinged once
+        within :data:`PING_TIMEOUT` seconds: a lost or frozen engine (host) is judged at once,
+        and remembered, so later calls fail at once too instead of waiting on it again."""
         with self._lock:
+            lost = self._lost.get(endpoint)
+            if lost is not None:
+                raise lost
             if endpoint not in self._clients:
-                with docker_errors(f"connecting to Docker at {describe(endpoint)}"):
-                    client = make_client(endpoint)
-                    client.ping()
+                try:
+                    with docker_errors(f"connecting to Docker at {describe(endpoint)}"):
+                        client = make_client(endpoint, timeout=PING_TIMEOUT)
+                        client.ping()
+                        client.api.timeout = API_TIMEOUT  # pulls, stops: minutes are fine
+                except DockerUnavailable as exc:
+                    self._lost[endpoint] = exc
+                    raise
                 self._clients[endpoint] = client
             return self._clients[endpoint]
 

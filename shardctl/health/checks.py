@@ -21,6 +21,7 @@ from shardctl.config import addresses
 from shardctl.config.schema import HealthSpec, PoolerSpec, Replication, Role
 from shardctl.config.topology import Node, Topology
 from shardctl.db.poolers import PoolerObservation
+from shardctl.health import durability
 from shardctl.health.facts import (
     ClusterFacts,
     ContainerState,
@@ -137,7 +138,7 @@ def replication_checks(facts: ClusterFacts, limits: HealthSpec) -> list[Check]:
         checks.append(primary_check(facts, primary, replicas))
         checks.append(undeclared_check(facts.of(primary.name), replicas))
         if topology.replication(shard.name) is Replication.SYNC:
-            checks.append(sync_check(facts.of(primary.name), replicas))
+            checks.append(sync_check(facts, primary, replicas))
         for replica in replicas:
             checks += replica_checks(facts, facts.of(replica.name), limits)
     checks += undeclared_containers(topology, facts.undeclared)
@@ -231,25 +232,13 @@ def primary_check(facts: ClusterFacts, primary: Node, replicas: list[Node]) -> C
     return failed(primary, PRIMARY, f"no primary: {primary.name} is in recovery")
 
 
-def sync_check(obs: NodeObservation, replicas: list[Node]) -> Check:
-    """Under ``replication: sync``, a replica is synchronous: else every commit waits."""
-    primary, facts = obs.node, obs.facts
-    if facts is None:
+def sync_check(facts: ClusterFacts, primary: Node, replicas: list[Node]) -> Check:
+    """Under ``replication: sync``, a replica is synchronous: else the shard's writes block
+    (``durability: required``) or are acknowledged as async (``preferred``, degraded)."""
+    if facts.of(primary.name).facts is None:
         return skipped(primary, SYNC, f"{primary.name} did not answer")
-    slots = {r.slot for r in replicas}
-    synchronous = [
-        r.application_name
-        for r in facts.replication
-        if r.slot_name in slots and r.state == "streaming" and r.sync_state in ("sync", "quorum")
-    ]
-    if synchronous:
-        return passed(primary, SYNC, f"synchronous: {', '.join(sorted(synchronous))}")
-    return failed(
-        primary,
-        SYNC,
-        "replication: sync, but no replica is synchronous: commits wait until one streams "
-        "(`shardctl up` brings replicas back; `replication: async` stops the waiting)",
-    )
+    ok, detail = durability.sync_detail(facts.topology, facts, primary, replicas)
+    return (passed if ok else failed)(primary, SYNC, detail)
 
 
 def undeclared_check(obs: NodeObservation, replicas: list[Node]) -> Check:

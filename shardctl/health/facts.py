@@ -101,6 +101,8 @@ class NodeFacts:
     replication: tuple[ReplicationRow, ...]
     receiver: WalReceiver | None
     slots: tuple[Slot, ...]
+    synchronous_standby_names: str = ""
+    """The server's setting: empty when its commits wait for no standby."""
 
     @property
     def role(self) -> ActualRole:
@@ -212,6 +214,7 @@ SELECT
     extract(epoch FROM pg_catalog.pg_last_xact_replay_timestamp())::float8 AS replay_timestamp,
     extract(epoch FROM pg_catalog.clock_timestamp())::float8 AS server_time,
     pg_catalog.current_setting('server_version_num')::int AS server_version,
+    pg_catalog.current_setting('synchronous_standby_names') AS synchronous_standby_names,
     (SELECT coalesce(json_agg(json_build_object(
             'application_name', r.application_name,
             'client_addr', host(r.client_addr),
@@ -271,6 +274,7 @@ def read_facts(conn: psycopg.Connection[Any]) -> NodeFacts:
         ),
         receiver=receiver,
         slots=tuple(Slot(**s) for s in row["slots"]),
+        synchronous_standby_names=row["synchronous_standby_names"],
     )
 
 
@@ -331,7 +335,7 @@ def observe(
         def run() -> tuple[NodeFacts, float]:
             started = time.monotonic()
             assert login is not None
-            with pg.connect(node, login, "postgres", timeout=timeout) as conn:
+            with pg.connect(node, login, "postgres", timeout=timeout, deadline=timeout) as conn:
                 return read_facts(conn), time.monotonic() - started
 
         return run

@@ -19,6 +19,7 @@ from shardctl.health.checks import (
     REACHABLE,
     RECOVERY,
     SLOT,
+    SYNC,
     SYSTEM_ID,
     TIMELINE,
     UNDECLARED,
@@ -75,6 +76,7 @@ _SHORT = {
     POOLER: "pooler problem",
     POOLER_WAITING: "pooler queueing",
 }
+_SYNC_PHRASES = (("writes block", "writes blocked"), ("degraded", "degraded (async)"))
 
 
 def health_phrase(check: Check) -> str:
@@ -93,6 +95,8 @@ def health_phrase(check: Check) -> str:
             if check.detail.startswith(start):
                 return phrase
         return "wrong primary"
+    if check.check == SYNC:
+        return next((p for start, p in _SYNC_PHRASES if check.detail.startswith(start)), "no sync")
     return _SHORT.get(check.check, f"{check.check} failed")
 
 

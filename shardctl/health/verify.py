@@ -48,6 +48,8 @@ DEEP_KEY_LOOKUP_ROWS = 100_000
 """A mismatching table this small has its differing keys named (both sides are read whole)."""
 DEEP_TIMEOUT = 3600.0
 """Upper bound for checksumming every table of a shard (a guard against a hung node only)."""
+DEEP_DEADLINE = 600.0
+"""Seconds one checksum query of one table may take (a frozen node fails its table)."""
 
 Conn = psycopg.Connection[Any]
 
@@ -156,7 +158,10 @@ def _write_canary(
         token = uuid.uuid4()
         started = time.monotonic()
         try:
-            with pg.connect(node, login, database, timeout=limits.probe_timeout) as conn:
+            # Bounded by the canary's timeout: a sync primary without a standby never commits it.
+            with pg.connect(
+                node, login, database, timeout=limits.probe_timeout, deadline=limits.canary_timeout
+            ) as conn:
                 if not _canary_exists(conn):  # the first run on this primary
                     _ensure_canary_table(conn)
                 _insert_canary(conn, token, node)
@@ -308,13 +313,21 @@ def _deep_shard(
 
     def run() -> list[Check]:
         found: list[Check] = []
-        with pg.connect(primary, login, database, timeout=limits.probe_timeout) as source:
+        with pg.connect(
+            primary, login, database, timeout=limits.probe_timeout, deadline=DEEP_DEADLINE
+        ) as source:
             digest.prepare(source)
             targets: dict[str, Conn] = {}
             try:
                 for replica in replicas:
                     try:
-                        conn = pg.connect(replica, login, database, timeout=limits.probe_timeout)
+                        conn = pg.connect(
+                            replica,
+                            login,
+                            database,
+                            timeout=limits.probe_timeout,
+                            deadline=DEEP_DEADLINE,
+                        )
                         digest.prepare(conn)
                     except (DatabaseUnavailable, psycopg.Error) as exc:
                         found += [

@@ -23,10 +23,11 @@ from shardctl.config.schema import HealthSpec
 from shardctl.config.topology import Topology
 from shardctl.db import pg
 from shardctl.docker.engine import Engines
-from shardctl.errors import CheckFailed, DatabaseUnavailable, UsageError
+from shardctl.errors import CheckFailed, DatabaseUnavailable, InfrastructureError, UsageError
 from shardctl.health import distribution as distributions
 from shardctl.health import facts as health
 from shardctl.health import ringview, verify
+from shardctl.ops import durability
 from shardctl.ops.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
 from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
 from shardctl.state import catalog, ddl, inflight
@@ -109,6 +110,7 @@ class Cluster:
             )
             catalog.publish(self.topology, self.credentials(), rejoined)
         ddl.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
+        report.warnings += [c.line for c in self.apply_durability()]
         report.seconds = time.monotonic() - started
         return report
 
@@ -173,7 +175,26 @@ class Cluster:
         """Promote a replica of ``shard``, whose primary is gone (see
         :mod:`shardctl.ops.rolechange`)."""
         self.topology.shard_nodes(shard)
-        return self.role_changer().failover(shard, to)
+        change = self.role_changer().failover(shard, to)
+        # The lost host may have carried other shards' standbys: their policy applies now.
+        with contextlib.suppress(DatabaseUnavailable):
+            change.notes += [c.line for c in self.apply_durability() if c.shard != shard]
+        return change
+
+    def apply_durability(self) -> list[durability.Change]:
+        """One pass of the sync durability policy (see :mod:`shardctl.ops.durability`)."""
+        return durability.apply_durability(self)
+
+    def apply_durability_quietly(self) -> list[str]:
+        """:meth:`apply_durability` for the commands that read (``status``,
+        ``verify-replication``): the change lines, and one line instead of an error when the
+        pass could not be made (those commands report what does not answer themselves)."""
+        try:
+            return [c.line for c in self.apply_durability()]
+        except (InfrastructureError, UsageError) as exc:
+            if not durability.has_sync(self.topology) or isinstance(exc, UsageError):
+                return []
+            return [f"durability policy not applied: {exc}"]
 
     def down(self, *, volumes: bool = False) -> DownReport:
         """Remove containers and network; volumes (and generated passwords) only when asked."""

@@ -30,7 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from shardctl.config.credentials import Credentials
-from shardctl.config.schema import Replication, Role
+from shardctl.config.schema import Role
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg, poolers
 from shardctl.docker.clients import Endpoint
@@ -51,6 +51,7 @@ from shardctl.errors import (
     ShardctlError,
 )
 from shardctl.util import fanout
+from shardctl.health import durability
 from shardctl.util.waiting import NotYet, wait_for
 
 if TYPE_CHECKING:
@@ -372,9 +373,9 @@ class Provisioner:
     # ------------------------------------------------------- PostgreSQL side
 
     def _connect(
-        self, node: Node, dbname: str = "postgres"
+        self, node: Node, dbname: str = "postgres", deadline: float = pg.DEADLINE
     ) -> psycopg.Connection[tuple[object, ...]]:
-        return pg.connect(node, self._creds(), dbname, local_commit=True)
+        return pg.connect(node, self._creds(), dbname, local_commit=True, deadline=deadline)
 
     def _configure_primary(self, primary: Node, replicas: Iterable[Node]) -> None:
         """Replication and application roles, database, schema and slots; each step a no-op
@@ -401,7 +402,8 @@ class Provisioner:
         if path is None:
             return
         text = path.read_text(encoding="utf-8")
-        with self._connect(primary, self.topology.spec.database) as conn:
+        # A user's file: a big index may take minutes.
+        with self._connect(primary, self.topology.spec.database, SCHEMA_DEADLINE) as conn:
             try:
                 conn.execute(text.encode())
             except psycopg.Error as exc:
@@ -619,6 +621,9 @@ class Provisioner:
         return report
 
 
+SCHEMA_DEADLINE = 600.0
+"""Seconds the topology's schema file may take on one primary."""
+
 REPLICATION_ROLE = "LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS"
 """The replication role: it streams WAL and nothing else."""
 APP_ROLE = "LOGIN NOREPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOINHERIT"
@@ -649,10 +654,7 @@ def create_slot(conn: psycopg.Connection[Any], replica: Node) -> None:
 def synchronous_standby_names(topology: Topology, primary: Node) -> str:
     """The primary's ``synchronous_standby_names``: under ``replication: sync``, any one of
     the shard's other nodes (by their ``application_name``) must have a commit; else none."""
-    others = [n.name for n in topology.shard_nodes(primary.shard) if n.name != primary.name]
-    if topology.replication(primary.shard) is not Replication.SYNC or not others:
-        return ""
-    return "ANY 1 ({})".format(", ".join(f'"{name}"' for name in others))
+    return durability.standby_names(topology, primary)
 
 
 def commit_waits_for_replicas(

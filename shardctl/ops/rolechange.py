@@ -39,11 +39,13 @@ from typing import Any
 import psycopg
 
 from shardctl.config.credentials import Credentials
-from shardctl.config.schema import Replication
+from shardctl.config.schema import Durability, Replication
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
 from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable, RoleChangeError, ShardctlError, UsageError
+from shardctl.health import durability as policy
+from shardctl.ops import durability
 from shardctl.ops.provisioning import (
     Provisioner,
     Reporter,
@@ -53,6 +55,7 @@ from shardctl.ops.provisioning import (
 )
 from shardctl.ring.hashing import SPACE, Move
 from shardctl.state import catalog, fence, inflight, locks
+from shardctl.state import durability as degradation
 from shardctl.state.plan import Phase
 from shardctl.util.waiting import NotYet, wait_for
 
@@ -210,7 +213,7 @@ class RoleChanger:
 
     def failover(self, shard: str, to: str | None = None) -> RoleChange:
         """Promote the most advanced replica of a shard whose primary is gone."""
-        started = time.monotonic()
+        started, started_at = time.monotonic(), time.time()
         old, *replicas = self.topology.shard_nodes(shard)
         record = self._current_record()
         answer = _try_position(old, self.credentials, 3.0)
@@ -233,16 +236,24 @@ class RoleChanger:
                 self.log(f"re-pointing {other.name} to {candidate.name}")
                 acting.follow(acting.topology.node(other.name), deadline)
         change = RoleChange(shard, old.name, candidate.name, new_record.epoch)
-        change.seconds = time.monotonic() - started
-        change.possibly_lost = self._loss_statement(shard, chosen, usable, silent)
-        waiting = self.topology.replication(shard) is Replication.SYNC and not [
+        change.possibly_lost = self._loss_statement(shard, chosen, usable, silent, started_at)
+        spec = self.topology.replication_spec(shard)
+        alone = spec.mode is Replication.SYNC and not [
             p for p in usable if p.node.name != candidate.name
         ]
-        if waiting:
+        if alone and spec.durability is Durability.PREFERRED:
+            # Its only standby-to-be is the fenced old primary, back only through `up`:
+            # nothing to wait for, so it acknowledges as async from now on (recorded).
+            missing = (f"{old.name} (fenced by this failover: `shardctl up` re-clones it)",)
+            degraded = durability.degrade_now(acting.topology, self.credentials, shard, missing)
+            change.notes.append(degraded.line)
+        elif alone:
             change.notes.append(
-                f"{shard} replicates synchronously and has no other replica now: its commits "
-                f"wait until `shardctl up` re-clones {old.name} as a replica"
+                f"{shard} replicates synchronously (durability required) and has no other "
+                f"replica now: its commits wait until `shardctl up` re-clones {old.name} as a "
+                "replica"
             )
+        change.seconds = time.monotonic() - started
         if not on_disk:
             change.notes.append(
                 f"{old.name}'s engine could not be reached to fence its data directory: it is "
@@ -346,7 +357,7 @@ class RoleChanger:
     def _promote_and_publish(
         self, shard: str, candidate: Node, record: catalog.RingRecord, *, rejoin: tuple[str, ...]
     ) -> catalog.RingRecord:
-        with pg.connect(candidate, self.credentials, "postgres") as conn:
+        with pg.connect(candidate, self.credentials, "postgres", deadline=75.0) as conn:
             row = conn.execute(
                 "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() "
                 "THEN pg_catalog.pg_promote(true, 60) ELSE true END"
@@ -380,7 +391,12 @@ class RoleChanger:
         return new
 
     def _loss_statement(
-        self, shard: str, chosen: _Position, usable: list[_Position], silent: list[str]
+        self,
+        shard: str,
+        chosen: _Position,
+        usable: list[_Position],
+        silent: list[str],
+        started_at: float,
     ) -> str:
         """What acknowledged writes the new primary may lack, as far as can be known."""
         ahead = [p.node.name for p in usable if p.receive_lsn > chosen.receive_lsn]
@@ -390,6 +406,25 @@ class RoleChanger:
                 f"received more WAL than {chosen.node.name}, which was asked for"
             )
         if self.topology.replication(shard) is Replication.SYNC:
+            found, unasked = degradation.read_all(
+                self.topology, self.credentials, self.topology.nodes, timeout=3.0
+            )
+            record = found.get(shard)
+            if record is not None and record.degraded_since is not None:
+                return (
+                    f"writes acknowledged since {policy.clock(record.degraded_since)} may be "
+                    f"lost: {shard} was degraded (durability preferred: acknowledging as async, "
+                    f"no synchronous standby: {', '.join(record.missing) or 'none'}) from then "
+                    f"until this failover at {policy.clock(started_at)}"
+                )
+            preferred = self.topology.replication_spec(shard).durability is Durability.PREFERRED
+            others = {p.name for p in self.topology.primaries() if p.shard != shard}
+            if preferred and others <= set(unasked):
+                # A degradation is recorded on every primary that answers, its own included.
+                return (
+                    f"cannot be sure: {shard} acknowledges as async when degraded (durability "
+                    "preferred), and no other shard's primary answered to say whether it was"
+                )
             if silent:
                 return (
                     f"cannot be sure: synchronous replication put every acknowledged commit on "
@@ -411,8 +446,8 @@ class RoleChanger:
 def _fence(conn: Conn, shard: str, target: str) -> None:
     """Refuse every write to the sharded tables here: the reshard fence, over the circle."""
     whole_circle = Move(0, SPACE, shard, target)
-    with conn.transaction():
-        fence.give_away(conn, fence.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED)
+    # Its own transaction, committed locally: visible at once, whatever the standbys do.
+    fence.give_away(conn, fence.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED)
 
 
 def _unfence(conn: Conn) -> None:

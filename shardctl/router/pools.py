@@ -27,9 +27,9 @@ from shardctl.config import addresses
 from shardctl.config.credentials import Credentials, Login
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
+from shardctl.db.deadlines import Watchdog
 from shardctl.db.faults import is_transient
 from shardctl.errors import RoutingError, TopologyError
-from shardctl.router.deadlines import Watchdog
 
 __all__ = ["DOWN_FOR", "Conn", "Pools", "Prefer", "Row"]
 

@@ -32,7 +32,7 @@ statement that touched no row is followed by ``shardctl.assert_owner`` (see
 **One deadline.** Every operation ends within :attr:`Router.deadline` seconds (default 10):
 waiting for a connection, the statement itself and every retry together. A statement on a
 server that stopped answering (a frozen container, a hung host) is cut short at the deadline
-(:mod:`shardctl.router.deadlines`), and other shards' operations never wait for it.
+(:mod:`shardctl.db.deadlines`), and other shards' operations never wait for it.
 
 **Retries.** Transient faults — a broken connection, a server shutting down or starting
 (``admin_shutdown``, ``crash_shutdown``, ``cannot_connect_now``), a serialization failure, a

@@ -153,7 +153,7 @@ def install(conn: psycopg.Connection[Any]) -> None:
     """Create the schema, the ring table and ``ring_position`` if missing (idempotent)."""
 
     def create() -> None:
-        with conn.transaction():
+        with pg.bookkeeping(conn):
             conn.execute(XACT_LOCK, (CATALOG_INSTALL_LOCK,))
             for statement in DDL:
                 conn.execute(statement)
@@ -187,7 +187,7 @@ def write(conn: psycopg.Connection[Any], record: RingRecord) -> bool:
     Idempotent, so an interrupted operation can re-run it; a *different* ring already stored
     under the same epoch is a :class:`CatalogError` (two writers raced).
     """
-    with conn.transaction():
+    with pg.bookkeeping(conn):  # never waits for a synchronous standby (docs/failover.md)
         cur = conn.execute(
             "INSERT INTO shardctl.ring "
             "(epoch, algorithm, vnodes, nodes, created_by, primaries, rejoin) "

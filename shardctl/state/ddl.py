@@ -122,7 +122,7 @@ def ensure(topology: Topology, credentials: Credentials) -> None:
     (idempotent; done by ``up``, after the ring catalog)."""
 
     def one(conn: Conn) -> None:
-        with conn.transaction():
+        with pg.bookkeeping(conn):  # never waits for a synchronous standby
             conn.execute(XACT_LOCK, (FENCE_INSTALL_LOCK,))
             install(conn, topology.spec.tables)
             grant_app(conn, topology.spec.tables, topology.spec.credentials.app_user)

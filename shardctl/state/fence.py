@@ -43,6 +43,7 @@ from typing import Any
 
 import psycopg
 
+from shardctl.db import pg
 from shardctl.ring.hashing import Move, Span, hex_bounds
 from shardctl.state.locks import RELEASE_SESSION_LOCK, ROLE_CHANGE_LOCK, TRY_SESSION_LOCK
 
@@ -120,7 +121,8 @@ def lift_abandoned_role_fence(conn: Conn) -> bool:
     if row is None or not row[0]:
         return False  # a switchover is running: its fence is not abandoned
     try:
-        return conn.execute(TAKE_BACK, (ROLE_CHANGE,)).rowcount > 0
+        with pg.bookkeeping(conn):
+            return conn.execute(TAKE_BACK, (ROLE_CHANGE,)).rowcount > 0
     finally:
         conn.execute(RELEASE_SESSION_LOCK, (ROLE_CHANGE_LOCK,))
 
@@ -134,7 +136,7 @@ def give_away(conn: Conn, operation: int, ranges: Iterable[Move], state: RangeSt
 
     ``CAPTURING`` starts recording their writes; ``FENCED`` refuses them at once (a switchover
     fencing an old primary gives away one range covering the whole circle)."""
-    with conn.transaction():  # one re-arming of the guard triggers for them all
+    with pg.bookkeeping(conn):  # one re-arming of the guard triggers for them all
         for move in ranges:
             conn.execute(
                 GIVE_AWAY, (operation, move.start_hex, move.end_hex, move.target, state.value)
@@ -146,19 +148,22 @@ def set_state(
 ) -> int:
     """Move the ranges ``operation`` gives away here to ``state`` (only those in ``only``, if
     given); how many changed. To ``FENCED`` it waits for every in-flight writer of them."""
-    if only is None:
-        return conn.execute(SET_STATE, (state.value, operation)).rowcount
-    return conn.execute(SET_STATE_FROM, (state.value, operation, only.value)).rowcount
+    with pg.bookkeeping(conn):
+        if only is None:
+            return conn.execute(SET_STATE, (state.value, operation)).rowcount
+        return conn.execute(SET_STATE_FROM, (state.value, operation, only.value)).rowcount
 
 
 def mark_copied(conn: Conn, operation: int) -> None:
     """Say the ranges ``operation`` gives away here are copied: Routers dual-write them now."""
-    conn.execute(MARK_COPIED, (operation,))
+    with pg.bookkeeping(conn):
+        conn.execute(MARK_COPIED, (operation,))
 
 
 def take_back(conn: Conn, operation: int) -> None:
     """Forget the ranges ``operation`` gave away here: capture stops and any fence lifts."""
-    conn.execute(TAKE_BACK, (operation,))
+    with pg.bookkeeping(conn):
+        conn.execute(TAKE_BACK, (operation,))
 
 
 def given_away_before(conn: Conn, source: str, operation: int) -> list[tuple[int, Move]]:
@@ -174,7 +179,7 @@ def narrow(conn: Conn, operation: int, moved: Move, keep: Sequence[Span]) -> Non
     """Replace a range ``operation`` moved away for good by the pieces ``keep`` of it, in one
     transaction: the rest is this shard's again (a later reshard brings it back) and writes to
     it are no longer refused."""
-    with conn.transaction():
+    with pg.bookkeeping(conn):
         conn.execute(FORGET_RANGE, (operation, moved.start_hex))
         for piece in keep:
             conn.execute(
@@ -185,7 +190,8 @@ def narrow(conn: Conn, operation: int, moved: Move, keep: Sequence[Span]) -> Non
 
 def forget_changes(conn: Conn, targets: Sequence[str]) -> None:
     """Drop the change log kept here for ``targets`` (their move is over or undone)."""
-    conn.execute(FORGET_CHANGES, (list(targets),))
+    with pg.bookkeeping(conn):
+        conn.execute(FORGET_CHANGES, (list(targets),))
 
 
 def moving_ranges(conn: Conn, source: str) -> list[Move]:

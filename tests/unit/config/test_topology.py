@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from shardctl.config import topology
-from shardctl.config.schema import IMAGE_ENV, Role
+from shardctl.config.schema import IMAGE_ENV, Durability, Replication, Role
+from shardctl.config.topology import Topology
 from shardctl.errors import TopologyError
 from tests.conftest import REPO
 
@@ -142,3 +143,33 @@ def test_json_schema_is_exported_and_committed() -> None:
     )
     assert '"shards"' in result.stdout
     assert (REPO / "docs" / "topology.schema.json").read_text(encoding="utf-8") == result.stdout
+
+
+def test_replication_durability_spellings_and_their_misuse(tmp_path: Path) -> None:
+    def load(replication: str) -> Topology:
+        path = tmp_path / "topology.yaml"
+        path.write_text(
+            f"cluster: demo\nreplication: {replication}\nshards:\n  - name: s0\n"
+            "  - name: s1\n    replication: {mode: sync, durability: preferred}\n",
+            encoding="utf-8",
+        )
+        return topology.load(path)
+
+    plain = load("sync")
+    assert (plain.replication("s0"), plain.replication_spec("s0").durability) == (
+        Replication.SYNC,
+        Durability.REQUIRED,
+    )
+    assert plain.replication_spec("s1").durability is Durability.PREFERRED
+    spelled = load("{mode: sync, durability: preferred, degrade_after: 2.5}")
+    assert spelled.replication_spec("s0").degrade_after == 2.5
+    assert load("async").replication("s0") is Replication.ASYNC
+    for bad, message in (
+        ("{mode: async, durability: preferred}", "replication.durability: durability applies"),
+        ("{mode: sync, durability: maybe}", "replication.durability: input should be"),
+        ("{durability: preferred}", "replication.mode: this key is required"),
+        ("{mode: sync, degrade_after: .inf}", "replication.degrade_after"),
+    ):
+        with pytest.raises(TopologyError) as raised:
+            load(bad)
+        assert message in str(raised.value), str(raised.value)

@@ -549,13 +549,21 @@ def test_a_sync_shard_needs_a_synchronous_replica() -> None:
     topo = parse(text, Path("topology.yaml"))
     facts: dict[str, NodeFacts | None] = dict(healthy(topo))
     replica = topo.node("s0-replica-1")
-    facts["s0-primary"] = primary_facts((replica,), replication=(walsender(replica),))
+    names = '"ANY 1 ("s0-replica-1")'
+    facts["s0-primary"] = primary_facts((replica,), replication=(), synchronous_standby_names=names)
+    facts["s0-replica-1"] = None
     found = judge(cluster(topo, facts))
-    assert failures(found)[("s0-primary", checks.SYNC)].startswith(
-        "replication: sync, but no replica is synchronous"
-    )
+    blocked = failures(found)[("s0-primary", checks.SYNC)]
+    assert blocked.startswith("writes block: replication sync, durability required")
+    assert "s0-replica-1 (did not answer" in blocked and "second replica" in blocked
     assert ("s1-primary", checks.SYNC) not in found  # an async shard has no such check
+    # Acknowledging as async (degraded) while a replica streams again: not yet restored.
+    facts = dict(healthy(topo))
+    found = judge(cluster(topo, facts))
+    assert failures(found)[("s0-primary", checks.SYNC)].startswith("degraded: acknowledging")
     synchronous = walsender(replica, sync_state="quorum", application_name="s0-replica-1")
-    facts["s0-primary"] = primary_facts((replica,), replication=(synchronous,))
+    facts["s0-primary"] = primary_facts(
+        (replica,), replication=(synchronous,), synchronous_standby_names=names
+    )
     found = judge(cluster(topo, facts))
     assert found[("s0-primary", checks.SYNC)].detail == "synchronous: s0-replica-1"

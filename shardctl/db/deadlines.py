@@ -4,8 +4,13 @@ libpq has no client-side query timeout, and a frozen server (``docker pause``, a
 behind Docker's userland proxy still has its TCP packets acknowledged, so neither keepalives
 nor ``tcp_user_timeout`` notice it. :class:`Watchdog` watches the deadlines of the statements in
 flight from one thread; when one passes, it shuts the connection's socket down. The waiting
-thread then wakes at once with an ``OperationalError`` (a transient fault: the Router retries
-elsewhere or gives up at its deadline) and the pool discards the broken connection.
+thread then wakes at once with an ``OperationalError``.
+
+One mechanism for both users: the Router guards each statement with its caller's deadline (a
+transient fault: it retries elsewhere or gives up, and the pool discards the connection), and
+shardctl's own connections (:func:`shardctl.db.pg.connect`) guard every round trip -- a
+statement, a commit, a COPY chunk -- with :data:`WATCHDOG`, so no command waits for ever on a
+frozen server or on a commit that waits for a lost synchronous standby.
 """
 
 from __future__ import annotations
@@ -81,3 +86,7 @@ def interrupt(conn: Conn) -> None:
             duplicate.shutdown(socket.SHUT_RDWR)
         finally:
             duplicate.close()
+
+
+WATCHDOG = Watchdog()
+"""The process's watchdog for shardctl's own connections (each Router pool has its own)."""

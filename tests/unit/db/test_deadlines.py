@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 from typing import Any, cast
 
-from shardctl.router.deadlines import TICK, Watchdog
+from shardctl.db.deadlines import TICK, Watchdog
 
 
 def connection(sock: socket.socket) -> Any:
