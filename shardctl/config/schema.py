@@ -10,13 +10,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-DEFAULT_TOPOLOGY = "topology.yaml"
-TOPOLOGY_ENV = "SHARDCTL_TOPOLOGY"
-IMAGE_ENV = "SHARDCTL_IMAGE"
-"""Overrides the topology's image: how tests and offline machines use a locally built one."""
-MAX_REPLICAS = 9
-PORT_STRIDE = MAX_REPLICAS + 1
-"""Ports per shard: the primary on the shard's port, replica i on port + i."""
+from shardctl.config.constants import DEFAULT_TOPOLOGY as DEFAULT_TOPOLOGY  # re-exported
+from shardctl.config.constants import IMAGE_ENV as IMAGE_ENV
+from shardctl.config.constants import MAX_REPLICAS as MAX_REPLICAS
+from shardctl.config.constants import PORT_STRIDE as PORT_STRIDE
+from shardctl.config.constants import TOPOLOGY_ENV as TOPOLOGY_ENV
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
