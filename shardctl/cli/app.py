@@ -40,7 +40,7 @@ DATA = "Data"
 REPLICATION = "Replication"
 RESHARDING = "Resharding"
 ROLES = "Roles"
-OPERATIONS = "Operator's tools"
+OPERATIONS = "Operations"
 BACKUP = "Backup"
 HELP = "Help"
 GROUPS = (CLUSTER, DATA, REPLICATION, RESHARDING, ROLES, BACKUP, OPERATIONS, HELP)
@@ -76,7 +76,7 @@ class Commands(TyperGroup):
         width = max(len(name) for group in rows.values() for name, _ in group)
         order = [g for g in GROUPS if g in rows] + sorted(set(rows) - set(GROUPS))
         for group in order:
-            with formatter.section(f"{group} commands"):
+            with formatter.section(group):
                 for name, text in rows[group]:
                     formatter.write(f"{'':>{formatter.current_indent}}{name:<{width}}  {text}\n")
 
@@ -96,6 +96,11 @@ def summary(command: Any) -> str:
 
 
 def _type_in_words(param: Any) -> None:
+    if param.param_type_name == "argument":
+        # An argument's name says what it is (SHARD, NODE): typer would add "<str>" after it.
+        param.metavar = param.metavar or (param.name or "value").upper()
+        param.display_type_rich = lambda ctx=None: None
+        return
     if param.metavar is not None or getattr(param, "is_flag", False):
         return
     descriptor = getattr(param, "type_descriptor", None)

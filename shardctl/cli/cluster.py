@@ -130,7 +130,7 @@ def _up_interrupted(cluster: Cluster) -> NoReturn:
 
 @command(
     group=CLUSTER,
-    summary="Remove containers and network; data volumes with --volumes.",
+    summary="Remove containers and network; volumes with --volumes.",
     example="shardctl down\nshardctl down --volumes --yes",
 )
 def down(
@@ -190,7 +190,7 @@ def _status_renderable(
 
 @command(
     group=CLUSTER,
-    summary="One row per node: role, state, lag, health; work in flight.",
+    summary="One row per node: role, state, lag, health.",
     example="shardctl status -o wide\nshardctl status --watch 5",
 )
 def status(

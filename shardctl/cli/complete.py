@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import typer
+
 if TYPE_CHECKING:
     from shardctl.config.topology import Topology
 
@@ -16,7 +18,7 @@ ROOT_TOPOLOGY: list[Path | None] = [None]
 """The ``-f`` given before the command word, set by the root callback."""
 
 
-def _topology(ctx: Any) -> Topology | None:
+def _topology(ctx: typer.Context) -> Topology | None:
     from shardctl.config.topology import default_path, load
     from shardctl.errors import ShardctlError
 
@@ -28,14 +30,14 @@ def _topology(ctx: Any) -> Topology | None:
         return None
 
 
-def shard(ctx: Any, incomplete: str) -> list[str]:
+def shard(ctx: typer.Context, incomplete: str) -> list[str]:
     """The topology's shard names."""
     topology = _topology(ctx)
     names = [s.name for s in topology.spec.shards] if topology is not None else []
     return [name for name in names if name.startswith(incomplete)]
 
 
-def target(ctx: Any, incomplete: str) -> list[str]:
+def target(ctx: typer.Context, incomplete: str) -> list[str]:
     """The topology's shard names, then its node names (``psql``, ``dsn``, ``logs``)."""
     topology = _topology(ctx)
     if topology is None:
@@ -45,17 +47,19 @@ def target(ctx: Any, incomplete: str) -> list[str]:
     return [name for name in names if name.startswith(incomplete) and name not in given]
 
 
-def node(ctx: Any, incomplete: str) -> list[str]:
+def node(ctx: typer.Context, incomplete: str) -> list[str]:
     """The topology's node names."""
     topology = _topology(ctx)
     names = [n.name for n in topology.nodes] if topology is not None else []
     return [name for name in names if name.startswith(incomplete)]
 
 
-def replica(ctx: Any, incomplete: str) -> list[str]:
+def replica(ctx: typer.Context, incomplete: str) -> list[str]:
     """``--to``: the replicas of the shard given on the command line (declared roles)."""
     topology = _topology(ctx)
-    shard_name = ctx.params.get("shard")
+    # While an option's value is completed, click leaves the arguments before it unparsed.
+    words = [a for a in ctx.args if not a.startswith("-")]
+    shard_name = ctx.params.get("shard") or (words[0] if words else None)
     if topology is None or shard_name is None:
         return []
     return [
@@ -65,8 +69,9 @@ def replica(ctx: Any, incomplete: str) -> list[str]:
     ]
 
 
-def command(ctx: Any, incomplete: str) -> list[str]:
+def command(ctx: typer.Context, incomplete: str) -> list[str]:
     """``shardctl help``: the command names."""
     root = ctx.find_root()
-    names: list[str] = root.command.list_commands(root) if hasattr(root.command, "commands") else []
+    group: Any = root.command
+    names: list[str] = group.list_commands(root) if hasattr(group, "list_commands") else []
     return [name for name in names if name.startswith(incomplete)]

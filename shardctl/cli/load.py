@@ -35,7 +35,7 @@ MAX_USERS = 100_000
 
 @command(
     group=DATA,
-    summary="The load test through the Router: throughput, success, latencies.",
+    summary="The load test through the Router: throughput, latencies.",
     example="shardctl load --users 1000,5000,10000 --duration 30\n"
     "shardctl load --bulk --rows 1000000\n"
     "shardctl load --verify ledger.jsonl",

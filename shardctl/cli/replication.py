@@ -52,7 +52,7 @@ def _default(name: str, unit: str = "s") -> str:
 @command(
     "verify-replication",
     group=REPLICATION,
-    summary="Check that every replica streams, keeps up and holds its data.",
+    summary="Check that replicas stream, keep up and hold their data.",
     example="shardctl verify-replication --junit report.xml\nshardctl verify-replication --deep",
 )
 def verify_replication(

@@ -41,7 +41,7 @@ RowsPerChunkOption = Annotated[
 @command(
     "add-shard",
     group=RESHARDING,
-    summary="Provision a new empty shard; it owns no keys until rebalance.",
+    summary="Provision a new empty shard (no keys until rebalance).",
     example="shardctl add-shard shard-4 --replicas 1",
 )
 def add_shard(
@@ -220,7 +220,7 @@ def finish(state: State, output: Output) -> None:
 @command(
     "remove-shard",
     group=RESHARDING,
-    summary="Move a shard's keys to the others online, then remove its nodes.",
+    summary="Move a shard's keys away online, then remove its nodes.",
     example="shardctl remove-shard shard-3 --plan\nshardctl remove-shard shard-3 --yes",
 )
 def remove_shard(

@@ -102,6 +102,17 @@ class HealthSpec(_Model):
     probe_timeout: float = Field(default=5.0, gt=0)
 
 
+class LogsSpec(_Model):
+    """Log rotation of every container shardctl makes (Docker's json-file driver)."""
+
+    max_size: str = Field(
+        default="10m",
+        pattern=r"^[1-9][0-9]{0,5}[kmg]$",
+        description="Size of one log file before it rotates: a number and k, m or g.",
+    )
+    max_files: int = Field(default=3, ge=1, le=100, description="Log files kept per container.")
+
+
 class Spread(StrEnum):
     """Where a shard's replicas may be placed relative to its primary."""
 
@@ -318,6 +329,10 @@ class TopologySpec(_Model):
     tables: tuple[TableSpec, ...] = ()
     credentials: CredentialsSpec = CredentialsSpec()
     health: HealthSpec = HealthSpec()
+    logs: LogsSpec = Field(
+        default=LogsSpec(),
+        description="Log rotation of the containers (applies to containers made from now on).",
+    )
     postgres: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Extra postgresql.conf parameters for every node."
     )
