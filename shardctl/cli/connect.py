@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from shardctl.config.topology import Node, Topology
 
 
+SOCKET_DIR = "/tmp"
+"""Where the server's socket is inside a node's container (``unix_socket_directories``)."""
+
+
 class RoleName(StrEnum):
     """The database role to connect as: the application's, or shardctl's superuser."""
 
@@ -235,6 +239,8 @@ def _container_psql(
         "PGPASSWORD",  # no value: docker takes it from its own environment, not argv
         node.container,
         "psql",
+        "-h",
+        SOCKET_DIR,
         "-U",
         user,
         "-d",

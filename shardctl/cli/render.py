@@ -77,7 +77,8 @@ class PlainProgress:
     def __init__(self, line: Callable[[Task], str]) -> None:
         self._line = line
         self._tasks: dict[TaskID, Task] = {}
-        self._said: dict[TaskID, tuple[str, float]] = {}
+        self._said: dict[TaskID, tuple[str, str, float]] = {}
+        """Per task: the step and the line last written, and when."""
 
     def __enter__(self) -> PlainProgress:
         return self
@@ -121,12 +122,14 @@ class PlainProgress:
     def _say(self, task_id: TaskID, *, force: bool = False) -> None:
         task = self._tasks[task_id]
         text = self._line(task)
-        said, when = self._said.get(task_id, ("", 0.0))
+        step, said, when = self._said.get(task_id, ("", "", 0.0))
         now = time.monotonic()
-        step_changed = task.description != said
-        if not (force or step_changed or now - when >= PLAIN_EVERY) or (force and text == said):
+        if force:  # the end: the last state, unless that is what was said last
+            if text == said:
+                return
+        elif task.description == step and now - when < PLAIN_EVERY:
             return
-        self._said[task_id] = (task.description, now)
+        self._said[task_id] = (task.description, text, now)
         sys.stderr.write(f"{datetime.now():%H:%M:%S} {text}\n")
         sys.stderr.flush()
 
