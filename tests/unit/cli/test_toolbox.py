@@ -126,7 +126,7 @@ def test_progress_without_a_terminal_is_timestamped_lines(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [100.0]
-    monkeypatch.setattr(render.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr("shardctl.cli.render.time.monotonic", lambda: clock[0])
     with render.progress(plain=lambda task: f"{task.fields['node']}: {task.description}") as bar:
         assert isinstance(bar, render.PlainProgress)  # captured: stderr is no terminal
         task = bar.add_task("creating", node="n1")
