@@ -2,6 +2,12 @@
 
 Errors from the library (:class:`~shardctl.errors.ShardctlError`) are caught once, in
 :func:`main`, and printed as one red line with the documented exit code.
+
+**Start-up.** Every command module is imported for ``--help``, and ``--version`` builds the
+whole command tree, so this module and the command modules import only typer and the
+standard library at module level. What a command needs (rich, psycopg, the Docker SDK,
+pydantic, cryptography) is imported in the command's body; ``tests/unit/cli/test_startup.py``
+checks it, and ``benchmarks/cli_startup.py`` measures it.
 """
 
 from __future__ import annotations
@@ -9,35 +15,131 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
-from rich.text import Text
+from typer.core import TyperGroup
 
 from shardctl import __version__
-from shardctl.cli import render
-from shardctl.config import credentials as creds
-from shardctl.config.schema import TOPOLOGY_ENV
-from shardctl.config.topology import Topology, default_path
-from shardctl.config.topology import load as load_topology
-from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError
-from shardctl.ops.cluster import Cluster
-from shardctl.ops.provisioning import Reporter
+from shardctl.cli import complete
+from shardctl.config.constants import DEFAULT_TOPOLOGY, TOPOLOGY_ENV
+from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError, UsageError
+
+if TYPE_CHECKING:
+    from shardctl.config.topology import Topology
+    from shardctl.ops.cluster import Cluster
+
+SUMMARY = "Operate a sharded PostgreSQL cluster: provision, check replication, reshard online."
+
+CLUSTER = "Cluster"
+DATA = "Data"
+REPLICATION = "Replication"
+RESHARDING = "Resharding"
+ROLES = "Roles"
+OPERATIONS = "Operations"
+BACKUP = "Backup"
+HELP = "Help"
+GROUPS = (CLUSTER, DATA, REPLICATION, RESHARDING, ROLES, BACKUP, OPERATIONS, HELP)
+"""The sections of ``shardctl --help``, in order; a command names its own (``group=``)."""
+
+_WORDS = {
+    "int": "INTEGER",
+    "float": "NUMBER",
+    "str": "TEXT",
+    "path": "PATH",
+    "list[str]": "TEXT",
+    "list[path]": "PATH",
+    "list[int]": "INTEGER",
+}
+"""Help writes a value's type in words, not as the Python type typer would show."""
+
+
+class Commands(TyperGroup):
+    """shardctl's command group: ``--help`` lists the commands by section, each summary in
+    full on one line; options and arguments show their type in words."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """Commands per section (:data:`GROUPS`), a one-line summary each, never cut."""
+        rows: dict[str, list[tuple[str, str]]] = {}
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is None or command.hidden:
+                continue
+            group = getattr(command, "rich_help_panel", None) or "Other"
+            rows.setdefault(group, []).append((name, summary(command)))
+        if not rows:
+            return
+        width = max(len(name) for group in rows.values() for name, _ in group)
+        order = [g for g in GROUPS if g in rows] + sorted(set(rows) - set(GROUPS))
+        for group in order:
+            with formatter.section(group):
+                for name, text in rows[group]:
+                    formatter.write(f"{'':>{formatter.current_indent}}{name:<{width}}  {text}\n")
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        """The command called ``name``, its parameters' types named in words for its help."""
+        command = super().get_command(ctx, name)
+        if command is not None:
+            for param in command.params:
+                _type_in_words(param)
+        return command
+
+
+def summary(command: Any) -> str:
+    """A command's one-line summary: its ``short_help``, else its help's first line."""
+    text = command.short_help or (command.help or "").strip().split("\n\n")[0]
+    return " ".join(text.split())
+
+
+def _type_in_words(param: Any) -> None:
+    if param.param_type_name == "argument":
+        # An argument's name says what it is (SHARD, NODE): typer would add "<str>" after it.
+        param.metavar = param.metavar or (param.name or "value").upper()
+        param.display_type_rich = lambda ctx=None: None
+        return
+    if param.metavar is not None or getattr(param, "is_flag", False):
+        return
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is None:
+        return
+    if descriptor.is_choice:
+        param.metavar = "|".join(str(getattr(c, "value", c)) for c in descriptor.choices or ())
+        return
+    shown = param.display_type(None).strip("<>") if hasattr(param, "display_type") else ""
+    word = _WORDS.get(shown.lower())
+    if word is not None:
+        param.metavar = word
+
 
 app = typer.Typer(
     name="shardctl",
-    help="Operate a sharded PostgreSQL cluster: provision, check replication, reshard online.",
+    cls=Commands,
+    help=SUMMARY,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def command(
+    name: str | None = None, *, group: str, example: str, summary: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command in ``--help``'s section ``group``, with an example (one command line,
+    or several separated by newlines) at the end of its help, and ``summary`` as its line in
+    ``shardctl --help`` (default: the docstring's first paragraph)."""
+    lines = "\n".join(f"  {line}" for line in example.strip().splitlines())
+    return app.command(
+        name,
+        rich_help_panel=group,
+        short_help=summary,
+        epilog=f"\b\nExample:\n{lines}",
+    )
 
 
 class Output(StrEnum):
@@ -71,13 +173,21 @@ TopologyOption = Annotated[
     typer.Option(
         "-f",
         "--topology",
-        help=f"Topology file [default: ${TOPOLOGY_ENV} or ./topology.yaml].",
+        metavar="FILE",
+        help=f"Topology file [default: ${TOPOLOGY_ENV} or ./{DEFAULT_TOPOLOGY}].",
         show_default=False,
     ),
 ]
 OutputOption = Annotated[
     Output, typer.Option("-o", "--output", help="table for people, json for scripts.")
 ]
+
+
+def _bound(value: float) -> str:
+    """A bound as people write it: integers as integers (1000000000, not 1e+09)."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
 
 
 def bounded(low: float, high: float, name: str) -> Callable[[Any], Any]:
@@ -89,7 +199,7 @@ def bounded(low: float, high: float, name: str) -> Callable[[Any], Any]:
             return value
         if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
             raise typer.BadParameter(
-                f"{value} is not a number from {low:g} to {high:g}", param_hint=name
+                f"{value} is not a number from {_bound(low)} to {_bound(high)}", param_hint=name
             )
         return value
 
@@ -101,7 +211,10 @@ def number_option(*names: str, low: float, high: float, help: str, **extra: Any)
     ``nan`` and values out of range exit 2 naming the option and its bounds."""
     long = next((n for n in names if n.startswith("--")), names[0])
     return typer.Option(
-        *names, callback=bounded(low, high, long), help=f"{help} [{low:g} to {high:g}]", **extra
+        *names,
+        callback=bounded(low, high, long),
+        help=f"{help} [{_bound(low)} to {_bound(high)}]",
+        **extra,
     )
 
 
@@ -118,35 +231,6 @@ def shard_name(value: str) -> str:
     return value
 
 
-def _topology_for_completion(ctx: typer.Context) -> Topology | None:
-    path = ctx.params.get("topology") or _ROOT.topology
-    parent = ctx.parent.params.get("topology") if ctx.parent is not None else None
-    try:
-        return load_topology(path or parent or default_path())
-    except ShardctlError:
-        return None
-
-
-def complete_shard(ctx: typer.Context, incomplete: str) -> list[str]:
-    """Shell completion: the topology's shard names."""
-    topology = _topology_for_completion(ctx)
-    names = [s.name for s in topology.spec.shards] if topology is not None else []
-    return [name for name in names if name.startswith(incomplete)]
-
-
-def complete_node(ctx: typer.Context, incomplete: str) -> list[str]:
-    """Shell completion: the topology's node names (of the shard given, when there is one)."""
-    topology = _topology_for_completion(ctx)
-    if topology is None:
-        return []
-    shard = ctx.params.get("shard")
-    return [
-        n.name
-        for n in topology.nodes
-        if n.name.startswith(incomplete) and (shard is None or n.shard == shard)
-    ]
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"shardctl {__version__}")
@@ -160,6 +244,7 @@ def _root(
         typer.Option(
             "-f",
             "--topology",
+            metavar="FILE",
             help="Topology file for the command (one given after the command wins).",
             show_default=False,
         ),
@@ -172,9 +257,36 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    """Operate a sharded PostgreSQL cluster: provision, check replication, reshard online."""
+    """Operate a sharded PostgreSQL cluster: provision, check replication, reshard online.
+
+    Run `shardctl COMMAND -h` for a command's options and an example.
+    """
     _ROOT.topology = topology
     _ROOT.verbose = verbose
+    complete.ROOT_TOPOLOGY[0] = topology
+
+
+@app.command("help", rich_help_panel=HELP, epilog="\b\nExample:\n  shardctl help status")
+def help_command(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="COMMAND", help="The command to explain.", autocompletion=complete.command
+        ),
+    ] = None,
+) -> None:
+    """Show the help of shardctl, or of one command."""
+    root = ctx.find_root()
+    group = root.command
+    if name is None:
+        typer.echo(root.get_help())
+        return
+    found = group.get_command(root, name) if isinstance(group, TyperGroup) else None
+    if found is None:
+        raise UsageError(f"no command {name!r}: `shardctl --help` lists them")
+    with found.make_context(name, ["--help"], parent=root, resilient_parsing=True) as sub:
+        typer.echo(found.get_help(sub))
 
 
 def topology_path(path: Path | None) -> Path:
@@ -182,16 +294,53 @@ def topology_path(path: Path | None) -> Path:
     ``$SHARDCTL_TOPOLOGY`` or ./topology.yaml."""
     if path is not None:
         return path
-    return _ROOT.topology if _ROOT.topology is not None else default_path()
+    if _ROOT.topology is not None:
+        return _ROOT.topology
+    from shardctl.config.topology import default_path
+
+    return default_path()
 
 
-def open_cluster(path: Path | None, *, running: bool = False) -> Cluster:
-    """The cluster of the topology at ``path`` (or the default), validated; with ``running``,
-    with each shard's acting primary from the catalog (exit 3 when nothing answers)."""
+def open_cluster(
+    path: Path | None,
+    *,
+    running: bool = False,
+    shard: str | None = None,
+    nodes: Sequence[str] = (),
+) -> Cluster:
+    """The cluster of the topology at ``path`` (or the default), validated; ``shard`` and
+    ``nodes`` checked against it (exit 2) before anything is contacted; with ``running``, with
+    each shard's acting primary from the catalog (exit 3 when nothing answers)."""
+    from shardctl.ops.cluster import Cluster
+
     cluster = Cluster.load(topology_path(path))
+    if shard is not None:
+        known_shard(cluster.topology, shard)
+    for name in nodes:
+        known_target(cluster.topology, name)
     if running:
         require_running(cluster)
     return cluster
+
+
+def known_shard(topology: Topology, name: str) -> None:
+    """Exit 2 unless the topology declares shard ``name`` (listing those it declares)."""
+    shards = [s.name for s in topology.spec.shards]
+    if name not in shards:
+        raise UsageError(
+            f"no shard {name!r} in {topology.path}: it declares {', '.join(shards) or 'none'}"
+        )
+
+
+def known_target(topology: Topology, name: str) -> None:
+    """Exit 2 unless ``name`` is a shard or a node of the topology."""
+    if name in {s.name for s in topology.spec.shards} | {n.name for n in topology.nodes}:
+        return
+    raise UsageError(
+        f"no shard or node {name!r} in {topology.path}: "
+        f"shards are {', '.join(s.name for s in topology.spec.shards)}; "
+        "`shardctl validate` lists the nodes"
+    )
 
 
 def not_running(topology: Topology) -> DatabaseUnavailable:
@@ -204,6 +353,8 @@ def not_running(topology: Topology) -> DatabaseUnavailable:
 def require_running(cluster: Cluster) -> None:
     """Take the acting roles from the catalog; exit 3 with :func:`not_running` when the cluster
     was never brought up here (no passwords) or no node answers."""
+    from shardctl.config import credentials as creds
+
     topology = cluster.topology
     declared = topology.spec.credentials.password_env
     if declared is None and not creds.secrets_path(topology).exists():
@@ -214,25 +365,6 @@ def require_running(cluster: Cluster) -> None:
         error = not_running(topology)
         error.detail = str(exc)
         raise error from None
-
-
-@contextmanager
-def progress_reporter() -> Iterator[Reporter]:
-    """A rich spinner per node on stderr, fed by the provisioner's (node, step) reports."""
-    with render.progress(
-        SpinnerColumn(),
-        TextColumn("{task.fields[node]:<22}"),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-    ) as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def report(node: str, step: str) -> None:
-            if node not in tasks:
-                tasks[node] = progress.add_task(step, node=node)
-            progress.update(tasks[node], description=step)
-
-        yield report
 
 
 # typer re-exports click's BadParameter. Its ClickException base is the one of whichever click
@@ -250,10 +382,13 @@ def main(args: Sequence[str] | None = None) -> None:
     does, error mapping included.
     """
     _ROOT.topology, _ROOT.verbose = None, False
+    complete.ROOT_TOPOLOGY[0] = None
     argv = optional_values(list(sys.argv[1:] if args is None else args))
     try:
         code = app(args=argv, prog_name=None if args is None else "shardctl", standalone_mode=False)
     except NothingToDo as exc:
+        from shardctl.cli import render
+
         render.err_console.print(render.escape(str(exc)), highlight=False, soft_wrap=True)
         sys.exit(0)
     except ShardctlError as exc:
@@ -298,7 +433,11 @@ def _is_number(text: str) -> bool:
 
 def fail(message: str, code: int) -> None:
     """Print ``message`` as an error on stderr and exit with ``code``."""
-    first, _, rest = message.partition("\n")
+    from rich.text import Text
+
+    from shardctl.cli import render
+
+    first, _, rest = message.strip("\n").partition("\n")
     text = Text("error: ", style="bold red") + Text(first)
     if rest:
         text += Text("\n" + rest)

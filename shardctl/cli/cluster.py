@@ -1,63 +1,79 @@
-"""Cluster life-cycle commands: validate, schema, compose, up, down, status."""
+"""Cluster life-cycle commands: validate, schema, compose, up, down, status.
+
+Heavy modules are imported in each command's body: see :mod:`shardctl.cli.app`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.console import Group
-from rich.live import Live
-from rich.text import Text
 
-from shardctl.cli import render
 from shardctl.cli.app import (
+    CLUSTER,
     Output,
     OutputOption,
     TopologyOption,
     WideOutput,
-    app,
+    command,
     not_running,
     number_option,
     open_cluster,
-    progress_reporter,
+    topology_path,
 )
-from shardctl.config.schema import TopologySpec
-from shardctl.docker import compose
-from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError, UsageError
-from shardctl.health.status import StatusRow, status_rows
-from shardctl.ops.cluster import Cluster
-from shardctl.state.inflight import Operation
+from shardctl.errors import NothingToDo, ShardctlError, UsageError
+
+if TYPE_CHECKING:
+    from rich.console import Group
+
+    from shardctl.health.status import StatusRow
+    from shardctl.ops.cluster import Cluster
+    from shardctl.state.inflight import Operation
 
 
-@app.command()
+@command(group=CLUSTER, example="shardctl validate -f prod.yaml")
 def validate(topology: TopologyOption = None, output: OutputOption = Output.TABLE) -> None:
     """Check the topology file and print a summary."""
-    cluster = open_cluster(topology)
+    from shardctl.cli import render
+    from shardctl.cli.views import topology as views
+    from shardctl.config.topology import load
+
+    checked = load(topology_path(topology))  # no Cluster: nothing to contact, less to import
     if output is Output.JSON:
-        render.print_json(render.topology_facts(cluster.topology))
+        render.print_json(views.topology_facts(checked))
     else:
-        render.show(render.topology_summary(cluster.topology))
-        render.console.print(f"[green]valid[/]: {len(cluster.topology.nodes)} nodes")
+        render.show(views.topology_summary(checked))
+        render.console.print(f"[green]valid[/]: {len(checked.nodes)} nodes")
 
 
-@app.command()
+@command(
+    group=CLUSTER,
+    summary="Print the JSON Schema of topology.yaml.",
+    example="shardctl schema > topology.schema.json",
+)
 def schema() -> None:
     """Print the JSON Schema of topology.yaml (for editor completion)."""
+    from shardctl.config.schema import TopologySpec
+
     typer.echo(json.dumps(TopologySpec.model_json_schema(by_alias=True), indent=2))
 
 
-@app.command("compose")
+@command("compose", group=CLUSTER, example="shardctl compose --out docker-compose.yml")
 def compose_command(
     topology: TopologyOption = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Write to this file.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", metavar="FILE", help="Write to this file.")
+    ] = None,
 ) -> None:
     """Render the cluster as a docker compose file."""
+    from shardctl.cli import render
+    from shardctl.docker import compose
+
     text = compose.render_cluster(open_cluster(topology), out)
     if out is None:
         typer.echo(text, nl=False)
@@ -66,7 +82,11 @@ def compose_command(
         render.err_console.print(f"wrote {out}")
 
 
-@app.command()
+@command(
+    group=CLUSTER,
+    summary="Create or repair every declared node; change nothing else.",
+    example="shardctl up\nshardctl up --no-wait --timeout 600",
+)
 def up(
     topology: TopologyOption = None,
     wait: Annotated[
@@ -77,19 +97,24 @@ def up(
     ] = 300.0,
 ) -> None:
     """Create or repair every declared node; changes nothing that already matches."""
+    from shardctl.cli import progress, render
+    from shardctl.cli.views import cluster as views
+
     with open_cluster(topology) as cluster:
         try:
-            with progress_reporter() as report:
+            with progress.nodes() as report:
                 result = cluster.up(wait=wait, timeout=timeout, reporter=report)
         except KeyboardInterrupt:
             _up_interrupted(cluster)
-    render.err_console.print(f"[green]up[/]: {render.up_summary(result)}")
+    render.err_console.print(f"[green]up[/]: {views.up_summary(result)}")
     for warning in result.warnings:
         render.err_console.print(f"[yellow]warning[/]: {render.escape(warning)}")
 
 
 def _up_interrupted(cluster: Cluster) -> NoReturn:
     """Ctrl-C in ``up``: what exists now, and that ``up`` finishes the job; exit 130."""
+    from shardctl.cli import render
+
     declared = len(cluster.topology.nodes)
     try:
         made = len(cluster.engines.cluster_containers(cluster.topology))
@@ -103,7 +128,11 @@ def _up_interrupted(cluster: Cluster) -> NoReturn:
     raise typer.Exit(130)
 
 
-@app.command()
+@command(
+    group=CLUSTER,
+    summary="Remove containers and network; volumes with --volumes.",
+    example="shardctl down\nshardctl down --volumes --yes",
+)
 def down(
     topology: TopologyOption = None,
     volumes: Annotated[
@@ -114,6 +143,9 @@ def down(
     ] = False,
 ) -> None:
     """Remove the cluster's containers and network; data volumes only with --volumes."""
+    from shardctl.cli import render
+    from shardctl.cli.views import cluster as views
+
     with open_cluster(topology) as cluster:
         if volumes and not yes:
             if not sys.stdin.isatty():
@@ -126,11 +158,17 @@ def down(
         raise NothingToDo(
             f"nothing to remove: cluster {cluster.topology.cluster} has no containers"
         )
-    render.err_console.print(f"[green]down[/]: {render.down_summary(result)}")
+    render.err_console.print(f"[green]down[/]: {views.down_summary(result)}")
 
 
 def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
     """Every node's row, and what is in flight (nothing when no primary answers)."""
+    import contextlib
+
+    from shardctl.cli import render
+    from shardctl.errors import DatabaseUnavailable
+    from shardctl.health.status import status_rows
+
     for line in cluster.apply_durability_quietly():
         render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
     rows = status_rows(cluster.observe())
@@ -144,11 +182,20 @@ def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
 def _status_renderable(
     name: str, rows: list[StatusRow], operations: list[Operation], wide: bool
 ) -> Group:
-    lines = [Text.from_markup(line) for line in render.in_flight_lines(operations)]
-    return Group(*lines, render.status_table(name, rows, wide=wide))
+    from rich.console import Group
+    from rich.text import Text
+
+    from shardctl.cli.views import cluster as views
+
+    lines = [Text.from_markup(line) for line in views.in_flight_lines(operations)]
+    return Group(*lines, views.status_table(name, rows, wide=wide))
 
 
-@app.command()
+@command(
+    group=CLUSTER,
+    summary="One row per node: role, state, lag, health.",
+    example="shardctl status -o wide\nshardctl status --watch 5",
+)
 def status(
     topology: TopologyOption = None,
     output: Annotated[
@@ -172,6 +219,9 @@ def status(
 ) -> None:
     """One row per node, replicas under their primary: role, state, lag, health; above it,
     any operation in flight. Exit 1 if a node is unhealthy, 3 if no node answers."""
+    from shardctl.cli import render
+    from shardctl.cli.views import cluster as views
+
     with open_cluster(topology) as cluster:
         name = cluster.topology.cluster
         if watch is not None:
@@ -179,7 +229,7 @@ def status(
             return
         rows, operations = _status_view(cluster)
     if output is WideOutput.JSON:
-        render.print_json(render.status_facts(name, rows, operations))
+        render.print_json(views.status_facts(name, rows, operations))
     else:
         wide = output is WideOutput.WIDE
         render.show(_status_renderable(name, rows, operations, wide))
@@ -190,17 +240,32 @@ def status(
 
 
 def _watch(cluster: Cluster, output: WideOutput, seconds: float) -> None:
-    """``status --watch``: redraw in place (rich Live) or print JSON lines, until Ctrl-C."""
+    """``status --watch``: redraw in place on a terminal (rich Live); piped, each refresh as a
+    frame of its own under a timestamp line, or one JSON line per refresh; until Ctrl-C."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from shardctl.cli import render
+    from shardctl.cli.views import cluster as views
+
     name = cluster.topology.cluster
+    wide = output is WideOutput.WIDE
     try:
         if output is WideOutput.JSON:
             while True:
                 rows, operations = _status_view(cluster)
-                facts = render.status_facts(name, rows, operations)
+                facts = views.status_facts(name, rows, operations)
                 sys.stdout.write(json.dumps(render.to_jsonable(facts)) + "\n")
                 sys.stdout.flush()
                 time.sleep(seconds)
-        wide = output is WideOutput.WIDE
+        if not render.console.is_terminal:
+            while True:
+                rows, operations = _status_view(cluster)
+                sys.stdout.write(f"--- {datetime.now():%Y-%m-%d %H:%M:%S} ---\n")
+                render.show(_status_renderable(name, rows, operations, wide))
+                sys.stdout.flush()
+                time.sleep(seconds)
         with Live(console=render.console, auto_refresh=False) as live:
             while True:
                 rows, operations = _status_view(cluster)

@@ -2,39 +2,44 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-from shardctl.cli import render
 from shardctl.cli.app import (
+    DATA,
     Output,
     OutputOption,
     TopologyOption,
-    app,
+    command,
     number_option,
     open_cluster,
 )
 from shardctl.errors import UsageError
-from shardctl.router.router import Router
-from shardctl.workload import ledger as ledgers
-from shardctl.workload.bulk import BulkReport, bulk_load
-from shardctl.workload.load import connection_limit, run_load, run_steps
-from shardctl.workload.report import LoadProgress, LoadReport
-from shardctl.workload.users import LoadConfig, Mix
+
+if TYPE_CHECKING:
+    from shardctl.router.router import Router
+    from shardctl.workload.bulk import BulkReport
+    from shardctl.workload.report import LoadReport
+    from shardctl.workload.users import LoadConfig
 
 MAX_USERS = 100_000
 """The most virtual users ``--users`` takes (each is a few hundred bytes, no thread)."""
 
 
-@app.command()
+@command(
+    group=DATA,
+    summary="The load test through the Router: throughput, latencies.",
+    example="shardctl load --users 1000,5000,10000 --duration 30\n"
+    "shardctl load --bulk --rows 1000000\n"
+    "shardctl load --verify ledger.jsonl",
+)
 def load(
     topology: TopologyOption = None,
     output: OutputOption = Output.TABLE,
@@ -55,7 +60,7 @@ def load(
             metavar="N[,N...]",
             show_default=False,
             help="Virtual users sharing the workers (one op at a time each). Several counts, "
-            "e.g. 1000,5000,10000, run one after the other and print the seed's table.",
+            "e.g. 1000,5000,10000, run one after the other, one row each in a table.",
         ),
     ] = None,
     duration: Annotated[
@@ -75,12 +80,16 @@ def load(
         ),
     ] = None,
     mix: Annotated[
-        str, typer.Option("--mix", help="Op weights, e.g. insert=30,read=40,update=20,delete=10.")
+        str,
+        typer.Option(
+            "--mix", metavar="OP=WEIGHT,...", help="Op weights, e.g. insert=30,read=40,update=20."
+        ),
     ] = "insert=30,read=40,update=20,delete=10",
     read_from: Annotated[
         str,
         typer.Option(
             "--read-from",
+            metavar="primary|replica",
             help="primary (read your writes) or replica (may lag behind).",
         ),
     ] = "primary",
@@ -119,6 +128,7 @@ def load(
         str | None,
         typer.Option(
             "--via",
+            metavar="pooler|direct",
             show_default=False,
             help="pooler (each node's PgBouncer) or direct [default: the topology's "
             "pooler.router].",
@@ -131,23 +141,13 @@ def load(
     with --bulk --rows N, fills the declared table (users in the example) through COPY, one
     stream per shard.
     """
-    if via not in (None, "direct", "pooler"):
-        raise UsageError(f"--via must be pooler or direct, not {via!r}")
-    if read_from not in ("primary", "replica"):
-        raise UsageError(f"--read-from must be primary or replica, not {read_from!r}")
-    if verify and (bulk or rows is not None or ledger is not None):
-        raise UsageError("--verify checks ledgers; it takes no --bulk, --rows or --ledger")
-    if bulk != (rows is not None):
-        raise UsageError("--bulk needs --rows N (and --rows is only for --bulk)")
-    if duration is not None and ops is not None:
-        raise UsageError("--duration and --ops both say when to stop; give one of them")
-    counts = parse_users(users) if users is not None else None
-    if counts is not None and (verify or bulk):
-        raise UsageError("--users is for the load test; it takes no --verify or --bulk")
-    named = [part.partition("=")[0].strip() for part in mix.split(",") if part.strip()]
-    repeated = sorted({name for name in named if named.count(name) > 1})
-    if repeated:
-        raise UsageError(f"--mix names {', '.join(repeated)} more than once")
+    counts = _check_options(
+        Asked(via, read_from, verify or [], bulk, rows, ledger, duration, ops, users, mix)
+    )
+    import logging
+
+    from shardctl.router.router import Router
+
     # Pool reconnect chatter would garble the progress display; failures are counted anyway.
     logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
     with (
@@ -158,50 +158,134 @@ def load(
             via="pooler" if via == "pooler" else "direct" if via == "direct" else None,
         ) as router,
     ):
-        if not (verify or bulk):
-            # Virtual users share the workers' connections: never more per node than the
-            # servers (or the poolers in front of them) take, whatever --users says.
-            limit = connection_limit(router)
-            if workers > limit.most:
-                raise UsageError(
-                    f"--workers {workers} could open {workers} connections per node; "
-                    f"{limit.source} leaves {limit.most} for the load test"
-                )
         if verify:
             _verify(router, verify, output)
         elif bulk and rows is not None:
-            with bulk_progress(rows) as show:
-                result = bulk_load(router, rows, ledger=ledger, seed=seed, progress=show)
-            _show_bulk(result, output)
+            _bulk(router, rows, ledger, seed, output)
         else:
-            config = LoadConfig(
-                workers=workers,
-                duration=duration if duration is not None or ops is not None else 10.0,
-                ops=ops,
-                mix=Mix.parse(mix),
-                read_from="replica" if read_from == "replica" else "primary",
-                ledger=ledger,
-                seed=seed,
-                users=counts[0] if counts else None,
+            _check_workers(router, workers)
+            _run_load(
+                router,
+                _config(workers, duration, ops, mix, read_from, ledger, seed, counts),
+                counts,
+                output,
             )
-            stop, interrupted = threading.Event(), threading.Event()
-            with load_progress() as tick, _stop_on_interrupt(stop, interrupted):
-                if counts is not None and len(counts) > 1:
-                    reports = run_steps(router, config, counts, stop=stop, progress=tick)
-                else:
-                    reports = [run_load(router, config, stop=stop, progress=tick)]
-            if len(reports) == 1 and (counts is None or len(counts) == 1):
-                _show_load(reports[0], output, router.topology.cluster)
-            else:
-                _show_steps(reports, output, router.topology.cluster)
-            if interrupted.is_set():
-                seconds = sum(r.seconds for r in reports)
-                render.err_console.print(
-                    f"[yellow]interrupted[/]: the report covers the first {seconds:,.1f} s"
-                )
-                raise typer.Exit(130)
-            if any(r.failed or r.anomalies for r in reports):
-                raise typer.Exit(1)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the command line asked of ``load``, checked before anything is contacted."""
+
+    via: str | None
+    read_from: str
+    verify: list[Path]
+    bulk: bool
+    rows: int | None
+    ledger: Path | None
+    duration: float | None
+    ops: int | None
+    users: str | None
+    mix: str
+
+
+def _check_options(asked: Asked) -> list[int] | None:
+    """Exit 2 on options that contradict each other or name files that cannot be used; the
+    virtual user counts of ``--users``."""
+    if asked.via not in (None, "direct", "pooler"):
+        raise UsageError(f"--via must be pooler or direct, not {asked.via!r}")
+    if asked.read_from not in ("primary", "replica"):
+        raise UsageError(f"--read-from must be primary or replica, not {asked.read_from!r}")
+    if asked.verify and (asked.bulk or asked.rows is not None or asked.ledger is not None):
+        raise UsageError("--verify checks ledgers; it takes no --bulk, --rows or --ledger")
+    if asked.bulk != (asked.rows is not None):
+        raise UsageError("--bulk needs --rows N (and --rows is only for --bulk)")
+    if asked.duration is not None and asked.ops is not None:
+        raise UsageError("--duration and --ops both say when to stop; give one of them")
+    counts = parse_users(asked.users) if asked.users is not None else None
+    if counts is not None and (asked.verify or asked.bulk):
+        raise UsageError("--users is for the load test; it takes no --verify or --bulk")
+    named = [part.partition("=")[0].strip() for part in asked.mix.split(",") if part.strip()]
+    repeated = sorted({name for name in named if named.count(name) > 1})
+    if repeated:
+        raise UsageError(f"--mix names {', '.join(repeated)} more than once")
+    for path in asked.verify:
+        if not path.is_file():
+            raise UsageError(f"--verify {path}: no such file")
+    if asked.ledger is not None and not asked.ledger.parent.is_dir():
+        raise UsageError(f"--ledger {asked.ledger}: no directory {asked.ledger.parent}")
+    return counts
+
+
+def _check_workers(router: Router, workers: int) -> None:
+    """Virtual users share the workers' connections: never more per node than the servers (or
+    the poolers in front of them) take, whatever --users says."""
+    from shardctl.workload.load import connection_limit
+
+    limit = connection_limit(router)
+    if workers > limit.most:
+        raise UsageError(
+            f"--workers {workers} could open {workers} connections per node; "
+            f"{limit.source} leaves {limit.most} for the load test"
+        )
+
+
+def _config(
+    workers: int,
+    duration: float | None,
+    ops: int | None,
+    mix: str,
+    read_from: str,
+    ledger: Path | None,
+    seed: int | None,
+    counts: list[int] | None,
+) -> LoadConfig:
+    from shardctl.workload.users import LoadConfig, Mix
+
+    return LoadConfig(
+        workers=workers,
+        duration=duration if duration is not None or ops is not None else 10.0,
+        ops=ops,
+        mix=Mix.parse(mix),
+        read_from="replica" if read_from == "replica" else "primary",
+        ledger=ledger,
+        seed=seed,
+        users=counts[0] if counts else None,
+    )
+
+
+def _run_load(router: Router, config: LoadConfig, counts: list[int] | None, output: Output) -> None:
+    """The load test (one run, or one per user count), its report; exit 1 on a failed op,
+    130 when interrupted (the report covers the time run)."""
+    from shardctl.cli import progress, render
+    from shardctl.workload.load import run_load, run_steps
+
+    stop, interrupted = threading.Event(), threading.Event()
+    with progress.load() as tick, _stop_on_interrupt(stop, interrupted):
+        if counts is not None and len(counts) > 1:
+            reports = run_steps(router, config, counts, stop=stop, progress=tick)
+        else:
+            reports = [run_load(router, config, stop=stop, progress=tick)]
+    if len(reports) == 1 and (counts is None or len(counts) == 1):
+        _show_load(reports[0], output, router.topology.cluster)
+    else:
+        _show_steps(reports, output, router.topology.cluster)
+    if interrupted.is_set():
+        seconds = sum(r.seconds for r in reports)
+        render.err_console.print(
+            f"[yellow]interrupted[/]: the report covers the first {seconds:,.1f} s"
+        )
+        raise typer.Exit(130)
+    if any(r.failed or r.anomalies for r in reports):
+        raise typer.Exit(1)
+
+
+def _bulk(router: Router, rows: int, ledger: Path | None, seed: int | None, output: Output) -> None:
+    from shardctl.cli import progress
+    from shardctl.workload.bulk import bulk_load
+
+    with progress.bulk(rows) as show:
+        result = bulk_load(router, rows, ledger=ledger, seed=seed, progress=show)
+    _show_bulk(result, output)
 
 
 def parse_users(text: str) -> list[int]:
@@ -235,11 +319,15 @@ def _stop_on_interrupt(stop: threading.Event, interrupted: threading.Event) -> I
 
 
 def _verify(router: Router, paths: list[Path], output: Output) -> None:
+    from shardctl.cli import render
+    from shardctl.cli.views.load import ledger_table
+    from shardctl.workload import ledger as ledgers
+
     result = ledgers.verify(router, paths)
     if output is Output.JSON:
         render.print_json({"ok": result.ok, **render.to_jsonable(result)})
     else:
-        render.show(render.ledger_table(result, paths))
+        render.show(ledger_table(result, paths))
         for finding in result.findings:
             expected, actual = str(finding.expected), str(finding.actual)
             render.err_console.print(
@@ -254,53 +342,14 @@ def _verify(router: Router, paths: list[Path], output: Output) -> None:
         raise typer.Exit(1)
 
 
-@contextmanager
-def load_progress() -> Iterator[Callable[[LoadProgress], None]]:
-    """A progress bar on stderr: time (or ops) done, ops/s, failures."""
-    with render.progress(
-        TextColumn("load"),
-        BarColumn(),
-        TextColumn("{task.fields[ops]:>9,} ops  {task.fields[rate]:>8,.0f} ops/s"),
-        TextColumn("{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-    ) as bar:
-        task = bar.add_task("load", total=None, ops=0, rate=0.0, failed=0)
-
-        def tick(p: LoadProgress) -> None:
-            if p.target_ops is not None:
-                total, done = float(p.target_ops), float(p.ops)
-            else:
-                total, done = float(p.duration or 1.0), p.seconds
-            rate = p.ops / p.seconds if p.seconds > 0 else 0.0
-            bar.update(task, total=total, completed=done, ops=p.ops, rate=rate, failed=p.failed)
-
-        yield tick
-
-
-@contextmanager
-def bulk_progress(rows: int) -> Iterator[Callable[[dict[str, int]], None]]:
-    """A progress bar on stderr for the bulk loader, with rows per shard."""
-    with render.progress(
-        TextColumn("bulk"),
-        BarColumn(),
-        TextColumn("{task.completed:>12,.0f}/{task.total:,.0f} rows"),
-        TextColumn("{task.fields[shards]}"),
-        TimeElapsedColumn(),
-    ) as bar:
-        task = bar.add_task("bulk", total=rows, shards="")
-
-        def show(per_shard: dict[str, int]) -> None:
-            shards = "  ".join(f"{s} {n:,}" for s, n in per_shard.items())
-            bar.update(task, completed=sum(per_shard.values()), shards=shards)
-
-        yield show
-
-
 def _show_load(report: LoadReport, output: Output, cluster: str) -> None:
+    from shardctl.cli import render
+    from shardctl.cli.views.load import load_table
+
     if output is Output.JSON:
         render.print_json(report)
         return
-    render.show(render.load_table(report, cluster))
+    render.show(load_table(report, cluster))
     render.console.print(
         (f"users {report.users:,} · " if report.users != report.workers else "")
         + (f"{report.warm_up:,} warm-up inserts · " if report.warm_up else "")
@@ -320,10 +369,13 @@ def _show_load(report: LoadReport, output: Output, cluster: str) -> None:
 
 
 def _show_steps(reports: list[LoadReport], output: Output, cluster: str) -> None:
+    from shardctl.cli import render
+    from shardctl.cli.views.load import users_table
+
     if output is Output.JSON:
         render.print_json({"steps": reports})
         return
-    render.show(render.users_table(reports, cluster))
+    render.show(users_table(reports, cluster))
     warmed = sum(r.warm_up for r in reports)
     if warmed:
         render.console.print(
@@ -344,10 +396,13 @@ def _show_steps(reports: list[LoadReport], output: Output, cluster: str) -> None
 
 
 def _show_bulk(result: BulkReport, output: Output) -> None:
+    from shardctl.cli import render
+    from shardctl.cli.views.load import bulk_table
+
     if output is Output.JSON:
         render.print_json(result)
         return
-    render.show(render.bulk_table(result))
+    render.show(bulk_table(result))
     render.console.print(
         f"{result.rows:,} rows in {result.seconds:.1f}s · {result.rows_per_second:,.0f} rows/s"
     )

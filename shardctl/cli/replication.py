@@ -8,20 +8,26 @@ from typing import Annotated
 
 import typer
 
-from shardctl.cli import render
 from shardctl.cli.app import (
+    REPLICATION,
     TopologyOption,
     WideOutput,
-    app,
+    command,
     not_running,
     number_option,
     open_cluster,
 )
 from shardctl.cli.data import explain_in_flight, in_flight_reshards
-from shardctl.config.schema import HealthSpec
-from shardctl.errors import InfrastructureError, UsageError
+from shardctl.errors import UsageError
 
-_DEFAULTS = HealthSpec()
+DEFAULTS = {
+    "max_lag_bytes": "16MiB",
+    "max_lag_seconds": 60,
+    "canary_timeout": 10,
+    "probe_timeout": 5,
+}
+"""The defaults of ``health:`` in topology.yaml, as --help states them without loading the
+topology model (a unit test holds them equal to :class:`~shardctl.config.schema.HealthSpec`)."""
 _UNITS = {"": 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
 _UNITS |= {"gb": 1000**3, "gib": 1024**3, "k": 1024, "m": 1024**2, "g": 1024**3}
 MAX_SIZE = 1024**4
@@ -39,11 +45,16 @@ def parse_size(text: str) -> int:
     return int(size)
 
 
-def _default(name: str, shown: str) -> str:
-    return f"[default: topology health.{name}, else {shown}]"
+def _default(name: str, unit: str = "s") -> str:
+    return f"[default: topology health.{name}, else {DEFAULTS[name]}{unit}]"
 
 
-@app.command("verify-replication")
+@command(
+    "verify-replication",
+    group=REPLICATION,
+    summary="Check that replicas stream, keep up and hold their data.",
+    example="shardctl verify-replication --junit report.xml\nshardctl verify-replication --deep",
+)
 def verify_replication(
     topology: TopologyOption = None,
     output: Annotated[
@@ -76,7 +87,7 @@ def verify_replication(
             parser=parse_size,
             show_default=False,
             help="Fail a replica whose replay is further behind its primary's WAL position "
-            f"(bytes, or 512KiB, 16MiB; at most 1TiB). {_default('max_lag_bytes', '16MiB')}",
+            f"(bytes, or 512KiB, 16MiB; at most 1TiB). {_default('max_lag_bytes', '')}",
         ),
     ] = None,
     max_lag_seconds: Annotated[
@@ -89,7 +100,7 @@ def verify_replication(
             show_default=False,
             help="Fail a replica whose replay is further behind in time; a replica that has "
             "replayed all it received counts as 0 s. "
-            f"{_default('max_lag_seconds', f'{_DEFAULTS.max_lag_seconds:g}s')}",
+            f"{_default('max_lag_seconds')}",
         ),
     ] = None,
     canary_timeout: Annotated[
@@ -102,7 +113,7 @@ def verify_replication(
             show_default=False,
             help="Seconds a canary row written on a primary may take to show on its replicas "
             "(also how long --deep waits for a replica to catch up). "
-            f"{_default('canary_timeout', f'{_DEFAULTS.canary_timeout:g}s')}",
+            f"{_default('canary_timeout')}",
         ),
     ] = None,
     timeout: Annotated[
@@ -114,7 +125,7 @@ def verify_replication(
             metavar="SECONDS",
             show_default=False,
             help="Seconds each node may take to answer its probe; a hung node fails after it. "
-            f"{_default('probe_timeout', f'{_DEFAULTS.probe_timeout:g}s')}",
+            f"{_default('probe_timeout')}",
         ),
     ] = None,
 ) -> None:
@@ -123,6 +134,10 @@ def verify_replication(
     Exit 0 when every check passed, 1 when one failed, 2 on bad usage or topology, 3 when the
     Docker engine or every node of the cluster is unreachable.
     """
+    from shardctl.cli import render
+    from shardctl.cli.views import verify as views
+    from shardctl.errors import InfrastructureError
+
     with open_cluster(topology) as cluster:
         overrides = {
             "max_lag_bytes": max_lag_bytes,
@@ -139,16 +154,16 @@ def verify_replication(
             report = cluster.verify_replication(limits, deep=deep)
         except InfrastructureError as exc:
             if junit is not None:
-                _write(junit, render.junit_error(cluster.topology.cluster, str(exc)))
+                _write(junit, views.junit_error(cluster.topology.cluster, str(exc)))
             raise
     if junit is not None:
-        _write(junit, render.junit_xml(report))
+        _write(junit, views.junit_xml(report))
     if output is WideOutput.JSON:
-        render.print_json(render.verify_facts(report))
+        render.print_json(views.verify_facts(report))
     elif output is WideOutput.WIDE:
-        render.show(render.checks_table(report))
+        render.show(views.checks_table(report))
     else:
-        render.show(render.checks_summary_table(report))
+        render.show(views.checks_summary_table(report))
     for failure in report.failures:
         render.err_console.print(f"[red]FAIL[/] {render.escape(failure.line)}", highlight=False)
     if report.failures and report.answered:

@@ -3,41 +3,28 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
-from rich.progress import (
-    BarColumn,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
-from shardctl.cli import render
+from shardctl.cli import complete
 from shardctl.cli.app import (
+    RESHARDING,
     Output,
     OutputOption,
     TopologyOption,
-    app,
+    command,
     number_option,
     open_cluster,
-    progress_reporter,
+    require_running,
     shard_name,
 )
-from shardctl.config.schema import MAX_REPLICAS
-from shardctl.errors import ReshardingError, ShardctlError, UsageError
-from shardctl.ops.cluster import Cluster
-from shardctl.ops.reshard import rebalance as rebalancing
-from shardctl.ops.reshard.coordinator import Progress as ProgressCallback
-from shardctl.ops.reshard.coordinator import Rebalancer, State
-from shardctl.ops.reshard.rebalance import Action
-from shardctl.state.inflight import RESHARD
-from shardctl.state.plan import Phase
+from shardctl.config.constants import MAX_REPLICAS
+from shardctl.errors import ReshardingError, UsageError
+
+if TYPE_CHECKING:
+    from shardctl.ops.cluster import Cluster
+    from shardctl.ops.reshard.coordinator import Rebalancer, State
 
 ThrottleOption = Annotated[
     float, number_option("--throttle", low=0, high=60, help="Seconds to sleep between chunks.")
@@ -51,7 +38,12 @@ RowsPerChunkOption = Annotated[
 """The copy's pace, shared by ``rebalance`` and ``remove-shard``."""
 
 
-@app.command("add-shard")
+@command(
+    "add-shard",
+    group=RESHARDING,
+    summary="Provision a new empty shard (no keys until rebalance).",
+    example="shardctl add-shard shard-4 --replicas 1",
+)
 def add_shard(
     name: Annotated[
         str,
@@ -68,18 +60,27 @@ def add_shard(
     ] = 300.0,
     engine: Annotated[
         str | None,
-        typer.Option("--engine", help="Engine (from engines:) of the new shard's nodes."),
+        typer.Option(
+            "--engine", metavar="ENGINE", help="Engine (from engines:) of the new shard's nodes."
+        ),
     ] = None,
     replica_engine: Annotated[
         list[str] | None,
         typer.Option(
             "--replica-engine",
+            metavar="ENGINE",
             help="Engine of replica 1, 2, ... (repeat the option); default: --engine.",
         ),
     ] = None,
 ) -> None:
     """Provision a new empty shard and record it in the topology; it joins owning no keys."""
-    with open_cluster(topology, running=True) as cluster, progress_reporter() as report:
+    from shardctl.cli import progress, render
+
+    cluster = open_cluster(topology)
+    if name in {s.name for s in cluster.topology.spec.shards}:
+        raise UsageError(f"{cluster.topology.path} already has a shard {name!r}")
+    require_running(cluster)
+    with cluster, progress.nodes() as report:
         cluster.add_shard(
             name,
             replicas,
@@ -94,37 +95,11 @@ def add_shard(
     )
 
 
-class RateColumn(ProgressColumn):
-    """Items per second of a task (rows while copying)."""
-
-    def render(self, task: Task) -> Text:
-        """The task's current speed, or a dash before there is one."""
-        speed = task.speed
-        return Text("-" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
-
-
-@contextmanager
-def copy_progress() -> Iterator[ProgressCallback]:
-    """A progress bar per task on stderr: rows copied per source (of the plan's exact count,
-    with rows/s and time left), moves cleaned up per source."""
-    with render.progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        TextColumn("{task.completed:>12,.0f}/{task.total:,.0f}"),
-        RateColumn(),
-        TimeRemainingColumn(),
-    ) as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def report(task: str, description: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = progress.add_task(description, total=total)
-            progress.update(tasks[task], completed=done, total=total, description=description)
-
-        yield report
-
-
-@app.command()
+@command(
+    group=RESHARDING,
+    summary="Move data until every key lives on its ring owner, online.",
+    example="shardctl rebalance --plan\nshardctl rebalance --yes",
+)
 def rebalance(
     topology: TopologyOption = None,
     plan: Annotated[bool, typer.Option("--plan", help="Print the moves; change nothing.")] = False,
@@ -138,6 +113,11 @@ def rebalance(
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Move data until every key lives on its ring owner, online; --plan shows the moves."""
+    from shardctl.cli import progress, render
+    from shardctl.cli.views import reshard as views
+    from shardctl.ops.reshard import rebalance as rebalancing
+    from shardctl.ops.reshard.rebalance import Action
+
     flags = rebalancing.Flags(plan=plan, resume=resume, abort=abort, yes=yes)
     with open_cluster(topology, running=True) as cluster:
         rebalancer = cluster.rebalancer(rows_per_chunk=rows_per_chunk, throttle_seconds=throttle)
@@ -146,8 +126,8 @@ def rebalance(
             _show_plan(cluster, decision.running, rebalancer, output)
             return
         if decision.action is Action.ABORT:
-            with rebalancer.exclusive(), copy_progress() as progress:
-                rebalancer.progress = progress
+            with rebalancer.exclusive(), progress.copy() as report:
+                rebalancer.progress = report
                 state = rebalancer.abort()
             render.err_console.print(
                 f"[green]rebalance[/]: reshard {state.plan.id} aborted; the ring is unchanged "
@@ -159,7 +139,7 @@ def rebalance(
             confirmed = rebalancer.plan()  # nothing to do: exit 0 before asking for --yes
             if not sys.stdin.isatty():
                 raise UsageError("rebalance moves data; pass --yes to confirm")
-            render.show(render.plan_table(confirmed))
+            render.show(views.plan_table(confirmed))
             typer.confirm("Run this rebalance now?", abort=True)
         try:
             with rebalancer.exclusive():
@@ -168,8 +148,8 @@ def rebalance(
                 else:
                     state = rebalancer.start(confirmed)
                 # The live display opens only now: a prompt under it would be hidden.
-                with copy_progress() as progress:
-                    rebalancer.progress = progress
+                with progress.copy() as report:
+                    rebalancer.progress = report
                     state = rebalancer.run(state)
         except KeyboardInterrupt:
             _interrupted(cluster)
@@ -180,26 +160,35 @@ def _show_plan(
     cluster: Cluster, current: State | None, rebalancer: Rebalancer, output: Output
 ) -> None:
     """``--plan``: the run in progress (its plan and where it stands), else a new plan."""
+    from shardctl.cli import render
+    from shardctl.cli.views import cluster as cluster_views
+    from shardctl.cli.views import reshard as views
+    from shardctl.state.inflight import RESHARD
+
     operations = [op for op in cluster.in_flight() if op.kind == RESHARD] if current else []
     shown = current.plan if current is not None else rebalancer.plan()
     if output is Output.JSON:
-        facts = render.plan_facts(shown)
-        facts["in_progress"] = render.operation_facts(operations[0]) if operations else None
+        facts = views.plan_facts(shown)
+        facts["in_progress"] = cluster_views.operation_facts(operations[0]) if operations else None
         render.print_json(facts)
         return
-    for line in render.in_flight_lines(operations):
+    for line in cluster_views.in_flight_lines(operations):
         render.console.print(line)
-    render.show(render.plan_table(shown, running=current is not None))
+    render.show(views.plan_table(shown, running=current is not None))
 
 
 def _interrupted(cluster: Cluster) -> NoReturn:
     """Ctrl-C during a run: say where it stands and how to go on, then exit 130."""
+    from shardctl.cli import render
+    from shardctl.cli.views.cluster import in_flight_lines
+    from shardctl.errors import ShardctlError
+
     render.err_console.print("[yellow]interrupted[/]: the reshard stops where it is")
     try:
         operations = cluster.in_flight()
     except ShardctlError:
         operations = []
-    for line in render.in_flight_lines(operations):
+    for line in in_flight_lines(operations):
         render.err_console.print(line)
     if not operations:
         render.err_console.print("  next: [bold]shardctl rebalance --resume[/] (or --abort)")
@@ -208,6 +197,10 @@ def _interrupted(cluster: Cluster) -> NoReturn:
 
 def finish(state: State, output: Output) -> None:
     """Print the end-of-run report, or say where a stopped run stands."""
+    from shardctl.cli import render
+    from shardctl.cli.views import reshard as views
+    from shardctl.state.plan import Phase
+
     if state.phase is not Phase.DONE:
         raise ReshardingError(
             f"reshard {state.plan.id} stopped at {state.phase.value}; run --resume to continue"
@@ -221,13 +214,24 @@ def finish(state: State, output: Output) -> None:
     if output is Output.JSON:
         render.print_json({"id": state.plan.id, "phase": state.phase, "report": state.report})
     else:
-        render.show(render.reshard_report(state))
+        render.show(views.reshard_report(state))
 
 
-@app.command("remove-shard")
+@command(
+    "remove-shard",
+    group=RESHARDING,
+    summary="Move a shard's keys away online, then remove its nodes.",
+    example="shardctl remove-shard shard-3 --plan\nshardctl remove-shard shard-3 --yes",
+)
 def remove_shard(
     name: Annotated[
-        str, typer.Argument(help="The shard to remove, e.g. shard-2.", callback=shard_name)
+        str,
+        typer.Argument(
+            metavar="SHARD",
+            help="The shard to remove, e.g. shard-2.",
+            callback=shard_name,
+            autocompletion=complete.shard,
+        ),
     ],
     topology: TopologyOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -243,16 +247,21 @@ def remove_shard(
     output: OutputOption = Output.TABLE,
 ) -> None:
     """Move a shard's keys to the remaining shards online, then remove its nodes."""
+    from shardctl.cli import progress, render
+    from shardctl.cli.views import reshard as views
+    from shardctl.state.plan import Phase
+
     if plan and resume:
         raise UsageError("choose one of --plan and --resume")
-    with open_cluster(topology, running=True) as cluster:
+    # A removal being resumed may have dropped the shard from the topology already.
+    with open_cluster(topology, running=True, shard=None if resume else name) as cluster:
         rebalancer = cluster.rebalancer(rows_per_chunk=rows_per_chunk, throttle_seconds=throttle)
         if plan:
             shown = rebalancer.plan(leaving=[name])
             if output is Output.JSON:
-                render.print_json(render.plan_facts(shown))
+                render.print_json(views.plan_facts(shown))
             else:
-                render.show(render.plan_table(shown))
+                render.show(views.plan_table(shown))
             return
         confirmed = None
         if not resume and not yes:
@@ -260,12 +269,12 @@ def remove_shard(
                 raise UsageError("remove-shard moves data and removes nodes; pass --yes to confirm")
             if cluster.removal_moves_keys(rebalancer, name):
                 confirmed = rebalancer.plan(leaving=[name])
-                render.show(render.plan_table(confirmed))
+                render.show(views.plan_table(confirmed))
             volumes = "keeping its volumes" if keep_volumes else "and its data volumes"
             typer.confirm(f"Move these keys, then remove {name}'s nodes {volumes}?", abort=True)
         # Another coordinator at work is a reason to refuse, like another reshard: exit 2.
-        with rebalancer.exclusive(busy=UsageError), copy_progress() as progress:
-            rebalancer.progress = progress
+        with rebalancer.exclusive(busy=UsageError), progress.copy() as report:
+            rebalancer.progress = report
             removal = cluster.remove_shard(
                 rebalancer,
                 name,
@@ -281,7 +290,7 @@ def remove_shard(
                 "shard": name,
                 "id": removal.state.plan.id if removal.state else None,
                 "report": removal.state.report if removal.state else None,
-                "plan": render.plan_facts(removal.state.plan) if removal.state else None,
+                "plan": views.plan_facts(removal.state.plan) if removal.state else None,
                 "containers_removed": removal.containers,
                 "volumes_removed": removal.volumes,
                 "volumes_kept": removal.volumes_kept,
@@ -289,7 +298,7 @@ def remove_shard(
         )
         return
     if removal.state is not None:
-        render.show(render.reshard_report(removal.state))
+        render.show(views.reshard_report(removal.state))
     kept = f"; volumes kept: {', '.join(removal.volumes_kept)}" if removal.volumes_kept else ""
     render.err_console.print(
         f"[green]remove-shard[/]: {name} removed ({len(removal.containers)} container(s), "

@@ -10,13 +10,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-DEFAULT_TOPOLOGY = "topology.yaml"
-TOPOLOGY_ENV = "SHARDCTL_TOPOLOGY"
-IMAGE_ENV = "SHARDCTL_IMAGE"
-"""Overrides the topology's image: how tests and offline machines use a locally built one."""
-MAX_REPLICAS = 9
-PORT_STRIDE = MAX_REPLICAS + 1
-"""Ports per shard: the primary on the shard's port, replica i on port + i."""
+from shardctl.config.constants import DEFAULT_TOPOLOGY as DEFAULT_TOPOLOGY  # re-exported
+from shardctl.config.constants import IMAGE_ENV as IMAGE_ENV
+from shardctl.config.constants import MAX_REPLICAS as MAX_REPLICAS
+from shardctl.config.constants import PORT_STRIDE as PORT_STRIDE
+from shardctl.config.constants import TOPOLOGY_ENV as TOPOLOGY_ENV
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
@@ -115,6 +113,17 @@ class HealthSpec(_Model):
     max_lag_seconds: float = Field(default=60.0, ge=0)
     canary_timeout: float = Field(default=10.0, gt=0)
     probe_timeout: float = Field(default=5.0, gt=0)
+
+
+class LogsSpec(_Model):
+    """Log rotation of every container shardctl makes (Docker's json-file driver)."""
+
+    max_size: str = Field(
+        default="10m",
+        pattern=r"^[1-9][0-9]{0,5}[kmg]$",
+        description="Size of one log file before it rotates: a number and k, m or g.",
+    )
+    max_files: int = Field(default=3, ge=1, le=100, description="Log files kept per container.")
 
 
 class Spread(StrEnum):
@@ -364,6 +373,10 @@ class TopologySpec(_Model):
     tables: tuple[TableSpec, ...] = ()
     credentials: CredentialsSpec = CredentialsSpec()
     health: HealthSpec = HealthSpec()
+    logs: LogsSpec = Field(
+        default=LogsSpec(),
+        description="Log rotation of the containers (applies to containers made from now on).",
+    )
     postgres: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Extra postgresql.conf parameters for every node."
     )

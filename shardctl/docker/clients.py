@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shardctl.config.topology import EngineTLS, Placement
+from shardctl.docker import contexts
 from shardctl.errors import DockerUnavailable, ProvisioningError
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ def docker_errors(doing: str) -> Iterator[None]:
             reason = exc.explanation or str(exc)
             raise ProvisioningError(f"{doing}: Docker refused: {reason}") from None
         error = DockerUnavailable(
-            f"{doing}: the Docker engine does not answer; "
-            "start one (scripts/engine.sh) or set DOCKER_HOST"
+            f"{doing}: the Docker engine does not answer; start it, or set DOCKER_HOST "
+            "or `docker context use`"
         )
         error.detail = short(exc)
         raise error from None
@@ -57,7 +58,11 @@ def _url(engine: Endpoint) -> str | None:
 
 def describe(engine: Endpoint) -> str:
     """An engine as error messages name it: its name and where it is."""
-    url = _url(engine) or os.environ.get("DOCKER_HOST") or "the default socket"
+    context = (
+        contexts.current() if _url(engine) is None and "DOCKER_HOST" not in os.environ else None
+    )
+    default = f"{context.host} (docker context {context.name})" if context else "the default socket"
+    url = _url(engine) or os.environ.get("DOCKER_HOST") or default
     if isinstance(engine, Placement):
         return f"engine {engine.name} ({url}, host {engine.advertise})"
     return url
@@ -98,6 +103,11 @@ def make_client(engine: Endpoint, *, timeout: int = API_TIMEOUT) -> docker.Docke
     import docker
 
     url = _url(engine)
+    context = contexts.current() if url is None and "DOCKER_HOST" not in os.environ else None
+    if context is not None:  # the SDK reads DOCKER_HOST only; the docker CLI, its context too
+        return docker.DockerClient(
+            base_url=context.host, tls=_context_tls(context), timeout=timeout
+        )
     if url is None:
         return docker.from_env(timeout=timeout)
     if isinstance(engine, Placement):
@@ -110,4 +120,19 @@ def make_client(engine: Endpoint, *, timeout: int = API_TIMEOUT) -> docker.Docke
         )
     return docker.DockerClient(
         base_url=url, timeout=timeout, use_ssh_client=url.startswith("ssh://")
+    )
+
+
+def _context_tls(context: contexts.Context) -> docker.tls.TLSConfig | bool:
+    """The TLS files a docker context keeps for its engine (none: plain, as the CLI does)."""
+    import docker.tls
+
+    if context.tls_folder is None:
+        return False
+    folder = context.tls_folder
+    ca, cert, key = (folder / name for name in ("ca.pem", "cert.pem", "key.pem"))
+    return docker.tls.TLSConfig(
+        client_cert=(str(cert), str(key)) if cert.is_file() and key.is_file() else None,
+        ca_cert=str(ca) if ca.is_file() and not context.skip_tls_verify else None,
+        verify=False if context.skip_tls_verify else (str(ca) if ca.is_file() else True),
     )

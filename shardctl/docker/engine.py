@@ -218,8 +218,8 @@ class Engines:
         except docker.errors.DockerException as exc:
             raise ProvisioningError(
                 f"image {image} is not present and could not be pulled ({short(exc)}); "
-                "without a registry, build one offline with `scripts/engine.sh` and set "
-                "`image: shardctl-test/postgres:15` in the topology"
+                "without a registry, load it on that engine (`docker load`) or build one "
+                "there, and name it in the topology's `image:`"
             ) from None
         return _declared_volumes(found.attrs)
 

@@ -87,6 +87,10 @@ class ContainerSpec:
     first_start_only: frozenset[str] = frozenset()
     """Environment names the container reads only on its first start (an empty volume): left
     out of the config digest, so changing them never recreates a running node."""
+    log_max_size: str = "10m"
+    log_max_files: int = 3
+    """Log rotation (json-file): left out of the config digest, so a node made before is not
+    recreated for it; it applies to containers made from then on."""
 
 
 def create_arguments(spec: ContainerSpec) -> dict[str, object]:
@@ -111,6 +115,10 @@ def create_arguments(spec: ContainerSpec) -> dict[str, object]:
         "network": spec.network,
         "stop_signal": spec.stop_signal,
         "restart_policy": {"Name": spec.restart},
+        "log_config": {
+            "Type": "json-file",
+            "Config": {"max-size": spec.log_max_size, "max-file": str(spec.log_max_files)},
+        },
     }
 
 
@@ -121,6 +129,7 @@ def config_digest(spec: ContainerSpec) -> str:
     same configuration keep their digest and are not recreated.
     """
     arguments = create_arguments(spec)
+    del arguments["log_config"]
     environment = {k: v for k, v in spec.environment.items() if k not in spec.first_start_only}
     text = json.dumps(arguments | {"environment": environment}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -226,6 +226,8 @@ def container_spec(
         secrets_dir=SECRETS_DIR,
         secrets=secret_names(node, tls=topology.tls is not None),
         first_start_only=FIRST_START_ONLY,
+        log_max_size=spec.logs.max_size,
+        log_max_files=spec.logs.max_files,
     )
 
 
@@ -341,4 +343,6 @@ def pooler_spec(topology: Topology, node: Node) -> ContainerSpec:
         secrets_dir=SECRETS_DIR,
         secrets=POOLER_SECRETS,
         stop_signal="SIGTERM",  # PgBouncer's immediate shutdown (SIGINT waits for clients)
+        log_max_size=topology.spec.logs.max_size,
+        log_max_files=topology.spec.logs.max_files,
     )

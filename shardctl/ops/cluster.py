@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,14 +24,21 @@ from shardctl.config.schema import HealthSpec
 from shardctl.config.topology import Topology
 from shardctl.db import pg
 from shardctl.docker.engine import Engines
-from shardctl.errors import CheckFailed, DatabaseUnavailable, InfrastructureError, UsageError
+from shardctl.errors import (
+    CheckFailed,
+    DatabaseUnavailable,
+    InfrastructureError,
+    ShardctlError,
+    UsageError,
+)
 from shardctl.health import distribution as distributions
 from shardctl.health import facts as health
 from shardctl.health import ringview, verify
 from shardctl.ops import durability
 from shardctl.ops.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
 from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
-from shardctl.state import catalog, ddl, inflight
+from shardctl.state import catalog, ddl, history, inflight
+from shardctl.util.text import first_line
 from shardctl.util.waiting import NotYet, wait_for
 
 if TYPE_CHECKING:  # the reshard modules take a Cluster: imported where used, at run time
@@ -166,15 +174,26 @@ class Cluster:
             self.topology, self.engines, self.credentials(), log=log, after_step=after_step
         )
 
-    def switchover(self, shard: str, to: str | None = None, *, timeout: float = 30.0) -> RoleChange:
-        """Planned primary change of ``shard`` (see :mod:`shardctl.ops.rolechange`)."""
+    def switchover(
+        self, shard: str, to: str | None = None, *, timeout: float = 30.0, mode: str = "manual"
+    ) -> RoleChange:
+        """Planned primary change of ``shard`` (see :mod:`shardctl.ops.rolechange`), recorded
+        in the shard's history (``mode``: manual, or automatic for a monitor)."""
         self.topology.shard_nodes(shard)  # an unknown shard is a TopologyError, exit 2
-        return self.role_changer().switchover(shard, to, timeout=timeout)
+        return self._recorded(
+            history.SWITCHOVER,
+            shard,
+            mode,
+            lambda: self.role_changer().switchover(shard, to, timeout=timeout),
+        )
 
-    def failover(self, shard: str, to: str | None = None) -> RoleChange:
+    def failover(self, shard: str, to: str | None = None, *, mode: str = "manual") -> RoleChange:
         """Promote a replica of ``shard``, whose primary is gone (see
-        :mod:`shardctl.ops.rolechange`)."""
+        :mod:`shardctl.ops.rolechange`), recorded in the shard's history."""
         self.topology.shard_nodes(shard)
+        return self._recorded(history.FAILOVER, shard, mode, lambda: self._failover(shard, to))
+
+    def _failover(self, shard: str, to: str | None) -> RoleChange:
         change = self.role_changer().failover(shard, to)
         # The lost host may have carried other shards' standbys: their policy applies now.
         with contextlib.suppress(DatabaseUnavailable):
@@ -195,6 +214,42 @@ class Cluster:
             if not durability.has_sync(self.topology) or isinstance(exc, UsageError):
                 return []
             return [f"durability policy not applied: {exc}"]
+
+    def _recorded(
+        self, kind: str, shard: str, mode: str, change: Callable[[], RoleChange]
+    ) -> RoleChange:
+        """Run a role change and store what it did (or why it failed) on the shard's primary."""
+        started, clock = datetime.now(UTC), time.monotonic()
+        database = self.topology.spec.database
+        try:
+            done = change()
+        except ShardctlError as exc:
+            primary = self.topology.shard_nodes(shard)[0]
+            failed = history.Event(
+                at=started,
+                kind=kind,
+                shard=shard,
+                detail=f"{shard}: {primary.name} stays primary",
+                mode=mode,
+                seconds=time.monotonic() - clock,
+                outcome=f"failed: {first_line(str(exc))}",
+            )
+            # The old primary may be the very thing that is gone: a record that cannot be
+            # written must not hide why the role change failed.
+            with contextlib.suppress(ShardctlError):
+                history.record(primary, self.credentials(), database, failed)
+            raise
+        event = history.Event(
+            at=started,
+            kind=kind,
+            shard=shard,
+            detail=f"{shard}: {done.old_primary} -> {done.new_primary}",
+            mode=mode,
+            seconds=done.seconds,
+            write_pause_ms=done.write_pause * 1000 if done.write_pause else None,
+        )
+        history.record(self.topology.node(done.new_primary), self.credentials(), database, event)
+        return done
 
     def down(self, *, volumes: bool = False) -> DownReport:
         """Remove containers and network; volumes (and generated passwords) only when asked."""

@@ -50,8 +50,8 @@ from shardctl.errors import (
     ProvisioningError,
     ShardctlError,
 )
-from shardctl.util import fanout
 from shardctl.health import durability
+from shardctl.util import fanout
 from shardctl.util.waiting import NotYet, wait_for
 
 if TYPE_CHECKING:

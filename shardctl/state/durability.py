@@ -28,7 +28,7 @@ import psycopg.errors
 from shardctl.config.credentials import Credentials
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
-from shardctl.state.fence import CATALOG_INSTALL_LOCK, XACT_LOCK
+from shardctl.state.locks import CATALOG_INSTALL_LOCK, XACT_LOCK
 from shardctl.util.waiting import retrying
 
 DOING = "durability record"

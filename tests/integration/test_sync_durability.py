@@ -27,7 +27,7 @@ import yaml
 
 from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
-from tests.clusters import Host, frozen, simulated_hosts, split_topology
+from tests.clusters import Host, frozen, sdk_container, simulated_hosts, split_topology
 from tests.integration.conftest import run_shardctl
 from tests.traffic import rows_by_shard
 
@@ -199,8 +199,7 @@ def test_preferred_degrades_to_async_fails_over_and_restores_sync(
         # shard-0 degraded again (its replica stopped), then its primary lost (frozen) while
         # the replica is back but cannot stream: a failover says what it may have lost.
         fresh = Cluster.load(path)
-        replica = fresh.engines.container(fresh.topology.node("shard-0-replica-1"))
-        assert replica is not None
+        replica = sdk_container(fresh, fresh.topology.node("shard-0-replica-1"))
         replica.stop()
         shardctl("status", "-f", path)
         time.sleep(2.5)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from shardctl import __version__
@@ -131,8 +132,12 @@ NEEDS_A_RUNNING_CLUSTER = (
 )
 
 
-def test_every_command_on_a_cluster_never_brought_up_exits_3_naming_up(tmp_path: Path) -> None:
+def test_every_command_on_a_cluster_never_brought_up_exits_3_naming_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = never_up(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ledger.jsonl").touch()  # a missing ledger is bad usage, checked first
     for args in NEEDS_A_RUNNING_CLUSTER:
         ran = shardctl(*args, "-f", path)
         assert ran.code == 3, (args, ran.stderr)
@@ -142,8 +147,12 @@ def test_every_command_on_a_cluster_never_brought_up_exits_3_naming_up(tmp_path:
         assert "Traceback" not in ran.stderr
 
 
-def test_every_command_with_a_missing_engine_is_one_short_line(tmp_path: Path) -> None:
+def test_every_command_with_a_missing_engine_is_one_short_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = never_up(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ledger.jsonl").touch()
     engine = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     commands = [["status"], ["verify-replication"], ["up"], ["down"], *NEEDS_A_RUNNING_CLUSTER]
     for args in commands:
@@ -200,10 +209,10 @@ NUMERIC = (
     (["add-shard", "shard-9", "--replicas"], "--replicas", "0 to 9"),
     (["add-shard", "shard-9", "--timeout"], "--timeout", "1 to 86400"),
     (["rebalance", "--throttle"], "--throttle", "0 to 60"),
-    (["rebalance", "--rows-per-chunk"], "--rows-per-chunk", "100 to 1e+07"),
+    (["rebalance", "--rows-per-chunk"], "--rows-per-chunk", "100 to 10000000"),
     (["load", "--workers"], "--workers", "1 to 256"),
     (["load", "--duration"], "--duration", "0.1 to 86400"),
-    (["load", "--ops"], "--ops", "1 to 1e+09"),
+    (["load", "--ops"], "--ops", "1 to 1000000000"),
     (["switchover", "shard-0", "--timeout"], "--timeout", "1 to 3600"),
 )
 

@@ -14,8 +14,8 @@ from typing import cast
 import pytest
 import typer
 
-from shardctl.cli import render
 from shardctl.cli.replication import parse_size
+from shardctl.cli.views import verify as views
 from shardctl.config.schema import HealthSpec, TableSpec
 from shardctl.config.topology import Node, Topology, parse
 from shardctl.health import checks, measured
@@ -496,7 +496,7 @@ def test_junit_report_has_a_case_per_check_and_failures_with_detail() -> None:
         checks.skipped(r0, checks.CANARY, "s0-replica-1 did not answer"),
     )
     report = Report("demo", found, LIMITS, deep=False, seconds=0.5, answered=1)
-    root = ET.fromstring(render.junit_xml(report))
+    root = ET.fromstring(views.junit_xml(report))
     assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("3", "1", "1")
     cases = root.findall("./testsuite/testcase")
     assert [c.get("name") for c in cases] == [
@@ -509,7 +509,7 @@ def test_junit_report_has_a_case_per_check_and_failures_with_detail() -> None:
     assert failure is not None
     assert failure.get("message") == "slot s0_replica_1 missing on s0-primary"
     assert cases[2].find("skipped") is not None
-    data = render.verify_facts(report)
+    data = views.verify_facts(report)
     assert data["ok"] is False
     assert data["checks"][1] == {
         "shard": "s0",

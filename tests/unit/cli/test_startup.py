@@ -1,0 +1,48 @@
+"""What starting ``shardctl`` costs: the modules ``--version`` and ``--help`` load, in a fresh
+interpreter (the time itself is measured in benchmarks/cli_startup.py, never here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from shardctl.cli.replication import DEFAULTS
+from shardctl.config.schema import HealthSpec
+
+HEAVY = ("psycopg", "psycopg_pool", "docker", "cryptography", "pydantic", "rich", "yaml")
+
+PROBE = """
+import json, sys
+from shardctl.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+sys.__stderr__.write(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def loaded(*args: str) -> set[str]:
+    """The top-level packages a fresh interpreter has imported after ``shardctl *args``."""
+    ran = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=True
+    )
+    return set(json.loads(ran.stderr.strip().splitlines()[-1]))
+
+
+def test_version_imports_no_driver_sdk_model_or_terminal_library() -> None:
+    assert loaded("--version") & set(HEAVY) == set()
+
+
+def test_help_imports_no_driver_sdk_model_or_terminal_library() -> None:
+    assert loaded("--help") & set(HEAVY) == set()
+    assert loaded("help", "status") & set(HEAVY) - {"pydantic"} == set()
+
+
+def test_the_help_states_the_health_defaults_of_the_topology_model() -> None:
+    health = HealthSpec()
+    assert DEFAULTS["max_lag_bytes"] == "16MiB" and health.max_lag_bytes == 16 * 1024**2
+    assert DEFAULTS["max_lag_seconds"] == health.max_lag_seconds
+    assert DEFAULTS["canary_timeout"] == health.canary_timeout
+    assert DEFAULTS["probe_timeout"] == health.probe_timeout
