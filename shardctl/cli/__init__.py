@@ -3,7 +3,15 @@
 Each module registers the commands of one concern on the shared typer ``app``.
 """
 
-from shardctl.cli import cluster, data, failover, load, replication, reshard  # noqa: F401
+from shardctl.cli import (  # noqa: F401
+    cluster,
+    data,
+    failover,
+    load,
+    metrics,
+    replication,
+    reshard,
+)
 from shardctl.cli.app import app, main
 
 __all__ = ["app", "main"]
