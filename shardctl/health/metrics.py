@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import suppress
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -421,18 +422,30 @@ def _scrape_families(snap: Snapshot) -> list[Family]:
 
 
 class Collector(PrometheusCollector):
-    """A prometheus_client collector that reads the cluster on every scrape; scrapes are
-    serialised (two Prometheus servers scraping at once share the cluster one at a time)."""
+    """A prometheus_client collector that reads the cluster on every scrape. Scrapes that
+    arrive while a reading is under way share it (two Prometheus servers scraping at once
+    read the cluster once, and neither waits longer than one reading)."""
 
     def __init__(self, scraper: Scraper) -> None:
         self.scraper = scraper
-        self._lock = threading.Lock()
+        self._guard = threading.Lock()
+        self._reading: Future[Snapshot] | None = None
 
     def collect(self) -> Iterator[Family]:
         """The metric families of a fresh snapshot (prometheus_client calls this per scrape)."""
-        with self._lock:
-            snap = self.scraper.snapshot()
-        yield from families(snap)
+        with self._guard:
+            reading, leader = self._reading, self._reading is None
+            if reading is None:
+                reading = self._reading = Future()
+        if leader:
+            try:
+                reading.set_result(self.scraper.snapshot())
+            except BaseException as exc:  # handed to the scrapes sharing this reading
+                reading.set_exception(exc)
+            finally:
+                with self._guard:
+                    self._reading = None
+        yield from families(reading.result())
 
     def describe(self) -> list[Family]:
         """Nothing: registering the collector must not read the cluster."""

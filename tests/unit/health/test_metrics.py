@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,15 +23,18 @@ from prometheus_client.registry import Collector
 from shardctl.cli.metrics import parse_listen
 from shardctl.config.topology import Topology, parse
 from shardctl.db.poolers import PoolerFacts, PoolerObservation
+from shardctl.docker.engine import Engines
 from shardctl.errors import UsageError
 from shardctl.health import distribution
 from shardctl.health.facts import ClusterFacts, ContainerState
+from shardctl.health.metrics import Collector as MetricsCollector
 from shardctl.health.metrics import Family, families
 from shardctl.health.scrape import (
     Archiver,
     CatalogEntry,
     RoleChanges,
     RowsView,
+    Scraper,
     Snapshot,
     exposure_problem,
     role_changes,
@@ -342,3 +347,36 @@ def test_an_unused_record_type_is_harmless() -> None:
     found = samples(snapshot(cluster(topo, dict(healthy(topo))), record=bad))
     assert value(found, "shardctl_ring_epoch") == 3.0
     assert not of(found, "shardctl_ring_key_share_ratio")
+
+
+class _SlowScraper(Scraper):
+    """Reads nothing: counts its readings and holds each until released."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        super().__init__(snap.topology, Engines(), lambda: pytest.fail("no credentials"))
+        self.snap, self.readings, self.release = snap, 0, threading.Event()
+
+    def snapshot(self) -> Snapshot:
+        self.readings += 1
+        self.release.wait(10)
+        return self.snap
+
+
+def test_scrapes_during_a_reading_share_it() -> None:
+    scraper = _SlowScraper(full_snapshot())
+    collector = MetricsCollector(scraper)
+    results: list[int] = []
+
+    def scrape() -> None:
+        results.append(len(list(collector.collect())))
+
+    threads = [threading.Thread(target=scrape) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # all three are waiting on the first reading
+    scraper.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert scraper.readings == 1 and len(results) == 3 and len(set(results)) == 1
+    list(collector.collect())  # the next scrape reads afresh
+    assert scraper.readings == 2
