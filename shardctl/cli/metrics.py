@@ -101,11 +101,6 @@ def metrics(
         problem = exposure_problem(host, cluster.topology, tls=tls_cert is not None)
         if problem is not None:
             raise UsageError(problem)
-        if rows_interval > 0:
-            scraper.rows = RowsCache(
-                lambda: scraper.acting, cluster.credentials, interval=rows_interval
-            )
-            scraper.rows.start()
         try:
             start_http_server(
                 port,
@@ -116,6 +111,11 @@ def metrics(
             )
         except OSError as exc:
             raise UsageError(f"--listen {host}:{port}: {exc.strerror or exc}") from None
+        if rows_interval > 0:  # once listening: a refused address counts nothing
+            scraper.rows = RowsCache(
+                lambda: scraper.acting, cluster.credentials, interval=rows_interval
+            )
+            scraper.rows.start()
         scheme = "https" if tls_cert else "http"
         shown = f"[{host}]" if ":" in host else host
         render.err_console.print(

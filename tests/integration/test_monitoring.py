@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from shardctl.ops.cluster import Cluster
 from tests.clusters import frozen, run_shardctl
@@ -296,3 +297,16 @@ def test_prometheus_scrapes_a_live_cluster(cluster_factory: ClusterFactory, tmp_
         expr = {r["alert"]: r["expr"] for r in rules}
         assert set(by_node(query(p, expr["ShardctlNodeDown"]))) == {"shard-1-replica-1"}
         assert set(by_node(query(p, expr["ShardctlReplicaNotStreaming"]))) == {"shard-1-replica-1"}
+
+        # --once prints the same facts from the topology as it is now (shard-2 added), exit 0.
+        once = run_shardctl("metrics", "--once", "-f", path)
+        assert once.returncode == 0, once.stderr
+        ups = {
+            s.labels["node"]: s.value
+            for family in text_string_to_metric_families(once.stdout)
+            if family.name == "shardctl_up"
+            for s in family.samples
+        }
+        assert ups == {**dict.fromkeys(nodes, 1.0), "shard-1-replica-1": 0.0, "shard-2-primary": 1.0}
+        for secret in (login.superuser_password, login.replication_password, login.app_password):
+            assert secret and secret not in once.stdout + once.stderr
