@@ -307,6 +307,7 @@ def test_prometheus_scrapes_a_live_cluster(cluster_factory: ClusterFactory, tmp_
             if family.name == "shardctl_up"
             for s in family.samples
         }
-        assert ups == {**dict.fromkeys(nodes, 1.0), "shard-1-replica-1": 0.0, "shard-2-primary": 1.0}
+        expected = {**dict.fromkeys(nodes, 1.0), "shard-1-replica-1": 0.0, "shard-2-primary": 1.0}
+        assert ups == expected
         for secret in (login.superuser_password, login.replication_password, login.app_password):
             assert secret and secret not in once.stdout + once.stderr
