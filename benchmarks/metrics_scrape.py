@@ -35,10 +35,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from shardctl.config.topology import Node
 from shardctl.db import pg
-from shardctl.health.checks import status_rows
 from shardctl.health.metrics import Collector
 from shardctl.health.scrape import Scraper
+from shardctl.health.status import status_rows
 from shardctl.ops.cluster import Cluster
+from shardctl.util import fanout
 
 
 def baseline(cluster: Cluster) -> Callable[[], None]:
@@ -52,7 +53,7 @@ def baseline(cluster: Cluster) -> Callable[[], None]:
         return run
 
     def run_all() -> None:
-        pg.gather({n.name: one(n) for n in cluster.topology.nodes}, timeout=10)
+        fanout.gather({n.name: one(n) for n in cluster.topology.nodes}, timeout=10)
 
     return run_all
 

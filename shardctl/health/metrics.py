@@ -20,9 +20,9 @@ from prometheus_client.registry import Collector as PrometheusCollector
 from shardctl.config.schema import Role
 from shardctl.config.topology import Node, Topology
 from shardctl.errors import ShardctlError
-from shardctl.health.checks import status_rows
 from shardctl.health.facts import ContainerState
 from shardctl.health.scrape import COLLECTORS, Scraper, Snapshot
+from shardctl.health.status import status_rows
 from shardctl.state import inflight
 
 PREFIX = "shardctl"

@@ -46,6 +46,7 @@ from shardctl.health.facts import (
 from shardctl.state import catalog, inflight
 from shardctl.state.catalog import RingRecord
 from shardctl.state.inflight import Operation
+from shardctl.util import fanout
 from shardctl.util.text import first_line
 
 TIMEOUT = 5.0
@@ -299,7 +300,7 @@ class Scraper:
         states: dict[str, ContainerState] = {}
         undeclared: tuple[str, ...] = ()
         unreachable: dict[str, str] = {}
-        docker = pg.gather(
+        docker = fanout.gather(
             {"docker": lambda: engine_container_states(topology, self.engines)},
             timeout=remaining(),
         )["docker"]
@@ -346,7 +347,7 @@ class Scraper:
             tasks[OPERATIONS] = self._in_flight(self.acting, login)
             if topology.pooled_nodes():
                 tasks[POOLERS] = self._poolers(login, states, remaining)
-        answers = pg.gather(tasks, timeout=remaining())
+        answers = fanout.gather(tasks, timeout=remaining())
         opened.cut()
         nodes = {n.name: answers.get(f"node:{n.name}") for n in topology.nodes}
         found = {k: v for k, v in nodes.items() if isinstance(v, NodeAnswer)}
@@ -418,7 +419,6 @@ class Scraper:
             values,
             lambda: login,
             topology.spec.database,
-            lambda jobs, seconds: pg.gather(jobs, timeout=seconds),
             timeout=max(0.5, remaining() - 1.0),  # observe() waits a second more
         )
 

@@ -25,7 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from shardctl.ops.cluster import Cluster
-from tests.clusters import frozen, run_shardctl
+from tests.clusters import frozen, run_shardctl, sdk_container
 from tests.integration.conftest import ClusterFactory
 from tests.integration.test_resharding import run_killed
 
@@ -295,9 +295,7 @@ def test_prometheus_scrapes_a_live_cluster(cluster_factory: ClusterFactory, tmp_
 
         # A stopped replica: up 0 and not streaming, which is the node-down alert's series.
         replica = cluster.topology.node("shard-1-replica-1")
-        container = cluster.engines.container(replica)
-        assert container is not None
-        container.stop(timeout=5)
+        sdk_container(cluster, replica).stop(timeout=5)
         wait(
             "the stopped replica's up 0",
             lambda: by_node(query(p, "shardctl_up")).get("shard-1-replica-1") == 0.0,
