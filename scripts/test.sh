@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite (unit + integration against a real Docker engine), installing what
-# the machine lacks first: a Docker engine, the test PostgreSQL image, and shardctl with its dev
-# dependencies in its own venv (scripts/venv.sh).
+# the machine lacks first: a Docker engine, the test PostgreSQL image, Prometheus and promtool
+# (scripts/prometheus.sh), and shardctl with its dev dependencies in its own venv
+# (scripts/venv.sh).
 #
 # Without a selection: the unit tests in parallel (pytest-xdist, $SHARDCTL_UNIT_WORKERS workers,
 # default 2), then the integration tests one at a time (they share the engine and the CPU);
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 engine_env="$(scripts/engine.sh)"
 eval "$engine_env"
+scripts/prometheus.sh
 venv="$(scripts/venv.sh dev)"
 export SHARDCTL_TEST_IMAGE="${SHARDCTL_TEST_IMAGE:-shardctl-test/postgres:15}"
 export SHARDCTL_POOLER_IMAGE="${SHARDCTL_POOLER_IMAGE:-shardctl-test/pgbouncer:1}"

@@ -11,6 +11,7 @@ from shardctl.cli import (  # noqa: F401  (each registers its commands)
     history,
     load,
     logs,
+    metrics,
     replication,
     reshard,
 )
