@@ -12,7 +12,7 @@ import typer
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
 from shardctl.cli import render
-from shardctl.cli.app import TopologyOption, app, number_option, open_cluster
+from shardctl.cli.app import OPERATIONS, TopologyOption, command, number_option, open_cluster
 from shardctl.errors import UsageError
 from shardctl.health.metrics import Collector
 from shardctl.health.scrape import ROWS_INTERVAL, TIMEOUT, RowsCache, Scraper, exposure_problem
@@ -36,7 +36,11 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-@app.command()
+@command(
+    group=OPERATIONS,
+    summary="Prometheus metrics from the health model status uses.",
+    example="shardctl metrics --listen 127.0.0.1:9560\nshardctl metrics --once --rows",
+)
 def metrics(
     topology: TopologyOption = None,
     listen: Annotated[
