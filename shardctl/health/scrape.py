@@ -35,6 +35,8 @@ from shardctl.db import pg, poolers
 from shardctl.docker.engine import Engines
 from shardctl.errors import ShardctlError
 from shardctl.health import distribution
+from shardctl.health.defaults import ROWS_INTERVAL as ROWS_INTERVAL
+from shardctl.health.defaults import TIMEOUT as TIMEOUT
 from shardctl.health.facts import (
     ClusterFacts,
     ContainerState,
@@ -48,11 +50,6 @@ from shardctl.state.catalog import RingRecord
 from shardctl.state.inflight import Operation
 from shardctl.util import fanout
 from shardctl.util.text import first_line
-
-TIMEOUT = 5.0
-"""Seconds a scrape may take by default, below Prometheus' default ``scrape_timeout`` (10 s)."""
-ROWS_INTERVAL = 300.0
-"""Seconds between two background counts of rows per shard and table, by default."""
 
 HEALTH = "health"
 CATALOG = "catalog"
