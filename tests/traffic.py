@@ -170,17 +170,24 @@ turns a slow failover into a slow write, not a failed one (the Router's default 
 
 @contextmanager
 def traffic(
-    cluster: Cluster, keys: list[uuid.UUID], threads: int = 2, *, deadline: float = WRITER_DEADLINE
+    cluster: Cluster,
+    keys: list[uuid.UUID],
+    threads: int = 2,
+    *,
+    deadline: float = WRITER_DEADLINE,
+    seed: int = 0,
 ) -> Iterator[list[Writer]]:
     """Ledgered writers inserting, updating and deleting through one Router until the block
-    ends; each thread starts from its share of ``keys``.
+    ends; each thread starts from its share of ``keys``. Several sessions on one cluster need
+    a ``seed`` each (the writers' random keys and choices repeat for the same one) and
+    ``keys`` of their own (an earlier session's deletes are not in this one's ledger).
 
     ``deadline`` bounds each operation, retries included. The tests that assert "no write
     failed" across a planned outage (a switchover, a failover, a host lost) rely on it being
     longer than that outage on a slow machine; the outage itself is measured and bounded by
     each test, not by this number."""
     router = Router(cluster, max_size=4, epoch_check_interval=0.5, deadline=deadline)
-    writers = [Writer(router, seed, keys[seed::threads]) for seed in range(threads)]
+    writers = [Writer(router, seed + i, keys[i::threads]) for i in range(threads)]
     stop = threading.Event()
     running = [threading.Thread(target=w.run, args=(stop,)) for w in writers]
     for thread in running:

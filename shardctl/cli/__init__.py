@@ -14,6 +14,7 @@ from shardctl.cli import (  # noqa: F401  (each registers its commands)
     metrics,
     replication,
     reshard,
+    rolling,
 )
 from shardctl.cli.app import app, main
 

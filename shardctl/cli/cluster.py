@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from shardctl.cli import rolling
 from shardctl.cli.app import (
     CLUSTER,
     Output,
@@ -38,12 +39,22 @@ if TYPE_CHECKING:
 
 @command(group=CLUSTER, example="shardctl validate -f prod.yaml")
 def validate(topology: TopologyOption = None, output: OutputOption = Output.TABLE) -> None:
-    """Check the topology file and print a summary."""
+    """Check the topology file (its postgres: settings against the image's own server, when
+    an engine has the image) and print a summary."""
     from shardctl.cli import render
     from shardctl.cli.views import topology as views
     from shardctl.config.topology import load
 
     checked = load(topology_path(topology))  # no Cluster: nothing to contact, less to import
+    if checked.spec.postgres:  # unless settings need the image's judgement
+        from shardctl.ops.cluster import Cluster
+
+        with Cluster(checked) as cluster:
+            unchecked = cluster.check_settings()
+        if unchecked:
+            render.err_console.print(
+                f"[yellow]warning[/]: postgres: settings not checked: {render.escape(unchecked)}"
+            )
     if output is Output.JSON:
         render.print_json(views.topology_facts(checked))
     else:
@@ -84,8 +95,8 @@ def compose_command(
 
 @command(
     group=CLUSTER,
-    summary="Create or repair every declared node; change nothing else.",
-    example="shardctl up\nshardctl up --no-wait --timeout 600",
+    summary="Create or repair every declared node; roll out changed settings and images.",
+    example="shardctl up\nshardctl up --plan\nshardctl up --no-wait --timeout 600",
 )
 def up(
     topology: TopologyOption = None,
@@ -95,18 +106,36 @@ def up(
     timeout: Annotated[
         float, number_option("--timeout", low=1, high=86400, help="Seconds to wait for readiness.")
     ] = 300.0,
+    plan: Annotated[
+        bool,
+        typer.Option("--plan", help="Show what up would do to each node, and why; change nothing."),
+    ] = False,
+    output: OutputOption = Output.TABLE,
+    parallel: rolling.ParallelOption = 1,
+    switchover: rolling.SwitchoverOption = True,
 ) -> None:
-    """Create or repair every declared node; changes nothing that already matches."""
+    """Create or repair every declared node; changes nothing that already matches. Changed
+    settings are reloaded, or rolled out one shard at a time when only a restart applies them."""
     from shardctl.cli import progress, render
     from shardctl.cli.views import cluster as views
 
     with open_cluster(topology) as cluster:
+        if plan:
+            rolling.show_plan(cluster, output)
+            return
         try:
             with progress.nodes() as report:
-                result = cluster.up(wait=wait, timeout=timeout, reporter=report)
+                result = cluster.up(
+                    wait=wait,
+                    timeout=timeout,
+                    reporter=report,
+                    parallel=parallel,
+                    switchover=switchover,
+                )
         except KeyboardInterrupt:
             _up_interrupted(cluster)
     render.err_console.print(f"[green]up[/]: {views.up_summary(result)}")
+    rolling.report_rolls(result.shards)
     for warning in result.warnings:
         render.err_console.print(f"[yellow]warning[/]: {render.escape(warning)}")
 

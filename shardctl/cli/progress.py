@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.text import Text
 
 from shardctl.cli import render
-from shardctl.ops.provisioning import Reporter
+from shardctl.ops.nodes import Reporter
 from shardctl.ops.reshard.coordinator import Progress as CopyCallback
 from shardctl.workload.report import LoadProgress
 

@@ -137,6 +137,7 @@ def verify_replication(
     from shardctl.cli import render
     from shardctl.cli.views import verify as views
     from shardctl.errors import InfrastructureError
+    from shardctl.health.checks import PENDING_RESTART
 
     with open_cluster(topology) as cluster:
         overrides = {
@@ -166,6 +167,10 @@ def verify_replication(
         render.show(views.checks_summary_table(report))
     for failure in report.failures:
         render.err_console.print(f"[red]FAIL[/] {render.escape(failure.line)}", highlight=False)
+    for check in report.checks:
+        if check.check == PENDING_RESTART:
+            note = f"{check.node}: {check.detail}"
+            render.err_console.print(f"[yellow]note[/]: {render.escape(note)}", highlight=False)
     if report.failures and report.answered:
         explain_in_flight(in_flight_reshards(cluster))
     if report.answered == 0:

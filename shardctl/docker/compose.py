@@ -73,7 +73,7 @@ def render(
         schema = schema if schema.startswith((".", "/")) else f"./{schema}"
     services: dict[str, Any] = {}
     for node in topology.nodes:
-        service = _service(container_spec(topology, node, mount, schema_file=schema))
+        service = _service(container_spec(topology, node, mount, schema_file=schema, compose=True))
         if node.role is Role.REPLICA:
             service["depends_on"] = [node.primary_name]
         services[node.name] = service

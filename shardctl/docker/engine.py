@@ -30,12 +30,15 @@ from shardctl.docker.clients import (
 from shardctl.docker.records import (
     LABEL_CLUSTER,
     LABEL_CONFIG,
+    LABEL_PROBE,
     LABEL_SHARD,
+    LABEL_SPEC,
     Container,
     ContainerSpec,
     config_digest,
     create_arguments,
     node_labels,
+    spec_record,
 )
 from shardctl.errors import DockerUnavailable, ProvisioningError
 from shardctl.util import fanout
@@ -99,6 +102,7 @@ def _record(found: docker.models.containers.Container, endpoint: Endpoint) -> Co
         labels=dict(config.get("Labels") or {}),
         environment=dict(str(pair).partition("=")[::2] for pair in pairs),
         endpoint=endpoint,
+        image=str(config.get("Image") or ""),
     )
 
 
@@ -343,7 +347,10 @@ class Engines:
         if set(secrets) != set(spec.secrets):
             raise AssertionError(f"{spec.name} needs secrets {spec.secrets}, not {sorted(secrets)}")
         arguments = create_arguments(spec)
-        labels = dict(spec.labels) | {LABEL_CONFIG: config_digest(spec)}
+        labels = dict(spec.labels) | {
+            LABEL_CONFIG: config_digest(spec),
+            LABEL_SPEC: spec_record(spec),
+        }
         with docker_errors(f"creating container {spec.name}"):
             container = self.client(endpoint).containers.create(
                 labels=labels,
@@ -390,16 +397,59 @@ class Engines:
                     api.unpause(container.id)
                 api.stop(container.id, timeout=timeout)
 
-    def put_file(self, container: Container, folder: str, name: str, text: str) -> None:
-        """Write one file into a container, running or stopped (volumes included), mode 0600."""
+    def put_file(
+        self, container: Container, folder: str, name: str, text: str, *, mode: int = 0o600
+    ) -> None:
+        """Write one file into a container, running or stopped (volumes included), mode 0600
+        unless said."""
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             data = text.encode()
             info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o600
+            info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))
         with docker_errors(f"writing {name} into {container.name}"):
             self.client(container.endpoint).api.put_archive(container.id, folder, buffer.getvalue())
+
+    def read_text(self, container: Container, path: str) -> str | None:
+        """The text of one file in a container (running or stopped); None when it is missing."""
+        import docker.errors
+
+        with docker_errors(f"reading {path} in {container.name}"):
+            try:
+                found = self.client(container.endpoint).containers.get(container.id)
+                return _read_file(found, path)
+            except docker.errors.NotFound:
+                return None
+
+    def restart(self, container: Container, *, timeout: int) -> None:
+        """Stop a container cleanly (SIGKILL at ``timeout``) and start it again."""
+        with docker_errors(f"restarting {container.name}"):
+            self.client(container.endpoint).api.restart(container.id, timeout=timeout)
+
+    def run_once(self, image: str, script: str, args: list[str], endpoint: Endpoint = None) -> str:
+        """Run ``sh -c script`` with ``args`` as the image's ``postgres`` user in a throw-away
+        container without network; its output (stdout and stderr). It must exit 0."""
+        client = self.client(endpoint)
+        with docker_errors(f"running a throw-away container of {image}"):
+            container = client.containers.create(
+                image,
+                entrypoint=["sh", "-c", script, "shardctl-probe"],
+                command=args,
+                user="postgres",
+                network_mode="none",
+                labels={LABEL_PROBE: "1"},
+            )
+            try:
+                container.start()
+                result = container.wait(timeout=120)
+                raw: Any = container.logs(stdout=True, stderr=True)
+            finally:
+                container.remove(force=True)
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        if result.get("StatusCode") != 0:
+            raise ProvisioningError(f"{image}: the throw-away container failed:\n{text[-500:]}")
+        return text
 
     def remove_container(self, container: Container, *, stop_timeout: int) -> None:
         """Stop a running container cleanly (not a crash recovery later), then remove it."""

@@ -23,6 +23,10 @@ LABEL_ROLE = "shardctl.role"
 LABEL_CONFIG = "shardctl.config"
 LABEL_POOLER = "shardctl.pooler"
 """On a PgBouncer container: the name of the node it fronts."""
+LABEL_SPEC = "shardctl.spec"
+"""What a container was made from (:func:`spec_record`), so that a change can be named."""
+LABEL_PROBE = "shardctl.probe"
+"""On a throw-away container that asks an image's server something (removed when done)."""
 
 
 def cluster_labels(cluster: str) -> dict[str, str]:
@@ -135,6 +139,20 @@ def config_digest(spec: ContainerSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def spec_record(spec: ContainerSpec) -> str:
+    """What the container is made from, as JSON (its ``shardctl.spec`` label): image, ports,
+    mounts, server arguments and environment; the bootstrap script by its hash."""
+    arguments = create_arguments(spec)
+    del arguments["log_config"]
+    entrypoint = json.dumps(arguments.pop("entrypoint"))
+    environment = {k: v for k, v in spec.environment.items() if k not in spec.first_start_only}
+    record = arguments | {
+        "environment": environment,
+        "entrypoint": hashlib.sha256(entrypoint.encode()).hexdigest()[:16],
+    }
+    return json.dumps(record, sort_keys=True)
+
+
 @dataclass(frozen=True)
 class Container:
     """A container as its engine described it when it was looked up (or made)."""
@@ -150,6 +168,8 @@ class Container:
     """Its environment as it was created."""
     endpoint: Endpoint = field(compare=False)
     """The engine it lives on."""
+    image: str = field(default="", compare=False)
+    """The image reference it was made from."""
 
     @property
     def config(self) -> str | None:

@@ -152,8 +152,10 @@ def data_mount(declared_volumes: Iterable[str]) -> str:
     return next(iter(sorted(declared_volumes)), DEFAULT_MOUNT)
 
 
-def server_settings(topology: Topology) -> list[str]:
-    """``-c name=value`` arguments every node's postgres runs with."""
+def server_settings(topology: Topology, *, declared: bool = True) -> list[str]:
+    """``-c name=value`` arguments every node's postgres runs with: the ones shardctl manages,
+    and with ``declared`` the topology's ``postgres:`` settings too (a compose file; ``up``
+    applies those with ``ALTER SYSTEM`` instead: a reload, when the server allows it)."""
     settings: dict[str, object] = {
         "listen_addresses": "*",
         "port": addresses.CONTAINER_PORT,
@@ -173,7 +175,8 @@ def server_settings(topology: Topology) -> list[str]:
             "ssl_cert_file": f"{SECRETS_DIR}/server.crt",
             "ssl_key_file": f"{SECRETS_DIR}/server.key",
         }
-    settings.update(topology.spec.postgres)
+    if declared:
+        settings.update(topology.spec.postgres)
     args: list[str] = []
     for name, value in settings.items():
         text = ("on" if value else "off") if isinstance(value, bool) else str(value)
@@ -182,12 +185,19 @@ def server_settings(topology: Topology) -> list[str]:
 
 
 def container_spec(
-    topology: Topology, node: Node, mount: str, *, schema_file: str | None = None
+    topology: Topology,
+    node: Node,
+    mount: str,
+    *,
+    schema_file: str | None = None,
+    compose: bool = False,
 ) -> ContainerSpec:
     """The container of ``node``, its data volume mounted at ``mount``.
 
-    ``schema_file`` (compose only) is a host path mounted for the primary's first start; ``up``
-    passes none and applies the schema over SQL instead.
+    For ``compose``, ``schema_file`` is a host path mounted for the primary's first start, and
+    the ``postgres:`` settings go on the command line; ``up`` passes none, applies the schema
+    over SQL and the settings with ``ALTER SYSTEM`` (:mod:`shardctl.ops.settings`), so that
+    changing them never changes the container.
     """
     spec = topology.spec
     environment = {
@@ -216,7 +226,7 @@ def container_spec(
         hostname=node.name,
         image=spec.image,
         entrypoint=("sh", "-c", BOOTSTRAP, "shardctl-node"),
-        command=tuple(server_settings(topology)),
+        command=tuple(server_settings(topology, declared=compose)),
         user="postgres",
         environment=environment,
         labels=node_labels(node),

@@ -45,6 +45,8 @@ SYNC = "sync"
 CANARY = "canary"
 POOLER = "pooler"
 POOLER_WAITING = "pooler-waiting"
+PENDING_RESTART = "pending-restart"
+"""Shown, never failed: settings a restart has yet to apply (``shardctl up`` rolls it)."""
 DEEP_PREFIX = "deep:"
 
 ORDER = (
@@ -142,6 +144,18 @@ def replication_checks(facts: ClusterFacts, limits: HealthSpec) -> list[Check]:
         for replica in replicas:
             checks += replica_checks(facts, facts.of(replica.name), limits)
     checks += undeclared_containers(topology, facts.undeclared)
+    for obs in facts.nodes:
+        if obs.facts is not None and obs.facts.pending_restart:
+            names = ", ".join(obs.facts.pending_restart)
+            checks.append(
+                Check(
+                    obs.node.shard,
+                    obs.node.name,
+                    PENDING_RESTART,
+                    True,
+                    f"a restart is pending for {names}: `shardctl up` restarts it, rolling",
+                )
+            )
     for pooled in facts.poolers:
         checks += pooler_checks(pooled, facts.topology.pooler(pooled.node.shard))
     return checks

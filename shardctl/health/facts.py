@@ -103,6 +103,8 @@ class NodeFacts:
     slots: tuple[Slot, ...]
     synchronous_standby_names: str = ""
     """The server's setting: empty when its commits wait for no standby."""
+    pending_restart: tuple[str, ...] = ()
+    """Settings changed in the configuration that only a restart applies (``pg_settings``)."""
 
     @property
     def role(self) -> ActualRole:
@@ -215,6 +217,8 @@ SELECT
     extract(epoch FROM pg_catalog.clock_timestamp())::float8 AS server_time,
     pg_catalog.current_setting('server_version_num')::int AS server_version,
     pg_catalog.current_setting('synchronous_standby_names') AS synchronous_standby_names,
+    (SELECT coalesce(json_agg(g.name ORDER BY g.name), '[]')
+       FROM pg_catalog.pg_settings g WHERE g.pending_restart) AS pending_restart,
     (SELECT coalesce(json_agg(json_build_object(
             'application_name', r.application_name,
             'client_addr', host(r.client_addr),
@@ -275,6 +279,7 @@ def read_facts(conn: psycopg.Connection[Any]) -> NodeFacts:
         receiver=receiver,
         slots=tuple(Slot(**s) for s in row["slots"]),
         synchronous_standby_names=row["synchronous_standby_names"],
+        pending_restart=tuple(str(name) for name in row["pending_restart"]),
     )
 
 

@@ -59,6 +59,8 @@ class StatusRow:
     """The first failed check in full (``check: detail``), for ``-o wide`` and JSON."""
     health: str = "ok"
     """``ok`` or the problem as a short phrase for the 80-column table."""
+    pending_restart: tuple[str, ...] = ()
+    """Settings only a restart applies that the node has yet to (``-o wide`` and JSON)."""
 
 
 _SHORT = {
@@ -135,6 +137,7 @@ def status_rows(facts: ClusterFacts) -> list[StatusRow]:
                 healthy=problem is None,
                 problem=None if problem is None else f"{problem.check}: {problem.detail}",
                 health="ok" if problem is None else health_phrase(problem),
+                pending_restart=node_facts.pending_restart if node_facts else (),
             )
         )
     return rows

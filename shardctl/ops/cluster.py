@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING
 from shardctl.config import credentials as creds
 from shardctl.config import topology
 from shardctl.config.credentials import Credentials
-from shardctl.config.schema import HealthSpec
-from shardctl.config.topology import Topology
+from shardctl.config.schema import HealthSpec, Role
+from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
 from shardctl.docker.engine import Engines
 from shardctl.errors import (
     CheckFailed,
     DatabaseUnavailable,
+    DockerUnavailable,
     InfrastructureError,
     ShardctlError,
     UsageError,
@@ -34,9 +35,12 @@ from shardctl.errors import (
 from shardctl.health import distribution as distributions
 from shardctl.health import facts as health
 from shardctl.health import ringview, verify
-from shardctl.ops import durability
-from shardctl.ops.provisioning import DownReport, Provisioner, Reporter, UpReport, quiet_reporter
+from shardctl.ops import changes, durability
+from shardctl.ops.down import DownReport, down
+from shardctl.ops.nodes import Reporter, quiet_reporter
 from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
+from shardctl.ops.rolling import Roller, ShardRoll
+from shardctl.ops.up import Provisioner, UpReport
 from shardctl.state import catalog, ddl, history, inflight
 from shardctl.util.text import first_line
 from shardctl.util.waiting import NotYet, wait_for
@@ -93,11 +97,43 @@ class Cluster:
             self._topology = self._topology.with_acting(dict(record.primaries))
         return record
 
+    def check_settings(self) -> str | None:
+        """The ``postgres:`` settings judged by the image's own server: TopologyError (exit 2,
+        file:line, "did you mean") when it refuses one; None when checked, else why they could
+        not be (no engine, or the image is not on it)."""
+        endpoint = self.engines.endpoints(self.topology)[0]
+        try:
+            if self.engines.image_volumes(self.topology.spec.image, endpoint) is None:
+                return f"the image {self.topology.spec.image} is not on the engine yet"
+        except DockerUnavailable as exc:
+            return str(exc)
+        changes.server_catalog(self.topology, self.engines)
+        return None
+
+    def plan(self) -> changes.Plan:
+        """What ``up`` would do to each node and why (``up --plan``); changes nothing."""
+        with contextlib.suppress(DatabaseUnavailable, UsageError):
+            self.follow_roles()
+        try:
+            credentials: Credentials | None = self.credentials()
+        except UsageError:
+            credentials = None  # never brought up: every node is new
+        return changes.plan(self.topology, self.engines, credentials)
+
     def up(
-        self, *, wait: bool = True, timeout: float = 180.0, reporter: Reporter = quiet_reporter
+        self,
+        *,
+        wait: bool = True,
+        timeout: float = 180.0,
+        reporter: Reporter = quiet_reporter,
+        parallel: int = 1,
+        switchover: bool = True,
     ) -> UpReport:
-        """Create or repair every declared node with its acting role, then the ring catalog and
-        the reshard fence on every primary; re-clone the former primaries a failover fenced."""
+        """Create or repair every declared node with its acting role, apply changed settings
+        (a reload, or a rolling restart: :mod:`shardctl.ops.rolling`, ``parallel`` shards at
+        once), then the ring catalog and the reshard fence on every primary; re-clone the
+        former primaries a failover fenced. Bad settings or another major version: exit 2,
+        nothing changed."""
         started = time.monotonic()
         self.credentials(create=True)
         record = self._roles_for_up(reporter, started + timeout)
@@ -105,7 +141,21 @@ class Cluster:
         provisioner = Provisioner(
             self.topology, self.engines, self.credentials(), reporter, rejoin=rejoin
         )
+        provisioner.prepare()
+        planned = changes.plan(self.topology, self.engines, self.credentials())
+        provisioner.keep = frozenset(
+            n.node for n in planned.nodes if n.action is changes.Change.RECREATE
+        )
         report = provisioner.up(wait=wait, timeout=max(1.0, started + timeout - time.monotonic()))
+        work = planned.rolling()
+        if work:
+            roller = Roller(
+                self.topology, self.engines, self.credentials(), reporter, switchover=switchover
+            )
+            for roll in roller.roll(work, parallel=parallel, timeout=max(60.0, timeout)):
+                report.actions.update(roll.nodes)
+                report.shards[roll.shard] = roll.summary()
+            self.follow_roles()
         reporter("catalog", "ring catalog")
         written = catalog.ensure(self.topology, self.credentials())
         report.warnings += written.warnings
@@ -161,6 +211,62 @@ class Cluster:
             return self.follow_roles()
         except DatabaseUnavailable as exc:
             raise NotYet(str(exc)) from None
+
+    def restart(
+        self,
+        target: str | None = None,
+        *,
+        parallel: int = 1,
+        switchover: bool = True,
+        reporter: Reporter = quiet_reporter,
+        timeout: float = 600.0,
+    ) -> list[ShardRoll]:
+        """Rolling restart of the cluster, one shard (``target`` a shard name) or one node:
+        replicas first, then a switchover and the former primary (see
+        :mod:`shardctl.ops.rolling`)."""
+        self.follow_roles()
+        work: dict[str, dict[str, changes.Change]] = {}
+        for node in self._targets(target):
+            work.setdefault(node.shard, {})[node.name] = changes.Change.RESTART
+        roller = Roller(
+            self.topology, self.engines, self.credentials(), reporter, switchover=switchover
+        )
+        done = roller.roll(work, parallel=parallel, timeout=timeout)
+        self.follow_roles()
+        return done
+
+    def _targets(self, target: str | None) -> list[Node]:
+        if target is None:
+            return list(self.topology.nodes)
+        shards = {s.name for s in self.topology.spec.shards}
+        if target in shards:
+            return list(self.topology.shard_nodes(target))
+        if target in {n.name for n in self.topology.nodes}:
+            return [self.topology.node(target)]
+        raise UsageError(
+            f"{target!r} is neither a shard nor a node of {self.topology.cluster} "
+            f"(shards: {', '.join(sorted(shards))})"
+        )
+
+    def reinit(self, name: str, *, reporter: Reporter = quiet_reporter) -> UpReport:
+        """Re-clone the replica ``name`` from its shard's primary: its container and volume
+        are removed and made again; nothing else changes."""
+        self.follow_roles()
+        if name not in {n.name for n in self.topology.nodes}:
+            raise UsageError(f"{name!r} is not a node of {self.topology.cluster}")
+        node = self.topology.node(name)
+        if node.role is not Role.REPLICA:
+            raise UsageError(
+                f"{name} is {node.shard}'s primary: move the primary first "
+                f"(`shardctl switchover {node.shard}`), then re-initialise it"
+            )
+        reporter(name, "removing its container and volume")
+        self.engines.remove_node(node)
+        keep = [n.name for n in self.topology.nodes]
+        provisioner = Provisioner(
+            self.topology, self.engines, self.credentials(), reporter, keep=keep
+        )
+        return provisioner.up(wait=True)
 
     def role_changer(
         self,
@@ -253,7 +359,7 @@ class Cluster:
 
     def down(self, *, volumes: bool = False) -> DownReport:
         """Remove containers and network; volumes (and generated passwords) only when asked."""
-        report = Provisioner(self.topology, self.engines).down(volumes=volumes)
+        report = down(self.topology, self.engines, volumes=volumes)
         if volumes:
             creds.forget(self.topology)
         return report

@@ -42,17 +42,13 @@ from shardctl.config.credentials import Credentials
 from shardctl.config.schema import Durability, Replication
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
+from shardctl.db.admin import commit_waits_for_replicas, create_slot
 from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable, RoleChangeError, ShardctlError, UsageError
 from shardctl.health import durability as policy
 from shardctl.ops import durability
-from shardctl.ops.provisioning import (
-    Provisioner,
-    Reporter,
-    commit_waits_for_replicas,
-    create_slot,
-    quiet_reporter,
-)
+from shardctl.ops.nodes import Reporter, quiet_reporter
+from shardctl.ops.rejoin import RoleSteps
 from shardctl.ring.hashing import SPACE, Move
 from shardctl.state import catalog, fence, inflight, locks
 from shardctl.state import durability as degradation
@@ -152,8 +148,8 @@ class RoleChanger:
         self.reporter = reporter
         self.after_step = after_step
 
-    def _provisioner(self, topology: Topology) -> Provisioner:
-        return Provisioner(topology, self.engines, self.credentials, self.reporter)
+    def _provisioner(self, topology: Topology) -> RoleSteps:
+        return RoleSteps(topology, self.engines, self.credentials, self.reporter)
 
     # ----------------------------------------------------------------- switchover
 
@@ -378,7 +374,8 @@ class RoleChanger:
             candidate, self.credentials, self.topology.spec.database, local_commit=True
         ) as conn:
             # Before any Router learns of it: under sync, no commit here without a replica.
-            commit_waits_for_replicas(conn, acting, acting.node(candidate.name))
+            wanted = policy.standby_names(acting, acting.node(candidate.name))
+            commit_waits_for_replicas(conn, wanted)
             with conn.transaction():
                 _unfence(conn)
                 catalog.install(conn)

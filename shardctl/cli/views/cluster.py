@@ -10,7 +10,8 @@ from rich.table import Table
 from shardctl.cli.render import escape, plural, to_jsonable
 from shardctl.config.schema import Role
 from shardctl.health.status import StatusRow
-from shardctl.ops.provisioning import DownReport, UpReport
+from shardctl.ops.down import DownReport
+from shardctl.ops.up import UpReport
 from shardctl.state.inflight import RESHARD, Operation
 from shardctl.util.text import lsn_text, size_text
 
@@ -68,6 +69,7 @@ def status_table(cluster: str, rows: list[StatusRow], *, wide: bool = False) -> 
     table.add_column("lag", justify="right", no_wrap=True)
     if wide:
         table.add_column("slot", no_wrap=True)
+        table.add_column("restart", no_wrap=True)
     table.add_column("health")
     shard = None
     for row in _grouped(rows):
@@ -87,6 +89,8 @@ def status_table(cluster: str, rows: list[StatusRow], *, wide: bool = False) -> 
         cells.append(_lag(row))
         if wide:
             cells.append(row.slot or "-")
+            pending = ", ".join(row.pending_restart)
+            cells.append(f"[yellow]pending: {escape(pending)}[/]" if pending else "-")
         cells.append(health)
         table.add_row(*cells)
         shard = row.shard
@@ -121,6 +125,7 @@ def status_facts(
                 "healthy": r.healthy,
                 "health": r.health,
                 "problem": r.problem,
+                "pending_restart": list(r.pending_restart),
             }
             for r in _grouped(rows)
         ],
@@ -138,7 +143,7 @@ def up_summary(report: UpReport) -> str:
     for action in report.actions.values():
         counts[action.value] = counts.get(action.value, 0) + 1
     done = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
-    # A pooler's action is keyed "<node>-pooler" (provisioning.Provisioner.ensure_pooler);
+    # A pooler's action is keyed "<node>-pooler" (ops.up.Provisioner.ensure_pooler);
     # a removed one is gone, not ready.
     ready = {k: a for k, a in report.actions.items() if a.value != "removed"}
     pooled = sum(name.endswith("-pooler") for name in ready)

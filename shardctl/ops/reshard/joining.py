@@ -14,8 +14,9 @@ from shardctl.config.schema import MAX_REPLICAS, PORT_STRIDE
 from shardctl.config.topology import Topology
 from shardctl.errors import TopologyError, UsageError
 from shardctl.ops.cluster import Cluster
-from shardctl.ops.provisioning import Reporter, UpReport
+from shardctl.ops.nodes import Reporter
 from shardctl.ops.reshard.coordinator import Rebalancer
+from shardctl.ops.up import UpReport
 from shardctl.state import catalog
 
 
