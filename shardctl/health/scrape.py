@@ -489,7 +489,7 @@ class RowsCache:
             login = self._credentials()
             acting = catalog.acting(self._topology(), login)
             counted = distribution.measure(acting, login, timeout=self.timeout)
-        except (ShardctlError, psycopg.Error) as exc:
+        except Exception as exc:  # reported (rows_count_success 0); the next round tries again
             self._ok, self._error = False, first_line(exc)
             return
         self._counted, self._at = counted, time.monotonic()
