@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
-from shardctl.cli import render
 from shardctl.cli.app import OPERATIONS, TopologyOption, command, number_option, open_cluster
 from shardctl.errors import UsageError
-from shardctl.health.metrics import Collector
-from shardctl.health.scrape import ROWS_INTERVAL, TIMEOUT, RowsCache, Scraper, exposure_problem
 
 DEFAULT_LISTEN = "127.0.0.1:9560"
+TIMEOUT = 5.0
+ROWS_INTERVAL = 300.0
+"""The defaults of :mod:`shardctl.health.scrape`, as --help states them without importing it
+(a unit test holds them equal)."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -87,6 +87,12 @@ def metrics(
 ) -> None:
     """Prometheus metrics (up, role, lag, slots, ring, reshard, poolers, archiving), read on
     every scrape within --timeout. See docs/monitoring.md."""
+    from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+
+    from shardctl.cli import render
+    from shardctl.health.metrics import Collector
+    from shardctl.health.scrape import RowsCache, Scraper, exposure_problem
+
     if once and listen is not None:
         raise UsageError("--once and --listen exclude each other")
     if (tls_cert is None) != (tls_key is None):

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from shardctl.cli import metrics as cli_metrics
+from shardctl.health import scrape
 from tests.unit.cli.test_cli import EXAMPLE, never_up, shardctl
+from tests.unit.cli.test_startup import HEAVY, loaded
 
 
 @pytest.mark.parametrize(
@@ -41,3 +44,10 @@ def test_a_port_in_use_is_exit_2_naming_it(tmp_path: Path) -> None:
     assert ran.code == 2, ran.stderr
     [line] = ran.stderr.strip().splitlines()
     assert f"127.0.0.1:{port}" in line and "in use" in line
+
+
+def test_the_help_states_the_scrapers_defaults_without_loading_it() -> None:
+    assert cli_metrics.TIMEOUT == scrape.TIMEOUT
+    assert cli_metrics.ROWS_INTERVAL == scrape.ROWS_INTERVAL
+    heavy = loaded("metrics", "--help")
+    assert heavy & ({*HEAVY, "prometheus_client"} - {"pydantic"}) == set()
