@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +30,7 @@ from shardctl.config.rules import is_loopback
 from shardctl.config.schema import Role
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg, poolers
+from shardctl.db.deadlines import interrupt
 from shardctl.docker.engine import Engines
 from shardctl.errors import ShardctlError
 from shardctl.health import distribution
@@ -224,17 +222,6 @@ def read_history(conn: psycopg.Connection[Any]) -> tuple[CatalogEntry, ...]:
     )
 
 
-def interrupt(conn: psycopg.Connection[Any]) -> None:
-    """Shut ``conn``'s socket down so that a thread blocked on it wakes with an error (what
-    the router's watchdog does; health sits below the router)."""
-    with suppress(Exception):
-        duplicate = socket.socket(fileno=os.dup(conn.pgconn.socket))
-        try:
-            duplicate.shutdown(socket.SHUT_RDWR)
-        finally:
-            duplicate.close()
-
-
 class _Open:
     """The connections of one scrape still in use, so that the deadline can cut them."""
 
@@ -326,7 +313,9 @@ class Scraper:
                 began = time.monotonic()
                 assert login is not None
                 database = topology.spec.database
-                with pg.connect(node, login, database, timeout=connect) as conn:
+                # Each round trip within what is left; at the deadline _Open cuts it.
+                until = max(0.5, remaining())
+                with pg.connect(node, login, database, timeout=connect, deadline=until) as conn:
                     opened.add(node.name, conn)
                     try:
                         facts = read_facts(conn)
