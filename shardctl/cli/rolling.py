@@ -115,7 +115,7 @@ def _confirm(question: str, yes: bool) -> None:
 
 @command(
     group=OPERATIONS,
-    summary="Rolling restart: replicas, then a switchover, then the former primary.",
+    summary="Rolling restart: replicas, switchover, former primary.",
     example="shardctl restart --yes\nshardctl restart shard-1 --no-switchover --yes",
 )
 def restart(

@@ -16,6 +16,7 @@ reaches is in recovery, which must match the node's acting role.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -83,21 +84,22 @@ def _int(value: object) -> int:
 
 def probe(node: Node, credentials: Credentials, database: str, *, timeout: float) -> PoolerFacts:
     """Read the pooler of ``node``: its admin console, then one query through it."""
+    console = read_console(node, credentials, database, timeout=timeout)
+    in_recovery, error = server_in_recovery(node, credentials, database, timeout=timeout)
+    return dataclasses.replace(console, server_in_recovery=in_recovery, server_error=error)
+
+
+def read_console(
+    node: Node, credentials: Credentials, database: str, *, timeout: float
+) -> PoolerFacts:
+    """What the admin console of ``node``'s pooler says (it answers even when every server
+    connection is taken); the server behind it not asked (``server_in_recovery`` None)."""
     with admin_connect(node, credentials, timeout=timeout) as admin:
         databases = [r for r in _rows(admin, "SHOW DATABASES") if r.get("name") == database]
         pools = [r for r in _rows(admin, "SHOW POOLS") if r.get("database") == database]
     if not databases:
         raise LookupError(f"the pooler serves no database {database!r}")
     entry = databases[0]
-    in_recovery: bool | None = None
-    error: str | None = None
-    info = conninfo(node, credentials, database, timeout=timeout, login=Login.APP, via="pooler")
-    try:
-        with psycopg.connect(info, autocommit=True, prepare_threshold=None) as conn:
-            row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
-            in_recovery = bool(row[0]) if row is not None else None
-    except psycopg.Error as exc:
-        error = first_line(exc)
     return PoolerFacts(
         host=str(entry.get("host") or ""),
         port=_int(entry.get("port")),
@@ -110,9 +112,23 @@ def probe(node: Node, credentials: Credentials, database: str, *, timeout: float
             (_int(p.get("maxwait")) + _int(p.get("maxwait_us")) / 1e6 for p in pools),
             default=0.0,
         ),
-        server_in_recovery=in_recovery,
-        server_error=error,
+        server_in_recovery=None,
+        server_error="not asked",
     )
+
+
+def server_in_recovery(
+    node: Node, credentials: Credentials, database: str, *, timeout: float
+) -> tuple[bool | None, str | None]:
+    """Whether the server reached through ``node``'s pooler (as the application role) is in
+    recovery, or why that could not be asked. A full pool makes this wait for a server."""
+    info = conninfo(node, credentials, database, timeout=timeout, login=Login.APP, via="pooler")
+    try:
+        with psycopg.connect(info, autocommit=True, prepare_threshold=None) as conn:
+            row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
+            return (bool(row[0]) if row is not None else None), None
+    except psycopg.Error as exc:
+        return None, first_line(exc)
 
 
 def observe(

@@ -16,12 +16,10 @@ background thread every ``interval`` seconds and a snapshot carries the last cou
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +30,7 @@ from shardctl.config.rules import is_loopback
 from shardctl.config.schema import Role
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg, poolers
+from shardctl.db.deadlines import interrupt
 from shardctl.docker.engine import Engines
 from shardctl.errors import ShardctlError
 from shardctl.health import distribution
@@ -220,17 +219,6 @@ def read_history(conn: psycopg.Connection[Any]) -> tuple[CatalogEntry, ...]:
     )
 
 
-def interrupt(conn: psycopg.Connection[Any]) -> None:
-    """Shut ``conn``'s socket down so that a thread blocked on it wakes with an error (what
-    the router's watchdog does; health sits below the router)."""
-    with suppress(Exception):
-        duplicate = socket.socket(fileno=os.dup(conn.pgconn.socket))
-        try:
-            duplicate.shutdown(socket.SHUT_RDWR)
-        finally:
-            duplicate.close()
-
-
 class _Open:
     """The connections of one scrape still in use, so that the deadline can cut them."""
 
@@ -322,7 +310,9 @@ class Scraper:
                 began = time.monotonic()
                 assert login is not None
                 database = topology.spec.database
-                with pg.connect(node, login, database, timeout=connect) as conn:
+                # Each round trip within what is left; at the deadline _Open cuts it.
+                until = max(0.5, remaining())
+                with pg.connect(node, login, database, timeout=connect, deadline=until) as conn:
                     opened.add(node.name, conn)
                     try:
                         facts = read_facts(conn)
@@ -342,8 +332,7 @@ class Scraper:
         if login is not None:
             tasks = {f"node:{n.name}": ask(n) for n in running}
             tasks[OPERATIONS] = self._in_flight(self.acting, login)
-            if topology.pooled_nodes():
-                tasks[POOLERS] = self._poolers(login, states, remaining)
+            tasks |= self._pooler_tasks(login, states, connect)
         answers = fanout.gather(tasks, timeout=remaining())
         opened.cut()
         nodes = {n.name: answers.get(f"node:{n.name}") for n in topology.nodes}
@@ -371,9 +360,12 @@ class Scraper:
             else:
                 why = login_error or unreachable.get(node.name, f"container {state.value}")
                 observations.append(NodeObservation(node, state, None, why, 0.0))
-        pooled = self._pooler_observations(acting, answers.get(POOLERS))
+        pooled = self._pooler_observations(acting, states, answers)
         if acting.pooled_nodes():
-            collectors[POOLERS] = not isinstance(answers.get(POOLERS), BaseException | None)
+            collectors[POOLERS] = not any(
+                isinstance(answers.get(f"console:{n.name}"), TimeoutError)
+                for n in acting.pooled_nodes()
+            )
         facts = ClusterFacts(acting, tuple(observations), undeclared, pooled)
         operations = answers.get(OPERATIONS)
         collectors[OPERATIONS] = isinstance(operations, tuple)
@@ -403,32 +395,53 @@ class Scraper:
         """What is in flight, read from the primaries of the last scrape's acting roles."""
         return lambda: tuple(inflight.in_flight(acting, login))
 
-    def _poolers(
-        self,
-        login: Credentials,
-        states: Mapping[str, ContainerState],
-        remaining: Callable[[], float],
-    ) -> Callable[[], tuple[poolers.PoolerObservation, ...]]:
-        topology = self.topology
-        values = {name: state.value for name, state in states.items()}
-        return lambda: poolers.observe(
-            topology.pooled_nodes(),
-            values,
-            lambda: login,
-            topology.spec.database,
-            timeout=max(0.5, remaining() - 1.0),  # observe() waits a second more
-        )
+    def _pooler_tasks(
+        self, login: Credentials, states: Mapping[str, ContainerState], connect: float
+    ) -> dict[str, Callable[[], object]]:
+        """Per running pooler: its admin console, and the server reached through it (which
+        waits when the pool is full: then the console still says how many clients wait)."""
+        database = self.topology.spec.database
+        tasks: dict[str, Callable[[], object]] = {}
+        for node in self.topology.pooled_nodes():
+            if states.get(node.pooler_container) is not ContainerState.RUNNING:
+                continue
+            tasks[f"console:{node.name}"] = functools.partial(
+                poolers.read_console, node, login, database, timeout=connect
+            )
+            tasks[f"server:{node.name}"] = functools.partial(
+                poolers.server_in_recovery, node, login, database, timeout=connect
+            )
+        return tasks
 
     def _pooler_observations(
-        self, acting: Topology, answer: object
+        self,
+        acting: Topology,
+        states: Mapping[str, ContainerState],
+        answers: Mapping[str, object],
     ) -> tuple[poolers.PoolerObservation, ...]:
-        """Each pooler's observation with the acting node; a pooler not read in time is down."""
-        if isinstance(answer, tuple):
-            return tuple(dataclasses.replace(p, node=acting.node(p.node.name)) for p in answer)
-        why = f"no answer within {self.timeout:g}s"
-        return tuple(
-            poolers.PoolerObservation(n, "unknown", None, why) for n in acting.pooled_nodes()
-        )
+        """Each pooler's observation, with the acting node."""
+        found = []
+        for node in acting.pooled_nodes():
+            state = states.get(node.pooler_container, ContainerState.MISSING).value
+            console = answers.get(f"console:{node.name}")
+            server = answers.get(f"server:{node.name}")
+            if console is None:
+                found.append(poolers.PoolerObservation(node, state, None, f"container {state}"))
+            elif isinstance(console, BaseException):
+                why = pg.failure_reason(console)
+                found.append(poolers.PoolerObservation(node, state, None, why))
+            else:
+                assert isinstance(console, poolers.PoolerFacts)
+                in_recovery, error = (None, "not asked")
+                if isinstance(server, tuple):
+                    in_recovery, error = server
+                elif isinstance(server, BaseException):
+                    error = pg.failure_reason(server)
+                facts = dataclasses.replace(
+                    console, server_in_recovery=in_recovery, server_error=error
+                )
+                found.append(poolers.PoolerObservation(node, state, facts, None))
+        return tuple(found)
 
 
 class RowsCache:
@@ -462,7 +475,7 @@ class RowsCache:
             login = self._credentials()
             acting = catalog.acting(self._topology(), login)
             counted = distribution.measure(acting, login, timeout=self.timeout)
-        except (ShardctlError, psycopg.Error) as exc:
+        except Exception as exc:  # reported (rows_count_success 0); the next round tries again
             self._ok, self._error = False, first_line(exc)
             return
         self._counted, self._at = counted, time.monotonic()

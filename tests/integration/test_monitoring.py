@@ -8,6 +8,7 @@ promtool and prometheus come from ``scripts/prometheus.sh`` (run by scripts/test
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -20,12 +21,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from shardctl.config.credentials import Login
+from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
-from tests.clusters import frozen, run_shardctl, sdk_container
+from shardctl.util import fanout
+from tests.clusters import free_base_port, frozen, run_shardctl, sdk_container
 from tests.integration.conftest import ClusterFactory
 from tests.integration.test_resharding import run_killed
 
@@ -39,6 +44,9 @@ SCRAPE_TIMEOUT = 4.0
 """``shardctl metrics --timeout``: below Prometheus' scrape timeout (:data:`INTERVAL`)."""
 INTERVAL = 5
 """Prometheus' scrape interval and timeout, in seconds."""
+
+POOLER_IMAGE = os.environ.get("SHARDCTL_POOLER_IMAGE", "shardctl-test/pgbouncer:1")
+POOLER_OFFSET = 40
 
 Series = list[tuple[dict[str, str], float]]
 
@@ -318,3 +326,71 @@ def test_prometheus_scrapes_a_live_cluster(cluster_factory: ClusterFactory, tmp_
         assert ups == expected
         for secret in (login.superuser_password, login.replication_password, login.app_password):
             assert secret and secret not in once.stdout + once.stderr
+
+
+def once(path: Path | str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """``shardctl metrics --once``: every sample by metric name (exit 0 asserted)."""
+    ran = run_shardctl("metrics", "--once", "-f", path)
+    assert ran.returncode == 0, ran.stderr
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(ran.stdout):
+        for s in family.samples:
+            found.setdefault(s.name, []).append((s.labels, s.value))
+    return found
+
+
+def test_a_full_pool_and_a_failover_in_the_metrics(cluster_factory: ClusterFactory) -> None:
+    cluster = cluster_factory(
+        shards=1,
+        replicas=1,
+        base_port=free_base_port(2 * POOLER_OFFSET),
+        pooler={"image": POOLER_IMAGE, "pool_size": 1, "port_offset": POOLER_OFFSET},
+    )
+    path = cluster.topology.path
+    primary = cluster.topology.node("shard-0-primary")
+    login = cluster.credentials()
+    app = pg.conninfo(primary, login, "app", login=Login.APP, via="pooler")
+
+    # Transaction mode, one server connection: a transaction holds it, the next client waits.
+    with psycopg.connect(app, autocommit=True) as holder:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+
+        def wait_in_line() -> None:
+            with psycopg.connect(app, autocommit=True) as conn:
+                conn.execute("SELECT 1")
+
+        waiter = fanout.Background({"waiter": wait_in_line})
+        try:
+            found = wait(
+                "a client waiting on the pooler",
+                lambda: (
+                    (m := once(path))
+                    and by_node(m["shardctl_pooler_clients_waiting"]).get(primary.name, 0) >= 1
+                    and m
+                ),
+            )
+            assert by_node(found["shardctl_pooler_up"]) == {
+                "shard-0-primary": 1.0, "shard-0-replica-1": 1.0
+            }  # fmt: skip
+            # The pool being full does not make the pooler or its node look down.
+            assert by_node(found["shardctl_up"])[primary.name] == 1.0
+        finally:
+            holder.execute("COMMIT")
+            assert not isinstance(waiter.join(30)["waiter"], BaseException)
+
+    # A failover: the promoted replica is the primary, labelled so, and the time is recorded.
+    before = time.time()
+    sdk_container(cluster, primary).stop(timeout=5)
+    failed = run_shardctl("failover", "shard-0", "--yes", "-f", path)
+    assert failed.returncode == 0, failed.stderr
+    after = time.time()
+    found = once(path)
+    primaries = {(labels["node"], labels["role"]): v for labels, v in found["shardctl_primary"]}
+    assert primaries == {("shard-0-replica-1", "primary"): 1.0, ("shard-0-primary", "replica"): 0.0}
+    assert by_node(found["shardctl_up"]) == {"shard-0-primary": 0.0, "shard-0-replica-1": 1.0}
+    [(_, failover)] = found["shardctl_last_failover_timestamp_seconds"]
+    [(_, changed)] = found["shardctl_last_role_change_timestamp_seconds"]
+    assert before - 5 <= failover == changed <= after + 5
+    [(_, epoch)] = found["shardctl_ring_epoch"]
+    assert epoch == 2.0

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from shardctl.health import defaults, scrape
 from tests.unit.cli.test_cli import EXAMPLE, never_up, shardctl
+from tests.unit.cli.test_startup import HEAVY, loaded
 
 
 @pytest.mark.parametrize(
@@ -41,3 +43,9 @@ def test_a_port_in_use_is_exit_2_naming_it(tmp_path: Path) -> None:
     assert ran.code == 2, ran.stderr
     [line] = ran.stderr.strip().splitlines()
     assert f"127.0.0.1:{port}" in line and "in use" in line
+
+
+def test_the_help_states_the_scrapers_defaults_without_loading_it() -> None:
+    assert scrape.TIMEOUT is defaults.TIMEOUT and scrape.ROWS_INTERVAL is defaults.ROWS_INTERVAL
+    heavy = loaded("metrics", "--help")
+    assert heavy & ({*HEAVY, "prometheus_client"} - {"pydantic"}) == set()
