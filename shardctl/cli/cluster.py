@@ -99,7 +99,7 @@ def compose_command(
 
 @command(
     group=CLUSTER,
-    summary="Create or repair every node; roll out changed settings, images.",
+    summary="Create or repair every node, rolling out changes.",
     example="shardctl up\nshardctl up --plan\nshardctl up --no-wait --timeout 600",
 )
 def up(
