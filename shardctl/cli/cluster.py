@@ -37,7 +37,11 @@ if TYPE_CHECKING:
     from shardctl.state.inflight import Operation
 
 
-@command(group=CLUSTER, example="shardctl validate -f prod.yaml")
+@command(
+    group=CLUSTER,
+    summary="Check the topology file and print a summary.",
+    example="shardctl validate -f prod.yaml",
+)
 def validate(topology: TopologyOption = None, output: OutputOption = Output.TABLE) -> None:
     """Check the topology file (its postgres: settings against the image's own server, when
     an engine has the image) and print a summary."""
@@ -95,7 +99,7 @@ def compose_command(
 
 @command(
     group=CLUSTER,
-    summary="Create or repair every declared node; roll out changed settings and images.",
+    summary="Create or repair every node; roll out changed settings.",
     example="shardctl up\nshardctl up --plan\nshardctl up --no-wait --timeout 600",
 )
 def up(
