@@ -168,8 +168,15 @@ def run_shardctl(
         text=True,
         check=False,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**_child_environment(), **(env or {})},
     )
+
+
+def _child_environment() -> dict[str, str]:
+    """This process's environment without ``COLUMNS``/``LINES``: pytest's readline import sets
+    them to the terminal's size, and the CLI, piped, would wrap its tables at that width instead
+    of the 200 columns a CI log gets."""
+    return {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
 
 
 # ------------------------------------------------------------------ simulated hosts
