@@ -202,9 +202,10 @@ def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
     from shardctl.errors import DatabaseUnavailable
     from shardctl.health.status import status_rows
 
-    for line in cluster.apply_durability_quietly():
+    facts, notes = cluster.observe_applying_durability()
+    for line in notes:
         render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
-    rows = status_rows(cluster.observe())
+    rows = status_rows(facts)
     operations: list[Operation] = []
     if any(r.in_recovery is False for r in rows):  # a primary answered: it can say
         with contextlib.suppress(DatabaseUnavailable):

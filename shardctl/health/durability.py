@@ -112,94 +112,43 @@ def decide(
 ) -> list[Decision]:
     """The policy, shard by shard (see the module docstring); ``now`` in seconds since the
     epoch, like the records' times."""
-    decisions = []
-    for shard in topology.spec.shards:
-        primary, *replicas = topology.shard_nodes(shard.name)
-        spec = topology.replication_spec(shard.name)
-        record = records.get(shard.name)
-        observed = facts.of(primary.name).facts
-        full = standby_names(topology, primary)
-        if observed is None:
-            decisions.append(
-                Decision(
-                    shard.name,
-                    primary.name,
-                    State.UNKNOWN,
-                    None,
-                    None,
-                    record,
-                    detail=f"{primary.name} did not answer",
-                )
-            )
-            continue
-        current = observed.synchronous_standby_names
-        if not full:
-            decisions.append(Decision(shard.name, primary.name, State.ASYNC, full, current, None))
-            continue
-        streaming = streaming_standbys(observed, replicas)
-        if streaming:
-            was = " (sync restored)" if record is not None and record.degraded else ""
-            decisions.append(
-                Decision(
-                    shard.name,
-                    primary.name,
-                    State.SYNCHRONOUS,
-                    full,
-                    current,
-                    None,
-                    detail=f"synchronous: {', '.join(streaming)}{was}",
-                )
-            )
-            continue
-        missing = _missing(facts, replicas, streaming)
-        names = tuple(m.split(" ", 1)[0] for m in missing)
-        if spec.durability is Durability.REQUIRED:
-            decisions.append(
-                Decision(
-                    shard.name,
-                    primary.name,
-                    State.BLOCKED,
-                    full,
-                    current,
-                    None,
-                    missing,
-                    blocked_detail(shard.name, missing),
-                )
-            )
-            continue
-        since = record.no_standby_since if record is not None else now
-        degraded_since = record.degraded_since if record is not None else None
-        if degraded_since is None and not current:
-            degraded_since = now  # emptied already (by hand, or a record lost): degraded
-        if degraded_since is None and now - since >= spec.degrade_after:
-            degraded_since = now
-        if degraded_since is not None:
-            decisions.append(
-                Decision(
-                    shard.name,
-                    primary.name,
-                    State.DEGRADED,
-                    "",
-                    current,
-                    Record(shard.name, since, degraded_since, names),
-                    missing,
-                    degraded_detail(missing, degraded_since),
-                )
-            )
-            continue
-        decisions.append(
-            Decision(
-                shard.name,
-                primary.name,
-                State.WAITING,
-                full,
-                current,
-                Record(shard.name, since, None, names),
-                missing,
-                waiting_detail(missing, since, spec.degrade_after),
-            )
-        )
-    return decisions
+    shards = topology.spec.shards
+    return [_decide(topology, facts, records.get(s.name), s.name, now) for s in shards]
+
+
+def _decide(
+    topology: Topology, facts: ClusterFacts, record: Record | None, shard: str, now: float
+) -> Decision:
+    primary, *replicas = topology.shard_nodes(shard)
+    observed = facts.of(primary.name).facts
+    if observed is None:
+        return Decision(shard, primary.name, State.UNKNOWN, None, None, record,
+                        detail=f"{primary.name} did not answer")  # fmt: skip
+    current, full = observed.synchronous_standby_names, standby_names(topology, primary)
+    if not full:
+        return Decision(shard, primary.name, State.ASYNC, full, current, None)
+    streaming = streaming_standbys(observed, replicas)
+    if streaming:
+        was = " (sync restored)" if record is not None and record.degraded else ""
+        return Decision(shard, primary.name, State.SYNCHRONOUS, full, current, None,
+                        detail=f"synchronous: {', '.join(streaming)}{was}")  # fmt: skip
+    missing = _missing(facts, replicas, streaming)
+    names = tuple(m.split(" ", 1)[0] for m in missing)
+    spec = topology.replication_spec(shard)
+    if spec.durability is Durability.REQUIRED:
+        return Decision(shard, primary.name, State.BLOCKED, full, current, None, missing,
+                        blocked_detail(shard, missing))  # fmt: skip
+    since = record.no_standby_since if record is not None else now
+    degraded_since = record.degraded_since if record is not None else None
+    if degraded_since is None and (not current or now - since >= spec.degrade_after):
+        degraded_since = now  # the delay has passed (or the setting was emptied already)
+    if degraded_since is not None:
+        return Decision(shard, primary.name, State.DEGRADED, "", current,
+                        Record(shard, since, degraded_since, names), missing,
+                        degraded_detail(missing, degraded_since))  # fmt: skip
+    return Decision(shard, primary.name, State.WAITING, full, current,
+                    Record(shard, since, None, names), missing,
+                    waiting_detail(missing, since, spec.degrade_after))  # fmt: skip
 
 
 def blocked_detail(shard: str, missing: tuple[str, ...]) -> str:

@@ -310,16 +310,29 @@ class Cluster:
         """One pass of the sync durability policy (see :mod:`shardctl.ops.durability`)."""
         return durability.apply_durability(self)
 
-    def apply_durability_quietly(self) -> list[str]:
+    def apply_durability_quietly(self, facts: health.ClusterFacts | None = None) -> list[str]:
         """:meth:`apply_durability` for the commands that read (``status``,
-        ``verify-replication``): the change lines, and one line instead of an error when the
-        pass could not be made (those commands report what does not answer themselves)."""
+        ``verify-replication``), on ``facts`` when just observed (the acting roles followed):
+        the change lines, and one line instead of an error when the pass could not be made
+        (those commands report what does not answer themselves)."""
+        if not durability.has_sync(self.topology):
+            return []
         try:
-            return [c.line for c in self.apply_durability()]
+            if facts is None:
+                return [c.line for c in self.apply_durability()]
+            changes = durability.apply(self.topology, self.engines, self.credentials, facts=facts)
+            return [c.line for c in changes]
         except (InfrastructureError, UsageError) as exc:
-            if not durability.has_sync(self.topology) or isinstance(exc, UsageError):
-                return []
-            return [f"durability policy not applied: {exc}"]
+            return [] if isinstance(exc, UsageError) else [f"durability policy not applied: {exc}"]
+
+    def observe_applying_durability(self) -> tuple[health.ClusterFacts, list[str]]:
+        """``status``'s view: :meth:`observe`, one durability pass on those facts, and the
+        facts again if the pass changed anything; with the pass's lines."""
+        facts = self.observe()
+        lines = self.apply_durability_quietly(facts)
+        if lines:
+            facts = health.observe(self.topology, self.engines, self.credentials)
+        return facts, lines
 
     def _recorded(
         self, kind: str, shard: str, mode: str, change: Callable[[], RoleChange]

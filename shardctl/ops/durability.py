@@ -81,12 +81,15 @@ def apply(
     engines: Engines,
     credentials: Callable[[], Credentials],
     *,
+    facts: health.ClusterFacts | None = None,
     now: Callable[[], float] = time.time,
 ) -> list[Change]:
-    """:func:`apply_durability` on a topology that already has its acting roles."""
+    """:func:`apply_durability` on a topology that already has its acting roles (``facts``:
+    observed just now, else observed here)."""
     if not has_sync(topology):
         return []
-    facts = health.observe(topology, engines, credentials, timeout=TIMEOUT)
+    if facts is None:
+        facts = health.observe(topology, engines, credentials, timeout=TIMEOUT)
     answering = [
         p
         for p in topology.primaries()
