@@ -22,10 +22,12 @@ def temp_cluster(
     replicas: int = 1,
     ring: dict[str, object] | None = None,
     name: str | None = None,
+    **more: object,
 ) -> Iterator[Cluster]:
     """Bring up a fresh cluster (users table, test image); bring it down with its volumes."""
     folder = Path(tempfile.mkdtemp(prefix="shardctl-bench-"))
     extra: dict[str, object] = {"ring": ring} if ring else {}
+    extra.update(more)
     if name:
         extra["cluster"] = name
     path = make_topology(folder, shards, replicas, **extra)

@@ -2,6 +2,7 @@
 ``failover`` to the first successful write, against the same writes in steady state.
 
     python benchmarks/failover.py [--writers W] [--rounds R]
+    python benchmarks/failover.py --monitor [--writers W] [--rounds R]
 
 Brings up its own 2-shard x 1-replica cluster (test image) and removes it afterwards. Writer
 threads insert through one ``Router`` all along, recording when each insert started and ended.
@@ -15,21 +16,33 @@ Measured, per round:
 - the fence-to-publish pause the switchover reports (the server side of the same pause);
 - failover to first write: from the moment ``failover`` starts (the operator's decision) to the
   first shard-1 insert acknowledged afterwards; and from the kill to that write.
+
+With ``--monitor``: automatic failover. The cluster says ``failover: {mode: automatic}`` with
+the defaults (detect_seconds 5), a ``Monitor`` runs in this process with its default interval,
+and each round ``docker kill``s shard-1's acting primary and waits for the monitor to re-join it.
+Measured, per round: kill to the first acknowledged shard-1 insert, split into detection (kill to
+the monitor's first failed probe), decision (to its decision to promote: ``detect_seconds``),
+promotion (to the failover published) and Router follow (to the first acknowledged write).
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import statistics
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from _cluster import temp_cluster
 
 from shardctl import Router
 from shardctl.ops.cluster import Cluster
+from shardctl.ops.monitor.events import Event
+from shardctl.ops.monitor.loop import Monitor
 from shardctl.ring.hashing import Ring
 from shardctl.state import catalog
 
@@ -109,11 +122,66 @@ def round_trip(cluster: Cluster, writes: Writes) -> dict[str, float]:
     return out
 
 
+@dataclass
+class Seen:
+    """When (time.monotonic()) the monitor emitted each kind of event, per shard."""
+
+    at: list[tuple[str, str | None, float]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def emit(self, event: Event) -> None:
+        with self.lock:
+            self.at.append((event.kind, event.shard, time.monotonic()))
+        print(f"#   {event.line()}", file=sys.stderr, flush=True)
+
+    def first(self, kind: str, shard: str, after: float) -> float | None:
+        with self.lock:
+            return min(
+                (t for k, s, t in self.at if k == kind and s == shard and t > after), default=None
+            )
+
+
+def _wait(what: str, probe: Callable[[], float | None], timeout: float = 120) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found is not None:
+            return found
+        time.sleep(0.02)
+    faulthandler.dump_traceback(all_threads=True)  # where the monitor is, if it is stuck
+    raise AssertionError(f"no {what} within {timeout:g} s")
+
+
+def monitor_round(cluster: Cluster, writes: Writes, seen: Seen) -> dict[str, float]:
+    """One automatic failover of shard-1 (its acting primary killed) and the re-join after."""
+    time.sleep(1.0)
+    cluster.follow_roles()
+    primary = cluster.topology.shard_nodes("shard-1")[0]
+    cluster.engines.client(primary.placement).containers.get(primary.container).kill()
+    killed = time.monotonic()
+    suspect = _wait("failed probe", lambda: seen.first("suspect", "shard-1", killed), 60)
+    decided = _wait("decision", lambda: seen.first("promote", "shard-1", killed))
+    promoted = _wait("promotion", lambda: seen.first("promoted", "shard-1", killed))
+    first = _wait("write", lambda: writes.first_after("shard-1", killed))
+    _wait("re-join", lambda: seen.first("rejoined", "shard-1", killed), timeout=180)
+    return {
+        "kill_to_first_write_s": first - killed,
+        "detection_s": suspect - killed,
+        "decision_s": decided - suspect,
+        "promotion_s": promoted - decided,
+        "router_follow_s": max(0.0, first - promoted),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--monitor", action="store_true", help="automatic failover rounds")
     args = parser.parse_args()
+    if args.monitor:
+        automatic(args.writers, args.rounds)
+        return
     with temp_cluster(shards=2, replicas=1) as cluster:
         ring = catalog.read_any(cluster.topology, cluster.credentials()).record().ring()
         writes = Writes()
@@ -134,20 +202,52 @@ def main() -> None:
         print(
             f"# {args.writers} writer threads, {len(writes.done):,} inserts, {writes.failed} failed"
         )
-        print(
-            f"{'measure':32} "
-            + " ".join(f"{'round ' + str(i + 1):>10}" for i in range(len(results)))
-            + f" {'median':>10}"
-        )
-        for name in results[0]:
-            values = [r[name] for r in results]
-            cells = " ".join(f"{v:10.3f}" if name.endswith("_s") else f"{v:10.0f}" for v in values)
-            median = statistics.median(values)
-            print(
-                f"{name:32} {cells} {median:10.3f}"
-                if name.endswith("_s")
-                else f"{name:32} {cells} {median:10.0f}"
-            )
+        table(results)
+
+
+def table(results: list[dict[str, float]]) -> None:
+    """One row per measure: each round, the median and the maximum."""
+    print(
+        f"{'measure':32} "
+        + " ".join(f"{'round ' + str(i + 1):>10}" for i in range(len(results)))
+        + f" {'median':>10} {'max':>10}"
+    )
+    for name in results[0]:
+        values = [r[name] for r in results]
+        seconds = name.endswith("_s")
+        cells = " ".join(f"{v:10.3f}" if seconds else f"{v:10.0f}" for v in values)
+        median, most = statistics.median(values), max(values)
+        tail = f"{median:10.3f} {most:10.3f}" if seconds else f"{median:10.0f} {most:10.0f}"
+        print(f"{name:32} {cells} {tail}")
+
+
+def automatic(writers: int, rounds: int) -> None:
+    """``--monitor``: rounds of automatic failover with the monitor's defaults."""
+    with temp_cluster(shards=2, replicas=1, failover={"mode": "automatic"}) as cluster:
+        ring = catalog.read_any(cluster.topology, cluster.credentials()).record().ring()
+        detect = cluster.topology.failover("shard-1").detect_seconds
+        writes, seen, stop = Writes(), Seen(), threading.Event()
+        watcher = Monitor(Cluster.load(cluster.topology.path), emit=seen.emit)
+        watching = threading.Thread(target=watcher.run, args=(stop,))
+        watching.start()
+        with Router(cluster, max_size=writers, epoch_check_interval=0.5) as router:
+            threads = [
+                threading.Thread(target=writer, args=(router, ring, writes, stop))
+                for _ in range(writers)
+            ]
+            for thread in threads:
+                thread.start()
+            try:
+                results = [monitor_round(cluster, writes, seen) for _ in range(rounds)]
+            finally:
+                stop.set()
+                for thread in [*threads, watching]:
+                    thread.join()
+        print(f"# {writers} writer threads, {len(writes.done):,} inserts, {writes.failed} failed")
+        print(f"# monitor defaults: detect_seconds {detect:g}, interval 1 s")
+        table(results)
+        kill = statistics.median(r["kill_to_first_write_s"] for r in results)
+        print(f"# median kill to first write / detect_seconds: {kill / detect:.2f}")
 
 
 if __name__ == "__main__":

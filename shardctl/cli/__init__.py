@@ -12,6 +12,7 @@ from shardctl.cli import (  # noqa: F401  (each registers its commands)
     load,
     logs,
     metrics,
+    monitor,
     replication,
     reshard,
     rolling,

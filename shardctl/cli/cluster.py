@@ -32,6 +32,7 @@ from shardctl.errors import NothingToDo, ShardctlError, UsageError
 if TYPE_CHECKING:
     from rich.console import Group
 
+    from shardctl.cli.views.monitor import MonitorFacts
     from shardctl.health.status import StatusRow
     from shardctl.ops.cluster import Cluster
     from shardctl.state.inflight import Operation
@@ -213,15 +214,34 @@ def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
     return rows, operations
 
 
+def _monitor_facts(cluster: Cluster, rows: list[StatusRow]) -> MonitorFacts:
+    """The monitor's heartbeat, each shard's failover mode and the automatic failovers."""
+    from shardctl.cli.views.monitor import MonitorFacts
+
+    modes = {
+        s.name: cluster.topology.failover(s.name).mode.value for s in cluster.topology.spec.shards
+    }
+    if all(r.in_recovery is None for r in rows):
+        return MonitorFacts(modes, None)
+    return MonitorFacts(modes, cluster.monitor_view())
+
+
 def _status_renderable(
-    name: str, rows: list[StatusRow], operations: list[Operation], wide: bool
+    name: str,
+    rows: list[StatusRow],
+    operations: list[Operation],
+    wide: bool,
+    monitor: MonitorFacts | None = None,
 ) -> Group:
     from rich.console import Group
     from rich.text import Text
 
     from shardctl.cli.views import cluster as views
+    from shardctl.cli.views import monitor as monitor_views
 
     lines = [Text.from_markup(line) for line in views.in_flight_lines(operations)]
+    if monitor is not None:
+        lines += [Text.from_markup(line) for line in monitor_views.monitor_lines(monitor)]
     return Group(*lines, views.status_table(name, rows, wide=wide))
 
 
@@ -255,6 +275,7 @@ def status(
     any operation in flight. Exit 1 if a node is unhealthy, 3 if no node answers."""
     from shardctl.cli import render
     from shardctl.cli.views import cluster as views
+    from shardctl.cli.views import monitor as monitor_views
 
     with open_cluster(topology) as cluster:
         name = cluster.topology.cluster
@@ -262,11 +283,14 @@ def status(
             _watch(cluster, output, watch)
             return
         rows, operations = _status_view(cluster)
+        monitor = _monitor_facts(cluster, rows)
     if output is WideOutput.JSON:
-        render.print_json(views.status_facts(name, rows, operations))
+        render.print_json(
+            {**monitor_views.monitor_facts(monitor), **views.status_facts(name, rows, operations)}
+        )
     else:
         wide = output is WideOutput.WIDE
-        render.show(_status_renderable(name, rows, operations, wide))
+        render.show(_status_renderable(name, rows, operations, wide, monitor))
     if all(r.in_recovery is None for r in rows):
         raise not_running(cluster.topology)
     if not all(r.healthy for r in rows):

@@ -113,6 +113,13 @@ class HealthSpec(_Model):
     max_lag_seconds: float = Field(default=60.0, ge=0)
     canary_timeout: float = Field(default=10.0, gt=0)
     probe_timeout: float = Field(default=5.0, gt=0)
+    monitor_stale_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="verify-replication fails when a shard's failover is automatic and no "
+        "`shardctl monitor` heartbeat is younger than this.",
+    )
 
 
 class LogsSpec(_Model):
@@ -300,6 +307,34 @@ class PoolerSpec(_Model):
     )
 
 
+class FailoverMode(StrEnum):
+    """Who fails a shard over when its primary is lost."""
+
+    MANUAL = "manual"
+    """An operator (``shardctl failover``); ``shardctl monitor`` only reports."""
+    AUTOMATIC = "automatic"
+    """``shardctl monitor``, when it can prove the old primary cannot acknowledge a write."""
+
+
+class FailoverSpec(_Model):
+    """``failover:`` what ``shardctl monitor`` may do (top level; a shard's own overrides it)."""
+
+    mode: FailoverMode = Field(default=FailoverMode.MANUAL, description="manual or automatic.")
+    detect_seconds: float = Field(
+        default=5.0,
+        ge=1,
+        le=3600,
+        description="Seconds the acting primary must fail the monitor's probe before it acts.",
+    )
+    hold_down_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="After an automatic failover of a shard, none again for it within this "
+        "many seconds unless the new primary's engine says it stopped too.",
+    )
+
+
 class ShardSpec(_Model):
     """One shard: a primary and its streaming replicas."""
 
@@ -326,6 +361,9 @@ class ShardSpec(_Model):
     pooler: PoolerSpec | None = Field(
         default=None,
         description="This shard's poolers [default: the top-level pooler: section, if any].",
+    )
+    failover: FailoverSpec | None = Field(
+        default=None, description="This shard's failover [default: the top-level key]."
     )
 
 
@@ -382,5 +420,9 @@ class TopologySpec(_Model):
     )
     pooler: PoolerSpec | None = Field(
         default=None, description="A PgBouncer per node (see docs/topology.md#poolers)."
+    )
+    failover: FailoverSpec = Field(
+        default=FailoverSpec(),
+        description="manual (default) or automatic failover by `shardctl monitor`.",
     )
     shards: tuple[ShardSpec, ...] = Field(min_length=1)

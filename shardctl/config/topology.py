@@ -40,6 +40,7 @@ from shardctl.config.schema import (
     POOLER_IMAGE_ENV,
     PORT_STRIDE,
     TOPOLOGY_ENV,
+    FailoverSpec,
     PoolerSpec,
     Replication,
     ReplicationSpec,
@@ -193,6 +194,10 @@ class Topology:
         if isinstance(declared, ReplicationSpec):
             return declared
         return ReplicationSpec(mode=declared)
+
+    def failover(self, shard_name: str) -> FailoverSpec:
+        """The shard's failover policy: its own key, else the cluster's."""
+        return self._shard(shard_name)[1].failover or self.spec.failover
 
     def acting_primary(self, shard_name: str) -> str:
         """Name of the node acting as ``shard_name``'s primary."""

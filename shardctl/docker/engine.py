@@ -397,6 +397,13 @@ class Engines:
                     api.unpause(container.id)
                 api.stop(container.id, timeout=timeout)
 
+    def kill(self, container: Container) -> None:
+        """SIGKILL a running or paused container (a paused one dies without running again)."""
+        api = self.client(container.endpoint).api
+        with docker_errors(f"killing {container.name}"):
+            if self._state(container) in ("running", "paused", "restarting"):
+                api.kill(container.id)
+
     def put_file(
         self, container: Container, folder: str, name: str, text: str, *, mode: int = 0o600
     ) -> None:

@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from shardctl.config.credentials import Credentials
-from shardctl.config.schema import HealthSpec, Role, TableSpec
+from shardctl.config.schema import FailoverMode, HealthSpec, Role, TableSpec
 from shardctl.config.topology import Node, Topology
 from shardctl.db import digest, pg
 from shardctl.docker.engine import Engines
@@ -35,6 +35,7 @@ from shardctl.errors import DatabaseUnavailable
 from shardctl.health import checks, measured
 from shardctl.health import facts as health
 from shardctl.health.checks import Check
+from shardctl.state import monitor as kept
 from shardctl.util import fanout
 from shardctl.util.text import lsn_text
 from shardctl.util.waiting import NotYet, retrying, wait_for
@@ -94,6 +95,7 @@ def verify_replication(
     found += canary_checks(facts, login, limits)
     if deep:
         found += deep_checks(facts, login, limits)
+    found += monitor_checks(topology, login, limits)
     return Report(
         cluster=topology.cluster,
         checks=tuple(checks.sort_checks(topology, found)),
@@ -102,6 +104,46 @@ def verify_replication(
         seconds=time.monotonic() - started,
         answered=len(answered),
     )
+
+
+# ------------------------------------------------------------------- the monitor
+
+
+def monitor_checks(
+    topology: Topology, login: Credentials | None, limits: HealthSpec
+) -> list[Check]:
+    """Each ``failover: automatic`` shard needs a live ``shardctl monitor``: one whose
+    heartbeat in the catalog is younger than ``limits.monitor_stale_seconds``."""
+    automatic = [
+        s.name
+        for s in topology.spec.shards
+        if topology.failover(s.name).mode is FailoverMode.AUTOMATIC
+    ]
+    if not automatic or login is None:
+        return []
+    view = kept.read_view(topology, login)
+    last, limit = view.last_seen, limits.monitor_stale_seconds
+    found: list[Check] = []
+    for shard in automatic:
+        node = topology.shard_nodes(shard)[0]
+        if last is None:
+            found.append(
+                checks.failed(
+                    node, "monitor", "failover: automatic, but no `shardctl monitor` ever ran"
+                )
+            )
+        elif last > limit:
+            found.append(
+                checks.failed(
+                    node,
+                    "monitor",
+                    f"failover: automatic, but no `shardctl monitor` seen for {last:.0f}s "
+                    f"(limit {limit:g}s)",
+                )
+            )
+        else:
+            found.append(checks.passed(node, "monitor", f"monitor seen {last:.1f}s ago"))
+    return found
 
 
 # ------------------------------------------------------------------- canary

@@ -41,7 +41,7 @@ from shardctl.ops.nodes import Reporter, quiet_reporter
 from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
 from shardctl.ops.rolling import Roller, ShardRoll
 from shardctl.ops.up import Provisioner, UpReport
-from shardctl.state import catalog, ddl, history, inflight
+from shardctl.state import catalog, ddl, history, inflight, monitor
 from shardctl.util.text import first_line
 from shardctl.util.waiting import NotYet, wait_for
 
@@ -463,6 +463,11 @@ class Cluster:
         return leaving.remove_shard(
             self, rebalancer, name, keep_volumes=keep_volumes, resume=resume, plan=plan
         )
+
+    def monitor_view(self) -> monitor.View:
+        """``shardctl monitor``'s heartbeats and automatic failovers, as the cluster holds
+        them (nothing when no node answers)."""
+        return monitor.read_view(self.topology, self.credentials())
 
     def close(self) -> None:
         """Release Docker clients."""

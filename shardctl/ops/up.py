@@ -111,6 +111,14 @@ class Provisioner(RoleSteps):
                 self.engines.remove_container(container, stop_timeout=5)
                 report.actions[str(container.name)] = Action.REMOVED
 
+    def up_shard(self, shard: str, *, timeout: float = 120.0) -> UpReport:
+        """``up`` of one shard only (the monitor re-joining a fenced former primary)."""
+        report = UpReport()
+        deadline = time.monotonic() + timeout
+        self.prepare()
+        self._up_shard(shard, report, True, deadline)
+        return report
+
     def _up_shard(self, shard: str, report: UpReport, wait: bool, deadline: float) -> None:
         primary, *replicas = self.topology.shard_nodes(shard)
         self._refuse_empty_primary(primary, replicas)

@@ -16,6 +16,10 @@ COORDINATOR_LOCK = 0x5C_A7A1_08
 ROLE_CHANGE_LOCK = 0x5C_A7A1_09
 """Session ``pg_try_advisory_lock`` on a shard's primary, held by a switchover from before it
 fences the primary until the primary is stopped: ``up`` lifts only a fence nobody holds."""
+MONITOR_LOCK = 0x5C_A7A1_0A
+"""Session ``pg_try_advisory_lock(MONITOR_LOCK, <shard's number>)`` on every replica of a
+shard (and on its acting primary while a former primary is re-joined), held by
+``shardctl monitor``: one monitor at a time fails a shard over or re-joins its node."""
 
 # (a session lock: COORDINATOR_LOCK or ROLE_CHANGE_LOCK)
 TRY_SESSION_LOCK = "SELECT pg_catalog.pg_try_advisory_lock(%s)"

@@ -129,6 +129,8 @@ NEEDS_A_RUNNING_CLUSTER = (
     ["load", "--verify", "ledger.jsonl"],
     ["switchover", "shard-0", "--yes"],
     ["failover", "shard-0", "--yes"],
+    ["monitor", "--once"],
+    ["monitor"],
 )
 
 
@@ -214,6 +216,7 @@ NUMERIC = (
     (["load", "--duration"], "--duration", "0.1 to 86400"),
     (["load", "--ops"], "--ops", "1 to 1000000000"),
     (["switchover", "shard-0", "--timeout"], "--timeout", "1 to 3600"),
+    (["monitor", "--interval"], "--interval", "0.1 to 60"),
 )
 
 

@@ -173,3 +173,37 @@ def test_replication_durability_spellings_and_their_misuse(tmp_path: Path) -> No
         with pytest.raises(TopologyError) as raised:
             load(bad)
         assert message in str(raised.value), str(raised.value)
+
+
+def test_failover_is_manual_by_default_and_a_shard_overrides_the_cluster(tmp_path: Path) -> None:
+    from shardctl.config.schema import FailoverMode
+
+    plain = topology.load(write(tmp_path, MINIMAL))
+    assert plain.failover("a").mode is FailoverMode.MANUAL
+    assert plain.failover("a").detect_seconds == 5
+    text = (
+        "cluster: demo\nfailover: {mode: automatic, detect_seconds: 3}\n"
+        "shards:\n  - name: a\n  - name: b\n    failover: {mode: manual}\n"
+    )
+    both = topology.load(write(tmp_path, text))
+    assert both.failover("a").mode is FailoverMode.AUTOMATIC
+    assert both.failover("a").detect_seconds == 3
+    assert both.failover("b").mode is FailoverMode.MANUAL
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("{mode: sometimes}", "failover.mode"),
+        ("{mode: automatic, detect_seconds: 0}", "failover.detect_seconds"),
+        ("{mode: automatic, detect_seconds: .inf}", "failover.detect_seconds"),
+        ("{hold_down_seconds: -1}", "failover.hold_down_seconds"),
+        ("{mode: automatic, detect: 5}", "unknown key 'detect'"),
+    ],
+)
+def test_a_bad_failover_policy_names_its_line(tmp_path: Path, value: str, expected: str) -> None:
+    path = write(tmp_path, f"cluster: demo\nfailover: {value}\nshards: [{{name: a}}]\n")
+    with pytest.raises(TopologyError) as caught:
+        topology.load(path)
+    assert str(caught.value).startswith(f"{path}:2: ")
+    assert expected in str(caught.value)

@@ -1,0 +1,2 @@
+"""``shardctl monitor``: automatic failover (the pure decision in :mod:`.decide`, the loop in
+:mod:`.loop`)."""
