@@ -92,6 +92,7 @@ def restore(
     in_place = source == topology.cluster
     archive = Repository.of(topology, source)
     archive.require()
+    plans, primaries = _plan(topology, archive, target)
     states, lost = cluster.engines.container_states_per_engine(topology)
     for error in lost.values():
         raise error
@@ -111,7 +112,6 @@ def restore(
             f"cluster {topology.cluster!r} exists already: a restore from {source} builds a new "
             "cluster; give the topology another cluster name, or `shardctl down --volumes`"
         )
-    plans, primaries = _plan(topology, archive, target)
     credentials = cluster.credentials(create=True)
     if credentials.app_password is None:
         raise UsageError("no application role password: declare credentials.app_password_env")
