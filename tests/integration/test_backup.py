@@ -174,6 +174,32 @@ def test_point_restores_in_place_after_down_volumes(cluster: Cluster) -> None:
     _STATE["p1"] = proof
 
 
+def test_restore_into_a_new_cluster_while_the_original_takes_writes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    path = cluster.topology.path
+    repository = (Path(path).parent / "repository").resolve()
+    other = make_topology(tmp_path, backup={"repository": str(repository)})
+    original = Cluster.load(path)
+    original.follow_roles()
+    try:
+        with traffic(original, [uuid.UUID(k) for k in list(_rows(original))[:50]], first_seed=30):
+            built = run_shardctl(
+                "-f", other, "restore", "--from", original.topology.cluster, "--to", "p1",
+                timeout=600,
+            )  # fmt: skip
+            assert built.returncode == 0, built.stdout + built.stderr
+        _STATE["p1"].check(Cluster.load(other))
+        _healthy(other)
+        _healthy(path)
+    finally:
+        copy = Cluster.load(other)
+        try:
+            copy.down(volumes=True)
+        finally:
+            copy.close()
+
+
 def test_point_after_switchover_restores_a_later_timeline(cluster: Cluster) -> None:
     path = cluster.topology.path
     moved = run_shardctl("switchover", "shard-0", "--yes", "-f", path)
