@@ -11,6 +11,8 @@ history is never rewritten); bad input; archiving stuck on a read-only repositor
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -243,6 +245,33 @@ def test_bad_input_is_one_line_with_its_exit_code(cluster: Cluster) -> None:
     assert bad.returncode == 2, bad.stderr
     for result in (unknown, running, both, again, bad):
         assert "Traceback" not in result.stderr
+
+
+def test_a_killed_backup_is_never_listed_complete(cluster: Cluster) -> None:
+    path = cluster.topology.path
+    record = Path(path).parent / "repository" / cluster.topology.cluster / "backups"
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "shardctl", "backup", "--name", "killed", "-f", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (record / "killed.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (record / "killed.json").exists(), "the backup never started"
+    finally:
+        killed.kill()  # SIGKILL: no clean-up of any kind
+        killed.wait()
+    listing = run_shardctl("backups", "-o", "json", "-f", path)
+    assert listing.returncode == 0, listing.stderr
+    states = {b["name"]: b["complete"] for b in json.loads(listing.stdout)["backups"]}
+    assert states == {"b1": True, "killed": False}
+    # A point after it still restores from the last complete backup.
+    point = run_shardctl("backup", "--point", "after-kill", "-o", "json", "-f", path)
+    assert point.returncode == 0, point.stdout + point.stderr
+    shards = json.loads(point.stdout)["shards"]
+    assert {s["backup"] for s in shards.values()} == {"b1"}
 
 
 def test_stuck_archiving_fails_verify_replication(cluster: Cluster) -> None:

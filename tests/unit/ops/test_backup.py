@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from shardctl.config import topology
-from shardctl.docker.engine import ContainerSpec, _create_arguments
+from shardctl.docker.records import ContainerSpec, create_arguments
 from shardctl.docker.specs import backup_node_spec, restore_spec
-from shardctl.errors import ProvisioningError, TopologyError, UsageError
+from shardctl.errors import TopologyError, UsageError
 from shardctl.ops.backup.base import apply_retention
 from shardctl.ops.backup.listing import list_backups
 from shardctl.ops.backup.repository import (
@@ -166,7 +166,7 @@ def test_the_backup_node_binds_the_repository_and_names_its_targets(tmp_path: Pa
     assert spec.environment["SHARDCTL_TARGETS"] == "s1 demo-s1-primary 5432"
     assert spec.environment["SHARDCTL_SHARDS"] == "s1 s2"
     assert spec.secrets == ("replication",)
-    arguments = _create_arguments(spec)
+    arguments = create_arguments(spec)
     assert arguments["volumes"] == {"/data/repo": {"bind": "/repository", "mode": "rw"}}
     assert not any("password" in str(v).lower() for v in spec.environment.values())
 
@@ -184,11 +184,11 @@ def test_only_specs_that_say_so_bind_host_paths(tmp_path: Path) -> None:
         seed=("/data/repo/demo/s1/wal", 3),
         settings=("-c", "recovery_target_name=p1"),
     )
-    volumes = _create_arguments(spec)["volumes"]
+    volumes = create_arguments(spec)["volumes"]
     assert isinstance(volumes, dict)
     assert volumes["/data/repo"] == {"bind": "/repository", "mode": "ro"}
     assert spec.command[-2:] == ("-c", "recovery_target_name=p1")
     assert spec.restart == "no"
     guarded: ContainerSpec = dataclasses.replace(spec, host_paths=False)
-    with pytest.raises(ProvisioningError, match="host paths"):
-        _create_arguments(guarded)
+    with pytest.raises(AssertionError, match="host paths"):
+        create_arguments(guarded)
