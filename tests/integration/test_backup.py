@@ -185,7 +185,7 @@ def test_restore_into_a_new_cluster_while_the_original_takes_writes(
     original = Cluster.load(path)
     original.follow_roles()
     try:
-        with traffic(original, [uuid.UUID(k) for k in list(_rows(original))[:50]], first_seed=30):
+        with traffic(original, [uuid.UUID(k) for k in list(_rows(original))[:50]], seed=30):
             built = run_shardctl(
                 "-f", other, "restore", "--from", original.topology.cluster, "--to", "p1",
                 timeout=600,
