@@ -4,6 +4,7 @@ Each module registers the commands of one concern on the shared typer ``app``.
 """
 
 from shardctl.cli import (  # noqa: F401  (each registers its commands)
+    backup,
     cluster,
     connect,
     data,

@@ -81,6 +81,13 @@ def _check_engines(topology: Topology) -> Iterator[tuple[Loc, str]]:
         for j, named in enumerate(shard.replica_engines):
             if named not in spec.engines and "://" not in named:
                 yield ("shards", i, "replica_engines", j), unknown(named)
+    if (
+        spec.backup is not None
+        and spec.backup.engine is not None
+        and spec.backup.engine not in spec.engines
+        and "://" not in spec.backup.engine
+    ):
+        yield ("backup", "engine"), unknown(spec.backup.engine)
     if spec.spread is not Spread.HOSTS:
         return
     for i, shard in enumerate(spec.shards):

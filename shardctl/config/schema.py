@@ -367,6 +367,35 @@ class ShardSpec(_Model):
     )
 
 
+class RetentionSpec(_Model):
+    """How many base backups ``backup`` keeps per cluster (and the WAL they need)."""
+
+    base_backups: int = Field(
+        default=7, ge=1, le=10000, description="Complete base backups kept; older ones go."
+    )
+    days: float | None = Field(
+        default=None,
+        gt=0,
+        le=36500,
+        description="Also drop complete base backups older than this (the newest always stays).",
+    )
+
+
+class BackupSpec(_Model):
+    """Continuous WAL archiving and base backups into a repository (docs/backup.md)."""
+
+    repository: str = Field(
+        min_length=1,
+        description="Directory on the repository engine's host (relative to the topology).",
+    )
+    engine: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Engine (engines:) whose host holds the repository [default: local].",
+    )
+    retention: RetentionSpec = RetentionSpec()
+
+
 class TopologySpec(_Model):
     """The whole declared cluster, as written in topology.yaml."""
 
@@ -424,5 +453,8 @@ class TopologySpec(_Model):
     failover: FailoverSpec = Field(
         default=FailoverSpec(),
         description="manual (default) or automatic failover by `shardctl monitor`.",
+    )
+    backup: BackupSpec | None = Field(
+        default=None, description="WAL archiving and base backups (see docs/backup.md)."
     )
     shards: tuple[ShardSpec, ...] = Field(min_length=1)

@@ -458,6 +458,53 @@ class Engines:
             raise ProvisioningError(f"{image}: the throw-away container failed:\n{text[-500:]}")
         return text
 
+    def named(self, name: str, endpoint: Endpoint) -> Container | None:
+        """The container called ``name`` on ``endpoint``, if it exists (the backup node, a
+        restore: containers of no node)."""
+        import docker.errors
+
+        with docker_errors(f"looking up container {name}"):
+            try:
+                found = self.client(endpoint).containers.get(name)
+            except docker.errors.NotFound:
+                return None
+        return _record(found, endpoint)
+
+    def run_in(
+        self,
+        container: Container,
+        argv: list[str],
+        *,
+        user: str = "postgres",
+        environment: Mapping[str, str] | None = None,
+    ) -> tuple[int, str]:
+        """Run ``argv`` (an argument list, no shell) in a running container; its exit code and
+        its output (stdout and stderr together)."""
+        with docker_errors(f"running {argv[0]} in {container.name}"):
+            found = self.client(container.endpoint).containers.get(container.id)
+            result = found.exec_run(argv, user=user, environment=dict(environment or {}))
+        output = result.output
+        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+        return int(result.exit_code if result.exit_code is not None else -1), text
+
+    def wait_exit(self, container: Container, *, timeout: float) -> int:
+        """Wait for a started container to exit; its exit code (ProvisioningError past
+        ``timeout``, the container killed)."""
+        import requests.exceptions
+
+        api = self.client(container.endpoint).api
+        with docker_errors(f"waiting for {container.name}"):
+            try:
+                result = api.wait(container.id, timeout=max(1, round(timeout)))
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                with contextlib.suppress(Exception):
+                    api.kill(container.id)
+                raise ProvisioningError(
+                    f"{container.name}: did not finish within {timeout:g}s\n"
+                    f"{self.log_tail(container)}"
+                ) from None
+        return int(result.get("StatusCode", -1))
+
     def remove_container(self, container: Container, *, stop_timeout: int) -> None:
         """Stop a running container cleanly (not a crash recovery later), then remove it."""
         api = self.client(container.endpoint).api

@@ -91,6 +91,9 @@ class ContainerSpec:
     first_start_only: frozenset[str] = frozenset()
     """Environment names the container reads only on its first start (an empty volume): left
     out of the config digest, so changing them never recreates a running node."""
+    host_paths: bool = False
+    """Its ``bind`` mounts may be made by ``up`` too (the backup repository), not only written
+    into a compose file."""
     log_max_size: str = "10m"
     log_max_files: int = 3
     """Log rotation (json-file): left out of the config digest, so a node made before is not
@@ -100,9 +103,10 @@ class ContainerSpec:
 def create_arguments(spec: ContainerSpec) -> dict[str, object]:
     """The SDK's ``containers.create`` arguments, labels excepted (they carry the digest).
 
-    Host paths are for compose files only: a spec with one here is a bug (AssertionError).
+    Host paths are for compose files only, unless the spec says ``host_paths`` (the backup
+    repository): another spec with one here is a bug (AssertionError).
     """
-    if any(mount.bind for mount in spec.mounts):
+    if not spec.host_paths and any(mount.bind for mount in spec.mounts):
         raise AssertionError(f"{spec.name}: host paths are for compose files only")
     return {
         "image": spec.image,

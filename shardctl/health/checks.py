@@ -21,6 +21,7 @@ from shardctl.config import addresses
 from shardctl.config.schema import HealthSpec, PoolerSpec, Replication, Role
 from shardctl.config.topology import Node, Topology
 from shardctl.db.poolers import PoolerObservation
+from shardctl.docker.specs import BACKUP_SLOT
 from shardctl.health import durability
 from shardctl.health.facts import (
     ClusterFacts,
@@ -260,7 +261,7 @@ def undeclared_check(obs: NodeObservation, replicas: list[Node]) -> Check:
     primary, facts = obs.node, obs.facts
     if facts is None:
         return skipped(primary, UNDECLARED, f"{primary.name} did not answer")
-    declared = {r.slot for r in replicas}
+    declared = {r.slot for r in replicas} | {BACKUP_SLOT}  # the backup node's: see archiving
     extras: list[str] = []
     for row in facts.replication:
         if row.slot_name in declared and row.application_name != BASE_BACKUP_APP:
@@ -274,6 +275,7 @@ def undeclared_check(obs: NodeObservation, replicas: list[Node]) -> Check:
             extras.append(f"walsender to {who} through undeclared slot {row.slot_name}")
     for slot in facts.slots:
         if slot.slot_type == "physical" and slot.name not in declared and not slot.active:
+            # (an inactive backup slot is the archiving check's to report)
             extras.append(f"inactive slot {slot.name} retains WAL")
     if extras:
         return failed(primary, UNDECLARED, "; ".join(extras))

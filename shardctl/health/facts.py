@@ -311,6 +311,8 @@ def engine_container_states(
                 states[declared[name]] = ContainerState(state)
             except ValueError:
                 states[declared[name]] = ContainerState.UNKNOWN
+        elif name == f"{topology.cluster}-backup" and topology.spec.backup is not None:
+            continue  # the backup node (shardctl.ops.backup.archiving): not a node
         elif name in pooler_containers:  # by container name: observe() reads the poolers
             try:
                 states[name] = ContainerState(state)

@@ -34,6 +34,7 @@ from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable
 from shardctl.health import checks, measured
 from shardctl.health import facts as health
+from shardctl.health.archiving import archiving_checks
 from shardctl.health.checks import Check
 from shardctl.state import monitor as kept
 from shardctl.util import fanout
@@ -93,6 +94,7 @@ def verify_replication(
     answered = [o for o in facts.nodes if o.facts is not None]
     login = credentials() if answered else None
     found += canary_checks(facts, login, limits)
+    found += archiving_checks(topology, login, limits)
     if deep:
         found += deep_checks(facts, login, limits)
     found += monitor_checks(topology, login, limits)

@@ -36,8 +36,9 @@ from shardctl.health import distribution as distributions
 from shardctl.health import facts as health
 from shardctl.health import ringview, verify
 from shardctl.ops import changes, durability
+from shardctl.ops.backup import archiving
 from shardctl.ops.down import DownReport, down
-from shardctl.ops.nodes import Reporter, quiet_reporter
+from shardctl.ops.nodes import Action, Reporter, quiet_reporter
 from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
 from shardctl.ops.rolling import Roller, ShardRoll
 from shardctl.ops.up import Provisioner, UpReport
@@ -169,6 +170,11 @@ class Cluster:
             catalog.publish(self.topology, self.credentials(), rejoined)
         ddl.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
         report.warnings += [c.line for c in self.apply_durability()]
+        if self.topology.spec.backup is not None:
+            reporter("backup", "archiving")
+            report.actions[archiving.container_name(self.topology)] = Action(
+                archiving.ensure(self.topology, self.engines, self.credentials(), reporter)
+            )
         report.seconds = time.monotonic() - started
         return report
 
@@ -290,7 +296,7 @@ class Cluster:
             history.SWITCHOVER,
             shard,
             mode,
-            lambda: self.role_changer().switchover(shard, to, timeout=timeout),
+            lambda: self._archive_after(self.role_changer().switchover(shard, to, timeout=timeout)),
         )
 
     def failover(self, shard: str, to: str | None = None, *, mode: str = "manual") -> RoleChange:
@@ -304,6 +310,16 @@ class Cluster:
         # The lost host may have carried other shards' standbys: their policy applies now.
         with contextlib.suppress(DatabaseUnavailable):
             change.notes += [c.line for c in self.apply_durability() if c.shard != shard]
+        return self._archive_after(change)
+
+    def _archive_after(self, change: RoleChange) -> RoleChange:
+        """Point the backup node at the new primary (its slot made there first)."""
+        if self.topology.spec.backup is not None:
+            self.follow_roles()
+            try:
+                archiving.ensure(self.topology, self.engines, self.credentials())
+            except ShardctlError as exc:
+                change.notes.append(f"archiving not re-pointed yet: {exc}; run `shardctl up`")
         return change
 
     def apply_durability(self) -> list[durability.Change]:

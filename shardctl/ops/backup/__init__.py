@@ -1,0 +1,1 @@
+"""Backups and point-in-time recovery of the whole cluster (docs/backup.md)."""

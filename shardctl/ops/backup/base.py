@@ -1,0 +1,241 @@
+"""``shardctl backup``: a base backup of every shard at once, verified, ending with a point.
+
+Each shard is copied by ``pg_basebackup`` run in the backup node (so the copy goes straight into
+the repository, on the repository's host), from a streaming replica when the shard has one (no
+load on the primary), else from the primary; plain format with the WAL it needs
+(``-X stream``) and a backup manifest, then checked with ``pg_verifybackup``. The backup's
+record says ``complete`` only after every shard passed; a backup that is killed or fails stays
+listed as incomplete, and restores never use it. It ends with a restore point of the same name
+(:mod:`shardctl.ops.backup.point`), then applies the retention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from shardctl.config.credentials import Credentials
+from shardctl.config.schema import Role
+from shardctl.config.topology import Node, Topology
+from shardctl.db import pg
+from shardctl.docker.engine import Engines
+from shardctl.docker.specs import BACKUP_APPLICATION, PASSFILE
+from shardctl.errors import CheckFailed, DatabaseUnavailable, ProvisioningError, UsageError
+from shardctl.ops.backup import archiving, point
+from shardctl.ops.backup.repository import (
+    BackupRecord,
+    Repository,
+    ShardBackup,
+    check_name,
+    now,
+)
+from shardctl.util import fanout
+
+if TYPE_CHECKING:
+    from shardctl.docker.records import Container
+
+Progress = Callable[[str, str], None]
+"""Called with (shard, what is happening now)."""
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    """What ``backup`` did."""
+
+    record: BackupRecord
+    point: point.PointReport
+    removed: tuple[str, ...]
+    """Older base backups the retention removed."""
+
+
+def default_name() -> str:
+    """A backup name from the time now (UTC), sortable."""
+    return datetime.now(UTC).strftime("b%Y%m%dT%H%M%SZ")
+
+
+def take(
+    topology: Topology,
+    engines: Engines,
+    credentials: Credentials,
+    name: str | None = None,
+    *,
+    progress: Progress = lambda _shard, _step: None,
+) -> BackupReport:
+    """Base backups of every shard in parallel, verified, then a restore point named alike."""
+    name = check_name(name or default_name(), "backup")
+    repository = Repository.of(topology)
+    repository.prepare()
+    if repository.backup(name) is not None or repository.point(name) is not None:
+        raise UsageError(f"a backup or point named {name!r} exists already")
+    node = _backup_node(topology, engines)
+    record = BackupRecord(
+        name=name,
+        cluster=topology.cluster,
+        started=now(),
+        generation={s.name: repository.generation(s.name) for s in topology.spec.shards},
+        primaries={p.shard: p.name for p in topology.primaries()},
+    )
+    repository.write_backup(record)  # listed as incomplete until every shard is verified
+    shards = [shard.name for shard in topology.spec.shards]
+    results = fanout.gather(
+        {
+            shard: partial(
+                _one, topology, engines, credentials, repository, node, name, shard, progress
+            )
+            for shard in shards
+        }
+    )
+    copies: dict[str, ShardBackup] = {}
+    failures: list[str] = []
+    for shard, result in results.items():
+        if isinstance(result, BaseException):
+            failures.append(f"{shard}: {result}")
+        else:
+            copies[shard] = result
+    if failures:
+        repository.write_backup(
+            dataclasses.replace(record, shards=copies, finished=now(), error="; ".join(failures))
+        )
+        raise CheckFailed(f"backup {name} failed: {failures[0]}")
+    record = dataclasses.replace(record, shards=copies, finished=now(), complete=True)
+    repository.write_backup(record)
+    progress("*", "restore point")
+    made = point.create(topology, credentials, name)
+    removed = apply_retention(topology, repository)
+    return BackupReport(record, made, removed)
+
+
+def _backup_node(topology: Topology, engines: Engines) -> Container:
+    repository = Repository.of(topology)
+    name = archiving.container_name(topology)
+    found = engines.named(name, repository.placement)
+    if found is None or engines.status(found) != "running":
+        raise ProvisioningError(
+            f"the backup node {name} is not running: run `shardctl up` (it starts it)"
+        )
+    return found
+
+
+def source(topology: Topology, credentials: Credentials, shard: str) -> Node:
+    """The node to copy ``shard`` from: a replica that answers and streams, else the primary."""
+    primary, *replicas = topology.shard_nodes(shard)
+    for replica in replicas:
+        try:
+            with pg.connect(replica, credentials, "postgres", timeout=3.0) as conn:
+                row = conn.execute(
+                    "SELECT pg_catalog.pg_is_in_recovery() AND EXISTS (SELECT 1 FROM "
+                    "pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming')"
+                ).fetchone()
+        except (DatabaseUnavailable, psycopg.Error):
+            continue
+        if row is not None and row[0]:
+            return replica
+    if primary.role is not Role.PRIMARY:
+        raise CheckFailed(f"{shard}: no primary")
+    return primary
+
+
+def _one(
+    topology: Topology,
+    engines: Engines,
+    credentials: Credentials,
+    repository: Repository,
+    container: Container,
+    name: str,
+    shard: str,
+    progress: Progress,
+) -> ShardBackup:
+    node = source(topology, credentials, shard)
+    host, port = archiving.reach(topology, repository, node)
+    folder = repository.base_folder(shard, name)
+    inside = f"/repository/{repository.relative(folder)}"
+    environment = {"PGPASSFILE": PASSFILE, "PGAPPNAME": f"{BACKUP_APPLICATION}-base"}
+    progress(shard, f"copying from {node.name}")
+    started = time.monotonic()
+    code, output = engines.run_in(
+        container,
+        [
+            "pg_basebackup",
+            "-D",
+            inside,
+            "-h",
+            host,
+            "-p",
+            str(port),
+            "-U",
+            topology.spec.credentials.replication_user,
+            "-w",
+            "-X",
+            "stream",
+            "--checkpoint=fast",
+            "--manifest-checksums=CRC32C",
+        ],
+        environment=environment,
+    )
+    if code != 0:
+        raise CheckFailed(f"pg_basebackup from {node.name} failed: {_last(output)}")
+    seconds = time.monotonic() - started
+    progress(shard, "verifying")
+    code, output = engines.run_in(container, ["pg_verifybackup", "-q", inside])
+    if code != 0:
+        raise CheckFailed(f"pg_verifybackup of {inside} failed: {_last(output)}")
+    code, output = engines.run_in(container, ["du", "-sb", inside])
+    size = int(output.split()[0]) if code == 0 and output.split() else 0
+    code, output = engines.run_in(container, ["cat", f"{inside}/backup_manifest"])
+    timeline, start, end = 0, "", ""
+    if code == 0:
+        try:
+            ranges = json.loads(output).get("WAL-Ranges") or []
+        except ValueError:
+            ranges = []
+        if ranges:
+            timeline = int(ranges[-1].get("Timeline", 0))
+            start = str(ranges[0].get("Start-LSN", ""))
+            end = str(ranges[-1].get("End-LSN", ""))
+    progress(shard, "verified")
+    return ShardBackup(
+        source=node.name,
+        path=repository.relative(folder),
+        size=size,
+        seconds=seconds,
+        timeline=timeline,
+        start_lsn=start,
+        end_lsn=end,
+        verified=True,
+    )
+
+
+def _last(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def apply_retention(topology: Topology, repository: Repository) -> tuple[str, ...]:
+    """Remove complete base backups beyond ``retention`` (the newest always stays) and the
+    incomplete ones older than the newest complete one; their names."""
+    spec = topology.spec.backup
+    if spec is None:
+        return ()
+    complete = repository.complete_backups()
+    keep = complete[-spec.retention.base_backups :]
+    if spec.retention.days is not None:
+        horizon = now() - spec.retention.days * 86400
+        keep = [r for r in keep if (r.finished or r.started) >= horizon] or complete[-1:]
+    kept = {r.name for r in keep}
+    newest = complete[-1].started if complete else 0.0
+    removed = []
+    for record in repository.backups():
+        if record.name in kept:
+            continue
+        if record.complete or record.started < newest:
+            repository.remove_base(record)
+            removed.append(record.name)
+    return tuple(removed)

@@ -1,0 +1,68 @@
+"""``shardctl backups``: what the repository holds, and how far back and how recently a
+cluster can be restored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardctl.config.topology import Topology
+from shardctl.ops.backup.repository import BackupRecord, PointRecord, Repository, WalRange, now
+
+
+@dataclass(frozen=True)
+class ShardArchive:
+    """One shard's WAL archive."""
+
+    shard: str
+    wal: WalRange
+    generation: int
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since the newest archived WAL was written (the RPO right now)."""
+        return None if self.wal.newest_mtime is None else max(0.0, now() - self.wal.newest_mtime)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Base backups, points, and per shard the archive."""
+
+    cluster: str
+    repository: str
+    backups: tuple[BackupRecord, ...]
+    points: tuple[PointRecord, ...]
+    archives: tuple[ShardArchive, ...]
+
+    @property
+    def earliest(self) -> float | None:
+        """The earliest moment a restore can reach: the end of the oldest complete backup."""
+        ends = [b.finished for b in self.backups if b.complete and b.finished is not None]
+        return min(ends) if ends else None
+
+    @property
+    def latest(self) -> float | None:
+        """The latest moment every shard's archive reaches (its oldest newest file)."""
+        times = [a.wal.newest_mtime for a in self.archives]
+        if not times or any(t is None for t in times) or self.earliest is None:
+            return None
+        return min(t for t in times if t is not None)
+
+
+def list_backups(topology: Topology, cluster: str | None = None) -> Listing:
+    """What the repository holds of ``cluster`` (default: the topology's)."""
+    repository = Repository.of(topology, cluster)
+    repository.require()
+    shards = sorted(
+        {s.name for s in topology.spec.shards}
+        | {p.name for p in repository.folder.iterdir() if (p / "wal").is_dir()}
+    )
+    return Listing(
+        cluster=repository.cluster,
+        repository=str(repository.root),
+        backups=tuple(repository.backups()),
+        points=tuple(repository.points()),
+        archives=tuple(
+            ShardArchive(shard, repository.wal_range(shard), repository.generation(shard))
+            for shard in shards
+        ),
+    )

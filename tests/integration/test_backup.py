@@ -1,0 +1,295 @@
+"""Backups and point-in-time recovery against real containers, proven by restoring.
+
+One cluster (2 shards x 1 replica, ``backup: {repository: ...}``) serves the module, in order:
+a base backup and a point under ledgered Router traffic, the cluster lost with
+``down --volumes`` and restored in place to the point (every write acknowledged before the
+point's command is there with its value, none started after it returned); a point on a new
+timeline after a switchover, restored, then the first point restored again (the repository's
+history is never rewritten); bad input; archiving stuck on a read-only repository.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from shardctl.router.router import Router
+from tests.clusters import make_topology, run_shardctl
+from tests.traffic import DELETED, Writer, preload, rows_by_shard, traffic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    folder = tmp_path_factory.mktemp("backup")
+    path = make_topology(folder, backup={"repository": "repository"})
+    cluster = Cluster.load(path)
+    try:
+        cluster.up(timeout=180)
+        yield cluster
+    finally:
+        try:
+            cluster.down(volumes=True)
+        finally:
+            cluster.close()
+
+
+class History(dict[uuid.UUID, str | None]):
+    """A writer's ledger that also keeps every acknowledged value of each key with when its
+    operation started (the writer's previous acknowledgment: a writer does one at a time) and
+    when it was acknowledged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acked: dict[uuid.UUID, list[tuple[float, float, str | None]]] = {}
+        self.last = time.monotonic()
+
+    def __setitem__(self, key: uuid.UUID, value: str | None) -> None:
+        now = time.monotonic()
+        self.acked.setdefault(key, []).append((self.last, now, value))
+        self.last = now
+        super().__setitem__(key, value)
+
+
+def _rows(cluster: Cluster) -> dict[str, str | None]:
+    return {k: v for rows in rows_by_shard(cluster).values() for k, v in rows.items()}
+
+
+def _assert_as_of(
+    rows: dict[str, str | None],
+    base: dict[str, str | None],
+    writers: list[Writer],
+    started: float,
+    returned: float,
+) -> int:
+    """The restored ``rows`` hold each key's value as of ``started`` (the point's command
+    started): every write acknowledged before it, none started after ``returned``; a write
+    acknowledged after ``started`` that started before ``returned`` may be on either side.
+    The number of keys checked strictly (no such write)."""
+    history: dict[str, list[tuple[float, float, str | None]]] = {
+        k: [(0.0, 0.0, v)] for k, v in base.items()
+    }
+    for writer in writers:
+        assert isinstance(writer.ledger, History)
+        for written, values in writer.ledger.acked.items():
+            history.setdefault(str(written), [(0.0, 0.0, DELETED)]).extend(values)
+    strict = 0
+    wrong: list[str] = []
+    for key, values in history.items():
+        values.sort(key=lambda item: item[1])
+        at_start = [v for _, acked, v in values if acked <= started][-1]
+        window = [v for began, acked, v in values if acked > started and began <= returned]
+        allowed = {at_start, *window}
+        strict += not window
+        found = rows.get(key, DELETED)
+        if found not in allowed:
+            wrong.append(f"{key}: {found!r}, expected one of {allowed!r}")
+    unexpected = [k for k in rows if k not in history]
+    assert wrong == [], f"{len(wrong)} keys differ from the point: {wrong[:5]}"
+    assert unexpected == [], f"keys never acknowledged: {unexpected[:5]}"
+    return strict
+
+
+class Proof:
+    """What a point must hold: the rows before its traffic, the writers, and when its command
+    started and returned."""
+
+    def __init__(self, base: dict[str, str | None], writers: list[Writer], started: float,
+                 returned: float) -> None:  # fmt: skip
+        self.base, self.writers, self.started, self.returned = base, writers, started, returned
+
+    def check(self, cluster: Cluster) -> int:
+        """Assert the restored cluster holds the point; the keys checked strictly."""
+        return _assert_as_of(_rows(cluster), self.base, self.writers, self.started,
+                             self.returned)  # fmt: skip
+
+
+def _healthy(path: Path) -> None:
+    deep = run_shardctl("verify-replication", "--deep", "-f", path)
+    assert deep.returncode == 0, deep.stdout + deep.stderr
+    distribution = run_shardctl("distribution", "-f", path, "-o", "json")
+    assert distribution.returncode == 0, distribution.stdout + distribution.stderr
+    assert json.loads(distribution.stdout)["misplaced"] == 0
+
+
+def _point_under_traffic(cluster: Cluster, name: str, seed: int) -> Proof:
+    """Writes before, during and after ``backup --point name``."""
+    path = cluster.topology.path
+    base = _rows(cluster)
+    with traffic(cluster, [uuid.UUID(k) for k in base], seed=seed) as writers:
+        for writer in writers:
+            writer.ledger = History()
+        time.sleep(1.0)
+        started = time.monotonic()
+        done = run_shardctl("backup", "--point", name, "-f", path)
+        returned = time.monotonic()
+        assert done.returncode == 0, done.stdout + done.stderr
+        time.sleep(2.5)  # more writes, which the point must not have
+    assert sum(w.acknowledged for w in writers) > 0
+    assert [f for w in writers for f in w.failed] == []
+    return Proof(base, writers, started, returned)
+
+
+_STATE: dict[str, Proof] = {}
+
+
+def test_point_restores_in_place_after_down_volumes(cluster: Cluster) -> None:
+    path = cluster.topology.path
+    preloaded = preload(cluster, 300)
+    with traffic(cluster, preloaded) as writers:
+        made = run_shardctl("backup", "--name", "b1", "-o", "json", "-f", path)
+        assert made.returncode == 0, made.stdout + made.stderr
+    assert [f for w in writers for f in w.failed] == []
+    report = json.loads(made.stdout)
+    assert report["backup"]["complete"] is True
+    assert {c["source"] for c in report["backup"]["shards"].values()} == {
+        "shard-0-replica-1",
+        "shard-1-replica-1",
+    }
+    proof = _point_under_traffic(cluster, "p1", 10)
+    listing = run_shardctl("backups", "-o", "json", "-f", path)
+    assert listing.returncode == 0, listing.stderr
+    facts = json.loads(listing.stdout)
+    assert [p["name"] for p in facts["points"]] == ["b1", "p1"]
+    assert all(a["newest_wal_age_seconds"] is not None for a in facts["archives"])
+
+    down = run_shardctl("down", "--volumes", "--yes", "-f", path)
+    assert down.returncode == 0, down.stderr
+    restored = run_shardctl("restore", "--to", "p1", "--yes", "-f", path, timeout=600)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    fresh = Cluster.load(path)
+    assert proof.check(fresh) > 50
+    _healthy(path)
+    with Router(fresh) as router:  # the application's library works on the restored cluster
+        key = uuid.uuid4()
+        router.execute(key, "INSERT INTO users (id, first_name) VALUES (%s, 'new')", (key,))
+    _STATE["p1"] = proof
+
+
+def test_restore_into_a_new_cluster_while_the_original_takes_writes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    path = cluster.topology.path
+    repository = (Path(path).parent / "repository").resolve()
+    other = make_topology(tmp_path, backup={"repository": str(repository)})
+    original = Cluster.load(path)
+    original.follow_roles()
+    try:
+        with traffic(original, [uuid.UUID(k) for k in list(_rows(original))[:50]], seed=30):
+            built = run_shardctl(
+                "-f", other, "restore", "--from", original.topology.cluster, "--to", "p1",
+                timeout=600,
+            )  # fmt: skip
+            assert built.returncode == 0, built.stdout + built.stderr
+        _STATE["p1"].check(Cluster.load(other))
+        _healthy(other)
+        _healthy(path)
+    finally:
+        copy = Cluster.load(other)
+        try:
+            copy.down(volumes=True)
+        finally:
+            copy.close()
+
+
+def test_point_after_switchover_restores_a_later_timeline(cluster: Cluster) -> None:
+    path = cluster.topology.path
+    moved = run_shardctl("switchover", "shard-0", "--yes", "-f", path)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    fresh = Cluster.load(path)
+    fresh.follow_roles()
+    proof = _point_under_traffic(fresh, "p2", 20)
+    point = json.loads((Path(path).parent / "repository" / fresh.topology.cluster / "points" /
+                        "p2.json").read_text())  # fmt: skip
+    assert point["primaries"]["shard-0"] == "shard-0-replica-1"
+    assert point["shards"]["shard-0"]["timeline"] >= 3  # restore, then the switchover
+
+    assert run_shardctl("down", "-f", path).returncode == 0
+    restored = run_shardctl("restore", "--to", "p2", "--yes", "-f", path, timeout=600)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    fresh = Cluster.load(path)
+    proof.check(fresh)
+    fresh.follow_roles()
+    assert fresh.topology.acting_primary("shard-0") == "shard-0-replica-1"
+    _healthy(path)
+
+    # The first point again: its history is still in the repository, untouched.
+    assert run_shardctl("down", "-f", path).returncode == 0
+    again = run_shardctl("restore", "--to", "p1", "--yes", "-f", path, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    _STATE["p1"].check(Cluster.load(path))
+    _healthy(path)
+
+
+def test_bad_input_is_one_line_with_its_exit_code(cluster: Cluster) -> None:
+    path = cluster.topology.path
+    unknown = run_shardctl("restore", "--to", "nope", "--yes", "-f", path)
+    assert unknown.returncode == 2, unknown.stderr
+    running = run_shardctl("restore", "--to", "p1", "--yes", "-f", path)
+    assert running.returncode == 2 and "shardctl down" in running.stderr, running.stderr
+    both = run_shardctl("restore", "--to", "p1", "--latest", "-f", path)
+    assert both.returncode == 2, both.stderr
+    again = run_shardctl("backup", "--point", "p1", "-f", path)
+    assert again.returncode == 2 and "exists" in again.stderr, again.stderr
+    bad = run_shardctl("backup", "--point", "no/slash", "-f", path)
+    assert bad.returncode == 2, bad.stderr
+    for result in (unknown, running, both, again, bad):
+        assert "Traceback" not in result.stderr
+
+
+def test_a_killed_backup_is_never_listed_complete(cluster: Cluster) -> None:
+    path = cluster.topology.path
+    record = Path(path).parent / "repository" / cluster.topology.cluster / "backups"
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "shardctl", "backup", "--name", "killed", "-f", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (record / "killed.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (record / "killed.json").exists(), "the backup never started"
+    finally:
+        killed.kill()  # SIGKILL: no clean-up of any kind
+        killed.wait()
+    listing = run_shardctl("backups", "-o", "json", "-f", path)
+    assert listing.returncode == 0, listing.stderr
+    states = {b["name"]: b["complete"] for b in json.loads(listing.stdout)["backups"]}
+    assert states == {"b1": True, "killed": False}
+    # A point after it still restores from the last complete backup.
+    point = run_shardctl("backup", "--point", "after-kill", "-o", "json", "-f", path)
+    assert point.returncode == 0, point.stdout + point.stderr
+    shards = json.loads(point.stdout)["shards"]
+    assert {s["backup"] for s in shards.values()} == {"b1"}
+
+
+def test_stuck_archiving_fails_verify_replication(cluster: Cluster) -> None:
+    path = cluster.topology.path
+    fresh = Cluster.load(path)
+    fresh.follow_roles()
+    shard = "shard-1"
+    folder = Path(path).parent / "repository" / fresh.topology.cluster / shard / "wal"
+    generation = folder / max((p.name for p in folder.iterdir()), key=int)
+    generation.chmod(0o555)  # the open segment is still written: the next one cannot be made
+    try:
+        primary = fresh.topology.shard_nodes(shard)[0]
+        with pg.connect(primary, fresh.credentials(), "postgres") as conn:
+            conn.execute("SELECT pg_catalog.pg_switch_wal()")
+        stuck = run_shardctl("verify-replication", "-f", path)
+        assert stuck.returncode == 1, stuck.stdout + stuck.stderr
+        assert f"{shard}: archiving stuck" in stuck.stdout + stuck.stderr
+    finally:
+        generation.chmod(0o700)
+    healthy = run_shardctl("verify-replication", "-f", path)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr

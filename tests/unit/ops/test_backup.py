@@ -1,0 +1,194 @@
+"""The backup repository's records, names, WAL listing and retention, and the containers the
+backup node and a restore are made from (pure logic; the real thing: test_backup.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from shardctl.config import topology
+from shardctl.docker.records import ContainerSpec, create_arguments
+from shardctl.docker.specs import backup_node_spec, restore_spec
+from shardctl.errors import TopologyError, UsageError
+from shardctl.ops.backup.base import apply_retention
+from shardctl.ops.backup.listing import list_backups
+from shardctl.ops.backup.repository import (
+    BackupRecord,
+    PointRecord,
+    Repository,
+    RepositoryError,
+    ShardBackup,
+    ShardPoint,
+    check_name,
+)
+
+TOPOLOGY = """
+cluster: demo
+image: shardctl-test/postgres:15
+backup: {repository: repo, retention: {base_backups: 2}}
+shards: [{name: s1}, {name: s2}]
+"""
+
+
+def _topology(tmp_path: Path, text: str = TOPOLOGY) -> topology.Topology:
+    path = tmp_path / "topology.yaml"
+    path.write_text(text, encoding="utf-8")
+    return topology.load(path)
+
+
+def test_the_repository_is_relative_to_the_topology_and_per_cluster(tmp_path: Path) -> None:
+    repo = Repository.of(_topology(tmp_path))
+    assert repo.root == (tmp_path / "repo").absolute()
+    assert repo.folder == repo.root / "demo"
+    assert Repository.of(_topology(tmp_path), "other").folder == repo.root / "other"
+
+
+def test_no_backup_key_and_a_remote_repository_engine_are_usage_errors(tmp_path: Path) -> None:
+    plain = TOPOLOGY.replace("backup: {repository: repo, retention: {base_backups: 2}}\n", "")
+    with pytest.raises(UsageError, match="no backup repository declared"):
+        Repository.of(_topology(tmp_path, plain))
+    remote = TOPOLOGY.replace(
+        "backup: {repository: repo",
+        "engines: {far: {endpoint: 'tcp://10.9.9.9:2376'}}\nbackup: {repository: repo, engine: far",
+    )
+    with pytest.raises(UsageError, match="another host"):
+        Repository.of(_topology(tmp_path, remote))
+
+
+def test_an_unknown_backup_engine_is_a_topology_error(tmp_path: Path) -> None:
+    text = TOPOLOGY.replace("backup: {repository: repo", "backup: {repository: repo, engine: nope")
+    with pytest.raises(TopologyError, match="unknown engine 'nope'"):
+        _topology(tmp_path, text)
+
+
+@pytest.mark.parametrize("name", ["p1", "b20261207T010000Z", "before-upgrade", "a.b_c"])
+def test_good_names(name: str) -> None:
+    assert check_name(name, "point") == name
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a/b", "a b", "x" * 64, "é", "../x"])
+def test_bad_names_are_usage_errors(name: str) -> None:
+    with pytest.raises(UsageError, match="not a valid point name"):
+        check_name(name, "point")
+
+
+def test_records_round_trip_and_a_killed_backup_stays_incomplete(tmp_path: Path) -> None:
+    repo = Repository.of(_topology(tmp_path))
+    repo.prepare()
+    copy = ShardBackup("s1-replica-1", "demo/s1/base/b1", 10, 1.5, 1, "0/2000028", "0/3000100")
+    started = BackupRecord("b1", "demo", 100.0, primaries={"s1": "s1-primary"})
+    repo.write_backup(started)  # what a SIGKILL leaves behind
+    assert repo.backup("b1") == started
+    assert repo.complete_backups() == []
+    done = BackupRecord("b1", "demo", 100.0, 110.0, True, shards={"s1": copy})
+    repo.write_backup(done)
+    assert repo.complete_backups() == [done]
+    point = PointRecord("p1", "demo", 120.0, 3, {"s1": "s1-replica-1"},
+                        {"s1": ShardPoint("0/3000200", 2, "b1")}, 0.05)  # fmt: skip
+    repo.write_point(point)
+    assert repo.point("p1") == point
+    assert repo.point("p2") is None
+    assert [p.name for p in repo.points()] == ["p1"]
+    assert not list((repo.folder / "points").glob(".*"))  # no temporary file left
+
+
+def test_an_unwritable_repository_is_an_infrastructure_error(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        blocker = tmp_path / "repo"
+        blocker.write_text("a file, not a directory")  # fails for root too
+    else:
+        (tmp_path / "repo").mkdir()
+        (tmp_path / "repo").chmod(0o500)
+    with pytest.raises(RepositoryError, match="cannot write"):
+        Repository.of(_topology(tmp_path)).prepare()
+
+
+def test_generations_and_the_wal_range(tmp_path: Path) -> None:
+    repo = Repository.of(_topology(tmp_path))
+    assert repo.generation("s1") == 1
+    for generation, names in {
+        1: ["000000010000000000000002", "000000010000000000000003.partial"],
+        2: ["00000002.history", "000000020000000000000003", "000000020000000000000004.partial"],
+        10: [],
+    }.items():
+        folder = repo.wal_folder("s1") / str(generation)
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_bytes(b"x" * 16)
+    assert repo.generations("s1") == [1, 2, 10]
+    assert repo.generation("s1") == 10
+    wal = repo.wal_range("s1")
+    assert (wal.first, wal.last) == ("0000000000000002", "0000000000000004")
+    assert wal.timelines == (1, 2)
+    assert wal.size == 16 * 4
+    assert wal.newest_mtime is not None
+
+
+def test_retention_keeps_the_newest_complete_backups(tmp_path: Path) -> None:
+    top = _topology(tmp_path)
+    repo = Repository.of(top)
+    repo.prepare()
+    for i, complete in enumerate([True, False, True, True, False]):
+        folder = repo.base_folder("s1", f"b{i}")
+        folder.mkdir(parents=True)
+        shards = {"s1": ShardBackup("s1-primary", repo.relative(folder))}
+        repo.write_backup(BackupRecord(f"b{i}", "demo", float(i), float(i) + 0.5, complete,
+                                       shards=shards))  # fmt: skip
+    removed = apply_retention(top, repo)
+    assert sorted(removed) == ["b0", "b1"]  # b4 is newer than the newest complete one: running?
+    assert [b.name for b in repo.backups()] == ["b2", "b3", "b4"]
+    assert not repo.base_folder("s1", "b0").exists()
+
+
+def test_the_listing_window(tmp_path: Path) -> None:
+    top = _topology(tmp_path)
+    repo = Repository.of(top)
+    repo.prepare()
+    repo.write_backup(BackupRecord("b1", "demo", 10.0, 20.0, True))
+    for shard in ("s1", "s2"):
+        folder = repo.wal_folder(shard) / "1"
+        folder.mkdir(parents=True)
+        segment = folder / "000000010000000000000002.partial"
+        segment.write_bytes(b"")
+        os.utime(segment, (100.0 if shard == "s1" else 90.0,) * 2)
+    listing = list_backups(top)
+    assert listing.earliest == 20.0
+    assert listing.latest == 90.0  # the shard that lags decides
+    assert {a.shard for a in listing.archives} == {"s1", "s2"}
+
+
+def test_the_backup_node_binds_the_repository_and_names_its_targets(tmp_path: Path) -> None:
+    top = _topology(tmp_path)
+    spec = backup_node_spec(top, "/data/repo", [("s1", "demo-s1-primary", 5432)])
+    assert spec.environment["SHARDCTL_TARGETS"] == "s1 demo-s1-primary 5432"
+    assert spec.environment["SHARDCTL_SHARDS"] == "s1 s2"
+    assert spec.secrets == ("replication",)
+    arguments = create_arguments(spec)
+    assert arguments["volumes"] == {"/data/repo": {"bind": "/repository", "mode": "rw"}}
+    assert not any("password" in str(v).lower() for v in spec.environment.values())
+
+
+def test_only_specs_that_say_so_bind_host_paths(tmp_path: Path) -> None:
+    top = _topology(tmp_path)
+    node = top.primaries()[0]
+    spec = restore_spec(
+        top,
+        node,
+        "/var/lib/postgresql",
+        repository="/data/repo",
+        base="demo/s1/base/b1",
+        wal="demo/s1/wal",
+        seed=("/data/repo/demo/s1/wal", 3),
+        settings=("-c", "recovery_target_name=p1"),
+    )
+    volumes = create_arguments(spec)["volumes"]
+    assert isinstance(volumes, dict)
+    assert volumes["/data/repo"] == {"bind": "/repository", "mode": "ro"}
+    assert spec.command[-2:] == ("-c", "recovery_target_name=p1")
+    assert spec.restart == "no"
+    guarded: ContainerSpec = dataclasses.replace(spec, host_paths=False)
+    with pytest.raises(AssertionError, match="host paths"):
+        create_arguments(guarded)
