@@ -5,26 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from shardctl.cli import progress, render
 from shardctl.cli.app import (
+    BACKUP,
     Output,
     OutputOption,
     TopologyOption,
-    app,
+    command,
     open_cluster,
     require_running,
 )
 from shardctl.errors import UsageError
-from shardctl.ops.backup import base, point
-from shardctl.ops.backup.listing import Listing, list_backups
-from shardctl.ops.backup.repository import ShardBackup
-from shardctl.ops.backup.restore import Target
-from shardctl.ops.backup.restore import restore as restore_cluster
+
+if TYPE_CHECKING:  # the rest is imported in each command's body (see shardctl.cli.app)
+    from shardctl.ops.backup import point
+    from shardctl.ops.backup.listing import Listing
 
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
@@ -44,7 +42,11 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-@app.command()
+@command(
+    group=BACKUP,
+    summary="Base backups of every shard and a restore point.",
+    example="shardctl backup\nshardctl backup --point before-migration",
+)
 def backup(
     name: Annotated[
         str | None,
@@ -60,6 +62,11 @@ def backup(
     topology: TopologyOption = None,
 ) -> None:
     """Base backups of every shard (from replicas), verified, ending with a restore point."""
+    from rich.table import Table
+
+    from shardctl.cli import progress, render
+    from shardctl.ops.backup import base, point
+
     if name is not None and point_name is not None:
         raise UsageError("give --name (a base backup) or --point (a point alone), not both")
     with open_cluster(topology, running=True) as cluster:
@@ -103,6 +110,8 @@ def backup(
 
 
 def _point_report(made: point.PointReport, output: Output) -> None:
+    from shardctl.cli import render
+
     record = made.point
     if output is Output.JSON:
         render.print_json(dataclasses.asdict(record) | {"archived_seconds": made.archived_seconds})
@@ -142,7 +151,11 @@ def _listing_facts(listing: Listing) -> dict[str, Any]:
     }
 
 
-@app.command()
+@command(
+    group=BACKUP,
+    summary="Base backups and points, the recoverable window, WAL age.",
+    example="shardctl backups\nshardctl backups --cluster old-demo -o json",
+)
 def backups(
     cluster_name: Annotated[
         str | None,
@@ -152,6 +165,12 @@ def backups(
     topology: TopologyOption = None,
 ) -> None:
     """Base backups and points, the recoverable window and the age of the newest WAL."""
+    from rich.table import Table
+
+    from shardctl.cli import render
+    from shardctl.ops.backup.listing import list_backups
+    from shardctl.ops.backup.repository import ShardBackup
+
     with open_cluster(topology) as cluster:
         listing = list_backups(cluster.topology, cluster_name)
     if output is Output.JSON:
@@ -213,7 +232,12 @@ def _parse_time(value: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.astimezone()
 
 
-@app.command()
+@command(
+    group=BACKUP,
+    summary="Restore the cluster to a point, a time or the latest WAL.",
+    example="shardctl restore --to before-migration --yes\n"
+    "shardctl -f new.yaml restore --from demo --latest",
+)
 def restore(
     to: Annotated[str | None, typer.Option("--to", help="The named restore point.")] = None,
     at: Annotated[
@@ -231,6 +255,10 @@ def restore(
     topology: TopologyOption = None,
 ) -> None:
     """Restore the whole cluster to a point, a time or the latest WAL (new cluster or in place)."""
+    from shardctl.cli import progress, render
+    from shardctl.ops.backup.restore import Target
+    from shardctl.ops.backup.restore import restore as restore_cluster
+
     chosen = [x for x in (to is not None, at is not None, latest) if x]
     if len(chosen) != 1:
         raise UsageError("give exactly one of --to NAME, --time T or --latest")
