@@ -46,3 +46,10 @@ def test_the_help_states_the_health_defaults_of_the_topology_model() -> None:
     assert DEFAULTS["max_lag_seconds"] == health.max_lag_seconds
     assert DEFAULTS["canary_timeout"] == health.canary_timeout
     assert DEFAULTS["probe_timeout"] == health.probe_timeout
+
+
+def test_the_monitors_interval_default_is_the_loops() -> None:
+    from shardctl.cli import monitor
+    from shardctl.ops.monitor import loop
+
+    assert monitor.DEFAULT_INTERVAL == loop.DEFAULT_INTERVAL
