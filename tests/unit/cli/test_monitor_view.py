@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from shardctl.cli import render
+from shardctl.cli.views import monitor as render
 from shardctl.ops.monitor.events import Event
 from shardctl.state.monitor import Beat, Failover, View
 
