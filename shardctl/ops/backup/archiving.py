@@ -2,8 +2,8 @@
 
 One container per cluster on the repository's engine (the cluster's image, the repository
 bind-mounted) runs ``pg_receivewal --synchronous`` per shard through a physical slot
-(:data:`~shardctl.docker.specs.BACKUP_SLOT`) on the shard's acting primary, as the replication
-role. The servers need no ``archive_command``.
+(:data:`~shardctl.docker.backup_specs.BACKUP_SLOT`) on the shard's acting primary, as the
+replication role. The servers need no ``archive_command``.
 
 :func:`ensure` converges it: the slot on every acting primary (dropped from nodes that are no
 longer one: a slot nobody streams from would keep WAL forever), and the container made again
@@ -25,9 +25,9 @@ from shardctl.config.credentials import Credentials
 from shardctl.config.schema import Role
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
+from shardctl.docker.backup_specs import BACKUP_SLOT, backup_node_spec
 from shardctl.docker.engine import Engines
 from shardctl.docker.records import LABEL_CONFIG, cluster_labels, config_digest
-from shardctl.docker.specs import BACKUP_SLOT, backup_node_spec
 from shardctl.errors import CheckFailed, DatabaseUnavailable
 from shardctl.ops.backup.repository import Repository
 from shardctl.util.waiting import NotYet, wait_for

@@ -26,8 +26,9 @@ from shardctl.config.credentials import Credentials
 from shardctl.config.schema import Role
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
+from shardctl.docker.backup_specs import BACKUP_APPLICATION
 from shardctl.docker.engine import Engines
-from shardctl.docker.specs import BACKUP_APPLICATION, PASSFILE
+from shardctl.docker.specs import PASSFILE
 from shardctl.errors import CheckFailed, DatabaseUnavailable, ProvisioningError, UsageError
 from shardctl.ops.backup import archiving, point
 from shardctl.ops.backup.repository import (

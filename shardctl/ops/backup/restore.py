@@ -24,8 +24,9 @@ from functools import partial
 from typing import Any
 
 from shardctl.config.topology import Node, Topology
+from shardctl.docker.backup_specs import restore_spec
 from shardctl.docker.records import cluster_labels
-from shardctl.docker.specs import data_mount, restore_spec
+from shardctl.docker.specs import data_mount
 from shardctl.errors import CheckFailed, ProvisioningError, UsageError
 from shardctl.ops.backup.repository import BackupRecord, Repository, check_name, now
 from shardctl.ops.cluster import Cluster

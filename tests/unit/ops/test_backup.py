@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from shardctl.config import topology
+from shardctl.docker.backup_specs import backup_node_spec, restore_spec
 from shardctl.docker.records import ContainerSpec, create_arguments
-from shardctl.docker.specs import backup_node_spec, restore_spec
 from shardctl.errors import TopologyError, UsageError
 from shardctl.ops.backup.base import apply_retention
 from shardctl.ops.backup.listing import list_backups
