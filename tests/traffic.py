@@ -121,12 +121,12 @@ def check_ledger(
     writers: list[Writer],
     preloaded: list[uuid.UUID],
     *,
-    may_lose: tuple[str, float] | None = None,
+    may_lose: tuple[str, float] | list[tuple[str, float]] | None = None,
 ) -> tuple[int, int]:
     """Guarantees 1 to 3: every key on exactly its owner, with its last acknowledged value.
 
-    ``may_lose`` = (shard, moment): an asynchronous failover of that shard at that moment may
-    have lost writes acknowledged just before it -- and only those.
+    ``may_lose`` = (shard, moment), or a list of them: an asynchronous failover of that shard at
+    that moment may have lost writes acknowledged just before it -- and only those.
     """
     ring = catalog.read_any(cluster.topology, cluster.credentials()).record().ring()
     shards = rows_by_shard(cluster)
@@ -143,11 +143,13 @@ def check_ledger(
         expected.update({str(k): v for k, v in writer.ledger.items()})
     acked = {str(k): at for writer in writers for k, at in writer.acked_at.items()}
 
+    windows = [may_lose] if isinstance(may_lose, tuple) else list(may_lose or [])
+
     def excused(key: str) -> bool:
-        if may_lose is None:
-            return False
-        shard, moment = may_lose
-        return ring.node_for(uuid.UUID(key)) == shard and acked.get(key, 0.0) <= moment
+        return any(
+            ring.node_for(uuid.UUID(key)) == shard and acked.get(key, 0.0) <= moment
+            for shard, moment in windows
+        )
 
     lost = [k for k, v in expected.items() if v is not DELETED and k not in where]
     ghosts = [k for k, v in expected.items() if v is DELETED and k in where]
