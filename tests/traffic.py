@@ -36,6 +36,9 @@ class Writer:
     max_latency: float = 0.0
     acked_at: dict[uuid.UUID, float] = field(default_factory=dict)
     """When each key's last operation was acknowledged (time.monotonic())."""
+    first_acked_at: dict[uuid.UUID, float] = field(default_factory=dict)
+    """When each key's first operation was acknowledged: an asynchronous failover that lost it
+    leaves every later UPDATE of the key a no-op that is acknowledged all the same."""
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -81,6 +84,7 @@ class Writer:
             self.max_latency = max(self.max_latency, time.monotonic() - started)
             self.ledger[key] = value
             self.acked_at[key] = time.monotonic()
+            self.first_acked_at.setdefault(key, self.acked_at[key])
             self.acknowledged += 1
 
 
@@ -141,7 +145,7 @@ def check_ledger(
     expected: dict[str, str | None] = {str(k): "preloaded" for k in preloaded}
     for writer in writers:
         expected.update({str(k): v for k, v in writer.ledger.items()})
-    acked = {str(k): at for writer in writers for k, at in writer.acked_at.items()}
+    acked = {str(k): at for writer in writers for k, at in writer.first_acked_at.items()}
 
     windows = [may_lose] if isinstance(may_lose, tuple) else list(may_lose or [])
 
