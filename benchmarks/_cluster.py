@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from shardctl.config.topology import Node  # noqa: E402
+from shardctl.db import pg  # noqa: E402
 from shardctl.ops.cluster import Cluster  # noqa: E402
+from shardctl.util import fanout  # noqa: E402
 from tests.clusters import make_topology, running  # noqa: E402  (shared with the tests)
 
 
@@ -37,3 +41,33 @@ def temp_cluster(
             yield cluster
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def baseline(cluster: Cluster) -> Callable[[], None]:
+    """A fresh connection to every node at once and `SELECT 1`: what any status must do."""
+    login = cluster.credentials()
+
+    def one(node: Node) -> Callable[[], None]:
+        def run() -> None:
+            with pg.connect(node, login, "postgres") as conn:
+                conn.execute("SELECT 1")
+
+        return run
+
+    def run_all() -> None:
+        fanout.gather({n.name: one(n) for n in cluster.topology.nodes}, timeout=10)
+
+    return run_all
+
+
+def cli(*args: str) -> Callable[[], None]:
+    """The real CLI in a new interpreter, as a user runs it; raises when it fails."""
+
+    def run() -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "shardctl", *args], capture_output=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.decode())
+
+    return run

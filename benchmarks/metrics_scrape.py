@@ -30,43 +30,13 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from _cluster import temp_cluster
+from _cluster import baseline, cli, temp_cluster
 from prometheus_client import CollectorRegistry, generate_latest
 
-from shardctl.config.topology import Node
 from shardctl.db import pg
 from shardctl.health.metrics import Collector
 from shardctl.health.scrape import Scraper
 from shardctl.health.status import status_rows
-from shardctl.ops.cluster import Cluster
-from shardctl.util import fanout
-
-
-def baseline(cluster: Cluster) -> Callable[[], None]:
-    login = cluster.credentials()
-
-    def one(node: Node) -> Callable[[], None]:
-        def run() -> None:
-            with pg.connect(node, login, "postgres") as conn:
-                conn.execute("SELECT 1")
-
-        return run
-
-    def run_all() -> None:
-        fanout.gather({n.name: one(n) for n in cluster.topology.nodes}, timeout=10)
-
-    return run_all
-
-
-def cli(*args: str) -> Callable[[], None]:
-    def run() -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "shardctl", *args], capture_output=True, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr.decode())
-
-    return run
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ import pytest
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
-from tests.clusters import make_topology, run_shardctl
+from tests.clusters import make_topology, run_shardctl, running
 from tests.traffic import DELETED, Writer, preload, rows_by_shard, traffic
 
 pytestmark = pytest.mark.integration
@@ -32,16 +32,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     folder = tmp_path_factory.mktemp("backup")
-    path = make_topology(folder, backup={"repository": "repository"})
-    cluster = Cluster.load(path)
-    try:
-        cluster.up(timeout=180)
+    with running(make_topology(folder, backup={"repository": "repository"})) as cluster:
         yield cluster
-    finally:
-        try:
-            cluster.down(volumes=True)
-        finally:
-            cluster.close()
 
 
 class History(dict[uuid.UUID, str | None]):
