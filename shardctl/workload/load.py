@@ -2,7 +2,7 @@
 users (:mod:`shardctl.workload.users`) on the target table (:mod:`shardctl.workload.target`)
 until a duration, an op count or a stop event ends them, and sums up what the workers measured
 (:mod:`shardctl.workload.report`). :func:`run_steps` runs it for several user counts: the
-seed's table. How many connections a run may hold comes from :func:`connection_limit`.
+virtual users table. How many connections a run may hold comes from :func:`connection_limit`.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def run_steps(
     stop: threading.Event | None = None,
     progress: Callable[[LoadProgress], None] | None = None,
 ) -> list[LoadReport]:
-    """The seed's table: one run of ``config`` per user count in ``users``, one after the
+    """The virtual users table: one run of ``config`` per user count in ``users``, one after the
     other on the same Router, into one ledger; stops early when ``stop`` is set.
 
     The users carry over from run to run with their keys (1,000 users, then the same 1,000

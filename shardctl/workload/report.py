@@ -46,7 +46,7 @@ class LoadReport:
 
     workers: int
     users: int
-    """Virtual users (concurrent users, in the seed's table): the workers when not given."""
+    """Virtual users (concurrent users, in the virtual users table): the workers when not given."""
     seconds: float
     ops: int
     ok: int
