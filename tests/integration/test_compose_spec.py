@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from shardctl.docker import compose
-from shardctl.docker.records import LABEL_CONFIG
+from shardctl.docker.records import LABEL_CONFIG, LABEL_SPEC
 from shardctl.docker.specs import SCHEMA_TARGET
 from tests.clusters import free_base_port, sdk_container
 from tests.integration.conftest import ClusterFactory
@@ -55,8 +55,10 @@ def test_compose_services_match_what_up_created(
         mounts = {f"{m['Name']}:{m['Destination']}" for m in container.attrs["Mounts"]}
         assert mounts == set(volumes)
 
+        # Two labels up derives from the spec when it creates a container: its digest (compose
+        # carries it too) and the record `up --plan` compares against (compose has no use for it).
         labels = {k: v for k, v in config["Labels"].items() if k.startswith("shardctl.")}
-        assert labels.pop(LABEL_CONFIG)
+        assert labels.pop(LABEL_CONFIG) and labels.pop(LABEL_SPEC)
         assert labels == {k: v for k, v in service["labels"].items() if k != LABEL_CONFIG}
 
         published = [
@@ -96,7 +98,7 @@ def test_compose_pooler_services_match_what_up_created(
     own_env = dict(e.split("=", 1) for e in config["Env"] if e not in image_env)
     assert own_env == {k: unescape(v) for k, v in service["environment"].items()}
     labels = {k: v for k, v in config["Labels"].items() if k.startswith("shardctl.")}
-    assert labels.pop(LABEL_CONFIG)
+    assert labels.pop(LABEL_CONFIG) and labels.pop(LABEL_SPEC)
     assert labels == {k: v for k, v in service["labels"].items() if k != LABEL_CONFIG}
     # The userlist the start script wrote: the postgres user's alone, no world access.
     mode = container.exec_run(["stat", "-c", "%a %U", "/tmp/shardctl-pgbouncer/userlist.txt"])
