@@ -39,8 +39,9 @@ from tests.traffic import (
 )
 
 KILL_AFTER_PHASE = Path(__file__).with_name("kill_after_phase.py")
-CHUNKS = ("--rows-per-chunk", "500")
-"""Small chunks: the copy takes long enough to be killed in its middle."""
+CHUNKS = ("--rows-per-chunk", "200", "--throttle", "0.1")
+"""Small, paced chunks: the copy takes seconds however fast the machine, so a kill lands in
+its middle (each resumed run goes on from the chunks already recorded)."""
 
 
 def run_killed(path: Path, phase: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -422,7 +423,8 @@ def test_sigkill_at_random_moments_then_resume_converges(
         thread.join()
         router.close()
     print(f"\nSIGKILLed during: {kills}")
-    assert kills, "no run was killed: the copy finished before the first kill"
+    midway = [k for k in kills if k not in ("done", "before the plan")]
+    assert midway, f"no run was killed while it worked: {kills}"
     assert Rebalancer(grown).state().phase.value == "done"  # type: ignore[union-attr]
     assert writer.failed == [] and writer.acknowledged > 0
     check_ledger(grown, [writer], preloaded)
