@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import yaml
 
 from shardctl.db import pg
@@ -97,7 +98,7 @@ def in_recovery(cluster: Cluster, name: str) -> bool | None:
         node = cluster.topology.node(name)
         with pg.connect(node, cluster.credentials(), "postgres", timeout=2) as conn:
             row = conn.execute("SELECT pg_catalog.pg_is_in_recovery()").fetchone()
-    except DatabaseUnavailable:
+    except (DatabaseUnavailable, psycopg.OperationalError):  # down, or going down mid-query
         return None
     assert row is not None
     return bool(row[0])
@@ -111,7 +112,7 @@ def streams(cluster: Cluster, name: str) -> bool:
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_wal_receiver "
                 "WHERE status = 'streaming')"
             ).fetchone()
-    except DatabaseUnavailable:
+    except (DatabaseUnavailable, psycopg.OperationalError):  # the re-join may stop it meanwhile
         return False
     return bool(row and row[0])
 
