@@ -22,46 +22,13 @@ import argparse
 import statistics
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
 
 from _cluster import temp_cluster
+from failover import Writes, writer  # the same ledgered writers as the failover benchmark
 
 from shardctl import Router
 from shardctl.ops.cluster import Cluster
-from shardctl.ring.hashing import Ring
 from shardctl.state import catalog
-
-INSERT = "INSERT INTO users (id, first_name) VALUES (%s, 'bench') ON CONFLICT (id) DO NOTHING"
-
-
-@dataclass
-class Writes:
-    """(shard, started, ended) of every acknowledged insert, from every writer thread."""
-
-    done: list[tuple[str, float, float]] = field(default_factory=list)
-    failed: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def longest(self, shard: str, start: float, end: float) -> float:
-        """The longest insert on ``shard`` that was in flight at some moment in [start, end]."""
-        with self.lock:
-            spans = [e - s for sh, s, e in self.done if sh == shard and e >= start and s <= end]
-        return max(spans, default=0.0)
-
-
-def writer(router: Router, owner: Ring, writes: Writes, stop: threading.Event) -> None:
-    while not stop.is_set():
-        key = uuid.uuid4()
-        started = time.monotonic()
-        try:
-            router.execute(key, INSERT, (key,))
-        except Exception:
-            with writes.lock:
-                writes.failed += 1
-            continue
-        with writes.lock:
-            writes.done.append((owner.node_for(key), started, time.monotonic()))
 
 
 def ms(seconds: float) -> str:
