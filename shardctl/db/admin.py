@@ -121,6 +121,40 @@ def pending_restart(conn: Conn) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
+STANDBY_MINIMUMS = (
+    "max_connections",
+    "max_locks_per_transaction",
+    "max_prepared_transactions",
+    "max_wal_senders",
+    "max_worker_processes",
+)
+"""Settings a hot standby must have at least as high as its primary: a standby restarted
+with less than its primary refuses to replay."""
+
+
+def lowered_by_restart(conn: Conn) -> list[str]:
+    """The :data:`STANDBY_MINIMUMS` whose value after the next restart (the configuration
+    files as they are now) is lower than the running one (sorted)."""
+    rows = conn.execute(
+        "SELECT s.name FROM pg_catalog.pg_settings s"
+        " LEFT JOIN LATERAL (SELECT f.setting FROM pg_catalog.pg_file_settings f"
+        "  WHERE f.name = s.name ORDER BY f.seqno DESC LIMIT 1) f ON true"
+        " WHERE s.name = ANY(%s)"
+        " AND CASE WHEN s.source IN ('default', 'configuration file')"  # else: command line
+        "  THEN COALESCE(f.setting, s.boot_val) ELSE s.setting END::bigint < s.setting::bigint"
+        " ORDER BY s.name",
+        (list(STANDBY_MINIMUMS),),
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def current_lsn(conn: Conn) -> str:
+    """The primary's current WAL position (``pg_current_wal_lsn()``), as text."""
+    row = conn.execute("SELECT pg_catalog.pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def reload(conn: Conn) -> None:
     """Re-read the configuration files (``pg_reload_conf()``): no restart."""
     conn.execute("SELECT pg_catalog.pg_reload_conf()")

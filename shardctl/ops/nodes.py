@@ -185,6 +185,24 @@ class NodeWork:
 
         self._wait(node, probe, "it to stream from its primary", deadline)
 
+    def wait_replayed(self, node: Node, lsn: str, deadline: float) -> None:
+        """Until ``node`` has replayed its upstream's WAL up to ``lsn``."""
+        self.report(node.name, f"waiting to replay up to {lsn}")
+
+        def probe() -> None:
+            self._fail_if_dead(node)
+            try:
+                with self._connect(node) as conn:
+                    row = conn.execute(
+                        "SELECT pg_catalog.pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)
+                    ).fetchone()
+            except DatabaseUnavailable as exc:
+                raise NotYet(str(exc)) from None
+            if row is None or row[0] is not True:
+                raise NotYet(f"not replayed up to {lsn} yet")
+
+        self._wait(node, probe, f"it to replay up to {lsn}", deadline)
+
     def wait_pooler(self, node: Node, deadline: float) -> None:
         """Until the node's pooler answers on its admin console."""
         name = node.pooler_container

@@ -26,6 +26,7 @@ from functools import partial
 
 from shardctl.config.credentials import Credentials
 from shardctl.config.topology import Node, Topology
+from shardctl.db import admin
 from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable, ShardctlError
 from shardctl.ops.changes import Change
@@ -96,12 +97,22 @@ class Roller(NodeWork):
         deadline = time.monotonic() + timeout
         result = ShardRoll(shard)
         primary, *replicas = self.topology.shard_nodes(shard)
+        lowered = self._lowered(primary) if primary.name in todo and replicas else []
+        if lowered:  # a standby must never run with less than its primary: primary first
+            self.report(shard, f"{', '.join(lowered)} lowered: the primary restarts first")
+            result.write_pause = self._in_place(primary, todo[primary.name], deadline, result)
+            with self._connect(primary) as conn:  # its new settings are in its WAL by now
+                lsn = admin.current_lsn(conn)
+            for replica in replicas:  # what a replica replayed is what it checks at start
+                self.wait_streaming(replica, deadline)
+                self.wait_replayed(replica, lsn, deadline)
         for replica in replicas:
             if replica.name in todo:
                 self._check_stop()
                 result.nodes[replica.name] = self._cycle(replica, todo[replica.name], deadline)
                 self.wait_streaming(replica, deadline)
-        if primary.name not in todo:
+        if primary.name not in todo or lowered:
+            self.report(shard, result.summary())
             return result
         self._check_stop()
         streaming = [r for r in replicas if self._streams(r)]
@@ -123,12 +134,25 @@ class Roller(NodeWork):
             result.nodes[primary.name] = action
             self.wait_streaming(old, deadline)
         else:
-            started = time.monotonic()
-            result.nodes[primary.name] = self._cycle(primary, todo[primary.name], deadline)
-            self.wait_ready(primary, deadline)
-            result.write_pause = time.monotonic() - started
+            result.write_pause = self._in_place(primary, todo[primary.name], deadline, result)
         self.report(shard, result.summary())
         return result
+
+    def _in_place(self, primary: Node, change: Change, deadline: float, into: ShardRoll) -> float:
+        """Restart (or recreate) the primary where it is; the seconds its writes paused."""
+        started = time.monotonic()
+        into.nodes[primary.name] = self._cycle(primary, change, deadline)
+        self.wait_ready(primary, deadline)
+        return time.monotonic() - started
+
+    def _lowered(self, primary: Node) -> list[str]:
+        """The settings a standby must match that this change lowers (read on the primary,
+        where ``up`` wrote them already)."""
+        try:
+            with self._connect(primary) as conn:
+                return admin.lowered_by_restart(conn)
+        except (DatabaseUnavailable, ShardctlError):
+            return []
 
     def _streams(self, replica: Node) -> bool:
         try:

@@ -296,3 +296,31 @@ def cluster_now(path: Path) -> Cluster:
     fresh = Cluster.load(path)
     fresh.follow_roles()
     return fresh
+
+
+def test_lowering_a_setting_a_standby_must_match_restarts_the_primary_first(
+    day2: tuple[Cluster, list[uuid.UUID]],
+) -> None:
+    """A standby started with less ``max_connections`` than its primary refuses to replay:
+    lowering it restarts each primary in place first (its writes pause, and that is said),
+    then the replicas; no switchover, since the replica would be the one with less."""
+    cluster, preloaded = day2
+    path = cluster.topology.path
+    before = facts(cluster, "max_connections")
+    lower = int(next(iter(before.values()))[0]) - 20
+    with traffic(cluster, preloaded, seed=100 * next(SESSIONS)) as writers:  # 60 s deadline
+        time.sleep(0.5)
+        changed = edit(path, postgres={"work_mem": "12MB", "max_connections": lower})
+        report = changed.up(timeout=300)
+        time.sleep(0.5)
+    after = facts(changed, "max_connections")
+    assert {value for value, _, _ in after.values()} == {str(lower)}
+    for shard, line in report.shards.items():
+        assert "primary restarted in place, write pause" in line, (shard, line)
+        assert "switchover" not in line, (shard, line)
+        primary, replica = changed.topology.shard_nodes(shard)  # the acting roles
+        assert after[primary.name][1] < after[replica.name][1], f"{shard}: replica first"
+    verified = run_shardctl("verify-replication", "-f", path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert [w.failed for w in writers] == [[], []]
+    check_ledger(cluster, writers, preloaded)
