@@ -299,6 +299,8 @@ def remove_shard(
         return
     if removal.state is not None:
         render.show(views.reshard_report(removal.state))
+    for note in removal.notes:
+        render.err_console.print(f"[yellow]note[/]: {note}")
     kept = f"; volumes kept: {', '.join(removal.volumes_kept)}" if removal.volumes_kept else ""
     render.err_console.print(
         f"[green]remove-shard[/]: {name} removed ({len(removal.containers)} container(s), "

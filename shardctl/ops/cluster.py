@@ -314,13 +314,23 @@ class Cluster:
 
     def _archive_after(self, change: RoleChange) -> RoleChange:
         """Point the backup node at the new primary (its slot made there first)."""
-        if self.topology.spec.backup is not None:
-            self.follow_roles()
-            try:
-                archiving.ensure(self.topology, self.engines, self.credentials())
-            except ShardctlError as exc:
-                change.notes.append(f"archiving not re-pointed yet: {exc}; run `shardctl up`")
+        note = self.follow_archiving()
+        if note is not None:
+            change.notes.append(note)
         return change
+
+    def follow_archiving(self) -> str | None:
+        """Re-point the backup node at the acting primaries of the shards declared now (after
+        a role change, or a shard removed); a note when it could not be done yet (``up`` does
+        it again), None when done or no ``backup:`` is declared."""
+        if self.topology.spec.backup is None:
+            return None
+        try:
+            self.follow_roles()
+            archiving.ensure(self.topology, self.engines, self.credentials())
+        except ShardctlError as exc:
+            return f"archiving not re-pointed yet: {exc}; run `shardctl up`"
+        return None
 
     def apply_durability(self) -> list[durability.Change]:
         """One pass of the sync durability policy (see :mod:`shardctl.ops.durability`)."""

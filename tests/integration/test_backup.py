@@ -4,8 +4,11 @@ One cluster (2 shards x 1 replica, ``backup: {repository: ...}``) serves the mod
 a base backup and a point under ledgered Router traffic, the cluster lost with
 ``down --volumes`` and restored in place to the point (every write acknowledged before the
 point's command is there with its value, none started after it returned); a point on a new
-timeline after a switchover, restored, then the first point restored again (the repository's
-history is never rewritten); bad input; archiving stuck on a read-only repository.
+timeline after a switchover, restored (from the history the first restore continued); bad
+input; a killed backup; archiving stuck on a read-only repository; then a failover (a point on
+its new timeline), add-shard (streamed at once) and rebalance (a point on the grown ring): the
+failover's point restored into a new cluster with the old ring while the original takes writes,
+the grown ring's restored in place, and remove-shard re-pointing the backup node.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from shardctl.config.topology import Node
 from shardctl.db import pg
+from shardctl.docker.backup_specs import BACKUP_SLOT
 from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
-from tests.clusters import make_topology, run_shardctl, running
+from shardctl.state import catalog
+from tests.clusters import make_topology, run_shardctl, running, sdk_container
 from tests.traffic import DELETED, Writer, preload, rows_by_shard, traffic
 
 pytestmark = pytest.mark.integration
@@ -132,9 +139,6 @@ def _point_under_traffic(cluster: Cluster, name: str, seed: int) -> Proof:
     return Proof(base, writers, started, returned)
 
 
-_STATE: dict[str, Proof] = {}
-
-
 def test_point_restores_in_place_after_down_volumes(cluster: Cluster) -> None:
     path = cluster.topology.path
     preloaded = preload(cluster, 300)
@@ -165,33 +169,6 @@ def test_point_restores_in_place_after_down_volumes(cluster: Cluster) -> None:
     with Router(fresh) as router:  # the application's library works on the restored cluster
         key = uuid.uuid4()
         router.execute(key, "INSERT INTO users (id, first_name) VALUES (%s, 'new')", (key,))
-    _STATE["p1"] = proof
-
-
-def test_restore_into_a_new_cluster_while_the_original_takes_writes(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    path = cluster.topology.path
-    repository = (Path(path).parent / "repository").resolve()
-    other = make_topology(tmp_path, backup={"repository": str(repository)})
-    original = Cluster.load(path)
-    original.follow_roles()
-    try:
-        with traffic(original, [uuid.UUID(k) for k in list(_rows(original))[:50]], seed=30):
-            built = run_shardctl(
-                "-f", other, "restore", "--from", original.topology.cluster, "--to", "p1",
-                timeout=600,
-            )  # fmt: skip
-            assert built.returncode == 0, built.stdout + built.stderr
-        _STATE["p1"].check(Cluster.load(other))
-        _healthy(other)
-        _healthy(path)
-    finally:
-        copy = Cluster.load(other)
-        try:
-            copy.down(volumes=True)
-        finally:
-            copy.close()
 
 
 def test_point_after_switchover_restores_a_later_timeline(cluster: Cluster) -> None:
@@ -213,13 +190,6 @@ def test_point_after_switchover_restores_a_later_timeline(cluster: Cluster) -> N
     proof.check(fresh)
     fresh.follow_roles()
     assert fresh.topology.acting_primary("shard-0") == "shard-0-replica-1"
-    _healthy(path)
-
-    # The first point again: its history is still in the repository, untouched.
-    assert run_shardctl("down", "-f", path).returncode == 0
-    again = run_shardctl("restore", "--to", "p1", "--yes", "-f", path, timeout=600)
-    assert again.returncode == 0, again.stdout + again.stderr
-    _STATE["p1"].check(Cluster.load(path))
     _healthy(path)
 
 
@@ -285,3 +255,130 @@ def test_stuck_archiving_fails_verify_replication(cluster: Cluster) -> None:
         generation.chmod(0o700)
     healthy = run_shardctl("verify-replication", "-f", path)
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+
+
+def _point_record(path: Path, cluster: str, name: str) -> dict[str, Any]:
+    folder = Path(path).parent / "repository" / cluster / "points"
+    data = json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _timeline(cluster: Cluster, node: Node) -> int:
+    with pg.connect(node, cluster.credentials(), "postgres") as conn:
+        row = conn.execute(
+            "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn())"
+        ).fetchone()
+    assert row is not None
+    return int(str(row[0])[:8], 16)
+
+
+def _ring(cluster: Cluster) -> catalog.RingRecord:
+    """The cluster's current ring record, as its primaries hold it now."""
+    fresh = Cluster.load(cluster.topology.path)
+    return catalog.read_any(fresh.topology, fresh.credentials()).record()
+
+
+def _streams(cluster: Cluster, node: Node) -> bool:
+    """Whether the backup node streams from ``node`` now (its slot there is active)."""
+    with pg.connect(node, cluster.credentials(), "postgres") as conn:
+        row = conn.execute(
+            "SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+            (BACKUP_SLOT,),
+        ).fetchone()
+    return row is not None and bool(row[0])
+
+
+def test_points_after_a_failover_and_an_added_shard_restore_their_rings(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A point after a failover (a new timeline) restores into a new cluster with the old ring
+    while the original keeps taking writes; a point after add-shard and rebalance restores
+    the grown ring in place; remove-shard re-points the backup node at once."""
+    path = cluster.topology.path
+    name = cluster.topology.cluster
+    fresh = Cluster.load(path)
+    fresh.follow_roles()
+    lost = fresh.topology.shard_nodes("shard-1")[0]
+    before = _timeline(fresh, lost)
+    # No traffic across the kill: an async failover may lose acknowledged writes, which the
+    # point's ledger would then expect.
+    sdk_container(fresh, lost).kill()
+    failed = run_shardctl("failover", "shard-1", "--yes", "-f", path)
+    assert failed.returncode == 0, failed.stdout + failed.stderr
+    fresh = Cluster.load(path)
+    fresh.follow_roles()
+    after_failover = _point_under_traffic(fresh, "pf", 40)
+    pf = _point_record(path, name, "pf")
+    assert pf["primaries"]["shard-1"] != lost.name
+    assert pf["shards"]["shard-1"]["timeline"] > before
+
+    # A new shard is archived from its first write: streamed as soon as add-shard returns.
+    added = run_shardctl("add-shard", "shard-2", "--replicas", "0", "-f", path, timeout=600)
+    assert added.returncode == 0, added.stdout + added.stderr
+    grown = Cluster.load(path)
+    grown.follow_roles()
+    newcomer = grown.topology.shard_nodes("shard-2")[0]
+    deadline = time.monotonic() + 60
+    while not _streams(grown, newcomer) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _streams(grown, newcomer), "the backup node does not stream from shard-2"
+    with pg.connect(newcomer, grown.credentials(), "app") as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)  # before any row
+    made = run_shardctl("backup", "--name", "b2", "-f", path, timeout=600)
+    assert made.returncode == 0, made.stdout + made.stderr
+    moved = run_shardctl("rebalance", "--yes", "-f", path, timeout=600)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert rows_by_shard(grown)["shard-2"], "the rebalance moved no key to shard-2"
+    after_growth = _point_under_traffic(grown, "pg", 50)
+    pg_epoch = _point_record(path, name, "pg")["epoch"]
+    assert pg_epoch > pf["epoch"]
+
+    # The old ring, into a new cluster, while the grown original takes writes.
+    repository = (Path(path).parent / "repository").resolve()
+    other = make_topology(tmp_path, backup={"repository": str(repository)})
+    try:
+        keys = [uuid.UUID(k) for k in list(_rows(grown))[:50]]
+        with traffic(grown, keys, seed=60) as writers:
+            built = run_shardctl("-f", other, "restore", "--from", name, "--to", "pf",
+                                 timeout=600)  # fmt: skip
+            assert built.returncode == 0, built.stdout + built.stderr
+        assert [f for w in writers for f in w.failed] == []
+        copy = Cluster.load(other)
+        after_failover.check(copy)
+        current = _ring(copy)
+        assert current.nodes == ("shard-0", "shard-1")
+        assert current.epoch >= pf["epoch"]  # up may add one (re-joining the lost primary)
+        copy.follow_roles()
+        assert copy.topology.acting_primary("shard-1") == pf["primaries"]["shard-1"]
+        _healthy(other)
+        _healthy(path)
+    finally:
+        copy = Cluster.load(other)
+        try:
+            copy.down(volumes=True)
+        finally:
+            copy.close()
+
+    # The grown ring, in place.
+    assert run_shardctl("down", "-f", path).returncode == 0
+    restored = run_shardctl("restore", "--to", "pg", "--yes", "-f", path, timeout=600)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    fresh = Cluster.load(path)
+    after_growth.check(fresh)
+    current = _ring(fresh)
+    assert (current.epoch, current.nodes) == (pg_epoch, ("shard-0", "shard-1", "shard-2"))
+    _healthy(path)
+
+    # remove-shard: the backup node stops streaming from it at once; its history stays.
+    removed = run_shardctl("remove-shard", "shard-2", "--yes", "-f", path, timeout=600)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    smaller = Cluster.load(path)
+    node = smaller.engines.named(f"{name}-backup", smaller.topology.placement(None))
+    assert node is not None
+    targets = node.environment["SHARDCTL_TARGETS"]
+    assert "shard-2" not in targets and "shard-1" in targets, targets
+    assert (repository / name / "shard-2" / "base" / "b2").is_dir()
+    listing = run_shardctl("backups", "-o", "json", "-f", path)
+    assert listing.returncode == 0, listing.stderr
+    assert "shard-2" in {a["shard"] for a in json.loads(listing.stdout)["archives"]}

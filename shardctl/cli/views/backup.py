@@ -99,6 +99,7 @@ def listing_facts(listing: Listing) -> dict[str, Any]:
                 "timelines": list(a.wal.timelines),
                 "bytes": a.wal.size,
                 "newest_wal_age_seconds": a.age,
+                "removed": a.removed,
             }
             for a in listing.archives
         ],
@@ -145,7 +146,7 @@ def listing(found: Listing, *, json: bool) -> None:
         archives.add_column(column)
     for archive in found.archives:
         archives.add_row(
-            archive.shard,
+            f"{archive.shard} (removed)" if archive.removed else archive.shard,
             str(archive.generation),
             f"{archive.wal.first or '-'}..{archive.wal.last or '-'}",
             ",".join(map(str, archive.wal.timelines)) or "-",

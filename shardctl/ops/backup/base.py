@@ -6,7 +6,8 @@ load on the primary), else from the primary; plain format with the WAL it needs
 (``-X stream``) and a backup manifest, then checked with ``pg_verifybackup``. The backup's
 record says ``complete`` only after every shard passed; a backup that is killed or fails stays
 listed as incomplete, and restores never use it. It ends with a restore point of the same name
-(:mod:`shardctl.ops.backup.point`), then applies the retention.
+(:mod:`shardctl.ops.backup.point`), then applies the retention
+(:mod:`shardctl.ops.backup.retention`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from shardctl.ops.backup.repository import (
     check_name,
     now,
 )
+from shardctl.ops.backup.retention import apply_retention
 from shardctl.util import fanout
 
 if TYPE_CHECKING:
@@ -217,26 +219,3 @@ def _one(
 def _last(output: str) -> str:
     lines = [line for line in output.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
-
-
-def apply_retention(topology: Topology, repository: Repository) -> tuple[str, ...]:
-    """Remove complete base backups beyond ``retention`` (the newest always stays) and the
-    incomplete ones older than the newest complete one; their names."""
-    spec = topology.spec.backup
-    if spec is None:
-        return ()
-    complete = repository.complete_backups()
-    keep = complete[-spec.retention.base_backups :]
-    if spec.retention.days is not None:
-        horizon = now() - spec.retention.days * 86400
-        keep = [r for r in keep if (r.finished or r.started) >= horizon] or complete[-1:]
-    kept = {r.name for r in keep}
-    newest = complete[-1].started if complete else 0.0
-    removed = []
-    for record in repository.backups():
-        if record.name in kept:
-            continue
-        if record.complete or record.started < newest:
-            repository.remove_base(record)
-            removed.append(record.name)
-    return tuple(removed)

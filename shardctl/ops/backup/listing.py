@@ -16,6 +16,8 @@ class ShardArchive:
     shard: str
     wal: WalRange
     generation: int
+    removed: bool = False
+    """A shard no longer in the topology (its history kept until the retention drops it)."""
 
     @property
     def age(self) -> float | None:
@@ -42,7 +44,7 @@ class Listing:
     @property
     def latest(self) -> float | None:
         """The latest moment every shard's archive reaches (its oldest newest file)."""
-        times = [a.wal.newest_mtime for a in self.archives]
+        times = [a.wal.newest_mtime for a in self.archives if not a.removed]
         if not times or any(t is None for t in times) or self.earliest is None:
             return None
         return min(t for t in times if t is not None)
@@ -52,9 +54,9 @@ def list_backups(topology: Topology, cluster: str | None = None) -> Listing:
     """What the repository holds of ``cluster`` (default: the topology's)."""
     repository = Repository.of(topology, cluster)
     repository.require()
+    declared = {s.name for s in topology.spec.shards}
     shards = sorted(
-        {s.name for s in topology.spec.shards}
-        | {p.name for p in repository.folder.iterdir() if (p / "wal").is_dir()}
+        declared | {p.name for p in repository.folder.iterdir() if (p / "wal").is_dir()}
     )
     return Listing(
         cluster=repository.cluster,
@@ -62,7 +64,12 @@ def list_backups(topology: Topology, cluster: str | None = None) -> Listing:
         backups=tuple(repository.backups()),
         points=tuple(repository.points()),
         archives=tuple(
-            ShardArchive(shard, repository.wal_range(shard), repository.generation(shard))
+            ShardArchive(
+                shard,
+                repository.wal_range(shard),
+                repository.generation(shard),
+                removed=shard not in declared,
+            )
             for shard in shards
         ),
     )

@@ -46,6 +46,7 @@ class Removal:
     containers: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     volumes_kept: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def removal_state(rebalancer: Rebalancer, name: str) -> State | None:
@@ -195,6 +196,10 @@ def decommission(
     for container in engines.shard_containers(before, name):
         engines.remove_container(container, stop_timeout=20)
         removal.containers.append(str(container.name))
+    # The backup node stops streaming from it at once; its archive stays in the repository.
+    note = cluster.follow_archiving()
+    if note is not None:
+        removal.notes.append(note)
     after_step("containers")
     if keep_volumes:
         removal.volumes_kept = engines.shard_volumes(before, name)

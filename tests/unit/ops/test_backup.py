@@ -13,7 +13,6 @@ from shardctl.config import topology
 from shardctl.docker.backup_specs import backup_node_spec, restore_spec
 from shardctl.docker.records import ContainerSpec, create_arguments
 from shardctl.errors import TopologyError, UsageError
-from shardctl.ops.backup.base import apply_retention
 from shardctl.ops.backup.listing import list_backups
 from shardctl.ops.backup.repository import (
     BackupRecord,
@@ -24,6 +23,7 @@ from shardctl.ops.backup.repository import (
     ShardPoint,
     check_name,
 )
+from shardctl.ops.backup.retention import apply_retention
 
 TOPOLOGY = """
 cluster: demo

@@ -1,0 +1,145 @@
+"""Retention: what the repository may forget once a ``backup`` is done.
+
+- Complete base backups beyond ``retention.base_backups`` (or older than ``retention.days``) go,
+  oldest first (the newest always stays), and so do incomplete ones older than the newest
+  complete one.
+- Then, per shard, the archived WAL segments before the oldest kept base backup's start: a
+  restore begins at a base backup's start, so it never reads WAL below that segment, on any
+  timeline. Timeline history files stay (a few bytes each; recovery reads a target timeline's
+  whole ancestry), and so does every WAL generation folder (the backup node writes into the
+  newest one).
+- A shard no longer in the topology (``remove-shard``) keeps its whole folder while a kept base
+  backup holds it; when none does, the folder goes.
+
+A shard with no kept base backup that the topology declares keeps all of its WAL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shardctl.config.topology import Topology
+from shardctl.ops.backup.repository import SEGMENT, BackupRecord, Repository, now
+
+SEGMENT_BYTES = 16 * 1024 * 1024
+"""PostgreSQL's default WAL segment size, used only when a base backup has no backup_label."""
+START = re.compile(r"^START WAL LOCATION: [0-9A-F]+/[0-9A-F]+ \(file ([0-9A-F]{24})\)$", re.M)
+
+
+@dataclass
+class Pruned:
+    """What the retention removed."""
+
+    backups: list[str] = field(default_factory=list)
+    segments: dict[str, int] = field(default_factory=dict)
+    """Per shard, the WAL segments removed."""
+    shards: list[str] = field(default_factory=list)
+    """Removed shards whose whole folder went (no kept base backup holds them)."""
+
+
+def apply_retention(topology: Topology, repository: Repository) -> tuple[str, ...]:
+    """Apply the topology's retention (see the module); the base backups removed."""
+    return prune(topology, repository).backups if topology.spec.backup is not None else ()
+
+
+def prune(topology: Topology, repository: Repository) -> Pruned:
+    """Base backups, WAL segments and removed shards' folders beyond the retention."""
+    spec = topology.spec.backup
+    pruned = Pruned()
+    if spec is None:
+        return pruned
+    complete = repository.complete_backups()
+    keep = complete[-spec.retention.base_backups :]
+    if spec.retention.days is not None:
+        horizon = now() - spec.retention.days * 86400
+        keep = [r for r in keep if (r.finished or r.started) >= horizon] or complete[-1:]
+    kept = {r.name for r in keep}
+    newest = complete[-1].started if complete else 0.0
+    for record in repository.backups():
+        if record.name in kept:
+            continue
+        if record.complete or record.started < newest:
+            repository.remove_base(record)
+            pruned.backups.append(record.name)
+    declared = {s.name for s in topology.spec.shards}
+    for shard in _archived_shards(repository):
+        holding = [r for r in keep if shard in r.shards]
+        if not holding:
+            if shard not in declared:
+                shutil.rmtree(repository.folder / shard, ignore_errors=True)
+                pruned.shards.append(shard)
+            continue
+        cut = min(start_segment(repository, r, shard) for r in holding)
+        removed = prune_wal(repository.wal_folder(shard), cut)
+        if removed:
+            pruned.segments[shard] = removed
+    return pruned
+
+
+def _archived_shards(repository: Repository) -> list[str]:
+    """The shards with a folder (WAL or base backups) in this cluster's part."""
+    try:
+        entries = sorted(os.scandir(repository.folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [
+        e.name
+        for e in entries
+        if e.is_dir() and ((Path(e.path) / "wal").is_dir() or (Path(e.path) / "base").is_dir())
+    ]
+
+
+def start_segment(repository: Repository, record: BackupRecord, shard: str) -> str:
+    """The position (log and segment, 16 hex digits, timeline left out) of the first WAL
+    segment a restore of ``shard`` from ``record`` reads: from the copy's ``backup_label``,
+    else from the recorded start LSN with the default segment size."""
+    copy = record.shards[shard]
+    try:
+        label = (repository.root / copy.path / "backup_label").read_text(encoding="utf-8")
+    except OSError:
+        label = ""
+    found = START.search(label)
+    if found is not None:
+        return found.group(1)[8:]
+    return lsn_segment(copy.start_lsn)
+
+
+def lsn_segment(lsn: str, segment_bytes: int = SEGMENT_BYTES) -> str:
+    """The position part of the name of the segment holding ``lsn`` (``X/Y``); all zeros
+    when it is unknown (nothing is older)."""
+    high, _, low = lsn.partition("/")
+    try:
+        position = (int(high, 16) << 32) | int(low, 16)
+    except ValueError:
+        return "0" * 16
+    per_log = 0x1_0000_0000 // segment_bytes
+    number = position // segment_bytes
+    return f"{number // per_log:08X}{number % per_log:08X}"
+
+
+def prune_wal(folder: Path, cut: str) -> int:
+    """Remove the segments (complete or partial, every timeline, every generation) under
+    ``folder`` whose position is before ``cut``; the number removed. History files stay."""
+    removed = 0
+    try:
+        generations = [e for e in os.scandir(folder) if e.is_dir()]
+    except OSError:
+        return 0
+    for generation in generations:
+        try:
+            entries = list(os.scandir(generation.path))
+        except OSError:
+            continue
+        for entry in entries:
+            match = SEGMENT.fullmatch(entry.name)
+            if match is not None and match.group(2) < cut:
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                removed += 1
+    return removed
