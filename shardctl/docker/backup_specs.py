@@ -6,7 +6,8 @@ restores a shard from the repository. Like :mod:`shardctl.docker.specs`, each is
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 
 from shardctl.config.topology import Node, Topology
 from shardctl.docker.records import LABEL_CLUSTER, LABEL_SHARD, ContainerSpec, Mount
@@ -110,6 +111,27 @@ SELECT pg_catalog.format('ALTER ROLE %I PASSWORD %L', :'app', :'pw')
  WHERE EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = :'app') \gexec
 \unset pw
 SQL
+# The restored catalog must name the nodes the shards were restored into: when its newest
+# record says otherwise (a role change after the records a --time restore chose them from), a
+# new epoch with the same ring and the restored roles (the same on every shard restored from
+# the same epoch); nodes restored into leave the re-join list.
+cat > /tmp/shardctl-restore/roles.sql <<'SQL'
+SELECT pg_catalog.to_regclass('shardctl.ring') IS NOT NULL AS has_ring \gset
+\if :has_ring
+SET synchronous_commit = local;
+INSERT INTO shardctl.ring (epoch, algorithm, vnodes, nodes, created_by, primaries, rejoin)
+SELECT r.epoch + 1, r.algorithm, r.vnodes, r.nodes, 'restore: the roles as restored',
+       r.primaries || :'roles'::jsonb,
+       (SELECT coalesce(pg_catalog.jsonb_agg(j.n), '[]'::jsonb)
+          FROM pg_catalog.jsonb_array_elements_text(r.rejoin) AS j(n)
+         WHERE j.n NOT IN (SELECT w.node
+                             FROM pg_catalog.jsonb_each_text(:'roles'::jsonb) AS w(shard, node)))
+  FROM (SELECT * FROM shardctl.ring ORDER BY epoch DESC LIMIT 1) AS r
+ WHERE EXISTS (SELECT FROM pg_catalog.jsonb_each_text(:'roles'::jsonb) AS w(shard, node)
+                WHERE coalesce(r.primaries ->> w.shard, w.shard || '-primary') <> w.node)
+RETURNING 'shardctl: catalog epoch ' || epoch || ' names the restored primaries';
+\endif
+SQL
 cat > /tmp/shardctl-restore/recover.sh <<'SCRIPT'
 set -eu
 postgres -D "$PGDATA" -c listen_addresses= -c unix_socket_directories=/tmp \
@@ -131,6 +153,10 @@ psql -h /tmp -U "$SHARDCTL_SUPERUSER" -d postgres -XAt -v ON_ERROR_STOP=1 \
 psql -h /tmp -U "$SHARDCTL_SUPERUSER" -d postgres -q -X -v ON_ERROR_STOP=1 \
     -v su="$SHARDCTL_SUPERUSER" -v rep="$SHARDCTL_REPLICATION_USER" -v app="$SHARDCTL_APP_USER" \
     -f /tmp/shardctl-restore/passwords.sql
+if [ -n "${SHARDCTL_ROLES:-}" ]; then
+    psql -h /tmp -U "$SHARDCTL_SUPERUSER" -d "$SHARDCTL_DATABASE" -qAtX -v ON_ERROR_STOP=1 \
+        -v roles="$SHARDCTL_ROLES" -f /tmp/shardctl-restore/roles.sql
+fi
 pg_ctl -D "$PGDATA" -m fast -w stop
 SCRIPT
 chown -R postgres: "$PGDATA" /tmp/shardctl-restore
@@ -214,12 +240,14 @@ def restore_spec(
     wal: str,
     seed: tuple[str, int] | None,
     settings: Iterable[str],
+    roles: Mapping[str, str] | None = None,
 ) -> ContainerSpec:
     """A one-shot container that restores ``node``'s data volume (mounted at ``mount``) from
     the base backup ``base`` and the WAL folders under ``wal`` (both paths inside
     :data:`REPOSITORY_TARGET`, the host directory ``repository`` mounted read-only), with
     the recovery ``settings`` (``-c name=value`` arguments). ``seed``: the host folder of the
-    restored cluster's WAL for this shard and the new generation to start there."""
+    restored cluster's WAL for this shard and the new generation to start there. ``roles``:
+    every shard's restored primary (shard -> node), which the restored catalog must name."""
     spec = topology.spec
     environment = {
         "PGDATA": f"{mount}/pgdata",
@@ -234,6 +262,9 @@ def restore_spec(
         Mount(node.volume, mount),
         Mount(repository, REPOSITORY_TARGET, read_only=True, bind=True),
     ]
+    if roles is not None:
+        environment["SHARDCTL_ROLES"] = json.dumps(dict(sorted(roles.items())))
+        environment["SHARDCTL_DATABASE"] = spec.database
     if seed is not None:
         environment["SHARDCTL_SEED"] = SEED_TARGET
         environment["SHARDCTL_SEED_GENERATION"] = str(seed[1])

@@ -382,3 +382,27 @@ def test_points_after_a_failover_and_an_added_shard_restore_their_rings(
     listing = run_shardctl("backups", "-o", "json", "-f", path)
     assert listing.returncode == 0, listing.stderr
     assert "shard-2" in {a["shard"] for a in json.loads(listing.stdout)["archives"]}
+
+    # A switchover after the newest record, then --latest: the catalog names the restored node.
+    moved = run_shardctl("switchover", "shard-0", "--yes", "-f", path)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    smaller.follow_roles()
+    switched_to = smaller.topology.acting_primary("shard-0")
+    marker = uuid.uuid4()
+    with Router(smaller) as router:
+        router.execute(marker, "INSERT INTO users (id, first_name) VALUES (%s, 'late')", (marker,))
+    archived = run_shardctl("verify-replication", "-f", path)  # its archiving check waits
+    assert archived.returncode == 0, archived.stdout + archived.stderr
+    assert run_shardctl("down", "-f", path).returncode == 0
+    latest = run_shardctl("restore", "--latest", "--yes", "-f", path, timeout=600)
+    assert latest.returncode == 0, latest.stdout + latest.stderr
+    records = repository / name / "restores"
+    newest = max(records.glob("*.json"), key=lambda p: int(p.stem))
+    shards = json.loads(newest.read_text(encoding="utf-8"))["shards"]
+    assert shards["shard-0"]["node"] != switched_to  # the newest record's roles, not the last
+    assert shards["shard-0"]["catalog_roles_rewritten"] is True
+    fresh = Cluster.load(path)
+    fresh.follow_roles()
+    assert fresh.topology.acting_primary("shard-0") == shards["shard-0"]["node"]
+    assert _rows(fresh)[str(marker)] == "late"
+    _healthy(path)

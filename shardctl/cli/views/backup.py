@@ -163,6 +163,8 @@ def restored(done: RestoreReport) -> None:
         f"[green]restored[/] {done.cluster} from {done.source} to {done.target} in "
         f"{done.seconds:.1f} s: "
         + ", ".join(
-            f"{shard} on {r['node']} from {r['backup']}" for shard, r in sorted(done.shards.items())
+            f"{shard} on {r['node']} from {r['backup']}"
+            + (" (the catalog's roles rewritten to it)" if r.get("catalog_roles_rewritten") else "")
+            for shard, r in sorted(done.shards.items())
         )
     )

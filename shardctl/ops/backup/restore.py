@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -28,7 +29,13 @@ from shardctl.docker.backup_specs import restore_spec
 from shardctl.docker.records import cluster_labels
 from shardctl.docker.specs import data_mount
 from shardctl.errors import CheckFailed, ProvisioningError, UsageError
-from shardctl.ops.backup.repository import BackupRecord, Repository, check_name, now
+from shardctl.ops.backup.repository import (
+    BackupRecord,
+    PointRecord,
+    Repository,
+    check_name,
+    now,
+)
 from shardctl.ops.cluster import Cluster
 from shardctl.ops.nodes import Reporter, quiet_reporter
 from shardctl.ops.up import UpReport
@@ -36,6 +43,8 @@ from shardctl.util import fanout
 
 RESTORE_TIMEOUT = 3600.0
 NOT_REACHED = re.compile(r"recovery ended before configured recovery target was reached")
+ROLES_REWRITTEN = "names the restored primaries"
+"""What the restore script prints when it wrote the restored roles into the catalog."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +139,15 @@ def restore(
     def one(plan: ShardPlan) -> dict[str, Any]:
         node = acting.node(plan.node)
         return _restore_shard(
-            cluster, acting, node, plan, archive, home, credentials.app_password or "", reporter
+            cluster,
+            acting,
+            node,
+            plan,
+            archive,
+            home,
+            credentials.app_password or "",
+            reporter,
+            primaries,
         )
 
     results = fanout.gather({plan.shard: partial(one, plan) for plan in plans})
@@ -190,12 +207,15 @@ def _plan(
                 "-c",
                 f"recovery_target_timeline={at.timeline}",
             )
-            plans.append(ShardPlan(shard, point.primaries[shard], backup, named))
-        return plans, dict(point.primaries)
+            node = _declared(topology, shard, point.primaries.get(shard))
+            plans.append(ShardPlan(shard, node, backup, named))
+        return plans, {plan.shard: plan.node for plan in plans}
     if not complete:
         raise CheckFailed(f"no complete base backup of {archive.cluster} in {archive.root}")
     plans = []
     primaries: dict[str, str] = {}
+    moment = target.time.timestamp() if target.time is not None else None
+    roles = roles_at(complete, archive.points(), moment)
     for shard in shards:
         usable = [b for b in complete if shard in b.shards]
         if target.time is not None:
@@ -213,13 +233,38 @@ def _plan(
                 "see `shardctl backups` for the recoverable window"
             )
         backup = usable[-1]
-        node = backup.primaries.get(shard, f"{shard}-primary")
+        node = _declared(topology, shard, roles.get(shard) or backup.primaries.get(shard))
         primaries[shard] = node
         settings = ["-c", "recovery_target_timeline=latest"]
         if target.time is not None:
             settings += ["-c", f"recovery_target_time={target.time.isoformat()}"]
         plans.append(ShardPlan(shard, node, backup, tuple(settings)))
     return plans, primaries
+
+
+def roles_at(
+    backups: Sequence[BackupRecord], points: Sequence[PointRecord], moment: float | None
+) -> dict[str, str]:
+    """Each shard's acting primary as the newest record at or before ``moment`` (None: the
+    newest of all) holds it: a point's roles when it was made, a complete base backup's when
+    it started. A role change after that record is not in it: the restore script then writes
+    the restored roles into the catalog (see :func:`~shardctl.docker.backup_specs.restore_spec`).
+    """
+    dated = [(b.started, b.primaries) for b in backups if b.complete]
+    dated += [(p.created, p.primaries) for p in points]
+    roles: dict[str, str] = {}
+    for when, primaries in sorted(dated, key=lambda item: item[0]):
+        if moment is not None and when > moment:
+            break
+        roles.update(primaries)
+    return roles
+
+
+def _declared(topology: Topology, shard: str, node: str | None) -> str:
+    """``node`` when this topology declares it in ``shard`` (a restore into a topology with
+    fewer replicas may not), else the shard's declared primary."""
+    names = {n.name for n in topology.shard_nodes(shard)}
+    return node if node in names else f"{shard}-primary"
 
 
 def _restore_shard(
@@ -231,6 +276,7 @@ def _restore_shard(
     home: Repository,
     app_password: str,
     reporter: Reporter,
+    roles: dict[str, str],
 ) -> dict[str, Any]:
     engines = cluster.engines
     if node.placement.name != archive.placement.name:
@@ -258,6 +304,7 @@ def _restore_shard(
         wal=archive.relative(archive.wal_folder(plan.shard)),
         seed=(str(seed_folder), generation),
         settings=plan.settings,
+        roles=roles,
     )
     credentials = cluster.credentials()
     leftover = engines.named(spec.name, endpoint)
@@ -292,4 +339,5 @@ def _restore_shard(
         "node": node.name,
         "backup": plan.backup.name,
         "generation": generation,
+        "catalog_roles_rewritten": ROLES_REWRITTEN in tail,
     }

@@ -43,7 +43,7 @@ class Pruned:
 
 def apply_retention(topology: Topology, repository: Repository) -> tuple[str, ...]:
     """Apply the topology's retention (see the module); the base backups removed."""
-    return prune(topology, repository).backups if topology.spec.backup is not None else ()
+    return tuple(prune(topology, repository).backups)
 
 
 def prune(topology: Topology, repository: Repository) -> Pruned:

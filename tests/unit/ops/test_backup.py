@@ -4,8 +4,10 @@ backup node and a restore are made from (pure logic; the real thing: test_backup
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from shardctl.ops.backup.repository import (
     ShardPoint,
     check_name,
 )
+from shardctl.ops.backup.restore import _declared, roles_at
 from shardctl.ops.backup.retention import apply_retention
 
 TOPOLOGY = """
@@ -192,3 +195,45 @@ def test_only_specs_that_say_so_bind_host_paths(tmp_path: Path) -> None:
     guarded: ContainerSpec = dataclasses.replace(spec, host_paths=False)
     with pytest.raises(AssertionError, match="host paths"):
         create_arguments(guarded)
+
+
+def test_a_time_restore_takes_the_roles_of_the_newest_record_before_it() -> None:
+    def backup(name: str, started: float, roles: dict[str, str], complete: bool = True) -> Any:
+        return BackupRecord(name, "demo", started, started + 1, complete, primaries=roles)
+
+    def point(name: str, created: float, roles: dict[str, str]) -> PointRecord:
+        return PointRecord(name, "demo", created, 1, roles, {})
+
+    backups = [
+        backup("b1", 10.0, {"s1": "s1-primary", "s2": "s2-primary"}),
+        backup("b2", 50.0, {"s1": "s1-replica-1", "s2": "s2-primary"}, complete=False),
+    ]
+    points = [
+        point("b1", 12.0, {"s1": "s1-primary", "s2": "s2-primary"}),
+        point("after-switchover", 30.0, {"s1": "s1-replica-1", "s2": "s2-primary"}),
+        point("grown", 40.0, {"s1": "s1-replica-1", "s2": "s2-replica-1", "s3": "s3-primary"}),
+    ]
+    assert roles_at(backups, points, 20.0) == {"s1": "s1-primary", "s2": "s2-primary"}
+    assert roles_at(backups, points, 35.0)["s1"] == "s1-replica-1"  # not the backup's
+    latest = roles_at(backups, points, None)  # the incomplete b2 is no record
+    assert latest == {"s1": "s1-replica-1", "s2": "s2-replica-1", "s3": "s3-primary"}
+    assert roles_at(backups, points, 5.0) == {}
+
+
+def test_a_restore_tells_the_one_shot_server_the_roles_its_catalog_must_name(
+    tmp_path: Path,
+) -> None:
+    top = _topology(tmp_path)
+    node = top.node("s1-replica-1")
+    spec = restore_spec(
+        top, node, "/var/lib/postgresql", repository="/data/repo", base="demo/s1/base/b1",
+        wal="demo/s1/wal", seed=None, settings=(), roles={"s2": "s2-primary", "s1": node.name},
+    )  # fmt: skip
+    assert json.loads(spec.environment["SHARDCTL_ROLES"]) == {
+        "s1": "s1-replica-1",
+        "s2": "s2-primary",
+    }
+    assert spec.environment["SHARDCTL_DATABASE"] == top.spec.database
+    assert _declared(top, "s1", "s1-replica-1") == "s1-replica-1"
+    assert _declared(top, "s2", "s2-replica-3") == "s2-primary"  # not declared here
+    assert _declared(top, "s2", None) == "s2-primary"
