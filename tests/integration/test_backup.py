@@ -27,6 +27,7 @@ import pytest
 from shardctl.config.topology import Node
 from shardctl.db import pg
 from shardctl.docker.backup_specs import BACKUP_SLOT
+from shardctl.ops.backup.retention import lsn_segment
 from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
 from shardctl.state import catalog
@@ -327,6 +328,13 @@ def test_points_after_a_failover_and_an_added_shard_restore_their_rings(
         assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)  # before any row
     made = run_shardctl("backup", "--name", "b2", "-f", path, timeout=600)
     assert made.returncode == 0, made.stdout + made.stderr
+    # Its retention pruned the WAL no kept base backup needs (before b1's start, every shard).
+    listing = json.loads(run_shardctl("backups", "-o", "json", "-f", path).stdout)
+    b1 = next(b for b in listing["backups"] if b["name"] == "b1")
+    for archive in listing["archives"]:
+        if archive["shard"] in b1["shards"]:
+            start = lsn_segment(b1["shards"][archive["shard"]]["start_lsn"])
+            assert archive["first_segment"] >= start, (archive, start)
     moved = run_shardctl("rebalance", "--yes", "-f", path, timeout=600)
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert rows_by_shard(grown)["shard-2"], "the rebalance moved no key to shard-2"
