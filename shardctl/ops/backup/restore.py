@@ -6,7 +6,10 @@ backup the point names, and PostgreSQL's own recovery replays the archived WAL t
 reading the repository mounted read-only, then promotes: a new timeline, whose history file and
 first segment start a new WAL generation of the shard in the restored cluster's repository, so
 nothing the repository held is ever written over. The roles get the restored cluster's
-passwords (generated anew when none are stored). Then ``up`` makes the rest as always: replicas
+passwords (generated anew when none are stored). For ``--time`` and ``--latest`` the node is the
+one the newest record (point or base backup) before the target names (:func:`roles_at`); when
+the restored catalog names another (a role change after that record), the restore writes one
+more epoch with the roles as restored. Then ``up`` makes the rest as always: replicas
 cloned from the restored primaries, the catalog (restored with the data: the point's epoch and
 roles), the fence (the point's own fence row lifted), poolers and the backup node.
 
