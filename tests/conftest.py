@@ -63,7 +63,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     }
     wanted = {item.nodeid for item in session.items if item.get_closest_marker("integration")}
     if session.config.option.markexpr != "not integration":
-        wanted.update(session.config.stash.get(DESELECTED, []))
+        deselected: list[str] = session.config.stash.get(DESELECTED, [])
+        wanted.update(deselected)
     missing = sorted(wanted - ran)
     if missing:
         reporter.write_line(

@@ -246,6 +246,7 @@ def test_the_superuser_and_the_replication_role_cannot_log_in_through_a_pooler(
         ["cat", f"{POOLER_DIR}/userlist.txt"], user="postgres"
     )
     assert listed.exit_code == 0, listed.output
+    assert isinstance(listed.output, bytes)  # not streamed
     users = [line.split('"')[1] for line in listed.output.decode().splitlines() if line]
     assert sorted(users) == sorted([credentials.app_user, POOLER_ADMIN]), users
     for user, password in (
