@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.pop("SHARDCTL_IMAGE", None)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m/-k deselect: they see the mark
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test under tests/integration/ as ``integration`` (it needs a Docker engine).
 
@@ -34,9 +35,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+DESELECTED = pytest.StashKey[list[str]]()
+"""The integration tests a run collected and then deselected (-k, -m, --deselect)."""
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("integration"):
+            item.config.stash.setdefault(DESELECTED, []).append(item.nodeid)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under ``SHARDCTL_STRICT_RUN=1`` (CI): fail a run in which fewer integration tests ran
-    than were collected for it (a skip, a deselection by accident, a crash of a worker)."""
+    than were collected for it (a skip, a deselection by accident, a crash of a worker).
+
+    Only the unit-test half of the run (``-m "not integration"``) may deselect them."""
     if os.environ.get("SHARDCTL_STRICT_RUN") != "1" or session.config.option.collectonly:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -49,6 +62,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if getattr(report, "when", "call") == "call" or key == "error"
     }
     wanted = {item.nodeid for item in session.items if item.get_closest_marker("integration")}
+    if session.config.option.markexpr != "not integration":
+        deselected: list[str] = session.config.stash.get(DESELECTED, [])
+        wanted.update(deselected)
     missing = sorted(wanted - ran)
     if missing:
         reporter.write_line(

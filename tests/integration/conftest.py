@@ -65,10 +65,12 @@ def nothing_left_behind() -> Iterator[None]:
 
     client = docker.from_env()
     try:
+        # The list's own rows (the low-level call): the high-level one inspects each container
+        # after listing, and one that another session removes in between raises NotFound.
         left = [
-            f"container {c.name}"
-            for c in client.containers.list(all=True, filters={"label": "shardctl.cluster"})
-            if c.labels.get("shardctl.cluster") in MADE
+            f"container {c['Names'][0].lstrip('/')}"
+            for c in client.api.containers(all=True, filters={"label": "shardctl.cluster"})
+            if (c.get("Labels") or {}).get("shardctl.cluster") in MADE
         ] + [
             f"volume {v.name}"
             for v in client.volumes.list(filters={"label": "shardctl.cluster"})

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from shardctl.config.credentials import POOLER_ADMIN
+from shardctl.docker.specs import POOLER_DIR
 from shardctl.errors import DatabaseUnavailable
 from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
@@ -23,6 +24,7 @@ from tests.clusters import (
     make_topology,
     run_shardctl,
     running,
+    sdk_container,
 )
 from tests.traffic import (
     assert_placed_and_replicated,
@@ -233,15 +235,25 @@ def test_poolers_no_longer_declared_are_removed_by_up(pooled: Cluster) -> None:
 def test_the_superuser_and_the_replication_role_cannot_log_in_through_a_pooler(
     pooled: Cluster,
 ) -> None:
-    """docs/security.md: only the application role is in a pooler's userlist."""
+    """docs/security.md: only the application role is in a pooler's userlist (and the admin
+    console's user), so the other two are refused by the pooler itself -- not merely by the
+    server's pg_hba.conf behind it, which would refuse them even from a pooler that let them in.
+    """
     credentials = pooled.credentials()
     node = Cluster.load(pooled.topology.path).topology.node("shard-0-primary")
     assert node.pooler_port is not None
+    listed = sdk_container(pooled, node, pooler=True).exec_run(
+        ["cat", f"{POOLER_DIR}/userlist.txt"], user="postgres"
+    )
+    assert listed.exit_code == 0, listed.output
+    assert isinstance(listed.output, bytes)  # not streamed
+    users = [line.split('"')[1] for line in listed.output.decode().splitlines() if line]
+    assert sorted(users) == sorted([credentials.app_user, POOLER_ADMIN]), users
     for user, password in (
         (credentials.superuser, credentials.superuser_password),
         (credentials.replication_user, credentials.replication_password),
     ):
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(psycopg.OperationalError) as refused:
             psycopg.connect(
                 host=node.placement.advertise,
                 port=node.pooler_port,
@@ -250,6 +262,7 @@ def test_the_superuser_and_the_replication_role_cannot_log_in_through_a_pooler(
                 password=password,
                 connect_timeout=10,
             ).close()
+        assert "pg_hba.conf" not in str(refused.value), (user, str(refused.value))
     app_user, app_password = credentials.app_user, credentials.app_password
     with psycopg.connect(
         host=node.placement.advertise,
