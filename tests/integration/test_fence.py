@@ -1,7 +1,8 @@
 """The fence's guard triggers armed for exactly the listed ranges (issue 14), on a real primary.
 
-One 1 shard x 0 replica cluster: ranges are listed by hand with the fence's own calls (no real
-reshard runs here), and writes are made by the application role, through a Router and not.
+One 1 shard x 0 replica cluster for the whole module: ranges are listed by hand with the
+fence's own calls (no real reshard runs here), and writes are made by the application role,
+through a Router and not.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from shardctl.ring.hashing import Move, hex_bounds
 from shardctl.router.router import Router
 from shardctl.state import ddl, fence
 from shardctl.state.fence import FENCE_SQLSTATE, RangeState
-from tests.integration.conftest import ClusterFactory
+from tests.clusters import make_topology, running
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +41,12 @@ TRIGGERS = (
 )
 
 
-@pytest.fixture
-def one_shard(cluster_factory: ClusterFactory) -> Cluster:
-    return cluster_factory(shards=1, replicas=0)
+@pytest.fixture(scope="module")
+def one_shard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster for the module (CI time): each case lists its ranges and takes them back
+    (and forgets their captured changes) before it ends, pass or fail."""
+    with running(make_topology(tmp_path_factory.mktemp("fence"), shards=1, replicas=0)) as made:
+        yield made
 
 
 @pytest.fixture
