@@ -28,7 +28,9 @@ promotion (to the failover published) and Router follow (to the first acknowledg
 from __future__ import annotations
 
 import argparse
+import cProfile
 import faulthandler
+import pstats
 import statistics
 import sys
 import threading
@@ -43,6 +45,7 @@ from shardctl import Router
 from shardctl.ops.cluster import Cluster
 from shardctl.ops.monitor.events import Event
 from shardctl.ops.monitor.loop import Monitor
+from shardctl.ops.rolechange import Step
 from shardctl.ring.hashing import Ring
 from shardctl.state import catalog
 
@@ -134,7 +137,12 @@ class Seen:
             self.at.append((event.kind, event.shard, time.monotonic()))
         print(f"#   {event.line()}", file=sys.stderr, flush=True)
 
-    def first(self, kind: str, shard: str, after: float) -> float | None:
+    def step(self, step: Step) -> None:
+        """The monitor's ``after_step`` hook: when each step of its failover ended."""
+        with self.lock:
+            self.at.append((step, None, time.monotonic()))
+
+    def first(self, kind: str, shard: str | None, after: float) -> float | None:
         with self.lock:
             return min(
                 (t for k, s, t in self.at if k == kind and s == shard and t > after), default=None
@@ -155,22 +163,52 @@ def _wait(what: str, probe: Callable[[], float | None], timeout: float = 120) ->
 def monitor_round(cluster: Cluster, writes: Writes, seen: Seen) -> dict[str, float]:
     """One automatic failover of shard-1 (its acting primary killed) and the re-join after."""
     time.sleep(1.0)
+    # The acting primary as the catalog names it now (it changes every round), and the monitor
+    # watching it as healthy: a kill of anything else would never be noticed.
     cluster.follow_roles()
     primary = cluster.topology.shard_nodes("shard-1")[0]
-    cluster.engines.client(primary.placement).containers.get(primary.container).kill()
+    container = cluster.engines.client(primary.placement).containers.get(primary.container)
+    print(f"#   killing {primary.name}", file=sys.stderr, flush=True)
+    container.kill()
     killed = time.monotonic()
+    container.reload()
+    assert container.status != "running", f"{primary.name} still runs after the kill"
     suspect = _wait("failed probe", lambda: seen.first("suspect", "shard-1", killed), 60)
     decided = _wait("decision", lambda: seen.first("promote", "shard-1", killed))
+    published = _wait("publish", lambda: seen.first(Step.PUBLISHED, None, killed))
     promoted = _wait("promotion", lambda: seen.first("promoted", "shard-1", killed))
     first = _wait("write", lambda: writes.first_after("shard-1", killed))
     _wait("re-join", lambda: seen.first("rejoined", "shard-1", killed), timeout=180)
+    fenced = seen.first("step", "shard-1", decided) or decided
+    promoting = seen.first(Step.PROMOTED, None, decided) or published
     return {
         "kill_to_first_write_s": first - killed,
         "detection_s": suspect - killed,
         "decision_s": decided - suspect,
-        "promotion_s": promoted - decided,
-        "router_follow_s": max(0.0, first - promoted),
+        "promotion_s": published - decided,
+        "  lock_and_checks_s": fenced - decided,
+        "  fence_and_pg_promote_s": promoting - fenced,
+        "  publish_s": published - promoting,
+        "router_follow_s": max(0.0, first - published),
+        "published_to_reported_s": promoted - published,
     }
+
+
+def profile_to(path: str | None, target: Callable[[], None]) -> Callable[[], None]:
+    """``target`` run under cProfile (wall clock) when ``path`` is given; stats written there."""
+    if path is None:
+        return target
+
+    def run() -> None:
+        profiler = cProfile.Profile(time.perf_counter)
+        try:
+            profiler.runcall(target)
+        finally:
+            with open(path, "w", encoding="utf-8") as out:
+                stats = pstats.Stats(profiler, stream=out)
+                stats.sort_stats("cumulative").print_stats(r"shardctl|psycopg|docker", 60)
+
+    return run
 
 
 def main() -> None:
@@ -178,9 +216,12 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--monitor", action="store_true", help="automatic failover rounds")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="with --monitor: cProfile (wall clock) of the monitor"
+    )
     args = parser.parse_args()
     if args.monitor:
-        automatic(args.writers, args.rounds)
+        automatic(args.writers, args.rounds, args.profile)
         return
     with temp_cluster(shards=2, replicas=1) as cluster:
         ring = catalog.read_any(cluster.topology, cluster.credentials()).record().ring()
@@ -221,14 +262,14 @@ def table(results: list[dict[str, float]]) -> None:
         print(f"{name:32} {cells} {tail}")
 
 
-def automatic(writers: int, rounds: int) -> None:
+def automatic(writers: int, rounds: int, profile: str | None = None) -> None:
     """``--monitor``: rounds of automatic failover with the monitor's defaults."""
     with temp_cluster(shards=2, replicas=1, failover={"mode": "automatic"}) as cluster:
         ring = catalog.read_any(cluster.topology, cluster.credentials()).record().ring()
         detect = cluster.topology.failover("shard-1").detect_seconds
         writes, seen, stop = Writes(), Seen(), threading.Event()
-        watcher = Monitor(Cluster.load(cluster.topology.path), emit=seen.emit)
-        watching = threading.Thread(target=watcher.run, args=(stop,))
+        watcher = Monitor(Cluster.load(cluster.topology.path), emit=seen.emit, after_step=seen.step)
+        watching = threading.Thread(target=profile_to(profile, lambda: watcher.run(stop)))
         watching.start()
         with Router(cluster, max_size=writers, epoch_check_interval=0.5) as router:
             threads = [

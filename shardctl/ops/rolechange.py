@@ -191,7 +191,8 @@ class RoleChanger:
             self._provisioner(self.topology).stop(old)
         self.after_step(Step.STOPPED)
         self._wait_received_all(candidate, timeout)
-        new_record = self._promote_and_publish(shard, candidate, record, rejoin=record.rejoin)
+        notes: list[str] = []
+        new_record = self._promote_and_publish(shard, candidate, record, fenced=(), notes=notes)
         pause = time.monotonic() - fenced_at
         acting = self._provisioner(self.topology.with_acting(dict(new_record.primaries)))
         deadline = time.monotonic() + max(timeout, 60.0)
@@ -201,9 +202,11 @@ class RoleChanger:
             if other.name != candidate.name:
                 acting.follow(acting.topology.node(other.name), deadline)
         self.after_step(Step.REJOINED)
-        return RoleChange(
+        change = RoleChange(
             shard, old.name, candidate.name, new_record.epoch, pause, time.monotonic() - started
         )
+        change.notes += notes
+        return change
 
     # ------------------------------------------------------------------- failover
 
@@ -223,15 +226,17 @@ class RoleChanger:
         self.log(f"fencing {old.name} for good")
         on_disk = self._provisioner(self.topology).demote_on_disk(old)
         self.log(f"promoting {candidate.name}")
-        rejoin = tuple(sorted({*record.rejoin, old.name}))
-        new_record = self._promote_and_publish(shard, candidate, record, rejoin=rejoin)
+        notes: list[str] = []
+        new_record = self._promote_and_publish(
+            shard, candidate, record, fenced=(old.name,), notes=notes
+        )
         acting = self._provisioner(self.topology.with_acting(dict(new_record.primaries)))
         deadline = time.monotonic() + 60.0
         for other in replicas:
             if other.name != candidate.name:
                 self.log(f"re-pointing {other.name} to {candidate.name}")
                 acting.follow(acting.topology.node(other.name), deadline)
-        change = RoleChange(shard, old.name, candidate.name, new_record.epoch)
+        change = RoleChange(shard, old.name, candidate.name, new_record.epoch, notes=notes)
         change.possibly_lost = self._loss_statement(shard, chosen, usable, silent, started_at)
         spec = self.topology.replication_spec(shard)
         alone = spec.mode is Replication.SYNC and not [
@@ -351,8 +356,17 @@ class RoleChanger:
         )
 
     def _promote_and_publish(
-        self, shard: str, candidate: Node, record: catalog.RingRecord, *, rejoin: tuple[str, ...]
+        self,
+        shard: str,
+        candidate: Node,
+        record: catalog.RingRecord,
+        *,
+        fenced: tuple[str, ...],
+        notes: list[str],
     ) -> catalog.RingRecord:
+        """Promote ``candidate``, then write the epoch naming it (and listing ``fenced`` to
+        re-join) on it and on every other acting primary that answers (:func:`catalog.settle`:
+        another writer's epoch met on the way is built upon, not lost)."""
         with pg.connect(candidate, self.credentials, "postgres", deadline=75.0) as conn:
             row = conn.execute(
                 "SELECT CASE WHEN pg_catalog.pg_is_in_recovery() "
@@ -361,29 +375,45 @@ class RoleChanger:
         if row is None or not row[0]:
             raise RoleChangeError(f"{shard}: {candidate.name} did not finish promoting in 60 s")
         self.after_step(Step.PROMOTED)
-        primaries = dict(record.primaries) | {shard: candidate.name}
-        new = dataclasses.replace(
-            record,
-            epoch=record.epoch + 1,
-            primaries=tuple(sorted(primaries.items())),
-            rejoin=rejoin,
-            created_by=f"role change: {shard} -> {candidate.name}",
-        )
-        acting = self.topology.with_acting(primaries)
-        with pg.connect(
-            candidate, self.credentials, self.topology.spec.database, local_commit=True
-        ) as conn:
-            # Before any Router learns of it: under sync, no commit here without a replica.
-            wanted = policy.standby_names(acting, acting.node(candidate.name))
-            commit_waits_for_replicas(conn, wanted)
-            with conn.transaction():
-                _unfence(conn)
-                catalog.install(conn)
-                catalog.write(conn, new)
-            for node in acting.shard_nodes(shard)[1:]:
-                create_slot(conn, node)
-        others = [p for p in acting.primaries() if p.shard != shard]
-        catalog.publish(acting, self.credentials, new, primaries=others)
+
+        def change(current: catalog.RingRecord) -> catalog.RingRecord:
+            primaries = dict(current.primaries) | {shard: candidate.name}
+            return dataclasses.replace(
+                current,
+                primaries=tuple(sorted(primaries.items())),
+                rejoin=tuple(sorted({*current.rejoin, *fenced})),
+                created_by=f"role change: {shard} -> {candidate.name}",
+            )
+
+        missed: list[str] = []
+
+        def store(new: catalog.RingRecord) -> None:
+            acting = self.topology.with_acting(dict(new.primaries))
+            with pg.connect(
+                candidate, self.credentials, self.topology.spec.database, local_commit=True
+            ) as conn:
+                # Before any Router learns of it: under sync, no commit here without a replica.
+                wanted = policy.standby_names(acting, acting.node(candidate.name))
+                commit_waits_for_replicas(conn, wanted)
+                with conn.transaction():
+                    _unfence(conn)
+                    catalog.install(conn)
+                    catalog.write(conn, new)
+                for node in acting.shard_nodes(shard)[1:]:
+                    create_slot(conn, node)
+            # The other shards' primaries: one that does not answer (dead too, its host lost)
+            # learns the epoch later; the readers take the highest epoch of those that answer.
+            missed.clear()
+            others = [p for p in acting.primaries() if p.shard != shard]
+            catalog.publish(acting, self.credentials, new, primaries=others, unreachable=missed)
+
+        new = catalog.settle(record, change, store, self._current_record)
+        if missed:
+            notes.append(
+                f"the new epoch {new.epoch} could not be written to {', '.join(missed)} (not "
+                "answering): every reader takes the highest epoch of the nodes that answer, and "
+                "they get it when they answer again (`shardctl up`, or the monitor's next pass)"
+            )
         self.after_step(Step.PUBLISHED)
         return new
 

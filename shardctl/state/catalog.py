@@ -15,7 +15,10 @@ the new record with :func:`write` on every primary, over connections it opened b
 (so the write pause holds no connection set-up). Role changes write epochs too: :func:`publish`
 does the same write opening its own connections, for a switchover or failover
 (:mod:`shardctl.ops.rolechange`, the new acting roles) and for ``up`` (the epoch that clears
-the former primaries it re-joined); the tests use it to play a cut-over's flip.
+the former primaries it re-joined); the tests use it to play a cut-over's flip. Two writers of
+one epoch never both "succeed": the same epoch with different content is :class:`EpochTaken`,
+and role changes and re-joins write through :func:`settle`, which builds their change again on
+the other writer's record under a fresh epoch.
 
 **Reading.** :func:`read` asks every primary; the highest epoch wins. Primaries that disagree
 (missing catalog, older epoch — an interrupted cut-over — or, worst, different rings under one
@@ -30,8 +33,11 @@ epoch) are reported in :attr:`CatalogView.problems`. A topology that disagrees w
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -135,6 +141,27 @@ class RingRecord:
             other.nodes,
         )
 
+    def same_content(self, other: RingRecord) -> bool:
+        """Whether both records say the same thing: the ring and the acting roles (the epoch,
+        the time and who wrote it aside). What makes a second write of an epoch idempotent."""
+        return (
+            self.same_ring(other)
+            and dict(self.primaries) == dict(other.primaries)
+            and sorted(self.rejoin) == sorted(other.rejoin)
+        )
+
+
+class EpochTaken(CatalogError):
+    """Another writer stored different content under the epoch being written (two writers
+    raced: a failover and a re-join, two monitors, a monitor and ``shardctl failover``).
+
+    The caller reads the catalog again and writes its change on top of :attr:`existing`
+    under a fresh epoch (:func:`settle`)."""
+
+    def __init__(self, message: str, existing: RingRecord) -> None:
+        super().__init__(message)
+        self.existing = existing
+
 
 def initial_record(topology: Topology) -> RingRecord:
     """Epoch 1 as the topology declares it: its shards in order, its algorithm and vnodes."""
@@ -184,8 +211,10 @@ def read_epoch(conn: psycopg.Connection[Any], epoch: int) -> RingRecord | None:
 def write(conn: psycopg.Connection[Any], record: RingRecord) -> bool:
     """Store ``record`` unless its epoch is already there; True when written now.
 
-    Idempotent, so an interrupted operation can re-run it; a *different* ring already stored
-    under the same epoch is a :class:`CatalogError` (two writers raced).
+    Idempotent, so an interrupted operation can re-run it: the same ring and acting roles
+    already stored under the epoch are fine. *Different* content under the same epoch (another
+    ring, other primaries or another re-join list) is :class:`EpochTaken`: two writers raced,
+    and keeping either silently would lose the other's change.
     """
     with pg.bookkeeping(conn):  # never waits for a synchronous standby (docs/failover.md)
         cur = conn.execute(
@@ -206,10 +235,20 @@ def write(conn: psycopg.Connection[Any], record: RingRecord) -> bool:
         if cur.rowcount == 1:
             return True
         existing = read_epoch(conn, record.epoch)
-    if existing is None or not existing.same_ring(record):
-        raise CatalogError(
-            f"epoch {record.epoch} already holds a different ring "
-            f"({existing.nodes if existing else '?'}); refusing to overwrite it"
+    if existing is None:
+        raise CatalogError(f"epoch {record.epoch} vanished while being written; try again")
+    if not existing.same_ring(record):
+        raise EpochTaken(
+            f"epoch {record.epoch} already holds a different ring ({existing.nodes}); "
+            "refusing to overwrite it",
+            existing,
+        )
+    if not existing.same_content(record):
+        raise EpochTaken(
+            f"epoch {record.epoch} already holds other acting roles (primaries "
+            f"{dict(existing.primaries)}, rejoin {list(existing.rejoin)}; written by "
+            f"{existing.created_by!r}): another command or monitor wrote it at the same time",
+            existing,
         )
     return False
 
@@ -434,8 +473,14 @@ def publish(
     *,
     primaries: Sequence[Node] | None = None,
     timeout: float = 10.0,
+    unreachable: list[str] | None = None,
 ) -> list[str]:
-    """Write a new epoch to every primary, opening connections; idempotent. Names written."""
+    """Write a new epoch to every primary, opening connections; idempotent. Names written.
+
+    A primary that does not answer is DatabaseUnavailable, unless ``unreachable`` is given:
+    then its name is appended there and the others are written all the same. A primary
+    holding different content under the epoch is :class:`EpochTaken` either way.
+    """
     targets = list(primaries) if primaries is not None else list(topology.primaries())
 
     def put(conn: psycopg.Connection[Any]) -> bool:
@@ -443,6 +488,55 @@ def publish(
         return write(conn, record)
 
     done = pg.on_nodes(
-        topology, credentials, targets, put, timeout=timeout, strict=True, doing=DOING
+        topology,
+        credentials,
+        targets,
+        put,
+        timeout=timeout,
+        strict=unreachable is None,
+        doing=DOING,
     )
-    return sorted(n for n, w in done.items() if w)
+    if unreachable is not None:
+        unreachable += sorted(n for n, w in done.items() if isinstance(w, BaseException))
+    return sorted(n for n, w in done.items() if w is True)
+
+
+SETTLE_ATTEMPTS = 5
+"""How many fresh epochs :func:`settle` tries before it gives up (each after a short pause)."""
+
+
+def settle(
+    base: RingRecord,
+    change: Callable[[RingRecord], RingRecord],
+    store: Callable[[RingRecord], None],
+    reread: Callable[[], RingRecord],
+    *,
+    attempts: int = SETTLE_ATTEMPTS,
+    pause: Callable[[float], None] = time.sleep,
+) -> RingRecord:
+    """Write one change to the catalog as a new epoch, however many writers race for it.
+
+    ``change(current)`` is the next record built on ``current`` (its epoch is set here to
+    ``current.epoch + 1``); ``store`` writes it wherever it belongs. When ``store`` meets
+    another writer's record under that epoch (:class:`EpochTaken`), the change is built again
+    on top of that record (or on what ``reread`` finds, if it is newer) under a fresh epoch, so
+    both changes end up in the catalog. Bounded: CatalogError after ``attempts`` tries. The
+    record written is returned.
+    """
+    current = base
+    for attempt in range(attempts):
+        new = dataclasses.replace(change(current), epoch=current.epoch + 1)
+        try:
+            store(new)
+        except EpochTaken as raced:
+            if attempt == attempts - 1:
+                raise CatalogError(
+                    f"the catalog changed under this write {attempts} times in a row "
+                    f"(last: {raced}): run the command again"
+                ) from None
+            fresh = reread()
+            current = raced.existing if raced.existing.epoch >= fresh.epoch else fresh
+            pause(0.05 * (attempt + 1) + random.uniform(0, 0.1))  # let the other writer finish
+            continue
+        return new
+    raise AssertionError("unreachable")  # pragma: no cover

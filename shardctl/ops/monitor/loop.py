@@ -146,9 +146,11 @@ class Monitor:
     def once(self) -> None:
         """One pass over every shard (see the module docstring)."""
         credentials = self.cluster.credentials()
-        record = catalog.read_any(self.declared, credentials, timeout=PROBE_TIMEOUT).record()
+        view = catalog.read_any(self.declared, credentials, timeout=PROBE_TIMEOUT)
+        record = view.record()
         topology = self.declared.with_acting(dict(record.primaries))
         self._load_history(topology, credentials)
+        self._catch_up(topology, credentials, view)
         primaries = topology.primaries()
         looks = fanout.gather(
             {p.name: partial(self._probe, p, credentials) for p in primaries},
@@ -482,6 +484,34 @@ class Monitor:
             self.emit(
                 Event("note", f"failover history not written on {', '.join(missed)}", event.shard)
             )
+
+    def _catch_up(
+        self, topology: Topology, credentials: Credentials, view: catalog.CatalogView
+    ) -> None:
+        """Copy the current epoch to an acting primary that answers with an older one of the
+        same ring: it did not answer when a role change was published (docs/failover.md).
+        A different ring is a reshard's cut-over: that is ``rebalance --resume``'s to finish."""
+        record = view.record()
+        behind = [
+            p
+            for p in topology.primaries()
+            if (held := view.by_primary.get(p.name)) is not None
+            and held.epoch < record.epoch
+            and held.same_ring(record)
+        ]
+        if not behind:
+            return
+        with self._catalog_lock:
+            written = catalog.publish(
+                topology,
+                credentials,
+                record,
+                primaries=behind,
+                timeout=PROBE_TIMEOUT,
+                unreachable=[],
+            )
+        if written:
+            self.emit(Event("note", f"catalog epoch {record.epoch} copied to {', '.join(written)}"))
 
     def _beat(self, primaries: list[Node], credentials: Credentials) -> None:
         database = self.declared.spec.database

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 
@@ -142,35 +141,31 @@ class Rejoiner:
 
     def _forget_rejoined(self, node: Node) -> None:
         """Take ``node`` off the catalog's re-join list: one more epoch, on every acting primary
-        that answers, read and written again until it sticks (a failover of another shard may
-        write the same epoch at the same moment, and one of two equal epochs is kept)."""
+        that answers. Another writer of the same epoch (a failover of another shard, by this
+        monitor, another one or an operator) is built upon, never lost (:func:`catalog.settle`)."""
         credentials = self.cluster.credentials()
+
+        def reread() -> catalog.RingRecord:
+            return catalog.read_any(self.declared, credentials).record()
+
+        def change(current: catalog.RingRecord) -> catalog.RingRecord:
+            return dataclasses.replace(
+                current,
+                rejoin=tuple(n for n in current.rejoin if n != node.name),
+                created_by=f"monitor: re-joined {node.name}",
+            )
+
+        def store(new: catalog.RingRecord) -> None:
+            acting = self.declared.with_acting(dict(new.primaries))
+            catalog.publish(
+                acting,
+                credentials,
+                new,
+                timeout=LOCK_TIMEOUT * 2,
+                unreachable=[],  # a dead primary of another shard learns it later
+            )
+
         with self._catalog_lock:
-            for _ in range(3):
-                current = catalog.read_any(self.declared, credentials).record()
-                if node.name not in current.rejoin:
-                    return
-                acting = self.declared.with_acting(dict(current.primaries))
-                new = dataclasses.replace(
-                    current,
-                    epoch=current.epoch + 1,
-                    rejoin=tuple(n for n in current.rejoin if n != node.name),
-                    created_by=f"monitor: re-joined {node.name}",
-                )
-
-                def put(conn: psycopg.Connection[Any], record: catalog.RingRecord = new) -> bool:
-                    catalog.install(conn)
-                    return catalog.write(conn, record)
-
-                pg.on_nodes(
-                    acting,
-                    credentials,
-                    acting.primaries(),
-                    put,
-                    timeout=LOCK_TIMEOUT * 2,
-                    strict=False,
-                    doing=catalog.DOING,
-                )
-        self.emit(
-            Event("error", f"{node.name} is still listed to re-join", node.shard, "shardctl up")
-        )
+            current = reread()
+            if node.name in current.rejoin:
+                catalog.settle(current, change, store, reread)
