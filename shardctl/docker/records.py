@@ -98,6 +98,12 @@ class ContainerSpec:
     log_max_files: int = 3
     """Log rotation (json-file): left out of the config digest, so a node made before is not
     recreated for it; it applies to containers made from then on."""
+    dns_options: tuple[str, ...] = ("timeout:1", "attempts:1")
+    """The resolver's options in the container (``/etc/resolv.conf``). A stopped container's
+    name vanishes from Docker's DNS, which then asks the host's resolvers: where those are
+    slow or unreachable, a replica's WAL receiver sat up to 20 s in a name lookup that nothing
+    can interrupt, and a promotion waits for it (docs/failover.md). One second, one try.
+    Left out of the config digest, like the log rotation."""
 
 
 def create_arguments(spec: ContainerSpec) -> dict[str, object]:
@@ -127,6 +133,7 @@ def create_arguments(spec: ContainerSpec) -> dict[str, object]:
             "Type": "json-file",
             "Config": {"max-size": spec.log_max_size, "max-file": str(spec.log_max_files)},
         },
+        "dns_opt": list(spec.dns_options),
     }
 
 
@@ -137,7 +144,7 @@ def config_digest(spec: ContainerSpec) -> str:
     same configuration keep their digest and are not recreated.
     """
     arguments = create_arguments(spec)
-    del arguments["log_config"]
+    del arguments["log_config"], arguments["dns_opt"]
     environment = {k: v for k, v in spec.environment.items() if k not in spec.first_start_only}
     text = json.dumps(arguments | {"environment": environment}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -147,7 +154,7 @@ def spec_record(spec: ContainerSpec) -> str:
     """What the container is made from, as JSON (its ``shardctl.spec`` label): image, ports,
     mounts, server arguments and environment; the bootstrap script by its hash."""
     arguments = create_arguments(spec)
-    del arguments["log_config"]
+    del arguments["log_config"], arguments["dns_opt"]
     entrypoint = json.dumps(arguments.pop("entrypoint"))
     environment = {k: v for k, v in spec.environment.items() if k not in spec.first_start_only}
     record = arguments | {

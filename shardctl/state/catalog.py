@@ -237,6 +237,13 @@ def write(conn: psycopg.Connection[Any], record: RingRecord) -> bool:
         existing = read_epoch(conn, record.epoch)
     if existing is None:
         raise CatalogError(f"epoch {record.epoch} vanished while being written; try again")
+    refuse_other(existing, record)
+    return False
+
+
+def refuse_other(existing: RingRecord, record: RingRecord) -> None:
+    """:class:`EpochTaken` unless ``existing`` (stored under ``record``'s epoch) says the same
+    as ``record``: the rule that makes :func:`write` idempotent but never lossy."""
     if not existing.same_ring(record):
         raise EpochTaken(
             f"epoch {record.epoch} already holds a different ring ({existing.nodes}); "
@@ -250,7 +257,6 @@ def write(conn: psycopg.Connection[Any], record: RingRecord) -> bool:
             f"{existing.created_by!r}): another command or monitor wrote it at the same time",
             existing,
         )
-    return False
 
 
 def _record(row: Sequence[Any]) -> RingRecord:
