@@ -124,9 +124,19 @@ class Monitor:
             except Exception as exc:  # a bug: said loudly, but the watch goes on
                 detail = "".join(traceback.format_exception(exc)).strip().splitlines()
                 self.emit(Event("bug", f"{type(exc).__name__}: {exc} ({' | '.join(detail[-3:])})"))
-            stop.wait(max(0.05, self.interval - (self.clock() - began)))
+            stop.wait(max(0.05, min(self.interval - (self.clock() - began), self.due())))
         self.wait_for_rejoin()
         self.emit(Event("stopped", f"monitor {self.id} stopped"))
+
+    def due(self) -> float:
+        """Seconds until a failing primary will have failed for its ``detect_seconds`` (the
+        next pass is then, not up to an interval later); infinity when none is about to."""
+        now = self.clock()
+        ahead = [
+            since + self.declared.failover(shard).detect_seconds - now
+            for shard, (_, since) in self.failing_since.items()
+        ]
+        return min((s for s in ahead if s > 0), default=float("inf"))
 
     def decide_once(self) -> None:
         """Passes until no shard is merely suspect (a failing primary watched for its
