@@ -134,6 +134,12 @@ class Engines:
                 self._clients[endpoint] = client
             return self._clients[endpoint]
 
+    def forget_lost(self) -> None:
+        """Ask the engines judged lost again at their next use (a long-running process, the
+        monitor, sees a lost host come back)."""
+        with self._lock:
+            self._lost.clear()
+
     def endpoints(self, topology: Topology) -> list[Endpoint]:
         """Every distinct engine the topology's nodes run on."""
         return list(topology.placements())

@@ -156,6 +156,7 @@ class Monitor:
     def once(self) -> None:
         """One pass over every shard (see the module docstring)."""
         credentials = self.cluster.credentials()
+        self.cluster.engines.forget_lost()  # a lost host may be back: asked again each pass
         view = catalog.read_any(self.declared, credentials, timeout=PROBE_TIMEOUT)
         record = view.record()
         topology = self.declared.with_acting(dict(record.primaries))
