@@ -169,8 +169,9 @@ def monitor_round(cluster: Cluster, writes: Writes, seen: Seen) -> dict[str, flo
     primary = cluster.topology.shard_nodes("shard-1")[0]
     container = cluster.engines.client(primary.placement).containers.get(primary.container)
     print(f"#   killing {primary.name}", file=sys.stderr, flush=True)
-    container.kill()
+    # Before the call: under load `docker kill` may return after the monitor already saw it.
     killed = time.monotonic()
+    container.kill()
     container.reload()
     assert container.status != "running", f"{primary.name} still runs after the kill"
     suspect = _wait("failed probe", lambda: seen.first("suspect", "shard-1", killed), 60)

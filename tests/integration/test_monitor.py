@@ -130,11 +130,34 @@ def key_on(cluster: Cluster, shard: str) -> uuid.UUID:
             return key
 
 
+PREFERRED = {"mode": "sync", "durability": "preferred", "degrade_after": 1}
+
+
 def test_sync_required_primary_killed_two_monitors_one_promotion(
     cluster_factory: ClusterFactory,
 ) -> None:
-    cluster = cluster_factory(shards=2, replication="sync", failover=AUTOMATIC)
-    path = cluster.topology.path
+    """shard-0 sync/required is failed over; shard-1 (sync/preferred) takes writes all along,
+    and the monitors apply its durability policy when its standby goes and returns."""
+    made = cluster_factory(shards=2, up=False, replication="sync", failover=AUTOMATIC)
+    path = made.topology.path
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["shards"][1]["replication"] = PREFERRED
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with Cluster.load(path) as cluster:
+        cluster.up(timeout=180)
+        _two_monitors(cluster, path)
+
+
+def wait_event(monitors: list[Running], kind: str, shard: str, text: str) -> None:
+    deadline = time.monotonic() + 60
+    while not [
+        e for m in monitors for e in m.kinds(kind) if e["shard"] == shard and text in e["message"]
+    ]:
+        assert time.monotonic() < deadline, [m.events[-5:] for m in monitors]
+        time.sleep(0.1)
+
+
+def _two_monitors(cluster: Cluster, path: Path) -> None:
     preloaded = preload(cluster, 500)
     monitors = [Running(path, "--interval", "0.5"), Running(path, "--interval", "0.5")]
     old = cluster.topology.node("shard-0-primary")
@@ -176,6 +199,19 @@ def test_sync_required_primary_killed_two_monitors_one_promotion(
             acked = sum(w.acknowledged for w in writers)
             time.sleep(2.0)
             assert sum(w.acknowledged for w in writers) > acked  # writes flow again
+            # shard-1 is preferred: without its standby the monitor degrades it (it acknowledges
+            # as async, writes go on); with the standby back, sync is restored.
+            standby = sdk_container(cluster, cluster.topology.node("shard-1-replica-1"))
+            standby.stop()
+            wait_event(monitors, "durability", "shard-1", "degraded")
+            degraded_at = time.monotonic()
+            time.sleep(1.0)
+            assert any(at > degraded_at for at in other_acks)
+            standby.start()
+            wait_event(monitors, "durability", "shard-1", "sync restored")
+            restored_at = time.monotonic()
+            time.sleep(1.0)
+            assert any(at > restored_at for at in other_acks)
             stop.set()
             beside.join(timeout=60)
         assert [w.failed for w in writers] == [[], []]
