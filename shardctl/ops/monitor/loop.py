@@ -38,6 +38,7 @@ from shardctl.db import pg
 from shardctl.errors import DatabaseUnavailable, ShardctlError
 from shardctl.ops import durability
 from shardctl.ops.cluster import Cluster
+from shardctl.ops.monitor import writes
 from shardctl.ops.monitor.decide import (
     Decision,
     EngineSays,
@@ -90,6 +91,7 @@ class Monitor:
         self.id = _identity()
         self.host = socket.gethostname()
         self.started_at = datetime.now(UTC)
+        self.heartbeat = writes.Heartbeat(self.id, self.host, self.started_at)
         self.failing_since: dict[str, tuple[str, float]] = {}
         self.sync_standbys: dict[str, frozenset[str]] = {}
         self.automatic_at: dict[str, float] = {}
@@ -161,7 +163,8 @@ class Monitor:
         record = view.record()
         topology = self.declared.with_acting(dict(record.primaries))
         self._load_history(topology, credentials)
-        self._catch_up(topology, credentials, view)
+        with self._catalog_lock:
+            writes.catch_up(topology, credentials, view, self.emit)
         primaries = topology.primaries()
         looks = fanout.gather(
             {p.name: partial(self._probe, p, credentials) for p in primaries},
@@ -190,7 +193,7 @@ class Monitor:
             decision = decide(seen)
             self._note(decision)
             acted = self._act(topology, credentials, record, decision) or acted
-        self._beat(answered, credentials)
+        writes.beat(self.declared, answered, credentials, self.heartbeat, self.emit)
         self._apply_durability_policy(topology)
         if record.rejoin and not acted:
             self.rejoiner.start(topology, record, {p.shard for p in answered})
@@ -382,7 +385,7 @@ class Monitor:
             possibly_lost=change.possibly_lost,
             by=f"shardctl monitor {self.id}",
         )
-        self._record(after, credentials, event)
+        writes.record_failover(after, credentials, event, self.emit)
         history.record(  # what `shardctl history` lists, beside the manual role changes
             after.node(change.new_primary),
             credentials,
@@ -479,66 +482,6 @@ class Monitor:
             for conn in conns:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()  # a closed session releases its advisory locks
-
-    def _record(self, topology: Topology, credentials: Credentials, event: kept.Failover) -> None:
-        database = topology.spec.database
-
-        def put(node: Node) -> None:
-            with pg.connect(node, credentials, database, timeout=PROBE_TIMEOUT) as conn:
-                kept.record_failover(conn, event)
-
-        results = fanout.gather(
-            {p.name: partial(put, p) for p in topology.primaries()}, timeout=PROBE_TIMEOUT * 3
-        )
-        missed = [n for n, r in results.items() if isinstance(r, BaseException)]
-        if missed:
-            self.emit(
-                Event("note", f"failover history not written on {', '.join(missed)}", event.shard)
-            )
-
-    def _catch_up(
-        self, topology: Topology, credentials: Credentials, view: catalog.CatalogView
-    ) -> None:
-        """Copy the current epoch to an acting primary that answers with an older one of the
-        same ring: it did not answer when a role change was published (docs/failover.md).
-        A different ring is a reshard's cut-over: that is ``rebalance --resume``'s to finish."""
-        record = view.record()
-        behind = [
-            p
-            for p in topology.primaries()
-            if (held := view.by_primary.get(p.name)) is not None
-            and held.epoch < record.epoch
-            and held.same_ring(record)
-        ]
-        if not behind:
-            return
-        with self._catalog_lock:
-            written = catalog.publish(
-                topology,
-                credentials,
-                record,
-                primaries=behind,
-                timeout=PROBE_TIMEOUT,
-                unreachable=[],
-            )
-        if written:
-            self.emit(Event("note", f"catalog epoch {record.epoch} copied to {', '.join(written)}"))
-
-    def _beat(self, primaries: list[Node], credentials: Credentials) -> None:
-        database = self.declared.spec.database
-
-        def put(node: Node) -> None:
-            with pg.connect(node, credentials, database, timeout=PROBE_TIMEOUT) as conn:
-                kept.beat(conn, self.id, self.host, self.started_at)
-
-        results = fanout.gather(
-            {p.name: partial(put, p) for p in primaries}, timeout=PROBE_TIMEOUT * 2
-        )
-        for name, result in results.items():
-            if isinstance(result, BaseException):
-                self.emit(
-                    Event("error", f"heartbeat not written on {name}: {pg.failure_reason(result)}")
-                )
 
     def _apply_durability_policy(self, topology: Topology) -> None:
         """The sync durability policy, every pass: a ``preferred`` shard degrades to async
