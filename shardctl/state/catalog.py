@@ -514,7 +514,7 @@ SETTLE_ATTEMPTS = 5
 def settle(
     base: RingRecord,
     change: Callable[[RingRecord], RingRecord],
-    store: Callable[[RingRecord], None],
+    store: Callable[[RingRecord], object],
     reread: Callable[[], RingRecord],
     *,
     attempts: int = SETTLE_ATTEMPTS,
