@@ -1,26 +1,36 @@
-"""``shardctl load`` against PostgreSQL's own pgbench, on the same cluster, in the same run.
+"""``shardctl load`` against PostgreSQL's own pgbench, through the same published ports, with
+the same number of clients, on the same cluster, in the same run.
 
     python benchmarks/load_vs_pgbench.py [--clients 16] [--seconds 10] [--repeat 3]
+                                         [--mixes insert-only,default] [--protocol prepared]
+                                         [--pipelines 8,1] [--in-container] [--raw]
                                          [--users 1000,5000,10000] [--users-seconds 30]
                                          [--topology FILE]
 
 Brings up a 4 shards x 1 replica cluster (test image; removed afterwards) unless ``--topology``
-names a running one. Then, interleaved, best of ``--repeat`` rounds:
+names a running one. Then, interleaved, ``--repeat`` rounds of:
 
-- **pgbench**, the image's own binary (``/usr/lib/postgresql/15/bin/pgbench``), in one sibling
-  container per primary on the host's network, so it reaches each primary through its
-  published port exactly as ``shardctl load`` does; ``--clients`` spread evenly over the
-  primaries, extended protocol (what psycopg sends), as the application role;
-- **shardctl load** (the real CLI) with ``--workers`` equal to ``--clients`` and the same mix;
-- insert-only, also **psycopg alone** (no Router, no fence) with as many threads, or as many
-  coroutines on async pools, as the ceiling of any client written in Python on this machine;
+- **pgbench on the host** (``/usr/bin/pgbench``, a process of this machine like ``shardctl
+  load``): one pgbench per primary, all started together, each with its share of
+  ``--clients`` (4 per primary for 16; one connection and one thread per client), connecting
+  to the primary's published port (``127.0.0.1:<host port>``, the docker-proxy path ``load``
+  takes), as the application role, ``-M prepared`` by default (``load`` prepares its
+  statements on direct connections too; ``--protocol extended`` for unnamed statements);
+- **shardctl load** (the real CLI, in a subprocess) with ``--workers`` equal to ``--clients``
+  and the same mix, once per ``--pipelines`` value (``--pipeline 1``: one op per connection at
+  a time, the engine before multiplexing; 0: no ``--pipeline`` flag, for a ``load`` without);
+- with ``--in-container``, the former baseline too: the image's pgbench in one sibling
+  container per primary on the host's network;
+- with ``--raw``, insert-only, psycopg alone (no Router, no fence) with as many threads and as
+  many coroutines as clients.
 
-first insert-only (the upsert ``load`` sends, with a fresh ``gen_random_uuid()`` key), then the
-mix equal to ``load``'s default (insert 30, read 40, update 20, delete 10; pgbench's reads,
-updates and deletes hit rows preloaded with ``md5(n)::uuid`` keys, ``load``'s hit its own).
-Prints ops/s of each and the ratio load/pgbench, then the seed-style table of ``shardctl load
---users`` at 1,000 / 5,000 / 10,000 virtual users (``--users-seconds`` each, and the share of
-inserts: every new user's first op is one).
+Insert-only is ``load``'s upsert of the same row shape into the same table: a fresh uuid key
+(``gen_random_uuid()`` for pgbench, uuid4 for ``load``) and three text values
+``<column>-<12 hex digits>`` from a random 48-bit number. The default mix is ``load``'s
+(insert 30, read 40, update 20, delete 10; pgbench's reads, updates and deletes hit rows
+preloaded with ``md5(n)::uuid`` keys, ``load``'s hit its own). Prints ops/s of each per round,
+the ratio load/pgbench per round and its median, then optionally the seed-style table of
+``shardctl load --users`` (``--users-seconds`` each).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,16 +53,21 @@ from _cluster import temp_cluster
 from docker.models.containers import Container
 from load_models import raw_asyncio, raw_threads
 
+from shardctl.config import addresses
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
 
-PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
+HOST_PGBENCH = "/usr/bin/pgbench"
+IMAGE_PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 PRELOAD = 50_000
 """Rows per primary that pgbench's reads, updates and deletes pick from."""
 
 UPSERT = (
+    "\\set r random(0, 281474976710655)\n"
     "INSERT INTO users (id, first_name, last_name, email) VALUES (gen_random_uuid(), "
-    "'first_name-x', 'last_name-x', 'email-x') ON CONFLICT (id) DO UPDATE SET "
+    "'first_name-' || lpad(to_hex(:r::bigint), 12, '0'), "
+    "'last_name-' || lpad(to_hex(:r::bigint), 12, '0'), "
+    "'email-' || lpad(to_hex(:r::bigint), 12, '0')) ON CONFLICT (id) DO UPDATE SET "
     "first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, "
     "email = EXCLUDED.email, updated_at = now();\n"
 )
@@ -67,7 +83,7 @@ SCRIPTS = {
 }
 MIXES = {
     "insert-only": {"insert": 100},
-    "default mix": {"insert": 30, "read": 40, "update": 20, "delete": 10},
+    "default": {"insert": 30, "read": 40, "update": 20, "delete": 10},
 }
 
 
@@ -83,28 +99,84 @@ def preload(cluster: Cluster) -> None:
             conn.execute(statement, (PRELOAD,))
 
 
-def pgbench(cluster: Cluster, mix: dict[str, int], clients: int, seconds: float) -> float:
-    """Transactions per second of pgbench over all primaries (``clients`` spread over them)."""
-    primaries = cluster.topology.primaries()
-    folder = Path(tempfile.mkdtemp(prefix="shardctl-pgbench-"))
-    folder.chmod(0o755)
+def _scripts(folder: Path, mix: dict[str, int], inside: str) -> list[str]:
+    """Write ``mix``'s pgbench scripts into ``folder``; the ``-f`` arguments naming them as
+    seen from ``inside`` (the folder's path for pgbench)."""
     args: list[str] = []
     for op, weight in mix.items():
         (folder / f"{op}.sql").write_text(SCRIPTS[op], encoding="utf-8")
         (folder / f"{op}.sql").chmod(0o644)
-        args += ["-f", f"/bench/{op}.sql@{weight}"]
+        args += ["-f", f"{inside}/{op}.sql@{weight}"]
+    return args
+
+
+def _shares(clients: int, count: int) -> list[int]:
+    """``clients`` spread evenly over ``count`` primaries (the first get one more)."""
+    return [clients // count + (1 if i < clients % count else 0) for i in range(count)]
+
+
+def _tps(out: str, where: str) -> float:
+    found = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    if found is None:
+        raise SystemExit(f"pgbench failed on {where}:\n{out}")
+    return float(found.group(1))
+
+
+def pgbench_host(
+    cluster: Cluster, mix: dict[str, int], clients: int, seconds: float, protocol: str
+) -> float:
+    """Transactions per second of the host's pgbench (:data:`HOST_PGBENCH`) over all primaries:
+    one pgbench per primary, started together, each with its share of ``clients`` (one
+    connection each), reaching it through its published port as ``shardctl load`` does."""
+    primaries = cluster.topology.primaries()
+    login = cluster.credentials()
+    folder = Path(tempfile.mkdtemp(prefix="shardctl-pgbench-"))
+    args = _scripts(folder, mix, str(folder))
+    env = {**os.environ, "PGPASSWORD": login.app_password or "", "PGCONNECT_TIMEOUT": "5"}
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for node, share in zip(primaries, _shares(clients, len(primaries)), strict=True):
+            if share == 0:
+                continue
+            host, port = addresses.address(node, "direct")
+            procs.append(
+                subprocess.Popen(
+                    [HOST_PGBENCH, "-n", "-M", protocol, "-T", str(int(seconds)),
+                     "-c", str(share), "-j", str(share), "-h", host, "-p", str(port),
+                     "-U", login.app_user, *args, cluster.topology.spec.database],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                )
+            )  # fmt: skip
+        return sum(_tps(p.communicate(timeout=seconds + 60)[0], str(p.args)) for p in procs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def pgbench_containers(
+    cluster: Cluster, mix: dict[str, int], clients: int, seconds: float, protocol: str
+) -> float:
+    """The former baseline: the image's own pgbench, in one sibling container per primary on
+    the host's network (another pgbench build, run inside a container's cgroup)."""
+    primaries = cluster.topology.primaries()
+    folder = Path(tempfile.mkdtemp(prefix="shardctl-pgbench-"))
+    folder.chmod(0o755)
+    args = _scripts(folder, mix, "/bench")
     client = docker.from_env()
     image = cluster.topology.spec.image
     started: list[Container] = []
     try:
-        for i, node in enumerate(primaries):
-            share = clients // len(primaries) + (1 if i < clients % len(primaries) else 0)
+        for node, share in zip(primaries, _shares(clients, len(primaries)), strict=True):
             started.append(
                 client.containers.run(
                     image,
-                    [PGBENCH, "-n", "-M", "extended", "-T", str(int(seconds)), "-c", str(share),
-                     "-j", str(share), "-h", node.placement.advertise, "-p", str(node.host_port),
-                     "-U", cluster.credentials().app_user, *args, cluster.topology.spec.database],
+                    [IMAGE_PGBENCH, "-n", "-M", protocol, "-T", str(int(seconds)),
+                     "-c", str(share), "-j", str(share), "-h", node.placement.advertise,
+                     "-p", str(node.host_port), "-U", cluster.credentials().app_user, *args,
+                     cluster.topology.spec.database],
                     name=f"{node.container}-pgbench",
                     entrypoint=[],
                     network_mode="host",
@@ -118,10 +190,9 @@ def pgbench(cluster: Cluster, mix: dict[str, int], clients: int, seconds: float)
         for container in started:
             status = container.wait(timeout=seconds + 60)
             out = container.logs().decode(errors="replace")
-            found = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
-            if status.get("StatusCode") != 0 or found is None:
+            if status.get("StatusCode") != 0:
                 raise SystemExit(f"pgbench failed on {container.name}:\n{out}")
-            total += float(found.group(1))
+            total += _tps(out, str(container.name))
         return total
     finally:
         for container in started:
@@ -150,72 +221,93 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def run(
-    cluster: Cluster,
-    clients: int,
-    seconds: float,
-    repeat: int,
-    users: list[int],
-    users_seconds: float,
-) -> None:
+def median_ratio(rounds: list[dict[str, float]], name: str) -> float:
+    """The median over rounds of ``name`` / pgbench (each round's own pgbench)."""
+    return statistics.median(r[name] / r["pgbench"] for r in rounds if r["pgbench"])
+
+
+def run(cluster: Cluster, args: argparse.Namespace) -> None:
     """The interleaved comparison, then the virtual-user table."""
     preload(cluster)
     path = cluster.topology.path
+    clients, seconds = args.clients, args.seconds
+    pipelines = [int(p) for p in args.pipelines.split(",") if p.strip()]
     print(
-        f"# {clients} clients/workers, {seconds:g} s per run, best of {repeat}, interleaved "
-        f"(load average {_load()})"
+        f"# {clients} clients/workers, {seconds:g} s per run, {args.repeat} interleaved rounds, "
+        f"pgbench -M {args.protocol} (load average {_load()})"
     )
     infos = [
         pg.conninfo(n, cluster.credentials(), cluster.topology.spec.database)
         for n in cluster.topology.primaries()
     ]
-    print(
-        f"{'mix':<12} {'pgbench/s':>10} {'psycopg thr/s':>14} {'psycopg aio/s':>14} "
-        f"{'load/s':>8} {'load/pgbench':>13} {'psycopg/pgbench':>16}"
-    )
-    for name, mix in MIXES.items():
-        best = dict.fromkeys(("pgbench", "threads", "asyncio", "load"), 0.0)
-        for _ in range(repeat):
-            best["pgbench"] = max(best["pgbench"], pgbench(cluster, mix, clients, seconds))
-            if name == "insert-only":
-                # The Python client alone (no Router, no fence): the ceiling for load.
-                done = raw_threads(infos, clients, clients, seconds)
-                best["threads"] = max(best["threads"], done / seconds)
-                done = raw_asyncio(infos, clients, clients, seconds)
-                best["asyncio"] = max(best["asyncio"], done / seconds)
-            report = load(
-                path, "--workers", str(clients), "--duration", str(seconds), "--mix", mix_arg(mix)
-            )
-            best["load"] = max(best["load"], float(str(report["throughput"])))
-        raw = max(best["threads"], best["asyncio"])
-        print(
-            f"{name:<12} {best['pgbench']:>10,.0f} {best['threads']:>14,.0f} "
-            f"{best['asyncio']:>14,.0f} {best['load']:>8,.0f} "
-            f"{best['load'] / best['pgbench']:>13.2f} "
-            + (f"{raw / best['pgbench']:>16.2f}" if raw else f"{'-':>16}")
-        )
-    if users:
-        print(
-            f"\n# shardctl load --users {','.join(map(str, users))} --workers {clients} "
-            f"--duration {users_seconds:g}, default mix (load average {_load()})"
-        )
-        print(
-            f"{'users':>7} {'ops':>8} {'ops/s':>8} {'success':>8} {'mean ms':>8} "
-            f"{'p50':>8} {'p95':>8} {'p99':>8} {'inserts':>8}"
-        )
-        report = load(
-            path, "--users", ",".join(map(str, users)), "--workers", str(clients),
-            "--duration", str(users_seconds),
-        )  # fmt: skip
-        for row in report["steps"]:  # type: ignore[attr-defined]
-            total = row["total"]
-            inserts = next(r["ops"] for r in row["per_op"] if r["op"] == "insert")
+    for name in args.mixes.split(","):
+        mix = MIXES[name]
+        columns = ["pgbench"] + (["in-container"] if args.in_container else [])
+        columns += [f"load p{p}" if p else "load" for p in pipelines]
+        if args.raw and name == "insert-only":
+            columns += ["psycopg thr", "psycopg aio"]
+        print(f"\n## {name} (ops/s; ratio = x / host pgbench, same round)")
+        print(f"{'round':<6} {'load avg':>9} " + " ".join(f"{c:>13}" for c in columns))
+        rounds: list[dict[str, float]] = []
+        for i in range(args.repeat):
+            got: dict[str, float] = {}
+            before = _load()
+            got["pgbench"] = pgbench_host(cluster, mix, clients, seconds, args.protocol)
+            if args.in_container:
+                got["in-container"] = pgbench_containers(
+                    cluster, mix, clients, seconds, args.protocol
+                )
+            for pipe in pipelines:
+                report = load(
+                    path, "--workers", str(clients), "--duration", str(seconds),
+                    "--mix", mix_arg(mix), *(["--pipeline", str(pipe)] if pipe else []),
+                )  # fmt: skip
+                got[f"load p{pipe}" if pipe else "load"] = float(str(report["throughput"]))
+            if args.raw and name == "insert-only":
+                got["psycopg thr"] = raw_threads(infos, clients, clients, seconds) / seconds
+                got["psycopg aio"] = raw_asyncio(infos, clients, clients, seconds) / seconds
+            rounds.append(got)
             print(
-                f"{row['users']:>7,} {total['ops']:>8,} {total['throughput']:>8,.0f} "
-                f"{total['success_rate'] * 100:>7.2f}% {total['mean_ms']:>8.1f} "
-                f"{total['p50_ms']:>8.1f} {total['p95_ms']:>8.1f} {total['p99_ms']:>8.1f} "
-                f"{inserts / max(1, total['ops']):>8.0%}"
+                f"{i + 1:<6} {before.split()[0]:>9} "
+                + " ".join(f"{got[c]:>13,.0f}" for c in columns)
             )
+            print(
+                f"{'ratio':<6} {'':>9} "
+                + " ".join(f"{got[c] / got['pgbench']:>13.2f}" for c in columns)
+            )
+        print(
+            f"{'median':<6} {'':>9} "
+            + " ".join(f"{median_ratio(rounds, c):>13.2f}" for c in columns)
+            + f"   (load average now {_load()})"
+        )
+    if args.users:
+        users = [int(u) for u in args.users.split(",") if u.strip()]
+        users_table(path, users, clients, args.users_seconds)
+
+
+def users_table(path: Path, users: list[int], clients: int, users_seconds: float) -> None:
+    """The seed-style table of ``shardctl load --users``."""
+    print(
+        f"\n# shardctl load --users {','.join(map(str, users))} --workers {clients} "
+        f"--duration {users_seconds:g}, default mix (load average {_load()})"
+    )
+    print(
+        f"{'users':>7} {'ops':>8} {'ops/s':>8} {'success':>8} {'mean ms':>8} "
+        f"{'p50':>8} {'p95':>8} {'p99':>8} {'inserts':>8}"
+    )
+    report = load(
+        path, "--users", ",".join(map(str, users)), "--workers", str(clients),
+        "--duration", str(users_seconds),
+    )  # fmt: skip
+    for row in report["steps"]:  # type: ignore[attr-defined]
+        total = row["total"]
+        inserts = next(r["ops"] for r in row["per_op"] if r["op"] == "insert")
+        print(
+            f"{row['users']:>7,} {total['ops']:>8,} {total['throughput']:>8,.0f} "
+            f"{total['success_rate'] * 100:>7.2f}% {total['mean_ms']:>8.1f} "
+            f"{total['p50_ms']:>8.1f} {total['p95_ms']:>8.1f} {total['p99_ms']:>8.1f} "
+            f"{inserts / max(1, total['ops']):>8.0%}"
+        )
 
 
 def main() -> None:
@@ -224,18 +316,22 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--users", default="1000,5000,10000")
+    parser.add_argument("--mixes", default="insert-only,default")
+    parser.add_argument("--protocol", choices=("prepared", "extended"), default="prepared")
+    parser.add_argument("--pipelines", default="8,1")
+    parser.add_argument("--in-container", action="store_true")
+    parser.add_argument("--raw", action="store_true")
+    parser.add_argument("--users", default="")
     parser.add_argument("--users-seconds", type=float, default=30.0)
     parser.add_argument("--topology", type=Path, default=None)
     args = parser.parse_args()
-    users = [int(u) for u in args.users.split(",") if u.strip()]
     started = time.monotonic()
     with ExitStack() as stack:
         if args.topology is not None:
             cluster = stack.enter_context(Cluster.load(args.topology))
         else:
             cluster = stack.enter_context(temp_cluster(shards=4, replicas=1))
-        run(cluster, args.clients, args.seconds, args.repeat, users, args.users_seconds)
+        run(cluster, args)
     print(f"# {time.monotonic() - started:.0f} s in all (load average {_load()})")
 
 

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from shardctl.workload.report import LoadReport
     from shardctl.workload.users import LoadConfig
 
+PIPELINE = 8
+"""``--pipeline``'s default: ops one connection carries at once (see docs/benchmarks.md)."""
 MAX_USERS = 100_000
 """The most virtual users ``--users`` takes (each is a few hundred bytes, no thread)."""
 
@@ -53,6 +55,16 @@ def load(
             help="Worker threads: ops in flight at once, and connections per node at most.",
         ),
     ] = 8,
+    pipeline: Annotated[
+        int,
+        number_option(
+            "--pipeline",
+            low=1,
+            high=256,
+            help="Ops one connection carries at once, several users' pipelined; 1: one op "
+            "per worker at a time.",
+        ),
+    ] = PIPELINE,
     users: Annotated[
         str | None,
         typer.Option(
@@ -166,7 +178,7 @@ def load(
             _check_workers(router, workers)
             _run_load(
                 router,
-                _config(workers, duration, ops, mix, read_from, ledger, seed, counts),
+                _config(workers, duration, ops, mix, read_from, ledger, seed, counts, pipeline),
                 counts,
                 output,
             )
@@ -238,6 +250,7 @@ def _config(
     ledger: Path | None,
     seed: int | None,
     counts: list[int] | None,
+    pipeline: int = 1,
 ) -> LoadConfig:
     from shardctl.workload.users import LoadConfig, Mix
 
@@ -250,6 +263,7 @@ def _config(
         ledger=ledger,
         seed=seed,
         users=counts[0] if counts else None,
+        pipeline=pipeline,
     )
 
 

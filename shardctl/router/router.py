@@ -354,13 +354,21 @@ class Router:
         """Run a fenced transaction on ``key``'s owner; then, if it ``writes`` and the key's
         range is moving, the dual write to the shard it is moving to (a read needs none)."""
         result = self._call(lambda r: r.owner(key), owned, "primary", key=key)
+        if writes:
+            self.written(key)
+        return result
+
+    def written(self, key: object) -> None:
+        """After a write to ``key`` committed on its owner: when the key's range is moving, bring
+        it to the shard it is moving to (the dual write :meth:`execute` does by itself). For
+        callers that write on the owner their own way, e.g. several keys pipelined on one of
+        :meth:`on_shard`'s connections."""
         routing = self._watcher.taken
-        if writes and routing is not None and routing.moving:
+        if routing is not None and routing.moving:
             owner = routing.owner(key)
             target = routing.moving_target(key, owner)
             if target is not None:
                 self._dual_writes.bring(key, owner, target)
-        return result
 
     def _call(
         self,

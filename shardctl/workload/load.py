@@ -24,6 +24,7 @@ from shardctl.errors import UsageError
 from shardctl.router.router import Router
 from shardctl.util import fanout
 from shardctl.workload.ledger import Ledger
+from shardctl.workload.multiplex import Multiplexer
 from shardctl.workload.report import LoadProgress, LoadReport, report
 from shardctl.workload.target import Target, on_any_shard, target
 from shardctl.workload.users import OVERRUN, LoadConfig, Statements, VirtualUser, Worker
@@ -109,7 +110,6 @@ def run_load(
     try:
         statements = on_any_shard(router, lambda conn: Statements(table, conn))
         budget = _budget(config.ops)
-        workers = [Worker(router, config, ledger, budget, table, statements) for _ in range(width)]
         crowd = [] if crowd is None else crowd
         crowd.extend(VirtualUser(i, config.seed) for i in range(len(crowd), users))
         ready = deque(crowd[:users])
@@ -118,7 +118,20 @@ def run_load(
             # New virtual users first get a key each, outside the measured run: else a run with
             # many new users would measure mostly their first inserts, not the mix.
             warmed = _warm_up(router, config, ledger, table, statements, width, ready, stop)
-        seconds = _drive(workers, ready, stop, config, progress, interval)
+        if config.pipeline > 1:
+            mux = Multiplexer(
+                router, config, ledger, budget, table, statements,
+                width=width, threads=threads(width, config.pipeline, len(router.ring.nodes)),
+                depth=config.pipeline,
+            )  # fmt: skip
+            workers = mux.workers
+            tasks = partial(mux.tasks, list(ready))
+        else:
+            workers = [
+                Worker(router, config, ledger, budget, table, statements) for _ in range(width)
+            ]
+            tasks = partial(_one_at_a_time, workers, ready)
+        seconds = _drive(workers, tasks, ready, stop, config, progress, interval)
     finally:
         if own and ledger is not None:
             ledger.close()
@@ -150,16 +163,32 @@ def _budget(limit: int | None) -> Callable[[], bool]:
     return budget
 
 
+def threads(width: int, depth: int, shards: int) -> int:
+    """Threads to carry ``width`` ops in flight ``depth`` per connection: enough for every
+    shard to have a batch running at once, never more than ``width`` (so never more
+    connections per node than the workers')."""
+    return min(width, max(-(-width // depth), shards))
+
+
+def _one_at_a_time(
+    workers: list[Worker], ready: deque[VirtualUser], halt: threading.Event, cut_at: float | None
+) -> dict[int, Callable[[], None]]:
+    """Each worker thread serves one user's op at a time from ``ready``."""
+    return {i: partial(w.run, ready, halt, cut_at) for i, w in enumerate(workers)}
+
+
 def _drive(
     workers: list[Worker],
+    tasks: Callable[[threading.Event, float | None], dict[int, Callable[[], None]]],
     ready: deque[VirtualUser],
     stop: threading.Event,
     config: LoadConfig,
     progress: Callable[[LoadProgress], None] | None,
     interval: float,
 ) -> float:
-    """Run ``workers`` on the ``ready`` users until the duration, the op budget or ``stop``,
-    reporting ``progress`` every ``interval`` seconds; the seconds the run took."""
+    """Run the ``tasks`` of ``workers`` on the ``ready`` users until the duration, the op
+    budget or ``stop``, reporting ``progress`` every ``interval`` seconds; the seconds the run
+    took."""
     halt = threading.Event()  # the caller's stop, or the deadline: ``stop`` is only read
     started = time.monotonic()
     now = time.perf_counter()
@@ -168,9 +197,7 @@ def _drive(
     deadline = None if config.duration is None else started + config.duration
     # An op still running at the end (a frozen node) is cut short soon after: --duration holds.
     cut_at = None if deadline is None else deadline + OVERRUN
-    running = fanout.Background(
-        {i: partial(w.run, ready, halt, cut_at) for i, w in enumerate(workers)}, prefix="load"
-    )
+    running = fanout.Background(tasks(halt, cut_at), prefix="load")
     try:
         while running.alive():
             if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):

@@ -83,6 +83,9 @@ class LoadConfig:
     seed: int | None = None
     table: str | None = None
     """The declared table to write (None: the first in the topology's ``tables``)."""
+    pipeline: int = 1
+    """Ops one connection carries at once (several users', see
+    :mod:`shardctl.workload.multiplex`); 1: each worker thread runs one op at a time."""
 
 
 class VirtualUser:
@@ -157,6 +160,16 @@ class Statements:
         )
 
 
+@dataclass(slots=True)
+class Drawn:
+    """One op a user is to run: its type, key and the value it writes (None: reads, deletes)."""
+
+    user: VirtualUser
+    op: str
+    key: str
+    value: Value | None
+
+
 class Worker:
     """One worker thread: takes the user that has waited longest, runs its next op, puts it
     back. Workers are what hold connections, so they bound them, whatever the user count."""
@@ -209,6 +222,16 @@ class Worker:
     def one(self, user: VirtualUser, op: str | None = None) -> None:
         """One op of ``user`` (drawn from the mix unless given), its response time counted
         from when the user was ready."""
+        drawn = self.draw(user, op)
+        try:
+            rows = self.call(drawn.op, drawn.key, drawn.value)
+        except Exception as exc:  # every failure is counted; none stops a worker
+            self.settle(drawn, exc)
+            return
+        self.settle(drawn, rows)
+
+    def draw(self, user: VirtualUser, op: str | None = None) -> Drawn:
+        """``user``'s next op (from the mix unless given), its key and the value it writes."""
         if op is None:
             op = user.rng.choices(OPS, self.weights)[0]
         if op != "insert" and not user.live:
@@ -218,26 +241,29 @@ class Worker:
         else:
             key = user.live[user.rng.randrange(len(user.live))]
         value = self.target.value(user.rng.getrandbits(48)) if op in ("insert", "update") else None
-        try:
-            rows = self.call(op, key, value)
-        except Exception as exc:  # every failure is counted; none stops a worker
-            self.stats.failures[op].append(f"{type(exc).__name__}: {first_line(exc)}")
-            self.stats.latencies[op].append(time.perf_counter() - user.ready_since)
+        return Drawn(user, op, key, value)
+
+    def settle(self, drawn: Drawn, outcome: int | Exception) -> None:
+        """Count an op whose outcome is known (rows it touched or found, or why it failed),
+        update its user's keys and the ledger."""
+        user, op, key, value = drawn.user, drawn.op, drawn.key, drawn.value
+        self.stats.latencies[op].append(time.perf_counter() - user.ready_since)
+        if isinstance(outcome, Exception):
+            self.stats.failures[op].append(f"{type(outcome).__name__}: {first_line(outcome)}")
             if op != "read":
                 if op != "insert":
                     user.retire(key)
                 if self.ledger is not None:
                     self.ledger.record(user.index, key, op, value, ok=False)
             return
-        self.stats.latencies[op].append(time.perf_counter() - user.ready_since)
         if op == "insert":
             user.live.append(key)
         elif op == "delete":
             user.retire(key)
-        if op != "insert" and rows == 0 and (op != "read" or self.config.read_from == "primary"):
+        if op != "insert" and outcome == 0 and (op != "read" or self.config.read_from == "primary"):
             self.stats.anomalies += 1
         if op != "read" and self.ledger is not None:
-            self.ledger.record(user.index, key, op, value, rows=rows)
+            self.ledger.record(user.index, key, op, value, rows=outcome)
 
     def call(self, op: str, key: str, value: Value | None) -> int:
         """Run ``op`` through the Router; rows it touched (read: rows it found)."""
