@@ -30,7 +30,7 @@ from shardctl.errors import ShardctlError
 from shardctl.router.fencing import ASSERT_OWNER
 from shardctl.router.router import Router
 from shardctl.workload.ledger import Ledger
-from shardctl.workload.pipeline import Call, Outcome, numbered, run_batch, text
+from shardctl.workload.pipeline import Call, Outcome, Statement, numbered, run_batch, text
 from shardctl.workload.report import OPS
 from shardctl.workload.target import Target
 from shardctl.workload.users import Drawn, LoadConfig, Statements, VirtualUser, Worker
@@ -67,8 +67,13 @@ class Multiplexer:
         self.workers = [
             Worker(router, config, ledger, budget, target, statements) for _ in range(threads)
         ]
-        self._sql = {op: numbered(getattr(statements, op)) for op in OPS}
-        self._owner = numbered(ASSERT_OWNER.encode())
+        self._sql = {
+            op: Statement(f"shardctl_load_{op}".encode(), numbered(getattr(statements, op)))
+            for op in OPS
+        }
+        self._owner = Statement(b"shardctl_load_owner", numbered(ASSERT_OWNER.encode()))
+        # Prepared by name on direct connections, as the Router's pools prepare (see pools).
+        self._prepared = router.via == "direct"
         self._columns = [c.name for c in target.columns]
         self._queues: dict[str, deque[Drawn]] = {}
         self._busy = 0
@@ -158,7 +163,9 @@ class Multiplexer:
         cut = time.monotonic() + self.router.deadline
         cut = cut if until is None else min(cut, until)
         try:
-            outcomes = self.router.on_shard(shard, lambda conn: run_batch(conn, calls, cut))
+            outcomes = self.router.on_shard(
+                shard, lambda conn: run_batch(conn, calls, cut, prepared=self._prepared)
+            )
         except Exception as exc:  # no connection within the deadline: it is spent
             return [exc] * len(batch)
         settled: list[Outcome] = []

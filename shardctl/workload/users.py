@@ -191,6 +191,9 @@ class Worker:
         self.q = statements
         self.weights = config.mix.weights()
         self.stats = Stats()
+        # New keys are never seeded (reruns must not collide): from 256 bits of the system's
+        # randomness, not a system call per key (os.urandom costs tens of us under load).
+        self.keys = random.Random(os.urandom(32))
 
     def run(self, ready: deque[VirtualUser], stop: threading.Event, until: float | None) -> None:
         """Serve users from ``ready`` until ``stop`` or the op budget says so; an op still
@@ -237,7 +240,7 @@ class Worker:
         if op != "insert" and not user.live:
             op = "insert"
         if op == "insert":
-            key = self.target.new_key(os.urandom(16))  # never seeded: reruns must not collide
+            key = self.target.new_key(self.keys.randbytes(16))
         else:
             key = user.live[user.rng.randrange(len(user.live))]
         value = self.target.value(user.rng.getrandbits(48)) if op in ("insert", "update") else None
