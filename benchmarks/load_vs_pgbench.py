@@ -29,8 +29,10 @@ Insert-only is ``load``'s upsert of the same row shape into the same table: a fr
 ``<column>-<12 hex digits>`` from a random 48-bit number. The default mix is ``load``'s
 (insert 30, read 40, update 20, delete 10; pgbench's reads, updates and deletes hit rows
 preloaded with ``md5(n)::uuid`` keys, ``load``'s hit its own). Prints ops/s of each per round,
-the ratio load/pgbench per round and its median, then optionally the seed-style table of
-``shardctl load --users`` (``--users-seconds`` each).
+the ratio load/pgbench per round and its median, the client's CPU per op (the median over
+rounds: pgbench's processes, and ``load``'s less its start-up, measured first with ``--ops
+1``), then optionally the seed-style table of ``shardctl load --users`` (``--users-seconds``
+each).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -200,8 +203,16 @@ def pgbench_containers(
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children so far (user and system)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def load(topology: Path, *args: str) -> dict[str, object]:
-    """The JSON report of one ``shardctl load`` run (the real CLI, in a subprocess)."""
+    """The JSON report of one ``shardctl load`` run (the real CLI, in a subprocess), with the
+    CPU seconds the process used as ``cpu``."""
+    used = children_cpu()
     done = subprocess.run(
         [sys.executable, "-m", "shardctl", "load", "-f", str(topology), *args, "-o", "json"],
         capture_output=True, text=True, check=False, timeout=900,
@@ -209,6 +220,7 @@ def load(topology: Path, *args: str) -> dict[str, object]:
     if done.returncode not in (0, 1):
         raise SystemExit(f"shardctl load {' '.join(args)} failed:\n{done.stderr}")
     report: dict[str, object] = json.loads(done.stdout)
+    report["cpu"] = children_cpu() - used
     return report
 
 
@@ -228,7 +240,8 @@ def median_ratio(rounds: list[dict[str, float]], name: str) -> float:
 
 def run(cluster: Cluster, args: argparse.Namespace) -> None:
     """The interleaved comparison, then the virtual-user table."""
-    preload(cluster)
+    if any(op != "insert" for name in args.mixes.split(",") for op in MIXES[name]):
+        preload(cluster)
     path = cluster.topology.path
     clients, seconds = args.clients, args.seconds
     pipelines = [int(p) for p in args.pipelines.split(",") if p.strip()]
@@ -240,6 +253,12 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
         pg.conninfo(n, cluster.credentials(), cluster.topology.spec.database)
         for n in cluster.topology.primaries()
     ]
+    # What a load process costs before its run (imports, catalog reads): left out of its
+    # CPU per op below.
+    startup = statistics.median(
+        float(str(load(path, "--ops", "1", "--mix", "insert=100")["cpu"])) for _ in range(3)
+    )
+    print(f"# shardctl load start-up: {startup:.2f} CPU s (left out of CPU per op)")
     for name in args.mixes.split(","):
         mix = MIXES[name]
         columns = ["pgbench"] + (["in-container"] if args.in_container else [])
@@ -249,10 +268,13 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
         print(f"\n## {name} (ops/s; ratio = x / host pgbench, same round)")
         print(f"{'round':<6} {'load avg':>9} " + " ".join(f"{c:>13}" for c in columns))
         rounds: list[dict[str, float]] = []
+        cpu: dict[str, list[float]] = {c: [] for c in columns}
         for i in range(args.repeat):
             got: dict[str, float] = {}
             before = _load()
+            used = children_cpu()
             got["pgbench"] = pgbench_host(cluster, mix, clients, seconds, args.protocol)
+            cpu["pgbench"].append((children_cpu() - used) / (got["pgbench"] * seconds))
             if args.in_container:
                 got["in-container"] = pgbench_containers(
                     cluster, mix, clients, seconds, args.protocol
@@ -262,7 +284,10 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
                     path, "--workers", str(clients), "--duration", str(seconds),
                     "--mix", mix_arg(mix), *(["--pipeline", str(pipe)] if pipe else []),
                 )  # fmt: skip
-                got[f"load p{pipe}" if pipe else "load"] = float(str(report["throughput"]))
+                column = f"load p{pipe}" if pipe else "load"
+                got[column] = float(str(report["throughput"]))
+                spent = float(str(report["cpu"])) - startup
+                cpu[column].append(spent / max(1, int(str(report["ops"]))))
             if args.raw and name == "insert-only":
                 got["psycopg thr"] = raw_threads(infos, clients, clients, seconds) / seconds
                 got["psycopg aio"] = raw_asyncio(infos, clients, clients, seconds) / seconds
@@ -279,6 +304,14 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
             f"{'median':<6} {'':>9} "
             + " ".join(f"{median_ratio(rounds, c):>13.2f}" for c in columns)
             + f"   (load average now {_load()})"
+        )
+        print(
+            f"{'CPU us/op':<16} "
+            + " ".join(
+                f"{statistics.median(cpu[c]) * 1e6:>13,.0f}" if cpu[c] else f"{'-':>13}"
+                for c in columns
+            )
+            + "   (the client process's, median over rounds)"
         )
     if args.users:
         users = [int(u) for u in args.users.split(",") if u.strip()]

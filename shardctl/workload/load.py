@@ -121,8 +121,7 @@ def run_load(
         if config.pipeline > 1:
             mux = Multiplexer(
                 router, config, ledger, budget, table, statements,
-                width=width, threads=threads(width, config.pipeline, len(router.ring.nodes)),
-                depth=config.pipeline,
+                width=width, depth=config.pipeline,
             )  # fmt: skip
             workers = mux.workers
             tasks = partial(mux.tasks, list(ready))
@@ -161,13 +160,6 @@ def _budget(limit: int | None) -> Callable[[], bool]:
         return limit is None or next(counter) < limit
 
     return budget
-
-
-def threads(width: int, depth: int, shards: int) -> int:
-    """Threads to carry ``width`` ops in flight ``depth`` per connection: enough for every
-    shard to have a batch running at once, never more than ``width`` (so never more
-    connections per node than the workers')."""
-    return min(width, max(-(-width // depth), shards))
 
 
 def _one_at_a_time(

@@ -1,11 +1,15 @@
-"""Virtual users multiplexed: a few threads carry many users' ops, several at once on one
-connection (:mod:`shardctl.workload.pipeline`), instead of one thread and one round trip per op.
+"""Virtual users multiplexed: each worker thread may carry several users' ops at once on one
+connection (:mod:`shardctl.workload.pipeline`), instead of one op and one round trip at a time
+through psycopg's cursors.
 
 Each user's next op goes to the queue of the shard that owns its key. A free thread takes the
-queue whose first op has waited longest, up to ``depth`` ops of it, and runs them pipelined on
-one connection to that shard's primary, through :meth:`Router.on_shard` (the Router's pools,
-deadline and watchdog). Each user has one op in flight at most, so its own ops stay in order;
-users never share a key, so ops of one batch are independent.
+queue whose first op has waited longest, up to ``depth`` of its ops (fewer when ``--workers``
+ops are already in flight), and runs them pipelined on one connection to that shard's primary,
+through :meth:`Router.on_shard` (the Router's pools, deadline and watchdog). There are as many
+threads as workers, so as many connections can commit at once as with one op per thread (the
+server's group commit needs them: a connection's pipelined commits wait for one another's WAL
+flush). Each user has one op in flight at most, so its own ops stay in order; users never share
+a key, so ops of one batch are independent.
 
 Every op keeps the Router's guarantees: the primary's guard refuses a write to a key it gave
 away (SC001), and such an op, any op whose outcome is unknown (a broken connection), and an
@@ -43,7 +47,7 @@ WAIT = 0.05
 
 
 class Multiplexer:
-    """``threads`` threads serving users, each carrying up to ``depth`` ops on one connection,
+    """``width`` threads serving users, each carrying up to ``depth`` ops on one connection,
     ``width`` ops in flight at most in all."""
 
     def __init__(
@@ -56,7 +60,6 @@ class Multiplexer:
         statements: Statements,
         *,
         width: int,
-        threads: int,
         depth: int,
     ) -> None:
         self.router = router
@@ -65,7 +68,7 @@ class Multiplexer:
         self.depth = depth
         self.budget = budget
         self.workers = [
-            Worker(router, config, ledger, budget, target, statements) for _ in range(threads)
+            Worker(router, config, ledger, budget, target, statements) for _ in range(width)
         ]
         self._sql = {
             op: Statement(f"shardctl_load_{op}".encode(), numbered(getattr(statements, op)))
@@ -110,7 +113,7 @@ class Multiplexer:
         with self._cond:
             for shard, d in routed:
                 self._queues.setdefault(shard, deque()).append(d)
-            self._cond.notify_all()
+            self._cond.notify(len(routed))  # not all: a herd of threads costs the client CPU
 
     def _take(self, halt: threading.Event) -> tuple[str, list[Drawn]] | None:
         """The shard whose first op has waited longest and up to ``depth`` of its ops (fewer
@@ -149,7 +152,8 @@ class Multiplexer:
                     with self._cond:
                         self._busy -= 1
                         self._flying -= len(batch)
-                        self._cond.notify_all()
+                        if self._busy == 0:
+                            self._cond.notify_all()  # the last one out: others may be done
                 self._enqueue(following)
 
     def _run(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, LiteralString
@@ -197,3 +199,40 @@ def test_virtual_users_end_on_time_while_a_primary_is_frozen(shared_cluster: Clu
     assert report["warm_up"] < 500  # cut short: the frozen shard's users got no key in it
     assert wall < 30, wall  # start-up, a warm-up of at most 2.5 s, the run; never the 60 s
     assert result.returncode == 1
+
+
+def test_pipelined_ops_stay_exact_when_their_connections_are_killed(
+    shared_cluster: Cluster, tmp_path: Path
+) -> None:
+    """`load --pipeline 8` (several users' ops on one connection) while the application
+    role's backends on every primary are terminated again and again: batches break with
+    results unread, and the ledger still verifies (an op is acknowledged only once known)."""
+    book = tmp_path / "killed.jsonl"
+    topology, credentials = shared_cluster.topology, shared_cluster.credentials()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "shardctl", "load", "-f", str(topology.path), "--duration", "4",
+         "--workers", "8", "--pipeline", "8", "--ledger", str(book), "-o", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    conns = [pg.connect(n, credentials, topology.spec.database) for n in topology.primaries()]
+    killed = 0
+    try:
+        while run.poll() is None:
+            for conn in conns:
+                row = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE usename = %s AND backend_type = 'client backend'",
+                    (credentials.app_user,),
+                ).fetchone()
+                killed += int(str(row[0])) if row else 0
+            time.sleep(0.3)
+    finally:
+        for conn in conns:
+            conn.close()
+        out, err = run.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    report = json.loads(out)
+    assert killed > 0 and report["ops"] > 0, (killed, report["ops"])
+    code, check = verify(shared_cluster, book)
+    assert code == 0, check
+    assert check["lost"] == check["stale"] == check["resurrected"] == 0
