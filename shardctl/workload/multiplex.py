@@ -30,7 +30,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
 
-from shardctl.errors import ShardctlError
+from shardctl.errors import RoutingError, ShardctlError
 from shardctl.router.fencing import ASSERT_OWNER
 from shardctl.router.router import Router
 from shardctl.workload.ledger import Ledger
@@ -170,6 +170,8 @@ class Multiplexer:
             outcomes = self.router.on_shard(
                 shard, lambda conn: run_batch(conn, calls, cut, prepared=self._prepared)
             )
+        except RoutingError:  # the shard left the topology since: the ring knows the owner
+            return [self._alone(worker, d) for d in batch]
         except Exception as exc:  # no connection within the deadline: it is spent
             return [exc] * len(batch)
         settled: list[Outcome] = []
