@@ -114,7 +114,7 @@ def run_batch(
         _collect(pgconn, outcomes, until)
         pgconn.exit_pipeline_mode()
         clean = True
-    except psycopg.Error as exc:
+    except (psycopg.Error, OSError, ValueError) as exc:  # ValueError: select on a closed socket
         outcomes = [exc if o is None else o for o in outcomes]
     finally:
         if not clean:
