@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from shardctl.workload.report import LoadReport
     from shardctl.workload.users import LoadConfig
 
-PIPELINE = 8
+PIPELINE = 1
 """``--pipeline``'s default: ops one connection carries at once (see docs/benchmarks.md)."""
 MAX_USERS = 100_000
 """The most virtual users ``--users`` takes (each is a few hundred bytes, no thread)."""
