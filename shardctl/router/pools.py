@@ -51,6 +51,8 @@ TROUBLED_WAIT = 0.25
 DEFAULT_STATEMENT_TIME = 30.0
 """Seconds a call given no deadline may run once it has its connection (shardctl's own reads,
 dual writes); the Router always passes its own, shorter deadline."""
+RETIRED_FOR = 2 * DEFAULT_STATEMENT_TIME
+"""Seconds a pool of a node's former role is kept open for the calls that may still use it."""
 
 
 class Pools:
@@ -80,6 +82,8 @@ class Pools:
         self._pools: dict[str, ConnectionPool[Conn]] = {}
         self._nodes: dict[str, tuple[Topology, tuple[Node, ...]]] = {}
         self._down_until: dict[str, float] = {}
+        self._retired: list[tuple[float, ConnectionPool[Conn]]] = []
+        """Pools of a node in its former role, and since when (see :meth:`_retire`)."""
         self._lock = threading.Lock()
         self.watchdog = Watchdog()
         """Cuts short a statement that outlives its deadline (a frozen server)."""
@@ -182,8 +186,11 @@ class Pools:
     def pool(self, node: Node) -> ConnectionPool[Conn]:
         """The pool of ``node``, created and opened (in the background) on first use."""
         # By address too: a shard removed and added back has nodes of the same name elsewhere.
+        # By role too: a node promoted gets a fresh pool, not one whose reconnections backed
+        # off while the node was down and re-cloned (measured: 13 s to follow a failover).
         via: addresses.Via = self.via if node.pooler_port is not None else "direct"
-        key = f"{node.name}@{node.placement.endpoint or ''}:{node.host_port}/{via}"
+        where = f"{node.name}@{node.placement.endpoint or ''}:{node.host_port}/{via}"
+        key = f"{where}/{node.role.value}"
         pool = self._pools.get(key)
         if pool is not None:
             return pool
@@ -219,8 +226,20 @@ class Pools:
                     open=False,
                 )
                 pool.open(wait=False)
+                self._retire(where, key)
                 self._pools[key] = pool
         return pool
+
+    def _retire(self, where: str, kept: str) -> None:
+        """Put aside the pools of the node at ``where`` in its other role (under the lock):
+        closed once no call can still hold them, or with the Router."""
+        now = time.monotonic()
+        for key in [k for k in self._pools if k.startswith(f"{where}/") and k != kept]:
+            self._retired.append((now, self._pools.pop(key)))
+        old = [pool for at, pool in self._retired if now - at > RETIRED_FOR]
+        self._retired = [(at, pool) for at, pool in self._retired if now - at <= RETIRED_FOR]
+        for pool in old:
+            pool.close(timeout=0)
 
     def executor(self) -> ThreadPoolExecutor:
         """The threads that run calls on several nodes at once (created on first use)."""
@@ -238,6 +257,8 @@ class Pools:
         with self._lock:
             self._closed = True
             pools, self._pools = list(self._pools.values()), {}
+            pools += [pool for _, pool in self._retired]
+            self._retired = []
             executor, self._executor = self._executor, None
         for pool in pools:
             pool.close(timeout=5.0)
