@@ -342,7 +342,9 @@ def observe(
         def run() -> tuple[NodeFacts, float]:
             started = time.monotonic()
             assert login is not None
-            with pg.connect(node, login, "postgres", timeout=timeout, deadline=timeout) as conn:
+            with pg.connect(
+                node, login, "postgres", timeout=timeout, deadline=timeout, any_database=True
+            ) as conn:
                 return read_facts(conn), time.monotonic() - started
 
         return run
