@@ -162,12 +162,13 @@ class _Sharing:
             else:
                 self.idle[key] = conn
 
-    def close_all(self) -> None:
+    def close_all(self, *, busy: bool = True) -> None:
         with self.lock:
-            for conn in [*self.idle.values(), *self.busy]:
+            for conn in [*self.idle.values(), *(self.busy if busy else ())]:
                 self._close(conn)  # one still busy (a thread left behind) ends with it
             self.idle.clear()
-            self.busy.clear()
+            if busy:
+                self.busy.clear()
 
     @staticmethod
     def _close(conn: BoundedConnection) -> None:
@@ -197,6 +198,12 @@ def shared() -> Iterator[None]:
             last = not _SHARING.depth
         if last:
             _SHARING.close_all()
+
+
+def fresh_sessions() -> None:
+    """Inside :func:`shared`: the next :func:`connect` to each node opens a new session (after
+    a configuration reload, which a new session is sure to have read)."""
+    _SHARING.close_all(busy=False)
 
 
 def connect(

@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ from shardctl.health import facts as health
 from shardctl.ops import durability
 from shardctl.ops.nodes import Reporter, quiet_reporter
 from shardctl.state import catalog, inflight, monitor
+from shardctl.util import fanout
 from shardctl.util.text import first_line
 from shardctl.util.waiting import NotYet, wait_for
 
@@ -403,6 +405,7 @@ class Cluster:
         facts = self.observe()
         lines = self.apply_durability_quietly(facts)
         if lines:
+            pg.fresh_sessions()  # the pass reloaded settings: read them in new sessions
             facts = health.observe(self.topology, self.engines, self.credentials)
         return facts, lines
 
@@ -454,9 +457,20 @@ class Cluster:
         return report
 
     def observe(self, *, timeout: float | None = None) -> health.ClusterFacts:
-        """Every node's replication facts, probed in parallel, judged by the acting roles."""
+        """Every node's replication facts, probed in parallel, judged by the acting roles.
+
+        The engines are asked for the containers while the catalog is read (the names do not
+        depend on the roles): the Docker SDK loads while the nodes answer."""
+        asking = fanout.Background(
+            {"engines": partial(health.engine_container_states, self.topology, self.engines)}
+        )
         self._follow_roles_if_running()
-        return health.observe(self.topology, self.engines, self.credentials, timeout=timeout)
+        containers = asking.join()["engines"]
+        if isinstance(containers, BaseException):
+            raise containers
+        return health.observe(
+            self.topology, self.engines, self.credentials, timeout=timeout, containers=containers
+        )
 
     def verify_replication(
         self, limits: HealthSpec | None = None, *, deep: bool = False
