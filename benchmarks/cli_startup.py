@@ -12,7 +12,9 @@ not: `PYTHONDONTWRITEBYTECODE=1` with shardctl imported from a copy of its sourc
 `__pycache__` (so it is compiled at every start, whatever the work tree holds; the dependencies
 keep the bytecode pip wrote). With `--compare DIR` (another checkout, e.g. from `git archive`)
 its shardctl is timed in the same rounds, as "(DIR's name)". Runs are interleaved so that load
-on the machine hits every case alike; the median is shown.
+on the machine hits every case alike; the median is shown, of the wall time and of the CPU time
+the command's process used (user + system, from `wait4`): on a loaded machine the wall time
+swings with the load, the CPU time much less (for `status` it leaves out the servers' part).
 
     python benchmarks/cli_startup.py [--rounds 15] [--status | --status-topology FILE]
                                      [--compare DIR]
@@ -47,15 +49,24 @@ Case = tuple[list[str], dict[str, str]]
 """A command line and what its environment adds."""
 
 
-def _run(command: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)) -> float:
+def _run(
+    command: list[str], env: dict[str, str], ok: tuple[int, ...] = (0,)
+) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system) of one run of ``command``."""
     start = time.perf_counter()
     # not from the repository: `python -m` puts the working directory first on sys.path
-    result = subprocess.run(command, env=env, cwd=NEUTRAL, capture_output=True, check=False)
+    child = subprocess.Popen(
+        command, env=env, cwd=NEUTRAL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert child.stderr is not None
+    said = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
-    if result.returncode not in ok:
-        said = result.stderr[-800:]
-        raise SystemExit(f"{' '.join(command)} exited {result.returncode}: {said!r}")
-    return seconds
+    child.returncode = os.waitstatus_to_exitcode(status)
+    child.stderr.close()
+    if child.returncode not in ok:
+        raise SystemExit(f"{' '.join(command)} exited {child.returncode}: {said[-800:]!r}")
+    return seconds, usage.ru_utime + usage.ru_stime
 
 
 def _environments(cache: Path) -> dict[str, dict[str, str]]:
@@ -80,24 +91,37 @@ def _sources(trees: dict[str, Path], scratch: Path) -> dict[str, dict[str, Path]
     return {"cached": dict(trees), "no bytecode cache": fresh}
 
 
-def measure(cases: dict[str, Case], rounds: int, env: dict[str, str]) -> dict[str, float]:
-    """Median wall seconds of each case, interleaved over ``rounds`` (one warm-up round)."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
+def measure(
+    cases: dict[str, Case], rounds: int, env: dict[str, str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall seconds and median CPU seconds of each case, interleaved over ``rounds``
+    (one warm-up round)."""
+    walls: dict[str, list[float]] = {name: [] for name in cases}
+    cpus: dict[str, list[float]] = {name: [] for name in cases}
     for round_ in range(rounds + 1):
         for name, (command, extra) in cases.items():
-            seconds = _run(command, {**env, **extra}, ok=(0, 1))
+            wall, cpu = _run(command, {**env, **extra}, ok=(0, 1))
             if round_:  # the first round warms the page cache and the bytecode cache
-                times[name].append(seconds)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
+    return _medians(walls), _medians(cpus)
+
+
+def _medians(times: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _print(title: str, medians: dict[str, float], baselines: dict[str, str]) -> None:
+def _print(
+    title: str, measured: tuple[dict[str, float], dict[str, float]], baselines: dict[str, str]
+) -> None:
+    walls, cpus = measured
     print(f"\n{title}")
-    print(f"{'case':<52} {'median s':>9} {'ratio':>7}  baseline")
-    for name, seconds in medians.items():
+    print(f"{'case':<52} {'wall s':>7} {'ratio':>7} {'CPU s':>7} {'ratio':>7}  baseline")
+    for name, seconds in walls.items():
         base = baselines.get(name)
-        ratio = f"{seconds / medians[base]:>6.2f}x" if base else f"{'':>7}"
-        print(f"{name:<52} {seconds:>9.3f} {ratio}  {base or ''}")
+        wall = f"{seconds / walls[base]:>6.2f}x" if base else f"{'':>7}"
+        cpu = f"{cpus[name] / cpus[base]:>6.2f}x" if base else f"{'':>7}"
+        print(f"{name:<52} {seconds:>7.3f} {wall} {cpus[name]:>7.3f} {cpu}  {base or ''}")
 
 
 def _shardctl_cases(
@@ -141,8 +165,9 @@ def main() -> None:
                 more, bases = _shardctl_cases(label, source, example)
                 cases.update(more)
                 baselines.update(bases)
-            medians = measure(cases, args.rounds, env)
-            _print(f"# {mode}, median of {args.rounds}", medians, baselines)
+            _print(
+                f"# {mode}, median of {args.rounds}", measure(cases, args.rounds, env), baselines
+            )
         if args.status_topology is not None:
             _status_of(args.status_topology, args.rounds, environments, sources)
         elif args.status:
