@@ -25,7 +25,7 @@ import typer
 from typer.core import TyperGroup
 
 from shardctl import __version__
-from shardctl.cli import complete
+from shardctl.cli import coerce, complete
 from shardctl.config.constants import DEFAULT_TOPOLOGY, TOPOLOGY_ENV
 from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError, UsageError
 
@@ -81,12 +81,19 @@ class Commands(TyperGroup):
                     formatter.write(f"{'':>{formatter.current_indent}}{name:<{width}}  {text}\n")
 
     def get_command(self, ctx: Any, name: str) -> Any:
-        """The command called ``name``, its parameters' types named in words for its help."""
+        """The command called ``name``, its parameters' types named in words for its help and
+        their values coerced without pydantic where plain (:mod:`shardctl.cli.coerce`)."""
         command = super().get_command(ctx, name)
         if command is not None:
             for param in command.params:
                 _type_in_words(param)
+            coerce.install(command.get_params(ctx))
         return command
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Parse the options given before the command, coerced as the commands' are."""
+        coerce.install(self.get_params(ctx))
+        return super().parse_args(ctx, args)
 
 
 def summary(command: Any) -> str:

@@ -200,17 +200,19 @@ def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
     import contextlib
 
     from shardctl.cli import render
+    from shardctl.db import pg
     from shardctl.errors import DatabaseUnavailable
     from shardctl.health.status import status_rows
 
-    facts, notes = cluster.observe_applying_durability()
-    for line in notes:
-        render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
-    rows = status_rows(facts)
-    operations: list[Operation] = []
-    if any(r.in_recovery is False for r in rows):  # a primary answered: it can say
-        with contextlib.suppress(DatabaseUnavailable):
-            operations = cluster.in_flight()
+    with pg.shared():  # one connection per node for the catalog, the facts, what is in flight
+        facts, notes = cluster.observe_applying_durability()
+        for line in notes:
+            render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
+        rows = status_rows(facts)
+        operations: list[Operation] = []
+        if any(r.in_recovery is False for r in rows):  # a primary answered: it can say
+            with contextlib.suppress(DatabaseUnavailable):
+                operations = cluster.in_flight()
     return rows, operations
 
 
@@ -276,14 +278,16 @@ def status(
     from shardctl.cli import render
     from shardctl.cli.views import cluster as views
     from shardctl.cli.views import monitor as monitor_views
+    from shardctl.db import pg
 
     with open_cluster(topology) as cluster:
         name = cluster.topology.cluster
         if watch is not None:
             _watch(cluster, output, watch)
             return
-        rows, operations = _status_view(cluster)
-        monitor = _monitor_facts(cluster, rows)
+        with pg.shared():
+            rows, operations = _status_view(cluster)
+            monitor = _monitor_facts(cluster, rows)
     if output is WideOutput.JSON:
         render.print_json(
             {**monitor_views.monitor_facts(monitor), **views.status_facts(name, rows, operations)}

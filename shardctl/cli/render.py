@@ -16,11 +16,13 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import Enum
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape as _escape
-from rich.progress import Progress, ProgressColumn, Task, TaskID
+
+if TYPE_CHECKING:  # progress is for the commands that wait: imported by them only
+    from rich.progress import Progress, ProgressColumn, Task, TaskID
 
 
 def _width(stream: TextIO) -> int | None:
@@ -61,6 +63,8 @@ def progress(
     its description (the step) changes, and every :data:`PLAIN_EVERY` seconds while it runs;
     ``plain`` writes a task's line (default: its description, then ``done/total``)."""
     if err_console.is_terminal:
+        from rich.progress import Progress
+
         return Progress(*columns, console=err_console, transient=True)
     return PlainProgress(plain or _plain_line)
 
@@ -92,6 +96,8 @@ class PlainProgress:
 
     def add_task(self, description: str, total: float | None = 100.0, **fields: Any) -> TaskID:
         """A new task, announced at once."""
+        from rich.progress import Task, TaskID
+
         task_id = TaskID(len(self._tasks))
         self._tasks[task_id] = Task(
             task_id, description, total, 0, _get_time=time.monotonic, fields=fields

@@ -2,7 +2,9 @@
 
 Made here, on shardctl's host, with the ``cryptography`` package: the CA's key never leaves
 the host's secrets file, and no key ever passes through a command line or a container's exec.
-Everything is PEM text; nothing here writes a file or prints a key.
+Everything is PEM text; nothing here writes a file or prints a key. ``cryptography`` is imported
+by the functions that make or read certificates, not with the module: reading the credentials
+of a running cluster (``status``) needs none.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import datetime
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 CA_YEARS = 10
 """A cluster's CA outlives its nodes' certificates: re-issuing a node's is cheap, the CA's is not
@@ -35,11 +36,15 @@ class KeyPair:
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     # P-256: every libpq and OpenSSL PostgreSQL is built with accepts it, and it is fast.
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _pem(key: ec.EllipticCurvePrivateKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -54,6 +59,10 @@ def _now() -> datetime.datetime:
 
 def make_ca(cluster: str) -> KeyPair:
     """A new self-signed certificate authority for ``cluster``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
     key = _key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"shardctl {cluster} CA"[:64])])
     now = _now()
@@ -89,6 +98,11 @@ def make_ca(cluster: str) -> KeyPair:
 def issue(ca: KeyPair, common_name: str, names: Iterable[str]) -> KeyPair:
     """A server certificate signed by ``ca`` for every host name and IP address in ``names``
     (what ``sslmode=verify-full`` compares the address a client dialled with)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     ca_cert = x509.load_pem_x509_certificate(ca.cert.encode())
     ca_key = serialization.load_pem_private_key(ca.key.encode(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -123,6 +137,9 @@ def issue(ca: KeyPair, common_name: str, names: Iterable[str]) -> KeyPair:
 
 def problem(cert_pem: bytes, key_pem: bytes) -> str | None:
     """Why a user's certificate and key cannot serve (not PEM, or not a pair); None if they can."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:

@@ -1,12 +1,19 @@
 """Connections to the cluster's nodes: :func:`conninfo`, the one connection string builder (a
 node's server or its pooler, as any login), :func:`connect`, and :func:`on_nodes`, the same work
-on several nodes at once (through :mod:`shardctl.util.fanout`)."""
+on several nodes at once (through :mod:`shardctl.util.fanout`).
+
+A command that reads several things from every node in a row (``status``: the catalog, the
+facts, what is in flight) opens each node once inside :func:`shared`: every :func:`connect` in
+the block hands out the node's connection left idle by the one before, instead of a new one.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -85,6 +92,17 @@ class BoundedConnection(psycopg.Connection[tuple[object, ...]]):
     ("no answer within ..."), never a hang (see :mod:`shardctl.db.deadlines`)."""
 
     deadline: float | None = DEADLINE
+    kept: bool = False
+    """Inside :func:`shared`: leaving ``with`` (or ``close()``) hands it back instead."""
+    shared_key: tuple[str, str] = ("", "")
+    """Its node and database, while :attr:`kept`."""
+
+    def close(self) -> None:
+        """Close it; inside :func:`shared`, hand it back for the next :func:`connect`."""
+        if self.kept:
+            _SHARING.give_back(self)
+            return
+        super().close()
 
     def wait(self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None) -> RV:
         """Consume ``gen`` as psycopg does, guarded by the process's watchdog."""
@@ -103,6 +121,91 @@ class BoundedConnection(psycopg.Connection[tuple[object, ...]]):
             ) from None
 
 
+class _Sharing:
+    """The connections of a :func:`shared` block: idle ones by node and database, in use ones."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.idle: dict[tuple[str, str], BoundedConnection] = {}
+        self.busy: set[BoundedConnection] = set()
+
+    def take(self, node: str, dbname: str | None) -> BoundedConnection | None:
+        """An idle connection to ``node`` (to ``dbname``; to any database when None)."""
+        with self.lock:
+            if not self.depth:
+                return None
+            keys = [k for k in self.idle if k[0] == node and dbname in (None, k[1])]
+            for key in sorted(keys, key=lambda k: k[1] == "postgres"):  # the cluster's own first
+                conn = self.idle.pop(key)
+                if not conn.broken and not conn.closed and _is_idle(conn):
+                    self.busy.add(conn)
+                    return conn
+                self.busy.add(conn)
+                self._close(conn)
+            return None
+
+    def keep(self, node: str, dbname: str, conn: BoundedConnection) -> None:
+        """Lend a new connection out, to come back to this block when its user closes it."""
+        with self.lock:
+            if self.depth:
+                conn.kept = True
+                conn.shared_key = (node, dbname)
+                self.busy.add(conn)
+
+    def give_back(self, conn: BoundedConnection) -> None:
+        with self.lock:
+            self.busy.discard(conn)
+            key = conn.shared_key
+            if not self.depth or key in self.idle:
+                self._close(conn)
+            else:
+                self.idle[key] = conn
+
+    def close_all(self, *, busy: bool = True) -> None:
+        with self.lock:
+            for conn in [*self.idle.values(), *(self.busy if busy else ())]:
+                self._close(conn)  # one still busy (a thread left behind) ends with it
+            self.idle.clear()
+            if busy:
+                self.busy.clear()
+
+    @staticmethod
+    def _close(conn: BoundedConnection) -> None:
+        conn.kept = False
+        with contextlib.suppress(psycopg.Error):
+            psycopg.Connection.close(conn)
+
+
+def _is_idle(conn: BoundedConnection) -> bool:
+    return conn.info.transaction_status is psycopg.pq.TransactionStatus.IDLE
+
+
+_SHARING = _Sharing()
+
+
+@contextmanager
+def shared() -> Iterator[None]:
+    """Within the block, one connection per node and database, reused by every :func:`connect`
+    that finds it idle; all closed when the block ends (the outermost, when nested)."""
+    with _SHARING.lock:
+        _SHARING.depth += 1
+    try:
+        yield
+    finally:
+        with _SHARING.lock:
+            _SHARING.depth -= 1
+            last = not _SHARING.depth
+        if last:
+            _SHARING.close_all()
+
+
+def fresh_sessions() -> None:
+    """Inside :func:`shared`: the next :func:`connect` to each node opens a new session (after
+    a configuration reload, which a new session is sure to have read)."""
+    _SHARING.close_all(busy=False)
+
+
 def connect(
     node: Node,
     credentials: Credentials,
@@ -111,6 +214,7 @@ def connect(
     timeout: float = 5.0,
     local_commit: bool = False,
     deadline: float | None = DEADLINE,
+    any_database: bool = False,
 ) -> psycopg.Connection[tuple[object, ...]]:
     """An autocommit connection to ``node``; DatabaseUnavailable when it does not answer.
 
@@ -121,7 +225,15 @@ def connect(
     ``local_commit``: its commits never wait for a synchronous replica (shardctl's own
     idempotent set-up, which must not hang on a ``replication: sync`` shard whose replicas are
     not there yet; ``up`` makes them next).
+
+    ``any_database``: the work reads only what is the same in every database (replication,
+    settings), so inside :func:`shared` a connection to another database of the node will do.
     """
+    if not local_commit:
+        found = _SHARING.take(node.name, None if any_database else dbname)
+        if found is not None:
+            found.deadline = deadline
+            return found
     info = conninfo(node, credentials, dbname, timeout=timeout)
     if local_commit:
         info = make_conninfo(info, options="-c synchronous_commit=local")
@@ -130,6 +242,8 @@ def connect(
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"{node.name}: cannot connect: {first_line(exc)}") from None
     conn.deadline = deadline
+    if not local_commit:
+        _SHARING.keep(node.name, dbname, conn)
     return conn
 
 

@@ -283,9 +283,11 @@ def read_facts(conn: psycopg.Connection[Any]) -> NodeFacts:
     )
 
 
-def engine_container_states(
-    topology: Topology, engines: Engines
-) -> tuple[dict[str, ContainerState], tuple[str, ...], dict[str, str]]:
+ContainerStates = tuple[dict[str, ContainerState], tuple[str, ...], dict[str, str]]
+"""Each node's container state, the undeclared containers, the nodes whose engine is lost."""
+
+
+def engine_container_states(topology: Topology, engines: Engines) -> ContainerStates:
     """Each declared node's container state (and each pooler's, by its container name), the
     names of undeclared cluster containers, and each node whose engine did not answer (a lost
     host), name -> why: those nodes are UNREACHABLE, and the other engines are still read."""
@@ -329,20 +331,26 @@ def observe(
     credentials: Callable[[], Credentials],
     *,
     timeout: float | None = None,
+    containers: ContainerStates | None = None,
 ) -> ClusterFacts:
     """Probe every declared node in parallel; a node that does not answer is an observation too.
 
     ``credentials`` is called only when some container runs, so a cluster that was never
     brought up reports its nodes as missing instead of failing for want of passwords.
+    ``containers``: :func:`engine_container_states`, when the caller asked the engines already.
     """
     timeout = timeout if timeout is not None else topology.spec.health.probe_timeout
-    states, undeclared, unreachable = engine_container_states(topology, engines)
+    if containers is None:
+        containers = engine_container_states(topology, engines)
+    states, undeclared, unreachable = containers
 
     def probe(node: Node) -> Callable[[], tuple[NodeFacts, float]]:
         def run() -> tuple[NodeFacts, float]:
             started = time.monotonic()
             assert login is not None
-            with pg.connect(node, login, "postgres", timeout=timeout, deadline=timeout) as conn:
+            with pg.connect(
+                node, login, "postgres", timeout=timeout, deadline=timeout, any_database=True
+            ) as conn:
                 return read_facts(conn), time.monotonic() - started
 
         return run

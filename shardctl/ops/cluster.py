@@ -14,6 +14,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,23 +33,27 @@ from shardctl.errors import (
     ShardctlError,
     UsageError,
 )
-from shardctl.health import distribution as distributions
 from shardctl.health import facts as health
-from shardctl.health import ringview, verify
-from shardctl.ops import changes, durability
-from shardctl.ops.backup import archiving
-from shardctl.ops.down import DownReport, down
-from shardctl.ops.nodes import Action, Reporter, quiet_reporter
-from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
-from shardctl.ops.rolling import Roller, ShardRoll
-from shardctl.ops.up import Provisioner, UpReport
-from shardctl.state import catalog, ddl, history, inflight, monitor
+from shardctl.ops import durability
+from shardctl.ops.nodes import Reporter, quiet_reporter
+from shardctl.state import catalog, inflight, monitor
+from shardctl.util import fanout
 from shardctl.util.text import first_line
 from shardctl.util.waiting import NotYet, wait_for
 
-if TYPE_CHECKING:  # the reshard modules take a Cluster: imported where used, at run time
+if TYPE_CHECKING:
+    # What only changes the cluster (provisioning, role changes, rolling restarts) and the
+    # checks and measures of other commands are imported where used: a read such as
+    # ``status`` loads none of them. The reshard modules take a Cluster: imported where used.
+    from shardctl.health import distribution as distributions
+    from shardctl.health import ringview, verify
+    from shardctl.ops import changes
+    from shardctl.ops.down import DownReport
     from shardctl.ops.reshard.coordinator import Rebalancer
     from shardctl.ops.reshard.leaving import Removal
+    from shardctl.ops.rolechange import RoleChange, RoleChanger, Step
+    from shardctl.ops.rolling import ShardRoll
+    from shardctl.ops.up import Provisioner, UpReport
     from shardctl.state.plan import Plan
 
 
@@ -85,6 +90,8 @@ class Cluster:
         self, reporter: Reporter = quiet_reporter, *, create: bool = False
     ) -> Provisioner:
         """A provisioner for this cluster."""
+        from shardctl.ops.up import Provisioner
+
         return Provisioner(self.topology, self.engines, self.credentials(create=create), reporter)
 
     def follow_roles(self) -> catalog.RingRecord | None:
@@ -102,6 +109,8 @@ class Cluster:
         """The ``postgres:`` settings judged by the image's own server: TopologyError (exit 2,
         file:line, "did you mean") when it refuses one; None when checked, else why they could
         not be (no engine, or the image is not on it)."""
+        from shardctl.ops import changes
+
         endpoint = self.engines.endpoints(self.topology)[0]
         try:
             if self.engines.image_volumes(self.topology.spec.image, endpoint) is None:
@@ -113,6 +122,8 @@ class Cluster:
 
     def plan(self) -> changes.Plan:
         """What ``up`` would do to each node and why (``up --plan``); changes nothing."""
+        from shardctl.ops import changes
+
         with contextlib.suppress(DatabaseUnavailable, UsageError):
             self.follow_roles()
         try:
@@ -135,6 +146,13 @@ class Cluster:
         once), then the ring catalog and the reshard fence on every primary; re-clone the
         former primaries a failover fenced. Bad settings or another major version: exit 2,
         nothing changed."""
+        from shardctl.ops import changes
+        from shardctl.ops.backup import archiving
+        from shardctl.ops.nodes import Action
+        from shardctl.ops.rolling import Roller
+        from shardctl.ops.up import Provisioner
+        from shardctl.state import ddl
+
         started = time.monotonic()
         self.credentials(create=True)
         record = self._roles_for_up(reporter, started + timeout)
@@ -247,6 +265,9 @@ class Cluster:
         """Rolling restart of the cluster, one shard (``target`` a shard name) or one node:
         replicas first, then a switchover and the former primary (see
         :mod:`shardctl.ops.rolling`)."""
+        from shardctl.ops import changes
+        from shardctl.ops.rolling import Roller
+
         self.follow_roles()
         work: dict[str, dict[str, changes.Change]] = {}
         for node in self._targets(target):
@@ -274,6 +295,8 @@ class Cluster:
     def reinit(self, name: str, *, reporter: Reporter = quiet_reporter) -> UpReport:
         """Re-clone the replica ``name`` from its shard's primary: its container and volume
         are removed and made again; nothing else changes."""
+        from shardctl.ops.up import Provisioner
+
         self.follow_roles()
         if name not in {n.name for n in self.topology.nodes}:
             raise UsageError(f"{name!r} is not a node of {self.topology.cluster}")
@@ -298,6 +321,8 @@ class Cluster:
         after_step: Callable[[Step], None] = lambda _: None,
     ) -> RoleChanger:
         """Switchover and failover for this cluster, with the acting roles."""
+        from shardctl.ops.rolechange import RoleChanger
+
         self.follow_roles()
         return RoleChanger(
             self.topology, self.engines, self.credentials(), log=log, after_step=after_step
@@ -308,6 +333,8 @@ class Cluster:
     ) -> RoleChange:
         """Planned primary change of ``shard`` (see :mod:`shardctl.ops.rolechange`), recorded
         in the shard's history (``mode``: manual, or automatic for a monitor)."""
+        from shardctl.state import history
+
         self.topology.shard_nodes(shard)  # an unknown shard is a TopologyError, exit 2
         return self._recorded(
             history.SWITCHOVER,
@@ -319,6 +346,8 @@ class Cluster:
     def failover(self, shard: str, to: str | None = None, *, mode: str = "manual") -> RoleChange:
         """Promote a replica of ``shard``, whose primary is gone (see
         :mod:`shardctl.ops.rolechange`), recorded in the shard's history."""
+        from shardctl.state import history
+
         self.topology.shard_nodes(shard)
         return self._recorded(history.FAILOVER, shard, mode, lambda: self._failover(shard, to))
 
@@ -340,6 +369,8 @@ class Cluster:
         """Re-point the backup node at the acting primaries of the shards declared now (after
         a role change, or a shard removed); a note when it could not be done yet (``up`` does
         it again), None when done or no ``backup:`` is declared."""
+        from shardctl.ops.backup import archiving
+
         if self.topology.spec.backup is None:
             return None
         try:
@@ -374,6 +405,7 @@ class Cluster:
         facts = self.observe()
         lines = self.apply_durability_quietly(facts)
         if lines:
+            pg.fresh_sessions()  # the pass reloaded settings: read them in new sessions
             facts = health.observe(self.topology, self.engines, self.credentials)
         return facts, lines
 
@@ -381,6 +413,8 @@ class Cluster:
         self, kind: str, shard: str, mode: str, change: Callable[[], RoleChange]
     ) -> RoleChange:
         """Run a role change and store what it did (or why it failed) on the shard's primary."""
+        from shardctl.state import history
+
         started, clock = datetime.now(UTC), time.monotonic()
         database = self.topology.spec.database
         try:
@@ -415,20 +449,35 @@ class Cluster:
 
     def down(self, *, volumes: bool = False) -> DownReport:
         """Remove containers and network; volumes (and generated passwords) only when asked."""
+        from shardctl.ops.down import down
+
         report = down(self.topology, self.engines, volumes=volumes)
         if volumes:
             creds.forget(self.topology)
         return report
 
     def observe(self, *, timeout: float | None = None) -> health.ClusterFacts:
-        """Every node's replication facts, probed in parallel, judged by the acting roles."""
+        """Every node's replication facts, probed in parallel, judged by the acting roles.
+
+        The engines are asked for the containers while the catalog is read (the names do not
+        depend on the roles): the Docker SDK loads while the nodes answer."""
+        asking = fanout.Background(
+            {"engines": partial(health.engine_container_states, self.topology, self.engines)}
+        )
         self._follow_roles_if_running()
-        return health.observe(self.topology, self.engines, self.credentials, timeout=timeout)
+        containers = asking.join()["engines"]
+        if isinstance(containers, BaseException):
+            raise containers
+        return health.observe(
+            self.topology, self.engines, self.credentials, timeout=timeout, containers=containers
+        )
 
     def verify_replication(
         self, limits: HealthSpec | None = None, *, deep: bool = False
     ) -> verify.Report:
         """Every replication check; thresholds from ``limits`` or the topology's health section."""
+        from shardctl.health import verify
+
         limits = limits if limits is not None else self.topology.spec.health
         self._follow_roles_if_running()
         return verify.verify_replication(
@@ -447,10 +496,14 @@ class Cluster:
 
     def distribution(self) -> distributions.Distribution:
         """Rows per table and shard against the ring, misplaced and duplicated keys."""
+        from shardctl.health import distribution as distributions
+
         return distributions.measure(self.topology, self.credentials())
 
     def ring(self) -> ringview.RingReport:
         """The live ring from the catalog: nodes, shares, each primary's epoch."""
+        from shardctl.health import ringview
+
         return ringview.describe(self.topology, self.credentials())
 
     def rebalancer(

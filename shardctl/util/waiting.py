@@ -2,27 +2,18 @@
 
 :func:`wait_for` polls until a state is reached; :func:`retrying` runs a step again after the
 errors it names. Both are tenacity underneath (the Router's own retry policy, tuned for
-latency, is in :mod:`shardctl.db.faults`).
+latency, is in :mod:`shardctl.db.faults`); tenacity, which brings asyncio along, is imported
+when something waits or retries, not by every command that merely can.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from tenacity import (
-    RetryCallState,
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    stop_any,
-    stop_never,
-    wait_exponential,
-    wait_fixed,
-)
-from tenacity.stop import stop_base
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+    from tenacity.stop import stop_base
 
 T = TypeVar("T")
 
@@ -45,6 +36,14 @@ def wait_for(
     The probe raises :class:`NotYet` while the awaited state is not reached; any other
     exception ends the wait at once. ``detail`` names what was awaited and the last thing seen.
     """
+    from tenacity import (
+        RetryError,
+        Retrying,
+        retry_if_exception_type,
+        stop_after_delay,
+        wait_exponential,
+    )
+
     retrying = Retrying(
         retry=retry_if_exception_type(NotYet),
         stop=stop_after_delay(timeout),
@@ -77,6 +76,15 @@ def retrying(
     every retried error, the last one included (e.g. to drop broken connections). Any other
     error ends it at once.
     """
+    from tenacity import (
+        Retrying,
+        retry_if_exception_type,
+        stop_after_attempt,
+        stop_after_delay,
+        stop_any,
+        stop_never,
+        wait_fixed,
+    )
 
     def after_each(state: RetryCallState) -> None:
         if after_failure is not None:

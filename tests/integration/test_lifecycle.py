@@ -6,6 +6,7 @@ import json
 import uuid
 
 import docker
+import psycopg
 import pytest
 
 from shardctl.db import pg
@@ -134,3 +135,38 @@ def test_status_exit_3_when_the_engine_is_unreachable(
     assert result.stderr.startswith("error: ")
     assert "Docker engine" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_status_reads_each_node_over_one_session(shared_cluster: Cluster) -> None:
+    """What status reads (the catalog, every node's facts, what is in flight, the monitor's
+    view) goes over one session per node inside ``pg.shared()``, all closed when it ends."""
+    topology, login = shared_cluster.topology, shared_cluster.credentials()
+
+    def sessions() -> dict[str, int]:
+        """shardctl's sessions on each node, the one asking left out."""
+        counts = {}
+        for node in topology.nodes:
+            info = pg.conninfo(node, login, "postgres")
+            with psycopg.connect(info, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_catalog.pg_stat_activity "
+                    "WHERE application_name = %s AND pid <> pg_catalog.pg_backend_pid()",
+                    (pg.APPLICATION_NAME,),
+                ).fetchone()
+                counts[node.name] = row[0] if row else -1
+        return counts
+
+    with pg.shared():
+        facts, _ = shared_cluster.observe_applying_durability()
+        assert shared_cluster.in_flight() == []
+        shared_cluster.monitor_view()
+        held = sessions()
+    assert all(o.facts is not None for o in facts.nodes), facts.nodes
+    assert held == {node.name: 1 for node in topology.nodes}
+
+    def ended() -> None:
+        left = sessions()
+        if any(left.values()):  # a closed session's backend may take a moment to exit
+            raise NotYet(f"still open: {left}")
+
+    wait_for(ended, timeout=15, what="status's sessions to end", on_timeout=AssertionError)

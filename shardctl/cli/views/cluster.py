@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.table import Table
@@ -10,10 +10,12 @@ from rich.table import Table
 from shardctl.cli.render import escape, plural, to_jsonable
 from shardctl.config.schema import Role
 from shardctl.health.status import StatusRow
-from shardctl.ops.down import DownReport
-from shardctl.ops.up import UpReport
 from shardctl.state.inflight import RESHARD, Operation
 from shardctl.util.text import lsn_text, size_text
+
+if TYPE_CHECKING:  # status imports this module too: provisioning is no part of it
+    from shardctl.ops.down import DownReport
+    from shardctl.ops.up import UpReport
 
 
 def _grouped(rows: list[StatusRow]) -> list[StatusRow]:

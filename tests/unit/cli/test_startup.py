@@ -4,11 +4,15 @@ interpreter (the time itself is measured in benchmarks/cli_startup.py, never her
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from shardctl.cli.replication import DEFAULTS
 from shardctl.config.schema import HealthSpec
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "topology.yaml"
 
 HEAVY = ("psycopg", "psycopg_pool", "docker", "cryptography", "pydantic", "rich", "yaml")
 
@@ -53,3 +57,51 @@ def test_the_monitors_interval_default_is_the_loops() -> None:
     from shardctl.ops.monitor import loop
 
     assert monitor.DEFAULT_INTERVAL == loop.DEFAULT_INTERVAL
+
+
+MODULES = """
+import json, sys
+from shardctl.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+sys.__stderr__.write(json.dumps(sorted(sys.modules)))
+"""
+
+
+def modules(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    """Every module a fresh interpreter has imported after ``shardctl *args``."""
+    ran = subprocess.run(
+        [sys.executable, "-c", MODULES, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
+    return set(json.loads(ran.stderr.strip().splitlines()[-1]))
+
+
+def test_validate_imports_no_driver_sdk_or_option_adapters() -> None:
+    loaded = modules("validate", "-f", str(EXAMPLE), "-o", "json")
+    assert {m.split(".")[0] for m in loaded} & {"psycopg", "docker", "cryptography"} == set()
+    # typer's pydantic TypeAdapters for option values (shardctl.cli.coerce), rich's progress
+    # and tenacity's retrying: no part of reading a file
+    assert loaded & {"typer._adapters", "rich.progress", "tenacity"} == set()
+
+
+def test_status_imports_nothing_that_changes_a_cluster() -> None:
+    # no engine answers: status stops at the container listing, after its imports
+    loaded = modules("status", "-f", str(EXAMPLE), env={"DOCKER_HOST": "unix:///nonexistent"})
+    assert "shardctl.health.facts" in loaded  # it did get as far as its data path
+    changing = {
+        "cryptography",
+        "shardctl.ops.up",
+        "shardctl.ops.rolechange",
+        "shardctl.ops.rolling",
+        "shardctl.ops.changes",
+        "shardctl.health.verify",
+        "typer._adapters",
+        "rich.progress",
+    }
+    assert loaded & changing == set()
