@@ -100,9 +100,11 @@ def cut_over(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
     """
     sources = plan.sources()
     with ExitStack() as stack:
+        started = time.monotonic()
         held = _hold(rebalancer, plan, stack)
         rebalancer.each(sources, lambda source: _predrain(held, source, report))
         fenced_at = time.monotonic()
+        report.timed("cutting-over/pre-drain", fenced_at - started)
         _fence_and_check(rebalancer, plan, held, report)
         # Ranges a target gave away for good in an earlier reshard and receives now are its
         # own again from the flip on: lifted while the sources are fenced, so no write

@@ -3,9 +3,10 @@
 Everything here makes the *target* converge towards the *source*, which stays authoritative
 until cut-over:
 
-- :func:`copy_range` streams the rows of one ring range with the COPY protocol into a staging
-  table on the target and merges them with ``ON CONFLICT DO NOTHING``; the chunk's progress
-  row commits in the same target transaction, so a resumed copy never redoes finished work;
+- :func:`copy_ranges` streams the rows of a batch of ring ranges with the COPY protocol, one
+  stream into the table (or a staging table merged with ``ON CONFLICT DO NOTHING``); the
+  chunks' progress rows commit in the same target transaction, so a resumed copy never redoes
+  finished work;
 - :func:`drain` re-syncs every key named in the source's change log with
   :func:`shardctl.state.resync.resync_keys` (the Router's dual writes use it too): it locks the
   key's row on the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the
@@ -29,10 +30,11 @@ from psycopg import sql
 
 from shardctl.config.schema import TableSpec
 from shardctl.db import digest
-from shardctl.ring.hashing import Move
+from shardctl.ring.hashing import Move, Span
 from shardctl.ring.sql import position
 from shardctl.state import fence, inflight
 from shardctl.state.fence import trusted_writes
+from shardctl.state.plan import merged
 from shardctl.state.resync import key_type, keys_in, pipe, resync_keys
 
 Conn = psycopg.Connection[Any]
@@ -94,40 +96,56 @@ class Copied:
     """plain, replace or merge: see :func:`copy_range`."""
 
 
-def copy_range(
+def spans_predicate(key_column: str, spans: Sequence[Span]) -> sql.Composable:
+    """A row's ring position lies in one of ``spans`` (touching spans joined first), bounds
+    inlined as literals like :func:`range_predicate`."""
+    parts = [
+        sql.SQL("({})").format(range_predicate(key_column, span.start_hex, span.end_hex))
+        for span in merged(spans)
+    ]
+    if not parts:
+        return sql.SQL("false")
+    return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+
+
+def copy_ranges(
     source: Conn,
     target: Conn,
     table: TableSpec,
-    start_hex: str,
-    end_hex: str | None,
+    chunks: Sequence[tuple[str, Span]],
     *,
     reshard_id: int,
-    chunk: str,
 ) -> Copied | None:
-    """Copy one range of a table; None when the chunk was already copied (resume).
+    """Copy the ranges of a batch of chunks of a table, named by their progress names, as one
+    stream in one target transaction; None when every chunk was already copied (resume).
 
-    Three ways, cheapest first. ``plain``: COPY straight into the table, as a raw COPY would,
-    when the range is empty on the target (an index probe). ``replace``: empty the range on
-    the target first, then COPY. That may drop a newer row a dual write put there, but every
-    such key has a change-log row on the source (written with the source's write), so the
-    drain brings it back. ``merge``: if a dual write lands in the range even while we copy,
-    COPY into a staging table and merge with ``ON CONFLICT DO NOTHING``.
+    The chunks not yet recorded as copied on the target are copied, and each is recorded in
+    the same transaction (the batch's rows and bytes on the first, 0 on the others), so a
+    resumed copy never redoes or skips one. Three ways, cheapest first. ``plain``: COPY
+    straight into the table, as a raw COPY would, when the ranges are empty on the target (an
+    index probe). ``replace``: empty the ranges on the target first, then COPY. That may drop
+    a newer row a dual write put there, but every such key has a change-log row on the source
+    (written with the source's write), so the drain brings it back. ``merge``: if a dual write
+    lands in the ranges even while we copy, COPY into a staging table and merge with ``ON
+    CONFLICT DO NOTHING``.
     """
-    done = target.execute(inflight.CHUNK_COPIED, (reshard_id, chunk)).fetchone()
-    if done:
+    names = [name for name, _ in chunks]
+    done = {str(r[0]) for r in target.execute(inflight.CHUNKS_COPIED, (reshard_id, names))}
+    todo = [(name, span) for name, span in chunks if name not in done]
+    if not todo:
         return None
-    where = range_predicate(table.key, start_hex, end_hex)
+    where = spans_predicate(table.key, [span for _, span in todo])
     occupied = target.execute(
         sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
             sql.Identifier(table.name), where
         )
     ).fetchone()
-    progress = (reshard_id, chunk)
+    progress = (reshard_id, [name for name, _ in todo])
     for how in ("replace",) if occupied and occupied[0] else ("plain", "replace"):
         try:
             return _copy_chunk(source, target, table, where, progress, how)
         except psycopg.errors.UniqueViolation:
-            pass  # a dual write or re-sync put a key of this range there first
+            pass  # a dual write or re-sync put a key of these ranges there first
     return _copy_chunk(source, target, table, where, progress, "merge")
 
 
@@ -136,7 +154,7 @@ def _copy_chunk(
     target: Conn,
     table: TableSpec,
     where: sql.Composable,
-    progress: tuple[int, str],
+    progress: tuple[int, list[str]],
     how: str,
 ) -> Copied:
     name = sql.Identifier(table.name)
@@ -165,7 +183,13 @@ def _copy_chunk(
                     name, stage
                 )
             ).rowcount
-        target.execute(inflight.RECORD_CHUNK, (*progress, rows, nbytes))
+        reshard_id, names = progress
+        with target.cursor() as cur:
+            cur.executemany(
+                inflight.RECORD_CHUNK,
+                [(reshard_id, name, *((rows, nbytes) if i == 0 else (0, 0)))
+                 for i, name in enumerate(names)],
+            )  # fmt: skip
     return Copied(rows=rows, bytes=nbytes, how=how)
 
 
@@ -298,10 +322,8 @@ def drain_and_check(
     return Drained(resynced, mismatched)
 
 
-def delete_range(
-    conn: Conn, table: TableSpec, start_hex: str, end_hex: str | None, *, batch: int
-) -> int:
-    """Delete one batch of a range's rows (trusted: bypasses the fence); rows deleted."""
+def delete_ranges(conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int) -> int:
+    """Delete one batch of the rows in ``spans`` (trusted: bypasses the fence); rows deleted."""
     name = sql.Identifier(table.name)
     with conn.transaction():
         trusted_writes(conn)
@@ -311,7 +333,7 @@ def delete_range(
                 "LIMIT {n}))"
             ).format(
                 name=name,
-                pred=range_predicate(table.key, start_hex, end_hex),
+                pred=spans_predicate(table.key, spans),
                 n=sql.Literal(batch),
             )
         ).rowcount
