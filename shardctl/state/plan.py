@@ -117,6 +117,14 @@ class Plan:
         """Shards receiving ranges."""
         return list(dict.fromkeys(m.target for m in self.moves))
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (source, target) with a move, sources in ring order, targets sorted."""
+        return [
+            (s, t)
+            for s in self.sources()
+            for t in sorted({self.moves[i].target for i in self.moves_from(s)})
+        ]
+
     def moves_from(self, source: str) -> list[int]:
         """Indexes of the moves whose source is ``source``."""
         return [i for i, m in enumerate(self.moves) if m.source == source]

@@ -255,15 +255,28 @@ def _bounds(moves: Sequence[Move]) -> tuple[list[str], dict[int, int]]:
     return thresholds, bucket_of
 
 
+_EVERY_ROW = sql.SQL("true")
+
+
 def _per_move(
-    conn: Conn, table: TableSpec, moves: Sequence[Move], aggregates: sql.Composable
+    conn: Conn,
+    table: TableSpec,
+    moves: Sequence[Move],
+    aggregates: sql.Composable,
+    where: sql.Composable = _EVERY_ROW,
 ) -> list[tuple[int, ...]]:
-    """Aggregates over each move's rows in one scan (ranges found by ``width_bucket``)."""
+    """Aggregates over each move's rows in one scan (ranges found by ``width_bucket``) of the
+    rows matching ``where``."""
     thresholds, bucket_of = _bounds(moves)
     query = sql.SQL(
         "SELECT pg_catalog.width_bucket({pos}, %s::text[]) AS b, {aggregates} "
-        "FROM {table} t GROUP BY b"
-    ).format(pos=position(table.key), aggregates=aggregates, table=sql.Identifier(table.name))
+        "FROM {table} t WHERE {where} GROUP BY b"
+    ).format(
+        pos=position(table.key),
+        aggregates=aggregates,
+        table=sql.Identifier(table.name),
+        where=where,
+    )
     result: list[tuple[int, ...]] = [(0, 0) for _ in moves]
     for bucket, *values in conn.execute(query, (thresholds,)):
         move = bucket_of.get(bucket)
@@ -273,8 +286,11 @@ def _per_move(
 
 
 def fingerprints(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[Fingerprint]:
-    """Count and checksum the rows of each move's range on one server, in one scan."""
-    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, digest.CHECKSUM)]
+    """Count and checksum the rows of each move's range on one server, in one scan of those
+    ranges only (an index scan per range where the ring-position index exists: rows that stay
+    are not hashed)."""
+    where = spans_predicate(table.key, moves)
+    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, digest.CHECKSUM, where)]
 
 
 def sizes(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[tuple[int, int]]:

@@ -118,9 +118,8 @@ def test_merged_joins_touching_spans_only() -> None:
 
 
 def test_chunk_rows_share_the_move_evenly() -> None:
-    plan = make_plan(
-        1, 1, Ring(["a"], vnodes=1), Ring(["a"], vnodes=1).with_node("b"),
-        [MoveSize(90_000, 1)] * len(Ring(["a"], vnodes=1).moves_to(Ring(["a"], vnodes=1).with_node("b"))),
-        rows_per_chunk=30_000,
-    )  # fmt: skip
+    old = Ring(["a"], vnodes=1)
+    new = old.with_node("b")
+    sizes = [MoveSize(90_000, 1)] * len(old.moves_to(new))
+    plan = make_plan(1, 1, old, new, sizes, rows_per_chunk=30_000)
     assert {plan.chunk_rows(c) for c in plan.chunks} == {30_000}
