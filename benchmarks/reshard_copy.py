@@ -4,9 +4,9 @@
 
 One shard holds every row; half of the circle (the upper half, as a move to a new shard would)
 is copied to an empty second shard, alternately by a raw ``COPY ... TO STDOUT | COPY ... FROM
-STDIN`` (binary, one stream) and by shardctl's ``transfer.copy_range`` over the plan's chunks
-(staging table, ``ON CONFLICT DO NOTHING``, progress row per chunk). Best of three each;
-prints rows/s and the ratio.
+STDIN`` (binary, one stream) and by shardctl's ``transfer.copy_ranges`` over the plan's 50k-row
+chunks (one move, so each is a batch of its own: a plain COPY, its progress row in its
+transaction). Best of three each; prints rows/s and the ratio.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from psycopg import sql
 
 from shardctl.db import digest, pg
 from shardctl.ops.reshard import transfer
-from shardctl.ring.hashing import SPACE, Move
+from shardctl.ring.hashing import SPACE, Move, Span
 from shardctl.state import ddl
 from shardctl.state.plan import split
 
@@ -84,16 +84,9 @@ def main() -> None:
                 dst.execute("DELETE FROM shardctl.copied")
                 started = time.perf_counter()
                 copied = 0
-                for chunk in chunks:
-                    result = transfer.copy_range(
-                        src,
-                        dst,
-                        table,
-                        chunk.start_hex,
-                        chunk.end_hex,
-                        reshard_id=round_,
-                        chunk=chunk.id,
-                    )
+                for chunk in chunks:  # one move: each batch is one 50k-row chunk
+                    named = [(chunk.id, Span(chunk.start, chunk.end))]
+                    result = transfer.copy_ranges(src, dst, table, named, reshard_id=round_)
                     copied += result.rows if result else 0
                 ours_times.append(time.perf_counter() - started)
                 assert copied == rows, (copied, rows)
