@@ -96,16 +96,26 @@ class Copied:
     """plain, replace or merge: see :func:`copy_range`."""
 
 
-def spans_predicate(key_column: str, spans: Sequence[Span]) -> sql.Composable:
-    """A row's ring position lies in one of ``spans`` (touching spans joined first), bounds
-    inlined as literals like :func:`range_predicate`."""
-    parts = [
-        sql.SQL("({})").format(range_predicate(key_column, span.start_hex, span.end_hex))
+def in_spans(table: TableSpec, spans: Sequence[Span], columns: str = "*") -> sql.Composable:
+    """``SELECT columns`` of the rows in ``spans`` (touching spans joined first): one
+    ``SELECT … WHERE`` :func:`range_predicate` per span, joined by ``UNION ALL``.
+
+    Not one ``WHERE`` with the ranges ``OR``-ed: the planner may scan such a query
+    sequentially, computing ``md5`` once per range tested for every row (a clean-up batch of 30
+    ranges passed 30 s that way). Each branch here is the ring-position index's range scan, or
+    a scan that computes ``md5`` twice per row at worst.
+    """
+    branches = [
+        sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(columns),
+            sql.Identifier(table.name),
+            range_predicate(table.key, span.start_hex, span.end_hex),
+        )
         for span in merged(spans)
     ]
-    if not parts:
-        return sql.SQL("false")
-    return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
+    if not branches:
+        return sql.SQL("SELECT {} FROM {} WHERE false").format(columns, sql.Identifier(table.name))
+    return sql.SQL(" UNION ALL ").join(branches)
 
 
 def copy_ranges(
@@ -134,38 +144,38 @@ def copy_ranges(
     todo = [(name, span) for name, span in chunks if name not in done]
     if not todo:
         return None
-    where = spans_predicate(table.key, [span for _, span in todo])
+    spans = [span for _, span in todo]
     occupied = target.execute(
-        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
-            sql.Identifier(table.name), where
-        )
+        sql.SQL("SELECT EXISTS ({})").format(in_spans(table, spans, "1"))
     ).fetchone()
     progress = (reshard_id, [name for name, _ in todo])
     for how in ("replace",) if occupied and occupied[0] else ("plain", "replace"):
         try:
-            return _copy_chunk(source, target, table, where, progress, how)
+            return _copy_chunk(source, target, table, spans, progress, how)
         except psycopg.errors.UniqueViolation:
             pass  # a dual write or re-sync put a key of these ranges there first
-    return _copy_chunk(source, target, table, where, progress, "merge")
+    return _copy_chunk(source, target, table, spans, progress, "merge")
 
 
 def _copy_chunk(
     source: Conn,
     target: Conn,
     table: TableSpec,
-    where: sql.Composable,
+    spans: Sequence[Span],
     progress: tuple[int, list[str]],
     how: str,
 ) -> Copied:
     name = sql.Identifier(table.name)
     stage = sql.Identifier(f"shardctl_stage_{table.name}")
-    select = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
-        name, where
-    )
+    select = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(in_spans(table, spans))
     with target.transaction():
         trusted_writes(target)
         if how == "replace":
-            target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, where))
+            target.execute(
+                sql.SQL("DELETE FROM {} WHERE ctid = ANY(ARRAY({}))").format(
+                    name, in_spans(table, spans, "ctid")
+                )
+            )
         elif how == "merge":
             target.execute(
                 sql.SQL(
@@ -255,28 +265,21 @@ def _bounds(moves: Sequence[Move]) -> tuple[list[str], dict[int, int]]:
     return thresholds, bucket_of
 
 
-_EVERY_ROW = sql.SQL("true")
-
-
 def _per_move(
     conn: Conn,
     table: TableSpec,
     moves: Sequence[Move],
     aggregates: sql.Composable,
-    where: sql.Composable = _EVERY_ROW,
+    rows: sql.Composable | None = None,
 ) -> list[tuple[int, ...]]:
     """Aggregates over each move's rows in one scan (ranges found by ``width_bucket``) of the
-    rows matching ``where``."""
+    table, or of the ``rows`` query (a ``SELECT *`` of it)."""
     thresholds, bucket_of = _bounds(moves)
+    scanned = sql.Identifier(table.name) if rows is None else sql.SQL("({})").format(rows)
     query = sql.SQL(
         "SELECT pg_catalog.width_bucket({pos}, %s::text[]) AS b, {aggregates} "
-        "FROM {table} t WHERE {where} GROUP BY b"
-    ).format(
-        pos=position(table.key),
-        aggregates=aggregates,
-        table=sql.Identifier(table.name),
-        where=where,
-    )
+        "FROM {rows} t GROUP BY b"
+    ).format(pos=position(table.key), aggregates=aggregates, rows=scanned)
     result: list[tuple[int, ...]] = [(0, 0) for _ in moves]
     for bucket, *values in conn.execute(query, (thresholds,)):
         move = bucket_of.get(bucket)
@@ -289,8 +292,8 @@ def fingerprints(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[Fi
     """Count and checksum the rows of each move's range on one server, in one scan of those
     ranges only (an index scan per range where the ring-position index exists: rows that stay
     are not hashed)."""
-    where = spans_predicate(table.key, moves)
-    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, digest.CHECKSUM, where)]
+    rows = in_spans(table, moves)
+    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, digest.CHECKSUM, rows)]
 
 
 def sizes(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[tuple[int, int]]:
@@ -340,16 +343,14 @@ def drain_and_check(
 
 def delete_ranges(conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int) -> int:
     """Delete one batch of the rows in ``spans`` (trusted: bypasses the fence); rows deleted."""
-    name = sql.Identifier(table.name)
     with conn.transaction():
         trusted_writes(conn)
         return conn.execute(
             sql.SQL(
-                "DELETE FROM {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {name} WHERE {pred} "
-                "LIMIT {n}))"
+                "DELETE FROM {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM ({rows}) s LIMIT {n}))"
             ).format(
-                name=name,
-                pred=spans_predicate(table.key, spans),
+                name=sql.Identifier(table.name),
+                rows=in_spans(table, spans, "ctid"),
                 n=sql.Literal(batch),
             )
         ).rowcount
