@@ -26,6 +26,7 @@ from pathlib import Path
 from _cluster import phase_lines, raw_pipe_seconds, temp_cluster
 
 from shardctl import Router
+from shardctl.config import topology
 from shardctl.workload.bulk import bulk_load
 
 
@@ -97,7 +98,8 @@ def main() -> None:
               f"({report['copy_seconds']:.1f}s); phases:")  # fmt: skip
         for line in phase_lines(report, end_to_end):
             print(line)
-        new, first = cluster.topology.shard_nodes("shard-4")[0], cluster.topology.primaries()[0]
+        grown = topology.load(cluster.topology.path)  # with shard-4, which add-shard wrote
+        new, first = grown.shard_nodes("shard-4")[0], grown.primaries()[0]
         raw_rows, raw_seconds = raw_pipe_seconds(new, first, cluster.credentials())
         raw_rate = raw_rows / raw_seconds
         print(f"raw COPY pipe of shard-4's rows (load ended): {raw_rows:,} rows in "

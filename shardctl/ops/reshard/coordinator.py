@@ -408,9 +408,11 @@ class Rebalancer:
     def _clean(self, plan: Plan, report: Report) -> bool:
         """Delete moved rows from their old owners, in throttled batches."""
         cleaned: dict[str, int] = {}
+        seconds: dict[str, tuple[float, float]] = {}
 
         def clean(source: str) -> None:
             count = 0
+            started = time.monotonic()
             with self.connect(source) as src:
                 # A resumed run may find the ranges already moved but not yet marked so.
                 fence.set_state(src, plan.id, RangeState.MOVED)
@@ -431,12 +433,18 @@ class Rebalancer:
                         if self.throttle:
                             time.sleep(self.throttle)
                 fence.forget_changes(src, plan.targets())
+            deleted = time.monotonic()
             self._drop_index(source)
             cleaned[source] = count
+            seconds[source] = (deleted - started, time.monotonic() - deleted)
 
         self.each(plan.sources(), clean)
         report.rows_cleaned += sum(cleaned.values())
+        report.timed("cleaning/deletes", max((s[0] for s in seconds.values()), default=0.0))
+        report.timed("cleaning/source indexes", max((s[1] for s in seconds.values()), default=0.0))
+        dropping = time.monotonic()
         self.each(plan.targets(), self._drop_index)
+        report.timed("cleaning/target indexes", time.monotonic() - dropping)
         return True
 
     def _drop_index(self, shard: str) -> None:

@@ -82,9 +82,14 @@ def copy(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
     started = time.monotonic()
     lock = threading.Lock()
 
+    streams: list[float] = []
+    drains: list[float] = []
+
     def copy_from(source: str) -> None:
-        totals, resynced = _copy_from(rebalancer, plan, source)
+        totals, resynced, seconds = _copy_from(rebalancer, plan, source)
         with lock:
+            streams.append(seconds[0])
+            drains.append(seconds[1])
             report.rows_copied += totals.rows
             report.bytes_copied += totals.bytes
             report.keys_resynced += resynced
@@ -93,18 +98,25 @@ def copy(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
 
     rebalancer.each(plan.sources(), copy_from)
     report.copy_seconds += time.monotonic() - started
+    # The slowest source's share: its streams, then marking copied and draining its log.
+    report.timed("copying/streams", max(streams, default=0.0))
+    report.timed("copying/drain", max(drains, default=0.0))
     return False
 
 
-def _copy_from(rebalancer: Rebalancer, plan: Plan, source: str) -> tuple[_Totals, int]:
+def _copy_from(
+    rebalancer: Rebalancer, plan: Plan, source: str
+) -> tuple[_Totals, int, tuple[float, float]]:
     """Copy ``source``'s chunks to every target, mark its ranges copied, drain its change log
-    once; what moved and the keys re-synced."""
+    once; what moved, the keys re-synced, and the seconds of the copy and of the rest."""
+    started = time.monotonic()
     # Each target of a source in parallel: a leaving shard gives to every other shard, and
     # one stream at a time would leave the machine idle between small chunks.
     targets = sorted({plan.moves[i].target for i in plan.moves_from(source)})
     totals = _Totals()
     for pair in rebalancer.each(targets, partial(_copy_pair, rebalancer, plan, source)).values():
         totals.add(pair)
+    copied = time.monotonic()
     resynced = 0
     tables = rebalancer.topology.spec.tables
     with Links(rebalancer.open) as links:
@@ -116,7 +128,7 @@ def _copy_from(rebalancer: Rebalancer, plan: Plan, source: str) -> tuple[_Totals
             resynced += links.retrying(
                 partial(_drain, links, source, target, tables), f"draining changes for {target}"
             )
-    return totals, resynced
+    return totals, resynced, (copied - started, time.monotonic() - copied)
 
 
 def _drain(links: Links, source: str, target: str, tables: tuple[TableSpec, ...]) -> int:
