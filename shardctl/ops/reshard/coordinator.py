@@ -406,7 +406,8 @@ class Rebalancer:
     # ---------------------------------------------------------------- phases
 
     def _clean(self, plan: Plan, report: Report) -> bool:
-        """Delete moved rows from their old owners, in throttled batches."""
+        """Delete moved rows from their old owners: one statement per table, or batches with
+        a pause after each when throttled."""
         cleaned: dict[str, int] = {}
         seconds: dict[str, tuple[float, float]] = {}
 
@@ -426,8 +427,10 @@ class Rebalancer:
                     else [plan.moves[i] for i in plan.moves_from(source)]
                 )
                 planned = sum(plan.sizes[i].rows for i in plan.moves_from(source))
+                # In batches only when throttled: each batch looks the ranges up again.
+                batch = self.clean_batch if self.throttle else None
                 for table in self.topology.spec.tables if moves else ():
-                    while n := transfer.delete_ranges(src, table, moves, batch=self.clean_batch):
+                    while n := transfer.delete_ranges(src, table, moves, batch=batch):
                         count += n
                         self.progress(f"clean:{source}", f"clean {source}", count, planned)
                         if self.throttle:

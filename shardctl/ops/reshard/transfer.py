@@ -341,16 +341,16 @@ def drain_and_check(
     return Drained(resynced, mismatched)
 
 
-def delete_ranges(conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int) -> int:
-    """Delete one batch of the rows in ``spans`` (trusted: bypasses the fence); rows deleted."""
+def delete_ranges(conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int | None) -> int:
+    """Delete the rows in ``spans``, at most ``batch`` of them (None: all, in one statement),
+    trusted: bypasses the fence; rows deleted."""
+    rows = in_spans(table, spans, "ctid")
+    if batch is not None:
+        rows = sql.SQL("SELECT ctid FROM ({}) s LIMIT {}").format(rows, sql.Literal(batch))
     with conn.transaction():
         trusted_writes(conn)
         return conn.execute(
-            sql.SQL(
-                "DELETE FROM {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM ({rows}) s LIMIT {n}))"
-            ).format(
-                name=sql.Identifier(table.name),
-                rows=in_spans(table, spans, "ctid"),
-                n=sql.Literal(batch),
+            sql.SQL("DELETE FROM {} WHERE ctid = ANY(ARRAY({}))").format(
+                sql.Identifier(table.name), rows
             )
         ).rowcount
