@@ -97,6 +97,9 @@ def main() -> None:
         print(f"write pause at cut-over: {report['write_pause_ms']:.0f} ms; writers: "
               f"{acknowledged:,} writes acknowledged, {failed} failed, worst latency "
               f"{max(w.max_latency for w in writers) * 1000:.0f} ms")  # fmt: skip
+        reasons = sorted({reason[:160] for w in writers for reason in w.failed})
+        for reason in reasons[:5]:
+            print(f"  a write failed: {reason}")
         print(f"containers removed: {len(result['containers_removed'])}, "
               f"volumes removed: {len(result['volumes_removed'])}")  # fmt: skip
         stored, expected = check_ledger(cluster, writers, [])
