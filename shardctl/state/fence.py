@@ -88,7 +88,8 @@ from 1."""
 GIVE_AWAY = (
     "INSERT INTO shardctl.moving (reshard_id, lo, hi, target, state) "
     "SELECT %s, r.lo, r.hi, r.target, %s "
-    "FROM pg_catalog.unnest(%s::text[], %s::text[], %s::text[]) AS r(lo, hi, target) "
+    "FROM ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[]), "
+    "pg_catalog.unnest(%s::text[])) AS r(lo, hi, target) "
     "ON CONFLICT DO NOTHING"
 )
 # (state, operation); SET_STATE_FROM adds (only from this state)
