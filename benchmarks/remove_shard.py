@@ -6,8 +6,9 @@ Bulk-loads N users into a throw-away 5-shard cluster (md5 ring, 150 virtual node
 `remove-shard --plan` (rows and bytes per source -> target), times a raw binary COPY pipe of
 the leaving shard's rows into a scratch table on another shard (the baseline, same run, same
 rows), then runs `remove-shard --yes` while 4 ledgered writers go through a Router. Prints plan
-rows against copied rows, copy rows/s against the raw pipe, the write pause at cut-over and
-the writers' worst latency, and checks the ledger afterwards.
+rows against copied rows, copy rows/s against the raw pipe, the time of each phase (the
+report's ``phase_seconds``), the write pause at cut-over and the writers' worst latency, and
+checks the ledger afterwards.
 """
 
 from __future__ import annotations
