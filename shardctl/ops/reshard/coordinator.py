@@ -72,6 +72,12 @@ def _nothing_after(phase: Phase) -> None:
     pass
 
 
+UNTHROTTLED_CLEAN_BATCH = 200_000
+"""Rows deleted per statement by an unthrottled clean-up: the whole of a source's moved rows
+at 1M users, while the statement's list of row ids stays a few megabytes however large the
+tables grow."""
+
+
 class ClusterAccess(Protocol):
     """What the coordinator needs of a cluster (a :class:`shardctl.ops.cluster.Cluster` is one)."""
 
@@ -427,8 +433,8 @@ class Rebalancer:
                     else [plan.moves[i] for i in plan.moves_from(source)]
                 )
                 planned = sum(plan.sizes[i].rows for i in plan.moves_from(source))
-                # In batches only when throttled: each batch looks the ranges up again.
-                batch = self.clean_batch if self.throttle else None
+                # Small batches only when throttled: each batch looks the ranges up again.
+                batch = self.clean_batch if self.throttle else UNTHROTTLED_CLEAN_BATCH
                 for table in self.topology.spec.tables if moves else ():
                     while n := transfer.delete_ranges(src, table, moves, batch=batch):
                         count += n

@@ -341,12 +341,12 @@ def drain_and_check(
     return Drained(resynced, mismatched)
 
 
-def delete_ranges(conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int | None) -> int:
-    """Delete the rows in ``spans``, at most ``batch`` of them (None: all, in one statement),
-    trusted: bypasses the fence; rows deleted."""
-    rows = in_spans(table, spans, "ctid")
-    if batch is not None:
-        rows = sql.SQL("SELECT ctid FROM ({}) s LIMIT {}").format(rows, sql.Literal(batch))
+def delete_ranges(conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int) -> int:
+    """Delete the rows in ``spans``, at most ``batch`` of them, in one statement (trusted:
+    bypasses the fence); rows deleted."""
+    rows = sql.SQL("SELECT ctid FROM ({}) s LIMIT {}").format(
+        in_spans(table, spans, "ctid"), sql.Literal(batch)
+    )
     with conn.transaction():
         trusted_writes(conn)
         return conn.execute(
