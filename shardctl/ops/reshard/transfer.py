@@ -114,7 +114,9 @@ def in_spans(table: TableSpec, spans: Sequence[Span], columns: str = "*") -> sql
         for span in merged(spans)
     ]
     if not branches:
-        return sql.SQL("SELECT {} FROM {} WHERE false").format(columns, sql.Identifier(table.name))
+        return sql.SQL("SELECT {} FROM {} WHERE false").format(
+            sql.SQL(columns), sql.Identifier(table.name)
+        )
     return sql.SQL(" UNION ALL ").join(branches)
 
 
