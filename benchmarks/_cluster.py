@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from shardctl.config.credentials import Credentials  # noqa: E402
 from shardctl.config.topology import Node  # noqa: E402
 from shardctl.db import pg  # noqa: E402
 from shardctl.ops.cluster import Cluster  # noqa: E402
@@ -71,3 +73,35 @@ def cli(*args: str) -> Callable[[], None]:
             raise RuntimeError(done.stderr.decode())
 
     return run
+
+
+def raw_pipe_seconds(source: Node, target: Node, creds: Credentials) -> tuple[int, float]:
+    """Rows and seconds of one binary ``COPY users TO STDOUT | COPY ... FROM STDIN`` of every
+    row of ``source`` into a scratch table on ``target`` (dropped after): a reshard copy's
+    baseline. The scratch table has no trigger, so the baseline pays for nothing of shardctl's.
+    """
+    with pg.connect(source, creds, "app") as src, pg.connect(target, creds, "app") as dst:
+        dst.execute("DROP TABLE IF EXISTS bench_copy")
+        dst.execute("CREATE TABLE bench_copy (LIKE users INCLUDING ALL)")
+        started = time.perf_counter()
+        with (
+            src.cursor().copy("COPY users TO STDOUT (FORMAT binary)") as out,
+            dst.cursor().copy("COPY bench_copy FROM STDIN (FORMAT binary)") as into,
+        ):
+            for block in out:
+                into.write(block)
+        seconds = time.perf_counter() - started
+        row = dst.execute("SELECT count(*) FROM bench_copy").fetchone()
+        dst.execute("DROP TABLE bench_copy")
+    return (int(str(row[0])) if row else 0), seconds
+
+
+def phase_lines(report: dict[str, object], total: float) -> list[str]:
+    """The reshard report's ``phase_seconds`` as lines, each with its share of ``total``."""
+    phases = report.get("phase_seconds") or {}
+    assert isinstance(phases, dict)
+    lines = [f"  {name:<24} {float(s):6.2f}s {float(s) / total:6.1%}" for name, s in phases.items()]
+    # "phase/step" names a part of a phase, already counted in the phase.
+    rest = total - sum(float(s) for name, s in phases.items() if "/" not in name)
+    lines.append(f"  {'outside the phases':<24} {rest:6.2f}s {rest / total:6.1%}")
+    return lines

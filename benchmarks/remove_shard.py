@@ -6,8 +6,9 @@ Bulk-loads N users into a throw-away 5-shard cluster (md5 ring, 150 virtual node
 `remove-shard --plan` (rows and bytes per source -> target), times a raw binary COPY pipe of
 the leaving shard's rows into a scratch table on another shard (the baseline, same run, same
 rows), then runs `remove-shard --yes` while 4 ledgered writers go through a Router. Prints plan
-rows against copied rows, copy rows/s against the raw pipe, the write pause at cut-over and
-the writers' worst latency, and checks the ledger afterwards.
+rows against copied rows, copy rows/s against the raw pipe, the time of each phase (the
+report's ``phase_seconds``), the write pause at cut-over and the writers' worst latency, and
+checks the ledger afterwards.
 """
 
 from __future__ import annotations
@@ -18,15 +19,10 @@ import subprocess
 import sys
 import threading
 import time
-from typing import cast
 
-from _cluster import temp_cluster
-from psycopg import sql
+from _cluster import phase_lines, raw_pipe_seconds, temp_cluster
 
 from shardctl import Router
-from shardctl.config.credentials import Credentials
-from shardctl.config.topology import Node
-from shardctl.db import pg
 from shardctl.workload.bulk import bulk_load
 from tests.traffic import Writer, check_ledger
 
@@ -35,23 +31,6 @@ def shardctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shardctl", *args], capture_output=True, text=True, check=False
     )
-
-
-def raw_pipe_seconds(source: Node, target: Node, creds: Credentials) -> tuple[int, float]:
-    """Rows and seconds of one binary COPY of every row of ``source`` into a scratch table."""
-    with pg.connect(source, creds, "app") as src, pg.connect(target, creds, "app") as dst:
-        dst.execute("CREATE TABLE bench_copy (LIKE users INCLUDING ALL)")
-        started = time.perf_counter()
-        with (
-            src.cursor().copy("COPY users TO STDOUT (FORMAT binary)") as out,
-            dst.cursor().copy("COPY bench_copy FROM STDIN (FORMAT binary)") as into,
-        ):
-            for block in out:
-                into.write(block)
-        seconds = time.perf_counter() - started
-        row = dst.execute(sql.SQL("SELECT count(*) FROM bench_copy")).fetchone()
-        dst.execute("DROP TABLE bench_copy")
-    return (cast(int, row[0]) if row else 0), seconds  # count(*) is a bigint
 
 
 def main() -> None:
@@ -109,6 +88,9 @@ def main() -> None:
         print(f"remove-shard: {elapsed:.1f}s in all; plan at start {result['plan']['rows']:,} "
               f"rows, copied {report['rows_copied']:,} rows in {report['copy_seconds']:.1f}s "
               f"({rate:,.0f} rows/s, {ratio:.2f} of the raw pipe)")  # fmt: skip
+        print(f"phases (the command's {elapsed:.1f}s; the rest is start-up and decommission):")
+        for line in phase_lines(report, elapsed):
+            print(line)
         print(f"keys re-synced {report['keys_resynced']:,}, repaired "
               f"{len(report['keys_repaired'])}, chunks {report['chunk_paths']}")  # fmt: skip
         acknowledged = sum(w.acknowledged for w in writers)
@@ -116,6 +98,9 @@ def main() -> None:
         print(f"write pause at cut-over: {report['write_pause_ms']:.0f} ms; writers: "
               f"{acknowledged:,} writes acknowledged, {failed} failed, worst latency "
               f"{max(w.max_latency for w in writers) * 1000:.0f} ms")  # fmt: skip
+        reasons = sorted({reason[:160] for w in writers for reason in w.failed})
+        for reason in reasons[:5]:
+            print(f"  a write failed: {reason}")
         print(f"containers removed: {len(result['containers_removed'])}, "
               f"volumes removed: {len(result['volumes_removed'])}")  # fmt: skip
         stored, expected = check_ledger(cluster, writers, [])

@@ -7,7 +7,10 @@ Everything a user would run, in order, against a throw-away cluster shaped like 
 `shardctl load --ledger` in the background, `add-shard shard-4`, `rebalance --plan`,
 `rebalance --yes`; when the load ends, `load --verify` the ledger, `distribution`, and
 `verify-replication --deep`. Prints the plan against what moved, the copy rate, the total
-time, the write pause at cut-over, and the load's own latency table.
+time, the write pause at cut-over, and the load's own latency table; then the time of each
+phase (the report's ``phase_seconds``) against `rebalance --yes` end to end, and, once the load
+has ended, a raw binary COPY pipe of the new shard's rows (the same rows) into a scratch table
+on shard-0, as the copy's baseline in the same run.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _cluster import temp_cluster
+from _cluster import phase_lines, raw_pipe_seconds, temp_cluster
 
 from shardctl import Router
+from shardctl.config import topology
 from shardctl.workload.bulk import bulk_load
 
 
@@ -59,6 +63,7 @@ def main() -> None:
         planned = shardctl("rebalance", "--plan", "-f", path, "-o", "json")
         assert planned.returncode == 0, planned.stderr
         plan = json.loads(planned.stdout)
+        rebalance_at = time.monotonic()
         run = shardctl("rebalance", "--yes", "-f", path, "-o", "json")
         assert run.returncode == 0, run.stderr
         done_at = time.monotonic()
@@ -87,6 +92,19 @@ def main() -> None:
         print(f"distribution exit {distribution.returncode}: misplaced {facts['misplaced']}, "
               f"duplicates {facts['duplicates']}, skew {facts['skew']:.3f}")  # fmt: skip
         print(f"verify-replication --deep exit {deep.returncode}")
+        end_to_end = done_at - rebalance_at
+        print(f"`rebalance --yes` end to end {end_to_end:.1f}s = "
+              f"{end_to_end / max(report['copy_seconds'], 1e-9):.2f}x its copy time "
+              f"({report['copy_seconds']:.1f}s); phases:")  # fmt: skip
+        for line in phase_lines(report, end_to_end):
+            print(line)
+        grown = topology.load(cluster.topology.path)  # with shard-4, which add-shard wrote
+        new, first = grown.shard_nodes("shard-4")[0], grown.primaries()[0]
+        raw_rows, raw_seconds = raw_pipe_seconds(new, first, cluster.credentials())
+        raw_rate = raw_rows / raw_seconds
+        print(f"raw COPY pipe of shard-4's rows (load ended): {raw_rows:,} rows in "
+              f"{raw_seconds:.2f}s ({raw_rate:,.0f} rows/s); the reshard's copy "
+              f"{rate / raw_rate:.2f} of it")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ RECORD_RESHARD = (
     "report = EXCLUDED.report, updated_at = now()"
 )
 # (operation, chunk)
-CHUNK_COPIED = "SELECT 1 FROM shardctl.copied WHERE reshard_id = %s AND chunk = %s"
+# (operation, chunks): those of the chunks recorded as copied
+CHUNKS_COPIED = "SELECT chunk FROM shardctl.copied WHERE reshard_id = %s AND chunk = ANY(%s)"
 # (operation, chunk, rows, bytes)
 RECORD_CHUNK = (
     "INSERT INTO shardctl.copied (reshard_id, chunk, rows, bytes) VALUES (%s, %s, %s, %s)"

@@ -117,9 +117,50 @@ class Plan:
         """Shards receiving ranges."""
         return list(dict.fromkeys(m.target for m in self.moves))
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (source, target) with a move, sources in ring order, targets sorted."""
+        return [
+            (s, t)
+            for s in self.sources()
+            for t in sorted({self.moves[i].target for i in self.moves_from(s)})
+        ]
+
     def moves_from(self, source: str) -> list[int]:
         """Indexes of the moves whose source is ``source``."""
         return [i for i, m in enumerate(self.moves) if m.source == source]
+
+    def chunk_rows(self, chunk: Chunk) -> int:
+        """Rows expected in ``chunk``: its move's rows shared evenly by the move's chunks."""
+        pieces = sum(1 for c in self.chunks if c.move == chunk.move)
+        return self.sizes[chunk.move].rows // max(pieces, 1)
+
+    def batches(self, source: str, target: str, rows: int) -> list[tuple[Chunk, ...]]:
+        """The chunks ``source`` gives ``target``, grouped in circle order into batches of
+        about ``rows`` rows at most (a chunk larger than that alone): each batch is copied as
+        one stream in one transaction, which records every chunk in it as copied.
+
+        An md5 ring's move is ~150 small ranges, and a chunk each cost more in round trips and
+        index probes than its rows (docs/benchmarks.md). The grouping is not recorded: a batch
+        commits whole or not at all, so a resumed copy may group what is left differently.
+        """
+        mine = sorted(
+            (c for c in self.chunks if (self.moves[c.move].source, self.moves[c.move].target)
+             == (source, target)),
+            key=lambda c: c.start,
+        )  # fmt: skip
+        groups: list[tuple[Chunk, ...]] = []
+        current: list[Chunk] = []
+        total = 0
+        for chunk in mine:
+            size = self.chunk_rows(chunk)
+            if current and total + size > rows:
+                groups.append(tuple(current))
+                current, total = [], 0
+            current.append(chunk)
+            total += size
+        if current:
+            groups.append(tuple(current))
+        return groups
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON for the catalog."""
@@ -171,6 +212,18 @@ def make_plan(
     )
     leaving = tuple(n for n in old.nodes if n not in new.nodes)
     return Plan(plan_id, epoch, old, new, moves, tuple(sizes), chunks, leaving)
+
+
+def merged(spans: Sequence[Span]) -> list[Span]:
+    """``spans`` in circle order, those that touch or overlap joined into one."""
+    joined: list[Span] = []
+    for span in sorted(spans, key=lambda s: s.start):
+        if joined and span.start <= joined[-1].end:
+            if span.end > joined[-1].end:
+                joined[-1] = Span(joined[-1].start, span.end)
+        else:
+            joined.append(Span(span.start, span.end))
+    return joined
 
 
 def without_node(ring: Ring, name: str) -> Ring:

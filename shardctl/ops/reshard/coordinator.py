@@ -72,6 +72,12 @@ def _nothing_after(phase: Phase) -> None:
     pass
 
 
+UNTHROTTLED_CLEAN_BATCH = 200_000
+"""Rows deleted per statement by an unthrottled clean-up: the whole of a source's moved rows
+at 1M users, while the statement's list of row ids stays a few megabytes however large the
+tables grow."""
+
+
 class ClusterAccess(Protocol):
     """What the coordinator needs of a cluster (a :class:`shardctl.ops.cluster.Cluster` is one)."""
 
@@ -103,6 +109,13 @@ class Report:
     """Ranges a target had moved away for good in an earlier reshard and now took back."""
     removed: list[str] = field(default_factory=list)
     """Leaving shards whose nodes ``remove-shard`` has removed (their topology entry too)."""
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time per step: ``planning``, each phase's work by the phase's name, and
+    ``recording`` (writing the phase on every primary); summed over resumed runs."""
+
+    def timed(self, step: str, seconds: float) -> None:
+        """Add ``seconds`` to ``step`` in :attr:`phase_seconds`."""
+        self.phase_seconds[step] = round(self.phase_seconds.get(step, 0.0) + seconds, 3)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
@@ -303,8 +316,11 @@ class Rebalancer:
                 f"reshard {current.plan.id} is still {current.phase.value}: "
                 "run `shardctl rebalance --resume` or `--abort`"
             )
+        report = Report()
         if plan is None:
+            planning = time.monotonic()
             plan = self._plan_after(current, leaving)
+            report.timed("planning", time.monotonic() - planning)
         else:
             epoch = catalog.read(self.topology, self.cluster.credentials()).record().epoch
             expected_id = current.plan.id + 1 if current else 1
@@ -313,7 +329,6 @@ class Rebalancer:
                     "the cluster changed since this plan was made (another rebalance ran); "
                     "run `shardctl rebalance` again to see the new plan"
                 )
-        report = Report()
         self._record(plan, Phase.PLANNED, False, report)
         return State(plan, Phase.PLANNED, False, report)
 
@@ -347,9 +362,14 @@ class Rebalancer:
                 raise ReshardingError(failure + hint) from None
             done_phase = phase
             phase = next_phase(phase)
-            report.total_seconds += time.monotonic() - started
-            started = time.monotonic()
+            worked = time.monotonic()
+            report.timed(done_phase.value, worked - started)
+            report.total_seconds += worked - started
             self._record(plan, phase, flipped, report)
+            recorded = time.monotonic()
+            report.timed("recording", recorded - worked)
+            report.total_seconds += recorded - worked
+            started = recorded
             self.after_phase(done_phase)
         return State(plan, phase, flipped, report)
 
@@ -372,16 +392,15 @@ class Rebalancer:
                 fence.forget_changes(conn, plan.targets())
             self._drop_index(source)
 
+        emptied: dict[str, int] = {}
+
         def empty(target: str) -> None:
             with self.connect(target) as conn:
-                for index, move in enumerate(plan.moves):
-                    if move.target != target:
-                        continue
-                    for table in self.topology.spec.tables:
-                        while transfer.delete_range(
-                            conn, table, move.start_hex, move.end_hex, batch=self.clean_batch
-                        ):
-                            self.progress("abort", f"emptying {target}", index, len(plan.moves))
+                spans = [m for m in plan.moves if m.target == target]
+                for table in self.topology.spec.tables:
+                    while n := transfer.delete_ranges(conn, table, spans, batch=self.clean_batch):
+                        emptied[target] = emptied.get(target, 0) + n
+                        self.progress("abort", f"emptying {target}", emptied[target], plan.rows)
                 conn.execute(inflight.FORGET_CHUNKS, (plan.id,))
 
         self.each(plan.sources(), unfence)
@@ -393,34 +412,48 @@ class Rebalancer:
     # ---------------------------------------------------------------- phases
 
     def _clean(self, plan: Plan, report: Report) -> bool:
-        """Delete moved rows from their old owners, in throttled batches."""
+        """Delete moved rows from their old owners: one statement per table, or batches with
+        a pause after each when throttled."""
         cleaned: dict[str, int] = {}
+        seconds: dict[str, tuple[float, float]] = {}
 
         def clean(source: str) -> None:
             count = 0
+            started = time.monotonic()
             with self.connect(source) as src:
                 # A resumed run may find the ranges already moved but not yet marked so.
                 fence.set_state(src, plan.id, RangeState.MOVED)
                 # A leaving shard is removed whole: deleting its rows first would only cost
                 # time, and with --keep-volumes its data stays there to inspect.
-                indexes = [] if source in plan.leaving else plan.moves_from(source)
-                for done, index in enumerate(indexes, start=1):
-                    move = plan.moves[index]
-                    for table in self.topology.spec.tables:
-                        while n := transfer.delete_range(
-                            src, table, move.start_hex, move.end_hex, batch=self.clean_batch
-                        ):
-                            count += n
-                            if self.throttle:
-                                time.sleep(self.throttle)
-                    self.progress(f"clean:{source}", f"clean {source}", done, len(indexes))
+                # All of the source's ranges in each statement: one per batch and table
+                # rather than one per range (an md5 ring's move is ~150 small ranges).
+                moves = (
+                    []
+                    if source in plan.leaving
+                    else [plan.moves[i] for i in plan.moves_from(source)]
+                )
+                planned = sum(plan.sizes[i].rows for i in plan.moves_from(source))
+                # Small batches only when throttled: each batch looks the ranges up again.
+                batch = self.clean_batch if self.throttle else UNTHROTTLED_CLEAN_BATCH
+                for table in self.topology.spec.tables if moves else ():
+                    while n := transfer.delete_ranges(src, table, moves, batch=batch):
+                        count += n
+                        self.progress(f"clean:{source}", f"clean {source}", count, planned)
+                        if self.throttle:
+                            time.sleep(self.throttle)
                 fence.forget_changes(src, plan.targets())
+            deleted = time.monotonic()
             self._drop_index(source)
             cleaned[source] = count
+            seconds[source] = (deleted - started, time.monotonic() - deleted)
 
         self.each(plan.sources(), clean)
         report.rows_cleaned += sum(cleaned.values())
+        report.timed("cleaning/deletes", max((s[0] for s in seconds.values()), default=0.0))
+        report.timed("cleaning/source indexes", max((s[1] for s in seconds.values()), default=0.0))
+        dropping = time.monotonic()
         self.each(plan.targets(), self._drop_index)
+        report.timed("cleaning/target indexes", time.monotonic() - dropping)
         return True
 
     def _drop_index(self, shard: str) -> None:

@@ -21,6 +21,7 @@ from shardctl.config.schema import TableSpec
 from shardctl.ops.reshard import transfer
 from shardctl.ops.reshard.links import Links
 from shardctl.ops.reshard.transfer import Copied
+from shardctl.ring.hashing import Span
 from shardctl.state import ddl, fence
 from shardctl.state.fence import RangeState
 from shardctl.state.plan import Chunk, Plan
@@ -48,7 +49,9 @@ def capture(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
             for table in tables:
                 transfer.ensure_position_index(conn, table)
 
+    indexing = time.monotonic()
     rebalancer.each(involved(plan), index)
+    report.timed("capturing/index", time.monotonic() - indexing)
     return False
 
 
@@ -79,9 +82,14 @@ def copy(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
     started = time.monotonic()
     lock = threading.Lock()
 
+    streams: list[float] = []
+    drains: list[float] = []
+
     def copy_from(source: str) -> None:
-        totals, resynced = _copy_from(rebalancer, plan, source)
+        totals, resynced, seconds = _copy_from(rebalancer, plan, source)
         with lock:
+            streams.append(seconds[0])
+            drains.append(seconds[1])
             report.rows_copied += totals.rows
             report.bytes_copied += totals.bytes
             report.keys_resynced += resynced
@@ -90,18 +98,25 @@ def copy(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
 
     rebalancer.each(plan.sources(), copy_from)
     report.copy_seconds += time.monotonic() - started
+    # The slowest source's share: its streams, then marking copied and draining its log.
+    report.timed("copying/streams", max(streams, default=0.0))
+    report.timed("copying/drain", max(drains, default=0.0))
     return False
 
 
-def _copy_from(rebalancer: Rebalancer, plan: Plan, source: str) -> tuple[_Totals, int]:
+def _copy_from(
+    rebalancer: Rebalancer, plan: Plan, source: str
+) -> tuple[_Totals, int, tuple[float, float]]:
     """Copy ``source``'s chunks to every target, mark its ranges copied, drain its change log
-    once; what moved and the keys re-synced."""
+    once; what moved, the keys re-synced, and the seconds of the copy and of the rest."""
+    started = time.monotonic()
     # Each target of a source in parallel: a leaving shard gives to every other shard, and
     # one stream at a time would leave the machine idle between small chunks.
     targets = sorted({plan.moves[i].target for i in plan.moves_from(source)})
     totals = _Totals()
     for pair in rebalancer.each(targets, partial(_copy_pair, rebalancer, plan, source)).values():
         totals.add(pair)
+    copied = time.monotonic()
     resynced = 0
     tables = rebalancer.topology.spec.tables
     with Links(rebalancer.open) as links:
@@ -113,7 +128,7 @@ def _copy_from(rebalancer: Rebalancer, plan: Plan, source: str) -> tuple[_Totals
             resynced += links.retrying(
                 partial(_drain, links, source, target, tables), f"draining changes for {target}"
             )
-    return totals, resynced
+    return totals, resynced, (copied - started, time.monotonic() - copied)
 
 
 def _drain(links: Links, source: str, target: str, tables: tuple[TableSpec, ...]) -> int:
@@ -121,19 +136,18 @@ def _drain(links: Links, source: str, target: str, tables: tuple[TableSpec, ...]
 
 
 def _copy_pair(rebalancer: Rebalancer, plan: Plan, source: str, target: str) -> _Totals:
-    """Copy the chunks ``source`` gives ``target``, one transaction each, reporting progress."""
-    pair = (source, target)
-    chunks = [
-        c for c in plan.chunks if (plan.moves[c.move].source, plan.moves[c.move].target) == pair
-    ]
+    """Copy the chunks ``source`` gives ``target`` in batches of up to ``rows_per_chunk``
+    rows, one stream and one transaction per batch and table, reporting progress."""
     planned = sum(
         plan.sizes[i].rows for i in plan.moves_from(source) if plan.moves[i].target == target
     )
     totals = _Totals()
     with Links(rebalancer.open) as links:
-        for chunk in chunks:
-            step = partial(_copy_chunk, links, rebalancer.topology.spec.tables, plan, pair, chunk)
-            for copied in links.retrying(step, f"copying chunk {chunk.id}"):
+        for batch in plan.batches(source, target, rebalancer.rows_per_chunk):
+            step = partial(
+                _copy_batch, links, rebalancer.topology.spec.tables, plan, source, target, batch
+            )
+            for copied in links.retrying(step, f"copying chunks {batch[0].id}..{batch[-1].id}"):
                 totals.add(copied)
             rebalancer.progress(
                 f"copy:{source}>{target}", f"copy {source} -> {target}", totals.rows, planned
@@ -143,26 +157,21 @@ def _copy_pair(rebalancer: Rebalancer, plan: Plan, source: str, target: str) -> 
     return totals
 
 
-def _copy_chunk(
+def _copy_batch(
     links: Links,
     tables: tuple[TableSpec, ...],
     plan: Plan,
-    pair: tuple[str, str],
-    chunk: Chunk,
+    source: str,
+    target: str,
+    batch: tuple[Chunk, ...],
 ) -> list[Copied]:
-    """Copy one chunk of every table; what each table's copy moved (none: copied before)."""
-    src, dst = links.get(pair[0]), links.get(pair[1])
+    """Copy one batch of chunks of every table; what each table's copy moved (none: copied
+    before)."""
+    src, dst = links.get(source), links.get(target)
     results = []
     for table in tables:
-        copied = transfer.copy_range(
-            src,
-            dst,
-            table,
-            chunk.start_hex,
-            chunk.end_hex,
-            reshard_id=plan.id,
-            chunk=f"{table.name}:{chunk.id}",
-        )
+        named = [(f"{table.name}:{chunk.id}", Span(chunk.start, chunk.end)) for chunk in batch]
+        copied = transfer.copy_ranges(src, dst, table, named, reshard_id=plan.id)
         if copied is not None:
             results.append(copied)
     return results

@@ -11,10 +11,12 @@ and refuses the cut-over (the old ring stays in force).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -26,6 +28,7 @@ from shardctl.ring.hashing import Span
 from shardctl.state import catalog, fence, resync
 from shardctl.state.fence import RangeState
 from shardctl.state.plan import Plan, uncovered
+from shardctl.util import fanout
 
 if TYPE_CHECKING:
     from shardctl.ops.reshard.coordinator import Rebalancer, Report
@@ -38,32 +41,41 @@ PREDRAIN_ENOUGH = 50
 
 
 def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
-    """Drain, then compare every moved range; re-sync and name the keys that differ."""
-    repaired = rebalancer.each(plan.sources(), lambda s: converge(rebalancer, plan, s, report))
-    for keys in repaired.values():
+    """Drain, then compare every moved range; re-sync and name the keys that differ. Every
+    (source, target) pair at once, each side of a comparison at once."""
+    pairs = plan.pairs()
+    lock = threading.Lock()
+
+    def one(pair: tuple[str, str]) -> list[str]:
+        resynced, repaired = converge(rebalancer, plan, *pair)
+        with lock:
+            report.keys_resynced += resynced
+        return repaired
+
+    for keys in fanout.each({pair: partial(one, pair) for pair in pairs}).values():
         report.keys_repaired += keys
     return False
 
 
-def converge(rebalancer: Rebalancer, plan: Plan, source: str, report: Report) -> list[str]:
-    """Make every range of ``source`` equal on its target; keys that had to be repaired."""
+def converge(rebalancer: Rebalancer, plan: Plan, source: str, target: str) -> tuple[int, list[str]]:
+    """Make every range ``source`` gives ``target`` equal on both; the keys re-synced from the
+    change log, and those that had to be repaired."""
     tables = rebalancer.topology.spec.tables
+    moves = [plan.moves[i] for i in plan.moves_from(source) if plan.moves[i].target == target]
     repaired: list[str] = []
-    with rebalancer.connect(source) as src:
+    with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
         types = {t.name: resync.key_type(src, t) for t in tables}
-        for target in {plan.moves[i].target for i in plan.moves_from(source)}:
-            moves = [plan.moves[i] for i in plan.moves_from(source)]
-            moves = [m for m in moves if m.target == target]
-            with rebalancer.connect(target) as dst:
-                report.keys_resynced += transfer.drain(src, dst, target, tables, key_types=types)
-                for table in tables:
-                    ours = transfer.fingerprints(src, table, moves)
-                    theirs = transfer.fingerprints(dst, table, moves)
-                    for move, a, b in zip(moves, ours, theirs, strict=True):
-                        if a != b:
-                            keys = _repair(src, dst, table, types[table.name], move)
-                            repaired += [f"{table.name}:{k}" for k in keys]
-    return repaired
+        resynced = transfer.drain(src, dst, target, tables, key_types=types)
+        for table in tables:
+            ours, theirs = fanout.each(
+                {side: partial(transfer.fingerprints, conn, table, moves)
+                 for side, conn in (("source", src), ("target", dst))}
+            ).values()  # fmt: skip
+            for move, a, b in zip(moves, ours, theirs, strict=True):
+                if a != b:
+                    keys = _repair(src, dst, table, types[table.name], move)
+                    repaired += [f"{table.name}:{k}" for k in keys]
+    return resynced, repaired
 
 
 def _repair(src: Conn, dst: Conn, table: TableSpec, key_type: str, move: Span) -> list[str]:
@@ -100,9 +112,11 @@ def cut_over(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
     """
     sources = plan.sources()
     with ExitStack() as stack:
+        started = time.monotonic()
         held = _hold(rebalancer, plan, stack)
         rebalancer.each(sources, lambda source: _predrain(held, source, report))
         fenced_at = time.monotonic()
+        report.timed("cutting-over/pre-drain", fenced_at - started)
         _fence_and_check(rebalancer, plan, held, report)
         # Ranges a target gave away for good in an earlier reshard and receives now are its
         # own again from the flip on: lifted while the sources are fenced, so no write
@@ -121,9 +135,7 @@ def cut_over(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
 def _hold(rebalancer: Rebalancer, plan: Plan, stack: ExitStack) -> _Held:
     tables = rebalancer.topology.spec.tables
     sources = plan.sources()
-    pairs = [
-        (s, t) for s in sources for t in sorted({plan.moves[i].target for i in plan.moves_from(s)})
-    ]
+    pairs = plan.pairs()
     primaries = {s: stack.enter_context(rebalancer.connect(s)) for s in rebalancer.primaries()}
     targets = {pair: stack.enter_context(rebalancer.connect(pair[1])) for pair in pairs}
     types = {t.name: resync.key_type(primaries[sources[0]], t) for t in tables}

@@ -3,9 +3,10 @@
 Everything here makes the *target* converge towards the *source*, which stays authoritative
 until cut-over:
 
-- :func:`copy_range` streams the rows of one ring range with the COPY protocol into a staging
-  table on the target and merges them with ``ON CONFLICT DO NOTHING``; the chunk's progress
-  row commits in the same target transaction, so a resumed copy never redoes finished work;
+- :func:`copy_ranges` streams the rows of a batch of ring ranges with the COPY protocol, one
+  stream into the table (or a staging table merged with ``ON CONFLICT DO NOTHING``); the
+  chunks' progress rows commit in the same target transaction, so a resumed copy never redoes
+  finished work;
 - :func:`drain` re-syncs every key named in the source's change log with
   :func:`shardctl.state.resync.resync_keys` (the Router's dual writes use it too): it locks the
   key's row on the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the
@@ -29,10 +30,11 @@ from psycopg import sql
 
 from shardctl.config.schema import TableSpec
 from shardctl.db import digest
-from shardctl.ring.hashing import Move
+from shardctl.ring.hashing import Move, Span
 from shardctl.ring.sql import position
 from shardctl.state import fence, inflight
 from shardctl.state.fence import trusted_writes
+from shardctl.state.plan import merged
 from shardctl.state.resync import key_type, keys_in, pipe, resync_keys
 
 Conn = psycopg.Connection[Any]
@@ -94,60 +96,88 @@ class Copied:
     """plain, replace or merge: see :func:`copy_range`."""
 
 
-def copy_range(
+def in_spans(table: TableSpec, spans: Sequence[Span], columns: str = "*") -> sql.Composable:
+    """``SELECT columns`` of the rows in ``spans`` (touching spans joined first): one
+    ``SELECT … WHERE`` :func:`range_predicate` per span, joined by ``UNION ALL``.
+
+    Not one ``WHERE`` with the ranges ``OR``-ed: the planner may scan such a query
+    sequentially, computing ``md5`` once per range tested for every row (a clean-up batch of 30
+    ranges passed 30 s that way). Each branch here is the ring-position index's range scan, or
+    a scan that computes ``md5`` twice per row at worst.
+    """
+    branches = [
+        sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(columns),
+            sql.Identifier(table.name),
+            range_predicate(table.key, span.start_hex, span.end_hex),
+        )
+        for span in merged(spans)
+    ]
+    if not branches:
+        return sql.SQL("SELECT {} FROM {} WHERE false").format(
+            sql.SQL(columns), sql.Identifier(table.name)
+        )
+    return sql.SQL(" UNION ALL ").join(branches)
+
+
+def copy_ranges(
     source: Conn,
     target: Conn,
     table: TableSpec,
-    start_hex: str,
-    end_hex: str | None,
+    chunks: Sequence[tuple[str, Span]],
     *,
     reshard_id: int,
-    chunk: str,
 ) -> Copied | None:
-    """Copy one range of a table; None when the chunk was already copied (resume).
+    """Copy the ranges of a batch of chunks of a table, named by their progress names, as one
+    stream in one target transaction; None when every chunk was already copied (resume).
 
-    Three ways, cheapest first. ``plain``: COPY straight into the table, as a raw COPY would,
-    when the range is empty on the target (an index probe). ``replace``: empty the range on
-    the target first, then COPY. That may drop a newer row a dual write put there, but every
-    such key has a change-log row on the source (written with the source's write), so the
-    drain brings it back. ``merge``: if a dual write lands in the range even while we copy,
-    COPY into a staging table and merge with ``ON CONFLICT DO NOTHING``.
+    The chunks not yet recorded as copied on the target are copied, and each is recorded in
+    the same transaction (the batch's rows and bytes on the first, 0 on the others), so a
+    resumed copy never redoes or skips one. Three ways, cheapest first. ``plain``: COPY
+    straight into the table, as a raw COPY would, when the ranges are empty on the target (an
+    index probe). ``replace``: empty the ranges on the target first, then COPY. That may drop
+    a newer row a dual write put there, but every such key has a change-log row on the source
+    (written with the source's write), so the drain brings it back. ``merge``: if a dual write
+    lands in the ranges even while we copy, COPY into a staging table and merge with ``ON
+    CONFLICT DO NOTHING``.
     """
-    done = target.execute(inflight.CHUNK_COPIED, (reshard_id, chunk)).fetchone()
-    if done:
+    names = [name for name, _ in chunks]
+    done = {str(r[0]) for r in target.execute(inflight.CHUNKS_COPIED, (reshard_id, names))}
+    todo = [(name, span) for name, span in chunks if name not in done]
+    if not todo:
         return None
-    where = range_predicate(table.key, start_hex, end_hex)
+    spans = [span for _, span in todo]
     occupied = target.execute(
-        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
-            sql.Identifier(table.name), where
-        )
+        sql.SQL("SELECT EXISTS ({})").format(in_spans(table, spans, "1"))
     ).fetchone()
-    progress = (reshard_id, chunk)
+    progress = (reshard_id, [name for name, _ in todo])
     for how in ("replace",) if occupied and occupied[0] else ("plain", "replace"):
         try:
-            return _copy_chunk(source, target, table, where, progress, how)
+            return _copy_chunk(source, target, table, spans, progress, how)
         except psycopg.errors.UniqueViolation:
-            pass  # a dual write or re-sync put a key of this range there first
-    return _copy_chunk(source, target, table, where, progress, "merge")
+            pass  # a dual write or re-sync put a key of these ranges there first
+    return _copy_chunk(source, target, table, spans, progress, "merge")
 
 
 def _copy_chunk(
     source: Conn,
     target: Conn,
     table: TableSpec,
-    where: sql.Composable,
-    progress: tuple[int, str],
+    spans: Sequence[Span],
+    progress: tuple[int, list[str]],
     how: str,
 ) -> Copied:
     name = sql.Identifier(table.name)
     stage = sql.Identifier(f"shardctl_stage_{table.name}")
-    select = sql.SQL("COPY (SELECT * FROM {} WHERE {}) TO STDOUT (FORMAT binary)").format(
-        name, where
-    )
+    select = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(in_spans(table, spans))
     with target.transaction():
         trusted_writes(target)
         if how == "replace":
-            target.execute(sql.SQL("DELETE FROM {} WHERE {}").format(name, where))
+            target.execute(
+                sql.SQL("DELETE FROM {} WHERE ctid = ANY(ARRAY({}))").format(
+                    name, in_spans(table, spans, "ctid")
+                )
+            )
         elif how == "merge":
             target.execute(
                 sql.SQL(
@@ -165,7 +195,13 @@ def _copy_chunk(
                     name, stage
                 )
             ).rowcount
-        target.execute(inflight.RECORD_CHUNK, (*progress, rows, nbytes))
+        reshard_id, names = progress
+        with target.cursor() as cur:
+            cur.executemany(
+                inflight.RECORD_CHUNK,
+                [(reshard_id, name, *((rows, nbytes) if i == 0 else (0, 0)))
+                 for i, name in enumerate(names)],
+            )  # fmt: skip
     return Copied(rows=rows, bytes=nbytes, how=how)
 
 
@@ -232,14 +268,20 @@ def _bounds(moves: Sequence[Move]) -> tuple[list[str], dict[int, int]]:
 
 
 def _per_move(
-    conn: Conn, table: TableSpec, moves: Sequence[Move], aggregates: sql.Composable
+    conn: Conn,
+    table: TableSpec,
+    moves: Sequence[Move],
+    aggregates: sql.Composable,
+    rows: sql.Composable | None = None,
 ) -> list[tuple[int, ...]]:
-    """Aggregates over each move's rows in one scan (ranges found by ``width_bucket``)."""
+    """Aggregates over each move's rows in one scan (ranges found by ``width_bucket``) of the
+    table, or of the ``rows`` query (a ``SELECT *`` of it)."""
     thresholds, bucket_of = _bounds(moves)
+    scanned = sql.Identifier(table.name) if rows is None else sql.SQL("({})").format(rows)
     query = sql.SQL(
         "SELECT pg_catalog.width_bucket({pos}, %s::text[]) AS b, {aggregates} "
-        "FROM {table} t GROUP BY b"
-    ).format(pos=position(table.key), aggregates=aggregates, table=sql.Identifier(table.name))
+        "FROM {rows} t GROUP BY b"
+    ).format(pos=position(table.key), aggregates=aggregates, rows=scanned)
     result: list[tuple[int, ...]] = [(0, 0) for _ in moves]
     for bucket, *values in conn.execute(query, (thresholds,)):
         move = bucket_of.get(bucket)
@@ -249,8 +291,11 @@ def _per_move(
 
 
 def fingerprints(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[Fingerprint]:
-    """Count and checksum the rows of each move's range on one server, in one scan."""
-    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, digest.CHECKSUM)]
+    """Count and checksum the rows of each move's range on one server, in one scan of those
+    ranges only (an index scan per range where the ring-position index exists: rows that stay
+    are not hashed)."""
+    rows = in_spans(table, moves)
+    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, digest.CHECKSUM, rows)]
 
 
 def sizes(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[tuple[int, int]]:
@@ -298,20 +343,16 @@ def drain_and_check(
     return Drained(resynced, mismatched)
 
 
-def delete_range(
-    conn: Conn, table: TableSpec, start_hex: str, end_hex: str | None, *, batch: int
-) -> int:
-    """Delete one batch of a range's rows (trusted: bypasses the fence); rows deleted."""
-    name = sql.Identifier(table.name)
+def delete_ranges(conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int) -> int:
+    """Delete the rows in ``spans``, at most ``batch`` of them, in one statement (trusted:
+    bypasses the fence); rows deleted."""
+    rows = sql.SQL("SELECT ctid FROM ({}) s LIMIT {}").format(
+        in_spans(table, spans, "ctid"), sql.Literal(batch)
+    )
     with conn.transaction():
         trusted_writes(conn)
         return conn.execute(
-            sql.SQL(
-                "DELETE FROM {name} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {name} WHERE {pred} "
-                "LIMIT {n}))"
-            ).format(
-                name=name,
-                pred=range_predicate(table.key, start_hex, end_hex),
-                n=sql.Literal(batch),
+            sql.SQL("DELETE FROM {} WHERE ctid = ANY(ARRAY({}))").format(
+                sql.Identifier(table.name), rows
             )
         ).rowcount

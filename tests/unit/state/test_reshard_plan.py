@@ -17,8 +17,10 @@ from shardctl.state.plan import (
     Plan,
     finished,
     make_plan,
+    merged,
     next_phase,
     split,
+    without_node,
 )
 
 
@@ -81,3 +83,43 @@ def test_a_chunk_is_a_span_of_the_circle() -> None:
     assert isinstance(chunk, Span) and chunk.start_hex == f"{5:032x}" and chunk.end_hex is None
     with pytest.raises(ValueError):
         Chunk(9, 9, "0.2", 0)
+
+
+@pytest.mark.parametrize("per_batch", [1, 2_000, 45_000, 10**9])
+def test_batches_cover_each_pair_once_in_bounded_groups(per_batch: int) -> None:
+    # A removal: one source gives ~120 small ranges to every other shard.
+    old = Ring([f"shard-{i}" for i in range(5)], vnodes=150, algorithm="md5")
+    new = without_node(old, "shard-2")
+    moves = old.moves_to(new)
+    sizes = [MoveSize(1_000 + 700 * (i % 5), 10**5) for i in range(len(moves))]
+    plan = make_plan(1, 1, old, new, sizes, rows_per_chunk=1_500)
+    seen: list[str] = []
+    for target in plan.targets():
+        groups = plan.batches("shard-2", target, per_batch)
+        for group in groups:
+            assert all(plan.moves[c.move].target == target for c in group)
+            assert all(a.start < b.start for a, b in itertools.pairwise(group))
+            rows = sum(plan.chunk_rows(c) for c in group)
+            assert len(group) == 1 or rows <= per_batch
+        for a, b in itertools.pairwise(groups):  # a batch closes only when the next chunk
+            assert sum(plan.chunk_rows(c) for c in (*a, b[0])) > per_batch  # would not fit
+        seen += [c.id for group in groups for c in group]
+    assert sorted(seen) == sorted(c.id for c in plan.chunks)
+    assert plan.batches("shard-0", "shard-1", per_batch) == []
+    if per_batch == 10**9:
+        assert all(len(plan.batches("shard-2", t, per_batch)) == 1 for t in plan.targets())
+
+
+def test_merged_joins_touching_spans_only() -> None:
+    spans = [Span(50, 60), Span(0, 10), Span(10, 20), Span(30, 40), Span(35, 45), Span(45, 50)]
+    assert merged(spans) == [Span(0, 20), Span(30, 60)]
+    assert merged([]) == []
+    assert merged([Span(5, SPACE), Span(0, 5)]) == [Span(0, SPACE)]
+
+
+def test_chunk_rows_share_the_move_evenly() -> None:
+    old = Ring(["a"], vnodes=1)
+    new = old.with_node("b")
+    sizes = [MoveSize(90_000, 1)] * len(old.moves_to(new))
+    plan = make_plan(1, 1, old, new, sizes, rows_per_chunk=30_000)
+    assert {plan.chunk_rows(c) for c in plan.chunks} == {30_000}
