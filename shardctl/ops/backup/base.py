@@ -221,15 +221,15 @@ def _one(
     if code != 0:
         raise CheckFailed(f"pg_basebackup from {node.name} failed: {_last(output)}")
     seconds = time.monotonic() - started
-    streamed = seen[0].streamed if seen else 0
+    code, output = engines.run_in(container, ["du", "-sb", inside])
+    size = int(output.split()[0]) if code == 0 and output.split() else 0
+    streamed = max(size, seen[0].streamed if seen else 0)  # a copy quicker than one reading
     rate = streamed / seconds if seconds > 0 and streamed else None
     copied(Copied(shard, "copied", streamed, streamed, rate, 0.0, done=True))
     progress(shard, "verifying")
     code, output = engines.run_in(container, ["pg_verifybackup", "-q", inside])
     if code != 0:
         raise CheckFailed(f"pg_verifybackup of {inside} failed: {_last(output)}")
-    code, output = engines.run_in(container, ["du", "-sb", inside])
-    size = int(output.split()[0]) if code == 0 and output.split() else 0
     code, output = engines.run_in(container, ["cat", f"{inside}/backup_manifest"])
     timeline, start, end = 0, "", ""
     if code == 0:
