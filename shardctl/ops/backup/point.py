@@ -3,9 +3,10 @@
 With the role-change lock (:data:`~shardctl.state.locks.ROLE_CHANGE_LOCK`) held on every acting
 primary (so no switchover runs meanwhile), writes are held on all of them with shardctl's own
 fence -- the whole circle given away ``FENCED`` under the role-change operation, exactly as a
-switchover fences its old primary; Routers wait and retry -- then ``pg_create_restore_point``
-runs on all of them at once, and the fence is lifted. No write commits on any shard between the
-first point and the last, so:
+switchover fences its old primary; Routers wait and retry -- and ``pg_create_restore_point``
+runs on each as soon as it is fenced (all primaries at once, one round trip each); the fences are
+lifted only once every point is written. A shard commits nothing from its point until the last
+point is written, so each point is its shard as of that last moment, the same on every shard:
 
 - every write acknowledged before the command started is before the point on its shard;
 - every write started after the command returned is after it, on every shard;
@@ -102,8 +103,11 @@ def create(
         started = time.monotonic()
         points: dict[str, tuple[int, int]] = {}
         try:
-            _all(conns, lambda shard, conn: _hold(conn, shard))
-            points = _all(conns, lambda _shard, conn: _restore_point(conn, name))
+            # One round per primary, not two: each fenced, then its point at once. A shard
+            # fenced and pointed early commits nothing until every point is written (the fence
+            # is lifted only after), so each point is still its shard at the moment the last
+            # point was written: the same moment on every shard.
+            points = _all(conns, lambda shard, conn: _hold_and_point(conn, shard, name))
         finally:
             _all(conns, lambda _shard, conn: fence.take_back(conn, fence.ROLE_CHANGE))
             pause = time.monotonic() - started
@@ -197,6 +201,12 @@ def _hold(conn: Conn, shard: str) -> None:
     """Refuse every write to the sharded tables here; in-flight writers finish first."""
     whole_circle = Move(0, SPACE, shard, shard)
     fence.give_away(conn, fence.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED)
+
+
+def _hold_and_point(conn: Conn, shard: str, name: str) -> tuple[int, int]:
+    """Hold writes here, then write the point: its LSN and timeline."""
+    _hold(conn, shard)
+    return _restore_point(conn, name)
 
 
 def _restore_point(conn: Conn, name: str) -> tuple[int, int]:
