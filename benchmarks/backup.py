@@ -103,6 +103,16 @@ def raw_backups(cluster: Cluster, folder: str) -> tuple[float, dict[str, tuple[i
     return wall, out
 
 
+def users(cluster: Cluster) -> int:
+    """Rows of ``users`` on every acting primary."""
+    counted = 0
+    for primary in cluster.topology.primaries():
+        with pg.connect(primary, cluster.credentials(), "app") as conn:
+            row = conn.execute("SELECT count(*) FROM users").fetchone()
+            counted += int(str(row[0])) if row else 0
+    return counted
+
+
 def mib(n: float) -> str:
     return f"{n / 1024**2:,.1f} MiB"
 
@@ -118,8 +128,20 @@ def main() -> None:
 
     with temp_cluster(shards=args.shards, replicas=1, backup={"repository": "repository"}) as c:
         path = str(c.topology.path)
-        _, took = shardctl("load", "-f", path, "--bulk", "--rows", str(args.rows))
-        print(f"# {args.rows:,} users bulk-loaded in {took:.1f} s")
+        started = time.perf_counter()
+        have, failures = 0, 0
+        while have < args.rows:  # in chunks, again after a failure (a loaded machine)
+            try:
+                chunk = min(250_000, args.rows - have)
+                shardctl("load", "-f", path, "--bulk", "--rows", str(chunk))
+            except RuntimeError as exc:
+                failures += 1
+                if failures > 5:
+                    raise
+                print(f"# bulk chunk failed, again: {str(exc).strip().splitlines()[-1]}")
+            have = users(c)
+        took = time.perf_counter() - started
+        print(f"# {have:,} users bulk-loaded in {took:.1f} s")
 
         # 1. base backup rate
         rows: list[tuple[str, float, float, int]] = []  # kind, copy rate, whole rate, bytes
@@ -178,11 +200,7 @@ def main() -> None:
         shardctl("down", "--volumes", "--yes", "-f", path)
         _, restore_wall = shardctl("restore", "--to", last_point, "--yes", "-f", path)
         fresh = Cluster.load(c.topology.path)
-        counted = 0
-        for primary in fresh.topology.primaries():
-            with pg.connect(primary, fresh.credentials(), "app") as conn:
-                row = conn.execute("SELECT count(*) FROM users").fetchone()
-                counted += int(str(row[0])) if row else 0
+        counted = users(fresh)
         fresh.close()
 
     every = [x for v in lags.values() for x in v]
