@@ -76,7 +76,8 @@ def raw_backups(cluster: Cluster, folder: str) -> tuple[float, dict[str, tuple[i
     def one(shard: str) -> tuple[int, float]:
         node = source(topology, login, shard)
         host, port = archiving.reach(topology, repository, node)
-        inside = f"/repository/{topology.cluster}/{folder}/{shard}"
+        # Beside the shard's base backups: the folder the backup node may write.
+        inside = f"/repository/{topology.cluster}/{shard}/base/{folder}"
         started = time.perf_counter()
         code, output = engines.run_in(
             container,
@@ -94,7 +95,10 @@ def raw_backups(cluster: Cluster, folder: str) -> tuple[float, dict[str, tuple[i
     started = time.perf_counter()
     results = fanout.gather({s.name: partial(one, s.name) for s in topology.spec.shards})
     wall = time.perf_counter() - started
-    engines.run_in(container, ["rm", "-rf", f"/repository/{topology.cluster}/{folder}"])
+    for shard in topology.spec.shards:
+        engines.run_in(
+            container, ["rm", "-rf", f"/repository/{topology.cluster}/{shard.name}/base/{folder}"]
+        )
     out: dict[str, tuple[int, float]] = {}
     for shard, result in results.items():
         if isinstance(result, BaseException):
