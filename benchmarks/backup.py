@@ -95,9 +95,9 @@ def raw_backups(cluster: Cluster, folder: str) -> tuple[float, dict[str, tuple[i
     started = time.perf_counter()
     results = fanout.gather({s.name: partial(one, s.name) for s in topology.spec.shards})
     wall = time.perf_counter() - started
-    for shard in topology.spec.shards:
+    for spec in topology.spec.shards:
         engines.run_in(
-            container, ["rm", "-rf", f"/repository/{topology.cluster}/{shard.name}/base/{folder}"]
+            container, ["rm", "-rf", f"/repository/{topology.cluster}/{spec.name}/base/{folder}"]
         )
     out: dict[str, tuple[int, float]] = {}
     for shard, result in results.items():
