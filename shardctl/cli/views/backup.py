@@ -88,7 +88,10 @@ def point_report(made: PointReport, *, json: bool) -> None:
     """What ``backup --point`` did: each shard's LSN and timeline, the write pause."""
     record = made.point
     if json:
-        render.print_json(dataclasses.asdict(record) | {"archived_seconds": made.archived_seconds})
+        render.print_json(
+            dataclasses.asdict(record)
+            | {"archived_seconds": made.archived_seconds, "fenced_seconds": made.fenced_seconds}
+        )
         return
     shards = ", ".join(
         f"{shard} {at.lsn} (timeline {at.timeline})" for shard, at in sorted(record.shards.items())
