@@ -83,12 +83,15 @@ class Meter:
 
 def total(copies: Iterable[Copied]) -> Copied:
     """All shards at once: bytes and rates summed; time left is the slowest shard's (they copy
-    in parallel), unknown while any shard still copying has none."""
+    in parallel), unknown while any shard still copying has none; once all are done, the rate
+    of them all."""
     found = list(copies)
     running = [c for c in found if not c.done]
     totals = [c.total for c in found]
     whole = None if any(t is None for t in totals) else sum(t for t in totals if t is not None)
-    rates = [c.rate for c in running if c.rate is not None]
+    # While copying, the rate of the copies still running; once all are done, of them all
+    # (they ran at once: together they copied this many bytes a second).
+    rates = [c.rate for c in (running or found) if c.rate is not None]
     etas = [c.eta for c in running]
     eta: float | None
     if not running:

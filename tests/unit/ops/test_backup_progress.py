@@ -46,6 +46,9 @@ def test_the_cluster_total_is_summed_and_waits_for_the_slowest_shard() -> None:
     done = Copied("s1", "copied", 500, 500, 25.0, 0.0, done=True)
     assert total([a, done]).eta == 7.0 and total([a, done]).rate == 100.0
     assert total([done]).done and total([done]).eta == 0.0
+    # All done: the rate of them all, which copied at once.
+    finished = Copied("s0", "copied", 1000, 1000, 80.0, 0.0, done=True)
+    assert total([finished, done]).rate == 105.0
     # One shard without an estimate yet: the total has none either.
     unknown = Copied("s2", "estimating backup size", 0, None, None, None)
     assert total([a, unknown]).total is None and total([a, unknown]).eta is None
