@@ -60,9 +60,14 @@ def backup(
                 point.create(cluster.topology, cluster.credentials(), point_name), json=json
             )
             return
-        with progress.nodes() as report:
+        with progress.backup() as (report, copied):
             done = base.take(
-                cluster.topology, cluster.engines, cluster.credentials(), name, progress=report
+                cluster.topology,
+                cluster.engines,
+                cluster.credentials(),
+                name,
+                progress=report,
+                copied=copied,
             )
     views.backup_report(done, json=json)
 

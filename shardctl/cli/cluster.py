@@ -200,6 +200,7 @@ def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
     import contextlib
 
     from shardctl.cli import render
+    from shardctl.cli.views import cluster as views
     from shardctl.db import pg
     from shardctl.errors import DatabaseUnavailable
     from shardctl.health.status import status_rows
@@ -208,7 +209,7 @@ def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
         facts, notes = cluster.observe_applying_durability()
         for line in notes:
             render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
-        rows = status_rows(facts)
+        rows = status_rows(facts, views.newest_wal(cluster.topology))
         operations: list[Operation] = []
         if any(r.in_recovery is False for r in rows):  # a primary answered: it can say
             with contextlib.suppress(DatabaseUnavailable):

@@ -88,6 +88,7 @@ def metrics(
     from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
     from shardctl.cli import render
+    from shardctl.health.archiving import RepositoryReader
     from shardctl.health.metrics import Collector
     from shardctl.health.scrape import RowsCache, Scraper, exposure_problem
 
@@ -96,7 +97,18 @@ def metrics(
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together")
     with open_cluster(topology) as cluster:
-        scraper = Scraper(cluster.topology, cluster.engines, cluster.credentials, timeout=timeout)
+        reader: RepositoryReader | None = None
+        if cluster.topology.spec.backup is not None:  # the ages of backups and archived WAL
+            from shardctl.ops.backup.listing import repository_times
+
+            reader = repository_times
+        scraper = Scraper(
+            cluster.topology,
+            cluster.engines,
+            cluster.credentials,
+            timeout=timeout,
+            repository=reader,
+        )
         registry = CollectorRegistry(auto_describe=False)
         registry.register(Collector(scraper))
         if once:

@@ -3,6 +3,7 @@ a log (see :func:`shardctl.cli.render.progress`). One reporter per kind of work.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -19,8 +20,10 @@ from rich.progress import (
 from rich.text import Text
 
 from shardctl.cli import render
+from shardctl.ops.backup.progress import Copied, CopiedCallback, total
 from shardctl.ops.nodes import Reporter
 from shardctl.ops.reshard.coordinator import Progress as CopyCallback
+from shardctl.util.text import size_text
 from shardctl.workload.report import LoadProgress
 
 
@@ -119,3 +122,69 @@ def bulk(rows: int) -> Iterator[Callable[[dict[str, int]], None]]:
             bar.update(task, completed=sum(per_shard.values()), shards=shards)
 
         yield show
+
+
+def copied_text(copied: Copied) -> str:
+    """A copy's bytes, share of the estimate, rate and time left, in a few words."""
+    parts = [size_text(copied.streamed)]
+    if copied.total is not None and not copied.done:
+        fraction = copied.fraction or 0.0
+        parts[0] += f" of ~{size_text(copied.total)} ({fraction:.0%})"
+    if copied.rate is not None:
+        parts.append(f"{size_text(round(copied.rate))}/s")
+    if copied.eta is not None and not copied.done:
+        parts.append(f"{_clock(copied.eta)} left")
+    return ", ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    return (
+        f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+        if whole >= 3600
+        else (f"{whole // 60}:{whole % 60:02d}")
+    )
+
+
+@contextmanager
+def backup() -> Iterator[tuple[Reporter, CopiedCallback]]:
+    """A line per shard (its step, then bytes, rate and time left while it copies) and one for
+    all shards together; fed by the (shard, step) reports and each shard's copy."""
+    with render.progress(
+        SpinnerColumn(),
+        TextColumn("{task.fields[node]:<12}"),
+        TextColumn("{task.description}"),
+        TextColumn("{task.fields[bytes]}"),
+        TimeElapsedColumn(),
+        plain=lambda task: (
+            f"{task.fields['node']}: {task.description}"
+            + (f" {task.fields['bytes']}" if task.fields["bytes"] else "")
+        ),
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
+        copies: dict[str, Copied] = {}
+        lock = threading.Lock()  # reports come from every shard's thread
+
+        def task(name: str, step: str) -> TaskID:
+            if name not in tasks:
+                tasks[name] = progress.add_task(step, node=name, bytes="")
+            return tasks[name]
+
+        def report(shard: str, step: str) -> None:
+            with lock:
+                progress.update(
+                    task("all shards" if shard == "*" else shard, step), description=step
+                )
+
+        def copied(now: Copied) -> None:
+            with lock:
+                copies[now.shard] = now
+                progress.update(task(now.shard, now.phase), bytes=copied_text(now))
+                whole = total(copies.values())
+                progress.update(
+                    task("all shards", whole.phase),
+                    description=whole.phase,
+                    bytes=copied_text(whole),
+                )
+
+        yield report, copied

@@ -6,12 +6,18 @@ On every primary of a topology with ``backup:``, one small WAL record is written
 timeout: the slot's position only moves once ``pg_receivewal`` has flushed the WAL into the
 repository, so a stopped backup node, a read-only or full repository, or a missing slot all
 fail it, naming the shard and the reason. An idle cluster is checked as well as a busy one.
+
+:func:`archive_states` judges the same slot from facts already read (``status``, metrics: no
+extra round trip): the WAL the primary holds that the repository does not yet, whether the
+backup node streams, and, given when the repository's newest WAL file was written, the age of
+that WAL while more waits (the RPO right now; 0 when everything is archived).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 
 import psycopg
@@ -23,6 +29,7 @@ from shardctl.db import pg
 from shardctl.docker.backup_specs import BACKUP_SLOT
 from shardctl.errors import DatabaseUnavailable
 from shardctl.health.checks import Check, failed, passed, skipped
+from shardctl.health.facts import ClusterFacts
 from shardctl.util import fanout
 from shardctl.util.text import size_text
 from shardctl.util.waiting import NotYet, wait_for
@@ -101,3 +108,110 @@ def _check(primary: Node, credentials: Credentials, timeout: float) -> Check:
             return failed(primary, ARCHIVING, f"{primary.shard}: archiving {why}")
     seconds = time.monotonic() - started
     return passed(primary, ARCHIVING, f"WAL archived within {seconds:.2f}s", seconds)
+
+
+@dataclass(frozen=True)
+class RepositoryTimes:
+    """What the backup repository says of each shard, as Unix times."""
+
+    newest_wal: Mapping[str, float | None]
+    """When the shard's newest archived WAL file was last written (None: nothing archived)."""
+    last_backup: Mapping[str, float]
+    """When the newest complete base backup holding the shard finished."""
+
+
+RepositoryReader = Callable[[Topology], RepositoryTimes]
+"""Reads the repository of a topology with ``backup:``. The reader lives with the repository
+(:func:`shardctl.ops.backup.listing.repository_times`), above this layer: the commands that
+want it (``status``, ``metrics``) hand it in."""
+
+
+@dataclass(frozen=True)
+class ArchiveState:
+    """One shard's archiving, as the facts of its acting primary (and the repository) say."""
+
+    shard: str
+    primary: str
+    state: str
+    """``ok``, ``behind`` (WAL waits, the newest archived file older than the limit, or more
+    than the lag limit waits), ``not streaming`` (the slot is idle: the backup node is not
+    receiving), ``no slot`` or ``unknown`` (the primary did not answer)."""
+    behind_bytes: int | None
+    """WAL the primary has written that the backup node has not confirmed stored."""
+    newest_wal: float | None = None
+    """When the newest archived WAL file was written (Unix time), when the repository was read."""
+    lag_seconds: float | None = None
+    """Age of the newest archived WAL while WAL waits, 0 when everything is archived: the RPO
+    right now. None when unknown (the repository not read, or the primary not answering)."""
+
+    @property
+    def ok(self) -> bool:
+        """Archiving works (or could not be judged: the primary's own problem says why)."""
+        return self.state in ("ok", "unknown")
+
+    @property
+    def problem(self) -> str | None:
+        """The reason, naming the shard, when archiving is not ok."""
+        if self.ok:
+            return None
+        why = {
+            "no slot": f"no slot {BACKUP_SLOT} on {self.primary} (run `shardctl up`)",
+            "not streaming": f"the backup node is not streaming from {self.primary} (is it "
+            "running? `shardctl up` starts it)",
+        }.get(self.state)
+        if why is None:
+            waiting = size_text(self.behind_bytes)
+            age = (
+                ""
+                if self.lag_seconds is None
+                else f", newest archived WAL {self.lag_seconds:.0f}s old"
+            )
+            why = f"behind: {waiting} of WAL not archived{age}; is the repository writable?"
+        return f"{self.shard}: archiving {why}"
+
+
+def archive_states(
+    facts: ClusterFacts,
+    limits: HealthSpec,
+    newest: Mapping[str, float | None] | None = None,
+    *,
+    now: float | None = None,
+) -> dict[str, ArchiveState]:
+    """Per shard (none without ``backup:``), its archiving judged from the acting primary's
+    facts: behind when WAL waits and the repository's newest file is older than
+    ``canary_timeout`` (``newest`` given), or when more than ``max_lag_bytes`` waits."""
+    topology = facts.topology
+    if topology.spec.backup is None:
+        return {}
+    moment = time.time() if now is None else now
+    found: dict[str, ArchiveState] = {}
+    for primary in topology.primaries():
+        own = facts.of(primary.name).facts
+        shard = primary.shard
+        newest_wal = None if newest is None else newest.get(shard)
+        if own is None or own.in_recovery or own.current_lsn is None:
+            found[shard] = ArchiveState(shard, primary.name, "unknown", None, newest_wal)
+            continue
+        slot = own.slot(BACKUP_SLOT)
+        if slot is None:
+            found[shard] = ArchiveState(shard, primary.name, "no slot", None, newest_wal)
+            continue
+        behind = None if slot.restart_lsn is None else max(0, own.current_lsn - slot.restart_lsn)
+        if behind == 0:
+            lag: float | None = 0.0
+        elif newest_wal is not None:
+            lag = max(0.0, moment - newest_wal)
+        else:
+            lag = None
+        if not slot.active:
+            state = "not streaming"
+        elif (
+            behind is None
+            or behind > limits.max_lag_bytes
+            or (lag is not None and lag > limits.canary_timeout)
+        ):
+            state = "behind"
+        else:
+            state = "ok"
+        found[shard] = ArchiveState(shard, primary.name, state, behind, newest_wal, lag)
+    return found

@@ -51,6 +51,7 @@ def families(snap: Snapshot) -> list[Family]:
     out += _cluster_families(snap)
     out += _pooler_families(snap)
     out += _archiver_families(snap)
+    out += _backup_families(snap)
     out += _operation_families(snap)
     out += _rows_families(snap)
     out += _scrape_families(snap)
@@ -280,6 +281,63 @@ def _archiver_families(snap: Snapshot) -> list[Family]:
         if archiver.pending is not None:
             pending.add_metric(labels, float(archiver.pending))
     return [enabled, archived, failed, last_ok, last_failed, pending]
+
+
+def _backup_families(snap: Snapshot) -> list[Family]:
+    """The backup repository (``backup:``): per shard, the last base backup and the archive of
+    the backup node's WAL stream (docs/backup.md)."""
+    if not snap.archives:
+        return []
+    cluster = snap.topology.cluster
+    last = _gauge(
+        "backup_last_complete_timestamp",
+        "When the newest complete (verified) base backup of the shard finished, Unix time.",
+        SHARD_LABELS,
+        unit="seconds",
+    )
+    newest = _gauge(
+        "backup_wal_newest_timestamp",
+        "When the repository's newest archived WAL file of the shard was last written, Unix time.",
+        SHARD_LABELS,
+        unit="seconds",
+    )
+    lag_seconds = _gauge(
+        "backup_wal_lag",
+        "Age of the newest archived WAL while WAL waits to be archived, 0 when all is: the RPO "
+        "right now.",
+        SHARD_LABELS,
+        unit="seconds",
+    )
+    lag_bytes = _gauge(
+        "backup_wal_lag",
+        "WAL the acting primary has written that the backup node has not stored yet.",
+        SHARD_LABELS,
+        unit="bytes",
+    )
+    streaming = _gauge(
+        "backup_wal_streaming",
+        "1 when the backup node streams the shard's WAL (its slot on the primary is active).",
+        SHARD_LABELS,
+    )
+    ok = _gauge(
+        "backup_archiving_ok",
+        "1 when the shard's archiving is ok as status judges it (0: stuck, behind, no slot).",
+        SHARD_LABELS,
+    )
+    for shard, state in sorted(snap.archives.items()):
+        labels = [cluster, shard]
+        if state.state != "unknown":
+            ok.add_metric(labels, _flag(state.ok))
+            streaming.add_metric(labels, _flag(state.state not in ("no slot", "not streaming")))
+        if state.behind_bytes is not None:
+            lag_bytes.add_metric(labels, float(state.behind_bytes))
+        if state.lag_seconds is not None:
+            lag_seconds.add_metric(labels, state.lag_seconds)
+        if state.newest_wal is not None:
+            newest.add_metric(labels, state.newest_wal)
+    for shard, finished in sorted(snap.last_backup.items()):
+        last.add_metric([cluster, shard], finished)
+    return [last, newest, lag_seconds, lag_bytes, streaming, ok]
 
 
 def _operation_families(snap: Snapshot) -> list[Family]:

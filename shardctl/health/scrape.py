@@ -34,6 +34,12 @@ from shardctl.db.deadlines import interrupt
 from shardctl.docker.engine import Engines
 from shardctl.errors import ShardctlError
 from shardctl.health import distribution
+from shardctl.health.archiving import (
+    ArchiveState,
+    RepositoryReader,
+    RepositoryTimes,
+    archive_states,
+)
 from shardctl.health.defaults import ROWS_INTERVAL as ROWS_INTERVAL
 from shardctl.health.defaults import TIMEOUT as TIMEOUT
 from shardctl.health.facts import (
@@ -55,7 +61,8 @@ CATALOG = "catalog"
 POOLERS = "poolers"
 OPERATIONS = "operations"
 ROWS = "rows"
-COLLECTORS = (HEALTH, CATALOG, POOLERS, OPERATIONS, ROWS)
+BACKUP = "backup"
+COLLECTORS = (HEALTH, CATALOG, POOLERS, OPERATIONS, ROWS, BACKUP)
 """Parts of a scrape, each reported by ``shardctl_scrape_collector_success``."""
 
 
@@ -131,6 +138,11 @@ class Snapshot:
     role_changes: Mapping[str, RoleChanges] = field(default_factory=dict)
     """Per shard."""
     rows: RowsView | None = None
+    archives: Mapping[str, ArchiveState] = field(default_factory=dict)
+    """Per shard, its WAL archiving (with ``backup:``): :func:`~shardctl.health.archiving.\
+archive_states` of these facts and the repository's times."""
+    last_backup: Mapping[str, float] = field(default_factory=dict)
+    """Per shard, when its newest complete base backup finished (Unix time)."""
     collectors: Mapping[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
     timeout: float = TIMEOUT
@@ -260,8 +272,11 @@ class Scraper:
         *,
         timeout: float = TIMEOUT,
         rows: RowsCache | None = None,
+        repository: RepositoryReader | None = None,
     ) -> None:
         self.topology = topology
+        self.repository = repository
+        """Reads the backup repository's times (with ``backup:``), in the scrape's deadline."""
         self.engines = engines
         self.credentials = credentials
         self.timeout = timeout
@@ -333,6 +348,8 @@ class Scraper:
             tasks = {f"node:{n.name}": ask(n) for n in running}
             tasks[OPERATIONS] = self._in_flight(self.acting, login)
             tasks |= self._pooler_tasks(login, states, connect)
+        if self.repository is not None and topology.spec.backup is not None:
+            tasks[BACKUP] = functools.partial(self.repository, topology)
         answers = fanout.gather(tasks, timeout=remaining())
         opened.cut()
         nodes = {n.name: answers.get(f"node:{n.name}") for n in topology.nodes}
@@ -377,6 +394,11 @@ class Scraper:
         rows = self.rows.view() if self.rows is not None else None
         if rows is not None:
             collectors[ROWS] = rows.ok
+        times = answers.get(BACKUP)
+        if BACKUP in tasks:
+            collectors[BACKUP] = isinstance(times, RepositoryTimes)
+        if not isinstance(times, RepositoryTimes):
+            times = None
         return Snapshot(
             topology=acting,
             facts=facts,
@@ -385,6 +407,10 @@ class Scraper:
             archivers=archivers,
             role_changes=role_changes(e for a in found.values() for e in a.history),
             rows=rows,
+            archives=archive_states(
+                facts, acting.spec.health, times.newest_wal if times is not None else None
+            ),
+            last_backup=times.last_backup if times is not None else {},
             collectors=collectors,
             seconds=time.monotonic() - started,
             timeout=self.timeout,

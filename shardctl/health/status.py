@@ -5,10 +5,12 @@ the two commands never disagree. Pure functions, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shardctl.config import addresses
 from shardctl.config.schema import Role
+from shardctl.health.archiving import ARCHIVING, ArchiveState, archive_states
 from shardctl.health.checks import (
     CANARY,
     LAG_BYTES,
@@ -61,6 +63,8 @@ class StatusRow:
     """``ok`` or the problem as a short phrase for the 80-column table."""
     pending_restart: tuple[str, ...] = ()
     """Settings only a restart applies that the node has yet to (``-o wide`` and JSON)."""
+    archiving: ArchiveState | None = None
+    """On an acting primary of a cluster with ``backup:``: its shard's WAL archiving."""
 
 
 _SHORT = {
@@ -77,6 +81,7 @@ _SHORT = {
     CANARY: "canary failed",
     POOLER: "pooler problem",
     POOLER_WAITING: "pooler queueing",
+    ARCHIVING: "archiving stuck",
 }
 _SYNC_PHRASES = (("writes block", "writes blocked"), ("degraded", "degraded (async)"))
 
@@ -102,16 +107,29 @@ def health_phrase(check: Check) -> str:
     return _SHORT.get(check.check, f"{check.check} failed")
 
 
-def status_rows(facts: ClusterFacts) -> list[StatusRow]:
+def status_rows(
+    facts: ClusterFacts, newest_wal: Mapping[str, float | None] | None = None
+) -> list[StatusRow]:
     """The status table: one row per declared node, healthy or with the first problem found.
 
     The problem is the node's first failed check of ``verify-replication`` (the same checks on
-    the same facts, with the topology's thresholds), so the two commands never disagree.
+    the same facts, with the topology's thresholds), so the two commands never disagree. With
+    ``backup:``, an acting primary's row also carries its shard's archiving, judged from the
+    same facts (:func:`~shardctl.health.archiving.archive_states`; ``newest_wal``, when the
+    repository was read, adds the age of its newest WAL): not ok is the row's problem too.
     """
+    limits = facts.topology.spec.health
     problems: dict[str, Check] = {}
-    for check in replication_checks(facts, facts.topology.spec.health):
+    for check in replication_checks(facts, limits):
         if not check.ok:
             problems.setdefault(check.node, check)
+    archives = archive_states(facts, limits, newest_wal)
+    for state in archives.values():
+        if not state.ok and state.problem is not None:
+            node = facts.of(state.primary).node
+            problems.setdefault(
+                node.name, Check(node.shard, node.name, ARCHIVING, False, state.problem)
+            )
     rows = []
     for obs in facts.nodes:
         node, node_facts = obs.node, obs.facts
@@ -138,6 +156,11 @@ def status_rows(facts: ClusterFacts) -> list[StatusRow]:
                 problem=None if problem is None else f"{problem.check}: {problem.detail}",
                 health="ok" if problem is None else health_phrase(problem),
                 pending_restart=node_facts.pending_restart if node_facts else (),
+                archiving=_archiving_of(archives, node.name),
             )
         )
     return rows
+
+
+def _archiving_of(archives: Mapping[str, ArchiveState], node: str) -> ArchiveState | None:
+    return next((a for a in archives.values() if a.primary == node), None)

@@ -14,6 +14,7 @@ the grown ring's restored in place, and remove-shard re-pointing the backup node
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -252,6 +253,7 @@ def test_stuck_archiving_fails_verify_replication(cluster: Cluster) -> None:
         stuck = run_shardctl("verify-replication", "-f", path)
         assert stuck.returncode == 1, stuck.stdout + stuck.stderr
         assert f"{shard}: archiving stuck" in stuck.stdout + stuck.stderr
+        _archiving_shows_stuck(path, shard)
     finally:
         generation.chmod(0o700)
     healthy = run_shardctl("verify-replication", "-f", path)
@@ -414,3 +416,66 @@ def test_points_after_a_failover_and_an_added_shard_restore_their_rings(
     assert fresh.topology.acting_primary("shard-0") == shards["shard-0"]["node"]
     assert _rows(fresh)[str(marker)] == "late"
     _healthy(path)
+
+
+def _archiving(path: Path) -> tuple[int, dict[str, dict[str, object]]]:
+    """``status -o json``: its exit code and each shard's archiving (on its primary's row)."""
+    status = run_shardctl("status", "-o", "json", "-f", path)
+    assert status.returncode in (0, 1), status.stdout + status.stderr
+    nodes = json.loads(status.stdout)["nodes"]
+    return status.returncode, {n["shard"]: n["archiving"] for n in nodes if n["archiving"]}
+
+
+def _metrics(path: Path) -> dict[tuple[str, str], float]:
+    """``metrics --once``: the ``shardctl_backup_*`` samples, (name, shard) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    once = run_shardctl("metrics", "--once", "-f", path)
+    assert once.returncode == 0, once.stdout + once.stderr
+    return {
+        (s.name, s.labels["shard"]): s.value
+        for family in text_string_to_metric_families(once.stdout)
+        for s in family.samples
+        if s.name.startswith("shardctl_backup_")
+    }
+
+
+def _archiving_shows_stuck(path: Path, shard: str) -> None:
+    """status (exit 1, naming the shard) and the metrics agree with verify-replication."""
+    deadline = time.monotonic() + 60  # until the newest file is older than canary_timeout
+    code, found = _archiving(path)
+    while found[shard]["ok"] and time.monotonic() < deadline:
+        time.sleep(2)
+        code, found = _archiving(path)
+    assert code == 1 and not found[shard]["ok"], found
+    assert str(found[shard]["problem"]).startswith(f"{shard}: archiving"), found
+    assert _metrics(path)[("shardctl_backup_archiving_ok", shard)] == 0.0
+
+
+def test_progress_status_and_metrics_show_backups_and_archiving(cluster: Cluster) -> None:
+    path = cluster.topology.path
+    made = run_shardctl("backup", "--name", "b-progress", "-o", "json", "-f", path)
+    assert made.returncode == 0, made.stdout + made.stderr
+    # Not a terminal: timestamped lines, the cluster's total in bytes and rate among them.
+    assert re.search(
+        r"^\d\d:\d\d:\d\d all shards: \S.* [\d.]+ (B|KiB|MiB|GiB)/s", made.stderr, re.M
+    ), made.stderr
+    record = json.loads(made.stdout)["backup"]
+    for shard, copy in record["shards"].items():
+        assert copy["size"] > 1_000_000 and copy["bytes_per_second"] > 0, copy
+        assert copy["seconds"] > 0 and copy["source"] != record["primaries"][shard], copy
+    code, found = _archiving(path)
+    assert code == 0 and set(found) == {"shard-0", "shard-1"}, found
+    for state in found.values():
+        assert state["state"] == "ok" and state["behind_bytes"] is not None, state
+        assert state["lag_seconds"] is not None and 0 <= float(str(state["lag_seconds"])) < 10
+    now = time.time()
+    samples = _metrics(path)
+    for shard in ("shard-0", "shard-1"):
+        finished = samples[("shardctl_backup_last_complete_timestamp_seconds", shard)]
+        assert now - 600 < finished <= now, finished  # b-progress, just taken
+        newest = samples[("shardctl_backup_wal_newest_timestamp_seconds", shard)]
+        assert now - 3600 < newest <= now + 1, newest
+        assert 0 <= samples[("shardctl_backup_wal_lag_seconds", shard)] < 10
+        assert samples[("shardctl_backup_wal_streaming", shard)] == 1.0
+        assert samples[("shardctl_backup_archiving_ok", shard)] == 1.0

@@ -33,33 +33,51 @@ def size(n: int) -> str:
     return f"{n} B"
 
 
+def rate(copy: ShardBackup) -> float | None:
+    """A shard's copy in bytes per second (its size over pg_basebackup's time)."""
+    return copy.size / copy.seconds if copy.seconds > 0 and copy.size else None
+
+
 def backup_report(done: BackupReport, *, json: bool) -> None:
-    """What ``backup`` did: per shard source, size, duration, timeline and WAL range."""
+    """What ``backup`` did: per shard source, size, duration, rate, timeline and WAL range."""
     if json:
+        record = dataclasses.asdict(done.record)
+        for shard, copy in done.record.shards.items():
+            found = rate(copy)
+            record["shards"][shard]["bytes_per_second"] = None if found is None else round(found)
         render.print_json(
             {
-                "backup": dataclasses.asdict(done.record),
+                "backup": record,
                 "point": dataclasses.asdict(done.point.point),
                 "removed": list(done.removed),
             }
         )
         return
     table = Table(title=f"backup {done.record.name}")
-    for column in ("shard", "source", "size", "seconds", "timeline", "WAL start", "WAL end"):
+    columns = ("shard", "source", "size", "seconds", "rate", "timeline", "WAL start", "WAL end")
+    for column in columns:
         table.add_column(column)
     for shard, copy in sorted(done.record.shards.items()):
+        speed = rate(copy)
         table.add_row(
             shard,
             copy.source,
             size(copy.size),
             f"{copy.seconds:.1f}",
+            "-" if speed is None else f"{size(round(speed))}/s",
             str(copy.timeline),
             copy.start_lsn,
             copy.end_lsn,
         )
     render.show(table)
+    copies = done.record.shards.values()
+    longest = max((c.seconds for c in copies), default=0.0)
+    whole = sum(c.size for c in copies)
     render.console.print(
-        f"[green]backup {done.record.name} complete[/] (verified with pg_verifybackup); "
+        f"[green]backup {done.record.name} complete[/] (verified with pg_verifybackup): "
+        f"{size(whole)} in {longest:.1f} s"
+        + (f" ({size(round(whole / longest))}/s)" if longest > 0 else "")
+        + "; "
         f"restore point {done.point.point.name}: writes held "
         f"{done.point.point.write_pause * 1000:.0f} ms"
         + (f"; retention removed {', '.join(done.removed)}" if done.removed else "")
@@ -70,7 +88,10 @@ def point_report(made: PointReport, *, json: bool) -> None:
     """What ``backup --point`` did: each shard's LSN and timeline, the write pause."""
     record = made.point
     if json:
-        render.print_json(dataclasses.asdict(record) | {"archived_seconds": made.archived_seconds})
+        render.print_json(
+            dataclasses.asdict(record)
+            | {"archived_seconds": made.archived_seconds, "fenced_seconds": made.fenced_seconds}
+        )
         return
     shards = ", ".join(
         f"{shard} {at.lsn} (timeline {at.timeline})" for shard, at in sorted(record.shards.items())

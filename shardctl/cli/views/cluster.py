@@ -9,6 +9,8 @@ from rich.table import Table
 
 from shardctl.cli.render import escape, plural, to_jsonable
 from shardctl.config.schema import Role
+from shardctl.config.topology import Topology
+from shardctl.errors import ShardctlError
 from shardctl.health.status import StatusRow
 from shardctl.state.inflight import RESHARD, Operation
 from shardctl.util.text import lsn_text, size_text
@@ -41,6 +43,47 @@ def _lag(row: StatusRow) -> str:
     return size_text(row.lag_bytes) + seconds
 
 
+def newest_wal(topology: Topology) -> dict[str, float | None] | None:
+    """When each shard's newest archived WAL was written, for ``status`` (None: no
+    ``backup:``, or the repository cannot be read here: status then judges the slot alone).
+    A read of file times on this host: no server is asked."""
+    if topology.spec.backup is None:
+        return None
+    from shardctl.ops.backup.listing import repository_times
+
+    try:
+        return dict(repository_times(topology).newest_wal)
+    except ShardctlError:
+        return None
+
+
+def archive_text(row: StatusRow) -> str:
+    """A primary's archiving in a few words: its state and the RPO now (``-`` without)."""
+    found = row.archiving
+    if found is None:
+        return "-"
+    if found.state != "ok":
+        return found.state
+    if found.lag_seconds is None:
+        return "ok" if not found.behind_bytes else f"ok, {size_text(found.behind_bytes)} waits"
+    return f"ok, RPO {found.lag_seconds:,.1f}s"
+
+
+def archive_facts(row: StatusRow) -> dict[str, Any] | None:
+    """A primary's archiving for ``status -o json`` (None: no ``backup:`` or a replica)."""
+    found = row.archiving
+    if found is None:
+        return None
+    return {
+        "state": found.state,
+        "ok": found.ok,
+        "behind_bytes": found.behind_bytes,
+        "newest_wal": found.newest_wal,
+        "lag_seconds": None if found.lag_seconds is None else round(found.lag_seconds, 3),
+        "problem": found.problem,
+    }
+
+
 def in_flight_lines(operations: list[Operation]) -> list[str]:
     """One line per operation in progress, then the command that finishes it (rich markup)."""
     lines = []
@@ -69,9 +112,12 @@ def status_table(cluster: str, rows: list[StatusRow], *, wide: bool = False) -> 
         for column in ("actual", "engine", "address", "TL", "LSN"):
             table.add_column(column, no_wrap=True)
     table.add_column("lag", justify="right", no_wrap=True)
+    archives = wide and any(r.archiving is not None for r in rows)
     if wide:
         table.add_column("slot", no_wrap=True)
         table.add_column("restart", no_wrap=True)
+    if archives:
+        table.add_column("archive", no_wrap=True)
     table.add_column("health")
     shard = None
     for row in _grouped(rows):
@@ -93,6 +139,8 @@ def status_table(cluster: str, rows: list[StatusRow], *, wide: bool = False) -> 
             cells.append(row.slot or "-")
             pending = ", ".join(row.pending_restart)
             cells.append(f"[yellow]pending: {escape(pending)}[/]" if pending else "-")
+        if archives:
+            cells.append(escape(archive_text(row)))
         cells.append(health)
         table.add_row(*cells)
         shard = row.shard
@@ -128,6 +176,7 @@ def status_facts(
                 "health": r.health,
                 "problem": r.problem,
                 "pending_restart": list(r.pending_restart),
+                "archiving": archive_facts(r),
             }
             for r in _grouped(rows)
         ],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from shardctl.docker.engine import Engines
 from shardctl.docker.specs import PASSFILE
 from shardctl.errors import CheckFailed, DatabaseUnavailable, ProvisioningError, UsageError
 from shardctl.ops.backup import archiving, point
+from shardctl.ops.backup.progress import PROGRESS_QUERY, Copied, CopiedCallback, Meter
 from shardctl.ops.backup.repository import (
     BackupRecord,
     Repository,
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str, str], None]
 """Called with (shard, what is happening now)."""
+
+POLL = 1.0
+"""Seconds between two readings of a copy's progress on its source server."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,10 @@ def take(
     name: str | None = None,
     *,
     progress: Progress = lambda _shard, _step: None,
+    copied: CopiedCallback = lambda _copied: None,
 ) -> BackupReport:
-    """Base backups of every shard in parallel, verified, then a restore point named alike."""
+    """Base backups of every shard in parallel, verified, then a restore point named alike;
+    ``copied`` gets each shard's bytes, rate and time left while it copies."""
     name = check_name(name or default_name(), "backup")
     repository = Repository.of(topology)
     repository.prepare()
@@ -91,7 +98,16 @@ def take(
     results = fanout.gather(
         {
             shard: partial(
-                _one, topology, engines, credentials, repository, node, name, shard, progress
+                _one,
+                topology,
+                engines,
+                credentials,
+                repository,
+                node,
+                name,
+                shard,
+                progress,
+                copied,
             )
             for shard in shards
         }
@@ -155,6 +171,7 @@ def _one(
     name: str,
     shard: str,
     progress: Progress,
+    copied: CopiedCallback,
 ) -> ShardBackup:
     node = source(topology, credentials, shard)
     host, port = archiving.reach(topology, repository, node)
@@ -163,35 +180,56 @@ def _one(
     environment = {"PGPASSFILE": PASSFILE, "PGAPPNAME": f"{BACKUP_APPLICATION}-base"}
     progress(shard, f"copying from {node.name}")
     started = time.monotonic()
-    code, output = engines.run_in(
-        container,
-        [
-            "pg_basebackup",
-            "-D",
-            inside,
-            "-h",
-            host,
-            "-p",
-            str(port),
-            "-U",
-            topology.spec.credentials.replication_user,
-            "-w",
-            "-X",
-            "stream",
-            "--checkpoint=fast",
-            "--manifest-checksums=CRC32C",
-        ],
-        environment=environment,
+    stop = threading.Event()
+    seen: list[Copied] = []
+
+    def sampled(now: Copied) -> None:
+        seen[:] = [now]
+        copied(now)
+
+    watcher = threading.Thread(
+        target=_watch,
+        args=(node, credentials, shard, environment["PGAPPNAME"], sampled, stop),
+        name=f"shardctl-backup-progress-{shard}",
+        daemon=True,
     )
+    watcher.start()
+    try:
+        code, output = engines.run_in(
+            container,
+            [
+                "pg_basebackup",
+                "-D",
+                inside,
+                "-h",
+                host,
+                "-p",
+                str(port),
+                "-U",
+                topology.spec.credentials.replication_user,
+                "-w",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--manifest-checksums=CRC32C",
+            ],
+            environment=environment,
+        )
+    finally:
+        stop.set()
+        watcher.join(timeout=POLL + 5.0)
     if code != 0:
         raise CheckFailed(f"pg_basebackup from {node.name} failed: {_last(output)}")
     seconds = time.monotonic() - started
+    code, output = engines.run_in(container, ["du", "-sb", inside])
+    size = int(output.split()[0]) if code == 0 and output.split() else 0
+    streamed = max(size, seen[0].streamed if seen else 0)  # a copy quicker than one reading
+    rate = streamed / seconds if seconds > 0 and streamed else None
+    copied(Copied(shard, "copied", streamed, streamed, rate, 0.0, done=True))
     progress(shard, "verifying")
     code, output = engines.run_in(container, ["pg_verifybackup", "-q", inside])
     if code != 0:
         raise CheckFailed(f"pg_verifybackup of {inside} failed: {_last(output)}")
-    code, output = engines.run_in(container, ["du", "-sb", inside])
-    size = int(output.split()[0]) if code == 0 and output.split() else 0
     code, output = engines.run_in(container, ["cat", f"{inside}/backup_manifest"])
     timeline, start, end = 0, "", ""
     if code == 0:
@@ -214,6 +252,30 @@ def _one(
         end_lsn=end,
         verified=True,
     )
+
+
+def _watch(
+    node: Node,
+    credentials: Credentials,
+    shard: str,
+    application: str,
+    copied: CopiedCallback,
+    stop: threading.Event,
+) -> None:
+    """Read the copy's progress on its source every :data:`POLL` seconds until ``stop``; a
+    source that does not answer only costs the progress display, never the backup."""
+    meter = Meter(shard)
+    try:
+        with pg.connect(node, credentials, "postgres", timeout=3.0, deadline=5.0) as conn:
+            while not stop.wait(POLL):
+                row = conn.execute(PROGRESS_QUERY, (application,)).fetchone()
+                if row is None:
+                    continue
+                phase, streamed, estimate = row
+                total = None if estimate is None else int(str(estimate))
+                copied(meter.sample(time.monotonic(), str(phase), int(str(streamed)), total))
+    except (DatabaseUnavailable, psycopg.Error):
+        return
 
 
 def _last(output: str) -> str:

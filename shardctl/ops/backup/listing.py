@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shardctl.config.topology import Topology
+from shardctl.health.archiving import RepositoryTimes
 from shardctl.ops.backup.repository import BackupRecord, PointRecord, Repository, WalRange, now
 
 
@@ -72,4 +73,19 @@ def list_backups(topology: Topology, cluster: str | None = None) -> Listing:
             )
             for shard in shards
         ),
+    )
+
+
+def repository_times(topology: Topology) -> RepositoryTimes:
+    """Per shard of ``topology``: when its newest archived WAL was written and its newest
+    complete base backup finished (file times and records only: no server is asked)."""
+    repository = Repository.of(topology)
+    shards = [s.name for s in topology.spec.shards]
+    last: dict[str, float] = {}
+    for record in repository.complete_backups():  # oldest first: the newest wins
+        for shard in record.shards:
+            last[shard] = record.finished or record.started
+    return RepositoryTimes(
+        newest_wal={shard: repository.wal_range(shard).newest_mtime for shard in shards},
+        last_backup=last,
     )

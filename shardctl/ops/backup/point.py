@@ -3,18 +3,20 @@
 With the role-change lock (:data:`~shardctl.state.locks.ROLE_CHANGE_LOCK`) held on every acting
 primary (so no switchover runs meanwhile), writes are held on all of them with shardctl's own
 fence -- the whole circle given away ``FENCED`` under the role-change operation, exactly as a
-switchover fences its old primary; Routers wait and retry -- then ``pg_create_restore_point``
-runs on all of them at once, and the fence is lifted. No write commits on any shard between the
-first point and the last, so:
+switchover fences its old primary; Routers wait and retry -- and ``pg_create_restore_point``
+runs on each in the transaction that fences it (all primaries at once, one round each); the
+fences are lifted only once every point is written. A shard commits nothing from its point
+until the last point is written, so each point is its shard as of that last moment, the same on
+every shard:
 
 - every write acknowledged before the command started is before the point on its shard;
 - every write started after the command returned is after it, on every shard;
 - a write whose transaction spans the pause lands on one side on every shard, never half.
 
 The point is recorded (``points/NAME.json``) only once every shard's archive holds its LSN.
-The fence row itself is written before the point, so a restored cluster holds it; ``up`` lifts
-it there (:func:`shardctl.state.fence.lift_abandoned_role_fence`), as it lifts any fence no
-role change holds. A point is refused while a reshard is in flight.
+The point is written inside the fence's transaction, so a restored cluster does not hold the
+fence (and if it ever did, ``up`` lifts it: :func:`shardctl.state.fence.lift_abandoned_role_fence`
+lifts any fence no role change holds). A point is refused while a reshard is in flight.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class PointReport:
 
     point: PointRecord
     archived_seconds: float
+    fenced_seconds: float = 0.0
+    """Of the write pause: fencing every primary and writing its point (one round)."""
 
 
 def create(
@@ -102,9 +106,13 @@ def create(
         started = time.monotonic()
         points: dict[str, tuple[int, int]] = {}
         try:
-            _all(conns, lambda shard, conn: _hold(conn, shard))
-            points = _all(conns, lambda _shard, conn: _restore_point(conn, name))
+            # One round per primary, not two: each fenced, then its point at once. A shard
+            # fenced and pointed early commits nothing until every point is written (the fence
+            # is lifted only after), so each point is still its shard at the moment the last
+            # point was written: the same moment on every shard.
+            points = _all(conns, lambda shard, conn: _hold_and_point(conn, shard, name))
         finally:
+            fenced = time.monotonic() - started
             _all(conns, lambda _shard, conn: fence.take_back(conn, fence.ROLE_CHANGE))
             pause = time.monotonic() - started
         log(f"writes held for {pause * 1000:.0f} ms; waiting for the archive")
@@ -133,7 +141,7 @@ def create(
         write_pause=pause,
     )
     repository.write_point(point)
-    return PointReport(point, max(waited.values(), default=0.0))
+    return PointReport(point, max(waited.values(), default=0.0), fenced)
 
 
 def _bases(repository: Repository, topology: Topology) -> dict[str, str]:
@@ -197,6 +205,16 @@ def _hold(conn: Conn, shard: str) -> None:
     """Refuse every write to the sharded tables here; in-flight writers finish first."""
     whole_circle = Move(0, SPACE, shard, shard)
     fence.give_away(conn, fence.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED)
+
+
+def _hold_and_point(conn: Conn, shard: str, name: str) -> tuple[int, int]:
+    """Hold writes here and write the point, in the fence's own transaction: its LSN and
+    timeline. Once the fence has locked the sharded tables (every in-flight write finished
+    first), no write to them commits here until that transaction does, and from then on the
+    fence refuses them: the point sees every write before the fence and none after."""
+    with pg.bookkeeping(conn):
+        _hold(conn, shard)
+        return _restore_point(conn, name)
 
 
 def _restore_point(conn: Conn, name: str) -> tuple[int, int]:

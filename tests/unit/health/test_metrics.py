@@ -26,6 +26,7 @@ from shardctl.db.poolers import PoolerFacts, PoolerObservation
 from shardctl.docker.engine import Engines
 from shardctl.errors import UsageError
 from shardctl.health import distribution
+from shardctl.health.archiving import ArchiveState
 from shardctl.health.facts import ClusterFacts, ContainerState
 from shardctl.health.metrics import Collector as MetricsCollector
 from shardctl.health.metrics import Family, families
@@ -300,7 +301,14 @@ def every_metric(snap: Snapshot) -> set[str]:
 
 def full_snapshot() -> Snapshot:
     topo = topology()
-    return snapshot(cluster(topo, dict(healthy(topo))), rows=RowsView(None, None, None, False))
+    now = time.time()
+    archive = ArchiveState("s0", "s0-primary", "ok", 0, now - 1, 0.0)
+    return snapshot(
+        cluster(topo, dict(healthy(topo))),
+        rows=RowsView(None, None, None, False),
+        archives={"s0": archive},
+        last_backup={"s0": now - 60},
+    )
 
 
 def test_every_metric_is_documented_and_named_by_the_conventions() -> None:
