@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from shardctl.ops.reshard.coordinator import Rebalancer, State
 
 ThrottleOption = Annotated[
-    float, number_option("--throttle", low=0, high=60, help="Seconds to sleep between copied batches.")
+    float, number_option("--throttle", low=0, high=60, help="Seconds to sleep between batches.")
 ]
 RowsPerChunkOption = Annotated[
     int,
