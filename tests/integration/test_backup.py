@@ -244,6 +244,9 @@ def test_stuck_archiving_fails_verify_replication(cluster: Cluster) -> None:
     fresh.follow_roles()
     shard = "shard-1"
     folder = Path(path).parent / "repository" / fresh.topology.cluster / shard / "wal"
+    deadline = time.monotonic() + 60  # run first, the backup node may not have made it yet
+    while not (folder.is_dir() and any(folder.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.5)
     generation = folder / max((p.name for p in folder.iterdir()), key=int)
     generation.chmod(0o555)  # the open segment is still written: the next one cannot be made
     try:
