@@ -81,7 +81,7 @@ def add_shard(
         raise UsageError(f"{cluster.topology.path} already has a shard {name!r}")
     require_running(cluster)
     with cluster, progress.nodes() as report:
-        cluster.add_shard(
+        done = cluster.add_shard(
             name,
             replicas,
             timeout=timeout,
@@ -89,6 +89,8 @@ def add_shard(
             engine=engine,
             replica_engines=replica_engine or (),
         )
+    for note in done.notes:
+        render.err_console.print(f"[yellow]warning[/]: {render.escape(note)}")
     render.err_console.print(
         f"[green]add-shard[/]: {name} is up with {replicas} replica(s) and recorded in "
         f"{cluster.topology.path}; it owns no keys until `shardctl rebalance`"

@@ -51,6 +51,8 @@ class UpReport:
     """Things found that ``up`` reports but does not change (e.g. topology vs ring catalog)."""
     shards: dict[str, str] = field(default_factory=dict)
     """Per shard changed by a rolling change: what was done, and the write pause."""
+    notes: list[str] = field(default_factory=list)
+    """What a command built on ``up`` has to say besides (add-shard: its base backup)."""
 
 
 class Provisioner(RoleSteps):

@@ -331,6 +331,10 @@ def test_points_after_a_failover_and_an_added_shard_restore_their_rings(
     assert _streams(grown, newcomer), "the backup node does not stream from shard-2"
     with pg.connect(newcomer, grown.credentials(), "app") as conn:
         assert conn.execute("SELECT count(*) FROM users").fetchone() == (0,)  # before any row
+    # add-shard took a base backup of the new shard alone: a point can be made at once.
+    pa = run_shardctl("backup", "--point", "pa", "-o", "json", "-f", path)
+    assert pa.returncode == 0, pa.stdout + pa.stderr
+    assert json.loads(pa.stdout)["shards"]["shard-2"]["backup"].endswith("-shard-2")
     made = run_shardctl("backup", "--name", "b2", "-f", path, timeout=600)
     assert made.returncode == 0, made.stdout + made.stderr
     # Its retention pruned the WAL no kept base backup needs (before b1's start, every shard).

@@ -81,20 +81,55 @@ def take(
     """Base backups of every shard in parallel, verified, then a restore point named alike;
     ``copied`` gets each shard's bytes, rate and time left while it copies."""
     name = check_name(name or default_name(), "backup")
+    shards = [shard.name for shard in topology.spec.shards]
+    record = _copies(topology, engines, credentials, name, shards, progress, copied)
+    progress("*", "restore point")
+    made = point.create(topology, credentials, name)
+    removed = apply_retention(topology, Repository.of(topology))
+    return BackupReport(record, made, removed)
+
+
+def take_shard(
+    topology: Topology,
+    engines: Engines,
+    credentials: Credentials,
+    shard: str,
+    *,
+    progress: Progress = lambda _shard, _step: None,
+) -> BackupRecord:
+    """A base backup of ``shard`` alone (one ``add-shard`` just made), verified, with no point
+    of its own: with it, every shard has a base backup and points can be made at once."""
+    name = check_name(f"{default_name()}-{shard}"[:63], "backup")
+    record = _copies(topology, engines, credentials, name, [shard], progress, lambda _c: None)
+    apply_retention(topology, Repository.of(topology))
+    return record
+
+
+def _copies(
+    topology: Topology,
+    engines: Engines,
+    credentials: Credentials,
+    name: str,
+    shards: list[str],
+    progress: Progress,
+    copied: CopiedCallback,
+) -> BackupRecord:
+    """Copy ``shards`` in parallel into base backup ``name``; its record, complete only when
+    every copy was verified (else recorded as failed, and CheckFailed)."""
     repository = Repository.of(topology)
     repository.prepare()
     if repository.backup(name) is not None or repository.point(name) is not None:
         raise UsageError(f"a backup or point named {name!r} exists already")
     node = _backup_node(topology, engines)
+    primaries = {p.shard: p.name for p in topology.primaries()}
     record = BackupRecord(
         name=name,
         cluster=topology.cluster,
         started=now(),
-        generation={s.name: repository.generation(s.name) for s in topology.spec.shards},
-        primaries={p.shard: p.name for p in topology.primaries()},
+        generation={shard: repository.generation(shard) for shard in shards},
+        primaries={shard: primaries[shard] for shard in shards if shard in primaries},
     )
     repository.write_backup(record)  # listed as incomplete until every shard is verified
-    shards = [shard.name for shard in topology.spec.shards]
     results = fanout.gather(
         {
             shard: partial(
@@ -126,10 +161,7 @@ def take(
         raise CheckFailed(f"backup {name} failed: {failures[0]}")
     record = dataclasses.replace(record, shards=copies, finished=now(), complete=True)
     repository.write_backup(record)
-    progress("*", "restore point")
-    made = point.create(topology, credentials, name)
-    removed = apply_retention(topology, repository)
-    return BackupReport(record, made, removed)
+    return record
 
 
 def _backup_node(topology: Topology, engines: Engines) -> Container:

@@ -2,7 +2,8 @@
 
 - Complete base backups beyond ``retention.base_backups`` (or older than ``retention.days``) go,
   oldest first (the newest always stays), and so do incomplete ones older than the newest
-  complete one.
+  complete one. Counted per declared shard: a base backup stays while it is one of the newest
+  of any shard it holds (``add-shard``'s backup of its new shard alone counts for that shard).
 - Then, per shard, the archived WAL segments before the oldest kept base backup's start: a
   restore begins at a base backup's start, so it never reads WAL below that segment, on any
   timeline. Timeline history files stay (a few bytes each; recovery reads a target timeline's
@@ -53,11 +54,16 @@ def prune(topology: Topology, repository: Repository) -> Pruned:
     if spec is None:
         return pruned
     complete = repository.complete_backups()
-    keep = complete[-spec.retention.base_backups :]
-    if spec.retention.days is not None:
-        horizon = now() - spec.retention.days * 86400
-        keep = [r for r in keep if (r.finished or r.started) >= horizon] or complete[-1:]
-    kept = {r.name for r in keep}
+    declared = {s.name for s in topology.spec.shards}
+    kept: set[str] = set()
+    for shard in declared:  # counted per shard: add-shard's base backup holds one shard only
+        holding = [r for r in complete if shard in r.shards]
+        mine = holding[-spec.retention.base_backups :]
+        if spec.retention.days is not None:
+            horizon = now() - spec.retention.days * 86400
+            mine = [r for r in mine if (r.finished or r.started) >= horizon] or holding[-1:]
+        kept |= {r.name for r in mine}
+    keep = [r for r in complete if r.name in kept]
     newest = complete[-1].started if complete else 0.0
     for record in repository.backups():
         if record.name in kept:
@@ -65,7 +71,6 @@ def prune(topology: Topology, repository: Repository) -> Pruned:
         if record.complete or record.started < newest:
             repository.remove_base(record)
             pruned.backups.append(record.name)
-    declared = {s.name for s in topology.spec.shards}
     for shard in _archived_shards(repository):
         holding = [r for r in keep if shard in r.shards]
         if not holding:

@@ -12,7 +12,7 @@ import yaml
 from shardctl.config import topology
 from shardctl.config.schema import MAX_REPLICAS, PORT_STRIDE
 from shardctl.config.topology import Topology
-from shardctl.errors import TopologyError, UsageError
+from shardctl.errors import ShardctlError, TopologyError, UsageError
 from shardctl.ops.cluster import Cluster
 from shardctl.ops.nodes import Reporter
 from shardctl.ops.reshard.coordinator import Rebalancer
@@ -49,7 +49,25 @@ def add_shard(
     bigger, text = with_shard(cluster.topology, name, replicas, engine, replica_engines)
     report = Cluster(bigger, cluster.engines).up(timeout=timeout, reporter=reporter)
     record(bigger, text)
+    if bigger.spec.backup is not None:
+        report.notes += _first_base_backup(cluster, bigger, name, reporter)
     return report
+
+
+def _first_base_backup(
+    cluster: Cluster, bigger: Topology, name: str, reporter: Reporter
+) -> list[str]:
+    """A base backup of the new shard (empty, so quick): restore points need one of every
+    shard. A failure is said, not raised: the shard is up and recorded."""
+    from shardctl.ops.backup import base
+
+    reporter(name, "base backup (restore points need one of every shard)")
+    try:
+        made = base.take_shard(bigger, cluster.engines, cluster.credentials(), name)
+    except ShardctlError as exc:
+        return [f"{name}: no base backup yet ({exc}): run `shardctl backup`"]
+    reporter(name, f"base backup {made.name}")
+    return []
 
 
 def with_shard(

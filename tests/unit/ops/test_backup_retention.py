@@ -67,7 +67,7 @@ def test_segments_before_the_oldest_kept_base_backup_go_on_every_timeline(tmp_pa
     top, repo = _repository(tmp_path)
     _backup(repo, "b1", 1.0, {"s1": "000000010000000000000002", "s2": "000000010000000000000002"})
     _backup(repo, "b2", 2.0, {"s1": "000000020000000000000004", "s2": "000000010000000000000002"})
-    _backup(repo, "b3", 3.0, {"s1": "000000020000000000000005"})  # s2 not in it
+    _backup(repo, "b3", 3.0, {"s1": "000000020000000000000005", "s2": "000000010000000000000003"})
     pruned = prune(top, repo)
     assert pruned.backups == ["b1"]
     # s1: the oldest kept start is segment 4 (b2): segments 1-3 go on timelines 1 and 2.
@@ -84,6 +84,19 @@ def test_segments_before_the_oldest_kept_base_backup_go_on_every_timeline(tmp_pa
     assert "000000010000000000000002" in _files(repo, "s2")
     assert pruned.segments == {"s1": 4, "s2": 1}
     assert sorted(p.name for p in repo.wal_folder("s1").iterdir()) == ["1", "2", "3"]
+
+
+def test_base_backups_are_counted_per_shard(tmp_path: Path) -> None:
+    """add-shard's backup of its new shard alone must not push out the others' backups."""
+    top, repo = _repository(tmp_path)
+    _backup(repo, "b1", 1.0, {"s1": "000000010000000000000002"})
+    _backup(repo, "b2", 2.0, {"s1": "000000010000000000000003"})
+    _backup(repo, "added-s2", 3.0, {"s2": "000000010000000000000003"})
+    assert prune(top, repo).backups == []  # two of s1, one of s2: all within 2 per shard
+    _backup(repo, "b3", 4.0, {"s1": "000000010000000000000004", "s2": "000000010000000000000004"})
+    assert prune(top, repo).backups == ["b1"]  # s1: b2, b3; s2: added-s2, b3
+    _backup(repo, "b4", 5.0, {"s1": "000000020000000000000005", "s2": "000000020000000000000005"})
+    assert sorted(prune(top, repo).backups) == ["added-s2", "b2"]
 
 
 def test_a_declared_shard_without_a_kept_base_backup_keeps_its_wal(tmp_path: Path) -> None:
