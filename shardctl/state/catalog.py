@@ -324,9 +324,17 @@ def combine(
         problems.append(
             f"no catalog on {', '.join(missing)} (run `shardctl up` to copy epoch {top} there)"
         )
-    behind = sorted((name, r.epoch) for name, r in present.items() if r.epoch < top)
-    if behind:
-        listed = ", ".join(f"{name} (epoch {epoch})" for name, epoch in behind)
+    behind = sorted((n, r.epoch) for n, r in present.items() if r.epoch < top)
+    missed = [(n, e) for n, e in behind if present[n].same_ring(current)]
+    if missed:  # the same ring: only a role change's epoch did not reach them
+        listed = ", ".join(f"{name} (epoch {epoch})" for name, epoch in missed)
+        problems.append(
+            f"{listed} behind epoch {top} (a role change it did not hear of, the same ring): "
+            "`shardctl up` copies the epoch there"
+        )
+    cut_over = [(n, e) for n, e in behind if (n, e) not in missed]
+    if cut_over:
+        listed = ", ".join(f"{name} (epoch {epoch})" for name, epoch in cut_over)
         problems.append(
             f"{listed} behind epoch {top}: an interrupted cut-over? "
             "run `shardctl rebalance --resume`"
@@ -442,8 +450,9 @@ class EnsureReport:
 def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.0) -> EnsureReport:
     """Install the catalog on every primary; write epoch 1 from the topology if none has one.
 
-    A primary without a catalog gets a copy of the current record. Primaries behind the
-    current epoch and a topology that disagrees are reported, not changed.
+    A primary without a catalog, or behind the current epoch with the same ring (it missed a
+    role change's epoch), gets a copy of the current record. Primaries behind with another ring
+    (an interrupted cut-over) and a topology that disagrees are reported, not changed.
     """
     primaries = topology.primaries()
 
@@ -456,7 +465,11 @@ def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.
     )
     view = combine({n: r for n, r in found.items() if not isinstance(r, BaseException)})
     record = view.current if view.current is not None else initial_record(topology)
-    targets = [p for p in primaries if view.by_primary.get(p.name) is None]
+    def lacking(name: str) -> bool:  # no catalog, or one that only missed a role change
+        held = view.by_primary.get(name)
+        return held is None or (held.epoch < record.epoch and held.same_ring(record))
+
+    targets = [p for p in primaries if lacking(p.name)]
     written = pg.on_nodes(
         topology,
         credentials,
@@ -467,7 +480,9 @@ def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.
         doing=DOING,
     )
     report = EnsureReport(epoch=record.epoch, written=sorted(n for n, w in written.items() if w))
-    report.warnings = [p for p in view.problems if not p.startswith("no catalog on")]
+    report.warnings = [
+        p for p in view.problems if not p.startswith("no catalog on") and "`shardctl up`" not in p
+    ]
     report.warnings += drift(topology, record)
     return report
 

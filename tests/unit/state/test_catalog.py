@@ -48,6 +48,15 @@ def test_the_highest_epoch_wins_and_every_disagreement_is_named() -> None:
     assert any("b-primary (epoch 1) behind epoch 2" in p for p in view.problems)
 
 
+def test_a_primary_that_only_missed_a_role_change_is_told_to_run_up() -> None:
+    same_ring = record(3, "a", "b")
+    view = combine({"a-primary": record(4, "a", "b"), "b-primary": same_ring})
+    assert view.problems == (
+        "b-primary (epoch 3) behind epoch 4 (a role change it did not hear of, the same ring): "
+        "`shardctl up` copies the epoch there",
+    )
+
+
 def test_agreeing_primaries_have_no_problems() -> None:
     view = combine({"a": record(3, "x"), "b": record(3, "x")})
     assert view.agrees and view.record().epoch == 3
