@@ -465,6 +465,7 @@ def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.
     )
     view = combine({n: r for n, r in found.items() if not isinstance(r, BaseException)})
     record = view.current if view.current is not None else initial_record(topology)
+
     def lacking(name: str) -> bool:  # no catalog, or one that only missed a role change
         held = view.by_primary.get(name)
         return held is None or (held.epoch < record.epoch and held.same_ring(record))
