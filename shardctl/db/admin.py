@@ -148,11 +148,14 @@ def lowered_by_restart(conn: Conn) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
-def current_lsn(conn: Conn) -> str:
-    """The primary's current WAL position (``pg_current_wal_lsn()``), as text."""
-    row = conn.execute("SELECT pg_catalog.pg_current_wal_lsn()::text").fetchone()
+def flush_lsn(conn: Conn) -> int:
+    """How far the primary's WAL is flushed (``pg_current_wal_flush_lsn()``), in bytes: what a
+    standby can have received and replayed at most."""
+    row = conn.execute(
+        "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_flush_lsn(), '0/0')::bigint"
+    ).fetchone()
     assert row is not None
-    return str(row[0])
+    return int(row[0])
 
 
 def reload(conn: Conn) -> None:

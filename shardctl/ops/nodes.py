@@ -24,6 +24,7 @@ from shardctl.docker.engine import Engines
 from shardctl.docker.records import config_digest
 from shardctl.docker.specs import TLS_FILES, container_spec, data_mount
 from shardctl.errors import DatabaseUnavailable, ProvisioningError
+from shardctl.util.text import lsn_text
 from shardctl.util.waiting import NotYet, wait_for
 
 if TYPE_CHECKING:
@@ -185,23 +186,25 @@ class NodeWork:
 
         self._wait(node, probe, "it to stream from its primary", deadline)
 
-    def wait_replayed(self, node: Node, lsn: str, deadline: float) -> None:
-        """Until ``node`` has replayed its upstream's WAL up to ``lsn``."""
-        self.report(node.name, f"waiting to replay up to {lsn}")
+    def wait_replayed(self, node: Node, lsn: int, deadline: float) -> None:
+        """Until ``node`` has replayed its upstream's WAL up to ``lsn`` (bytes)."""
+        self.report(node.name, f"waiting to replay up to {lsn_text(lsn)}")
 
         def probe() -> None:
             self._fail_if_dead(node)
             try:
                 with self._connect(node) as conn:
                     row = conn.execute(
-                        "SELECT pg_catalog.pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)
+                        "SELECT pg_catalog.pg_wal_lsn_diff("
+                        "pg_catalog.pg_last_wal_replay_lsn(), '0/0') >= %s",
+                        (lsn,),
                     ).fetchone()
             except DatabaseUnavailable as exc:
                 raise NotYet(str(exc)) from None
             if row is None or row[0] is not True:
-                raise NotYet(f"not replayed up to {lsn} yet")
+                raise NotYet(f"not replayed up to {lsn_text(lsn)} yet")
 
-        self._wait(node, probe, f"it to replay up to {lsn}", deadline)
+        self._wait(node, probe, f"it to replay up to {lsn_text(lsn)}", deadline)
 
     def wait_pooler(self, node: Node, deadline: float) -> None:
         """Until the node's pooler answers on its admin console."""

@@ -41,7 +41,7 @@ import psycopg
 from shardctl.config.credentials import Credentials
 from shardctl.config.schema import Durability, Replication
 from shardctl.config.topology import Node, Topology
-from shardctl.db import pg
+from shardctl.db import admin, pg
 from shardctl.db.admin import commit_waits_for_replicas, create_slot
 from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable, RoleChangeError, ShardctlError, UsageError
@@ -175,7 +175,7 @@ class RoleChanger:
             self.log(f"fencing writes on {old.name}")
             fenced_at = time.monotonic()
             _fence(held, shard, candidate.name)
-            flush = _flush_lsn(held)
+            flush = admin.flush_lsn(held)
             self.after_step(Step.FENCED)
             try:
                 self.log(f"waiting for {candidate.name} to replay everything {old.name} flushed")
@@ -479,14 +479,6 @@ def _fence(conn: Conn, shard: str, target: str) -> None:
 
 def _unfence(conn: Conn) -> None:
     fence.take_back(conn, fence.ROLE_CHANGE)
-
-
-def _flush_lsn(conn: Conn) -> int:
-    row = conn.execute(
-        "SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_flush_lsn(), '0/0')::bigint"
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 __all__ = ["RoleChange", "RoleChangeError", "RoleChanger", "Step"]

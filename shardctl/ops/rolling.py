@@ -102,7 +102,7 @@ class Roller(NodeWork):
             self.report(shard, f"{', '.join(lowered)} lowered: the primary restarts first")
             result.write_pause = self._in_place(primary, todo[primary.name], deadline, result)
             with self._connect(primary) as conn:  # its new settings are in its WAL by now
-                lsn = admin.current_lsn(conn)
+                lsn = admin.flush_lsn(conn)
             for replica in replicas:  # what a replica replayed is what it checks at start
                 self.wait_streaming(replica, deadline)
                 self.wait_replayed(replica, lsn, deadline)
