@@ -79,7 +79,6 @@ class Multiplexer:
         self._prepared = router.via == "direct"
         self._columns = [c.name for c in target.columns]
         self._queues: dict[str, deque[Drawn]] = {}
-        self._busy = 0
         self._flying = 0
         """Ops taken and not yet settled: never more than ``width`` (``--workers``)."""
         self._cond = threading.Condition()
@@ -127,10 +126,9 @@ class Multiplexer:
                     shard = min(waiting)[1]
                     queue = self._queues[shard]
                     batch = [queue.popleft() for _ in range(min(room, len(queue)))]
-                    self._busy += 1
                     self._flying += len(batch)
                     return shard, batch
-                if self._busy == 0 and not waiting:
+                if self._flying == 0 and not waiting:  # batches are never empty
                     return None
                 self._cond.wait(WAIT)
             return None
@@ -150,9 +148,8 @@ class Multiplexer:
                     following = [d for d in (self._next(worker, b.user) for b in batch) if d]
                 finally:
                     with self._cond:
-                        self._busy -= 1
                         self._flying -= len(batch)
-                        if self._busy == 0:
+                        if self._flying == 0:
                             self._cond.notify_all()  # the last one out: others may be done
                 self._enqueue(following)
 
