@@ -189,8 +189,8 @@ class Pools:
         # By role too: a node promoted gets a fresh pool, not one whose reconnections backed
         # off while the node was down and re-cloned (measured: 13 s to follow a failover).
         via: addresses.Via = self.via if node.pooler_port is not None else "direct"
-        where = f"{node.name}@{node.placement.endpoint or ''}:{node.host_port}/{via}"
-        key = f"{where}/{node.role.value}"
+        where = f"{node.placement.endpoint or ''}:{node.host_port}/{via}"
+        key = f"{node.name}@{where}/{node.role.value}"
         pool = self._pools.get(key)
         if pool is not None:
             return pool
@@ -226,7 +226,7 @@ class Pools:
                     open=False,
                 )
                 pool.open(wait=False)
-                self._retire(where, key)
+                self._retire(key.rpartition("/")[0], key)  # the node, any role
                 self._pools[key] = pool
         return pool
 
