@@ -53,7 +53,8 @@ def prune(topology: Topology, repository: Repository) -> Pruned:
     pruned = Pruned()
     if spec is None:
         return pruned
-    complete = repository.complete_backups()
+    records = repository.backups()  # read once: every record is a file
+    complete = [r for r in records if r.complete]
     declared = {s.name for s in topology.spec.shards}
     kept: set[str] = set()
     for shard in declared:  # counted per shard: add-shard's base backup holds one shard only
@@ -65,7 +66,7 @@ def prune(topology: Topology, repository: Repository) -> Pruned:
         kept |= {r.name for r in mine}
     keep = [r for r in complete if r.name in kept]
     newest = complete[-1].started if complete else 0.0
-    for record in repository.backups():
+    for record in records:
         if record.name in kept:
             continue
         if record.complete or record.started < newest:
