@@ -282,6 +282,21 @@ class CatalogView:
     """Disagreements among primaries, one line each."""
     unreachable: tuple[str, ...] = ()
     """Primaries that did not answer (only when read with ``require_all=False``)."""
+    missed_problem: str = ""
+    """The line of :attr:`problems` that names :attr:`missed` ("" when none)."""
+
+    @property
+    def missed(self) -> tuple[str, ...]:
+        """Nodes behind the current epoch with the same ring: they only missed a role change's
+        epoch, and a copy of the current record brings them up to date (``up``, the monitor)."""
+        top = self.current
+        if top is None:
+            return ()
+        return tuple(
+            name
+            for name, held in self.by_primary.items()
+            if held is not None and held.epoch < top.epoch and held.same_ring(top)
+        )
 
     def record(self) -> RingRecord:
         """The winning record; CatalogError when no primary has a catalog."""
@@ -325,13 +340,16 @@ def combine(
             f"no catalog on {', '.join(missing)} (run `shardctl up` to copy epoch {top} there)"
         )
     behind = sorted((n, r.epoch) for n, r in present.items() if r.epoch < top)
-    missed = [(n, e) for n, e in behind if present[n].same_ring(current)]
+    same_ring = CatalogView(current, dict(by_primary)).missed
+    missed = [(n, e) for n, e in behind if n in same_ring]
+    missed_problem = ""
     if missed:  # the same ring: only a role change's epoch did not reach them
         listed = ", ".join(f"{name} (epoch {epoch})" for name, epoch in missed)
-        problems.append(
+        missed_problem = (
             f"{listed} behind epoch {top} (a role change it did not hear of, the same ring): "
             "`shardctl up` copies the epoch there"
         )
+        problems.append(missed_problem)
     cut_over = [(n, e) for n, e in behind if (n, e) not in missed]
     if cut_over:
         listed = ", ".join(f"{name} (epoch {epoch})" for name, epoch in cut_over)
@@ -339,7 +357,13 @@ def combine(
             f"{listed} behind epoch {top}: an interrupted cut-over? "
             "run `shardctl rebalance --resume`"
         )
-    return CatalogView(current, dict(by_primary), tuple(problems), tuple(unreachable))
+    return CatalogView(
+        current,
+        dict(by_primary),
+        tuple(problems),
+        tuple(unreachable),
+        missed_problem,
+    )
 
 
 def read(
@@ -466,11 +490,9 @@ def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.
     view = combine({n: r for n, r in found.items() if not isinstance(r, BaseException)})
     record = view.current if view.current is not None else initial_record(topology)
 
-    def lacking(name: str) -> bool:  # no catalog, or one that only missed a role change
-        held = view.by_primary.get(name)
-        return held is None or (held.epoch < record.epoch and held.same_ring(record))
-
-    targets = [p for p in primaries if lacking(p.name)]
+    targets = [  # no catalog, or one that only missed a role change
+        p for p in primaries if view.by_primary.get(p.name) is None or p.name in view.missed
+    ]
     written = pg.on_nodes(
         topology,
         credentials,
@@ -482,7 +504,7 @@ def ensure(topology: Topology, credentials: Credentials, *, timeout: float = 10.
     )
     report = EnsureReport(epoch=record.epoch, written=sorted(n for n, w in written.items() if w))
     report.warnings = [
-        p for p in view.problems if not p.startswith("no catalog on") and "`shardctl up`" not in p
+        p for p in view.problems if not p.startswith("no catalog on") and p != view.missed_problem
     ]
     report.warnings += drift(topology, record)
     return report

@@ -73,13 +73,7 @@ def catch_up(
     ring: it did not answer when a role change was published (docs/failover.md). A different
     ring is a reshard's cut-over, which ``rebalance --resume`` finishes."""
     record = view.record()
-    behind = [
-        p
-        for p in topology.primaries()
-        if (held := view.by_primary.get(p.name)) is not None
-        and held.epoch < record.epoch
-        and held.same_ring(record)
-    ]
+    behind = [p for p in topology.primaries() if p.name in view.missed]
     if not behind:
         return
     written = catalog.publish(
