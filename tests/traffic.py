@@ -168,9 +168,25 @@ def check_ledger(
     ]
     lost = [k for k in lost if not excused(k, first)]
     ghosts, stale = ([k for k in keys if not excused(k, last)] for keys in (ghosts, stale))
-    assert lost == [], f"acknowledged writes lost: {lost[:5]}"
-    assert ghosts == [], f"deleted keys came back: {ghosts[:5]}"
-    assert stale == [], f"stale values: {stale[:5]}"
+
+    def shown(keys: list[str], acked: dict[str, float]) -> list[str]:
+        """Each key with its owner, the value found and expected, and when it was last
+        acknowledged against each window's moment (what tells a late-recorded async loss
+        from a real one)."""
+        lines = []
+        for key in keys[:5]:
+            owner = ring.node_for(uuid.UUID(key))
+            found = shards[where[key][0]].get(key, "<missing>") if key in where else "<missing>"
+            after = ", ".join(
+                f"{acked.get(key, 0.0) - moment:+.3f}s after {shard}'s moment"
+                for shard, moment in windows
+            )
+            lines.append(f"{key} on {owner}: {found!r} != {expected[key]!r} ({after})")
+        return lines
+
+    assert lost == [], f"acknowledged writes lost: {shown(lost, first)}"
+    assert ghosts == [], f"deleted keys came back: {shown(ghosts, last)}"
+    assert stale == [], f"stale values: {shown(stale, last)}"
     return len(where), sum(1 for v in expected.values() if v is not DELETED)
 
 

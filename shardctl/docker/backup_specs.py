@@ -46,6 +46,7 @@ exec setpriv --reuid=postgres --regid=postgres --init-groups sh -c '
 set -u
 trap "trap - TERM INT; kill 0; exit 0" TERM INT
 repo="$SHARDCTL_REPOSITORY/$SHARDCTL_CLUSTER"
+errors=$(mktemp -d)
 newest() {
     ls "$1" | grep -E "^[0-9]+$" | sort -n | tail -n 1
 }
@@ -59,9 +60,22 @@ printf "%s\n" "$SHARDCTL_TARGETS" | {
                     generation=1
                     mkdir -p "$repo/$shard/wal/1"
                 fi
-                pg_receivewal -D "$repo/$shard/wal/$generation" -h "$host" -p "$port" \
+                folder="$repo/$shard/wal/$generation"
+                if ! pg_receivewal -D "$folder" -h "$host" -p "$port" \
                     -U "$SHARDCTL_REPLICATION_USER" -S "$SHARDCTL_SLOT" --synchronous -n -w \
-                    || echo "shardctl: archiving $shard stopped; retrying" >&2
+                    2>"$errors/$shard"; then
+                    cat "$errors/$shard" >&2
+                    echo "shardctl: archiving $shard stopped; retrying" >&2
+                fi
+                # A segment it could not fill with zeros when it made it (the repository was
+                # full) holds no WAL yet, and pg_receivewal refuses to start next to it.
+                unfilled=$(sed -n \
+                    "s/.*\"\([0-9A-F]\{24\}\.partial\)\" has [0-9]* bytes, should be 0 or.*/\1/p" \
+                    "$errors/$shard" | head -n 1)
+                if [ -n "$unfilled" ]; then
+                    rm -f "$folder/$unfilled"
+                    echo "shardctl: archiving $shard: removed $unfilled, never filled" >&2
+                fi
                 sleep "$SHARDCTL_RETRY"
             done
         ) &

@@ -10,7 +10,6 @@ catalog, and :meth:`Cluster.resize` carries on with a shard added or removed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -179,7 +178,9 @@ class Cluster:
         written = catalog.ensure(self.topology, self.credentials())
         report.warnings += written.warnings
         if record is not None and rejoin:
-            self._forget_rejoined(rejoin)
+            catalog.forget_rejoined(
+                self.topology, self.credentials(), rejoin, f"up: re-joined {', '.join(rejoin)}"
+            )
         ddl.ensure(self.topology, self.credentials())  # the reshard fence, idle until used
         report.warnings += [c.line for c in self.apply_durability()]
         if self.topology.spec.backup is not None:
@@ -189,29 +190,6 @@ class Cluster:
             )
         report.seconds = time.monotonic() - started
         return report
-
-    def _forget_rejoined(self, rejoined: tuple[str, ...]) -> None:
-        """One more epoch without the nodes ``up`` re-cloned in ``rejoin``; a failover writing
-        at the same moment (the monitor's) is built upon, not lost (``catalog.settle``)."""
-
-        def reread() -> catalog.RingRecord:
-            return catalog.read_any(self.topology, self.credentials()).record()
-
-        def change(current: catalog.RingRecord) -> catalog.RingRecord:
-            return dataclasses.replace(
-                current,
-                rejoin=tuple(n for n in current.rejoin if n not in rejoined),
-                created_by=f"up: re-joined {', '.join(rejoined)}",
-            )
-
-        catalog.settle(
-            reread(),
-            change,
-            lambda new: catalog.publish(
-                self.topology.with_acting(dict(new.primaries)), self.credentials(), new
-            ),
-            reread,
-        )
 
     def _roles_for_up(self, reporter: Reporter, deadline: float) -> catalog.RingRecord | None:
         """The catalog's roles before ``up`` changes anything. When no node answers but the

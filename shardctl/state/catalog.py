@@ -517,13 +517,15 @@ def publish(
     *,
     primaries: Sequence[Node] | None = None,
     timeout: float = 10.0,
+    strict: bool = True,
     unreachable: list[str] | None = None,
 ) -> list[str]:
     """Write a new epoch to every primary, opening connections; idempotent. Names written.
 
-    A primary that does not answer is DatabaseUnavailable, unless ``unreachable`` is given:
-    then its name is appended there and the others are written all the same. A primary
-    holding different content under the epoch is :class:`EpochTaken` either way.
+    A primary that does not answer is DatabaseUnavailable, unless ``strict`` is off or
+    ``unreachable`` is given (its name is appended there): then the others are written all
+    the same. A primary holding different content under the epoch is :class:`EpochTaken`
+    either way.
     """
     targets = list(primaries) if primaries is not None else list(topology.primaries())
 
@@ -537,7 +539,7 @@ def publish(
         targets,
         put,
         timeout=timeout,
-        strict=unreachable is None,
+        strict=strict and unreachable is None,
         doing=DOING,
     )
     if unreachable is not None:
@@ -584,3 +586,39 @@ def settle(
             continue
         return new
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def forget_rejoined(
+    topology: Topology,
+    credentials: Credentials,
+    names: Sequence[str],
+    by: str,
+    *,
+    timeout: float = 10.0,
+    strict: bool = True,
+) -> RingRecord | None:
+    """Take ``names`` (nodes re-cloned as replicas) off the catalog's re-join list: one more
+    epoch, created ``by``, on every acting primary (``strict`` off: on those that answer; a
+    dead primary of another shard learns it later). Another writer of the same epoch (a
+    failover at that moment, by a monitor or an operator) is built upon, never lost
+    (:func:`settle`). None when none of them is on the list any more."""
+    gone = set(names)
+
+    def reread() -> RingRecord:
+        return read_any(topology, credentials).record()
+
+    def change(current: RingRecord) -> RingRecord:
+        return dataclasses.replace(
+            current,
+            rejoin=tuple(n for n in current.rejoin if n not in gone),
+            created_by=by,
+        )
+
+    def store(new: RingRecord) -> None:
+        acting = topology.with_acting(dict(new.primaries))
+        publish(acting, credentials, new, timeout=timeout, strict=strict)
+
+    current = reread()
+    if gone.isdisjoint(current.rejoin):
+        return None
+    return settle(current, change, store, reread)

@@ -37,6 +37,7 @@ from shardctl.ops.backup.progress import PROGRESS_QUERY, Copied, CopiedCallback,
 from shardctl.ops.backup.repository import (
     BackupRecord,
     Repository,
+    RepositoryError,
     ShardBackup,
     check_name,
     now,
@@ -52,6 +53,8 @@ Progress = Callable[[str, str], None]
 
 POLL = 1.0
 """Seconds between two readings of a copy's progress on its source server."""
+NO_SPACE = "No space left on device"
+"""What pg_basebackup (strerror of ENOSPC) says when the repository is full."""
 
 
 @dataclass(frozen=True)
@@ -148,17 +151,19 @@ def _copies(
         }
     )
     copies: dict[str, ShardBackup] = {}
-    failures: list[str] = []
+    failures: list[BaseException] = []
     for shard, result in results.items():
         if isinstance(result, BaseException):
-            failures.append(f"{shard}: {result}")
+            failures.append(result)
         else:
             copies[shard] = result
     if failures:
-        repository.write_backup(
-            dataclasses.replace(record, shards=copies, finished=now(), error="; ".join(failures))
-        )
-        raise CheckFailed(f"backup {name} failed: {failures[0]}")
+        repository.discard_copies(name, shards)  # first: it frees a full repository
+        error = "; ".join(str(f) for f in failures)
+        repository.write_backup(dataclasses.replace(record, finished=now(), error=error))
+        full = [f for f in failures if isinstance(f, RepositoryError)]
+        kind = RepositoryError if full else CheckFailed
+        raise kind(f"backup {name} failed, its copies removed: {(full or failures)[0]}")
     record = dataclasses.replace(record, shards=copies, finished=now(), complete=True)
     repository.write_backup(record)
     return record
@@ -251,7 +256,12 @@ def _one(
         stop.set()
         watcher.join(timeout=POLL + 5.0)
     if code != 0:
-        raise CheckFailed(f"pg_basebackup from {node.name} failed: {_last(output)}")
+        if NO_SPACE in output:
+            raise RepositoryError(
+                f"{shard}: backup repository {repository.root} is full: pg_basebackup from "
+                f"{node.name} failed: {_last(output)}"
+            )
+        raise CheckFailed(f"{shard}: pg_basebackup from {node.name} failed: {_last(output)}")
     seconds = time.monotonic() - started
     code, output = engines.run_in(container, ["du", "-sb", inside])
     size = int(output.split()[0]) if code == 0 and output.split() else 0

@@ -311,6 +311,12 @@ class Repository:
                 newest = stat.st_mtime if newest is None else max(newest, stat.st_mtime)
         return WalRange(first, last, tuple(sorted(timelines)), newest, size)
 
+    def discard_copies(self, backup: str, shards: list[str]) -> None:
+        """Delete what a failed base backup copied of ``shards``: never restorable, and on a
+        full repository the space archiving needs."""
+        for shard in shards:
+            shutil.rmtree(self.base_folder(shard, backup), ignore_errors=True)
+
     def remove_base(self, record: BackupRecord) -> None:
         """Delete a base backup's copies and then its record (retention)."""
         for shard in record.shards.values():

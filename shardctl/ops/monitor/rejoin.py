@@ -9,7 +9,6 @@ started by the monitor.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Callable
 
@@ -135,37 +134,14 @@ class Rejoiner:
                 )
             )
             return False
-        self._forget_rejoined(node)
+        with self._catalog_lock:
+            catalog.forget_rejoined(
+                self.declared,
+                credentials,
+                [node.name],
+                f"monitor: re-joined {node.name}",
+                timeout=LOCK_TIMEOUT * 2,
+                strict=False,
+            )
         self.emit(Event("rejoined", f"{node.name} re-joined as a replica", node.shard))
         return True
-
-    def _forget_rejoined(self, node: Node) -> None:
-        """Take ``node`` off the catalog's re-join list: one more epoch, on every acting primary
-        that answers. Another writer of the same epoch (a failover of another shard, by this
-        monitor, another one or an operator) is built upon, never lost (:func:`catalog.settle`)."""
-        credentials = self.cluster.credentials()
-
-        def reread() -> catalog.RingRecord:
-            return catalog.read_any(self.declared, credentials).record()
-
-        def change(current: catalog.RingRecord) -> catalog.RingRecord:
-            return dataclasses.replace(
-                current,
-                rejoin=tuple(n for n in current.rejoin if n != node.name),
-                created_by=f"monitor: re-joined {node.name}",
-            )
-
-        def store(new: catalog.RingRecord) -> None:
-            acting = self.declared.with_acting(dict(new.primaries))
-            catalog.publish(
-                acting,
-                credentials,
-                new,
-                timeout=LOCK_TIMEOUT * 2,
-                unreachable=[],  # a dead primary of another shard learns it later
-            )
-
-        with self._catalog_lock:
-            current = reread()
-            if node.name in current.rejoin:
-                catalog.settle(current, change, store, reread)

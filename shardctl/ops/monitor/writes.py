@@ -77,7 +77,7 @@ def catch_up(
     if not behind:
         return
     written = catalog.publish(
-        topology, credentials, record, primaries=behind, timeout=TIMEOUT, unreachable=[]
+        topology, credentials, record, primaries=behind, timeout=TIMEOUT, strict=False
     )
     if written:
         emit(Event("note", f"catalog epoch {record.epoch} copied to {', '.join(written)}"))

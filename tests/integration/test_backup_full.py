@@ -1,0 +1,120 @@
+"""A full backup repository, against real containers: the repository is a small tmpfs (the test
+mounts it; the engine sees it because it runs on this machine), filled to the last byte.
+
+A base backup that cannot be written fails with one line and exit 3 and is never listed as
+complete and leaves no copy behind; archiving that cannot make its next segment fails
+``verify-replication`` (exit 1) naming the shard; once space is freed archiving catches up by
+itself and the next backup is complete, with the earlier one still listed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from shardctl.db import pg
+from shardctl.ops.cluster import Cluster
+from tests.clusters import make_topology, run_shardctl, running
+
+pytestmark = pytest.mark.integration
+
+SIZE = "160m"
+"""Room for a 1-shard base backup and a few WAL segments (16 MiB each)."""
+
+
+def _as_root(*command: str) -> None:
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=30)
+
+
+@contextmanager
+def _tmpfs(folder: Path) -> Iterator[Path]:
+    folder.mkdir()
+    _as_root("mount", "-t", "tmpfs", "-o", f"size={SIZE},mode=0777", "tmpfs", str(folder))
+    try:
+        yield folder
+    finally:
+        _as_root("umount", "-l", str(folder))
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros into ``folder`` until the file system refuses: it is full."""
+    filler = folder / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 20, 4096):  # the last blocks too
+            block = b"\0" * size
+            try:
+                while os.write(descriptor, block) > 0:
+                    pass
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(descriptor)
+    return filler
+
+
+def _switch_wal(cluster: Cluster) -> None:
+    primary = cluster.topology.shard_nodes("shard-0")[0]
+    with pg.connect(primary, cluster.credentials(), cluster.topology.spec.database) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS filler (n int)")
+        conn.execute("INSERT INTO filler SELECT generate_series(1, 1000)")
+        conn.execute("SELECT pg_catalog.pg_switch_wal()")
+
+
+def _wait_archiving(path: Path, *, healthy: bool) -> str:
+    """Poll ``verify-replication`` until it says what it should (60 s at the most)."""
+    deadline = time.monotonic() + 60
+    while True:
+        result = run_shardctl("verify-replication", "-f", path)
+        said = result.stdout + result.stderr
+        if (result.returncode == 0) == healthy or time.monotonic() > deadline:
+            assert (result.returncode == 0) == healthy, said
+            assert "Traceback" not in said
+            return said
+        time.sleep(1.0)
+
+
+def test_a_full_repository_fails_backups_and_archiving_loudly_and_recovers(
+    tmp_path: Path,
+) -> None:
+    with _tmpfs(tmp_path / "repository") as repository:
+        path = make_topology(tmp_path, shards=1, replicas=0, backup={"repository": "repository"})
+        with running(path) as cluster:
+            first = run_shardctl("backup", "--name", "before", "-f", path)
+            assert first.returncode == 0, first.stdout + first.stderr
+
+            filler = _fill(repository)
+            full = run_shardctl("backup", "--name", "full", "-f", path)
+            lines = [line for line in full.stderr.splitlines() if line.strip()]
+            assert full.returncode == 3, full.stdout + full.stderr
+            assert len(lines) == 1 and "Traceback" not in full.stderr, full.stderr
+            assert "space" in lines[0].lower() or "full" in lines[0].lower(), lines[0]
+            listing = run_shardctl("backups", "-o", "json", "-f", path)
+            assert listing.returncode == 0, listing.stdout + listing.stderr
+            complete = {b["name"]: b["complete"] for b in json.loads(listing.stdout)["backups"]}
+            assert complete.get("before") is True and complete.get("full") is not True, complete
+            base = repository / cluster.topology.cluster / "shard-0" / "base"
+            assert sorted(p.name for p in base.iterdir()) == ["before"]  # its copy is gone
+
+            _switch_wal(cluster)  # the next segment cannot be made
+            stuck = _wait_archiving(path, healthy=False)
+            assert "shard-0" in stuck and "archiv" in stuck, stuck
+
+            filler.unlink()
+            _switch_wal(cluster)
+            _wait_archiving(path, healthy=True)
+            after = run_shardctl("backup", "--name", "after", "-f", path)
+            assert after.returncode == 0, after.stdout + after.stderr
+            listing = run_shardctl("backups", "-o", "json", "-f", path)
+            complete = {b["name"]: b["complete"] for b in json.loads(listing.stdout)["backups"]}
+            assert complete.get("before") is True and complete.get("after") is True, complete
+            assert complete.get("full") is not True, complete
