@@ -46,10 +46,22 @@ _SLOT = (
 )
 
 
+FULL_BELOW = 2 * 16 * 1024 * 1024
+"""A repository with less room than two WAL segments is called full when archiving fails."""
+
+FreeSpace = Callable[[], int | None]
+"""Reads the space left in the repository (``None``: unknown). Like :data:`RepositoryReader`,
+it lives with the repository and is handed in by the layer above."""
+
+
 def archiving_checks(
-    topology: Topology, credentials: Credentials | None, limits: HealthSpec
+    topology: Topology,
+    credentials: Credentials | None,
+    limits: HealthSpec,
+    free_space: FreeSpace | None = None,
 ) -> list[Check]:
-    """One archiving check per acting primary; none without ``backup:`` in the topology."""
+    """One archiving check per acting primary; none without ``backup:`` in the topology. A
+    failure says the repository is full when ``free_space`` finds it so."""
     if topology.spec.backup is None:
         return []
     primaries = topology.primaries()
@@ -59,8 +71,20 @@ def archiving_checks(
         {p.name: partial(_check, p, credentials, limits.canary_timeout) for p in primaries}
     )
     found: list[Check] = []
+    full: list[str] = []  # read once, and only when a check failed
     for primary in primaries:
         result = results[primary.name]
+        if isinstance(result, Check) and not result.ok and free_space is not None:
+            if not full:
+                free = free_space()
+                full.append("" if free is None or free >= FULL_BELOW else size_text(free))
+            if full[0]:
+                result = failed(
+                    primary,
+                    ARCHIVING,
+                    f"{primary.shard}: archiving stuck: the backup repository is full "
+                    f"({full[0]} free); free space or lower `backup.retention`",
+                )
         if isinstance(result, Check):
             found.append(result)
         elif isinstance(result, DatabaseUnavailable | psycopg.Error):

@@ -34,7 +34,7 @@ from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable
 from shardctl.health import checks, measured
 from shardctl.health import facts as health
-from shardctl.health.archiving import archiving_checks
+from shardctl.health.archiving import FreeSpace, archiving_checks
 from shardctl.health.checks import Check
 from shardctl.state import monitor as kept
 from shardctl.util import fanout
@@ -86,15 +86,17 @@ def verify_replication(
     limits: HealthSpec,
     *,
     deep: bool = False,
+    free_space: FreeSpace | None = None,
 ) -> Report:
-    """Run every replication check (and ``deep`` table comparisons) against the live cluster."""
+    """Run every replication check (and ``deep`` table comparisons) against the live cluster;
+    ``free_space`` reads the backup repository's room, to name a full one."""
     started = time.monotonic()
     facts = health.observe(topology, engines, credentials, timeout=limits.probe_timeout)
     found = checks.replication_checks(facts, limits)
     answered = [o for o in facts.nodes if o.facts is not None]
     login = credentials() if answered else None
     found += canary_checks(facts, login, limits)
-    found += archiving_checks(topology, login, limits)
+    found += archiving_checks(topology, login, limits, free_space)
     if deep:
         found += deep_checks(facts, login, limits)
     found += monitor_checks(topology, login, limits)

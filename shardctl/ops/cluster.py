@@ -459,8 +459,18 @@ class Cluster:
         limits = limits if limits is not None else self.topology.spec.health
         self._follow_roles_if_running()
         return verify.verify_replication(
-            self.topology, self.engines, self.credentials, limits, deep=deep
+            self.topology,
+            self.engines,
+            self.credentials,
+            limits,
+            deep=deep,
+            free_space=self._repository_free if self.topology.spec.backup else None,
         )
+
+    def _repository_free(self) -> int | None:
+        from shardctl.ops.backup.repository import Repository
+
+        return Repository.of(self.topology).free_bytes()
 
     def _follow_roles_if_running(self) -> None:
         # Nothing answering (or no passwords yet) is for the checks to report, not an error here.

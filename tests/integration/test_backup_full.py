@@ -26,8 +26,9 @@ from tests.clusters import make_topology, run_shardctl, running
 
 pytestmark = pytest.mark.integration
 
-SIZE = "160m"
-"""Room for a 1-shard base backup and a few WAL segments (16 MiB each)."""
+SIZE = "320m"
+"""Room for two 1-shard base backups (about 40 MB each) and the WAL segments (16 MiB each) of
+the switches the test makes."""
 
 
 def _as_root(*command: str) -> None:
@@ -107,7 +108,7 @@ def test_a_full_repository_fails_backups_and_archiving_loudly_and_recovers(
 
             _switch_wal(cluster)  # the next segment cannot be made
             stuck = _wait_archiving(path, healthy=False)
-            assert "shard-0" in stuck and "archiv" in stuck, stuck
+            assert "shard-0" in stuck and "archiving" in stuck and "full" in stuck, stuck
 
             filler.unlink()
             _switch_wal(cluster)

@@ -257,9 +257,10 @@ def _one(
         watcher.join(timeout=POLL + 5.0)
     if code != 0:
         if NO_SPACE in output:
+            said = next(line for line in output.splitlines() if NO_SPACE in line)
             raise RepositoryError(
                 f"{shard}: backup repository {repository.root} is full: pg_basebackup from "
-                f"{node.name} failed: {_last(output)}"
+                f"{node.name} failed: {said.strip()}"
             )
         raise CheckFailed(f"{shard}: pg_basebackup from {node.name} failed: {_last(output)}")
     seconds = time.monotonic() - started

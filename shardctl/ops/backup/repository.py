@@ -311,6 +311,14 @@ class Repository:
                 newest = stat.st_mtime if newest is None else max(newest, stat.st_mtime)
         return WalRange(first, last, tuple(sorted(timelines)), newest, size)
 
+    def free_bytes(self) -> int | None:
+        """Space left for this user on the repository's file system; None when unreadable."""
+        try:
+            found = os.statvfs(self.root)
+        except OSError:
+            return None
+        return found.f_bavail * found.f_frsize
+
     def discard_copies(self, backup: str, shards: list[str]) -> None:
         """Delete what a failed base backup copied of ``shards``: never restorable, and on a
         full repository the space archiving needs."""
