@@ -31,6 +31,10 @@ SIZE = "320m"
 the switches the test makes."""
 
 
+PART_OF_A_SEGMENT = 4 << 20
+"""Space given back before the next segment is due: a quarter of one (16 MiB)."""
+
+
 def _as_root(*command: str) -> None:
     prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
     subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=30)
@@ -106,6 +110,9 @@ def test_a_full_repository_fails_backups_and_archiving_loudly_and_recovers(
             base = repository / cluster.topology.cluster / "shard-0" / "base"
             assert sorted(p.name for p in base.iterdir()) == ["before"]  # its copy is gone
 
+            # Room for part of a segment: pg_receivewal starts the next one, cannot fill it
+            # with zeros to its size and stops, leaving a short .partial with no WAL in it.
+            os.truncate(filler, filler.stat().st_size - PART_OF_A_SEGMENT)
             _switch_wal(cluster)  # the next segment cannot be made
             stuck = _wait_archiving(path, healthy=False)
             assert "shard-0" in stuck and "archiving" in stuck and "full" in stuck, stuck
