@@ -286,13 +286,26 @@ def pgdata_of(cluster: Cluster, node: Node) -> str:
     return record.environment["PGDATA"]
 
 
+def pause(container: SdkContainer) -> None:
+    """``docker pause``, tried again when the kernel's freezer gives up on a busy container
+    ("unable to freeze": runc thaws it, so it runs on) -- seen at load average 20."""
+    for attempt in range(5):
+        try:
+            container.pause()
+            return
+        except Exception as exc:  # docker.errors.APIError; the SDK is imported lazily here
+            if "unable to freeze" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.2)
+
+
 @contextmanager
 def frozen(cluster: Cluster, shard: str, *, rescue_after: float = 60) -> Iterator[None]:
     """``docker pause`` of ``shard``'s primary for the block: it still accepts TCP, and never
     answers. Unpaused after ``rescue_after`` seconds at the latest, should the code under test
     hang, so that a cluster shared by a module comes back for the other tests."""
     container = sdk_container(cluster, cluster.topology.shard_nodes(shard)[0])
-    container.pause()
+    pause(container)
     rescue = threading.Timer(rescue_after, container.unpause)
     rescue.start()
     try:

@@ -41,7 +41,16 @@ done
 printf '*:*:*:%s:%s\n' "$SHARDCTL_REPLICATION_USER" \
     "$(sed -e 's/[\\:]/\\&/g' "$SHARDCTL_SECRETS/replication")" > "$SHARDCTL_PASSFILE"
 chown postgres: "$SHARDCTL_PASSFILE"
+# The cluster's CA (public) where the postgres user's libpq can read it: the secrets folder is
+# root's alone.
+if [ -n "${PGSSLROOTCERT:-}" ]; then
+    install -D -o postgres -g postgres -m 0644 "$SHARDCTL_SECRETS/ca.crt" "$PGSSLROOTCERT"
+fi
 export PGPASSFILE="$SHARDCTL_PASSFILE" PGAPPNAME="$SHARDCTL_APPLICATION"
+# setpriv keeps root's HOME, where libpq looks for a client certificate: under TLS it could not
+# even look there ("Permission denied") and gave up.
+HOME="$(getent passwd postgres | cut -d: -f6)"
+export HOME
 exec setpriv --reuid=postgres --regid=postgres --init-groups sh -c '
 set -u
 trap "trap - TERM INT; kill 0; exit 0" TERM INT
@@ -234,13 +243,18 @@ def backup_node_spec(
     )
 
 
+CLIENT_CA = "/tmp/shardctl-client/ca.crt"
+"""Where the backup node's bootstrap puts a copy of the cluster's CA certificate that its
+``postgres`` user (``pg_receivewal``, ``pg_basebackup``) can read."""
+
+
 def _client_tls(topology: Topology) -> dict[str, str]:
     """libpq's environment for the backup node's and restores' connections to the nodes."""
     extra: dict[str, str] = {}
     if topology.sslmode is not None:
         extra["PGSSLMODE"] = topology.sslmode
     if topology.tls is not None:
-        extra["PGSSLROOTCERT"] = f"{SECRETS_DIR}/ca.crt"
+        extra["PGSSLROOTCERT"] = CLIENT_CA
     return extra
 
 

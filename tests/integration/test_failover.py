@@ -24,7 +24,7 @@ from shardctl.ops.cluster import Cluster
 from shardctl.ops.rolechange import Step
 from shardctl.router.router import Router
 from shardctl.state import catalog
-from tests.clusters import sdk_container
+from tests.clusters import pause, sdk_container
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.traffic import Writer, check_ledger, preload, traffic
 
@@ -144,7 +144,7 @@ def assert_commits_wait_for_the_replica(cluster: Cluster) -> None:
     assert commit is not None and commit[0] in ("on", "remote_write", "remote_apply"), commit
     container = sdk_container(cluster, replica)
     key = uuid.uuid4()
-    container.pause()
+    pause(container)
     try:
         with Router(cluster, deadline=3) as router, pytest.raises(DatabaseUnavailable):
             router.execute(key, "INSERT INTO users (id) VALUES (%s)", (key,))

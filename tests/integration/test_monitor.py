@@ -22,7 +22,7 @@ from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
 from shardctl.state import catalog
 from shardctl.state import monitor as kept
-from tests.clusters import sdk_container
+from tests.clusters import pause, sdk_container
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.traffic import check_ledger, preload, traffic
 
@@ -258,7 +258,7 @@ def test_async_frozen_primary_is_killed_then_promoted_and_a_killed_one_too(
     try:
         with traffic(cluster, preloaded, threads=2) as writers:
             time.sleep(1.5)
-            frozen.pause()
+            pause(frozen)
             paused_at = time.monotonic()
             wait_acting(cluster, "shard-0", "shard-0-replica-1")
             frozen.reload()

@@ -22,7 +22,7 @@ from shardctl.db import pg
 from shardctl.docker.records import LABEL_CLUSTER
 from shardctl.ops.cluster import Cluster
 from shardctl.util.waiting import NotYet, wait_for
-from tests.clusters import sdk_container
+from tests.clusters import pause, sdk_container
 from tests.integration.conftest import TEST_IMAGE, ClusterFactory, run_shardctl
 
 REPLICA = "shard-0-replica-1"
@@ -74,7 +74,7 @@ def insert_users(cluster: Cluster, node: str, n: int) -> list[uuid.UUID]:
 
 @contextmanager
 def paused(box: Container) -> Iterator[None]:
-    box.pause()
+    pause(box)
     try:
         yield
     finally:
