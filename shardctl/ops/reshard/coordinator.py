@@ -37,6 +37,7 @@ from shardctl.errors import (
     UsageError,
 )
 from shardctl.ops.reshard import copying, cutover, transfer
+from shardctl.ops.reshard.links import Links
 from shardctl.state import catalog, fence, inflight, locks
 from shardctl.state.fence import RangeState
 from shardctl.state.plan import (
@@ -226,7 +227,16 @@ class Rebalancer:
             return None
         return State(best.plan, best.phase, best.flipped, Report.from_json(best.report))
 
-    def _record(self, plan: Plan, phase: Phase, flipped: bool, report: Report) -> None:
+    def _record(
+        self,
+        plan: Plan,
+        phase: Phase,
+        flipped: bool,
+        report: Report,
+        held: dict[str, Links] | None = None,
+    ) -> None:
+        """Write the reshard's state on every primary: over ``held`` connections (one
+        :class:`Links` per shard, reconnecting after a restart) when given, else new ones."""
         payload = (
             plan.id,
             phase.value,
@@ -236,8 +246,15 @@ class Rebalancer:
         )
 
         def write(shard: str) -> None:
-            with self.connect(shard) as conn:
-                conn.execute(inflight.RECORD_RESHARD, payload)
+            if held is None:
+                with self.connect(shard) as conn:
+                    conn.execute(inflight.RECORD_RESHARD, payload)
+                return
+            links = held.setdefault(shard, Links(self.open))
+            links.retrying(
+                lambda: links.get(shard).execute(inflight.RECORD_RESHARD, payload),
+                f"recording the reshard on {shard}",
+            )
 
         self.each(self.primaries(), write)
 
@@ -366,26 +383,33 @@ class Rebalancer:
             Phase.CUTTING_OVER: partial(cutover.cut_over, self),
             Phase.CLEANING: self._clean,
         }
-        while phase is not Phase.DONE:
-            try:
-                flipped = steps[phase](plan, report) or flipped
-            except psycopg.Error as exc:
-                failure = f"reshard {plan.id} failed while {phase.value}: {pg.first_line(exc)}"
-                hint = "; it is resumable: run `shardctl rebalance --resume` (or --abort)"
-                if isinstance(exc, psycopg.OperationalError):
-                    raise DatabaseUnavailable(failure + hint) from None
-                raise ReshardingError(failure + hint) from None
-            done_phase = phase
-            phase = next_phase(phase)
-            worked = time.monotonic()
-            report.timed(done_phase.value, worked - started)
-            report.total_seconds += worked - started
-            self._record(plan, phase, flipped, report)
-            recorded = time.monotonic()
-            report.timed("recording", recorded - worked)
-            report.total_seconds += recorded - worked
-            started = recorded
-            self.after_phase(done_phase)
+        # The record after each phase goes over connections held for the whole run: opening
+        # one per primary for each of the six records cost more than the writes.
+        held: dict[str, Links] = {}
+        try:
+            while phase is not Phase.DONE:
+                try:
+                    flipped = steps[phase](plan, report) or flipped
+                except psycopg.Error as exc:
+                    failure = f"reshard {plan.id} failed while {phase.value}: {pg.first_line(exc)}"
+                    hint = "; it is resumable: run `shardctl rebalance --resume` (or --abort)"
+                    if isinstance(exc, psycopg.OperationalError):
+                        raise DatabaseUnavailable(failure + hint) from None
+                    raise ReshardingError(failure + hint) from None
+                done_phase = phase
+                phase = next_phase(phase)
+                worked = time.monotonic()
+                report.timed(done_phase.value, worked - started)
+                report.total_seconds += worked - started
+                self._record(plan, phase, flipped, report, held)
+                recorded = time.monotonic()
+                report.timed("recording", recorded - worked)
+                report.total_seconds += recorded - worked
+                started = recorded
+                self.after_phase(done_phase)
+        finally:
+            for links in held.values():
+                links.close()
         return State(plan, phase, flipped, report)
 
     def abort(self) -> State:
