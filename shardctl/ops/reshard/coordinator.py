@@ -37,6 +37,7 @@ from shardctl.errors import (
     UsageError,
 )
 from shardctl.ops.reshard import copying, cutover, transfer
+from shardctl.ops.reshard.links import Links
 from shardctl.state import catalog, fence, inflight, locks
 from shardctl.state.fence import RangeState
 from shardctl.state.plan import (
@@ -226,7 +227,16 @@ class Rebalancer:
             return None
         return State(best.plan, best.phase, best.flipped, Report.from_json(best.report))
 
-    def _record(self, plan: Plan, phase: Phase, flipped: bool, report: Report) -> None:
+    def _record(
+        self,
+        plan: Plan,
+        phase: Phase,
+        flipped: bool,
+        report: Report,
+        held: dict[str, Links] | None = None,
+    ) -> None:
+        """Write the reshard's state on every primary: over ``held`` connections (one
+        :class:`Links` per shard, reconnecting after a restart) when given, else new ones."""
         payload = (
             plan.id,
             phase.value,
@@ -236,8 +246,15 @@ class Rebalancer:
         )
 
         def write(shard: str) -> None:
-            with self.connect(shard) as conn:
-                conn.execute(inflight.RECORD_RESHARD, payload)
+            if held is None:
+                with self.connect(shard) as conn:
+                    conn.execute(inflight.RECORD_RESHARD, payload)
+                return
+            links = held.setdefault(shard, Links(self.open))
+            links.retrying(
+                lambda: links.get(shard).execute(inflight.RECORD_RESHARD, payload),
+                f"recording the reshard on {shard}",
+            )
 
         self.each(self.primaries(), write)
 
@@ -252,7 +269,13 @@ class Rebalancer:
             return current.plan
         return self._plan_after(current, leaving)
 
-    def _plan_after(self, previous: State | None, leaving: Sequence[str] = ()) -> Plan:
+    def _plan_after(
+        self, previous: State | None, leaving: Sequence[str] = (), report: Report | None = None
+    ) -> Plan:
+        """The next plan after ``previous``. With ``report`` (a run about to start), the
+        ring-position index is built first on every shard involved, as capture would, and the
+        moves are counted by index range scans of the moving rows only; without it (a plan to
+        show, changing nothing), by one full scan of each source unless the index is there."""
         record = catalog.read(self.topology, self.cluster.credentials()).record()
         old = record.ring()
         joining = [s.name for s in self.topology.spec.shards if s.name not in old.nodes]
@@ -286,6 +309,14 @@ class Rebalancer:
         moves = old.moves_to(new)
         sizes = [MoveSize(0, 0) for _ in moves]
         sources = sorted({m.source for m in moves})
+        if report is not None and moves:
+            # Capture needs the index anyway; built now, it makes the count a range scan of
+            # the moving rows instead of a full scan hashing every row. A run killed before
+            # its plan is recorded leaves the index: the next reshard uses it, then drops it.
+            indexing = time.monotonic()
+            involved = sorted(set(sources) | {m.target for m in moves})
+            self.each(involved, self.ensure_index)
+            report.timed("planning/index", time.monotonic() - indexing)
 
         def measure(source: str) -> list[tuple[int, MoveSize]]:
             indexes = [i for i, m in enumerate(moves) if m.source == source]
@@ -293,7 +324,8 @@ class Rebalancer:
             totals = [MoveSize(0, 0) for _ in subset]
             with self.connect(source) as conn:
                 for table in self.topology.spec.tables:
-                    for j, size in enumerate(transfer.sizes(conn, table, subset)):
+                    indexed = transfer.has_position_index(conn, table)
+                    for j, size in enumerate(transfer.sizes(conn, table, subset, indexed=indexed)):
                         totals[j] = MoveSize(totals[j].rows + size[0], totals[j].bytes + size[1])
             return list(zip(indexes, totals, strict=True))
 
@@ -319,7 +351,7 @@ class Rebalancer:
         report = Report()
         if plan is None:
             planning = time.monotonic()
-            plan = self._plan_after(current, leaving)
+            plan = self._plan_after(current, leaving, report)
             report.timed("planning", time.monotonic() - planning)
         else:
             epoch = catalog.read(self.topology, self.cluster.credentials()).record().epoch
@@ -351,26 +383,33 @@ class Rebalancer:
             Phase.CUTTING_OVER: partial(cutover.cut_over, self),
             Phase.CLEANING: self._clean,
         }
-        while phase is not Phase.DONE:
-            try:
-                flipped = steps[phase](plan, report) or flipped
-            except psycopg.Error as exc:
-                failure = f"reshard {plan.id} failed while {phase.value}: {pg.first_line(exc)}"
-                hint = "; it is resumable: run `shardctl rebalance --resume` (or --abort)"
-                if isinstance(exc, psycopg.OperationalError):
-                    raise DatabaseUnavailable(failure + hint) from None
-                raise ReshardingError(failure + hint) from None
-            done_phase = phase
-            phase = next_phase(phase)
-            worked = time.monotonic()
-            report.timed(done_phase.value, worked - started)
-            report.total_seconds += worked - started
-            self._record(plan, phase, flipped, report)
-            recorded = time.monotonic()
-            report.timed("recording", recorded - worked)
-            report.total_seconds += recorded - worked
-            started = recorded
-            self.after_phase(done_phase)
+        # The record after each phase goes over connections held for the whole run: opening
+        # one per primary for each of the six records cost more than the writes.
+        held: dict[str, Links] = {}
+        try:
+            while phase is not Phase.DONE:
+                try:
+                    flipped = steps[phase](plan, report) or flipped
+                except psycopg.Error as exc:
+                    failure = f"reshard {plan.id} failed while {phase.value}: {pg.first_line(exc)}"
+                    hint = "; it is resumable: run `shardctl rebalance --resume` (or --abort)"
+                    if isinstance(exc, psycopg.OperationalError):
+                        raise DatabaseUnavailable(failure + hint) from None
+                    raise ReshardingError(failure + hint) from None
+                done_phase = phase
+                phase = next_phase(phase)
+                worked = time.monotonic()
+                report.timed(done_phase.value, worked - started)
+                report.total_seconds += worked - started
+                self._record(plan, phase, flipped, report, held)
+                recorded = time.monotonic()
+                report.timed("recording", recorded - worked)
+                report.total_seconds += recorded - worked
+                started = recorded
+                self.after_phase(done_phase)
+        finally:
+            for links in held.values():
+                links.close()
         return State(plan, phase, flipped, report)
 
     def abort(self) -> State:
@@ -455,6 +494,12 @@ class Rebalancer:
         self.each(plan.targets(), self._drop_index)
         report.timed("cleaning/target indexes", time.monotonic() - dropping)
         return True
+
+    def ensure_index(self, shard: str) -> None:
+        """Build the ring-position index of every table on ``shard``, unless it is there."""
+        with self.connect(shard) as conn:
+            for table in self.topology.spec.tables:
+                transfer.ensure_position_index(conn, table)
 
     def _drop_index(self, shard: str) -> None:
         with self.connect(shard) as conn:

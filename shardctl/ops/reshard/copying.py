@@ -42,15 +42,12 @@ def capture(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
 
     rebalancer.each(involved(plan), install)
 
-    def index(shard: str) -> None:
-        # Sources select chunks by ring position; targets empty a chunk's range before
-        # re-copying it when a dual write got there first. Both are range scans with it.
-        with rebalancer.connect(shard) as conn:
-            for table in tables:
-                transfer.ensure_position_index(conn, table)
-
+    # Sources select chunks by ring position; targets empty a chunk's range before
+    # re-copying it when a dual write got there first; verification counts and checksums
+    # each range on both. All range scans with it. A run that planned anew built it already
+    # (planning/index): then this only finds it valid.
     indexing = time.monotonic()
-    rebalancer.each(involved(plan), index)
+    rebalancer.each(involved(plan), rebalancer.ensure_index)
     report.timed("capturing/index", time.monotonic() - indexing)
     return False
 

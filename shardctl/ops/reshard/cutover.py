@@ -136,8 +136,20 @@ def _hold(rebalancer: Rebalancer, plan: Plan, stack: ExitStack) -> _Held:
     tables = rebalancer.topology.spec.tables
     sources = plan.sources()
     pairs = plan.pairs()
-    primaries = {s: stack.enter_context(rebalancer.connect(s)) for s in rebalancer.primaries()}
-    targets = {pair: stack.enter_context(rebalancer.connect(pair[1])) for pair in pairs}
+    lock = threading.Lock()
+
+    def opened(shard: str) -> Conn:
+        conn = rebalancer.open(shard)
+        with lock:  # closed with the stack, even when another one fails to open
+            stack.enter_context(conn)
+        return conn
+
+    # All at once: one after the other, their set-ups added up (~0.2 s each when loaded).
+    wanted = {f"primary {s}": s for s in rebalancer.primaries()}
+    wanted |= {f"pair {s} {t}": t for s, t in pairs}
+    conns = fanout.each({key: partial(opened, shard) for key, shard in wanted.items()})
+    primaries = {s: conns[f"primary {s}"] for s in rebalancer.primaries()}
+    targets = {(s, t): conns[f"pair {s} {t}"] for s, t in pairs}
     types = {t.name: resync.key_type(primaries[sources[0]], t) for t in tables}
     return _Held(primaries, targets, types, tables)
 

@@ -12,8 +12,9 @@ until cut-over:
   key's row on the source (``FOR SHARE``, waiting out an in-flight writer), then replaces the
   key on the target with the source's current state, or deletes it there when the source has
   none;
-- :func:`fingerprints` counts and checksums rows per range on one server (one scan, ranges
-  found by ``width_bucket`` over the range bounds), and :func:`differing_keys` names the keys
+- :func:`fingerprints` counts and checksums rows per range on one server (an index range
+  scan per range), :func:`sizes` counts rows and bytes per range (the same, or one full scan
+  without the index), and :func:`differing_keys` names the keys
   whose rows differ (the checksum, the row hash and the comparison are
   :mod:`shardctl.db.digest`'s, which ``verify-replication --deep`` uses too).
 """
@@ -78,6 +79,16 @@ def ensure_position_index(conn: Conn, table: TableSpec) -> None:
             name, sql.Identifier(table.name), sql.SQL("({})").format(position(table.key))
         )
     )
+
+
+def has_position_index(conn: Conn, table: TableSpec) -> bool:
+    """Whether a table's ring-position index exists and is valid (ready for range scans)."""
+    row = conn.execute(
+        "SELECT i.indisvalid FROM pg_catalog.pg_index i "
+        "JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid WHERE c.relname = %s",
+        (position_index(table),),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def drop_position_index(conn: Conn, table: TableSpec) -> None:
@@ -268,20 +279,16 @@ def _bounds(moves: Sequence[Move]) -> tuple[list[str], dict[int, int]]:
 
 
 def _per_move(
-    conn: Conn,
-    table: TableSpec,
-    moves: Sequence[Move],
-    aggregates: sql.Composable,
-    rows: sql.Composable | None = None,
+    conn: Conn, table: TableSpec, moves: Sequence[Move], aggregates: sql.Composable
 ) -> list[tuple[int, ...]]:
-    """Aggregates over each move's rows in one scan (ranges found by ``width_bucket``) of the
-    table, or of the ``rows`` query (a ``SELECT *`` of it)."""
+    """Aggregates over each move's rows in one full scan of the table (ranges found by
+    ``width_bucket``, every row's position hashed): for a table without the ring-position
+    index."""
     thresholds, bucket_of = _bounds(moves)
-    scanned = sql.Identifier(table.name) if rows is None else sql.SQL("({})").format(rows)
     query = sql.SQL(
         "SELECT pg_catalog.width_bucket({pos}, %s::text[]) AS b, {aggregates} "
-        "FROM {rows} t GROUP BY b"
-    ).format(pos=position(table.key), aggregates=aggregates, rows=scanned)
+        "FROM {table} t GROUP BY b"
+    ).format(pos=position(table.key), aggregates=aggregates, table=sql.Identifier(table.name))
     result: list[tuple[int, ...]] = [(0, 0) for _ in moves]
     for bucket, *values in conn.execute(query, (thresholds,)):
         move = bucket_of.get(bucket)
@@ -290,18 +297,52 @@ def _per_move(
     return result
 
 
+def _per_range(
+    conn: Conn, table: TableSpec, moves: Sequence[Move], aggregates: sql.Composable
+) -> list[tuple[int, ...]]:
+    """Aggregates over each move's rows, one ``SELECT … WHERE`` :func:`range_predicate` per
+    move joined by ``UNION ALL``: with the ring-position index each is an index range scan, so
+    only the moving rows are read and none has its position hashed (the index holds it).
+    Without the index each branch would be a full scan: use :func:`_per_move` then."""
+    if not moves:
+        return []
+    branches = [
+        sql.SQL("SELECT {i}, {aggregates} FROM {table} t WHERE {where}").format(
+            i=sql.Literal(i),
+            aggregates=aggregates,
+            table=sql.Identifier(table.name),
+            where=range_predicate(table.key, move.start_hex, move.end_hex),
+        )
+        for i, move in enumerate(moves)
+    ]
+    result: list[tuple[int, ...]] = [(0, 0) for _ in moves]
+    for index, *values in conn.execute(sql.SQL(" UNION ALL ").join(branches)):
+        result[int(index)] = tuple(int(v) for v in values)
+    return result
+
+
 def fingerprints(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[Fingerprint]:
-    """Count and checksum the rows of each move's range on one server, in one scan of those
-    ranges only (an index scan per range where the ring-position index exists: rows that stay
-    are not hashed)."""
-    rows = in_spans(table, moves)
-    return [Fingerprint(r[0], r[1]) for r in _per_move(conn, table, moves, digest.CHECKSUM, rows)]
+    """Count and checksum the rows of each move's range on one server: an index range scan
+    per move (the ring-position index exists from capture to clean-up), so rows that stay are
+    not read and no row's position is hashed again). Without the index (dropped by hand),
+    one full scan."""
+    per = _per_range if has_position_index(conn, table) else _per_move
+    return [Fingerprint(r[0], r[1]) for r in per(conn, table, moves, digest.CHECKSUM)]
 
 
-def sizes(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[tuple[int, int]]:
-    """Exact rows and stored bytes of each move's range on one server, in one scan."""
-    size = sql.SQL("count(*), coalesce(sum(pg_catalog.pg_column_size(t.*)), 0)")
-    return [(r[0], r[1]) for r in _per_move(conn, table, moves, size)]
+SIZE = sql.SQL("count(*), coalesce(sum(pg_catalog.pg_column_size(t.*)), 0)")
+"""Two aggregates over rows aliased ``t``: their count and their stored bytes."""
+
+
+def sizes(
+    conn: Conn, table: TableSpec, moves: Sequence[Move], *, indexed: bool = False
+) -> list[tuple[int, int]]:
+    """Exact rows and stored bytes of each move's range on one server: an index range scan
+    per move when ``indexed`` (the ring-position index is valid), else one full scan hashing
+    every row's position."""
+    if indexed:
+        return [(r[0], r[1]) for r in _per_range(conn, table, moves, SIZE)]
+    return [(r[0], r[1]) for r in _per_move(conn, table, moves, SIZE)]
 
 
 def differing_keys(
