@@ -116,3 +116,29 @@ def test_an_invalid_topology_is_explained_by_pydantic(tmp_path: Path) -> None:
     bad.write_text("cluster: demo\nshards:\n  - name: a\n    replicas: many\n")
     loaded = modules("validate", "-f", str(bad))
     assert "shardctl.config.shape" in loaded and "pydantic" in loaded
+
+
+def test_each_command_is_registered_by_the_module_named_for_it() -> None:
+    from shardctl.cli import COMMANDS, MODULES, app
+    from shardctl.cli.app import _name
+
+    registered = {_name(info): info.callback.__module__ for info in app.registered_commands}
+    assert {name: f"shardctl.cli.{module}" for name, module in COMMANDS.items()} == {
+        name: module for name, module in registered.items() if name != "help"
+    }
+    order = [COMMANDS.get(_name(info)) for info in app.registered_commands]
+    assert order == [None, *sorted(order[1:], key=lambda m: MODULES.index(m or ""))]
+
+
+def test_one_command_imports_only_its_own_command_module() -> None:
+    loaded = modules("validate", "-f", str(EXAMPLE))
+    commands = {m for m in loaded if m.count(".") == 2 and m.startswith("shardctl.cli.")}
+    # cluster's commands call rolling's (up --plan); app, coerce, complete: the tree itself
+    assert commands - {"shardctl.cli.views", "shardctl.cli.render"} == {
+        "shardctl.cli.app",
+        "shardctl.cli.coerce",
+        "shardctl.cli.complete",
+        "shardctl.cli.cluster",
+        "shardctl.cli.rolling",
+    }
+    assert "shardctl.cli.reshard" in modules("--help")
