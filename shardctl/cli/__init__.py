@@ -1,9 +1,9 @@
 """The ``shardctl`` command line: parse, call one library function, render. Nothing else.
 
 Each module registers the commands of one concern on the shared typer ``app``. A run of one
-command imports only the module that registers it (:data:`COMMANDS`); ``--help``, ``help``,
-completion and ``from shardctl.cli import app`` import them all (:func:`tree`; not called
-load: a command module has that name).
+command imports only the module that registers it (:data:`COMMANDS`), ``--version`` none;
+``--help``, ``help``, completion and ``from shardctl.cli import app`` import them all
+(:func:`tree`; not called load: a command module has that name).
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ def main(args: Sequence[str] | None = None) -> None:
     from shardctl.cli.app import invoked
     from shardctl.cli.app import main as run
 
-    tree(invoked(list(sys.argv[1:] if args is None else args)))
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] != ["--version"]:  # first, it is answered before any command is looked at
+        tree(invoked(argv))
     run(args)
 
 

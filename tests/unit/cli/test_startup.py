@@ -142,3 +142,8 @@ def test_one_command_imports_only_its_own_command_module() -> None:
         "shardctl.cli.rolling",
     }
     assert "shardctl.cli.reshard" in modules("--help")
+    assert {m for m in modules("--version") if m.startswith("shardctl.cli.")} == {
+        "shardctl.cli.app",
+        "shardctl.cli.coerce",
+        "shardctl.cli.complete",
+    }
