@@ -13,6 +13,7 @@ checks it, and ``benchmarks/cli_startup.py`` measures it.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -391,6 +392,10 @@ def main(args: Sequence[str] | None = None) -> None:
     _ROOT.topology, _ROOT.verbose = None, False
     complete.ROOT_TOPOLOGY[0] = None
     argv = optional_values(list(sys.argv[1:] if args is None else args))
+    registered = app.registered_commands
+    word = invoked(argv)
+    if word is not None:  # building the other commands' options is a third of typer's import
+        app.registered_commands = [c for c in registered if _name(c) == word] or registered
     try:
         code = app(args=argv, prog_name=None if args is None else "shardctl", standalone_mode=False)
     except NothingToDo as exc:
@@ -408,7 +413,40 @@ def main(args: Sequence[str] | None = None) -> None:
         sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    finally:
+        app.registered_commands = registered
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_ROOT_FLAGS = ("-v", "--verbose")
+_ROOT_VALUED = ("-f", "--topology")
+
+
+def invoked(args: Sequence[str]) -> str | None:
+    """The command ``args`` run, when the run needs no other command of the tree: not help
+    (which lists them), not completion, nothing but the root's ``-f``/``-v`` before it (any
+    other option or a combination: None, the whole tree, as click would parse it)."""
+    if any(key.endswith("_COMPLETE") for key in os.environ):
+        return None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _ROOT_VALUED:
+            i += 2
+        elif arg in _ROOT_FLAGS or arg.startswith("--topology="):
+            i += 1
+        elif arg.startswith("-"):
+            return None
+        else:
+            return None if arg == "help" else arg
+    return None
+
+
+def _name(info: Any) -> str:
+    """A registered command's name, as typer derives it from the function when not given."""
+    from typer.main import get_command_name
+
+    return str(info.name or get_command_name(info.callback.__name__))
 
 
 OPTIONAL_VALUES = {"--watch": "2", "-w": "2"}

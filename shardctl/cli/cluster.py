@@ -74,7 +74,7 @@ def validate(topology: TopologyOption = None, output: OutputOption = Output.TABL
 )
 def schema() -> None:
     """Print the JSON Schema of topology.yaml (for editor completion)."""
-    from shardctl.config.schema import TopologySpec
+    from shardctl.config.shape import TopologySpec
 
     typer.echo(json.dumps(TopologySpec.model_json_schema(by_alias=True), indent=2))
 

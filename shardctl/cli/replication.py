@@ -146,8 +146,8 @@ def verify_replication(
             "canary_timeout": canary_timeout,
             "probe_timeout": timeout,
         }
-        limits = cluster.topology.spec.health.model_copy(
-            update={k: v for k, v in overrides.items() if v is not None}
+        limits = cluster.topology.spec.health.replace(
+            **{k: v for k, v in overrides.items() if v is not None}
         )
         for line in cluster.apply_durability_quietly():
             render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")

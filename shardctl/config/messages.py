@@ -1,7 +1,8 @@
 """Every topology problem as one line: ``file:line: where: what was expected``.
 
 The YAML is composed with line numbers (:mod:`shardctl.config.yamlsource`); pydantic's errors
-are ranked, described in words and placed at the line of the key they concern.
+are ranked, described in words and placed at the line of the key they concern. pydantic is
+imported only to explain a file (:mod:`shardctl.config.shape`): a valid one never needs it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
-
-from pydantic import BaseModel
-from pydantic_core import ErrorDetails
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
 from shardctl.config import yamlsource
-from shardctl.config.schema import TopologySpec
 from shardctl.errors import TopologyError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from pydantic_core import ErrorDetails
 
 Loc = yamlsource.Loc
 
@@ -185,6 +186,8 @@ def strict_numbers(data: object, model: type[BaseModel], loc: Loc) -> Iterator[t
 def _number_plan(model: type[BaseModel]) -> dict[str, tuple[str, tuple[type[BaseModel], ...]]]:
     """Per key (name and alias) of ``model``: 'an integer' / 'a number' where one is expected
     ('' elsewhere), and the models nested under it."""
+    from pydantic import BaseModel
+
     plan: dict[str, tuple[str, tuple[type[BaseModel], ...]]] = {}
     for name, field in model.model_fields.items():
         types = _leaf_types(field.annotation)
@@ -214,6 +217,10 @@ def _is_name(loc: Loc) -> bool:
 
 def _model_at(loc: Loc) -> type[BaseModel] | None:
     """The pydantic model class that validates the mapping at ``loc``."""
+    from pydantic import BaseModel
+
+    from shardctl.config.shape import TopologySpec
+
     model: type[BaseModel] = TopologySpec
     for part in loc:
         if isinstance(part, int):

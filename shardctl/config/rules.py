@@ -313,7 +313,7 @@ def _check_replication(spec: TopologySpec) -> Iterator[tuple[Loc, str]]:
     for where, value in declared:
         if not isinstance(value, ReplicationSpec) or value.mode is Replication.SYNC:
             continue
-        given = value.model_fields_set & {"durability", "degrade_after"}
+        given = value.given & {"durability", "degrade_after"}
         if given:
             yield (
                 (*where, sorted(given)[0]),

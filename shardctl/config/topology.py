@@ -1,7 +1,9 @@
 """Load and validate ``topology.yaml`` into frozen, typed models.
 
 The file is parsed with PyYAML's composer so that every value keeps the line it came from;
-pydantic validates the shape (:mod:`shardctl.config.schema`), then
+the shape is checked in plain Python into the frozen models of :mod:`shardctl.config.schema`
+(:mod:`shardctl.config.plain`), and by pydantic (:mod:`shardctl.config.shape`) only when that
+check declines the file, to name the problem or take a value pydantic coerces; then
 :func:`shardctl.config.rules.check_semantics` the rules that span several values (unique names,
 port clashes, the schema file). Every problem becomes one :class:`~shardctl.errors.TopologyError`
 line (:mod:`shardctl.config.messages`): ``topology.yaml:12: shards[1].replicas: ...``. The
@@ -19,19 +21,8 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pydantic import ValidationError
-
-from shardctl.config import yamlsource
-from shardctl.config.messages import (
-    Loc,
-    compose,
-    describe,
-    located,
-    rank,
-    shown,
-    strict_numbers,
-    yaml_error,
-)
+from shardctl.config import plain, yamlsource
+from shardctl.config.messages import Loc, compose, located, shown, yaml_error
 from shardctl.config.rules import check_semantics
 from shardctl.config.schema import (
     DEFAULT_POOLER_IMAGE,
@@ -419,12 +410,34 @@ def load(path: Path | str | None = None) -> Topology:
 def parse(text: str, path: Path) -> Topology:
     """Validate topology text; ``path`` names it in errors and anchors relative paths."""
     data, lines = compose(text, path)
-    numbers = list(strict_numbers(data, TopologySpec, ()))
+    try:
+        spec = plain.build(TopologySpec, data)
+    except plain.Decline:
+        spec = _explained(data, path, lines)
+    if os.environ.get(IMAGE_ENV):
+        spec = spec.replace(image=os.environ[IMAGE_ENV])
+    topology = Topology(spec=spec, path=path)
+    problems = list(check_semantics(topology))
+    if problems:
+        where, message = problems[0]
+        raise TopologyError(located(path, lines, where, message, len(problems) - 1))
+    return topology
+
+
+def _explained(data: dict[str, object], path: Path, lines: dict[Loc, int]) -> TopologySpec:
+    """What pydantic makes of a file the plain check declined: its first problem as one line
+    (raised), or the model when pydantic accepts it as it coerces values."""
+    from pydantic import ValidationError
+
+    from shardctl.config import shape
+    from shardctl.config.messages import describe, rank, strict_numbers
+
+    numbers = list(strict_numbers(data, shape.TopologySpec, ()))
     if numbers:
         where, message = numbers[0]
         raise TopologyError(located(path, lines, where, message, len(numbers) - 1))
     try:
-        spec = TopologySpec.model_validate(data)
+        validated = shape.TopologySpec.model_validate(data)
     except ValidationError as exc:
         # One problem per location: pydantic reports a union's every member separately.
         described: dict[Loc, str] = {}
@@ -433,11 +446,4 @@ def parse(text: str, path: Path) -> Topology:
             described.setdefault(loc, text)
         where, message = next(iter(described.items()))
         raise TopologyError(located(path, lines, where, message, len(described) - 1)) from None
-    if os.environ.get(IMAGE_ENV):
-        spec = spec.model_copy(update={"image": os.environ[IMAGE_ENV]})
-    topology = Topology(spec=spec, path=path)
-    problems = list(check_semantics(topology))
-    if problems:
-        where, message = problems[0]
-        raise TopologyError(located(path, lines, where, message, len(problems) - 1))
-    return topology
+    return plain.from_model(TopologySpec, validated)

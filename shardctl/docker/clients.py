@@ -136,3 +136,47 @@ def _context_tls(context: contexts.Context) -> docker.tls.TLSConfig | bool:
         ca_cert=str(ca) if ca.is_file() and not context.skip_tls_verify else None,
         verify=False if context.skip_tls_verify else (str(ca) if ca.is_file() else True),
     )
+
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+"""Where the Docker SDK looks when neither DOCKER_HOST nor a docker context says otherwise."""
+
+
+def local_socket(engine: Endpoint) -> str | None:
+    """The path of the unix socket ``engine`` is reached through, as :func:`make_client`
+    would pick it; None for any other transport (tcp://, ssh://, a context's TLS)."""
+    url = _url(engine)
+    if url is None:
+        url = os.environ.get("DOCKER_HOST")
+    if url is None:
+        context = contexts.current()
+        url = "unix://" + DEFAULT_SOCKET if context is None else context.host
+    if not url.startswith("unix://") or len(url) <= len("unix://"):
+        return None
+    return url[len("unix://") :]
+
+
+def list_over_socket(path: str, query: str, timeout: float = PING_TIMEOUT) -> object | None:
+    """``GET /containers/json?<query>`` straight over the engine's unix socket (HTTP/1.0, the
+    JSON body), without the Docker SDK and the HTTP stack it imports; None when anything is
+    unlike a plain answer (the caller then asks through the SDK, whose errors it reports)."""
+    import json
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            request = f"GET /containers/json?{query} HTTP/1.0\r\nHost: docker\r\n\r\n"
+            sock.sendall(request.encode("ascii"))
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        status = head.split(b"\r\n", 1)[0].split()
+        if len(status) < 2 or status[1] != b"200" or b"chunked" in head.lower():
+            return None
+        rows: object = json.loads(body)
+    except (OSError, ValueError, UnicodeError):
+        return None
+    return rows

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import posixpath
 import tarfile
 import threading
 from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from shardctl.config.topology import Node, Topology
 from shardctl.docker.clients import (
@@ -24,6 +26,8 @@ from shardctl.docker.clients import (
     Endpoint,
     describe,
     docker_errors,
+    list_over_socket,
+    local_socket,
     make_client,
     short,
 )
@@ -183,7 +187,18 @@ class Engines:
         that does not answer (a lost host) is returned with its error instead of failing the
         rest."""
 
+        query = urlencode(
+            {"all": "1", "filters": json.dumps({"label": [f"{LABEL_CLUSTER}={topology.cluster}"]})}
+        )
+
         def listing(endpoint: Endpoint) -> list[dict[str, Any]]:
+            # A local engine is asked over its socket directly: status (which lists and
+            # nothing more) then never imports the Docker SDK and requests.
+            path = local_socket(endpoint)
+            if path is not None and endpoint not in self._clients:
+                answer = list_over_socket(path, query)
+                if isinstance(answer, list) and all(isinstance(row, dict) for row in answer):
+                    return answer
             with docker_errors(f"listing containers on {describe(endpoint)}"):
                 rows: list[dict[str, Any]] = self.client(endpoint).api.containers(
                     all=True, filters=_labelled(topology.cluster)

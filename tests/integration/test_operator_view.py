@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 from shardctl.db import pg
+from shardctl.docker.clients import list_over_socket, local_socket
 from shardctl.ops.cluster import Cluster
 from shardctl.state import fence
 from tests.integration.conftest import ClusterFactory, run_shardctl
@@ -31,6 +33,45 @@ def lines_fit(text: str, width: int = 80) -> bool:
     return all(len(line) <= width for line in text.splitlines())
 
 
+STATUS_MODULES = """
+import json, sys
+from shardctl.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+sys.__stderr__.write(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def _status_lists_over_the_socket_as_the_sdk_does(cluster: Cluster) -> None:
+    """status asks a local engine for the containers over its socket, without the Docker SDK
+    (nor requests, nor pydantic: a valid topology needs none); the SDK lists the same."""
+    placement = cluster.topology.nodes[0].placement
+    socket_path = local_socket(placement)
+    assert socket_path is not None  # the tests' engine is a unix socket
+    label = f"shardctl.cluster={cluster.topology.cluster}"
+    raw = list_over_socket(
+        socket_path, urlencode({"all": "1", "filters": json.dumps({"label": [label]})})
+    )
+    assert isinstance(raw, list)
+    sdk = cluster.engines.client(placement).api.containers(all=True, filters={"label": label})
+    assert sorted((r["Names"][0], r["State"]) for r in raw) == sorted(
+        (r["Names"][0], r["State"]) for r in sdk
+    )
+    assert len(raw) == len(cluster.topology.nodes)
+    ran = subprocess.run(
+        [sys.executable, "-c", STATUS_MODULES, "status", "-f", str(cluster.topology.path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **NARROW},
+    )
+    assert ran.returncode == 0, ran.stderr
+    loaded = set(json.loads(ran.stderr.strip().splitlines()[-1]))
+    assert "psycopg" in loaded  # it did read the nodes
+    assert loaded & {"docker", "requests", "urllib3", "pydantic", "cryptography"} == set()
+
+
 def test_in_flight_work_is_shown_and_every_command_agrees(cluster_factory: ClusterFactory) -> None:
     cluster = cluster_factory(shards=1, replicas=1, ring={"algorithm": "md5", "vnodes": 32})
     path = cluster.topology.path
@@ -41,6 +82,7 @@ def test_in_flight_work_is_shown_and_every_command_agrees(cluster_factory: Clust
     assert lines_fit(status.stdout), status.stdout
     assert "shard-0-replica-1" in status.stdout and "in flight" not in status.stdout
     assert not any(line.endswith(" ") for line in status.stdout.splitlines())
+    _status_lists_over_the_socket_as_the_sdk_does(cluster)
     wide = run_shardctl("status", "-o", "wide", "-f", path)
     assert "LSN" in wide.stdout and "slot" in wide.stdout
     as_json = json.loads(run_shardctl("status", "-o", "json", "-f", path).stdout)

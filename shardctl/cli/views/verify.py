@@ -106,7 +106,7 @@ def verify_facts(report: Report) -> dict[str, Any]:
         "cluster": report.cluster,
         "seconds": round(report.seconds, 3),
         "deep": report.deep,
-        "limits": report.limits.model_dump(),
+        "limits": report.limits.as_data(),
         "checks": [check_facts(c) for c in report.checks],
     }
 

@@ -9,8 +9,7 @@ import pytest
 import typer.main
 from typer._coercion import build_runtime_param
 
-from shardctl.cli import coerce
-from shardctl.cli.app import app
+from shardctl.cli import app, coerce
 
 SAMPLES: dict[str, tuple[Any, ...]] = {
     "int": ("5", "-3", "007", "abc", "1e3", " 7", "", 5, True),

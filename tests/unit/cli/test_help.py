@@ -12,7 +12,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from shardctl.cli import app
-from shardctl.cli.app import GROUPS
+from shardctl.cli.app import GROUPS, invoked
 from tests.unit.cli.test_cli import EXAMPLE, never_up, shardctl
 
 
@@ -54,6 +54,19 @@ def test_every_command_has_an_example_types_in_words_and_integer_bounds() -> Non
         assert not re.search(r"<[a-z]", text), (name, text)  # no <int>, <list[str]>
         assert not re.search(r"\d e\+\d|\de\+\d", text), (name, text)  # no 1e+09
         assert "seed's" not in text and "seed-style" not in text
+
+
+def test_a_command_built_alone_helps_as_in_the_whole_tree() -> None:
+    # `shardctl status` builds only status's options (shardctl.cli.app.invoked); `help status`
+    # builds every command, as --help and completion do
+    assert invoked(["status"]) == "status" and invoked(["-f", "t.yaml", "-v", "ring"]) == "ring"
+    assert invoked(["--topology=t.yaml", "validate", "-o", "json"]) == "validate"
+    for whole in (["--help"], ["help", "status"], ["--version"], ["-vf", "t.yaml", "status"], []):
+        assert invoked(whole) is None, whole
+    for name in commands():
+        alone = shardctl(name, "--help")
+        assert alone.code == 0, (name, alone.stderr)
+        assert alone.stdout.strip() == shardctl("help", name).stdout.strip(), name
 
 
 def test_no_seed_in_any_help() -> None:

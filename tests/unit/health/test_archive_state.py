@@ -72,7 +72,7 @@ def test_wal_waiting_behind_an_old_newest_file_is_behind_naming_the_shard() -> N
     # Without the repository's times, only more than max_lag_bytes waiting is behind.
     assert archive_states(facts, LIMITS)["s1"].state == "ok"
     far = archived(backed_up(), s1_primary={"restart_lsn": 0})
-    limits = LIMITS.model_copy(update={"max_lag_bytes": 100})
+    limits = LIMITS.replace(max_lag_bytes=100)
     assert archive_states(far, limits)["s1"].state == "behind"
 
 
