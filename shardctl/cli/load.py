@@ -52,7 +52,7 @@ def load(
             "-w",
             low=1,
             high=256,
-            help="Worker threads: ops in flight at once, and connections per node at most.",
+            help="Ops in flight at once, and connections per node at most.",
         ),
     ] = 8,
     pipeline: Annotated[
@@ -62,9 +62,18 @@ def load(
             low=1,
             high=256,
             help="Ops one connection carries at once, several users' pipelined; 1: one op "
-            "per worker at a time.",
+            "per connection at a time.",
         ),
     ] = PIPELINE,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            metavar="loop|threads",
+            help="With --pipeline 1: one thread carries every op in flight (loop), or each "
+            "worker is a thread blocked on its op (threads).",
+        ),
+    ] = "loop",
     users: Annotated[
         str | None,
         typer.Option(
@@ -178,7 +187,18 @@ def load(
             _check_workers(router, workers)
             _run_load(
                 router,
-                _config(workers, duration, ops, mix, read_from, ledger, seed, counts, pipeline),
+                _config(
+                    workers,
+                    duration,
+                    ops,
+                    mix,
+                    read_from,
+                    ledger,
+                    seed,
+                    counts,
+                    pipeline,
+                    engine,
+                ),
                 counts,
                 output,
             )
@@ -251,8 +271,13 @@ def _config(
     seed: int | None,
     counts: list[int] | None,
     pipeline: int = 1,
+    engine: str = "loop",
 ) -> LoadConfig:
-    from shardctl.workload.users import LoadConfig, Mix
+    from shardctl.workload.users import ENGINES, LoadConfig, Mix
+
+    chosen = next((e for e in ENGINES if e == engine), None)
+    if chosen is None:
+        raise UsageError(f"--engine: expected {' or '.join(ENGINES)}, got {engine!r}")
 
     return LoadConfig(
         workers=workers,
@@ -264,6 +289,7 @@ def _config(
         seed=seed,
         users=counts[0] if counts else None,
         pipeline=pipeline,
+        engine=chosen,
     )
 
 

@@ -24,6 +24,7 @@ from shardctl.errors import UsageError
 from shardctl.router.router import Router
 from shardctl.util import fanout
 from shardctl.workload.ledger import Ledger
+from shardctl.workload.loop import Loop
 from shardctl.workload.multiplex import Multiplexer
 from shardctl.workload.raw import RawOps
 from shardctl.workload.report import LoadProgress, LoadReport, report
@@ -126,6 +127,10 @@ def run_load(
             )  # fmt: skip
             workers = mux.workers
             tasks = partial(mux.tasks, list(ready))
+        elif config.engine == "loop":
+            loop = Loop(router, config, ledger, budget, table, statements, width=width)
+            workers = loop.workers
+            tasks = partial(loop.tasks, list(ready))
         else:
             workers = [
                 Worker(router, config, ledger, budget, table, statements) for _ in range(width)

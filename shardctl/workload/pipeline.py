@@ -169,6 +169,19 @@ def run_one(
         return exc
 
 
+def prepare(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> None:
+    """Prepare on ``conn`` (idle, not in pipeline mode) those of ``statements`` it has not
+    prepared yet, one blocking round trip each; raises what the server said."""
+    with _lock:
+        known = _prepared.setdefault(conn, set())
+    for statement in statements:
+        if statement.name not in known:
+            made = conn.pgconn.prepare(statement.name, statement.query)
+            if made.status != _STATUS.COMMAND_OK:
+                raise _failed(conn, made)
+            known.add(statement.name)
+
+
 def _failed(conn: psycopg.Connection[Any], result: pq.abc.PGresult) -> Exception:
     """Why a statement failed; a connection that broke on it (its outcome unknown) is closed."""
     if conn.pgconn.status != _OK:

@@ -64,9 +64,13 @@ class RawOps:
         }
         self._owner = Statement(b"shardctl_load_owner", numbered(ASSERT_OWNER.encode()))
         # Prepared by name on direct connections, as the Router's pools prepare (see pools).
-        self._prepared = router.via == "direct"
+        self.prepared = router.via == "direct"
         self._columns = [c.name for c in target.columns]
         self._replicas = config.read_from == "replica"
+
+    def statements(self) -> list[Statement]:
+        """Every statement an op may send (to prepare them on a new connection)."""
+        return [*self._sql.values(), self._owner]
 
     def route(self, drawn: Drawn) -> str:
         """The shard whose primary runs ``drawn``, or :data:`ALONE`."""
@@ -98,7 +102,7 @@ class RawOps:
         shard = self.route(drawn)
         if shard == ALONE:
             return self.alone(worker, drawn)
-        call, prepared = self.call(drawn), self._prepared
+        call, prepared = self.call(drawn), self.prepared
         cut = time.monotonic() + self.router.deadline
         cut = cut if until is None else min(cut, until)
         try:
@@ -123,7 +127,7 @@ class RawOps:
         cut = cut if until is None else min(cut, until)
         try:
             outcomes = self.router.on_shard(
-                shard, lambda conn: run_batch(conn, calls, cut, prepared=self._prepared)
+                shard, lambda conn: run_batch(conn, calls, cut, prepared=self.prepared)
             )
         except RoutingError:  # the shard left the topology since: the ring knows the owner
             return [self.alone(worker, d) for d in batch]

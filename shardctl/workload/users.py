@@ -36,6 +36,8 @@ OVERRUN = 0.5
 """Seconds past ``--duration`` an op still running (on a frozen node) may take before the
 Router cuts it short: the run ends within a second of its duration."""
 Op = Literal["insert", "read", "update", "delete"]
+Engine = Literal["loop", "threads"]
+ENGINES: tuple[Engine, ...] = ("loop", "threads")
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,10 @@ class LoadConfig:
     """The declared table to write (None: the first in the topology's ``tables``)."""
     pipeline: int = 1
     """Ops one connection carries at once (several users', see
-    :mod:`shardctl.workload.multiplex`); 1: each worker thread runs one op at a time."""
+    :mod:`shardctl.workload.multiplex`); 1: one op per connection at a time."""
+    engine: Engine = "loop"
+    """With ``pipeline`` 1, who carries the ops: one thread for all of them
+    (:mod:`shardctl.workload.loop`), or a thread per worker, each blocked on its op."""
 
 
 class VirtualUser:

@@ -1,0 +1,394 @@
+"""Virtual users served by one thread: up to ``--workers`` ops in flight at once, each on its own
+connection, sent and read without blocking (libpq's non-blocking calls and ``select``), as
+pgbench serves its clients.
+
+With one thread per op in flight, each op costs the client a hand-off of the GIL and a thread
+switch or two besides psycopg's and the pool's work; on a small machine whose cores the servers
+share, that CPU is taken from the servers. Here one thread sends each op on an idle connection
+to its owner's primary, waits for all of them at once, and settles each op as its answer
+comes: one connection per op in flight, so as many commits in flight as with threads (the
+server's group commit needs them), and per op only libpq's calls and the bookkeeping.
+
+Connections come from the Router's pools (:meth:`Router.connection`) and are held for the run,
+in pipeline mode (each op its own transaction, ended by its Sync), at most one less per node
+than a pool holds, so the Router's own calls always find one. Opening a connection and every op
+the Router must settle (see :mod:`shardctl.workload.raw`) run on helper threads, so a node that
+stops answering holds up its own ops only: an op with no answer by its deadline (the Router's,
+or the run's end) closes its connection and is settled by the Router; an op still waiting for a
+connection at the run's end fails, never sent. Each user has one op in flight at most, so its
+own ops stay in order; an op is counted and recorded in the ledger once its final outcome is
+known, by the loop's thread.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import errors, pq
+
+from shardctl.db.deadlines import WATCHDOG
+from shardctl.router.router import Router
+from shardctl.workload.ledger import Ledger
+from shardctl.workload.pipeline import Outcome, prepare
+from shardctl.workload.raw import ALONE, RawOps
+from shardctl.workload.target import Target
+from shardctl.workload.users import Drawn, LoadConfig, Statements, VirtualUser, Worker
+
+WAIT = 0.05
+"""Seconds the loop waits at most before it looks at the stop event again."""
+_STATUS = pq.ExecStatus
+_OK = pq.ConnStatus.OK
+
+
+@dataclass(eq=False, slots=True)
+class Link:
+    """A connection the loop holds, and the op it carries (None: idle)."""
+
+    shard: str
+    conn: psycopg.Connection[Any]
+    lease: AbstractContextManager[psycopg.Connection[Any]]
+    fd: int
+    drawn: Drawn | None = None
+    until: float = 0.0
+    rows: int = 0
+    failure: Exception | None = None
+
+    def drop(self, failure: Exception | None = None) -> None:
+        """Close the connection (an answer unread, or it broke): its pool discards it."""
+        if failure is not None:
+            self.failure = failure
+        self.conn.close()
+
+
+@dataclass
+class _Shard:
+    idle: list[Link] = field(default_factory=list)
+    held: int = 0
+    """Connections held to the shard's primary: idle, busy, or being opened."""
+    waiting: deque[Drawn] = field(default_factory=deque)
+    """Ops waiting for a connection."""
+
+
+class Loop:
+    """One thread carrying up to ``width`` ops at once, one per connection."""
+
+    def __init__(
+        self,
+        router: Router,
+        config: LoadConfig,
+        ledger: Ledger | None,
+        budget: Callable[[], bool],
+        target: Target,
+        statements: Statements,
+        *,
+        width: int,
+    ) -> None:
+        self.router = router
+        self.width = width
+        self.budget = budget
+        self.worker = Worker(router, config, ledger, budget, target, statements)
+        self.workers = [self.worker]
+        self.raw = RawOps(router, config, target, statements)
+        self._most = max(1, router.max_size - 1)
+        self._shards: dict[str, _Shard] = {}
+        self._busy: dict[int, Link] = {}
+        self._flying = 0
+        """Ops drawn and not yet settled: never more than ``width``."""
+        self._news: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        """What helper threads finished, as calls for the loop's thread to make."""
+        self._lock = threading.Lock()
+        self._over = False
+        self._ready: deque[VirtualUser] = deque()
+        self._until: float | None = None
+        self._helpers: ThreadPoolExecutor | None = None
+        self._wake_r = self._wake_w = -1
+
+    def tasks(
+        self, users: list[VirtualUser], halt: threading.Event, until: float | None
+    ) -> dict[int, Callable[[], None]]:
+        """The loop's one task: serve ``users`` until ``halt`` or the op budget says so (ops
+        in flight at ``until``, ``time.monotonic()``, are cut short)."""
+        return {0: lambda: self._serve(users, halt, until)}
+
+    def _serve(self, users: list[VirtualUser], halt: threading.Event, until: float | None) -> None:
+        self._ready, self._until = deque(users), until
+        self._helpers = ThreadPoolExecutor(self.width + 1, thread_name_prefix="load-helper")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        try:
+            self._turn(halt)
+        finally:
+            with self._lock:
+                self._over = True
+            # Connections still being opened are given back by their helpers (see _open).
+            self._helpers.shutdown(wait=False, cancel_futures=True)
+            self._release()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _turn(self, halt: threading.Event) -> None:
+        """Start ops while there is room, wait for answers, settle; until all are settled."""
+        ready, draw, until = self._ready, self.worker.draw, self._until
+        spent = False
+        while True:
+            while not spent and not halt.is_set() and self._flying < self.width and ready:
+                if not self.budget():
+                    spent = True
+                    break
+                self._flying += 1
+                self._start(draw(ready.popleft()))
+            if self._flying == 0 and (spent or halt.is_set()):
+                return
+            now = time.monotonic()
+            soonest = min((x.until for x in self._busy.values()), default=now + WAIT)
+            wait = max(0.0, min(soonest - now, WAIT))
+            readable, _, _ = select.select([self._wake_r, *self._busy], [], [], wait)
+            for fd in readable:
+                link = self._busy.get(fd)
+                if link is not None:
+                    self._read(link)
+            if self._wake_r in readable:
+                with suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                while True:
+                    try:
+                        self._news.get_nowait()()
+                    except queue.Empty:
+                        break
+            now = time.monotonic()
+            for link in [x for x in self._busy.values() if x.until <= now]:
+                link.drop(psycopg.OperationalError("no answer within the deadline"))
+                self._finish(link)
+            if until is not None and now >= until:
+                self._give_up_waiting()
+
+    # ------------------------------------------------------------ starting ops
+
+    def _start(self, drawn: Drawn) -> None:
+        """Send ``drawn`` on an idle connection to its owner, or queue it for one."""
+        shard = self.raw.route(drawn)
+        if shard == ALONE:
+            self._alone(drawn)
+            return
+        state = self._shards.get(shard)
+        if state is None:
+            state = self._shards[shard] = _Shard()
+        if state.idle:
+            self._send(state.idle.pop(), drawn)
+            return
+        state.waiting.append(drawn)
+        if state.held < self._most:
+            state.held += 1
+            self._help(self._open, shard)
+
+    def _send(self, link: Link, drawn: Drawn) -> None:
+        """Send ``drawn``'s statements and a Sync on ``link``."""
+        cut = time.monotonic() + self.router.deadline
+        link.drawn, link.rows, link.failure = drawn, 0, None
+        link.until = cut if self._until is None else min(cut, self._until)
+        pgconn = link.conn.pgconn
+        try:
+            for statement, params in self.raw.call(drawn).statements:
+                if self.raw.prepared:
+                    pgconn.send_query_prepared(statement.name, params)
+                else:
+                    pgconn.send_query_params(statement.query, params)
+            pgconn.pipeline_sync()
+            pgconn.flush()  # a few hundred bytes: the socket's buffer takes them at once
+        except psycopg.Error as exc:
+            link.drop(exc)
+            self._finish(link)
+            return
+        self._busy[link.fd] = link
+
+    def _help(self, work: Callable[..., None], *args: Any) -> None:
+        """``work(*args)`` on a helper thread, held to the run's end like the loop's ops."""
+        until = self._until
+
+        def run() -> None:
+            with self.router.ending_by(until) if until is not None else nullcontext():
+                work(*args)
+
+        assert self._helpers is not None
+        self._helpers.submit(run)
+
+    def _tell(self, news: Callable[[], None]) -> None:
+        """(A helper thread.) Have the loop's thread call ``news``."""
+        self._news.put(news)
+        with suppress(OSError):
+            os.write(self._wake_w, b".")
+
+    def _open(self, shard: str) -> None:
+        """(A helper thread.) Hold a pooled connection to ``shard``'s primary, its statements
+        prepared, in pipeline mode; or, when none comes, tell the loop."""
+        try:
+            node = self.router.topology.shard_nodes(shard)[0]
+            lease = self.router.connection(node.name)
+            conn = lease.__enter__()
+        except Exception:  # the node is down: its waiting ops go to the Router
+            self._tell(lambda: self._not_opened(shard))
+            return
+        try:
+            cut = time.monotonic() + self.router.deadline
+            with WATCHDOG.guard(conn, cut if self._until is None else min(cut, self._until)):
+                if self.raw.prepared:
+                    prepare(conn, self.raw.statements())
+            conn.pgconn.enter_pipeline_mode()
+            conn.pgconn.nonblocking = 1
+            link = Link(shard, conn, lease, conn.pgconn.socket)
+        except Exception:
+            conn.close()
+            lease.__exit__(None, None, None)
+            self._tell(lambda: self._not_opened(shard))
+            return
+        with self._lock:
+            if not self._over:
+                self._tell(lambda: self._opened(link))
+                return
+        _give_back(link)  # the run is over
+
+    def _opened(self, link: Link) -> None:
+        state = self._shards[link.shard]
+        if state.waiting:
+            self._send(link, state.waiting.popleft())
+        else:
+            state.idle.append(link)
+
+    def _not_opened(self, shard: str) -> None:
+        """No connection to ``shard``: when the loop holds none, the Router takes its ops
+        (it retries, and says why they fail)."""
+        state = self._shards[shard]
+        state.held -= 1
+        if state.held == 0:
+            while state.waiting:
+                self._alone(state.waiting.popleft())
+
+    def _give_up_waiting(self) -> None:
+        """The run's end: ops still waiting for a connection fail, never sent."""
+        for state in self._shards.values():
+            while state.waiting:
+                drawn = state.waiting.popleft()
+                self._settle(drawn, psycopg.OperationalError("no connection before the end"))
+
+    # ------------------------------------------------------------ answers
+
+    def _read(self, link: Link) -> None:
+        """Take what ``link``'s connection answered; finish its op once its Sync is back."""
+        pgconn = link.conn.pgconn
+        try:
+            pgconn.consume_input()
+            idle = 0
+            while not pgconn.is_busy():
+                result = pgconn.get_result()
+                if result is None:
+                    idle += 1  # the end of one statement's results; twice: nothing more yet
+                    if idle > 1:
+                        return
+                    continue
+                idle = 0
+                status = result.status
+                if status == _STATUS.PIPELINE_SYNC:
+                    self._busy.pop(link.fd, None)
+                    self._finish(link)
+                    return
+                if status == _STATUS.COMMAND_OK:
+                    link.rows = result.command_tuples or 0
+                elif status == _STATUS.TUPLES_OK:
+                    link.rows = result.ntuples
+                elif status == _STATUS.PIPELINE_ABORTED:
+                    link.failure = link.failure or errors.PipelineAborted("pipeline aborted")
+                elif pgconn.status != _OK:
+                    raise psycopg.OperationalError("the connection broke")
+                else:
+                    link.failure = link.failure or errors.error_from_result(result)
+        except psycopg.Error as exc:
+            link.drop(exc)
+            self._finish(link)
+
+    def _finish(self, link: Link) -> None:
+        """``link``'s op is over: settle it, or have the Router settle it; reuse ``link`` for
+        the next op waiting for its shard, or drop it if it broke."""
+        self._busy.pop(link.fd, None)
+        drawn, failure = link.drawn, link.failure
+        assert drawn is not None
+        link.drawn = None
+        outcome: Outcome = failure if failure is not None else link.rows
+        if failure is not None or (link.rows == 0 and drawn.op in ("update", "delete")):
+            self._alone(drawn)
+        elif drawn.op != "read" and self.router.routing.moving:
+            self._help(self._written, drawn, outcome)
+        else:
+            self._settle(drawn, outcome)
+        state = self._shards[link.shard]
+        if link.conn.closed:
+            link.lease.__exit__(None, None, None)
+            state.held -= 1
+            if state.waiting and state.held < self._most:
+                state.held += 1
+                self._help(self._open, link.shard)
+        elif state.waiting:
+            self._send(link, state.waiting.popleft())
+        else:
+            state.idle.append(link)
+
+    def _alone(self, drawn: Drawn) -> None:
+        """Settle ``drawn`` through the Router's own calls, on a helper thread."""
+
+        def run() -> None:
+            outcome = self.raw.alone(self.worker, drawn)
+            self._tell(lambda: self._settle(drawn, outcome))
+
+        self._help(run)
+
+    def _written(self, drawn: Drawn, outcome: Outcome) -> None:
+        """(A helper thread.) The dual write of a committed write to a moving key."""
+        self.router.written(drawn.key)
+        self._tell(lambda: self._settle(drawn, outcome))
+
+    def _settle(self, drawn: Drawn, outcome: Outcome) -> None:
+        drawn.user.ready_since = self.worker.settle(drawn, outcome)
+        self.worker.stats.done += 1
+        self._flying -= 1
+        self._ready.append(drawn.user)
+
+    def _release(self) -> None:
+        """Give every connection held back to the Router's pools."""
+        for state in self._shards.values():
+            for link in state.idle:
+                _give_back(link)
+            state.idle.clear()
+        for link in self._busy.values():  # none, unless the loop failed
+            link.drop()
+            _give_back(link)
+        self._busy.clear()
+        while True:  # connections opened as the run ended
+            try:
+                self._news.get_nowait()()
+            except queue.Empty:
+                break
+            except Exception:
+                continue
+        for state in self._shards.values():
+            for link in state.idle:
+                _give_back(link)
+
+
+def _give_back(link: Link) -> None:
+    """Out of pipeline mode and back to its pool (a closed connection is discarded there)."""
+    with suppress(psycopg.Error):
+        if not link.conn.closed:
+            link.conn.pgconn.nonblocking = 0
+            link.conn.pgconn.exit_pipeline_mode()
+    with suppress(Exception):
+        link.lease.__exit__(None, None, None)
