@@ -4,7 +4,7 @@ the same number of clients, on the same cluster, in the same run.
     python benchmarks/load_vs_pgbench.py [--clients 16] [--seconds 10] [--repeat 3]
                                          [--mixes insert-only,default] [--protocol prepared]
                                          [--pipelines 8,1] [--in-container] [--raw]
-                                         [--before CHECKOUT]
+                                         [--engines loop,threads] [--before CHECKOUT]
                                          [--users 1000,5000,10000] [--users-seconds 30]
                                          [--topology FILE]
 
@@ -19,7 +19,8 @@ names a running one. Then, interleaved, ``--repeat`` rounds of:
   statements on direct connections too; ``--protocol extended`` for unnamed statements);
 - **shardctl load** (the real CLI, in a subprocess) with ``--workers`` equal to ``--clients``
   and the same mix, once per ``--pipelines`` value (``--pipeline 1``: one op per connection at
-  a time, the engine before multiplexing; 0: no ``--pipeline`` flag, for a ``load`` without);
+  a time; 0: no ``--pipeline`` flag, for a ``load`` without), and with ``--pipeline 1`` once
+  per ``--engines`` value (``load --engine``; none given: no ``--engine`` flag);
 - with ``--in-container``, the former baseline too: the image's pgbench in one sibling
   container per primary on the host's network;
 - with ``--before``, ``shardctl load --pipeline 1`` of another checkout of shardctl (its
@@ -230,6 +231,10 @@ def load(topology: Path, *args: str, tree: Path | None = None) -> dict[str, obje
     return report
 
 
+def _column(pipe: int, engine: str) -> str:
+    return f"load {engine}" if engine else f"load p{pipe}" if pipe else "load"
+
+
 def _head(tree: Path) -> str:
     done = subprocess.run(
         ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
@@ -259,6 +264,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
     path = cluster.topology.path
     clients, seconds = args.clients, args.seconds
     pipelines = [int(p) for p in args.pipelines.split(",") if p.strip()]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()] or [""]
     print(
         f"# {clients} clients/workers, {seconds:g} s per run, {args.repeat} interleaved rounds, "
         f"pgbench -M {args.protocol} (load average {_load()})"
@@ -279,7 +285,8 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
     for name in args.mixes.split(","):
         mix = MIXES[name]
         columns = ["pgbench"] + (["in-container"] if args.in_container else [])
-        columns += [f"load p{p}" if p else "load" for p in pipelines]
+        runs = [(p, e) for p in pipelines for e in (engines if p == 1 else [""])]
+        columns += [_column(p, e) for p, e in runs]
         columns += ["before p1"] if other is not None else []
         if args.raw and name == "insert-only":
             columns += ["psycopg thr", "psycopg aio"]
@@ -297,12 +304,13 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
                 got["in-container"] = pgbench_containers(
                     cluster, mix, clients, seconds, args.protocol
                 )
-            for pipe in pipelines:
+            for pipe, engine in runs:
                 report = load(
                     path, "--workers", str(clients), "--duration", str(seconds),
                     "--mix", mix_arg(mix), *(["--pipeline", str(pipe)] if pipe else []),
+                    *(["--engine", engine] if engine else []),
                 )  # fmt: skip
-                column = f"load p{pipe}" if pipe else "load"
+                column = _column(pipe, engine)
                 got[column] = float(str(report["throughput"]))
                 spent = float(str(report["cpu"])) - startup
                 cpu[column].append(spent / max(1, int(str(report["ops"]))))
@@ -379,6 +387,7 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("prepared", "extended"), default="prepared")
     parser.add_argument("--pipelines", default="8,1")
     parser.add_argument("--in-container", action="store_true")
+    parser.add_argument("--engines", default="")
     parser.add_argument("--raw", action="store_true")
     parser.add_argument("--before", type=Path, default=None)
     parser.add_argument("--users", default="")
