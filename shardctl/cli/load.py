@@ -74,6 +74,16 @@ def load(
             "worker is a thread blocked on its op (threads).",
         ),
     ] = "loop",
+    loops: Annotated[
+        int | None,
+        number_option(
+            "--loops",
+            low=1,
+            high=256,
+            show_default=False,
+            help="The loop engine's threads, sharing --workers [default: one per 4 workers].",
+        ),
+    ] = None,
     users: Annotated[
         str | None,
         typer.Option(
@@ -272,6 +282,7 @@ def _config(
     counts: list[int] | None,
     pipeline: int = 1,
     engine: str = "loop",
+    loops: int | None = None,
 ) -> LoadConfig:
     from shardctl.workload.users import ENGINES, LoadConfig, Mix
 
@@ -290,6 +301,7 @@ def _config(
         users=counts[0] if counts else None,
         pipeline=pipeline,
         engine=chosen,
+        loops=loops,
     )
 
 

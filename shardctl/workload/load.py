@@ -24,7 +24,8 @@ from shardctl.errors import UsageError
 from shardctl.router.router import Router
 from shardctl.util import fanout
 from shardctl.workload.ledger import Ledger
-from shardctl.workload.loop import Loop
+from shardctl.workload.loop import loops
+from shardctl.workload.loop import tasks as loop_tasks
 from shardctl.workload.multiplex import Multiplexer
 from shardctl.workload.raw import RawOps
 from shardctl.workload.report import LoadProgress, LoadReport, report
@@ -128,9 +129,9 @@ def run_load(
             workers = mux.workers
             tasks = partial(mux.tasks, list(ready))
         elif config.engine == "loop":
-            loop = Loop(router, config, ledger, budget, table, statements, width=width)
-            workers = loop.workers
-            tasks = partial(loop.tasks, list(ready))
+            every = loops(router, config, ledger, budget, table, statements, width=width)
+            workers = [w for loop in every for w in loop.workers]
+            tasks = partial(loop_tasks, every, list(ready))
         else:
             workers = [
                 Worker(router, config, ledger, budget, table, statements) for _ in range(width)

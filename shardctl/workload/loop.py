@@ -1,23 +1,24 @@
-"""Virtual users served by one thread: up to ``--workers`` ops in flight at once, each on its own
-connection, sent and read without blocking (libpq's non-blocking calls and ``select``), as
-pgbench serves its clients.
+"""Virtual users served by a few threads, each carrying several ops in flight at once, each op on
+its own connection, sent and read without blocking (libpq's non-blocking calls and ``epoll``),
+as pgbench's threads serve its clients (``--workers`` ops in flight in all, :data:`OPS_PER_LOOP`
+per thread unless ``--loops`` says how many threads).
 
 With one thread per op in flight, each op costs the client a hand-off of the GIL and a thread
 switch or two besides psycopg's and the pool's work; on a small machine whose cores the servers
-share, that CPU is taken from the servers. Here one thread sends each op on an idle connection
-to its owner's primary, waits for all of them at once, and settles each op as its answer
-comes: one connection per op in flight, so as many commits in flight as with threads (the
+share, that CPU is taken from the servers. Here a loop's thread sends each op on an idle
+connection to its owner's primary, waits for all of them at once, and settles each op as its
+answer comes: one connection per op in flight, so as many commits in flight as with threads (the
 server's group commit needs them), and per op only libpq's calls and the bookkeeping.
 
 Connections come from the Router's pools (:meth:`Router.connection`) and are held for the run,
-in pipeline mode (each op its own transaction, ended by its Sync), at most one less per node
-than a pool holds, so the Router's own calls always find one. Opening a connection and every op
-the Router must settle (see :mod:`shardctl.workload.raw`) run on helper threads, so a node that
-stops answering holds up its own ops only: an op with no answer by its deadline (the Router's,
-or the run's end) closes its connection and is settled by the Router; an op still waiting for a
-connection at the run's end fails, never sent. Each user has one op in flight at most, so its
-own ops stay in order; an op is counted and recorded in the ledger once its final outcome is
-known, by the loop's thread.
+in pipeline mode (each op its own transaction, ended by its Sync), by all loops together at
+most one less per node than a pool holds, so the Router's own calls always find one. Opening a
+connection and every op the Router must settle (see :mod:`shardctl.workload.raw`) run on
+helper threads, so a node that stops answering holds up its own ops only: an op with no answer
+by its deadline (the Router's, or the run's end) closes its connection and is settled by the
+Router; an op still waiting for a connection at the run's end fails, never sent. Each user has
+one op in flight at most, so its own ops stay in order; an op is counted and recorded in the
+ledger once its final outcome is known, by its loop's thread.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -45,6 +47,9 @@ from shardctl.workload.raw import ALONE, RawOps
 from shardctl.workload.target import Target
 from shardctl.workload.users import Drawn, LoadConfig, Statements, VirtualUser, Worker
 
+OPS_PER_LOOP = 4
+"""Ops in flight per loop thread by default: on a machine whose cores are all busy, each thread
+gets its turn, so a few threads get more of them than one; each costs hand-offs of the GIL."""
 WAIT = 0.05
 """Seconds the loop waits at most before it looks at the stop event again."""
 _STATUS = pq.ExecStatus
@@ -61,6 +66,8 @@ class Link:
     fd: int
     drawn: Drawn | None = None
     until: float = 0.0
+    sent: int = 0
+    """Which op of the loop it carries (see ``Loop._deadlines``)."""
     rows: int = 0
     failure: Exception | None = None
 
@@ -80,6 +87,44 @@ class _Shard:
     """Ops waiting for a connection."""
 
 
+def loops(
+    router: Router,
+    config: LoadConfig,
+    ledger: Ledger | None,
+    budget: Callable[[], bool],
+    target: Target,
+    statements: Statements,
+    *,
+    width: int,
+) -> list[Loop]:
+    """The loops of a run of ``width`` ops in flight: ``config.loops`` (default: one per
+    :data:`OPS_PER_LOOP`), sharing them, and the connections a node's pool has but one."""
+    count = max(1, min(width, config.loops or -(-width // OPS_PER_LOOP)))
+    spare = max(1, router.max_size - 1)
+    shares = [width // count + (1 if i < width % count else 0) for i in range(count)]
+    return [
+        Loop(
+            router,
+            config,
+            ledger,
+            budget,
+            target,
+            statements,
+            width=share,
+            most=max(1, spare * share // width),
+        )
+        for share in shares
+    ]
+
+
+def tasks(
+    every: list[Loop], users: list[VirtualUser], halt: threading.Event, until: float | None
+) -> dict[int, Callable[[], None]]:
+    """The loops' threads, each serving its share of ``users`` (dealt in turn)."""
+    count = len(every)
+    return {i: partial(loop.serve, users[i::count], halt, until) for i, loop in enumerate(every)}
+
+
 class Loop:
     """One thread carrying up to ``width`` ops at once, one per connection."""
 
@@ -93,6 +138,7 @@ class Loop:
         statements: Statements,
         *,
         width: int,
+        most: int,
     ) -> None:
         self.router = router
         self.width = width
@@ -100,9 +146,16 @@ class Loop:
         self.worker = Worker(router, config, ledger, budget, target, statements)
         self.workers = [self.worker]
         self.raw = RawOps(router, config, target, statements)
-        self._most = max(1, router.max_size - 1)
+        self._most = most
+        """Connections this loop may hold per node."""
         self._shards: dict[str, _Shard] = {}
-        self._busy: dict[int, Link] = {}
+        self._links: dict[int, Link] = {}
+        """Every connection held and open, by socket: all stay registered with ``_poll``."""
+        self._poll = select.epoll()
+        self._sent = 0
+        self._deadlines: deque[tuple[float, int, Link]] = deque()
+        """Ops sent, in the order sent, which is their deadlines' order (the Router's
+        deadline after the send, or the run's end, whichever comes first)."""
         self._flying = 0
         """Ops drawn and not yet settled: never more than ``width``."""
         self._news: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -114,18 +167,14 @@ class Loop:
         self._helpers: ThreadPoolExecutor | None = None
         self._wake_r = self._wake_w = -1
 
-    def tasks(
-        self, users: list[VirtualUser], halt: threading.Event, until: float | None
-    ) -> dict[int, Callable[[], None]]:
-        """The loop's one task: serve ``users`` until ``halt`` or the op budget says so (ops
-        in flight at ``until``, ``time.monotonic()``, are cut short)."""
-        return {0: lambda: self._serve(users, halt, until)}
-
-    def _serve(self, users: list[VirtualUser], halt: threading.Event, until: float | None) -> None:
+    def serve(self, users: list[VirtualUser], halt: threading.Event, until: float | None) -> None:
+        """Serve ``users`` until ``halt`` or the op budget says so (ops in flight at ``until``,
+        ``time.monotonic()``, are cut short)."""
         self._ready, self._until = deque(users), until
         self._helpers = ThreadPoolExecutor(self.width + 1, thread_name_prefix="load-helper")
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        self._poll.register(self._wake_r, select.EPOLLIN)
         try:
             self._turn(halt)
         finally:
@@ -134,6 +183,7 @@ class Loop:
             # Connections still being opened are given back by their helpers (see _open).
             self._helpers.shutdown(wait=False, cancel_futures=True)
             self._release()
+            self._poll.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
 
@@ -151,25 +201,26 @@ class Loop:
             if self._flying == 0 and (spent or halt.is_set()):
                 return
             now = time.monotonic()
-            soonest = min((x.until for x in self._busy.values()), default=now + WAIT)
-            wait = max(0.0, min(soonest - now, WAIT))
-            readable, _, _ = select.select([self._wake_r, *self._busy], [], [], wait)
-            for fd in readable:
-                link = self._busy.get(fd)
+            deadlines = self._deadlines
+            soonest = deadlines[0][0] if deadlines else now + WAIT
+            for fd, _ in self._poll.poll(max(0.0, min(soonest - now, WAIT))):
+                link = self._links.get(fd)
                 if link is not None:
                     self._read(link)
-            if self._wake_r in readable:
-                with suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
-                while True:
-                    try:
-                        self._news.get_nowait()()
-                    except queue.Empty:
-                        break
+                elif fd == self._wake_r:
+                    with suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                    while True:
+                        try:
+                            self._news.get_nowait()()
+                        except queue.Empty:
+                            break
             now = time.monotonic()
-            for link in [x for x in self._busy.values() if x.until <= now]:
-                link.drop(psycopg.OperationalError("no answer within the deadline"))
-                self._finish(link)
+            while deadlines and deadlines[0][0] <= now:
+                _, sent, link = deadlines.popleft()
+                if link.sent == sent and link.drawn is not None:
+                    link.drop(psycopg.OperationalError("no answer within the deadline"))
+                    self._finish(link)
             if until is not None and now >= until:
                 self._give_up_waiting()
 
@@ -210,7 +261,9 @@ class Loop:
             link.drop(exc)
             self._finish(link)
             return
-        self._busy[link.fd] = link
+        self._sent += 1
+        link.sent = self._sent
+        self._deadlines.append((link.until, link.sent, link))
 
     def _help(self, work: Callable[..., None], *args: Any) -> None:
         """``work(*args)`` on a helper thread, held to the run's end like the loop's ops."""
@@ -259,11 +312,19 @@ class Loop:
         _give_back(link)  # the run is over
 
     def _opened(self, link: Link) -> None:
+        self._links[link.fd] = link
+        self._poll.register(link.fd, select.EPOLLIN)
         state = self._shards[link.shard]
         if state.waiting:
             self._send(link, state.waiting.popleft())
         else:
             state.idle.append(link)
+
+    def _unlink(self, link: Link) -> None:
+        """Stop watching ``link`` (before its socket is closed, or as it was)."""
+        if self._links.pop(link.fd, None) is not None:
+            with suppress(OSError, ValueError):
+                self._poll.unregister(link.fd)
 
     def _not_opened(self, shard: str) -> None:
         """No connection to ``shard``: when the loop holds none, the Router takes its ops
@@ -286,6 +347,15 @@ class Loop:
     def _read(self, link: Link) -> None:
         """Take what ``link``'s connection answered; finish its op once its Sync is back."""
         pgconn = link.conn.pgconn
+        if link.drawn is None:  # idle: the server closed it (or says why it will)
+            self._unlink(link)
+            link.drop()
+            link.lease.__exit__(None, None, None)
+            state = self._shards[link.shard]
+            state.held -= 1
+            if link in state.idle:
+                state.idle.remove(link)
+            return
         try:
             pgconn.consume_input()
             idle = 0
@@ -299,7 +369,6 @@ class Loop:
                 idle = 0
                 status = result.status
                 if status == _STATUS.PIPELINE_SYNC:
-                    self._busy.pop(link.fd, None)
                     self._finish(link)
                     return
                 if status == _STATUS.COMMAND_OK:
@@ -319,7 +388,6 @@ class Loop:
     def _finish(self, link: Link) -> None:
         """``link``'s op is over: settle it, or have the Router settle it; reuse ``link`` for
         the next op waiting for its shard, or drop it if it broke."""
-        self._busy.pop(link.fd, None)
         drawn, failure = link.drawn, link.failure
         assert drawn is not None
         link.drawn = None
@@ -332,6 +400,7 @@ class Loop:
             self._settle(drawn, outcome)
         state = self._shards[link.shard]
         if link.conn.closed:
+            self._unlink(link)
             link.lease.__exit__(None, None, None)
             state.held -= 1
             if state.waiting and state.held < self._most:
@@ -364,14 +433,6 @@ class Loop:
 
     def _release(self) -> None:
         """Give every connection held back to the Router's pools."""
-        for state in self._shards.values():
-            for link in state.idle:
-                _give_back(link)
-            state.idle.clear()
-        for link in self._busy.values():  # none, unless the loop failed
-            link.drop()
-            _give_back(link)
-        self._busy.clear()
         while True:  # connections opened as the run ended
             try:
                 self._news.get_nowait()()
@@ -379,9 +440,11 @@ class Loop:
                 break
             except Exception:
                 continue
-        for state in self._shards.values():
-            for link in state.idle:
-                _give_back(link)
+        for link in self._links.values():
+            if link.drawn is not None:  # none, unless the loop failed
+                link.drop()
+            _give_back(link)
+        self._links.clear()
 
 
 def _give_back(link: Link) -> None:

@@ -91,8 +91,10 @@ class LoadConfig:
     """Ops one connection carries at once (several users', see
     :mod:`shardctl.workload.multiplex`); 1: one op per connection at a time."""
     engine: Engine = "loop"
-    """With ``pipeline`` 1, who carries the ops: one thread for all of them
+    """With ``pipeline`` 1, who carries the ops: a few threads, each several of them at once
     (:mod:`shardctl.workload.loop`), or a thread per worker, each blocked on its op."""
+    loops: int | None = None
+    """The loop engine's threads (None: :data:`shardctl.workload.loop.OPS_PER_LOOP` ops each)."""
 
 
 class VirtualUser:
