@@ -99,21 +99,21 @@ def loops(
 ) -> list[Loop]:
     """The loops of a run of ``width`` ops in flight: ``config.loops`` (default: one per
     :data:`OPS_PER_LOOP`), sharing them, and the connections a node's pool has but one."""
-    count = max(1, min(width, config.loops or -(-width // OPS_PER_LOOP)))
-    spare = max(1, router.max_size - 1)
-    shares = [width // count + (1 if i < width % count else 0) for i in range(count)]
+    wanted = config.loops or -(-width // OPS_PER_LOOP)
     return [
-        Loop(
-            router,
-            config,
-            ledger,
-            budget,
-            target,
-            statements,
-            width=share,
-            most=max(1, spare * share // width),
-        )
-        for share in shares
+        Loop(router, config, ledger, budget, target, statements, width=share, most=most)
+        for share, most in split(width, wanted, max(1, router.max_size - 1))
+    ]
+
+
+def split(width: int, wanted: int, spare: int) -> list[tuple[int, int]]:
+    """Each loop's ops in flight and connections per node: ``width`` ops over ``wanted`` loops
+    (fewer when there are fewer ops, or fewer than ``spare`` connections: each loop needs one),
+    ``spare`` connections per node over the same loops; the first get one more of each."""
+    count = max(1, min(wanted, width, spare))
+    return [
+        (width // count + (i < width % count), spare // count + (i < spare % count))
+        for i in range(count)
     ]
 
 
