@@ -4,6 +4,7 @@ the same number of clients, on the same cluster, in the same run.
     python benchmarks/load_vs_pgbench.py [--clients 16] [--seconds 10] [--repeat 3]
                                          [--mixes insert-only,default] [--protocol prepared]
                                          [--pipelines 8,1] [--in-container] [--raw]
+                                         [--engines loop,threads] [--before CHECKOUT]
                                          [--users 1000,5000,10000] [--users-seconds 30]
                                          [--topology FILE]
 
@@ -18,9 +19,13 @@ names a running one. Then, interleaved, ``--repeat`` rounds of:
   statements on direct connections too; ``--protocol extended`` for unnamed statements);
 - **shardctl load** (the real CLI, in a subprocess) with ``--workers`` equal to ``--clients``
   and the same mix, once per ``--pipelines`` value (``--pipeline 1``: one op per connection at
-  a time, the engine before multiplexing; 0: no ``--pipeline`` flag, for a ``load`` without);
+  a time; 0: no ``--pipeline`` flag, for a ``load`` without), and with ``--pipeline 1`` once
+  per ``--engines`` value (``load --engine``; none given: no ``--engine`` flag);
 - with ``--in-container``, the former baseline too: the image's pgbench in one sibling
   container per primary on the host's network;
+- with ``--before``, ``shardctl load --pipeline 1`` of another checkout of shardctl (its
+  folder, e.g. a ``git worktree`` of main), right after this one's: before and after a change
+  in the same rounds (its start-up is taken as this one's);
 - with ``--raw``, insert-only, psycopg alone (no Router, no fence) with as many threads and as
   many coroutines as clients.
 
@@ -209,19 +214,33 @@ def children_cpu() -> float:
     return used.ru_utime + used.ru_stime
 
 
-def load(topology: Path, *args: str) -> dict[str, object]:
+def load(topology: Path, *args: str, tree: Path | None = None) -> dict[str, object]:
     """The JSON report of one ``shardctl load`` run (the real CLI, in a subprocess), with the
-    CPU seconds the process used as ``cpu``."""
+    CPU seconds the process used as ``cpu``; ``tree``: the shardctl of another checkout."""
     used = children_cpu()
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run(
-        [sys.executable, "-m", "shardctl", "load", "-f", str(topology), *args, "-o", "json"],
-        capture_output=True, text=True, check=False, timeout=900,
+        [sys.executable, "-m", "shardctl", "load", "-f", str(topology.resolve()), *args,
+         "-o", "json"],
+        capture_output=True, text=True, check=False, timeout=900, cwd=tree, env=env,
     )  # fmt: skip
     if done.returncode not in (0, 1):
         raise SystemExit(f"shardctl load {' '.join(args)} failed:\n{done.stderr}")
     report: dict[str, object] = json.loads(done.stdout)
     report["cpu"] = children_cpu() - used
     return report
+
+
+def _column(pipe: int, engine: str) -> str:
+    return f"load {engine}" if engine else f"load p{pipe}" if pipe else "load"
+
+
+def _head(tree: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return done.stdout.strip() or "?"
 
 
 def mix_arg(mix: dict[str, int]) -> str:
@@ -245,6 +264,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
     path = cluster.topology.path
     clients, seconds = args.clients, args.seconds
     pipelines = [int(p) for p in args.pipelines.split(",") if p.strip()]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()] or [""]
     print(
         f"# {clients} clients/workers, {seconds:g} s per run, {args.repeat} interleaved rounds, "
         f"pgbench -M {args.protocol} (load average {_load()})"
@@ -259,10 +279,15 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
         float(str(load(path, "--ops", "1", "--mix", "insert=100")["cpu"])) for _ in range(3)
     )
     print(f"# shardctl load start-up: {startup:.2f} CPU s (left out of CPU per op)")
+    other: Path | None = args.before
+    if other is not None:
+        print(f"# 'before p1': shardctl load --pipeline 1 of {other} (git HEAD {_head(other)})")
     for name in args.mixes.split(","):
         mix = MIXES[name]
         columns = ["pgbench"] + (["in-container"] if args.in_container else [])
-        columns += [f"load p{p}" if p else "load" for p in pipelines]
+        runs = [(p, e) for p in pipelines for e in (engines if p == 1 else [""])]
+        columns += [_column(p, e) for p, e in runs]
+        columns += ["before p1"] if other is not None else []
         if args.raw and name == "insert-only":
             columns += ["psycopg thr", "psycopg aio"]
         print(f"\n## {name} (ops/s; ratio = x / host pgbench, same round)")
@@ -279,15 +304,24 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
                 got["in-container"] = pgbench_containers(
                     cluster, mix, clients, seconds, args.protocol
                 )
-            for pipe in pipelines:
+            for pipe, engine in runs:
                 report = load(
                     path, "--workers", str(clients), "--duration", str(seconds),
                     "--mix", mix_arg(mix), *(["--pipeline", str(pipe)] if pipe else []),
+                    *(["--engine", engine] if engine else []),
                 )  # fmt: skip
-                column = f"load p{pipe}" if pipe else "load"
+                column = _column(pipe, engine)
                 got[column] = float(str(report["throughput"]))
                 spent = float(str(report["cpu"])) - startup
                 cpu[column].append(spent / max(1, int(str(report["ops"]))))
+            if other is not None:
+                report = load(
+                    path, "--workers", str(clients), "--duration", str(seconds),
+                    "--mix", mix_arg(mix), "--pipeline", "1", tree=other,
+                )  # fmt: skip
+                got["before p1"] = float(str(report["throughput"]))
+                spent = float(str(report["cpu"])) - startup
+                cpu["before p1"].append(spent / max(1, int(str(report["ops"]))))
             if args.raw and name == "insert-only":
                 got["psycopg thr"] = raw_threads(infos, clients, clients, seconds) / seconds
                 got["psycopg aio"] = raw_asyncio(infos, clients, clients, seconds) / seconds
@@ -353,7 +387,9 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("prepared", "extended"), default="prepared")
     parser.add_argument("--pipelines", default="8,1")
     parser.add_argument("--in-container", action="store_true")
+    parser.add_argument("--engines", default="")
     parser.add_argument("--raw", action="store_true")
+    parser.add_argument("--before", type=Path, default=None)
     parser.add_argument("--users", default="")
     parser.add_argument("--users-seconds", type=float, default=30.0)
     parser.add_argument("--topology", type=Path, default=None)

@@ -52,7 +52,7 @@ def load(
             "-w",
             low=1,
             high=256,
-            help="Worker threads: ops in flight at once, and connections per node at most.",
+            help="Ops in flight at once, and connections per node at most.",
         ),
     ] = 8,
     pipeline: Annotated[
@@ -62,9 +62,28 @@ def load(
             low=1,
             high=256,
             help="Ops one connection carries at once, several users' pipelined; 1: one op "
-            "per worker at a time.",
+            "per connection at a time.",
         ),
     ] = PIPELINE,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            metavar="loop|threads",
+            help="With --pipeline 1: one thread carries every op in flight (loop), or each "
+            "worker is a thread blocked on its op (threads).",
+        ),
+    ] = "loop",
+    loops: Annotated[
+        int | None,
+        number_option(
+            "--loops",
+            low=1,
+            high=256,
+            show_default=False,
+            help="The loop engine's threads, sharing --workers [default: one per 4 workers].",
+        ),
+    ] = None,
     users: Annotated[
         str | None,
         typer.Option(
@@ -178,7 +197,18 @@ def load(
             _check_workers(router, workers)
             _run_load(
                 router,
-                _config(workers, duration, ops, mix, read_from, ledger, seed, counts, pipeline),
+                _config(
+                    workers,
+                    duration,
+                    ops,
+                    mix,
+                    read_from,
+                    ledger,
+                    seed,
+                    counts,
+                    pipeline,
+                    engine,
+                ),
                 counts,
                 output,
             )
@@ -251,8 +281,14 @@ def _config(
     seed: int | None,
     counts: list[int] | None,
     pipeline: int = 1,
+    engine: str = "loop",
+    loops: int | None = None,
 ) -> LoadConfig:
-    from shardctl.workload.users import LoadConfig, Mix
+    from shardctl.workload.users import ENGINES, LoadConfig, Mix
+
+    chosen = next((e for e in ENGINES if e == engine), None)
+    if chosen is None:
+        raise UsageError(f"--engine: expected {' or '.join(ENGINES)}, got {engine!r}")
 
     return LoadConfig(
         workers=workers,
@@ -264,6 +300,8 @@ def _config(
         seed=seed,
         users=counts[0] if counts else None,
         pipeline=pipeline,
+        engine=chosen,
+        loops=loops,
     )
 
 

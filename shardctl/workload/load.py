@@ -24,7 +24,10 @@ from shardctl.errors import UsageError
 from shardctl.router.router import Router
 from shardctl.util import fanout
 from shardctl.workload.ledger import Ledger
+from shardctl.workload.loop import loops
+from shardctl.workload.loop import tasks as loop_tasks
 from shardctl.workload.multiplex import Multiplexer
+from shardctl.workload.raw import RawOps
 from shardctl.workload.report import LoadProgress, LoadReport, report
 from shardctl.workload.target import Target, on_any_shard, target
 from shardctl.workload.users import OVERRUN, LoadConfig, Statements, VirtualUser, Worker
@@ -125,11 +128,16 @@ def run_load(
             )  # fmt: skip
             workers = mux.workers
             tasks = partial(mux.tasks, list(ready))
+        elif config.engine == "loop":
+            every = loops(router, config, ledger, budget, table, statements, width=width)
+            workers = [w for loop in every for w in loop.workers]
+            tasks = partial(loop_tasks, every, list(ready))
         else:
             workers = [
                 Worker(router, config, ledger, budget, table, statements) for _ in range(width)
             ]
-            tasks = partial(_one_at_a_time, workers, ready)
+            raw = RawOps(router, config, table, statements)
+            tasks = partial(_one_at_a_time, raw, workers, ready)
         seconds = _drive(workers, tasks, ready, stop, config, progress, interval)
     finally:
         if own and ledger is not None:
@@ -163,10 +171,14 @@ def _budget(limit: int | None) -> Callable[[], bool]:
 
 
 def _one_at_a_time(
-    workers: list[Worker], ready: deque[VirtualUser], halt: threading.Event, cut_at: float | None
+    raw: RawOps,
+    workers: list[Worker],
+    ready: deque[VirtualUser],
+    halt: threading.Event,
+    cut_at: float | None,
 ) -> dict[int, Callable[[], None]]:
     """Each worker thread serves one user's op at a time from ``ready``."""
-    return {i: partial(w.run, ready, halt, cut_at) for i, w in enumerate(workers)}
+    return {i: partial(raw.serve, w, ready, halt, cut_at) for i, w in enumerate(workers)}
 
 
 def _drive(

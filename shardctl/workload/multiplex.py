@@ -11,37 +11,25 @@ server's group commit needs them: a connection's pipelined commits wait for one 
 flush). Each user has one op in flight at most, so its own ops stay in order; users never share
 a key, so ops of one batch are independent.
 
-Every op keeps the Router's guarantees: the primary's guard refuses a write to a key it gave
-away (SC001), and such an op, any op whose outcome is unknown (a broken connection), and an
-update or delete that found no row (the Router would then ask ``shardctl.assert_owner``) are run
-again, alone, through :meth:`Router.execute` or :meth:`Router.fetch`, whose retries, fence and
-ring refresh settle them; they are idempotent (an upsert or update to the same value, a delete).
-A committed write to a key whose range is moving is brought to its target by
-:meth:`Router.written`, as :meth:`Router.execute` does. Reads from replicas run alone too. Only
-an op's final outcome is counted and recorded in the ledger.
+Each op keeps the Router's guarantees as :class:`~shardctl.workload.raw.RawOps` keeps them
+(an op the Router must settle runs again alone through it); only an op's final outcome is
+counted and recorded in the ledger.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
 
-from shardctl.errors import RoutingError, ShardctlError
-from shardctl.router.fencing import ASSERT_OWNER
 from shardctl.router.router import Router
 from shardctl.workload.ledger import Ledger
-from shardctl.workload.pipeline import Call, Outcome, Statement, numbered, run_batch, text
-from shardctl.workload.report import OPS
+from shardctl.workload.raw import RawOps
 from shardctl.workload.target import Target
 from shardctl.workload.users import Drawn, LoadConfig, Statements, VirtualUser, Worker
 
-ALONE = ""
-"""The queue of ops that run one at a time through the Router: reads from replicas, and ops
-whose owner could not be looked up (the Router reports why)."""
 WAIT = 0.05
 """Seconds an idle thread sleeps before it looks at the stop event again."""
 
@@ -70,14 +58,7 @@ class Multiplexer:
         self.workers = [
             Worker(router, config, ledger, budget, target, statements) for _ in range(width)
         ]
-        self._sql = {
-            op: Statement(f"shardctl_load_{op}".encode(), numbered(getattr(statements, op)))
-            for op in OPS
-        }
-        self._owner = Statement(b"shardctl_load_owner", numbered(ASSERT_OWNER.encode()))
-        # Prepared by name on direct connections, as the Router's pools prepare (see pools).
-        self._prepared = router.via == "direct"
-        self._columns = [c.name for c in target.columns]
+        self.raw = RawOps(router, config, target, statements)
         self._queues: dict[str, deque[Drawn]] = {}
         self._flying = 0
         """Ops taken and not yet settled: never more than ``width`` (``--workers``)."""
@@ -100,15 +81,7 @@ class Multiplexer:
 
     def _enqueue(self, drawn: list[Drawn]) -> None:
         """Queue ops by the shard owning their key; wake the threads."""
-        routed = []
-        for d in drawn:
-            if d.op == "read" and self.config.read_from == "replica":
-                routed.append((ALONE, d))
-                continue
-            try:
-                routed.append((self.router.owner(d.key), d))
-            except (ShardctlError, OSError):
-                routed.append((ALONE, d))
+        routed = [(self.raw.route(d), d) for d in drawn]
         with self._cond:
             for shard, d in routed:
                 self._queues.setdefault(shard, deque()).append(d)
@@ -139,12 +112,10 @@ class Multiplexer:
             while (taken := self._take(halt)) is not None:
                 shard, batch = taken
                 try:
-                    outcomes = self._run(worker, shard, batch, until)
-                    now = time.perf_counter()
+                    outcomes = self.raw.run(worker, shard, batch, until)
                     for drawn, outcome in zip(batch, outcomes, strict=True):
-                        worker.settle(drawn, outcome)
+                        drawn.user.ready_since = worker.settle(drawn, outcome)
                         worker.stats.done += 1
-                        drawn.user.ready_since = now
                     following = [d for d in (self._next(worker, b.user) for b in batch) if d]
                 finally:
                     with self._cond:
@@ -152,52 +123,3 @@ class Multiplexer:
                         if self._flying == 0:
                             self._cond.notify_all()  # the last one out: others may be done
                 self._enqueue(following)
-
-    def _run(
-        self, worker: Worker, shard: str, batch: list[Drawn], until: float | None
-    ) -> list[Outcome]:
-        """The outcome of every op of ``batch``: pipelined on ``shard``'s primary, then those
-        the Router must settle (see the module's docstring) run again alone."""
-        if shard == ALONE:
-            return [self._alone(worker, d) for d in batch]
-        calls = [self._call(d) for d in batch]
-        cut = time.monotonic() + self.router.deadline
-        cut = cut if until is None else min(cut, until)
-        try:
-            outcomes = self.router.on_shard(
-                shard, lambda conn: run_batch(conn, calls, cut, prepared=self._prepared)
-            )
-        except RoutingError:  # the shard left the topology since: the ring knows the owner
-            return [self._alone(worker, d) for d in batch]
-        except Exception as exc:  # no connection within the deadline: it is spent
-            return [exc] * len(batch)
-        settled: list[Outcome] = []
-        for drawn, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, Exception) or (
-                outcome == 0 and drawn.op in ("update", "delete")
-            ):
-                outcome = self._alone(worker, drawn)
-            elif drawn.op != "read":
-                self.router.written(drawn.key)
-            settled.append(outcome)
-        return settled
-
-    def _alone(self, worker: Worker, drawn: Drawn) -> Outcome:
-        """One op through the Router on its own (retries, fence, ring refresh)."""
-        try:
-            return worker.call(drawn.op, drawn.key, drawn.value)
-        except Exception as exc:  # every failure is counted; none stops a thread
-            return exc
-
-    def _call(self, drawn: Drawn) -> Call:
-        """The pipelined statement(s) of ``drawn``."""
-        key, value, op = drawn.key, drawn.value, drawn.op
-        values = [] if value is None else [value[c] for c in self._columns]
-        if op == "insert":
-            return Call(((self._sql[op], text([key, *values])),))
-        if op == "update":
-            return Call(((self._sql[op], text([*values, key])),))
-        if op == "delete":
-            return Call(((self._sql[op], text([key])),))
-        # A read from the primary asks assert_owner in the same transaction, as the Router does.
-        return Call(((self._owner, text([key])), (self._sql[op], text([key]))))

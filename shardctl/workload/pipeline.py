@@ -19,6 +19,11 @@ the batch's calls, remembered only once the server confirmed it) and executed by
 Router prepares what it runs often on direct connections: a planned INSERT costs the server
 less. Never through a transaction-mode pooler, which hands the next statement to another
 server connection.
+
+:func:`run_one` is the one-op case (``load --pipeline 1``): a call of one statement is sent and
+waited for in one libpq call (``PQexecPrepared``, which lets go of the GIL while it waits), no
+pipeline, no ``select`` from Python; a statement on a server that stopped answering is cut short
+by the Router's watchdog, which shuts the socket down.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ Outcome = int | Exception
 """What a call came to: the rows its last statement touched (or found), or why it failed."""
 
 _STATUS = pq.ExecStatus
+_OK = pq.ConnStatus.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +130,66 @@ def run_batch(
     return [
         o if o is not None else psycopg.OperationalError("no outcome") for o in outcomes[first:]
     ]
+
+
+def run_one(
+    conn: psycopg.Connection[Any], call: Call, until: float, *, prepared: bool = False
+) -> Outcome:
+    """:func:`run_batch` of the single ``call``: a call of one statement in one blocking libpq
+    call (the Router's watchdog bounds it; ``until`` bounds a call of several statements, which
+    :func:`run_batch` pipelines). Never raises for the call; a connection left in doubt is
+    closed."""
+    if len(call.statements) != 1:
+        return run_batch(conn, (call,), until, prepared=prepared)[0]
+    statement, params = call.statements[0]
+    pgconn = conn.pgconn
+    try:
+        if prepared:
+            known = _prepared.get(conn)
+            if known is None:
+                with _lock:
+                    known = _prepared.setdefault(conn, set())
+            if statement.name not in known:
+                made = pgconn.prepare(statement.name, statement.query)
+                if made.status != _STATUS.COMMAND_OK:
+                    return _failed(conn, made)
+                known.add(statement.name)
+            # None (NULL) is taken at run time as by send_query_prepared; the stub forgets it.
+            result = pgconn.exec_prepared(statement.name, params)  # type: ignore[arg-type]
+        else:
+            result = pgconn.exec_params(statement.query, params)
+        status = result.status
+        if status == _STATUS.COMMAND_OK:
+            return result.command_tuples or 0
+        if status == _STATUS.TUPLES_OK:
+            return result.ntuples
+        return _failed(conn, result)
+    except (psycopg.Error, OSError) as exc:
+        conn.close()
+        return exc
+
+
+def prepare(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> None:
+    """Prepare on ``conn`` (idle, not in pipeline mode) those of ``statements`` it has not
+    prepared yet, one blocking round trip each; raises what the server said."""
+    with _lock:
+        known = _prepared.setdefault(conn, set())
+    for statement in statements:
+        if statement.name not in known:
+            made = conn.pgconn.prepare(statement.name, statement.query)
+            if made.status != _STATUS.COMMAND_OK:
+                raise _failed(conn, made)
+            known.add(statement.name)
+
+
+def _failed(conn: psycopg.Connection[Any], result: pq.abc.PGresult) -> Exception:
+    """Why a statement failed; a connection that broke on it (its outcome unknown) is closed."""
+    if conn.pgconn.status != _OK:
+        conn.close()
+        return psycopg.OperationalError(
+            (result.error_message or b"").decode(errors="replace").strip() or "connection lost"
+        )
+    return errors.error_from_result(result)
 
 
 def _unprepared(calls: Sequence[Call], known: set[bytes]) -> list[Statement]:

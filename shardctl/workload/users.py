@@ -9,6 +9,8 @@ expected final state of every key is well defined (see :mod:`shardctl.workload.l
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import random
 import threading
@@ -34,6 +36,8 @@ OVERRUN = 0.5
 """Seconds past ``--duration`` an op still running (on a frozen node) may take before the
 Router cuts it short: the run ends within a second of its duration."""
 Op = Literal["insert", "read", "update", "delete"]
+Engine = Literal["loop", "threads"]
+ENGINES: tuple[Engine, ...] = ("loop", "threads")
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,12 @@ class LoadConfig:
     """The declared table to write (None: the first in the topology's ``tables``)."""
     pipeline: int = 1
     """Ops one connection carries at once (several users', see
-    :mod:`shardctl.workload.multiplex`); 1: each worker thread runs one op at a time."""
+    :mod:`shardctl.workload.multiplex`); 1: one op per connection at a time."""
+    engine: Engine = "loop"
+    """With ``pipeline`` 1, who carries the ops: a few threads, each several of them at once
+    (:mod:`shardctl.workload.loop`), or a thread per worker, each blocked on its op."""
+    loops: int | None = None
+    """The loop engine's threads (None: :data:`shardctl.workload.loop.OPS_PER_LOOP` ops each)."""
 
 
 class VirtualUser:
@@ -189,24 +198,13 @@ class Worker:
         self.budget = budget
         self.target = target
         self.q = statements
-        self.weights = config.mix.weights()
+        weights = config.mix.weights()
+        self.cumulative = list(itertools.accumulate(weights))
+        self.inserts_only = weights[0] == self.cumulative[-1]
         self.stats = Stats()
         # New keys are never seeded (reruns must not collide): from 256 bits of the system's
         # randomness, not a system call per key (os.urandom costs tens of us under load).
         self.keys = random.Random(os.urandom(32))
-
-    def run(self, ready: deque[VirtualUser], stop: threading.Event, until: float | None) -> None:
-        """Serve users from ``ready`` until ``stop`` or the op budget says so; an op still
-        running at ``until`` is cut short by the Router."""
-        with self.router.ending_by(until) if until is not None else nullcontext():
-            while not stop.is_set() and self.budget():
-                # Never empty: there are at least as many users as workers, and each worker
-                # puts its user back before it takes the next (deque appends, pops are atomic).
-                user = ready.popleft()
-                self.one(user)
-                self.stats.done += 1
-                user.ready_since = time.perf_counter()
-                ready.append(user)
 
     def warm(self, fresh: deque[VirtualUser], stop: threading.Event, until: float | None) -> None:
         """One insert for each user of ``fresh`` (they come with no key), until none is left,
@@ -236,7 +234,7 @@ class Worker:
     def draw(self, user: VirtualUser, op: str | None = None) -> Drawn:
         """``user``'s next op (from the mix unless given), its key and the value it writes."""
         if op is None:
-            op = user.rng.choices(OPS, self.weights)[0]
+            op = "insert" if self.inserts_only else self._pick(user.rng)
         if op != "insert" and not user.live:
             op = "insert"
         if op == "insert":
@@ -246,11 +244,17 @@ class Worker:
         value = self.target.value(user.rng.getrandbits(48)) if op in ("insert", "update") else None
         return Drawn(user, op, key, value)
 
-    def settle(self, drawn: Drawn, outcome: int | Exception) -> None:
+    def _pick(self, rng: random.Random) -> str:
+        """An op type drawn from the mix (``random.choices`` without its per-call set-up)."""
+        cumulative = self.cumulative
+        return OPS[bisect.bisect(cumulative, rng.random() * cumulative[-1])]
+
+    def settle(self, drawn: Drawn, outcome: int | Exception) -> float:
         """Count an op whose outcome is known (rows it touched or found, or why it failed),
-        update its user's keys and the ledger."""
+        update its user's keys and the ledger; when it was counted (``time.perf_counter()``)."""
         user, op, key, value = drawn.user, drawn.op, drawn.key, drawn.value
-        self.stats.latencies[op].append(time.perf_counter() - user.ready_since)
+        now = time.perf_counter()
+        self.stats.latencies[op].append(now - user.ready_since)
         if isinstance(outcome, Exception):
             self.stats.failures[op].append(f"{type(outcome).__name__}: {first_line(outcome)}")
             if op != "read":
@@ -258,7 +262,7 @@ class Worker:
                     user.retire(key)
                 if self.ledger is not None:
                     self.ledger.record(user.index, key, op, value, ok=False)
-            return
+            return now
         if op == "insert":
             user.live.append(key)
         elif op == "delete":
@@ -267,6 +271,7 @@ class Worker:
             self.stats.anomalies += 1
         if op != "read" and self.ledger is not None:
             self.ledger.record(user.index, key, op, value, rows=outcome)
+        return now
 
     def call(self, op: str, key: str, value: Value | None) -> int:
         """Run ``op`` through the Router; rows it touched (read: rows it found)."""

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, LiteralString
 
+import pytest
+
 from shardctl import Router
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
@@ -97,6 +99,7 @@ def test_load_usage_errors_exit_2(shared_cluster: Cluster, tmp_path: Path) -> No
         ["--verify", str(tmp_path / "missing.jsonl")],
         ["--mix", "insert=0,read=1"],
         ["--read-from", "nowhere"],
+        ["--engine", "fibers"],
         ["--users", "0"],
         ["--users", "1000,lots"],
         ["--users", "10", "--bulk", "--rows", "5"],
@@ -201,17 +204,24 @@ def test_virtual_users_end_on_time_while_a_primary_is_frozen(shared_cluster: Clu
     assert result.returncode == 1
 
 
-def test_pipelined_ops_stay_exact_when_their_connections_are_killed(
-    shared_cluster: Cluster, tmp_path: Path
+@pytest.mark.parametrize(
+    "engine",
+    [["--pipeline", "8"], ["--engine", "loop"], ["--engine", "threads"]],
+    ids=["pipeline-8", "loop", "threads"],
+)
+def test_ops_stay_exact_when_their_connections_are_killed(
+    shared_cluster: Cluster, tmp_path: Path, engine: list[str]
 ) -> None:
-    """`load --pipeline 8` (several users' ops on one connection) while the application
-    role's backends on every primary are terminated again and again: batches break with
-    results unread, and the ledger still verifies (an op is acknowledged only once known)."""
+    """Each engine -- several users' ops pipelined on one connection, one thread carrying
+    every op in flight (the default), a thread per worker -- while the application role's
+    backends on every primary are terminated again and again: ops break with their answers
+    unread, and the ledger still verifies (an op is acknowledged only once known, and each
+    user's ops stay in order)."""
     book = tmp_path / "killed.jsonl"
     topology, credentials = shared_cluster.topology, shared_cluster.credentials()
     run = subprocess.Popen(
         [sys.executable, "-m", "shardctl", "load", "-f", str(topology.path), "--duration", "4",
-         "--workers", "8", "--pipeline", "8", "--ledger", str(book), "-o", "json"],
+         "--workers", "8", *engine, "--ledger", str(book), "-o", "json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     conns = [pg.connect(n, credentials, topology.spec.database) for n in topology.primaries()]

@@ -1,0 +1,29 @@
+"""The loop engine's pure part: how ops in flight and connections are shared between loops."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shardctl.workload.loop import split
+
+
+def test_sixteen_workers_make_four_loops_of_four_with_one_connection_left_per_node() -> None:
+    assert split(16, 4, 15) == [(4, 4), (4, 4), (4, 4), (4, 3)]
+
+
+def test_fewer_loops_than_asked_when_ops_or_connections_are_fewer() -> None:
+    assert split(2, 4, 15) == [(1, 8), (1, 7)]
+    assert split(8, 8, 3) == [(3, 1), (3, 1), (2, 1)]
+    assert split(1, 1, 1) == [(1, 1)]
+
+
+@given(st.integers(1, 256), st.integers(1, 256), st.integers(1, 256))
+def test_every_op_and_no_more_than_the_spare_connections_are_shared_out(
+    width: int, wanted: int, spare: int
+) -> None:
+    shares = split(width, wanted, spare)
+    assert sum(w for w, _ in shares) == width
+    assert sum(m for _, m in shares) == spare  # the pool's last connection stays the Router's
+    assert all(w >= 1 and m >= 1 for w, m in shares)
+    assert len(shares) <= wanted
