@@ -56,9 +56,7 @@ def list_backups(topology: Topology, cluster: str | None = None) -> Listing:
     repository = Repository.of(topology, cluster)
     repository.require()
     declared = {s.name for s in topology.spec.shards}
-    shards = sorted(
-        declared | {p.name for p in repository.folder.iterdir() if (p / "wal").is_dir()}
-    )
+    shards = sorted(declared | set(repository.shards_with("wal")))
     return Listing(
         cluster=repository.cluster,
         repository=str(repository.root),
