@@ -193,15 +193,19 @@ class LocalStore:
             raise _failed(self.root, "write", exc.strerror or str(exc)) from None
 
 
-# Scripts run in the repository's container (values as arguments, nothing spliced in).
+# Scripts run in the repository's container (values as arguments, nothing spliced in). Those
+# whose output is read end it with END: an exec whose output arrives cut short (seen under
+# heavy load) is told from an empty answer, and run again.
 _LIST = (
-    '[ -d "$1" ] || exit 0; '
-    'find "$1" -mindepth 1 -maxdepth "$2" -printf "%y\\t%s\\t%T@\\t%P\\n" 2>/dev/null; exit 0'
+    '[ -d "$1" ] && find "$1" -mindepth 1 -maxdepth "$2" -printf "%y\\t%s\\t%T@\\t%P\\n" '
+    "2>/dev/null; printf '\\037end'"
 )
 _TEXTS = (
     'for f in "$1"/*"$2"; do [ -f "$f" ] || continue; '
-    'printf \'\\036%s\\n\' "${f##*/}"; cat -- "$f" 2>/dev/null; done; exit 0'
+    "printf '\\036%s\\n' \"${f##*/}\"; cat -- \"$f\" 2>/dev/null; done; printf '\\037end'"
 )
+_READ = '[ -f "$1" ] && { printf x; cat -- "$1"; }; printf \'\\037end\''
+_IS_DIR = "[ -d \"$1\" ] && printf yes; printf '\\037end'"
 _PREPARE = (
     'set -e; folder="$1"; shift; for sub in "$@"; do mkdir -p "$folder/$sub"; done; '
     'echo ok > "$folder/.write-test"; rm -f "$folder/.write-test"'
@@ -213,6 +217,9 @@ _WRITE = (
 )
 SEPARATOR = "\x1e"
 """Before each file's name in :data:`_TEXTS`'s output (JSON written by us never holds it)."""
+END = "\x1fend"
+"""The last thing a script whose output is read prints."""
+ATTEMPTS = 3
 
 
 def parse_entries(output: str) -> list[Entry]:
@@ -308,15 +315,17 @@ class EngineStore:
             with contextlib.suppress(ProvisioningError, InfrastructureError):
                 self.engines.remove_container(container, stop_timeout=1)
 
-    def _run(self, what: str, argv: list[str]) -> str:
-        """Run ``argv`` as root in the container; its output. RepositoryError unless it exits
-        0. A container gone meanwhile (the backup node recreated) is looked up again, once."""
-        for attempt in (1, 2):
+    def _run(self, what: str, argv: list[str], *, read: bool = False) -> str:
+        """Run ``argv`` as root in the container; its output (``read``: without :data:`END`,
+        run again while it arrives without it). RepositoryError unless it exits 0. A
+        container gone meanwhile (the backup node recreated) is looked up again."""
+        output = ""
+        for attempt in range(1, ATTEMPTS + 1):
             container = self._find()
             try:
                 code, output = self.engines.run_in(container, argv, user="root")
             except ProvisioningError:
-                if attempt == 2:
+                if attempt == ATTEMPTS:
                     raise
                 with self._lock:
                     self._container, self._helper = None, False
@@ -325,32 +334,37 @@ class EngineStore:
                 lines = [line for line in output.strip().splitlines() if line.strip()]
                 detail = lines[-1] if lines else f"exit {code}"
                 raise _failed(self.root, f"{what} on engine {self.placement.name}", detail)
-            return output
-        raise AssertionError("unreachable")
+            if not read:
+                return output
+            if output.endswith(END):
+                return output[: -len(END)]
+        raise _failed(
+            self.root, f"{what} on engine {self.placement.name}", f"output cut short: {output!r}"
+        )
 
     # ---------------------------------------------------------- operations
 
     def entries(self, folder: Path, depth: int = 1) -> list[Entry]:
         """What ``folder`` holds down to ``depth`` levels; empty when it is missing."""
         where = inside(self.root, folder)
-        return parse_entries(self._run("list", ["sh", "-c", _LIST, "sh", where, str(depth)]))
+        argv = ["sh", "-c", _LIST, "sh", where, str(depth)]
+        return parse_entries(self._run("list", argv, read=True))
 
     def is_dir(self, path: Path) -> bool:
         """Whether ``path`` is a folder."""
-        script = '[ -d "$1" ] && echo yes || echo no'
-        where = inside(self.root, path)
-        return self._run("read", ["sh", "-c", script, "sh", where]).strip() == "yes"
+        argv = ["sh", "-c", _IS_DIR, "sh", inside(self.root, path)]
+        return self._run("read", argv, read=True) == "yes"
 
     def read(self, path: Path) -> str | None:
         """The text of a file; None when it is missing."""
-        script = '[ -f "$1" ] || exit 0; printf x; cat -- "$1"'
-        output = self._run(f"read {path.name}", ["sh", "-c", script, "sh", inside(self.root, path)])
+        argv = ["sh", "-c", _READ, "sh", inside(self.root, path)]
+        output = self._run(f"read {path.name}", argv, read=True)
         return output[1:] if output.startswith("x") else None
 
     def texts(self, folder: Path, suffix: str) -> list[str]:
         """The texts of the files of ``folder`` named ``*suffix``, by name."""
-        where = inside(self.root, folder)
-        return parse_texts(self._run("read", ["sh", "-c", _TEXTS, "sh", where, suffix]))
+        argv = ["sh", "-c", _TEXTS, "sh", inside(self.root, folder), suffix]
+        return parse_texts(self._run("read", argv, read=True))
 
     def write(self, path: Path, text: str) -> None:
         """Write a file whole (a synced temporary file, renamed)."""

@@ -24,10 +24,12 @@ from shardctl.ops.backup.store import Entry, LocalStore, parse_entries, parse_te
 
 
 def _sh(script: str, *args: str) -> str:
+    """The script's output as the engine store reads it: END last, taken off."""
     done = subprocess.run(
         ["sh", "-c", script, "sh", *args], capture_output=True, text=True, check=True
     )
-    return done.stdout
+    assert done.stdout.endswith(store.END) or script in (store._WRITE, store._PREPARE)
+    return done.stdout.removesuffix(store.END)
 
 
 def _layout(root: Path) -> Path:
@@ -98,6 +100,14 @@ def test_the_engine_texts_script_reads_the_records_alone_in_name_order(tmp_path:
     assert texts == ['{"name": "b1"}', '{"name": "b2"}\n']
     assert texts == LocalStore(tmp_path).texts(folder, ".json")
     assert parse_texts(_sh(store._TEXTS, str(tmp_path / "none"), ".json")) == []
+
+
+def test_the_engine_read_scripts_tell_a_missing_file_from_an_empty_one(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("", encoding="utf-8")
+    assert _sh(store._READ, str(tmp_path / "empty")) == "x"
+    assert _sh(store._READ, str(tmp_path / "missing")) == ""
+    assert _sh(store._IS_DIR, str(tmp_path)) == "yes"
+    assert _sh(store._IS_DIR, str(tmp_path / "empty")) == ""
 
 
 def test_the_engine_write_script_renames_a_whole_file_into_place(tmp_path: Path) -> None:
