@@ -8,7 +8,8 @@ host: it never opens the repository folder itself, and reads and writes it throu
 (the backup node, or a helper container after ``down --volumes``). Under ledgered Router
 writes: ``backup``, ``backup --point p1``, ``backups`` (complete, with a WAL range and age),
 ``verify-replication`` (archiving healthy); then ``down --volumes`` and ``restore --to p1``:
-every write acknowledged before the point is there, none started after it returned.
+every write acknowledged before the point is there, none started after it returned; then a
+second backup, and the retention (one base backup kept) removes the first and its WAL.
 """
 
 from __future__ import annotations
@@ -91,7 +92,11 @@ def remote(tmp_path: Path) -> Iterator[tuple[Cluster, Host]]:
         ]
         # An absolute path on the host: the simulated host shares this machine's disk, but
         # shardctl, given a tcp:// engine, must not rely on it.
-        data["backup"] = {"repository": str(tmp_path / "far-repository"), "engine": "b"}
+        data["backup"] = {
+            "repository": str(tmp_path / "far-repository"),
+            "engine": "b",
+            "retention": {"base_backups": 1},
+        }
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         cluster = Cluster.load(path)
         try:
@@ -161,5 +166,22 @@ def test_backup_point_and_restore_with_the_repository_on_another_host(
     _healthy(path)
     again = run_shardctl("backups", "-o", "json", "-f", path)
     assert again.returncode == 0, again.stdout + again.stderr
-    generations = {a["shard"]: a["generation"] for a in json.loads(again.stdout)["archives"]}
-    assert generations == {"shard-0": 2, "shard-1": 2}  # the restore seeded new generations
+    archives = {a["shard"]: a for a in json.loads(again.stdout)["archives"]}
+    assert {s: a["generation"] for s, a in archives.items()} == {"shard-0": 2, "shard-1": 2}
+
+    # The retention, through the engine too: b1's copies and the WAL before b2 go.
+    second = run_shardctl("backup", "--name", "b2", "-o", "json", "-f", path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert json.loads(second.stdout)["removed"] == ["b1"]
+    pruned = run_shardctl("backups", "-o", "json", "-f", path)
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    facts = json.loads(pruned.stdout)
+    assert [b["name"] for b in facts["backups"]] == ["b2"]
+    for archive in facts["archives"]:
+        before = archives[archive["shard"]]
+        assert archive["first_segment"] > before["first_segment"], (archive, before)
+    # (the simulated host shares this machine's disk: look, to be sure)
+    folder = Repository.of(cluster.topology).folder
+    assert not (folder / "shard-0" / "base" / "b1").exists()
+    assert (folder / "shard-0" / "base" / "b2" / "backup_manifest").is_file()
+    assert _helpers(host) == []
