@@ -63,12 +63,7 @@ def list_backups(topology: Topology, cluster: str | None = None) -> Listing:
         backups=tuple(repository.backups()),
         points=tuple(repository.points()),
         archives=tuple(
-            ShardArchive(
-                shard,
-                repository.wal_range(shard),
-                repository.generation(shard),
-                removed=shard not in declared,
-            )
+            ShardArchive(shard, *repository.archive(shard), removed=shard not in declared)
             for shard in shards
         ),
     )

@@ -300,15 +300,28 @@ class Repository:
     def segments(self, shard: str) -> list[tuple[Entry, re.Match[str]]]:
         """Every WAL segment file (complete or partial) of ``shard``, in every generation,
         with its name's match of :data:`SEGMENT` (timeline, position)."""
+        return self._wal(shard)[0]
+
+    def _wal(self, shard: str) -> tuple[list[tuple[Entry, re.Match[str]]], list[int]]:
+        """``shard``'s segment files and its generations, from one listing."""
         found = []
+        generations = []
         for entry in self.store.entries(self.wal_folder(shard), depth=2):
             generation, _, name = entry.path.partition("/")
-            if entry.directory or not generation.isdigit():
+            if not generation.isdigit():
+                continue
+            if not name:
+                generations.append(int(generation))
                 continue
             match = SEGMENT.fullmatch(name)
-            if match is not None:
+            if match is not None and not entry.directory:
                 found.append((entry, match))
-        return found
+        return found, sorted(generations)
+
+    def archive(self, shard: str) -> tuple[WalRange, int]:
+        """:meth:`wal_range` and :meth:`generation` of ``shard`` from one listing."""
+        segments, generations = self._wal(shard)
+        return wal_range_of(segments), (generations[-1] if generations else 1)
 
     def wal_range(self, shard: str) -> WalRange:
         """The oldest and newest segment of ``shard``'s archive, its timelines, and when the

@@ -81,6 +81,7 @@ def test_the_wal_range_counts_segments_of_every_generation_not_history_files(
     assert (found.first, found.last) == ("0000000000000003", "0000000000000004")
     assert found.timelines == (1, 2) and found.size == 300
     assert repo.generations("s1") == [1, 2] and repo.generation("s1") == 2
+    assert repo.archive("s1") == (found, 2) and repo.archive("none")[1] == 1
     assert repo.shards_with("wal") == ["gone", "s1"] and repo.shards_with("base") == ["s1"]
     # the same from entries as the engine's find prints them
     entries = parse_entries(_sh(store._LIST, str(tmp_path / "c" / "s1" / "wal"), "2"))
