@@ -7,9 +7,10 @@ backup copies it from there, shard-1's from its primary). Host b's engine is dec
 host: it never opens the repository folder itself, and reads and writes it through that engine
 (the backup node, or a helper container after ``down --volumes``). Under ledgered Router
 writes: ``backup``, ``backup --point p1``, ``backups`` (complete, with a WAL range and age),
-``verify-replication`` (archiving healthy); then ``down --volumes`` and ``restore --to p1``:
-every write acknowledged before the point is there, none started after it returned; then a
-second backup, and the retention (one base backup kept) removes the first and its WAL.
+``verify-replication`` and ``status`` (archiving healthy, the newest WAL's time read there);
+then ``down --volumes`` and ``restore --to p1``: every write acknowledged before the point is
+there, none started after it returned; then a second backup, and the retention (one base
+backup kept) removes the first and its WAL.
 """
 
 from __future__ import annotations
@@ -149,6 +150,13 @@ def test_backup_point_and_restore_with_the_repository_on_another_host(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     archiving = [c for c in json.loads(verified.stdout)["checks"] if c["check"] == "archiving"]
     assert len(archiving) == 2 and all(c["ok"] for c in archiving), archiving
+    status = run_shardctl("status", "-o", "json", "-f", path)
+    assert status.returncode == 0, status.stdout + status.stderr
+    primaries = [n for n in json.loads(status.stdout)["nodes"] if n["archiving"] is not None]
+    assert len(primaries) == 2
+    for node in primaries:  # the newest WAL's time read from the repository on host b
+        assert node["archiving"]["state"] == "ok", node
+        assert node["archiving"]["newest_wal"] is not None, node
     assert _helpers(host) == []  # the backup node served every file operation
 
     down = run_shardctl("down", "--volumes", "--yes", "-f", path)
