@@ -201,7 +201,10 @@ echo "shardctl: restored; the new timeline starts in $walfile"
 """
 
 LABEL_BACKUP = "shardctl.backup"
-"""On the backup node (``node``) and on a restore's one-shot container (``restore``)."""
+"""On the backup node (``node``), a restore's one-shot container (``restore``) and a
+repository helper (``files``)."""
+LABEL_BACKUP_OF = "shardctl.backup-of"
+"""On a repository helper: the cluster it was made for."""
 
 
 def backup_node_spec(
@@ -246,6 +249,35 @@ def backup_node_spec(
 CLIENT_CA = "/tmp/shardctl-client/ca.crt"
 """Where the backup node's bootstrap puts a copy of the cluster's CA certificate that its
 ``postgres`` user (``pg_receivewal``, ``pg_basebackup``) can read."""
+
+
+FILES_LIFETIME = 900
+"""Seconds a repository helper lives at most: one left by a killed process stops by itself."""
+
+
+def repository_files_spec(cluster: str, image: str, repository: str) -> ContainerSpec:
+    """A helper that holds the repository (host directory ``repository``) mounted for the
+    CLI's file operations on a repository on another host while ``cluster``'s backup node is
+    not running (a restore after ``down --volumes``): no network, nothing but ``sleep``. Not
+    labelled with the cluster: it is not part of it (a restore in place wants none running)."""
+    return ContainerSpec(
+        name=f"{cluster}-backup-files",
+        hostname=f"{cluster}-backup-files",
+        image=image,
+        entrypoint=("sleep", str(FILES_LIFETIME)),
+        command=(),
+        user="root",
+        environment={},
+        labels={LABEL_BACKUP: "files", LABEL_BACKUP_OF: cluster},
+        mounts=(Mount(repository, REPOSITORY_TARGET, bind=True),),
+        ports=(),
+        network="none",
+        secrets_dir=SECRETS_DIR,
+        secrets=(),
+        stop_signal="SIGKILL",
+        restart="no",
+        host_paths=True,
+    )
 
 
 def _client_tls(topology: Topology) -> dict[str, str]:

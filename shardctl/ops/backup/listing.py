@@ -56,21 +56,14 @@ def list_backups(topology: Topology, cluster: str | None = None) -> Listing:
     repository = Repository.of(topology, cluster)
     repository.require()
     declared = {s.name for s in topology.spec.shards}
-    shards = sorted(
-        declared | {p.name for p in repository.folder.iterdir() if (p / "wal").is_dir()}
-    )
+    shards = sorted(declared | set(repository.shards_with("wal")))
     return Listing(
         cluster=repository.cluster,
         repository=str(repository.root),
         backups=tuple(repository.backups()),
         points=tuple(repository.points()),
         archives=tuple(
-            ShardArchive(
-                shard,
-                repository.wal_range(shard),
-                repository.generation(shard),
-                removed=shard not in declared,
-            )
+            ShardArchive(shard, *repository.archive(shard), removed=shard not in declared)
             for shard in shards
         ),
     )

@@ -14,30 +14,37 @@
 
 The JSON records are written whole into a temporary file and renamed, so a killed command
 leaves either the old record or the new one. A backup's record says ``complete`` only once
-every shard's copy was verified with ``pg_verifybackup``.
+every shard's copy was verified with ``pg_verifybackup``. On another host's engine the
+repository is read and written through that engine (:mod:`shardctl.ops.backup.store`), in the
+same layout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import posixpath
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shardctl.config.topology import Placement, Topology
-from shardctl.errors import CheckFailed, InfrastructureError, UsageError
+from shardctl.errors import CheckFailed, UsageError
+from shardctl.ops.backup.store import (
+    Entry,
+    LocalStore,
+    Store,
+    engine_store,
+)
+from shardctl.ops.backup.store import (
+    RepositoryError as RepositoryError,
+)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63"
 SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{16})(\.partial)?$")
-
-
-class RepositoryError(InfrastructureError):
-    """The repository is missing, unwritable or full (exit 3)."""
 
 
 def check_name(name: str, what: str) -> str:
@@ -125,12 +132,17 @@ class WalRange:
 
 
 class Repository:
-    """One cluster's part of a backup repository, read and written from this host."""
+    """One cluster's part of a backup repository, read and written through its
+    :class:`~shardctl.ops.backup.store.Store` (this machine's file system, or the repository's
+    engine when that is another host's)."""
 
-    def __init__(self, root: Path, cluster: str, placement: Placement) -> None:
+    def __init__(
+        self, root: Path, cluster: str, placement: Placement, store: Store | None = None
+    ) -> None:
         self.root = root
         self.cluster = cluster
         self.placement = placement
+        self.store: Store = store if store is not None else LocalStore(root)
 
     @classmethod
     def of(cls, topology: Topology, cluster: str | None = None) -> Repository:
@@ -142,14 +154,22 @@ class Repository:
                 "`backup: {repository: DIR}` (see docs/backup.md)"
             )
         placement = topology.placement(spec.engine)
-        endpoint = placement.endpoint
-        if endpoint is not None and not endpoint.startswith("unix://"):
-            raise UsageError(
-                f"{topology.path}: backup.engine {placement.name!r} is on another host; this "
-                "version keeps the repository on this machine's engine only"
-            )
-        root = (topology.path.parent / Path(spec.repository).expanduser()).absolute()
-        return cls(root, cluster or topology.cluster, placement)
+        if is_local(placement):
+            root = (topology.path.parent / Path(spec.repository).expanduser()).absolute()
+            return cls(root, cluster or topology.cluster, placement)
+        root = remote_root(spec.repository, placement.name, topology.path)
+        store = engine_store(placement, root, topology.cluster, topology.spec.image)
+        return cls(root, cluster or topology.cluster, placement, store)
+
+    @property
+    def remote(self) -> bool:
+        """Whether the repository is on another host (read and written through its engine)."""
+        return not isinstance(self.store, LocalStore)
+
+    @property
+    def where(self) -> str:
+        """The repository as messages name it: its folder, and its engine when remote."""
+        return f"{self.root} on engine {self.placement.name}" if self.remote else str(self.root)
 
     @property
     def folder(self) -> Path:
@@ -163,24 +183,15 @@ class Repository:
     def prepare(self) -> None:
         """Make the repository and this cluster's record folders; RepositoryError when it
         cannot be written."""
-        try:
-            for sub in ("backups", "points", "restores"):
-                (self.folder / sub).mkdir(parents=True, exist_ok=True)
-            probe = self.folder / ".write-test"
-            probe.write_text("ok", encoding="utf-8")
-            probe.unlink()
-        except OSError as exc:
-            raise RepositoryError(
-                f"backup repository {self.root}: cannot write: {exc.strerror or exc}"
-            ) from None
+        self.store.prepare(self.folder, ("backups", "points", "restores"))
 
     def require(self) -> None:
         """RepositoryError unless this cluster has a folder in the repository."""
-        if not self.root.is_dir():
-            raise RepositoryError(f"backup repository {self.root} does not exist")
-        if not self.folder.is_dir():
+        if not self.store.is_dir(self.root):
+            raise RepositoryError(f"backup repository {self.where} does not exist")
+        if not self.store.is_dir(self.folder):
             raise CheckFailed(
-                f"backup repository {self.root} holds nothing of cluster {self.cluster!r}"
+                f"backup repository {self.where} holds nothing of cluster {self.cluster!r}"
             )
 
     # ------------------------------------------------------------ layout
@@ -195,10 +206,7 @@ class Repository:
 
     def generations(self, shard: str) -> list[int]:
         """The WAL generations of ``shard``, oldest first."""
-        try:
-            names = os.listdir(self.wal_folder(shard))
-        except OSError:
-            return []
+        names = [e.path for e in self.store.entries(self.wal_folder(shard))]
         return sorted(int(n) for n in names if n.isdigit())
 
     def generation(self, shard: str) -> int:
@@ -206,43 +214,50 @@ class Repository:
         found = self.generations(shard)
         return found[-1] if found else 1
 
+    def shards_with(self, *subfolders: str) -> list[str]:
+        """The shards with a folder in this cluster's part holding one of ``subfolders``
+        (``wal``, ``base``), by name."""
+        found = {
+            entry.path.partition("/")[0]
+            for entry in self.store.entries(self.folder, depth=2)
+            if entry.directory and entry.path.partition("/")[2] in subfolders
+        }
+        return sorted(found)
+
+    def make_wal_folder(self, shard: str) -> Path:
+        """``shard``'s WAL folder, made when missing."""
+        folder = self.wal_folder(shard)
+        self.store.make_folders(folder)
+        return folder
+
+    def read_text(self, relative: str) -> str | None:
+        """A file of the repository (``relative`` to its root); None when it is missing."""
+        try:
+            return self.store.read(self.root / relative)
+        except RepositoryError:
+            return None
+
     # ------------------------------------------------------------ records
 
     def _write(self, path: Path, data: dict[str, Any]) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.tmp")
-            with temporary.open("w", encoding="utf-8") as file:
-                json.dump(data, file, indent=2, sort_keys=True)
-                file.flush()
-                os.fsync(file.fileno())
-            temporary.replace(path)
-        except OSError as exc:
-            raise RepositoryError(
-                f"backup repository {self.root}: cannot write {path.name}: {exc.strerror or exc}"
-            ) from None
+        self.store.write(path, json.dumps(data, indent=2, sort_keys=True))
 
-    def _read(self, path: Path) -> dict[str, Any] | None:
+    def _parse(self, path: Path | str, text: str) -> dict[str, Any]:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
+            data = json.loads(text)
+        except ValueError as exc:
             raise RepositoryError(f"{path}: unreadable record: {exc}") from None
         if not isinstance(data, dict):
             raise RepositoryError(f"{path}: unreadable record: not an object")
         return data
 
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        text = self.store.read(path)
+        return None if text is None else self._parse(path, text)
+
     def _all(self, sub: str) -> list[dict[str, Any]]:
         folder = self.folder / sub
-        if not folder.is_dir():
-            return []
-        found = []
-        for path in sorted(folder.glob("*.json")):
-            data = self._read(path)
-            if data is not None:
-                found.append(data)
-        return found
+        return [self._parse(folder, text) for text in self.store.texts(folder, ".json")]
 
     def write_backup(self, record: BackupRecord) -> None:
         """Store a base backup's record (in progress, complete or failed)."""
@@ -282,54 +297,97 @@ class Repository:
 
     # ------------------------------------------------------------ WAL
 
+    def segments(self, shard: str) -> list[tuple[Entry, re.Match[str]]]:
+        """Every WAL segment file (complete or partial) of ``shard``, in every generation,
+        with its name's match of :data:`SEGMENT` (timeline, position)."""
+        return self._wal(shard)[0]
+
+    def _wal(self, shard: str) -> tuple[list[tuple[Entry, re.Match[str]]], list[int]]:
+        """``shard``'s segment files and its generations, from one listing."""
+        found = []
+        generations = []
+        for entry in self.store.entries(self.wal_folder(shard), depth=2):
+            generation, _, name = entry.path.partition("/")
+            if not generation.isdigit():
+                continue
+            if not name:
+                generations.append(int(generation))
+                continue
+            match = SEGMENT.fullmatch(name)
+            if match is not None and not entry.directory:
+                found.append((entry, match))
+        return found, sorted(generations)
+
+    def archive(self, shard: str) -> tuple[WalRange, int]:
+        """:meth:`wal_range` and :meth:`generation` of ``shard`` from one listing."""
+        segments, generations = self._wal(shard)
+        return wal_range_of(segments), (generations[-1] if generations else 1)
+
     def wal_range(self, shard: str) -> WalRange:
         """The oldest and newest segment of ``shard``'s archive, its timelines, and when the
         newest file was last written."""
-        first: str | None = None
-        last: str | None = None
-        timelines: set[int] = set()
-        newest: float | None = None
-        size = 0
-        for generation in self.generations(shard):
-            folder = self.wal_folder(shard) / str(generation)
-            try:
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue
-            for entry in entries:
-                match = SEGMENT.fullmatch(entry.name)
-                if match is None:
-                    continue
-                stat = entry.stat()
-                size += stat.st_size
-                timelines.add(int(match.group(1), 16))
-                position = match.group(2)
-                if first is None or position < first:
-                    first = position
-                if last is None or position > last:
-                    last = position
-                newest = stat.st_mtime if newest is None else max(newest, stat.st_mtime)
-        return WalRange(first, last, tuple(sorted(timelines)), newest, size)
+        return wal_range_of(self.segments(shard))
+
+    def remove_segments(self, shard: str, entries: list[Entry]) -> None:
+        """Remove WAL files of ``shard`` (entries of :meth:`segments`)."""
+        folder = self.wal_folder(shard)
+        self.store.remove(folder / entry.path for entry in entries)
+
+    def remove_shard(self, shard: str) -> None:
+        """Delete a shard's whole folder (a removed shard nothing holds any more)."""
+        self.store.remove([self.folder / shard])
 
     def free_bytes(self) -> int | None:
-        """Space left for this user on the repository's file system; None when unreadable."""
-        try:
-            found = os.statvfs(self.root)
-        except OSError:
-            return None
-        return found.f_bavail * found.f_frsize
+        """Space left on the repository's file system; None when unreadable."""
+        return self.store.free_bytes()
 
     def discard_copies(self, backup: str, shards: list[str]) -> None:
         """Delete what a failed base backup copied of ``shards``: never restorable, and on a
         full repository the space archiving needs."""
-        for shard in shards:
-            shutil.rmtree(self.base_folder(shard, backup), ignore_errors=True)
+        # Best effort: the failed backup's own error says what went wrong.
+        with contextlib.suppress(RepositoryError):
+            self.store.remove(self.base_folder(shard, backup) for shard in shards)
 
     def remove_base(self, record: BackupRecord) -> None:
         """Delete a base backup's copies and then its record (retention)."""
-        for shard in record.shards.values():
-            shutil.rmtree(self.root / shard.path, ignore_errors=True)
-        (self.folder / "backups" / f"{record.name}.json").unlink(missing_ok=True)
+        self.store.remove(self.root / shard.path for shard in record.shards.values())
+        self.store.remove([self.folder / "backups" / f"{record.name}.json"])
+
+
+def wal_range_of(segments: list[tuple[Entry, re.Match[str]]]) -> WalRange:
+    """The range, timelines, newest time and size of these segment files."""
+    first: str | None = None
+    last: str | None = None
+    timelines: set[int] = set()
+    newest: float | None = None
+    size = 0
+    for entry, match in segments:
+        size += entry.size
+        timelines.add(int(match.group(1), 16))
+        position = match.group(2)
+        if first is None or position < first:
+            first = position
+        if last is None or position > last:
+            last = position
+        newest = entry.mtime if newest is None else max(newest, entry.mtime)
+    return WalRange(first, last, tuple(sorted(timelines)), newest, size)
+
+
+def is_local(placement: Placement) -> bool:
+    """Whether an engine's host is this machine (its folders are this machine's): the default
+    engine, or one reached through a ``unix://`` socket."""
+    return placement.endpoint is None or placement.endpoint.startswith("unix://")
+
+
+def remote_root(repository: str, engine: str, topology: Path) -> Path:
+    """The repository folder on another host's engine: an absolute path, or exit 2 (a path
+    relative to the topology, or to a home folder, only means something on this machine)."""
+    if not repository.startswith("/"):
+        raise UsageError(
+            f"{topology}: backup.repository {repository!r} is on engine {engine}, another "
+            "host: give an absolute path on that host"
+        )
+    return Path(posixpath.normpath(repository))
 
 
 def now() -> float:

@@ -106,6 +106,8 @@ def restore(
     archive = Repository.of(topology, source)
     archive.require()
     plans, primaries = _plan(topology, archive, target)
+    for plan in plans:  # before anything is changed
+        check_engine(topology.node(plan.node), archive)
     states, lost = cluster.engines.container_states_per_engine(topology)
     for error in lost.values():
         raise error
@@ -270,6 +272,17 @@ def _declared(topology: Topology, shard: str, node: str | None) -> str:
     return node if node in names else f"{shard}-primary"
 
 
+def check_engine(node: Node, archive: Repository) -> None:
+    """UsageError unless ``node`` (a shard's restored primary) runs on the repository's engine:
+    its restore reads the repository as a folder of that engine's host."""
+    if node.placement.name != archive.placement.name:
+        raise UsageError(
+            f"{node.name} runs on engine {node.placement.name}, the repository on "
+            f"{archive.placement.name}: a restore needs each restored primary on the "
+            "repository's engine (see docs/backup.md, Limits)"
+        )
+
+
 def _restore_shard(
     cluster: Cluster,
     topology: Topology,
@@ -282,12 +295,6 @@ def _restore_shard(
     roles: dict[str, str],
 ) -> dict[str, Any]:
     engines = cluster.engines
-    if node.placement.name != archive.placement.name:
-        raise UsageError(
-            f"{node.name} runs on engine {node.placement.name}, the repository on "
-            f"{archive.placement.name}: this version restores a primary on the repository's "
-            "engine only"
-        )
     endpoint = node.placement
     volumes = engines.image_volumes(topology.spec.image, endpoint)
     if volumes is None:
@@ -295,8 +302,7 @@ def _restore_shard(
     mount = data_mount(volumes)
     engines.ensure_volume(node)
     generation = (max(home.generations(plan.shard), default=0)) + 1
-    seed_folder = home.wal_folder(plan.shard)
-    seed_folder.mkdir(parents=True, exist_ok=True)
+    seed_folder = home.make_wal_folder(plan.shard)
     copy = plan.backup.shards[plan.shard]
     spec = restore_spec(
         topology,

@@ -17,14 +17,11 @@ A shard with no kept base backup that the topology declares keeps all of its WAL
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from shardctl.config.topology import Topology
-from shardctl.ops.backup.repository import SEGMENT, BackupRecord, Repository, now
+from shardctl.ops.backup.repository import BackupRecord, Repository, now
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 """PostgreSQL's default WAL segment size, used only when a base backup has no backup_label."""
@@ -72,31 +69,18 @@ def prune(topology: Topology, repository: Repository) -> Pruned:
         if record.complete or record.started < newest:
             repository.remove_base(record)
             pruned.backups.append(record.name)
-    for shard in _archived_shards(repository):
+    for shard in repository.shards_with("wal", "base"):
         holding = [r for r in keep if shard in r.shards]
         if not holding:
             if shard not in declared:
-                shutil.rmtree(repository.folder / shard, ignore_errors=True)
+                repository.remove_shard(shard)
                 pruned.shards.append(shard)
             continue
         cut = min(start_segment(repository, r, shard) for r in holding)
-        removed = prune_wal(repository.wal_folder(shard), cut)
+        removed = prune_wal(repository, shard, cut)
         if removed:
             pruned.segments[shard] = removed
     return pruned
-
-
-def _archived_shards(repository: Repository) -> list[str]:
-    """The shards with a folder (WAL or base backups) in this cluster's part."""
-    try:
-        entries = sorted(os.scandir(repository.folder), key=lambda e: e.name)
-    except OSError:
-        return []
-    return [
-        e.name
-        for e in entries
-        if e.is_dir() and ((Path(e.path) / "wal").is_dir() or (Path(e.path) / "base").is_dir())
-    ]
 
 
 def start_segment(repository: Repository, record: BackupRecord, shard: str) -> str:
@@ -104,10 +88,7 @@ def start_segment(repository: Repository, record: BackupRecord, shard: str) -> s
     segment a restore of ``shard`` from ``record`` reads: from the copy's ``backup_label``,
     else from the recorded start LSN with the default segment size."""
     copy = record.shards[shard]
-    try:
-        label = (repository.root / copy.path / "backup_label").read_text(encoding="utf-8")
-    except OSError:
-        label = ""
+    label = repository.read_text(f"{copy.path}/backup_label") or ""
     found = START.search(label)
     if found is not None:
         return found.group(1)[8:]
@@ -127,25 +108,9 @@ def lsn_segment(lsn: str, segment_bytes: int = SEGMENT_BYTES) -> str:
     return f"{number // per_log:08X}{number % per_log:08X}"
 
 
-def prune_wal(folder: Path, cut: str) -> int:
-    """Remove the segments (complete or partial, every timeline, every generation) under
-    ``folder`` whose position is before ``cut``; the number removed. History files stay."""
-    removed = 0
-    try:
-        generations = [e for e in os.scandir(folder) if e.is_dir()]
-    except OSError:
-        return 0
-    for generation in generations:
-        try:
-            entries = list(os.scandir(generation.path))
-        except OSError:
-            continue
-        for entry in entries:
-            match = SEGMENT.fullmatch(entry.name)
-            if match is not None and match.group(2) < cut:
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                removed += 1
-    return removed
+def prune_wal(repository: Repository, shard: str, cut: str) -> int:
+    """Remove ``shard``'s segments (complete or partial, every timeline, every generation)
+    whose position is before ``cut``; the number removed. History files stay."""
+    old = [entry for entry, match in repository.segments(shard) if match.group(2) < cut]
+    repository.remove_segments(shard, old)
+    return len(old)

@@ -27,6 +27,7 @@ from shardctl.ops.backup.repository import (
 )
 from shardctl.ops.backup.restore import _declared, roles_at
 from shardctl.ops.backup.retention import apply_retention
+from shardctl.ops.backup.store import EngineStore, LocalStore
 
 TOPOLOGY = """
 cluster: demo
@@ -49,16 +50,46 @@ def test_the_repository_is_relative_to_the_topology_and_per_cluster(tmp_path: Pa
     assert Repository.of(_topology(tmp_path), "other").folder == repo.root / "other"
 
 
-def test_no_backup_key_and_a_remote_repository_engine_are_usage_errors(tmp_path: Path) -> None:
+def test_no_backup_key_and_a_relative_remote_repository_are_usage_errors(tmp_path: Path) -> None:
     plain = TOPOLOGY.replace("backup: {repository: repo, retention: {base_backups: 2}}\n", "")
     with pytest.raises(UsageError, match="no backup repository declared"):
         Repository.of(_topology(tmp_path, plain))
-    remote = TOPOLOGY.replace(
+    for relative in ("repo", "~/repo", "./repo"):
+        remote = TOPOLOGY.replace(
+            "backup: {repository: repo",
+            "engines: {far: {endpoint: 'tcp://10.9.9.9:2376'}}\n"
+            f"backup: {{repository: '{relative}', engine: far",
+        )
+        with pytest.raises(UsageError, match="another host: give an absolute path on that host"):
+            Repository.of(_topology(tmp_path, remote))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "local"),
+    [
+        ("unix:///run/other.sock", True),
+        ("tcp://10.9.9.9:2376", False),
+        ("ssh://backup@vault", False),
+    ],
+)
+def test_a_repository_on_another_hosts_engine_is_read_through_that_engine(
+    tmp_path: Path, endpoint: str, local: bool
+) -> None:
+    text = TOPOLOGY.replace(
         "backup: {repository: repo",
-        "engines: {far: {endpoint: 'tcp://10.9.9.9:2376'}}\nbackup: {repository: repo, engine: far",
+        f"engines: {{far: {{endpoint: '{endpoint}'}}}}\n"
+        "backup: {repository: /srv/backups/../repo, engine: far",
     )
-    with pytest.raises(UsageError, match="another host"):
-        Repository.of(_topology(tmp_path, remote))
+    repo = Repository.of(_topology(tmp_path, text))
+    assert repo.remote is not local
+    assert isinstance(repo.store, LocalStore) is local
+    if not local:
+        assert repo.root == Path("/srv/repo")  # as given (normalised), never made local
+        assert isinstance(repo.store, EngineStore)
+        assert repo.store.owner == "demo"
+        assert repo.where == "/srv/repo on engine far"
+        # one store (one client, one helper) per repository and engine in a process
+        assert Repository.of(_topology(tmp_path, text), "other").store is repo.store
 
 
 def test_an_unknown_backup_engine_is_a_topology_error(tmp_path: Path) -> None:
