@@ -217,8 +217,13 @@ def container_spec(
         "SHARDCTL_PASSFILE": PASSFILE,
         "SHARDCTL_SLOT": node.slot,
     }
-    if len(topology.placements()) > 1:
-        environment["SHARDCTL_OTHER_HOSTS"] = "1"  # see pg_hba in the bootstrap
+    placements = topology.placements()
+    if len(placements) > 1 or any(
+        p.endpoint and not p.endpoint.startswith("unix://") for p in placements
+    ):
+        # See pg_hba in the bootstrap: several hosts, or one that is not this machine (shardctl
+        # reaches its published ports by NAT from its own address, not the network's gateway).
+        environment["SHARDCTL_OTHER_HOSTS"] = "1"
     if topology.tls is not None:
         environment["SHARDCTL_HBA_TCP"] = "hostssl"
     mounts = [Mount(node.volume, mount)]

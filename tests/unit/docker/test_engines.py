@@ -225,3 +225,22 @@ shards:
 def test_compose_refuses_a_cluster_on_several_engines(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="engines a, b: use `shardctl up`"):
         compose.render(load(tmp_path, TWO_HOSTS))
+
+
+@pytest.mark.parametrize(
+    ("engines", "other_hosts"),
+    [
+        ("", False),  # this machine's engine: shardctl arrives from the network's gateway
+        ("engines:\n  a: {endpoint: unix:///run/a.sock}\n", False),
+        ("engines:\n  a: {endpoint: tcp://db-1.example:2376}\n", True),  # by NAT, from afar
+        ("engines:\n  a: {endpoint: ssh://admin@db-1.example}\n", True),
+    ],
+)
+def test_a_single_engine_on_another_host_admits_shardctl_by_its_address(
+    tmp_path: Path, engines: str, other_hosts: bool
+) -> None:
+    placed = "    engine: a\n" if engines else ""
+    text = f"cluster: demo\n{engines}shards:\n  - name: s0\n{placed}allow_plaintext: true\n"
+    topo = load(tmp_path, text)
+    spec = container_spec(topo, topo.node("s0-primary"), "/var/lib/postgresql")
+    assert ("SHARDCTL_OTHER_HOSTS" in spec.environment) is other_hosts
