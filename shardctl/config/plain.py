@@ -5,13 +5,13 @@ Each field of :mod:`shardctl.config.schema`'s models says what it accepts (a :cl
 The check is deliberately narrower than pydantic's lax mode: it takes a value only when it has
 exactly the type YAML gives for a valid file (text, an integer, a finite number, a boolean, a
 list, a mapping) and meets the field's bounds; anything else, valid or not, it *declines*.
-A declined file goes to the pydantic models (:mod:`shardctl.config.shape`), which either name
-the problem in the one line they always did or accept it (``port: "5432"``, ``vnodes: 1.0``),
-in which case :func:`from_model` turns their result into the same models. So what is valid,
-what a value becomes and every error message stay pydantic's; the plain check spares a valid
-file pydantic's import and model building (most of ``validate``'s start-up), and :class:`Spec`
-spares it a generated dataclass per model. ``tests/unit/config/test_plain.py`` holds the two
-to the same results.
+A declined file goes to the pydantic models (:mod:`shardctl.config.shape`, built from the same
+declarations), which either name the problem in the one line they always did or accept it
+(``port: "5432"``, ``vnodes: 1.0``), in which case :func:`from_model` turns their result into
+the same models. So what is valid, what a value becomes and every error message stay
+pydantic's; the plain check spares a valid file pydantic's import and model building (most of
+``validate``'s start-up), and :class:`Spec` spares it a generated dataclass per model.
+``tests/unit/config/test_plain.py`` holds the two to the same results.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def build(model: type[S], data: object) -> S:
 
 
 def from_model(model: type[S], validated: BaseModel) -> S:
-    """What pydantic validated (the twin of ``model`` in :mod:`shardctl.config.shape`) as
+    """What pydantic validated (the twin :mod:`shardctl.config.shape` built of ``model``) as
     ``model``."""
     values: dict[str, Any] = {
         name: kind.convert(getattr(validated, name)) for name, kind in model._kinds.items()
