@@ -46,15 +46,16 @@ def model_of(twin: type[Spec]) -> type[BaseModel]:
     """The pydantic model of ``twin`` (and of the models it nests)."""
     built = MODELS.get(twin)
     if built is None:
-        fields = {name: _field(twin, name, kind) for name, kind in twin._kinds.items()}
+        keys = {name: key for key, name in twin._keys.items()}
+        fields = {name: _field(twin, name, kind, keys[name]) for name, kind in twin._kinds.items()}
         built = MODELS[twin] = create_model(  # type: ignore[call-overload]
             twin.__name__, __base__=_Model, __doc__=twin.__doc__, __module__=__name__, **fields
         )
     return built
 
 
-def _field(twin: type[Spec], name: str, kind: Kind) -> tuple[Any, FieldInfo]:
-    keys = {field: key for key, field in twin._keys.items()}
+def _field(twin: type[Spec], name: str, kind: Kind, key: str) -> tuple[Any, FieldInfo]:
+    """``name``'s type and its default, the file's key for it and its description."""
     extra: dict[str, Any] = {}
     if name in twin._defaults:
         default, factory = twin._defaults[name]
@@ -64,8 +65,8 @@ def _field(twin: type[Spec], name: str, kind: Kind) -> tuple[Any, FieldInfo]:
             extra["default"] = model_of(type(default)).model_validate(default.as_data())
         else:
             extra["default"] = default
-    if keys[name] != name:
-        extra["alias"] = keys[name]
+    if key != name:
+        extra["alias"] = key
     info: FieldInfo = Field(description=twin._descriptions.get(name), **extra)
     return _annotation(kind), info
 
