@@ -237,3 +237,33 @@ def test_the_models_are_frozen_and_compare_by_value() -> None:
     assert hash(schema.RingSpec()) == hash(schema.RingSpec())
     with pytest.raises(TypeError):
         schema.ShardSpec()  # type: ignore[call-arg]
+
+
+def test_a_key_declared_once_is_pydantics_too() -> None:
+    class ExtraSpec(plain.Spec):
+        """A model written only in the plain form."""
+
+        size: int = plain.spec(plain.Integer(ge=1, le=9), default=3, description="How many.")
+        form: schema.Replication | schema.ReplicationSpec = plain.spec(
+            schema.REPLICATION, default=schema.Replication.ASYNC
+        )
+
+    try:
+        model = shape.model_of(ExtraSpec)
+        assert model.__doc__ == ExtraSpec.__doc__
+        size = model.model_json_schema()["properties"]["size"]
+        assert size == {
+            "default": 3,
+            "description": "How many.",
+            "maximum": 9,
+            "minimum": 1,
+            "title": "Size",
+            "type": "integer",
+        }
+        assert plain.from_model(ExtraSpec, model.model_validate({"size": "4"})).size == 4
+        made = plain.from_model(ExtraSpec, model.model_validate({"form": {"mode": "sync"}}))
+        assert made.form == schema.ReplicationSpec(mode=schema.Replication.SYNC)
+        with pytest.raises(ValidationError):
+            model.model_validate({"size": 10})
+    finally:
+        shape.MODELS.pop(ExtraSpec, None)
