@@ -92,8 +92,8 @@ def describe(error: ErrorDetails) -> tuple[Loc, str]:
     """Turn one pydantic error into (location, message a person can act on)."""
     loc: Loc = tuple(error["loc"])
     if loc[:2] in (("tls", "mode"), ("tls", "files")):
-        loc = ("tls", *loc[2:])  # the form's tag (see TLSField), not a key of the file
-    # The form's tag of ReplicationField, top level or a shard's: not a key of the file either.
+        loc = ("tls", *loc[2:])  # the form's tag (schema.TLS), not a key of the file
+    # The form's tag of schema.REPLICATION, top level or a shard's: not a key of the file either.
     for at in (1, 3):
         if len(loc) > at and loc[at - 1] == "replication" and loc[at] in ("mode", "spec"):
             loc = (*loc[:at], *loc[at + 1 :])

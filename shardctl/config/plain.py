@@ -5,13 +5,13 @@ Each field of :mod:`shardctl.config.schema`'s models says what it accepts (a :cl
 The check is deliberately narrower than pydantic's lax mode: it takes a value only when it has
 exactly the type YAML gives for a valid file (text, an integer, a finite number, a boolean, a
 list, a mapping) and meets the field's bounds; anything else, valid or not, it *declines*.
-A declined file goes to the pydantic models (:mod:`shardctl.config.shape`), which either name
-the problem in the one line they always did or accept it (``port: "5432"``, ``vnodes: 1.0``),
-in which case :func:`from_model` turns their result into the same models. So what is valid,
-what a value becomes and every error message stay pydantic's; the plain check spares a valid
-file pydantic's import and model building (most of ``validate``'s start-up), and :class:`Spec`
-spares it a generated dataclass per model. ``tests/unit/config/test_plain.py`` holds the two
-to the same results.
+A declined file goes to the pydantic models (:mod:`shardctl.config.shape`, built from the same
+declarations), which either name the problem in the one line they always did or accept it
+(``port: "5432"``, ``vnodes: 1.0``), in which case :func:`from_model` turns their result into
+the same models. So what is valid, what a value becomes and every error message stay
+pydantic's; the plain check spares a valid file pydantic's import and model building (most of
+``validate``'s start-up), and :class:`Spec` spares it a generated dataclass per model.
+``tests/unit/config/test_plain.py`` holds the two to the same results.
 """
 
 from __future__ import annotations
@@ -188,10 +188,11 @@ class Model(Kind):
 
 class Form(Kind):
     """The short form (an enumeration's value) or the long one (a mapping), as pydantic's
-    discriminator in :mod:`shardctl.config.shape` tells them apart."""
+    discriminator in :mod:`shardctl.config.shape` tells them apart; ``tags`` name the two in
+    its error locations (not keys of the file: :mod:`shardctl.config.messages` drops them)."""
 
-    def __init__(self, short: Choice, long: Model) -> None:
-        self.short, self.long = short, long
+    def __init__(self, short: Choice, long: Model, tags: tuple[str, str]) -> None:
+        self.short, self.long, self.tags = short, long, tags
 
     def check(self, value: object) -> object:
         return (self.long if isinstance(value, dict) else self.short).check(value)
@@ -203,12 +204,18 @@ class Form(Kind):
 class _Field:
     """What :func:`spec` declares; replaced by the default on the class."""
 
-    __slots__ = ("default", "factory", "key", "kind")
+    __slots__ = ("default", "description", "factory", "key", "kind")
 
     def __init__(
-        self, kind: Kind, default: object, factory: Callable[[], object] | None, key: str | None
+        self,
+        kind: Kind,
+        default: object,
+        factory: Callable[[], object] | None,
+        key: str | None,
+        description: str | None,
     ) -> None:
         self.kind, self.default, self.factory, self.key = kind, default, factory, key
+        self.description = description
 
 
 def spec(
@@ -217,10 +224,11 @@ def spec(
     default: Any = _MISSING,
     factory: Callable[[], Any] | None = None,
     key: str | None = None,
+    description: str | None = None,
 ) -> Any:
     """A model field: what it accepts, its default (or ``factory``), the file's ``key`` for it
-    when it is not the field's name."""
-    return _Field(kind, default, factory, key)
+    when it is not the field's name, and what it means (docs/topology.schema.json)."""
+    return _Field(kind, default, factory, key, description)
 
 
 @dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(spec,))
@@ -236,18 +244,21 @@ class Spec:
     _keys: ClassVar[dict[str, str]] = {}
     """The file's key -> field name, for the fields the file sets."""
     _kinds: ClassVar[dict[str, Kind]] = {}
+    _descriptions: ClassVar[dict[str, str]] = {}
     _required: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
         fields, defaults = list(cls._fields), dict(cls._defaults)
-        keys, kinds = dict(cls._keys), dict(cls._kinds)
+        keys, kinds, descriptions = dict(cls._keys), dict(cls._kinds), dict(cls._descriptions)
         for name in inspect.get_annotations(cls):  # its own, in declared order
             declared = cls.__dict__.get(name, _MISSING)
             fields.append(name)
             if isinstance(declared, _Field):
                 keys[declared.key or name] = name
                 kinds[name] = declared.kind
+                if declared.description is not None:
+                    descriptions[name] = declared.description
                 default, factory = declared.default, declared.factory
             else:
                 default, factory = declared, None
@@ -259,6 +270,7 @@ class Spec:
                 else:
                     setattr(cls, name, default)
         cls._fields, cls._defaults, cls._keys, cls._kinds = tuple(fields), defaults, keys, kinds
+        cls._descriptions = descriptions
         cls._required = frozenset(kinds.keys() - defaults.keys())
 
     def __init__(self, **values: Any) -> None:
@@ -337,7 +349,7 @@ def build(model: type[S], data: object) -> S:
 
 
 def from_model(model: type[S], validated: BaseModel) -> S:
-    """What pydantic validated (the twin of ``model`` in :mod:`shardctl.config.shape`) as
+    """What pydantic validated (the twin :mod:`shardctl.config.shape` built of ``model``) as
     ``model``."""
     values: dict[str, Any] = {
         name: kind.convert(getattr(validated, name)) for name, kind in model._kinds.items()

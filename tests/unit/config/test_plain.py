@@ -1,7 +1,7 @@
 """The plain topology model (shardctl.config.schema, checked by shardctl.config.plain) against
-pydantic's (shardctl.config.shape): the same fields, keys and defaults; and for every value
-the plain check takes, pydantic takes it too and makes the same of it, while everything
-pydantic refuses the plain check declines (so its message stays pydantic's)."""
+pydantic's, built from it (shardctl.config.shape): the same fields, keys and defaults; and for
+every value the plain check takes, pydantic takes it too and makes the same of it, while
+everything pydantic refuses the plain check declines (so its message stays pydantic's)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,7 @@ from shardctl.config.messages import EXTENSION_PREFIX, strict_numbers
 from tests.conftest import REPO
 
 TWINS: list[tuple[type[BaseModel], type[plain.Spec]]] = [
-    (getattr(shape, name), getattr(schema, name))
-    for name in dir(shape)
-    if isinstance(getattr(shape, name), type)
-    and issubclass(getattr(shape, name), BaseModel)
-    and getattr(shape, name).__module__ == shape.__name__
-    and not name.startswith("_")
+    (model, twin) for twin, model in shape.MODELS.items()
 ]
 
 MINIMAL: dict[str, dict[str, Any]] = {
@@ -172,15 +167,23 @@ def _agree(pydantic_model: type[BaseModel], twin: type[plain.Spec], data: dict[s
         assert _givens(mine) == _givens(converted), data
 
 
-def test_every_pydantic_model_has_its_plain_twin() -> None:
-    assert len(TWINS) == 15
+def test_every_plain_model_has_its_pydantic_twin() -> None:
+    plain_models = {
+        value
+        for value in vars(schema).values()
+        if isinstance(value, type) and issubclass(value, plain.Spec) and value is not plain.Spec
+    }
+    assert plain_models == set(shape.MODELS) and len(TWINS) == 15
     for model, twin in TWINS:
+        assert model.__name__ == twin.__name__
         assert [f for f in twin._fields if f != plain.GIVEN] == list(model.model_fields)
         keys = {f.alias or name: name for name, f in model.model_fields.items()}
         assert twin._keys == keys, model.__name__
         required = {name for name, f in model.model_fields.items() if f.is_required()}
         assert twin._required == required, model.__name__
         assert twin.__doc__ == model.__doc__
+        descriptions = {n: f.description for n, f in model.model_fields.items() if f.description}
+        assert twin._descriptions == descriptions, model.__name__
 
 
 @pytest.mark.parametrize(("model", "twin"), TWINS, ids=[m.__name__ for m, _ in TWINS])
@@ -234,3 +237,33 @@ def test_the_models_are_frozen_and_compare_by_value() -> None:
     assert hash(schema.RingSpec()) == hash(schema.RingSpec())
     with pytest.raises(TypeError):
         schema.ShardSpec()  # type: ignore[call-arg]
+
+
+def test_a_key_declared_once_is_pydantics_too() -> None:
+    class ExtraSpec(plain.Spec):
+        """A model written only in the plain form."""
+
+        size: int = plain.spec(plain.Integer(ge=1, le=9), default=3, description="How many.")
+        form: schema.Replication | schema.ReplicationSpec = plain.spec(
+            schema.REPLICATION, default=schema.Replication.ASYNC
+        )
+
+    try:
+        model = shape.model_of(ExtraSpec)
+        assert model.__doc__ == ExtraSpec.__doc__
+        size = model.model_json_schema()["properties"]["size"]
+        assert size == {
+            "default": 3,
+            "description": "How many.",
+            "maximum": 9,
+            "minimum": 1,
+            "title": "Size",
+            "type": "integer",
+        }
+        assert plain.from_model(ExtraSpec, model.model_validate({"size": "4"})).size == 4
+        made = plain.from_model(ExtraSpec, model.model_validate({"form": {"mode": "sync"}}))
+        assert made.form == schema.ReplicationSpec(mode=schema.Replication.SYNC)
+        with pytest.raises(ValidationError):
+            model.model_validate({"size": 10})
+    finally:
+        shape.MODELS.pop(ExtraSpec, None)
