@@ -13,6 +13,13 @@ every shard:
 - every write started after the command returned is after it, on every shard;
 - a write whose transaction spans the pause lands on one side on every shard, never half.
 
+**The pause is a few round trips.** Connections, the role-change locks and the checks are done
+before any write is held, and one thread per primary is already running when the hold starts.
+Each thread sends its fence, its point and their commit in one pipeline (one round trip, the
+only one inside the window before its fence), waits at a barrier until every thread's point is
+written, then lifts its fence at once with one statement (one round trip): the lifts run on
+every primary together, none after another's.
+
 The point is recorded (``points/NAME.json``) only once every shard's archive holds its LSN.
 The point is written inside the fence's transaction, so a restored cluster does not hold the
 fence (and if it ever did, ``up`` lifts it: :func:`shardctl.state.fence.lift_abandoned_role_fence`
@@ -22,9 +29,10 @@ lifts any fence no role change holds). A point is refused while a reshard is in 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -57,6 +65,20 @@ ARCHIVE_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
+class Held:
+    """One primary's part of the write pause, in seconds from the moment the hold started."""
+
+    fenced: float
+    """Its fence and point written and committed (the round trip, client side)."""
+    lifted: float
+    """Its fence lifted (committed), after every primary's point."""
+    fence_server: float
+    """Of ``fenced``, the server taking the fence (waiting for in-flight writes, re-arming)."""
+    point_server: float
+    """Of ``fenced``, the server writing the point."""
+
+
+@dataclass(frozen=True)
 class PointReport:
     """What ``backup --point`` did."""
 
@@ -64,6 +86,10 @@ class PointReport:
     archived_seconds: float
     fenced_seconds: float = 0.0
     """Of the write pause: fencing every primary and writing its point (one round)."""
+    prepared_seconds: float = 0.0
+    """Before the pause: connecting, the role-change locks, the checks (no write held)."""
+    shards: dict[str, Held] = field(default_factory=dict)
+    """Where each primary's part of the pause went."""
 
 
 def create(
@@ -83,6 +109,7 @@ def create(
     primaries = topology.primaries()
     conns: dict[str, Conn] = {}
     locked: list[str] = []
+    opening = time.monotonic()
     try:
         opened = fanout.gather(
             {p.shard: partial(_open, topology, credentials, p) for p in primaries}
@@ -102,19 +129,12 @@ def create(
                 )
             locked.append(primary.shard)
         record = _catalog(conns)
+        prepared = time.monotonic() - opening
         log("holding writes on every primary")
-        started = time.monotonic()
-        points: dict[str, tuple[int, int]] = {}
-        try:
-            # One round per primary, not two: each fenced, then its point at once. A shard
-            # fenced and pointed early commits nothing until every point is written (the fence
-            # is lifted only after), so each point is still its shard at the moment the last
-            # point was written: the same moment on every shard.
-            points = _all(conns, lambda shard, conn: _hold_and_point(conn, shard, name))
-        finally:
-            fenced = time.monotonic() - started
-            _all(conns, lambda _shard, conn: fence.take_back(conn, fence.ROLE_CHANGE))
-            pause = time.monotonic() - started
+        held = _hold_all(conns, name)
+        pause = max(h.lifted for h in held.values())
+        fenced = max(h.fenced for h in held.values())
+        points = {shard: h.at for shard, h in held.items()}
         log(f"writes held for {pause * 1000:.0f} ms; waiting for the archive")
         waited = _all(
             conns,
@@ -141,7 +161,13 @@ def create(
         write_pause=pause,
     )
     repository.write_point(point)
-    return PointReport(point, max(waited.values(), default=0.0), fenced)
+    return PointReport(
+        point,
+        max(waited.values(), default=0.0),
+        fenced,
+        prepared,
+        {shard: h.held for shard, h in held.items()},
+    )
 
 
 def _bases(repository: Repository, topology: Topology) -> dict[str, str]:
@@ -201,28 +227,100 @@ def _catalog(conns: dict[str, Conn]) -> catalog.RingRecord:
     return max(found, key=lambda r: r.epoch)
 
 
-def _hold(conn: Conn, shard: str) -> None:
-    """Refuse every write to the sharded tables here; in-flight writers finish first."""
+POINT = (
+    "SELECT pg_catalog.pg_wal_lsn_diff(l, '0/0')::bigint, pg_catalog.pg_walfile_name(l), "
+    "extract(epoch FROM pg_catalog.statement_timestamp() "
+    "- pg_catalog.transaction_timestamp())::float8, "
+    "extract(epoch FROM pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp())::float8 "
+    "FROM pg_catalog.pg_create_restore_point(%s) AS l"
+)
+"""(name): the point's LSN and WAL file, then how long the server took to fence (from the
+transaction's start to this statement's) and to write the point."""
+BARRIER_TIMEOUT = 30.0
+"""How long a fenced primary waits for the others' points before lifting its fence anyway."""
+
+
+@dataclass(frozen=True)
+class _Shard:
+    at: tuple[int, int]
+    """The point's LSN and timeline."""
+    held: Held
+
+    @property
+    def fenced(self) -> float:
+        return self.held.fenced
+
+    @property
+    def lifted(self) -> float:
+        return self.held.lifted
+
+
+def _hold_all(conns: dict[str, Conn], name: str) -> dict[str, _Shard]:
+    """Fence every primary and write its point, then lift every fence once all points are
+    written; each primary's point and timings. One thread per primary, all running before the
+    hold starts: each fences and points in one round trip, waits for the others at a barrier,
+    and lifts at once. A failure anywhere breaks the barrier: every fence is lifted, and the
+    failure is raised (not the broken barrier it caused elsewhere)."""
+    start: list[float] = []
+    ready = threading.Barrier(len(conns), action=lambda: start.append(time.monotonic()))
+    pointed = threading.Barrier(len(conns))
+
+    def one(shard: str, conn: Conn) -> _Shard:
+        ready.wait(BARRIER_TIMEOUT)
+        try:
+            at, fence_server, point_server = _hold_and_point(conn, shard, name)
+            fenced = time.monotonic()
+            pointed.wait(BARRIER_TIMEOUT)  # the fence lifts only once every point is written
+        except BaseException:
+            pointed.abort()  # the others lift theirs at once
+            with contextlib.suppress(psycopg.Error):
+                _lift(conn)  # the failure is what to report, not a lift that failed after it
+            raise
+        _lift(conn)
+        lifted = time.monotonic()
+        return _Shard(at, Held(fenced - start[0], lifted - start[0], fence_server, point_server))
+
+    results = fanout.gather({shard: partial(one, shard, conn) for shard, conn in conns.items()})
+    failed = [(s, r) for s, r in results.items() if isinstance(r, BaseException)]
+    first = [f for f in failed if not isinstance(f[1], threading.BrokenBarrierError)] or failed
+    if first:
+        shard, error = first[0]
+        if isinstance(error, psycopg.Error):
+            raise CheckFailed(f"{shard}: {pg.first_line(error)}; no point was made")
+        if isinstance(error, threading.BrokenBarrierError):
+            raise CheckFailed(f"{shard}: the other primaries did not write their points in time")
+        raise error
+    return {s: r for s, r in results.items() if not isinstance(r, BaseException)}
+
+
+def _hold_and_point(conn: Conn, shard: str, name: str) -> tuple[tuple[int, int], float, float]:
+    """Hold writes here and write the point, in the fence's own transaction, in one round trip
+    (a pipeline: begin, fence, point, commit): the point's LSN and timeline, and the server's
+    seconds fencing and pointing. Once the fence has locked the sharded tables (every in-flight
+    write finished first), no write to them commits here until that transaction does, and from
+    then on the fence refuses them: the point sees every write before the fence and none after.
+    The connection commits locally (:func:`open`), as :func:`pg.bookkeeping` would."""
     whole_circle = Move(0, SPACE, shard, shard)
-    fence.give_away(conn, fence.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED)
-
-
-def _hold_and_point(conn: Conn, shard: str, name: str) -> tuple[int, int]:
-    """Hold writes here and write the point, in the fence's own transaction: its LSN and
-    timeline. Once the fence has locked the sharded tables (every in-flight write finished
-    first), no write to them commits here until that transaction does, and from then on the
-    fence refuses them: the point sees every write before the fence and none after."""
-    with pg.bookkeeping(conn):
-        _hold(conn, shard)
-        return _restore_point(conn, name)
-
-
-def _restore_point(conn: Conn, name: str) -> tuple[int, int]:
-    """The point's LSN and timeline on this primary."""
-    row = conn.execute(
-        "SELECT pg_catalog.pg_wal_lsn_diff(l, '0/0')::bigint, pg_catalog.pg_walfile_name(l) "
-        "FROM pg_catalog.pg_create_restore_point(%s) AS l",
-        (name,),
-    ).fetchone()
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            conn.execute(
+                fence.GIVE_AWAY,
+                fence.give_away_params(fence.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED),
+            )
+            written = conn.execute(POINT, (name,))
+            conn.execute("COMMIT")
+    except BaseException:
+        if conn.info.transaction_status is not psycopg.pq.TransactionStatus.IDLE:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+        raise
+    row = written.fetchone()
     assert row is not None
-    return int(row[0]), int(str(row[1])[:8], 16)
+    lsn, walfile, fencing, pointing = row
+    return (int(str(lsn)), int(str(walfile)[:8], 16)), float(str(fencing)), float(str(pointing))
+
+
+def _lift(conn: Conn) -> None:
+    """Lift this primary's fence: one statement, its own transaction, committed locally."""
+    conn.execute(fence.TAKE_BACK, (fence.ROLE_CHANGE,))
