@@ -272,6 +272,12 @@ def main() -> None:
         f"whole {ours_whole / raw_whole:.2f}x, "
         f"whole against raw copy + pg_verifybackup {ours_whole / raw_checked:.2f}x"
     )
+    work = statistics.median(p[1] for p in phases)
+    print(
+        f"  like with like: shardctl's copies + checks (its record's start to finish, no start-up "
+        f"or point) {mib(total / work)}/s against raw copy + pg_verifybackup "
+        f"{mib(raw_checked)}/s: {total / work / raw_checked:.2f}x"
+    )
     print(
         "  shardctl backup's wall, median: start-up "
         f"{statistics.median(p[0] for p in phases):.1f} s, copies + checks "
@@ -281,12 +287,12 @@ def main() -> None:
     print(
         f"point write pause under load ({len(pauses)} points): median "
         f"{statistics.median(pauses) * 1000:.0f} ms, max {max(pauses) * 1000:.0f} ms "
-        f"(fence + point round median {statistics.median(fenced) * 1000:.0f} ms, the rest "
-        "lifting the fences); "
+        f"(hold + point round median {statistics.median(fenced) * 1000:.0f} ms, the rest "
+        "letting go); "
         f"load: {ops.get('ops', '?')} ops, {ops.get('failed', '?')} failed"
     )
     if held:
-        parts = ("fenced", "fence_server", "point_server", "lifted")
+        parts = ("pointed", "hold_server", "point_server", "lifted")
         print(
             f"  before the pause (connect, locks, checks) median "
             f"{statistics.median(prepared) * 1000:.0f} ms; per primary, median of "
