@@ -7,13 +7,20 @@ load, RPO under steady writes, and restore time against backup time.
 Brings up a throw-away cluster (``--shards`` x 1 replica, ``backup: {repository: ...}``), fills
 it with ``shardctl load --bulk --rows``, then, in one run:
 
-1. **Base backup rate**, interleaved ``--rounds`` times: a raw ``pg_basebackup`` of every shard at
-   once (the same source replica, run in the same backup node, into the same repository disk,
-   ``-X stream --checkpoint=fast``, no manifest check) against ``shardctl backup`` (which adds
-   the manifest, pg_verifybackup, the progress readings, a point and interpreter start-up).
-   Ratios: the copy's rate (bytes over pg_basebackup's own time) and the whole command's.
+1. **Base backup rate**, ``--rounds`` times, in turns (raw first in even rounds, ``shardctl
+   backup`` first in odd ones, so that neither order is favoured): a raw
+   ``pg_basebackup`` of every shard at once (the same source replica, run in the same backup
+   node, into the same repository disk, the same options: ``-X stream --checkpoint=fast``, a
+   manifest with CRC32C checksums, the default), each then checked with ``pg_verifybackup``,
+   against ``shardctl backup``. Ratios: the copy's rate (bytes over pg_basebackup's own time,
+   like with like), the whole command's (which adds interpreter start-up, finding the
+   primaries, the records, the progress readings, the checks and a point), and like with like
+   for the whole of the work: shardctl's copies and checks (its record's start to finish)
+   against the raw copies each followed by pg_verifybackup.
 2. **The point's write pause** under ``shardctl load`` (Router traffic): ``--points`` times
-   ``shardctl backup --point``, its reported pause.
+   ``shardctl backup --point``, its reported pause, and (when the command reports them) its
+   parts per primary: the hold + point round trip, the server's locking and pointing in it,
+   and the moment it let writes go on.
 3. **RPO** during the same load: every 0.5 s, the scrape's archiving facts per shard
    (``shardctl_backup_wal_lag_seconds``: age of the newest archived WAL while WAL waits).
 4. **Restore against backup**: ``down --volumes``, then ``restore --to`` the last point, wall
