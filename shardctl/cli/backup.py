@@ -45,8 +45,8 @@ def backup(
 ) -> None:
     """Base backups of every shard in parallel (from a streaming replica where there is one),
     verified with pg_verifybackup, ending with a restore point of the same name; with
-    --point, only a named restore point, the same moment on every shard (writes are held for
-    a moment with the role-change fence)."""
+    --point, only a named restore point, the same moment on every shard (writes wait a moment:
+    the sharded tables are locked on every primary until every point is written)."""
     if name is not None and point_name is not None:
         raise UsageError("give --name (a base backup) or --point (a point alone), not both")
     from shardctl.cli import progress

@@ -145,7 +145,15 @@ def give_away(conn: Conn, operation: int, ranges: Iterable[Move], state: RangeSt
     if not listed:
         return
     with pg.bookkeeping(conn):  # one re-arming of the guard triggers for them all
-        conn.execute(GIVE_AWAY, (operation, state.value, *_columns(listed)))
+        conn.execute(GIVE_AWAY, give_away_params(operation, listed, state))
+
+
+def give_away_params(
+    operation: int, ranges: Sequence[Move], state: RangeState
+) -> tuple[int, str, list[str], list[str | None], list[str]]:
+    """:data:`GIVE_AWAY`'s parameters, for a caller that sends it in its own pipeline (the
+    point: its fence, point and commit in one round trip)."""
+    return (operation, state.value, *_columns(ranges))
 
 
 def _columns(ranges: Sequence[Move]) -> tuple[list[str], list[str | None], list[str]]:

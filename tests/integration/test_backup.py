@@ -234,8 +234,17 @@ def test_a_killed_backup_is_never_listed_complete(cluster: Cluster) -> None:
     # A point after it still restores from the last complete backup.
     point = run_shardctl("backup", "--point", "after-kill", "-o", "json", "-f", path)
     assert point.returncode == 0, point.stdout + point.stderr
-    shards = json.loads(point.stdout)["shards"]
+    made = json.loads(point.stdout)
+    shards = made["shards"]
     assert {s["backup"] for s in shards.values()} == {"b1"}
+    # Its pause, per primary: no primary let writes go on before every point was written, each
+    # primary's server time inside its round trip, the last to let go the reported pause.
+    held = made["held"]
+    assert set(held) == set(shards)
+    assert min(h["lifted"] for h in held.values()) >= max(h["pointed"] for h in held.values())
+    for h in held.values():
+        assert 0 <= h["hold_server"] + h["point_server"] <= h["pointed"] <= h["lifted"]
+    assert max(h["lifted"] for h in held.values()) == made["write_pause"]
 
 
 def test_stuck_archiving_fails_verify_replication(cluster: Cluster) -> None:

@@ -90,7 +90,12 @@ def point_report(made: PointReport, *, json: bool) -> None:
     if json:
         render.print_json(
             dataclasses.asdict(record)
-            | {"archived_seconds": made.archived_seconds, "fenced_seconds": made.fenced_seconds}
+            | {
+                "archived_seconds": made.archived_seconds,
+                "fenced_seconds": made.fenced_seconds,
+                "prepared_seconds": made.prepared_seconds,
+                "held": {shard: dataclasses.asdict(h) for shard, h in made.shards.items()},
+            }
         )
         return
     shards = ", ".join(

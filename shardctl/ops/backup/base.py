@@ -219,10 +219,14 @@ def _one(
     started = time.monotonic()
     stop = threading.Event()
     seen: list[Copied] = []
+    sampling = threading.Lock()
 
     def sampled(now: Copied) -> None:
-        seen[:] = [now]
-        copied(now)
+        with sampling:
+            if stop.is_set():
+                return  # the copy is over: its last word is the "copied" sample below
+            seen[:] = [now]
+            copied(now)
 
     watcher = threading.Thread(
         target=_watch,
@@ -253,8 +257,10 @@ def _one(
             environment=environment,
         )
     finally:
-        stop.set()
-        watcher.join(timeout=POLL + 5.0)
+        # Not joined: the copy is timed, and checked, without waiting for a reading in flight
+        # (or a connection still being made) on a loaded source; the watcher ends by itself.
+        with sampling:
+            stop.set()
     if code != 0:
         if NO_SPACE in output:
             said = next(line for line in output.splitlines() if NO_SPACE in line)
