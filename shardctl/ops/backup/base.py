@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import psycopg
 
@@ -270,8 +270,7 @@ def _one(
             )
         raise CheckFailed(f"{shard}: pg_basebackup from {node.name} failed: {_last(output)}")
     seconds = time.monotonic() - started
-    code, output = engines.run_in(container, ["du", "-sb", inside])
-    size = int(output.split()[0]) if code == 0 and output.split() else 0
+    size = _read_in(engines, container, ["du", "-sb", inside], _du, f"the size of {inside}")
     streamed = max(size, seen[0].streamed if seen else 0)  # a copy quicker than one reading
     rate = streamed / seconds if seconds > 0 and streamed else None
     copied(Copied(shard, "copied", streamed, streamed, rate, 0.0, done=True))
@@ -279,17 +278,9 @@ def _one(
     code, output = engines.run_in(container, ["pg_verifybackup", "-q", inside])
     if code != 0:
         raise CheckFailed(f"pg_verifybackup of {inside} failed: {_last(output)}")
-    code, output = engines.run_in(container, ["cat", f"{inside}/backup_manifest"])
-    timeline, start, end = 0, "", ""
-    if code == 0:
-        try:
-            ranges = json.loads(output).get("WAL-Ranges") or []
-        except ValueError:
-            ranges = []
-        if ranges:
-            timeline = int(ranges[-1].get("Timeline", 0))
-            start = str(ranges[0].get("Start-LSN", ""))
-            end = str(ranges[-1].get("End-LSN", ""))
+    timeline, start, end = _read_in(
+        engines, container, ["cat", f"{inside}/backup_manifest"], _wal_range, "its manifest"
+    )
     progress(shard, "verified")
     return ShardBackup(
         source=node.name,
@@ -325,6 +316,50 @@ def _watch(
                 copied(meter.sample(time.monotonic(), str(phase), int(str(streamed)), total))
     except (DatabaseUnavailable, psycopg.Error):
         return
+
+
+READ_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def _read_in(
+    engines: Engines,
+    container: Container,
+    argv: list[str],
+    parse: Callable[[str], T | None],
+    what: str,
+) -> T:
+    """What ``argv``'s output in the backup node says, parsed; asked again when the answer
+    does not parse (an exec's output can arrive empty under heavy load), CheckFailed after
+    :data:`READ_ATTEMPTS`: a copy is never recorded with a size or WAL range it did not have."""
+    output = ""
+    for _ in range(READ_ATTEMPTS):
+        code, output = engines.run_in(container, argv)
+        found = parse(output) if code == 0 else None
+        if found is not None:
+            return found
+    raise CheckFailed(f"could not read {what} in the backup node: {_last(output)}")
+
+
+def _du(output: str) -> int | None:
+    """``du -sb``'s bytes."""
+    words = output.split()
+    return int(words[0]) if words and words[0].isdigit() else None
+
+
+def _wal_range(manifest: str) -> tuple[int, str, str] | None:
+    """A backup manifest's timeline (the last range's), start and end LSN."""
+    try:
+        ranges = json.loads(manifest).get("WAL-Ranges") or []
+    except (ValueError, AttributeError):
+        return None
+    if not ranges:
+        return None
+    return (
+        int(ranges[-1].get("Timeline", 0)),
+        str(ranges[0].get("Start-LSN", "")),
+        str(ranges[-1].get("End-LSN", "")),
+    )
 
 
 def _last(output: str) -> str:

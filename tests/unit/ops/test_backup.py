@@ -268,3 +268,22 @@ def test_a_restore_tells_the_one_shot_server_the_roles_its_catalog_must_name(
     assert _declared(top, "s1", "s1-replica-1") == "s1-replica-1"
     assert _declared(top, "s2", "s2-replica-3") == "s2-primary"  # not declared here
     assert _declared(top, "s2", None) == "s2-primary"
+
+
+def test_a_copy_is_recorded_only_with_the_size_and_wal_range_it_has() -> None:
+    """An exec's answer that arrived empty or cut short parses as nothing (asked again), never
+    as a size of 0 or a WAL range without LSNs."""
+    from shardctl.ops.backup.base import _du, _wal_range
+
+    assert _du("40968214\t/repository/c/s0/base/b1\n") == 40968214
+    assert _du("") is None and _du("du: cannot access") is None
+    manifest = (
+        '{"PostgreSQL-Backup-Manifest-Version": 1, "WAL-Ranges": ['
+        '{"Timeline": 2, "Start-LSN": "0/2000028", "End-LSN": "0/3000000"},'
+        '{"Timeline": 3, "Start-LSN": "0/3000000", "End-LSN": "0/3000100"}]}'
+    )
+    assert _wal_range(manifest) == (3, "0/2000028", "0/3000100")
+    assert _wal_range("") is None
+    assert _wal_range(manifest[:40]) is None  # cut short
+    assert _wal_range('{"WAL-Ranges": []}') is None
+    assert _wal_range("[]") is None
