@@ -37,12 +37,12 @@ from functools import partial
 from typing import Any
 
 import psycopg
-from psycopg import errors, pq
+from psycopg import pq
 
 from shardctl.db.deadlines import WATCHDOG
 from shardctl.router.router import Router
 from shardctl.workload.ledger import Ledger
-from shardctl.workload.pipeline import Outcome, prepare
+from shardctl.workload.pipeline import Outcome, fold, prepare, ready_results
 from shardctl.workload.raw import ALONE, RawOps
 from shardctl.workload.target import Target
 from shardctl.workload.users import Drawn, LoadConfig, Statements, VirtualUser, Worker
@@ -54,6 +54,8 @@ WAIT = 0.05
 """Seconds the loop waits at most before it looks at the stop event again."""
 _STATUS = pq.ExecStatus
 _OK = pq.ConnStatus.OK
+_ANSWERS = (_STATUS.COMMAND_OK, _STATUS.TUPLES_OK, _STATUS.PIPELINE_ABORTED)
+"""Results that answer a statement; any other on a connection no longer OK: it broke."""
 
 
 @dataclass(eq=False, slots=True)
@@ -357,30 +359,14 @@ class Loop:
                 state.idle.remove(link)
             return
         try:
-            pgconn.consume_input()
-            idle = 0
-            while not pgconn.is_busy():
-                result = pgconn.get_result()
-                if result is None:
-                    idle += 1  # the end of one statement's results; twice: nothing more yet
-                    if idle > 1:
-                        return
-                    continue
-                idle = 0
+            for result in ready_results(pgconn):
                 status = result.status
                 if status == _STATUS.PIPELINE_SYNC:
                     self._finish(link)
                     return
-                if status == _STATUS.COMMAND_OK:
-                    link.rows = result.command_tuples or 0
-                elif status == _STATUS.TUPLES_OK:
-                    link.rows = result.ntuples
-                elif status == _STATUS.PIPELINE_ABORTED:
-                    link.failure = link.failure or errors.PipelineAborted("pipeline aborted")
-                elif pgconn.status != _OK:
+                if status not in _ANSWERS and pgconn.status != _OK:
                     raise psycopg.OperationalError("the connection broke")
-                else:
-                    link.failure = link.failure or errors.error_from_result(result)
+                link.rows, link.failure = fold(result, link.rows, link.failure)
         except psycopg.Error as exc:
             link.drop(exc)
             self._finish(link)

@@ -33,7 +33,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,25 +217,41 @@ def _collect(pgconn: pq.abc.PGconn, outcomes: list[Outcome | None], until: float
         readable, _, _ = select.select([fd], [fd] if sending else [], [], left)
         if not readable:
             continue
-        pgconn.consume_input()
-        idle = 0
-        while done < len(outcomes) and not pgconn.is_busy():
-            result = pgconn.get_result()
-            if result is None:
-                idle += 1  # the end of one statement's results; twice: nothing more yet
-                if idle > 1:
-                    break
-                continue
-            idle = 0
-            status = result.status
-            if status == _STATUS.PIPELINE_SYNC:
+        for result in ready_results(pgconn):
+            if result.status == _STATUS.PIPELINE_SYNC:
                 outcomes[done] = failure if failure is not None else rows
                 done, rows, failure = done + 1, 0, None
-            elif status == _STATUS.COMMAND_OK:
-                rows = result.command_tuples or 0
-            elif status == _STATUS.TUPLES_OK:
-                rows = result.ntuples
-            elif status == _STATUS.PIPELINE_ABORTED:
-                failure = failure or errors.PipelineAborted("pipeline aborted")
+                if done == len(outcomes):
+                    break
             else:
-                failure = failure or errors.error_from_result(result)
+                rows, failure = fold(result, rows, failure)
+
+
+def ready_results(pgconn: pq.abc.PGconn) -> Iterator[pq.abc.PGresult]:
+    """The results a pipelined connection has ready now (what arrived is read first), in
+    order; it stops when the connection is busy or has nothing more yet (two ends in a row)."""
+    pgconn.consume_input()
+    idle = 0
+    while not pgconn.is_busy():
+        result = pgconn.get_result()
+        if result is None:
+            idle += 1  # the end of one statement's results; twice: nothing more yet
+            if idle > 1:
+                return
+            continue
+        idle = 0
+        yield result
+
+
+def fold(
+    result: pq.abc.PGresult, rows: int, failure: Exception | None
+) -> tuple[int, Exception | None]:
+    """One statement's result (not a Sync) folded into its op's row count and first failure."""
+    status = result.status
+    if status == _STATUS.COMMAND_OK:
+        return result.command_tuples or 0, failure
+    if status == _STATUS.TUPLES_OK:
+        return result.ntuples, failure
+    if status == _STATUS.PIPELINE_ABORTED:
+        return rows, failure or errors.PipelineAborted("pipeline aborted")
+    return rows, failure or errors.error_from_result(result)
