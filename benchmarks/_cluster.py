@@ -9,15 +9,20 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from shardctl.config.credentials import Credentials  # noqa: E402
+from shardctl.config.schema import TableSpec  # noqa: E402
 from shardctl.config.topology import Node  # noqa: E402
-from shardctl.db import pg  # noqa: E402
+from shardctl.db import digest, pg  # noqa: E402
 from shardctl.ops.cluster import Cluster  # noqa: E402
+from shardctl.state import ddl  # noqa: E402
 from shardctl.util import fanout  # noqa: E402
 from tests.clusters import make_topology, running  # noqa: E402  (shared with the tests)
 
@@ -43,6 +48,30 @@ def temp_cluster(
             yield cluster
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A 2-shard cluster's two primaries, each with an application connection on which the
+    digest functions and the fence (guard triggers) are installed, as a reshard has them."""
+
+    source: Node
+    target: Node
+    src: psycopg.Connection[tuple[object, ...]]
+    dst: psycopg.Connection[tuple[object, ...]]
+    table: TableSpec
+
+
+@contextmanager
+def source_and_target(cluster: Cluster) -> Iterator[Pair]:
+    """The two primaries of a 2-shard ``cluster``, connected and prepared (see :class:`Pair`)."""
+    source, target = cluster.topology.primaries()
+    creds = cluster.credentials()
+    with pg.connect(source, creds, "app") as src, pg.connect(target, creds, "app") as dst:
+        for conn in (src, dst):
+            digest.prepare(conn)
+            ddl.install(conn, cluster.topology.spec.tables)
+        yield Pair(source, target, src, dst, cluster.topology.spec.tables[0])
 
 
 def baseline(cluster: Cluster) -> Callable[[], None]:

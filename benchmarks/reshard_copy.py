@@ -25,13 +25,11 @@ import time
 import uuid
 from collections.abc import Callable
 
-from _cluster import temp_cluster
+from _cluster import source_and_target, temp_cluster
 from psycopg import sql
 
-from shardctl.db import digest, pg
 from shardctl.ops.reshard import transfer
 from shardctl.ring.hashing import SPACE, Move, Ring, Span
-from shardctl.state import ddl
 from shardctl.state.plan import Chunk, MoveSize, Plan, split, without_node
 
 
@@ -52,15 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     with temp_cluster(shards=2, replicas=0) as cluster:
         source_node, target_node = cluster.topology.primaries()
-        creds = cluster.credentials()
-        table = cluster.topology.spec.tables[0]
-        with (
-            pg.connect(source_node, creds, "app") as src,
-            pg.connect(target_node, creds, "app") as dst,
-        ):
-            for conn in (src, dst):
-                digest.prepare(conn)
-                ddl.install(conn, cluster.topology.spec.tables)
+        with source_and_target(cluster) as pair:
+            src, dst, table = pair.src, pair.dst, pair.table
             print(f"# loading {args.rows:,} rows on {source_node.shard}")
             with src.cursor().copy(
                 "COPY users (id, first_name, last_name, email) FROM STDIN"

@@ -28,15 +28,14 @@ import time
 import uuid
 from collections.abc import Callable
 
-from _cluster import temp_cluster
+from _cluster import source_and_target, temp_cluster
 from psycopg import sql
 
 from shardctl.config.schema import TableSpec
-from shardctl.db import digest, pg
+from shardctl.db import digest
 from shardctl.ops.reshard import transfer
 from shardctl.ring.hashing import Move, Ring
 from shardctl.ring.sql import position
-from shardctl.state import ddl
 
 
 def old_fingerprints(conn: transfer.Conn, table: TableSpec, moves: list[Move]) -> list[int]:
@@ -65,15 +64,8 @@ def main() -> None:
             for m in ring.moves_to(ring.with_node("shard-4"))
             if m.source == "shard-0"
         ]
-        creds = cluster.credentials()
-        table = cluster.topology.spec.tables[0]
-        with (
-            pg.connect(source_node, creds, "app") as src,
-            pg.connect(target_node, creds, "app") as dst,
-        ):
-            for conn in (src, dst):
-                digest.prepare(conn)
-                ddl.install(conn, cluster.topology.spec.tables)
+        with source_and_target(cluster) as pair:
+            src, dst, table = pair.src, pair.dst, pair.table
             print(f"# loading {args.rows:,} rows that shard-0 owns on {source_node.shard}")
             loaded = 0
             with src.cursor().copy(
