@@ -29,8 +29,8 @@ from shardctl.workload.loop import tasks as loop_tasks
 from shardctl.workload.multiplex import Multiplexer
 from shardctl.workload.raw import RawOps
 from shardctl.workload.report import LoadProgress, LoadReport, report
-from shardctl.workload.target import Target, on_any_shard, target
-from shardctl.workload.users import OVERRUN, LoadConfig, Statements, VirtualUser, Worker
+from shardctl.workload.target import on_any_shard, target
+from shardctl.workload.users import OVERRUN, LoadConfig, Run, Statements, VirtualUser, Worker
 
 HEADROOM = 10
 """Connections per server left to everything but the load test (shardctl itself, psql, ...)."""
@@ -112,7 +112,7 @@ def run_load(
         ledger = Ledger(config.ledger, table.header)
     try:
         statements = on_any_shard(router, lambda conn: Statements(table, conn))
-        budget = _budget(config.ops)
+        run = Run(router, config, ledger, _budget(config.ops), table, statements)
         crowd = [] if crowd is None else crowd
         crowd.extend(VirtualUser(i, config.seed) for i in range(len(crowd), users))
         ready = deque(crowd[:users])
@@ -120,23 +120,18 @@ def run_load(
         if config.users is not None:
             # New virtual users first get a key each, outside the measured run: else a run with
             # many new users would measure mostly their first inserts, not the mix.
-            warmed = _warm_up(router, config, ledger, table, statements, width, ready, stop)
+            warmed = _warm_up(run, width, ready, stop)
         if config.pipeline > 1:
-            mux = Multiplexer(
-                router, config, ledger, budget, table, statements,
-                width=width, depth=config.pipeline,
-            )  # fmt: skip
+            mux = Multiplexer(run, width=width, depth=config.pipeline)
             workers = mux.workers
             tasks = partial(mux.tasks, list(ready))
         elif config.engine == "loop":
-            every = loops(router, config, ledger, budget, table, statements, width=width)
+            every = loops(run, width=width)
             workers = [w for loop in every for w in loop.workers]
             tasks = partial(loop_tasks, every, list(ready))
         else:
-            workers = [
-                Worker(router, config, ledger, budget, table, statements) for _ in range(width)
-            ]
-            raw = RawOps(router, config, table, statements)
+            workers = [Worker(run) for _ in range(width)]
+            raw = RawOps(run)
             tasks = partial(_one_at_a_time, raw, workers, ready)
         seconds = _drive(workers, tasks, ready, stop, config, progress, interval)
     finally:
@@ -221,16 +216,7 @@ def _drive(
     return seconds
 
 
-def _warm_up(
-    router: Router,
-    config: LoadConfig,
-    ledger: Ledger | None,
-    table: Target,
-    statements: Statements,
-    width: int,
-    users: Iterable[VirtualUser],
-    stop: threading.Event,
-) -> int:
+def _warm_up(run: Run, width: int, users: Iterable[VirtualUser], stop: threading.Event) -> int:
     """Give every user of ``users`` with no key one (an insert, in the ledger too), on
     ``width`` threads, for no longer than the run's duration (a node that stops answering must
     not hold the run up: users left without a key insert first in the run); returns the
@@ -238,10 +224,9 @@ def _warm_up(
     fresh = deque(u for u in users if not u.live)
     if not fresh:
         return 0
-    until = None if config.duration is None else time.monotonic() + config.duration
-    workers = [
-        Worker(router, config, ledger, lambda: True, table, statements) for _ in range(width)
-    ]
+    until = None if run.config.duration is None else time.monotonic() + run.config.duration
+    unbounded = dataclasses.replace(run, budget=lambda: True)
+    workers = [Worker(unbounded) for _ in range(width)]
     fanout.each(
         {i: partial(w.warm, fresh, stop, until) for i, w in enumerate(workers)}, prefix="warm"
     )

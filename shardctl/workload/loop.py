@@ -40,12 +40,9 @@ import psycopg
 from psycopg import pq
 
 from shardctl.db.deadlines import WATCHDOG
-from shardctl.router.router import Router
-from shardctl.workload.ledger import Ledger
 from shardctl.workload.pipeline import Outcome, fold, prepare, ready_results
 from shardctl.workload.raw import ALONE, RawOps
-from shardctl.workload.target import Target
-from shardctl.workload.users import Drawn, LoadConfig, Statements, VirtualUser, Worker
+from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
 
 OPS_PER_LOOP = 4
 """Ops in flight per loop thread by default: on a machine whose cores are all busy, each thread
@@ -89,22 +86,13 @@ class _Shard:
     """Ops waiting for a connection."""
 
 
-def loops(
-    router: Router,
-    config: LoadConfig,
-    ledger: Ledger | None,
-    budget: Callable[[], bool],
-    target: Target,
-    statements: Statements,
-    *,
-    width: int,
-) -> list[Loop]:
+def loops(run: Run, *, width: int) -> list[Loop]:
     """The loops of a run of ``width`` ops in flight: ``config.loops`` (default: one per
     :data:`OPS_PER_LOOP`), sharing them, and the connections a node's pool has but one."""
-    wanted = config.loops or -(-width // OPS_PER_LOOP)
+    wanted = run.config.loops or -(-width // OPS_PER_LOOP)
     return [
-        Loop(router, config, ledger, budget, target, statements, width=share, most=most)
-        for share, most in split(width, wanted, max(1, router.max_size - 1))
+        Loop(run, width=share, most=most)
+        for share, most in split(width, wanted, max(1, run.router.max_size - 1))
     ]
 
 
@@ -130,24 +118,13 @@ def tasks(
 class Loop:
     """One thread carrying up to ``width`` ops at once, one per connection."""
 
-    def __init__(
-        self,
-        router: Router,
-        config: LoadConfig,
-        ledger: Ledger | None,
-        budget: Callable[[], bool],
-        target: Target,
-        statements: Statements,
-        *,
-        width: int,
-        most: int,
-    ) -> None:
-        self.router = router
+    def __init__(self, run: Run, *, width: int, most: int) -> None:
+        self.router = run.router
         self.width = width
-        self.budget = budget
-        self.worker = Worker(router, config, ledger, budget, target, statements)
+        self.budget = run.budget
+        self.worker = Worker(run)
         self.workers = [self.worker]
-        self.raw = RawOps(router, config, target, statements)
+        self.raw = RawOps(run)
         self._most = most
         """Connections this loop may hold per node."""
         self._shards: dict[str, _Shard] = {}

@@ -24,11 +24,8 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
 
-from shardctl.router.router import Router
-from shardctl.workload.ledger import Ledger
 from shardctl.workload.raw import RawOps
-from shardctl.workload.target import Target
-from shardctl.workload.users import Drawn, LoadConfig, Statements, VirtualUser, Worker
+from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
 
 WAIT = 0.05
 """Seconds an idle thread sleeps before it looks at the stop event again."""
@@ -38,27 +35,14 @@ class Multiplexer:
     """``width`` threads serving users, each carrying up to ``depth`` ops on one connection,
     ``width`` ops in flight at most in all."""
 
-    def __init__(
-        self,
-        router: Router,
-        config: LoadConfig,
-        ledger: Ledger | None,
-        budget: Callable[[], bool],
-        target: Target,
-        statements: Statements,
-        *,
-        width: int,
-        depth: int,
-    ) -> None:
-        self.router = router
+    def __init__(self, run: Run, *, width: int, depth: int) -> None:
+        self.router = run.router
         self.width = width
-        self.config = config
+        self.config = run.config
         self.depth = depth
-        self.budget = budget
-        self.workers = [
-            Worker(router, config, ledger, budget, target, statements) for _ in range(width)
-        ]
-        self.raw = RawOps(router, config, target, statements)
+        self.budget = run.budget
+        self.workers = [Worker(run) for _ in range(width)]
+        self.raw = RawOps(run)
         self._queues: dict[str, deque[Drawn]] = {}
         self._flying = 0
         """Ops taken and not yet settled: never more than ``width`` (``--workers``)."""

@@ -30,7 +30,6 @@ from contextlib import nullcontext
 
 from shardctl.errors import RoutingError, ShardctlError
 from shardctl.router.fencing import ASSERT_OWNER
-from shardctl.router.router import Router
 from shardctl.workload.pipeline import (
     Call,
     Outcome,
@@ -41,8 +40,7 @@ from shardctl.workload.pipeline import (
     text,
 )
 from shardctl.workload.report import OPS
-from shardctl.workload.target import Target
-from shardctl.workload.users import Drawn, LoadConfig, Statements, VirtualUser, Worker
+from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
 
 ALONE = ""
 """Where ops go that run through the Router's own calls: reads from replicas, and ops whose
@@ -53,11 +51,10 @@ class RawOps:
     """The mix's statements on raw connections to the owners' primaries, settled as the Router
     would settle them."""
 
-    def __init__(
-        self, router: Router, config: LoadConfig, target: Target, statements: Statements
-    ) -> None:
-        self.router = router
-        self.config = config
+    def __init__(self, run: Run) -> None:
+        self.router = router = run.router
+        self.config = config = run.config
+        target, statements = run.target, run.statements
         self._sql = {
             op: Statement(f"shardctl_load_{op}".encode(), numbered(getattr(statements, op)))
             for op in OPS

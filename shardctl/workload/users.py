@@ -179,25 +179,30 @@ class Drawn:
     value: Value | None
 
 
+@dataclass(frozen=True)
+class Run:
+    """What every worker of one ``load`` run shares, whichever engine carries its ops."""
+
+    router: Router
+    config: LoadConfig
+    ledger: Ledger | None
+    budget: Callable[[], bool]
+    """True while ops may still be drawn (``--ops``)."""
+    target: Target
+    statements: Statements
+
+
 class Worker:
     """One worker thread: takes the user that has waited longest, runs its next op, puts it
     back. Workers are what hold connections, so they bound them, whatever the user count."""
 
-    def __init__(
-        self,
-        router: Router,
-        config: LoadConfig,
-        ledger: Ledger | None,
-        budget: Callable[[], bool],
-        target: Target,
-        statements: Statements,
-    ) -> None:
-        self.router = router
-        self.config = config
-        self.ledger = ledger
-        self.budget = budget
-        self.target = target
-        self.q = statements
+    def __init__(self, run: Run) -> None:
+        self.router = run.router
+        self.config = config = run.config
+        self.ledger = run.ledger
+        self.budget = run.budget
+        self.target = run.target
+        self.q = run.statements
         weights = config.mix.weights()
         self.cumulative = list(itertools.accumulate(weights))
         self.inserts_only = weights[0] == self.cumulative[-1]
