@@ -8,6 +8,7 @@ name, ports and secrets file, and :func:`running` removes it, volumes included, 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -362,3 +363,27 @@ def load_watching_backends(cluster: Cluster, *args: str, timeout: float = 120) -
             conn.close()
         out, err = run.communicate(timeout=timeout)
     return WatchedLoad(run.returncode, out, err, most, limits)
+
+
+_MODULES_PROBE = """
+import json, sys
+from shardctl.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+sys.__stderr__.write(json.dumps(sorted(sys.modules)))
+"""
+
+
+def imported_by(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    """Every module a fresh interpreter has imported after ``shardctl *args`` (what a command
+    costs at start-up: the start-up tests read it)."""
+    ran = subprocess.run(
+        [sys.executable, "-c", _MODULES_PROBE, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
+    return set(json.loads(ran.stderr.strip().splitlines()[-1]))

@@ -21,6 +21,7 @@ from shardctl.db import pg
 from shardctl.docker.clients import list_over_socket, local_socket
 from shardctl.ops.cluster import Cluster
 from shardctl.state import fence
+from tests.clusters import imported_by
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.integration.test_resharding import run_killed
 
@@ -31,17 +32,6 @@ NOT_RUNNING = "error: the cluster `{}` is not running: run `shardctl up`"
 
 def lines_fit(text: str, width: int = 80) -> bool:
     return all(len(line) <= width for line in text.splitlines())
-
-
-STATUS_MODULES = """
-import json, sys
-from shardctl.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit:
-    pass
-sys.__stderr__.write(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
-"""
 
 
 def _status_lists_over_the_socket_as_the_sdk_does(cluster: Cluster) -> None:
@@ -60,14 +50,10 @@ def _status_lists_over_the_socket_as_the_sdk_does(cluster: Cluster) -> None:
         (r["Names"][0], r["State"]) for r in sdk
     )
     assert len(raw) == len(cluster.topology.nodes)
-    ran = subprocess.run(
-        [sys.executable, "-c", STATUS_MODULES, "status", "-f", str(cluster.topology.path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **NARROW},
-    )
-    assert ran.returncode == 0, ran.stderr
-    loaded = set(json.loads(ran.stderr.strip().splitlines()[-1]))
+    loaded = {
+        m.split(".")[0]
+        for m in imported_by("status", "-f", cluster.topology.path.as_posix(), env=NARROW)
+    }
     assert "psycopg" in loaded  # it did read the nodes
     assert loaded & {"docker", "requests", "urllib3", "pydantic", "cryptography"} == set()
 

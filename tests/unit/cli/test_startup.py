@@ -3,36 +3,20 @@ interpreter (the time itself is measured in benchmarks/cli_startup.py, never her
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from shardctl.cli.replication import DEFAULTS
 from shardctl.config.schema import HealthSpec
+from tests.clusters import imported_by
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "topology.yaml"
 
 HEAVY = ("psycopg", "psycopg_pool", "docker", "cryptography", "pydantic", "rich", "yaml")
 
-PROBE = """
-import json, sys
-from shardctl.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit:
-    pass
-sys.__stderr__.write(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
-"""
-
 
 def loaded(*args: str) -> set[str]:
     """The top-level packages a fresh interpreter has imported after ``shardctl *args``."""
-    ran = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=True
-    )
-    return set(json.loads(ran.stderr.strip().splitlines()[-1]))
+    return {m.split(".")[0] for m in imported_by(*args)}
 
 
 def test_version_imports_no_driver_sdk_model_or_terminal_library() -> None:
@@ -59,27 +43,9 @@ def test_the_monitors_interval_default_is_the_loops() -> None:
     assert monitor.DEFAULT_INTERVAL == loop.DEFAULT_INTERVAL
 
 
-MODULES = """
-import json, sys
-from shardctl.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit:
-    pass
-sys.__stderr__.write(json.dumps(sorted(sys.modules)))
-"""
-
-
 def modules(*args: str, env: dict[str, str] | None = None) -> set[str]:
     """Every module a fresh interpreter has imported after ``shardctl *args``."""
-    ran = subprocess.run(
-        [sys.executable, "-c", MODULES, *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, **(env or {})},
-    )
-    return set(json.loads(ran.stderr.strip().splitlines()[-1]))
+    return imported_by(*args, env=env)
 
 
 def test_validate_imports_no_driver_sdk_model_library_or_option_adapters() -> None:
