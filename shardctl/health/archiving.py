@@ -46,7 +46,9 @@ _SLOT = (
 )
 
 
-FULL_BELOW = 2 * 16 * 1024 * 1024
+SEGMENT_BYTES = 16 * 1024 * 1024
+"""PostgreSQL's default WAL segment size."""
+FULL_BELOW = 2 * SEGMENT_BYTES
 """A repository with less room than two WAL segments is called full when archiving fails."""
 
 FreeSpace = Callable[[], int | None]

@@ -21,10 +21,9 @@ import re
 from dataclasses import dataclass, field
 
 from shardctl.config.topology import Topology
+from shardctl.health.archiving import SEGMENT_BYTES  # used only without a backup_label
 from shardctl.ops.backup.repository import BackupRecord, Repository, now
 
-SEGMENT_BYTES = 16 * 1024 * 1024
-"""PostgreSQL's default WAL segment size, used only when a base backup has no backup_label."""
 START = re.compile(r"^START WAL LOCATION: [0-9A-F]+/[0-9A-F]+ \(file ([0-9A-F]{24})\)$", re.M)
 
 
