@@ -309,14 +309,15 @@ class Rebalancer:
         moves = old.moves_to(new)
         sizes = [MoveSize(0, 0) for _ in moves]
         sources = sorted({m.source for m in moves})
-        if report is not None and moves:
-            # Capture needs the index anyway; built now, it makes the count a range scan of
-            # the moving rows instead of a full scan hashing every row. A run killed before
-            # its plan is recorded leaves the index: the next reshard uses it, then drops it.
-            indexing = time.monotonic()
-            involved = sorted(set(sources) | {m.target for m in moves})
-            self.each(involved, self.ensure_index)
-            report.timed("planning/index", time.monotonic() - indexing)
+        shares = old.shares()
+        # A source giving away most of what it owns (a leaving shard: all of it) is counted by
+        # one full scan: an index range scan per move would visit every page once per range.
+        # That count needs no index, so it runs while the indexes are built.
+        whole = {
+            s
+            for s in sources
+            if transfer.scan_whole([m for m in moves if m.source == s], shares[s])
+        }
 
         def measure(source: str) -> list[tuple[int, MoveSize]]:
             indexes = [i for i, m in enumerate(moves) if m.source == source]
@@ -324,14 +325,31 @@ class Rebalancer:
             totals = [MoveSize(0, 0) for _ in subset]
             with self.connect(source) as conn:
                 for table in self.topology.spec.tables:
-                    indexed = transfer.has_position_index(conn, table)
+                    indexed = source not in whole and transfer.has_position_index(conn, table)
                     for j, size in enumerate(transfer.sizes(conn, table, subset, indexed=indexed)):
                         totals[j] = MoveSize(totals[j].rows + size[0], totals[j].bytes + size[1])
             return list(zip(indexes, totals, strict=True))
 
-        for measured in self.each(sources, measure).values():
-            for index, size in measured:
-                sizes[index] = size
+        def index() -> None:
+            # Capture needs the index anyway; built now, it makes the count a range scan of
+            # the moving rows instead of a full scan hashing every row. A run killed before
+            # its plan is recorded leaves the index: the next reshard uses it, then drops it.
+            if report is None or not moves:
+                return
+            indexing = time.monotonic()
+            self.each(sorted(set(sources) | {m.target for m in moves}), self.ensure_index)
+            report.timed("planning/index", time.monotonic() - indexing)
+
+        counted: list[list[tuple[int, MoveSize]]] = []
+
+        def count_whole() -> None:
+            counted.extend(self.each(sorted(whole), measure).values())
+
+        fanout.each({"index": index, "whole": count_whole})
+        counted.extend(self.each([s for s in sources if s not in whole], measure).values())
+        for measured in counted:
+            for i, size in measured:
+                sizes[i] = size
         plan_id = previous.plan.id + 1 if previous else 1
         return make_plan(plan_id, record.epoch, old, new, sizes, rows_per_chunk=self.rows_per_chunk)
 
