@@ -44,9 +44,9 @@ def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
     """Drain, then compare every moved range; re-sync and name the keys that differ.
 
     Every (source, target) pair drains at once; then every server computes its fingerprints
-    once, all at once: a source over all the ranges it gives (one full scan when they are most
-    of what it owns, a leaving shard's case: see :func:`transfer.scan_whole`), a target over
-    all it receives. A pair whose ranges differ is then repaired key by key."""
+    once, all at once: a source over all the ranges it gives, a target over all it receives
+    (one connection and one query each, not one per pair and side). A pair whose ranges
+    differ is then repaired key by key."""
     pairs = plan.pairs()
     tables = rebalancer.topology.spec.tables
 
@@ -57,8 +57,6 @@ def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
 
     report.keys_resynced += sum(fanout.each({p: partial(drain, p) for p in pairs}).values())
 
-    shares = plan.old.shares()
-
     def prints(side: str, shard: str) -> dict[tuple[str, int], transfer.Fingerprint]:
         indexes = [
             i
@@ -66,11 +64,10 @@ def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
             if (m.source if side == "source" else m.target) == shard
         ]
         moves = [plan.moves[i] for i in indexes]
-        whole = side == "source" and transfer.scan_whole(moves, shares[shard])
         found: dict[tuple[str, int], transfer.Fingerprint] = {}
         with rebalancer.connect(shard) as conn:
             for table in tables:
-                got = transfer.fingerprints(conn, table, moves, whole=whole)
+                got = transfer.fingerprints(conn, table, moves)
                 found.update({(table.name, i): f for i, f in zip(indexes, got, strict=True)})
         return found
 
