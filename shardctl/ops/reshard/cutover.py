@@ -41,64 +41,41 @@ PREDRAIN_ENOUGH = 50
 
 
 def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
-    """Drain, then compare every moved range; re-sync and name the keys that differ.
-
-    Every (source, target) pair drains at once; then every server computes its fingerprints
-    once, all at once: a source over all the ranges it gives, a target over all it receives
-    (one connection and one query each, not one per pair and side). A pair whose ranges
-    differ is then repaired key by key."""
+    """Drain, then compare every moved range; re-sync and name the keys that differ. Every
+    (source, target) pair at once, each side of a comparison at once."""
     pairs = plan.pairs()
-    tables = rebalancer.topology.spec.tables
+    lock = threading.Lock()
 
-    def drain(pair: tuple[str, str]) -> int:
-        source, target = pair
-        with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
-            return transfer.drain(src, dst, target, tables)
-
-    report.keys_resynced += sum(fanout.each({p: partial(drain, p) for p in pairs}).values())
-
-    def prints(side: str, shard: str) -> dict[tuple[str, int], transfer.Fingerprint]:
-        indexes = [
-            i
-            for i, m in enumerate(plan.moves)
-            if (m.source if side == "source" else m.target) == shard
-        ]
-        moves = [plan.moves[i] for i in indexes]
-        found: dict[tuple[str, int], transfer.Fingerprint] = {}
-        with rebalancer.connect(shard) as conn:
-            for table in tables:
-                got = transfer.fingerprints(conn, table, moves)
-                found.update({(table.name, i): f for i, f in zip(indexes, got, strict=True)})
-        return found
-
-    sides = [("source", s) for s in plan.sources()] + [("target", t) for t in plan.targets()]
-    computed = fanout.each({side: partial(prints, *side) for side in sides})
-    ours: dict[tuple[str, int], transfer.Fingerprint] = {}
-    theirs: dict[tuple[str, int], transfer.Fingerprint] = {}
-    for (side, _), found in computed.items():
-        (ours if side == "source" else theirs).update(found)
-
-    def repair(pair: tuple[str, str]) -> list[str]:
-        source, target = pair
-        differ = [
-            (table, plan.moves[i])
-            for table in tables
-            for i in plan.moves_from(source)
-            if plan.moves[i].target == target and ours[table.name, i] != theirs[table.name, i]
-        ]
-        if not differ:
-            return []
-        repaired: list[str] = []
-        with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
-            types = {t.name: resync.key_type(src, t) for t in tables}
-            for table, move in differ:
-                keys = _repair(src, dst, table, types[table.name], move)
-                repaired += [f"{table.name}:{k}" for k in keys]
+    def one(pair: tuple[str, str]) -> list[str]:
+        resynced, repaired = converge(rebalancer, plan, *pair)
+        with lock:
+            report.keys_resynced += resynced
         return repaired
 
-    for keys in fanout.each({pair: partial(repair, pair) for pair in pairs}).values():
+    for keys in fanout.each({pair: partial(one, pair) for pair in pairs}).values():
         report.keys_repaired += keys
     return False
+
+
+def converge(rebalancer: Rebalancer, plan: Plan, source: str, target: str) -> tuple[int, list[str]]:
+    """Make every range ``source`` gives ``target`` equal on both; the keys re-synced from the
+    change log, and those that had to be repaired."""
+    tables = rebalancer.topology.spec.tables
+    moves = [plan.moves[i] for i in plan.moves_from(source) if plan.moves[i].target == target]
+    repaired: list[str] = []
+    with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
+        types = {t.name: resync.key_type(src, t) for t in tables}
+        resynced = transfer.drain(src, dst, target, tables, key_types=types)
+        for table in tables:
+            ours, theirs = fanout.each(
+                {side: partial(transfer.fingerprints, conn, table, moves)
+                 for side, conn in (("source", src), ("target", dst))}
+            ).values()  # fmt: skip
+            for move, a, b in zip(moves, ours, theirs, strict=True):
+                if a != b:
+                    keys = _repair(src, dst, table, types[table.name], move)
+                    repaired += [f"{table.name}:{k}" for k in keys]
+    return resynced, repaired
 
 
 def _repair(src: Conn, dst: Conn, table: TableSpec, key_type: str, move: Span) -> list[str]:
