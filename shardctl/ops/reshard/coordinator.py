@@ -330,26 +330,29 @@ class Rebalancer:
                         totals[j] = MoveSize(totals[j].rows + size[0], totals[j].bytes + size[1])
             return list(zip(indexes, totals, strict=True))
 
-        def index() -> None:
+        involved = sorted(set(sources) | {m.target for m in moves})
+        indexing = time.monotonic()
+        indexed_by: list[float] = []
+
+        def prepare(shard: str) -> list[tuple[int, MoveSize]]:
             # Capture needs the index anyway; built now, it makes the count a range scan of
             # the moving rows instead of a full scan hashing every row. A run killed before
             # its plan is recorded leaves the index: the next reshard uses it, then drops it.
-            if report is None or not moves:
-                return
-            indexing = time.monotonic()
-            self.each(sorted(set(sources) | {m.target for m in moves}), self.ensure_index)
-            report.timed("planning/index", time.monotonic() - indexing)
+            # Each source counts as soon as its own index is there, not after all of them.
+            if report is not None:
+                self.ensure_index(shard)
+                indexed_by.append(time.monotonic() - indexing)
+            return measure(shard) if shard in sources and shard not in whole else []
 
-        counted: list[list[tuple[int, MoveSize]]] = []
-
-        def count_whole() -> None:
-            counted.extend(self.each(sorted(whole), measure).values())
-
-        fanout.each({"index": index, "whole": count_whole})
-        counted.extend(self.each([s for s in sources if s not in whole], measure).values())
-        for measured in counted:
+        tasks: dict[str, Callable[[], list[tuple[int, MoveSize]]]] = {
+            shard: partial(prepare, shard) for shard in involved
+        }
+        tasks.update({f"{shard} (whole)": partial(measure, shard) for shard in sorted(whole)})
+        for measured in fanout.each(tasks).values():
             for i, size in measured:
                 sizes[i] = size
+        if report is not None and moves:
+            report.timed("planning/index", max(indexed_by, default=0.0))
         plan_id = previous.plan.id + 1 if previous else 1
         return make_plan(plan_id, record.epoch, old, new, sizes, rows_per_chunk=self.rows_per_chunk)
 
