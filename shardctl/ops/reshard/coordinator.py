@@ -358,12 +358,22 @@ class Rebalancer:
 
     # ------------------------------------------------------------------- run
 
-    def start(self, plan: Plan | None = None, *, leaving: Sequence[str] = ()) -> State:
+    def start(
+        self,
+        plan: Plan | None = None,
+        *,
+        leaving: Sequence[str] = (),
+        current: State | None = None,
+        read: bool = True,
+    ) -> State:
         """Record a new plan: ``plan`` as shown to the user, else a fresh one (removing the
         ``leaving`` shards, if any). Recorded on every primary, the plan is what marks its
         leaving shards as leaving for every CLI run. Refused while another reshard is
-        unfinished, or when the cluster changed since ``plan`` was made."""
-        current = self.state()
+        unfinished, or when the cluster changed since ``plan`` was made. With ``read=False``,
+        ``current`` is the latest reshard as the caller read it holding :meth:`exclusive`
+        (not read from every primary again)."""
+        if read:
+            current = self.state()
         if current is not None and not finished(current.phase):
             raise ReshardingError(
                 f"reshard {current.plan.id} is still {current.phase.value}: "
