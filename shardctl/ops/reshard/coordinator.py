@@ -330,7 +330,9 @@ class Rebalancer:
                         totals[j] = MoveSize(totals[j].rows + size[0], totals[j].bytes + size[1])
             return list(zip(indexes, totals, strict=True))
 
-        involved = sorted(set(sources) | {m.target for m in moves})
+        # A joining shard (empty, owning nothing) gets its index after the copy: see
+        # copying.indexed_before_copy.
+        involved = sorted(set(sources) | {m.target for m in moves if m.target in old.nodes})
         indexing = time.monotonic()
         indexed_by: list[float] = []
 
@@ -465,6 +467,9 @@ class Rebalancer:
         emptied: dict[str, int] = {}
 
         def empty(target: str) -> None:
+            # A joining target may have no index yet (built after the copy): the ranges are
+            # found by it, not by a full scan per range.
+            self.ensure_index(target)
             with self.connect(target) as conn:
                 spans = [m for m in plan.moves if m.target == target]
                 for table in self.topology.spec.tables:

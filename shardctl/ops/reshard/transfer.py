@@ -138,6 +138,7 @@ def copy_ranges(
     chunks: Sequence[tuple[str, Span]],
     *,
     reshard_id: int,
+    probe: bool = True,
 ) -> Copied | None:
     """Copy the ranges of a batch of chunks of a table, named by their progress names, as one
     stream in one target transaction; None when every chunk was already copied (resume).
@@ -150,7 +151,8 @@ def copy_ranges(
     a newer row a dual write put there, but every such key has a change-log row on the source
     (written with the source's write), so the drain brings it back. ``merge``: if a dual write
     lands in the ranges even while we copy, COPY into a staging table and merge with ``ON
-    CONFLICT DO NOTHING``.
+    CONFLICT DO NOTHING``. Without ``probe`` (a target whose ranges nothing else can have
+    written yet, with no index to probe by), ``plain`` is tried first without looking.
     """
     names = [name for name, _ in chunks]
     done = {str(r[0]) for r in target.execute(inflight.CHUNKS_COPIED, (reshard_id, names))}
@@ -158,9 +160,11 @@ def copy_ranges(
     if not todo:
         return None
     spans = [span for _, span in todo]
-    occupied = target.execute(
-        sql.SQL("SELECT EXISTS ({})").format(in_spans(table, spans, "1"))
-    ).fetchone()
+    occupied = (
+        target.execute(sql.SQL("SELECT EXISTS ({})").format(in_spans(table, spans, "1"))).fetchone()
+        if probe
+        else None
+    )
     progress = (reshard_id, [name for name, _ in todo])
     for how in ("replace",) if occupied and occupied[0] else ("plain", "replace"):
         try:
