@@ -72,6 +72,11 @@ def main() -> None:
         for thread in threads:
             thread.start()
         time.sleep(2.0)
+        # The same pipe again with the writers running, as the copy runs: the baseline under
+        # the same conditions (the first one, alone, is what the machine can do at best).
+        busy_rows, busy_seconds = raw_pipe_seconds(leaving, other, cluster.credentials())
+        print(f"raw COPY pipe with the writers running: {busy_rows:,} rows in "
+              f"{busy_seconds:.2f}s ({busy_rows / busy_seconds:,.0f} rows/s)")  # fmt: skip
         started = time.monotonic()
         run = shardctl("remove-shard", args.shard, "--yes", "-f", path, "-o", "json")
         elapsed = time.monotonic() - started
@@ -87,7 +92,8 @@ def main() -> None:
         ratio = rate / (raw_rows / raw_seconds)
         print(f"remove-shard: {elapsed:.1f}s in all; plan at start {result['plan']['rows']:,} "
               f"rows, copied {report['rows_copied']:,} rows in {report['copy_seconds']:.1f}s "
-              f"({rate:,.0f} rows/s, {ratio:.2f} of the raw pipe)")  # fmt: skip
+              f"({rate:,.0f} rows/s, {ratio:.2f} of the raw pipe alone, "
+              f"{rate / (busy_rows / busy_seconds):.2f} of it with the writers)")  # fmt: skip
         print(f"phases (the command's {elapsed:.1f}s; the rest is start-up and decommission):")
         for line in phase_lines(report, elapsed):
             print(line)

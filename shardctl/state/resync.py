@@ -44,19 +44,33 @@ def keys_in(table: TableSpec, type_name: str, keys: Sequence[str]) -> sql.Compos
     )
 
 
+PIPE_BUFFER = 128 * 1024
+"""Bytes of COPY data gathered before one write to the target. A binary ``COPY TO`` sends one
+message per row, and each write is a round of psycopg's waiting machinery: written one by one,
+the client's CPU per row was the pipe's limit (a 1M-user removal, 192k rows: 1.4 s of client
+CPU per row-by-row pipe, 0.6 s gathered)."""
+
+
 def pipe(
-    source: Conn, copy_out: sql.Composed, into: psycopg.Cursor[Any], table: sql.Identifier
+    source: Conn, copy_out: sql.Composed | sql.SQL, into: psycopg.Cursor[Any], table: sql.Identifier
 ) -> int:
     """Stream ``copy_out`` (a binary COPY TO STDOUT) on the source into ``table`` through the
-    target cursor ``into``; the bytes moved."""
+    target cursor ``into``, in writes of about :data:`PIPE_BUFFER` bytes; the bytes moved."""
     moved = 0
     with (
         source.cursor().copy(copy_out) as out,
         into.copy(sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(table)) as copy_in,
     ):
+        gathered = bytearray()
         for block in out:
-            moved += len(block)
-            copy_in.write(block)
+            gathered += block
+            if len(gathered) >= PIPE_BUFFER:
+                moved += len(gathered)
+                copy_in.write(gathered)
+                gathered = bytearray()
+        if gathered:
+            moved += len(gathered)
+            copy_in.write(gathered)
     return moved
 
 

@@ -309,14 +309,15 @@ class Rebalancer:
         moves = old.moves_to(new)
         sizes = [MoveSize(0, 0) for _ in moves]
         sources = sorted({m.source for m in moves})
-        if report is not None and moves:
-            # Capture needs the index anyway; built now, it makes the count a range scan of
-            # the moving rows instead of a full scan hashing every row. A run killed before
-            # its plan is recorded leaves the index: the next reshard uses it, then drops it.
-            indexing = time.monotonic()
-            involved = sorted(set(sources) | {m.target for m in moves})
-            self.each(involved, self.ensure_index)
-            report.timed("planning/index", time.monotonic() - indexing)
+        shares = old.shares()
+        # A source giving away most of what it owns (a leaving shard: all of it) is counted by
+        # one full scan: an index range scan per move would visit every page once per range.
+        # That count needs no index, so it runs while the indexes are built.
+        whole = {
+            s
+            for s in sources
+            if transfer.scan_whole([m for m in moves if m.source == s], shares[s])
+        }
 
         def measure(source: str) -> list[tuple[int, MoveSize]]:
             indexes = [i for i, m in enumerate(moves) if m.source == source]
@@ -324,25 +325,57 @@ class Rebalancer:
             totals = [MoveSize(0, 0) for _ in subset]
             with self.connect(source) as conn:
                 for table in self.topology.spec.tables:
-                    indexed = transfer.has_position_index(conn, table)
+                    indexed = source not in whole and transfer.has_position_index(conn, table)
                     for j, size in enumerate(transfer.sizes(conn, table, subset, indexed=indexed)):
                         totals[j] = MoveSize(totals[j].rows + size[0], totals[j].bytes + size[1])
             return list(zip(indexes, totals, strict=True))
 
-        for measured in self.each(sources, measure).values():
-            for index, size in measured:
-                sizes[index] = size
+        # A joining shard (empty, owning nothing) gets its index after the copy: see
+        # copying.indexed_before_copy.
+        involved = sorted(set(sources) | {m.target for m in moves if m.target in old.nodes})
+        indexing = time.monotonic()
+        indexed_by: list[float] = []
+
+        def prepare(shard: str) -> list[tuple[int, MoveSize]]:
+            # Capture needs the index anyway; built now, it makes the count a range scan of
+            # the moving rows instead of a full scan hashing every row. A run killed before
+            # its plan is recorded leaves the index: the next reshard uses it, then drops it.
+            # Each source counts as soon as its own index is there, not after all of them.
+            if report is not None:
+                self.ensure_index(shard)
+                indexed_by.append(time.monotonic() - indexing)
+            return measure(shard) if shard in sources and shard not in whole else []
+
+        tasks: dict[str, Callable[[], list[tuple[int, MoveSize]]]] = {
+            shard: partial(prepare, shard) for shard in involved
+        }
+        tasks.update({f"{shard} (whole)": partial(measure, shard) for shard in sorted(whole)})
+        for measured in fanout.each(tasks).values():
+            for i, size in measured:
+                sizes[i] = size
+        if report is not None and moves:
+            report.timed("planning/index", max(indexed_by, default=0.0))
         plan_id = previous.plan.id + 1 if previous else 1
         return make_plan(plan_id, record.epoch, old, new, sizes, rows_per_chunk=self.rows_per_chunk)
 
     # ------------------------------------------------------------------- run
 
-    def start(self, plan: Plan | None = None, *, leaving: Sequence[str] = ()) -> State:
+    def start(
+        self,
+        plan: Plan | None = None,
+        *,
+        leaving: Sequence[str] = (),
+        current: State | None = None,
+        read: bool = True,
+    ) -> State:
         """Record a new plan: ``plan`` as shown to the user, else a fresh one (removing the
         ``leaving`` shards, if any). Recorded on every primary, the plan is what marks its
         leaving shards as leaving for every CLI run. Refused while another reshard is
-        unfinished, or when the cluster changed since ``plan`` was made."""
-        current = self.state()
+        unfinished, or when the cluster changed since ``plan`` was made. With ``read=False``,
+        ``current`` is the latest reshard as the caller read it holding :meth:`exclusive`
+        (not read from every primary again)."""
+        if read:
+            current = self.state()
         if current is not None and not finished(current.phase):
             raise ReshardingError(
                 f"reshard {current.plan.id} is still {current.phase.value}: "
@@ -434,6 +467,9 @@ class Rebalancer:
         emptied: dict[str, int] = {}
 
         def empty(target: str) -> None:
+            # A joining target may have no index yet (built after the copy): the ranges are
+            # found by it, not by a full scan per range.
+            self.ensure_index(target)
             with self.connect(target) as conn:
                 spans = [m for m in plan.moves if m.target == target]
                 for table in self.topology.spec.tables:

@@ -49,9 +49,8 @@ class Removal:
     notes: list[str] = field(default_factory=list)
 
 
-def removal_state(rebalancer: Rebalancer, name: str) -> State | None:
-    """The recorded reshard that removes ``name`` and has not removed its nodes yet."""
-    state = rebalancer.state()
+def removal_state(state: State | None, name: str) -> State | None:
+    """``state`` (the latest reshard) if it removes ``name`` and has not removed its nodes yet."""
     if state is None or name not in state.plan.leaving or name in state.report.removed:
         return None
     return None if state.phase is Phase.ABORTED else state
@@ -61,9 +60,17 @@ def prepare(rebalancer: Rebalancer, name: str, *, resume: bool) -> tuple[State |
     """Check that ``name`` can be removed now: (the removal to continue, if any; whether the
     shard owns keys in the ring). UsageError (exit 2) for an unknown shard, the last shard,
     another reshard unfinished, or nothing to resume."""
+    return _prepare(rebalancer, name, resume=resume)[:2]
+
+
+def _prepare(
+    rebalancer: Rebalancer, name: str, *, resume: bool
+) -> tuple[State | None, bool, State | None]:
+    """:func:`prepare`, and the latest reshard as read (once: every primary is asked)."""
     topo = rebalancer.topology
     declared = [s.name for s in topo.spec.shards]
-    ongoing = removal_state(rebalancer, name)
+    current = rebalancer.state()
+    ongoing = removal_state(current, name)
     if ongoing is not None:
         if not finished(ongoing.phase) and not resume:
             raise UsageError(
@@ -71,10 +78,9 @@ def prepare(rebalancer: Rebalancer, name: str, *, resume: bool) -> tuple[State |
                 f"{ongoing.phase.value}): run `shardctl remove-shard {name} --resume`, or "
                 "`shardctl rebalance --abort` to keep it"
             )
-        return ongoing, True
+        return ongoing, True, current
     if name not in declared:
         raise UsageError(f"no shard named {name!r} in {topo.path} (shards: {', '.join(declared)})")
-    current = rebalancer.state()
     if current is not None and not finished(current.phase):
         raise UsageError(
             f"reshard {current.plan.id} is still {current.phase.value}: finish it with "
@@ -85,7 +91,7 @@ def prepare(rebalancer: Rebalancer, name: str, *, resume: bool) -> tuple[State |
     ring = catalog.read(topo, rebalancer.cluster.credentials()).ring()
     if (name in ring.nodes and len(ring.nodes) == 1) or declared == [name]:
         raise UsageError(f"{name!r} is the last shard: a cluster needs at least one")
-    return None, name in ring.nodes
+    return None, name in ring.nodes, current
 
 
 def without_shard(current: Topology, name: str) -> tuple[Topology, str]:
@@ -165,9 +171,10 @@ def remove_shard(
     ``plan`` is the plan shown to the user (refused if the cluster changed since); with
     ``resume``, an interrupted removal continues from its recorded phase.
     """
-    state, owns_keys = prepare(rebalancer, name, resume=resume)
+    state, owns_keys, current = _prepare(rebalancer, name, resume=resume)
     if state is None and owns_keys:
-        state = rebalancer.start(plan, leaving=[name])
+        # Under the coordinator lock (see above): the reshard just read is still the latest.
+        state = rebalancer.start(plan, leaving=[name], current=current, read=False)
     if state is not None and state.phase is not Phase.DONE:
         state = rebalancer.run(state)
         if state.phase is not Phase.DONE:

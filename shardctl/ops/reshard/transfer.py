@@ -138,6 +138,7 @@ def copy_ranges(
     chunks: Sequence[tuple[str, Span]],
     *,
     reshard_id: int,
+    probe: bool = True,
 ) -> Copied | None:
     """Copy the ranges of a batch of chunks of a table, named by their progress names, as one
     stream in one target transaction; None when every chunk was already copied (resume).
@@ -150,7 +151,8 @@ def copy_ranges(
     a newer row a dual write put there, but every such key has a change-log row on the source
     (written with the source's write), so the drain brings it back. ``merge``: if a dual write
     lands in the ranges even while we copy, COPY into a staging table and merge with ``ON
-    CONFLICT DO NOTHING``.
+    CONFLICT DO NOTHING``. Without ``probe`` (a target whose ranges nothing else can have
+    written yet, with no index to probe by), ``plain`` is tried first without looking.
     """
     names = [name for name, _ in chunks]
     done = {str(r[0]) for r in target.execute(inflight.CHUNKS_COPIED, (reshard_id, names))}
@@ -158,9 +160,11 @@ def copy_ranges(
     if not todo:
         return None
     spans = [span for _, span in todo]
-    occupied = target.execute(
-        sql.SQL("SELECT EXISTS ({})").format(in_spans(table, spans, "1"))
-    ).fetchone()
+    occupied = (
+        target.execute(sql.SQL("SELECT EXISTS ({})").format(in_spans(table, spans, "1"))).fetchone()
+        if probe
+        else None
+    )
     progress = (reshard_id, [name for name, _ in todo])
     for how in ("replace",) if occupied and occupied[0] else ("plain", "replace"):
         try:
@@ -321,11 +325,25 @@ def _per_range(
     return result
 
 
+WHOLE_SCAN_SHARE = 0.5
+"""At planning, a source whose moving ranges cover at least this share of what it owns (a
+leaving shard: all of it) is counted by one full scan, which needs no index and so runs while
+the indexes are built; an index range scan per move reads fewer rows only when few move."""
+
+
+def scan_whole(moves: Sequence[Move], owned: float) -> bool:
+    """Whether ``moves`` (the ranges of one server) are best counted by one full scan: they
+    cover at least :data:`WHOLE_SCAN_SHARE` of ``owned``, the share of the circle the server
+    holds."""
+    return bool(moves) and sum(m.share for m in moves) >= WHOLE_SCAN_SHARE * owned
+
+
 def fingerprints(conn: Conn, table: TableSpec, moves: Sequence[Move]) -> list[Fingerprint]:
     """Count and checksum the rows of each move's range on one server: an index range scan
     per move (the ring-position index exists from capture to clean-up), so rows that stay are
     not read and no row's position is hashed again). Without the index (dropped by hand),
-    one full scan."""
+    one full scan. (Even for a leaving shard, whose every row moves, the range scans were
+    faster than one scan: 0.4 to 1.3 s against 0.9 to 2.9 s for 192k rows, load 8 to 9.)"""
     per = _per_range if has_position_index(conn, table) else _per_move
     return [Fingerprint(r[0], r[1]) for r in per(conn, table, moves, digest.CHECKSUM)]
 
