@@ -51,11 +51,13 @@ def _status_lists_over_the_socket_as_the_sdk_does(cluster: Cluster) -> None:
         (r["Names"][0], r["State"]) for r in sdk
     )
     assert len(raw) == len(cluster.topology.nodes)
-    loaded = {
-        m.split(".")[0]
-        for m in imported_by("status", "-f", cluster.topology.path.as_posix(), env=NARROW)
-    }
+    modules = imported_by("status", "-f", cluster.topology.path.as_posix(), env=NARROW)
+    loaded = {m.split(".")[0] for m in modules}
     assert "psycopg" in loaded  # it did read the nodes
+    # nothing in flight: no reshard plan read, no ring built, no fence (shardctl.state)
+    assert (
+        modules & {"shardctl.state.plan", "shardctl.ring.hashing", "shardctl.state.fence"} == set()
+    )
     assert loaded & {"docker", "requests", "urllib3", "pydantic", "cryptography", "rich"} == set()
 
 
