@@ -75,6 +75,7 @@ def test_status_imports_nothing_that_changes_a_cluster() -> None:
         "shardctl.docker.backup_specs",
         "shardctl.ops.nodes",
         "shardctl.state.fence",
+        "shardctl.config.tls",  # certificates: only for a topology with `tls:`
         "typer._adapters",
         "rich.progress",
         "pydantic",
