@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -396,6 +397,7 @@ def main(args: Sequence[str] | None = None) -> None:
     word = invoked(argv)
     if word is not None:  # building the other commands' options is a third of typer's import
         app.registered_commands = [c for c in registered if _name(c) == word] or registered
+    resolve_annotations(app)
     try:
         code = app(args=argv, prog_name=None if args is None else "shardctl", standalone_mode=False)
     except NothingToDo as exc:
@@ -416,6 +418,26 @@ def main(args: Sequence[str] | None = None) -> None:
     finally:
         app.registered_commands = registered
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def resolve_annotations(group: typer.Typer) -> None:
+    """Evaluate the annotations of the commands ``group`` will build, once.
+
+    The modules are written with ``from __future__ import annotations``, so each parameter's
+    ``Annotated[..., typer.Option(...)]`` is a string; typer evaluates every one of them twice
+    (``inspect.signature`` and ``get_type_hints``) each of the three or four times it reads a
+    command's parameters, compiling each string anew: for ``--help``, more than typer's own
+    import. The objects are the ones evaluating the strings gives (typer copies each option's
+    declaration before using it)."""
+    functions = [info.callback for info in group.registered_commands]
+    if group.registered_callback is not None:
+        functions.append(group.registered_callback.callback)
+    for function in functions:
+        if function is None:
+            continue
+        annotations = getattr(function, "__annotations__", {})
+        if any(isinstance(value, str) for value in annotations.values()):
+            function.__annotations__ = typing.get_type_hints(function, include_extras=True)
 
 
 _ROOT_FLAGS = ("-v", "--verbose")

@@ -199,7 +199,6 @@ def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
     """Every node's row, and what is in flight (nothing when no primary answers)."""
     import contextlib
 
-    from shardctl.cli import render
     from shardctl.cli.views import cluster as views
     from shardctl.db import pg
     from shardctl.errors import DatabaseUnavailable
@@ -207,8 +206,11 @@ def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
 
     with pg.shared():  # one connection per node for the catalog, the facts, what is in flight
         facts, notes = cluster.observe_applying_durability()
-        for line in notes:
-            render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
+        if notes:
+            from shardctl.cli import render
+
+            for line in notes:
+                render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
         rows = status_rows(facts, views.newest_wal(cluster.topology))
         operations: list[Operation] = []
         if any(r.in_recovery is False for r in rows):  # a primary answered: it can say
@@ -276,7 +278,7 @@ def status(
 ) -> None:
     """One row per node, replicas under their primary: role, state, lag, health; above it,
     any operation in flight. Exit 1 if a node is unhealthy, 3 if no node answers."""
-    from shardctl.cli import render
+    from shardctl.cli import plain
     from shardctl.cli.views import cluster as views
     from shardctl.cli.views import monitor as monitor_views
     from shardctl.db import pg
@@ -290,12 +292,21 @@ def status(
             rows, operations = _status_view(cluster)
             monitor = _monitor_facts(cluster, rows)
     if output is WideOutput.JSON:
-        render.print_json(
+        plain.print_json(
             {**monitor_views.monitor_facts(monitor), **views.status_facts(name, rows, operations)}
         )
     else:
         wide = output is WideOutput.WIDE
-        render.show(_status_renderable(name, rows, operations, wide, monitor))
+        page = plain.plain_page()
+        above = views.in_flight_lines(operations, markup=False)
+        above += monitor_views.monitor_lines(monitor, markup=False)
+        text = None if page is None else views.status_text(name, rows, above, wide=wide, page=page)
+        if text is not None:  # piped: the text rich would print, without importing rich
+            sys.stdout.write(text)
+        else:
+            from shardctl.cli import render
+
+            render.show(_status_renderable(name, rows, operations, wide, monitor))
     if all(r.in_recovery is None for r in rows):
         raise not_running(cluster.topology)
     if not all(r.healthy for r in rows):

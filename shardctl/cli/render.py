@@ -2,40 +2,32 @@
 and progress that is live on a terminal and plain timestamped lines in a log.
 
 With the command modules, the only place that imports rich. The tables of each concern live in
-:mod:`shardctl.cli.views`.
+:mod:`shardctl.cli.views`; JSON and what needs no rich, in :mod:`shardctl.cli.plain`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from enum import Enum
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape as _escape
+
+from shardctl.cli.plain import plural as plural
+from shardctl.cli.plain import print_json as print_json
+from shardctl.cli.plain import to_jsonable as to_jsonable
+from shardctl.cli.plain import width
 
 if TYPE_CHECKING:  # progress is for the commands that wait: imported by them only
     from rich.progress import Progress, ProgressColumn, Task, TaskID
 
 
-def _width(stream: TextIO) -> int | None:
-    """The terminal's width; piped, $COLUMNS if set, else 200: output piped into a CI log is
-    read by people too, and a wide table (``-o wide``) should not wrap there."""
-    if stream.isatty():
-        return None
-    columns = os.environ.get("COLUMNS", "")
-    return int(columns) if columns.isdigit() and int(columns) >= 40 else 200
-
-
-console = Console(width=_width(sys.stdout))
-err_console = Console(stderr=True, width=_width(sys.stderr))
+console = Console(width=width(sys.stdout))
+err_console = Console(stderr=True, width=width(sys.stderr))
 
 
 def show(renderable: Any, *, err: bool = False) -> None:
@@ -140,31 +132,6 @@ class PlainProgress:
         sys.stderr.flush()
 
 
-def to_jsonable(value: Any) -> Any:
-    """Dataclasses, enums and tuples as plain JSON values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
-def print_json(data: Any) -> None:
-    """JSON on stdout, one document."""
-    sys.stdout.write(json.dumps(to_jsonable(data), indent=2) + "\n")
-
-
 def escape(text: str) -> str:
     """Text safe to embed in rich markup."""
     return _escape(text)
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 network``, ``2 networks``, ``1,024 rows``."""
-    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"

@@ -5,6 +5,9 @@ DEFAULT_TOPOLOGY = "topology.yaml"
 TOPOLOGY_ENV = "SHARDCTL_TOPOLOGY"
 IMAGE_ENV = "SHARDCTL_IMAGE"
 """Overrides the topology's image: how tests and offline machines use a locally built one."""
+BACKUP_SLOT = "shardctl_backup"
+"""The physical replication slot the backup node streams each acting primary's WAL through
+(:mod:`shardctl.docker.backup_specs`; here, so that status's checks need not import the specs)."""
 MAX_REPLICAS = 9
 PORT_STRIDE = MAX_REPLICAS + 1
 """Ports per shard: the primary on the shard's port, replica i on port + i."""

@@ -12,10 +12,13 @@ import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from shardctl.config import tls
 from shardctl.config.topology import Node, Topology
 from shardctl.errors import UsageError
+
+if TYPE_CHECKING:  # the certificates are made or read for `tls:` only (status needs none)
+    from shardctl.config import tls
 
 SECRETS_DIR_ENV = "SHARDCTL_SECRETS_DIR"
 GENERATED = ("superuser", "replication", "app", "pooler")
@@ -70,6 +73,8 @@ class Credentials:
         """The TLS files of ``node``'s container (:data:`SERVER_FILES`): a certificate naming
         every address it is reached on, signed by the cluster CA, or the user's own."""
         if self.tls_ca is not None:
+            from shardctl.config import tls
+
             names = [
                 node.container,  # replicas on its engine reach it by container name
                 node.name,  # its host name
@@ -132,6 +137,8 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
         if key not in generated and create:
             generated[key] = secrets.token_urlsafe(24)
     server_tls = topology.tls
+    if server_tls is not None:
+        from shardctl.config import tls
     if server_tls is not None and server_tls.generated and CA_KEY not in generated and create:
         ca = tls.make_ca(topology.cluster)
         generated[CA_CERT], generated[CA_KEY] = ca.cert, ca.key

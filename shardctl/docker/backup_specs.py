@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
+from shardctl.config.constants import BACKUP_SLOT as BACKUP_SLOT
 from shardctl.config.topology import Node, Topology
 from shardctl.docker.records import LABEL_CLUSTER, LABEL_SHARD, ContainerSpec, Mount
 from shardctl.docker.specs import PASSFILE, SECRETS_DIR, server_settings
@@ -19,8 +20,6 @@ restore: the backup node read-write, a restore read-only."""
 SEED_TARGET = "/seed"
 """A restore's one writable path into the repository: its shard's WAL folder, where the new
 timeline's first segment is left for the backup node to continue from."""
-BACKUP_SLOT = "shardctl_backup"
-"""The physical replication slot the backup node streams each acting primary's WAL through."""
 BACKUP_APPLICATION = "shardctl-backup"
 """The backup node's ``application_name`` in ``pg_stat_replication``."""
 RECEIVE_RETRY_SECONDS = 2

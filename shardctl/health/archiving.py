@@ -2,7 +2,7 @@
 
 On every primary of a topology with ``backup:``, one small WAL record is written
 (``pg_logical_emit_message``, committed locally) and the backup node's slot
-(:data:`~shardctl.docker.backup_specs.BACKUP_SLOT`) must confirm it stored it within the canary
+(:data:`~shardctl.config.constants.BACKUP_SLOT`) must confirm it stored it within the canary
 timeout: the slot's position only moves once ``pg_receivewal`` has flushed the WAL into the
 repository, so a stopped backup node, a read-only or full repository, or a missing slot all
 fail it, naming the shard and the reason. An idle cluster is checked as well as a busy one.
@@ -22,11 +22,11 @@ from functools import partial
 
 import psycopg
 
+from shardctl.config.constants import BACKUP_SLOT
 from shardctl.config.credentials import Credentials
 from shardctl.config.schema import HealthSpec
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
-from shardctl.docker.backup_specs import BACKUP_SLOT
 from shardctl.errors import DatabaseUnavailable
 from shardctl.health.checks import Check, failed, passed, skipped
 from shardctl.health.facts import ClusterFacts

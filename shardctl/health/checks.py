@@ -18,10 +18,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from shardctl.config import addresses
+from shardctl.config.constants import BACKUP_SLOT
 from shardctl.config.schema import HealthSpec, PoolerSpec, Replication, Role
 from shardctl.config.topology import Node, Topology
 from shardctl.db.poolers import PoolerObservation
-from shardctl.docker.backup_specs import BACKUP_SLOT
 from shardctl.health import durability
 from shardctl.health.facts import (
     ClusterFacts,

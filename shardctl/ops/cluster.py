@@ -34,7 +34,7 @@ from shardctl.errors import (
 )
 from shardctl.health import facts as health
 from shardctl.ops import durability
-from shardctl.ops.nodes import Reporter, quiet_reporter
+from shardctl.ops.reporting import Reporter, quiet_reporter
 from shardctl.state import catalog, inflight, monitor
 from shardctl.util import fanout
 from shardctl.util.text import first_line

@@ -24,6 +24,8 @@ from shardctl.docker.engine import Engines
 from shardctl.docker.records import config_digest
 from shardctl.docker.specs import TLS_FILES, container_spec, data_mount
 from shardctl.errors import DatabaseUnavailable, ProvisioningError
+from shardctl.ops.reporting import Reporter as Reporter
+from shardctl.ops.reporting import quiet_reporter as quiet_reporter
 from shardctl.util.text import lsn_text
 from shardctl.util.waiting import NotYet, wait_for
 
@@ -44,14 +46,6 @@ class Action(StrEnum):
     UNCHANGED = "unchanged"
     REMOVED = "removed"
     """A pooler the topology no longer declares."""
-
-
-Reporter = Callable[[str, str], None]
-"""Called with (node name, what is happening now) while provisioning works."""
-
-
-def quiet_reporter(node: str, step: str) -> None:
-    """A reporter that reports nothing (the library default; the CLI shows progress)."""
 
 
 class Stopped(Exception):

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import psycopg.errors
@@ -49,9 +49,11 @@ from shardctl.config.credentials import Credentials
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
 from shardctl.errors import CatalogError, DatabaseUnavailable
-from shardctl.ring.hashing import Ring
 from shardctl.state.locks import CATALOG_INSTALL_LOCK, XACT_LOCK
 from shardctl.util.waiting import retrying
+
+if TYPE_CHECKING:  # the ring is built when asked for: reading roles needs none (status)
+    from shardctl.ring.hashing import Ring
 
 DOING = "ring catalog"
 """What a primary that fails a catalog read or write was doing, for the error message."""
@@ -126,6 +128,8 @@ class RingRecord:
 
     def ring(self) -> Ring:
         """The :class:`~shardctl.ring.hashing.Ring` this record describes."""
+        from shardctl.ring.hashing import Ring
+
         try:
             return Ring(self.nodes, self.vnodes, self.algorithm)
         except ValueError as exc:
@@ -165,6 +169,8 @@ class EpochTaken(CatalogError):
 
 def initial_record(topology: Topology) -> RingRecord:
     """Epoch 1 as the topology declares it: its shards in order, its algorithm and vnodes."""
+    from shardctl.ring.hashing import Ring
+
     ring = Ring(
         [s.name for s in topology.spec.shards],
         topology.spec.ring.vnodes,

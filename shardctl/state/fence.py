@@ -46,6 +46,7 @@ import psycopg
 from shardctl.db import pg
 from shardctl.ring.hashing import Move, Span, hex_bounds
 from shardctl.state.locks import RELEASE_SESSION_LOCK, ROLE_CHANGE_LOCK, TRY_SESSION_LOCK
+from shardctl.state.locks import ROLE_CHANGE as ROLE_CHANGE
 
 Conn = psycopg.Connection[Any]
 
@@ -74,10 +75,6 @@ class RangeState(StrEnum):
     MOVED = "moved"
     """Owned by the target for good; writes refused here forever."""
 
-
-ROLE_CHANGE = 0
-"""The operation id (``shardctl.moving.reshard_id``) of a role change's fence; reshards count
-from 1."""
 
 # ------------------------------------------------------------------ named statements
 # The fence's statements, by what they do; the comment above each names its %s parameters.

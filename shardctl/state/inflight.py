@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -27,8 +27,10 @@ from shardctl.config.credentials import Credentials
 from shardctl.config.topology import Topology
 from shardctl.db import pg
 from shardctl.errors import DatabaseUnavailable
-from shardctl.state import fence
-from shardctl.state.plan import FORWARD, Phase, Plan, finished
+from shardctl.state import locks
+
+if TYPE_CHECKING:  # a reshard's plan is read when there is one: status mostly finds none
+    from shardctl.state.plan import Phase, Plan
 
 Conn = psycopg.Connection[Any]
 
@@ -124,6 +126,8 @@ class ReshardRecord:
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> ReshardRecord:
         """The record from its row as JSON (``to_jsonb``)."""
+        from shardctl.state.plan import Phase, Plan
+
         return cls(
             id=int(row["id"]),
             phase=Phase(row["phase"]),
@@ -143,6 +147,10 @@ def current(records: Iterable[ReshardRecord]) -> ReshardRecord | None:
     only after its work is done, so a crash between two of those writes leaves some primaries
     one phase behind, never ahead. ``aborted`` ranks above every phase.
     """
+    records = list(records)
+    if not records:  # no reshard ever ran: nothing to rank (and no plan module to import)
+        return None
+    from shardctl.state.plan import FORWARD, Phase
 
     def rank(record: ReshardRecord) -> tuple[int, int]:
         phase = record.phase
@@ -154,6 +162,8 @@ def current(records: Iterable[ReshardRecord]) -> ReshardRecord | None:
 def may_abort(phase: Phase, flipped: bool) -> bool:
     """Whether a reshard can be undone: until the new ring epoch is written, whatever the phase
     (a cut-over that stopped before the flip too); after that only ``--resume`` finishes it."""
+    from shardctl.state.plan import finished
+
     return not finished(phase) and not flipped
 
 
@@ -188,7 +198,7 @@ def _look(conn: Conn) -> _Seen:
         copied = {str(chunk): int(n) for chunk, n in rows}
     fenced = False
     if _exists(conn, "moving"):
-        row = conn.execute(_ROLE_FENCE, (fence.ROLE_CHANGE,)).fetchone()
+        row = conn.execute(_ROLE_FENCE, (locks.ROLE_CHANGE,)).fetchone()
         fenced = bool(row and row[0])
     return _Seen(record, copied, fenced)
 
@@ -200,6 +210,8 @@ def _timestamp(value: object) -> datetime | None:
 def reshard_operation(record: ReshardRecord, copied: dict[str, int]) -> Operation | None:
     """The reshard ``record`` describes, None when it is finished; ``copied`` is rows per
     chunk recorded as copied on the targets."""
+    from shardctl.state.plan import FORWARD, Phase, finished
+
     phase = record.phase
     if finished(phase):
         return None

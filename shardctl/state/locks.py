@@ -26,3 +26,8 @@ TRY_SESSION_LOCK = "SELECT pg_catalog.pg_try_advisory_lock(%s)"
 RELEASE_SESSION_LOCK = "SELECT pg_catalog.pg_advisory_unlock(%s)"
 # (an install lock: CATALOG_INSTALL_LOCK or FENCE_INSTALL_LOCK)
 XACT_LOCK = "SELECT pg_catalog.pg_advisory_xact_lock(%s)"
+
+ROLE_CHANGE = 0
+"""The operation id (``shardctl.moving.reshard_id``) of a role change's fence
+(:mod:`shardctl.state.fence`); reshards count from 1. Here, so that what only reads the
+catalog (status) need not import the fence."""

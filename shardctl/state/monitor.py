@@ -31,9 +31,7 @@ from shardctl.config.credentials import Credentials
 from shardctl.config.topology import Topology
 from shardctl.db import pg
 from shardctl.errors import DatabaseUnavailable
-from shardctl.state.fence import ROLE_CHANGE
-from shardctl.state.locks import CATALOG_INSTALL_LOCK, MONITOR_LOCK, XACT_LOCK
-from shardctl.state.plan import Phase
+from shardctl.state.locks import CATALOG_INSTALL_LOCK, MONITOR_LOCK, ROLE_CHANGE, XACT_LOCK
 
 DDL: tuple[str, ...] = (
     "CREATE SCHEMA IF NOT EXISTS shardctl",
@@ -228,6 +226,8 @@ def look_at_replica(conn: psycopg.Connection[Any]) -> ReplicaLook:
 
 def cutting_over(phase: str | None) -> bool:
     """Whether a reshard in ``phase`` is in (or at) its cut-over."""
+    from shardctl.state.plan import Phase
+
     return phase == Phase.CUTTING_OVER.value
 
 

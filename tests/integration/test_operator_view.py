@@ -36,7 +36,8 @@ def lines_fit(text: str, width: int = 80) -> bool:
 
 def _status_lists_over_the_socket_as_the_sdk_does(cluster: Cluster) -> None:
     """status asks a local engine for the containers over its socket, without the Docker SDK
-    (nor requests, nor pydantic: a valid topology needs none); the SDK lists the same."""
+    (nor requests, nor pydantic: a valid topology needs none); the SDK lists the same. Piped,
+    its table is plain text: no rich either (shardctl.cli.plain)."""
     placement = cluster.topology.nodes[0].placement
     socket_path = local_socket(placement)
     assert socket_path is not None  # the tests' engine is a unix socket
@@ -50,12 +51,14 @@ def _status_lists_over_the_socket_as_the_sdk_does(cluster: Cluster) -> None:
         (r["Names"][0], r["State"]) for r in sdk
     )
     assert len(raw) == len(cluster.topology.nodes)
-    loaded = {
-        m.split(".")[0]
-        for m in imported_by("status", "-f", cluster.topology.path.as_posix(), env=NARROW)
-    }
+    modules = imported_by("status", "-f", cluster.topology.path.as_posix(), env=NARROW)
+    loaded = {m.split(".")[0] for m in modules}
     assert "psycopg" in loaded  # it did read the nodes
-    assert loaded & {"docker", "requests", "urllib3", "pydantic", "cryptography"} == set()
+    # nothing in flight: no reshard plan read, no ring built, no fence (shardctl.state)
+    assert (
+        modules & {"shardctl.state.plan", "shardctl.ring.hashing", "shardctl.state.fence"} == set()
+    )
+    assert loaded & {"docker", "requests", "urllib3", "pydantic", "cryptography", "rich"} == set()
 
 
 def test_in_flight_work_is_shown_and_every_command_agrees(cluster_factory: ClusterFactory) -> None:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from rich import box
-from rich.table import Table
-
-from shardctl.cli.render import escape, plural, to_jsonable
+from shardctl.cli.plain import plural, styler, table_text, to_jsonable
 from shardctl.config.schema import Role
 from shardctl.config.topology import Topology
 from shardctl.errors import ShardctlError
@@ -15,9 +12,14 @@ from shardctl.health.status import StatusRow
 from shardctl.state.inflight import RESHARD, Operation
 from shardctl.util.text import lsn_text, size_text
 
-if TYPE_CHECKING:  # status imports this module too: provisioning is no part of it
+if TYPE_CHECKING:  # status imports this module too: provisioning is no part of it, nor rich
+    from rich.table import Table
+
     from shardctl.ops.down import DownReport
     from shardctl.ops.up import UpReport
+
+Cell = tuple[str, str | None]
+"""A cell's text and its rich style (None: plain)."""
 
 
 def _grouped(rows: list[StatusRow]) -> list[StatusRow]:
@@ -84,67 +86,106 @@ def archive_facts(row: StatusRow) -> dict[str, Any] | None:
     }
 
 
-def in_flight_lines(operations: list[Operation]) -> list[str]:
-    """One line per operation in progress, then the command that finishes it (rich markup)."""
+def in_flight_lines(operations: list[Operation], *, markup: bool = True) -> list[str]:
+    """One line per operation in progress, then the command that finishes it (rich markup;
+    plain text without ``markup``)."""
+    styled = styler(markup)
     lines = []
     for op in operations:
-        lines.append(f"[bold yellow]in flight[/]: {escape(op.summary)}")
+        lines.append(styled("in flight", "bold yellow") + ": " + styled(op.summary, None))
         if op.started is not None:
-            lines.append(f"  {escape(op.started)}")
+            lines.append("  " + styled(op.started, None))
         if op.kind == RESHARD:
-            lines.append(f"  next: [bold]{escape(op.command)}[/]")
+            lines.append("  next: " + styled(op.command, "bold"))
     return lines
+
+
+def _status_columns(rows: list[StatusRow], wide: bool) -> tuple[list[str], bool]:
+    """The ``status`` table's headers, and whether it has the archive column."""
+    headers = ["shard", "node", "role", "state"]
+    if wide:
+        headers += ["actual", "engine", "address", "TL", "LSN"]
+    headers.append("lag")
+    archives = wide and any(r.archiving is not None for r in rows)
+    if wide:
+        headers += ["slot", "restart"]
+    if archives:
+        headers.append("archive")
+    headers.append("health")
+    return headers, archives
+
+
+def _status_cells(rows: list[StatusRow], wide: bool, archives: bool) -> list[list[Cell]]:
+    """The ``status`` table's rows, replicas under their primary, the shard named once."""
+    out: list[list[Cell]] = []
+    shard = None
+    for row in _grouped(rows):
+        if row.healthy:
+            health: Cell = ("ok", "green")
+        else:
+            health = ((row.problem if wide else row.health) or "unhealthy", "red")
+        cells: list[Cell] = [
+            (row.shard if row.shard != shard else "", None),
+            (row.name, None),
+            (_role(row), None),
+            (row.state.value, None),
+        ]
+        if wide:
+            cells += [
+                (row.actual_role.value, None),
+                (row.engine, None),
+                (f"{row.address}:{row.port}", None),
+                ("-" if row.timeline is None else str(row.timeline), None),
+                (lsn_text(row.lsn), None),
+            ]
+        cells.append((_lag(row), None))
+        if wide:
+            cells.append((row.slot or "-", None))
+            pending = ", ".join(row.pending_restart)
+            cells.append((f"pending: {pending}", "yellow") if pending else ("-", None))
+        if archives:
+            cells.append((archive_text(row), None))
+        cells.append(health)
+        out.append(cells)
+        shard = row.shard
+    return out
 
 
 def status_table(cluster: str, rows: list[StatusRow], *, wide: bool = False) -> Table:
     """The ``status`` table: 80 columns (shard, node, role, state, lag, health), replicas
     under their primary; ``wide`` adds every column. ``*`` marks a role a switchover or failover
     changed from the declared one."""
+    from rich import box
+    from rich.table import Table
+
     table = Table(
         title=f"cluster {cluster}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for column in ("shard", "node", "role", "state"):
-        table.add_column(column, no_wrap=True)
-    if wide:
-        for column in ("actual", "engine", "address", "TL", "LSN"):
-            table.add_column(column, no_wrap=True)
-    table.add_column("lag", justify="right", no_wrap=True)
-    archives = wide and any(r.archiving is not None for r in rows)
-    if wide:
-        table.add_column("slot", no_wrap=True)
-        table.add_column("restart", no_wrap=True)
-    if archives:
-        table.add_column("archive", no_wrap=True)
-    table.add_column("health")
-    shard = None
-    for row in _grouped(rows):
-        if row.healthy:
-            health = "[green]ok[/]"
+    headers, archives = _status_columns(rows, wide)
+    for header in headers:
+        if header == "lag":
+            table.add_column(header, justify="right", no_wrap=True)
         else:
-            health = f"[red]{escape((row.problem if wide else row.health) or 'unhealthy')}[/]"
-        cells = [row.shard if row.shard != shard else "", row.name, _role(row), row.state.value]
-        if wide:
-            cells += [
-                row.actual_role.value,
-                row.engine,
-                f"{row.address}:{row.port}",
-                "-" if row.timeline is None else str(row.timeline),
-                lsn_text(row.lsn),
-            ]
-        cells.append(_lag(row))
-        if wide:
-            cells.append(row.slot or "-")
-            pending = ", ".join(row.pending_restart)
-            cells.append(f"[yellow]pending: {escape(pending)}[/]" if pending else "-")
-        if archives:
-            cells.append(escape(archive_text(row)))
-        cells.append(health)
-        table.add_row(*cells)
-        shard = row.shard
+            table.add_column(header, no_wrap=header != "health")
+    styled = styler(True)
+    for cells in _status_cells(rows, wide, archives):
+        table.add_row(*(styled(text, style) for text, style in cells))
     return table
+
+
+def status_text(
+    cluster: str, rows: list[StatusRow], above: list[str], *, wide: bool, page: int
+) -> str | None:
+    """:func:`status_table` under the plain lines ``above`` as rich prints them piped on a page
+    ``page`` characters wide, without rich (None: only rich can say, see
+    :func:`shardctl.cli.plain.table_text`)."""
+    headers, archives = _status_columns(rows, wide)
+    cells = [[text for text, _ in row] for row in _status_cells(rows, wide, archives)]
+    right = [headers.index("lag")]
+    return table_text(f"cluster {cluster}", headers, cells, right=right, above=above, page=page)
 
 
 def status_facts(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shardctl.cli.render import escape
+from shardctl.cli.plain import styler
 from shardctl.state.monitor import View
 
 
@@ -18,25 +18,27 @@ class MonitorFacts:
     view: View | None
 
 
-def monitor_lines(facts: MonitorFacts) -> list[str]:
-    """``monitor: last seen 0.4s ago (host) · failover automatic: shard-0`` (rich markup);
-    nothing when no shard is automatic and no monitor ever ran."""
+def monitor_lines(facts: MonitorFacts, *, markup: bool = True) -> list[str]:
+    """``monitor: last seen 0.4s ago (host) · failover automatic: shard-0`` (rich markup;
+    plain text without ``markup``); nothing when no shard is automatic and no monitor ever
+    ran."""
     automatic = [s for s, mode in facts.modes.items() if mode == "automatic"]
     last = facts.view.last_seen if facts.view is not None else None
     if not automatic and last is None:
         return []
+    styled = styler(markup)
     if last is None:
-        seen = "[bold yellow]never seen[/]"
+        seen = styled("never seen", "bold yellow")
     else:
         assert facts.view is not None
-        seen = f"last seen {last:.1f}s ago ({escape(facts.view.beats[0].host)})"
+        seen = f"last seen {last:.1f}s ago ({styled(facts.view.beats[0].host, None)})"
     modes = f"failover automatic: {', '.join(automatic)}" if automatic else "failover: manual"
     lines = [f"monitor: {seen} · {modes}"]
     if facts.view is not None and facts.view.failovers:
         f = facts.view.failovers[-1]
         lines.append(
-            f"last automatic failover: {f.at:%Y-%m-%d %H:%M:%S} {escape(f.shard)} "
-            f"{escape(f.old_primary)} -> {escape(f.new_primary)}"
+            f"last automatic failover: {f.at:%Y-%m-%d %H:%M:%S} {styled(f.shard, None)} "
+            f"{styled(f.old_primary, None)} -> {styled(f.new_primary, None)}"
         )
     return lines
 

@@ -2,7 +2,7 @@
 
 One container per cluster on the repository's engine (the cluster's image, the repository
 bind-mounted) runs ``pg_receivewal --synchronous`` per shard through a physical slot
-(:data:`~shardctl.docker.backup_specs.BACKUP_SLOT`) on the shard's acting primary, as the
+(:data:`~shardctl.config.constants.BACKUP_SLOT`) on the shard's acting primary, as the
 replication role. The servers need no ``archive_command``.
 
 :func:`ensure` converges it: the slot on every acting primary (dropped from nodes that are no
@@ -21,11 +21,12 @@ from typing import Any
 import psycopg
 
 from shardctl.config.addresses import CONTAINER_PORT, address
+from shardctl.config.constants import BACKUP_SLOT
 from shardctl.config.credentials import Credentials
 from shardctl.config.schema import Role
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
-from shardctl.docker.backup_specs import BACKUP_SLOT, backup_node_spec
+from shardctl.docker.backup_specs import backup_node_spec
 from shardctl.docker.engine import Engines
 from shardctl.docker.records import LABEL_CONFIG, cluster_labels, config_digest
 from shardctl.errors import CheckFailed, DatabaseUnavailable
