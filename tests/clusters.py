@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +36,14 @@ if TYPE_CHECKING:
 SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
 """The example schema (``users``) every test cluster is made with."""
 TEST_IMAGE = os.environ.get("SHARDCTL_TEST_IMAGE", "shardctl-test/postgres:15")
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a CLI run a test will Ctrl-C: SIGINT back to its default. A background
+    job of a non-interactive shell inherits SIGINT ignored (a terminal's or a service's process
+    does not), and Python installs its KeyboardInterrupt handler only where SIGINT is not
+    ignored: the signal the test sends would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 MADE: set[str] = set()

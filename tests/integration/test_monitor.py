@@ -22,16 +22,11 @@ from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
 from shardctl.state import catalog
 from shardctl.state import monitor as kept
-from tests.clusters import pause, sdk_container
+from tests.clusters import interruptible, pause, sdk_container
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.traffic import check_ledger, preload, traffic
 
 AUTOMATIC = {"mode": "automatic", "detect_seconds": 2}
-
-
-def _restore_sigint() -> None:
-    # A background job of a non-interactive shell inherits SIGINT ignored; a service does not.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Running:
@@ -43,7 +38,7 @@ class Running:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=_restore_sigint,
+            preexec_fn=interruptible,
         )
         self.events: list[dict[str, Any]] = []
         self.reader = threading.Thread(target=self._read, daemon=True)

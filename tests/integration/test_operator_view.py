@@ -21,7 +21,7 @@ from shardctl.db import pg
 from shardctl.docker.clients import list_over_socket, local_socket
 from shardctl.ops.cluster import Cluster
 from shardctl.state import fence
-from tests.clusters import imported_by
+from tests.clusters import imported_by, interruptible
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.integration.test_resharding import run_killed
 
@@ -122,6 +122,7 @@ def test_in_flight_work_is_shown_and_every_command_agrees(cluster_factory: Clust
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     wait_for_copy(Path(path), slow)
     slow.send_signal(signal.SIGINT)
@@ -184,6 +185,7 @@ def test_ctrl_c_in_up_stops_and_says_what_exists(cluster_factory: ClusterFactory
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ},
+        preexec_fn=interruptible,
     )
     deadline = time.monotonic() + 60
     while not cluster.engines.cluster_containers(cluster.topology):
