@@ -40,7 +40,7 @@ import psycopg
 from psycopg import pq
 
 from shardctl.db.deadlines import WATCHDOG
-from shardctl.workload.pipeline import Outcome, fold, prepare, ready_results
+from shardctl.workload.pipeline import Outcome, fold, prepare
 from shardctl.workload.raw import ALONE, RawOps
 from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
 
@@ -52,6 +52,7 @@ WAIT = 0.05
 _STATUS = pq.ExecStatus
 _OK = pq.ConnStatus.OK
 _ANSWERS = (_STATUS.COMMAND_OK, _STATUS.TUPLES_OK, _STATUS.PIPELINE_ABORTED)
+_SYNC, _COMMAND_OK = _STATUS.PIPELINE_SYNC, _STATUS.COMMAND_OK
 """Results that answer a statement; any other on a connection no longer OK: it broke."""
 
 
@@ -63,6 +64,7 @@ class Link:
     conn: psycopg.Connection[Any]
     lease: AbstractContextManager[psycopg.Connection[Any]]
     fd: int
+    pgconn: pq.abc.PGconn
     drawn: Drawn | None = None
     until: float = 0.0
     sent: int = 0
@@ -145,6 +147,12 @@ class Loop:
         self._until: float | None = None
         self._helpers: ThreadPoolExecutor | None = None
         self._wake_r = self._wake_w = -1
+        # What one round of the loop (a wake-up from poll) reads once for every op it sends or
+        # settles, rather than per op: see _round.
+        self._route: Callable[[Drawn], str] = self.raw.routes()
+        self._cut = 0.0
+        self._moving = False
+        self._clock = 0.0
 
     def serve(self, users: list[VirtualUser], halt: threading.Event, until: float | None) -> None:
         """Serve ``users`` until ``halt`` or the op budget says so (ops in flight at ``until``,
@@ -168,22 +176,27 @@ class Loop:
 
     def _turn(self, halt: threading.Event) -> None:
         """Start ops while there is room, wait for answers, settle; until all are settled."""
-        ready, draw, until = self._ready, self.worker.draw, self._until
+        ready, draw, until, budget = self._ready, self.worker.draw, self._until, self.budget
+        deadlines, links, poll, start = self._deadlines, self._links, self._poll.poll, self._start
+        width = self.width
         spent = False
+        self._round()
         while True:
-            while not spent and not halt.is_set() and self._flying < self.width and ready:
-                if not self.budget():
-                    spent = True
-                    break
-                self._flying += 1
-                self._start(draw(ready.popleft()))
+            if not spent and self._flying < width and ready and not halt.is_set():
+                while self._flying < width and ready:
+                    if not budget():
+                        spent = True
+                        break
+                    self._flying += 1
+                    start(draw(ready.popleft()))
             if self._flying == 0 and (spent or halt.is_set()):
                 return
             now = time.monotonic()
-            deadlines = self._deadlines
             soonest = deadlines[0][0] if deadlines else now + WAIT
-            for fd, _ in self._poll.poll(max(0.0, min(soonest - now, WAIT))):
-                link = self._links.get(fd)
+            events = poll(max(0.0, min(soonest - now, WAIT)))
+            now = self._round()
+            for fd, _ in events:
+                link = links.get(fd)
                 if link is not None:
                     self._read(link)
                 elif fd == self._wake_r:
@@ -194,7 +207,6 @@ class Loop:
                             self._news.get_nowait()()
                         except queue.Empty:
                             break
-            now = time.monotonic()
             while deadlines and deadlines[0][0] <= now:
                 _, sent, link = deadlines.popleft()
                 if link.sent == sent and link.drawn is not None:
@@ -203,11 +215,27 @@ class Loop:
             if until is not None and now >= until:
                 self._give_up_waiting()
 
+    def _round(self) -> float:
+        """Read the clocks, the ring and the Router's deadline once for the ops this round of
+        the loop sends and settles (they happen within the round; the ring only moves on, so
+        a ring read before a commit is read was not older than one read per op); returns
+        ``time.monotonic()``."""
+        now = time.monotonic()
+        cut = now + self.router.deadline
+        self._cut = cut if self._until is None else min(cut, self._until)
+        self._clock = time.perf_counter()
+        self._route = self.raw.routes()
+        try:
+            self._moving = bool(self.router.routing.moving)
+        except Exception:  # the catalog could not be read: the Router settles each write
+            self._moving = True
+        return now
+
     # ------------------------------------------------------------ starting ops
 
     def _start(self, drawn: Drawn) -> None:
         """Send ``drawn`` on an idle connection to its owner, or queue it for one."""
-        shard = self.raw.route(drawn)
+        shard = self._route(drawn)
         if shard == ALONE:
             self._alone(drawn)
             return
@@ -224,15 +252,15 @@ class Loop:
 
     def _send(self, link: Link, drawn: Drawn) -> None:
         """Send ``drawn``'s statements and a Sync on ``link``."""
-        cut = time.monotonic() + self.router.deadline
         link.drawn, link.rows, link.failure = drawn, 0, None
-        link.until = cut if self._until is None else min(cut, self._until)
-        pgconn = link.conn.pgconn
+        link.until = until = self._cut
+        pgconn = link.pgconn
         try:
-            for statement, params in self.raw.call(drawn).statements:
-                if self.raw.prepared:
+            if self.raw.prepared:
+                for statement, params in self.raw.sends(drawn):
                     pgconn.send_query_prepared(statement.name, params)
-                else:
+            else:
+                for statement, params in self.raw.sends(drawn):
                     pgconn.send_query_params(statement.query, params)
             pgconn.pipeline_sync()
             pgconn.flush()  # a few hundred bytes: the socket's buffer takes them at once
@@ -240,9 +268,9 @@ class Loop:
             link.drop(exc)
             self._finish(link)
             return
-        self._sent += 1
-        link.sent = self._sent
-        self._deadlines.append((link.until, link.sent, link))
+        self._sent = sent = self._sent + 1
+        link.sent = sent
+        self._deadlines.append((until, sent, link))
 
     def _help(self, work: Callable[..., None], *args: Any) -> None:
         """``work(*args)`` on a helper thread, held to the run's end like the loop's ops."""
@@ -278,7 +306,7 @@ class Loop:
                     prepare(conn, self.raw.statements())
             conn.pgconn.enter_pipeline_mode()
             conn.pgconn.nonblocking = 1
-            link = Link(shard, conn, lease, conn.pgconn.socket)
+            link = Link(shard, conn, lease, conn.pgconn.socket, conn.pgconn)
         except Exception:
             conn.close()
             lease.__exit__(None, None, None)
@@ -325,7 +353,7 @@ class Loop:
 
     def _read(self, link: Link) -> None:
         """Take what ``link``'s connection answered; finish its op once its Sync is back."""
-        pgconn = link.conn.pgconn
+        pgconn = link.pgconn
         if link.drawn is None:  # idle: the server closed it (or says why it will)
             self._unlink(link)
             link.drop()
@@ -336,11 +364,23 @@ class Loop:
                 state.idle.remove(link)
             return
         try:
-            for result in ready_results(pgconn):
+            pgconn.consume_input()
+            idle = 0
+            while not pgconn.is_busy():  # as pipeline.ready_results, inline: once per op
+                result = pgconn.get_result()
+                if result is None:
+                    idle += 1  # the end of one statement's results; twice: nothing more yet
+                    if idle > 1:
+                        return
+                    continue
+                idle = 0
                 status = result.status
-                if status == _STATUS.PIPELINE_SYNC:
+                if status == _SYNC:
                     self._finish(link)
                     return
+                if status == _COMMAND_OK and link.failure is None:
+                    link.rows = result.command_tuples or 0
+                    continue
                 if status not in _ANSWERS and pgconn.status != _OK:
                     raise psycopg.OperationalError("the connection broke")
                 link.rows, link.failure = fold(result, link.rows, link.failure)
@@ -357,7 +397,7 @@ class Loop:
         outcome: Outcome = failure if failure is not None else link.rows
         if failure is not None or (link.rows == 0 and drawn.op in ("update", "delete")):
             self._alone(drawn)
-        elif drawn.op != "read" and self.router.routing.moving:
+        elif self._moving and drawn.op != "read":
             self._help(self._written, drawn, outcome)
         else:
             self._settle(drawn, outcome)
@@ -389,7 +429,7 @@ class Loop:
         self._tell(lambda: self._settle(drawn, outcome))
 
     def _settle(self, drawn: Drawn, outcome: Outcome) -> None:
-        drawn.user.ready_since = self.worker.settle(drawn, outcome)
+        drawn.user.ready_since = self.worker.settle(drawn, outcome, self._clock)
         self.worker.stats.done += 1
         self._flying -= 1
         self._ready.append(drawn.user)
