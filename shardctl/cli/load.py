@@ -81,7 +81,7 @@ def load(
             low=1,
             high=256,
             show_default=False,
-            help="The loop engine's threads, sharing --workers [default: one per 4 workers].",
+            help="The loop engine's threads, sharing --workers [default: one per 16 workers].",
         ),
     ] = None,
     users: Annotated[
@@ -208,6 +208,7 @@ def load(
                     counts,
                     pipeline,
                     engine,
+                    loops,
                 ),
                 counts,
                 output,

@@ -40,13 +40,18 @@ import psycopg
 from psycopg import pq
 
 from shardctl.db.deadlines import WATCHDOG
+from shardctl.errors import ShardctlError
 from shardctl.workload.pipeline import Outcome, fold, prepare
 from shardctl.workload.raw import ALONE, RawOps
 from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
 
-OPS_PER_LOOP = 4
-"""Ops in flight per loop thread by default: on a machine whose cores are all busy, each thread
-gets its turn, so a few threads get more of them than one; each costs hand-offs of the GIL."""
+OPS_PER_LOOP = 16
+"""Ops in flight per loop thread by default. Each more thread costs hand-offs of the GIL, and
+its own connections (see :func:`enough`): with 16 ops, one loop spent 58-87 us of CPU per
+insert where four spent 103-124 (docs/benchmarks.md)."""
+SPARE_PER_NODE = 2
+"""Connections a loop may hold to a node beyond its even share of its ops (see :func:`enough`):
+with 8 ops over 4 shards, an op waits for a connection in about 2% of draws."""
 WAIT = 0.05
 """Seconds the loop waits at most before it looks at the stop event again."""
 _STATUS = pq.ExecStatus
@@ -90,12 +95,22 @@ class _Shard:
 
 def loops(run: Run, *, width: int) -> list[Loop]:
     """The loops of a run of ``width`` ops in flight: ``config.loops`` (default: one per
-    :data:`OPS_PER_LOOP`), sharing them, and the connections a node's pool has but one."""
+    :data:`OPS_PER_LOOP`), sharing them, and the connections a node's pool has but one (no
+    more per node than :func:`enough` for its ops)."""
     wanted = run.config.loops or -(-width // OPS_PER_LOOP)
+    shards = len(run.router.topology.primaries())
     return [
-        Loop(run, width=share, most=most)
+        Loop(run, width=share, most=min(most, enough(share, shards)))
         for share, most in split(width, wanted, max(1, run.router.max_size - 1))
     ]
+
+
+def enough(width: int, shards: int) -> int:
+    """Connections to one node a loop of ``width`` ops in flight holds at most: its share of
+    them over ``shards`` and :data:`SPARE_PER_NODE` more, for the ops that chance sends to the
+    same shard at once (past that, an op waits for one of them). Each connection costs the
+    client and the server a login (SCRAM) when opened, and pgbench holds one per client."""
+    return min(width, -(-width // max(1, shards)) + SPARE_PER_NODE)
 
 
 def split(width: int, wanted: int, spare: int) -> list[tuple[int, int]]:
@@ -149,7 +164,7 @@ class Loop:
         self._wake_r = self._wake_w = -1
         # What one round of the loop (a wake-up from poll) reads once for every op it sends or
         # settles, rather than per op: see _round.
-        self._route: Callable[[Drawn], str] = self.raw.routes()
+        self._route: Callable[[Drawn], str] = self.raw.routes(None)
         self._cut = 0.0
         self._moving = False
         self._clock = 0.0
@@ -176,7 +191,8 @@ class Loop:
 
     def _turn(self, halt: threading.Event) -> None:
         """Start ops while there is room, wait for answers, settle; until all are settled."""
-        ready, draw, until, budget = self._ready, self.worker.draw, self._until, self.budget
+        ready, draw, until = self._ready, self.worker.draw, self._until
+        budget = self.budget if self.worker.config.ops is not None else None
         deadlines, links, poll, start = self._deadlines, self._links, self._poll.poll, self._start
         width = self.width
         spent = False
@@ -184,7 +200,7 @@ class Loop:
         while True:
             if not spent and self._flying < width and ready and not halt.is_set():
                 while self._flying < width and ready:
-                    if not budget():
+                    if budget is not None and not budget():
                         spent = True
                         break
                     self._flying += 1
@@ -224,11 +240,12 @@ class Loop:
         cut = now + self.router.deadline
         self._cut = cut if self._until is None else min(cut, self._until)
         self._clock = time.perf_counter()
-        self._route = self.raw.routes()
         try:
-            self._moving = bool(self.router.routing.moving)
-        except Exception:  # the catalog could not be read: the Router settles each write
-            self._moving = True
+            routing = self.router.routing
+        except (ShardctlError, OSError):  # the catalog could not be read: the Router's turn
+            self._route, self._moving = self.raw.routes(None), True
+        else:
+            self._route, self._moving = self.raw.routes(routing), bool(routing.moving)
         return now
 
     # ------------------------------------------------------------ starting ops
@@ -402,7 +419,7 @@ class Loop:
         else:
             self._settle(drawn, outcome)
         state = self._shards[link.shard]
-        if link.conn.closed:
+        if failure is not None and link.conn.closed:  # only a failure closes a connection
             self._unlink(link)
             link.lease.__exit__(None, None, None)
             state.held -= 1

@@ -31,6 +31,7 @@ from contextlib import nullcontext
 
 from shardctl.errors import RoutingError, ShardctlError
 from shardctl.router.fencing import ASSERT_OWNER
+from shardctl.router.watcher import Routing
 from shardctl.workload.pipeline import (
     Call,
     Outcome,
@@ -83,12 +84,12 @@ class RawOps:
         except (ShardctlError, OSError):
             return ALONE
 
-    def routes(self) -> Callable[[Drawn], str]:
-        """:meth:`route` with the ring in use now read once, for the ops started together."""
-        try:
-            owner = self.router.routing.owner
-        except (ShardctlError, OSError):
+    def routes(self, routing: Routing | None) -> Callable[[Drawn], str]:
+        """:meth:`route` by ``routing`` (the Router's, read once for the ops started together;
+        None: it could not be read, the Router takes every op)."""
+        if routing is None:
             return _alone
+        owner = routing.owner
         if self._replicas:
             return lambda drawn: ALONE if drawn.op == "read" else owner(drawn.key)
         return lambda drawn: owner(drawn.key)
