@@ -24,10 +24,13 @@ names a running one. Then, interleaved, ``--repeat`` rounds of:
 - with ``--in-container``, the former baseline too: the image's pgbench in one sibling
   container per primary on the host's network;
 - with ``--before``, ``shardctl load --pipeline 1`` of another checkout of shardctl (its
-  folder, e.g. a ``git worktree`` of main), right after this one's: before and after a change
-  in the same rounds (its start-up is taken as this one's);
+  folder, e.g. a ``git worktree`` of main), beside this one's: before and after a change in
+  the same rounds (its start-up is taken as this one's);
 - with ``--raw``, insert-only, psycopg alone (no Router, no fence) with as many threads and as
   many coroutines as clients.
+
+The ``load`` runs of a round take turns at going first after pgbench (round 2 starts with the
+second).
 
 Insert-only is ``load``'s upsert of the same row shape into the same table: a fresh uuid key
 (``gen_random_uuid()`` for pgbench, uuid4 for ``load``) and three text values
@@ -304,24 +307,26 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
                 got["in-container"] = pgbench_containers(
                     cluster, mix, clients, seconds, args.protocol
                 )
-            for pipe, engine in runs:
+            # The load runs take turns at going first after pgbench (round 2 starts with the
+            # second, ...): a run right after pgbench may meet its aftermath (checkpoint,
+            # autovacuum), which must not always fall on the same one.
+            jobs: list[tuple[str, list[str], Path | None]] = [
+                (_column(pipe, engine),
+                 [*(["--pipeline", str(pipe)] if pipe else []),
+                  *(["--engine", engine] if engine else [])], None)
+                for pipe, engine in runs
+            ]  # fmt: skip
+            if other is not None:
+                jobs.append(("before p1", ["--pipeline", "1"], other))
+            turn = i % len(jobs) if jobs else 0
+            for column, extra, tree in jobs[turn:] + jobs[:turn]:
                 report = load(
                     path, "--workers", str(clients), "--duration", str(seconds),
-                    "--mix", mix_arg(mix), *(["--pipeline", str(pipe)] if pipe else []),
-                    *(["--engine", engine] if engine else []),
+                    "--mix", mix_arg(mix), *extra, tree=tree,
                 )  # fmt: skip
-                column = _column(pipe, engine)
                 got[column] = float(str(report["throughput"]))
                 spent = float(str(report["cpu"])) - startup
                 cpu[column].append(spent / max(1, int(str(report["ops"]))))
-            if other is not None:
-                report = load(
-                    path, "--workers", str(clients), "--duration", str(seconds),
-                    "--mix", mix_arg(mix), "--pipeline", "1", tree=other,
-                )  # fmt: skip
-                got["before p1"] = float(str(report["throughput"]))
-                spent = float(str(report["cpu"])) - startup
-                cpu["before p1"].append(spent / max(1, int(str(report["ops"]))))
             if args.raw and name == "insert-only":
                 got["psycopg thr"] = raw_threads(infos, clients, clients, seconds) / seconds
                 got["psycopg aio"] = raw_asyncio(infos, clients, clients, seconds) / seconds
