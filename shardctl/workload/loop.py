@@ -151,7 +151,8 @@ class Loop:
         self._sent = 0
         self._deadlines: deque[tuple[float, int, Link]] = deque()
         """Ops sent, in the order sent, which is their deadlines' order (the Router's
-        deadline after the send, or the run's end, whichever comes first)."""
+        deadline after the send, or the run's end, whichever comes first); the settled ones
+        leave once no older op is in flight, so it holds about the ops in flight."""
         self._flying = 0
         """Ops drawn and not yet settled: never more than ``width``."""
         self._news: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -223,11 +224,14 @@ class Loop:
                             self._news.get_nowait()()
                         except queue.Empty:
                             break
-            while deadlines and deadlines[0][0] <= now:
-                _, sent, link = deadlines.popleft()
+            while deadlines:  # the oldest op sent first: settled ones leave, late ones fail
+                cut, sent, link = deadlines[0]
                 if link.sent == sent and link.drawn is not None:
+                    if cut > now:
+                        break
                     link.drop(psycopg.OperationalError("no answer within the deadline"))
                     self._finish(link)
+                deadlines.popleft()
             if until is not None and now >= until:
                 self._give_up_waiting()
 
