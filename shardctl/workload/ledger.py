@@ -64,6 +64,7 @@ def _object(value: Value | None) -> str:
     pairs = (f"{_string(k)}:{'null' if v is None else _string(v)}" for k, v in value.items())
     return "{" + ",".join(pairs) + "}"
 
+
 Value = dict[str, str | None]
 
 
