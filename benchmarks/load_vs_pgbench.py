@@ -4,7 +4,8 @@ the same number of clients, on the same cluster, in the same run.
     python benchmarks/load_vs_pgbench.py [--clients 16] [--seconds 10] [--repeat 3]
                                          [--mixes insert-only,default] [--protocol prepared]
                                          [--pipelines 8,1] [--in-container] [--raw]
-                                         [--engines loop,threads] [--before CHECKOUT]
+                                         [--engines loop,threads] [--loops 1,4]
+                                         [--before CHECKOUT]
                                          [--users 1000,5000,10000] [--users-seconds 30]
                                          [--topology FILE]
 
@@ -20,7 +21,8 @@ names a running one. Then, interleaved, ``--repeat`` rounds of:
 - **shardctl load** (the real CLI, in a subprocess) with ``--workers`` equal to ``--clients``
   and the same mix, once per ``--pipelines`` value (``--pipeline 1``: one op per connection at
   a time; 0: no ``--pipeline`` flag, for a ``load`` without), and with ``--pipeline 1`` once
-  per ``--engines`` value (``load --engine``; none given: no ``--engine`` flag);
+  per ``--engines`` value (``load --engine``; none given: no ``--engine`` flag), the loop
+  engine once per ``--loops`` value (``load --loops``; none given: no ``--loops`` flag);
 - with ``--in-container``, the former baseline too: the image's pgbench in one sibling
   container per primary on the host's network;
 - with ``--before``, ``shardctl load --pipeline 1`` of another checkout of shardctl (its
@@ -234,7 +236,9 @@ def load(topology: Path, *args: str, tree: Path | None = None) -> dict[str, obje
     return report
 
 
-def _column(pipe: int, engine: str) -> str:
+def _column(pipe: int, engine: str, loops: int = 0) -> str:
+    if loops:
+        return f"load {engine}x{loops}"
     return f"load {engine}" if engine else f"load p{pipe}" if pipe else "load"
 
 
@@ -268,6 +272,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
     clients, seconds = args.clients, args.seconds
     pipelines = [int(p) for p in args.pipelines.split(",") if p.strip()]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()] or [""]
+    loops = [int(n) for n in args.loops.split(",") if n.strip()] or [0]
     print(
         f"# {clients} clients/workers, {seconds:g} s per run, {args.repeat} interleaved rounds, "
         f"pgbench -M {args.protocol} (load average {_load()})"
@@ -288,8 +293,13 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
     for name in args.mixes.split(","):
         mix = MIXES[name]
         columns = ["pgbench"] + (["in-container"] if args.in_container else [])
-        runs = [(p, e) for p in pipelines for e in (engines if p == 1 else [""])]
-        columns += [_column(p, e) for p, e in runs]
+        runs = [
+            (p, e, n)
+            for p in pipelines
+            for e in (engines if p == 1 else [""])
+            for n in (loops if e == "loop" else [0])
+        ]
+        columns += [_column(p, e, n) for p, e, n in runs]
         columns += ["before p1"] if other is not None else []
         if args.raw and name == "insert-only":
             columns += ["psycopg thr", "psycopg aio"]
@@ -311,10 +321,11 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
             # second, ...): a run right after pgbench may meet its aftermath (checkpoint,
             # autovacuum), which must not always fall on the same one.
             jobs: list[tuple[str, list[str], Path | None]] = [
-                (_column(pipe, engine),
+                (_column(pipe, engine, n),
                  [*(["--pipeline", str(pipe)] if pipe else []),
-                  *(["--engine", engine] if engine else [])], None)
-                for pipe, engine in runs
+                  *(["--engine", engine] if engine else []),
+                  *(["--loops", str(n)] if n else [])], None)
+                for pipe, engine, n in runs
             ]  # fmt: skip
             if other is not None:
                 jobs.append(("before p1", ["--pipeline", "1"], other))
@@ -393,6 +404,7 @@ def main() -> None:
     parser.add_argument("--pipelines", default="8,1")
     parser.add_argument("--in-container", action="store_true")
     parser.add_argument("--engines", default="")
+    parser.add_argument("--loops", default="")
     parser.add_argument("--raw", action="store_true")
     parser.add_argument("--before", type=Path, default=None)
     parser.add_argument("--users", default="")
