@@ -41,6 +41,7 @@ from psycopg import pq
 
 from shardctl.db.deadlines import WATCHDOG
 from shardctl.errors import ShardctlError
+from shardctl.router.watcher import Routing
 from shardctl.workload.pipeline import Outcome, fold, prepare
 from shardctl.workload.raw import ALONE, RawOps
 from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
@@ -165,6 +166,7 @@ class Loop:
         self._wake_r = self._wake_w = -1
         # What one round of the loop (a wake-up from poll) reads once for every op it sends or
         # settles, rather than per op: see _round.
+        self._routing: Routing | None = None
         self._route: Callable[[Drawn], str] = self.raw.routes(None)
         self._cut = 0.0
         self._moving = False
@@ -241,15 +243,17 @@ class Loop:
         a ring read before a commit is read was not older than one read per op); returns
         ``time.monotonic()``."""
         now = time.monotonic()
-        cut = now + self.router.deadline
-        self._cut = cut if self._until is None else min(cut, self._until)
+        cut, until = now + self.router.deadline, self._until
+        self._cut = cut if until is None or cut < until else until
         self._clock = time.perf_counter()
         try:
-            routing = self.router.routing
+            routing: Routing | None = self.router.routing
         except (ShardctlError, OSError):  # the catalog could not be read: the Router's turn
-            self._route, self._moving = self.raw.routes(None), True
-        else:
-            self._route, self._moving = self.raw.routes(routing), bool(routing.moving)
+            routing = None
+        if routing is not self._routing or routing is None:  # a Routing is frozen
+            self._routing = routing
+            self._route = self.raw.routes(routing)
+            self._moving = routing is None or bool(routing.moving)
         return now
 
     # ------------------------------------------------------------ starting ops
