@@ -81,7 +81,7 @@ def load(
             low=1,
             high=256,
             show_default=False,
-            help="The loop engine's threads, sharing --workers [default: one per 16 workers].",
+            help="The loop engine's threads, sharing --workers [default: one per 8 workers].",
         ),
     ] = None,
     users: Annotated[

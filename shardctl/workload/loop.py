@@ -46,10 +46,11 @@ from shardctl.workload.pipeline import Outcome, fold, prepare
 from shardctl.workload.raw import ALONE, RawOps
 from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
 
-OPS_PER_LOOP = 16
+OPS_PER_LOOP = 8
 """Ops in flight per loop thread by default. Each more thread costs hand-offs of the GIL, and
-its own connections (see :func:`enough`): with 16 ops, one loop spent 58-87 us of CPU per
-insert where four spent 103-124 (docs/benchmarks.md)."""
+its own connections (see :func:`enough`), but on a busy machine gets its own share of the
+cores: with 16 ops, two loops beat one in 9 of 11 rounds against pgbench, and four spent
+more CPU per insert than either (docs/benchmarks.md)."""
 SPARE_PER_NODE = 2
 """Connections a loop may hold to a node beyond its even share of its ops (see :func:`enough`):
 with 8 ops over 4 shards, an op waits for a connection in about 2% of draws."""
