@@ -39,14 +39,15 @@ from shardctl.workload.users import ENGINES, Engine, LoadConfig, Mix
 INSERTS = Mix(insert=100, read=0, update=0, delete=0)
 
 
-def profiled(top: int, run: Callable[[], int]) -> tuple[int, float, str]:
-    """``run()`` with every load thread profiled: its result, CPU seconds, the top functions."""
+def profiled(top: int, run: Callable[[], int], *, cpu: bool = False) -> tuple[int, float, str]:
+    """``run()`` with every load thread profiled (``cpu``: by the thread's CPU time, not the
+    wall clock): its result, CPU seconds, the top functions."""
     profiles: list[cProfile.Profile] = []
     lock = threading.Lock()
     original = fanout.Background._run
 
     def patched(self: Any, key: Any, task: Callable[[], Any]) -> None:
-        profile = cProfile.Profile()
+        profile = cProfile.Profile(time.thread_time) if cpu else cProfile.Profile()
         with lock:
             profiles.append(profile)
 
@@ -90,6 +91,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--cpu", action="store_true", help="profile by thread CPU time (not wall time)"
+    )
     args = parser.parse_args()
     engines: list[Engine] = [e for e in ENGINES if e in args.engines.split(",")]
     counts = [int(n) for n in args.loops.split(",")]
@@ -114,7 +118,9 @@ def main() -> None:
                     done = inserted(router, config)
                     used, top = time.process_time() - used, ""
                 else:
-                    done, used, top = profiled(args.top, partial(inserted, router, config))
+                    done, used, top = profiled(
+                        args.top, partial(inserted, router, config), cpu=args.cpu
+                    )
                 voluntary, forced = (b - a for a, b in zip(switches, _switches(), strict=True))
                 name = f"--pipeline {pipe}" + (f" --engine {engine}" if pipe == 1 else "")
                 name += f" --loops {count}" if count else ""

@@ -4,7 +4,8 @@ the same number of clients, on the same cluster, in the same run.
     python benchmarks/load_vs_pgbench.py [--clients 16] [--seconds 10] [--repeat 3]
                                          [--mixes insert-only,default] [--protocol prepared]
                                          [--pipelines 8,1] [--in-container] [--raw]
-                                         [--engines loop,threads] [--before CHECKOUT]
+                                         [--engines loop,threads] [--loops 1,4]
+                                         [--before CHECKOUT]
                                          [--users 1000,5000,10000] [--users-seconds 30]
                                          [--topology FILE]
 
@@ -20,14 +21,18 @@ names a running one. Then, interleaved, ``--repeat`` rounds of:
 - **shardctl load** (the real CLI, in a subprocess) with ``--workers`` equal to ``--clients``
   and the same mix, once per ``--pipelines`` value (``--pipeline 1``: one op per connection at
   a time; 0: no ``--pipeline`` flag, for a ``load`` without), and with ``--pipeline 1`` once
-  per ``--engines`` value (``load --engine``; none given: no ``--engine`` flag);
+  per ``--engines`` value (``load --engine``; none given: no ``--engine`` flag), the loop
+  engine once per ``--loops`` value (``load --loops``; none given: no ``--loops`` flag);
 - with ``--in-container``, the former baseline too: the image's pgbench in one sibling
   container per primary on the host's network;
 - with ``--before``, ``shardctl load --pipeline 1`` of another checkout of shardctl (its
-  folder, e.g. a ``git worktree`` of main), right after this one's: before and after a change
-  in the same rounds (its start-up is taken as this one's);
+  folder, e.g. a ``git worktree`` of main), beside this one's: before and after a change in
+  the same rounds (its start-up is taken as this one's);
 - with ``--raw``, insert-only, psycopg alone (no Router, no fence) with as many threads and as
   many coroutines as clients.
+
+The ``load`` runs of a round take turns at going first after pgbench (round 2 starts with the
+second).
 
 Insert-only is ``load``'s upsert of the same row shape into the same table: a fresh uuid key
 (``gen_random_uuid()`` for pgbench, uuid4 for ``load``) and three text values
@@ -231,7 +236,9 @@ def load(topology: Path, *args: str, tree: Path | None = None) -> dict[str, obje
     return report
 
 
-def _column(pipe: int, engine: str) -> str:
+def _column(pipe: int, engine: str, loops: int = 0) -> str:
+    if loops:
+        return f"load {engine}x{loops}"
     return f"load {engine}" if engine else f"load p{pipe}" if pipe else "load"
 
 
@@ -265,6 +272,7 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
     clients, seconds = args.clients, args.seconds
     pipelines = [int(p) for p in args.pipelines.split(",") if p.strip()]
     engines = [e.strip() for e in args.engines.split(",") if e.strip()] or [""]
+    loops = [int(n) for n in args.loops.split(",") if n.strip()] or [0]
     print(
         f"# {clients} clients/workers, {seconds:g} s per run, {args.repeat} interleaved rounds, "
         f"pgbench -M {args.protocol} (load average {_load()})"
@@ -285,8 +293,13 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
     for name in args.mixes.split(","):
         mix = MIXES[name]
         columns = ["pgbench"] + (["in-container"] if args.in_container else [])
-        runs = [(p, e) for p in pipelines for e in (engines if p == 1 else [""])]
-        columns += [_column(p, e) for p, e in runs]
+        runs = [
+            (p, e, n)
+            for p in pipelines
+            for e in (engines if p == 1 else [""])
+            for n in (loops if e == "loop" else [0])
+        ]
+        columns += [_column(p, e, n) for p, e, n in runs]
         columns += ["before p1"] if other is not None else []
         if args.raw and name == "insert-only":
             columns += ["psycopg thr", "psycopg aio"]
@@ -304,24 +317,27 @@ def run(cluster: Cluster, args: argparse.Namespace) -> None:
                 got["in-container"] = pgbench_containers(
                     cluster, mix, clients, seconds, args.protocol
                 )
-            for pipe, engine in runs:
+            # The load runs take turns at going first after pgbench (round 2 starts with the
+            # second, ...): a run right after pgbench may meet its aftermath (checkpoint,
+            # autovacuum), which must not always fall on the same one.
+            jobs: list[tuple[str, list[str], Path | None]] = [
+                (_column(pipe, engine, n),
+                 [*(["--pipeline", str(pipe)] if pipe else []),
+                  *(["--engine", engine] if engine else []),
+                  *(["--loops", str(n)] if n else [])], None)
+                for pipe, engine, n in runs
+            ]  # fmt: skip
+            if other is not None:
+                jobs.append(("before p1", ["--pipeline", "1"], other))
+            turn = i % len(jobs) if jobs else 0
+            for column, extra, tree in jobs[turn:] + jobs[:turn]:
                 report = load(
                     path, "--workers", str(clients), "--duration", str(seconds),
-                    "--mix", mix_arg(mix), *(["--pipeline", str(pipe)] if pipe else []),
-                    *(["--engine", engine] if engine else []),
+                    "--mix", mix_arg(mix), *extra, tree=tree,
                 )  # fmt: skip
-                column = _column(pipe, engine)
                 got[column] = float(str(report["throughput"]))
                 spent = float(str(report["cpu"])) - startup
                 cpu[column].append(spent / max(1, int(str(report["ops"]))))
-            if other is not None:
-                report = load(
-                    path, "--workers", str(clients), "--duration", str(seconds),
-                    "--mix", mix_arg(mix), "--pipeline", "1", tree=other,
-                )  # fmt: skip
-                got["before p1"] = float(str(report["throughput"]))
-                spent = float(str(report["cpu"])) - startup
-                cpu["before p1"].append(spent / max(1, int(str(report["ops"]))))
             if args.raw and name == "insert-only":
                 got["psycopg thr"] = raw_threads(infos, clients, clients, seconds) / seconds
                 got["psycopg aio"] = raw_asyncio(infos, clients, clients, seconds) / seconds
@@ -388,6 +404,7 @@ def main() -> None:
     parser.add_argument("--pipelines", default="8,1")
     parser.add_argument("--in-container", action="store_true")
     parser.add_argument("--engines", default="")
+    parser.add_argument("--loops", default="")
     parser.add_argument("--raw", action="store_true")
     parser.add_argument("--before", type=Path, default=None)
     parser.add_argument("--users", default="")

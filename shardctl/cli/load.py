@@ -73,7 +73,7 @@ def load(
             low=1,
             high=256,
             show_default=False,
-            help="The loop engine's threads, sharing --workers [default: one per 4 workers].",
+            help="The loop engine's threads, sharing --workers [default: one per 8 workers].",
         ),
     ] = None,
     users: Annotated[
@@ -210,6 +210,7 @@ def load(
                     counts,
                     pipeline,
                     engine,
+                    loops,
                 ),
                 counts,
                 output,

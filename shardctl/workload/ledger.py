@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -48,6 +48,22 @@ from shardctl.util import fanout
 VERSION = 1
 WRITE_OPS = ("insert", "update", "delete")
 BATCH = 5000
+LINES_AT_ONCE = 256
+"""Lines a ledger collects before it writes them to its file's buffer in one call."""
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+"""A JSON string, as json.dumps writes it (ASCII, escaped)."""
+
+
+def _object(value: Value | None) -> str:
+    """``value`` as json.dumps writes it with compact separators."""
+    if value is None:
+        return "null"
+    if not all(type(v) is str or v is None for v in value.values()):
+        return _encode(value)
+    pairs = (f"{_string(k)}:{'null' if v is None else _string(v)}" for k, v in value.items())
+    return "{" + ",".join(pairs) + "}"
+
 
 Value = dict[str, str | None]
 
@@ -71,6 +87,8 @@ class Ledger:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._seq = 0
+        self._lines: list[str] = []
+        """Lines recorded and not yet handed to ``_out`` (see :data:`LINES_AT_ONCE`)."""
         self._out: IO[str] = self.path.open("w", encoding="utf-8", buffering=1 << 16)
         line = {
             "ledger": VERSION,
@@ -93,18 +111,28 @@ class Ledger:
         rows: int | None = None,
     ) -> None:
         """Append one write: ``value`` is the row after it (None when absent)."""
-        entry: dict[str, Any] = {"worker": worker, "key": str(key), "op": op, "value": value}
-        entry["ok"] = ok
-        if rows is not None:
-            entry["rows"] = rows
+        # The line json.dumps of the entry's dict would write, with no dict built and only the
+        # strings and the value run through the encoder: a load run records every write.
+        tail = "}\n" if rows is None else f',"rows":{int(rows)}}}\n'
+        body = (
+            f'"worker":{int(worker)},"key":{_string(str(key))},"op":{_string(op)},'
+            f'"value":{_object(value)},"ok":{"true" if ok else "false"}{tail}'
+        )
         with self._lock:
             self._seq += 1
-            entry = {"seq": self._seq, **entry}
-            self._out.write(json.dumps(entry, separators=(",", ":")) + "\n")
+            self._lines.append(f'{{"seq":{self._seq},{body}')
+            if len(self._lines) >= LINES_AT_ONCE:
+                self._write()
+
+    def _write(self) -> None:
+        """(Under the lock.) Hand the lines recorded so far to the file's buffer."""
+        self._out.write("".join(self._lines))
+        self._lines.clear()
 
     def record_many(self, worker: int, items: Iterable[tuple[object, Value]]) -> None:
         """Append acknowledged inserts in bulk (the bulk loader, after a chunk commits)."""
         with self._lock:
+            self._write()
             lines = []
             for key, value in items:
                 self._seq += 1
@@ -123,12 +151,14 @@ class Ledger:
     def flush(self) -> None:
         """Push buffered lines to the file."""
         with self._lock:
+            self._write()
             self._out.flush()
 
     def close(self) -> None:
         """Flush and close the file."""
         with self._lock:
             if not self._out.closed:
+                self._write()
                 self._out.close()
 
     def __enter__(self) -> Ledger:

@@ -40,18 +40,26 @@ import psycopg
 from psycopg import pq
 
 from shardctl.db.deadlines import WATCHDOG
-from shardctl.workload.pipeline import Outcome, fold, prepare, ready_results
+from shardctl.errors import ShardctlError
+from shardctl.router.watcher import Routing
+from shardctl.workload.pipeline import Outcome, fold, prepare
 from shardctl.workload.raw import ALONE, RawOps
 from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
 
-OPS_PER_LOOP = 4
-"""Ops in flight per loop thread by default: on a machine whose cores are all busy, each thread
-gets its turn, so a few threads get more of them than one; each costs hand-offs of the GIL."""
+OPS_PER_LOOP = 8
+"""Ops in flight per loop thread by default. Each more thread costs hand-offs of the GIL, and
+its own connections (see :func:`enough`), but on a busy machine gets its own share of the
+cores: with 16 ops, two loops beat one in 9 of 11 rounds against pgbench, and four spent
+more CPU per insert than either (docs/benchmarks.md)."""
+SPARE_PER_NODE = 2
+"""Connections a loop may hold to a node beyond its even share of its ops (see :func:`enough`):
+with 8 ops over 4 shards, an op waits for a connection in about 2% of draws."""
 WAIT = 0.05
 """Seconds the loop waits at most before it looks at the stop event again."""
 _STATUS = pq.ExecStatus
 _OK = pq.ConnStatus.OK
 _ANSWERS = (_STATUS.COMMAND_OK, _STATUS.TUPLES_OK, _STATUS.PIPELINE_ABORTED)
+_SYNC, _COMMAND_OK = _STATUS.PIPELINE_SYNC, _STATUS.COMMAND_OK
 """Results that answer a statement; any other on a connection no longer OK: it broke."""
 
 
@@ -63,6 +71,7 @@ class Link:
     conn: psycopg.Connection[Any]
     lease: AbstractContextManager[psycopg.Connection[Any]]
     fd: int
+    pgconn: pq.abc.PGconn
     drawn: Drawn | None = None
     until: float = 0.0
     sent: int = 0
@@ -88,12 +97,22 @@ class _Shard:
 
 def loops(run: Run, *, width: int) -> list[Loop]:
     """The loops of a run of ``width`` ops in flight: ``config.loops`` (default: one per
-    :data:`OPS_PER_LOOP`), sharing them, and the connections a node's pool has but one."""
+    :data:`OPS_PER_LOOP`), sharing them, and the connections a node's pool has but one (no
+    more per node than :func:`enough` for its ops)."""
     wanted = run.config.loops or -(-width // OPS_PER_LOOP)
+    shards = len(run.router.topology.primaries())
     return [
-        Loop(run, width=share, most=most)
+        Loop(run, width=share, most=min(most, enough(share, shards)))
         for share, most in split(width, wanted, max(1, run.router.max_size - 1))
     ]
+
+
+def enough(width: int, shards: int) -> int:
+    """Connections to one node a loop of ``width`` ops in flight holds at most: its share of
+    them over ``shards`` and :data:`SPARE_PER_NODE` more, for the ops that chance sends to the
+    same shard at once (past that, an op waits for one of them). Each connection costs the
+    client and the server a login (SCRAM) when opened, and pgbench holds one per client."""
+    return min(width, -(-width // max(1, shards)) + SPARE_PER_NODE)
 
 
 def split(width: int, wanted: int, spare: int) -> list[tuple[int, int]]:
@@ -134,7 +153,8 @@ class Loop:
         self._sent = 0
         self._deadlines: deque[tuple[float, int, Link]] = deque()
         """Ops sent, in the order sent, which is their deadlines' order (the Router's
-        deadline after the send, or the run's end, whichever comes first)."""
+        deadline after the send, or the run's end, whichever comes first); the settled ones
+        leave once no older op is in flight, so it holds about the ops in flight."""
         self._flying = 0
         """Ops drawn and not yet settled: never more than ``width``."""
         self._news: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -145,6 +165,13 @@ class Loop:
         self._until: float | None = None
         self._helpers: ThreadPoolExecutor | None = None
         self._wake_r = self._wake_w = -1
+        # What one round of the loop (a wake-up from poll) reads once for every op it sends or
+        # settles, rather than per op: see _round.
+        self._routing: Routing | None = None
+        self._route: Callable[[Drawn], str] = self.raw.routes(None)
+        self._cut = 0.0
+        self._moving = False
+        self._clock = 0.0
 
     def serve(self, users: list[VirtualUser], halt: threading.Event, until: float | None) -> None:
         """Serve ``users`` until ``halt`` or the op budget says so (ops in flight at ``until``,
@@ -169,21 +196,27 @@ class Loop:
     def _turn(self, halt: threading.Event) -> None:
         """Start ops while there is room, wait for answers, settle; until all are settled."""
         ready, draw, until = self._ready, self.worker.draw, self._until
+        budget = self.budget if self.worker.config.ops is not None else None
+        deadlines, links, poll, start = self._deadlines, self._links, self._poll.poll, self._start
+        width = self.width
         spent = False
+        self._round()
         while True:
-            while not spent and not halt.is_set() and self._flying < self.width and ready:
-                if not self.budget():
-                    spent = True
-                    break
-                self._flying += 1
-                self._start(draw(ready.popleft()))
+            if not spent and self._flying < width and ready and not halt.is_set():
+                while self._flying < width and ready:
+                    if budget is not None and not budget():
+                        spent = True
+                        break
+                    self._flying += 1
+                    start(draw(ready.popleft()))
             if self._flying == 0 and (spent or halt.is_set()):
                 return
             now = time.monotonic()
-            deadlines = self._deadlines
             soonest = deadlines[0][0] if deadlines else now + WAIT
-            for fd, _ in self._poll.poll(max(0.0, min(soonest - now, WAIT))):
-                link = self._links.get(fd)
+            events = poll(max(0.0, min(soonest - now, WAIT)))
+            now = self._round()
+            for fd, _ in events:
+                link = links.get(fd)
                 if link is not None:
                     self._read(link)
                 elif fd == self._wake_r:
@@ -194,20 +227,41 @@ class Loop:
                             self._news.get_nowait()()
                         except queue.Empty:
                             break
-            now = time.monotonic()
-            while deadlines and deadlines[0][0] <= now:
-                _, sent, link = deadlines.popleft()
+            while deadlines:  # the oldest op sent first: settled ones leave, late ones fail
+                cut, sent, link = deadlines[0]
                 if link.sent == sent and link.drawn is not None:
+                    if cut > now:
+                        break
                     link.drop(psycopg.OperationalError("no answer within the deadline"))
                     self._finish(link)
+                deadlines.popleft()
             if until is not None and now >= until:
                 self._give_up_waiting()
+
+    def _round(self) -> float:
+        """Read the clocks, the ring and the Router's deadline once for the ops this round of
+        the loop sends and settles (they happen within the round; the ring only moves on, so
+        a ring read before a commit is read was not older than one read per op); returns
+        ``time.monotonic()``."""
+        now = time.monotonic()
+        cut, until = now + self.router.deadline, self._until
+        self._cut = cut if until is None or cut < until else until
+        self._clock = time.perf_counter()
+        try:
+            routing: Routing | None = self.router.routing
+        except (ShardctlError, OSError):  # the catalog could not be read: the Router's turn
+            routing = None
+        if routing is not self._routing or routing is None:  # a Routing is frozen
+            self._routing = routing
+            self._route = self.raw.routes(routing)
+            self._moving = routing is None or bool(routing.moving)
+        return now
 
     # ------------------------------------------------------------ starting ops
 
     def _start(self, drawn: Drawn) -> None:
         """Send ``drawn`` on an idle connection to its owner, or queue it for one."""
-        shard = self.raw.route(drawn)
+        shard = self._route(drawn)
         if shard == ALONE:
             self._alone(drawn)
             return
@@ -224,15 +278,15 @@ class Loop:
 
     def _send(self, link: Link, drawn: Drawn) -> None:
         """Send ``drawn``'s statements and a Sync on ``link``."""
-        cut = time.monotonic() + self.router.deadline
         link.drawn, link.rows, link.failure = drawn, 0, None
-        link.until = cut if self._until is None else min(cut, self._until)
-        pgconn = link.conn.pgconn
+        link.until = until = self._cut
+        pgconn = link.pgconn
         try:
-            for statement, params in self.raw.call(drawn).statements:
-                if self.raw.prepared:
+            if self.raw.prepared:
+                for statement, params in self.raw.sends(drawn):
                     pgconn.send_query_prepared(statement.name, params)
-                else:
+            else:
+                for statement, params in self.raw.sends(drawn):
                     pgconn.send_query_params(statement.query, params)
             pgconn.pipeline_sync()
             pgconn.flush()  # a few hundred bytes: the socket's buffer takes them at once
@@ -240,9 +294,9 @@ class Loop:
             link.drop(exc)
             self._finish(link)
             return
-        self._sent += 1
-        link.sent = self._sent
-        self._deadlines.append((link.until, link.sent, link))
+        self._sent = sent = self._sent + 1
+        link.sent = sent
+        self._deadlines.append((until, sent, link))
 
     def _help(self, work: Callable[..., None], *args: Any) -> None:
         """``work(*args)`` on a helper thread, held to the run's end like the loop's ops."""
@@ -278,7 +332,7 @@ class Loop:
                     prepare(conn, self.raw.statements())
             conn.pgconn.enter_pipeline_mode()
             conn.pgconn.nonblocking = 1
-            link = Link(shard, conn, lease, conn.pgconn.socket)
+            link = Link(shard, conn, lease, conn.pgconn.socket, conn.pgconn)
         except Exception:
             conn.close()
             lease.__exit__(None, None, None)
@@ -325,7 +379,7 @@ class Loop:
 
     def _read(self, link: Link) -> None:
         """Take what ``link``'s connection answered; finish its op once its Sync is back."""
-        pgconn = link.conn.pgconn
+        pgconn = link.pgconn
         if link.drawn is None:  # idle: the server closed it (or says why it will)
             self._unlink(link)
             link.drop()
@@ -336,11 +390,23 @@ class Loop:
                 state.idle.remove(link)
             return
         try:
-            for result in ready_results(pgconn):
+            pgconn.consume_input()
+            idle = 0
+            while not pgconn.is_busy():  # as pipeline.ready_results, inline: once per op
+                result = pgconn.get_result()
+                if result is None:
+                    idle += 1  # the end of one statement's results; twice: nothing more yet
+                    if idle > 1:
+                        return
+                    continue
+                idle = 0
                 status = result.status
-                if status == _STATUS.PIPELINE_SYNC:
+                if status == _SYNC:
                     self._finish(link)
                     return
+                if status == _COMMAND_OK and link.failure is None:
+                    link.rows = result.command_tuples or 0
+                    continue
                 if status not in _ANSWERS and pgconn.status != _OK:
                     raise psycopg.OperationalError("the connection broke")
                 link.rows, link.failure = fold(result, link.rows, link.failure)
@@ -357,12 +423,12 @@ class Loop:
         outcome: Outcome = failure if failure is not None else link.rows
         if failure is not None or (link.rows == 0 and drawn.op in ("update", "delete")):
             self._alone(drawn)
-        elif drawn.op != "read" and self.router.routing.moving:
+        elif self._moving and drawn.op != "read":
             self._help(self._written, drawn, outcome)
         else:
             self._settle(drawn, outcome)
         state = self._shards[link.shard]
-        if link.conn.closed:
+        if failure is not None and link.conn.closed:  # only a failure closes a connection
             self._unlink(link)
             link.lease.__exit__(None, None, None)
             state.held -= 1
@@ -389,7 +455,7 @@ class Loop:
         self._tell(lambda: self._settle(drawn, outcome))
 
     def _settle(self, drawn: Drawn, outcome: Outcome) -> None:
-        drawn.user.ready_since = self.worker.settle(drawn, outcome)
+        drawn.user.ready_since = self.worker.settle(drawn, outcome, self._clock)
         self.worker.stats.done += 1
         self._flying -= 1
         self._ready.append(drawn.user)

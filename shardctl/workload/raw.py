@@ -26,18 +26,20 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import nullcontext
 
 from shardctl.errors import RoutingError, ShardctlError
 from shardctl.router.fencing import ASSERT_OWNER
+from shardctl.router.watcher import Routing
 from shardctl.workload.pipeline import (
     Call,
     Outcome,
+    Params,
     Statement,
     numbered,
     run_batch,
     run_one,
-    text,
 )
 from shardctl.workload.report import OPS
 from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
@@ -45,6 +47,10 @@ from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
 ALONE = ""
 """Where ops go that run through the Router's own calls: reads from replicas, and ops whose
 owner could not be looked up (the Router reports why)."""
+
+
+def _alone(drawn: Drawn) -> str:
+    return ALONE
 
 
 class RawOps:
@@ -77,6 +83,16 @@ class RawOps:
             return self.router.owner(drawn.key)
         except (ShardctlError, OSError):
             return ALONE
+
+    def routes(self, routing: Routing | None) -> Callable[[Drawn], str]:
+        """:meth:`route` by ``routing`` (the Router's, read once for the ops started together;
+        None: it could not be read, the Router takes every op)."""
+        if routing is None:
+            return _alone
+        owner = routing.owner
+        if self._replicas:
+            return lambda drawn: ALONE if drawn.op == "read" else owner(drawn.key)
+        return lambda drawn: owner(drawn.key)
 
     def serve(
         self, worker: Worker, ready: deque[VirtualUser], stop: threading.Event, until: float | None
@@ -149,13 +165,18 @@ class RawOps:
 
     def call(self, drawn: Drawn) -> Call:
         """The statement(s) of ``drawn``."""
-        key, value, op = drawn.key, drawn.value, drawn.op
-        values = [] if value is None else [value[c] for c in self._columns]
-        if op == "insert":
-            return Call(((self._sql[op], text([key, *values])),))
-        if op == "update":
-            return Call(((self._sql[op], text([*values, key])),))
+        return Call(self.sends(drawn))
+
+    def sends(self, drawn: Drawn) -> tuple[tuple[Statement, Params], ...]:
+        """The statement(s) of ``drawn`` and their parameters, as libpq takes them (text)."""
+        key, value, op = drawn.key.encode(), drawn.value, drawn.op
+        sql = self._sql
         if op == "delete":
-            return Call(((self._sql[op], text([key])),))
-        # A read from the primary asks assert_owner in the same transaction, as the Router does.
-        return Call(((self._owner, text([key])), (self._sql[op], text([key]))))
+            return ((sql[op], (key,)),)
+        if op == "read":  # from the primary: assert_owner in the same transaction, as the Router
+            return ((self._owner, (key,)), (sql[op], (key,)))
+        assert value is not None
+        values = [None if v is None else v.encode() for v in map(value.__getitem__, self._columns)]
+        if op == "insert":
+            return ((sql[op], (key, *values)),)
+        return ((sql[op], (*values, key)),)

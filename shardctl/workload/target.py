@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar
 
 import psycopg
@@ -23,6 +24,8 @@ TEXT_TYPES = ("text", "character varying")
 INTEGER_BITS = {"smallint": 15, "integer": 31, "bigint": 63}
 KEY_TYPES = ("uuid", *TEXT_TYPES, "integer", "bigint")
 STAMP_TYPES = ("timestamp with time zone", "timestamp without time zone")
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+"""A uuid's variant digit (RFC 4122: 10xx in binary) from any hex digit of random bits."""
 
 COLUMNS_QUERY = """
 SELECT column_name::text, data_type::text, character_maximum_length::int,
@@ -74,9 +77,32 @@ class Target:
             return str(int.from_bytes(raw[:8]) >> (64 - INTEGER_BITS[self.key_type]))
         return str(uuid.UUID(bytes=raw, version=4))
 
+    def new_keys(self, raw: bytes) -> list[str]:
+        """A key from each 16 random bytes of ``raw``, as :meth:`new_key` makes them; for a uuid
+        key, formatted from one hex string (a third of ``uuid.UUID``'s cost per key)."""
+        if self.key_type != "uuid":
+            return [self.new_key(raw[i : i + 16]) for i in range(0, len(raw) - 15, 16)]
+        h, v = raw.hex(), _VARIANT
+        return [
+            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+            f"{v[h[i + 16]]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+            for i in range(0, len(h) - 31, 32)
+        ]
+
     def value(self, token: int) -> Value:
         """A full row value (every column in :attr:`columns`) made from a random ``token``."""
+        if self._plain:  # text columns of no length limit: one hex formatting for all
+            h = f"{token:012x}"
+            return {name: prefix + h for name, prefix in self._prefixes}
         return {c.name: c.sample(token) for c in self.columns}
+
+    @cached_property
+    def _plain(self) -> bool:
+        return all(c.data_type in TEXT_TYPES and not c.max_length for c in self.columns)
+
+    @cached_property
+    def _prefixes(self) -> tuple[tuple[str, str], ...]:
+        return tuple((c.name, f"{c.name}-") for c in self.columns)
 
 
 def on_any_shard(router: Router, work: Callable[[psycopg.Connection[Any]], T]) -> T:

@@ -37,6 +37,8 @@ OVERRUN = 0.5
 Router cuts it short: the run ends within a second of its duration."""
 Op = Literal["insert", "read", "update", "delete"]
 Engine = Literal["loop", "threads"]
+KEYS_AT_ONCE = 256
+"""New keys a worker makes at once, from one call for random bytes and one hex string."""
 ENGINES: tuple[Engine, ...] = ("loop", "threads")
 
 
@@ -210,6 +212,8 @@ class Worker:
         # New keys are never seeded (reruns must not collide): from 256 bits of the system's
         # randomness, not a system call per key (os.urandom costs tens of us under load).
         self.keys = random.Random(os.urandom(32))
+        self._fresh: list[str] = []
+        """Keys made and not yet used (see :data:`KEYS_AT_ONCE`)."""
 
     def warm(self, fresh: deque[VirtualUser], stop: threading.Event, until: float | None) -> None:
         """One insert for each user of ``fresh`` (they come with no key), until none is left,
@@ -243,7 +247,10 @@ class Worker:
         if op != "insert" and not user.live:
             op = "insert"
         if op == "insert":
-            key = self.target.new_key(self.keys.randbytes(16))
+            fresh = self._fresh
+            if not fresh:
+                fresh += self.target.new_keys(self.keys.randbytes(16 * KEYS_AT_ONCE))
+            key = fresh.pop()
         else:
             key = user.live[user.rng.randrange(len(user.live))]
         value = self.target.value(user.rng.getrandbits(48)) if op in ("insert", "update") else None
@@ -254,11 +261,13 @@ class Worker:
         cumulative = self.cumulative
         return OPS[bisect.bisect(cumulative, rng.random() * cumulative[-1])]
 
-    def settle(self, drawn: Drawn, outcome: int | Exception) -> float:
+    def settle(self, drawn: Drawn, outcome: int | Exception, now: float | None = None) -> float:
         """Count an op whose outcome is known (rows it touched or found, or why it failed),
-        update its user's keys and the ledger; when it was counted (``time.perf_counter()``)."""
+        update its user's keys and the ledger; when it was counted (``now``: the
+        ``time.perf_counter()`` its caller took when the outcome came, else taken here)."""
         user, op, key, value = drawn.user, drawn.op, drawn.key, drawn.value
-        now = time.perf_counter()
+        if now is None:
+            now = time.perf_counter()
         self.stats.latencies[op].append(now - user.ready_since)
         if isinstance(outcome, Exception):
             self.stats.failures[op].append(f"{type(outcome).__name__}: {first_line(outcome)}")

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shardctl.errors import UsageError
 from shardctl.workload.bulk import generate
@@ -101,3 +103,35 @@ def test_generated_rows_fit_the_declared_columns() -> None:
     assert table.header == Header("t", "n", "bigint", ("a", "b"))
     for key, a, b in generate(table, 200, seed=1):
         assert 0 <= int(key) < 2**63 and len(a) <= 8 and 0 <= int(b) < 2**15
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 10_000),
+            st.text(),
+            st.sampled_from(["insert", "update", "delete"]),
+            st.none() | st.dictionaries(st.text(), st.none() | st.text(), max_size=4),
+            st.booleans(),
+            st.none() | st.integers(0, 5),
+        ),
+        max_size=600,  # more than one batch of lines
+    )
+)
+def test_a_ledger_line_is_what_json_dumps_writes(
+    tmp_path: Path, writes: list[tuple[int, str, str, Value | None, bool, int | None]]
+) -> None:
+    path = tmp_path / "l.jsonl"
+    with Ledger(path, USERS.header) as book:
+        for worker, key, op, value, ok, rows in writes:
+            book.record(worker, key, op, value, ok=ok, rows=rows)
+    expected = []
+    for seq, (worker, key, op, value, ok, rows) in enumerate(writes, 1):
+        entry: dict[str, object] = {
+            "seq": seq, "worker": worker, "key": key, "op": op, "value": value, "ok": ok
+        }  # fmt: skip
+        if rows is not None:
+            entry["rows"] = rows
+        expected.append(json.dumps(entry, separators=(",", ":")))
+    assert path.read_text(encoding="utf-8").splitlines()[1:] == expected

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardctl.workload.loop import split
+from shardctl.workload.loop import enough, split
 
 
 def test_sixteen_workers_make_four_loops_of_four_with_one_connection_left_per_node() -> None:
@@ -27,3 +27,17 @@ def test_every_op_and_no_more_than_the_spare_connections_are_shared_out(
     assert sum(m for _, m in shares) == spare  # the pool's last connection stays the Router's
     assert all(w >= 1 and m >= 1 for w, m in shares)
     assert len(shares) <= wanted
+
+
+def test_a_loop_holds_its_even_share_of_connections_per_node_and_two_more() -> None:
+    assert enough(16, 4) == 6
+    assert enough(4, 4) == 3
+    assert enough(2, 4) == 2  # never more than its ops
+    assert enough(16, 1) == 16
+
+
+@given(st.integers(1, 512), st.integers(1, 64))
+def test_a_loop_can_always_carry_its_ops_on_as_many_shards(width: int, shards: int) -> None:
+    most = enough(width, shards)
+    assert 1 <= most <= width
+    assert most * shards >= width  # every op in flight can have a connection at once
