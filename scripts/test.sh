@@ -5,9 +5,12 @@
 # (scripts/venv.sh).
 #
 # Without a selection: the unit tests in parallel (pytest-xdist, $SHARDCTL_UNIT_WORKERS workers,
-# default 2), then the integration tests one at a time (they share the engine and the CPU);
-# extra arguments such as -q go to both runs. With a selection (-m, -k or a path under tests/)
-# pytest runs it as given, in parallel when it is exactly the unit tests (-m "not integration").
+# default 2), then the integration tests in parallel too ($SHARDCTL_INTEGRATION_WORKERS workers,
+# default 2; 0 runs them in one process), a whole module per worker (--dist loadfile: a module's
+# shared cluster is made once; ports and simulated hosts are reserved per process, see
+# docs/testing.md); extra arguments such as -q go to both runs. With a selection (-m, -k or a
+# path under tests/) pytest runs it as given, in parallel when it is exactly the unit tests
+# (-m "not integration").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +22,7 @@ export SHARDCTL_TEST_IMAGE="${SHARDCTL_TEST_IMAGE:-shardctl-test/postgres:15}"
 export SHARDCTL_POOLER_IMAGE="${SHARDCTL_POOLER_IMAGE:-shardctl-test/pgbouncer:1}"
 pytest=("$venv/bin/python" -m pytest -p no:cacheprovider)
 workers=(-n "${SHARDCTL_UNIT_WORKERS:-2}")
+integration_workers=(-n "${SHARDCTL_INTEGRATION_WORKERS:-2}" --dist loadfile)
 
 selected="" unit_only="" previous=""
 for arg in "$@"; do
@@ -33,4 +37,4 @@ if [ -n "$selected" ]; then
     exec "${pytest[@]}" "$@"
 fi
 "${pytest[@]}" -m "not integration" "${workers[@]}" "$@"
-exec "${pytest[@]}" -m integration "$@"
+exec "${pytest[@]}" -m integration "${integration_workers[@]}" "$@"

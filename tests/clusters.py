@@ -220,9 +220,20 @@ class Host:
 
 
 def _second_host(*args: str) -> str:
-    done = subprocess.run(
-        [str(SECOND_HOST), *args], capture_output=True, text=True, check=False, timeout=300
-    )
+    """Run scripts/second-host.sh, one call at a time among the test processes here.
+
+    The script sets up a namespace "lan" shared by every simulated host and removes it with its
+    last host: a host removed in one process while another process's host is being started could
+    take the lan from under it (tests run in parallel workers, see docs/testing.md)."""
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCKS / "second-host", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the other process's call (at most minutes)
+        done = subprocess.run(
+            [str(SECOND_HOST), *args], capture_output=True, text=True, check=False, timeout=300
+        )
+    finally:
+        os.close(fd)  # releases the lock
     if done.returncode != 0:
         raise RuntimeError(f"second-host.sh {' '.join(args)} failed:\n{done.stderr}")
     return done.stdout

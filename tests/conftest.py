@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,14 +46,47 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
             item.config.stash.setdefault(DESELECTED, []).append(item.nodeid)
 
 
+WORKERS_WANTED = pytest.StashKey[set[str]]()
+"""On the xdist controller: the integration tests the workers collected (each collects all)."""
+WORKERS_DESELECTED = pytest.StashKey[set[str]]()
+"""On the xdist controller: the integration tests the workers deselected."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist's controller, as each worker ends: keep what the worker collected and deselected
+    (see :func:`pytest_sessionfinish`; a worker that crashed sends nothing, its peers do)."""
+    output: dict[str, Any] = getattr(node, "workeroutput", None) or {}
+    config: pytest.Config = node.config
+    config.stash.setdefault(WORKERS_WANTED, set()).update(output.get("shardctl_integration", []))
+    config.stash.setdefault(WORKERS_DESELECTED, set()).update(output.get("shardctl_deselected", []))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under ``SHARDCTL_STRICT_RUN=1`` (CI): fail a run in which fewer integration tests ran
     than were collected for it (a skip, a deselection by accident, a crash of a worker).
 
-    Only the unit-test half of the run (``-m "not integration"``) may deselect them."""
-    if os.environ.get("SHARDCTL_STRICT_RUN") != "1" or session.config.option.collectonly:
+    Only the unit-test half of the run (``-m "not integration"``) may deselect them.
+
+    In parallel (pytest-xdist) the controller judges: it runs no test and collects none, so each
+    worker hands it, in ``workeroutput``, the integration tests it collected and deselected (every
+    worker collects the whole run), and the controller's reporter has every test's report."""
+    config = session.config
+    if os.environ.get("SHARDCTL_STRICT_RUN") != "1" or config.option.collectonly:
         return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    wanted = {item.nodeid for item in session.items if item.get_closest_marker("integration")}
+    deselected_here: list[str] = config.stash.get(DESELECTED, [])
+    deselected = set(deselected_here)
+    workeroutput: dict[str, Any] | None = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: it ran only its share
+        workeroutput["shardctl_integration"] = sorted(wanted)
+        workeroutput["shardctl_deselected"] = sorted(deselected)
+        return
+    by_workers: set[str] = config.stash.get(WORKERS_WANTED, set())
+    deselected_by_workers: set[str] = config.stash.get(WORKERS_DESELECTED, set())
+    wanted |= by_workers
+    deselected |= deselected_by_workers
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
     ran = {
@@ -61,10 +95,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for report in reporter.stats.get(key, [])
         if getattr(report, "when", "call") == "call" or key == "error"
     }
-    wanted = {item.nodeid for item in session.items if item.get_closest_marker("integration")}
-    if session.config.option.markexpr != "not integration":
-        deselected: list[str] = session.config.stash.get(DESELECTED, [])
-        wanted.update(deselected)
+    if config.option.markexpr != "not integration":
+        wanted |= deselected
     missing = sorted(wanted - ran)
     if missing:
         reporter.write_line(

@@ -377,17 +377,22 @@ class Engines:
                 labels=labels,
                 **arguments,  # type: ignore[arg-type]
             )
-            # Owned by the server's user, readable by it alone: the image decides its uid.
-            owner = user_ids(_read_file(container, "/etc/passwd"), spec.user)
-            if owner is None:
-                container.remove(force=True)
-                raise ProvisioningError(
-                    f"{spec.name}: the image {spec.image} has no user {spec.user!r}"
+            try:
+                # Owned by the server's user, readable by it alone: the image decides its uid.
+                owner = user_ids(_read_file(container, "/etc/passwd"), spec.user)
+                if owner is None:
+                    raise ProvisioningError(
+                        f"{spec.name}: the image {spec.image} has no user {spec.user!r}"
+                    )
+                container.put_archive(
+                    posixpath.dirname(spec.secrets_dir.rstrip("/")) or "/",
+                    _files_archive(spec.secrets_dir, secrets, owner),
                 )
-            container.put_archive(
-                posixpath.dirname(spec.secrets_dir.rstrip("/")) or "/",
-                _files_archive(spec.secrets_dir, secrets, owner),
-            )
+            except BaseException:
+                # Not without its secrets (a Ctrl-C or an error in between): `up` again would
+                # find it, start it, and wait for a server that never comes up.
+                container.remove(force=True)
+                raise
         return _record(container, endpoint)
 
     def _state(self, container: Container) -> str:

@@ -194,6 +194,7 @@ def test_ctrl_c_in_up_stops_and_says_what_exists(cluster_factory: ClusterFactory
     started.send_signal(signal.SIGINT)
     _, err = started.communicate(timeout=120)
     assert started.returncode == 130, err
+    err = " ".join(err.split())  # wrapped at the width the child was given (xdist: COLUMNS)
     assert "interrupted" in err and "Run `shardctl up` again" in err and "Traceback" not in err
     made = len(cluster.engines.cluster_containers(cluster.topology))
     assert f"{made} of 2 containers exist" in err
@@ -202,3 +203,38 @@ def test_ctrl_c_in_up_stops_and_says_what_exists(cluster_factory: ClusterFactory
     again = run_shardctl("up", "-f", path)
     assert again.returncode == 0, again.stderr
     assert Path(path).exists()
+
+
+INTERRUPTED_BEFORE_SECRETS = """
+import sys
+from docker.models.containers import Container
+
+def put_archive(self, *args, **kwargs):  # the Ctrl-C lands before the secrets are in
+    raise KeyboardInterrupt
+
+Container.put_archive = put_archive
+from shardctl.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_up_interrupted_before_the_secrets_are_in_leaves_no_container_behind(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """A Ctrl-C between creating a container and copying its secrets in: that container would
+    start without them and never answer, and ``up`` again would only start it (seen once as
+    ``test_ctrl_c_in_up_stops_and_says_what_exists`` timing out in its second ``up``)."""
+    cluster = cluster_factory(shards=1, replicas=0, up=False)
+    path = cluster.topology.path
+    first = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_BEFORE_SECRETS, "up", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert first.returncode == 130, first.stderr
+    assert "0 of 1 containers exist" in first.stderr
+    assert cluster.engines.cluster_containers(cluster.topology) == []
+    again = run_shardctl("up", "-f", path, timeout=120)
+    assert again.returncode == 0, again.stderr

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 HOLDER = """
@@ -74,10 +76,15 @@ def test_skipped() -> None:
 """
 
 
-def strict_run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+STRICT_SUITE_ALL_RUN = STRICT_SUITE.replace('pytest.skip("the engine is missing")', "pass")
+
+
+def strict_run(
+    folder: Path, *args: str, suite: str = STRICT_SUITE
+) -> subprocess.CompletedProcess[str]:
     """pytest under ``SHARDCTL_STRICT_RUN=1`` on a two-test integration module, with the repo's
     strict-run hook (tests/conftest.py) loaded as a plugin."""
-    (folder / "test_strict.py").write_text(STRICT_SUITE, encoding="utf-8")
+    (folder / "test_strict.py").write_text(suite, encoding="utf-8")
     (folder / "pytest.ini").write_text("[pytest]\nmarkers = integration\n", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
     return subprocess.run(
@@ -92,15 +99,28 @@ def strict_run(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def test_a_strict_run_fails_when_an_integration_test_is_skipped(tmp_path: Path) -> None:
-    done = strict_run(tmp_path)
+PARALLEL = pytest.mark.parametrize(
+    "workers", [(), ("-n", "2", "--dist", "loadfile")], ids=["serial", "xdist"]
+)
+"""Both ways CI runs the integration tests: one process, or xdist workers (the controller then
+collects and runs nothing itself, and must still see what every worker did)."""
+
+
+@PARALLEL
+def test_a_strict_run_fails_when_an_integration_test_is_skipped(
+    tmp_path: Path, workers: tuple[str, ...]
+) -> None:
+    done = strict_run(tmp_path, *workers)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "strict run: 1 of 2 integration tests did not run" in done.stdout, done.stdout
     assert "test_skipped" in done.stdout
 
 
-def test_a_strict_run_fails_when_an_integration_test_is_deselected(tmp_path: Path) -> None:
-    done = strict_run(tmp_path, "-k", "not test_skipped")
+@PARALLEL
+def test_a_strict_run_fails_when_an_integration_test_is_deselected(
+    tmp_path: Path, workers: tuple[str, ...]
+) -> None:
+    done = strict_run(tmp_path, *workers, "-k", "not test_skipped")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "strict run: 1 of 2 integration tests did not run" in done.stdout, done.stdout
 
@@ -111,3 +131,15 @@ def test_a_strict_run_of_only_the_unit_tests_passes(tmp_path: Path) -> None:
     done = strict_run(tmp_path, "-m", "not integration")
     assert "strict run" not in done.stdout, done.stdout
     assert done.returncode == 5, done.stdout + done.stderr  # nothing collected: pytest's 5
+
+
+@PARALLEL
+def test_a_strict_run_in_which_every_integration_test_ran_passes(
+    tmp_path: Path, workers: tuple[str, ...]
+) -> None:
+    """The other side of the checks above: in parallel, a worker ran only its share of the
+    tests, and that alone must not fail the run."""
+    done = strict_run(tmp_path, *workers, suite=STRICT_SUITE_ALL_RUN)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout, done.stdout
+    assert "strict run" not in done.stdout, done.stdout
