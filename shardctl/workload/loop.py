@@ -42,7 +42,7 @@ from psycopg import pq
 from shardctl.db.deadlines import WATCHDOG
 from shardctl.errors import ShardctlError
 from shardctl.router.watcher import Routing
-from shardctl.workload.pipeline import Outcome, fold, prepare
+from shardctl.workload.pipeline import Outcome, fold, prepare, ready_results
 from shardctl.workload.raw import ALONE, RawOps
 from shardctl.workload.users import Drawn, Run, VirtualUser, Worker
 
@@ -58,8 +58,8 @@ WAIT = 0.05
 """Seconds the loop waits at most before it looks at the stop event again."""
 _STATUS = pq.ExecStatus
 _OK = pq.ConnStatus.OK
+_SYNC = _STATUS.PIPELINE_SYNC
 _ANSWERS = (_STATUS.COMMAND_OK, _STATUS.TUPLES_OK, _STATUS.PIPELINE_ABORTED)
-_SYNC, _COMMAND_OK = _STATUS.PIPELINE_SYNC, _STATUS.COMMAND_OK
 """Results that answer a statement; any other on a connection no longer OK: it broke."""
 
 
@@ -390,23 +390,11 @@ class Loop:
                 state.idle.remove(link)
             return
         try:
-            pgconn.consume_input()
-            idle = 0
-            while not pgconn.is_busy():  # as pipeline.ready_results, inline: once per op
-                result = pgconn.get_result()
-                if result is None:
-                    idle += 1  # the end of one statement's results; twice: nothing more yet
-                    if idle > 1:
-                        return
-                    continue
-                idle = 0
+            for result in ready_results(pgconn):
                 status = result.status
                 if status == _SYNC:
                     self._finish(link)
                     return
-                if status == _COMMAND_OK and link.failure is None:
-                    link.rows = result.command_tuples or 0
-                    continue
                 if status not in _ANSWERS and pgconn.status != _OK:
                     raise psycopg.OperationalError("the connection broke")
                 link.rows, link.failure = fold(result, link.rows, link.failure)
