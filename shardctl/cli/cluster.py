@@ -298,9 +298,11 @@ def status(
     else:
         wide = output is WideOutput.WIDE
         page = plain.plain_page()
-        above = views.in_flight_lines(operations, markup=False)
-        above += monitor_views.monitor_lines(monitor, markup=False)
-        text = None if page is None else views.status_text(name, rows, above, wide=wide, page=page)
+        text = None
+        if page is not None:
+            above = views.in_flight_lines(operations, markup=False)
+            above += monitor_views.monitor_lines(monitor, markup=False)
+            text = views.status_text(name, rows, above, wide=wide, page=page)
         if text is not None:  # piped: the text rich would print, without importing rich
             sys.stdout.write(text)
         else:
