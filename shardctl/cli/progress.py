@@ -21,7 +21,7 @@ from rich.text import Text
 
 from shardctl.cli import render
 from shardctl.ops.backup.progress import Copied, CopiedCallback, total
-from shardctl.ops.nodes import Reporter
+from shardctl.ops.reporting import Reporter
 from shardctl.ops.reshard.coordinator import Progress as CopyCallback
 from shardctl.util.text import size_text
 from shardctl.workload.report import LoadProgress

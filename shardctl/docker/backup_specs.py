@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from shardctl.config.constants import BACKUP_SLOT as BACKUP_SLOT
+from shardctl.config.constants import BACKUP_SLOT
 from shardctl.config.topology import Node, Topology
 from shardctl.docker.records import LABEL_CLUSTER, LABEL_SHARD, ContainerSpec, Mount
 from shardctl.docker.specs import PASSFILE, SECRETS_DIR, server_settings

@@ -24,8 +24,7 @@ from shardctl.docker.engine import Engines
 from shardctl.docker.records import config_digest
 from shardctl.docker.specs import TLS_FILES, container_spec, data_mount
 from shardctl.errors import DatabaseUnavailable, ProvisioningError
-from shardctl.ops.reporting import Reporter as Reporter
-from shardctl.ops.reporting import quiet_reporter as quiet_reporter
+from shardctl.ops.reporting import Reporter, quiet_reporter
 from shardctl.util.text import lsn_text
 from shardctl.util.waiting import NotYet, wait_for
 

@@ -47,8 +47,8 @@ from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable, RoleChangeError, ShardctlError, UsageError
 from shardctl.health import durability as policy
 from shardctl.ops import durability
-from shardctl.ops.nodes import Reporter, quiet_reporter
 from shardctl.ops.rejoin import RoleSteps
+from shardctl.ops.reporting import Reporter, quiet_reporter
 from shardctl.ring.hashing import SPACE, Move
 from shardctl.state import catalog, fence, inflight, locks
 from shardctl.state import durability as degradation
@@ -474,11 +474,11 @@ def _fence(conn: Conn, shard: str, target: str) -> None:
     """Refuse every write to the sharded tables here: the reshard fence, over the circle."""
     whole_circle = Move(0, SPACE, shard, target)
     # Its own transaction, committed locally: visible at once, whatever the standbys do.
-    fence.give_away(conn, fence.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED)
+    fence.give_away(conn, locks.ROLE_CHANGE, [whole_circle], fence.RangeState.FENCED)
 
 
 def _unfence(conn: Conn) -> None:
-    fence.take_back(conn, fence.ROLE_CHANGE)
+    fence.take_back(conn, locks.ROLE_CHANGE)
 
 
 __all__ = ["RoleChange", "RoleChangeError", "RoleChanger", "Step"]

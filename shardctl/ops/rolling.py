@@ -30,7 +30,8 @@ from shardctl.db import admin
 from shardctl.docker.engine import Engines
 from shardctl.errors import DatabaseUnavailable, ShardctlError
 from shardctl.ops.changes import Change
-from shardctl.ops.nodes import Action, NodeWork, Reporter, quiet_reporter
+from shardctl.ops.nodes import Action, NodeWork
+from shardctl.ops.reporting import Reporter, quiet_reporter
 from shardctl.ops.rolechange import RoleChanger
 from shardctl.util import fanout
 

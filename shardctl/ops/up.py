@@ -36,8 +36,9 @@ from shardctl.docker.records import LABEL_POOLER, cluster_labels
 from shardctl.docker.specs import data_mount, pooler_spec
 from shardctl.errors import CheckFailed, DatabaseUnavailable, ShardctlError
 from shardctl.health import durability
-from shardctl.ops.nodes import Action, Reporter, quiet_reporter
+from shardctl.ops.nodes import Action
 from shardctl.ops.rejoin import RoleSteps
+from shardctl.ops.reporting import Reporter, quiet_reporter
 from shardctl.util import fanout
 
 

@@ -45,8 +45,12 @@ import psycopg
 
 from shardctl.db import pg
 from shardctl.ring.hashing import Move, Span, hex_bounds
-from shardctl.state.locks import RELEASE_SESSION_LOCK, ROLE_CHANGE_LOCK, TRY_SESSION_LOCK
-from shardctl.state.locks import ROLE_CHANGE as ROLE_CHANGE
+from shardctl.state.locks import (
+    RELEASE_SESSION_LOCK,
+    ROLE_CHANGE,
+    ROLE_CHANGE_LOCK,
+    TRY_SESSION_LOCK,
+)
 
 Conn = psycopg.Connection[Any]
 

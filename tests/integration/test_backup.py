@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
+from shardctl.config.constants import BACKUP_SLOT
 from shardctl.config.topology import Node
 from shardctl.db import pg
-from shardctl.docker.backup_specs import BACKUP_SLOT
 from shardctl.ops.backup.retention import lsn_segment
 from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from shardctl.db import pg
 from shardctl.docker.clients import list_over_socket, local_socket
 from shardctl.ops.cluster import Cluster
-from shardctl.state import fence
+from shardctl.state import locks
 from tests.clusters import imported_by, interruptible
 from tests.integration.conftest import ClusterFactory, run_shardctl
 from tests.integration.test_resharding import run_killed
@@ -138,7 +138,7 @@ def test_in_flight_work_is_shown_and_every_command_agrees(cluster_factory: Clust
         conn.execute(
             "INSERT INTO shardctl.moving (reshard_id, lo, hi, target, state) "
             "VALUES (%s, '0', NULL, 'shard-0', 'fenced')",
-            (fence.ROLE_CHANGE,),
+            (locks.ROLE_CHANGE,),
         )
     fenced = run_shardctl("status", "-f", path, env=NARROW)
     assert "in flight: role change on shard-0" in fenced.stdout and "`shardctl up`" in fenced.stdout

@@ -40,7 +40,7 @@ from shardctl.ops.backup.repository import (
     now,
 )
 from shardctl.ops.cluster import Cluster
-from shardctl.ops.nodes import Reporter, quiet_reporter
+from shardctl.ops.reporting import Reporter, quiet_reporter
 from shardctl.ops.up import UpReport
 from shardctl.util import fanout
 

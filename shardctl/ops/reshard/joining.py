@@ -14,7 +14,7 @@ from shardctl.config.schema import MAX_REPLICAS, PORT_STRIDE
 from shardctl.config.topology import Topology
 from shardctl.errors import ShardctlError, TopologyError, UsageError
 from shardctl.ops.cluster import Cluster
-from shardctl.ops.nodes import Reporter
+from shardctl.ops.reporting import Reporter
 from shardctl.ops.reshard.coordinator import Rebalancer
 from shardctl.ops.up import UpReport
 from shardctl.state import catalog

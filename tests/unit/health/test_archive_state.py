@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from shardctl.config.constants import BACKUP_SLOT
 from shardctl.config.topology import Topology, parse
-from shardctl.docker.backup_specs import BACKUP_SLOT
 from shardctl.health.archiving import ArchiveState, archive_states
 from shardctl.health.facts import ClusterFacts, NodeFacts, Slot
 from shardctl.health.metrics import families
