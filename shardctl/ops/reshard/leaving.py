@@ -56,17 +56,13 @@ def removal_state(state: State | None, name: str) -> State | None:
     return None if state.phase is Phase.ABORTED else state
 
 
-def prepare(rebalancer: Rebalancer, name: str, *, resume: bool) -> tuple[State | None, bool]:
-    """Check that ``name`` can be removed now: (the removal to continue, if any; whether the
-    shard owns keys in the ring). UsageError (exit 2) for an unknown shard, the last shard,
-    another reshard unfinished, or nothing to resume."""
-    return _prepare(rebalancer, name, resume=resume)[:2]
-
-
-def _prepare(
+def prepare(
     rebalancer: Rebalancer, name: str, *, resume: bool
 ) -> tuple[State | None, bool, State | None]:
-    """:func:`prepare`, and the latest reshard as read (once: every primary is asked)."""
+    """Check that ``name`` can be removed now: (the removal to continue, if any; whether the
+    shard owns keys in the ring; the latest reshard as read, once: every primary is asked).
+    UsageError (exit 2) for an unknown shard, the last shard, another reshard unfinished, or
+    nothing to resume."""
     topo = rebalancer.topology
     declared = [s.name for s in topo.spec.shards]
     current = rebalancer.state()
@@ -171,7 +167,7 @@ def remove_shard(
     ``plan`` is the plan shown to the user (refused if the cluster changed since); with
     ``resume``, an interrupted removal continues from its recorded phase.
     """
-    state, owns_keys, current = _prepare(rebalancer, name, resume=resume)
+    state, owns_keys, current = prepare(rebalancer, name, resume=resume)
     if state is None and owns_keys:
         # Under the coordinator lock (see above): the reshard just read is still the latest.
         state = rebalancer.start(plan, leaving=[name], current=current, read=False)
