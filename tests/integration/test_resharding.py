@@ -484,3 +484,32 @@ def test_sigkill_at_random_moments_then_resume_converges(
     assert writer.failed == [] and writer.acknowledged > 0
     check_ledger(grown, [writer], preloaded)
     assert_placed_and_replicated(path)
+
+
+def test_rows_already_on_a_joining_shard_are_replaced_by_the_copy(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """A joining shard is copied into without probing its ranges first: a row someone wrote
+    there by hand before the rebalance (a stale copy of a key, or a key no other shard has)
+    must not survive the reshard."""
+    cluster = cluster_factory(replicas=0, ring={"algorithm": "md5", "vnodes": 150})
+    path = cluster.topology.path
+    preloaded = preload(cluster, 2000)
+    assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
+    grown = Cluster.load(path)
+    new = catalog.read(grown.topology, grown.credentials()).ring().with_node("shard-2")
+    stale = [k for k in preloaded if new.node_for(k) == "shard-2"][:5]
+    phantom = [k for k in (uuid.uuid4() for _ in range(500)) if new.node_for(k) == "shard-2"][:5]
+    joining = grown.topology.shard_nodes("shard-2")[0]
+    with pg.connect(joining, grown.credentials(), "app") as conn:
+        for key in stale:
+            conn.execute("INSERT INTO users (id, first_name) VALUES (%s, 'stale')", (key,))
+        for key in phantom:
+            conn.execute("INSERT INTO users (id, first_name) VALUES (%s, 'phantom')", (key,))
+
+    done = run_shardctl("rebalance", "--yes", "-f", path)
+    assert done.returncode == 0, done.stderr
+    on_new = rows_by_shard(grown)["shard-2"]
+    assert [k for k in phantom if str(k) in on_new] == []
+    assert all(on_new.get(str(k)) == "preloaded" for k in stale)
+    check_ledger(grown, [], preloaded)
