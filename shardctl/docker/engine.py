@@ -424,7 +424,8 @@ class Engines:
                 api.stop(container.id, timeout=timeout)
 
     def kill(self, container: Container) -> None:
-        """SIGKILL a running or paused container (a paused one dies without running again)."""
+        """SIGKILL a running or paused container. The engine thaws a paused one so the signal
+        lands: its processes may run for an instant before they die."""
         api = self.client(container.endpoint).api
         with docker_errors(f"killing {container.name}"):
             if self._state(container) in ("running", "paused", "restarting"):

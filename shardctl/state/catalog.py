@@ -421,8 +421,12 @@ def read_any(topology: Topology, credentials: Credentials, *, timeout: float = 3
     )
     answered = {n: r for n, r in results.items() if not isinstance(r, BaseException)}
     if not answered:
+        # One node's reason (the first by name): "not running" may be a network or a timeout.
+        name, why = min(results.items(), key=lambda item: item[0])
+        reason = str(why).removeprefix(f"{name}: ")
         raise DatabaseUnavailable(
-            f"the cluster {topology.cluster!r} is not running (no node answered): run `shardctl up`"
+            f"the cluster {topology.cluster!r} is not running (no node answered; {name}: "
+            f"{reason}): run `shardctl up`"
         )
     present = [r for r in answered.values() if r is not None]
     current = max(present, key=lambda r: r.epoch) if present else None

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,11 @@ class Running:
 def acting_primary(cluster: Cluster, shard: str) -> str:
     record = catalog.read_any(cluster.topology, cluster.credentials()).record()
     return dict(record.primaries).get(shard, f"{shard}-primary")
+
+
+def monotonic_of(stamp: str) -> float:
+    """An event's ``at`` (ISO 8601, UTC) on this process's ``time.monotonic()`` clock."""
+    return datetime.fromisoformat(stamp).timestamp() - (time.time() - time.monotonic())
 
 
 def wait_acting(cluster: Cluster, shard: str, node: str, timeout: float = 90) -> None:
@@ -254,10 +260,8 @@ def test_async_frozen_primary_is_killed_then_promoted_and_a_killed_one_too(
         with traffic(cluster, preloaded, threads=2) as writers:
             time.sleep(1.5)
             pause(frozen)
-            paused_at = time.monotonic()
             wait_acting(cluster, "shard-0", "shard-0-replica-1")
             frozen.reload()
-            # Killed through the engine while paused: it never ran again to acknowledge a write.
             assert frozen.status == "exited" or streams(cluster, "shard-0-primary")
             deadline = time.monotonic() + 60
             while not monitor.kinds("promoted"):  # published everywhere: then the next one
@@ -269,9 +273,13 @@ def test_async_frozen_primary_is_killed_then_promoted_and_a_killed_one_too(
             time.sleep(1.0)
         failed = [f for w in writers for f in w.failed]
         assert failed == [], failed[:3]
-        # Async: only what was acknowledged before the freeze (or the kill) may be missing.
+        # Async: only what the old primaries acknowledged before they died may be missing. A
+        # frozen one dies at the monitor's kill, not at the freeze: the engine thaws a paused
+        # container to let the SIGKILL land, and its backends can commit and acknowledge what
+        # waited in their sockets in that instant (seen: an insert sent 7 s into the freeze).
+        died = monotonic_of(monitor.kinds("killed")[0]["at"])
         check_ledger(
-            cluster, writers, preloaded, may_lose=[("shard-0", paused_at), ("shard-1", killed_at)]
+            cluster, writers, preloaded, may_lose=[("shard-0", died), ("shard-1", killed_at)]
         )
     finally:
         code, stderr = monitor.stop()
