@@ -90,6 +90,9 @@ ensure_lan() {
     in_ns "$LAN" ip link set root0 master br0 up
     ip addr replace "$ROOT_ADDRESS/24" dev sclan0
     ip link set sclan0 up
+    # Should the lan go while a host's address is still asked for, the answer is "no route",
+    # never the machine's default route (another network may answer there).
+    ip route replace unreachable "$SUBNET_PREFIX.0/24" metric 4000
 }
 
 ensure_namespace() {
@@ -172,9 +175,14 @@ down)
         in_ns "$LAN" ip link del "$VETH" >/dev/null 2>&1 || true
     fi
     [ -e "/run/netns/$NAME" ] && ip netns del "$NAME"
-    # The lan goes with its last host.
-    if [ -e "/run/netns/$LAN" ] && ! in_ns "$LAN" ip -o link show type veth | grep -q ' sc-'; then
+    # The lan goes with its last host. The links are read whole before grep looks: under
+    # pipefail, `ip ... | grep -q` fails when grep stops at the first match and ip then dies of
+    # SIGPIPE, which took the lan from another process's hosts while they were in use.
+    links=""
+    [ -e "/run/netns/$LAN" ] && links="$(in_ns "$LAN" ip -o link show type veth)"
+    if [ -e "/run/netns/$LAN" ] && ! grep -q ' sc-' <<<"$links"; then
         ip link del sclan0 >/dev/null 2>&1 || true
+        ip route del unreachable "$SUBNET_PREFIX.0/24" metric 4000 >/dev/null 2>&1 || true
         ip netns del "$LAN"
     fi
     log "$NAME removed"
