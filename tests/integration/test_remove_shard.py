@@ -217,3 +217,37 @@ def test_the_last_shard_is_not_removed(cluster_factory: ClusterFactory) -> None:
     node = cluster.topology.primaries()[0]
     with pg.connect(node, cluster.credentials(), "app") as conn:  # nothing was recorded
         assert conn.execute("SELECT count(*) FROM shardctl.reshard").fetchone() == (0,)
+
+
+def test_rows_already_on_a_receiving_shard_are_replaced_by_the_copy(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """A row someone wrote by hand on a removal's receiving shard, in a range it is about to
+    receive, does not survive the removal: a stale copy of a key the leaving shard holds ends
+    with the leaving shard's value, and a key no shard has is gone (found by the copy's probe or
+    by verification's checksums, whichever meets it first)."""
+    cluster = cluster_factory(shards=3, replicas=0, ring=MD5)
+    path = cluster.topology.path
+    preloaded = preload(cluster, 3000)
+    old = catalog.read(cluster.topology, cluster.credentials()).ring()
+    new = without_node(old, "shard-2")
+
+    def receives(key: uuid.UUID, shard: str) -> bool:
+        return old.node_for(key) == "shard-2" and new.node_for(key) == shard
+
+    stale = [k for k in preloaded if receives(k, "shard-0")][:5]
+    phantom = [k for k in (uuid.uuid4() for _ in range(3000)) if receives(k, "shard-1")][:5]
+    assert len(stale) == len(phantom) == 5
+    for shard, keys, name in (("shard-0", stale, "stale"), ("shard-1", phantom, "phantom")):
+        node = cluster.topology.shard_nodes(shard)[0]
+        with pg.connect(node, cluster.credentials(), "app") as conn:
+            for key in keys:
+                conn.execute("INSERT INTO users (id, first_name) VALUES (%s, %s)", (key, name))
+
+    done = run_shardctl("remove-shard", "shard-2", "--yes", "-f", path, "-o", "json")
+    assert done.returncode == 0, done.stderr
+    shrunk = Cluster.load(path)
+    placed = rows_by_shard(shrunk)
+    assert [k for k in phantom if str(k) in placed["shard-1"]] == []
+    assert all(placed["shard-0"].get(str(k)) == "preloaded" for k in stale)
+    check_ledger(shrunk, [], preloaded)
