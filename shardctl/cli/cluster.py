@@ -211,7 +211,8 @@ def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
 
             for line in notes:
                 render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
-        rows = status_rows(facts, views.newest_wal(cluster.topology))
+        topology = cluster.topology
+        rows = status_rows(facts, views.newest_wal(topology), views.repository_free(topology))
         operations: list[Operation] = []
         if any(r.in_recovery is False for r in rows):  # a primary answered: it can say
             with contextlib.suppress(DatabaseUnavailable):

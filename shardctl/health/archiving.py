@@ -15,6 +15,7 @@ that WAL while more waits (the RPO right now; 0 when everything is archived).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -73,20 +74,15 @@ def archiving_checks(
         {p.name: partial(_check, p, credentials, limits.canary_timeout) for p in primaries}
     )
     found: list[Check] = []
-    full: list[str] = []  # read once, and only when a check failed
+    full: list[int | None] = []  # read once, and only when a check failed
     for primary in primaries:
         result = results[primary.name]
         if isinstance(result, Check) and not result.ok and free_space is not None:
             if not full:
-                free = free_space()
-                full.append("" if free is None or free >= FULL_BELOW else size_text(free))
-            if full[0]:
-                result = failed(
-                    primary,
-                    ARCHIVING,
-                    f"{primary.shard}: archiving stuck: the backup repository is full "
-                    f"({full[0]} free); free space or lower `backup.retention`",
-                )
+                full.append(free_space())
+            free = full[0]
+            if free is not None and free < FULL_BELOW:
+                result = failed(primary, ARCHIVING, full_problem(primary.shard, free))
         if isinstance(result, Check):
             found.append(result)
         elif isinstance(result, DatabaseUnavailable | psycopg.Error):
@@ -94,6 +90,14 @@ def archiving_checks(
         elif isinstance(result, BaseException):
             raise result
     return found
+
+
+def full_problem(shard: str, free: int | None) -> str:
+    """What a full repository does to a shard's archiving, and what to do."""
+    return (
+        f"{shard}: archiving stuck: the backup repository is full ({size_text(free)} free); "
+        "free space or lower `backup.retention`"
+    )
 
 
 def _check(primary: Node, credentials: Credentials, timeout: float) -> Check:
@@ -169,6 +173,16 @@ class ArchiveState:
     lag_seconds: float | None = None
     """Age of the newest archived WAL while WAL waits, 0 when everything is archived: the RPO
     right now. None when unknown (the repository not read, or the primary not answering)."""
+    repository_free: int | None = None
+    """Space left in the repository, read only when archiving is not ok (None: not read)."""
+
+    @property
+    def repository_full(self) -> bool:
+        """Archiving is not ok and the repository has less room than :data:`FULL_BELOW`: the
+        backup node stopped for want of space, whatever the slot shows."""
+        return (
+            not self.ok and self.repository_free is not None and (self.repository_free < FULL_BELOW)
+        )
 
     @property
     def ok(self) -> bool:
@@ -180,6 +194,8 @@ class ArchiveState:
         """The reason, naming the shard, when archiving is not ok."""
         if self.ok:
             return None
+        if self.repository_full:
+            return full_problem(self.shard, self.repository_free)
         why = {
             "no slot": f"no slot {BACKUP_SLOT} on {self.primary} (run `shardctl up`)",
             "not streaming": f"the backup node is not streaming from {self.primary} (is it "
@@ -202,10 +218,12 @@ def archive_states(
     newest: Mapping[str, float | None] | None = None,
     *,
     now: float | None = None,
+    free_space: FreeSpace | None = None,
 ) -> dict[str, ArchiveState]:
     """Per shard (none without ``backup:``), its archiving judged from the acting primary's
     facts: behind when WAL waits and the repository's newest file is older than
-    ``canary_timeout`` (``newest`` given), or when more than ``max_lag_bytes`` waits."""
+    ``canary_timeout`` (``newest`` given), or when more than ``max_lag_bytes`` waits. When one
+    is not ok, ``free_space`` (given) reads the repository's room once, to name a full one."""
     topology = facts.topology
     if topology.spec.backup is None:
         return {}
@@ -240,4 +258,10 @@ def archive_states(
         else:
             state = "ok"
         found[shard] = ArchiveState(shard, primary.name, state, behind, newest_wal, lag)
+    if free_space is not None and not all(a.ok for a in found.values()):
+        free = free_space()
+        found = {
+            shard: a if a.ok else dataclasses.replace(a, repository_free=free)
+            for shard, a in found.items()
+        }
     return found

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from shardctl.config import addresses
 from shardctl.config.schema import Role
-from shardctl.health.archiving import ARCHIVING, ArchiveState, archive_states
+from shardctl.health.archiving import ARCHIVING, ArchiveState, FreeSpace, archive_states
 from shardctl.health.checks import (
     CANARY,
     LAG_BYTES,
@@ -108,7 +108,9 @@ def health_phrase(check: Check) -> str:
 
 
 def status_rows(
-    facts: ClusterFacts, newest_wal: Mapping[str, float | None] | None = None
+    facts: ClusterFacts,
+    newest_wal: Mapping[str, float | None] | None = None,
+    free_space: FreeSpace | None = None,
 ) -> list[StatusRow]:
     """The status table: one row per declared node, healthy or with the first problem found.
 
@@ -116,14 +118,15 @@ def status_rows(
     the same facts, with the topology's thresholds), so the two commands never disagree. With
     ``backup:``, an acting primary's row also carries its shard's archiving, judged from the
     same facts (:func:`~shardctl.health.archiving.archive_states`; ``newest_wal``, when the
-    repository was read, adds the age of its newest WAL): not ok is the row's problem too.
+    repository was read, adds the age of its newest WAL; ``free_space``, read only when one is
+    not ok, names a full repository): not ok is the row's problem too.
     """
     limits = facts.topology.spec.health
     problems: dict[str, Check] = {}
     for check in replication_checks(facts, limits):
         if not check.ok:
             problems.setdefault(check.node, check)
-    archives = archive_states(facts, limits, newest_wal)
+    archives = archive_states(facts, limits, newest_wal, free_space=free_space)
     for state in archives.values():
         if not state.ok and state.problem is not None:
             node = facts.of(state.primary).node

@@ -116,6 +116,13 @@ def test_a_full_repository_fails_backups_and_archiving_loudly_and_recovers(
             _switch_wal(cluster)  # the next segment cannot be made
             stuck = _wait_archiving(path, healthy=False)
             assert "shard-0" in stuck and "archiving" in stuck and "full" in stuck, stuck
+            # status says the same: the repository is full, not just "not streaming".
+            shown = run_shardctl("status", "-o", "json", "-f", path)
+            assert shown.returncode == 1, shown.stdout + shown.stderr
+            (primary,) = [n for n in json.loads(shown.stdout)["nodes"] if n["archiving"]]
+            assert "repository is full" in str(primary["archiving"]["problem"]), primary
+            table = run_shardctl("status", "-o", "wide", "-f", path)
+            assert "repository full" in table.stdout, table.stdout
 
             filler.unlink()
             _switch_wal(cluster)

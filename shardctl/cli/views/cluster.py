@@ -15,6 +15,7 @@ from shardctl.util.text import lsn_text, size_text
 if TYPE_CHECKING:  # status imports this module too: provisioning is no part of it, nor rich
     from rich.table import Table
 
+    from shardctl.health.archiving import FreeSpace
     from shardctl.ops.down import DownReport
     from shardctl.ops.up import UpReport
 
@@ -59,13 +60,30 @@ def newest_wal(topology: Topology) -> dict[str, float | None] | None:
         return None
 
 
+def repository_free(topology: Topology) -> FreeSpace | None:
+    """Reads the room left in the backup repository, for ``status`` to name a full one (None:
+    no ``backup:``). Called only when archiving is not ok; unreadable reads as unknown."""
+    if topology.spec.backup is None:
+        return None
+
+    def read() -> int | None:
+        from shardctl.ops.backup.repository import Repository
+
+        try:
+            return Repository.of(topology).free_bytes()
+        except ShardctlError:
+            return None
+
+    return read
+
+
 def archive_text(row: StatusRow) -> str:
     """A primary's archiving in a few words: its state and the RPO now (``-`` without)."""
     found = row.archiving
     if found is None:
         return "-"
     if found.state != "ok":
-        return found.state
+        return "repository full" if found.repository_full else found.state
     if found.lag_seconds is None:
         return "ok" if not found.behind_bytes else f"ok, {size_text(found.behind_bytes)} waits"
     return f"ok, RPO {found.lag_seconds:,.1f}s"
@@ -82,6 +100,7 @@ def archive_facts(row: StatusRow) -> dict[str, Any] | None:
         "behind_bytes": found.behind_bytes,
         "newest_wal": found.newest_wal,
         "lag_seconds": None if found.lag_seconds is None else round(found.lag_seconds, 3),
+        "repository_free": found.repository_free,
         "problem": found.problem,
     }
 

@@ -4,6 +4,7 @@ acting primary, and the repository's newest WAL time when given."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,39 @@ def test_an_idle_slot_or_none_is_a_problem_of_the_primary_row() -> None:
     gone = cluster(topo, {**{o.node.name: o.facts for o in facts.nodes}, "s0-primary": None})
     assert archive_states(gone, LIMITS)["s0"].state == "unknown"
     assert status_rows(gone)[0].health == "no answer"
+
+
+def test_a_full_repository_is_named_whatever_the_slot_shows_and_read_only_when_needed() -> None:
+    topo = backed_up()
+    stopped = archived(topo, s0_primary={"active": False})
+    reads: list[int] = []
+
+    def free(room: int) -> Callable[[], int | None]:
+        def read() -> int | None:
+            reads.append(room)
+            return room
+
+        return read
+
+    found = archive_states(stopped, LIMITS, free_space=free(3 * 1024 * 1024))
+    s0 = found["s0"]
+    assert s0.state == "not streaming" and s0.repository_full and found["s1"].ok
+    assert s0.problem == (
+        "s0: archiving stuck: the backup repository is full (3.0 MiB free); "
+        "free space or lower `backup.retention`"
+    )
+    row = {r.name: r for r in status_rows(stopped, free_space=free(1024))}["s0-primary"]
+    assert row.health == "archiving stuck" and "repository is full" in str(row.problem)
+    # Room enough: the backup node is simply not streaming, as before.
+    roomy = archive_states(stopped, LIMITS, free_space=free(10 * 1024**3))["s0"]
+    assert not roomy.repository_full and "not streaming" in str(roomy.problem)
+    # Unknown room says nothing about fullness.
+    unknown = archive_states(stopped, LIMITS, free_space=lambda: None)["s0"]
+    assert not unknown.repository_full and "not streaming" in str(unknown.problem)
+    assert reads == [3 * 1024 * 1024, 1024, 10 * 1024**3]  # once per judgement
+    # Every shard archiving: the repository is not read at all.
+    archive_states(archived(topo), LIMITS, free_space=free(0))
+    assert reads == [3 * 1024 * 1024, 1024, 10 * 1024**3]
 
 
 def test_metrics_of_the_repository_and_the_slot() -> None:
