@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from shardctl.cli import rolling
+from shardctl.cli import plain, rolling
 from shardctl.cli.app import (
     CLUSTER,
     Output,
@@ -61,7 +61,7 @@ def validate(topology: TopologyOption = None, output: OutputOption = Output.TABL
                 f"[yellow]warning[/]: postgres: settings not checked: {render.escape(unchecked)}"
             )
     if output is Output.JSON:
-        render.print_json(views.topology_facts(checked))
+        plain.print_json(views.topology_facts(checked))
     else:
         render.show(views.topology_summary(checked))
         render.console.print(f"[green]valid[/]: {len(checked.nodes)} nodes")
@@ -279,7 +279,6 @@ def status(
 ) -> None:
     """One row per node, replicas under their primary: role, state, lag, health; above it,
     any operation in flight. Exit 1 if a node is unhealthy, 3 if no node answers."""
-    from shardctl.cli import plain
     from shardctl.cli.views import cluster as views
     from shardctl.cli.views import monitor as monitor_views
     from shardctl.db import pg
@@ -333,7 +332,7 @@ def _watch(cluster: Cluster, output: WideOutput, seconds: float) -> None:
             while True:
                 rows, operations = _status_view(cluster)
                 facts = views.status_facts(name, rows, operations)
-                sys.stdout.write(json.dumps(render.to_jsonable(facts)) + "\n")
+                sys.stdout.write(json.dumps(plain.to_jsonable(facts)) + "\n")
                 sys.stdout.flush()
                 time.sleep(seconds)
         if not render.console.is_terminal:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from shardctl.cli import plain
 from shardctl.cli.app import DATA, Output, OutputOption, TopologyOption, command, open_cluster
 
 if TYPE_CHECKING:
@@ -32,9 +33,9 @@ def distribution(topology: TopologyOption = None, output: OutputOption = Output.
         result = cluster.distribution()
         operations = [] if result.ok else in_flight_reshards(cluster)
     if output is Output.JSON:
-        render.print_json(
+        plain.print_json(
             {
-                **render.to_jsonable(result),
+                **plain.to_jsonable(result),
                 "in_flight": [cluster_views.operation_facts(op) for op in operations],
             }
         )
@@ -86,7 +87,7 @@ def ring(topology: TopologyOption = None, output: OutputOption = Output.TABLE) -
     with open_cluster(topology, running=True) as cluster:
         report = cluster.ring()
     if output is Output.JSON:
-        render.print_json(views.ring_facts(report))
+        plain.print_json(views.ring_facts(report))
     else:
         render.show(views.ring_table(report))
     _warn(report.problems + report.warnings)

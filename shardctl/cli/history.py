@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from shardctl.cli import plain
 from shardctl.cli.app import (
     OPERATIONS,
     Output,
@@ -38,6 +39,6 @@ def history(
     with open_cluster(topology, running=True) as cluster:
         found = events.read(cluster.topology, cluster.credentials())[:limit]
     if output is Output.JSON:
-        render.print_json({"cluster": cluster.topology.cluster, "events": found})
+        plain.print_json({"cluster": cluster.topology.cluster, "events": found})
     else:
         render.show(views.history_table(cluster.topology.cluster, found))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from shardctl.cli import plain
 from shardctl.cli.app import Output
 from shardctl.cli.load import parse_users
 from shardctl.errors import UsageError
@@ -178,7 +179,7 @@ def verify_ledgers(router: Router, paths: list[Path], output: Output) -> None:
 
     result = ledgers.verify(router, paths)
     if output is Output.JSON:
-        render.print_json({"ok": result.ok, **render.to_jsonable(result)})
+        plain.print_json({"ok": result.ok, **plain.to_jsonable(result)})
     else:
         render.show(ledger_table(result, paths))
         for finding in result.findings:
@@ -200,7 +201,7 @@ def _show_load(report: LoadReport, output: Output, cluster: str) -> None:
     from shardctl.cli.views.load import load_table
 
     if output is Output.JSON:
-        render.print_json(report)
+        plain.print_json(report)
         return
     render.show(load_table(report, cluster))
     render.console.print(
@@ -226,7 +227,7 @@ def _show_steps(reports: list[LoadReport], output: Output, cluster: str) -> None
     from shardctl.cli.views.load import users_table
 
     if output is Output.JSON:
-        render.print_json({"steps": reports})
+        plain.print_json({"steps": reports})
         return
     render.show(users_table(reports, cluster))
     warmed = sum(r.warm_up for r in reports)
@@ -253,7 +254,7 @@ def _show_bulk(result: BulkReport, output: Output) -> None:
     from shardctl.cli.views.load import bulk_table
 
     if output is Output.JSON:
-        render.print_json(result)
+        plain.print_json(result)
         return
     render.show(bulk_table(result))
     render.console.print(

@@ -17,9 +17,6 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape as _escape
 
-from shardctl.cli.plain import plural as plural
-from shardctl.cli.plain import print_json as print_json
-from shardctl.cli.plain import to_jsonable as to_jsonable
 from shardctl.cli.plain import width
 
 if TYPE_CHECKING:  # progress is for the commands that wait: imported by them only

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from shardctl.cli import plain
 from shardctl.cli.app import (
     REPLICATION,
     TopologyOption,
@@ -160,7 +161,7 @@ def verify_replication(
     if junit is not None:
         _write(junit, views.junit_xml(report))
     if output is WideOutput.JSON:
-        render.print_json(views.verify_facts(report))
+        plain.print_json(views.verify_facts(report))
     elif output is WideOutput.WIDE:
         render.show(views.checks_table(report))
     else:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from shardctl.cli import complete
+from shardctl.cli import complete, plain
 from shardctl.cli.app import (
     RESHARDING,
     Output,
@@ -172,7 +172,7 @@ def _show_plan(
     if output is Output.JSON:
         facts = views.plan_facts(shown)
         facts["in_progress"] = cluster_views.operation_facts(operations[0]) if operations else None
-        render.print_json(facts)
+        plain.print_json(facts)
         return
     for line in cluster_views.in_flight_lines(operations):
         render.console.print(line)
@@ -214,7 +214,7 @@ def finish(state: State, output: Output) -> None:
                 f"{name} --resume` to remove its nodes"
             )
     if output is Output.JSON:
-        render.print_json({"id": state.plan.id, "phase": state.phase, "report": state.report})
+        plain.print_json({"id": state.plan.id, "phase": state.phase, "report": state.report})
     else:
         render.show(views.reshard_report(state))
 
@@ -261,7 +261,7 @@ def remove_shard(
         if plan:
             shown = rebalancer.plan(leaving=[name])
             if output is Output.JSON:
-                render.print_json(views.plan_facts(shown))
+                plain.print_json(views.plan_facts(shown))
             else:
                 render.show(views.plan_table(shown))
             return
@@ -287,7 +287,7 @@ def remove_shard(
     if removal.state is not None and removal.state.phase is not Phase.DONE:
         finish(removal.state, output)  # says where it stopped
     if output is Output.JSON:
-        render.print_json(
+        plain.print_json(
             {
                 "shard": name,
                 "id": removal.state.plan.id if removal.state else None,

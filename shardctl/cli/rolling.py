@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shardctl.cli import complete
+from shardctl.cli import complete, plain
 from shardctl.cli.app import (
     OPERATIONS,
     Output,
@@ -71,7 +71,7 @@ def show_plan(cluster: Cluster, output: Output) -> None:
 
     plan = cluster.plan()
     if output is Output.JSON:
-        render.print_json(plan_facts(plan))
+        plain.print_json(plan_facts(plan))
         return
     server = f", PostgreSQL {plan.version}" if plan.version else ""
     table = Table(title=f"up --plan: {cluster.topology.cluster} ({plan.image}{server})")

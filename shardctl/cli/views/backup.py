@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from shardctl.cli import render
+from shardctl.cli import plain, render
 from shardctl.ops.backup.base import BackupReport
 from shardctl.ops.backup.listing import Listing
 from shardctl.ops.backup.point import PointReport
@@ -45,7 +45,7 @@ def backup_report(done: BackupReport, *, json: bool) -> None:
         for shard, copy in done.record.shards.items():
             found = rate(copy)
             record["shards"][shard]["bytes_per_second"] = None if found is None else round(found)
-        render.print_json(
+        plain.print_json(
             {
                 "backup": record,
                 "point": dataclasses.asdict(done.point.point),
@@ -88,7 +88,7 @@ def point_report(made: PointReport, *, json: bool) -> None:
     """What ``backup --point`` did: each shard's LSN and timeline, the write pause."""
     record = made.point
     if json:
-        render.print_json(
+        plain.print_json(
             dataclasses.asdict(record)
             | {
                 "archived_seconds": made.archived_seconds,
@@ -135,7 +135,7 @@ def listing_facts(listing: Listing) -> dict[str, Any]:
 def listing(found: Listing, *, json: bool) -> None:
     """``backups``: base backups, points, the archive per shard and the recoverable window."""
     if json:
-        render.print_json(listing_facts(found))
+        plain.print_json(listing_facts(found))
         return
     table = Table(title=f"base backups of {found.cluster} in {found.repository}")
     for column in ("backup", "state", "finished", "shard", "source", "size", "timeline", "WAL"):
