@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -17,9 +17,6 @@ from shardctl.cli.app import (
     open_cluster,
 )
 from shardctl.errors import UsageError
-
-if TYPE_CHECKING:
-    pass
 
 PIPELINE = 1
 """``--pipeline``'s default: ops one connection carries at once (see docs/benchmarks.md)."""

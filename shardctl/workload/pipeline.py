@@ -85,11 +85,6 @@ def numbered(query: bytes) -> bytes:
     return re.sub(rb"%%|%s", mark, query)
 
 
-def text(values: Sequence[object]) -> Params:
-    """Parameters as libpq takes them in text format (None: NULL)."""
-    return tuple(None if v is None else str(v).encode() for v in values)
-
-
 def run_batch(
     conn: psycopg.Connection[Any], calls: Sequence[Call], until: float, *, prepared: bool = False
 ) -> list[Outcome]:
