@@ -513,3 +513,39 @@ def test_rows_already_on_a_joining_shard_are_replaced_by_the_copy(
     assert [k for k in phantom if str(k) in on_new] == []
     assert all(on_new.get(str(k)) == "preloaded" for k in stale)
     check_ledger(grown, [], preloaded)
+
+
+def test_verification_repairs_rows_changed_behind_the_fence_after_the_copy(
+    cluster_factory: ClusterFactory,
+) -> None:
+    """Verification checksums every moved range on both sides (a joining shard by one full
+    scan of what it received): rows deleted or changed on the joining shard after the copy,
+    by a superuser past the guard (so no change log names them), are found and repaired."""
+    cluster = cluster_factory(replicas=0, ring={"algorithm": "md5", "vnodes": 150})
+    path = cluster.topology.path
+    preloaded = preload(cluster, 3000)
+    assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
+    grown = Cluster.load(path)
+    new = catalog.read(grown.topology, grown.credentials()).ring().with_node("shard-2")
+    moved = [k for k in preloaded if new.node_for(k) == "shard-2"]
+    assert len(moved) > 20
+    result = run_killed(path, "copying")
+    assert result.returncode == 137, result.stdout + result.stderr
+    joining = grown.topology.shard_nodes("shard-2")[0]
+    deleted, changed = moved[:7], moved[7:12]
+    database = grown.topology.spec.database
+    with pg.connect(joining, grown.credentials(), database) as conn, conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        gone = conn.execute("DELETE FROM users WHERE id = ANY(%s)", (deleted,)).rowcount
+        edited = conn.execute(
+            "UPDATE users SET first_name = 'tampered' WHERE id = ANY(%s)", (changed,)
+        ).rowcount
+    assert (gone, edited) == (7, 5)  # the copy had brought them
+
+    resumed = run_shardctl("rebalance", "--resume", "-f", path, "-o", "json")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)["report"]
+    assert sorted(report["keys_repaired"]) == sorted(f"users:{k}" for k in deleted + changed)
+    on_new = rows_by_shard(grown)["shard-2"]
+    assert all(on_new.get(str(k)) == "preloaded" for k in deleted + changed)
+    check_ledger(grown, [], preloaded)

@@ -64,10 +64,12 @@ def joining(plan: Plan, shard: str) -> bool:
 
 def indexed_before_copy(plan: Plan) -> list[str]:
     """The shards that get the ring-position index before the copy: every source, and every
-    target already in the ring. A joining shard's table holds only what the copy brings, so
-    its index is built after the copy (verification builds it), in one pass: maintaining it as
-    the rows arrive cost ~6 us of the target's CPU a row, building it ~2.2 us (measured in
-    docs/benchmarks.md). Its copy skips the emptiness probe (see :func:`_copy_batch`)."""
+    target already in the ring. A joining shard's table holds only what the copy brings, so it
+    gets no index in this reshard: maintaining one as the rows arrive cost ~6 us of the
+    target's CPU a row (measured in docs/benchmarks.md), and verification checksums everything
+    it received by one full scan (:func:`shardctl.ops.reshard.cutover.verify`). The next
+    reshard that involves it builds the index at planning. Its copy skips the emptiness probe
+    (see :func:`_copy_batch`)."""
     return [shard for shard in involved(plan) if not joining(plan, shard)]
 
 

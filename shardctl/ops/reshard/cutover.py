@@ -24,6 +24,7 @@ import psycopg
 from shardctl.config.schema import TableSpec
 from shardctl.errors import ReshardingError, ShardctlError
 from shardctl.ops.reshard import transfer
+from shardctl.ops.reshard.copying import joining
 from shardctl.ring.hashing import Span
 from shardctl.state import catalog, fence, resync
 from shardctl.state.fence import RangeState
@@ -41,46 +42,84 @@ PREDRAIN_ENOUGH = 50
 
 
 def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
-    """Drain, then compare every moved range; re-sync and name the keys that differ. Every
-    (source, target) pair at once, each side of a comparison at once."""
-    # A joining target's index is built now, after its copy (copying.indexed_before_copy):
-    # the checksums below are range scans of it. Found valid on every other shard.
-    indexing = time.monotonic()
-    rebalancer.each(plan.targets(), rebalancer.ensure_index)
-    report.timed("verifying/index", time.monotonic() - indexing)
-    pairs = plan.pairs()
-    lock = threading.Lock()
+    """Drain, then compare every moved range; re-sync and name the keys that differ.
 
-    def one(pair: tuple[str, str]) -> list[str]:
-        resynced, repaired = converge(rebalancer, plan, *pair)
-        with lock:
-            report.keys_resynced += resynced
+    Every (source, target) pair drains at once; then every side counts and checksums its
+    moves at once: a source, or a target with the ring-position index, by range scans per
+    pair; a joining target (no index: it gets none during this reshard, see
+    copying.indexed_before_copy) by one full scan of all it receives, since its table holds
+    nothing else. Building its index here cost more than the scan (measured in
+    docs/benchmarks.md).
+    """
+    pairs = plan.pairs()
+    tables = rebalancer.topology.spec.tables
+    draining = time.monotonic()
+    types = _key_types(rebalancer, plan)
+
+    def drain(pair: tuple[str, str]) -> int:
+        source, target = pair
+        with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
+            return transfer.drain(src, dst, target, tables, key_types=types)
+
+    report.keys_resynced += sum(fanout.each({p: partial(drain, p) for p in pairs}).values())
+    report.timed("verifying/drain", time.monotonic() - draining)
+
+    def moves_of(source: str, target: str) -> list[int]:
+        return [i for i in plan.moves_from(source) if plan.moves[i].target == target]
+
+    # What each task checksums: (shard, the plan's move indexes), by task name.
+    work: dict[tuple[str, ...], tuple[str, list[int]]] = {}
+    for source, target in pairs:
+        work[("source", source, target)] = (source, moves_of(source, target))
+        if joining(plan, target):
+            whole = work.setdefault(("target", target), (target, []))
+            whole[1].extend(moves_of(source, target))
+        else:
+            work[("target", source, target)] = (target, moves_of(source, target))
+
+    def checksum(shard: str, indexes: list[int]) -> dict[tuple[str, int], transfer.Fingerprint]:
+        moves = [plan.moves[i] for i in indexes]
+        with rebalancer.connect(shard) as conn:
+            return {
+                (table.name, i): fp
+                for table in tables
+                for i, fp in zip(indexes, transfer.fingerprints(conn, table, moves), strict=True)
+            }
+
+    summing = time.monotonic()
+    found = fanout.each({name: partial(checksum, *task) for name, task in work.items()})
+    report.timed("verifying/checksums", time.monotonic() - summing)
+    sides: dict[str, dict[tuple[str, int], transfer.Fingerprint]] = {}
+    for (side, *_), sums in found.items():
+        sides.setdefault(side, {}).update(sums)
+    # A source's ranges and a target's are distinct moves, so one map per side holds them all.
+
+    def repair(pair: tuple[str, str]) -> list[str]:
+        source, target = pair
+        differ = [
+            (table, plan.moves[i])
+            for table in tables
+            for i in moves_of(source, target)
+            if sides["source"][(table.name, i)] != sides["target"][(table.name, i)]
+        ]
+        if not differ:
+            return []
+        repaired: list[str] = []
+        with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
+            for table, move in differ:
+                keys = _repair(src, dst, table, types[table.name], move)
+                repaired += [f"{table.name}:{k}" for k in keys]
         return repaired
 
-    for keys in fanout.each({pair: partial(one, pair) for pair in pairs}).values():
+    for keys in fanout.each({pair: partial(repair, pair) for pair in pairs}).values():
         report.keys_repaired += keys
     return False
 
 
-def converge(rebalancer: Rebalancer, plan: Plan, source: str, target: str) -> tuple[int, list[str]]:
-    """Make every range ``source`` gives ``target`` equal on both; the keys re-synced from the
-    change log, and those that had to be repaired."""
-    tables = rebalancer.topology.spec.tables
-    moves = [plan.moves[i] for i in plan.moves_from(source) if plan.moves[i].target == target]
-    repaired: list[str] = []
-    with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
-        types = {t.name: resync.key_type(src, t) for t in tables}
-        resynced = transfer.drain(src, dst, target, tables, key_types=types)
-        for table in tables:
-            ours, theirs = fanout.each(
-                {side: partial(transfer.fingerprints, conn, table, moves)
-                 for side, conn in (("source", src), ("target", dst))}
-            ).values()  # fmt: skip
-            for move, a, b in zip(moves, ours, theirs, strict=True):
-                if a != b:
-                    keys = _repair(src, dst, table, types[table.name], move)
-                    repaired += [f"{table.name}:{k}" for k in keys]
-    return resynced, repaired
+def _key_types(rebalancer: Rebalancer, plan: Plan) -> dict[str, str]:
+    """Each table's key type, read on the first source."""
+    with rebalancer.connect(plan.sources()[0]) as conn:
+        return {t.name: resync.key_type(conn, t) for t in rebalancer.topology.spec.tables}
 
 
 def _repair(src: Conn, dst: Conn, table: TableSpec, key_type: str, move: Span) -> list[str]:
