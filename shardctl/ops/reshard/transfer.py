@@ -32,7 +32,7 @@ from psycopg import sql
 from shardctl.config.schema import TableSpec
 from shardctl.db import digest
 from shardctl.ring.hashing import Move, Span
-from shardctl.ring.sql import position
+from shardctl.ring.sql import bucketed, position
 from shardctl.state import fence, inflight
 from shardctl.state.fence import trusted_writes
 from shardctl.state.plan import merged
@@ -290,9 +290,9 @@ def _per_move(
     index."""
     thresholds, bucket_of = _bounds(moves)
     query = sql.SQL(
-        "SELECT pg_catalog.width_bucket({pos}, %s::text[]) AS b, {aggregates} "
+        "SELECT pg_catalog.width_bucket({pos}, %s::uuid[]) AS b, {aggregates} "
         "FROM {table} t GROUP BY b"
-    ).format(pos=position(table.key), aggregates=aggregates, table=sql.Identifier(table.name))
+    ).format(pos=bucketed(table.key), aggregates=aggregates, table=sql.Identifier(table.name))
     result: list[tuple[int, ...]] = [(0, 0) for _ in moves]
     for bucket, *values in conn.execute(query, (thresholds,)):
         move = bucket_of.get(bucket)
