@@ -24,7 +24,7 @@ import psycopg
 from shardctl.config.schema import TableSpec
 from shardctl.errors import ReshardingError, ShardctlError
 from shardctl.ops.reshard import transfer
-from shardctl.ops.reshard.copying import joining
+from shardctl.ops.reshard.copying import indexed_before_copy
 from shardctl.ring.hashing import Span
 from shardctl.state import catalog, fence, resync
 from shardctl.state.fence import RangeState
@@ -41,19 +41,21 @@ PREDRAIN_ENOUGH = 50
 """Before fencing, drain until a pass re-syncs at most this many keys (or 10 passes)."""
 
 
+Sums = dict[tuple[str, int], transfer.Fingerprint]
+"""Fingerprints by (table name, index of the move in the plan)."""
+
+
 def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
     """Drain, then compare every moved range; re-sync and name the keys that differ.
 
     Every (source, target) pair drains at once; then every side counts and checksums its
-    moves at once: a source, or a target with the ring-position index, by range scans per
-    pair; a joining target (no index: it gets none during this reshard, see
-    copying.indexed_before_copy) by one full scan of all it receives, since its table holds
-    nothing else. Building its index here cost more than the scan (measured in
-    docs/benchmarks.md).
+    moves at once (:func:`_differing`). A move that differs is drained and compared again
+    before anything is repaired: a write in flight between the two sides' reads (a dual write
+    that reached the source and not yet the target) differs for a moment only. What still
+    differs is repaired key by key, in one pass per pair and table.
     """
     pairs = plan.pairs()
     tables = rebalancer.topology.spec.tables
-    draining = time.monotonic()
     types = _key_types(rebalancer, plan)
 
     def drain(pair: tuple[str, str]) -> int:
@@ -61,23 +63,57 @@ def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
         with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
             return transfer.drain(src, dst, target, tables, key_types=types)
 
-    report.keys_resynced += sum(fanout.each({p: partial(drain, p) for p in pairs}).values())
-    report.timed("verifying/drain", time.monotonic() - draining)
-
     def moves_of(source: str, target: str) -> list[int]:
         return [i for i in plan.moves_from(source) if plan.moves[i].target == target]
 
-    # What each task checksums: (shard, the plan's move indexes), by task name.
-    work: dict[tuple[str, ...], tuple[str, list[int]]] = {}
-    for source, target in pairs:
-        work[("source", source, target)] = (source, moves_of(source, target))
-        if joining(plan, target):
-            whole = work.setdefault(("target", target), (target, []))
-            whole[1].extend(moves_of(source, target))
-        else:
-            work[("target", source, target)] = (target, moves_of(source, target))
+    draining = time.monotonic()
+    report.keys_resynced += sum(fanout.each({p: partial(drain, p) for p in pairs}).values())
+    report.timed("verifying/drain", time.monotonic() - draining)
+    summing = time.monotonic()
+    differ = _differing(rebalancer, plan, {pair: moves_of(*pair) for pair in pairs})
+    report.timed("verifying/checksums", time.monotonic() - summing)
+    if differ:
+        again = sorted({pair for pair, _ in differ})
+        report.keys_resynced += sum(fanout.each({p: partial(drain, p) for p in again}).values())
+        wanted: dict[tuple[str, str], list[int]] = {}
+        for pair, index in differ:
+            wanted.setdefault(pair, []).append(index)
+        differ = _differing(rebalancer, plan, wanted)
 
-    def checksum(shard: str, indexes: list[int]) -> dict[tuple[str, int], transfer.Fingerprint]:
+    def repair(pair: tuple[str, str]) -> list[str]:
+        moves = [plan.moves[i] for p, i in differ if p == pair]
+        repaired: list[str] = []
+        with rebalancer.connect(pair[0]) as src, rebalancer.connect(pair[1]) as dst:
+            for table in tables:
+                keys = _repair(src, dst, table, types[table.name], moves)
+                repaired += [f"{table.name}:{k}" for k in keys]
+        return repaired
+
+    broken = sorted({pair for pair, _ in differ})
+    for keys in fanout.each({pair: partial(repair, pair) for pair in broken}).values():
+        report.keys_repaired += keys
+    return False
+
+
+def _differing(
+    rebalancer: Rebalancer, plan: Plan, wanted: dict[tuple[str, str], list[int]]
+) -> list[tuple[tuple[str, str], int]]:
+    """The (pair, move index) of the ``wanted`` moves (by pair) whose row count or checksum
+    differs on some table between source and target, every side read at once.
+
+    A shard with the ring-position index checksums by one range scan per move, a task per
+    pair; a shard without it (every target, a leaving source) by one scan of its table for all
+    the moves it has in ``wanted``, whatever the pair (:func:`transfer.fingerprints`)."""
+    tables = rebalancer.topology.spec.tables
+    indexed = set(indexed_before_copy(plan))
+    work: dict[tuple[str, ...], tuple[str, list[int]]] = {}
+    for (source, target), indexes in wanted.items():
+        for side, shard in (("source", source), ("target", target)):
+            key = (side, shard, target if side == "source" else source)
+            task = work.setdefault(key if shard in indexed else (side, shard), (shard, []))
+            task[1].extend(indexes)
+
+    def checksum(shard: str, indexes: list[int]) -> Sums:
         moves = [plan.moves[i] for i in indexes]
         with rebalancer.connect(shard) as conn:
             return {
@@ -86,34 +122,16 @@ def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
                 for i, fp in zip(indexes, transfer.fingerprints(conn, table, moves), strict=True)
             }
 
-    summing = time.monotonic()
     found = fanout.each({name: partial(checksum, *task) for name, task in work.items()})
-    report.timed("verifying/checksums", time.monotonic() - summing)
-    sides: dict[str, dict[tuple[str, int], transfer.Fingerprint]] = {}
+    sides: dict[str, Sums] = {"source": {}, "target": {}}
     for (side, *_), sums in found.items():
-        sides.setdefault(side, {}).update(sums)
-    # A source's ranges and a target's are distinct moves, so one map per side holds them all.
-
-    def repair(pair: tuple[str, str]) -> list[str]:
-        source, target = pair
-        differ = [
-            (table, plan.moves[i])
-            for table in tables
-            for i in moves_of(source, target)
-            if sides["source"][(table.name, i)] != sides["target"][(table.name, i)]
-        ]
-        if not differ:
-            return []
-        repaired: list[str] = []
-        with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
-            for table, move in differ:
-                keys = _repair(src, dst, table, types[table.name], move)
-                repaired += [f"{table.name}:{k}" for k in keys]
-        return repaired
-
-    for keys in fanout.each({pair: partial(repair, pair) for pair in pairs}).values():
-        report.keys_repaired += keys
-    return False
+        sides[side].update(sums)
+    return [
+        (pair, i)
+        for pair, indexes in wanted.items()
+        for i in indexes
+        if any(sides["source"][(t.name, i)] != sides["target"][(t.name, i)] for t in tables)
+    ]
 
 
 def _key_types(rebalancer: Rebalancer, plan: Plan) -> dict[str, str]:
@@ -122,10 +140,13 @@ def _key_types(rebalancer: Rebalancer, plan: Plan) -> dict[str, str]:
         return {t.name: resync.key_type(conn, t) for t in rebalancer.topology.spec.tables}
 
 
-def _repair(src: Conn, dst: Conn, table: TableSpec, key_type: str, move: Span) -> list[str]:
-    """Re-sync the keys of one range whose rows differ; those keys."""
-    where = transfer.range_predicate(table.key, move.start_hex, move.end_hex)
-    keys = transfer.differing_keys(src, dst, table, where)
+def _repair(
+    src: Conn, dst: Conn, table: TableSpec, key_type: str, moves: Sequence[Span]
+) -> list[str]:
+    """Re-sync the keys of ``moves`` whose rows differ on one table; those keys. One scan per
+    side (:func:`transfer.spans_condition`): a rare path, taken only for ranges that still
+    differ after a second drain."""
+    keys = transfer.differing_keys(src, dst, table, transfer.spans_condition(table, moves))
     if keys:
         with src.transaction():
             resync.resync_keys(src, dst, table, key_type, keys)

@@ -107,15 +107,47 @@ class Copied:
     """plain, replace or merge: see :func:`copy_range`."""
 
 
-def in_spans(table: TableSpec, spans: Sequence[Span], columns: str = "*") -> sql.Composable:
-    """``SELECT columns`` of the rows in ``spans`` (touching spans joined first): one
-    ``SELECT … WHERE`` :func:`range_predicate` per span, joined by ``UNION ALL``.
+def span_bounds(spans: Sequence[Span]) -> list[str]:
+    """The bounds of ``spans`` (touching spans joined first) in order, as ``width_bucket``
+    thresholds: a position lies in a span exactly when its bucket is odd (``[start, end)`` is
+    bucket ``2i + 1``; a last span without an end is the last bucket, odd too)."""
+    bounds: list[str] = []
+    for span in merged(spans):
+        bounds.append(span.start_hex)
+        if span.end_hex is not None:
+            bounds.append(span.end_hex)
+    return bounds
+
+
+def spans_condition(table: TableSpec, spans: Sequence[Span]) -> sql.Composable:
+    """A condition true for the rows in ``spans``, tested in one pass over the table: each
+    row's position hashed once and placed among the bounds by bisection (``width_bucket``
+    over uuids, :func:`shardctl.ring.sql.bucketed`). For a table without the ring-position
+    index, where a predicate per span would be a full scan each."""
+    bounds = span_bounds(spans)
+    if not bounds:
+        return sql.SQL("false")
+    return sql.SQL("pg_catalog.width_bucket({}, {}::uuid[]) % 2 = 1").format(
+        bucketed(table.key), sql.Literal(bounds)
+    )
+
+
+def in_spans(
+    table: TableSpec, spans: Sequence[Span], columns: str = "*", *, indexed: bool = True
+) -> sql.Composable:
+    """``SELECT columns`` of the rows in ``spans`` (touching spans joined first): with the
+    ring-position index (``indexed``), one ``SELECT … WHERE`` :func:`range_predicate` per span
+    joined by ``UNION ALL``, each branch the index's range scan; without it, one scan of the
+    table filtered by :func:`spans_condition`.
 
     Not one ``WHERE`` with the ranges ``OR``-ed: the planner may scan such a query
     sequentially, computing ``md5`` once per range tested for every row (a clean-up batch of 30
-    ranges passed 30 s that way). Each branch here is the ring-position index's range scan, or
-    a scan that computes ``md5`` twice per row at worst.
+    ranges passed 30 s that way).
     """
+    if not indexed:
+        return sql.SQL("SELECT {} FROM {} WHERE {}").format(
+            sql.SQL(columns), sql.Identifier(table.name), spans_condition(table, spans)
+        )
     branches = [
         sql.SQL("SELECT {} FROM {} WHERE {}").format(
             sql.SQL(columns),
@@ -139,6 +171,8 @@ def copy_ranges(
     *,
     reshard_id: int,
     probe: bool = True,
+    source_indexed: bool = True,
+    target_indexed: bool = True,
 ) -> Copied | None:
     """Copy the ranges of a batch of chunks of a table, named by their progress names, as one
     stream in one target transaction; None when every chunk was already copied (resume).
@@ -153,6 +187,8 @@ def copy_ranges(
     lands in the ranges even while we copy, COPY into a staging table and merge with ``ON
     CONFLICT DO NOTHING``. Without ``probe`` (a target whose ranges nothing else can have
     written yet, with no index to probe by), ``plain`` is tried first without looking.
+    ``source_indexed``, ``target_indexed``: whether each side has the ring-position index
+    (:func:`in_spans`).
     """
     names = [name for name, _ in chunks]
     done = {str(r[0]) for r in target.execute(inflight.CHUNKS_COPIED, (reshard_id, names))}
@@ -161,17 +197,22 @@ def copy_ranges(
         return None
     spans = [span for _, span in todo]
     occupied = (
-        target.execute(sql.SQL("SELECT EXISTS ({})").format(in_spans(table, spans, "1"))).fetchone()
+        target.execute(
+            sql.SQL("SELECT EXISTS ({})").format(
+                in_spans(table, spans, "1", indexed=target_indexed)
+            )
+        ).fetchone()
         if probe
         else None
     )
     progress = (reshard_id, [name for name, _ in todo])
+    sides = (source_indexed, target_indexed)
     for how in ("replace",) if occupied and occupied[0] else ("plain", "replace"):
         try:
-            return _copy_chunk(source, target, table, spans, progress, how)
+            return _copy_chunk(source, target, table, spans, progress, how, sides)
         except psycopg.errors.UniqueViolation:
             pass  # a dual write or re-sync put a key of these ranges there first
-    return _copy_chunk(source, target, table, spans, progress, "merge")
+    return _copy_chunk(source, target, table, spans, progress, "merge", sides)
 
 
 def _copy_chunk(
@@ -181,16 +222,19 @@ def _copy_chunk(
     spans: Sequence[Span],
     progress: tuple[int, list[str]],
     how: str,
+    indexed: tuple[bool, bool],
 ) -> Copied:
     name = sql.Identifier(table.name)
     stage = sql.Identifier(f"shardctl_stage_{table.name}")
-    select = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(in_spans(table, spans))
+    select = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(
+        in_spans(table, spans, indexed=indexed[0])
+    )
     with target.transaction():
         trusted_writes(target)
         if how == "replace":
             target.execute(
                 sql.SQL("DELETE FROM {} WHERE ctid = ANY(ARRAY({}))").format(
-                    name, in_spans(table, spans, "ctid")
+                    name, in_spans(table, spans, "ctid", indexed=indexed[1])
                 )
             )
         elif how == "merge":
@@ -402,11 +446,13 @@ def drain_and_check(
     return Drained(resynced, mismatched)
 
 
-def delete_ranges(conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int) -> int:
+def delete_ranges(
+    conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int, indexed: bool = True
+) -> int:
     """Delete the rows in ``spans``, at most ``batch`` of them, in one statement (trusted:
-    bypasses the fence); rows deleted."""
+    bypasses the fence); rows deleted. ``indexed``: see :func:`in_spans`."""
     rows = sql.SQL("SELECT ctid FROM ({}) s LIMIT {}").format(
-        in_spans(table, spans, "ctid"), sql.Literal(batch)
+        in_spans(table, spans, "ctid", indexed=indexed), sql.Literal(batch)
     )
     with conn.transaction():
         trusted_writes(conn)
