@@ -383,9 +383,10 @@ def test_moves_counted_and_checksummed_by_the_index_agree_with_a_full_scan_and_t
             transfer.drop_position_index(conn, users)
         assert [rows for rows, _ in scanned] == keys
         assert [rows for rows, _ in indexed] == keys
-        # A whole row's pg_column_size depends a little on how the scan forms it.
-        for (_, ours), (_, theirs) in zip(indexed, scanned, strict=True):
-            assert abs(ours - theirs) <= theirs // 100 + 8
+        # A whole row's pg_column_size depends a little on how the scan forms it (a filtered
+        # scan's row can have a shorter header): a few bytes a row at most.
+        for (rows, ours), (_, theirs) in zip(indexed, scanned, strict=True):
+            assert abs(ours - theirs) <= 8 * rows + theirs // 100 + 8
         assert ranged == whole
         assert [f.rows for f in ranged] == keys
         assert len({f.checksum for f in ranged if f.rows}) == sum(1 for k in keys if k)
@@ -518,9 +519,10 @@ def test_rows_already_on_a_joining_shard_are_replaced_by_the_copy(
 def test_verification_repairs_rows_changed_behind_the_fence_after_the_copy(
     cluster_factory: ClusterFactory,
 ) -> None:
-    """Verification checksums every moved range on both sides (a joining shard by one full
-    scan of what it received): rows deleted or changed on the joining shard after the copy,
-    by a superuser past the guard (so no change log names them), are found and repaired."""
+    """Verification checksums every moved range on both sides: rows deleted or changed on
+    the joining shard after the copy, by a superuser past the guard (so no change log names
+    them, and the cut-over's check of the logged keys would not see them), are found and
+    repaired."""
     cluster = cluster_factory(replicas=0, ring={"algorithm": "md5", "vnodes": 150})
     path = cluster.topology.path
     preloaded = preload(cluster, 3000)

@@ -330,8 +330,9 @@ class Rebalancer:
                         totals[j] = MoveSize(totals[j].rows + size[0], totals[j].bytes + size[1])
             return list(zip(indexes, totals, strict=True))
 
-        # Only a source that stays in the ring gets the index: see copying.indexed_before_copy.
-        involved = sorted(s for s in sources if s not in leaving)
+        # A joining shard (empty, owning nothing) gets its index after the copy: see
+        # copying.indexed_before_copy.
+        involved = sorted(set(sources) | {m.target for m in moves if m.target in old.nodes})
         indexing = time.monotonic()
         indexed_by: list[float] = []
 

@@ -1,11 +1,11 @@
 """The capture and copy phases of a reshard.
 
 Capture lists every moving range in its source's fence as ``capturing`` (from then on each
-write to it is logged in the source's change log) and indexes the ring position on the sources
-that stay in the ring (:func:`indexed_before_copy`). Copy streams each chunk of each move from
-source to target, every target of a source in parallel, over
-:class:`~shardctl.ops.reshard.links.Links` that survive a primary's restart; then it marks the
-source's ranges copied (Routers dual-write them from then on) and drains the change log once.
+write to it is logged in the source's change log) and indexes the ring position on every shard
+involved. Copy streams each chunk of each move from source to target, every target of a source
+in parallel, over :class:`~shardctl.ops.reshard.links.Links` that survive a primary's restart;
+then it marks the source's ranges copied (Routers dual-write them from then on) and drains the
+change log once.
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ def capture(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
 
     rebalancer.each(involved(plan), install)
 
-    # A source that stays selects its chunks, checksums and cleans its ranges by range scans
-    # of it (every other shard scans its table once instead: see indexed_before_copy). A run
-    # that planned anew built it already (planning/index): then this only finds it valid.
+    # Sources select chunks by ring position; targets empty a chunk's range before
+    # re-copying it when a dual write got there first; verification counts and checksums
+    # each range on both. All range scans with it. A run that planned anew built it already
+    # (planning/index): then this only finds it valid.
     indexing = time.monotonic()
     rebalancer.each(indexed_before_copy(plan), rebalancer.ensure_index)
     report.timed("capturing/index", time.monotonic() - indexing)
@@ -62,20 +63,12 @@ def joining(plan: Plan, shard: str) -> bool:
 
 
 def indexed_before_copy(plan: Plan) -> list[str]:
-    """The shards that get the ring-position index: every source that stays in the ring
-    (a grow's sources), whose moving ranges are a part of what they hold, read by the index's
-    range scans in the copy, verification and clean-up.
-
-    No other shard gets one. A target's incoming ranges are written by this copy only
-    (Routers route nothing there, and dual writes and drains reach a source's ranges only once
-    all of them are copied), so its copy needs no probe; maintaining the index as every row
-    arrived cost the target ~6 us of CPU a row, and verification checksums what it received by
-    one scan of its table (:func:`shardctl.ops.reshard.transfer.spans_condition`). A leaving
-    shard gives everything, so one scan per target reads what the index would. Such scans hash
-    each row's position and place it among the ranges by bisection: 0.15 s per 224k rows,
-    less than building the index (docs/benchmarks.md). The next reshard that needs the index
-    on a shard builds it at planning."""
-    return [shard for shard in plan.sources() if shard not in plan.leaving]
+    """The shards that get the ring-position index before the copy: every source, and every
+    target already in the ring. A joining shard's table holds only what the copy brings, so
+    its index is built after the copy (verification builds it), in one pass: maintaining it as
+    the rows arrive cost ~6 us of the target's CPU a row, building it ~2.2 us (measured in
+    docs/benchmarks.md). Its copy skips the emptiness probe (see :func:`_copy_batch`)."""
+    return [shard for shard in involved(plan) if not joining(plan, shard)]
 
 
 @dataclass
@@ -186,25 +179,15 @@ def _copy_batch(
     """Copy one batch of chunks of every table; what each table's copy moved (none: copied
     before)."""
     src, dst = links.get(source), links.get(target)
-    # A target has no index during the copy, and nothing but this copy writes its uncopied
-    # ranges: Routers route nothing there, and dual writes and drains reach a source's ranges
-    # only once all of them are copied (a resumed run skips the chunks recorded). So no probe:
-    # a plain COPY, falling back to replace or merge if a key is there. A row someone wrote
-    # there by hand under another key is found by verification (a count differs) and removed.
-    indexed = indexed_before_copy(plan)
+    # A joining target has no index during the copy, and nothing but this copy writes its
+    # uncopied ranges: Routers route nothing to it, and dual writes and drains reach a
+    # source's ranges only once all of them are copied (a resumed run skips the chunks
+    # recorded). So no probe: a plain COPY, falling back to replace or merge if a key is there.
+    probe = not joining(plan, target)
     results = []
     for table in tables:
         named = [(f"{table.name}:{chunk.id}", Span(chunk.start, chunk.end)) for chunk in batch]
-        copied = transfer.copy_ranges(
-            src,
-            dst,
-            table,
-            named,
-            reshard_id=plan.id,
-            probe=target in indexed,
-            source_indexed=source in indexed,
-            target_indexed=target in indexed,
-        )
+        copied = transfer.copy_ranges(src, dst, table, named, reshard_id=plan.id, probe=probe)
         if copied is not None:
             results.append(copied)
     return results

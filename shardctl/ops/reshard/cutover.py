@@ -24,7 +24,6 @@ import psycopg
 from shardctl.config.schema import TableSpec
 from shardctl.errors import ReshardingError, ShardctlError
 from shardctl.ops.reshard import transfer
-from shardctl.ops.reshard.copying import indexed_before_copy
 from shardctl.ring.hashing import Span
 from shardctl.state import catalog, fence, resync
 from shardctl.state.fence import RangeState
@@ -41,112 +40,53 @@ PREDRAIN_ENOUGH = 50
 """Before fencing, drain until a pass re-syncs at most this many keys (or 10 passes)."""
 
 
-Sums = dict[tuple[str, int], transfer.Fingerprint]
-"""Fingerprints by (table name, index of the move in the plan)."""
-
-
 def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
-    """Drain, then compare every moved range; re-sync and name the keys that differ.
-
-    Every (source, target) pair drains at once; then every side counts and checksums its
-    moves at once (:func:`_differing`). A move that differs is drained and compared again
-    before anything is repaired: a write in flight between the two sides' reads (a dual write
-    that reached the source and not yet the target) differs for a moment only. What still
-    differs is repaired key by key, in one pass per pair and table.
-    """
+    """Drain, then compare every moved range; re-sync and name the keys that differ. Every
+    (source, target) pair at once, each side of a comparison at once."""
+    # A joining target's index is built now, after its copy (copying.indexed_before_copy):
+    # the checksums below are range scans of it. Found valid on every other shard.
+    indexing = time.monotonic()
+    rebalancer.each(plan.targets(), rebalancer.ensure_index)
+    report.timed("verifying/index", time.monotonic() - indexing)
     pairs = plan.pairs()
-    tables = rebalancer.topology.spec.tables
-    types = _key_types(rebalancer, plan)
+    lock = threading.Lock()
 
-    def drain(pair: tuple[str, str]) -> int:
-        source, target = pair
-        with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
-            return transfer.drain(src, dst, target, tables, key_types=types)
-
-    def moves_of(source: str, target: str) -> list[int]:
-        return [i for i in plan.moves_from(source) if plan.moves[i].target == target]
-
-    draining = time.monotonic()
-    report.keys_resynced += sum(fanout.each({p: partial(drain, p) for p in pairs}).values())
-    report.timed("verifying/drain", time.monotonic() - draining)
-    summing = time.monotonic()
-    differ = _differing(rebalancer, plan, {pair: moves_of(*pair) for pair in pairs})
-    report.timed("verifying/checksums", time.monotonic() - summing)
-    if differ:
-        again = sorted({pair for pair, _ in differ})
-        report.keys_resynced += sum(fanout.each({p: partial(drain, p) for p in again}).values())
-        wanted: dict[tuple[str, str], list[int]] = {}
-        for pair, index in differ:
-            wanted.setdefault(pair, []).append(index)
-        differ = _differing(rebalancer, plan, wanted)
-
-    def repair(pair: tuple[str, str]) -> list[str]:
-        moves = [plan.moves[i] for p, i in differ if p == pair]
-        repaired: list[str] = []
-        with rebalancer.connect(pair[0]) as src, rebalancer.connect(pair[1]) as dst:
-            for table in tables:
-                keys = _repair(src, dst, table, types[table.name], moves)
-                repaired += [f"{table.name}:{k}" for k in keys]
+    def one(pair: tuple[str, str]) -> list[str]:
+        resynced, repaired = converge(rebalancer, plan, *pair)
+        with lock:
+            report.keys_resynced += resynced
         return repaired
 
-    broken = sorted({pair for pair, _ in differ})
-    for keys in fanout.each({pair: partial(repair, pair) for pair in broken}).values():
+    for keys in fanout.each({pair: partial(one, pair) for pair in pairs}).values():
         report.keys_repaired += keys
     return False
 
 
-def _differing(
-    rebalancer: Rebalancer, plan: Plan, wanted: dict[tuple[str, str], list[int]]
-) -> list[tuple[tuple[str, str], int]]:
-    """The (pair, move index) of the ``wanted`` moves (by pair) whose row count or checksum
-    differs on some table between source and target, every side read at once.
-
-    A shard with the ring-position index checksums by one range scan per move, a task per
-    pair; a shard without it (every target, a leaving source) by one scan of its table for all
-    the moves it has in ``wanted``, whatever the pair (:func:`transfer.fingerprints`)."""
+def converge(rebalancer: Rebalancer, plan: Plan, source: str, target: str) -> tuple[int, list[str]]:
+    """Make every range ``source`` gives ``target`` equal on both; the keys re-synced from the
+    change log, and those that had to be repaired."""
     tables = rebalancer.topology.spec.tables
-    indexed = set(indexed_before_copy(plan))
-    work: dict[tuple[str, ...], tuple[str, list[int]]] = {}
-    for (source, target), indexes in wanted.items():
-        for side, shard in (("source", source), ("target", target)):
-            key = (side, shard, target if side == "source" else source)
-            task = work.setdefault(key if shard in indexed else (side, shard), (shard, []))
-            task[1].extend(indexes)
-
-    def checksum(shard: str, indexes: list[int]) -> Sums:
-        moves = [plan.moves[i] for i in indexes]
-        with rebalancer.connect(shard) as conn:
-            return {
-                (table.name, i): fp
-                for table in tables
-                for i, fp in zip(indexes, transfer.fingerprints(conn, table, moves), strict=True)
-            }
-
-    found = fanout.each({name: partial(checksum, *task) for name, task in work.items()})
-    sides: dict[str, Sums] = {"source": {}, "target": {}}
-    for (side, *_), sums in found.items():
-        sides[side].update(sums)
-    return [
-        (pair, i)
-        for pair, indexes in wanted.items()
-        for i in indexes
-        if any(sides["source"][(t.name, i)] != sides["target"][(t.name, i)] for t in tables)
-    ]
+    moves = [plan.moves[i] for i in plan.moves_from(source) if plan.moves[i].target == target]
+    repaired: list[str] = []
+    with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
+        types = {t.name: resync.key_type(src, t) for t in tables}
+        resynced = transfer.drain(src, dst, target, tables, key_types=types)
+        for table in tables:
+            ours, theirs = fanout.each(
+                {side: partial(transfer.fingerprints, conn, table, moves)
+                 for side, conn in (("source", src), ("target", dst))}
+            ).values()  # fmt: skip
+            for move, a, b in zip(moves, ours, theirs, strict=True):
+                if a != b:
+                    keys = _repair(src, dst, table, types[table.name], move)
+                    repaired += [f"{table.name}:{k}" for k in keys]
+    return resynced, repaired
 
 
-def _key_types(rebalancer: Rebalancer, plan: Plan) -> dict[str, str]:
-    """Each table's key type, read on the first source."""
-    with rebalancer.connect(plan.sources()[0]) as conn:
-        return {t.name: resync.key_type(conn, t) for t in rebalancer.topology.spec.tables}
-
-
-def _repair(
-    src: Conn, dst: Conn, table: TableSpec, key_type: str, moves: Sequence[Span]
-) -> list[str]:
-    """Re-sync the keys of ``moves`` whose rows differ on one table; those keys. One scan per
-    side (:func:`transfer.spans_condition`): a rare path, taken only for ranges that still
-    differ after a second drain."""
-    keys = transfer.differing_keys(src, dst, table, transfer.spans_condition(table, moves))
+def _repair(src: Conn, dst: Conn, table: TableSpec, key_type: str, move: Span) -> list[str]:
+    """Re-sync the keys of one range whose rows differ; those keys."""
+    where = transfer.range_predicate(table.key, move.start_hex, move.end_hex)
+    keys = transfer.differing_keys(src, dst, table, where)
     if keys:
         with src.transaction():
             resync.resync_keys(src, dst, table, key_type, keys)

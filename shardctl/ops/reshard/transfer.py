@@ -107,47 +107,15 @@ class Copied:
     """plain, replace or merge: see :func:`copy_range`."""
 
 
-def span_bounds(spans: Sequence[Span]) -> list[str]:
-    """The bounds of ``spans`` (touching spans joined first) in order, as ``width_bucket``
-    thresholds: a position lies in a span exactly when its bucket is odd (``[start, end)`` is
-    bucket ``2i + 1``; a last span without an end is the last bucket, odd too)."""
-    bounds: list[str] = []
-    for span in merged(spans):
-        bounds.append(span.start_hex)
-        if span.end_hex is not None:
-            bounds.append(span.end_hex)
-    return bounds
-
-
-def spans_condition(table: TableSpec, spans: Sequence[Span]) -> sql.Composable:
-    """A condition true for the rows in ``spans``, tested in one pass over the table: each
-    row's position hashed once and placed among the bounds by bisection (``width_bucket``
-    over uuids, :func:`shardctl.ring.sql.bucketed`). For a table without the ring-position
-    index, where a predicate per span would be a full scan each."""
-    bounds = span_bounds(spans)
-    if not bounds:
-        return sql.SQL("false")
-    return sql.SQL("pg_catalog.width_bucket({}, {}::uuid[]) % 2 = 1").format(
-        bucketed(table.key), sql.Literal(bounds)
-    )
-
-
-def in_spans(
-    table: TableSpec, spans: Sequence[Span], columns: str = "*", *, indexed: bool = True
-) -> sql.Composable:
-    """``SELECT columns`` of the rows in ``spans`` (touching spans joined first): with the
-    ring-position index (``indexed``), one ``SELECT … WHERE`` :func:`range_predicate` per span
-    joined by ``UNION ALL``, each branch the index's range scan; without it, one scan of the
-    table filtered by :func:`spans_condition`.
+def in_spans(table: TableSpec, spans: Sequence[Span], columns: str = "*") -> sql.Composable:
+    """``SELECT columns`` of the rows in ``spans`` (touching spans joined first): one
+    ``SELECT … WHERE`` :func:`range_predicate` per span, joined by ``UNION ALL``.
 
     Not one ``WHERE`` with the ranges ``OR``-ed: the planner may scan such a query
     sequentially, computing ``md5`` once per range tested for every row (a clean-up batch of 30
-    ranges passed 30 s that way).
+    ranges passed 30 s that way). Each branch here is the ring-position index's range scan, or
+    a scan that computes ``md5`` twice per row at worst.
     """
-    if not indexed:
-        return sql.SQL("SELECT {} FROM {} WHERE {}").format(
-            sql.SQL(columns), sql.Identifier(table.name), spans_condition(table, spans)
-        )
     branches = [
         sql.SQL("SELECT {} FROM {} WHERE {}").format(
             sql.SQL(columns),
@@ -171,8 +139,6 @@ def copy_ranges(
     *,
     reshard_id: int,
     probe: bool = True,
-    source_indexed: bool = True,
-    target_indexed: bool = True,
 ) -> Copied | None:
     """Copy the ranges of a batch of chunks of a table, named by their progress names, as one
     stream in one target transaction; None when every chunk was already copied (resume).
@@ -187,8 +153,6 @@ def copy_ranges(
     lands in the ranges even while we copy, COPY into a staging table and merge with ``ON
     CONFLICT DO NOTHING``. Without ``probe`` (a target whose ranges nothing else can have
     written yet, with no index to probe by), ``plain`` is tried first without looking.
-    ``source_indexed``, ``target_indexed``: whether each side has the ring-position index
-    (:func:`in_spans`).
     """
     names = [name for name, _ in chunks]
     done = {str(r[0]) for r in target.execute(inflight.CHUNKS_COPIED, (reshard_id, names))}
@@ -197,22 +161,17 @@ def copy_ranges(
         return None
     spans = [span for _, span in todo]
     occupied = (
-        target.execute(
-            sql.SQL("SELECT EXISTS ({})").format(
-                in_spans(table, spans, "1", indexed=target_indexed)
-            )
-        ).fetchone()
+        target.execute(sql.SQL("SELECT EXISTS ({})").format(in_spans(table, spans, "1"))).fetchone()
         if probe
         else None
     )
     progress = (reshard_id, [name for name, _ in todo])
-    sides = (source_indexed, target_indexed)
     for how in ("replace",) if occupied and occupied[0] else ("plain", "replace"):
         try:
-            return _copy_chunk(source, target, table, spans, progress, how, sides)
+            return _copy_chunk(source, target, table, spans, progress, how)
         except psycopg.errors.UniqueViolation:
             pass  # a dual write or re-sync put a key of these ranges there first
-    return _copy_chunk(source, target, table, spans, progress, "merge", sides)
+    return _copy_chunk(source, target, table, spans, progress, "merge")
 
 
 def _copy_chunk(
@@ -222,19 +181,16 @@ def _copy_chunk(
     spans: Sequence[Span],
     progress: tuple[int, list[str]],
     how: str,
-    indexed: tuple[bool, bool],
 ) -> Copied:
     name = sql.Identifier(table.name)
     stage = sql.Identifier(f"shardctl_stage_{table.name}")
-    select = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(
-        in_spans(table, spans, indexed=indexed[0])
-    )
+    select = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)").format(in_spans(table, spans))
     with target.transaction():
         trusted_writes(target)
         if how == "replace":
             target.execute(
                 sql.SQL("DELETE FROM {} WHERE ctid = ANY(ARRAY({}))").format(
-                    name, in_spans(table, spans, "ctid", indexed=indexed[1])
+                    name, in_spans(table, spans, "ctid")
                 )
             )
         elif how == "merge":
@@ -313,13 +269,14 @@ class Fingerprint:
 
 
 def _bounds(moves: Sequence[Move]) -> tuple[list[str], dict[int, int]]:
-    """``width_bucket`` thresholds covering ``moves`` and a bucket → move index map."""
+    """``width_bucket`` thresholds covering ``moves`` and a bucket → move index map: each
+    move's start and end in circle order (moves that touch repeat the bound, leaving an empty
+    bucket between them), so the moves' rows are exactly those in odd buckets."""
     thresholds: list[str] = []
     bucket_of: dict[int, int] = {}
     for index in sorted(range(len(moves)), key=lambda i: moves[i].start):
         move = moves[index]
-        if not thresholds or thresholds[-1] != move.start_hex:
-            thresholds.append(move.start_hex)
+        thresholds.append(move.start_hex)
         bucket_of[len(thresholds)] = index  # width_bucket numbers [t[i-1], t[i]) as i
         if move.end_hex is not None:
             thresholds.append(move.end_hex)
@@ -329,17 +286,19 @@ def _bounds(moves: Sequence[Move]) -> tuple[list[str], dict[int, int]]:
 def _per_move(
     conn: Conn, table: TableSpec, moves: Sequence[Move], aggregates: sql.Composable
 ) -> list[tuple[int, ...]]:
-    """Aggregates over each move's rows in one full scan of the table (ranges found by
-    ``width_bucket``, every row's position hashed): for a table without the ring-position
+    """Aggregates over each move's rows in one scan of the table: each row's position hashed
+    and placed among the moves' bounds by bisection (:func:`shardctl.ring.sql.bucketed`); the
+    aggregates are computed over the moves' rows only. For a table without the ring-position
     index."""
     thresholds, bucket_of = _bounds(moves)
+    bucket = sql.SQL("pg_catalog.width_bucket({}, %(bounds)s::uuid[])").format(bucketed(table.key))
     query = sql.SQL(
-        "SELECT pg_catalog.width_bucket({pos}, %s::uuid[]) AS b, {aggregates} "
-        "FROM {table} t GROUP BY b"
-    ).format(pos=bucketed(table.key), aggregates=aggregates, table=sql.Identifier(table.name))
+        "SELECT {bucket} AS b, {aggregates} FROM {table} t "
+        "WHERE pg_catalog.mod({bucket}, 2) = 1 GROUP BY b"
+    ).format(bucket=bucket, aggregates=aggregates, table=sql.Identifier(table.name))
     result: list[tuple[int, ...]] = [(0, 0) for _ in moves]
-    for bucket, *values in conn.execute(query, (thresholds,)):
-        move = bucket_of.get(bucket)
+    for found, *values in conn.execute(query, {"bounds": thresholds}):
+        move = bucket_of.get(found)
         if move is not None:
             result[move] = tuple(int(v) for v in values)
     return result
@@ -446,13 +405,11 @@ def drain_and_check(
     return Drained(resynced, mismatched)
 
 
-def delete_ranges(
-    conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int, indexed: bool = True
-) -> int:
+def delete_ranges(conn: Conn, table: TableSpec, spans: Sequence[Span], *, batch: int) -> int:
     """Delete the rows in ``spans``, at most ``batch`` of them, in one statement (trusted:
-    bypasses the fence); rows deleted. ``indexed``: see :func:`in_spans`."""
+    bypasses the fence); rows deleted."""
     rows = sql.SQL("SELECT ctid FROM ({}) s LIMIT {}").format(
-        in_spans(table, spans, "ctid", indexed=indexed), sql.Literal(batch)
+        in_spans(table, spans, "ctid"), sql.Literal(batch)
     )
     with conn.transaction():
         trusted_writes(conn)

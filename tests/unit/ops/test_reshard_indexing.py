@@ -1,5 +1,4 @@
-"""Which shards a reshard indexes (the sources that stay), and which sources it counts by a full
-scan."""
+"""Which shards a reshard indexes before its copy, and which sources it counts by a full scan."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from shardctl.ring.hashing import Ring
 from shardctl.state.plan import MoveSize, make_plan, without_node
 
 
-def test_a_grow_indexes_its_sources_not_the_joining_shard() -> None:
+def test_a_joining_shard_is_indexed_after_the_copy_every_other_shard_before() -> None:
     old = Ring(["a", "b"], vnodes=50, algorithm="md5")
     new = old.with_node("c")
     plan = make_plan(1, 1, old, new, [MoveSize(1, 1) for _ in old.moves_to(new)])
@@ -18,14 +17,11 @@ def test_a_grow_indexes_its_sources_not_the_joining_shard() -> None:
     assert indexed_before_copy(plan) == ["a", "b"]
 
 
-def test_a_removal_indexes_no_shard() -> None:
-    """The leaving shard gives everything (one scan per target reads what the index would),
-    and a receiving shard is verified by one scan of its table."""
+def test_a_removal_indexes_every_shard_before_the_copy() -> None:
     old = Ring(["a", "b", "c"], vnodes=50, algorithm="md5")
     new = without_node(old, "b")
     plan = make_plan(1, 1, old, new, [MoveSize(1, 1) for _ in old.moves_to(new)])
-    assert involved(plan) == ["a", "b", "c"] and plan.leaving == ("b",)
-    assert indexed_before_copy(plan) == []
+    assert indexed_before_copy(plan) == involved(plan) == ["a", "b", "c"]
 
 
 def test_a_source_giving_away_most_of_what_it_owns_is_counted_whole() -> None:

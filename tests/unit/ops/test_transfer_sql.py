@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shardctl.config.schema import TableSpec
-from shardctl.ops.reshard.transfer import in_spans, span_bounds
+from shardctl.ops.reshard.transfer import in_spans
 from shardctl.ring.hashing import SPACE, Span
 
 USERS = TableSpec(name="users", key="id")
@@ -23,14 +23,3 @@ def test_the_top_of_the_circle_has_no_upper_bound_and_no_span_selects_nothing() 
     top = in_spans(USERS, [Span(SPACE - 5, SPACE)]).as_string(None)
     assert " < " not in top and top.startswith('SELECT * FROM "users" WHERE ')
     assert in_spans(USERS, []).as_string(None) == 'SELECT * FROM "users" WHERE false'
-
-
-def test_without_the_index_one_scan_places_each_row_among_the_bounds_by_bisection() -> None:
-    """Odd buckets are inside a span; the bounds compared as uuids (a fixed-length array is
-    what width_bucket bisects)."""
-    spans = [Span(30, 40), Span(0, 10), Span(10, 20), Span(SPACE - 5, SPACE)]
-    text = in_spans(USERS, spans, "ctid", indexed=False).as_string(None)
-    assert "UNION" not in text and text.startswith('SELECT ctid FROM "users" WHERE ')
-    assert 'width_bucket(md5("id"::text)::uuid, ' in text and "::uuid[]) % 2 = 1" in text
-    assert span_bounds(spans) == [f"{b:032x}" for b in (0, 20, 30, 40, SPACE - 5)]
-    assert in_spans(USERS, [], indexed=False).as_string(None).endswith("WHERE false")
