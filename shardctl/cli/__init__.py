@@ -3,26 +3,23 @@
 Each module registers the commands of one concern on the shared typer ``app``. A run of one
 command imports only the module that registers it (:data:`COMMANDS`), ``--version`` none;
 ``--help``, ``help``, completion and ``from shardctl.cli import app`` import them all
-(:func:`tree`; not called load: a command module has that name).
+(:func:`tree`; not called load: a command module has that name). A plain ``status`` runs
+before typer is imported at all (:mod:`shardctl.cli.statusrun`), so this package imports
+typer only when a run needs it.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-
-from shardctl.cli import app as _app_module  # typer and the root options: every run needs them
 
 if TYPE_CHECKING:
     import typer
 
-    from shardctl.cli.app import app as app  # at run time: __getattr__, every command
-
-# Importing the submodule made the package's ``app`` that module; ``from shardctl.cli import
-# app`` means the typer app with every command, which __getattr__ gives.
-globals().pop("app", None)
+    from shardctl.cli.app import app as app  # at run time: _Package.app, every command
 
 MODULES = (
     "backup",
@@ -76,7 +73,7 @@ this to what the modules register)."""
 def tree(command: str | None = None) -> typer.Typer:
     """The app with ``command`` registered (None, or a command shardctl does not have: every
     command, in :data:`MODULES`' order whatever was imported before)."""
-    app = _app_module.app
+    app: typer.Typer = importlib.import_module("shardctl.cli.app").app
     module = COMMANDS.get(command or "")
     if module is not None:
         importlib.import_module(f"shardctl.cli.{module}")
@@ -90,19 +87,37 @@ def tree(command: str | None = None) -> typer.Typer:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of the console script (see :func:`shardctl.cli.app.main`)."""
+    from shardctl.cli import statusrun
+
+    argv = list(sys.argv[1:] if args is None else args)
+    quick = statusrun.plain_args(argv)
+    if quick is not None:
+        statusrun.run(quick)
+
     from shardctl.cli.app import invoked
     from shardctl.cli.app import main as run
 
-    argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] != ["--version"]:  # first, it is answered before any command is looked at
         tree(invoked(argv))
     run(args)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "app":  # every command, as --help shows them
+class _Package(types.ModuleType):
+    """This package's module type: ``shardctl.cli.app`` means the typer app with every command
+    (:func:`tree`), not the submodule of that name, whenever the submodule is first imported
+    (the import system then records it here, which the setter ignores; it stays in
+    ``sys.modules``)."""
+
+    @property
+    def app(self) -> Any:
         return tree()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    @app.setter
+    def app(self, _submodule: Any) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = ["COMMANDS", "MODULES", "app", "main", "tree"]

@@ -28,6 +28,7 @@ from typer.core import TyperGroup
 
 from shardctl import __version__
 from shardctl.cli import coerce, complete
+from shardctl.cli.statusrun import fail, not_running
 from shardctl.config.constants import DEFAULT_TOPOLOGY, TOPOLOGY_ENV
 from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError, UsageError
 
@@ -352,13 +353,6 @@ def known_target(topology: Topology, name: str) -> None:
     )
 
 
-def not_running(topology: Topology) -> DatabaseUnavailable:
-    """The one error every command gives for a cluster that is not up (exit 3)."""
-    return DatabaseUnavailable(
-        f"the cluster `{topology.cluster}` is not running: run `shardctl up`"
-    )
-
-
 def require_running(cluster: Cluster) -> None:
     """Take the acting roles from the catalog; exit 3 with :func:`not_running` when the cluster
     was never brought up here (no passwords) or no node answers."""
@@ -496,17 +490,3 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def fail(message: str, code: int) -> None:
-    """Print ``message`` as an error on stderr and exit with ``code``."""
-    from rich.text import Text
-
-    from shardctl.cli import render
-
-    first, _, rest = message.strip("\n").partition("\n")
-    text = Text("error: ", style="bold red") + Text(first)
-    if rest:
-        text += Text("\n" + rest)
-    render.err_console.print(text, highlight=False, soft_wrap=True)
-    sys.exit(code)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from shardctl.cli import plain, rolling
+from shardctl.cli import plain, rolling, statusrun
 from shardctl.cli.app import (
     CLUSTER,
     Output,
@@ -22,7 +22,6 @@ from shardctl.cli.app import (
     TopologyOption,
     WideOutput,
     command,
-    not_running,
     number_option,
     open_cluster,
     topology_path,
@@ -30,12 +29,7 @@ from shardctl.cli.app import (
 from shardctl.errors import NothingToDo, ShardctlError, UsageError
 
 if TYPE_CHECKING:
-    from rich.console import Group
-
-    from shardctl.cli.views.monitor import MonitorFacts
-    from shardctl.health.status import StatusRow
     from shardctl.ops.cluster import Cluster
-    from shardctl.state.inflight import Operation
 
 
 @command(
@@ -195,62 +189,6 @@ def down(
     render.err_console.print(f"[green]down[/]: {views.down_summary(result)}")
 
 
-def _status_view(cluster: Cluster) -> tuple[list[StatusRow], list[Operation]]:
-    """Every node's row, and what is in flight (nothing when no primary answers)."""
-    import contextlib
-
-    from shardctl.cli.views import cluster as views
-    from shardctl.db import pg
-    from shardctl.errors import DatabaseUnavailable
-    from shardctl.health.status import status_rows
-
-    with pg.shared():  # one connection per node for the catalog, the facts, what is in flight
-        facts, notes = cluster.observe_applying_durability()
-        if notes:
-            from shardctl.cli import render
-
-            for line in notes:
-                render.err_console.print(f"[yellow]note[/]: {render.escape(line)}")
-        topology = cluster.topology
-        rows = status_rows(facts, views.newest_wal(topology), views.repository_free(topology))
-        operations: list[Operation] = []
-        if any(r.in_recovery is False for r in rows):  # a primary answered: it can say
-            with contextlib.suppress(DatabaseUnavailable):
-                operations = cluster.in_flight()
-    return rows, operations
-
-
-def _monitor_facts(cluster: Cluster, rows: list[StatusRow]) -> MonitorFacts:
-    """The monitor's heartbeat, each shard's failover mode and the automatic failovers."""
-    from shardctl.cli.views.monitor import MonitorFacts
-
-    modes = {
-        s.name: cluster.topology.failover(s.name).mode.value for s in cluster.topology.spec.shards
-    }
-    if all(r.in_recovery is None for r in rows):
-        return MonitorFacts(modes, None)
-    return MonitorFacts(modes, cluster.monitor_view())
-
-
-def _status_renderable(
-    name: str,
-    rows: list[StatusRow],
-    operations: list[Operation],
-    wide: bool,
-    monitor: MonitorFacts | None = None,
-) -> Group:
-    from rich.console import Group
-    from rich.text import Text
-
-    from shardctl.cli.views import cluster as views
-    from shardctl.cli.views import monitor as monitor_views
-
-    lines = [Text.from_markup(line) for line in views.in_flight_lines(operations)]
-    if monitor is not None:
-        lines += [Text.from_markup(line) for line in monitor_views.monitor_lines(monitor)]
-    return Group(*lines, views.status_table(name, rows, wide=wide))
-
-
 @command(
     group=CLUSTER,
     summary="One row per node: role, state, lag, health.",
@@ -279,40 +217,13 @@ def status(
 ) -> None:
     """One row per node, replicas under their primary: role, state, lag, health; above it,
     any operation in flight. Exit 1 if a node is unhealthy, 3 if no node answers."""
-    from shardctl.cli.views import cluster as views
-    from shardctl.cli.views import monitor as monitor_views
-    from shardctl.db import pg
-
     with open_cluster(topology) as cluster:
-        name = cluster.topology.cluster
         if watch is not None:
             _watch(cluster, output, watch)
             return
-        with pg.shared():
-            rows, operations = _status_view(cluster)
-            monitor = _monitor_facts(cluster, rows)
-    if output is WideOutput.JSON:
-        plain.print_json(
-            {**monitor_views.monitor_facts(monitor), **views.status_facts(name, rows, operations)}
-        )
-    else:
-        wide = output is WideOutput.WIDE
-        page = plain.plain_page()
-        text = None
-        if page is not None:
-            above = views.in_flight_lines(operations, markup=False)
-            above += monitor_views.monitor_lines(monitor, markup=False)
-            text = views.status_text(name, rows, above, wide=wide, page=page)
-        if text is not None:  # piped: the text rich would print, without importing rich
-            sys.stdout.write(text)
-        else:
-            from shardctl.cli import render
-
-            render.show(_status_renderable(name, rows, operations, wide, monitor))
-    if all(r.in_recovery is None for r in rows):
-        raise not_running(cluster.topology)
-    if not all(r.healthy for r in rows):
-        raise typer.Exit(1)
+        code = statusrun.show(cluster, output.value)
+    if code:
+        raise typer.Exit(code)
 
 
 def _watch(cluster: Cluster, output: WideOutput, seconds: float) -> None:
@@ -330,23 +241,23 @@ def _watch(cluster: Cluster, output: WideOutput, seconds: float) -> None:
     try:
         if output is WideOutput.JSON:
             while True:
-                rows, operations = _status_view(cluster)
+                rows, operations = statusrun.status_view(cluster)
                 facts = views.status_facts(name, rows, operations)
                 sys.stdout.write(json.dumps(plain.to_jsonable(facts)) + "\n")
                 sys.stdout.flush()
                 time.sleep(seconds)
         if not render.console.is_terminal:
             while True:
-                rows, operations = _status_view(cluster)
+                rows, operations = statusrun.status_view(cluster)
                 sys.stdout.write(f"--- {datetime.now():%Y-%m-%d %H:%M:%S} ---\n")
-                render.show(_status_renderable(name, rows, operations, wide))
+                render.show(statusrun.status_renderable(name, rows, operations, wide))
                 sys.stdout.flush()
                 time.sleep(seconds)
         with Live(console=render.console, auto_refresh=False) as live:
             while True:
-                rows, operations = _status_view(cluster)
+                rows, operations = statusrun.status_view(cluster)
                 stamp = Text(f"every {seconds:g}s · {datetime.now():%H:%M:%S} · Ctrl-C to stop")
-                view = _status_renderable(name, rows, operations, wide)
+                view = statusrun.status_renderable(name, rows, operations, wide)
                 live.update(Group(stamp, view), refresh=True)
                 time.sleep(seconds)
     except KeyboardInterrupt:

@@ -14,11 +14,11 @@ from shardctl.cli.app import (
     TopologyOption,
     WideOutput,
     command,
-    not_running,
     number_option,
     open_cluster,
 )
 from shardctl.cli.data import explain_in_flight, in_flight_reshards
+from shardctl.cli.statusrun import not_running
 from shardctl.errors import UsageError
 
 DEFAULTS = {

@@ -112,10 +112,30 @@ def test_one_command_imports_only_its_own_command_module() -> None:
         "shardctl.cli.complete",
         "shardctl.cli.cluster",
         "shardctl.cli.rolling",
+        "shardctl.cli.statusrun",  # every run asks it first whether it is a plain status
     }
     assert "shardctl.cli.reshard" in modules("--help")
     assert {m for m in modules("--version") if m.startswith("shardctl.cli.")} == {
         "shardctl.cli.app",
         "shardctl.cli.coerce",
         "shardctl.cli.complete",
+        "shardctl.cli.statusrun",
     }
+
+
+def test_a_plain_status_runs_without_typer_and_any_other_form_with_it() -> None:
+    down = {"DOCKER_HOST": "unix:///nonexistent"}  # status stops at the container listing
+    plain = modules("-v", "status", "-f", str(EXAMPLE), "-o", "wide", env=down)
+    assert "shardctl.health.facts" in plain  # it did get as far as its data path
+    assert {m.split(".")[0] for m in plain} & {"typer", "click"} == set()
+    assert {m for m in plain if m.startswith("shardctl.cli.")} <= {
+        "shardctl.cli.statusrun",
+        "shardctl.cli.plain",
+        "shardctl.cli.render",
+        "shardctl.cli.views",
+        "shardctl.cli.views.cluster",
+        "shardctl.cli.views.monitor",
+    }
+    # --watch, and a value typer refuses with its usage error: the typer app
+    assert "typer" in modules("status", "-f", str(EXAMPLE), "--watch", "1", "--bogus", env=down)
+    assert "typer" in modules("status", "-f", str(EXAMPLE), "-o", "yaml", env=down)
