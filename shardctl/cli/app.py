@@ -28,9 +28,9 @@ from typer.core import TyperGroup
 
 from shardctl import __version__
 from shardctl.cli import coerce, complete
-from shardctl.cli.statusrun import fail, not_running
+from shardctl.cli.statusrun import ended, fail, not_running
 from shardctl.config.constants import DEFAULT_TOPOLOGY, TOPOLOGY_ENV
-from shardctl.errors import DatabaseUnavailable, NothingToDo, ShardctlError, UsageError
+from shardctl.errors import DatabaseUnavailable, ShardctlError, UsageError
 
 if TYPE_CHECKING:
     from shardctl.config.topology import Topology
@@ -394,21 +394,13 @@ def main(args: Sequence[str] | None = None) -> None:
     resolve_annotations(app)
     try:
         code = app(args=argv, prog_name=None if args is None else "shardctl", standalone_mode=False)
-    except NothingToDo as exc:
-        from shardctl.cli import render
-
-        render.err_console.print(render.escape(str(exc)), highlight=False, soft_wrap=True)
-        sys.exit(0)
-    except ShardctlError as exc:
-        detail = exc.detail if _ROOT.verbose else None
-        fail(str(exc) + (f"\n  cause: {detail}" if detail else ""), exc.exit_code)
+    except (ShardctlError, KeyboardInterrupt) as exc:
+        ended(exc, verbose=_ROOT.verbose)
     except typer.Abort:  # a declined confirmation (or Ctrl-C at the prompt)
         fail("cancelled, nothing changed", 1)
     except _UsageError as exc:  # bad usage: click prints "Usage: ... Error: ...", exit 2
         exc.show()  # type: ignore[attr-defined]
         sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
     finally:
         app.registered_commands = registered
     sys.exit(code if isinstance(code, int) else 0)

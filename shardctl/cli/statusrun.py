@@ -103,17 +103,24 @@ def run(args: Args) -> NoReturn:
     try:
         with Cluster.load(args.topology or default_path()) as cluster:
             code = show(cluster, args.output)
-    except NothingToDo as exc:
+    except (ShardctlError, KeyboardInterrupt) as exc:
+        ended(exc, verbose=args.verbose)
+    sys.exit(code)
+
+
+def ended(exc: ShardctlError | KeyboardInterrupt, *, verbose: bool) -> NoReturn:
+    """Exit as a run ends on one of shardctl's errors: nothing to do is said plainly (exit 0),
+    any other error is one red line (with its cause under ``-v``) and its exit code, Ctrl-C
+    exit 130."""
+    if isinstance(exc, KeyboardInterrupt):
+        fail("interrupted", 130)
+    if isinstance(exc, NothingToDo):
         from shardctl.cli import render
 
         render.err_console.print(render.escape(str(exc)), highlight=False, soft_wrap=True)
         sys.exit(0)
-    except ShardctlError as exc:
-        detail = exc.detail if args.verbose else None
-        fail(str(exc) + (f"\n  cause: {detail}" if detail else ""), exc.exit_code)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    sys.exit(code)
+    detail = exc.detail if verbose else None
+    fail(str(exc) + (f"\n  cause: {detail}" if detail else ""), exc.exit_code)
 
 
 def show(cluster: Cluster, output: str) -> int:

@@ -25,7 +25,7 @@ from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
 from shardctl.ops.reshard import transfer
 from shardctl.ops.reshard.coordinator import Rebalancer
-from shardctl.ring.hashing import position
+from shardctl.ring.hashing import Ring, position
 from shardctl.router.router import Router
 from shardctl.state import catalog
 from shardctl.state.plan import FORWARD
@@ -487,18 +487,28 @@ def test_sigkill_at_random_moments_then_resume_converges(
     assert_placed_and_replicated(path)
 
 
+def joined_md5_cluster(
+    cluster_factory: ClusterFactory, users: int
+) -> tuple[Path, list[uuid.UUID], Cluster, Ring]:
+    """A 2 x 0 cluster on an md5 ring with ``users`` preloaded and shard-2 added (not yet in
+    the ring): its topology file, the keys, the grown cluster, and the ring after shard-2
+    joins."""
+    cluster = cluster_factory(replicas=0, ring={"algorithm": "md5", "vnodes": 150})
+    path = cluster.topology.path
+    preloaded = preload(cluster, users)
+    assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
+    grown = Cluster.load(path)
+    new = catalog.read(grown.topology, grown.credentials()).ring().with_node("shard-2")
+    return path, preloaded, grown, new
+
+
 def test_rows_already_on_a_joining_shard_are_replaced_by_the_copy(
     cluster_factory: ClusterFactory,
 ) -> None:
     """A joining shard is copied into without probing its ranges first: a row someone wrote
     there by hand before the rebalance (a stale copy of a key, or a key no other shard has)
     must not survive the reshard."""
-    cluster = cluster_factory(replicas=0, ring={"algorithm": "md5", "vnodes": 150})
-    path = cluster.topology.path
-    preloaded = preload(cluster, 2000)
-    assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
-    grown = Cluster.load(path)
-    new = catalog.read(grown.topology, grown.credentials()).ring().with_node("shard-2")
+    path, preloaded, grown, new = joined_md5_cluster(cluster_factory, 2000)
     stale = [k for k in preloaded if new.node_for(k) == "shard-2"][:5]
     phantom = [k for k in (uuid.uuid4() for _ in range(500)) if new.node_for(k) == "shard-2"][:5]
     joining = grown.topology.shard_nodes("shard-2")[0]
@@ -523,12 +533,7 @@ def test_verification_repairs_rows_changed_behind_the_fence_after_the_copy(
     the joining shard after the copy, by a superuser past the guard (so no change log names
     them, and the cut-over's check of the logged keys would not see them), are found and
     repaired."""
-    cluster = cluster_factory(replicas=0, ring={"algorithm": "md5", "vnodes": 150})
-    path = cluster.topology.path
-    preloaded = preload(cluster, 3000)
-    assert run_shardctl("add-shard", "shard-2", "-f", path, "--replicas", "0").returncode == 0
-    grown = Cluster.load(path)
-    new = catalog.read(grown.topology, grown.credentials()).ring().with_node("shard-2")
+    path, preloaded, grown, new = joined_md5_cluster(cluster_factory, 3000)
     moved = [k for k in preloaded if new.node_for(k) == "shard-2"]
     assert len(moved) > 20
     result = run_killed(path, "copying")

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -232,7 +233,11 @@ SEPARATOR = "\x1e"
 """Before each file's name in :data:`_TEXTS`'s output (JSON written by us never holds it)."""
 END = "\x1fend"
 """The last thing a script whose output is read prints."""
-ATTEMPTS = 3
+ATTEMPTS = 5
+"""Runs of a script before its error stands: a helper container looked up again, or output
+that arrived cut short, each after a pause growing by :data:`CUT_SHORT_PAUSE` (an exec on a
+loaded engine once answered nothing three times in a row, immediately)."""
+CUT_SHORT_PAUSE = 0.25
 
 
 def parse_entries(output: str) -> list[Entry]:
@@ -351,6 +356,8 @@ class EngineStore:
                 return output
             if output.endswith(END):
                 return output[: -len(END)]
+            if attempt < ATTEMPTS:
+                time.sleep(CUT_SHORT_PAUSE * attempt)
         raise _failed(
             self.root, f"{what} on engine {self.placement.name}", f"output cut short: {output!r}"
         )

@@ -10,17 +10,27 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from shardctl.config import topology
 from shardctl.docker.backup_specs import LABEL_BACKUP, REPOSITORY_TARGET, repository_files_spec
-from shardctl.docker.records import create_arguments
+from shardctl.docker.records import Container, create_arguments
 from shardctl.errors import UsageError
 from shardctl.ops.backup import store
 from shardctl.ops.backup.repository import SEGMENT, Repository, wal_range_of
 from shardctl.ops.backup.restore import check_engine
-from shardctl.ops.backup.store import Entry, LocalStore, parse_entries, parse_texts
+from shardctl.ops.backup.store import (
+    ATTEMPTS,
+    END,
+    EngineStore,
+    Entry,
+    LocalStore,
+    RepositoryError,
+    parse_entries,
+    parse_texts,
+)
 
 
 def _sh(script: str, *args: str) -> str:
@@ -175,3 +185,42 @@ def test_the_engine_free_space_script_and_the_local_store_agree(tmp_path: Path) 
     local = LocalStore(tmp_path).free_bytes()
     assert local is not None and local > 0
     assert abs(int(blocks) * int(size) - local) <= 64 << 20  # others write meanwhile
+
+
+class _Answers:
+    """A stand-in for the engines of a remote repository: each exec answers the next of
+    ``answers`` (exit 0)."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+        self.asked = 0
+
+    def run_in(self, container: object, argv: list[str], *, user: str) -> tuple[int, str]:
+        self.asked += 1
+        return 0, self.answers.pop(0)
+
+
+def _remote_store(engines: _Answers) -> EngineStore:
+    placement = topology.Placement("b", "unix:///nowhere.sock", "10.0.0.2", "10.0.0.2")
+    store = EngineStore(placement, Path("/repo"), "c", "image")
+    store._container = Container(
+        "id", "c-backup", "running", 0, labels={}, environment={}, endpoint=placement
+    )
+    store.engines = engines  # type: ignore[assignment]
+    return store
+
+
+def test_a_listing_that_arrives_cut_short_is_asked_again_with_a_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pauses: list[float] = []
+    monkeypatch.setattr(store, "time", SimpleNamespace(sleep=pauses.append))
+    entry = "f\t3\t1.5\tb1/file\n"
+    engines = _Answers("", "", "", entry + END)
+    assert [e.path for e in _remote_store(engines).entries(Path("/repo"))] == ["b1/file"]
+    assert engines.asked == 4 and pauses == [0.25, 0.5, 0.75]
+
+    nothing = _Answers(*[""] * ATTEMPTS)
+    with pytest.raises(RepositoryError, match="output cut short"):
+        _remote_store(nothing).entries(Path("/repo"))
+    assert nothing.asked == ATTEMPTS
