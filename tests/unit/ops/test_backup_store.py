@@ -216,9 +216,9 @@ def test_a_listing_that_arrives_cut_short_is_asked_again_with_a_pause(
     pauses: list[float] = []
     monkeypatch.setattr(store, "time", SimpleNamespace(sleep=pauses.append))
     entry = "f\t3\t1.5\tb1/file\n"
-    engines = _Answers("", "", "", entry + END)
+    engines = _Answers("", "", "", "", "", entry + END)
     assert [e.path for e in _remote_store(engines).entries(Path("/repo"))] == ["b1/file"]
-    assert engines.asked == 4 and pauses == [0.25, 0.5, 0.75]
+    assert engines.asked == 6 and pauses == [0.25, 0.5, 0.75, 1.0, 1.25]
 
     nothing = _Answers(*[""] * ATTEMPTS)
     with pytest.raises(RepositoryError, match="output cut short"):
