@@ -506,13 +506,37 @@ class Engines:
         environment: Mapping[str, str] | None = None,
     ) -> tuple[int, str]:
         """Run ``argv`` (an argument list, no shell) in a running container; its exit code and
-        its output (stdout and stderr together)."""
+        its output (stdout and stderr together).
+
+        The output is read as the HTTP response's body, not through the SDK's ``exec_run``:
+        that reads the upgraded connection's socket behind http.client's buffer, so frames
+        that arrived with the response's headers were dropped, and an exec that printed its
+        answer came back empty with exit 0 (seen on a loaded machine, docs/testing.md).
+        Without ``Upgrade`` the engine answers ``200`` and the same multiplexed stream, ending
+        it by closing the connection."""
+        api = self.client(container.endpoint).api
         with docker_errors(f"running {argv[0]} in {container.name}"):
-            found = self.client(container.endpoint).containers.get(container.id)
-            result = found.exec_run(argv, user=user, environment=dict(environment or {}))
-        output = result.output
-        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
-        return int(result.exit_code if result.exit_code is not None else -1), text
+            made = api.exec_create(
+                container.id, argv, user=user, environment=dict(environment or {})
+            )
+            response = api.post(
+                f"{api.base_url}/v{api.api_version}/exec/{made['Id']}/start",
+                data=json.dumps({"Detach": False, "Tty": False}),
+                headers={"Content-Type": "application/json"},
+                stream=True,
+                timeout=api.timeout,
+            )
+            try:
+                if response.status_code >= 400:
+                    raise ProvisioningError(
+                        f"running {argv[0]} in {container.name}: Docker refused: "
+                        f"{response.text.strip()[:200]}"
+                    )
+                body = response.raw.read()
+            finally:
+                response.close()
+            code = api.exec_inspect(made["Id"]).get("ExitCode")
+        return int(code if code is not None else -1), demultiplex(body).decode("utf-8", "replace")
 
     def wait_exit(self, container: Container, *, timeout: float) -> int:
         """Wait for a started container to exit; its exit code (ProvisioningError past
@@ -572,3 +596,16 @@ def _labelled(cluster: str) -> dict[str, str | list[str] | bool]:
 
 def _declared_volumes(attrs: dict[str, Any]) -> list[str]:
     return sorted((attrs.get("Config") or {}).get("Volumes") or {})
+
+
+def demultiplex(stream: bytes) -> bytes:
+    """The payloads of a multiplexed exec or attach stream in order, stdout and stderr
+    together: each frame is an 8-byte header (the stream, three zero bytes, the payload's
+    length big-endian) and its payload. A stream cut inside a frame keeps what arrived."""
+    out = bytearray()
+    at = 0
+    while at + 8 <= len(stream):
+        size = int.from_bytes(stream[at + 4 : at + 8], "big")
+        out += stream[at + 8 : at + 8 + size]
+        at += 8 + size
+    return bytes(out)
