@@ -159,14 +159,6 @@ class Output(StrEnum):
     JSON = "json"
 
 
-class WideOutput(StrEnum):
-    """Output formats of ``status``: ``wide`` shows every column, as ``kubectl -o wide``."""
-
-    TABLE = "table"
-    WIDE = "wide"
-    JSON = "json"
-
-
 @dataclass
 class _Options:
     """The options given before the command (``shardctl -f x.yaml --verbose status``)."""

@@ -20,12 +20,12 @@ from shardctl.cli.app import (
     Output,
     OutputOption,
     TopologyOption,
-    WideOutput,
     command,
     number_option,
     open_cluster,
     topology_path,
 )
+from shardctl.cli.statusrun import WideOutput
 from shardctl.errors import NothingToDo, ShardctlError, UsageError
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ def status(
         if watch is not None:
             _watch(cluster, output, watch)
             return
-        code = statusrun.show(cluster, output.value)
+        code = statusrun.show(cluster, output)
     if code:
         raise typer.Exit(code)
 

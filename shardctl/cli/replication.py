@@ -12,13 +12,12 @@ from shardctl.cli import plain
 from shardctl.cli.app import (
     REPLICATION,
     TopologyOption,
-    WideOutput,
     command,
     number_option,
     open_cluster,
 )
 from shardctl.cli.data import explain_in_flight, in_flight_reshards
-from shardctl.cli.statusrun import not_running
+from shardctl.cli.statusrun import WideOutput, not_running
 from shardctl.errors import UsageError
 
 DEFAULTS = {

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -30,7 +31,14 @@ if TYPE_CHECKING:
     from shardctl.ops.cluster import Cluster
     from shardctl.state.inflight import Operation
 
-OUTPUTS = ("table", "wide", "json")
+
+class WideOutput(StrEnum):
+    """Output formats of ``status`` (and ``verify-replication``): ``wide`` shows every column,
+    as ``kubectl -o wide``."""
+
+    TABLE = "table"
+    WIDE = "wide"
+    JSON = "json"
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class Args:
     """A plain ``status`` invocation: its topology file (None: the default), output, -v."""
 
     topology: Path | None
-    output: str
+    output: WideOutput
     verbose: bool
 
 
@@ -55,7 +63,7 @@ def plain_args(args: Sequence[str]) -> Args | None:
         return None
     root: Path | None = None
     own: Path | None = None
-    output = "table"
+    output = WideOutput.TABLE
     verbose = False
     seen_command = False
     i = 0
@@ -82,9 +90,10 @@ def plain_args(args: Sequence[str]) -> Args | None:
         if not value or value.startswith("-"):
             return None
         if name in _OUTPUT:
-            if value not in OUTPUTS:
+            try:
+                output = WideOutput(value)
+            except ValueError:
                 return None
-            output = value
         elif seen_command:
             own = Path(value)
         else:
@@ -123,9 +132,9 @@ def ended(exc: ShardctlError | KeyboardInterrupt, *, verbose: bool) -> NoReturn:
     fail(str(exc) + (f"\n  cause: {detail}" if detail else ""), exc.exit_code)
 
 
-def show(cluster: Cluster, output: str) -> int:
-    """Print the cluster's status as ``output`` (table, wide or json); the exit code: 1 if a
-    node is unhealthy, else 0. Raises :func:`not_running` when no node answers."""
+def show(cluster: Cluster, output: WideOutput) -> int:
+    """Print the cluster's status as ``output``; the exit code: 1 if a node is unhealthy,
+    else 0. Raises :func:`not_running` when no node answers."""
     from shardctl.cli import plain
     from shardctl.cli.views import cluster as views
     from shardctl.cli.views import monitor as monitor_views
@@ -135,12 +144,12 @@ def show(cluster: Cluster, output: str) -> int:
     with pg.shared():
         rows, operations = status_view(cluster)
         monitor = monitor_facts(cluster, rows)
-    if output == "json":
+    if output is WideOutput.JSON:
         plain.print_json(
             {**monitor_views.monitor_facts(monitor), **views.status_facts(name, rows, operations)}
         )
     else:
-        wide = output == "wide"
+        wide = output is WideOutput.WIDE
         page = plain.plain_page()
         text = None
         if page is not None:

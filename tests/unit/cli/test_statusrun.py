@@ -7,21 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from shardctl.cli.statusrun import Args, plain_args
+from shardctl.cli.statusrun import Args, WideOutput, plain_args
 
 
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["status"], Args(None, "table", False)),
-        (["status", "-o", "json"], Args(None, "json", False)),
-        (["status", "--output=wide"], Args(None, "wide", False)),
-        (["status", "--output", "wide", "-o", "json"], Args(None, "json", False)),  # last wins
-        (["-f", "a.yaml", "status"], Args(Path("a.yaml"), "table", False)),
-        (["--topology=a.yaml", "-v", "status"], Args(Path("a.yaml"), "table", True)),
+        (["status"], Args(None, WideOutput.TABLE, False)),
+        (["status", "-o", "json"], Args(None, WideOutput.JSON, False)),
+        (["status", "--output=wide"], Args(None, WideOutput.WIDE, False)),
+        # the last of an option given twice wins
+        (["status", "--output", "wide", "-o", "json"], Args(None, WideOutput.JSON, False)),
+        (["-f", "a.yaml", "status"], Args(Path("a.yaml"), WideOutput.TABLE, False)),
+        (["--topology=a.yaml", "-v", "status"], Args(Path("a.yaml"), WideOutput.TABLE, True)),
         # the command's own -f wins over the root's, wherever it stands
-        (["-f", "root.yaml", "status", "-f", "own.yaml"], Args(Path("own.yaml"), "table", False)),
-        (["status", "--topology", "own.yaml", "-o", "wide"], Args(Path("own.yaml"), "wide", False)),
+        (
+            ["-f", "root.yaml", "status", "-f", "own.yaml"],
+            Args(Path("own.yaml"), WideOutput.TABLE, False),
+        ),
+        (
+            ["status", "--topology", "own.yaml", "-o", "wide"],
+            Args(Path("own.yaml"), WideOutput.WIDE, False),
+        ),
     ],
 )
 def test_plain_forms(argv: list[str], expected: Args) -> None:
