@@ -235,9 +235,10 @@ END = "\x1fend"
 """The last thing a script whose output is read prints."""
 ATTEMPTS = 8
 """Runs of a script before its error stands: a helper container looked up again, or output
-that arrived cut short, each after a pause growing by :data:`CUT_SHORT_PAUSE`, 7 s in all
-(on a loaded machine an exec on the test suite's simulated second host answered nothing
-three times in a row, immediately, and five times over 2.5 s; docs/testing.md)."""
+that arrived cut short, each after a pause growing by :data:`CUT_SHORT_PAUSE`, 7 s in all.
+Empty answers on a loaded machine came from the SDK dropping output that arrived with the
+exec's response headers, fixed in :meth:`shardctl.docker.engine.Engines.run_in`
+(docs/testing.md); the retries stay for a stream that really is cut short."""
 CUT_SHORT_PAUSE = 0.25
 
 
