@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -135,6 +134,8 @@ def load(topology: Topology, *, create: bool = False) -> Credentials:
     generated = dict(stored)
     for key in GENERATED:
         if key not in generated and create:
+            import secrets  # only a first `up` generates passwords
+
             generated[key] = secrets.token_urlsafe(24)
     server_tls = topology.tls
     if server_tls is not None:

@@ -7,7 +7,6 @@ imported only to explain a file (:mod:`shardctl.config.shape`): a valid one neve
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterator
 from functools import cache
@@ -105,6 +104,8 @@ def describe(error: ErrorDetails) -> tuple[Loc, str]:
         allowed = (
             sorted(f.alias or name for name, f in parent.model_fields.items()) if parent else []
         )
+        import difflib  # only a refused key needs a hint
+
         hint = difflib.get_close_matches(str(loc[-1])[:100], allowed, n=1)
         suggestion = (
             f"; did you mean {hint[0]!r}?" if hint else f"; expected one of: {', '.join(allowed)}"

@@ -7,7 +7,6 @@ first with its line.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
 import os
@@ -61,6 +60,8 @@ def _check_engines(topology: Topology) -> Iterator[tuple[Loc, str]]:
     known = ", ".join(sorted(spec.engines)) or "none declared"
 
     def unknown(engine: str) -> str:
+        import difflib  # only an unknown engine needs a hint
+
         hint = difflib.get_close_matches(engine, list(spec.engines), n=1)
         return f"unknown engine {engine!r}; " + (
             f"did you mean {hint[0]!r}?" if hint else f"engines: {known}"

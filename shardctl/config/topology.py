@@ -178,6 +178,11 @@ class Topology:
         """The shard's replication mode: its own key, else the cluster's."""
         return self.replication_spec(shard_name).mode
 
+    def has_sync(self) -> bool:
+        """Whether any shard replicates synchronously (otherwise there is no durability
+        policy to apply)."""
+        return any(self.replication(s.name) is Replication.SYNC for s in self.spec.shards)
+
     def replication_spec(self, shard_name: str) -> ReplicationSpec:
         """The shard's replication mode, durability and degradation delay: its own key, else
         the cluster's (a bare ``sync`` is ``{mode: sync, durability: required}``)."""

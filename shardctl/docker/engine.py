@@ -12,7 +12,6 @@ import contextlib
 import io
 import json
 import posixpath
-import tarfile
 import threading
 from collections.abc import Mapping
 from functools import partial
@@ -55,6 +54,8 @@ if TYPE_CHECKING:
 def _files_archive(folder: str, files: Mapping[str, str], owner: tuple[int, int]) -> bytes:
     """A tar of ``folder`` holding ``files`` (name → text), to unpack at the folder's parent:
     the folder mode 0700 and the files 0600, all owned by ``owner`` (uid, gid)."""
+    import tarfile  # only writing and reading files: a read such as `status` needs none
+
     buffer = io.BytesIO()
     base = posixpath.basename(folder.rstrip("/"))
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -85,6 +86,8 @@ def user_ids(passwd: str, user: str) -> tuple[int, int] | None:
 
 def _read_file(container: docker.models.containers.Container, path: str) -> str:
     """The text of one file in a (created or running) container."""
+    import tarfile
+
     stream, _ = container.get_archive(path)
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
         member = tar.next()
@@ -436,6 +439,8 @@ class Engines:
     ) -> None:
         """Write one file into a container, running or stopped (volumes included), mode 0600
         unless said."""
+        import tarfile
+
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             data = text.encode()

@@ -33,7 +33,6 @@ from shardctl.errors import (
     UsageError,
 )
 from shardctl.health import facts as health
-from shardctl.ops import durability
 from shardctl.ops.reporting import Reporter, quiet_reporter
 from shardctl.state import catalog, inflight, monitor
 from shardctl.util import fanout
@@ -46,7 +45,7 @@ if TYPE_CHECKING:
     # ``status`` loads none of them. The reshard modules take a Cluster: imported where used.
     from shardctl.health import distribution as distributions
     from shardctl.health import ringview, verify
-    from shardctl.ops import changes
+    from shardctl.ops import changes, durability
     from shardctl.ops.down import DownReport
     from shardctl.ops.reshard.coordinator import Rebalancer
     from shardctl.ops.reshard.leaving import Removal
@@ -360,6 +359,8 @@ class Cluster:
 
     def apply_durability(self) -> list[durability.Change]:
         """One pass of the sync durability policy (see :mod:`shardctl.ops.durability`)."""
+        from shardctl.ops import durability
+
         return durability.apply_durability(self)
 
     def apply_durability_quietly(self, facts: health.ClusterFacts | None = None) -> list[str]:
@@ -367,8 +368,10 @@ class Cluster:
         ``verify-replication``), on ``facts`` when just observed (the acting roles followed):
         the change lines, and one line instead of an error when the pass could not be made
         (those commands report what does not answer themselves)."""
-        if not durability.has_sync(self.topology):
+        if not self.topology.has_sync():
             return []
+        from shardctl.ops import durability
+
         try:
             if facts is None:
                 return [c.line for c in self.apply_durability()]

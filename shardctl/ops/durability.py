@@ -28,7 +28,6 @@ import psycopg
 from psycopg import sql
 
 from shardctl.config.credentials import Credentials
-from shardctl.config.schema import Replication
 from shardctl.config.topology import Node, Topology
 from shardctl.db import pg
 from shardctl.docker.engine import Engines
@@ -65,15 +64,10 @@ def apply_durability(cluster: Cluster) -> list[Change]:
     Primaries that do not answer are left alone; a primary that fails while being changed is
     a DatabaseUnavailable naming it.
     """
-    if not has_sync(cluster.topology):
+    if not cluster.topology.has_sync():
         return []
     cluster.follow_roles()
     return apply(cluster.topology, cluster.engines, cluster.credentials)
-
-
-def has_sync(topology: Topology) -> bool:
-    """Whether any shard replicates synchronously (otherwise there is nothing to apply)."""
-    return any(topology.replication(s.name) is Replication.SYNC for s in topology.spec.shards)
 
 
 def apply(
@@ -86,7 +80,7 @@ def apply(
 ) -> list[Change]:
     """:func:`apply_durability` on a topology that already has its acting roles (``facts``:
     observed just now, else observed here)."""
-    if not has_sync(topology):
+    if not topology.has_sync():
         return []
     if facts is None:
         facts = health.observe(topology, engines, credentials, timeout=TIMEOUT)
