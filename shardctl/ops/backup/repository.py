@@ -231,11 +231,10 @@ class Repository:
         return folder
 
     def read_text(self, relative: str) -> str | None:
-        """A file of the repository (``relative`` to its root); None when it is missing."""
-        try:
-            return self.store.read(self.root / relative)
-        except RepositoryError:
-            return None
+        """A file of the repository (``relative`` to its root); None when it is missing.
+        RepositoryError when it cannot be read: a read that failed is not a missing file (the
+        retention would otherwise guess which WAL a kept backup needs)."""
+        return self.store.read(self.root / relative)
 
     # ------------------------------------------------------------ records
 

@@ -207,19 +207,30 @@ class LocalStore:
 
 
 # Scripts run in the repository's container (values as arguments, nothing spliced in). Those
-# whose output is read end it with END: an exec whose output arrives cut short (seen under
-# heavy load) is told from an empty answer, and run again.
-_LIST = (
+# whose output is read are framed (:func:`framed`): between BEGIN and END, so an answer that
+# lost its start or its end is told from a short or empty one, and asked again.
+BEGIN = "\x1fbegin"
+"""The first thing a script whose output is read prints."""
+END = "\x1fend"
+"""The last thing a script whose output is read prints."""
+
+
+def framed(script: str) -> str:
+    """``script`` printing :data:`BEGIN` first and :data:`END` last, whatever it exits with."""
+    return f"printf '\\037begin'; {{ {script}; }}; printf '\\037end'"
+
+
+_LIST = framed(
     '[ -d "$1" ] && find "$1" -mindepth 1 -maxdepth "$2" -printf "%y\\t%s\\t%T@\\t%P\\n" '
-    "2>/dev/null; printf '\\037end'"
+    "2>/dev/null"
 )
-_TEXTS = (
+_TEXTS = framed(
     'for f in "$1"/*"$2"; do [ -f "$f" ] || continue; '
-    "printf '\\036%s\\n' \"${f##*/}\"; cat -- \"$f\" 2>/dev/null; done; printf '\\037end'"
+    'printf \'\\036%s\\n\' "${f##*/}"; cat -- "$f" 2>/dev/null; done'
 )
-_READ = '[ -f "$1" ] && { printf x; cat -- "$1"; }; printf \'\\037end\''
-_IS_DIR = "[ -d \"$1\" ] && printf yes; printf '\\037end'"
-_FREE = "stat -f -c '%a %S' -- \"$1\"; printf '\\037end'"
+_READ = framed('[ -f "$1" ] && { printf x; cat -- "$1"; }')
+_IS_DIR = framed('[ -d "$1" ] && printf yes')
+_FREE = framed("stat -f -c '%a %S' -- \"$1\"")
 _PREPARE = (
     'set -e; folder="$1"; shift; for sub in "$@"; do mkdir -p "$folder/$sub"; done; '
     'echo ok > "$folder/.write-test"; rm -f "$folder/.write-test"'
@@ -231,8 +242,6 @@ _WRITE = (
 )
 SEPARATOR = "\x1e"
 """Before each file's name in :data:`_TEXTS`'s output (JSON written by us never holds it)."""
-END = "\x1fend"
-"""The last thing a script whose output is read prints."""
 ATTEMPTS = 8
 """Runs of a script before its error stands: a helper container looked up again, or output
 that arrived cut short, each after a pause growing by :data:`CUT_SHORT_PAUSE`, 7 s in all.
@@ -336,9 +345,10 @@ class EngineStore:
                 self.engines.remove_container(container, stop_timeout=1)
 
     def _run(self, what: str, argv: list[str], *, read: bool = False) -> str:
-        """Run ``argv`` as root in the container; its output (``read``: without :data:`END`,
-        run again while it arrives without it). RepositoryError unless it exits 0. A
-        container gone meanwhile (the backup node recreated) is looked up again."""
+        """Run ``argv`` as root in the container; its output (``read``: a :func:`framed`
+        script's, without the frame, run again while either end is missing). RepositoryError
+        unless it exits 0. A container gone meanwhile (the backup node recreated) is looked up
+        again."""
         output = ""
         for attempt in range(1, ATTEMPTS + 1):
             container = self._find()
@@ -356,8 +366,8 @@ class EngineStore:
                 raise _failed(self.root, f"{what} on engine {self.placement.name}", detail)
             if not read:
                 return output
-            if output.endswith(END):
-                return output[: -len(END)]
+            if output.startswith(BEGIN) and output.endswith(END):
+                return output[len(BEGIN) : -len(END)]
             if attempt < ATTEMPTS:
                 time.sleep(CUT_SHORT_PAUSE * attempt)
         raise _failed(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from shardctl.config import topology
 from shardctl.ops.backup.repository import BackupRecord, Repository, ShardBackup
 from shardctl.ops.backup.retention import lsn_segment, prune, start_segment
+from shardctl.ops.backup.store import RepositoryError
 
 TOPOLOGY = """
 cluster: demo
@@ -131,3 +134,18 @@ def test_the_start_segment_from_the_label_else_from_the_lsn(tmp_path: Path) -> N
     assert start_segment(repo, records["b2"], "s1") == "0000000000000006"
     assert lsn_segment("1/FF000028") == "00000001000000FF"
     assert lsn_segment("") == "0" * 16
+
+
+def test_a_label_that_cannot_be_read_stops_the_prune_instead_of_a_guess(tmp_path: Path) -> None:
+    """The label names where a kept backup's WAL starts; read as missing, the cut would be
+    guessed from the LSN (at the default segment size) and could remove what it needs."""
+    declared, repo = _repository(tmp_path)
+    _backup(repo, "b1", 1.0, {"s1": "000000020000000000000005"}, label=False)
+    (repo.base_folder("s1", "b1") / "backup_label").mkdir()  # there, and not readable
+    record = repo.backups()[0]
+    with pytest.raises(RepositoryError, match="backup_label"):
+        start_segment(repo, record, "s1")
+    before = _files(repo, "s1")
+    with pytest.raises(RepositoryError):
+        prune(declared, repo)
+    assert _files(repo, "s1") == before

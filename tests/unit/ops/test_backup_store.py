@@ -23,6 +23,7 @@ from shardctl.ops.backup.repository import SEGMENT, Repository, wal_range_of
 from shardctl.ops.backup.restore import check_engine
 from shardctl.ops.backup.store import (
     ATTEMPTS,
+    BEGIN,
     END,
     EngineStore,
     Entry,
@@ -34,12 +35,14 @@ from shardctl.ops.backup.store import (
 
 
 def _sh(script: str, *args: str) -> str:
-    """The script's output as the engine store reads it: END last, taken off."""
+    """The script's output as the engine store reads it: BEGIN first and END last, taken off."""
     done = subprocess.run(
         ["sh", "-c", script, "sh", *args], capture_output=True, text=True, check=True
     )
-    assert done.stdout.endswith(store.END) or script in (store._WRITE, store._PREPARE)
-    return done.stdout.removesuffix(store.END)
+    if script in (store._WRITE, store._PREPARE):
+        return done.stdout
+    assert done.stdout.startswith(store.BEGIN) and done.stdout.endswith(store.END)
+    return done.stdout.removeprefix(store.BEGIN).removesuffix(store.END)
 
 
 def _layout(root: Path) -> Path:
@@ -216,7 +219,7 @@ def test_a_listing_that_arrives_cut_short_is_asked_again_with_a_pause(
     pauses: list[float] = []
     monkeypatch.setattr(store, "time", SimpleNamespace(sleep=pauses.append))
     entry = "f\t3\t1.5\tb1/file\n"
-    engines = _Answers("", "", "", "", "", entry + END)
+    engines = _Answers("", "", "", "", "", BEGIN + entry + END)
     assert [e.path for e in _remote_store(engines).entries(Path("/repo"))] == ["b1/file"]
     assert engines.asked == 6 and pauses == [0.25, 0.5, 0.75, 1.0, 1.25]
 
@@ -224,3 +227,25 @@ def test_a_listing_that_arrives_cut_short_is_asked_again_with_a_pause(
     with pytest.raises(RepositoryError, match="output cut short"):
         _remote_store(nothing).entries(Path("/repo"))
     assert nothing.asked == ATTEMPTS
+
+
+def test_an_answer_that_lost_its_start_is_not_taken_for_a_missing_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the Docker SDK's exec_run once did under load: the first bytes (the ``x`` and the
+    record) arrived with the response's headers and were dropped, the end marker came after.
+    Read as an answer, that is "no such file": a restore point said to be missing while the
+    listing names it. Without its start the answer is asked for again."""
+    monkeypatch.setattr(store, "time", SimpleNamespace(sleep=lambda _: None))
+    record = '{"name": "p1"}'
+    engines = _Answers(END, "begin" + END, BEGIN + "x" + record + END)
+    assert _remote_store(engines).read(Path("/repo/c/points/p1.json")) == record
+    assert engines.asked == 3
+
+    missing = _Answers(BEGIN + END)
+    assert _remote_store(missing).read(Path("/repo/c/points/p2.json")) is None
+    assert missing.asked == 1
+
+    lost = _Answers(*[END] * ATTEMPTS)
+    with pytest.raises(RepositoryError, match="output cut short"):
+        _remote_store(lost).read(Path("/repo/c/points/p1.json"))
