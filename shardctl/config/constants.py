@@ -8,6 +8,8 @@ IMAGE_ENV = "SHARDCTL_IMAGE"
 BACKUP_SLOT = "shardctl_backup"
 """The physical replication slot the backup node streams each acting primary's WAL through
 (:mod:`shardctl.docker.backup_specs`; here, so that status's checks need not import the specs)."""
+SEGMENT_BYTES = 16 * 1024 * 1024
+"""PostgreSQL's default WAL segment size (the servers shardctl makes keep it)."""
 MAX_REPLICAS = 9
 PORT_STRIDE = MAX_REPLICAS + 1
 """Ports per shard: the primary on the shard's port, replica i on port + i."""

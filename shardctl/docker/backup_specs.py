@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from shardctl.config.constants import BACKUP_SLOT
+from shardctl.config.constants import BACKUP_SLOT, SEGMENT_BYTES
 from shardctl.config.topology import Node, Topology
 from shardctl.docker.records import LABEL_CLUSTER, LABEL_SHARD, ContainerSpec, Mount
 from shardctl.docker.specs import PASSFILE, SECRETS_DIR, server_settings
@@ -83,6 +83,35 @@ printf "%s\n" "$SHARDCTL_TARGETS" | {
                 if [ -n "$unfilled" ]; then
                     rm -f "$folder/$unfilled"
                     echo "shardctl: archiving $shard: removed $unfilled, never filled" >&2
+                fi
+                # A failover that lost WAL this archive holds (async): the new primary forked
+                # before the archive ends, and refuses to go on past its fork. The archive goes
+                # on in a new generation from the segment of the fork, on the current timeline
+                # of the primary (that segment opens with the old timeline up to the fork, as
+                # the first segment of every new timeline does). The old generation keeps the
+                # lost WAL, which points before the failover read.
+                fork=$(sed -n -e "s/.*forked from timeline \([0-9]*\) at /\1 /" \
+                    -e "s/^\([0-9]* [0-9A-F]*\)\/\([0-9A-F]*\)\.$/\1 \2/p" \
+                    "$errors/$shard" | head -n 1)
+                if [ -n "$fork" ]; then
+                    set -- $fork
+                    timeline=$(psql -h "$host" -p "$port" -U "$SHARDCTL_REPLICATION_USER" -w \
+                        -XAt -d "dbname=replication replication=true" -c IDENTIFY_SYSTEM \
+                        2>/dev/null | cut -d "|" -f 2)
+                    case "$timeline" in
+                    "" | *[!0-9]*)
+                        echo "shardctl: archiving $shard: the primary forked from timeline $1" \
+                            "at $2/$3, and its own timeline could not be read" >&2 ;;
+                    *)
+                        segment=$(printf "%08X%08X%08X" "$timeline" "$((0x$2))" \
+                            "$((0x$3 / SHARDCTL_SEGMENT_BYTES))")
+                        next=$((generation + 1))
+                        mkdir -p "$repo/$shard/wal/$next"
+                        : > "$repo/$shard/wal/$next/$segment.partial"
+                        echo "shardctl: archiving $shard: the primary forked from timeline $1" \
+                            "at $2/$3, before the archive ends; continuing in WAL generation" \
+                            "$next from $segment" >&2 ;;
+                    esac
                 fi
                 sleep "$SHARDCTL_RETRY"
             done
@@ -224,6 +253,7 @@ def backup_node_spec(
         "SHARDCTL_APPLICATION": BACKUP_APPLICATION,
         "SHARDCTL_SLOT": BACKUP_SLOT,
         "SHARDCTL_RETRY": str(RECEIVE_RETRY_SECONDS),
+        "SHARDCTL_SEGMENT_BYTES": str(SEGMENT_BYTES),
     }
     environment |= _client_tls(topology)
     return ContainerSpec(

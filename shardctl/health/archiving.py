@@ -23,7 +23,7 @@ from functools import partial
 
 import psycopg
 
-from shardctl.config.constants import BACKUP_SLOT
+from shardctl.config.constants import BACKUP_SLOT, SEGMENT_BYTES
 from shardctl.config.credentials import Credentials
 from shardctl.config.schema import HealthSpec
 from shardctl.config.topology import Node, Topology
@@ -47,8 +47,6 @@ _SLOT = (
 )
 
 
-SEGMENT_BYTES = 16 * 1024 * 1024
-"""PostgreSQL's default WAL segment size."""
 FULL_BELOW = 2 * SEGMENT_BYTES
 """A repository with less room than two WAL segments is called full when archiving fails."""
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from shardctl.config.constants import SEGMENT_BYTES  # used only without a backup_label
 from shardctl.config.topology import Topology
-from shardctl.health.archiving import SEGMENT_BYTES  # used only without a backup_label
 from shardctl.ops.backup.repository import BackupRecord, Repository, now
 
 START = re.compile(r"^START WAL LOCATION: [0-9A-F]+/[0-9A-F]+ \(file ([0-9A-F]{24})\)$", re.M)
