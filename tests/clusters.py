@@ -292,6 +292,21 @@ def split_topology(folder: Path, hosts: list[Host], *, one_engine: bool = False)
     return path
 
 
+def backup_samples(path: Path) -> dict[tuple[str, str], float]:
+    """``metrics --once``: the ``shardctl_backup_*`` samples, (name, shard) -> value (shard ""
+    for the cluster's own, such as the repository's room)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    once = run_shardctl("metrics", "--once", "-f", path)
+    assert once.returncode == 0, once.stdout + once.stderr
+    return {
+        (s.name, s.labels.get("shard", "")): s.value
+        for family in text_string_to_metric_families(once.stdout)
+        for s in family.samples
+        if s.name.startswith("shardctl_backup_")
+    }
+
+
 def sdk_container(cluster: Cluster, node: Node, *, pooler: bool = False) -> SdkContainer:
     """The Docker SDK's object for ``node``'s container (``pooler``: its PgBouncer's), for tests
     that work it by hand (pause, kill, exec); shardctl itself only sees its own records."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import sys
 import threading
@@ -101,7 +102,7 @@ def metrics(
         if cluster.topology.spec.backup is not None:  # the ages of backups and archived WAL
             from shardctl.ops.backup.listing import repository_times
 
-            reader = repository_times
+            reader = functools.partial(repository_times, free=True)  # its room, every scrape
         scraper = Scraper(
             cluster.topology,
             cluster.engines,

@@ -146,6 +146,8 @@ class RepositoryTimes:
     """When the shard's newest archived WAL file was last written (None: nothing archived)."""
     last_backup: Mapping[str, float]
     """When the newest complete base backup holding the shard finished."""
+    free_bytes: int | None = None
+    """Room left on the repository's file system (None: not asked for, or unreadable)."""
 
 
 RepositoryReader = Callable[[Topology], RepositoryTimes]

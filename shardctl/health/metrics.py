@@ -324,10 +324,25 @@ def _backup_families(snap: Snapshot) -> list[Family]:
         "1 when the shard's archiving is ok as status judges it (0: stuck, behind, no slot).",
         SHARD_LABELS,
     )
+    full = _gauge(
+        "backup_repository_full",
+        "1 when the shard's archiving is stuck because the repository is full (less room than "
+        "two WAL segments), as status says.",
+        SHARD_LABELS,
+    )
+    free = _gauge(
+        "backup_repository_free",
+        "Room left on the backup repository's file system.",
+        CLUSTER_LABELS,
+        unit="bytes",
+    )
+    if snap.repository_free is not None:
+        free.add_metric([cluster], float(snap.repository_free))
     for shard, state in sorted(snap.archives.items()):
         labels = [cluster, shard]
         if state.state != "unknown":
             ok.add_metric(labels, _flag(state.ok))
+            full.add_metric(labels, _flag(state.repository_full))
             streaming.add_metric(labels, _flag(state.state not in ("no slot", "not streaming")))
         if state.behind_bytes is not None:
             lag_bytes.add_metric(labels, float(state.behind_bytes))
@@ -337,7 +352,7 @@ def _backup_families(snap: Snapshot) -> list[Family]:
             newest.add_metric(labels, state.newest_wal)
     for shard, finished in sorted(snap.last_backup.items()):
         last.add_metric([cluster, shard], finished)
-    return [last, newest, lag_seconds, lag_bytes, streaming, ok]
+    return [last, newest, lag_seconds, lag_bytes, streaming, ok, full, free]
 
 
 def _operation_families(snap: Snapshot) -> list[Family]:

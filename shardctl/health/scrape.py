@@ -143,6 +143,8 @@ class Snapshot:
 archive_states` of these facts and the repository's times."""
     last_backup: Mapping[str, float] = field(default_factory=dict)
     """Per shard, when its newest complete base backup finished (Unix time)."""
+    repository_free: int | None = None
+    """Room left on the backup repository's file system, when the repository was read."""
     collectors: Mapping[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
     timeout: float = TIMEOUT
@@ -408,8 +410,12 @@ class Scraper:
             role_changes=role_changes(e for a in found.values() for e in a.history),
             rows=rows,
             archives=archive_states(
-                facts, acting.spec.health, times.newest_wal if times is not None else None
+                facts,
+                acting.spec.health,
+                times.newest_wal if times is not None else None,
+                free_space=(lambda: times.free_bytes) if times is not None else None,
             ),
+            repository_free=times.free_bytes if times is not None else None,
             last_backup=times.last_backup if times is not None else {},
             collectors=collectors,
             seconds=time.monotonic() - started,

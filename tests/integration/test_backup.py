@@ -32,7 +32,7 @@ from shardctl.ops.backup.retention import lsn_segment
 from shardctl.ops.cluster import Cluster
 from shardctl.router.router import Router
 from shardctl.state import catalog
-from tests.clusters import make_topology, run_shardctl, running, sdk_container
+from tests.clusters import backup_samples, make_topology, run_shardctl, running, sdk_container
 from tests.traffic import DELETED, Writer, preload, rows_by_shard, traffic
 
 pytestmark = pytest.mark.integration
@@ -442,20 +442,6 @@ def _archiving(path: Path) -> tuple[int, dict[str, dict[str, object]]]:
     return status.returncode, {n["shard"]: n["archiving"] for n in nodes if n["archiving"]}
 
 
-def _metrics(path: Path) -> dict[tuple[str, str], float]:
-    """``metrics --once``: the ``shardctl_backup_*`` samples, (name, shard) -> value."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    once = run_shardctl("metrics", "--once", "-f", path)
-    assert once.returncode == 0, once.stdout + once.stderr
-    return {
-        (s.name, s.labels["shard"]): s.value
-        for family in text_string_to_metric_families(once.stdout)
-        for s in family.samples
-        if s.name.startswith("shardctl_backup_")
-    }
-
-
 def _archiving_shows_stuck(path: Path, shard: str) -> None:
     """status (exit 1, naming the shard) and the metrics agree with verify-replication."""
     deadline = time.monotonic() + 60  # until the newest file is older than canary_timeout
@@ -465,7 +451,7 @@ def _archiving_shows_stuck(path: Path, shard: str) -> None:
         code, found = _archiving(path)
     assert code == 1 and not found[shard]["ok"], found
     assert str(found[shard]["problem"]).startswith(f"{shard}: archiving"), found
-    assert _metrics(path)[("shardctl_backup_archiving_ok", shard)] == 0.0
+    assert backup_samples(path)[("shardctl_backup_archiving_ok", shard)] == 0.0
 
 
 def test_progress_status_and_metrics_show_backups_and_archiving(cluster: Cluster) -> None:
@@ -486,7 +472,7 @@ def test_progress_status_and_metrics_show_backups_and_archiving(cluster: Cluster
         assert state["state"] == "ok" and state["behind_bytes"] is not None, state
         assert state["lag_seconds"] is not None and 0 <= float(str(state["lag_seconds"])) < 10
     now = time.time()
-    samples = _metrics(path)
+    samples = backup_samples(path)
     for shard in ("shard-0", "shard-1"):
         finished = samples[("shardctl_backup_last_complete_timestamp_seconds", shard)]
         assert now - 600 < finished <= now, finished  # b-progress, just taken
@@ -495,3 +481,5 @@ def test_progress_status_and_metrics_show_backups_and_archiving(cluster: Cluster
         assert 0 <= samples[("shardctl_backup_wal_lag_seconds", shard)] < 10
         assert samples[("shardctl_backup_wal_streaming", shard)] == 1.0
         assert samples[("shardctl_backup_archiving_ok", shard)] == 1.0
+        assert samples[("shardctl_backup_repository_full", shard)] == 0.0
+    assert samples[("shardctl_backup_repository_free_bytes", "")] > 0

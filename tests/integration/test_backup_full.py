@@ -22,7 +22,7 @@ import pytest
 
 from shardctl.db import pg
 from shardctl.ops.cluster import Cluster
-from tests.clusters import make_topology, run_shardctl, running
+from tests.clusters import backup_samples, make_topology, run_shardctl, running
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +123,10 @@ def test_a_full_repository_fails_backups_and_archiving_loudly_and_recovers(
             assert "repository is full" in str(primary["archiving"]["problem"]), primary
             table = run_shardctl("status", "-o", "wide", "-f", path)
             assert "repository full" in table.stdout, table.stdout
+            # and so do the metrics, with the room left
+            scraped = backup_samples(path)
+            assert scraped[("shardctl_backup_repository_full", "shard-0")] == 1.0, scraped
+            assert scraped[("shardctl_backup_repository_free_bytes", "")] < 2 * 16 * 1024**2
 
             filler.unlink()
             _switch_wal(cluster)

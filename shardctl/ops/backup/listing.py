@@ -69,9 +69,10 @@ def list_backups(topology: Topology, cluster: str | None = None) -> Listing:
     )
 
 
-def repository_times(topology: Topology) -> RepositoryTimes:
+def repository_times(topology: Topology, *, free: bool = False) -> RepositoryTimes:
     """Per shard of ``topology``: when its newest archived WAL was written and its newest
-    complete base backup finished (file times and records only: no server is asked)."""
+    complete base backup finished (file times and records only: no server is asked); with
+    ``free``, the room left on the repository too."""
     repository = Repository.of(topology)
     shards = [s.name for s in topology.spec.shards]
     last: dict[str, float] = {}
@@ -81,4 +82,5 @@ def repository_times(topology: Topology) -> RepositoryTimes:
     return RepositoryTimes(
         newest_wal={shard: repository.wal_range(shard).newest_mtime for shard in shards},
         last_backup=last,
+        free_bytes=repository.free_bytes() if free else None,
     )

@@ -145,6 +145,15 @@ def test_metrics_of_the_repository_and_the_slot() -> None:
     assert value(found, "shardctl_backup_wal_streaming", shard="s1") == 0.0
     assert value(found, "shardctl_backup_archiving_ok", shard="s0") == 1.0
     assert value(found, "shardctl_backup_archiving_ok", shard="s1") == 0.0
+    assert value(found, "shardctl_backup_repository_full", shard="s1") == 0.0
+    assert not any(name == "shardctl_backup_repository_free_bytes" for name, _ in found)
+    # The repository read with its room (as `metrics` reads it): s1 is stuck for want of it.
+    full = archive_states(facts, LIMITS, {"s0": NOW - 5, "s1": NOW - 90}, now=NOW,
+                          free_space=lambda: 1024)  # fmt: skip
+    found = samples(snapshot(facts, archives=full, repository_free=1024))
+    assert value(found, "shardctl_backup_repository_full", shard="s1") == 1.0
+    assert value(found, "shardctl_backup_repository_full", shard="s0") == 0.0
+    assert value(found, "shardctl_backup_repository_free_bytes") == 1024.0
     # Without backup: no such family at all.
     plain = topology()
     names = {f.name for f in families(snapshot(cluster(plain, dict(healthy(plain)))))}
