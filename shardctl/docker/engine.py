@@ -509,9 +509,14 @@ class Engines:
         *,
         user: str = "postgres",
         environment: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> tuple[int, str]:
         """Run ``argv`` (an argument list, no shell) in a running container; its exit code and
         its output (stdout and stderr together).
+
+        ``timeout``: the longest the exec may stay silent (DockerUnavailable past it: not
+        asked again); None waits as long as it runs (a base backup of a large shard prints
+        nothing for hours), as the SDK's own ``exec_run`` did.
 
         The output is read as the HTTP response's body, not through the SDK's ``exec_run``:
         that reads the upgraded connection's socket behind http.client's buffer, so frames
@@ -519,27 +524,37 @@ class Engines:
         answer came back empty with exit 0 (seen on a loaded machine, docs/testing.md).
         Without ``Upgrade`` the engine answers ``200`` and the same multiplexed stream, ending
         it by closing the connection."""
+        import requests.exceptions
+        import urllib3.exceptions
+
         api = self.client(container.endpoint).api
-        with docker_errors(f"running {argv[0]} in {container.name}"):
+        doing = f"running {argv[0]} in {container.name}"
+        with docker_errors(doing):
             made = api.exec_create(
                 container.id, argv, user=user, environment=dict(environment or {})
             )
-            response = api.post(
-                f"{api.base_url}/v{api.api_version}/exec/{made['Id']}/start",
-                data=json.dumps({"Detach": False, "Tty": False}),
-                headers={"Content-Type": "application/json"},
-                stream=True,
-                timeout=api.timeout,
-            )
             try:
-                if response.status_code >= 400:
-                    raise ProvisioningError(
-                        f"running {argv[0]} in {container.name}: Docker refused: "
-                        f"{response.text.strip()[:200]}"
-                    )
-                body = response.raw.read()
-            finally:
-                response.close()
+                response = api.post(
+                    f"{api.base_url}/v{api.api_version}/exec/{made['Id']}/start",
+                    data=json.dumps({"Detach": False, "Tty": False}),
+                    headers={"Content-Type": "application/json"},
+                    stream=True,
+                    timeout=(api.timeout, timeout),  # (connecting, each read)
+                )
+                try:
+                    if response.status_code >= 400:
+                        raise ProvisioningError(
+                            f"{doing}: Docker refused: {response.text.strip()[:200]}"
+                        )
+                    body = response.raw.read()
+                finally:
+                    response.close()
+            except (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError):
+                raise DockerUnavailable(
+                    f"{doing}: no answer within {timeout:g}s from {describe(container.endpoint)}"
+                ) from None
+            except urllib3.exceptions.ProtocolError as exc:  # the connection broke mid-read
+                raise ProvisioningError(f"{doing}: the engine broke off: {short(exc)}") from None
             code = api.exec_inspect(made["Id"]).get("ExitCode")
         return int(code if code is not None else -1), demultiplex(body).decode("utf-8", "replace")
 

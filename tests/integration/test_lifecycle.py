@@ -11,6 +11,7 @@ import pytest
 
 from shardctl.db import pg
 from shardctl.docker.records import LABEL_CLUSTER
+from shardctl.errors import DockerUnavailable
 from shardctl.ops.cluster import Cluster
 from shardctl.util.waiting import NotYet, wait_for
 from tests.clusters import sdk_container
@@ -135,6 +136,28 @@ def test_status_exit_3_when_the_engine_is_unreachable(
     assert result.stderr.startswith("error: ")
     assert "Docker engine" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_exec_may_stay_silent_past_the_api_timeout_and_a_bound_is_one_error(
+    shared_cluster: Cluster,
+) -> None:
+    """A base backup's pg_basebackup prints nothing until it is done, for hours on a large
+    shard: an exec is not cut off by the bound of other Docker calls (lowered here to 2 s),
+    and a caller's own bound ends in one error, not a transport exception."""
+    engines = shared_cluster.engines
+    node = shared_cluster.topology.nodes[0]
+    container = engines.container(node)
+    assert container is not None
+    api = engines.client(node.placement).api
+    saved = api.timeout
+    api.timeout = 2
+    try:
+        code, output = engines.run_in(container, ["sh", "-c", "sleep 4; echo done"])
+        assert (code, output) == (0, "done\n")
+        with pytest.raises(DockerUnavailable, match="no answer within 1s"):
+            engines.run_in(container, ["sh", "-c", "sleep 4; echo late"], timeout=1)
+    finally:
+        api.timeout = saved
 
 
 def test_status_reads_each_node_over_one_session(shared_cluster: Cluster) -> None:

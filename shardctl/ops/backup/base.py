@@ -319,6 +319,10 @@ def _watch(
 
 
 READ_ATTEMPTS = 3
+READ_TIMEOUT = 120
+"""Seconds ``du`` of a copy or ``cat`` of its manifest may take before the engine counts as
+stuck (the copy and its verification themselves are not bounded: they take what the size
+takes)."""
 T = TypeVar("T")
 
 
@@ -334,7 +338,7 @@ def _read_in(
     :data:`READ_ATTEMPTS`: a copy is never recorded with a size or WAL range it did not have."""
     output = ""
     for _ in range(READ_ATTEMPTS):
-        code, output = engines.run_in(container, argv)
+        code, output = engines.run_in(container, argv, timeout=READ_TIMEOUT)
         found = parse(output) if code == 0 else None
         if found is not None:
             return found

@@ -249,6 +249,9 @@ Empty answers on a loaded machine came from the SDK dropping output that arrived
 exec's response headers, fixed in :meth:`shardctl.docker.engine.Engines.run_in`
 (docs/testing.md); the retries stay for a stream that really is cut short."""
 CUT_SHORT_PAUSE = 0.25
+SCRIPT_TIMEOUT = 60
+"""Seconds a repository script may stay silent (a listing or a file's text: a stuck engine or
+file system, not a slow one, takes longer): DockerUnavailable, not asked again."""
 
 
 def parse_entries(output: str) -> list[Entry]:
@@ -353,7 +356,9 @@ class EngineStore:
         for attempt in range(1, ATTEMPTS + 1):
             container = self._find()
             try:
-                code, output = self.engines.run_in(container, argv, user="root")
+                code, output = self.engines.run_in(
+                    container, argv, user="root", timeout=SCRIPT_TIMEOUT
+                )
             except ProvisioningError:
                 if attempt == ATTEMPTS:
                     raise

@@ -198,7 +198,9 @@ class _Answers:
         self.answers = list(answers)
         self.asked = 0
 
-    def run_in(self, container: object, argv: list[str], *, user: str) -> tuple[int, str]:
+    def run_in(
+        self, container: object, argv: list[str], *, user: str, timeout: float | None = None
+    ) -> tuple[int, str]:
         self.asked += 1
         return 0, self.answers.pop(0)
 
