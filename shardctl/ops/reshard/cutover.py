@@ -64,13 +64,18 @@ def verify(rebalancer: Rebalancer, plan: Plan, report: Report) -> bool:
 
 def converge(rebalancer: Rebalancer, plan: Plan, source: str, target: str) -> tuple[int, list[str]]:
     """Make every range ``source`` gives ``target`` equal on both; the keys re-synced from the
-    change log, and those that had to be repaired."""
+    change log, and those that had to be repaired.
+
+    A range that differs may only hold a write made after the drain (the routers still write
+    there): the change log is drained once more before its keys are compared, so that only
+    keys the copy and the log both missed count as repaired."""
     tables = rebalancer.topology.spec.tables
     moves = [plan.moves[i] for i in plan.moves_from(source) if plan.moves[i].target == target]
     repaired: list[str] = []
     with rebalancer.connect(source) as src, rebalancer.connect(target) as dst:
         types = {t.name: resync.key_type(src, t) for t in tables}
         resynced = transfer.drain(src, dst, target, tables, key_types=types)
+        drained_again = False
         for table in tables:
             ours, theirs = fanout.each(
                 {side: partial(transfer.fingerprints, conn, table, moves)
@@ -78,6 +83,9 @@ def converge(rebalancer: Rebalancer, plan: Plan, source: str, target: str) -> tu
             ).values()  # fmt: skip
             for move, a, b in zip(moves, ours, theirs, strict=True):
                 if a != b:
+                    if not drained_again:
+                        resynced += transfer.drain(src, dst, target, tables, key_types=types)
+                        drained_again = True
                     keys = _repair(src, dst, table, types[table.name], move)
                     repaired += [f"{table.name}:{k}" for k in keys]
     return resynced, repaired
