@@ -51,9 +51,7 @@ def validate(topology: TopologyOption = None, output: OutputOption = Output.TABL
         with Cluster(checked) as cluster:
             unchecked = cluster.check_settings()
         if unchecked:
-            render.err_console.print(
-                f"[yellow]warning[/]: postgres: settings not checked: {render.escape(unchecked)}"
-            )
+            render.warn(f"postgres: settings not checked: {unchecked}")
     if output is Output.JSON:
         plain.print_json(views.topology_facts(checked))
     else:
@@ -136,7 +134,7 @@ def up(
     render.err_console.print(f"[green]up[/]: {views.up_summary(result)}")
     rolling.report_rolls(result.shards)
     for warning in result.warnings:
-        render.err_console.print(f"[yellow]warning[/]: {render.escape(warning)}")
+        render.warn(warning)
 
 
 def _up_interrupted(cluster: Cluster) -> NoReturn:

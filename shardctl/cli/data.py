@@ -99,4 +99,4 @@ def _warn(lines: list[str]) -> None:
     from shardctl.cli import render
 
     for line in lines:
-        render.err_console.print(f"[yellow]warning[/]: {render.escape(line)}")
+        render.warn(line)

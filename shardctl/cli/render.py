@@ -39,6 +39,11 @@ def show(renderable: Any, *, err: bool = False) -> None:
     (sys.stderr if err else sys.stdout).write(text + "\n")
 
 
+def warn(text: str) -> None:
+    """One warning line on stderr (``text`` is not markup)."""
+    err_console.print(f"[yellow]warning[/]: {escape(text)}")
+
+
 PLAIN_EVERY = 5.0
 """Seconds between two plain progress lines of one task (and at each change of step)."""
 

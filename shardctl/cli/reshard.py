@@ -90,7 +90,7 @@ def add_shard(
             replica_engines=replica_engine or (),
         )
     for note in done.notes:
-        render.err_console.print(f"[yellow]warning[/]: {render.escape(note)}")
+        render.warn(note)
     render.err_console.print(
         f"[green]add-shard[/]: {name} is up with {replicas} replica(s) and recorded in "
         f"{cluster.topology.path}; it owns no keys until `shardctl rebalance`"

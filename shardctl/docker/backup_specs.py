@@ -58,6 +58,50 @@ errors=$(mktemp -d)
 newest() {
     ls "$1" | grep -E "^[0-9]+$" | sort -n | tail -n 1
 }
+# After an async failover the archive may hold WAL the failover lost: the backup node streams
+# the WAL of the primary as it is written, the replica may lag. The new primary forked before the
+# archive ends and refuses to go on past its fork ("forked from timeline T at X/Y" in the
+# error). The archive then goes on in a new generation, from the segment of the fork on the
+# timeline that followed T (that segment opens with T up to the fork, as the first segment of
+# every timeline does); pg_receivewal follows any later timeline itself. The old generation
+# keeps the lost WAL, which points before the failover read. Arguments: shard, host, port and
+# the generation that was refused.
+fork_generation() {
+    fork=$(sed -n -e "s/.*forked from timeline \([0-9]*\) at /\1 /" \
+        -e "s/^\([0-9]* [0-9A-F]*\)\/\([0-9A-F]*\)\.$/\1 \2/p" "$errors/$1" | head -n 1)
+    [ -n "$fork" ] || return 0
+    set -- "$@" $fork
+    conninfo="host=$2 port=$3 user=$SHARDCTL_REPLICATION_USER dbname=replication"
+    conninfo="$conninfo replication=true"
+    current=$(psql -w -XAt -d "$conninfo" -c IDENTIFY_SYSTEM 2>/dev/null | cut -d "|" -f 2)
+    child=$current
+    # The timeline after T: the next line of the history of the current one, else the current one.
+    psql -w -XAt -d "$conninfo" -c "TIMELINE_HISTORY $current" 2>/dev/null \
+        | sed -e "1s/^[^|]*|//" > "$errors/$1.history"
+    after=""
+    while read -r line _; do
+        [ -n "$line" ] || continue
+        if [ -n "$after" ]; then
+            child=$line
+            break
+        fi
+        [ "$line" = "$5" ] && after=yes
+    done < "$errors/$1.history"
+    case "$child" in
+    "" | *[!0-9]*)
+        echo "shardctl: archiving $1: the primary forked from timeline $5 at $6/$7, and its" \
+            "timelines could not be read" >&2
+        return 0 ;;
+    esac
+    segment=$(printf "%08X%08X%08X" "$child" "$((0x$6))" "$((0x$7 / SHARDCTL_SEGMENT_BYTES))")
+    next=$(($4 + 1))
+    if mkdir -p "$repo/$1/wal/$next" && : > "$repo/$1/wal/$next/$segment.partial"; then
+        echo "shardctl: archiving $1: the primary forked from timeline $5 at $6/$7, before" \
+            "the archive ends; continuing in WAL generation $next from $segment" >&2
+    else
+        echo "shardctl: archiving $1: could not start WAL generation $next" >&2
+    fi
+}
 printf "%s\n" "$SHARDCTL_TARGETS" | {
     while read -r shard host port; do
         [ -n "$shard" ] || continue
@@ -76,43 +120,17 @@ printf "%s\n" "$SHARDCTL_TARGETS" | {
                     echo "shardctl: archiving $shard stopped; retrying" >&2
                 fi
                 # A segment it could not fill with zeros when it made it (the repository was
-                # full) holds no WAL yet, and pg_receivewal refuses to start next to it.
+                # full) holds no WAL yet, and pg_receivewal refuses to start next to it: made
+                # empty, it starts there again (emptied, not removed: it may be the first of
+                # a new generation, see fork_generation).
                 unfilled=$(sed -n \
                     "s/.*\"\([0-9A-F]\{24\}\.partial\)\" has [0-9]* bytes, should be 0 or.*/\1/p" \
                     "$errors/$shard" | head -n 1)
                 if [ -n "$unfilled" ]; then
-                    rm -f "$folder/$unfilled"
-                    echo "shardctl: archiving $shard: removed $unfilled, never filled" >&2
+                    : > "$folder/$unfilled"
+                    echo "shardctl: archiving $shard: emptied $unfilled, never filled" >&2
                 fi
-                # A failover that lost WAL this archive holds (async): the new primary forked
-                # before the archive ends, and refuses to go on past its fork. The archive goes
-                # on in a new generation from the segment of the fork, on the current timeline
-                # of the primary (that segment opens with the old timeline up to the fork, as
-                # the first segment of every new timeline does). The old generation keeps the
-                # lost WAL, which points before the failover read.
-                fork=$(sed -n -e "s/.*forked from timeline \([0-9]*\) at /\1 /" \
-                    -e "s/^\([0-9]* [0-9A-F]*\)\/\([0-9A-F]*\)\.$/\1 \2/p" \
-                    "$errors/$shard" | head -n 1)
-                if [ -n "$fork" ]; then
-                    set -- $fork
-                    timeline=$(psql -h "$host" -p "$port" -U "$SHARDCTL_REPLICATION_USER" -w \
-                        -XAt -d "dbname=replication replication=true" -c IDENTIFY_SYSTEM \
-                        2>/dev/null | cut -d "|" -f 2)
-                    case "$timeline" in
-                    "" | *[!0-9]*)
-                        echo "shardctl: archiving $shard: the primary forked from timeline $1" \
-                            "at $2/$3, and its own timeline could not be read" >&2 ;;
-                    *)
-                        segment=$(printf "%08X%08X%08X" "$timeline" "$((0x$2))" \
-                            "$((0x$3 / SHARDCTL_SEGMENT_BYTES))")
-                        next=$((generation + 1))
-                        mkdir -p "$repo/$shard/wal/$next"
-                        : > "$repo/$shard/wal/$next/$segment.partial"
-                        echo "shardctl: archiving $shard: the primary forked from timeline $1" \
-                            "at $2/$3, before the archive ends; continuing in WAL generation" \
-                            "$next from $segment" >&2 ;;
-                    esac
-                fi
+                fork_generation "$shard" "$host" "$port" "$generation"
                 sleep "$SHARDCTL_RETRY"
             done
         ) &
@@ -141,10 +159,12 @@ touch "$PGDATA/recovery.signal"
 mkdir -p /tmp/shardctl-restore
 cat > /tmp/shardctl-restore/wal.sh <<'SCRIPT'
 # restore_command: $1 the WAL file wanted (%f), $2 where it goes (%p); every generation of the
-# shard's archive, a complete segment before a partial one.
+# shard's archive, a complete segment before a partial one; never an empty one (a generation's
+# first segment before anything was streamed into it), which recovery would refuse outright
+# instead of going on without it.
 for suffix in "" .partial; do
     for folder in "$SHARDCTL_WAL"/*; do
-        if [ -f "$folder/$1$suffix" ]; then
+        if [ -s "$folder/$1$suffix" ]; then
             exec cp "$folder/$1$suffix" "$2"
         fi
     done

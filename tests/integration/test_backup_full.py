@@ -137,3 +137,24 @@ def test_a_full_repository_fails_backups_and_archiving_loudly_and_recovers(
             complete = {b["name"]: b["complete"] for b in json.loads(listing.stdout)["backups"]}
             assert complete.get("before") is True and complete.get("after") is True, complete
             assert complete.get("full") is not True, complete
+
+            # A kept backup's label that cannot be read: the retention cannot tell which WAL
+            # it needs and removes nothing; the backup and its point are made all the same.
+            label = base / "after" / "backup_label"
+            text = label.read_bytes()
+            label.unlink()
+            label.mkdir()
+            try:
+                wal = sorted(p.name for p in base.parent.joinpath("wal").rglob("*"))
+                later = run_shardctl("backup", "--name", "later", "-o", "json", "-f", path)
+                assert later.returncode == 0, later.stdout + later.stderr
+                said = json.loads(later.stdout)
+                assert "backup_label" in str(said["retention_error"]), said
+                assert said["point"]["name"] == "later" and said["removed"] == [], said
+                assert "warning: retention not applied" in later.stderr, later.stderr
+                assert wal == sorted(
+                    p.name for p in base.parent.joinpath("wal").rglob("*") if p.name in wal
+                )
+            finally:
+                label.rmdir()
+                label.write_bytes(text)

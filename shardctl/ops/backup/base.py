@@ -12,6 +12,7 @@ listed as incomplete, and restores never use it. It ends with a restore point of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
@@ -65,6 +66,9 @@ class BackupReport:
     point: point.PointReport
     removed: tuple[str, ...]
     """Older base backups the retention removed."""
+    retention_error: str | None = None
+    """Why the retention could not be applied (the backup and its point are made all the
+    same; the next backup applies it again)."""
 
 
 def default_name() -> str:
@@ -88,7 +92,10 @@ def take(
     record = _copies(topology, engines, credentials, name, shards, progress, copied)
     progress("*", "restore point")
     made = point.create(topology, credentials, name)
-    removed = apply_retention(topology, Repository.of(topology))
+    try:
+        removed = apply_retention(topology, Repository.of(topology))
+    except RepositoryError as exc:
+        return BackupReport(record, made, (), str(exc))
     return BackupReport(record, made, removed)
 
 
@@ -104,7 +111,8 @@ def take_shard(
     of its own: with it, every shard has a base backup and points can be made at once."""
     name = check_name(f"{default_name()}-{shard}"[:63], "backup")
     record = _copies(topology, engines, credentials, name, [shard], progress, lambda _c: None)
-    apply_retention(topology, Repository.of(topology))
+    with contextlib.suppress(RepositoryError):  # made all the same; the next backup prunes
+        apply_retention(topology, Repository.of(topology))
     return record
 
 

@@ -226,9 +226,11 @@ _LIST = framed(
 )
 _TEXTS = framed(
     'for f in "$1"/*"$2"; do [ -f "$f" ] || continue; '
-    'printf \'\\036%s\\n\' "${f##*/}"; cat -- "$f" 2>/dev/null; done'
+    'printf \'\\036%s\\n\' "${f##*/}"; cat -- "$f" || exit 1; done'
 )
-_READ = framed('[ -f "$1" ] && { printf x; cat -- "$1"; }')
+# A file there that cannot be read ends the script before END, with cat's reason: an error,
+# never the reason's text taken for the file's.
+_READ = framed('[ -f "$1" ] && { printf x; cat -- "$1" || exit 1; }')
 _IS_DIR = framed('[ -d "$1" ] && printf yes')
 _FREE = framed("stat -f -c '%a %S' -- \"$1\"")
 _PREPARE = (

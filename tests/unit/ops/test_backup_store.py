@@ -124,6 +124,14 @@ def test_the_engine_read_scripts_tell_a_missing_file_from_an_empty_one(tmp_path:
     assert _sh(store._IS_DIR, str(tmp_path / "empty")) == ""
 
 
+def test_the_engine_read_scripts_fail_on_a_file_they_cannot_read() -> None:
+    """A read that fails is an error (exit 1, no END), never the reason read as the text."""
+    unreadable = "/proc/self/mem"  # a regular file that every read of fails, even as root
+    for script, args in ((store._READ, [unreadable]), (store._TEXTS, ["/proc/self", "mem"])):
+        done = subprocess.run(["sh", "-c", script, "sh", *args], capture_output=True, text=True)
+        assert done.returncode == 1 and not done.stdout.endswith(END), (script, done)
+
+
 def test_the_engine_write_script_renames_a_whole_file_into_place(tmp_path: Path) -> None:
     staged = tmp_path / "staged"
     staged.write_text('{"a": 1}', encoding="utf-8")
