@@ -551,9 +551,12 @@ class Engines:
                     response.close()
             except (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError):
                 raise DockerUnavailable(
-                    f"{doing}: no answer within {timeout:g}s from {describe(container.endpoint)}"
+                    f"{doing}: no answer within {timeout}s from {describe(container.endpoint)}"
                 ) from None
-            except urllib3.exceptions.ProtocolError as exc:  # the connection broke mid-read
+            except requests.exceptions.ConnectionError:
+                raise  # the engine does not answer: docker_errors says so
+            except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException) as exc:
+                # the stream broke off mid-read (a dropped connection, TLS, a bad chunk)
                 raise ProvisioningError(f"{doing}: the engine broke off: {short(exc)}") from None
             code = api.exec_inspect(made["Id"]).get("ExitCode")
         return int(code if code is not None else -1), demultiplex(body).decode("utf-8", "replace")

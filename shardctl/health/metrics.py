@@ -342,7 +342,8 @@ def _backup_families(snap: Snapshot) -> list[Family]:
         labels = [cluster, shard]
         if state.state != "unknown":
             ok.add_metric(labels, _flag(state.ok))
-            full.add_metric(labels, _flag(state.repository_full))
+            if state.ok or state.repository_free is not None:  # unknown room: no sample
+                full.add_metric(labels, _flag(state.repository_full))
             streaming.add_metric(labels, _flag(state.state not in ("no slot", "not streaming")))
         if state.behind_bytes is not None:
             lag_bytes.add_metric(labels, float(state.behind_bytes))
