@@ -24,40 +24,7 @@ BACKUP_APPLICATION = "shardctl-backup"
 """The backup node's ``application_name`` in ``pg_stat_replication``."""
 RECEIVE_RETRY_SECONDS = 2
 
-# The backup node: as root only to give the postgres user the cluster's folders in the
-# repository (a host directory, owned by whoever made it), then as postgres one loop per shard
-# of `pg_receivewal --synchronous` into the newest WAL generation of that shard. Values arrive
-# as environment variables, the replication password as a secret file turned into a libpq
-# password file; nothing is spliced into this text.
-BACKUP_BOOTSTRAP = r"""set -eu
-umask 077
-repo="$SHARDCTL_REPOSITORY/$SHARDCTL_CLUSTER"
-mkdir -p "$repo"
-for shard in $SHARDCTL_SHARDS; do
-    mkdir -p "$repo/$shard/wal" "$repo/$shard/base"
-    chown postgres: "$repo/$shard" "$repo/$shard/wal" "$repo/$shard/base"
-done
-printf '*:*:*:%s:%s\n' "$SHARDCTL_REPLICATION_USER" \
-    "$(sed -e 's/[\\:]/\\&/g' "$SHARDCTL_SECRETS/replication")" > "$SHARDCTL_PASSFILE"
-chown postgres: "$SHARDCTL_PASSFILE"
-# The cluster's CA (public) where the postgres user's libpq can read it: the secrets folder is
-# root's alone.
-if [ -n "${PGSSLROOTCERT:-}" ]; then
-    install -D -o postgres -g postgres -m 0644 "$SHARDCTL_SECRETS/ca.crt" "$PGSSLROOTCERT"
-fi
-export PGPASSFILE="$SHARDCTL_PASSFILE" PGAPPNAME="$SHARDCTL_APPLICATION"
-# setpriv keeps root's HOME, where libpq looks for a client certificate: under TLS it could not
-# even look there ("Permission denied") and gave up.
-HOME="$(getent passwd postgres | cut -d: -f6)"
-export HOME
-exec setpriv --reuid=postgres --regid=postgres --init-groups sh -c '
-set -u
-trap "trap - TERM INT; kill 0; exit 0" TERM INT
-repo="$SHARDCTL_REPOSITORY/$SHARDCTL_CLUSTER"
-errors=$(mktemp -d)
-newest() {
-    ls "$1" | grep -E "^[0-9]+$" | sort -n | tail -n 1
-}
+FORK_GENERATION = r"""
 # After an async failover the archive may hold WAL the failover lost: the backup node streams
 # the WAL of the primary as it is written, the replica may lag. The new primary forked before the
 # archive ends and refuses to go on past its fork ("forked from timeline T at X/Y" in the
@@ -102,7 +69,48 @@ fork_generation() {
         echo "shardctl: archiving $1: could not start WAL generation $next" >&2
     fi
 }
-printf "%s\n" "$SHARDCTL_TARGETS" | {
+"""
+"""A shell function of the backup node's loop (in :data:`BACKUP_BOOTSTRAP`); it reads
+``$errors``, ``$repo`` and the environment. Unit-tested on its own with psql's real answers."""
+
+# The backup node: as root only to give the postgres user the cluster's folders in the
+# repository (a host directory, owned by whoever made it), then as postgres one loop per shard
+# of `pg_receivewal --synchronous` into the newest WAL generation of that shard. Values arrive
+# as environment variables, the replication password as a secret file turned into a libpq
+# password file; nothing is spliced into this text.
+BACKUP_BOOTSTRAP = (
+    r"""set -eu
+umask 077
+repo="$SHARDCTL_REPOSITORY/$SHARDCTL_CLUSTER"
+mkdir -p "$repo"
+for shard in $SHARDCTL_SHARDS; do
+    mkdir -p "$repo/$shard/wal" "$repo/$shard/base"
+    chown postgres: "$repo/$shard" "$repo/$shard/wal" "$repo/$shard/base"
+done
+printf '*:*:*:%s:%s\n' "$SHARDCTL_REPLICATION_USER" \
+    "$(sed -e 's/[\\:]/\\&/g' "$SHARDCTL_SECRETS/replication")" > "$SHARDCTL_PASSFILE"
+chown postgres: "$SHARDCTL_PASSFILE"
+# The cluster's CA (public) where the postgres user's libpq can read it: the secrets folder is
+# root's alone.
+if [ -n "${PGSSLROOTCERT:-}" ]; then
+    install -D -o postgres -g postgres -m 0644 "$SHARDCTL_SECRETS/ca.crt" "$PGSSLROOTCERT"
+fi
+export PGPASSFILE="$SHARDCTL_PASSFILE" PGAPPNAME="$SHARDCTL_APPLICATION"
+# setpriv keeps root's HOME, where libpq looks for a client certificate: under TLS it could not
+# even look there ("Permission denied") and gave up.
+HOME="$(getent passwd postgres | cut -d: -f6)"
+export HOME
+exec setpriv --reuid=postgres --regid=postgres --init-groups sh -c '
+set -u
+trap "trap - TERM INT; kill 0; exit 0" TERM INT
+repo="$SHARDCTL_REPOSITORY/$SHARDCTL_CLUSTER"
+errors=$(mktemp -d)
+newest() {
+    ls "$1" | grep -E "^[0-9]+$" | sort -n | tail -n 1
+}
+"""
+    + FORK_GENERATION
+    + r"""printf "%s\n" "$SHARDCTL_TARGETS" | {
     while read -r shard host port; do
         [ -n "$shard" ] || continue
         (
@@ -139,6 +147,7 @@ printf "%s\n" "$SHARDCTL_TARGETS" | {
 }
 ' shardctl-archive
 """
+)
 
 # A restore, one shard: the base backup copied into the new primary's data directory, then
 # PostgreSQL's own recovery with restore_command reading the repository (mounted read-only),
