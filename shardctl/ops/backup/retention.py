@@ -61,6 +61,12 @@ def prune(topology: Topology, repository: Repository) -> Pruned:
             mine = [r for r in mine if (r.finished or r.started) >= horizon] or holding[-1:]
         kept |= {r.name for r in mine}
     keep = [r for r in complete if r.name in kept]
+    # Where each shard's kept WAL starts, read before anything goes: a label that cannot be
+    # read stops the retention with nothing removed.
+    cuts: dict[str, str | None] = {}
+    for shard in repository.shards_with("wal", "base"):
+        holding = [r for r in keep if shard in r.shards]
+        cuts[shard] = min(start_segment(repository, r, shard) for r in holding) if holding else None
     newest = complete[-1].started if complete else 0.0
     for record in records:
         if record.name in kept:
@@ -68,14 +74,12 @@ def prune(topology: Topology, repository: Repository) -> Pruned:
         if record.complete or record.started < newest:
             repository.remove_base(record)
             pruned.backups.append(record.name)
-    for shard in repository.shards_with("wal", "base"):
-        holding = [r for r in keep if shard in r.shards]
-        if not holding:
+    for shard, cut in cuts.items():
+        if cut is None:
             if shard not in declared:
                 repository.remove_shard(shard)
                 pruned.shards.append(shard)
             continue
-        cut = min(start_segment(repository, r, shard) for r in holding)
         removed = prune_wal(repository, shard, cut)
         if removed:
             pruned.segments[shard] = removed

@@ -138,14 +138,19 @@ def test_the_start_segment_from_the_label_else_from_the_lsn(tmp_path: Path) -> N
 
 def test_a_label_that_cannot_be_read_stops_the_prune_instead_of_a_guess(tmp_path: Path) -> None:
     """The label names where a kept backup's WAL starts; read as missing, the cut would be
-    guessed from the LSN (at the default segment size) and could remove what it needs."""
+    guessed from the LSN (at the default segment size) and could remove what it needs. It is
+    read before anything goes: a retention that stops removes nothing, base backups included."""
     declared, repo = _repository(tmp_path)
-    _backup(repo, "b1", 1.0, {"s1": "000000020000000000000005"}, label=False)
-    (repo.base_folder("s1", "b1") / "backup_label").mkdir()  # there, and not readable
-    record = repo.backups()[0]
+    _backup(repo, "b1", 1.0, {"s1": "000000020000000000000004"})  # beyond the 2 kept: goes
+    _backup(repo, "b2", 2.0, {"s1": "000000020000000000000005"}, label=False)
+    _backup(repo, "b3", 3.0, {"s1": "000000030000000000000007"})
+    (repo.base_folder("s1", "b2") / "backup_label").mkdir()  # there, and not readable
+    records = {r.name: r for r in repo.backups()}
     with pytest.raises(RepositoryError, match="backup_label"):
-        start_segment(repo, record, "s1")
+        start_segment(repo, records["b2"], "s1")
     before = _files(repo, "s1")
     with pytest.raises(RepositoryError):
         prune(declared, repo)
     assert _files(repo, "s1") == before
+    assert sorted(r.name for r in repo.backups()) == ["b1", "b2", "b3"]
+    assert repo.base_folder("s1", "b1").is_dir()
