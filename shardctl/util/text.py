@@ -35,6 +35,15 @@ def duration_text(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
+def lsn_int(text: str) -> int | None:
+    """A ``X/Y`` LSN as an integer; None when it is not one (empty, :data:`MISSING`)."""
+    high, slash, low = text.partition("/")
+    try:
+        return (int(high, 16) << 32) | int(low, 16) if slash else None
+    except ValueError:
+        return None
+
+
 def lsn_text(lsn: int | None) -> str:
     """An integer LSN in PostgreSQL's ``X/Y`` form; :data:`MISSING` when there is none."""
     return MISSING if lsn is None else f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"

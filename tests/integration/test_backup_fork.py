@@ -9,8 +9,10 @@ archive where it stands (its history does not hold those positions). The backup 
 continues in a new WAL generation from the fork's segment: the archive stays whole, a point
 taken after the failover is made and restores, and the old timeline's WAL stays in the
 repository for points before it. One shard with one replica; the replica is cut off (its
-``primary_conninfo`` emptied) while the primary writes three segments past it, then the primary
-is killed.
+``primary_conninfo`` emptied) while the primary takes writes and a base backup and writes three
+segments past it, then the primary is killed. The point after the failover names the base
+backup from before the fork: the one taken on the lost WAL cannot start a recovery on the new
+timeline (PostgreSQL refuses it).
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ def test_archiving_continues_after_a_failover_that_lost_archived_wal(cluster: Cl
             time.sleep(0.2)
     with Router(cluster) as router:
         lost = _insert(router, 20, "lost")
+    # A base backup now comes from the primary (the replica does not stream) and holds the
+    # lost writes: recovery on the new timeline cannot start from it.
+    on_lost = run_shardctl("backup", "--name", "b2", "-f", path, timeout=600)
+    assert on_lost.returncode == 0, on_lost.stdout + on_lost.stderr
     with pg.connect(primary, cluster.credentials(), "app") as conn:
         for _ in range(3):
             conn.execute("INSERT INTO users (id, first_name) VALUES (%s, 'filler')",
@@ -139,7 +145,8 @@ def test_archiving_continues_after_a_failover_that_lost_archived_wal(cluster: Cl
     assert len(generations) == 2, generations
     pa = run_shardctl("backup", "--point", "pa", "-o", "json", "-f", path, timeout=300)
     assert pa.returncode == 0, pa.stdout + pa.stderr
-    assert json.loads(pa.stdout)["shards"]["shard-0"]["timeline"] == 2
+    made_at = json.loads(pa.stdout)["shards"]["shard-0"]
+    assert made_at["timeline"] == 2 and made_at["backup"] == "b1", made_at  # not b2
 
     # The point after the failover restores: what the new primary acknowledged is there, what
     # the failover lost is not (it never was on the new timeline).

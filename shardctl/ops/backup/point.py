@@ -107,7 +107,6 @@ def create(
     repository.prepare()
     if repository.point(name) is not None:
         raise UsageError(f"restore point {name!r} exists already in {repository.folder}")
-    bases = _bases(repository, topology)
     primaries = topology.primaries()
     conns: dict[str, Conn] = {}
     locked: list[str] = []
@@ -130,6 +129,7 @@ def create(
                     "try the point again when it is done"
                 )
             locked.append(primary.shard)
+        bases = _bases(repository, topology, {s: _timeline(c) for s, c in conns.items()})
         record = _catalog(conns)
         prepared = time.monotonic() - opening
         log("holding writes on every primary")
@@ -172,20 +172,46 @@ def create(
     )
 
 
-def _bases(repository: Repository, topology: Topology) -> dict[str, str]:
-    """The base backup each shard restores from now: the newest complete one holding it, or
-    the one the cluster was last restored from."""
+def _bases(repository: Repository, topology: Topology, timelines: dict[str, int]) -> dict[str, str]:
+    """The base backup each shard restores from now: the newest complete one holding it that
+    recovery on the shard's current timeline (``timelines``) can start from. A copy taken on
+    WAL that a failover then lost cannot be (see :meth:`Histories.holds`)."""
+    complete = repository.complete_backups()
     found: dict[str, str] = {}
-    for record in repository.complete_backups():
-        for shard in record.shards:
-            found[shard] = record.name
-    missing = [s.name for s in topology.spec.shards if s.name not in found]
+    lost: dict[str, str] = {}
+    for shard in [s.name for s in topology.spec.shards]:
+        holding = [r for r in complete if shard in r.shards]
+        timeline = timelines[shard]
+        if holding and holding[-1].shards[shard].timeline != timeline:
+            histories = repository.history(shard)  # read only when the timeline moved on
+            on = [r for r in holding if histories.holds(r.shards[shard], timeline)]
+            if not on:
+                lost[shard] = holding[-1].name
+            holding = on
+        if holding:
+            found[shard] = holding[-1].name
+    missing = [s.name for s in topology.spec.shards if s.name not in found and s.name not in lost]
     if missing:
         raise CheckFailed(
             f"no complete base backup of {', '.join(missing)} yet: run `shardctl backup` "
             "(it ends with a point of its own)"
         )
+    if lost:
+        shards = ", ".join(f"{shard} (newest: {name})" for shard, name in sorted(lost.items()))
+        raise CheckFailed(
+            f"no complete base backup of {shards} on its current timeline's history: they "
+            "hold WAL a failover lost; run `shardctl backup` (it ends with a point of its own)"
+        )
     return found
+
+
+def _timeline(conn: Conn) -> int:
+    """The timeline a primary writes on now."""
+    row = conn.execute(
+        "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn())"
+    ).fetchone()
+    assert row is not None
+    return int(str(row[0])[:8], 16)
 
 
 def _open(topology: Topology, credentials: Credentials, primary: Node) -> Conn:

@@ -41,10 +41,13 @@ from shardctl.ops.backup.store import (
 from shardctl.ops.backup.store import (
     RepositoryError as RepositoryError,
 )
+from shardctl.util.text import lsn_int
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 NAME_RULE = "letters, digits, '_', '.' and '-', starting with a letter or digit, at most 63"
 SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{16})(\.partial)?$")
+HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
+"""A timeline history file: the timeline's ancestry, one line per parent and switch point."""
 
 
 def check_name(name: str, what: str) -> str:
@@ -327,6 +330,21 @@ class Repository:
         newest file was last written."""
         return wal_range_of(self.segments(shard))
 
+    def history(self, shard: str) -> Histories:
+        """``shard``'s timeline history files in the archive (every generation), parsed."""
+        found: dict[int, list[Switch]] = {}
+        folder = self.wal_folder(shard)
+        for entry in self.store.entries(folder, depth=2):
+            generation, _, name = entry.path.partition("/")
+            match = HISTORY.fullmatch(name)
+            if generation.isdigit() and match is not None and not entry.directory:
+                timeline = int(match.group(1), 16)
+                if timeline not in found:
+                    text = self.store.read(folder / entry.path)
+                    if text is not None:
+                        found[timeline] = parse_history(text)
+        return Histories(found)
+
     def remove_segments(self, shard: str, entries: list[Entry]) -> None:
         """Remove WAL files of ``shard`` (entries of :meth:`segments`)."""
         folder = self.wal_folder(shard)
@@ -351,6 +369,52 @@ class Repository:
         """Delete a base backup's copies and then its record (retention)."""
         self.store.remove(self.root / shard.path for shard in record.shards.values())
         self.store.remove([self.folder / "backups" / f"{record.name}.json"])
+
+
+Switch = tuple[int, int]
+"""A line of a history file: the parent timeline, and the LSN where the child left it."""
+
+
+def parse_history(text: str) -> list[Switch]:
+    """A timeline history file's lines (``parent<TAB>X/Y<TAB>reason``); others skipped."""
+    found: list[Switch] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].isdigit():
+            switch = lsn_int(fields[1])
+            if switch is not None:
+                found.append((int(fields[0]), switch))
+    return found
+
+
+@dataclass(frozen=True)
+class Histories:
+    """A shard's timeline histories from its archive, by timeline."""
+
+    by_timeline: dict[int, list[Switch]]
+
+    @property
+    def newest(self) -> int:
+        """The highest timeline with a history (1 without any): where recovery with
+        ``recovery_target_timeline = latest`` ends up."""
+        return max(self.by_timeline, default=1)
+
+    def holds(self, copy: ShardBackup, timeline: int) -> bool:
+        """Whether recovery on ``timeline`` can start from ``copy``: it was taken on that
+        timeline, or on an ancestor that the timeline left only after the copy ended. A copy
+        that ends past the switch holds WAL the timeline does not (what a failover lost):
+        PostgreSQL refuses it ("requested timeline is not a child of this server's
+        history"). Without the timeline's history file nothing can be judged: True."""
+        if copy.timeline in (0, timeline):
+            return True
+        history = self.by_timeline.get(timeline)
+        if history is None:
+            return timeline > copy.timeline
+        end = lsn_int(copy.end_lsn) or lsn_int(copy.start_lsn)
+        for parent, switch in history:
+            if parent == copy.timeline:
+                return end is not None and end <= switch
+        return False
 
 
 def wal_range_of(segments: list[tuple[Entry, re.Match[str]]]) -> WalRange:

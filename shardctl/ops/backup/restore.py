@@ -206,6 +206,13 @@ def _plan(
                     f"{shard}: base backup {at.backup} of point {point.name} is gone "
                     "(removed by the retention?)"
                 )
+            copy = backup.shards[shard]
+            if copy.timeline != at.timeline and not archive.history(shard).holds(copy, at.timeline):
+                raise CheckFailed(
+                    f"{shard}: base backup {at.backup} of point {point.name} is not on timeline "
+                    f"{at.timeline}'s history (it holds WAL a failover lost): the point cannot "
+                    "be restored; nothing was changed"
+                )
             named = (
                 "-c",
                 f"recovery_target_name={point.name}",
@@ -226,6 +233,10 @@ def _plan(
         if target.time is not None:
             moment = target.time.timestamp()
             usable = [b for b in usable if (b.finished or b.started) <= moment]
+        # recovery_target_timeline = latest: the newest timeline in the archive, which a copy
+        # taken on WAL a failover then lost cannot start.
+        histories = archive.history(shard)
+        usable = [b for b in usable if histories.holds(b.shards[shard], histories.newest)]
         if not usable:
             earliest = min((b.finished or b.started for b in complete), default=None)
             shown = (

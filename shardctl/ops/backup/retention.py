@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from shardctl.config.constants import SEGMENT_BYTES  # used only without a backup_label
 from shardctl.config.topology import Topology
 from shardctl.ops.backup.repository import BackupRecord, Repository, now
+from shardctl.util.text import lsn_int
 
 START = re.compile(r"^START WAL LOCATION: [0-9A-F]+/[0-9A-F]+ \(file ([0-9A-F]{24})\)$", re.M)
 
@@ -101,10 +102,8 @@ def start_segment(repository: Repository, record: BackupRecord, shard: str) -> s
 def lsn_segment(lsn: str, segment_bytes: int = SEGMENT_BYTES) -> str:
     """The position part of the name of the segment holding ``lsn`` (``X/Y``); all zeros
     when it is unknown (nothing is older)."""
-    high, _, low = lsn.partition("/")
-    try:
-        position = (int(high, 16) << 32) | int(low, 16)
-    except ValueError:
+    position = lsn_int(lsn)
+    if position is None:
         return "0" * 16
     per_log = 0x1_0000_0000 // segment_bytes
     number = position // segment_bytes
