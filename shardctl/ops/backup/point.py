@@ -107,6 +107,7 @@ def create(
     repository.prepare()
     if repository.point(name) is not None:
         raise UsageError(f"restore point {name!r} exists already in {repository.folder}")
+    _bases(repository, topology)  # none at all: said before writes are held
     primaries = topology.primaries()
     conns: dict[str, Conn] = {}
     locked: list[str] = []
@@ -129,7 +130,6 @@ def create(
                     "try the point again when it is done"
                 )
             locked.append(primary.shard)
-        bases = _bases(repository, topology, {s: _timeline(c) for s, c in conns.items()})
         record = _catalog(conns)
         prepared = time.monotonic() - opening
         log("holding writes on every primary")
@@ -144,6 +144,9 @@ def create(
                 conn, points[shard][0], shard, ARCHIVE_TIMEOUT
             ),
         )
+        # Chosen once the archive holds the point: pg_receivewal stores a timeline's history
+        # file before its WAL, so a failover's new timeline is known to the archive by now.
+        bases = _bases(repository, topology, {s: at[1] for s, at in points.items()})
     finally:
         for shard in locked:
             with contextlib.suppress(psycopg.Error):
@@ -172,17 +175,19 @@ def create(
     )
 
 
-def _bases(repository: Repository, topology: Topology, timelines: dict[str, int]) -> dict[str, str]:
+def _bases(
+    repository: Repository, topology: Topology, timelines: dict[str, int] | None = None
+) -> dict[str, str]:
     """The base backup each shard restores from now: the newest complete one holding it that
-    recovery on the shard's current timeline (``timelines``) can start from. A copy taken on
-    WAL that a failover then lost cannot be (see :meth:`Histories.holds`)."""
+    recovery on the shard's current timeline (``timelines``; None: any) can start from. A copy
+    taken on WAL that a failover then lost cannot be (see :meth:`Histories.holds`)."""
     complete = repository.complete_backups()
     found: dict[str, str] = {}
     lost: dict[str, str] = {}
     for shard in [s.name for s in topology.spec.shards]:
         holding = [r for r in complete if shard in r.shards]
-        timeline = timelines[shard]
-        if holding and holding[-1].shards[shard].timeline != timeline:
+        timeline = timelines[shard] if timelines is not None else None
+        if timeline is not None and holding and holding[-1].shards[shard].timeline != timeline:
             histories = repository.history(shard)  # read only when the timeline moved on
             on = [r for r in holding if histories.holds(r.shards[shard], timeline)]
             if not on:
@@ -203,15 +208,6 @@ def _bases(repository: Repository, topology: Topology, timelines: dict[str, int]
             "hold WAL a failover lost; run `shardctl backup` (it ends with a point of its own)"
         )
     return found
-
-
-def _timeline(conn: Conn) -> int:
-    """The timeline a primary writes on now."""
-    row = conn.execute(
-        "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn())"
-    ).fetchone()
-    assert row is not None
-    return int(str(row[0])[:8], 16)
 
 
 def _open(topology: Topology, credentials: Credentials, primary: Node) -> Conn:

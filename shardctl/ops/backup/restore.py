@@ -236,7 +236,15 @@ def _plan(
         # recovery_target_timeline = latest: the newest timeline in the archive, which a copy
         # taken on WAL a failover then lost cannot start.
         histories = archive.history(shard)
-        usable = [b for b in usable if histories.holds(b.shards[shard], histories.newest)]
+        timeline = histories.newest
+        on = [b for b in usable if histories.holds(b.shards[shard], timeline)]
+        if usable and not on:
+            raise UsageError(
+                f"{shard}: no complete base backup before the target on timeline {timeline}'s "
+                f"history (the newest, {usable[-1].name}, holds WAL a failover lost): restore a "
+                "point taken before the failover, or take a backup"
+            )
+        usable = on
         if not usable:
             earliest = min((b.finished or b.started for b in complete), default=None)
             shown = (

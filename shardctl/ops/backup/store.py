@@ -142,7 +142,7 @@ class LocalStore:
             return path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise RepositoryError(f"{path}: unreadable record: {exc}") from None
 
     def texts(self, folder: Path, suffix: str) -> list[str]:

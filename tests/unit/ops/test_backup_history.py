@@ -8,8 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from shardctl.config import topology
-from shardctl.ops.backup.repository import Histories, Repository, ShardBackup, parse_history
+from shardctl.errors import CheckFailed
+from shardctl.ops.backup.point import _bases
+from shardctl.ops.backup.repository import (
+    BackupRecord,
+    Histories,
+    Repository,
+    ShardBackup,
+    parse_history,
+)
 
 # As PostgreSQL writes them: parent, switch point, reason; a blank line between entries.
 TL2 = "1\t0/3000090\tno recovery target specified\n\n"
@@ -62,3 +72,33 @@ def test_the_repository_reads_history_files_from_every_generation(tmp_path: Path
     found = repo.history("s1")
     assert found.by_timeline == {2: [(1, 0x3000090)], 3: [(1, 0x3000090), (2, 0x5000000)]}
     assert found.newest == 3
+
+
+def test_a_point_names_the_newest_backup_its_timeline_can_start_from(tmp_path: Path) -> None:
+    path = tmp_path / "topology.yaml"
+    path.write_text(
+        "cluster: demo\nimage: shardctl-test/postgres:15\nbackup: {repository: repo}\n"
+        "shards: [{name: s1}]\n",
+        encoding="utf-8",
+    )
+    declared = topology.load(path)
+    repo = Repository.of(declared)
+    repo.prepare()
+    before = BackupRecord(
+        "b1", "demo", 1.0, 2.0, True, shards={"s1": copy(1, "0/2000028", "0/2000100")}
+    )
+    on_lost = BackupRecord(
+        "b2", "demo", 3.0, 4.0, True, shards={"s1": copy(1, "0/4000028", "0/4000100")}
+    )
+    repo.write_backup(on_lost)
+    # Without timeline 2's history nothing can be judged: the newest, as before.
+    assert _bases(repo, declared, {"s1": 2}) == {"s1": "b2"}
+    folder = repo.wal_folder("s1") / "2"
+    folder.mkdir(parents=True)
+    (folder / "00000002.history").write_text(TL2, encoding="utf-8")
+    with pytest.raises(CheckFailed, match=r"b2.*WAL a failover lost"):
+        _bases(repo, declared, {"s1": 2})  # no other backup: refused, nothing named
+    repo.write_backup(before)
+    assert _bases(repo, declared, {"s1": 2}) == {"s1": "b1"}
+    assert _bases(repo, declared, {"s1": 1}) == {"s1": "b2"}  # the old timeline keeps it
+    assert _bases(repo, declared) == {"s1": "b2"}
