@@ -26,6 +26,20 @@ TL2 = "1\t0/3000090\tno recovery target specified\n\n"
 TL3 = TL2 + "2\t0/5000000\tno recovery target specified\n\n"
 
 
+def _repository(tmp_path: Path) -> tuple[topology.Topology, Repository]:
+    """A one-shard topology with a local repository, prepared."""
+    path = tmp_path / "topology.yaml"
+    path.write_text(
+        "cluster: demo\nimage: shardctl-test/postgres:15\nbackup: {repository: repo}\n"
+        "shards: [{name: s1}]\n",
+        encoding="utf-8",
+    )
+    declared = topology.load(path)
+    repo = Repository.of(declared)
+    repo.prepare()
+    return declared, repo
+
+
 def copy(timeline: int, start: str, end: str) -> ShardBackup:
     return ShardBackup("n", "p", timeline=timeline, start_lsn=start, end_lsn=end)
 
@@ -56,14 +70,7 @@ def test_a_copy_serves_its_timeline_and_those_that_left_it_after_its_end() -> No
 
 
 def test_the_repository_reads_history_files_from_every_generation(tmp_path: Path) -> None:
-    path = tmp_path / "topology.yaml"
-    path.write_text(
-        "cluster: demo\nimage: shardctl-test/postgres:15\nbackup: {repository: repo}\n"
-        "shards: [{name: s1}]\n",
-        encoding="utf-8",
-    )
-    repo = Repository.of(topology.load(path))
-    repo.prepare()
+    _, repo = _repository(tmp_path)
     for generation, name, text in (("1", "00000002.history", TL2), ("2", "00000003.history", TL3)):
         folder = repo.wal_folder("s1") / generation
         folder.mkdir(parents=True)
@@ -75,15 +82,7 @@ def test_the_repository_reads_history_files_from_every_generation(tmp_path: Path
 
 
 def test_a_point_names_the_newest_backup_its_timeline_can_start_from(tmp_path: Path) -> None:
-    path = tmp_path / "topology.yaml"
-    path.write_text(
-        "cluster: demo\nimage: shardctl-test/postgres:15\nbackup: {repository: repo}\n"
-        "shards: [{name: s1}]\n",
-        encoding="utf-8",
-    )
-    declared = topology.load(path)
-    repo = Repository.of(declared)
-    repo.prepare()
+    declared, repo = _repository(tmp_path)
     before = BackupRecord(
         "b1", "demo", 1.0, 2.0, True, shards={"s1": copy(1, "0/2000028", "0/2000100")}
     )
