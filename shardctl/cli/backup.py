@@ -70,6 +70,10 @@ def backup(
                 copied=copied,
             )
     views.backup_report(done, json=json)
+    if done.retention_error is not None:
+        from shardctl.cli import render
+
+        render.warn(f"retention not applied: {done.retention_error}")
 
 
 @command(

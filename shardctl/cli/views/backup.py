@@ -53,8 +53,6 @@ def backup_report(done: BackupReport, *, json: bool) -> None:
                 "retention_error": done.retention_error,
             }
         )
-        if done.retention_error is not None:
-            render.warn(f"retention not applied: {done.retention_error}")
         return
     table = Table(title=f"backup {done.record.name}")
     columns = ("shard", "source", "size", "seconds", "rate", "timeline", "WAL start", "WAL end")
@@ -85,8 +83,6 @@ def backup_report(done: BackupReport, *, json: bool) -> None:
         f"{done.point.point.write_pause * 1000:.0f} ms"
         + (f"; retention removed {', '.join(done.removed)}" if done.removed else "")
     )
-    if done.retention_error is not None:
-        render.warn(f"retention not applied: {done.retention_error}")
 
 
 def point_report(made: PointReport, *, json: bool) -> None:

@@ -47,6 +47,7 @@ from shardctl.db import pg
 from shardctl.errors import CheckFailed, ShardctlError, UsageError
 from shardctl.ops.backup import archiving
 from shardctl.ops.backup.repository import (
+    BackupRecord,
     PointRecord,
     Repository,
     ShardPoint,
@@ -107,7 +108,8 @@ def create(
     repository.prepare()
     if repository.point(name) is not None:
         raise UsageError(f"restore point {name!r} exists already in {repository.folder}")
-    _bases(repository, topology)  # none at all: said before writes are held
+    complete = repository.complete_backups()
+    _bases(repository, topology, complete)  # none at all: said before writes are held
     primaries = topology.primaries()
     conns: dict[str, Conn] = {}
     locked: list[str] = []
@@ -146,7 +148,7 @@ def create(
         )
         # Chosen once the archive holds the point: pg_receivewal stores a timeline's history
         # file before its WAL, so a failover's new timeline is known to the archive by now.
-        bases = _bases(repository, topology, {s: at[1] for s, at in points.items()})
+        bases = _bases(repository, topology, complete, {s: at[1] for s, at in points.items()})
     finally:
         for shard in locked:
             with contextlib.suppress(psycopg.Error):
@@ -176,12 +178,15 @@ def create(
 
 
 def _bases(
-    repository: Repository, topology: Topology, timelines: dict[str, int] | None = None
+    repository: Repository,
+    topology: Topology,
+    complete: list[BackupRecord],
+    timelines: dict[str, int] | None = None,
 ) -> dict[str, str]:
-    """The base backup each shard restores from now: the newest complete one holding it that
-    recovery on the shard's current timeline (``timelines``; None: any) can start from. A copy
-    taken on WAL that a failover then lost cannot be (see :meth:`Histories.holds`)."""
-    complete = repository.complete_backups()
+    """The base backup each shard restores from now: the newest of the ``complete`` ones
+    holding it that recovery on the shard's current timeline (``timelines``; None: any) can
+    start from. A copy taken on WAL that a failover then lost cannot be (see
+    :meth:`Histories.holds`)."""
     found: dict[str, str] = {}
     lost: dict[str, str] = {}
     for shard in [s.name for s in topology.spec.shards]:

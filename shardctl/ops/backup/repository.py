@@ -26,6 +26,7 @@ import json
 import posixpath
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -308,10 +309,7 @@ class Repository:
         """``shard``'s segment files and its generations, from one listing."""
         found = []
         generations = []
-        for entry in self.store.entries(self.wal_folder(shard), depth=2):
-            generation, _, name = entry.path.partition("/")
-            if not generation.isdigit():
-                continue
+        for generation, name, entry in self._wal_entries(shard):
             if not name:
                 generations.append(int(generation))
                 continue
@@ -319,6 +317,14 @@ class Repository:
             if match is not None and not entry.directory:
                 found.append((entry, match))
         return found, sorted(generations)
+
+    def _wal_entries(self, shard: str) -> Iterator[tuple[str, str, Entry]]:
+        """What ``shard``'s WAL generations hold, one listing: (generation, name, entry), the
+        name empty for a generation's own folder."""
+        for entry in self.store.entries(self.wal_folder(shard), depth=2):
+            generation, _, name = entry.path.partition("/")
+            if generation.isdigit():
+                yield generation, name, entry
 
     def archive(self, shard: str) -> tuple[WalRange, int]:
         """:meth:`wal_range` and :meth:`generation` of ``shard`` from one listing."""
@@ -333,14 +339,12 @@ class Repository:
     def history(self, shard: str) -> Histories:
         """``shard``'s timeline history files in the archive (every generation), parsed."""
         found: dict[int, list[Switch]] = {}
-        folder = self.wal_folder(shard)
-        for entry in self.store.entries(folder, depth=2):
-            generation, _, name = entry.path.partition("/")
+        for _, name, entry in self._wal_entries(shard):
             match = HISTORY.fullmatch(name)
-            if generation.isdigit() and match is not None and not entry.directory:
+            if match is not None and not entry.directory:
                 timeline = int(match.group(1), 16)
                 if timeline not in found:
-                    text = self.store.read(folder / entry.path)
+                    text = self.store.read(self.wal_folder(shard) / entry.path)
                     if text is not None:
                         found[timeline] = parse_history(text)
         return Histories(found)

@@ -91,13 +91,15 @@ def test_a_point_names_the_newest_backup_its_timeline_can_start_from(tmp_path: P
     )
     repo.write_backup(on_lost)
     # Without timeline 2's history nothing can be judged: the newest, as before.
-    assert _bases(repo, declared, {"s1": 2}) == {"s1": "b2"}
+    assert _bases(repo, declared, repo.complete_backups(), {"s1": 2}) == {"s1": "b2"}
     folder = repo.wal_folder("s1") / "2"
     folder.mkdir(parents=True)
     (folder / "00000002.history").write_text(TL2, encoding="utf-8")
     with pytest.raises(CheckFailed, match=r"b2.*WAL a failover lost"):
-        _bases(repo, declared, {"s1": 2})  # no other backup: refused, nothing named
+        # no other backup: refused, nothing named
+        _bases(repo, declared, repo.complete_backups(), {"s1": 2})
     repo.write_backup(before)
-    assert _bases(repo, declared, {"s1": 2}) == {"s1": "b1"}
-    assert _bases(repo, declared, {"s1": 1}) == {"s1": "b2"}  # the old timeline keeps it
-    assert _bases(repo, declared) == {"s1": "b2"}
+    assert _bases(repo, declared, repo.complete_backups(), {"s1": 2}) == {"s1": "b1"}
+    # the old timeline keeps it
+    assert _bases(repo, declared, repo.complete_backups(), {"s1": 1}) == {"s1": "b2"}
+    assert _bases(repo, declared, repo.complete_backups()) == {"s1": "b2"}
