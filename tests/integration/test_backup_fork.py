@@ -31,6 +31,7 @@ from shardctl.config.topology import Node
 from shardctl.db import pg
 from shardctl.ops.backup import archiving
 from shardctl.ops.cluster import Cluster
+from shardctl.ops.nodes import NodeWork
 from shardctl.router.router import Router
 from tests.clusters import make_topology, run_shardctl, running, sdk_container
 from tests.traffic import rows_by_shard
@@ -70,22 +71,15 @@ def _wait_archived(cluster: Cluster, node: Node, timeout: float = 60) -> None:
 def _wait_replayed(cluster: Cluster, primary: Node, replica: Node, timeout: float = 60) -> None:
     with pg.connect(primary, cluster.credentials(), "postgres") as conn:
         lsn = _one(conn, "SELECT pg_catalog.pg_current_wal_lsn() - '0/0'")
-    deadline = time.monotonic() + timeout
-    with pg.connect(replica, cluster.credentials(), "postgres") as conn:
-        while _one(conn, "SELECT pg_catalog.pg_last_wal_replay_lsn() - '0/0'") < lsn:
-            assert time.monotonic() < deadline, f"{replica.name} did not replay up to {lsn}"
-            time.sleep(0.2)
+    steps = NodeWork(cluster.topology, cluster.engines, cluster.credentials())
+    steps.wait_replayed(replica, lsn, time.monotonic() + timeout)
 
 
 def _backup_log(cluster: Cluster) -> str:
     """The backup node's last lines (what archiving said), for a failure's message."""
-    record = cluster.engines.named(f"{cluster.topology.cluster}-backup",
-                                   cluster.topology.placement(None))  # fmt: skip
-    if record is None:
-        return "\n(no backup node)"
-    client = cluster.engines.client(record.endpoint)
-    logs: bytes = client.containers.get(record.id).logs(tail=20)
-    return "\nbackup node:\n" + logs.decode("utf-8", "replace")
+    name = f"{cluster.topology.cluster}-backup"
+    node = cluster.engines.named(name, cluster.topology.placement(None))
+    return "\nbackup node:\n" + cluster.engines.log_tail(node, lines=20)
 
 
 def _generations(repository: Path, cluster: str, shard: str) -> dict[str, list[str]]:
